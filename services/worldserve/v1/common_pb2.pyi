@@ -1,0 +1,54 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FrameFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FRAME_FORMAT_UNSPECIFIED: _ClassVar[FrameFormat]
+    FRAME_FORMAT_PNG: _ClassVar[FrameFormat]
+    FRAME_FORMAT_JPEG: _ClassVar[FrameFormat]
+    FRAME_FORMAT_RAW_RGB8: _ClassVar[FrameFormat]
+FRAME_FORMAT_UNSPECIFIED: FrameFormat
+FRAME_FORMAT_PNG: FrameFormat
+FRAME_FORMAT_JPEG: FrameFormat
+FRAME_FORMAT_RAW_RGB8: FrameFormat
+
+class Frame(_message.Message):
+    __slots__ = ("format", "data", "width", "height")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    format: FrameFormat
+    data: bytes
+    width: int
+    height: int
+    def __init__(self, format: _Optional[_Union[FrameFormat, str]] = ..., data: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class Action(_message.Message):
+    __slots__ = ("keys", "mouse")
+    class MouseEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    MOUSE_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    mouse: _containers.ScalarMap[str, float]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., mouse: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ErrorStatus(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,112 @@
+from worldserve.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class StepRequest(_message.Message):
+    __slots__ = ("session_id", "action", "expected_step", "format", "guidance")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    action: _common_pb2.Action
+    expected_step: int
+    format: _common_pb2.FrameFormat
+    guidance: float
+    def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., expected_step: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., guidance: _Optional[float] = ...) -> None: ...
+
+class StepResponse(_message.Message):
+    __slots__ = ("session_id", "step", "frame")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    step: int
+    frame: _common_pb2.Frame
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ...) -> None: ...
+
+class StepBatchRequest(_message.Message):
+    __slots__ = ("steps",)
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedCompositeFieldContainer[StepRequest]
+    def __init__(self, steps: _Optional[_Iterable[_Union[StepRequest, _Mapping]]] = ...) -> None: ...
+
+class StepResult(_message.Message):
+    __slots__ = ("ok", "error")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ok: StepResponse
+    error: _common_pb2.ErrorStatus
+    def __init__(self, ok: _Optional[_Union[StepResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.ErrorStatus, _Mapping]] = ...) -> None: ...
+
+class StepBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[StepResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ...) -> None: ...
+
+class RolloutRequest(_message.Message):
+    __slots__ = ("session_id", "actions", "format", "expected_step", "guidance")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    actions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Action]
+    format: _common_pb2.FrameFormat
+    expected_step: int
+    guidance: float
+    def __init__(self, session_id: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[_common_pb2.Action, _Mapping]]] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., expected_step: _Optional[int] = ..., guidance: _Optional[float] = ...) -> None: ...
+
+class PlayRequest(_message.Message):
+    __slots__ = ("session_id", "action", "format")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    action: _common_pb2.Action
+    format: _common_pb2.FrameFormat
+    def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MouseAxis(_message.Message):
+    __slots__ = ("name", "min", "max")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    min: float
+    max: float
+    def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "frame_width", "frame_height", "keys", "mouse_axes", "discrete_actions", "context_frames", "sample_steps", "default_guidance")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FRAME_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    FRAME_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    MOUSE_AXES_FIELD_NUMBER: _ClassVar[int]
+    DISCRETE_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    frame_width: int
+    frame_height: int
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    mouse_axes: _containers.RepeatedCompositeFieldContainer[MouseAxis]
+    discrete_actions: int
+    context_frames: int
+    sample_steps: int
+    default_guidance: float
+    def __init__(self, name: _Optional[str] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., mouse_axes: _Optional[_Iterable[_Union[MouseAxis, _Mapping]]] = ..., discrete_actions: _Optional[int] = ..., context_frames: _Optional[int] = ..., sample_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ...) -> None: ...
