@@ -1,0 +1,98 @@
+"""Frames and tensors on the wire and in Redis. Never pickle.
+
+Tensors: a fixed header (magic, dtype code, ndim, shape as uint32) then raw little-endian bytes.
+Frames: PNG / JPEG / raw RGB8, decoded with a size limit.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+from PIL import Image
+
+from worldserve.common.errors import InvalidArgument
+from worldserve.v1 import common_pb2
+
+_MAGIC = b"WST1"
+_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("uint8"), 3: np.dtype("<i8")}
+_CODES = {v: k for k, v in _DTYPES.items()}
+
+PNG = common_pb2.FRAME_FORMAT_PNG
+JPEG = common_pb2.FRAME_FORMAT_JPEG
+RAW = common_pb2.FRAME_FORMAT_RAW_RGB8
+FORMAT_NAMES = {"png": PNG, "jpeg": JPEG, "jpg": JPEG, "raw": RAW}
+
+
+def pack_array(a: np.ndarray) -> bytes:
+    """Header (magic, dtype, ndim, shape) + raw bytes."""
+    a = np.ascontiguousarray(a)
+    dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+    code = _CODES.get(np.dtype(dt))
+    if code is None:
+        raise ValueError(f"unsupported dtype {a.dtype}")
+    header = _MAGIC + struct.pack("<BB", code, a.ndim) + struct.pack(f"<{a.ndim}I", *a.shape)
+    return header + a.astype(_DTYPES[code], copy=False).tobytes()
+
+
+def unpack_array(buf: bytes) -> np.ndarray:
+    if buf[:4] != _MAGIC:
+        raise ValueError("not a packed array (bad magic)")
+    code, ndim = struct.unpack_from("<BB", buf, 4)
+    if code not in _DTYPES:
+        raise ValueError(f"unknown dtype code {code}")
+    shape = struct.unpack_from(f"<{ndim}I", buf, 6)
+    off = 6 + 4 * ndim
+    dt = _DTYPES[code]
+    n = int(np.prod(shape, dtype=np.int64))
+    if len(buf) - off != n * dt.itemsize:
+        raise ValueError(f"packed array size mismatch: header says {shape} {dt}, got {len(buf) - off} bytes")
+    return np.frombuffer(buf, dtype=dt, count=n, offset=off).reshape(shape)
+
+
+def encode_frame(rgb: np.ndarray, fmt: int = PNG) -> common_pb2.Frame:
+    """(H, W, 3) uint8 -> Frame message."""
+    h, w = rgb.shape[:2]
+    fmt = fmt or PNG
+    if fmt == RAW:
+        data = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    elif fmt in (PNG, JPEG):
+        bio = io.BytesIO()
+        img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
+        if fmt == PNG:
+            img.save(bio, format="PNG", compress_level=1)  # speed over size: frames are small
+        else:
+            img.save(bio, format="JPEG", quality=90)
+        data = bio.getvalue()
+    else:
+        raise InvalidArgument(f"unknown frame format {fmt!r}")
+    return common_pb2.Frame(format=fmt, data=data, width=w, height=h)
+
+
+def decode_frame(frame: common_pb2.Frame, *, max_bytes: int, expect_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Frame message -> (H, W, 3) uint8, with INVALID_ARGUMENT on anything off."""
+    if len(frame.data) == 0:
+        raise InvalidArgument("image is empty")
+    if len(frame.data) > max_bytes:
+        raise InvalidArgument(f"image of {len(frame.data)} bytes exceeds the limit of {max_bytes} bytes")
+    if frame.format == RAW:
+        w, h = frame.width, frame.height
+        if w * h * 3 != len(frame.data):
+            raise InvalidArgument(f"raw RGB8 image of {len(frame.data)} bytes does not match {w}x{h}x3")
+        rgb = np.frombuffer(frame.data, dtype=np.uint8).reshape(h, w, 3)
+    else:
+        try:
+            with Image.open(io.BytesIO(frame.data)) as img:
+                if img.width * img.height > 4096 * 4096:
+                    raise InvalidArgument(f"image of {img.width}x{img.height} pixels is too large")
+                rgb = np.asarray(img.convert("RGB"))
+        except InvalidArgument:
+            raise
+        except Exception as e:  # noqa: BLE001 - any decoder failure is the client's bad input
+            raise InvalidArgument(f"cannot decode image: {type(e).__name__}") from None
+    if expect_size is not None and (rgb.shape[1], rgb.shape[0]) != expect_size:
+        raise InvalidArgument(
+            f"image is {rgb.shape[1]}x{rgb.shape[0]}, but the model makes {expect_size[0]}x{expect_size[1]} frames"
+        )
+    return rgb

@@ -1,0 +1,143 @@
+"""Errors -> gRPC status: one table, one decorator.
+
+Core code raises :class:`WorldserveError` subclasses (they know nothing of gRPC); the RPC layer maps
+them to status codes through :data:`STATUS_BY_ERROR`. Serve's gRPC proxy takes no interceptors, so
+:func:`grpc_method` wraps each handler: it authenticates nothing itself, but turns every exception
+into a status code and a one-line message (never a traceback) and records request metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+log = logging.getLogger("worldserve")
+
+
+class WorldserveError(Exception):
+    """Base of every error a client may see. The message is shown to the client verbatim."""
+
+
+class InvalidArgument(WorldserveError, ValueError):
+    """The request is malformed or out of range; the message quotes the bad value."""
+
+
+class NotFound(WorldserveError, KeyError):
+    """No such session for this tenant (also answered for another tenant's session)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class Unauthenticated(WorldserveError):
+    """Missing or unknown API key."""
+
+
+class Conflict(WorldserveError):
+    """A racing write won: the session moved on while this request was computed."""
+
+
+class FailedPrecondition(WorldserveError):
+    """The caller's expected state does not hold (e.g. expected_step differs)."""
+
+
+class ResourceExhausted(WorldserveError):
+    """A queue or limit is full; retry later."""
+
+
+class Unavailable(WorldserveError):
+    """A dependency (Redis, another service) cannot be reached; retry later."""
+
+
+STATUS_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Conflict: grpc.StatusCode.ABORTED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import redis.exceptions as rex
+    except ImportError:  # the client SDK has no redis
+        return ()
+    return (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError)
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-safe message for an exception."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls], str(exc) or cls.__name__
+    if isinstance(exc, _redis_errors()):
+        return grpc.StatusCode.UNAVAILABLE, "session store unavailable; retry later"
+    # Anything else is a bug: log it with its traceback, show the client only an id-free summary.
+    log.exception("unexpected error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
+
+
+def grpc_method(
+    rpc: str, *, record: Callable[[str, str, float], None] | None = None, empty: Callable[[], Any] | None = None
+):
+    """Wrap a Serve gRPC handler (unary or streaming, sync or async).
+
+    The handler must accept a ``grpc_context`` keyword (Serve passes a RayServegRPCContext). On an
+    exception the code and message are set on that context and an empty response (``empty()``) is
+    returned, or the stream ends. ``record(rpc, code_name, seconds)`` is called once per call.
+    """
+
+    def finish(ctx, t0: float, code: grpc.StatusCode, msg: str | None) -> None:
+        if msg is not None and ctx is not None:
+            ctx.set_code(code)
+            ctx.set_details(msg)
+        if record is not None:
+            record(rpc, code.name, time.perf_counter() - t0)
+
+    def deco(fn):
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def agen(self, request, *, grpc_context=None, **kw) -> AsyncIterator[Any]:
+                t0 = time.perf_counter()
+                try:
+                    async for item in fn(self, request, grpc_context=grpc_context, **kw):
+                        yield item
+                except Exception as e:  # noqa: BLE001 - the table decides
+                    code, msg = status_of(e)
+                    finish(grpc_context, t0, code, msg)
+                    return
+                finish(grpc_context, t0, grpc.StatusCode.OK, None)
+
+            return agen
+
+        @functools.wraps(fn)
+        async def unary(self, request, *, grpc_context=None, **kw):
+            t0 = time.perf_counter()
+            try:
+                out = fn(self, request, grpc_context=grpc_context, **kw)
+                if inspect.isawaitable(out):
+                    out = await out
+            except Exception as e:  # noqa: BLE001
+                code, msg = status_of(e)
+                finish(grpc_context, t0, code, msg)
+                return empty() if empty is not None else None
+            finish(grpc_context, t0, grpc.StatusCode.OK, None)
+            return out
+
+        return unary
+
+    return deco
+
+
+Handler = Callable[..., Awaitable[Any]]

@@ -1,0 +1,403 @@
+"""World state in Redis. Redis holds the truth; replica memory is only a cache.
+
+Keys (``<t>`` tenant, ``<sid>`` session id; the ``{<sid>}`` hash tag keeps a session's two keys in
+one Redis Cluster slot so its Lua scripts stay legal there):
+
+- ``ws:<t>:{<sid>}`` hash: the record (model, prompt, seed, step, parent_id, fork_step, created_at,
+  updated_at, ttl_s, width, height, version).
+- ``ws:<t>:{<sid>}:log`` hash, append-only: ``a:<n>`` action (JSON), ``z:<n>`` latent frame (packed
+  array: dtype/shape header + raw bytes, never pickle), ``f:<n>`` encoded frame (PNG) of step n.
+  The model's context is the rolling window of the last ``context_frames`` latents of this log.
+- ``ws:<t>:index`` sorted set: session ids by creation time (for ListSessions).
+
+Every append is one Lua script: a compare-and-set on the step counter, so two racing Steps on one
+session never both land. Both session keys expire by the session's TTL, refreshed on every use.
+Fork copies the history up to the fork step inside Redis (one script, no bytes through the client).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
+
+import redis.asyncio as aioredis
+
+from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SCHEMA_VERSION = 1
+
+_APPEND = """
+local cur = redis.call('HGET', KEYS[1], 'step')
+if not cur then return {-1, 0} end
+cur = tonumber(cur)
+if cur ~= tonumber(ARGV[1]) then return {-2, cur} end
+local n = cur + 1
+redis.call('HSET', KEYS[2], 'a:' .. n, ARGV[2], 'z:' .. n, ARGV[3], 'f:' .. n, ARGV[4])
+redis.call('HSET', KEYS[1], 'step', n, 'updated_at', ARGV[5])
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return {n, 0}
+"""
+
+# KEYS: parent record, parent log, child record, child log. ARGV: fork step (-1 = current), child
+# record fields as alternating name/value pairs.
+_FORK = """
+local cur = redis.call('HGET', KEYS[1], 'step')
+if not cur then return {-1, 0} end
+cur = tonumber(cur)
+local at = tonumber(ARGV[1])
+if at < 0 then at = cur end
+if at > cur then return {-2, cur} end
+for n = 0, at do
+  local vals = redis.call('HMGET', KEYS[2], 'a:' .. n, 'z:' .. n, 'f:' .. n)
+  local names = {'a:', 'z:', 'f:'}
+  for i = 1, 3 do
+    if vals[i] then redis.call('HSET', KEYS[4], names[i] .. n, vals[i]) end
+  end
+end
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[3], unpack(fields))
+redis.call('HSET', KEYS[3], 'step', at, 'fork_step', at)
+local ttl = tonumber(redis.call('HGET', KEYS[3], 'ttl_s'))
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('EXPIRE', KEYS[4], ttl)
+redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'ttl_s')))
+redis.call('EXPIRE', KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'ttl_s')))
+return {at, 0}
+"""
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session_id: str
+    tenant: str
+    model: str
+    prompt: str
+    seed: int
+    step: int
+    parent_id: str
+    fork_step: int
+    created_at: float
+    updated_at: float
+    ttl_s: int
+    width: int
+    height: int
+    version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_redis(cls, tenant: str, sid: str, h: dict[bytes, bytes]) -> "SessionRecord":
+        g = {k.decode(): v.decode() for k, v in h.items()}
+        return cls(
+            session_id=sid,
+            tenant=tenant,
+            model=g.get("model", ""),
+            prompt=g.get("prompt", ""),
+            seed=int(g.get("seed", 0)),
+            step=int(g.get("step", 0)),
+            parent_id=g.get("parent_id", ""),
+            fork_step=int(g.get("fork_step", 0)),
+            created_at=float(g.get("created_at", 0)),
+            updated_at=float(g.get("updated_at", 0)),
+            ttl_s=int(g.get("ttl_s", 0)),
+            width=int(g.get("width", 0)),
+            height=int(g.get("height", 0)),
+            version=int(g.get("version", SCHEMA_VERSION)),
+        )
+
+    def fields(self) -> dict[str, str]:
+        d = asdict(self)
+        d.pop("session_id")
+        d.pop("tenant")
+        return {k: str(v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    step: int
+    action: dict | None  # None for step 0
+    latent: bytes | None  # packed array; None until the dynamics service encoded it
+    frame: bytes | None  # PNG
+
+
+def check_session_id(sid: str) -> str:
+    if not SESSION_ID_RE.match(sid or ""):
+        raise InvalidArgument(f"invalid session_id {sid!r}: 1-64 of A-Z a-z 0-9 _ -")
+    return sid
+
+
+def new_session_id() -> str:
+    return "s_" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
+
+
+class SessionStore:
+    """Async access to sessions; knows nothing of gRPC. Errors are worldserve errors."""
+
+    def __init__(self, r: aioredis.Redis, *, default_ttl_s: int = 24 * 3600, observe=None):
+        self.r = r
+        self.default_ttl_s = default_ttl_s
+        self._observe = observe  # callable(op, seconds) for the Redis latency histogram
+        self._append = r.register_script(_APPEND)
+        self._fork = r.register_script(_FORK)
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout_s: float = 5.0, default_ttl_s: int = 24 * 3600, observe=None) -> "SessionStore":
+        r = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30)
+        return cls(r, default_ttl_s=default_ttl_s, observe=observe)
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    # -- keys -------------------------------------------------------------------------------------
+    @staticmethod
+    def _rec(t: str, sid: str) -> str:
+        return f"ws:{t}:{{{sid}}}"
+
+    @staticmethod
+    def _log(t: str, sid: str) -> str:
+        return f"ws:{t}:{{{sid}}}:log"
+
+    @staticmethod
+    def _index(t: str) -> str:
+        return f"ws:{t}:index"
+
+    def _timed(self, op: str, t0: float) -> None:
+        if self._observe is not None:
+            self._observe(op, time.perf_counter() - t0)
+
+    # -- operations -------------------------------------------------------------------------------
+    async def create(
+        self,
+        tenant: str,
+        *,
+        model: str,
+        prompt: str,
+        seed: int,
+        width: int,
+        height: int,
+        first_frame: bytes,
+        first_latent: bytes | None = None,
+        ttl_s: int | None = None,
+        session_id: str | None = None,
+    ) -> SessionRecord:
+        t0 = time.perf_counter()
+        now = time.time()
+        rec = SessionRecord(
+            session_id=session_id or new_session_id(),
+            tenant=tenant,
+            model=model,
+            prompt=prompt,
+            seed=int(seed),
+            step=0,
+            parent_id="",
+            fork_step=0,
+            created_at=now,
+            updated_at=now,
+            ttl_s=int(ttl_s or self.default_ttl_s),
+            width=width,
+            height=height,
+        )
+        log = {"f:0": first_frame}
+        if first_latent is not None:
+            log["z:0"] = first_latent
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self._log(tenant, rec.session_id), mapping=log)
+            p.hset(self._rec(tenant, rec.session_id), mapping=rec.fields())
+            p.expire(self._log(tenant, rec.session_id), rec.ttl_s)
+            p.expire(self._rec(tenant, rec.session_id), rec.ttl_s)
+            p.zadd(self._index(tenant), {rec.session_id: now})
+            await p.execute()
+        self._timed("create", t0)
+        return rec
+
+    async def get(self, tenant: str, sid: str, *, touch: bool = True) -> SessionRecord:
+        check_session_id(sid)
+        t0 = time.perf_counter()
+        async with self.r.pipeline(transaction=False) as p:
+            p.hgetall(self._rec(tenant, sid))
+            if touch:
+                p.ttl(self._rec(tenant, sid))
+            res = await p.execute()
+        h = res[0]
+        if not h:
+            self._timed("get", t0)
+            raise NotFound(f"session {sid!r} not found")
+        rec = SessionRecord.from_redis(tenant, sid, h)
+        if touch:  # refresh on use; skip the write when the TTL is still nearly full
+            if res[1] < 0.9 * rec.ttl_s:
+                async with self.r.pipeline(transaction=False) as p:
+                    p.expire(self._rec(tenant, sid), rec.ttl_s)
+                    p.expire(self._log(tenant, sid), rec.ttl_s)
+                    await p.execute()
+        self._timed("get", t0)
+        return rec
+
+    async def list(self, tenant: str, *, page_size: int = 100, page_token: str = "") -> tuple[list[SessionRecord], str]:
+        if not (0 <= page_size <= 1000):
+            raise InvalidArgument(f"page_size={page_size} is out of range [1, 1000]")
+        page_size = page_size or 100
+        max_score: str = "+inf"
+        after_sid = None
+        if page_token:
+            try:
+                score_s, after_sid = base64.urlsafe_b64decode(page_token.encode()).decode().split("|", 1)
+                max_score = repr(float(score_s))
+            except Exception:  # noqa: BLE001
+                raise InvalidArgument(f"invalid page_token {page_token!r}") from None
+        t0 = time.perf_counter()
+        out: list[SessionRecord] = []
+        scores: list[float] = []
+        offset = 0
+        while len(out) <= page_size:  # one more than a page tells whether a next page exists
+            rows = await self.r.zrevrangebyscore(
+                self._index(tenant), max_score, "-inf", start=offset, num=page_size + 8, withscores=True
+            )
+            if not rows:
+                break
+            offset += len(rows)
+            if after_sid is not None:  # ties on the token's score come in descending id order
+                rows = [(m, s) for m, s in rows if not (repr(s) == max_score and m.decode() >= after_sid)]
+            async with self.r.pipeline(transaction=False) as p:
+                for m, _ in rows:
+                    p.hgetall(self._rec(tenant, m.decode()))
+                hs = await p.execute()
+            gone = []
+            for (m, sc), h in zip(rows, hs):
+                if not h:
+                    gone.append(m.decode())  # expired by TTL: drop from the index lazily
+                elif len(out) <= page_size:
+                    out.append(SessionRecord.from_redis(tenant, m.decode(), h))
+                    scores.append(sc)
+            if gone:
+                await self.r.zrem(self._index(tenant), *gone)
+        self._timed("list", t0)
+        token = ""
+        if len(out) > page_size:
+            out = out[:page_size]
+            token = base64.urlsafe_b64encode(f"{scores[page_size - 1]!r}|{out[-1].session_id}".encode()).decode()
+        return out, token
+
+    async def delete(self, tenant: str, sid: str) -> bool:
+        check_session_id(sid)
+        t0 = time.perf_counter()
+        async with self.r.pipeline(transaction=True) as p:
+            p.delete(self._rec(tenant, sid), self._log(tenant, sid))
+            p.zrem(self._index(tenant), sid)
+            n, _ = await p.execute()
+        self._timed("delete", t0)
+        return n > 0
+
+    async def fork(self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None) -> SessionRecord:
+        parent = await self.get(tenant, sid, touch=False)
+        if step is not None and step > parent.step:
+            raise InvalidArgument(f"fork step {step} is beyond the session's current step {parent.step}")
+        child_id = new_session_id()
+        now = time.time()
+        fields = {
+            "model": parent.model,
+            "prompt": parent.prompt,
+            "seed": str(parent.seed if seed is None else int(seed)),
+            "parent_id": sid,
+            "created_at": str(now),
+            "updated_at": str(now),
+            "ttl_s": str(parent.ttl_s),
+            "width": str(parent.width),
+            "height": str(parent.height),
+            "version": str(SCHEMA_VERSION),
+        }
+        argv: list[str] = [str(-1 if step is None else step)]
+        for k, v in fields.items():
+            argv += [k, v]
+        t0 = time.perf_counter()
+        at, cur = await self._fork(
+            keys=[self._rec(tenant, sid), self._log(tenant, sid), self._rec(tenant, child_id), self._log(tenant, child_id)],
+            args=argv,
+        )
+        self._timed("fork", t0)
+        if at == -1:
+            raise NotFound(f"session {sid!r} not found")
+        if at == -2:
+            raise InvalidArgument(f"fork step {step} is beyond the session's current step {cur}")
+        await self.r.zadd(self._index(tenant), {child_id: now})
+        return await self.get(tenant, child_id, touch=False)
+
+    async def append(
+        self, tenant: str, sid: str, *, expected_step: int, action: dict, latent: bytes, frame: bytes
+    ) -> int:
+        """Compare-and-set append of step ``expected_step + 1``; returns the new step.
+
+        Raises NotFound when the session is gone, Conflict when another write moved it first.
+        """
+        t0 = time.perf_counter()
+        n, cur = await self._append(
+            keys=[self._rec(tenant, sid), self._log(tenant, sid)],
+            args=[expected_step, json.dumps(action, separators=(",", ":"), sort_keys=True), latent, frame, repr(time.time())],
+        )
+        self._timed("append", t0)
+        if n == -1:
+            raise NotFound(f"session {sid!r} not found")
+        if n == -2:
+            raise Conflict(
+                f"session {sid!r} moved to step {cur} while this step (from {expected_step}) was computed; it was not applied"
+            )
+        return int(n)
+
+    async def check_step(self, rec: SessionRecord, expected_step: int | None) -> None:
+        if expected_step is not None and expected_step != rec.step:
+            raise FailedPrecondition(f"session {rec.session_id!r} is at step {rec.step}, not the expected step {expected_step}")
+
+    async def window(self, tenant: str, sid: str, *, end_step: int, frames: int) -> list[LogEntry]:
+        """The last ``frames`` log entries up to ``end_step`` (latents and actions, no frames)."""
+        start = max(0, end_step - frames + 1)
+        steps = list(range(start, end_step + 1))
+        names: list[str] = []
+        for n in steps:
+            names += [f"a:{n}", f"z:{n}"]
+        t0 = time.perf_counter()
+        vals = await self.r.hmget(self._log(tenant, sid), names)
+        self._timed("window", t0)
+        out = []
+        for i, n in enumerate(steps):
+            a, z = vals[2 * i], vals[2 * i + 1]
+            out.append(LogEntry(n, json.loads(a) if a else None, z, None))
+        return out
+
+    async def first_frame(self, tenant: str, sid: str) -> bytes:
+        v = await self.r.hget(self._log(tenant, sid), "f:0")
+        if v is None:
+            raise NotFound(f"session {sid!r} not found")
+        return v
+
+    async def set_latent_if_absent(self, tenant: str, sid: str, step: int, latent: bytes) -> None:
+        await self.r.hsetnx(self._log(tenant, sid), f"z:{step}", latent)
+
+    async def export(
+        self, tenant: str, sid: str, *, from_step: int = 0, to_step: int | None = None, frames: bool = True, chunk: int = 32
+    ) -> AsyncIterator[LogEntry]:
+        """Stream a trajectory in chunks (bounded memory for long sessions)."""
+        rec = await self.get(tenant, sid)
+        end = rec.step if to_step is None else min(to_step, rec.step)
+        for lo in range(from_step, end + 1, chunk):
+            steps = list(range(lo, min(lo + chunk, end + 1)))
+            names: list[str] = []
+            for n in steps:
+                names += [f"a:{n}", f"f:{n}"] if frames else [f"a:{n}"]
+            vals = await self.r.hmget(self._log(tenant, sid), names)
+            k = 2 if frames else 1
+            for i, n in enumerate(steps):
+                a = vals[k * i]
+                f = vals[k * i + 1] if frames else None
+                if n > 0 and a is None:
+                    raise NotFound(f"session {sid!r} was deleted during export")
+                yield LogEntry(n, json.loads(a) if a else None, None, f)
+
+
+def action_to_dict(keys: Sequence[str], mouse: dict[str, float]) -> dict:
+    return {"keys": sorted(keys), "mouse": {k: float(v) for k, v in sorted(mouse.items())}}
