@@ -31,6 +31,8 @@ class Config:
     """Largest uploaded first frame, in bytes. Bounds: 1 KiB .. 64 MiB."""
     redis_timeout_s: float = 5.0
     """Socket timeout of Redis operations. Bounds: 0.05 .. 60."""
+    model_name: str = "worldserve-tiny"
+    """Name of the dynamics model, recorded in every session."""
     dynamics_model_path: str = ""
     """Folder with config.json + model.safetensors; empty: random init (seed 0) of the default config."""
     image_model_path: str = ""

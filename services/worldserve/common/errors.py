@@ -87,22 +87,22 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
 
 
-def grpc_method(
-    rpc: str, *, record: Callable[[str, str, float], None] | None = None, empty: Callable[[], Any] | None = None
-):
+def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
     """Wrap a Serve gRPC handler (unary or streaming, sync or async).
 
     The handler must accept a ``grpc_context`` keyword (Serve passes a RayServegRPCContext). On an
     exception the code and message are set on that context and an empty response (``empty()``) is
-    returned, or the stream ends. ``record(rpc, code_name, seconds)`` is called once per call.
+    returned, or the stream ends. When the handler's object has ``metrics`` (a ServiceMetrics),
+    ``metrics.record_rpc(rpc, code_name, seconds)`` is called once per call.
     """
 
-    def finish(ctx, t0: float, code: grpc.StatusCode, msg: str | None) -> None:
+    def finish(self, ctx, t0: float, code: grpc.StatusCode, msg: str | None) -> None:
         if msg is not None and ctx is not None:
             ctx.set_code(code)
             ctx.set_details(msg)
-        if record is not None:
-            record(rpc, code.name, time.perf_counter() - t0)
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.record_rpc(rpc, code.name, time.perf_counter() - t0)
 
     def deco(fn):
         if inspect.isasyncgenfunction(fn):
@@ -115,9 +115,9 @@ def grpc_method(
                         yield item
                 except Exception as e:  # noqa: BLE001 - the table decides
                     code, msg = status_of(e)
-                    finish(grpc_context, t0, code, msg)
+                    finish(self, grpc_context, t0, code, msg)
                     return
-                finish(grpc_context, t0, grpc.StatusCode.OK, None)
+                finish(self, grpc_context, t0, grpc.StatusCode.OK, None)
 
             return agen
 
@@ -130,9 +130,9 @@ def grpc_method(
                     out = await out
             except Exception as e:  # noqa: BLE001
                 code, msg = status_of(e)
-                finish(grpc_context, t0, code, msg)
+                finish(self, grpc_context, t0, code, msg)
                 return empty() if empty is not None else None
-            finish(grpc_context, t0, grpc.StatusCode.OK, None)
+            finish(self, grpc_context, t0, grpc.StatusCode.OK, None)
             return out
 
         return unary

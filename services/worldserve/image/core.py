@@ -1,0 +1,63 @@
+"""Prompt -> first frame, independent of gRPC: validation and the backend call."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from worldserve.common.errors import InvalidArgument
+
+MAX_PROMPT_CHARS = 2000
+MAX_STEPS = 64
+MAX_GUIDANCE = 20.0
+
+
+class ImageCore:
+    def __init__(self, backend):
+        self.backend = backend
+
+    @property
+    def name(self) -> str:
+        return getattr(self.backend, "name", type(self.backend).__name__)
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        w, h = self.backend.supported_sizes[0]
+        return int(w), int(h)
+
+    def generate(
+        self, prompt: str, *, seed: int = 0, width: int = 0, height: int = 0, steps: int = 0, guidance: float = 0.0
+    ) -> np.ndarray:
+        """(H, W, 3) uint8; INVALID_ARGUMENT quoting any bad value."""
+        if not prompt or not prompt.strip():
+            raise InvalidArgument("prompt is empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(f"prompt of {len(prompt)} characters exceeds the limit of {MAX_PROMPT_CHARS}")
+        dw, dh = self.default_size
+        width, height = width or dw, height or dh
+        if (width, height) not in {tuple(s) for s in self.backend.supported_sizes}:
+            raise InvalidArgument(
+                f"size {width}x{height} is not one the model can make; supported: "
+                + ", ".join(f"{w}x{h}" for w, h in self.backend.supported_sizes)
+            )
+        if not 0 <= steps <= MAX_STEPS:
+            raise InvalidArgument(f"steps={steps} is out of range [0, {MAX_STEPS}]")
+        if not (0.0 <= guidance <= MAX_GUIDANCE) or guidance != guidance:
+            raise InvalidArgument(f"guidance={guidance!r} is out of range [0, {MAX_GUIDANCE}]")
+        kw = {}
+        if steps:
+            kw["steps"] = steps
+        if guidance:
+            kw["guidance"] = guidance
+        try:
+            img = self.backend.generate(prompt, seed=int(seed), width=width, height=height, **kw)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        return np.asarray(img, dtype=np.uint8)
+
+
+def load_backend(config):
+    from worldserve.image.model import TinyTextToImage
+
+    if config.image_model_path:
+        return TinyTextToImage.from_pretrained(config.image_model_path)
+    return TinyTextToImage.random(seed=0)

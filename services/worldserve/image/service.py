@@ -1,0 +1,71 @@
+"""ImageService: the thin Serve ingress over ImageCore."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import serve
+
+from worldserve.common.codec import PNG, encode_frame
+from worldserve.common.servicer import ServiceBase, rpc
+from worldserve.image.core import ImageCore, load_backend
+from worldserve.v1 import image_pb2 as pb
+
+
+@serve.deployment(
+    name="ImageService",
+    max_ongoing_requests=8,
+    ray_actor_options={"num_cpus": 0.25},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4},
+)
+class ImageService(ServiceBase):
+    service = "image"
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        super().__init__(config)
+        if self.config.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.config.torch_threads)
+        self.core = ImageCore(load_backend(self.config))
+        self.m_images = self.metrics.counter("images_generated", "Images generated")
+        self.m_gen = self.metrics.histogram("generation_duration_seconds", "Model time of one image")
+        self._lock = asyncio.Lock()  # one generation at a time per replica; others queue
+
+    async def _generate(self, **kw):
+        import time
+
+        async with self._lock:
+            t0 = time.perf_counter()
+            img = await asyncio.to_thread(self.core.generate, **kw)
+            self.m_gen.observe(time.perf_counter() - t0)
+        self.m_images.inc()
+        return img
+
+    @rpc("GenerateImage", empty=pb.GenerateImageResponse)
+    async def GenerateImage(self, request: pb.GenerateImageRequest, grpc_context=None) -> pb.GenerateImageResponse:
+        self.tenant(grpc_context)
+        img = await self._generate(
+            prompt=request.prompt,
+            seed=request.seed,
+            width=request.width,
+            height=request.height,
+            steps=request.steps,
+            guidance=request.guidance,
+        )
+        return pb.GenerateImageResponse(image=encode_frame(img, request.format or PNG), model=self.core.name)
+
+    # -- called by the sessions app through a deployment handle (already authenticated there) ---
+    async def generate(self, prompt: str, seed: int, steps: int = 0, guidance: float = 0.0) -> bytes:
+        """PNG bytes of the first frame at the default size."""
+        img = await self._generate(prompt=prompt, seed=seed, steps=steps, guidance=guidance)
+        return encode_frame(img, PNG).data
+
+    async def info(self) -> dict:
+        w, h = self.core.default_size
+        return {"model": self.core.name, "width": w, "height": h}
+
+
+def build(args: dict[str, Any]):
+    return ImageService.bind(dict(args or {}))

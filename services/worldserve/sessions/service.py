@@ -1,0 +1,128 @@
+"""SessionService: the thin Serve ingress over SessionsCore and the Redis store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from worldserve.common.codec import PNG, decode_frame, encode_frame
+from worldserve.common.servicer import ServiceBase, rpc
+from worldserve.sessions.core import SessionsCore
+from worldserve.sessions.store import SessionRecord, SessionStore
+from worldserve.v1 import common_pb2, sessions_pb2 as pb
+
+
+def to_pb(rec: SessionRecord) -> pb.Session:
+    return pb.Session(
+        session_id=rec.session_id, model=rec.model, prompt=rec.prompt, seed=rec.seed, step=rec.step,
+        parent_id=rec.parent_id, fork_step=rec.fork_step, created_at=rec.created_at, updated_at=rec.updated_at,
+        ttl_s=rec.ttl_s, width=rec.width, height=rec.height,
+    )
+
+
+def reencode(png: bytes, fmt: int) -> common_pb2.Frame:
+    frame = common_pb2.Frame(format=PNG, data=png)
+    if (fmt or PNG) == PNG:
+        rgb = None
+        from PIL import Image
+        import io
+
+        with Image.open(io.BytesIO(png)) as im:
+            frame.width, frame.height = im.size
+        return frame
+    rgb = decode_frame(frame, max_bytes=1 << 30)
+    return encode_frame(rgb, fmt)
+
+
+@serve.deployment(
+    name="SessionService",
+    max_ongoing_requests=64,
+    ray_actor_options={"num_cpus": 0.25},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
+)
+class SessionService(ServiceBase):
+    service = "sessions"
+
+    def __init__(self, config: dict[str, Any] | None = None, image_app: str = "image"):
+        super().__init__(config)
+        store = SessionStore.from_url(
+            self.config.redis_url,
+            timeout_s=self.config.redis_timeout_s,
+            default_ttl_s=self.config.session_ttl_s,
+            observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op),
+        )
+        self.image = serve.get_deployment_handle("ImageService", app_name=image_app)
+        self.core = SessionsCore(store, self.config, generate=self._generate, frame_info=self._frame_info)
+        self.store = store
+        self.m_created = self.metrics.counter("sessions_created", "Sessions created, by source", ("source",))
+        self.m_forked = self.metrics.counter("sessions_forked", "Sessions forked")
+
+    async def _generate(self, prompt: str, seed: int, steps: int, guidance: float) -> bytes:
+        return await self.image.generate.remote(prompt, seed, steps, guidance)
+
+    async def _frame_info(self) -> dict:
+        return await self.image.info.remote()
+
+    @rpc("CreateSession", empty=pb.Session)
+    async def CreateSession(self, request: pb.CreateSessionRequest, grpc_context=None) -> pb.Session:
+        tenant = self.tenant(grpc_context)
+        source = request.WhichOneof("source")
+        if source == "image":
+            rec, png = await self.core.create_from_image(tenant, request.image, seed=request.seed, ttl_s=request.ttl_s)
+        else:
+            rec, png = await self.core.create_from_prompt(
+                tenant, request.prompt, seed=request.seed, steps=request.image_steps,
+                guidance=request.image_guidance, ttl_s=request.ttl_s,
+            )
+        self.m_created.inc(source=source or "prompt")
+        out = to_pb(rec)
+        if request.include_first_frame:
+            out.first_frame.CopyFrom(reencode(png, request.format))
+        return out
+
+    @rpc("GetSession", empty=pb.Session)
+    async def GetSession(self, request: pb.GetSessionRequest, grpc_context=None) -> pb.Session:
+        return to_pb(await self.store.get(self.tenant(grpc_context), request.session_id))
+
+    @rpc("ListSessions", empty=pb.ListSessionsResponse)
+    async def ListSessions(self, request: pb.ListSessionsRequest, grpc_context=None) -> pb.ListSessionsResponse:
+        recs, token = await self.store.list(
+            self.tenant(grpc_context), page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListSessionsResponse(sessions=[to_pb(r) for r in recs], next_page_token=token)
+
+    @rpc("ForkSession", empty=pb.Session)
+    async def ForkSession(self, request: pb.ForkSessionRequest, grpc_context=None) -> pb.Session:
+        rec = await self.store.fork(
+            self.tenant(grpc_context),
+            request.session_id,
+            step=request.step if request.HasField("step") else None,
+            seed=request.seed if request.HasField("seed") else None,
+        )
+        self.m_forked.inc()
+        return to_pb(rec)
+
+    @rpc("DeleteSession", empty=pb.DeleteSessionResponse)
+    async def DeleteSession(self, request: pb.DeleteSessionRequest, grpc_context=None) -> pb.DeleteSessionResponse:
+        return pb.DeleteSessionResponse(deleted=await self.store.delete(self.tenant(grpc_context), request.session_id))
+
+    @rpc("ExportSession", empty=pb.TrajectoryStep)
+    async def ExportSession(self, request: pb.ExportSessionRequest, grpc_context=None):
+        tenant = self.tenant(grpc_context)
+        async for e in self.store.export(
+            tenant, request.session_id, from_step=request.from_step, frames=request.include_frames
+        ):
+            item = pb.TrajectoryStep(step=e.step)
+            if e.action:
+                item.action.keys.extend(e.action.get("keys", []))
+                item.action.mouse.update(e.action.get("mouse", {}))
+            if e.frame is not None:
+                item.frame.CopyFrom(reencode(e.frame, request.format))
+            yield item
+
+
+def build(args: dict[str, Any]):
+    args = dict(args or {})
+    image_app = args.pop("image_app", "image")
+    return SessionService.bind(args, image_app)
