@@ -71,7 +71,11 @@ def wait_healthy(timeout_s: float = 300.0, apps: tuple[str, ...] = APPS, progres
             progress(last)
         failed = [n for n, s in last.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
         if failed:
-            msgs = "; ".join(f"{n}: {st.applications[n].message}" for n in failed)
+            msgs = "; ".join(
+                f"{n}: {st.applications[n].message} "
+                + " ".join(f"[{d}: {ds.message}]" for d, ds in st.applications[n].deployments.items() if ds.message)
+                for n in failed
+            )
             raise RuntimeError(f"serve applications failed: {msgs}")
         if len(last) == len(apps) and all(s == "RUNNING" for s in last.values()):
             return last

@@ -8,13 +8,14 @@ carry :func:`rpc`, which maps exceptions to status codes through one table and r
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from grpc_health.v1 import health_pb2
 
 from worldserve.common.auth import KeyRing
 from worldserve.common.config import Config
-from worldserve.common.errors import grpc_method
+from worldserve.common.errors import Unauthenticated, grpc_method
 from worldserve.common.metrics import ServiceMetrics
 
 
@@ -25,12 +26,28 @@ class ServiceBase:
         logging.getLogger("worldserve").setLevel(logging.INFO)
         self.config = Config.load(config)
         self.keys = KeyRing.load(self.config.api_keys_file or None)
+        path = self.config.api_keys_file
+        self._keys_mtime = os.path.getmtime(path) if path and os.path.exists(path) else None
         self.metrics = ServiceMetrics(self.service)
         self.serving = True
 
     def tenant(self, grpc_context) -> str:
         md = grpc_context.invocation_metadata() if grpc_context is not None else []
-        return self.keys.authenticate(md)
+        try:
+            return self.keys.authenticate(md)
+        except Unauthenticated:
+            if not self._reload_keys():
+                raise
+            return self.keys.authenticate(md)
+
+    def _reload_keys(self) -> bool:
+        """Pick up keys added to the key file since start (checked only on an unknown key)."""
+        path = self.config.api_keys_file
+        if not path or not os.path.exists(path) or os.path.getmtime(path) == self._keys_mtime:
+            return False
+        self._keys_mtime = os.path.getmtime(path)
+        self.keys = KeyRing.load(path)
+        return True
 
     # grpc.health.v1.Health, answered per application (the `application` metadata picks the app).
     async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context=None) -> health_pb2.HealthCheckResponse:

@@ -28,7 +28,7 @@ import torch
 
 from worldserve.common.codec import PNG, encode_frame, pack_array, unpack_array
 from worldserve.common.config import Config
-from worldserve.common.errors import Conflict, InvalidArgument, ResourceExhausted
+from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, ResourceExhausted
 from worldserve.common.metrics import BATCH_BUCKETS, ServiceMetrics
 from worldserve.sessions.store import SessionRecord, SessionStore, action_to_dict, check_session_id
 
@@ -126,6 +126,14 @@ class Engine:
         check_session_id(session_id)
         action, vec = self.action(keys, mouse)
         g = self.check_guidance(guidance)
+        try:
+            return await self._step(tenant, session_id, action, vec, g, expected_step, fmt)
+        except Conflict as e:
+            if expected_step is not None:  # the caller named a step: its precondition no longer holds
+                raise FailedPrecondition(str(e)) from None
+            raise
+
+    async def _step(self, tenant, session_id, action, vec, g, expected_step, fmt) -> StepResult:
         key = (tenant, session_id)
         if key in self._inflight:
             raise Conflict(f"session {session_id!r} already has a step in flight; this one was not applied")

@@ -83,6 +83,10 @@ class DynamicsService(ServiceBase):
         super().__init__(config)
         self.core = DynamicsCore(self.config)
         self.info = self.core.model_info()
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside Serve
+            self.replica_id = "local"
 
     @property
     def engine(self):
@@ -102,7 +106,10 @@ class DynamicsService(ServiceBase):
 
     @rpc("Step", empty=pb.StepResponse)
     async def Step(self, request: pb.StepRequest, grpc_context=None) -> pb.StepResponse:
-        return await self._step(self.tenant(grpc_context), request)
+        out = await self._step(self.tenant(grpc_context), request)
+        if grpc_context is not None:  # which replica served it: for debugging affinity and failover
+            grpc_context.set_trailing_metadata([("worldserve-replica", self.replica_id)])
+        return out
 
     @rpc("StepBatch", empty=pb.StepBatchResponse)
     async def StepBatch(self, request: pb.StepBatchRequest, grpc_context=None) -> pb.StepBatchResponse:

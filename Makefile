@@ -1,0 +1,37 @@
+# The two commands a newcomer runs:  make run   and   make test
+PY ?= python3
+PIP = $(PY) -m pip
+NETNS = scripts/netns-run
+
+.PHONY: install install-dev run test test-unit test-e2e bench down protos
+
+# torch first, pinned: it takes the local CPU wheel; an unpinned torch pulls GBs of CUDA builds.
+install:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[serve]'
+
+install-dev:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[serve,dev]'
+
+# Start the local cluster (embedded Redis, Ray, Serve), play a demo world, write demo.gif.
+run: install
+	worldserve up
+	worldserve play --out demo.gif
+
+down:
+	worldserve down
+
+# Every test: unit, model, kernels (Triton interpreter), end to end (local Ray, gRPC on loopback).
+test: install-dev
+	$(PY) scripts/gen_protos.py --check
+	$(NETNS) $(PY) -m pytest -q -p no:warnings
+
+test-unit: install-dev
+	$(PY) -m pytest -q -p no:warnings --ignore=tests/e2e
+
+bench: install
+	$(NETNS) $(PY) -m loadtest.bench
+
+protos:
+	$(PY) scripts/gen_protos.py

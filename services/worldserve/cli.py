@@ -1,0 +1,252 @@
+"""`worldserve up | down | status | play | keys`: run a local cluster and play a world.
+
+State lives in ``$WORLDSERVE_HOME`` (default ``~/.worldserve``): the embedded Redis's data and
+pid, the hashed API key file, and the development key (mode 0600).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+console = Console(stderr=True)
+
+GRPC_PORT = 9000
+
+
+def home() -> Path:
+    return Path(os.environ.get("WORLDSERVE_HOME", Path.home() / ".worldserve"))
+
+
+def _state_path() -> Path:
+    return home() / "state.json"
+
+
+def _read_state() -> dict:
+    p = _state_path()
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _write_state(state: dict) -> None:
+    home().mkdir(parents=True, exist_ok=True)
+    _state_path().write_text(json.dumps(state, indent=2))
+
+
+def dev_key() -> str:
+    """The local development key (created by `up`), or $WORLDSERVE_API_KEY."""
+    if os.environ.get("WORLDSERVE_API_KEY"):
+        return os.environ["WORLDSERVE_API_KEY"]
+    p = home() / "dev_key"
+    if not p.exists():
+        raise typer.BadParameter("no API key: run `worldserve up` or set WORLDSERVE_API_KEY")
+    return p.read_text().strip()
+
+
+def _ensure_dev_key() -> tuple[str, Path]:
+    from worldserve.common.auth import add_key, new_key
+
+    keys_file = Path(os.environ.get("WORLDSERVE_API_KEYS_FILE", home() / "api_keys.json"))
+    key_path = home() / "dev_key"
+    if key_path.exists() and keys_file.exists():
+        return key_path.read_text().strip(), keys_file
+    key = new_key()
+    add_key(keys_file, "dev", key)
+    home().mkdir(parents=True, exist_ok=True)
+    key_path.write_text(key + "\n")
+    key_path.chmod(0o600)
+    return key, keys_file
+
+
+def _ray(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    exe = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=env)
+
+
+@app.command()
+def up(
+    config: Path = typer.Option(None, help="serve config (default: deploy/serve/worldserve.yaml)"),
+    num_cpus: int = typer.Option(0, help="CPUs for the local Ray node (0: all)"),
+    timeout_s: float = typer.Option(600, help="how long to wait for the services to be healthy"),
+) -> None:
+    """Start Redis (embedded unless REDIS_URL), Ray and Serve; wait until healthy; print endpoint and key."""
+    from worldserve.common.redis_server import EmbeddedRedis
+    from worldserve import deploy as dep
+
+    state = _read_state()
+    redis_url = os.environ.get("REDIS_URL", "")
+    if not redis_url:
+        if state.get("redis_pid") and _alive(state["redis_pid"]):
+            redis_url = state["redis_url"]
+        else:
+            srv = EmbeddedRedis(home() / "redis", port=6390 if _port_free(6390) else None).start(detach=True)
+            redis_url = srv.url
+            state.update(redis_pid=srv.proc.pid, redis_url=redis_url)
+            console.print(f"[green]embedded Redis[/] at {redis_url} (AOF everysec, noeviction), data in {home() / 'redis'}")
+    key, keys_file = _ensure_dev_key()
+    _write_state(state)
+
+    env = dict(os.environ, REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file))
+    env.setdefault("RAY_AUTH_MODE", "token")
+    status = _ray("status", env=env)
+    if status.returncode != 0:
+        args = ["start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
+        if num_cpus:
+            args.append(f"--num-cpus={num_cpus}")
+        console.print("starting Ray ...")
+        r = _ray(*args, env=env)
+        if r.returncode != 0:
+            console.print(r.stdout[-2000:], r.stderr[-2000:])
+            raise typer.Exit(1)
+        state["ray_started"] = True
+        _write_state(state)
+
+    import ray
+
+    os.environ.update(REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file))
+    ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    cfg = dep.load_config(config, app_args={"redis_url": redis_url, "api_keys_file": str(keys_file)})
+    dep.deploy(cfg)
+    with console.status("deploying image, sessions, dynamics ...") as st:
+        dep.wait_healthy(timeout_s, progress=lambda s: st.update(f"deploying: {s}"))
+    endpoint = f"127.0.0.1:{cfg['grpc_options']['port']}"
+    _check_health(endpoint, key)
+    state.update(endpoint=endpoint)
+    _write_state(state)
+    console.print(f"[green]worldserve is up[/]: gRPC endpoint [bold]{endpoint}[/]")
+    console.print(f"development API key (tenant 'dev'): [bold]{key}[/]")
+    console.print("  send metadata  authorization: Bearer <key>   and   application: image|sessions|dynamics")
+    print(json.dumps({"endpoint": endpoint, "api_key": key}))
+
+
+def _check_health(endpoint: str, key: str) -> None:
+    from worldserve.client import WorldClient
+
+    with WorldClient(endpoint, key, timeout_s=30) as c:
+        for appname in ("image", "sessions", "dynamics"):
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    assert c.health(appname) == "SERVING"
+                    break
+                except Exception:  # noqa: BLE001 - the proxy may need a moment for new routes
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@app.command()
+def down() -> None:
+    """Stop Serve, Ray and the embedded Redis (its data stays in $WORLDSERVE_HOME/redis)."""
+    state = _read_state()
+    r = _ray("stop", "--force")
+    console.print("Ray stopped" if r.returncode == 0 else f"ray stop: {r.stderr.strip()[-500:]}")
+    pid = state.get("redis_pid")
+    if pid and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        console.print("embedded Redis stopped")
+    for k in ("redis_pid", "ray_started", "endpoint"):
+        state.pop(k, None)
+    _write_state(state)
+
+
+@app.command()
+def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `up`)")) -> None:
+    """Health of each service and Serve's view of the applications."""
+    from worldserve.client import WorldClient
+
+    state = _read_state()
+    target = target or state.get("endpoint", f"127.0.0.1:{GRPC_PORT}")
+    ok = True
+    with WorldClient(target, dev_key(), timeout_s=10) as c:
+        for appname in ("image", "sessions", "dynamics"):
+            try:
+                s = c.health(appname)
+            except Exception as e:  # noqa: BLE001
+                s, ok = f"DOWN ({getattr(e, 'code', lambda: e)()})", False
+            console.print(f"{appname:9s} {s}")
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def play(
+    prompt: str = typer.Option("a red door on the left, a blue door on the right, grass, night", help="world prompt"),
+    actions: str = typer.Option(
+        "right,right,right,up,right,right,jump,right,left,left,up,right,right,right,right,right",
+        help="comma-separated actions; '+' joins keys held together, 'noop' for none",
+    ),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("demo.gif"), help="animated GIF to write"),
+    target: str = typer.Option(None, help="gRPC endpoint (default: from `up`)"),
+    scale: int = typer.Option(4, help="upscale factor of the GIF"),
+    fps: int = typer.Option(8),
+) -> None:
+    """Create a world from a prompt, step it through the actions (a progress bar), write a GIF."""
+    from PIL import Image
+
+    from worldserve.client import WorldClient, _actions
+
+    target = target or _read_state().get("endpoint", f"127.0.0.1:{GRPC_PORT}")
+    acts = _actions(a.strip() for a in actions.split(",") if a.strip())
+    frames = []
+    with WorldClient(target, dev_key()) as c:
+        s = c.create_session(prompt=prompt, seed=seed, include_first_frame=True)
+        frames.append(Image.open(io.BytesIO(s.first_frame.data)).convert("RGB"))
+        with Progress(
+            TextColumn("[bold]stepping[/] " + s.session_id), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("steps", total=len(acts))
+            for r in c.play(s.session_id, acts):
+                frames.append(Image.open(io.BytesIO(r.frame.data)).convert("RGB"))
+                bar.advance(task)
+    w, h = frames[0].size
+    frames = [f.resize((w * scale, h * scale), Image.NEAREST) for f in frames]
+    frames[0].save(out, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    console.print(f"wrote {out} ({len(frames)} frames) from session {s.session_id}")
+
+
+@app.command("add-key")
+def add_key_cmd(tenant: str) -> None:
+    """Create an API key for a tenant; its hash goes to the key file, the key is printed once."""
+    from worldserve.common.auth import add_key, new_key
+
+    keys_file = Path(os.environ.get("WORLDSERVE_API_KEYS_FILE", home() / "api_keys.json"))
+    key = new_key()
+    add_key(keys_file, tenant, key)
+    console.print(f"key for tenant {tenant!r} added to {keys_file} (replicas read the file at start)")
+    print(key)
+
+
+if __name__ == "__main__":
+    app()

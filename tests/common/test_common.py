@@ -1,0 +1,100 @@
+import json
+
+import grpc
+import numpy as np
+import pytest
+
+from worldserve.common import codec
+from worldserve.common.auth import KeyRing, add_key, hash_key, new_key
+from worldserve.common.config import Config
+from worldserve.common.errors import (
+    Conflict, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated, grpc_method, status_of,
+)
+from worldserve.v1 import common_pb2
+
+
+def test_keyring_from_file_and_env(tmp_path):
+    k1, k2 = new_key(), new_key()
+    f = tmp_path / "keys.json"
+    add_key(f, "acme", k1)
+    assert oct(f.stat().st_mode & 0o777) == "0o600"
+    assert k1 not in f.read_text()  # stored hashed
+    ring = KeyRing.load(f, env={"WORLDSERVE_API_KEYS": f"beta:{hash_key(k2)}"})
+    assert ring.authenticate([("authorization", f"Bearer {k1}")]) == "acme"
+    assert ring.authenticate([("Authorization", f"bearer {k2}")]) == "beta"
+    with pytest.raises(Unauthenticated, match="missing"):
+        ring.authenticate([])
+    with pytest.raises(Unauthenticated, match="unknown"):
+        ring.authenticate([("authorization", "Bearer nope")])
+    with pytest.raises(Unauthenticated, match="malformed"):
+        ring.authenticate([("authorization", k1)])
+    with pytest.raises(ValueError, match="invalid tenant"):
+        KeyRing.from_entries([("Bad Tenant", hash_key("x"))])
+
+
+def test_status_table_and_no_traceback():
+    assert status_of(InvalidArgument("bad 3"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(NotFound("session 'x' not found")) == (grpc.StatusCode.NOT_FOUND, "session 'x' not found")
+    assert status_of(Conflict("raced"))[0] == grpc.StatusCode.ABORTED
+    assert status_of(FailedPrecondition("at 3"))[0] == grpc.StatusCode.FAILED_PRECONDITION
+    code, msg = status_of(ZeroDivisionError("secret internals"))
+    assert code == grpc.StatusCode.INTERNAL and "secret" not in msg and "Traceback" not in msg
+
+
+class _Ctx:
+    def __init__(self):
+        self.code = self.details = None
+
+    def set_code(self, c):
+        self.code = c
+
+    def set_details(self, d):
+        self.details = d
+
+
+async def test_grpc_method_sets_status_and_returns_empty():
+    class S:
+        @grpc_method("X", empty=common_pb2.Frame)
+        async def X(self, request, grpc_context=None):
+            raise InvalidArgument(f"width={request} is odd")
+
+        @grpc_method("Y", empty=common_pb2.Frame)
+        async def Y(self, request, grpc_context=None):
+            yield 1
+            raise NotFound("gone")
+
+    ctx = _Ctx()
+    out = await S().X(3, grpc_context=ctx)
+    assert out == common_pb2.Frame() and ctx.code == grpc.StatusCode.INVALID_ARGUMENT and ctx.details == "width=3 is odd"
+    ctx = _Ctx()
+    assert [i async for i in S().Y(0, grpc_context=ctx)] == [1]
+    assert ctx.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_config_bounds_and_overrides():
+    c = Config.load({"max_batch_size": 8}, env={"REDIS_URL": "redis://h:1/0"})
+    assert c.max_batch_size == 8 and c.redis_url == "redis://h:1/0"
+    with pytest.raises(ValueError, match="max_batch_size=0"):
+        Config.load({"max_batch_size": 0}, env={})
+    with pytest.raises(ValueError, match="unknown config field 'batch'"):
+        Config.load({"batch": 1}, env={})
+
+
+@pytest.mark.parametrize("fmt", [codec.PNG, codec.RAW])
+def test_frame_roundtrip_lossless(fmt):
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    f = codec.encode_frame(rgb, fmt)
+    assert (f.width, f.height) == (48, 64)
+    assert np.array_equal(codec.decode_frame(f, max_bytes=1 << 20), rgb)
+
+
+def test_frame_decode_rejects_bad_input():
+    with pytest.raises(InvalidArgument, match="exceeds the limit"):
+        codec.decode_frame(common_pb2.Frame(format=codec.PNG, data=b"x" * 2000), max_bytes=1000)
+    with pytest.raises(InvalidArgument, match="cannot decode"):
+        codec.decode_frame(common_pb2.Frame(format=codec.PNG, data=b"notapng"), max_bytes=1000)
+    with pytest.raises(InvalidArgument, match="does not match 2x2x3"):
+        codec.decode_frame(common_pb2.Frame(format=codec.RAW, data=b"123", width=2, height=2), max_bytes=1000)
+    jpeg = codec.encode_frame(np.zeros((8, 8, 3), np.uint8), codec.JPEG)
+    with pytest.raises(InvalidArgument, match="makes 64x64"):
+        codec.decode_frame(jpeg, max_bytes=1 << 20, expect_size=(64, 64))

@@ -1,0 +1,195 @@
+"""End to end over real gRPC through Serve's proxy, on a real local Ray cluster and Redis."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from worldserve.client import WorldClient, action
+from worldserve.v1 import common_pb2, dynamics_pb2
+
+pytestmark = pytest.mark.e2e
+
+
+def rgb(frame) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(frame.data)).convert("RGB"))
+
+
+def code_of(fn) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as ei:
+        fn()
+    e = ei.value
+    assert "Traceback" not in (e.details() or ""), e.details()
+    return e.code(), e.details()
+
+
+def test_health_and_model_info(client):
+    for app in ("image", "sessions", "dynamics"):
+        assert client.health(app) == "SERVING"
+    info = client.model_info()
+    assert info.frame_width == 64 and info.frame_height == 64
+    assert "left" in info.keys and info.context_frames >= 2
+    assert [a.name for a in info.mouse_axes] == ["mouse_x", "mouse_y"]
+
+
+def test_create_step_fork_export_delete(client):
+    s = client.create_session(prompt="a red door on the left, grass", seed=3, include_first_frame=True)
+    assert s.step == 0 and s.first_frame.width == 64
+    keys = ["right", "left", "up", "jump"]
+    frames = [rgb(client.step(s.session_id, [keys[i % 4]]).frame) for i in range(16)]
+    assert client.get_session(s.session_id).step == 16
+    assert all(f.shape == (64, 64, 3) for f in frames)
+
+    a = client.fork_session(s.session_id, step=8)
+    b = client.fork_session(s.session_id, step=8)
+    c = client.fork_session(s.session_id, step=8)
+    assert a.step == 8 and a.parent_id == s.session_id and a.fork_step == 8
+    fa = [rgb(client.step(a.session_id, ["right"]).frame) for _ in range(4)]
+    fb = [rgb(client.step(b.session_id, ["right"]).frame) for _ in range(4)]
+    fc = [rgb(client.step(c.session_id, ["left", "jump"], {"mouse_x": 0.5}).frame) for _ in range(4)]
+    # same seed + same history + same actions -> same frames (tolerance: float rounding across batches)
+    for x, y in zip(fa, fb):
+        assert np.abs(x.astype(int) - y.astype(int)).mean() < 1.0
+    assert np.abs(fa[-1].astype(int) - fc[-1].astype(int)).mean() > 1.0, "different actions must give different frames"
+
+    exported = list(client.export_session(s.session_id))
+    assert [e.step for e in exported] == list(range(17))
+    assert list(exported[1].action.keys) == ["right"] and not exported[0].action.keys
+    assert np.array_equal(rgb(exported[16].frame), frames[15])
+    assert s.session_id in {x.session_id for x in client.list_sessions(page_size=2)}
+
+    assert client.delete_session(s.session_id)
+    assert code_of(lambda: client.get_session(s.session_id))[0] == grpc.StatusCode.NOT_FOUND
+    assert client.get_session(a.session_id).step == 12  # branches own their history
+
+
+def test_rollout_play_batch(client):
+    s = client.create_session(prompt="blue sky", seed=1)
+    got = [r.step for r in client.rollout(s.session_id, ["right", "left+jump", "noop"])]
+    assert got == [1, 2, 3]
+    got = [r.step for r in client.play(s.session_id, ["up", "down"])]
+    assert got == [4, 5]
+    t = client.create_session(prompt="green hills", seed=2)
+    r = client.step_batch([
+        dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["left"])),
+        dynamics_pb2.StepRequest(session_id=t.session_id, action=action(["right"]), format=common_pb2.FRAME_FORMAT_RAW_RGB8),
+        dynamics_pb2.StepRequest(session_id="s_nope", action=action([])),
+    ])
+    assert r.results[0].ok.step == 6
+    assert len(r.results[1].ok.frame.data) == 64 * 64 * 3
+    assert r.results[2].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_bad_input_and_tenancy(cluster, client):
+    s = client.create_session(prompt="a cave", seed=0)
+    with WorldClient(cluster["target"], cluster["key_b"]) as other:
+        assert code_of(lambda: other.get_session(s.session_id))[0] == grpc.StatusCode.NOT_FOUND
+        assert code_of(lambda: other.step(s.session_id, ["left"]))[0] == grpc.StatusCode.NOT_FOUND
+    for key in ("", "ws_wrong"):
+        with WorldClient(cluster["target"], key) as anon:
+            assert code_of(lambda: anon.get_session(s.session_id))[0] == grpc.StatusCode.UNAUTHENTICATED
+            assert code_of(lambda: anon.model_info())[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert code_of(lambda: client.get_session("s_missing"))[0] == grpc.StatusCode.NOT_FOUND
+    code, msg = code_of(lambda: client.create_session(prompt="  "))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "prompt is empty" in msg
+    code, msg = code_of(lambda: client.step(s.session_id, ["jmp"]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'jmp'" in msg
+    code, msg = code_of(lambda: client.step(s.session_id, [], {"mouse_x": 7.5}))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "7.5" in msg
+    code, msg = code_of(lambda: client.generate_image("x", width=100, height=64))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "100x64" in msg
+    big = common_pb2.Frame(format=common_pb2.FRAME_FORMAT_PNG, data=b"\x89PNG" + b"\0" * (5 * 1024 * 1024))
+    code, msg = code_of(lambda: client.create_session(image=big))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "exceeds" in msg
+    wrong = common_pb2.Frame(format=common_pb2.FRAME_FORMAT_RAW_RGB8, data=bytes(32 * 32 * 3), width=32, height=32)
+    code, msg = code_of(lambda: client.create_session(image=wrong))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "32x32" in msg
+    ok = common_pb2.Frame(format=common_pb2.FRAME_FORMAT_RAW_RGB8, data=bytes(64 * 64 * 3), width=64, height=64)
+    assert client.create_session(image=ok).step == 0
+    code, msg = code_of(lambda: client.step(s.session_id, ["left"], expected_step=5))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "step 0" in msg
+
+
+@pytest.mark.parametrize("expected", [False, True])
+def test_racing_steps_exactly_one_lands(client, expected):
+    s = client.create_session(prompt="race track", seed=0)
+    results: list = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def go(i):
+        barrier.wait()
+        try:
+            results[i] = client.step(s.session_id, ["right"], expected_step=0 if expected else None).step
+        except grpc.RpcError as e:
+            results[i] = e.code()
+
+    ts = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert results.count(1) == 1, results
+    want = grpc.StatusCode.FAILED_PRECONDITION if expected else grpc.StatusCode.ABORTED
+    assert results.count(want) == 3, results
+    assert client.get_session(s.session_id).step == 1
+
+
+def test_killing_the_replica_loses_no_acknowledged_step(client):
+    import ray
+    from ray.util.state import list_actors
+
+    s = client.create_session(prompt="failover", seed=5)
+    _, call = client.dynamics.Step.with_call(
+        dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["right"])),
+        metadata=client._md("dynamics", s.session_id), timeout=120,
+    )
+    replica = dict(call.trailing_metadata())["worldserve-replica"]
+    acked = [1]
+    stop = threading.Event()
+
+    def player():
+        def actions():
+            while not stop.is_set():
+                yield dynamics_pb2.PlayRequest(session_id=s.session_id, action=action(["left"]))
+                time.sleep(0.05)
+
+        try:
+            for r in client.dynamics.Play(actions(), metadata=client._md("dynamics", s.session_id), timeout=120):
+                acked.append(r.step)
+        except grpc.RpcError:
+            pass
+
+    t = threading.Thread(target=player)
+    t.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victims = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if replica in (a.name or "")]
+    assert victims, f"replica {replica} not found"
+    ray.kill(ray.get_actor(victims[0].name, namespace="serve"), no_restart=True)
+    time.sleep(1.0)
+    stop.set()
+    t.join(60)
+    last_acked = max(acked)
+    stored = client.get_session(s.session_id).step
+    assert stored >= last_acked  # nothing acknowledged is lost (a step may land unacknowledged)
+    exported = [e.step for e in client.export_session(s.session_id, include_frames=False)]
+    assert exported == list(range(stored + 1))
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            r, call = client.dynamics.Step.with_call(
+                dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["up"]), expected_step=stored),
+                metadata=client._md("dynamics", s.session_id), timeout=120,
+            )
+            break
+        except grpc.RpcError as e:
+            if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    assert r.step == stored + 1
+    assert dict(call.trailing_metadata())["worldserve-replica"] != replica
