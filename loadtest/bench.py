@@ -1,0 +1,184 @@
+"""Serving benchmark: `python -m loadtest.bench` (or `make bench`).
+
+Starts its own embedded Redis and local Ray cluster (gRPC on loopback), deploys the serve config
+with one dynamics replica, and prints from one run:
+
+- the model step alone (batch 1: sample + decode, in this process, same threads as a replica);
+- a trivial RPC through Serve's gRPC proxy (GetModelInfo);
+- Step latency p50/p99 through the whole stack (one session, closed loop);
+- aggregate steps/s for 1 session vs N concurrent sessions (batching).
+
+and checks the targets: whole-stack Step p50 <= trivial-RPC p50 + model step p50 + 3 ms, and
+N sessions give at least 4x the steps/s of one. Figures are ratios within one run: the machine is
+shared and noisy. Exit code 0 when both targets hold, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def model_alone(n: int, threads: int) -> list[float]:
+    import torch
+
+    from worldserve.dynamics.model import WorldModel
+
+    if threads:
+        torch.set_num_threads(threads)
+    m = WorldModel.random(seed=0)
+    cache = m.prefill(m.encode(torch.zeros(1, 64, 64, 3, dtype=torch.uint8)), m.null_action()[None], first_step=0)
+    a = m.action_vector(["right"])[None]
+    out = []
+    for i in range(n + 2):
+        t0 = time.perf_counter()
+        z = m.step([cache], a, seeds=[0], steps=[cache.last_step + 1])
+        m.decode(z)
+        if i >= 2:  # warm-up
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def closed_loop(client, sids: list[str], duration_s: float) -> tuple[int, list[float], int]:
+    """Each session steps in its own thread, back to back, for duration_s. Returns (steps, latencies, errors)."""
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + duration_s
+
+    def run(sid: str) -> None:
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            try:
+                client.step(sid, ["right"])
+            except Exception:  # noqa: BLE001 - counted
+                with lock:
+                    errors[0] += 1
+                continue
+            with lock:
+                lat.append(time.perf_counter() - t0)
+
+    ts = [threading.Thread(target=run, args=(s,)) for s in sids]
+    t0 = time.monotonic()
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    return len(lat), lat, errors[0] if time.monotonic() - t0 > 0 else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=32, help="concurrent sessions for the batching figure")
+    ap.add_argument("--duration-s", type=float, default=20.0, help="seconds of each closed-loop phase")
+    ap.add_argument("--latency-steps", type=int, default=60, help="sequential Steps for p50/p99")
+    ap.add_argument("--trivial", type=int, default=200, help="trivial RPCs for their p50")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch threads in the replica and the model-alone run")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ns = ap.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print("[bold]model step alone[/] (batch 1, sample + decode) ...")
+    model_s = model_alone(20, ns.torch_threads)
+
+    import ray
+    from ray import serve
+
+    from worldserve import deploy as dep
+    from worldserve.client import WorldClient
+    from worldserve.common.auth import add_key, new_key
+    from worldserve.common.redis_server import EmbeddedRedis, free_port
+
+    tmp = Path(tempfile.mkdtemp(prefix="worldserve-bench-"))
+    redis = EmbeddedRedis(tmp / "redis").start()
+    key = new_key()
+    add_key(tmp / "keys.json", "bench", key)
+    port = free_port()
+    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        cfg = dep.load_config(
+            app_args={"redis_url": redis.url, "api_keys_file": str(tmp / "keys.json"), "torch_threads": ns.torch_threads},
+            grpc_port=port,
+            http_port=free_port(),
+            deployment_overrides={
+                "DynamicsService": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
+            },
+        )
+        with console.status("starting the local cluster ..."):
+            dep.deploy(cfg)
+            dep.wait_healthy(600)
+        client = WorldClient(f"127.0.0.1:{port}", key, timeout_s=120)
+        for _ in range(5):
+            client.model_info()
+        trivial = []
+        for _ in range(ns.trivial):
+            t0 = time.perf_counter()
+            client.model_info()
+            trivial.append(time.perf_counter() - t0)
+
+        sids = [client.create_session(prompt=f"bench world {i}", seed=i).session_id for i in range(ns.sessions)]
+        for s in sids:  # first step encodes the first frame and fills the replica cache
+            client.step(s, ["right"])
+        stack = []
+        for _ in range(ns.latency_steps):
+            t0 = time.perf_counter()
+            client.step(sids[0], ["right"])
+            stack.append(time.perf_counter() - t0)
+        console.print(f"closed loop: 1 session for {ns.duration_s:.0f} s ...")
+        n1, _, e1 = closed_loop(client, sids[:1], ns.duration_s)
+        console.print(f"closed loop: {ns.sessions} sessions for {ns.duration_s:.0f} s ...")
+        nn, lat_n, en = closed_loop(client, sids, ns.duration_s)
+        client.close()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        redis.stop()
+
+    ms = lambda s: s * 1000  # noqa: E731
+    fig = {
+        "model_step_p50_ms": ms(statistics.median(model_s)),
+        "trivial_rpc_p50_ms": ms(statistics.median(trivial)),
+        "trivial_rpc_p99_ms": ms(pct(trivial, 99)),
+        "step_p50_ms": ms(statistics.median(stack)),
+        "step_p99_ms": ms(pct(stack, 99)),
+        "steps_per_s_1": n1 / ns.duration_s,
+        f"steps_per_s_{ns.sessions}": nn / ns.duration_s,
+        f"step_p50_ms_at_{ns.sessions}": ms(statistics.median(lat_n)) if lat_n else float("nan"),
+        "errors": e1 + en,
+    }
+    budget = fig["trivial_rpc_p50_ms"] + fig["model_step_p50_ms"] + 3.0
+    ratio = fig[f"steps_per_s_{ns.sessions}"] / max(fig["steps_per_s_1"], 1e-9)
+    fig.update(step_budget_ms=budget, overhead_ms=fig["step_p50_ms"] - fig["trivial_rpc_p50_ms"] - fig["model_step_p50_ms"],
+               batching_ratio=ratio)
+    t = Table(title="worldserve serving benchmark")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    for k, v in fig.items():
+        t.add_row(k, f"{v:.2f}" if isinstance(v, float) else str(v))
+    console.print(t)
+    ok_latency = fig["step_p50_ms"] <= budget
+    ok_batch = ratio >= 4.0
+    console.print(
+        f"Step p50 {fig['step_p50_ms']:.1f} ms vs budget {budget:.1f} ms (trivial + model + 3): "
+        + ("[green]met[/]" if ok_latency else "[red]missed[/]")
+    )
+    console.print(f"{ns.sessions} sessions / 1 session steps/s = {ratio:.2f}x (target 4x): " + ("[green]met[/]" if ok_batch else "[red]missed[/]"))
+    if ns.json:
+        ns.json.write_text(json.dumps(fig, indent=2))
+    return 0 if ok_latency and ok_batch else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
