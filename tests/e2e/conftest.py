@@ -38,7 +38,8 @@ def cluster(tmp_path_factory):
     add_key(keys_file, "tenant-a", key_a)
     add_key(keys_file, "tenant-b", key_b)
     grpc_port = free_port()
-    ray.init(num_cpus=6, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+    metrics_port = free_port()
+    ray.init(num_cpus=6, _metrics_export_port=metrics_port, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     cfg = dep.load_config(
         app_args={"redis_url": redis.url, "api_keys_file": str(keys_file), "torch_threads": 1},
@@ -50,7 +51,8 @@ def cluster(tmp_path_factory):
     )
     dep.deploy(cfg)
     dep.wait_healthy(600)
-    info = {"target": f"127.0.0.1:{grpc_port}", "key_a": key_a, "key_b": key_b, "redis": redis, "tmp": Path(tmp)}
+    info = {"target": f"127.0.0.1:{grpc_port}", "key_a": key_a, "key_b": key_b, "redis": redis, "tmp": Path(tmp),
+            "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"}
     yield info
     serve.shutdown()
     ray.shutdown()

@@ -193,3 +193,35 @@ def test_killing_the_replica_loses_no_acknowledged_step(client):
             time.sleep(1)
     assert r.step == stored + 1
     assert dict(call.trailing_metadata())["worldserve-replica"] != replica
+
+
+def test_metrics_reach_the_node_prometheus_endpoint(cluster, client):
+    """Runs last: by now every service has handled requests. Ray exports with a `ray_` prefix."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    s = client.create_session(prompt="metrics", seed=0)
+    client.step(s.session_id, ["left"])
+    want = {
+        "ray_worldserve_dynamics_requests", "ray_worldserve_dynamics_request_duration_seconds",
+        "ray_worldserve_dynamics_batch_size", "ray_worldserve_dynamics_queue_depth",
+        "ray_worldserve_dynamics_active_sessions", "ray_worldserve_dynamics_context_cache_hits",
+        "ray_worldserve_dynamics_context_cache_misses", "ray_worldserve_dynamics_frames_generated",
+        "ray_worldserve_sessions_requests", "ray_worldserve_sessions_redis_op_duration_seconds",
+        "ray_worldserve_image_requests", "ray_worldserve_image_images_generated",
+    }
+    deadline = time.monotonic() + 90
+    while True:
+        text = urllib.request.urlopen(cluster["metrics_url"], timeout=10).read().decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        missing = want - set(fams)
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert not missing, f"not exported: {sorted(missing)}"
+    codes = {smp.labels.get("code") for smp in fams["ray_worldserve_dynamics_requests"].samples}
+    assert "OK" in codes and "INVALID_ARGUMENT" in codes
+    for f in fams.values():  # bounded labels only: no session ids or keys
+        for smp in f.samples:
+            assert not any(str(v).startswith(("s_", "ws_")) for v in smp.labels.values()), smp
