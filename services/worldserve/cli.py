@@ -77,7 +77,7 @@ def _ray(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 @app.command()
 def up(
     config: Path = typer.Option(None, help="serve config (default: deploy/serve/worldserve.yaml)"),
-    num_cpus: int = typer.Option(0, help="CPUs for the local Ray node (0: all)"),
+    num_cpus: int = typer.Option(0, help="logical CPUs of the local Ray node (0: max(4, cores), room to autoscale)"),
     timeout_s: float = typer.Option(600, help="how long to wait for the services to be healthy"),
 ) -> None:
     """Start Redis (embedded unless REDIS_URL), Ray and Serve; wait until healthy; print endpoint and key."""
@@ -102,8 +102,7 @@ def up(
     status = _ray("status", env=env)
     if status.returncode != 0:
         args = ["start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
-        if num_cpus:
-            args.append(f"--num-cpus={num_cpus}")
+        args.append(f"--num-cpus={num_cpus or max(4, os.cpu_count() or 1)}")
         console.print("starting Ray ...")
         r = _ray(*args, env=env)
         if r.returncode != 0:
@@ -115,6 +114,7 @@ def up(
     import ray
 
     os.environ.update(REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file))
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
     cfg = dep.load_config(config, app_args={"redis_url": redis_url, "api_keys_file": str(keys_file)})
     dep.deploy(cfg)
