@@ -43,13 +43,10 @@ class ImageCore:
             raise InvalidArgument(f"steps={steps} is out of range [0, {MAX_STEPS}]")
         if not (0.0 <= guidance <= MAX_GUIDANCE) or guidance != guidance:
             raise InvalidArgument(f"guidance={guidance!r} is out of range [0, {MAX_GUIDANCE}]")
-        kw = {}
-        if steps:
-            kw["steps"] = steps
-        if guidance:
-            kw["guidance"] = guidance
+        steps = steps or self.backend.default_steps
+        guidance = guidance or self.backend.default_guidance
         try:
-            img = self.backend.generate(prompt, seed=int(seed), width=width, height=height, **kw)
+            img = self.backend.generate(prompt, seed=int(seed), width=width, height=height, steps=steps, guidance=guidance)
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
         return np.asarray(img, dtype=np.uint8)
