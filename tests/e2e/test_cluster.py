@@ -140,7 +140,6 @@ def test_racing_steps_exactly_one_lands(client, expected):
 
 def test_killing_the_replica_loses_no_acknowledged_step(client):
     import ray
-    from ray.util.state import list_actors
 
     s = client.create_session(prompt="failover", seed=5)
     _, call = client.dynamics.Step.with_call(
@@ -168,9 +167,8 @@ def test_killing_the_replica_loses_no_acknowledged_step(client):
     deadline = time.monotonic() + 60
     while len(acked) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
-    victims = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if replica in (a.name or "")]
-    assert victims, f"replica {replica} not found"
-    ray.kill(ray.get_actor(victims[0].name, namespace="serve"), no_restart=True)
+    assert len(acked) >= 4, "Play made no progress"
+    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)  # the trailer names the actor
     time.sleep(1.0)
     stop.set()
     t.join(60)

@@ -84,7 +84,7 @@ class DynamicsService(ServiceBase):
         self.core = DynamicsCore(self.config)
         self.info = self.core.model_info()
         try:
-            self.replica_id = serve.get_replica_context().replica_id.unique_id
+            self.replica_id = serve.get_replica_context().replica_id.to_full_id_str()  # the actor name
         except Exception:  # noqa: BLE001 - outside Serve
             self.replica_id = "local"
 
