@@ -27,6 +27,7 @@ import json
 import math
 import operator
 import os
+import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -56,6 +57,10 @@ class _Workspace:
 
     def __init__(self) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
+        self.lock = threading.Lock()  # one step/prefill at a time uses the buffers
+
+    def __reduce__(self):  # deepcopy/pickle of the model get a fresh, empty workspace
+        return (_Workspace, ())
 
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         n = math.prod(shape)
@@ -318,8 +323,9 @@ class WorldModel(nn.Module):
         cache.append([k[0].transpose(0, 1) for k, _ in kvs], [v[0].transpose(0, 1) for _, v in kvs],
                      n0, first_step + n0 - 1)
         for j in range(n0, T):  # beyond the window: stream the rest
-            batch = _RaggedBatch([cache], 1, cfg.frame_tokens, self._workspace)
-            self._commit([cache], batch, latents[j : j + 1], actions[j : j + 1], [first_step + j])
+            with self._workspace.lock:
+                batch = _RaggedBatch([cache], 1, cfg.frame_tokens, self._workspace)
+                self._commit([cache], batch, latents[j : j + 1], actions[j : j + 1], [first_step + j])
         return cache
 
     def _commit(
@@ -358,8 +364,7 @@ class WorldModel(nn.Module):
         ``config.sample_steps``) apply to the whole batch. A session's result does not depend on
         the rest of the batch beyond float rounding.
 
-        Not re-entrant: one ``step``/``prefill`` at a time per model instance (they share reusable
-        packing buffers); the serving engine calls it from its one batching loop.
+        Calls on one model instance are serialized (they share reusable packing buffers).
         """
         cfg, tr = self.config, self.transformer
         n = len(caches)
@@ -376,6 +381,14 @@ class WorldModel(nn.Module):
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or not 1 <= n_steps <= 1000:
             raise ValueError(f"sample_steps must be an int in [1, 1000], got {sample_steps!r}")
         self._check_caches(caches, steps)
+        with self._workspace.lock:
+            return self._step(caches, actions, seeds, steps, g, n_steps)
+
+    def _step(
+        self, caches: list[KVCache], actions: torch.Tensor, seeds: list[int], steps: list[int], g: float,
+        n_steps: int,
+    ) -> torch.Tensor:
+        cfg, tr, n = self.config, self.transformer, len(caches)
         for cache in caches:  # sliding window: at most context_frames - 1 past frames
             cache.trim(cfg.context_frames - 1)
 
