@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import operator
 import os
 import threading
@@ -271,15 +272,19 @@ class WorldModel(nn.Module):
 
     # --- autoencoder ------------------------------------------------------------------------------
 
+    # Tensors handed back to the caller (latents, frames) are always on the CPU, latents in
+    # float32: the engine stores and encodes them there, whatever device and dtype the model runs
+    # in. Inputs may be on any device. On a float32 CPU model these conversions are no-ops.
+
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, 3) uint8 -> (N, C, h, w) latents (model dtype, model device). Deterministic."""
-        return self.autoencoder.encode(frames)
+        """(N, H, W, 3) uint8 -> (N, C, h, w) float32 CPU latents. Deterministic."""
+        return self.autoencoder.encode(frames).float().cpu()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) latents -> (N, H, W, 3) uint8 on the model's device."""
-        return self.autoencoder.decode(latents)
+        """(N, C, h, w) latents -> (N, H, W, 3) uint8 CPU frames."""
+        return self.autoencoder.decode(latents).cpu()
 
     # --- attention over a full sequence (prefill, training) ---------------------------------------
 
@@ -356,7 +361,8 @@ class WorldModel(nn.Module):
         guidance: float | None = None,
         sample_steps: int | None = None,
     ) -> torch.Tensor:
-        """One new frame per session. Returns latents (N, C, h, w); appends to ``caches`` in place.
+        """One new frame per session. Returns float32 CPU latents (N, C, h, w) and appends each new
+        frame's keys/values to ``caches[i]`` in place (sliding window; see ``KVCache``).
 
         ``actions`` (N, A); ``seeds[i]`` is session i's seed; ``steps[i]`` the absolute step of its
         new frame, which must be ``caches[i].last_step + 1``. ``guidance`` (default
@@ -366,8 +372,7 @@ class WorldModel(nn.Module):
 
         Calls on one model instance are serialized (they share reusable packing buffers).
         """
-        cfg, tr = self.config, self.transformer
-        n = len(caches)
+        cfg, n = self.config, len(caches)
         if n == 0:
             raise ValueError("step needs at least one session, got an empty batch")
         seeds, steps = [operator.index(s) for s in seeds], [operator.index(s) for s in steps]
@@ -375,14 +380,14 @@ class WorldModel(nn.Module):
             raise ValueError(f"got {n} caches, {len(seeds)} seeds and {len(steps)} steps; they must match")
         actions = self._check_actions(actions, n)
         g = cfg.guidance if guidance is None else guidance
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not (math.isfinite(g) and 0 <= g <= 100):
+        if isinstance(g, bool) or not isinstance(g, numbers.Real) or not (math.isfinite(g) and 0 <= g <= 100):
             raise ValueError(f"guidance must be a finite number in [0, 100], got {guidance!r}")
         n_steps = cfg.sample_steps if sample_steps is None else sample_steps
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or not 1 <= n_steps <= 1000:
+        if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or not 1 <= n_steps <= 1000:
             raise ValueError(f"sample_steps must be an int in [1, 1000], got {sample_steps!r}")
         self._check_caches(caches, steps)
         with self._workspace.lock:
-            return self._step(caches, actions, seeds, steps, g, n_steps)
+            return self._step(caches, actions, seeds, steps, float(g), int(n_steps)).float().cpu()
 
     def _step(
         self, caches: list[KVCache], actions: torch.Tensor, seeds: list[int], steps: list[int], g: float,
