@@ -81,6 +81,7 @@ def up(
     timeout_s: float = typer.Option(600, help="how long to wait for the services to be healthy"),
 ) -> None:
     """Start Redis (embedded unless REDIS_URL), Ray and Serve; wait until healthy; print endpoint and key."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported: set it first
     from worldserve.common.redis_server import EmbeddedRedis
     from worldserve import deploy as dep
 
@@ -98,7 +99,6 @@ def up(
     _write_state(state)
 
     env = dict(os.environ, REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file))
-    env.setdefault("RAY_AUTH_MODE", "token")
     status = _ray("status", env=env)
     if status.returncode != 0:
         args = ["start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
@@ -114,7 +114,6 @@ def up(
     import ray
 
     os.environ.update(REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file))
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
     cfg = dep.load_config(config, app_args={"redis_url": redis_url, "api_keys_file": str(keys_file)})
     dep.deploy(cfg)
