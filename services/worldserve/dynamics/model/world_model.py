@@ -119,9 +119,11 @@ class _RaggedBatch:
         kb.index_copy_(0, rows, k.reshape(S * F_, H, D))
         vb.index_copy_(0, rows, v.reshape(S * F_, H, D))
         end = self.cu_k_list[S]
+        # The queries are exactly the last frame of each sequence, so the frame-causal mask lets
+        # them see every key: "full" is the same attention without building or applying a mask.
         out = attention_varlen(
             q.reshape(S * F_, H, D), kb[:end], vb[:end], self.cu_q[: S + 1], self.cu_k[: S + 1],
-            frame_tokens=self.F, mask="frame_causal",
+            frame_tokens=self.F, mask="full",
         )  # (S * F, H, D)
         return out.view(S, F_, H, D)
 
