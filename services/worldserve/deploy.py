@@ -23,6 +23,7 @@ def load_config(
     app_args: dict[str, Any] | None = None,
     grpc_port: int | None = None,
     http_port: int | None = None,
+    http_host: str | None = "127.0.0.1",
     deployment_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict:
     path = Path(path) if path else REPO_CONFIG
@@ -34,6 +35,8 @@ def load_config(
         cfg["grpc_options"]["port"] = grpc_port
     if http_port is not None:
         cfg["http_options"]["port"] = http_port
+    if http_host is not None:  # local runs: loopback only (Serve's gRPC proxy still binds all interfaces)
+        cfg["http_options"]["host"] = http_host
     for app in cfg["applications"]:
         app.setdefault("args", {})
         app["args"].update(app_args or {})

@@ -48,7 +48,7 @@ class Config:
     max_rollout_actions: int = 256
     """Most actions in one Rollout. Bounds: 1 .. 10000."""
     torch_threads: int = 0
-    """torch intra-op threads per replica; 0 leaves torch's default. Bounds: 0 .. 256."""
+    """torch intra-op threads per model replica; 0: every core of the node (Ray would give 1). Bounds: 0 .. 256."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Unused; keeps the YAML forward compatible."""
 

@@ -259,7 +259,7 @@ class Engine:
                 from worldserve.v1 import common_pb2
 
                 rgb = decode_frame(common_pb2.Frame(format=PNG, data=job.first_frame_png), max_bytes=1 << 30)
-                z = self.model.encode(torch.from_numpy(np.ascontiguousarray(rgb))[None])[0].numpy()
+                z = self.model.encode(torch.from_numpy(rgb.copy())[None])[0].numpy()
                 job.first_latent = pack_array(z)
             latents.append(torch.from_numpy(np.array(z, dtype=np.float32)))
             actions.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from ray import serve
@@ -22,8 +23,9 @@ def load_model(config):
 
     from worldserve.dynamics.model import WorldModel
 
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
+    # Ray sets OMP_NUM_THREADS to the actor's (fractional) CPUs, i.e. 1: on a CPU node the model
+    # would use one core. 0 means every core of the node.
+    torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
     if config.dynamics_model_path:
         return WorldModel.from_pretrained(config.dynamics_model_path)
     return WorldModel.random(seed=0)
