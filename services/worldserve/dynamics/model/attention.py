@@ -1,7 +1,8 @@
 """The one attention function the dynamics model calls.
 
 Every attention in the model goes through :func:`attention` (one sequence layout, padded batch)
-or :func:`attention_varlen` (ragged batch of sessions, packed). Mask kinds:
+or :func:`attention_varlen` (ragged batch of sessions, packed); :func:`attention_decode` is the
+fused decode step against a padded KV cache. Mask kinds:
 
 - ``"full"``: every query sees every key.
 - ``"causal"``: token-level causal; query at absolute position p sees keys at positions <= p.
@@ -12,19 +13,114 @@ Queries are aligned to the *end* of the keys unless ``q_start`` says otherwise: 
 absolute position ``q_start + j`` of the key sequence (decode: one new frame of queries against a
 KV cache of past frames plus the new frame, so ``q_start = Tk - Tq``).
 
-On CPU this is torch SDPA; the Triton kernels in ``worldserve.dynamics.kernels`` plug in behind
-the same signature for CUDA tensors (or under ``TRITON_INTERPRET=1``).
+Optional fused prologue (keyword-only; all functions): ``q_norm_weight``/``k_norm_weight`` (D,)
+apply RMSNorm over the head dim (``norm_eps``), then ``rope_cos``/``rope_sin`` rotate the halves
+of the head dim (GPT-NeoX layout) by per-key-row angles, shape (B, Tk, D/2) -- queries use the
+rows of their positions. The Triton kernels do this on load; SDPA does it unfused first.
+
+Backends
+--------
+``"triton"``: the kernels in :mod:`worldserve.dynamics.kernels` (flash-style, masked key blocks
+skipped). ``"sdpa"``: torch ``scaled_dot_product_attention`` with an explicit boolean mask
+(:func:`attention_reference`). Which one runs:
+
+- ``"auto"`` (default): Triton for CUDA tensors in fp16/bf16 with head dim 32, 64 or 128 (the
+  variants the AOT gate compiles) when triton is installed; SDPA for everything else -- CPU
+  deployments and CI are unchanged. Under ``TRITON_INTERPRET=1``, CPU tensors still go to SDPA
+  in ``auto``: the interpreter is orders of magnitude slower and is for tests only, and a test
+  session that sets it (``tests/kernels/conftest.py``) must not slow down every other test.
+- ``"triton"``: always the kernels; CPU tensors need ``TRITON_INTERPRET=1`` set before the kernel
+  modules are first imported (they are imported lazily, on first use). Anything else raises.
+- ``"sdpa"``: always SDPA.
+
+Choose with the environment variable ``WORLDSERVE_ATTENTION=auto|triton|sdpa`` (read on every
+call) or, taking precedence, the context manager ``with use_backend("triton"): ...`` (process-wide,
+not per thread: it is meant for tests and benchmarks).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import importlib.util
+import os
+import threading
+from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 
 MaskKind = Literal["full", "causal", "frame_causal"]
 MASK_KINDS: tuple[str, ...] = ("full", "causal", "frame_causal")
+Backend = Literal["auto", "triton", "sdpa"]
+BACKENDS: tuple[str, ...] = ("auto", "triton", "sdpa")
+BACKEND_ENV = "WORLDSERVE_ATTENTION"
+
+# dtypes / head dims that "auto" sends to Triton on CUDA (kept in sync with kernels._common,
+# which is not imported here so that importing the model never imports triton).
+_AUTO_DTYPES = (torch.float16, torch.bfloat16)
+_AUTO_HEAD_DIMS = (32, 64, 128)
+
+_override_lock = threading.Lock()
+_override: list[str] = []  # stack of use_backend() values, innermost last
+
+
+@contextlib.contextmanager
+def use_backend(backend: Backend) -> Iterator[None]:
+    """Force the attention backend (``"auto"``, ``"triton"`` or ``"sdpa"``) inside the block.
+    Process-wide; nests; takes precedence over ``WORLDSERVE_ATTENTION``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+    with _override_lock:
+        _override.append(backend)
+    try:
+        yield
+    finally:
+        with _override_lock:
+            # remove this block's entry (the last one equal to it), even if blocks exit out of order
+            for i in range(len(_override) - 1, -1, -1):
+                if _override[i] == backend:
+                    del _override[i]
+                    break
+
+
+def current_backend() -> str:
+    """The backend setting in effect: the innermost ``use_backend``, else the env var, else auto."""
+    if _override:
+        return _override[-1]
+    b = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if b not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={b!r}; expected one of {BACKENDS}")
+    return b
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _use_triton(q: torch.Tensor, head_dim: int, empty: bool) -> bool:
+    backend = current_backend()
+    if backend == "sdpa":
+        return False
+    if backend == "triton":
+        if not _triton_installed():
+            raise RuntimeError("attention backend 'triton' forced but triton is not installed")
+        if not (q.is_cuda or _interpreting()):
+            raise RuntimeError(
+                "attention backend 'triton' forced for a CPU tensor: needs CUDA tensors, or "
+                "TRITON_INTERPRET=1 set before the kernels are first used"
+            )
+        return not empty
+    return (
+        q.is_cuda
+        and not empty
+        and q.dtype in _AUTO_DTYPES
+        and head_dim in _AUTO_HEAD_DIMS
+        and _triton_installed()
+    )
 
 
 def build_mask(
@@ -43,6 +139,45 @@ def build_mask(
     return (kpos[None, :] // frame_tokens) <= (qpos[:, None] // frame_tokens)
 
 
+def _prologue_reference(
+    x: torch.Tensor,  # (B, H, T, D)
+    weight: torch.Tensor | None,
+    eps: float,
+    cos: torch.Tensor | None,  # (B, T, D/2)
+    sin: torch.Tensor | None,
+) -> torch.Tensor:
+    """RMSNorm (fp32) then rotate-half RoPE, one cast back: what the kernels fuse on load."""
+    if weight is None and cos is None:
+        return x
+    xf = x.float()
+    if weight is not None:
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    if cos is not None:
+        c, s = cos.float()[:, None], sin.float()[:, None]  # broadcast over heads
+        x1, x2 = xf.chunk(2, dim=-1)
+        xf = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+    return xf.to(x.dtype)
+
+
+def _fusable(q_norm_weight, k_norm_weight, rope_cos, rope_sin) -> bool | None:
+    """True: the kernels can fuse the prologue (they fuse exactly the model's QK RMSNorm + RoPE);
+    False: a partial prologue, applied unfused before the kernel; None: no prologue."""
+    if (q_norm_weight is None) != (k_norm_weight is None):
+        raise ValueError("pass both q_norm_weight and k_norm_weight, or neither")
+    if (rope_cos is None) != (rope_sin is None):
+        raise ValueError("pass both rope_cos and rope_sin, or neither")
+    if q_norm_weight is None and rope_cos is None:
+        return None
+    return q_norm_weight is not None and rope_cos is not None
+
+
+def _varlen_q_rows(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor) -> torch.Tensor:
+    """Packed key rows of every packed query (queries aligned to the end of their keys)."""
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    rows = [torch.arange(ck[b + 1] - (cq[b + 1] - cq[b]), ck[b + 1]) for b in range(len(cq) - 1)]
+    return torch.cat(rows).to(cu_seqlens_k.device) if rows else torch.zeros(0, dtype=torch.long)
+
+
 def attention_reference(
     q: torch.Tensor,  # (B, H, Tq, D)
     k: torch.Tensor,  # (B, H, Tk, D)
@@ -52,10 +187,23 @@ def attention_reference(
     mask: MaskKind = "frame_causal",
     q_start: int | None = None,
     scale: float | None = None,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    rope_cos: torch.Tensor | None = None,
+    rope_sin: torch.Tensor | None = None,
 ) -> torch.Tensor:  # (B, H, Tq, D)
     """torch SDPA with an explicit boolean mask: the CPU path and the kernels' reference."""
-    m = build_mask(q.shape[-2], k.shape[-2], frame_tokens=frame_tokens, mask=mask, q_start=q_start, device=q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale)
+    tq, tk = q.shape[-2], k.shape[-2]
+    qs = tk - tq if q_start is None else q_start
+    if q_norm_weight is not None or rope_cos is not None:
+        qc = rope_cos[:, qs: qs + tq] if rope_cos is not None else None
+        qn = rope_sin[:, qs: qs + tq] if rope_sin is not None else None
+        q = _prologue_reference(q, q_norm_weight, norm_eps, qc, qn)
+        k = _prologue_reference(k, k_norm_weight, norm_eps, rope_cos, rope_sin)
+    m = build_mask(tq, tk, frame_tokens=frame_tokens, mask=mask, q_start=q_start, device=q.device)
+    gqa = q.shape[-3] != k.shape[-3]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale, enable_gqa=gqa)
 
 
 def attention(
@@ -67,9 +215,31 @@ def attention(
     mask: MaskKind = "frame_causal",
     q_start: int | None = None,
     scale: float | None = None,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    rope_cos: torch.Tensor | None = None,
+    rope_sin: torch.Tensor | None = None,
 ) -> torch.Tensor:  # (B, H, Tq, D)
-    """Masked attention; see the module docstring for mask kinds and query alignment."""
-    return attention_reference(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start, scale=scale)
+    """Masked attention; see the module docstring for mask kinds, query alignment and backends.
+    Strided inputs (e.g. ``(B, T, H, D)`` tensors transposed to ``(B, H, T, D)``) are fine."""
+    if mask not in MASK_KINDS:
+        raise ValueError(f"unknown mask kind {mask!r}; expected one of {MASK_KINDS}")
+    pro = dict(q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
+               rope_sin=rope_sin)
+    if _use_triton(q, q.shape[-1], q.shape[-2] == 0 or k.shape[-2] == 0):
+        from worldserve.dynamics.kernels.flash_prefill import flash_attention
+
+        if _fusable(q_norm_weight, k_norm_weight, rope_cos, rope_sin) is False:
+            tq, tk = q.shape[-2], k.shape[-2]
+            qs = tk - tq if q_start is None else q_start
+            qc = rope_cos[:, qs : qs + tq] if rope_cos is not None else None
+            qn = rope_sin[:, qs : qs + tq] if rope_sin is not None else None
+            q = _prologue_reference(q, q_norm_weight, norm_eps, qc, qn)
+            k = _prologue_reference(k, k_norm_weight, norm_eps, rope_cos, rope_sin)
+            pro = {}
+        return flash_attention(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start, scale=scale, **pro)
+    return attention_reference(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start, scale=scale, **pro)
 
 
 def attention_varlen(
@@ -82,15 +252,105 @@ def attention_varlen(
     frame_tokens: int,
     mask: MaskKind = "frame_causal",
     scale: float | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    rope_cos: torch.Tensor | None = None,  # (total_k, D/2), packed like k
+    rope_sin: torch.Tensor | None = None,
 ) -> torch.Tensor:  # (total_q, H, D)
-    """Ragged batch: sequence b's queries are aligned to the end of its keys."""
+    """Ragged batch: sequence b's queries are aligned to the end of its keys. On Triton this is
+    one launch for the whole batch; pass ``max_seqlen_q/k`` (host ints) to avoid a device sync."""
+    if mask not in MASK_KINDS:
+        raise ValueError(f"unknown mask kind {mask!r}; expected one of {MASK_KINDS}")
+    pro = dict(q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps)
+    if _use_triton(q, q.shape[-1], q.shape[0] == 0 or k.shape[0] == 0):
+        from worldserve.dynamics.kernels.flash_prefill import flash_attention_varlen
+
+        if _fusable(q_norm_weight, k_norm_weight, rope_cos, rope_sin) is False:
+            qr = _varlen_q_rows(cu_seqlens_q, cu_seqlens_k)
+            # (T, H, D) -> (1, H, T, D) for the shared prologue helper, and back
+            q = _prologue_reference(q.transpose(0, 1)[None], q_norm_weight, norm_eps,
+                                    rope_cos[qr][None] if rope_cos is not None else None,
+                                    rope_sin[qr][None] if rope_sin is not None else None)[0].transpose(0, 1)
+            k = _prologue_reference(k.transpose(0, 1)[None], k_norm_weight, norm_eps,
+                                    rope_cos[None] if rope_cos is not None else None,
+                                    rope_sin[None] if rope_sin is not None else None)[0].transpose(0, 1)
+            pro = dict(norm_eps=norm_eps)
+            rope_cos = rope_sin = None
+        return flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, frame_tokens=frame_tokens, mask=mask,
+                                      scale=scale, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+                                      rope_cos=rope_cos, rope_sin=rope_sin, **pro)
     out = torch.empty_like(q)
     cq = cu_seqlens_q.tolist()
     ck = cu_seqlens_k.tolist()
     for b in range(len(cq) - 1):
+        if cq[b + 1] == cq[b]:
+            continue
         qs = q[cq[b] : cq[b + 1]].transpose(0, 1)[None]  # (1, H, tq, D)
         ks = k[ck[b] : ck[b + 1]].transpose(0, 1)[None]
         vs = v[ck[b] : ck[b + 1]].transpose(0, 1)[None]
-        o = attention(qs, ks, vs, frame_tokens=frame_tokens, mask=mask, scale=scale)
+        rope = {}
+        if rope_cos is not None:
+            rope = dict(rope_cos=rope_cos[None, ck[b] : ck[b + 1]], rope_sin=rope_sin[None, ck[b] : ck[b + 1]])
+        o = attention_reference(qs, ks, vs, frame_tokens=frame_tokens, mask=mask, scale=scale, **rope, **pro)
         out[cq[b] : cq[b + 1]] = o[0].transpose(0, 1)
+    return out
+
+
+def attention_decode(
+    q: torch.Tensor,  # (B, H, Tn, D) queries of the new frame
+    k_new: torch.Tensor,  # (B, H, Tn, D)
+    v_new: torch.Tensor,  # (B, H, Tn, D)
+    k_cache: torch.Tensor,  # (B, H, Tmax, D) rows [0, cache_seqlens[b]) valid; written in place
+    v_cache: torch.Tensor,  # (B, H, Tmax, D)
+    cache_seqlens: torch.Tensor,  # (B,) int32 valid cache rows before this step
+    *,
+    frame_tokens: int,
+    mask: MaskKind = "frame_causal",
+    scale: float | None = None,
+    write_kv: bool = True,
+    max_cache_len: int | None = None,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    rope_cos: torch.Tensor | None = None,  # (B, Tn, D/2) angles of the new tokens
+    rope_sin: torch.Tensor | None = None,
+) -> torch.Tensor:  # (B, H, Tn, D)
+    """One decode step for sessions with uneven cache lengths: the new queries attend to each
+    session's cached rows and to the new keys (mask kind applied at absolute positions); with
+    ``write_kv`` the new keys (after the prologue) and values are stored at rows
+    ``[L_b, L_b + Tn)`` of the caches. ``cache_seqlens`` is not advanced."""
+    if mask not in MASK_KINDS:
+        raise ValueError(f"unknown mask kind {mask!r}; expected one of {MASK_KINDS}")
+    if _use_triton(q, q.shape[-1], q.shape[-2] == 0):
+        from worldserve.dynamics.kernels.flash_decode import flash_decode
+
+        pro = dict(q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
+                   rope_sin=rope_sin)
+        if _fusable(q_norm_weight, k_norm_weight, rope_cos, rope_sin) is False:
+            q = _prologue_reference(q, q_norm_weight, norm_eps, rope_cos, rope_sin)
+            k_new = _prologue_reference(k_new, k_norm_weight, norm_eps, rope_cos, rope_sin)
+            pro = {}
+        return flash_decode(q, k_new, v_new, k_cache, v_cache, cache_seqlens, frame_tokens=frame_tokens, mask=mask,
+                            scale=scale, write_kv=write_kv, max_cache_len=max_cache_len, **pro)
+    B, _, Tn, _ = q.shape
+    out = torch.empty_like(q)
+    for b, L in enumerate(cache_seqlens.tolist()):
+        if L + Tn > k_cache.shape[2]:
+            raise ValueError(f"cache too small: {L} cached + {Tn} new > capacity {k_cache.shape[2]}")
+        rope = {}
+        if rope_cos is not None:
+            rope = dict(rope_cos=rope_cos[b : b + 1], rope_sin=rope_sin[b : b + 1])
+        qb = _prologue_reference(q[b : b + 1], q_norm_weight, norm_eps, rope.get("rope_cos"), rope.get("rope_sin"))
+        kb = _prologue_reference(k_new[b : b + 1], k_norm_weight, norm_eps, rope.get("rope_cos"),
+                                 rope.get("rope_sin"))
+        keys = torch.cat((k_cache[b : b + 1, :, :L], kb), dim=2)
+        vals = torch.cat((v_cache[b : b + 1, :, :L], v_new[b : b + 1]), dim=2)
+        out[b : b + 1] = attention_reference(qb, keys, vals, frame_tokens=frame_tokens, mask=mask, q_start=L,
+                                             scale=scale)
+        if write_kv:
+            k_cache[b, :, L : L + Tn] = kb[0]
+            v_cache[b, :, L : L + Tn] = v_new[b]
     return out
