@@ -112,3 +112,17 @@ async def test_bad_input(engine, store):
         await engine.step("t", "s_none", [], {})
     with pytest.raises(NotFound):
         await engine.step("other", rec.session_id, [], {})
+
+
+async def test_event_switch_is_recorded_and_kept(engine, store):
+    rec = await new_session(store)
+    await engine.step("t", rec.session_id, ["right"], {})
+    await engine.step("t", rec.session_id, ["right"], {}, event="night falls")
+    await engine.step("t", rec.session_id, ["left"], {})  # unset: the event stays in force
+    engine._drop(("t", rec.session_id))  # as on another replica: the event comes back from Redis
+    await engine.step("t", rec.session_id, [], {})
+    await engine.step("t", rec.session_id, [], {}, event="")  # cleared
+    win = await store.window("t", rec.session_id, end_step=5, frames=5)
+    assert [(e.action or {}).get("event") for e in win] == [None, "night falls", "night falls", "night falls", None]
+    with pytest.raises(InvalidArgument, match="event of 201 characters"):
+        await engine.step("t", rec.session_id, [], {}, event="x" * 201)

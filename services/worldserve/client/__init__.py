@@ -31,8 +31,12 @@ FORMATS = {
 __all__ = ["WorldClient", "AsyncWorldClient", "action", "FORMATS"]
 
 
-def action(keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None) -> common_pb2.Action:
-    return common_pb2.Action(keys=list(keys), mouse=dict(mouse or {}))
+def action(keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, event: str | None = None) -> common_pb2.Action:
+    """An action; ``event`` switches the world event from this step on ("" clears it)."""
+    a = common_pb2.Action(keys=list(keys), mouse=dict(mouse or {}))
+    if event is not None:
+        a.event = event
+    return a
 
 
 def _fmt(fmt: str | int) -> int:
@@ -83,8 +87,8 @@ class _Base:
         return req
 
     @staticmethod
-    def _step_req(session_id, keys, mouse, expected_step, fmt, guidance):
-        req = dynamics_pb2.StepRequest(session_id=session_id, action=action(keys, mouse), format=_fmt(fmt))
+    def _step_req(session_id, keys, mouse, expected_step, fmt, guidance, event=None):
+        req = dynamics_pb2.StepRequest(session_id=session_id, action=action(keys, mouse, event), format=_fmt(fmt))
         if expected_step is not None:
             req.expected_step = expected_step
         if guidance is not None:
@@ -166,9 +170,9 @@ class WorldClient(_Base):
 
     def step(
         self, session_id: str, keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, *,
-        expected_step: int | None = None, fmt: str = "png", guidance: float | None = None,
+        expected_step: int | None = None, fmt: str = "png", guidance: float | None = None, event: str | None = None,
     ) -> dynamics_pb2.StepResponse:
-        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance)
+        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event)
         return self.dynamics.Step(req, metadata=self._md("dynamics", session_id), timeout=self.timeout_s)
 
     def step_batch(self, requests: Sequence[dynamics_pb2.StepRequest]) -> dynamics_pb2.StepBatchResponse:
@@ -228,8 +232,9 @@ class AsyncWorldClient(_Base):
         )
 
     async def step(self, session_id: str, keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, *,
-                   expected_step: int | None = None, fmt: str = "png", guidance: float | None = None) -> dynamics_pb2.StepResponse:
-        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance)
+                   expected_step: int | None = None, fmt: str = "png", guidance: float | None = None,
+                   event: str | None = None) -> dynamics_pb2.StepResponse:
+        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event)
         return await self.dynamics.Step(req, metadata=self._md("dynamics", session_id), timeout=self.timeout_s)
 
     async def rollout(self, session_id: str, actions: Iterable, fmt: str = "png") -> AsyncIterator[dynamics_pb2.StepResponse]:

@@ -35,6 +35,7 @@ from worldserve.sessions.store import SessionRecord, SessionStore, action_to_dic
 log = logging.getLogger("worldserve.dynamics")
 
 MAX_GUIDANCE = 20.0
+MAX_EVENT_CHARS = 200
 
 
 @dataclass
@@ -53,6 +54,7 @@ class _Job:
     action_vec: torch.Tensor  # (A,)
     guidance: float
     fmt: int
+    event: str | None  # the request's event switch; None keeps the event in force
     cache: object | None  # KVCache at rec.step, or None when it must be prefilled
     window: list | None = None  # [(step, action dict|None, latent np|None)] for prefill
     first_frame_png: bytes | None = None  # step 0 frame when its latent is not stored yet
@@ -69,11 +71,13 @@ class Engine:
         self.config = config
         self.metrics = metrics or ServiceMetrics("dynamics")
         self.context_frames = model.config.context_frames
+        self._events_supported = bool(getattr(model, "events_supported", False))
         self._queues: dict[str, collections.deque[_Job]] = collections.OrderedDict()
         self._queued = 0
         self._wake = asyncio.Event()
         self._inflight: set[tuple[str, str]] = set()
         self._cache: collections.OrderedDict[tuple[str, str], object] = collections.OrderedDict()
+        self._events: dict[tuple[str, str], str] = {}  # event in force, beside each cached context
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")  # one model stream
         self._task: asyncio.Task | None = None
         m = self.metrics
@@ -98,11 +102,15 @@ class Engine:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- public API -------------------------------------------------------------------------------
-    def action(self, keys: Sequence[str], mouse: Mapping[str, float]) -> tuple[dict, torch.Tensor]:
+    def action(
+        self, keys: Sequence[str], mouse: Mapping[str, float], event: str | None = None
+    ) -> tuple[dict, torch.Tensor]:
         try:
             vec = self.model.action_vector(list(keys), dict(mouse))
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
+        if event is not None and len(event) > MAX_EVENT_CHARS:
+            raise InvalidArgument(f"event of {len(event)} characters exceeds the limit of {MAX_EVENT_CHARS}")
         return action_to_dict(keys, dict(mouse)), vec
 
     def check_guidance(self, guidance: float | None) -> float:
@@ -122,18 +130,20 @@ class Engine:
         expected_step: int | None = None,
         guidance: float | None = None,
         fmt: int = PNG,
+        event: str | None = None,
     ) -> StepResult:
+        """One step. ``event`` switches the world event from this step on ("" clears it)."""
         check_session_id(session_id)
-        action, vec = self.action(keys, mouse)
+        action, vec = self.action(keys, mouse, event)
         g = self.check_guidance(guidance)
         try:
-            return await self._step(tenant, session_id, action, vec, g, expected_step, fmt)
+            return await self._step(tenant, session_id, action, vec, g, expected_step, fmt, event)
         except Conflict as e:
             if expected_step is not None:  # the caller named a step: its precondition no longer holds
                 raise FailedPrecondition(str(e)) from None
             raise
 
-    async def _step(self, tenant, session_id, action, vec, g, expected_step, fmt) -> StepResult:
+    async def _step(self, tenant, session_id, action, vec, g, expected_step, fmt, event) -> StepResult:
         key = (tenant, session_id)
         if key in self._inflight:
             raise Conflict(f"session {session_id!r} already has a step in flight; this one was not applied")
@@ -143,8 +153,12 @@ class Engine:
         try:
             rec = await self.store.get(tenant, session_id)
             await self.store.check_step(rec, expected_step)
-            job = _Job(tenant, rec, action, vec, g, fmt or PNG, cache=None)
+            job = _Job(tenant, rec, action, vec, g, fmt or PNG, event, cache=None)
             await self._attach_context(job)
+            if job.event is None:  # keep the event in force
+                job.event = self._events.get(key, "")
+            if job.event:
+                action["event"] = job.event  # the log records the event in force at each step
             job.fut = asyncio.get_running_loop().create_future()
             self._enqueue(job)
             latent, png, frame = await job.fut
@@ -158,6 +172,7 @@ class Engine:
                 self._drop(key)
                 self.m_conflicts.inc()
                 raise
+            self._events[key] = job.event
             self.m_frames.inc()
             return StepResult(session_id, n, frame, png)
         except BaseException:
@@ -169,6 +184,7 @@ class Engine:
     # -- context ----------------------------------------------------------------------------------
     def _drop(self, key: tuple[str, str]) -> None:
         self._cache.pop(key, None)
+        self._events.pop(key, None)
         self.m_active.set(len(self._cache))
 
     async def _attach_context(self, job: _Job) -> None:
@@ -185,6 +201,7 @@ class Engine:
             job.tenant, job.rec.session_id, end_step=job.rec.step, frames=self.context_frames - 1
         )
         job.window = [(e.step, e.action, None if e.latent is None else unpack_array(e.latent)) for e in entries]
+        self._events[key] = (entries[-1].action or {}).get("event", "")
         if any(z is None for _, _, z in job.window):
             missing = [s for s, _, z in job.window if z is None]
             if missing != [0]:
@@ -243,7 +260,8 @@ class Engine:
                         self._cache[key] = j.new_cache
                         self._cache.move_to_end(key)
                     while len(self._cache) > self.config.context_cache_sessions:
-                        self._cache.popitem(last=False)
+                        old, _ = self._cache.popitem(last=False)
+                        self._events.pop(old, None)
                     if not j.fut.done():
                         j.fut.set_result(r)
                 self.m_active.set(len(self._cache))
@@ -265,7 +283,10 @@ class Engine:
             actions.append(
                 self.model.null_action() if action is None else self.model.action_vector(action.get("keys", []), action.get("mouse", {}))
             )
-        return self.model.prefill(torch.stack(latents), torch.stack(actions), first_step=window[0][0])
+        kw = {}
+        if self._events_supported:
+            kw["events"] = [(a or {}).get("event", "") for _, a, _ in window]
+        return self.model.prefill(torch.stack(latents), torch.stack(actions), first_step=window[0][0], **kw)
 
     def _run_batch(self, batch: list[_Job]):
         for j in batch:
@@ -278,12 +299,14 @@ class Engine:
             by_guidance.setdefault(j.guidance, []).append(i)
         for g, idx in by_guidance.items():
             jobs = [batch[i] for i in idx]
+            kw = {"events": [j.event or "" for j in jobs]} if self._events_supported else {}
             latents = self.model.step(
                 [j.cache for j in jobs],
                 torch.stack([j.action_vec for j in jobs]),
                 seeds=[j.rec.seed for j in jobs],
                 steps=[j.rec.step + 1 for j in jobs],
                 guidance=g,
+                **kw,
             )
             frames = self.model.decode(latents).numpy()
             lat = latents.numpy()

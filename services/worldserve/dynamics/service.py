@@ -103,6 +103,7 @@ class DynamicsService(ServiceBase):
             expected_step=req.expected_step if req.HasField("expected_step") else None,
             guidance=req.guidance if req.HasField("guidance") else None,
             fmt=req.format or PNG,
+            event=req.action.event if req.action.HasField("event") else None,
         )
         return pb.StepResponse(session_id=r.session_id, step=r.step, frame=r.frame)
 
@@ -139,7 +140,7 @@ class DynamicsService(ServiceBase):
         if not 1 <= n <= self.core.config.max_rollout_actions:
             raise InvalidArgument(f"Rollout of {n} actions is out of range [1, {self.core.config.max_rollout_actions}]")
         for i, a in enumerate(request.actions):
-            self.engine.action(a.keys, _mouse(a))  # validate all before the first step
+            self.engine.action(a.keys, _mouse(a), a.event if a.HasField("event") else None)  # validate all first
         for i, a in enumerate(request.actions):
             req = pb.StepRequest(session_id=request.session_id, action=a, format=request.format)
             if i == 0 and request.HasField("expected_step"):

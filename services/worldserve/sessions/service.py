@@ -117,6 +117,8 @@ class SessionService(ServiceBase):
             if e.action:
                 item.action.keys.extend(e.action.get("keys", []))
                 item.action.mouse.update(e.action.get("mouse", {}))
+                if e.action.get("event"):
+                    item.action.event = e.action["event"]
             if e.frame is not None:
                 item.frame.CopyFrom(reencode(e.frame, request.format))
             yield item

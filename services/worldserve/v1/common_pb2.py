@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aworldserve/v1/common.proto\x12\rworldserve.v1\"`\n\x05\x46rame\x12*\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"u\n\x06\x41\x63tion\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12/\n\x05mouse\x18\x02 \x03(\x0b\x32 .worldserve.v1.Action.MouseEntry\x1a,\n\nMouseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\",\n\x0b\x45rrorStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*s\n\x0b\x46rameFormat\x12\x1c\n\x18\x46RAME_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46RAME_FORMAT_PNG\x10\x01\x12\x15\n\x11\x46RAME_FORMAT_JPEG\x10\x02\x12\x19\n\x15\x46RAME_FORMAT_RAW_RGB8\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aworldserve/v1/common.proto\x12\rworldserve.v1\"`\n\x05\x46rame\x12*\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"\x93\x01\n\x06\x41\x63tion\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12/\n\x05mouse\x18\x02 \x03(\x0b\x32 .worldserve.v1.Action.MouseEntry\x12\x12\n\x05\x65vent\x18\x03 \x01(\tH\x00\x88\x01\x01\x1a,\n\nMouseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x08\n\x06_event\",\n\x0b\x45rrorStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*s\n\x0b\x46rameFormat\x12\x1c\n\x18\x46RAME_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46RAME_FORMAT_PNG\x10\x01\x12\x15\n\x11\x46RAME_FORMAT_JPEG\x10\x02\x12\x19\n\x15\x46RAME_FORMAT_RAW_RGB8\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACTION_MOUSEENTRY']._loaded_options = None
   _globals['_ACTION_MOUSEENTRY']._serialized_options = b'8\001'
-  _globals['_FRAMEFORMAT']._serialized_start=308
-  _globals['_FRAMEFORMAT']._serialized_end=423
+  _globals['_FRAMEFORMAT']._serialized_start=339
+  _globals['_FRAMEFORMAT']._serialized_end=454
   _globals['_FRAME']._serialized_start=45
   _globals['_FRAME']._serialized_end=141
-  _globals['_ACTION']._serialized_start=143
-  _globals['_ACTION']._serialized_end=260
-  _globals['_ACTION_MOUSEENTRY']._serialized_start=216
-  _globals['_ACTION_MOUSEENTRY']._serialized_end=260
-  _globals['_ERRORSTATUS']._serialized_start=262
-  _globals['_ERRORSTATUS']._serialized_end=306
+  _globals['_ACTION']._serialized_start=144
+  _globals['_ACTION']._serialized_end=291
+  _globals['_ACTION_MOUSEENTRY']._serialized_start=237
+  _globals['_ACTION_MOUSEENTRY']._serialized_end=281
+  _globals['_ERRORSTATUS']._serialized_start=293
+  _globals['_ERRORSTATUS']._serialized_end=337
 # @@protoc_insertion_point(module_scope)

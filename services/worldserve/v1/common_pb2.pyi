@@ -31,7 +31,7 @@ class Frame(_message.Message):
     def __init__(self, format: _Optional[_Union[FrameFormat, str]] = ..., data: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("keys", "mouse")
+    __slots__ = ("keys", "mouse", "event")
     class MouseEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,9 +41,11 @@ class Action(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     KEYS_FIELD_NUMBER: _ClassVar[int]
     MOUSE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[str]
     mouse: _containers.ScalarMap[str, float]
-    def __init__(self, keys: _Optional[_Iterable[str]] = ..., mouse: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    event: str
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., mouse: _Optional[_Mapping[str, float]] = ..., event: _Optional[str] = ...) -> None: ...
 
 class ErrorStatus(_message.Message):
     __slots__ = ("code", "message")
