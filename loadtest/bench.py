@@ -19,7 +19,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -94,33 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     console.print("[bold]model step alone[/] (batch 1, sample + decode) ...")
     model_s = model_alone(20, ns.torch_threads)
 
-    import ray
-    from ray import serve
-
-    from worldserve import deploy as dep
     from worldserve.client import WorldClient
-    from worldserve.common.auth import add_key, new_key
-    from worldserve.common.redis_server import EmbeddedRedis, free_port
+    from worldserve.local import local_cluster
 
-    tmp = Path(tempfile.mkdtemp(prefix="worldserve-bench-"))
-    redis = EmbeddedRedis(tmp / "redis").start()
-    key = new_key()
-    add_key(tmp / "keys.json", "bench", key)
-    port = free_port()
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    try:
-        cfg = dep.load_config(
-            app_args={"redis_url": redis.url, "api_keys_file": str(tmp / "keys.json"), "torch_threads": ns.torch_threads},
-            grpc_port=port,
-            http_port=free_port(),
-            deployment_overrides={
-                "DynamicsService": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
-            },
-        )
-        with console.status("starting the local cluster ..."):
-            dep.deploy(cfg)
-            dep.wait_healthy(600)
-        client = WorldClient(f"127.0.0.1:{port}", key, timeout_s=120)
+    with console.status("benchmark on a local cluster ..."), local_cluster(
+        tenants=("bench",),
+        app_args={"torch_threads": ns.torch_threads},
+        deployment_overrides={
+            "DynamicsService": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
+        },
+    ) as cluster:
+        client = WorldClient(cluster.target, cluster.keys["bench"], timeout_s=120)
         for _ in range(5):
             client.model_info()
         trivial = []
@@ -142,10 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"closed loop: {ns.sessions} sessions for {ns.duration_s:.0f} s ...")
         nn, lat_n, en = closed_loop(client, sids, ns.duration_s)
         client.close()
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        redis.stop()
 
     ms = lambda s: s * 1000  # noqa: E731
     fig = {

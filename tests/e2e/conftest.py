@@ -8,17 +8,12 @@ scripts/netns-run); elsewhere they skip, unless WORLDSERVE_E2E_HOST_NET=1 says o
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import socket
 
 import pytest
 
-from worldserve.common.auth import add_key, new_key
-from worldserve.common.redis_server import EmbeddedRedis, free_port
-
 
 def isolated_netns() -> bool:
-    import socket
-
     return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
@@ -26,37 +21,20 @@ def isolated_netns() -> bool:
 def cluster(tmp_path_factory):
     if not (isolated_netns() or os.environ.get("WORLDSERVE_E2E_HOST_NET") == "1"):
         pytest.skip("e2e needs a private network namespace (Serve's gRPC proxy binds all interfaces): run `make test`")
-    import ray
-    from ray import serve
+    from worldserve.local import local_cluster
 
-    from worldserve import deploy as dep
-
-    tmp = tmp_path_factory.mktemp("cluster")
-    redis = EmbeddedRedis(tmp / "redis").start()
-    keys_file = tmp / "keys.json"
-    key_a, key_b = new_key(), new_key()
-    add_key(keys_file, "tenant-a", key_a)
-    add_key(keys_file, "tenant-b", key_b)
-    grpc_port = free_port()
-    metrics_port = free_port()
-    ray.init(num_cpus=6, _metrics_export_port=metrics_port, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    cfg = dep.load_config(
-        app_args={"redis_url": redis.url, "api_keys_file": str(keys_file), "torch_threads": 1},
-        grpc_port=grpc_port,
-        http_port=free_port(),
+    with local_cluster(
+        num_cpus=6,
+        workdir=tmp_path_factory.mktemp("cluster"),
+        app_args={"torch_threads": 1},
         deployment_overrides={
             "DynamicsService": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2}},
         },
-    )
-    dep.deploy(cfg)
-    dep.wait_healthy(600)
-    info = {"target": f"127.0.0.1:{grpc_port}", "key_a": key_a, "key_b": key_b, "redis": redis, "tmp": Path(tmp),
-            "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"}
-    yield info
-    serve.shutdown()
-    ray.shutdown()
-    redis.stop()
+    ) as c:
+        yield {
+            "target": c.target, "key_a": c.keys["tenant-a"], "key_b": c.keys["tenant-b"],
+            "redis": c.redis, "tmp": c.workdir, "metrics_url": c.metrics_url,
+        }
 
 
 @pytest.fixture

@@ -1,0 +1,90 @@
+"""A whole local cluster in one context manager: embedded Redis, API keys, a local Ray, the serve
+config deployed and healthy. The end-to-end tests, the benchmark and the load tests share it.
+
+Serve's gRPC proxy binds all interfaces: run it inside a private network namespace
+(scripts/netns-run) when nothing may listen beyond loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worldserve.common.auth import add_key, new_key
+from worldserve.common.redis_server import EmbeddedRedis, free_port
+
+
+@dataclass
+class LocalCluster:
+    target: str  # gRPC endpoint of Serve's proxy
+    keys: dict[str, str]  # tenant -> API key
+    redis: EmbeddedRedis
+    metrics_url: str  # the Ray node's Prometheus endpoint
+    workdir: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def local_cluster(
+    *,
+    tenants: tuple[str, ...] = ("tenant-a", "tenant-b"),
+    app_args: Mapping[str, Any] | None = None,
+    deployment_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    num_cpus: int | None = None,
+    workdir: str | Path | None = None,
+    timeout_s: float = 600,
+) -> Iterator[LocalCluster]:
+    import ray
+    from ray import serve
+
+    from worldserve import deploy as dep
+
+    tmp = Path(workdir or tempfile.mkdtemp(prefix="worldserve-"))
+    redis = EmbeddedRedis(tmp / "redis").start()
+    keys = {t: new_key() for t in tenants}
+    for t, k in keys.items():
+        add_key(tmp / "keys.json", t, k)
+    grpc_port, metrics_port = free_port(), free_port()
+    try:
+        ray.init(
+            num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+            _metrics_export_port=metrics_port,
+        )
+        cfg = dep.load_config(
+            app_args={"redis_url": redis.url, "api_keys_file": str(tmp / "keys.json"), **(app_args or {})},
+            grpc_port=grpc_port,
+            http_port=free_port(),
+            deployment_overrides={k: dict(v) for k, v in (deployment_overrides or {}).items()},
+        )
+        dep.deploy(cfg)
+        dep.wait_healthy(timeout_s)
+        yield LocalCluster(
+            target=f"127.0.0.1:{grpc_port}", keys=keys, redis=redis,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", workdir=tmp,
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        redis.stop()
+
+
+def replica_counts(apps: tuple[str, ...] = ("image", "sessions", "dynamics")) -> dict[str, int]:
+    """RUNNING replicas per application, from Serve's own status."""
+    from ray import serve
+
+    st = serve.status()
+    out = {}
+    for name in apps:
+        app = st.applications.get(name)
+        n = 0
+        if app is not None:
+            for d in app.deployments.values():
+                n += sum(c for state, c in d.replica_states.items() if getattr(state, "value", state) == "RUNNING")
+        out[name] = n
+    return out
