@@ -1,0 +1,239 @@
+"""Load scenarios against a local cluster: `python -m loadtest.run SCENARIO [options]`.
+
+Scenarios (bounded in time and count, loopback only):
+  farm         N agents, each stepping its own session in a closed loop
+  interactive  players paced at a fixed frame rate, counting deadline misses
+  burst        a burst of session creation from prompts
+  tenants      several tenants, one of them noisy
+  autoscale    load aimed at the dynamics service alone, then idle: shows dynamics replicas
+               scaling up while image and sessions stay at their minimum, and back down
+
+Each run starts its own local cluster (embedded Redis + Ray + Serve; run it under
+scripts/netns-run, `make loadtest` does), drives it with Locust in a separate process, samples
+the replica count of every application from Serve's own status once a second, prints
+p50/p95/p99, throughput and errors per request kind, checks them against loadtest/slo.yaml, and
+writes PNG plots of latency and replica count over time plus the raw figures as JSON.
+Exit code 0 when every SLO holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+APPS = ("image", "sessions", "dynamics")
+
+DEFAULTS = {  # users, spawn rate, seconds of load, seconds of idle sampling afterwards
+    "farm": (16, 8, 40, 0),
+    "interactive": (4, 4, 40, 0),
+    "burst": (16, 16, 20, 0),
+    "tenants": (16, 8, 40, 0),
+    "autoscale": (96, 16, 90, 75),
+}
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def summarize(records: list[dict], load_s: float) -> dict[str, dict]:
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        by.setdefault(r["name"], []).append(r)
+    out = {}
+    for name, rs in sorted(by.items()):
+        ok = [r["ms"] for r in rs if r["ok"]]
+        out[name] = {
+            "count": len(rs),
+            "errors": sum(not r["ok"] for r in rs),
+            "error_ratio": sum(not r["ok"] for r in rs) / len(rs),
+            "rps": len(ok) / load_s,
+            "p50_ms": percentile(ok, 50),
+            "p95_ms": percentile(ok, 95),
+            "p99_ms": percentile(ok, 99),
+            "deadline_miss_ratio": sum(r.get("deadline_miss", False) for r in rs) / len(rs),
+            "codes": sorted({r["code"] for r in rs}),
+        }
+    return out
+
+
+def check_slo(summary: dict[str, dict], slo: dict) -> list[tuple[str, str, float, float, bool]]:
+    """(request kind, figure, measured, limit, ok) for every SLO line."""
+    rows = []
+    for name, limits in slo.items():
+        if not isinstance(limits, dict):
+            continue
+        got = summary.get(name)
+        for figure, limit in limits.items():
+            if got is None:
+                rows.append((name, figure, float("nan"), limit, False))
+                continue
+            if figure.startswith("max_"):
+                value = got[figure[4:]]
+                rows.append((name, figure, value, limit, value <= limit))
+            elif figure.startswith("min_"):
+                value = got[figure[4:]]
+                rows.append((name, figure, value, limit, value >= limit))
+            else:
+                value = got[figure]
+                rows.append((name, figure, value, limit, value <= limit))
+    return rows
+
+
+def plot(records: list[dict], replicas: list[dict], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for name in sorted({r["name"] for r in records}):
+        pts = [(r["t"], r["ms"]) for r in records if r["name"] == name and r["ok"]]
+        if pts:
+            ax1.scatter(*zip(*pts), s=4, alpha=0.4, label=name)
+        errs = [(r["t"], r["ms"]) for r in records if r["name"] == name and not r["ok"]]
+        if errs:
+            ax1.scatter(*zip(*errs), s=10, marker="x", color="red", label=f"{name} errors")
+    # rolling p50 / p99 over 5 s windows, all kinds together
+    if records:
+        end = max(r["t"] for r in records)
+        ts, p50, p99 = [], [], []
+        t = 0.0
+        while t < end:
+            w = [r["ms"] for r in records if t <= r["t"] < t + 5 and r["ok"]]
+            if w:
+                ts.append(t + 2.5)
+                p50.append(percentile(w, 50))
+                p99.append(percentile(w, 99))
+            t += 5
+        ax1.plot(ts, p50, color="black", label="p50 (5 s)")
+        ax1.plot(ts, p99, color="black", linestyle="--", label="p99 (5 s)")
+    ax1.set_ylabel("latency (ms)")
+    ax1.set_yscale("log")
+    ax1.legend(loc="upper left", fontsize=7)
+    ax1.set_title(title)
+    for i, app in enumerate(APPS):  # small offsets keep overlapping lines visible
+        ax2.step([s["t"] for s in replicas], [s[app] + 0.04 * (i - 1) for s in replicas], where="post", label=app)
+    ax2.set_ylabel("RUNNING replicas")
+    ax2.set_xlabel("seconds since load start")
+    ax2.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="worldserve load scenarios")
+    ap.add_argument("scenario", choices=sorted(DEFAULTS))
+    ap.add_argument("--users", type=int)
+    ap.add_argument("--spawn-rate", type=float)
+    ap.add_argument("--duration-s", type=float, help="seconds of load")
+    ap.add_argument("--idle-s", type=float, help="seconds of sampling after the load (scale-down)")
+    ap.add_argument("--out", type=Path, default=Path("out/loadtest"))
+    ap.add_argument("--slo", type=Path, default=HERE / "slo.yaml")
+    ns = ap.parse_args(argv)
+    users, rate, dur, idle = DEFAULTS[ns.scenario]
+    users, rate = ns.users or users, ns.spawn_rate or rate
+    dur = ns.duration_s if ns.duration_s is not None else dur
+    idle = ns.idle_s if ns.idle_s is not None else idle
+    out = ns.out / ns.scenario
+    out.mkdir(parents=True, exist_ok=True)
+    slo = yaml.safe_load(ns.slo.read_text()).get("farm" if ns.scenario == "autoscale" else ns.scenario, {})
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from worldserve.local import local_cluster, replica_counts
+
+    console = Console()
+    overrides = {}
+    num_cpus = None
+    if ns.scenario == "autoscale":
+        num_cpus = 8  # logical CPUs: room for 4 dynamics replicas at 0.5 each beside the others
+        overrides = {
+            "DynamicsService": {"autoscaling_config": {
+                "min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 16,
+                "upscale_delay_s": 5, "downscale_delay_s": 20, "metrics_interval_s": 2, "look_back_period_s": 10,
+            }},
+        }
+    tenants = ("tenant-a", "noisy", "quiet-0", "quiet-1", "quiet-2")
+    samples: list[dict] = []
+    console.print(f"[bold]{ns.scenario}[/]: {users} users, {dur:.0f} s of load" + (f", then {idle:.0f} s idle" if idle else ""))
+    with local_cluster(tenants=tenants, deployment_overrides=overrides, num_cpus=num_cpus, workdir=out / "cluster") as c:
+        keys_file = out / "keys.json"
+        keys_file.write_text(json.dumps(c.keys))
+        keys_file.chmod(0o600)
+        stop = threading.Event()
+        t_start = time.time()
+
+        def sample() -> None:
+            while not stop.is_set():
+                try:
+                    samples.append({"t": time.time() - t_start, **replica_counts(APPS)})
+                except Exception:  # noqa: BLE001 - a missed sample is not fatal
+                    pass
+                stop.wait(1.0)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        rec_file = out / "requests.jsonl"
+        cmd = [
+            sys.executable, "-m", "loadtest.locust_worker", "--scenario", ns.scenario, "--target", c.target,
+            "--keys", str(keys_file), "--users", str(users), "--spawn-rate", str(rate),
+            "--duration-s", str(dur), "--out", str(rec_file),
+        ]
+        with console.status(f"load: {users} users for {dur:.0f} s ..."):
+            proc = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True, timeout=dur + 300)
+        if proc.returncode != 0:
+            console.print(proc.stdout[-3000:], proc.stderr[-3000:])
+            stop.set()
+            return 2
+        if idle:
+            with console.status(f"idle: sampling replicas for {idle:.0f} s ..."):
+                time.sleep(idle)
+        stop.set()
+        sampler.join(5)
+
+    records = [json.loads(line) for line in rec_file.read_text().splitlines() if line.strip()]
+    summary = summarize(records, dur)
+    table = Table(title=f"{ns.scenario}: {len(records)} requests")
+    for col in ("request", "count", "errors", "rps", "p50 ms", "p95 ms", "p99 ms", "deadline miss"):
+        table.add_column(col, justify="right")
+    for name, s in summary.items():
+        table.add_row(name, str(s["count"]), str(s["errors"]), f"{s['rps']:.1f}", f"{s['p50_ms']:.0f}",
+                      f"{s['p95_ms']:.0f}", f"{s['p99_ms']:.0f}", f"{s['deadline_miss_ratio']:.1%}")
+    console.print(table)
+    rows = check_slo(summary, slo)
+    st = Table(title="SLO (loadtest/slo.yaml)")
+    for col in ("request", "figure", "measured", "limit", ""):
+        st.add_column(col)
+    for name, figure, value, limit, ok in rows:
+        st.add_row(name, figure, f"{value:.3f}", str(limit), "[green]ok[/]" if ok else "[red]MISSED[/]")
+    console.print(st)
+    peak = {app: max((s[app] for s in samples), default=0) for app in APPS}
+    final = samples[-1] if samples else {}
+    console.print("replicas (from serve.status): peak " + ", ".join(f"{a}={peak[a]}" for a in APPS)
+                  + "; at the end " + ", ".join(f"{a}={final.get(a, 0)}" for a in APPS))
+    png = plot(records, samples, out / "latency_replicas.png", f"worldserve load: {ns.scenario}")
+    (out / "report.json").write_text(json.dumps(
+        {"scenario": ns.scenario, "users": users, "duration_s": dur, "idle_s": idle, "summary": summary,
+         "slo": [dict(zip(("request", "figure", "measured", "limit", "ok"), r)) for r in rows],
+         "replicas": samples}, indent=2))
+    console.print(f"wrote {png} and {out / 'report.json'}")
+    return 0 if all(r[4] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
