@@ -87,6 +87,16 @@ class WorldModelConfig:
     """Continuous mouse axes, each in [-1, 1]; may be empty. Disjoint from ``keys``; together they
     must name at least one action dimension."""
 
+    # --- event text conditioning ---
+    event_dim: int = 64
+    """Width of the event text encoder (byte tokens -> ``event_layers`` blocks -> mean pool -> an
+    MLP to ``dim``); its output is added to every frame's conditioning. 0 = no event conditioning
+    (``WorldModel.events_supported`` is False). In [0, 1024], even."""
+    event_layers: int = 1
+    """Transformer blocks of the event encoder. In [0, 8]."""
+    event_max_bytes: int = 64
+    """Longest event text in UTF-8 bytes (after lowercasing and collapsing whitespace). In [1, 1024]."""
+
     # --- sampler ---
     sample_steps: int = 4
     """Default Euler steps of the rectified-flow sampler per frame. In [1, 1000]."""
@@ -131,6 +141,11 @@ class WorldModelConfig:
             raise ValueError(f"keys and mouse_axes must be disjoint, both name {both!r}")
         if not self.keys and not self.mouse_axes:
             raise ValueError("keys and mouse_axes are both empty; the action space needs at least one dimension")
+        _check_int("event_dim", self.event_dim, 0, 1024)
+        if self.event_dim % 2:
+            raise ValueError(f"event_dim must be even, got {self.event_dim!r}")
+        _check_int("event_layers", self.event_layers, 0, 8)
+        _check_int("event_max_bytes", self.event_max_bytes, 1, 1024)
         _check_int("sample_steps", self.sample_steps, 1, 1000)
         _check_float("guidance", self.guidance, 0.0, 100.0)
         _check_float("cfg_dropout_p", self.cfg_dropout_p, 0.0, 1.0)

@@ -19,6 +19,10 @@ attention runs ragged through ``attention_varlen``. Each new frame:
    frames and to themselves;
 3. is *committed*: one more pass over the clean latent (t = 0, real action) computes its keys and
    values, which are appended to the session's cache (window: ``context_frames - 1`` past frames).
+
+Event conditioning (``model.events_supported``): ``prefill(..., events=[...])`` and
+``step(..., events=[...])`` take the event text in force for each frame ("" or None = none); a
+small byte-level text encoder (``events.py``) embeds it and adds it to the frame's conditioning.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from .attention import attention, attention_varlen
 from .autoencoder import Autoencoder, ResBlock
 from .config import WorldModelConfig
+from .events import EventEncoder, normalize_event
 from .kv_cache import KVCache
 from .sampler import cfg_combine, euler_step, initial_noise, time_grid
 from .transformer import DynamicsTransformer
@@ -140,6 +145,12 @@ class WorldModel(nn.Module):
         self.transformer = DynamicsTransformer(self.config)
         self._key_index = {k: i for i, k in enumerate(self.config.keys)}
         self._mouse_index = {m: len(self.config.keys) + i for i, m in enumerate(self.config.mouse_axes)}
+        # built under a forked RNG: the other modules' random init does not depend on whether the
+        # event encoder exists (the same seed gives the same autoencoder and transformer either way)
+        self.event_encoder = None
+        if self.config.event_dim:
+            with torch.random.fork_rng(devices=[]):
+                self.event_encoder = EventEncoder(self.config)
         self._workspace = _Workspace()
         self.eval()
 
@@ -196,7 +207,10 @@ class WorldModel(nn.Module):
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{str(path / name)!r} not found; expected a save_pretrained directory")
-        config = WorldModelConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+        data = json.loads((path / CONFIG_FILE).read_text())
+        if isinstance(data, dict) and "event_dim" not in data:
+            data = {**data, "event_dim": 0}  # saved before event conditioning existed
+        config = WorldModelConfig.from_dict(data)
         model = cls(config)
         model.load_state_dict(load_file(path / WEIGHTS_FILE, device="cpu"), strict=True)
         return model.to(device=device, dtype=dtype).eval()
@@ -272,6 +286,43 @@ class WorldModel(nn.Module):
             )
         return actions.to(device=self.device, dtype=self.dtype)
 
+    # --- events -----------------------------------------------------------------------------------
+
+    @property
+    def events_supported(self) -> bool:
+        """True when the model conditions frames on event text (``config.event_dim > 0``)."""
+        return self.event_encoder is not None
+
+    def _check_events(self, events: Sequence[str] | None, n: int) -> list[str] | None:
+        """Validate n event texts ("" = none); returns them normalized, or None when all are empty."""
+        if events is None:
+            return None
+        if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
+            raise ValueError(f"events must be a sequence of {n} strings, got {events!r}")
+        if len(events) != n:
+            raise ValueError(f"events must hold {n} strings (one per frame), got {len(events)}")
+        out = []
+        for i, e in enumerate(events):
+            if not isinstance(e, str):
+                raise ValueError(f"events[{i}] must be a string, got {type(e).__name__}")
+            e = normalize_event(e)
+            if len(e.encode("utf-8")) > self.config.event_max_bytes:
+                raise ValueError(
+                    f"events[{i}] is {len(e.encode('utf-8'))} bytes; at most {self.config.event_max_bytes} allowed: {e[:80]!r}"
+                )
+            out.append(e)
+        if not any(out):
+            return None
+        if not self.events_supported:
+            raise ValueError(f"this model has no event conditioning (event_dim=0); got events {sorted(set(out) - {''})!r}")
+        return out
+
+    def _event_embed(self, events: list[str] | None) -> torch.Tensor | float:
+        """(n, C) event embeddings, or 0.0 when there are none (adding it is a no-op)."""
+        if events is None:
+            return 0.0
+        return self.event_encoder(events).to(self.dtype)
+
     # --- autoencoder ------------------------------------------------------------------------------
 
     # Tensors handed back to the caller (latents, frames) are always on the CPU, latents in
@@ -299,7 +350,9 @@ class WorldModel(nn.Module):
     # --- inference --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def prefill(self, latents: torch.Tensor, actions: torch.Tensor, first_step: int) -> KVCache:
+    def prefill(
+        self, latents: torch.Tensor, actions: torch.Tensor, first_step: int, events: Sequence[str] | None = None
+    ) -> KVCache:
         """Build a session's cache from consecutive frames.
 
         ``latents`` (T, C, h, w) are frames at absolute steps ``first_step .. first_step + T - 1``;
@@ -307,7 +360,8 @@ class WorldModel(nn.Module):
         gets the learned first-frame embedding). The first ``context_frames`` frames run as one
         frame-causal pass; later ones are committed one by one against the sliding window, exactly
         as streaming would. Keeps the last ``context_frames - 1`` frames. See ``KVCache`` for when
-        this equals the streamed cache.
+        this equals the streamed cache. ``events`` (T,) optional: the event text in force for each
+        frame ("" or None = none), exactly as it was passed to ``step`` when the frame was made.
         """
         cfg, tr = self.config, self.transformer
         self.autoencoder.check_latents(latents)
@@ -318,12 +372,15 @@ class WorldModel(nn.Module):
         if first_step < 0:
             raise ValueError(f"first_step must be >= 0, got {first_step!r}")
         actions = self._check_actions(actions, T)
+        events = self._check_events(events, T)
+        ev = self._event_embed(events)  # (T, C) or 0
         latents = latents.to(device=self.device, dtype=self.dtype)
         cache = KVCache.empty(cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.frame_tokens,
                               max_frames=cfg.context_frames - 1, device=self.device, dtype=self.dtype)
         n0 = min(T, cfg.context_frames)
         steps = torch.arange(first_step, first_step + n0, device=self.device)  # (n0,)
         cond = tr.action_embed(actions[:n0], steps) + tr.time_embed(torch.zeros(n0, device=self.device))  # (n0, C)
+        cond = cond + (ev[:n0] if events is not None else 0.0)
         tokens = tr.embed(latents[None, :n0], cond[None])  # (1, n0*F, C)
         cos, sin = tr.rope(steps[None])  # (1, n0*F, D/2)
         _, kvs = tr(tokens, cos, sin, self._attend_sequence, need_output=False)
@@ -332,7 +389,8 @@ class WorldModel(nn.Module):
         for j in range(n0, T):  # beyond the window: stream the rest
             with self._workspace.lock:
                 batch = _RaggedBatch([cache], 1, cfg.frame_tokens, self._workspace)
-                self._commit([cache], batch, latents[j : j + 1], actions[j : j + 1], [first_step + j])
+                self._commit([cache], batch, latents[j : j + 1], actions[j : j + 1], [first_step + j],
+                             ev[j : j + 1] if events is not None else 0.0)
         return cache
 
     def _commit(
@@ -342,11 +400,12 @@ class WorldModel(nn.Module):
         x: torch.Tensor,  # (N, C, h, w) clean new latents
         actions: torch.Tensor,  # (N, A)
         steps: Sequence[int],
+        ev: torch.Tensor | float = 0.0,  # (N, C) event embeddings, or 0
     ) -> None:
         """Compute the new frames' keys/values (t = 0, real action) and append them to the caches."""
         tr, n = self.transformer, len(caches)
         step_t = torch.tensor(list(steps), device=self.device)
-        cond = tr.action_embed(actions, step_t) + tr.time_embed(torch.zeros(n, device=self.device))  # (N, C)
+        cond = tr.action_embed(actions, step_t) + tr.time_embed(torch.zeros(n, device=self.device)) + ev  # (N, C)
         cos, sin = tr.rope(step_t[:, None])  # (N, F, D/2)
         _, kvs = tr(tr.embed(x[:, None], cond[:, None]), cos, sin, batch.attend, need_output=False)
         for i, cache in enumerate(caches):
@@ -362,6 +421,7 @@ class WorldModel(nn.Module):
         steps: Sequence[int],
         guidance: float | None = None,
         sample_steps: int | None = None,
+        events: Sequence[str] | None = None,
     ) -> torch.Tensor:
         """One new frame per session. Returns float32 CPU latents (N, C, h, w) and appends each new
         frame's keys/values to ``caches[i]`` in place (sliding window; see ``KVCache``).
@@ -370,7 +430,9 @@ class WorldModel(nn.Module):
         new frame, which must be ``caches[i].last_step + 1``. ``guidance`` (default
         ``config.guidance``; 1 skips the unconditional branch) and ``sample_steps`` (default
         ``config.sample_steps``) apply to the whole batch. A session's result does not depend on
-        the rest of the batch beyond float rounding.
+        the rest of the batch beyond float rounding. ``events[i]`` (optional) is the event text in
+        force for session i's new frame ("" = none; None = none for all); guidance applies to the
+        action only, both CFG branches see the event.
 
         Calls on one model instance are serialized (they share reusable packing buffers).
         """
@@ -381,6 +443,7 @@ class WorldModel(nn.Module):
         if len(seeds) != n or len(steps) != n:
             raise ValueError(f"got {n} caches, {len(seeds)} seeds and {len(steps)} steps; they must match")
         actions = self._check_actions(actions, n)
+        events = self._check_events(events, n)
         g = cfg.guidance if guidance is None else guidance
         if isinstance(g, bool) or not isinstance(g, numbers.Real) or not (math.isfinite(g) and 0 <= g <= 100):
             raise ValueError(f"guidance must be a finite number in [0, 100], got {guidance!r}")
@@ -389,11 +452,11 @@ class WorldModel(nn.Module):
             raise ValueError(f"sample_steps must be an int in [1, 1000], got {sample_steps!r}")
         self._check_caches(caches, steps)
         with self._workspace.lock:
-            return self._step(caches, actions, seeds, steps, float(g), int(n_steps)).float().cpu()
+            return self._step(caches, actions, seeds, steps, float(g), int(n_steps), events).float().cpu()
 
     def _step(
         self, caches: list[KVCache], actions: torch.Tensor, seeds: list[int], steps: list[int], g: float,
-        n_steps: int,
+        n_steps: int, events: list[str] | None = None,
     ) -> torch.Tensor:
         cfg, tr, n = self.config, self.transformer, len(caches)
         for cache in caches:  # sliding window: at most context_frames - 1 past frames
@@ -405,6 +468,9 @@ class WorldModel(nn.Module):
         step_t = torch.tensor(steps, device=self.device)  # (N,)
         drop = torch.arange(groups * n, device=self.device) >= n  # (G*N,) second copy = unconditional
         act = tr.action_embed(actions.repeat(groups, 1), step_t.repeat(groups), drop)  # (G*N, C)
+        ev = self._event_embed(events)  # (N, C) or 0
+        if events is not None:
+            act = act + ev.repeat(groups, 1)  # guidance is on the action only: both branches see the event
         cos, sin = tr.rope(step_t.repeat(groups)[:, None])  # (G*N, F, D/2)
 
         shape = (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
@@ -419,7 +485,7 @@ class WorldModel(nn.Module):
                 v = cfg_combine(v[:n], v[n:], g)
             x = euler_step(x, v, t, t_next)
 
-        self._commit(caches, batch, x, actions, steps)
+        self._commit(caches, batch, x, actions, steps, ev)
         return x
 
     def _check_caches(self, caches: Sequence[KVCache], steps: Sequence[int]) -> None:
@@ -452,24 +518,42 @@ class WorldModel(nn.Module):
         actions: torch.Tensor,  # (B, T, A) the action that produced each frame
         first_step: int = 0,
         generator: torch.Generator | None = None,
+        events: Sequence[Sequence[str]] | None = None,
+        t: torch.Tensor | None = None,
+        first_steps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Rectified-flow training loss (scalar), teacher-forced in the Diffusion Forcing style:
         every frame gets its own flow time t ~ U(0, 1) and attends frame-causally to the noisy past;
         with probability ``cfg_dropout_p`` a frame's action becomes the null action.
-        Inference conditions on clean past frames, which is the t -> 0 end of this distribution."""
+        Inference conditions on clean past frames, which is the t -> 0 end of this distribution.
+
+        Optional: ``events`` (B x T texts, the event in force per frame); ``t`` (B, T) flow times
+        instead of U(0, 1) (a training schedule may put more frames near clean); ``first_steps``
+        (B,) absolute step of each clip's first frame (overrides ``first_step``)."""
         cfg, tr = self.config, self.transformer
         B, T = latents.shape[:2]
         if T > cfg.context_frames:
             raise ValueError(f"clips may be at most context_frames={cfg.context_frames} long, got {T}")
         dev, dt = self.device, self.dtype
-        t = torch.rand(B, T, generator=generator).to(dev, dt)  # (B, T)
+        if t is None:
+            t = torch.rand(B, T, generator=generator)
+        t = t.to(dev, dt)  # (B, T)
         noise = torch.randn(latents.shape, generator=generator).to(dev, dt)  # (B, T, C, h, w)
         drop = (torch.rand(B, T, generator=generator) < cfg.cfg_dropout_p).to(dev)  # (B, T)
         x0 = latents.to(dev, dt)
         xt = (1 - t)[..., None, None, None] * x0 + t[..., None, None, None] * noise
-        steps = torch.arange(first_step, first_step + T, device=dev).expand(B, T)  # (B, T)
-        cond = tr.action_embed(actions.reshape(B * T, -1), steps.reshape(-1), drop.reshape(-1))
-        cond = (cond + tr.time_embed(t.reshape(-1))).view(B, T, cfg.dim)  # (B, T, C)
+        if first_steps is None:
+            steps = torch.arange(first_step, first_step + T, device=dev).expand(B, T)  # (B, T)
+        else:
+            steps = first_steps.to(dev).long()[:, None] + torch.arange(T, device=dev)  # (B, T)
+        cond = tr.action_embed(actions.reshape(B * T, -1).to(dev), steps.reshape(-1), drop.reshape(-1))
+        cond = cond + tr.time_embed(t.reshape(-1))
+        if events is not None:
+            if len(events) != B or any(len(row) != T for row in events):
+                raise ValueError(f"events must be {B} rows of {T} texts")
+            flat = self._check_events([e for row in events for e in row], B * T)
+            cond = cond + self._event_embed(flat)
+        cond = cond.view(B, T, cfg.dim)  # (B, T, C)
         cos, sin = tr.rope(steps)  # (B, T*F, D/2)
         out, _ = tr(tr.embed(xt, cond), cos, sin, self._attend_sequence)
         return F.mse_loss(tr.unembed(out), noise - x0)
