@@ -3,7 +3,8 @@ PY ?= python3
 PIP = $(PY) -m pip
 NETNS = scripts/netns-run
 
-.PHONY: install install-dev run test test-unit test-e2e bench down protos
+.PHONY: install install-dev run test test-unit bench loadtest down protos
+SCENARIO ?= farm
 
 # torch first, pinned: it takes the local CPU wheel; an unpinned torch pulls GBs of CUDA builds.
 install:
@@ -32,6 +33,11 @@ test-unit: install-dev
 
 bench: install
 	$(NETNS) $(PY) -m loadtest.bench
+
+# Load scenarios: make loadtest SCENARIO=farm|interactive|burst|tenants|autoscale  (out/loadtest/<scenario>/)
+loadtest: install
+	$(PIP) install -q -e '.[serve,load]'
+	$(NETNS) $(PY) -m loadtest.run $(SCENARIO)
 
 protos:
 	$(PY) scripts/gen_protos.py

@@ -28,14 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration-s", type=float, default=60)
     ap.add_argument("--max-requests", type=int, default=100_000)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--sessions", help="file of session ids, one a line, for scenarios that step existing sessions")
     ns = ap.parse_args(argv)
     if not ns.target.startswith(("127.", "localhost", "[::1]")):
         raise SystemExit(f"refusing target {ns.target!r}: load tests stay on loopback")
 
     keys = json.loads(open(ns.keys).read())
     classes = scenarios.SCENARIOS[ns.scenario]
+    pool = open(ns.sessions).read().split() if ns.sessions else []
     for cls in classes:
         cls.keys = keys
+        cls.session_pool = pool
     env = Environment(user_classes=classes, host=ns.target)
     t0 = time.time()
     out = open(ns.out, "w")

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     idle = ns.idle_s if ns.idle_s is not None else idle
     out = ns.out / ns.scenario
     out.mkdir(parents=True, exist_ok=True)
-    slo = yaml.safe_load(ns.slo.read_text()).get("farm" if ns.scenario == "autoscale" else ns.scenario, {})
+    slo = yaml.safe_load(ns.slo.read_text()).get(ns.scenario, {})
 
     from rich.console import Console
     from rich.table import Table
@@ -175,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         keys_file = out / "keys.json"
         keys_file.write_text(json.dumps(c.keys))
         keys_file.chmod(0o600)
+        extra_args: list[str] = []
+        if ns.scenario == "autoscale":  # sessions exist before the load: only dynamics is loaded
+            from worldserve.client import WorldClient
+
+            with WorldClient(c.target, c.keys["tenant-a"], timeout_s=120) as wc, console.status("creating sessions ..."):
+                sids = [wc.create_session(prompt=f"autoscale world {i}", seed=i).session_id for i in range(users)]
+            (out / "sessions.txt").write_text("\n".join(sids))
+            extra_args = ["--sessions", str(out / "sessions.txt")]
         stop = threading.Event()
         t_start = time.time()
 
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [
             sys.executable, "-m", "loadtest.locust_worker", "--scenario", ns.scenario, "--target", c.target,
             "--keys", str(keys_file), "--users", str(users), "--spawn-rate", str(rate),
-            "--duration-s", str(dur), "--out", str(rec_file),
+            "--duration-s", str(dur), "--out", str(rec_file), *extra_args,
         ]
         with console.status(f"load: {users} users for {dur:.0f} s ..."):
             proc = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True, timeout=dur + 300)
@@ -216,6 +224,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{s['p95_ms']:.0f}", f"{s['p99_ms']:.0f}", f"{s['deadline_miss_ratio']:.1%}")
     console.print(table)
     rows = check_slo(summary, slo)
+    if ns.scenario == "autoscale":  # the point of this scenario: only dynamics scales, and back down
+        peak_ = {app: max((s_[app] for s_ in samples), default=0) for app in APPS}
+        end_ = samples[-1] if samples else {}
+        rows += [
+            ("replicas", "dynamics peak > 1", peak_["dynamics"], 1, peak_["dynamics"] > 1),
+            ("replicas", "image peak == 1", peak_["image"], 1, peak_["image"] == 1),
+            ("replicas", "sessions peak == 1", peak_["sessions"], 1, peak_["sessions"] == 1),
+            ("replicas", "dynamics at the end == 1", end_.get("dynamics", 0), 1, end_.get("dynamics", 0) == 1),
+        ]
     st = Table(title="SLO (loadtest/slo.yaml)")
     for col in ("request", "figure", "measured", "limit", ""):
         st.add_column(col)

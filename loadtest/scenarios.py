@@ -77,6 +77,21 @@ class FarmAgent(GrpcUser):
         self.step()
 
 
+class DynamicsOnlyAgent(GrpcUser):
+    """Steps a session created before the load (session_pool), so only the dynamics app is loaded."""
+
+    wait_time = constant(0)
+    session_pool: list[str] = []
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.session_id = self.session_pool[next(_seq) % len(self.session_pool)]
+
+    @task
+    def go(self) -> None:
+        self.step()
+
+
 class Player(GrpcUser):
     """Interactive player at a fixed frame rate."""
 
@@ -128,5 +143,5 @@ SCENARIOS = {
     "interactive": [Player],
     "burst": [Creator],
     "tenants": [NoisyTenant, QuietTenant],
-    "autoscale": [FarmAgent],
+    "autoscale": [DynamicsOnlyAgent],
 }
