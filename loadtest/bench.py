@@ -34,9 +34,9 @@ def model_alone(n: int, threads: int) -> list[float]:
 
     from worldserve.dynamics.model import WorldModel
 
-    import os
+    from worldserve.common.config import available_cpus
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)  # what a replica does with torch_threads
+    torch.set_num_threads(threads or available_cpus())  # what a replica does with torch_threads
     m = WorldModel.random(seed=0)
     cache = m.prefill(m.encode(torch.zeros(1, 64, 64, 3, dtype=torch.uint8)), m.null_action()[None], first_step=0)
     a = m.action_vector(["right"])[None]

@@ -47,8 +47,11 @@ class Config:
     """Sessions whose KV cache a dynamics replica keeps in memory (LRU). Bounds: 0 .. 100000."""
     max_rollout_actions: int = 256
     """Most actions in one Rollout. Bounds: 1 .. 10000."""
+    device: str = "auto"
+    """Where the models run: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"."""
     torch_threads: int = 0
-    """torch intra-op threads per model replica; 0: every core of the node (Ray would give 1). Bounds: 0 .. 256."""
+    """torch intra-op threads per model replica; 0: the CPUs this process may use (affinity and
+    cgroup quota: a pod's limit, not the node's cores; Ray alone would give 1). Bounds: 0 .. 256."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Unused; keeps the YAML forward compatible."""
 
@@ -62,6 +65,8 @@ class Config:
         _bounded("context_cache_sessions", self.context_cache_sessions, 0, 100_000)
         _bounded("max_rollout_actions", self.max_rollout_actions, 1, 10_000)
         _bounded("torch_threads", self.torch_threads, 0, 256)
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device={self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> "Config":
@@ -82,3 +87,33 @@ class Config:
             if env.get(var):
                 values[name] = env[var]
         return cls(**values)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's limit)."""
+    import math
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def torch_device(config: "Config") -> str:
+    if config.device != "auto":
+        return config.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def setup_torch(config: "Config") -> str:
+    """Threads and device for a model replica; returns the device."""
+    import torch
+
+    torch.set_num_threads(config.torch_threads or available_cpus())
+    return torch_device(config)

@@ -36,6 +36,7 @@ log = logging.getLogger("worldserve.dynamics")
 
 MAX_GUIDANCE = 20.0
 MAX_EVENT_CHARS = 200
+GAUGE_REFRESH_S = 5.0
 
 
 @dataclass
@@ -237,7 +238,12 @@ class Engine:
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
+            try:  # wake at least every few seconds: Ray drops a gauge that is not set for ~20 s
+                await asyncio.wait_for(self._wake.wait(), timeout=GAUGE_REFRESH_S)
+            except asyncio.TimeoutError:
+                self.m_queue.set(self._queued)
+                self.m_active.set(len(self._cache))
+                continue
             self._wake.clear()
             if self.config.max_batch_wait_s > 0 and self._queued < self.config.max_batch_size:
                 await asyncio.sleep(self.config.max_batch_wait_s)

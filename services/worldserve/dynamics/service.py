@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from ray import serve
@@ -19,16 +18,13 @@ log = logging.getLogger("worldserve.dynamics")
 
 def load_model(config):
     """The dynamics model: from ``dynamics_model_path`` when set, else the default config at seed 0."""
-    import torch
-
+    from worldserve.common.config import setup_torch
     from worldserve.dynamics.model import WorldModel
 
-    # Ray sets OMP_NUM_THREADS to the actor's (fractional) CPUs, i.e. 1: on a CPU node the model
-    # would use one core. 0 means every core of the node.
-    torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
+    device = setup_torch(config)  # Ray alone would leave torch one thread (OMP_NUM_THREADS=1)
     if config.dynamics_model_path:
-        return WorldModel.from_pretrained(config.dynamics_model_path)
-    return WorldModel.random(seed=0)
+        return WorldModel.from_pretrained(config.dynamics_model_path, device=device)
+    return WorldModel.random(seed=0).to(device)
 
 
 class DynamicsCore:

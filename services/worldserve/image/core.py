@@ -52,9 +52,9 @@ class ImageCore:
         return np.asarray(img, dtype=np.uint8)
 
 
-def load_backend(config):
+def load_backend(config, device: str = "cpu"):
     from worldserve.image.model import TinyTextToImage
 
     if config.image_model_path:
-        return TinyTextToImage.from_pretrained(config.image_model_path)
-    return TinyTextToImage.random(seed=0)
+        return TinyTextToImage.from_pretrained(config.image_model_path).to(device)
+    return TinyTextToImage.random(seed=0).to(device)

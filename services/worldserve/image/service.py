@@ -24,11 +24,9 @@ class ImageService(ServiceBase):
 
     def __init__(self, config: dict[str, Any] | None = None):
         super().__init__(config)
-        if self.config.torch_threads:
-            import torch
+        from worldserve.common.config import setup_torch
 
-            torch.set_num_threads(self.config.torch_threads)
-        self.core = ImageCore(load_backend(self.config))
+        self.core = ImageCore(load_backend(self.config, setup_torch(self.config)))
         self.m_images = self.metrics.counter("images_generated", "Images generated")
         self.m_gen = self.metrics.histogram("generation_duration_seconds", "Model time of one image")
         self._lock = asyncio.Lock()  # one generation at a time per replica; others queue
