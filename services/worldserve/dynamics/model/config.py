@@ -77,6 +77,12 @@ class WorldModelConfig:
     ``context_frames - 1`` past frames. In [2, 4096]."""
     rope_theta: float = 10000.0
     """RoPE base over the absolute frame index. In (1, 1e7]."""
+    spatial_rope: bool = True
+    """Give half of each head's RoPE frequency pairs to the token's (row, column) in the latent grid
+    (a quarter each; base 100) and the other half to the frame index, so attention scores depend
+    on spatial offsets too: a strong prior for content that moves (the view scrolls). Still only
+    relative offsets, so cached keys stay valid as the window slides. Needs head_dim % 8 == 0.
+    False = every pair rotates by the frame index."""
     norm_eps: float = 1e-6
     """Epsilon of every RMSNorm. In (0, 0.01]."""
 
@@ -134,6 +140,10 @@ class WorldModelConfig:
         _check_int("context_frames", self.context_frames, 2, 4096)
         _check_float("rope_theta", self.rope_theta, 1.0, 1e7, lo_open=True)
         _check_float("norm_eps", self.norm_eps, 0.0, 0.01, lo_open=True)
+        if not isinstance(self.spatial_rope, bool):
+            raise ValueError(f"spatial_rope must be a bool, got {self.spatial_rope!r}")
+        if self.spatial_rope and self.head_dim % 8:
+            raise ValueError(f"spatial_rope needs head_dim = dim / n_heads divisible by 8, got {self.head_dim!r}")
         _check_names("keys", self.keys)
         _check_names("mouse_axes", self.mouse_axes)
         both = sorted(set(self.keys) & set(self.mouse_axes))

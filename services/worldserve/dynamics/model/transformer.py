@@ -176,10 +176,32 @@ class DynamicsTransformer(nn.Module):
         return v.reshape(B, -1, c.latent_channels, c.latent_height, c.latent_width)
 
     def rope(self, frame_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) absolute frame indices -> cos, sin (B, T*F, D/2), one position per token."""
-        cos, sin = rope_cos_sin(frame_index, self.cfg.head_dim, self.cfg.rope_theta, self.head.weight.dtype)
-        F_ = self.cfg.frame_tokens
-        return cos.repeat_interleave(F_, dim=1), sin.repeat_interleave(F_, dim=1)
+        """(B, T) absolute frame indices -> cos, sin (B, T*F, D/2), one position per token.
+
+        Without ``spatial_rope`` all tokens of a frame share the frame's angles. With it, the first
+        D/4 pairs rotate by the frame index and the last D/4 by the token's row (D/8) and column
+        (D/8) in the latent grid; the frame-index part uses head_dim/2 as its "head dim" so its
+        frequencies span the same range."""
+        c, dt = self.cfg, self.head.weight.dtype
+        F_ = c.frame_tokens
+        if not c.spatial_rope:
+            cos, sin = rope_cos_sin(frame_index, c.head_dim, c.rope_theta, dt)
+            return cos.repeat_interleave(F_, dim=1), sin.repeat_interleave(F_, dim=1)
+        B, T = frame_index.shape
+        cos_t, sin_t = rope_cos_sin(frame_index, c.head_dim // 2, c.rope_theta, dt)  # (B, T, D/4)
+        cos_s, sin_s = self._spatial_tables(frame_index.device, dt)  # (F, D/4)
+        cos = torch.cat([cos_t.repeat_interleave(F_, dim=1), cos_s.repeat(T, 1).expand(B, -1, -1)], dim=-1)
+        sin = torch.cat([sin_t.repeat_interleave(F_, dim=1), sin_s.repeat(T, 1).expand(B, -1, -1)], dim=-1)
+        return cos, sin  # (B, T*F, D/2)
+
+    def _spatial_tables(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin (F, D/4) of each token's (row, column): D/8 pairs per axis, base 100."""
+        c = self.cfg
+        rows = torch.arange(c.latent_height, device=device).repeat_interleave(c.latent_width)  # (F,)
+        cols = torch.arange(c.latent_width, device=device).repeat(c.latent_height)  # (F,)
+        cr, sr = rope_cos_sin(rows, c.head_dim // 4, 100.0, dtype)  # (F, D/8)
+        cc, sc = rope_cos_sin(cols, c.head_dim // 4, 100.0, dtype)
+        return torch.cat([cr, cc], dim=-1), torch.cat([sr, sc], dim=-1)
 
     # --- the blocks -------------------------------------------------------------------------------
 

@@ -210,6 +210,8 @@ class WorldModel(nn.Module):
         data = json.loads((path / CONFIG_FILE).read_text())
         if isinstance(data, dict) and "event_dim" not in data:
             data = {**data, "event_dim": 0}  # saved before event conditioning existed
+        if isinstance(data, dict) and "spatial_rope" not in data:
+            data = {**data, "spatial_rope": False}  # saved before spatial RoPE existed
         config = WorldModelConfig.from_dict(data)
         model = cls(config)
         model.load_state_dict(load_file(path / WEIGHTS_FILE, device="cpu"), strict=True)
