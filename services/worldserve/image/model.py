@@ -5,7 +5,9 @@ plugs in (a diffusers pipeline wrapper, a remote client, ...); ``isinstance(obj,
 checks the members exist. ``TinyTextToImage`` is the built-in
 default: a small text-conditioned rectified-flow generator that runs on a CPU in well under a
 second at 64x64 and needs no downloads (byte-level tokenizer). Its random init (fixed seed) makes
-structured noise, not pictures; trained weights load through ``from_pretrained``.
+structured noise, not pictures; trained weights load through ``from_pretrained`` -- the shipped
+ones (``worldserve/weights/image``, trained by ``python -m worldserve.train`` on the platformer's
+captioned first frames) draw the world a caption like "a red door on the left, grass, night" describes.
 """
 
 from __future__ import annotations

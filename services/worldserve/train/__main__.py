@@ -32,12 +32,13 @@ def all(
     threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     n_traj: int = typer.Option(320, min=2, max=100000, help="Training trajectories."),
+    phases: str = typer.Option("autoencoder,dynamics,image", help="Comma-separated phases to run (in order)."),
 ) -> None:
     """Generate data, then train the autoencoder, the dynamics model and the prompt-to-image model
     (each phase resumes from its checkpoint in OUT)."""
     tc = _config(out, scale, threads, device, n_traj)
     console.print(f"training on {tc.resolved_device()} with {torch.get_num_threads()} thread(s) into {out}")
-    times = train_all(tc, log=console.print)
+    times = train_all(tc, log=console.print, phases=[p.strip() for p in phases.split(",") if p.strip()])
     console.print(f"total {sum(times.values()) / 60:.1f} min")
 
 

@@ -220,7 +220,9 @@ def train_dynamics(tc: TrainConfig, data: TrajectoryData) -> list[float]:
     model = WorldModel.from_pretrained(src).to(dev)
     model.autoencoder.requires_grad_(False)
     lat_path = d / "latents.npy"
-    if lat_path.is_file():
+    ae_weights = tc.out / "ae" / "model.safetensors"
+    fresh = lat_path.is_file() and (not ae_weights.is_file() or lat_path.stat().st_mtime >= ae_weights.stat().st_mtime)
+    if fresh:  # encoded by the current autoencoder
         latents = np.load(lat_path, allow_pickle=False)
     else:
         latents = encode_all(model, data.frames)
@@ -289,16 +291,23 @@ def export(tc: TrainConfig, weights: Path) -> dict[str, Path]:
     return out
 
 
-def train_all(tc: TrainConfig, log: Callable[[str], None] = print) -> dict[str, float]:
-    """Every phase in order (each resumes where it stopped); returns seconds per phase."""
+PHASES = ("autoencoder", "dynamics", "image")
+
+
+def train_all(tc: TrainConfig, log: Callable[[str], None] = print, phases: Iterable[str] = PHASES) -> dict[str, float]:
+    """The given phases in order (each resumes where it stopped); returns seconds per phase."""
+    phases = tuple(phases)
+    bad = sorted(set(phases) - set(PHASES))
+    if bad:
+        raise ValueError(f"unknown phases {bad!r}; expected some of {PHASES}")
     times: dict[str, float] = {}
     t = time.monotonic()
     data = make_trajectories(range(tc.n_traj), tc.traj_steps)
     times["data"] = time.monotonic() - t
     log(f"data: {data.n} trajectories x {data.length} frames in {times['data']:.1f}s")
-    for name, fn in (("autoencoder", lambda: train_autoencoder(tc, data)),
-                     ("dynamics", lambda: train_dynamics(tc, data)),
-                     ("image", lambda: train_image(tc))):
+    fns = {"autoencoder": lambda: train_autoencoder(tc, data), "dynamics": lambda: train_dynamics(tc, data),
+           "image": lambda: train_image(tc)}
+    for name, fn in ((p, fns[p]) for p in PHASES if p in phases):
         t = time.monotonic()
         losses = fn()
         times[name] = time.monotonic() - t
