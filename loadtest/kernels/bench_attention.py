@@ -178,7 +178,8 @@ def _bench(fn: Callable[[], object], rep_ms: int) -> float | None:
         return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
     except Exception as e:  # noqa: BLE001 -- a failing baseline is reported, not fatal
         print(f"      ({type(e).__name__}: {str(e).splitlines()[0][:120]})", file=sys.stderr)
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         return None
 
 
@@ -191,7 +192,7 @@ def run_case(case: Case, args, flex=None) -> dict:
     from worldserve.dynamics.model.attention import build_mask
 
     dt = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    dev = "cuda"
+    dev = getattr(args, "device", "cuda")
     B, tq, tk = case.shapes()
     H, D, Fr = case.heads, case.head_dim, case.frame_tokens
     # the model's layout: (B, T, H, D) projections viewed as (B, H, T, D)
@@ -251,7 +252,7 @@ class _Flex:
             def mask_mod(b, h, q_idx, kv_idx):
                 return (kv_idx // frame_tokens) <= ((q_idx + q_start) // frame_tokens)
 
-            block_mask = self.create_block_mask(mask_mod, None, None, tq, tk, device="cuda")
+            block_mask = self.create_block_mask(mask_mod, None, None, tq, tk, device=q.device)
         return _bench(lambda: self.fn(q, k, v, block_mask=block_mask), rep_ms)
 
 

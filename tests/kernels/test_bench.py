@@ -82,3 +82,20 @@ def test_exits_cleanly_without_a_gpu(bench, capsys):
     assert bench.main([]) == 0
     assert "no CUDA device" in capsys.readouterr().err
     assert bench.main(["--require-gpu"]) == 1
+
+
+@pytest.mark.parametrize("kind", ("prefill", "decode", "full"))
+def test_run_case_logic_on_cpu(bench, kind, monkeypatch, capsys):
+    """Smoke-run the GPU code path on CPU: tiny shapes, our kernels interpreted, timing replaced
+    by one call (do_bench needs CUDA), no FlexAttention."""
+    monkeypatch.setattr(bench, "_bench", lambda fn, rep_ms: (fn(), 1.0)[1])
+    args = bench.parse_args(["--dtype", "fp16"])
+    args.device = "cpu"
+    case = bench.Case(kind, 16, 3, 32, 2)
+    res = bench.run_case(case, args, flex=None)
+    assert res["ours"] == 1.0 and res["sdpa_best"] == 1.0
+    assert ("sdpa_dense" in res) == (kind == "prefill")
+    if kind == "decode":
+        assert res["ours_gbs"] == pytest.approx(bench.decode_kv_bytes(1, 2, 32, 16, 32, 2) / 1e-3 / 1e9)
+    bench.print_row(res)
+    assert case.label.strip() in capsys.readouterr().out

@@ -155,3 +155,27 @@ def test_varlen_backends_agree_with_prologue(prologue, calls):
         out = A.attention_varlen(q, k, v, cu_q, cu_k, frame_tokens=F, **kw)
     assert calls == ["flash_attention_varlen"]
     assert_close(out, ref, torch.float32)
+
+
+def test_kernel_failure_in_auto_mode_falls_back_to_sdpa_once(monkeypatch):
+    monkeypatch.delenv(A.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(A, "_triton_failed", None)
+
+    def broken():
+        raise RuntimeError("out of resources: shared memory")
+
+    with pytest.warns(RuntimeWarning, match="using torch SDPA from now on"):
+        assert A._guarded(broken) is None
+    assert "shared memory" in A._triton_failed
+
+    class FakeCuda:
+        is_cuda = True
+        dtype = torch.bfloat16
+
+    assert not A._use_triton(FakeCuda(), 64, False)  # auto stays on SDPA from now on
+    monkeypatch.setattr(A, "_triton_failed", None)
+    with pytest.raises(ValueError):  # the caller's mistakes are not swallowed
+        A._guarded(lambda: (_ for _ in ()).throw(ValueError("bad shape")))
+    with A.use_backend("triton"), pytest.raises(RuntimeError):  # forced: raise
+        A._guarded(broken)
+    assert A._triton_failed is None

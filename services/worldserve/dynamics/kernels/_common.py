@@ -133,7 +133,8 @@ def check_qkv_layout(name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def split_prologue(q_norm_weight, k_norm_weight, rope_cos, rope_sin) -> bool:
     """True when the fused prologue applies: the kernels fuse exactly the model's pre-attention
-    ops, QK RMSNorm *and* RoPE. A partial set is applied unfused by the wrappers."""
+    ops, QK RMSNorm *and* RoPE. The kernel wrappers reject a partial set; ``attention.py``
+    applies a partial set unfused in torch before calling them."""
     given = [x is not None for x in (q_norm_weight, k_norm_weight, rope_cos, rope_sin)]
     if given[0] != given[1]:
         raise ValueError("pass both q_norm_weight and k_norm_weight, or neither")

@@ -76,7 +76,7 @@ def _flash_fwd_kernel(
     tune_q,  # bucketed lengths: only part of the autotune key, unused in the body
     tune_k,
     HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,  # next power of two >= max(HEAD_DIM, 16)
+    BLOCK_D: tl.constexpr,  # next power of two >= HEAD_DIM, at least 16 (32 with PROLOGUE): tl.dot depth
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     VARLEN: tl.constexpr,
@@ -146,14 +146,20 @@ def _flash_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    n_unmasked = 0  # tiles computed, counted only for the WRITE_STATS test hook
+    n_masked = 0
     for start_n in range(0, n_full, BLOCK_N):
         acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, k_base, v_base, start_n, stride_kt, stride_vt, hi,
                                    row_end, qk_scale, kw_ptr, cos_base, sin_base, stride_rt, eps,
                                    HEAD_DIM, BLOCK_D, BLOCK_N, False, PROLOGUE, PROLOGUE, UPCAST)
+        if WRITE_STATS:
+            n_unmasked += 1
     for start_n in range(n_full, hi, BLOCK_N):
         acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, k_base, v_base, start_n, stride_kt, stride_vt, hi,
                                    row_end, qk_scale, kw_ptr, cos_base, sin_base, stride_rt, eps,
                                    HEAD_DIM, BLOCK_D, BLOCK_N, True, PROLOGUE, PROLOGUE, UPCAST)
+        if WRITE_STATS:
+            n_masked += 1
 
     out = acc / l_i[:, None]
     o_ptrs = o_base + offs_m.to(tl.int64)[:, None] * stride_ot + offs_d[None, :]
@@ -162,8 +168,8 @@ def _flash_fwd_kernel(
     if WRITE_STATS:
         # Test hook: how many key tiles this program computed (unmasked, masked).
         sid = (pid_bh * tl.num_programs(0) + pid_m) * 2
-        tl.store(stats_ptr + sid, tl.cdiv(n_full, BLOCK_N))
-        tl.store(stats_ptr + sid + 1, tl.cdiv(hi - n_full, BLOCK_N))
+        tl.store(stats_ptr + sid, n_unmasked)
+        tl.store(stats_ptr + sid + 1, n_masked)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,10 @@ skipped). ``"sdpa"``: torch ``scaled_dot_product_attention`` with an explicit bo
   modules are first imported (they are imported lazily, on first use). Anything else raises.
 - ``"sdpa"``: always SDPA.
 
+If a Triton launch fails in ``auto`` mode (the kernels are compile-gated for sm_90/sm_80 but a
+GPU can still refuse one, e.g. out of resources), a ``RuntimeWarning`` is issued once and auto
+stays on SDPA for the rest of the process; with the backend forced to ``"triton"`` it raises.
+
 Choose with the environment variable ``WORLDSERVE_ATTENTION=auto|triton|sdpa`` (read on every
 call) or, taking precedence, the context manager ``with use_backend("triton"): ...`` (process-wide,
 not per thread: it is meant for tests and benchmarks).
@@ -44,7 +48,8 @@ import contextlib
 import importlib.util
 import os
 import threading
-from typing import Iterator, Literal
+import warnings
+from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +106,29 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+# Set when a Triton launch failed in "auto" mode (e.g. a compile error or out of shared memory
+# on a GPU the kernels were never run on): auto then stays on SDPA for the rest of the process.
+_triton_failed: str | None = None
+
+
+def _guarded(launch: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+    """Run a Triton launch; in "auto" mode a failure of the kernel itself (not of the caller's
+    arguments) warns once, disables Triton for the process and returns None (-> SDPA). A forced
+    "triton" backend raises."""
+    global _triton_failed
+    try:
+        return launch()
+    except (ValueError, TypeError):
+        raise
+    except Exception as e:  # noqa: BLE001 -- triton raises many types (CompilationError, OutOfResources, ...)
+        if current_backend() != "auto":
+            raise
+        _triton_failed = f"{type(e).__name__}: {e}"
+        warnings.warn(f"Triton attention failed, using torch SDPA from now on: {_triton_failed}", RuntimeWarning,
+                      stacklevel=3)
+        return None
+
+
 def _use_triton(q: torch.Tensor, head_dim: int, empty: bool) -> bool:
     backend = current_backend()
     if backend == "sdpa":
@@ -116,6 +144,7 @@ def _use_triton(q: torch.Tensor, head_dim: int, empty: bool) -> bool:
         return not empty
     return (
         q.is_cuda
+        and _triton_failed is None
         and not empty
         and q.dtype in _AUTO_DTYPES
         and head_dim in _AUTO_HEAD_DIMS
@@ -238,7 +267,10 @@ def attention(
             q = _prologue_reference(q, q_norm_weight, norm_eps, qc, qn)
             k = _prologue_reference(k, k_norm_weight, norm_eps, rope_cos, rope_sin)
             pro = {}
-        return flash_attention(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start, scale=scale, **pro)
+        out = _guarded(lambda: flash_attention(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start,
+                                               scale=scale, **pro))
+        if out is not None:
+            return out
     return attention_reference(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start, scale=scale, **pro)
 
 
@@ -279,9 +311,11 @@ def attention_varlen(
                                     rope_sin[None] if rope_sin is not None else None)[0].transpose(0, 1)
             pro = dict(norm_eps=norm_eps)
             rope_cos = rope_sin = None
-        return flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, frame_tokens=frame_tokens, mask=mask,
-                                      scale=scale, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
-                                      rope_cos=rope_cos, rope_sin=rope_sin, **pro)
+        out = _guarded(lambda: flash_attention_varlen(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, frame_tokens=frame_tokens, mask=mask, scale=scale,
+            max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, rope_cos=rope_cos, rope_sin=rope_sin, **pro))
+        if out is not None:
+            return out
     out = torch.empty_like(q)
     cq = cu_seqlens_q.tolist()
     ck = cu_seqlens_k.tolist()
@@ -333,8 +367,11 @@ def attention_decode(
             q = _prologue_reference(q, q_norm_weight, norm_eps, rope_cos, rope_sin)
             k_new = _prologue_reference(k_new, k_norm_weight, norm_eps, rope_cos, rope_sin)
             pro = {}
-        return flash_decode(q, k_new, v_new, k_cache, v_cache, cache_seqlens, frame_tokens=frame_tokens, mask=mask,
-                            scale=scale, write_kv=write_kv, max_cache_len=max_cache_len, **pro)
+        out = _guarded(lambda: flash_decode(q, k_new, v_new, k_cache, v_cache, cache_seqlens, frame_tokens=frame_tokens,
+                                            mask=mask, scale=scale, write_kv=write_kv, max_cache_len=max_cache_len,
+                                            **pro))
+        if out is not None:
+            return out
     B, _, Tn, _ = q.shape
     out = torch.empty_like(q)
     for b, L in enumerate(cache_seqlens.tolist()):
