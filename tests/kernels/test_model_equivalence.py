@@ -58,3 +58,29 @@ def test_model_with_triton_attention_matches_sdpa(monkeypatch):
     assert (frames_out.int() - frames_ref.int()).abs().max() <= 1
     for a, b in zip(caches, caches_ref):
         torch.testing.assert_close(a.k[-1], b.k[-1], atol=1e-4, rtol=0)
+
+
+def test_fused_prologue_is_the_models_qk_norm_and_rope():
+    """What the kernels fuse on load is exactly what the model's blocks do before attention:
+    ``Block.qkv_heads`` (QK RMSNorm with the block's weights, RoPE with ``transformer.rope``'s
+    per-token tables) followed by frame-causal attention == the kernel on the raw q/k with the
+    same weights and tables."""
+    from worldserve.dynamics.kernels.flash_prefill import flash_attention
+
+    model = model_mod.WorldModel.random(seed=0)
+    c, tr = model.config, model.transformer
+    blk = tr.blocks[0]
+    with torch.no_grad():
+        blk.q_norm.copy_(torch.rand(c.head_dim) + 0.5)  # non-trivial weights
+        blk.k_norm.copy_(torch.rand(c.head_dim) + 0.5)
+        frames = 3
+        x = torch.randn(1, frames * c.frame_tokens, c.dim)
+        cos, sin = tr.rope(torch.arange(40, 40 + frames)[None])  # (1, T, D/2)
+        q, k, v = blk.qkv_heads(x, cos, sin)  # normed + rotated, (B, T, H, D)
+        want = flash_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                               frame_tokens=c.frame_tokens, mask="frame_causal")
+        raw = blk.qkv(blk.norm1(x)).view(1, -1, 3, c.n_heads, c.head_dim).unbind(2)
+        got = flash_attention(*(t.transpose(1, 2) for t in raw), frame_tokens=c.frame_tokens, mask="frame_causal",
+                              q_norm_weight=blk.q_norm, k_norm_weight=blk.k_norm, norm_eps=blk.eps,
+                              rope_cos=cos, rope_sin=sin)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
