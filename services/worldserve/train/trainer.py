@@ -67,7 +67,7 @@ class TrainConfig:
     clip: int = 16
     """Frames per dynamics training clip (the model's context)."""
     ae: PhaseConfig = dataclasses.field(default_factory=lambda: PhaseConfig(2000, 16, 2e-3, budget_s=540))
-    dynamics: PhaseConfig = dataclasses.field(default_factory=lambda: PhaseConfig(1500, 4, 1e-3, budget_s=1320))
+    dynamics: PhaseConfig = dataclasses.field(default_factory=lambda: PhaseConfig(1500, 4, 1.5e-3, budget_s=1320))
     image: PhaseConfig = dataclasses.field(default_factory=lambda: PhaseConfig(1000, 8, 1e-3, budget_s=480))
     dynamics_config: WorldModelConfig = DYNAMICS_CONFIG
     image_config: TinyTextToImageConfig = IMAGE_CONFIG
@@ -216,8 +216,12 @@ def train_dynamics(tc: TrainConfig, data: TrajectoryData) -> list[float]:
     the config, event text per frame). A third of the frames are near clean (t < 0.15) so that the
     context the model learns from resembles the clean past it sees when serving."""
     pc, d, dev = tc.dynamics, tc.out / "dynamics", tc.resolved_device()
-    src = d if (d / "config.json").is_file() else tc.out / "ae"
-    model = WorldModel.from_pretrained(src).to(dev)
+    if (d / "config.json").is_file():  # resume
+        model = WorldModel.from_pretrained(d).to(dev)
+    else:  # the configured model, with the trained autoencoder
+        model = WorldModel.random(tc.dynamics_config, seed=pc.seed)
+        model.autoencoder.load_state_dict(WorldModel.from_pretrained(tc.out / "ae").autoencoder.state_dict())
+        model = model.to(dev)
     model.autoencoder.requires_grad_(False)
     lat_path = d / "latents.npy"
     ae_weights = tc.out / "ae" / "model.safetensors"
