@@ -141,3 +141,17 @@ def test_save_load_roundtrip(tmp_path, model):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         (tmp_path / "model.safetensors").unlink()
         TinyTextToImage.from_pretrained(tmp_path)
+
+
+def test_coordinate_channels_and_legacy_checkpoints(tmp_path):
+    on = TinyTextToImage.random(seed=0)
+    assert on.config.coord_channels and on.denoiser.inp.in_channels == 5
+    off = TinyTextToImage.random(TinyTextToImageConfig(coord_channels=False), seed=0)
+    assert off.denoiser.inp.in_channels == 3
+    off.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("coord_channels")  # written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    legacy = TinyTextToImage.from_pretrained(tmp_path)
+    assert not legacy.config.coord_channels
+    assert np.array_equal(legacy.generate("a cave", seed=1, **OPTS), off.generate("a cave", seed=1, **OPTS))

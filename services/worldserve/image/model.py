@@ -89,6 +89,10 @@ class TinyTextToImageConfig:
     """Base conv width of the denoiser (2x at the coarser levels). In [8, 512]."""
     cond_dim: int = 128
     """Width of the conditioning vector (text + time) fed to every residual block. In [16, 2048]."""
+    coord_channels: bool = True
+    """Feed the denoiser two extra input channels holding each pixel's x and y in [-1, 1]. The text
+    enters as a spatially uniform FiLM, so without them the convolutions barely know where they
+    are and cannot follow "a red door on the left". False for checkpoints saved before this field."""
 
     def __post_init__(self) -> None:
         if isinstance(self.sizes, list):
@@ -115,6 +119,8 @@ class TinyTextToImageConfig:
             raise ValueError(f"text_dim must be divisible by text_heads={self.text_heads}, got {self.text_dim!r}")
         _check_int("channels", self.channels, 8, 512)
         _check_int("cond_dim", self.cond_dim, 16, 2048)
+        if not isinstance(self.coord_channels, bool):
+            raise ValueError(f"coord_channels must be a bool, got {self.coord_channels!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -238,7 +244,8 @@ class Denoiser(nn.Module):
         super().__init__()
         c, c2, e = cfg.channels, 2 * cfg.channels, cfg.cond_dim
         self.time_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
-        self.inp = nn.Conv2d(3, c, 3, padding=1)
+        self.coords = cfg.coord_channels
+        self.inp = nn.Conv2d(3 + (2 if cfg.coord_channels else 0), c, 3, padding=1)
         self.enc1 = FiLMResBlock(c, e)  # H
         self.down1 = nn.Conv2d(c, c2, 3, stride=2, padding=1)
         self.enc2 = FiLMResBlock(c2, e)  # H/2
@@ -252,6 +259,11 @@ class Denoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         c = text + self.time_mlp(timestep_embedding(t, text.shape[-1]).to(text.dtype))  # (B, cond)
+        if self.coords:  # (B, 2, H, W): x then y, each in [-1, 1]
+            B, _, H, W = x.shape
+            ys = torch.linspace(-1, 1, H, device=x.device, dtype=x.dtype)[:, None].expand(H, W)
+            xs = torch.linspace(-1, 1, W, device=x.device, dtype=x.dtype)[None, :].expand(H, W)
+            x = torch.cat([x, torch.stack([xs, ys])[None].expand(B, -1, -1, -1)], dim=1)
         h1 = self.enc1(self.inp(x), c)  # (B, c, H, W)
         h2 = self.enc2(self.down1(F.silu(h1)), c)  # (B, 2c, H/2, W/2)
         h = self.mid(self.down2(F.silu(h2)), c)  # (B, 2c, H/4, W/4)
@@ -373,7 +385,10 @@ class TinyTextToImage(nn.Module):
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{str(path / name)!r} not found; expected a save_pretrained directory")
-        model = cls(TinyTextToImageConfig.from_dict(json.loads((path / CONFIG_FILE).read_text())))
+        data = json.loads((path / CONFIG_FILE).read_text())
+        if isinstance(data, dict) and "coord_channels" not in data:
+            data = {**data, "coord_channels": False}  # saved before coordinate channels existed
+        model = cls(TinyTextToImageConfig.from_dict(data))
         model.load_state_dict(load_file(path / WEIGHTS_FILE, device="cpu"), strict=True)
         return model.to(device=device, dtype=dtype).eval()
 

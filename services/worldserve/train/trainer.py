@@ -33,8 +33,10 @@ from .data import TrajectoryData, caption_batch, make_trajectories, step_generat
 STATE_FILE = "train_state.pt"
 
 # The shipped configs: the default dynamics model with a lighter autoencoder (16 base channels:
-# ~3.5x cheaper to train and to decode, ample for flat-shaded 64x64 frames).
-DYNAMICS_CONFIG = WorldModelConfig(ae_channels=16)
+# ~3.5x cheaper to train and to decode, ample for flat-shaded 64x64 frames), sampled with 2 Euler
+# steps (measured: higher rollout PSNR than 4 at this training budget, and half the cost).
+DYNAMICS_CONFIG = WorldModelConfig(ae_channels=16, sample_steps=2)
+_SAMPLER_FIELDS = ("sample_steps", "guidance")
 IMAGE_CONFIG = TinyTextToImageConfig(name="tiny-t2i-platformer")
 
 
@@ -68,7 +70,7 @@ class TrainConfig:
     """Frames per dynamics training clip (the model's context)."""
     ae: PhaseConfig = dataclasses.field(default_factory=lambda: PhaseConfig(2000, 16, 2e-3, budget_s=540))
     dynamics: PhaseConfig = dataclasses.field(default_factory=lambda: PhaseConfig(1500, 4, 1.5e-3, budget_s=1320))
-    image: PhaseConfig = dataclasses.field(default_factory=lambda: PhaseConfig(1000, 8, 1e-3, budget_s=480))
+    image: PhaseConfig = dataclasses.field(default_factory=lambda: PhaseConfig(1000, 8, 1.5e-3, budget_s=480))
     dynamics_config: WorldModelConfig = DYNAMICS_CONFIG
     image_config: TinyTextToImageConfig = IMAGE_CONFIG
     device: str = "auto"
@@ -291,6 +293,10 @@ def export(tc: TrainConfig, weights: Path) -> dict[str, Path]:
         dst.mkdir(parents=True, exist_ok=True)
         for f in ("config.json", "model.safetensors"):
             shutil.copyfile(tc.out / name / f, dst / f)
+        if name == "dynamics":  # inference-only settings come from the current training config
+            cfg = json.loads((dst / "config.json").read_text())
+            cfg.update({k: getattr(tc.dynamics_config, k) for k in _SAMPLER_FIELDS})
+            (dst / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         out[name] = dst
     return out
 
