@@ -32,13 +32,13 @@ def pct(xs: list[float], q: float) -> float:
 def model_alone(n: int, threads: int) -> list[float]:
     import torch
 
-    from worldserve.dynamics.model import WorldModel
+    from worldserve.common.config import Config
+    from worldserve.dynamics.service import load_model
 
-    from worldserve.common.config import available_cpus
-
-    torch.set_num_threads(threads or available_cpus())  # what a replica does with torch_threads
-    m = WorldModel.random(seed=0)
-    cache = m.prefill(m.encode(torch.zeros(1, 64, 64, 3, dtype=torch.uint8)), m.null_action()[None], first_step=0)
+    m = load_model(Config.load({"torch_threads": threads}))  # the replica's model, threads and device
+    c = m.config
+    frames = torch.zeros(c.context_frames - 1, c.frame_height, c.frame_width, 3, dtype=torch.uint8)
+    cache = m.prefill(m.encode(frames), m.null_action()[None].repeat(len(frames), 1), first_step=0)  # full context
     a = m.action_vector(["right"])[None]
     out = []
     for i in range(n + 2):

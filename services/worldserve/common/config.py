@@ -34,9 +34,10 @@ class Config:
     model_name: str = "worldserve-tiny"
     """Name of the dynamics model, recorded in every session."""
     dynamics_model_path: str = ""
-    """Folder with config.json + model.safetensors; empty: random init (seed 0) of the default config."""
+    """Folder with config.json + model.safetensors; empty: the shipped trained weights
+    (worldserve/weights/dynamics); "random": random init (seed 0) of the default config."""
     image_model_path: str = ""
-    """Folder of the image model; empty: random init (seed 0)."""
+    """Folder of the image model; empty: the shipped weights (worldserve/weights/image); "random": random init."""
     max_batch_size: int = 32
     """Most sessions stepped in one model call. Bounds: 1 .. 1024."""
     max_batch_wait_s: float = 0.0
@@ -117,3 +118,16 @@ def setup_torch(config: "Config") -> str:
 
     torch.set_num_threads(config.torch_threads or available_cpus())
     return torch_device(config)
+
+
+SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+
+
+def model_path(configured: str, kind: str) -> str | None:
+    """The folder to load a model from, or None for random init. ``kind``: "dynamics" or "image"."""
+    if configured == "random":
+        return None
+    if configured:
+        return configured
+    shipped = os.path.join(SHIPPED_WEIGHTS, kind)
+    return shipped if os.path.exists(os.path.join(shipped, "model.safetensors")) else None

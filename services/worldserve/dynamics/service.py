@@ -17,13 +17,14 @@ log = logging.getLogger("worldserve.dynamics")
 
 
 def load_model(config):
-    """The dynamics model: from ``dynamics_model_path`` when set, else the default config at seed 0."""
-    from worldserve.common.config import setup_torch
+    """The dynamics model: ``dynamics_model_path``, else the shipped weights, else random init (seed 0)."""
+    from worldserve.common.config import model_path, setup_torch
     from worldserve.dynamics.model import WorldModel
 
     device = setup_torch(config)  # Ray alone would leave torch one thread (OMP_NUM_THREADS=1)
-    if config.dynamics_model_path:
-        return WorldModel.from_pretrained(config.dynamics_model_path, device=device)
+    path = model_path(config.dynamics_model_path, "dynamics")
+    if path:
+        return WorldModel.from_pretrained(path, device=device)
     return WorldModel.random(seed=0).to(device)
 
 

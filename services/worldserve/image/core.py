@@ -53,8 +53,11 @@ class ImageCore:
 
 
 def load_backend(config, device: str = "cpu"):
+    """``image_model_path``, else the shipped weights, else random init (seed 0)."""
+    from worldserve.common.config import model_path
     from worldserve.image.model import TinyTextToImage
 
-    if config.image_model_path:
-        return TinyTextToImage.from_pretrained(config.image_model_path).to(device)
+    path = model_path(config.image_model_path, "image")
+    if path:
+        return TinyTextToImage.from_pretrained(path).to(device)
     return TinyTextToImage.random(seed=0).to(device)
