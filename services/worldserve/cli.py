@@ -199,12 +199,18 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
 
 @app.command()
 def play(
-    prompt: str = typer.Option("a red door on the left, a blue door on the right, grass, night", help="world prompt"),
+    prompt: str = typer.Option(
+        "a red door on the left, a blue box on the right, grass, day",
+        help="world prompt: 'a {red|blue|yellow|purple|pink|cyan} {door|box} on the {left|right}, ..., "
+        "{grass|sand|snow}, {day|night}[, rain]'",
+    ),
     actions: str = typer.Option(
         "right,right,right,up,right,right,jump,right,left,left,up,right,right,right,right,right",
         help="comma-separated actions; '+' joins keys held together, 'noop' for none",
     ),
     seed: int = typer.Option(0),
+    event: str = typer.Option("night falls", help="world event switched on mid-play ('' for none)"),
+    event_step: int = typer.Option(10, help="the step at which the event switches on"),
     out: Path = typer.Option(Path("demo.gif"), help="animated GIF to write"),
     target: str = typer.Option(None, help="gRPC endpoint (default: from `up`)"),
     scale: int = typer.Option(4, help="upscale factor of the GIF"),
@@ -217,6 +223,8 @@ def play(
 
     target = target or _read_state().get("endpoint", f"127.0.0.1:{GRPC_PORT}")
     acts = _actions(a.strip() for a in actions.split(",") if a.strip())
+    if event and 1 <= event_step <= len(acts):
+        acts[event_step - 1].event = event
     frames = []
     with WorldClient(target, dev_key()) as c:
         s = c.create_session(prompt=prompt, seed=seed, include_first_frame=True)

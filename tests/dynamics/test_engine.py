@@ -126,3 +126,7 @@ async def test_event_switch_is_recorded_and_kept(engine, store):
     assert [(e.action or {}).get("event") for e in win] == [None, "night falls", "night falls", "night falls", None]
     with pytest.raises(InvalidArgument, match="event of 201 characters"):
         await engine.step("t", rec.session_id, [], {}, event="x" * 201)
+    if engine.model.events_supported:  # longer than the model's event encoder takes: refused up front
+        with pytest.raises(InvalidArgument, match="at most 64"):
+            await engine.step("t", rec.session_id, [], {}, event="y" * 100)
+        assert (await store.get("t", rec.session_id)).step == 5

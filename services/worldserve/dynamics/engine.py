@@ -110,8 +110,16 @@ class Engine:
             vec = self.model.action_vector(list(keys), dict(mouse))
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
-        if event is not None and len(event) > MAX_EVENT_CHARS:
-            raise InvalidArgument(f"event of {len(event)} characters exceeds the limit of {MAX_EVENT_CHARS}")
+        if event is not None:
+            if len(event) > MAX_EVENT_CHARS:
+                raise InvalidArgument(f"event of {len(event)} characters exceeds the limit of {MAX_EVENT_CHARS}")
+            limit = getattr(self.model.config, "event_max_bytes", None)
+            if self._events_supported and limit is not None:
+                from worldserve.dynamics.model.events import normalize_event
+
+                n = len(normalize_event(event).encode())
+                if n > limit:  # checked here: inside a batch it would fail every session in it
+                    raise InvalidArgument(f"event {event[:80]!r} is {n} bytes in UTF-8; the model takes at most {limit}")
         return action_to_dict(keys, dict(mouse)), vec
 
     def check_guidance(self, guidance: float | None) -> float:

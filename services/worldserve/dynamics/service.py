@@ -62,6 +62,7 @@ class DynamicsCore:
             context_frames=c.context_frames,
             sample_steps=c.sample_steps,
             default_guidance=c.guidance,
+            events_supported=bool(getattr(self.model, "events_supported", False)),
         )
 
 

@@ -90,7 +90,7 @@ class MouseAxis(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "frame_width", "frame_height", "keys", "mouse_axes", "discrete_actions", "context_frames", "sample_steps", "default_guidance")
+    __slots__ = ("name", "frame_width", "frame_height", "keys", "mouse_axes", "discrete_actions", "context_frames", "sample_steps", "default_guidance", "events_supported")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FRAME_WIDTH_FIELD_NUMBER: _ClassVar[int]
     FRAME_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class ModelInfo(_message.Message):
     CONTEXT_FRAMES_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_STEPS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
     name: str
     frame_width: int
     frame_height: int
@@ -109,4 +110,5 @@ class ModelInfo(_message.Message):
     context_frames: int
     sample_steps: int
     default_guidance: float
-    def __init__(self, name: _Optional[str] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., mouse_axes: _Optional[_Iterable[_Union[MouseAxis, _Mapping]]] = ..., discrete_actions: _Optional[int] = ..., context_frames: _Optional[int] = ..., sample_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ...) -> None: ...
+    events_supported: bool
+    def __init__(self, name: _Optional[str] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., mouse_axes: _Optional[_Iterable[_Union[MouseAxis, _Mapping]]] = ..., discrete_actions: _Optional[int] = ..., context_frames: _Optional[int] = ..., sample_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ..., events_supported: _Optional[bool] = ...) -> None: ...
