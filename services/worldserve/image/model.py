@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from worldserve.common.bytetok import BOS, EOS, PAD, VOCAB, tokenize_bytes  # noqa: F401 (re-exported)
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -150,23 +152,9 @@ def _check_float(name: str, value: Any, lo: float, hi: float) -> None:
 # --------------------------------------------------------------------------------------------------
 # Tokenizer and text encoder
 
-BOS, EOS, PAD = 256, 257, 258
-VOCAB = 259  # 256 byte values + BOS, EOS, PAD
-
-
 def tokenize(prompts: Sequence[str], max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Byte-level: ids (B, L) = BOS + UTF-8 bytes + EOS, right-padded; mask (B, L) True on real tokens."""
-    rows = []
-    for p in prompts:
-        b = p.encode("utf-8")
-        if len(b) > max_bytes:
-            raise ValueError(f"prompt is {len(b)} bytes in UTF-8; at most {max_bytes} allowed")
-        rows.append([BOS, *b, EOS])
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), PAD, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return ids, ids != PAD
+    return tokenize_bytes(prompts, max_bytes, what="prompt")
 
 
 class TextBlock(nn.Module):

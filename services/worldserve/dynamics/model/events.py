@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldserve.common.bytetok import BOS, EOS, PAD, VOCAB, tokenize_bytes  # noqa: F401 (re-exported)
+
 from .config import WorldModelConfig
 
-BOS, EOS, PAD = 256, 257, 258
-VOCAB = 259  # 256 byte values + BOS, EOS, PAD
 
 
 def normalize_event(text: str) -> str:
@@ -28,17 +28,7 @@ def normalize_event(text: str) -> str:
 
 def tokenize_events(texts: Sequence[str], max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Byte-level: ids (B, L) = BOS + UTF-8 bytes + EOS, right-padded; mask (B, L) True on real tokens."""
-    rows = []
-    for t in texts:
-        b = t.encode("utf-8")
-        if len(b) > max_bytes:
-            raise ValueError(f"event text is {len(b)} bytes in UTF-8; at most {max_bytes} allowed: {t[:80]!r}")
-        rows.append([BOS, *b, EOS])
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), PAD, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return ids, ids != PAD
+    return tokenize_bytes(texts, max_bytes, what="event text")
 
 
 class _Block(nn.Module):
