@@ -249,20 +249,12 @@ def run(dynamics: Path = WEIGHTS / "dynamics", image: Path | None = WEIGHTS / "i
 
 
 def main() -> None:
-    import typer
+    """``python -m worldserve.train.evaluate``: the ``evaluate`` command of ``python -m worldserve.train``."""
+    import sys
 
-    def cli(
-        dynamics: Path = typer.Option(WEIGHTS / "dynamics", help="Dynamics model folder."),
-        image: Path = typer.Option(WEIGHTS / "image", help="Image model folder."),
-        sessions: int = typer.Option(16, min=2, max=1024, help="Held-out rollouts."),
-        prompts: int = typer.Option(64, min=1, max=10000, help="Held-out captions for prompt adherence."),
-        threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
-        json_out: Path = typer.Option(None, "--json", help="Also write the figures as JSON here."),
-    ) -> None:
-        """Print the fidelity table of the trained models."""
-        run(dynamics, image, sessions=sessions, prompts=prompts, threads=threads, json_out=json_out)
+    from worldserve.train.__main__ import app
 
-    typer.run(cli)
+    app(["evaluate", *sys.argv[1:]], prog_name="python -m worldserve.train.evaluate")
 
 
 if __name__ == "__main__":
