@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     records = [json.loads(line) for line in rec_file.read_text().splitlines() if line.strip()]
     summary = summarize(records, dur)
     table = Table(title=f"{ns.scenario}: {len(records)} requests")
-    for col in ("request", "count", "errors", "rps", "p50 ms", "p95 ms", "p99 ms", "deadline miss"):
+    table.add_column("request", no_wrap=True, min_width=14)
+    for col in ("count", "errors", "rps", "p50 ms", "p95 ms", "p99 ms", "deadline miss"):
         table.add_column(col, justify="right")
     for name, s in summary.items():
         table.add_row(name, str(s["count"]), str(s["errors"]), f"{s['rps']:.1f}", f"{s['p50_ms']:.0f}",
@@ -234,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             ("replicas", "dynamics at the end == 1", end_.get("dynamics", 0), 1, end_.get("dynamics", 0) == 1),
         ]
     st = Table(title="SLO (loadtest/slo.yaml)")
-    for col in ("request", "figure", "measured", "limit", ""):
+    st.add_column("request", no_wrap=True, min_width=14)
+    for col in ("figure", "measured", "limit", ""):
         st.add_column(col)
     for name, figure, value, limit, ok in rows:
         st.add_row(name, figure, f"{value:.3f}", str(limit), "[green]ok[/]" if ok else "[red]MISSED[/]")
