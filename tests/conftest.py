@@ -1,4 +1,4 @@
-"""Shared fixtures: a real redis-server on a random loopback port (no fakeredis)."""
+"""Shared fixtures: a real redis-server process on a random loopback port, never a stand-in."""
 
 from __future__ import annotations
 
