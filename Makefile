@@ -17,11 +17,11 @@ install-dev:
 
 # Start the local cluster (embedded Redis, Ray, Serve), play a demo world, write demo.gif.
 run: install
-	worldserve up
-	worldserve play --out demo.gif
+	$(PY) -m worldserve.cli up
+	$(PY) -m worldserve.cli play --out demo.gif
 
 down:
-	worldserve down
+	$(PY) -m worldserve.cli down
 
 # Every test: unit, model, kernels (Triton interpreter), end to end (local Ray, gRPC on loopback).
 test: install-dev

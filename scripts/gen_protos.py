@@ -29,7 +29,8 @@ def generate(out_root: Path) -> list[Path]:
 
     protos = sorted((PROTO_ROOT / PACKAGE).glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto shipped with grpcio-tools
-    mypy_grpc = shutil.which("protoc-gen-mypy_grpc")
+    beside = Path(sys.executable).parent / "protoc-gen-mypy_grpc"  # this interpreter's scripts first
+    mypy_grpc = str(beside) if beside.exists() else shutil.which("protoc-gen-mypy_grpc")
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
