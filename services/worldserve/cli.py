@@ -1,4 +1,4 @@
-"""`worldserve up | down | status | play | keys`: run a local cluster and play a world.
+"""`worldserve up | down | status | play | add-key`: run a local cluster and play a world.
 
 State lives in ``$WORLDSERVE_HOME`` (default ``~/.worldserve``): the embedded Redis's data and
 pid, the hashed API key file, and the development key (mode 0600).
