@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+
 LOG2E = 1.4426950408889634
 
 # Dtypes the compiled (GPU) kernels are built and gated for. fp32 runs in the interpreter for
@@ -159,29 +160,6 @@ def check_rope_tables(cos: torch.Tensor, sin: torch.Tensor, shape: tuple[int, ..
 # --------------------------------------------------------------------------------------------
 # Q/K prologue (fused RMSNorm and RoPE on load) -- torch reference
 # --------------------------------------------------------------------------------------------
-
-
-def qk_prologue_reference(
-    x: torch.Tensor,  # (B, H, T, D)
-    *,
-    norm_weight: torch.Tensor | None = None,  # (D,)
-    norm_eps: float = 1e-6,
-    rope_cos: torch.Tensor | None = None,  # (B, T, D/2) angles of each row of x
-    rope_sin: torch.Tensor | None = None,  # (B, T, D/2)
-) -> torch.Tensor:  # (B, H, T, D)
-    """Unfused torch version of what the kernels do on load: RMSNorm over the head dim (fp32,
-    times the weight), then rotate-half RoPE (GPT-NeoX layout: halves (x1, x2) rotated by the
-    per-row angle), one cast back at the end. Same math as the model's ``qk_rmsnorm`` +
-    ``apply_rope`` up to where the rounding to the input dtype happens."""
-    xf = x.float()
-    if norm_weight is not None:
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm_eps) * norm_weight.float()
-    if rope_cos is not None:
-        c = rope_cos.float()[:, None]  # (B, 1, T, D/2): broadcast over heads
-        s = rope_sin.float()[:, None]
-        x1, x2 = xf.chunk(2, dim=-1)
-        xf = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
-    return xf.to(x.dtype)
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, *, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:

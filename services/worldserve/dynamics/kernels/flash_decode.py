@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from worldserve.dynamics.model.attention import attention_decode_reference
+
 from ._common import (
     LOG2E,
     TileConfig,
@@ -45,10 +47,8 @@ from ._common import (
     check_rope_tables,
     split_prologue,
     mask_group,
-    qk_prologue_reference,
     tune_bucket,
 )
-from .flash_prefill import dense_mask
 
 # --------------------------------------------------------------------------------------------
 # kernel
@@ -354,43 +354,4 @@ def flash_decode(
 # --------------------------------------------------------------------------------------------
 
 
-def flash_decode_reference(
-    q: torch.Tensor,
-    k_new: torch.Tensor,
-    v_new: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    cache_seqlens: torch.Tensor,
-    *,
-    frame_tokens: int,
-    mask: str = "frame_causal",
-    scale: float | None = None,
-    write_kv: bool = True,
-    q_norm_weight: torch.Tensor | None = None,
-    k_norm_weight: torch.Tensor | None = None,
-    norm_eps: float = 1e-6,
-    rope_cos: torch.Tensor | None = None,
-    rope_sin: torch.Tensor | None = None,
-    **_ignored,
-) -> torch.Tensor:
-    """Per-session loop: prologue, concatenate cache and new keys, SDPA with an explicit
-    boolean mask, then write the new (transformed) keys and values into the cache."""
-    B, H, Tn, D = q.shape
-    group = mask_group(mask, frame_tokens)
-    out = torch.empty_like(q)
-    for b, L in enumerate(cache_seqlens.tolist()):
-        pro = dict(norm_eps=norm_eps)
-        if rope_cos is not None:
-            pro.update(rope_cos=rope_cos[b: b + 1], rope_sin=rope_sin[b: b + 1])
-        qb = qk_prologue_reference(q[b: b + 1], norm_weight=q_norm_weight, **pro)[0]
-        kb = qk_prologue_reference(k_new[b: b + 1], norm_weight=k_norm_weight, **pro)[0]
-        keys = torch.cat((k_cache[b, :, :L], kb), dim=1)
-        vals = torch.cat((v_cache[b, :, :L], v_new[b]), dim=1)
-        m = dense_mask(Tn, L + Tn, group=group, q_start=L, device=q.device)
-        out[b] = torch.nn.functional.scaled_dot_product_attention(
-            qb[None], keys[None], vals[None], attn_mask=m, scale=scale, enable_gqa=H != keys.shape[0]
-        )[0]
-        if write_kv:
-            k_cache[b, :, L: L + Tn] = kb
-            v_cache[b, :, L: L + Tn] = v_new[b]
-    return out
+flash_decode_reference = attention_decode_reference  # the torch reference is attention.py's

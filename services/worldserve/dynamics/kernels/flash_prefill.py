@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from worldserve.dynamics.model.attention import attention_reference, attention_varlen_reference
+
 from ._common import (
     LOG2E,
     TileConfig,
@@ -38,7 +40,6 @@ from ._common import (
     check_rope_tables,
     split_prologue,
     mask_group,
-    qk_prologue_reference,
     tune_bucket,
 )
 
@@ -398,66 +399,6 @@ def flash_attention_varlen(
 # --------------------------------------------------------------------------------------------
 
 
-def dense_mask(tq: int, tk: int, *, group: int, q_start: int, device=None) -> torch.Tensor | None:
-    """Boolean (Tq, Tk) mask, True = may attend, from the same mask group the kernel uses."""
-    if group == 0:
-        return None
-    qpos = torch.arange(tq, device=device) + q_start
-    kpos = torch.arange(tk, device=device)
-    return (kpos[None, :] // group) <= (qpos[:, None] // group)
-
-
-def flash_attention_reference(
-    q: torch.Tensor,  # (B, H, Tq, D)
-    k: torch.Tensor,  # (B, Hkv, Tk, D)
-    v: torch.Tensor,  # (B, Hkv, Tk, D)
-    *,
-    frame_tokens: int,
-    mask: str = "frame_causal",
-    q_start: int | None = None,
-    scale: float | None = None,
-    q_norm_weight: torch.Tensor | None = None,
-    k_norm_weight: torch.Tensor | None = None,
-    norm_eps: float = 1e-6,
-    rope_cos: torch.Tensor | None = None,
-    rope_sin: torch.Tensor | None = None,
-) -> torch.Tensor:  # (B, H, Tq, D)
-    """What :func:`flash_attention` computes, in plain torch."""
-    tq, tk = q.shape[2], k.shape[2]
-    q_start = tk - tq if q_start is None else q_start
-    if q_norm_weight is not None or rope_cos is not None:
-        qc = rope_cos[:, q_start: q_start + tq] if rope_cos is not None else None
-        qs = rope_sin[:, q_start: q_start + tq] if rope_sin is not None else None
-        q = qk_prologue_reference(q, norm_weight=q_norm_weight, norm_eps=norm_eps, rope_cos=qc, rope_sin=qs)
-        k = qk_prologue_reference(k, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
-                                  rope_sin=rope_sin)
-    m = dense_mask(tq, tk, group=mask_group(mask, frame_tokens), q_start=q_start, device=q.device)
-    gqa = q.shape[1] != k.shape[1]
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale, enable_gqa=gqa)
-
-
-def flash_attention_varlen_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
-    *,
-    rope_cos: torch.Tensor | None = None,  # (total_k, D/2)
-    rope_sin: torch.Tensor | None = None,
-    **kw,
-) -> torch.Tensor:
-    """Per-sequence loop over :func:`flash_attention_reference`."""
-    out = torch.empty_like(q)
-    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    for b in range(len(cq) - 1):
-        if cq[b + 1] == cq[b]:
-            continue
-        qs = q[cq[b]: cq[b + 1]].transpose(0, 1)[None]
-        ks = k[ck[b]: ck[b + 1]].transpose(0, 1)[None]
-        vs = v[ck[b]: ck[b + 1]].transpose(0, 1)[None]
-        rope = {}
-        if rope_cos is not None:
-            rope = dict(rope_cos=rope_cos[None, ck[b]: ck[b + 1]], rope_sin=rope_sin[None, ck[b]: ck[b + 1]])
-        out[cq[b]: cq[b + 1]] = flash_attention_reference(qs, ks, vs, **rope, **kw)[0].transpose(0, 1)
-    return out
+# The torch references are attention.py's (the CPU path runs the same code the kernels are tested against).
+flash_attention_reference = attention_reference
+flash_attention_varlen_reference = attention_varlen_reference

@@ -168,14 +168,17 @@ def build_mask(
     return (kpos[None, :] // frame_tokens) <= (qpos[:, None] // frame_tokens)
 
 
-def _prologue_reference(
+def qk_prologue_reference(
     x: torch.Tensor,  # (B, H, T, D)
-    weight: torch.Tensor | None,
-    eps: float,
-    cos: torch.Tensor | None,  # (B, T, D/2)
-    sin: torch.Tensor | None,
-) -> torch.Tensor:
-    """RMSNorm (fp32) then rotate-half RoPE, one cast back: what the kernels fuse on load."""
+    *,
+    norm_weight: torch.Tensor | None = None,  # (D,)
+    norm_eps: float = 1e-6,
+    rope_cos: torch.Tensor | None = None,  # (B, T, D/2) angles of each row of x
+    rope_sin: torch.Tensor | None = None,
+) -> torch.Tensor:  # (B, H, T, D)
+    """RMSNorm over the head dim (fp32, times the weight), then rotate-half RoPE (GPT-NeoX layout),
+    one cast back at the end: what the kernels fuse on load, unfused."""
+    weight, eps, cos, sin = norm_weight, norm_eps, rope_cos, rope_sin
     if weight is None and cos is None:
         return x
     xf = x.float()
@@ -228,8 +231,9 @@ def attention_reference(
     if q_norm_weight is not None or rope_cos is not None:
         qc = rope_cos[:, qs: qs + tq] if rope_cos is not None else None
         qn = rope_sin[:, qs: qs + tq] if rope_sin is not None else None
-        q = _prologue_reference(q, q_norm_weight, norm_eps, qc, qn)
-        k = _prologue_reference(k, k_norm_weight, norm_eps, rope_cos, rope_sin)
+        q = qk_prologue_reference(q, norm_weight=q_norm_weight, norm_eps=norm_eps, rope_cos=qc, rope_sin=qn)
+        k = qk_prologue_reference(k, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
+                                        rope_sin=rope_sin)
     m = build_mask(tq, tk, frame_tokens=frame_tokens, mask=mask, q_start=q_start, device=q.device)
     gqa = q.shape[-3] != k.shape[-3]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale, enable_gqa=gqa)
@@ -264,8 +268,9 @@ def attention(
             qs = tk - tq if q_start is None else q_start
             qc = rope_cos[:, qs : qs + tq] if rope_cos is not None else None
             qn = rope_sin[:, qs : qs + tq] if rope_sin is not None else None
-            q = _prologue_reference(q, q_norm_weight, norm_eps, qc, qn)
-            k = _prologue_reference(k, k_norm_weight, norm_eps, rope_cos, rope_sin)
+            q = qk_prologue_reference(q, norm_weight=q_norm_weight, norm_eps=norm_eps, rope_cos=qc, rope_sin=qn)
+            k = qk_prologue_reference(k, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
+                                        rope_sin=rope_sin)
             pro = {}
         out = _guarded(lambda: flash_attention(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start,
                                                scale=scale, **pro))
@@ -303,12 +308,16 @@ def attention_varlen(
         if _fusable(q_norm_weight, k_norm_weight, rope_cos, rope_sin) is False:
             qr = _varlen_q_rows(cu_seqlens_q, cu_seqlens_k)
             # (T, H, D) -> (1, H, T, D) for the shared prologue helper, and back
-            q = _prologue_reference(q.transpose(0, 1)[None], q_norm_weight, norm_eps,
-                                    rope_cos[qr][None] if rope_cos is not None else None,
-                                    rope_sin[qr][None] if rope_sin is not None else None)[0].transpose(0, 1)
-            k = _prologue_reference(k.transpose(0, 1)[None], k_norm_weight, norm_eps,
-                                    rope_cos[None] if rope_cos is not None else None,
-                                    rope_sin[None] if rope_sin is not None else None)[0].transpose(0, 1)
+            q = qk_prologue_reference(
+                q.transpose(0, 1)[None], norm_weight=q_norm_weight, norm_eps=norm_eps,
+                rope_cos=rope_cos[qr][None] if rope_cos is not None else None,
+                rope_sin=rope_sin[qr][None] if rope_sin is not None else None,
+            )[0].transpose(0, 1)
+            k = qk_prologue_reference(
+                k.transpose(0, 1)[None], norm_weight=k_norm_weight, norm_eps=norm_eps,
+                rope_cos=rope_cos[None] if rope_cos is not None else None,
+                rope_sin=rope_sin[None] if rope_sin is not None else None,
+            )[0].transpose(0, 1)
             pro = dict(norm_eps=norm_eps)
             rope_cos = rope_sin = None
         out = _guarded(lambda: flash_attention_varlen(
@@ -316,6 +325,22 @@ def attention_varlen(
             max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, rope_cos=rope_cos, rope_sin=rope_sin, **pro))
         if out is not None:
             return out
+    return attention_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, frame_tokens=frame_tokens, mask=mask,
+                                      scale=scale, rope_cos=rope_cos, rope_sin=rope_sin, **pro)
+
+
+def attention_varlen_reference(
+    q: torch.Tensor,  # (total_q, H, D)
+    k: torch.Tensor,  # (total_k, H, D)
+    v: torch.Tensor,  # (total_k, H, D)
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    *,
+    rope_cos: torch.Tensor | None = None,  # (total_k, D/2), packed like k
+    rope_sin: torch.Tensor | None = None,
+    **kw,
+) -> torch.Tensor:  # (total_q, H, D)
+    """Per-sequence loop over :func:`attention_reference` (``kw``: its keyword arguments)."""
     out = torch.empty_like(q)
     cq = cu_seqlens_q.tolist()
     ck = cu_seqlens_k.tolist()
@@ -328,8 +353,7 @@ def attention_varlen(
         rope = {}
         if rope_cos is not None:
             rope = dict(rope_cos=rope_cos[None, ck[b] : ck[b + 1]], rope_sin=rope_sin[None, ck[b] : ck[b + 1]])
-        o = attention_reference(qs, ks, vs, frame_tokens=frame_tokens, mask=mask, scale=scale, **rope, **pro)
-        out[cq[b] : cq[b + 1]] = o[0].transpose(0, 1)
+        out[cq[b] : cq[b + 1]] = attention_reference(qs, ks, vs, **rope, **kw)[0].transpose(0, 1)
     return out
 
 
@@ -364,14 +388,44 @@ def attention_decode(
         pro = dict(q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
                    rope_sin=rope_sin)
         if _fusable(q_norm_weight, k_norm_weight, rope_cos, rope_sin) is False:
-            q = _prologue_reference(q, q_norm_weight, norm_eps, rope_cos, rope_sin)
-            k_new = _prologue_reference(k_new, k_norm_weight, norm_eps, rope_cos, rope_sin)
+            q = qk_prologue_reference(q, norm_weight=q_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
+                                        rope_sin=rope_sin)
+            k_new = qk_prologue_reference(k_new, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
+                                        rope_sin=rope_sin)
             pro = {}
         out = _guarded(lambda: flash_decode(q, k_new, v_new, k_cache, v_cache, cache_seqlens, frame_tokens=frame_tokens,
                                             mask=mask, scale=scale, write_kv=write_kv, max_cache_len=max_cache_len,
                                             **pro))
         if out is not None:
             return out
+    return attention_decode_reference(
+        q, k_new, v_new, k_cache, v_cache, cache_seqlens, frame_tokens=frame_tokens, mask=mask, scale=scale,
+        write_kv=write_kv, q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps,
+        rope_cos=rope_cos, rope_sin=rope_sin,
+    )
+
+
+def attention_decode_reference(
+    q: torch.Tensor,  # (B, H, Tn, D)
+    k_new: torch.Tensor,  # (B, Hkv, Tn, D)
+    v_new: torch.Tensor,  # (B, Hkv, Tn, D)
+    k_cache: torch.Tensor,  # (B, Hkv, Tmax, D)
+    v_cache: torch.Tensor,  # (B, Hkv, Tmax, D)
+    cache_seqlens: torch.Tensor,  # (B,) valid cache rows before this step
+    *,
+    frame_tokens: int,
+    mask: MaskKind = "frame_causal",
+    scale: float | None = None,
+    write_kv: bool = True,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    rope_cos: torch.Tensor | None = None,
+    rope_sin: torch.Tensor | None = None,
+    **_ignored,  # launch options of the kernel (max_cache_len, config)
+) -> torch.Tensor:  # (B, H, Tn, D)
+    """Per-session loop: prologue, cache + new keys, SDPA with an explicit boolean mask, then the
+    new (transformed) keys and values written into the cache."""
     B, _, Tn, _ = q.shape
     out = torch.empty_like(q)
     for b, L in enumerate(cache_seqlens.tolist()):
@@ -380,9 +434,8 @@ def attention_decode(
         rope = {}
         if rope_cos is not None:
             rope = dict(rope_cos=rope_cos[b : b + 1], rope_sin=rope_sin[b : b + 1])
-        qb = _prologue_reference(q[b : b + 1], q_norm_weight, norm_eps, rope.get("rope_cos"), rope.get("rope_sin"))
-        kb = _prologue_reference(k_new[b : b + 1], k_norm_weight, norm_eps, rope.get("rope_cos"),
-                                 rope.get("rope_sin"))
+        qb = qk_prologue_reference(q[b : b + 1], norm_weight=q_norm_weight, norm_eps=norm_eps, **rope)
+        kb = qk_prologue_reference(k_new[b : b + 1], norm_weight=k_norm_weight, norm_eps=norm_eps, **rope)
         keys = torch.cat((k_cache[b : b + 1, :, :L], kb), dim=2)
         vals = torch.cat((v_cache[b : b + 1, :, :L], v_new[b : b + 1]), dim=2)
         out[b : b + 1] = attention_reference(qb, keys, vals, frame_tokens=frame_tokens, mask=mask, q_start=L,
