@@ -191,8 +191,9 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
         for appname in ("image", "sessions", "dynamics"):
             try:
                 s = c.health(appname)
-            except Exception as e:  # noqa: BLE001
-                s, ok = f"DOWN ({getattr(e, 'code', lambda: e)()})", False
+            except Exception as e:  # noqa: BLE001 - any failure means the app is not serving
+                why = e.code().name if hasattr(e, "code") else type(e).__name__
+                s, ok = f"DOWN ({why})", False
             console.print(f"{appname:9s} {s}")
     raise typer.Exit(0 if ok else 1)
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from worldserve.common.bytetok import BOS, EOS, PAD, VOCAB, tokenize_bytes  # noqa: F401 (re-exported)
+from worldserve.common.bytetok import VOCAB, tokenize_bytes
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
+
+from PIL import Image
 
 from ray import serve
 
@@ -23,16 +26,11 @@ def to_pb(rec: SessionRecord) -> pb.Session:
 
 def reencode(png: bytes, fmt: int) -> common_pb2.Frame:
     frame = common_pb2.Frame(format=PNG, data=png)
-    if (fmt or PNG) == PNG:
-        rgb = None
-        from PIL import Image
-        import io
-
+    if (fmt or PNG) == PNG:  # stored as PNG already: read the size from its header only
         with Image.open(io.BytesIO(png)) as im:
             frame.width, frame.height = im.size
         return frame
-    rgb = decode_frame(frame, max_bytes=1 << 30)
-    return encode_frame(rgb, fmt)
+    return encode_frame(decode_frame(frame, max_bytes=1 << 30), fmt)
 
 
 @serve.deployment(
