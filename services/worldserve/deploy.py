@@ -42,6 +42,7 @@ def load_config(
         app["args"].update(app_args or {})
         if app["name"] == "sessions":
             app["args"]["image_app"] = app["args"].get("image_app", "image")
+            app["args"]["dynamics_app"] = app["args"].get("dynamics_app", "dynamics")
         for dep in app.get("deployments", []):
             dep.update((deployment_overrides or {}).get(dep["name"], {}))
     return cfg

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -49,6 +50,33 @@ def unpack_array(buf: bytes) -> np.ndarray:
     if len(buf) - off != n * dt.itemsize:
         raise ValueError(f"packed array size mismatch: header says {shape} {dt}, got {len(buf) - off} bytes")
     return np.frombuffer(buf, dtype=dt, count=n, offset=off).reshape(shape)
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """An encoded frame, protocol-free (the servicers turn it into a ``worldserve.v1.Frame``)."""
+
+    format: int
+    data: bytes
+    width: int
+    height: int
+
+    def to_pb(self) -> common_pb2.Frame:
+        return common_pb2.Frame(format=self.format, data=self.data, width=self.width, height=self.height)
+
+
+def check_format(fmt: int) -> int:
+    """The format code, PNG for 0; INVALID_ARGUMENT for an unknown one."""
+    fmt = fmt or PNG
+    if fmt not in (PNG, JPEG, RAW):
+        raise InvalidArgument(f"unknown frame format {fmt!r}; expected PNG (1), JPEG (2) or RAW_RGB8 (3)")
+    return fmt
+
+
+def encode_rgb(rgb: np.ndarray, fmt: int = PNG) -> EncodedFrame:
+    """(H, W, 3) uint8 -> EncodedFrame."""
+    f = encode_frame(rgb, fmt)
+    return EncodedFrame(f.format, f.data, f.width, f.height)
 
 
 def encode_frame(rgb: np.ndarray, fmt: int = PNG) -> common_pb2.Frame:

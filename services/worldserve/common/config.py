@@ -9,14 +9,63 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _bounded(name: str, value: float, lo: float, hi: float) -> None:
     if not (lo <= value <= hi):
         raise ValueError(f"{name}={value!r} is out of range [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served dynamics model: a name clients use, and how to load it."""
+
+    name: str
+    """Name sessions are bound to (``CreateSession.model``): lowercase letters, digits, '.', '_', '-';
+    at most 48 characters. Its Serve deployment is ``DynamicsModel-<name>``."""
+    kind: str = "world_model"
+    """Registry name of the model implementation (``worldserve.dynamics_models`` entry points)."""
+    path: str = ""
+    """Folder with the model's config + safetensors; empty: ``Config.dynamics_model_path`` (by
+    default the shipped weights); "random": random init (seed 0)."""
+    tier: str = ""
+    """Serving tier shown by ListModels, e.g. "quality" or "fast"."""
+    sample_steps: int = 0
+    """Sampler steps per frame; 0: the model's own default. Bounds: 0 .. 64."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the model's loader (kind-specific)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not MODEL_NAME_RE.match(self.name):
+            raise ValueError(f"model name {self.name!r}: expected [a-z0-9][a-z0-9._-]{{0,47}}")
+        _bounded(f"models[{self.name}].sample_steps", self.sample_steps, 0, 64)
+
+    @classmethod
+    def parse(cls, value: Any) -> "ModelSpec":
+        if isinstance(value, ModelSpec):
+            return value
+        if isinstance(value, str):
+            return cls(name=value)
+        if not isinstance(value, Mapping):
+            raise ValueError(f"a models entry must be a mapping or a name, got {value!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"models entry {value.get('name')!r}: unknown fields {unknown}; known: {sorted(known)}")
+        return cls(**dict(value))
+
+
+DEFAULT_MODELS = (
+    ModelSpec(name="platformer", tier="quality", sample_steps=4),
+    ModelSpec(name="platformer-fast", tier="fast", sample_steps=1),
+)
 
 
 @dataclass(frozen=True)
@@ -31,11 +80,15 @@ class Config:
     """Largest uploaded first frame, in bytes. Bounds: 1 KiB .. 64 MiB."""
     redis_timeout_s: float = 5.0
     """Socket timeout of Redis operations. Bounds: 0.05 .. 60."""
-    model_name: str = "worldserve-tiny"
-    """Name of the dynamics model, recorded in every session."""
+    models: tuple[ModelSpec, ...] = DEFAULT_MODELS
+    """The dynamics models this cluster serves, each in its own deployment (see ModelSpec)."""
+    default_model: str = ""
+    """Model a CreateSession without ``model`` binds its session to; empty: the first of ``models``."""
     dynamics_model_path: str = ""
-    """Folder with config.json + model.safetensors; empty: the shipped trained weights
-    (worldserve/weights/dynamics); "random": random init (seed 0) of the default config."""
+    """Folder with config.json + model.safetensors for models whose ``path`` is empty; empty: the
+    shipped trained weights (worldserve/weights/dynamics); "random": random init (seed 0)."""
+    image_model_kind: str = "tiny_text_to_image"
+    """Registry name of the image model (``worldserve.image_models`` entry points)."""
     image_model_path: str = ""
     """Folder of the image model; empty: the shipped weights (worldserve/weights/image); "random": random init."""
     max_batch_size: int = 32
@@ -44,8 +97,16 @@ class Config:
     """Extra time to wait for a batch to fill once the model is free. 0: continuous batching. Bounds: 0 .. 1."""
     max_queue: int = 1024
     """Steps waiting in a replica before new ones get RESOURCE_EXHAUSTED. Bounds: 1 .. 100000."""
-    context_cache_sessions: int = 512
-    """Sessions whose KV cache a dynamics replica keeps in memory (LRU). Bounds: 0 .. 100000."""
+    state_cache_bytes: int = 2 * 1024**3
+    """Bytes of per-session model state (KV caches) one model replica keeps (LRU beyond it; on a
+    GPU this is device memory the model preallocates). Bounds: 16 MiB .. 1 TiB."""
+    batch_invariant: str = "auto"
+    """"on": a session's frames are bitwise identical whatever shares its batch (the model runs each
+    session's step alone); "off": batched model calls (faster on a GPU; frames may differ in the
+    last bit with the batch); "auto": on for CPU, off for CUDA."""
+    dtype: str = "auto"
+    """Compute dtype of the dynamics models: "auto" (bfloat16 on CUDA, float32 on CPU), "float32",
+    "bfloat16" or "float16"."""
     max_rollout_actions: int = 256
     """Most actions in one Rollout. Bounds: 1 .. 10000."""
     device: str = "auto"
@@ -63,11 +124,35 @@ class Config:
         _bounded("max_batch_size", self.max_batch_size, 1, 1024)
         _bounded("max_batch_wait_s", self.max_batch_wait_s, 0, 1)
         _bounded("max_queue", self.max_queue, 1, 100_000)
-        _bounded("context_cache_sessions", self.context_cache_sessions, 0, 100_000)
+        _bounded("state_cache_bytes", self.state_cache_bytes, 16 * 1024**2, 1024**4)
+        if self.batch_invariant not in ("auto", "on", "off"):
+            raise ValueError(f"batch_invariant={self.batch_invariant!r}: expected 'auto', 'on' or 'off'")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: expected one of {DTYPES}")
+        models = tuple(ModelSpec.parse(m) for m in self.models)
+        object.__setattr__(self, "models", models)
+        if not models:
+            raise ValueError("models is empty; serve at least one dynamics model")
+        names = [m.name for m in models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"models: duplicate names {dupes}")
+        if self.default_model and self.default_model not in names:
+            raise ValueError(f"default_model={self.default_model!r} is not one of the served models {names}")
         _bounded("max_rollout_actions", self.max_rollout_actions, 1, 10_000)
         _bounded("torch_threads", self.torch_threads, 0, 256)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @property
+    def default_model_name(self) -> str:
+        return self.default_model or self.models[0].name
+
+    def model_spec(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> "Config":
@@ -102,6 +187,21 @@ def available_cpus() -> int:
     except (OSError, ValueError):
         pass
     return max(1, n)
+
+
+def torch_dtype(config: "Config", device: str):
+    """The compute dtype of the dynamics models on ``device``."""
+    import torch
+
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, config.dtype)
+
+
+def batch_invariant(config: "Config", device: str) -> bool:
+    if config.batch_invariant == "auto":
+        return not device.startswith("cuda")
+    return config.batch_invariant == "on"
 
 
 def torch_device(config: "Config") -> str:

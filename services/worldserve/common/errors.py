@@ -75,8 +75,31 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError)
 
 
+def _unwrap(exc: BaseException) -> BaseException:
+    """An error raised in another Serve replica and re-raised through a deployment handle arrives
+    as Ray's ``RayTaskError`` (whose text is a traceback): the original exception is its cause."""
+    for _ in range(8):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException) and type(exc).__name__.startswith("RayTaskError"):
+            exc = cause
+        else:
+            break
+    return exc
+
+
+def _ray_unavailable() -> tuple[type[BaseException], ...]:
+    try:
+        from ray import exceptions as rx
+    except ImportError:  # the client SDK has no ray
+        return ()
+    return (rx.RayActorError, rx.ActorUnavailableError)
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and client-safe message for an exception."""
+    exc = _unwrap(exc)
+    if isinstance(exc, _ray_unavailable()):
+        return grpc.StatusCode.UNAVAILABLE, "a replica serving this request went away; retry"
     for cls in type(exc).__mro__:
         if cls in STATUS_BY_ERROR:
             return STATUS_BY_ERROR[cls], str(exc) or cls.__name__

@@ -1,111 +1,119 @@
-"""The dynamics engine: queue -> batch across sessions -> model -> compare-and-set append.
+"""The dynamics engine of one model replica: request -> scheduler -> runner -> output -> Redis.
 
-Knows nothing of gRPC. One engine lives in each dynamics replica:
+A Step, in order (each part in its own file beside this one):
 
-- Requests queue per tenant; the batcher drains them round-robin across tenants (a noisy tenant
-  cannot starve the others) up to ``max_batch_size``. While the model runs a batch, the next one
-  fills up (continuous batching): one session alone pays no batching wait.
-- Context: the replica keeps each session's KV cache (LRU). A cache entry is used only when it
-  is at the session's current step in Redis; otherwise the window of latents is loaded from
-  Redis and prefilled. Redis is the truth; a dead replica loses nothing.
-- A step is acknowledged only after its compare-and-set append landed in Redis. A racing step on
-  the same session gets ``Conflict`` (ABORTED), or ``FailedPrecondition`` when the caller named an
-  expected step that no longer holds.
+1. ``Engine.step`` validates the typed request against the model (keys, axes, guidance, event),
+   reads the session record from Redis, checks it is bound to this engine's model and at the
+   expected step, and looks up the session's model state in the ``StateCache`` (hit: the state
+   is at the step Redis holds; miss: the latent window is read from Redis for a prefill);
+2. the ``Scheduler`` queues it per (priority, tenant) and forms batches;
+3. the ``Runner`` (the model thread) prefills what was missed, steps the batch and decodes;
+4. the ``OutputProcessor`` encodes the frame (PNG for the log, the requested format for the client);
+5. ``SessionStore.append`` lands the step with a compare-and-set on the step counter; only then is
+   the step acknowledged and the new state kept in the cache.
+
+Knows nothing of gRPC: typed requests in (``types.StepRequest``), ``types.StepOutput`` out,
+``worldserve.common.errors`` exceptions for every refusal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from worldserve.common.codec import PNG, encode_frame, pack_array, unpack_array
+from worldserve.common.codec import PNG, check_format, decode_frame, pack_array, unpack_array
 from worldserve.common.config import Config
-from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, ResourceExhausted
+from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from worldserve.common.metrics import BATCH_BUCKETS, ServiceMetrics
-from worldserve.sessions.store import SessionRecord, SessionStore, action_to_dict, check_session_id
+from worldserve.dynamics.interface import DynamicsModel
+from worldserve.dynamics.output import OutputProcessor
+from worldserve.dynamics.runner import Job, Runner
+from worldserve.dynamics.scheduler import Scheduler
+from worldserve.dynamics.state_cache import StateCache
+from worldserve.dynamics.types import StepOutput, StepRequest
+from worldserve.sessions.store import SessionStore, action_to_dict, check_session_id
+from worldserve.v1 import common_pb2
 
 log = logging.getLogger("worldserve.dynamics")
 
 MAX_GUIDANCE = 20.0
 MAX_EVENT_CHARS = 200
-GAUGE_REFRESH_S = 5.0
-
-
-@dataclass
-class StepResult:
-    session_id: str
-    step: int
-    frame: object  # worldserve.v1.Frame in the requested format
-    png: bytes
-
-
-@dataclass
-class _Job:
-    tenant: str
-    rec: SessionRecord
-    action: dict
-    action_vec: torch.Tensor  # (A,)
-    guidance: float
-    fmt: int
-    event: str | None  # the request's event switch; None keeps the event in force
-    cache: object | None  # KVCache at rec.step, or None when it must be prefilled
-    window: list | None = None  # [(step, action dict|None, latent np|None)] for prefill
-    first_frame_png: bytes | None = None  # step 0 frame when its latent is not stored yet
-    fut: asyncio.Future = field(default=None)  # type: ignore[assignment]
-    # filled by the model thread
-    new_cache: object | None = None
-    first_latent: bytes | None = None
+GAUGE_REFRESH_S = 5.0  # Ray drops a gauge that is not set for ~20 s
 
 
 class Engine:
-    def __init__(self, model, store: SessionStore, config: Config, metrics: ServiceMetrics | None = None):
+    def __init__(
+        self,
+        model: DynamicsModel,
+        store: SessionStore,
+        config: Config,
+        metrics: ServiceMetrics | None = None,
+        *,
+        model_name: str = "",
+        batch_invariant: bool = True,
+    ):
         self.model = model
         self.store = store
         self.config = config
-        self.metrics = metrics or ServiceMetrics("dynamics")
-        self.context_frames = model.config.context_frames
-        self._events_supported = bool(getattr(model, "events_supported", False))
-        self._queues: dict[str, collections.deque[_Job]] = collections.OrderedDict()
-        self._queued = 0
-        self._wake = asyncio.Event()
-        self._inflight: set[tuple[str, str]] = set()
-        self._cache: collections.OrderedDict[tuple[str, str], object] = collections.OrderedDict()
-        self._events: dict[tuple[str, str], str] = {}  # event in force, beside each cached context
+        self.model_name = model_name or config.default_model_name
+        self.batch_invariant = batch_invariant
+        self.info = model.info
+        m = self.metrics = metrics or ServiceMetrics("dynamics")
+        lbl = {"model": self.model_name}
+        self._lbl = lbl
+        self.m_batch = m.histogram("batch_size", "Sessions per model batch", ("model",), BATCH_BUCKETS)
+        self.m_queue = m.gauge("queue_depth", "Steps waiting for the model in this replica", ("model",))
+        self.m_active = m.gauge("active_sessions", "Sessions whose model state this replica holds", ("model",))
+        self.m_bytes = m.gauge("state_cache_bytes", "Bytes of per-session model state this replica holds", ("model",))
+        self.m_evictions = m.counter("state_evictions", "Session states evicted, by reason", ("model", "reason"))
+        self.m_hits = m.counter("context_cache_hits", "Steps whose state was in the replica cache", ("model",))
+        self.m_misses = m.counter("context_cache_misses", "Steps whose state was prefilled from Redis", ("model",))
+        self.m_frames = m.counter("frames_generated", "Frames generated and acknowledged", ("model",))
+        self.m_model = m.histogram("model_step_duration_seconds", "Model time of one batch (prefill, step, decode)",
+                                   ("model",))
+        self.m_steps = m.counter("model_steps", "Session steps run by the model, by attention backend and kernel",
+                                 ("model", "backend", "kernel"))
+        self.m_conflicts = m.counter("step_conflicts", "Steps rejected by the compare-and-set append", ("model",))
+        self.m_failures = m.counter("item_failures", "Steps that failed in the model (their batch went on)", ("model",))
+        self.cache = StateCache(
+            model, config.state_cache_bytes,
+            on_evict=lambda reason: self.m_evictions.inc(model=self.model_name, reason=reason),
+            on_change=self._cache_changed,
+        )
+        self.scheduler: Scheduler[Job] = Scheduler(config.max_batch_size, config.max_queue,
+                                                   on_depth=lambda n: self.m_queue.set(n, **lbl))
+        self.runner = Runner(model, self.cache, batch_invariant=batch_invariant,
+                             on_item_failure=lambda e: self.m_failures.inc(**lbl))
+        self.output = OutputProcessor()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")  # one model stream
-        self._task: asyncio.Task | None = None
-        m = self.metrics
-        self.m_batch = m.histogram("batch_size", "Sessions per model step", (), BATCH_BUCKETS)
-        self.m_queue = m.gauge("queue_depth", "Steps waiting for the model in this replica")
-        self.m_active = m.gauge("active_sessions", "Sessions with a context in this replica's cache")
-        self.m_hits = m.counter("context_cache_hits", "Steps whose context was in the replica cache")
-        self.m_misses = m.counter("context_cache_misses", "Steps whose context was loaded from Redis and prefilled")
-        self.m_frames = m.counter("frames_generated", "Frames generated")
-        self.m_model = m.histogram("model_step_duration_seconds", "Model time of one batched step (sample + decode)")
-        self.m_conflicts = m.counter("step_conflicts", "Steps rejected by the compare-and-set append")
+        self._inflight: set[tuple[str, str]] = set()
+        self._tasks: list[asyncio.Task] = []
+
+    def _cache_changed(self, sessions: int, nbytes: int) -> None:
+        self.m_active.set(sessions, **self._lbl)
+        self.m_bytes.set(nbytes, **self._lbl)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._batcher(), name="dynamics-batcher")
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks.append(loop.create_task(self._batch_loop(), name="dynamics-batches"))
+            self._tasks.append(loop.create_task(self._eviction_loop(), name="dynamics-evictions"))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = []
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.output.close()
 
-    # -- public API -------------------------------------------------------------------------------
-    def action(
-        self, keys: Sequence[str], mouse: Mapping[str, float], event: str | None = None
-    ) -> tuple[dict, torch.Tensor]:
+    # -- validation -------------------------------------------------------------------------------
+    def action_vector(self, keys, mouse, event: str | None = None):
+        """The model's action vector; INVALID_ARGUMENT quoting a bad key, axis, value or event."""
         try:
             vec = self.model.action_vector(list(keys), dict(mouse))
         except ValueError as e:
@@ -113,219 +121,181 @@ class Engine:
         if event is not None:
             if len(event) > MAX_EVENT_CHARS:
                 raise InvalidArgument(f"event of {len(event)} characters exceeds the limit of {MAX_EVENT_CHARS}")
-            limit = getattr(self.model.config, "event_max_bytes", None)
-            if self._events_supported and limit is not None:
+            if self.info.events_supported and self.info.event_max_bytes:
                 from worldserve.dynamics.model.events import normalize_event
 
                 n = len(normalize_event(event).encode())
-                if n > limit:  # checked here: inside a batch it would fail every session in it
-                    raise InvalidArgument(f"event {event[:80]!r} is {n} bytes in UTF-8; the model takes at most {limit}")
-        return action_to_dict(keys, dict(mouse)), vec
+                if n > self.info.event_max_bytes:  # checked here: inside a batch it would fail the item late
+                    raise InvalidArgument(
+                        f"event {event[:80]!r} is {n} bytes in UTF-8; the model takes at most {self.info.event_max_bytes}"
+                    )
+        return vec
 
     def check_guidance(self, guidance: float | None) -> float:
         if guidance is None:
-            return float(self.model.config.guidance)
-        if not (0.0 <= guidance <= MAX_GUIDANCE) or guidance != guidance:
+            return float(self.info.default_guidance)
+        if guidance != guidance or not (0.0 <= guidance <= MAX_GUIDANCE):
             raise InvalidArgument(f"guidance={guidance!r} is out of range [0, {MAX_GUIDANCE}]")
         return float(guidance)
 
-    async def step(
-        self,
-        tenant: str,
-        session_id: str,
-        keys: Sequence[str],
-        mouse: Mapping[str, float],
-        *,
-        expected_step: int | None = None,
-        guidance: float | None = None,
-        fmt: int = PNG,
-        event: str | None = None,
-    ) -> StepResult:
-        """One step. ``event`` switches the world event from this step on ("" clears it)."""
-        check_session_id(session_id)
-        action, vec = self.action(keys, mouse, event)
-        g = self.check_guidance(guidance)
+    def validate(self, req: StepRequest) -> None:
+        """Everything that can be checked without Redis (Rollout checks all its actions first)."""
+        check_session_id(req.session_id)
+        self.action_vector(req.keys, req.mouse, req.event)
+        self.check_guidance(req.guidance)
+        check_format(req.fmt)
+
+    # -- the step ---------------------------------------------------------------------------------
+    async def step(self, req: StepRequest) -> StepOutput:
+        """One step; see the module docstring. Raises ABORTED (``Conflict``) when the session moved
+        on meanwhile, FAILED_PRECONDITION when ``expected_step`` no longer holds."""
+        check_session_id(req.session_id)
+        vec = self.action_vector(req.keys, req.mouse, req.event)
+        g = self.check_guidance(req.guidance)
+        fmt = check_format(req.fmt)
+        key = (req.tenant, req.session_id)
+        if key in self._inflight:
+            raise Conflict(f"session {req.session_id!r} already has a step in flight; this one was not applied")
+        self._inflight.add(key)
+        self.cache.pin(key)
         try:
-            return await self._step(tenant, session_id, action, vec, g, expected_step, fmt, event)
+            return await self._step(req, key, vec, g, fmt)
         except Conflict as e:
-            if expected_step is not None:  # the caller named a step: its precondition no longer holds
+            if req.expected_step is not None:  # the caller named a step: its precondition no longer holds
                 raise FailedPrecondition(str(e)) from None
             raise
-
-    async def _step(self, tenant, session_id, action, vec, g, expected_step, fmt, event) -> StepResult:
-        key = (tenant, session_id)
-        if key in self._inflight:
-            raise Conflict(f"session {session_id!r} already has a step in flight; this one was not applied")
-        if self._queued >= self.config.max_queue:
-            raise ResourceExhausted(f"dynamics queue is full ({self._queued} steps waiting); retry later")
-        self._inflight.add(key)
-        try:
-            rec = await self.store.get(tenant, session_id)
-            await self.store.check_step(rec, expected_step)
-            job = _Job(tenant, rec, action, vec, g, fmt or PNG, event, cache=None)
-            await self._attach_context(job)
-            if job.event is None:  # keep the event in force
-                job.event = self._events.get(key, "")
-            if job.event:
-                action["event"] = job.event  # the log records the event in force at each step
-            job.fut = asyncio.get_running_loop().create_future()
-            self._enqueue(job)
-            latent, png, frame = await job.fut
-            if job.first_latent is not None:
-                await self.store.set_latent_if_absent(tenant, session_id, 0, job.first_latent)
-            try:
-                n = await self.store.append(
-                    tenant, session_id, expected_step=rec.step, action=action, latent=pack_array(latent), frame=png
-                )
-            except Exception:
-                self._drop(key)
-                self.m_conflicts.inc()
-                raise
-            self._events[key] = job.event
-            self.m_frames.inc()
-            return StepResult(session_id, n, frame, png)
-        except BaseException:
-            self._drop(key)
-            raise
         finally:
+            self.cache.unpin(key)
             self._inflight.discard(key)
 
-    # -- context ----------------------------------------------------------------------------------
-    def _drop(self, key: tuple[str, str]) -> None:
-        self._cache.pop(key, None)
-        self._events.pop(key, None)
-        self.m_active.set(len(self._cache))
+    async def _step(self, req: StepRequest, key, vec, g: float, fmt: int) -> StepOutput:
+        since = time.monotonic()
+        try:
+            rec = await self.store.get(req.tenant, req.session_id)
+        except NotFound:
+            self.cache.evict(key, "deleted")
+            raise
+        if rec.model != self.model_name:
+            raise FailedPrecondition(
+                f"session {req.session_id!r} is bound to model {rec.model!r}; this deployment serves {self.model_name!r}"
+            )
+        await self.store.check_step(rec, req.expected_step)
+        job = Job(req, key, rec.step, rec.seed, vec, g, event="")
+        entry = self.cache.get(key, rec.step)
+        if entry is not None:
+            self.m_hits.inc(**self._lbl)
+            job.state, prev_event = entry.state, entry.event
+        else:
+            self.m_misses.inc(**self._lbl)
+            prev_event = await self._load_window(job)
+        job.event = prev_event if req.event is None else req.event
+        ok = False
+        try:
+            await self._run(job)
+            if job.retry_solo:  # its batched call failed: step it alone from a fresh prefill
+                self._drop_state(job)
+                job.retry_solo, job.solo = False, True
+                await self._load_window(job)
+                await self._run(job)
+            if job.error is not None:
+                raise job.error
+            png, frame = await self.output.encode(job.rgb, fmt)
+            if job.first_latent is not None:
+                await self.store.set_latent_if_absent(req.tenant, req.session_id, 0, pack_array(job.first_latent))
+            action = action_to_dict(req.keys, dict(req.mouse))
+            if job.event:
+                action["event"] = job.event  # the log records the event in force at each step
+            try:
+                n = await self.store.append(req.tenant, req.session_id, expected_step=rec.step, action=action,
+                                            latent=pack_array(job.latent), frame=png)
+            except (Conflict, NotFound):
+                self.m_conflicts.inc(**self._lbl)
+                raise
+            ok = True
+            self.cache.put(key, job.state, job.event, since=since)
+            self.m_frames.inc(**self._lbl)
+            return StepOutput(req.session_id, n, frame)
+        finally:
+            if not ok:
+                self._drop_state(job)
 
-    async def _attach_context(self, job: _Job) -> None:
-        key = (job.tenant, job.rec.session_id)
-        cached = self._cache.get(key)
-        if cached is not None and getattr(cached, "last_step", None) == job.rec.step:
-            self._cache.move_to_end(key)
-            job.cache = cached
-            self.m_hits.inc()
+    def _drop_state(self, job: Job) -> None:
+        """The job's state is ahead of Redis or broken: out of the cache, memory released."""
+        if job.state is None:
             return
-        self._drop(key)
-        self.m_misses.inc()
-        entries = await self.store.window(
-            job.tenant, job.rec.session_id, end_step=job.rec.step, frames=self.context_frames - 1
-        )
+        if job.key in self.cache and self.cache.take(job.key) is not None:
+            self.m_evictions.inc(model=self.model_name, reason="stale")
+        self.cache.discard(job.state)
+        job.state = None
+
+    async def _run(self, job: Job) -> None:
+        """Queue the job and wait for the runner; a caller that gives up withdraws a queued job."""
+        job.fut = asyncio.get_running_loop().create_future()
+        self.scheduler.submit(job.req.tenant, job, job.req.priority)
+        try:
+            await asyncio.shield(job.fut)
+        except asyncio.CancelledError:
+            if not self.scheduler.remove(job.req.tenant, job):
+                await asyncio.wait([job.fut])  # running: its state must not be touched until it ends
+            raise
+
+    async def _load_window(self, job: Job) -> str:
+        """Read the session's latent window for a prefill; returns the event in force at its end."""
+        req = job.req
+        entries = await self.store.window(req.tenant, req.session_id, end_step=job.step,
+                                          frames=self.info.context_frames - 1)
         job.window = [(e.step, e.action, None if e.latent is None else unpack_array(e.latent)) for e in entries]
-        self._events[key] = (entries[-1].action or {}).get("event", "")
-        if any(z is None for _, _, z in job.window):
-            missing = [s for s, _, z in job.window if z is None]
+        missing = [s for s, _, z in job.window if z is None]
+        if missing:
             if missing != [0]:
-                raise InvalidArgument(f"session {job.rec.session_id!r} has no latents for steps {missing}")
-            job.first_frame_png = await self.store.first_frame(job.tenant, job.rec.session_id)
+                raise InvalidArgument(f"session {req.session_id!r} has no latents for steps {missing}")
+            png = await self.store.first_frame(req.tenant, req.session_id)
+            job.first_frame = decode_frame(common_pb2.Frame(format=PNG, data=png), max_bytes=1 << 30)
+        return (entries[-1].action or {}).get("event", "") if entries else ""
 
-    # -- batching ---------------------------------------------------------------------------------
-    def _enqueue(self, job: _Job) -> None:
-        self._queues.setdefault(job.tenant, collections.deque()).append(job)
-        self._queued += 1
-        self.m_queue.set(self._queued)
-        self._wake.set()
-
-    def _take_batch(self) -> list[_Job]:
-        """Round-robin across tenants, up to max_batch_size."""
-        batch: list[_Job] = []
-        while self._queued and len(batch) < self.config.max_batch_size:
-            for tenant in list(self._queues):
-                q = self._queues[tenant]
-                if q:
-                    batch.append(q.popleft())
-                    self._queued -= 1
-                if not q:
-                    del self._queues[tenant]
-                if len(batch) >= self.config.max_batch_size:
-                    break
-            if self._queues:  # rotate so the next batch starts with the next tenant
-                first = next(iter(self._queues))
-                self._queues.move_to_end(first)
-        self.m_queue.set(self._queued)
-        return batch
-
-    async def _batcher(self) -> None:
+    # -- background -------------------------------------------------------------------------------
+    async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            try:  # wake at least every few seconds: Ray drops a gauge that is not set for ~20 s
-                await asyncio.wait_for(self._wake.wait(), timeout=GAUGE_REFRESH_S)
-            except asyncio.TimeoutError:
-                self.m_queue.set(self._queued)
-                self.m_active.set(len(self._cache))
+            if not await self.scheduler.wait(GAUGE_REFRESH_S):
+                self.m_queue.set(self.scheduler.depth, **self._lbl)
+                self._cache_changed(len(self.cache), self.cache.nbytes)
                 continue
-            self._wake.clear()
-            if self.config.max_batch_wait_s > 0 and self._queued < self.config.max_batch_size:
+            if self.config.max_batch_wait_s > 0 and self.scheduler.depth < self.config.max_batch_size:
                 await asyncio.sleep(self.config.max_batch_wait_s)
-            while self._queued:
-                batch = self._take_batch()
-                self.m_batch.observe(len(batch))
-                t0 = time.perf_counter()
-                try:
-                    results = await loop.run_in_executor(self._pool, self._run_batch, batch)
-                except Exception as e:  # noqa: BLE001 - fail this batch, keep serving
-                    log.exception("model batch of %d failed", len(batch))
-                    for j in batch:
-                        if not j.fut.done():
-                            j.fut.set_exception(e)
-                    continue
-                self.m_model.observe(time.perf_counter() - t0)
-                for j, r in zip(batch, results):
-                    key = (j.tenant, j.rec.session_id)
-                    if j.new_cache is not None:
-                        self._cache[key] = j.new_cache
-                        self._cache.move_to_end(key)
-                    while len(self._cache) > self.config.context_cache_sessions:
-                        old, _ = self._cache.popitem(last=False)
-                        self._events.pop(old, None)
-                    if not j.fut.done():
-                        j.fut.set_result(r)
-                self.m_active.set(len(self._cache))
+            batch = self.scheduler.take_batch()
+            if not batch:
+                continue
+            self.m_batch.observe(len(batch), **self._lbl)
+            t0 = time.perf_counter()
+            try:
+                stats = await loop.run_in_executor(self._pool, self.runner.run, batch)
+            except Exception as e:  # noqa: BLE001 - a bug in the runner: fail this batch, keep serving
+                log.exception("model batch of %d failed", len(batch))
+                for j in batch:
+                    j.error = e
+            else:
+                self.m_model.observe(time.perf_counter() - t0, **self._lbl)
+                rt = self.model.runtime
+                if stats.steps:
+                    self.m_steps.inc(stats.steps, model=self.model_name, backend=rt.attention_backend,
+                                     kernel=rt.decode_kernel or rt.attention_backend)
+            for j in batch:
+                if not j.fut.done():
+                    j.fut.set_result(None)
 
-    # -- the model thread -------------------------------------------------------------------------
-    def _prefill(self, job: _Job):
-        window = job.window or []
-        latents = []
-        actions = []
-        for step, action, z in window:
-            if z is None:  # the first frame, stored as an image by the sessions service
-                from worldserve.common.codec import decode_frame
-                from worldserve.v1 import common_pb2
+    async def _eviction_loop(self) -> None:
+        """Evict the state of every session deleted anywhere in the cluster."""
+        while True:
+            try:
+                async for tenant, sid in self.store.deletions():
+                    self.cache.evict((tenant, sid), "deleted")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - Redis away: resubscribe shortly
+                log.warning("deletion feed lost (%s); resubscribing", type(e).__name__)
+                await asyncio.sleep(1.0)
 
-                rgb = decode_frame(common_pb2.Frame(format=PNG, data=job.first_frame_png), max_bytes=1 << 30)
-                z = self.model.encode(torch.from_numpy(rgb.copy())[None])[0].numpy()
-                job.first_latent = pack_array(z)
-            latents.append(torch.from_numpy(np.array(z, dtype=np.float32)))
-            actions.append(
-                self.model.null_action() if action is None else self.model.action_vector(action.get("keys", []), action.get("mouse", {}))
-            )
-        kw = {}
-        if self._events_supported:
-            kw["events"] = [(a or {}).get("event", "") for _, a, _ in window]
-        return self.model.prefill(torch.stack(latents), torch.stack(actions), first_step=window[0][0], **kw)
-
-    def _run_batch(self, batch: list[_Job]):
-        for j in batch:
-            if j.cache is None:
-                j.cache = self._prefill(j)
-            j.new_cache = j.cache
-        out: list = [None] * len(batch)
-        by_guidance: dict[float, list[int]] = {}
-        for i, j in enumerate(batch):
-            by_guidance.setdefault(j.guidance, []).append(i)
-        for g, idx in by_guidance.items():
-            jobs = [batch[i] for i in idx]
-            kw = {"events": [j.event or "" for j in jobs]} if self._events_supported else {}
-            latents = self.model.step(
-                [j.cache for j in jobs],
-                torch.stack([j.action_vec for j in jobs]),
-                seeds=[j.rec.seed for j in jobs],
-                steps=[j.rec.step + 1 for j in jobs],
-                guidance=g,
-                **kw,
-            )
-            frames = self.model.decode(latents).numpy()
-            lat = latents.numpy()
-            for k, i in enumerate(idx):
-                png_frame = encode_frame(frames[k], PNG)
-                frame = png_frame if batch[i].fmt == PNG else encode_frame(frames[k], batch[i].fmt)
-                out[i] = (lat[k].copy(), png_frame.data, frame)
-        return out
+    def evict(self, tenant: str, session_id: str) -> bool:
+        """Drop a session's state (DeleteSession, tests)."""
+        return self.cache.evict((tenant, session_id), "deleted")

@@ -1,88 +1,97 @@
-"""DynamicsService: the thin Serve ingress over the engine (authenticate -> validate -> delegate)."""
+"""The dynamics application: one thin gRPC ingress, one deployment per served model.
+
+- ``DynamicsService`` (the ingress, CPU only): authenticates, validates, converts protobufs to
+  typed requests (:mod:`worldserve.dynamics.types`), finds the session's model and delegates to
+  that model's deployment through a deployment handle carrying the session id, so the
+  consistent-hash router keeps a session on one replica of its model.
+- ``DynamicsModel-<name>`` (``ModelServer``, one deployment per entry of ``Config.models``): loads
+  the model through the registry and runs the engine (scheduler, state cache, runner, output).
+
+A Step, file by file: ``service.py`` (``DynamicsService.Step`` -> ``ModelServer.step``) ->
+``engine.py`` (``Engine.step``) -> ``scheduler.py`` -> ``runner.py`` (``Runner.run``) -> the
+model (``model/world_model.py``: ``WorldModel.step``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import math
+import time
 from typing import Any
 
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
-from worldserve.common.codec import PNG
-from worldserve.common.errors import InvalidArgument, status_of
+from worldserve.common.codec import PNG, check_format
+from worldserve.common.config import Config, batch_invariant, setup_torch
+from worldserve.common.errors import FailedPrecondition, InvalidArgument, status_of
+from worldserve.common.metrics import ServiceMetrics
 from worldserve.common.servicer import ServiceBase, rpc
+from worldserve.dynamics.types import Priority, StepOutput, StepRequest
+from worldserve.sessions.store import check_session_id
 from worldserve.v1 import common_pb2, dynamics_pb2 as pb
 
 log = logging.getLogger("worldserve.dynamics")
 
-
-def load_model(config):
-    """The dynamics model: ``dynamics_model_path``, else the shipped weights, else random init (seed 0)."""
-    from worldserve.common.config import model_path, setup_torch
-    from worldserve.dynamics.model import WorldModel
-
-    device = setup_torch(config)  # Ray alone would leave torch one thread (OMP_NUM_THREADS=1)
-    path = model_path(config.dynamics_model_path, "dynamics")
-    if path:
-        return WorldModel.from_pretrained(path, device=device)
-    return WorldModel.random(seed=0).to(device)
+MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
+MAX_EVENT_CHARS = 200
+INFO_TTL_S = 30.0  # how long the ingress trusts a model's reported info (its runtime may change)
+ROUTE_CACHE_SESSIONS = 100_000  # session -> model entries the ingress remembers
 
 
-class DynamicsCore:
-    """Model + store + engine; built once per replica (also used directly by the benchmark)."""
-
-    def __init__(self, config):
-        from worldserve.dynamics.engine import Engine
-        from worldserve.sessions.store import SessionStore
-
-        self.config = config
-        self.model = load_model(config)
-        self.store = SessionStore.from_url(
-            config.redis_url, timeout_s=config.redis_timeout_s, default_ttl_s=config.session_ttl_s
-        )
-        self.engine: Engine | None = None
-        self._engine_cls = Engine
-
-    def ensure_engine(self, metrics):
-        if self.engine is None:
-            self.store._observe = lambda op, s: metrics.redis_latency.observe(s, op=op)
-            self.engine = self._engine_cls(self.model, self.store, self.config, metrics)
-            self.engine.start()
-        return self.engine
-
-    def model_info(self) -> pb.ModelInfo:
-        c = self.model.config
-        return pb.ModelInfo(
-            name=self.config.model_name,
-            frame_width=c.frame_width,
-            frame_height=c.frame_height,
-            keys=list(c.keys),
-            mouse_axes=[pb.MouseAxis(name=a, min=-1.0, max=1.0) for a in c.mouse_axes],
-            discrete_actions=2 ** len(c.keys),
-            context_frames=c.context_frames,
-            sample_steps=c.sample_steps,
-            default_guidance=c.guidance,
-            events_supported=bool(getattr(self.model, "events_supported", False)),
-        )
+def model_deployment_name(model: str) -> str:
+    return MODEL_DEPLOYMENT_PREFIX + model
 
 
-def _mouse(action: common_pb2.Action) -> dict[str, float]:
-    return dict(action.mouse)
+def model_info_dict(name: str, tier: str, model, batch_inv: bool) -> dict:
+    """A model's info and runtime as plain data (what the ingress and the benchmark read)."""
+    i, rt = model.info, model.runtime
+    return {
+        "name": name, "tier": tier, "frame_width": i.frame_width, "frame_height": i.frame_height,
+        "keys": list(i.action_space.keys), "mouse_axes": list(i.action_space.mouse_axes),
+        "discrete_actions": i.action_space.discrete_actions, "latent_actions": i.action_space.latent_actions,
+        "context_frames": i.context_frames, "sample_steps": i.sample_steps, "default_guidance": i.default_guidance,
+        "events_supported": i.events_supported, "event_max_bytes": i.event_max_bytes, "parameters": i.parameters,
+        "runtime": {"device": rt.device, "dtype": rt.dtype, "attention_backend": rt.attention_backend,
+                    "decode_kernel": rt.decode_kernel, "batch_invariant": batch_inv},
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# one model: DynamicsModel-<name>
 
 
 @serve.deployment(
-    name="DynamicsService",
     max_ongoing_requests=128,  # batching needs many concurrent steps in one replica
     ray_actor_options={"num_cpus": 0.5},
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 32},
+    request_router_config=RequestRouterConfig(
+        request_router_class="ray.serve.experimental.consistent_hash_router:ConsistentHashRouter"
+    ),
 )
-class DynamicsService(ServiceBase):
-    service = "dynamics"
+class ModelServer:
+    """One served model's replica: the model (from the registry) and its engine."""
 
-    def __init__(self, config: dict[str, Any] | None = None):
-        super().__init__(config)
-        self.core = DynamicsCore(self.config)
-        self.info = self.core.model_info()
+    def __init__(self, config: dict[str, Any] | None, model_name: str):
+        from worldserve.dynamics.registry import load_model
+        from worldserve.sessions.store import SessionStore
+
+        logging.getLogger("worldserve").setLevel(logging.INFO)
+        self.config = Config.load(config)
+        self.spec = self.config.model_spec(model_name)
+        device = setup_torch(self.config)  # Ray alone would leave torch one thread (OMP_NUM_THREADS=1)
+        self.model = load_model(self.spec, self.config, device)  # ModelLoadError: this replica never starts
+        if hasattr(self.model, "configure_state_pool"):  # the model preallocates its state memory
+            self.model.configure_state_pool(self.config.state_cache_bytes)
+        self.batch_invariant = batch_invariant(self.config, device)
+        self.metrics = ServiceMetrics("dynamics")
+        self.store = SessionStore.from_url(
+            self.config.redis_url, timeout_s=self.config.redis_timeout_s, default_ttl_s=self.config.session_ttl_s,
+            observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op),
+        )
+        self._engine = None
         try:
             self.replica_id = serve.get_replica_context().replica_id.to_full_id_str()  # the actor name
         except Exception:  # noqa: BLE001 - outside Serve
@@ -90,38 +99,174 @@ class DynamicsService(ServiceBase):
 
     @property
     def engine(self):
-        return self.core.ensure_engine(self.metrics)
+        if self._engine is None:  # built inside the replica's event loop
+            from worldserve.dynamics.engine import Engine
 
-    async def _step(self, tenant: str, req: pb.StepRequest) -> pb.StepResponse:
-        r = await self.engine.step(
-            tenant,
-            req.session_id,
-            list(req.action.keys),
-            _mouse(req.action),
-            expected_step=req.expected_step if req.HasField("expected_step") else None,
-            guidance=req.guidance if req.HasField("guidance") else None,
-            fmt=req.format or PNG,
-            event=req.action.event if req.action.HasField("event") else None,
+            self._engine = Engine(self.model, self.store, self.config, self.metrics, model_name=self.spec.name,
+                                  batch_invariant=self.batch_invariant)
+            self._engine.start()
+        return self._engine
+
+    async def step(self, req: StepRequest) -> tuple[StepOutput, str]:
+        """The step, and the replica that made it (for debugging affinity and failover)."""
+        return await self.engine.step(req), self.replica_id
+
+    async def info(self) -> dict:
+        return model_info_dict(self.spec.name, self.spec.tier, self.model, self.batch_invariant)
+
+    async def evict(self, tenant: str, session_id: str) -> bool:
+        return self.engine.evict(tenant, session_id)
+
+    async def check_health(self) -> None:
+        e = self._engine
+        if e is not None:
+            for t in e._tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    raise RuntimeError(f"engine task {t.get_name()} died: {t.exception()!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# the ingress
+
+
+def _validate_action(info: dict, a: common_pb2.Action, where: str = "") -> None:
+    """Check an action against a model's action space without the model (Rollout checks every
+    action before the first step)."""
+    keys, axes = set(info["keys"]), set(info["mouse_axes"])
+    for k in a.keys:
+        if k not in keys:
+            raise InvalidArgument(f"{where}unknown key {k!r}; expected one of {tuple(info['keys'])!r}")
+    for axis, v in a.mouse.items():
+        if axis not in axes:
+            raise InvalidArgument(f"{where}unknown mouse axis {axis!r}; expected one of {tuple(info['mouse_axes'])!r}")
+        if not (math.isfinite(v) and -1.0 <= v <= 1.0):
+            raise InvalidArgument(f"{where}mouse axis {axis!r} must be a finite number in [-1, 1], got {v!r}")
+    if a.HasField("event") and len(a.event) > MAX_EVENT_CHARS:
+        raise InvalidArgument(f"{where}event of {len(a.event)} characters exceeds the limit of {MAX_EVENT_CHARS}")
+
+
+def _to_request(tenant: str, r: pb.StepRequest, priority: Priority = Priority.INTERACTIVE) -> StepRequest:
+    check_session_id(r.session_id)
+    return StepRequest(
+        tenant=tenant,
+        session_id=r.session_id,
+        keys=tuple(r.action.keys),
+        mouse=dict(r.action.mouse),
+        event=r.action.event if r.action.HasField("event") else None,
+        expected_step=r.expected_step if r.HasField("expected_step") else None,
+        guidance=r.guidance if r.HasField("guidance") else None,
+        fmt=check_format(r.format),
+        priority=priority,
+    )
+
+
+def _to_pb_info(d: dict, default_model: str) -> pb.ModelInfo:
+    rt = d["runtime"]
+    return pb.ModelInfo(
+        name=d["name"], tier=d["tier"], frame_width=d["frame_width"], frame_height=d["frame_height"],
+        keys=d["keys"], mouse_axes=[pb.MouseAxis(name=a, min=-1.0, max=1.0) for a in d["mouse_axes"]],
+        discrete_actions=d["discrete_actions"], latent_actions=d["latent_actions"],
+        context_frames=d["context_frames"], sample_steps=d["sample_steps"], default_guidance=d["default_guidance"],
+        events_supported=d["events_supported"], parameters=d["parameters"], is_default=d["name"] == default_model,
+        runtime=pb.ModelRuntime(device=rt["device"], dtype=rt["dtype"], attention_backend=rt["attention_backend"],
+                                decode_kernel=rt["decode_kernel"], batch_invariant=rt["batch_invariant"]),
+    )
+
+
+@serve.deployment(
+    name="DynamicsService",
+    max_ongoing_requests=512,
+    ray_actor_options={"num_cpus": 0.1},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 64},
+)
+class DynamicsService(ServiceBase):
+    service = "dynamics"
+
+    def __init__(self, config: dict[str, Any] | None, models: dict[str, Any]):
+        from worldserve.sessions.store import SessionStore
+
+        super().__init__(config)
+        self.handles = dict(models)  # model name -> DeploymentHandle of DynamicsModel-<name>
+        self.default_model = self.config.default_model_name
+        self.store = SessionStore.from_url(
+            self.config.redis_url, timeout_s=self.config.redis_timeout_s, default_ttl_s=self.config.session_ttl_s,
+            observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op),
         )
-        return pb.StepResponse(session_id=r.session_id, step=r.step, frame=r.frame)
+        self._routes: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
+        self._infos: dict[str, tuple[float, dict]] = {}
+        self.m_routed = self.metrics.counter("routed_requests", "Steps routed to each model's deployment", ("model",))
 
+    # -- models -----------------------------------------------------------------------------------
+    def _served(self) -> str:
+        return ", ".join(repr(m) for m in self.handles)
+
+    def _handle(self, model: str):
+        h = self.handles.get(model)
+        if h is None:
+            raise InvalidArgument(f"unknown model {model!r}; this cluster serves {self._served()}")
+        return h
+
+    async def model_info(self, model: str = "") -> dict:
+        model = model or self.default_model
+        h = self._handle(model)
+        hit = self._infos.get(model)
+        if hit is None or time.monotonic() - hit[0] > INFO_TTL_S:
+            hit = (time.monotonic(), await h.info.remote())
+            self._infos[model] = hit
+        return hit[1]
+
+    async def catalog(self) -> dict:
+        """For the sessions app: the default model and each served model's frame size."""
+        infos = await asyncio.gather(*(self.model_info(m) for m in self.handles))
+        return {"default": self.default_model,
+                "models": {i["name"]: {"width": i["frame_width"], "height": i["frame_height"]} for i in infos}}
+
+    async def _model_of(self, tenant: str, session_id: str) -> str:
+        """The model a session is bound to (a session's model never changes: remembered)."""
+        key = (tenant, session_id)
+        model = self._routes.get(key)
+        if model is None:
+            model = (await self.store.get(tenant, session_id, touch=False)).model
+            self._routes[key] = model
+            if len(self._routes) > ROUTE_CACHE_SESSIONS:
+                self._routes.popitem(last=False)
+        else:
+            self._routes.move_to_end(key)
+        if model not in self.handles:
+            raise FailedPrecondition(
+                f"session {session_id!r} is bound to model {model!r}, which this cluster does not serve ({self._served()})"
+            )
+        return model
+
+    async def _step(self, req: StepRequest, grpc_context=None) -> pb.StepResponse:
+        model = await self._model_of(req.tenant, req.session_id)
+        self.m_routed.inc(model=model)
+        out, replica = await self.handles[model].options(session_id=req.session_id).step.remote(req)
+        if grpc_context is not None:
+            grpc_context.set_trailing_metadata([("worldserve-replica", replica), ("worldserve-model", model)])
+        return pb.StepResponse(session_id=out.session_id, step=out.step, frame=out.frame.to_pb())
+
+    # -- RPCs -------------------------------------------------------------------------------------
     @rpc("Step", empty=pb.StepResponse)
     async def Step(self, request: pb.StepRequest, grpc_context=None) -> pb.StepResponse:
-        out = await self._step(self.tenant(grpc_context), request)
-        if grpc_context is not None:  # which replica served it: for debugging affinity and failover
-            grpc_context.set_trailing_metadata([("worldserve-replica", self.replica_id)])
-        return out
+        return await self._step(_to_request(self.tenant(grpc_context), request), grpc_context)
 
     @rpc("StepBatch", empty=pb.StepBatchResponse)
     async def StepBatch(self, request: pb.StepBatchRequest, grpc_context=None) -> pb.StepBatchResponse:
         tenant = self.tenant(grpc_context)
-        ids = [s.session_id for s in request.steps]
-        if len(ids) != len(set(ids)):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise InvalidArgument(f"session {dup!r} appears more than once in one StepBatch")
-        if len(ids) > self.core.config.max_queue:
-            raise InvalidArgument(f"StepBatch of {len(ids)} steps exceeds the limit of {self.core.config.max_queue}")
-        outs = await asyncio.gather(*(self._step(tenant, s) for s in request.steps), return_exceptions=True)
+        n = len(request.steps)
+        if n > self.config.max_queue:
+            raise InvalidArgument(f"StepBatch of {n} steps exceeds the limit of {self.config.max_queue}")
+        seen: set[str] = set()
+        for s in request.steps:
+            if s.session_id in seen:
+                raise InvalidArgument(f"session {s.session_id[:80]!r} appears more than once in one StepBatch")
+            seen.add(s.session_id)
+
+        async def one(s: pb.StepRequest) -> pb.StepResponse:  # each item converts and fails on its own
+            return await self._step(_to_request(tenant, s, Priority.BULK))
+
+        outs = await asyncio.gather(*(one(s) for s in request.steps), return_exceptions=True)
         results = []
         for o in outs:
             if isinstance(o, BaseException):
@@ -135,17 +280,20 @@ class DynamicsService(ServiceBase):
     async def Rollout(self, request: pb.RolloutRequest, grpc_context=None):
         tenant = self.tenant(grpc_context)
         n = len(request.actions)
-        if not 1 <= n <= self.core.config.max_rollout_actions:
-            raise InvalidArgument(f"Rollout of {n} actions is out of range [1, {self.core.config.max_rollout_actions}]")
-        for i, a in enumerate(request.actions):
-            self.engine.action(a.keys, _mouse(a), a.event if a.HasField("event") else None)  # validate all first
+        if not 1 <= n <= self.config.max_rollout_actions:
+            raise InvalidArgument(f"Rollout of {n} actions is out of range [1, {self.config.max_rollout_actions}]")
+        check_session_id(request.session_id)
+        check_format(request.format)
+        info = await self.model_info(await self._model_of(tenant, request.session_id))
+        for i, a in enumerate(request.actions):  # validate all first: a bad action 5 takes no step
+            _validate_action(info, a, f"actions[{i}]: ")
         for i, a in enumerate(request.actions):
             req = pb.StepRequest(session_id=request.session_id, action=a, format=request.format)
             if i == 0 and request.HasField("expected_step"):
                 req.expected_step = request.expected_step
             if request.HasField("guidance"):
                 req.guidance = request.guidance
-            yield await self._step(tenant, req)
+            yield await self._step(_to_request(tenant, req))
 
     @rpc("Play", empty=pb.StepResponse)
     async def Play(self, request_stream, grpc_context=None):
@@ -156,17 +304,27 @@ class DynamicsService(ServiceBase):
                 if not msg.session_id:
                     raise InvalidArgument("the first Play message must name the session_id")
                 sid, fmt = msg.session_id, msg.format or PNG
-            yield await self._step(tenant, pb.StepRequest(session_id=sid, action=msg.action, format=fmt))
+            yield await self._step(_to_request(tenant, pb.StepRequest(session_id=sid, action=msg.action, format=fmt)))
 
     @rpc("GetModelInfo", empty=pb.ModelInfo)
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context=None) -> pb.ModelInfo:
         self.tenant(grpc_context)
-        return self.info
+        return _to_pb_info(await self.model_info(request.model), self.default_model)
 
-
-app = DynamicsService.bind()
+    @rpc("ListModels", empty=pb.ListModelsResponse)
+    async def ListModels(self, request: pb.ListModelsRequest, grpc_context=None) -> pb.ListModelsResponse:
+        self.tenant(grpc_context)
+        infos = await asyncio.gather(*(self.model_info(m) for m in self.handles))
+        return pb.ListModelsResponse(models=[_to_pb_info(i, self.default_model) for i in infos],
+                                     default_model=self.default_model)
 
 
 def build(args: dict[str, Any]):
-    """Serve application builder: ``import_path: worldserve.dynamics.service:build``; args = config overrides."""
-    return DynamicsService.bind(dict(args or {}))
+    """Serve application builder: ``import_path: worldserve.dynamics.service:build``; ``args`` are
+    Config overrides (``models`` names the served models, each its own deployment)."""
+    args = dict(args or {})
+    config = Config.load(args)
+    handles = {
+        m.name: ModelServer.options(name=model_deployment_name(m.name)).bind(args, m.name) for m in config.models
+    }
+    return DynamicsService.bind(args, handles)

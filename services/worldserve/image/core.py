@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from worldserve.common.errors import InvalidArgument
+from worldserve.common.registry import Registry
 
 MAX_PROMPT_CHARS = 2000
 MAX_STEPS = 64
@@ -52,12 +53,23 @@ class ImageCore:
         return np.asarray(img, dtype=np.uint8)
 
 
-def load_backend(config, device: str = "cpu"):
-    """``image_model_path``, else the shipped weights, else random init (seed 0)."""
-    from worldserve.common.config import model_path
+GROUP = "worldserve.image_models"
+REGISTRY = Registry(GROUP, builtins={"tiny_text_to_image": "worldserve.image.core:load_tiny_text_to_image"})
+
+
+def load_tiny_text_to_image(path: str | None, *, device: str):
+    """The shipped prompt-to-image model (:class:`~worldserve.image.model.TinyTextToImage`)."""
     from worldserve.image.model import TinyTextToImage
 
-    path = model_path(config.image_model_path, "image")
     if path:
         return TinyTextToImage.from_pretrained(path).to(device)
     return TinyTextToImage.random(seed=0).to(device)
+
+
+def load_backend(config, device: str = "cpu"):
+    """The image model of kind ``image_model_kind`` (the ``worldserve.image_models`` entry-point
+    group) from ``image_model_path``, else the shipped weights, else random init (seed 0). A loader
+    is ``load(path, *, device) -> ImageBackend``."""
+    from worldserve.common.config import model_path
+
+    return REGISTRY.get(config.image_model_kind)(model_path(config.image_model_path, "image"), device=device)

@@ -42,7 +42,7 @@ def reencode(png: bytes, fmt: int) -> common_pb2.Frame:
 class SessionService(ServiceBase):
     service = "sessions"
 
-    def __init__(self, config: dict[str, Any] | None = None, image_app: str = "image"):
+    def __init__(self, config: dict[str, Any] | None = None, image_app: str = "image", dynamics_app: str = "dynamics"):
         super().__init__(config)
         store = SessionStore.from_url(
             self.config.redis_url,
@@ -51,7 +51,9 @@ class SessionService(ServiceBase):
             observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op),
         )
         self.image = serve.get_deployment_handle("ImageService", app_name=image_app)
-        self.core = SessionsCore(store, self.config, generate=self._generate, frame_info=self._frame_info)
+        self.dynamics = serve.get_deployment_handle("DynamicsService", app_name=dynamics_app)
+        self.core = SessionsCore(store, self.config, generate=self._generate, frame_info=self._frame_info,
+                                 catalog=self._catalog)
         self.store = store
         self.m_created = self.metrics.counter("sessions_created", "Sessions created, by source", ("source",))
         self.m_forked = self.metrics.counter("sessions_forked", "Sessions forked")
@@ -62,16 +64,21 @@ class SessionService(ServiceBase):
     async def _frame_info(self) -> dict:
         return await self.image.info.remote()
 
+    async def _catalog(self) -> dict:
+        return await self.dynamics.catalog.remote()
+
     @rpc("CreateSession", empty=pb.Session)
     async def CreateSession(self, request: pb.CreateSessionRequest, grpc_context=None) -> pb.Session:
         tenant = self.tenant(grpc_context)
         source = request.WhichOneof("source")
         if source == "image":
-            rec, png = await self.core.create_from_image(tenant, request.image, seed=request.seed, ttl_s=request.ttl_s)
+            rec, png = await self.core.create_from_image(
+                tenant, request.image, seed=request.seed, ttl_s=request.ttl_s, model=request.model
+            )
         else:
             rec, png = await self.core.create_from_prompt(
                 tenant, request.prompt, seed=request.seed, steps=request.image_steps,
-                guidance=request.image_guidance, ttl_s=request.ttl_s,
+                guidance=request.image_guidance, ttl_s=request.ttl_s, model=request.model,
             )
         self.m_created.inc(source=source or "prompt")
         out = to_pb(rec)
@@ -125,4 +132,5 @@ class SessionService(ServiceBase):
 def build(args: dict[str, Any]):
     args = dict(args or {})
     image_app = args.pop("image_app", "image")
-    return SessionService.bind(args, image_app)
+    dynamics_app = args.pop("dynamics_app", "dynamics")
+    return SessionService.bind(args, image_app, dynamics_app)

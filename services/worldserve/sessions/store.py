@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 
 from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 
+DELETIONS_CHANNEL = "ws:deleted"  # pub/sub: "<tenant>\n<sid>" of every deleted session
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SCHEMA_VERSION = 1
 
@@ -292,7 +293,25 @@ class SessionStore:
             p.zrem(self._index(tenant), sid)
             n, _ = await p.execute()
         self._timed("delete", t0)
+        if n > 0:  # every dynamics replica drops the session's cached model state
+            await self.r.publish(DELETIONS_CHANNEL, f"{tenant}\n{sid}")
         return n > 0
+
+    async def deletions(self) -> AsyncIterator[tuple[str, str]]:
+        """(tenant, session id) of every session deleted from now on, cluster-wide, while subscribed
+        (pub/sub: a replica that is away misses deletions; its cache bound and the step check
+        against Redis cover that)."""
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(DELETIONS_CHANNEL)
+            while True:
+                msg = await pubsub.get_message(timeout=1.0)
+                if msg is None or msg.get("type") != "message":
+                    continue
+                tenant, _, sid = msg["data"].decode().partition("\n")
+                yield tenant, sid
+        finally:
+            await pubsub.aclose()
 
     async def fork(self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None) -> SessionRecord:
         parent = await self.get(tenant, sid, touch=False)

@@ -76,8 +76,36 @@ class PlayRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "default_model")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    default_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
+
+class ModelRuntime(_message.Message):
+    __slots__ = ("device", "dtype", "attention_backend", "decode_kernel", "batch_invariant")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DECODE_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_INVARIANT_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    dtype: str
+    attention_backend: str
+    decode_kernel: str
+    batch_invariant: bool
+    def __init__(self, device: _Optional[str] = ..., dtype: _Optional[str] = ..., attention_backend: _Optional[str] = ..., decode_kernel: _Optional[str] = ..., batch_invariant: _Optional[bool] = ...) -> None: ...
 
 class MouseAxis(_message.Message):
     __slots__ = ("name", "min", "max")
@@ -90,7 +118,7 @@ class MouseAxis(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "frame_width", "frame_height", "keys", "mouse_axes", "discrete_actions", "context_frames", "sample_steps", "default_guidance", "events_supported")
+    __slots__ = ("name", "frame_width", "frame_height", "keys", "mouse_axes", "discrete_actions", "context_frames", "sample_steps", "default_guidance", "events_supported", "tier", "latent_actions", "runtime", "parameters", "is_default")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FRAME_WIDTH_FIELD_NUMBER: _ClassVar[int]
     FRAME_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +129,11 @@ class ModelInfo(_message.Message):
     SAMPLE_STEPS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     EVENTS_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    LATENT_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     name: str
     frame_width: int
     frame_height: int
@@ -111,4 +144,9 @@ class ModelInfo(_message.Message):
     sample_steps: int
     default_guidance: float
     events_supported: bool
-    def __init__(self, name: _Optional[str] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., mouse_axes: _Optional[_Iterable[_Union[MouseAxis, _Mapping]]] = ..., discrete_actions: _Optional[int] = ..., context_frames: _Optional[int] = ..., sample_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ..., events_supported: _Optional[bool] = ...) -> None: ...
+    tier: str
+    latent_actions: int
+    runtime: ModelRuntime
+    parameters: int
+    is_default: bool
+    def __init__(self, name: _Optional[str] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., mouse_axes: _Optional[_Iterable[_Union[MouseAxis, _Mapping]]] = ..., discrete_actions: _Optional[int] = ..., context_frames: _Optional[int] = ..., sample_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ..., events_supported: _Optional[bool] = ..., tier: _Optional[str] = ..., latent_actions: _Optional[int] = ..., runtime: _Optional[_Union[ModelRuntime, _Mapping]] = ..., parameters: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...

@@ -61,6 +61,11 @@ class DynamicsServiceStub:
                 request_serializer=worldserve_dot_v1_dot_dynamics__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=worldserve_dot_v1_dot_dynamics__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/worldserve.v1.DynamicsService/ListModels',
+                request_serializer=worldserve_dot_v1_dot_dynamics__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=worldserve_dot_v1_dot_dynamics__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class DynamicsServiceServicer:
@@ -97,7 +102,14 @@ class DynamicsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describe the model: frame size, action space, context length.
+        """Describe one served model: frame size, action space, context length, runtime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """List the models this cluster serves, and the default one for new sessions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +142,11 @@ def add_DynamicsServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=worldserve_dot_v1_dot_dynamics__pb2.GetModelInfoRequest.FromString,
                     response_serializer=worldserve_dot_v1_dot_dynamics__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=worldserve_dot_v1_dot_dynamics__pb2.ListModelsRequest.FromString,
+                    response_serializer=worldserve_dot_v1_dot_dynamics__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +286,33 @@ class DynamicsService:
             '/worldserve.v1.DynamicsService/GetModelInfo',
             worldserve_dot_v1_dot_dynamics__pb2.GetModelInfoRequest.SerializeToString,
             worldserve_dot_v1_dot_dynamics__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/worldserve.v1.DynamicsService/ListModels',
+            worldserve_dot_v1_dot_dynamics__pb2.ListModelsRequest.SerializeToString,
+            worldserve_dot_v1_dot_dynamics__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

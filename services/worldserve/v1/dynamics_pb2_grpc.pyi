@@ -44,7 +44,9 @@ class DynamicsServiceStub:
     Play: _grpc.StreamStreamMultiCallable[_dynamics_pb2.PlayRequest, _dynamics_pb2.StepResponse]
     """Interactive play: actions in, frames out. The first message names the session."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_dynamics_pb2.GetModelInfoRequest, _dynamics_pb2.ModelInfo]
-    """Describe the model: frame size, action space, context length."""
+    """Describe one served model: frame size, action space, context length, runtime."""
+    ListModels: _grpc.UnaryUnaryMultiCallable[_dynamics_pb2.ListModelsRequest, _dynamics_pb2.ListModelsResponse]
+    """List the models this cluster serves, and the default one for new sessions."""
 
 @_typing.type_check_only
 class DynamicsServiceAsyncStub(DynamicsServiceStub):
@@ -62,7 +64,9 @@ class DynamicsServiceAsyncStub(DynamicsServiceStub):
     Play: _aio.StreamStreamMultiCallable[_dynamics_pb2.PlayRequest, _dynamics_pb2.StepResponse]  # type: ignore[assignment]
     """Interactive play: actions in, frames out. The first message names the session."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_dynamics_pb2.GetModelInfoRequest, _dynamics_pb2.ModelInfo]  # type: ignore[assignment]
-    """Describe the model: frame size, action space, context length."""
+    """Describe one served model: frame size, action space, context length, runtime."""
+    ListModels: _aio.UnaryUnaryMultiCallable[_dynamics_pb2.ListModelsRequest, _dynamics_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """List the models this cluster serves, and the default one for new sessions."""
 
 class DynamicsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Steps worlds: every action becomes the next frame. Send `session_id` as request metadata too,
@@ -107,6 +111,14 @@ class DynamicsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dynamics_pb2.GetModelInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dynamics_pb2.ModelInfo, _abc.Awaitable[_dynamics_pb2.ModelInfo]]:
-        """Describe the model: frame size, action space, context length."""
+        """Describe one served model: frame size, action space, context length, runtime."""
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _dynamics_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dynamics_pb2.ListModelsResponse, _abc.Awaitable[_dynamics_pb2.ListModelsResponse]]:
+        """List the models this cluster serves, and the default one for new sessions."""
 
 def add_DynamicsServiceServicer_to_server(servicer: DynamicsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -38,7 +38,7 @@ class Session(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., step: _Optional[int] = ..., parent_id: _Optional[str] = ..., fork_step: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., ttl_s: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., first_frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("prompt", "image", "seed", "image_steps", "image_guidance", "ttl_s", "include_first_frame", "format")
+    __slots__ = ("prompt", "image", "seed", "image_steps", "image_guidance", "ttl_s", "include_first_frame", "format", "model")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class CreateSessionRequest(_message.Message):
     TTL_S_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     image: _common_pb2.Frame
     seed: int
@@ -55,7 +56,8 @@ class CreateSessionRequest(_message.Message):
     ttl_s: int
     include_first_frame: bool
     format: _common_pb2.FrameFormat
-    def __init__(self, prompt: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., seed: _Optional[int] = ..., image_steps: _Optional[int] = ..., image_guidance: _Optional[float] = ..., ttl_s: _Optional[int] = ..., include_first_frame: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ...) -> None: ...
+    model: str
+    def __init__(self, prompt: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., seed: _Optional[int] = ..., image_steps: _Optional[int] = ..., image_guidance: _Optional[float] = ..., ttl_s: _Optional[int] = ..., include_first_frame: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -1,0 +1,61 @@
+"""A registry of model loaders, found by name, extensible through Python entry points.
+
+A separately installed package adds a model by declaring an entry point in the registry's group,
+e.g. in its ``pyproject.toml``::
+
+    [project.entry-points."worldserve.dynamics_models"]
+    my_world = "my_package.worldserve_adapter:load"
+
+The loader is called as ``load(path, *, device, dtype, spec)`` (see the registry's owner for the
+exact contract) and returns a loaded model. Names registered in-process (``register``) take
+precedence over entry points; worldserve's own models are entry points of its own package too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+
+class UnknownModelKind(LookupError):
+    """No loader is registered under this name."""
+
+
+class Registry:
+    def __init__(self, group: str, builtins: dict[str, str] | None = None):
+        self.group = group
+        self._builtins = dict(builtins or {})  # name -> "module:attr", used when metadata lacks them
+        self._local: dict[str, Callable[..., Any]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str, loader: Callable[..., Any]) -> None:
+        """Register ``loader`` under ``name`` in this process (tests, notebooks, plugins)."""
+        with self._lock:
+            self._local[name] = loader
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._local.pop(name, None)
+
+    def _entry_points(self) -> dict[str, Any]:
+        return {ep.name: ep for ep in entry_points(group=self.group)}
+
+    def names(self) -> list[str]:
+        """Every registered name: in-process, entry points, built-ins."""
+        return sorted(set(self._local) | set(self._entry_points()) | set(self._builtins))
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The loader registered as ``name``; ``UnknownModelKind`` naming the known ones otherwise."""
+        with self._lock:
+            if name in self._local:
+                return self._local[name]
+        eps = self._entry_points()
+        if name in eps:
+            return eps[name].load()
+        if name in self._builtins:  # an uninstalled checkout (no package metadata) still finds its own
+            module, _, attr = self._builtins[name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        raise UnknownModelKind(f"no model kind {name!r} in registry {self.group!r}; known: {self.names()}")

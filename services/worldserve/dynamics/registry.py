@@ -1,0 +1,74 @@
+"""Dynamics models by name: the ``worldserve.dynamics_models`` entry-point group.
+
+A loader is ``load(path, *, device, dtype, spec) -> DynamicsModel``: ``path`` is a local folder
+(config + safetensors; never pickle) or None for a random initialisation, ``device`` a torch
+device string, ``dtype`` a torch dtype, ``spec`` the served model's
+:class:`~worldserve.common.config.ModelSpec` (kind-specific ``options``, ``sample_steps``).
+:func:`load_model` resolves a served model's spec against the config and the registry, checks the
+result against :class:`~worldserve.dynamics.interface.DynamicsModel`, and turns every loading
+failure into :class:`ModelLoadError` naming the model and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from worldserve.common.config import Config, ModelSpec, model_path, torch_dtype
+from worldserve.common.registry import Registry
+from worldserve.dynamics.interface import DynamicsModel
+
+GROUP = "worldserve.dynamics_models"
+REGISTRY = Registry(GROUP, builtins={"world_model": "worldserve.dynamics.registry:load_world_model"})
+
+
+class ModelLoadError(RuntimeError):
+    """A served model cannot be loaded: the message names the model and the file at fault."""
+
+
+def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModel:
+    """The shipped architecture (:class:`~worldserve.dynamics.model.WorldModel`)."""
+    from worldserve.dynamics.model import WorldModel
+    from worldserve.dynamics.model.world_model import CONFIG_FILE, WEIGHTS_FILE
+
+    if path is None:
+        model = WorldModel.random(seed=int(spec.options.get("seed", 0)))
+        model = model.to(device=device, dtype=dtype).eval()
+    else:
+        folder = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise ModelLoadError(f"model {spec.name!r}: {str(folder / name)!r} not found")
+        try:
+            json.loads((folder / CONFIG_FILE).read_text())
+        except ValueError as e:
+            raise ModelLoadError(f"model {spec.name!r}: {str(folder / CONFIG_FILE)!r} is not valid JSON: {e}") from None
+        try:
+            model = WorldModel.from_pretrained(folder, device=device, dtype=dtype)
+        except (RuntimeError, ValueError, KeyError) as e:  # shape/key mismatch, bad config values
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(
+                f"model {spec.name!r}: {str(folder / WEIGHTS_FILE)!r} does not match {str(folder / CONFIG_FILE)!r}: {first}"
+            ) from None
+    if spec.sample_steps:
+        model.config = dataclasses.replace(model.config, sample_steps=spec.sample_steps)
+    return model
+
+
+def load_model(spec: ModelSpec, config: Config, device: str) -> DynamicsModel:
+    """Load the served model ``spec`` on ``device`` in the configured dtype."""
+    try:
+        loader = REGISTRY.get(spec.kind)
+    except LookupError as e:
+        raise ModelLoadError(f"model {spec.name!r}: {e}") from None
+    path = model_path(spec.path or config.dynamics_model_path, "dynamics")
+    if path is not None and not Path(path).is_dir():
+        raise ModelLoadError(f"model {spec.name!r}: model folder {path!r} not found")
+    model = loader(path, device=device, dtype=torch_dtype(config, device), spec=spec)
+    missing = [m for m in ("info", "runtime", "action_vector", "null_action", "encode", "decode", "prefill", "step",
+                           "state_nbytes", "release_state", "state_step") if not hasattr(model, m)]
+    if missing:
+        raise ModelLoadError(f"model {spec.name!r} (kind {spec.kind!r}) lacks {missing} of the DynamicsModel interface")
+    return model

@@ -1,0 +1,45 @@
+"""Typed requests and results of the dynamics engine: what the servicer converts protobufs into
+and out of. The engine never sees a protobuf."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from worldserve.common.codec import PNG, EncodedFrame
+
+
+class Priority(enum.IntEnum):
+    """Lower runs first. A player waiting for a frame (Step, Play, Rollout) goes before bulk
+    evaluation traffic (StepBatch)."""
+
+    INTERACTIVE = 0
+    BULK = 1
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """One step of one session, validated at the edge only for shape (the engine checks values)."""
+
+    tenant: str
+    session_id: str
+    keys: tuple[str, ...] = ()
+    mouse: Mapping[str, float] = field(default_factory=dict)
+    event: str | None = None
+    """Switch the world event from this step on ("" clears it); None keeps the event in force."""
+    expected_step: int | None = None
+    """Compare-and-set: the step the session must be at; otherwise FAILED_PRECONDITION."""
+    guidance: float | None = None
+    """Action guidance scale; None = the model's default."""
+    fmt: int = PNG
+    """Encoding of the returned frame."""
+    priority: Priority = Priority.INTERACTIVE
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    session_id: str
+    step: int
+    """The session's step after this one: the index of ``frame``."""
+    frame: EncodedFrame
