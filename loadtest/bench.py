@@ -3,10 +3,12 @@
 Starts its own embedded Redis and local Ray cluster (gRPC on loopback), deploys the serve config
 with one dynamics replica, and prints from one run:
 
-- the model step alone (batch 1: sample + decode, in this process, same threads as a replica);
+- the model step alone of each served model (batch 1: sample + decode, in this process, same
+  threads as a replica, a full context);
 - a trivial RPC through Serve's gRPC proxy (GetModelInfo);
-- Step latency p50/p99 through the whole stack (one session, closed loop);
-- aggregate steps/s for 1 session vs N concurrent sessions (batching).
+- Step latency p50/p99 through the whole stack (one session of the default model, closed loop);
+- aggregate steps/s for 1 session vs N concurrent sessions of the default model (batching), and
+  for N sessions of every other served model (each tier's frames/s through the whole stack).
 
 and checks the targets: whole-stack Step p50 <= trivial-RPC p50 + model step p50 + 3 ms, and
 N sessions give at least 4x the steps/s of one. Figures are ratios within one run: the machine is
@@ -29,25 +31,31 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def model_alone(n: int, threads: int) -> list[float]:
+def model_alone(n: int, threads: int) -> dict[str, list[float]]:
+    """Seconds per step + decode at batch 1, for each served model (as its replica loads it)."""
     import torch
 
-    from worldserve.common.config import Config
-    from worldserve.dynamics.service import load_model
+    from worldserve.common.config import Config, setup_torch
+    from worldserve.dynamics.registry import load_model
 
-    m = load_model(Config.load({"torch_threads": threads}))  # the replica's model, threads and device
-    c = m.config
-    frames = torch.zeros(c.context_frames - 1, c.frame_height, c.frame_width, 3, dtype=torch.uint8)
-    cache = m.prefill(m.encode(frames), m.null_action()[None].repeat(len(frames), 1), first_step=0)  # full context
-    a = m.action_vector(["right"])[None]
-    out = []
-    for i in range(n + 2):
-        t0 = time.perf_counter()
-        z = m.step([cache], a, seeds=[0], steps=[cache.last_step + 1])
-        m.decode(z)
-        if i >= 2:  # warm-up
-            out.append(time.perf_counter() - t0)
-    return out
+    config = Config.load({"torch_threads": threads})
+    device = setup_torch(config)  # the replica's threads and device
+    times: dict[str, list[float]] = {}
+    for spec in config.models:
+        m = load_model(spec, config, device)
+        i = m.info
+        frames = torch.zeros(i.context_frames - 1, i.frame_height, i.frame_width, 3, dtype=torch.uint8)
+        state = m.prefill(m.encode(frames), m.null_action()[None].repeat(len(frames), 1), first_step=0)  # full context
+        a = m.action_vector(["right"])[None]
+        out = times[spec.name] = []
+        for k in range(n + 2):
+            t0 = time.perf_counter()
+            z = m.step([state], a, seeds=[0], steps=[m.state_step(state) + 1])
+            m.decode(z)
+            if k >= 2:  # warm-up
+                out.append(time.perf_counter() - t0)
+        m.release_state(state)
+    return times
 
 
 def closed_loop(client, sids: list[str], duration_s: float) -> tuple[int, list[float], int]:
@@ -91,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console()
     console.print("[bold]model step alone[/] (batch 1, sample + decode) ...")
-    model_s = model_alone(20, ns.torch_threads)
+    alone = model_alone(20, ns.torch_threads)
+    default = next(iter(alone))
+    model_s = alone[default]
 
     from worldserve.client import WorldClient
     from worldserve.local import local_cluster
@@ -100,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         tenants=("bench",),
         app_args={"torch_threads": ns.torch_threads},
         deployment_overrides={
-            "DynamicsService": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
+            f"DynamicsModel-{name}": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}}
+            for name in alone
         },
     ) as cluster:
         client = WorldClient(cluster.target, cluster.keys["bench"], timeout_s=120)
@@ -124,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         n1, _, e1 = closed_loop(client, sids[:1], ns.duration_s)
         console.print(f"closed loop: {ns.sessions} sessions for {ns.duration_s:.0f} s ...")
         nn, lat_n, en = closed_loop(client, sids, ns.duration_s)
+        tiers = {}
+        for name in list(alone)[1:]:  # every other served model: N sessions, closed loop
+            tsids = [client.create_session(prompt=f"bench world {i}", seed=i, model=name).session_id
+                     for i in range(ns.sessions)]
+            for s_ in tsids:
+                client.step(s_, ["right"])
+            console.print(f"closed loop: {ns.sessions} sessions of {name} for {ns.duration_s:.0f} s ...")
+            nt, _, et = closed_loop(client, tsids, ns.duration_s)
+            tiers[name] = (nt, et)
         client.close()
 
     ms = lambda s: s * 1000  # noqa: E731
@@ -136,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         "steps_per_s_1": n1 / ns.duration_s,
         f"steps_per_s_{ns.sessions}": nn / ns.duration_s,
         f"step_p50_ms_at_{ns.sessions}": ms(statistics.median(lat_n)) if lat_n else float("nan"),
-        "errors": e1 + en,
+        "errors": e1 + en + sum(e for _, e in tiers.values()),
     }
+    for name, times in alone.items():
+        fig[f"model_step_p50_ms[{name}]"] = ms(statistics.median(times))
+    for name, (nt, _) in tiers.items():
+        fig[f"steps_per_s_{ns.sessions}[{name}]"] = nt / ns.duration_s
     budget = fig["trivial_rpc_p50_ms"] + fig["model_step_p50_ms"] + 3.0
     ratio = fig[f"steps_per_s_{ns.sessions}"] / max(fig["steps_per_s_1"], 1e-9)
     fig.update(step_budget_ms=budget, overhead_ms=fig["step_p50_ms"] - fig["trivial_rpc_p50_ms"] - fig["model_step_p50_ms"],

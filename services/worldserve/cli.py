@@ -195,6 +195,20 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
                 why = e.code().name if hasattr(e, "code") else type(e).__name__
                 s, ok = f"DOWN ({why})", False
             console.print(f"{appname:9s} {s}")
+        if ok:
+            try:
+                models = c.list_models()
+            except Exception as e:  # noqa: BLE001
+                console.print(f"models    unknown ({e.code().name if hasattr(e, 'code') else type(e).__name__})")
+                ok = False
+            else:
+                for m in models.models:
+                    rt = m.runtime
+                    console.print(
+                        f"model     {m.name}{' (default)' if m.is_default else ''}: tier {m.tier or '-'}, "
+                        f"{m.frame_width}x{m.frame_height}, {m.sample_steps} sampler steps, {rt.device} {rt.dtype}, "
+                        f"attention {rt.attention_backend} ({rt.decode_kernel})"
+                    )
     raise typer.Exit(0 if ok else 1)
 
 
@@ -210,6 +224,7 @@ def play(
         help="comma-separated actions; '+' joins keys held together, 'noop' for none",
     ),
     seed: int = typer.Option(0),
+    model: str = typer.Option("", help="served model to play (`worldserve status` lists them; '' = the default)"),
     event: str = typer.Option("night falls", help="world event switched on mid-play ('' for none)"),
     event_step: int = typer.Option(10, help="the step at which the event switches on"),
     out: Path = typer.Option(Path("demo.gif"), help="animated GIF to write"),
@@ -228,7 +243,7 @@ def play(
         acts[event_step - 1].event = event
     frames = []
     with WorldClient(target, dev_key()) as c:
-        s = c.create_session(prompt=prompt, seed=seed, include_first_frame=True)
+        s = c.create_session(prompt=prompt, seed=seed, include_first_frame=True, model=model)
         frames.append(Image.open(io.BytesIO(s.first_frame.data)).convert("RGB"))
         with Progress(
             TextColumn("[bold]stepping[/] " + s.session_id), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -241,7 +256,7 @@ def play(
     w, h = frames[0].size
     frames = [f.resize((w * scale, h * scale), Image.NEAREST) for f in frames]
     frames[0].save(out, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    console.print(f"wrote {out} ({len(frames)} frames) from session {s.session_id}")
+    console.print(f"wrote {out} ({len(frames)} frames) from session {s.session_id} (model {s.model})")
 
 
 @app.command("add-key")

@@ -28,7 +28,13 @@ def cluster(tmp_path_factory):
         workdir=tmp_path_factory.mktemp("cluster"),
         app_args={"torch_threads": 1},
         deployment_overrides={
-            "DynamicsService": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2}},
+            # two replicas of the default model (the replica-kill test), one of the fast tier
+            "DynamicsModel-platformer": {
+                "autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2},
+            },
+            "DynamicsModel-platformer-fast": {
+                "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1},
+            },
         },
     ) as c:
         yield {

@@ -33,9 +33,76 @@ def test_health_and_model_info(client):
     for app in ("image", "sessions", "dynamics"):
         assert client.health(app) == "SERVING"
     info = client.model_info()
+    assert info.name == "platformer" and info.is_default and info.tier == "quality"
     assert info.frame_width == 64 and info.frame_height == 64
     assert "left" in info.keys and info.context_frames >= 2
     assert [a.name for a in info.mouse_axes] == ["mouse_x", "mouse_y"]
+    assert info.runtime.device == "cpu" and info.runtime.dtype == "float32"
+    assert info.runtime.attention_backend == "sdpa" and info.runtime.batch_invariant
+
+
+def test_two_models_serve_side_by_side(cluster, client):
+    listed = client.list_models()
+    assert listed.default_model == "platformer"
+    assert [(m.name, m.tier, m.sample_steps) for m in listed.models] == [
+        ("platformer", "quality", 4), ("platformer-fast", "fast", 1)]
+    assert client.model_info("platformer-fast").sample_steps == 1
+    code, msg = code_of(lambda: client.model_info("nope"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'platformer', 'platformer-fast'" in msg
+    code, msg = code_of(lambda: client.create_session(prompt="x", model="nope"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown model 'nope'" in msg and "'platformer-fast'" in msg
+
+    q = [client.create_session(prompt="a red door on the left, grass, day", seed=7) for _ in range(3)]
+    f = [client.create_session(prompt="a red door on the left, grass, day", seed=7, model="platformer-fast")
+         for _ in range(3)]
+    assert {s.model for s in q} == {"platformer"} and {s.model for s in f} == {"platformer-fast"}
+    assert client.get_session(f[0].session_id).model == "platformer-fast"
+    frames: dict[str, list] = {}
+    models: dict[str, set] = {}
+    replicas: dict[str, set] = {}
+
+    def play(s):
+        frames[s.session_id], models[s.session_id], replicas[s.session_id] = [], set(), set()
+        for k in ["right", "right", "jump", "left"]:
+            r, call = client.dynamics.Step.with_call(
+                dynamics_pb2.StepRequest(session_id=s.session_id, action=action([k])),
+                metadata=client._md("dynamics", s.session_id), timeout=120)
+            md = dict(call.trailing_metadata())
+            models[s.session_id].add(md["worldserve-model"])
+            replicas[s.session_id].add(md["worldserve-replica"])
+            frames[s.session_id].append(rgb(r.frame))
+
+    ts = [threading.Thread(target=play, args=(s,)) for s in q + f]  # sessions of both models at once
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    for s in q:
+        assert models[s.session_id] == {"platformer"} and len(replicas[s.session_id]) == 1  # session-affine
+        assert all("platformer-fast" not in r for r in replicas[s.session_id])
+    for s in f:
+        assert models[s.session_id] == {"platformer-fast"} and "platformer-fast" in next(iter(replicas[s.session_id]))
+    # one model: same seed + same actions -> bitwise the same frames (batch-invariant on CPU)
+    for group in (q, f):
+        a = frames[group[0].session_id]
+        for s in group[1:]:
+            assert all(np.array_equal(x, y) for x, y in zip(a, frames[s.session_id]))
+    assert not np.array_equal(frames[q[0].session_id][-1], frames[f[0].session_id][-1])  # 4 vs 1 sampler steps
+
+
+def test_a_session_of_a_model_no_longer_served(cluster, client):
+    import asyncio
+
+    from worldserve.sessions.store import SessionStore
+
+    s = client.create_session(prompt="retired", seed=1)
+
+    async def rebind():
+        store = SessionStore.from_url(cluster["redis"].url)
+        await store.r.hset(store._rec("tenant-a", s.session_id), "model", "retired-model")
+        await store.close()
+
+    asyncio.run(rebind())
+    code, msg = code_of(lambda: client.step(s.session_id, ["left"]))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "'retired-model'" in msg
 
 
 def test_create_step_fork_export_delete(client):
@@ -206,6 +273,8 @@ def test_metrics_reach_the_node_prometheus_endpoint(cluster, client):
         "ray_worldserve_dynamics_batch_size", "ray_worldserve_dynamics_queue_depth",
         "ray_worldserve_dynamics_active_sessions", "ray_worldserve_dynamics_context_cache_hits",
         "ray_worldserve_dynamics_context_cache_misses", "ray_worldserve_dynamics_frames_generated",
+        "ray_worldserve_dynamics_model_steps", "ray_worldserve_dynamics_state_cache_bytes",
+        "ray_worldserve_dynamics_routed_requests",
         "ray_worldserve_sessions_requests", "ray_worldserve_sessions_redis_op_duration_seconds",
         "ray_worldserve_image_requests", "ray_worldserve_image_images_generated",
     }
@@ -220,6 +289,9 @@ def test_metrics_reach_the_node_prometheus_endpoint(cluster, client):
     assert not missing, f"not exported: {sorted(missing)}"
     codes = {smp.labels.get("code") for smp in fams["ray_worldserve_dynamics_requests"].samples}
     assert "OK" in codes and "INVALID_ARGUMENT" in codes
+    kernels = {(smp.labels.get("model"), smp.labels.get("backend"), smp.labels.get("kernel"))
+               for smp in fams["ray_worldserve_dynamics_model_steps"].samples}
+    assert ("platformer", "sdpa", "sdpa") in kernels and ("platformer-fast", "sdpa", "sdpa") in kernels, kernels
     for f in fams.values():  # bounded labels only: no session ids or keys
         for smp in f.samples:
             assert not any(str(v).startswith(("s_", "ws_")) for v in smp.labels.values()), smp

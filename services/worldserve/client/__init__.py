@@ -75,10 +75,10 @@ class _Base:
         return md
 
     @staticmethod
-    def _create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance):
+    def _create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model=""):
         req = sessions_pb2.CreateSessionRequest(
             seed=seed, ttl_s=ttl_s, include_first_frame=include_first_frame, format=_fmt(fmt),
-            image_steps=image_steps, image_guidance=image_guidance,
+            image_steps=image_steps, image_guidance=image_guidance, model=model,
         )
         if image is not None:
             req.image.CopyFrom(image)
@@ -127,8 +127,10 @@ class WorldClient(_Base):
     def create_session(
         self, prompt: str | None = None, *, image: common_pb2.Frame | None = None, seed: int = 0, ttl_s: int = 0,
         include_first_frame: bool = False, fmt: str = "png", image_steps: int = 0, image_guidance: float = 0.0,
+        model: str = "",
     ) -> sessions_pb2.Session:
-        req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance)
+        """A new world bound to ``model`` (see ``list_models``; empty: the cluster's default)."""
+        req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model)
         return self.sessions.CreateSession(req, metadata=self._md("sessions"), timeout=self.timeout_s)
 
     def get_session(self, session_id: str) -> sessions_pb2.Session:
@@ -165,8 +167,16 @@ class WorldClient(_Base):
         )
         return self.sessions.ExportSession(req, metadata=self._md("sessions", session_id), timeout=self.timeout_s)
 
-    def model_info(self) -> dynamics_pb2.ModelInfo:
-        return self.dynamics.GetModelInfo(dynamics_pb2.GetModelInfoRequest(), metadata=self._md("dynamics"), timeout=self.timeout_s)
+    def model_info(self, model: str = "") -> dynamics_pb2.ModelInfo:
+        """One served model's info (empty: the default model)."""
+        return self.dynamics.GetModelInfo(
+            dynamics_pb2.GetModelInfoRequest(model=model), metadata=self._md("dynamics"), timeout=self.timeout_s
+        )
+
+    def list_models(self) -> dynamics_pb2.ListModelsResponse:
+        """Every model the cluster serves, and the default one."""
+        return self.dynamics.ListModels(dynamics_pb2.ListModelsRequest(), metadata=self._md("dynamics"),
+                                        timeout=self.timeout_s)
 
     def step(
         self, session_id: str, keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, *,
@@ -217,8 +227,8 @@ class AsyncWorldClient(_Base):
 
     async def create_session(self, prompt: str | None = None, *, image=None, seed: int = 0, ttl_s: int = 0,
                              include_first_frame: bool = False, fmt: str = "png", image_steps: int = 0,
-                             image_guidance: float = 0.0) -> sessions_pb2.Session:
-        req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance)
+                             image_guidance: float = 0.0, model: str = "") -> sessions_pb2.Session:
+        req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model)
         return await self.sessions.CreateSession(req, metadata=self._md("sessions"), timeout=self.timeout_s)
 
     async def delete_session(self, session_id: str) -> bool:
@@ -226,10 +236,14 @@ class AsyncWorldClient(_Base):
         r = await self.sessions.DeleteSession(req, metadata=self._md("sessions", session_id), timeout=self.timeout_s)
         return r.deleted
 
-    async def model_info(self) -> dynamics_pb2.ModelInfo:
+    async def model_info(self, model: str = "") -> dynamics_pb2.ModelInfo:
         return await self.dynamics.GetModelInfo(
-            dynamics_pb2.GetModelInfoRequest(), metadata=self._md("dynamics"), timeout=self.timeout_s
+            dynamics_pb2.GetModelInfoRequest(model=model), metadata=self._md("dynamics"), timeout=self.timeout_s
         )
+
+    async def list_models(self) -> dynamics_pb2.ListModelsResponse:
+        return await self.dynamics.ListModels(dynamics_pb2.ListModelsRequest(), metadata=self._md("dynamics"),
+                                              timeout=self.timeout_s)
 
     async def step(self, session_id: str, keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, *,
                    expected_step: int | None = None, fmt: str = "png", guidance: float | None = None,

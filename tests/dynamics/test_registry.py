@@ -1,0 +1,118 @@
+"""The model registry: entry points of separately installed packages, the shipped kind, and the
+start-up errors of a bad model folder."""
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from worldserve.common.config import Config, ModelSpec
+from worldserve.dynamics.interface import DynamicsModel
+from worldserve.dynamics.registry import REGISTRY, ModelLoadError, load_model
+
+
+@pytest.fixture
+def plugin_on_path(tmp_path, monkeypatch):
+    """A separately 'installed' package: a module plus a dist-info folder declaring an entry point
+    in the worldserve.dynamics_models group, found through sys.path like any installed package."""
+    (tmp_path / "acme_worlds.py").write_text(textwrap.dedent("""
+        import sys
+        sys.path.insert(0, %r)
+        from tests.dynamics.toy_model import load
+    """ % str(__import__("pathlib").Path(__file__).resolve().parents[2])))
+    dist = tmp_path / "acme_worlds-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-worlds\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[worldserve.dynamics_models]\nacme_toy = acme_worlds:load\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("acme_worlds", None)
+
+
+def test_an_installed_package_adds_a_model_kind(plugin_on_path):
+    assert "acme_toy" in REGISTRY.names()
+    cfg = Config.load({"models": [{"name": "acme", "kind": "acme_toy", "path": "random",
+                                   "options": {"context_frames": 3}}]}, env={})
+    model = load_model(cfg.models[0], cfg, "cpu")
+    assert isinstance(model, DynamicsModel)
+    assert model.info.context_frames == 3
+
+
+def test_the_shipped_kind_is_an_entry_point_too():
+    from importlib.metadata import entry_points
+
+    assert "world_model" in {ep.name for ep in entry_points(group="worldserve.dynamics_models")}
+    cfg = Config.load({"models": [{"name": "w", "path": "random", "sample_steps": 3}]}, env={})
+    model = load_model(cfg.models[0], cfg, "cpu")
+    assert isinstance(model, DynamicsModel)
+    assert model.info.sample_steps == 3 and model.runtime.dtype == "float32"
+
+
+def test_unknown_kind_names_the_known_ones():
+    cfg = Config.load({"models": [{"name": "x", "kind": "nope"}]}, env={})
+    with pytest.raises(ModelLoadError, match=r"model 'x'.*no model kind 'nope'.*world_model"):
+        load_model(cfg.models[0], cfg, "cpu")
+
+
+def _folder(tmp_path, **drop):
+    from worldserve.dynamics.model import WorldModel, WorldModelConfig
+
+    d = tmp_path / "m"
+    WorldModel.random(WorldModelConfig(dim=64, n_layers=1, n_heads=1, event_dim=0)).save_pretrained(d)
+    return d
+
+
+def test_missing_weights_name_the_file(tmp_path):
+    d = _folder(tmp_path)
+    (d / "model.safetensors").unlink()
+    cfg = Config.load({"models": [{"name": "q", "path": str(d)}]}, env={})
+    with pytest.raises(ModelLoadError, match=r"model 'q'.*model\.safetensors' not found"):
+        load_model(cfg.models[0], cfg, "cpu")
+
+
+def test_missing_config_names_the_file(tmp_path):
+    d = _folder(tmp_path)
+    (d / "config.json").unlink()
+    cfg = Config.load({"models": [{"name": "q", "path": str(d)}]}, env={})
+    with pytest.raises(ModelLoadError, match=r"config\.json' not found"):
+        load_model(cfg.models[0], cfg, "cpu")
+
+
+def test_mismatched_config_names_both_files(tmp_path):
+    d = _folder(tmp_path)
+    c = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**c, "dim": 128}))  # the weights are for dim 64
+    cfg = Config.load({"models": [{"name": "q", "path": str(d)}]}, env={})
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors' does not match .*config\.json'"):
+        load_model(cfg.models[0], cfg, "cpu")
+
+
+def test_missing_folder(tmp_path):
+    cfg = Config.load({"models": [{"name": "q", "path": str(tmp_path / "none")}]}, env={})
+    with pytest.raises(ModelLoadError, match="model folder .* not found"):
+        load_model(cfg.models[0], cfg, "cpu")
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"models": []}, "models is empty"),
+    ({"models": [{"name": "A b"}]}, "model name 'A b'"),
+    ({"models": ["a", "a"]}, "duplicate names"),
+    ({"models": [{"name": "a", "colour": 1}]}, "unknown fields"),
+    ({"default_model": "zz"}, "not one of the served models"),
+    ({"models": [{"name": "a", "sample_steps": 100}]}, "sample_steps"),
+    ({"dtype": "int8"}, "dtype"),
+    ({"batch_invariant": "maybe"}, "batch_invariant"),
+])
+def test_config_bounds(bad, match):
+    with pytest.raises(ValueError, match=match):
+        Config.load(bad, env={})
+
+
+def test_image_registry():
+    from worldserve.image.core import REGISTRY as IMAGES, load_backend
+
+    assert "tiny_text_to_image" in IMAGES.names()
+    backend = load_backend(Config.load({"image_model_path": "random"}, env={}))
+    assert backend.supported_sizes[0] == (64, 64)
+    assert ModelSpec(name="ok").kind == "world_model"
