@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -50,10 +52,28 @@ def test_seed_accepts_uint64(model):
 
 
 def test_batch_matches_single(model):
-    batch = model.generate_batch(["a castle", "a cave"], seeds=[3, 4], **OPTS)
+    batch = model.generate_batch(["a castle", "a cave"], seeds=[3, 4], **OPTS, batch_invariant=False)
     single = model.generate("a cave", seed=4, **OPTS)
     assert batch.shape == (2, 64, 64, 3)
     assert np.abs(batch[1].astype(int) - single).max() <= 1  # float rounding may flip a pixel by one level
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "services" / "worldserve" / "weights" / "image"
+
+
+def test_batch_invariant_images_are_bitwise_independent_of_the_batch():
+    """The default on CPU: an image is the same bytes alone, in a batch of 8, and beside other neighbours."""
+    from worldserve.image.model import TinyTextToImage
+
+    model = TinyTextToImage.from_pretrained(SHIPPED) if SHIPPED.exists() else TinyTextToImage.random(seed=0)
+    opts = {"width": 64, "height": 64, "steps": 2, "guidance": 3.0}
+    target = ("a red door on the left, a blue box on the right, grass, day", 11)
+    alone = model.generate(target[0], seed=target[1], **opts)
+    others = [f"a {c} box on the {side}, snow, night" for c in ("pink", "cyan", "yellow") for side in ("left", "right")]
+    batch8 = model.generate_batch([*others[:3], target[0], *others[3:], "rain"], seeds=[1, 2, 3, 11, 4, 5, 6, 7], **opts)
+    batch2 = model.generate_batch([target[0], "x"], seeds=[11, 99], **opts)
+    assert np.array_equal(batch8[3], alone) and np.array_equal(batch2[0], alone)
+    assert not np.array_equal(batch8[0], alone)
 
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n\t"])

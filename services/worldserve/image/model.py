@@ -315,11 +315,21 @@ class TinyTextToImage(nn.Module):
     @torch.no_grad()
     def generate_batch(
         self, prompts: Sequence[str], *, seeds: Sequence[int], width: int, height: int, steps: int,
-        guidance: float,
+        guidance: float, batch_invariant: bool | None = None,
     ) -> np.ndarray:  # (N, H, W, 3) uint8
         """Several prompts at one size; image i depends only on (prompts[i], seeds[i]) and the
-        options, up to float rounding."""
+        options. ``batch_invariant`` (default: on for a CPU model, off on CUDA): bit for bit,
+        whatever else is in the batch, by running each prompt alone (every kernel then sees the
+        same shapes); off: one batched pass, equal up to float rounding."""
         cfg = self.config
+        if batch_invariant is None:
+            batch_invariant = self.denoiser.out.weight.device.type != "cuda"
+        if batch_invariant and not isinstance(prompts, str) and len(prompts) > 1 and len(prompts) == len(seeds):
+            return np.concatenate([
+                self.generate_batch([p], seeds=[s], width=width, height=height, steps=steps, guidance=guidance,
+                                    batch_invariant=False)
+                for p, s in zip(prompts, seeds)
+            ])
         if isinstance(prompts, str) or len(prompts) != len(seeds) or not prompts:
             raise ValueError(f"need a non-empty list of prompts and as many seeds, got {len(prompts)} and {len(seeds)}")
         for p in prompts:
