@@ -60,11 +60,13 @@ def evaluate(
     prompts: int = typer.Option(64, min=1, max=10000, help="Held-out captions for prompt adherence."),
     threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures as JSON here."),
+    sample_steps: int = typer.Option(0, min=0, max=64, help="Sampler steps per frame (a serving tier); 0 = the model's."),
 ) -> None:
     """Print the fidelity table (same as python -m worldserve.train.evaluate)."""
     from .evaluate import run
 
-    run(dynamics, image, sessions=sessions, prompts=prompts, threads=threads, json_out=json_out)
+    run(dynamics, image, sessions=sessions, prompts=prompts, threads=threads, json_out=json_out,
+        sample_steps=sample_steps)
 
 
 if __name__ == "__main__":

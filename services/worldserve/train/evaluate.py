@@ -231,18 +231,24 @@ def table(r: dict[str, float]):
 
 
 def run(dynamics: Path = WEIGHTS / "dynamics", image: Path | None = WEIGHTS / "image", *, sessions: int = 16,
-        prompts: int = 64, threads: int = 1, json_out: Path | None = None) -> dict[str, float]:
+        prompts: int = 64, threads: int = 1, json_out: Path | None = None,
+        sample_steps: int = 0) -> dict[str, float]:
+    import dataclasses
+
     from rich.console import Console
 
     torch.set_num_threads(threads)
     t0 = time.monotonic()
     dyn = WorldModel.from_pretrained(dynamics)
+    if sample_steps:  # a serving tier: the same weights with another number of sampler steps
+        dyn.config = dataclasses.replace(dyn.config, sample_steps=sample_steps)
     img = TinyTextToImage.from_pretrained(image) if image is not None else None
     r = evaluate(dyn, img, sessions=sessions, prompts=prompts)
     r["eval_seconds"] = time.monotonic() - t0
     console = Console()
     console.print(table(r))
-    console.print(f"{sessions} sessions, {prompts} prompts, {r['eval_seconds']:.0f}s")
+    console.print(f"{sessions} sessions, {prompts} prompts, {dyn.config.sample_steps} sampler steps, "
+                  f"{r['eval_seconds']:.0f}s")
     if json_out is not None:
         Path(json_out).write_text(json.dumps(r, indent=2) + "\n")
     return r
