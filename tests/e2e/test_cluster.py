@@ -295,3 +295,32 @@ def test_metrics_reach_the_node_prometheus_endpoint(cluster, client):
     for f in fams.values():  # bounded labels only: no session ids or keys
         for smp in f.samples:
             assert not any(str(v).startswith(("s_", "ws_")) for v in smp.labels.values()), smp
+
+
+def test_a_broken_model_folder_never_becomes_healthy(cluster, tmp_path):
+    """A model whose folder lacks its weights: its deployment fails at start-up with an error that
+    names the file, and no replica of it ever reports healthy (deployed as its own app beside the
+    running ones, which keep serving)."""
+    from ray import serve
+
+    from worldserve.dynamics.service import ModelServer
+
+    (tmp_path / "config.json").write_text("{}")
+    args = {"redis_url": cluster["redis"].url, "models": [{"name": "broken", "path": str(tmp_path)}]}
+    serve.run(ModelServer.options(name="DynamicsModel-broken").bind(args, "broken"), name="broken-model",
+              route_prefix=None, blocking=False)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            app = serve.status().applications.get("broken-model")
+            if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                break
+            assert app is None or app.status != "RUNNING", "a broken model became healthy"
+            time.sleep(2)
+        assert app is not None and app.status == "DEPLOY_FAILED", app
+        msg = app.message + " ".join(d.message for d in app.deployments.values())
+        assert "model 'broken'" in msg and "model.safetensors' not found" in msg, msg
+    finally:
+        serve.delete("broken-model")
+    with WorldClient(cluster["target"], cluster["key_a"]) as c:
+        assert c.health("dynamics") == "SERVING"

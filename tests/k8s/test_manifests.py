@@ -7,6 +7,13 @@
   A misspelled field fails both.
 - The copies stay in sync: serveConfigV2 == deploy/serve/worldserve.yaml, PrometheusRule ==
   deploy/prometheus/worldserve.rules.yaml, dashboard ConfigMap == deploy/grafana/worldserve.json.
+- Several dynamics models: every model in the dynamics app's `models:` has its DynamicsModel-<name>
+  deployment and vice versa (in deploy/serve and every copy and overlay); the gpu overlay gives
+  GPUs only to model deployments (and ImageService), the dynamics ingress stays on CPU workers,
+  and the GPU groups are sized to the deployments they host.
+- Every worldserve_dynamics_* metric the dashboard and the rules query is one the services export
+  (DYNAMICS_METRICS), with its Prometheus suffix and labels; per-model panels filter on $model and
+  alerts about a model name it.
 - Non-root everywhere, no real secret committed, and the wiring between objects (Secrets, ports,
   labels, selectors) holds.
 - With promtool on PATH: the rules pass `promtool check rules` and their unit tests, and every
@@ -44,9 +51,19 @@ GPU_GROUPS = ("image-gpu", "dynamics-gpu")
 # the worker group that offers its custom resource.
 GPU_PLACEMENT = {
     "ImageService": ({"num_gpus": 1, "resources": {"worldserve_image": 1}}, "image-gpu"),
-    "SessionService": ({"resources": {"worldserve_sessions": 1}}, "cpu"),
-    "DynamicsService": ({"num_gpus": 1, "resources": {"worldserve_dynamics": 1}}, "dynamics-gpu"),
+    "SessionService": ({"resources": {"worldserve_cpu": 1}}, "cpu"),
+    "DynamicsService": ({"resources": {"worldserve_cpu": 1}}, "cpu"),  # the dynamics ingress: routing only, no GPU
 }
+# The dynamics app: one ingress, and one deployment per served model (every one on a dynamics GPU).
+DYNAMICS_INGRESS = "DynamicsService"
+MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
+MODEL_PLACEMENT = ({"num_gpus": 1, "resources": {"worldserve_dynamics": 1}}, "dynamics-gpu")
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")  # worldserve.common.config.ModelSpec
+SERVE_COPIES = (  # every serve config file in the repository
+    SERVE_YAML,
+    K8S / "base" / "serve" / "worldserve.yaml",
+    K8S / "overlays" / "gpu" / "serve" / "worldserve.yaml",
+)
 CRD_SCHEMAS = {
     ("ray.io/v1", "RayService"): "kuberay-v1.7.0/rayservice_v1.json",
     ("monitoring.coreos.com/v1", "PodMonitor"): "prometheus-operator-v0.93.0/podmonitor_v1.json",
@@ -279,7 +296,7 @@ def test_gpu_serve_config_is_deploy_serve_yaml_plus_placement():
     stripped = copy.deepcopy(got)
     for app in stripped["applications"]:
         for dep in app["deployments"]:
-            extra, _ = GPU_PLACEMENT[dep["name"]]
+            extra, _ = placement(dep["name"])
             opts = dep["ray_actor_options"]
             for k, v in extra.items():
                 assert opts.pop(k) == v, f"{dep['name']}: ray_actor_options.{k} must be {v!r}"
@@ -289,7 +306,7 @@ def test_gpu_serve_config_is_deploy_serve_yaml_plus_placement():
     rs, gs = rayservice(objs), groups(rayservice(objs))
     for app in got["applications"]:
         for dep in app["deployments"]:
-            extra, group = GPU_PLACEMENT[dep["name"]]
+            extra, group = placement(dep["name"])
             (res,) = extra["resources"]
             offering = [n for n, g in gs.items() if res in g.get("resources", {})]
             assert offering == [group], f"{res} offered by {offering}, want [{group}]"
@@ -302,6 +319,110 @@ def test_k8s_serve_copy_is_deploy_serve_yaml():
     copy_ = K8S / "base" / "serve" / "worldserve.yaml"
     assert yaml.safe_load(copy_.read_text()) == yaml.safe_load(SERVE_YAML.read_text()), (
         "run: cp deploy/serve/worldserve.yaml k8s/base/serve/worldserve.yaml")
+
+
+# -- several dynamics models ----------------------------------------------------------------------
+def placement(deployment: str) -> tuple[dict, str]:
+    """(what overlays/gpu adds to the deployment's ray_actor_options, the worker group it lands on)."""
+    if deployment.startswith(MODEL_DEPLOYMENT_PREFIX):
+        return MODEL_PLACEMENT
+    return GPU_PLACEMENT[deployment]
+
+
+def dynamics_app(cfg: dict) -> dict:
+    (app,) = [a for a in cfg["applications"] if a["name"] == "dynamics"]
+    return app
+
+
+def check_models_match_deployments(cfg: dict, where: str) -> None:
+    """Every `models:` entry has its DynamicsModel-<name> deployment and vice versa; the ingress is there."""
+    app = dynamics_app(cfg)
+    args = app["args"]
+    names = [m["name"] if isinstance(m, dict) else m for m in args["models"]]
+    assert names, f"{where}: the dynamics app serves no model"
+    assert len(names) == len(set(names)), f"{where}: duplicate model names {names}"
+    for n in names:
+        assert isinstance(n, str) and MODEL_NAME.match(n), f"{where}: bad model name {n!r}"
+    default = args.get("default_model") or names[0]  # empty: the first model
+    assert default in names, f"{where}: default_model {default!r} is not in models {names}"
+    deployments = [d["name"] for d in app["deployments"]]
+    assert len(deployments) == len(set(deployments)), f"{where}: duplicate deployments {deployments}"
+    assert DYNAMICS_INGRESS in deployments, f"{where}: the dynamics app has no {DYNAMICS_INGRESS} ingress deployment"
+    want = {MODEL_DEPLOYMENT_PREFIX + n for n in names}
+    got = {d for d in deployments if d != DYNAMICS_INGRESS}
+    assert not want - got, f"{where}: models without a deployment block: {sorted(want - got)}"
+    assert not got - want, f"{where}: deployments that serve no model in `models:` (or are misnamed): {sorted(got - want)}"
+    for d in app["deployments"]:
+        opts = d.get("ray_actor_options", {})
+        if d["name"] == DYNAMICS_INGRESS:
+            assert not opts.get("num_gpus"), f"{where}: the dynamics ingress holds no model and needs no GPU"
+            continue
+        # Session-affine: a session's steps reach the replica that holds its state.
+        assert d["request_router_config"]["request_router_class"].endswith(":ConsistentHashRouter"), (where, d["name"])
+        ac = d["autoscaling_config"]
+        assert 1 <= ac["min_replicas"] <= ac["max_replicas"], (where, d["name"])
+
+
+@pytest.mark.parametrize("path", SERVE_COPIES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_model_has_its_deployment_in_each_serve_file(path):
+    check_models_match_deployments(yaml.safe_load(path.read_text()), str(path.relative_to(ROOT)))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_model_has_its_deployment_in_each_overlay(target):
+    check_models_match_deployments(serve_config(render(target)), target)
+
+
+def test_model_deployment_check_catches_mismatches():
+    cfg = yaml.safe_load(SERVE_YAML.read_text())
+    app = dynamics_app(cfg)
+    first = app["args"]["models"][0]["name"]
+    orphan = copy.deepcopy(cfg)
+    dynamics_app(orphan)["args"]["models"] = dynamics_app(orphan)["args"]["models"][1:]
+    dynamics_app(orphan)["args"]["default_model"] = dynamics_app(orphan)["args"]["models"][0]["name"]
+    with pytest.raises(AssertionError, match="serve no model"):
+        check_models_match_deployments(orphan, "orphan")
+    missing = copy.deepcopy(cfg)
+    dynamics_app(missing)["deployments"] = [d for d in dynamics_app(missing)["deployments"]
+                                            if d["name"] != MODEL_DEPLOYMENT_PREFIX + first]
+    with pytest.raises(AssertionError, match="without a deployment"):
+        check_models_match_deployments(missing, "missing")
+
+
+def test_gpu_overlay_puts_gpus_only_on_model_deployments():
+    objs = render("overlays/gpu")
+    cfg = serve_config(objs)
+    gs = groups(rayservice(objs))
+    group_gpus = {n: int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+                  for n, g in gs.items()}
+    hosted: dict[str, list[int]] = {}  # GPU group -> [sum of min_replicas * num_gpus, same for max]
+    for app in cfg["applications"]:
+        for dep in app["deployments"]:
+            name, opts = dep["name"], dep["ray_actor_options"]
+            gpus = opts.get("num_gpus", 0)
+            is_model = name.startswith(MODEL_DEPLOYMENT_PREFIX)
+            if app["name"] == "dynamics":
+                assert (gpus >= 1) == is_model, f"{name}: in dynamics only the model deployments get GPUs"
+            else:
+                assert not is_model
+                assert gpus == 0 or name == "ImageService", f"{name} must not ask for a GPU"
+            (res,) = opts["resources"]
+            (group,) = [n for n, g in gs.items() if res in g.get("resources", {})]
+            assert (group_gpus[group] > 0) == (gpus > 0), f"{name} runs on {group}: GPU deployments on GPU groups only"
+            if gpus:
+                ac = dep["autoscaling_config"]
+                h = hosted.setdefault(group, [0, 0])
+                h[0] += ac["min_replicas"] * gpus
+                h[1] += ac["max_replicas"] * gpus
+    ingress = {d["name"]: d for d in dynamics_app(cfg)["deployments"]}[DYNAMICS_INGRESS]
+    assert placement(DYNAMICS_INGRESS)[1] == "cpu" and not ingress["ray_actor_options"].get("num_gpus")
+    # One replica per GPU: each GPU group holds exactly the replicas of the deployments it hosts,
+    # from all their min_replicas to all their max_replicas (every model at its max at once).
+    assert set(hosted) == set(GPU_GROUPS)
+    for group, (lo, hi) in hosted.items():
+        g = gs[group]
+        assert g["minReplicas"] * group_gpus[group] == lo, f"{group}: minReplicas must hold {lo} GPUs of replicas"
+        assert g["maxReplicas"] * group_gpus[group] == hi, f"{group}: maxReplicas must hold {hi} GPUs of replicas"
 
 
 def test_prometheusrule_carries_the_rules_file():
@@ -569,7 +690,9 @@ def test_rules_use_defined_recordings_and_known_jobs():
         assert a["labels"]["severity"] in ("warning", "critical") and a["annotations"]["summary"] and a["annotations"]["description"]
     names = {a["alert"] for a in alerts}
     for must in ("WorldserveStepLatencyP99High", "WorldserveErrorRatioHigh", "WorldserveDynamicsQueueBacklog",
-                 "WorldserveReplicasPinnedAtMax", "WorldserveSessionRedisMemoryHigh", "WorldserveSessionRedisAOFWriteFailing"):
+                 "WorldserveReplicasPinnedAtMax", "WorldserveSessionRedisMemoryHigh", "WorldserveSessionRedisAOFWriteFailing",
+                 "WorldserveDynamicsModelStepSlow", "WorldserveDynamicsItemFailures",
+                 "WorldserveDynamicsStateCacheNearBudget", "WorldserveDynamicsStateEvictionsHigh"):
         assert must in names
     # The Step SLO threshold is a histogram bucket bound, so the violation ratio is exact.
     from worldserve.common.metrics import LATENCY_BUCKETS_S
@@ -584,7 +707,9 @@ def test_dashboard_panels():
     assert len(ids) == len(set(ids))
     titles = " | ".join(p["title"] for p in d["panels"]).lower()
     for want in ("requests/s", "errors/s", "p50", "p99", "replicas", "batch size", "frames/s", "cache hit",
-                 "active sessions", "queue depth", "redis op latency"):
+                 "active sessions", "queue depth", "redis op latency", "routed requests/s by model",
+                 "model steps/s by attention backend / kernel", "state cache bytes", "evictions/s by model and reason",
+                 "item failures"):
         assert want in titles, want
     for p in d["panels"]:
         if p["type"] == "row":
@@ -604,6 +729,164 @@ def test_dashboard_panels():
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"panel {p['title']} overlaps another"
                 cells.add((x, y))
+
+
+# Every worldserve_dynamics_* metric the dynamics services export, as the code names it (Ray's
+# exporter adds the ray_ prefix, and _total to counters): its kind and its labels besides the
+# application / deployment / replica tags Ray adds. The dashboard and the rules query only these.
+DYNAMICS_METRICS: dict[str, tuple[str, frozenset[str]]] = {
+    # The ingress, DynamicsService (requests, request_duration_seconds and redis_op_duration_seconds
+    # are every service's: worldserve.common.metrics.ServiceMetrics).
+    "worldserve_dynamics_requests": ("counter", frozenset({"rpc", "code"})),
+    "worldserve_dynamics_request_duration_seconds": ("histogram", frozenset({"rpc"})),
+    "worldserve_dynamics_redis_op_duration_seconds": ("histogram", frozenset({"op"})),
+    "worldserve_dynamics_routed_requests": ("counter", frozenset({"model"})),
+    # Each model's deployment, DynamicsModel-<name>: every metric carries the bounded `model` label.
+    "worldserve_dynamics_batch_size": ("histogram", frozenset({"model"})),
+    "worldserve_dynamics_queue_depth": ("gauge", frozenset({"model"})),
+    "worldserve_dynamics_active_sessions": ("gauge", frozenset({"model"})),
+    "worldserve_dynamics_state_cache_bytes": ("gauge", frozenset({"model"})),
+    "worldserve_dynamics_state_evictions": ("counter", frozenset({"model", "reason"})),  # reason: budget|deleted|stale
+    "worldserve_dynamics_context_cache_hits": ("counter", frozenset({"model"})),
+    "worldserve_dynamics_context_cache_misses": ("counter", frozenset({"model"})),
+    "worldserve_dynamics_frames_generated": ("counter", frozenset({"model"})),
+    "worldserve_dynamics_model_step_duration_seconds": ("histogram", frozenset({"model"})),
+    "worldserve_dynamics_model_steps": ("counter", frozenset({"model", "backend", "kernel"})),
+    "worldserve_dynamics_step_conflicts": ("counter", frozenset({"model"})),
+    "worldserve_dynamics_item_failures": ("counter", frozenset({"model"})),
+}
+SCRAPED_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+TARGET_LABELS = frozenset({"application", "deployment", "replica", "namespace", "job", "pod", "instance"})
+RAW_DYNAMICS = re.compile(r"\b(ray_worldserve_dynamics_[A-Za-z0-9_]+)\s*(\{[^{}]*\})?")
+REPLICA_ALERTS = ("WorldserveReplicasPinnedAtMax", "WorldserveReplicasUnavailable")  # per deployment: a model's too
+
+
+def dynamics_metric(scraped: str) -> tuple[str, str, frozenset[str]]:
+    """ray_worldserve_dynamics_<what><suffix> -> (exported name, kind, labels a query may use)."""
+    for name, (kind, labels) in DYNAMICS_METRICS.items():
+        for sfx in SCRAPED_SUFFIXES[kind]:
+            if scraped == "ray_" + name + sfx:
+                return name, kind, labels | TARGET_LABELS | ({"le"} if sfx == "_bucket" else set())
+    raise AssertionError(f"{scraped}: not a metric the dynamics services export (DYNAMICS_METRICS) with the suffix "
+                         "Ray scrapes it under (counters _total; histograms _bucket/_sum/_count; gauges bare)")
+
+
+def _matcher_labels(body: str) -> list[str]:
+    body = re.sub(r'"(?:[^"\\]|\\.)*"', '""', body)
+    return re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", body)
+
+
+def _aggregations(expr: str):
+    """(by-labels, argument text) of every `agg by (labels) (argument)` in a PromQL expression."""
+    for m in re.finditer(r"\b(?:sum|max|min|avg|count)\s+by\s*\(([^()]*)\)\s*\(", expr):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(expr[i], 0)
+            i += 1
+        yield [x.strip() for x in m.group(1).split(",") if x.strip()], expr[m.end():i - 1]
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    d = json.loads(DASHBOARD.read_text())
+    out = [(p["title"], t["expr"]) for p in d["panels"] for t in p.get("targets", [])]
+    for v in d["templating"]["list"]:
+        if v["type"] == "query":
+            out.append((f"variable {v['name']}", v["query"]["query"]))
+    return out
+
+
+def rule_queries() -> list[tuple[str, str]]:
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    return [(r.get("record") or r["alert"], r["expr"]) for r in rules]
+
+
+def test_dashboard_and_rules_query_only_exported_dynamics_metrics():
+    used = set()
+    for where, expr in dashboard_queries() + rule_queries():
+        assert not re.findall(r"(?<![A-Za-z0-9_])worldserve_dynamics_\w+", expr), (
+            f"{where}: Ray scrapes application metrics with a ray_ prefix")
+        for scraped, matchers in RAW_DYNAMICS.findall(expr):
+            name, kind, labels = dynamics_metric(scraped)
+            used.add(name)
+            bad = set(_matcher_labels(matchers or "")) - labels
+            assert not bad, f"{where}: {scraped} has no label(s) {sorted(bad)}"
+        for by, arg in _aggregations(expr):
+            for scraped, _ in RAW_DYNAMICS.findall(arg):
+                bad = set(by) - dynamics_metric(scraped)[2]
+                assert not bad, f"{where}: aggregates {scraped} by {sorted(bad)}, which it does not carry"
+    # The per-model metrics the brief asks to watch are all on the dashboard or in the rules.
+    assert {n for n, (_, labels) in DYNAMICS_METRICS.items() if "model" in labels} <= used, (
+        sorted({n for n, (_, labels) in DYNAMICS_METRICS.items() if "model" in labels} - used))
+    with pytest.raises(AssertionError):
+        dynamics_metric("ray_worldserve_dynamics_queue_depth_total")  # a gauge has no _total
+    with pytest.raises(AssertionError):
+        dynamics_metric("ray_worldserve_dynamics_context_cache_sessions")  # not exported
+
+
+def test_dashboard_filters_model_panels_on_model_variable():
+    d = json.loads(DASHBOARD.read_text())
+    (var,) = [v for v in d["templating"]["list"] if v["name"] == "model"]
+    m = re.fullmatch(r"label_values\((ray_worldserve_dynamics_\w+)\{[^{}]*\}, model\)", var["query"]["query"])
+    assert m and "model" in dynamics_metric(m.group(1))[2], var["query"]
+    assert var["includeAll"] and var["multi"] and var["allValue"] == ".*" and '$namespace' in var["query"]["query"]
+    for p in d["panels"]:
+        for t in p.get("targets", []):
+            for scraped, matchers in RAW_DYNAMICS.findall(t["expr"]):
+                if "model" in DYNAMICS_METRICS[dynamics_metric(scraped)[0]][1]:
+                    assert 'model=~"$model"' in matchers, f"{p['title']}: filter {scraped} on model=~\"$model\""
+                    assert re.search(r"\bby\s*\([^()]*\bmodel\b", t["expr"]), f"{p['title']}: split by model"
+
+
+def _rule_dependencies() -> dict[str, set[str]]:
+    """rule name -> the raw dynamics metrics it reads, through recording rules."""
+    rules = dict(rule_queries())
+    deps: dict[str, set[str]] = {}
+
+    def of(name: str) -> set[str]:
+        if name not in deps:
+            expr = rules[name]
+            got = {dynamics_metric(m)[0] for m, _ in RAW_DYNAMICS.findall(expr)}
+            for rec in re.findall(r"\bworldserve:[a-z0-9_:]+", expr):
+                got |= of(rec)
+            deps[name] = got
+        return deps[name]
+
+    return {name: of(name) for name in rules}
+
+
+def test_alerts_about_a_model_name_it():
+    alerts = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
+    deps = _rule_dependencies()
+    per_model = {a for a in alerts if any("model" in DYNAMICS_METRICS[m][1] for m in deps[a])}
+    assert {"WorldserveDynamicsQueueBacklog", "WorldserveDynamicsModelStepSlow", "WorldserveDynamicsItemFailures",
+            "WorldserveDynamicsStateCacheNearBudget", "WorldserveDynamicsStateEvictionsHigh"} <= per_model
+    for a in per_model | set(REPLICA_ALERTS):
+        ann = alerts[a]["annotations"]
+        assert "$labels.model" in ann["description"], f"{a}: its description must name the model"
+        if a in per_model:
+            assert "$labels.model" in ann["summary"], f"{a}: its summary must name the model"
+    # The promtool unit tests show each per-model alert firing, with the model in its labels.
+    tests = yaml.safe_load(RULES_TEST.read_text())["tests"]
+    fired: dict[str, list[dict]] = {}
+    for t in tests:
+        for case in t.get("alert_rule_test", []):
+            fired.setdefault(case["alertname"], []).extend(case.get("exp_alerts") or [])
+    for a in per_model | set(REPLICA_ALERTS):
+        assert fired.get(a), f"{a}: no promtool unit test shows it firing"
+    for a in per_model:
+        assert all("model" in e["exp_labels"] for e in fired[a]), f"{a}: fires without a model label"
+    assert any("model" in e["exp_labels"] for a in REPLICA_ALERTS for e in fired[a]), "replica alerts carry model"
+
+
+def test_state_cache_budget_matches_serve_config():
+    budget = dynamics_app(yaml.safe_load(SERVE_YAML.read_text()))["args"]["state_cache_bytes"]
+    (ratio,) = [e for n, e in rule_queries() if n == "worldserve:dynamics_state_cache_budget:ratio"]
+    assert re.fullmatch(rf"worldserve:dynamics_state_cache_bytes:max / {budget}\s*", ratio), (
+        f"the rule's budget must be state_cache_bytes ({budget}) of deploy/serve/worldserve.yaml: {ratio!r}")
+    d = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in d["panels"] if p["title"].lower().startswith("state cache bytes")]
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s_["value"] for s_ in steps[1:]] == [budget], "the dashboard's budget line must be state_cache_bytes"
 
 
 def _promtool() -> str:
@@ -627,7 +910,7 @@ def test_promtool_parses_every_dashboard_query():
     rules = []
     for p in d["panels"]:
         for i, t in enumerate(p.get("targets", [])):
-            expr = t["expr"].replace("$__rate_interval", "5m").replace("$namespace", ".*")
+            expr = t["expr"].replace("$__rate_interval", "5m").replace("$namespace", ".*").replace("$model", ".*")
             rules.append({"record": f"dashboard:panel{p['id']}_{i}", "expr": expr})
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "dashboard.rules.yaml"
