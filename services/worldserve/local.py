@@ -75,7 +75,8 @@ def local_cluster(
 
 
 def replica_counts(apps: tuple[str, ...] = ("image", "sessions", "dynamics")) -> dict[str, int]:
-    """RUNNING replicas per application, from Serve's own status."""
+    """RUNNING replicas per application and per deployment (``"<app>/<deployment>"``), from Serve's
+    own status."""
     from ray import serve
 
     st = serve.status()
@@ -84,7 +85,9 @@ def replica_counts(apps: tuple[str, ...] = ("image", "sessions", "dynamics")) ->
         app = st.applications.get(name)
         n = 0
         if app is not None:
-            for d in app.deployments.values():
-                n += sum(c for state, c in d.replica_states.items() if getattr(state, "value", state) == "RUNNING")
+            for dname, d in app.deployments.items():
+                k = sum(c for state, c in d.replica_states.items() if getattr(state, "value", state) == "RUNNING")
+                out[f"{name}/{dname}"] = k
+                n += k
         out[name] = n
     return out
