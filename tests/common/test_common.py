@@ -98,3 +98,11 @@ def test_frame_decode_rejects_bad_input():
     jpeg = codec.encode_frame(np.zeros((8, 8, 3), np.uint8), codec.JPEG)
     with pytest.raises(InvalidArgument, match="makes 64x64"):
         codec.decode_frame(jpeg, max_bytes=1 << 20, expect_size=(64, 64))
+
+
+def test_frame_format_codes_match_the_proto():
+    from worldserve.common import codec
+    from worldserve.v1 import common_pb2
+
+    assert (codec.PNG, codec.JPEG, codec.RAW) == (
+        common_pb2.FRAME_FORMAT_PNG, common_pb2.FRAME_FORMAT_JPEG, common_pb2.FRAME_FORMAT_RAW_RGB8)

@@ -13,16 +13,21 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from typing import TYPE_CHECKING
+
 from worldserve.common.errors import InvalidArgument
-from worldserve.v1 import common_pb2
+
+if TYPE_CHECKING:  # protobuf is imported only where a message is built: the engine runs without it
+    from worldserve.v1 import common_pb2
 
 _MAGIC = b"WST1"
 _DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("uint8"), 3: np.dtype("<i8")}
 _CODES = {v: k for k, v in _DTYPES.items()}
 
-PNG = common_pb2.FRAME_FORMAT_PNG
-JPEG = common_pb2.FRAME_FORMAT_JPEG
-RAW = common_pb2.FRAME_FORMAT_RAW_RGB8
+# worldserve.v1.FrameFormat values (tests/common checks they match the generated enum)
+PNG = 1  # FRAME_FORMAT_PNG
+JPEG = 2  # FRAME_FORMAT_JPEG
+RAW = 3  # FRAME_FORMAT_RAW_RGB8
 FORMAT_NAMES = {"png": PNG, "jpeg": JPEG, "jpg": JPEG, "raw": RAW}
 
 
@@ -61,7 +66,9 @@ class EncodedFrame:
     width: int
     height: int
 
-    def to_pb(self) -> common_pb2.Frame:
+    def to_pb(self) -> "common_pb2.Frame":
+        from worldserve.v1 import common_pb2
+
         return common_pb2.Frame(format=self.format, data=self.data, width=self.width, height=self.height)
 
 
@@ -74,13 +81,7 @@ def check_format(fmt: int) -> int:
 
 
 def encode_rgb(rgb: np.ndarray, fmt: int = PNG) -> EncodedFrame:
-    """(H, W, 3) uint8 -> EncodedFrame."""
-    f = encode_frame(rgb, fmt)
-    return EncodedFrame(f.format, f.data, f.width, f.height)
-
-
-def encode_frame(rgb: np.ndarray, fmt: int = PNG) -> common_pb2.Frame:
-    """(H, W, 3) uint8 -> Frame message."""
+    """(H, W, 3) uint8 -> EncodedFrame (PNG, JPEG or raw RGB8)."""
     h, w = rgb.shape[:2]
     fmt = fmt or PNG
     if fmt == RAW:
@@ -95,10 +96,15 @@ def encode_frame(rgb: np.ndarray, fmt: int = PNG) -> common_pb2.Frame:
         data = bio.getvalue()
     else:
         raise InvalidArgument(f"unknown frame format {fmt!r}")
-    return common_pb2.Frame(format=fmt, data=data, width=w, height=h)
+    return EncodedFrame(fmt, data, w, h)
 
 
-def decode_frame(frame: common_pb2.Frame, *, max_bytes: int, expect_size: tuple[int, int] | None = None) -> np.ndarray:
+def encode_frame(rgb: np.ndarray, fmt: int = PNG) -> "common_pb2.Frame":
+    """(H, W, 3) uint8 -> Frame message."""
+    return encode_rgb(rgb, fmt).to_pb()
+
+
+def decode_frame(frame: "common_pb2.Frame", *, max_bytes: int, expect_size: tuple[int, int] | None = None) -> np.ndarray:
     """Frame message -> (H, W, 3) uint8, with INVALID_ARGUMENT on anything off."""
     if len(frame.data) == 0:
         raise InvalidArgument("image is empty")
