@@ -14,7 +14,9 @@ Cases, all bf16 by default, head dims 64 and 128 (heads chosen so H * D = --mode
   on its flash kernel, doing about the same useful work; a speed reference, not the same result).
 - ``decode``: one new frame of queries against a KV cache of ``ctx - 1`` frames plus the new frame
   (every key visible), ours writing the new K/V into the cache, vs SDPA's best backend (no mask
-  needed) and FlexAttention; also reported as achieved bandwidth over the KV bytes read.
+  needed) and FlexAttention; also reported as achieved bandwidth over the KV bytes read, and ours
+  again on the served layout (``paged``: one page per frame in a token-major pool, shuffled pages
+  read through a block table).
 - ``full``: spatial attention within a frame (``ctx`` frames as the batch, one frame each), ours vs
   SDPA's best backend and FlexAttention.
 
@@ -221,6 +223,18 @@ def run_case(case: Case, args, flex=None) -> dict:
         kn, vn = k[:, :, L:], v[:, :, L:]
         res["ours"] = _bench(lambda: flash_decode(q, kn, vn, kc, vc, lens, frame_tokens=Fr, mask="frame_causal",
                                                   max_cache_len=L), args.rep_ms)
+        # the served layout: pages of one frame in the model's token-major pool, shuffled, read
+        # through a block table (a frame of Fr tokens is one page; L is a whole number of frames)
+        n_pages = tk // Fr + 1
+        perm = torch.randperm(B * n_pages, device=dev)
+        kpool = torch.zeros(B * n_pages, Fr, H, D, device=dev, dtype=dt)
+        vpool = torch.zeros_like(kpool)
+        bt = perm.view(B, n_pages).to(torch.int32)
+        kpool[bt[:, : L // Fr].reshape(-1).long()] = kc[:, :, :L].transpose(1, 2).reshape(-1, Fr, H, D)
+        vpool[bt[:, : L // Fr].reshape(-1).long()] = vc[:, :, :L].transpose(1, 2).reshape(-1, Fr, H, D)
+        kp, vp = kpool.transpose(1, 2), vpool.transpose(1, 2)  # (P, H, Fr, D) views
+        res["ours_paged"] = _bench(lambda: flash_decode(q, kn, vn, kp, vp, lens, frame_tokens=Fr, mask="frame_causal",
+                                                        max_cache_len=L, block_table=bt, page_size=Fr), args.rep_ms)
         res["sdpa_best"] = _bench(lambda: F.scaled_dot_product_attention(q, k, v), args.rep_ms)
         if flex is not None:
             res["flex"] = flex.run(q, k, v, tq, tk, Fr, "full", args.rep_ms)
@@ -267,6 +281,8 @@ def print_row(res: dict) -> None:
             cols.append(f"{key}: {tflops(flops, t) or 0:6.1f} TF/s {fmt_ratio(t, ours)}")
     if c.kind == "decode" and res.get("ours_gbs"):
         cols.append(f"KV read {res['ours_gbs']:7.0f} GB/s")
+    if c.kind == "decode" and res.get("ours_paged"):
+        cols.append(f"paged: {tflops(flops, res['ours_paged']) or 0:6.1f} TF/s {res['ours_paged']:8.3f} ms")
     print("  ".join(cols), flush=True)
 
 

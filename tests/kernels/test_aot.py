@@ -18,9 +18,10 @@ def test_variant_list_covers_every_constexpr_combination():
     names = [v.name for v in vs]
     assert len(names) == len(set(names))
     default = [v for v in vs if v.config is None and not v.stats]
-    # prefill: dtype x head dim x prologue x layout; decode: dtype x head dim x prologue
+    # prefill: dtype x head dim x prologue x layout; decode: dtype x head dim x prologue x (padded, paged)
     assert len([v for v in default if v.kernel == "prefill"]) == 2 * 3 * 2 * 2
-    assert len([v for v in default if v.kernel == "decode"]) == 2 * 3 * 2
+    assert len([v for v in default if v.kernel == "decode"]) == 2 * 3 * 2 * 2
+    assert len([v for v in default if v.kernel == "decode" and v.paged]) == 2 * 3 * 2
     from worldserve.dynamics.kernels._common import GATED_HEAD_DIMS, cuda_configs
 
     assert tuple(aot.HEAD_DIMS) == GATED_HEAD_DIMS
@@ -30,6 +31,8 @@ def test_variant_list_covers_every_constexpr_combination():
                 cfg = (c.block_m, c.block_n, c.num_warps, c.num_stages)
                 assert {v.kernel for v in vs if v.config == cfg and v.head_dim == d and v.prologue == pro} == {
                     "prefill", "decode"}
+                assert {v.paged for v in vs if v.config == cfg and v.head_dim == d and v.prologue == pro
+                        and v.kernel == "decode"} == {False, True}
 
 
 def test_aot_gate_compiles_every_variant_for_sm90_and_sm80(aot_gate):

@@ -97,5 +97,6 @@ def test_run_case_logic_on_cpu(bench, kind, monkeypatch, capsys):
     assert ("sdpa_dense" in res) == (kind == "prefill")
     if kind == "decode":
         assert res["ours_gbs"] == pytest.approx(bench.decode_kv_bytes(1, 2, 32, 16, 32, 2) / 1e-3 / 1e9)
+        assert res["ours_paged"] == 1.0  # the paged (served) layout ran too
     bench.print_row(res)
     assert case.label.strip() in capsys.readouterr().out

@@ -34,8 +34,7 @@ def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSp
     from worldserve.dynamics.model.world_model import CONFIG_FILE, WEIGHTS_FILE
 
     if path is None:
-        model = WorldModel.random(seed=int(spec.options.get("seed", 0)))
-        model = model.to(device=device, dtype=dtype).eval()
+        model = WorldModel.random(seed=int(spec.options.get("seed", 0))).to_serving(device, dtype)
     else:
         folder = Path(path)
         for name in (CONFIG_FILE, WEIGHTS_FILE):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from worldserve.dynamics.model import KVCache, WorldModel, WorldModelConfig, noise_seed
+from worldserve.dynamics.model import PagedState, WorldModel, WorldModelConfig, noise_seed
 from worldserve.dynamics.model.sampler import initial_noise, time_grid
 from worldserve.dynamics.model.transformer import apply_rope, rope_cos_sin
 
@@ -186,9 +186,9 @@ def test_prefill_and_step_shapes(default):
     c = default.config
     z, a = latents(default, 3), actions(default, 4)
     cache = default.prefill(z, a[:3], first_step=0)
-    assert isinstance(cache, KVCache)
-    assert (cache.n_frames, cache.last_step, cache.n_layers) == (3, 2, c.n_layers)
-    assert cache.k[0].shape == (c.n_heads, 3 * c.frame_tokens, c.head_dim)
+    assert isinstance(cache, PagedState)
+    assert (cache.n_frames, cache.last_step, len(cache.pages)) == (3, 2, c.context_frames)
+    assert default.state_kv(cache, 0)[0].shape == (c.n_heads, 3 * c.frame_tokens, c.head_dim)
     out = default.step([cache], a[3:4], seeds=[0], steps=[3])
     assert out.shape == (1, 8, 8, 8) and out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (cache.n_frames, cache.last_step) == (4, 3)
@@ -246,7 +246,7 @@ def test_batched_step_matches_individual_steps_with_uneven_caches(tiny):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
         for s, b in zip(solo, batch):
             assert (s.n_frames, s.last_step) == (b.n_frames, b.last_step)
-            torch.testing.assert_close(b.k[-1], s.k[-1], atol=1e-4, rtol=0)
+            torch.testing.assert_close(tiny.state_kv(b, -1)[0], tiny.state_kv(s, -1)[0], atol=1e-4, rtol=0)
     assert [c.n_frames for c in batch] == [3, 3, 3]
 
 
@@ -267,8 +267,9 @@ def test_prefill_then_step_equals_streaming_within_the_window(tiny):
         frames.append(tiny.step([stream], a[s : s + 1], [5], [s]))
     rebuilt = tiny.prefill(torch.cat(frames), a[:3], first_step=0)  # the stored window, re-prefilled
     for layer in range(TINY.n_layers):
-        torch.testing.assert_close(rebuilt.k[layer], stream.k[layer], atol=1e-4, rtol=0)
-        torch.testing.assert_close(rebuilt.v[layer], stream.v[layer], atol=1e-4, rtol=0)
+        (rk, rv), (sk, sv) = tiny.state_kv(rebuilt, layer), tiny.state_kv(stream, layer)
+        torch.testing.assert_close(rk, sk, atol=1e-4, rtol=0)
+        torch.testing.assert_close(rv, sv, atol=1e-4, rtol=0)
     got = tiny.step([rebuilt], a[3:4], [5], [3])
     want = tiny.step([stream], a[3:4], [5], [3])
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
@@ -281,7 +282,7 @@ def test_prefill_longer_than_the_window_streams_the_tail(tiny):
     frames = [z0] + [tiny.step([stream], a[s : s + 1], [9], [s]) for s in range(1, 6)]
     rebuilt = tiny.prefill(torch.cat(frames), a, 0)
     assert (rebuilt.n_frames, rebuilt.last_step) == (3, 5)
-    torch.testing.assert_close(rebuilt.k[0], stream.k[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(tiny.state_kv(rebuilt, 0)[0], tiny.state_kv(stream, 0)[0], atol=1e-4, rtol=0)
 
 
 def test_sliding_window_keeps_the_cache_bounded(tiny):
@@ -291,10 +292,11 @@ def test_sliding_window_keeps_the_cache_bounded(tiny):
     for s in range(1, 12):
         tiny.step([cache], a[1:2], [0], [s])
         sizes.append(cache.n_frames)
-        assert cache.k[0].shape[1] == cache.n_frames * TINY.frame_tokens
+        assert tiny.state_kv(cache, 0)[0].shape[1] == cache.n_frames * TINY.frame_tokens
     assert sizes == [2, 3] + [3] * 9  # context_frames - 1 past frames
     assert (cache.last_step, cache.first_step) == (11, 9)
-    assert cache.nbytes == 2 * TINY.n_layers * TINY.n_heads * 3 * TINY.frame_tokens * TINY.head_dim * 4
+    # context_frames pages (the window plus the spare) of one frame's K and V in every layer
+    assert tiny.state_nbytes(cache) == TINY.context_frames * 2 * TINY.n_layers * TINY.n_heads * TINY.frame_tokens * TINY.head_dim * 4
     # prefill keeps only the last context_frames - 1 frames
     long = tiny.prefill(latents(tiny, 7), actions(tiny, 7), 0)
     assert (long.n_frames, long.first_step, long.last_step) == (3, 4, 6)
@@ -344,11 +346,11 @@ def test_step_rejects_bad_input(tiny):
 def test_cache_clone_forks_a_session(tiny):
     z, a = latents(tiny, 2), actions(tiny, 3)
     cache = tiny.prefill(z, a[:2], 0)
-    fork = cache.clone()
+    fork = tiny.clone_state(cache)
     x1 = tiny.step([cache], a[2:3], [3], [2])
     x2 = tiny.step([fork], a[2:3], [3], [2])
     assert torch.equal(x1, x2)
-    assert fork.k[0].data_ptr() != cache.k[0].data_ptr()
+    assert not set(fork.pages) & set(cache.pages)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -274,14 +274,68 @@ def _attn_step(
     K_PROLOGUE: tl.constexpr,  # apply RMSNorm + RoPE to the key halves on load (HALVES only)
     UPCAST: tl.constexpr,
 ):
+    """One key tile of a contiguous key sequence (rows ``k_base + i * stride_kt``)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
+    k_rows = k_base + offs_n.to(tl.int64)[:, None] * stride_kt  # [BLOCK_N, 1]
+    v_rows = v_base + offs_n.to(tl.int64)[:, None] * stride_vt
+    return _attn_step_rows(acc, m_i, l_i, q, q1, q2, k_rows, v_rows, offs_n, load_end, row_end, qk_scale,
+                           kw_ptr, cos_base, sin_base, stride_rope, eps, HEAD_DIM, BLOCK_D, BLOCK_N, MASKED, HALVES,
+                           K_PROLOGUE, UPCAST)
+
+
+@triton.jit
+def _paged_rows(
+    pool_base,  # scalar pointer: row 0 of page 0 of this kv head
+    bt_base,  # [max_pages] int32 block table row of this sequence: logical page -> physical page
+    rows,  # [N] logical cache rows
+    rows_ok,  # [N] rows that exist (others read page 0; their loads are masked by the caller)
+    page_size,  # rows per page (any positive int; not a multiple of the tile in general)
+    stride_page,
+    stride_row,
+):
+    """[N, 1] pointers to column 0 of logical cache rows ``rows`` of a paged cache: row r lives in
+    physical page ``bt[r // page_size]`` at row ``r % page_size``. Computed per row, so a tile may
+    straddle pages (page_size need not be a multiple of BLOCK_N)."""
+    page = tl.load(bt_base + rows // page_size, mask=rows_ok, other=0)  # [N] int32
+    off = page.to(tl.int64) * stride_page + (rows % page_size).to(tl.int64) * stride_row
+    return pool_base + off[:, None]
+
+
+@triton.jit
+def _attn_step_rows(
+    acc,
+    m_i,
+    l_i,
+    q,
+    q1,
+    q2,
+    k_rows,  # [BLOCK_N, 1] pointers to column 0 of each key row of the tile
+    v_rows,  # [BLOCK_N, 1] pointers to column 0 of each value row
+    offs_n,  # [BLOCK_N] key indices of the tile (relative to the sequence: masks and rope rows)
+    load_end,
+    row_end,
+    qk_scale,
+    kw_ptr,
+    cos_base,
+    sin_base,
+    stride_rope,
+    eps,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    HALVES: tl.constexpr,
+    K_PROLOGUE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """The flash inner step on one key tile given by row pointers (contiguous or paged); see
+    :func:`_attn_step` for the arguments."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     # Loads stop at load_end, so keys of frames nobody in this block may see are never read
     # (they may be garbage, NaN, or another session's cache). Unmasked tiles load without any
     # mask (full-width vector loads).
     kv_ok = offs_n < load_end
-    k_rows = k_base + offs_n.to(tl.int64)[:, None] * stride_kt
     if HALVES:
         k1, k2 = _load_halves(k_rows, offs_n, kv_ok, kw_ptr, cos_base, sin_base, stride_rope, eps,
                               HEAD_DIM, BLOCK_D // 2, MASKED, K_PROLOGUE, UPCAST)
@@ -306,8 +360,7 @@ def _attn_step(
     alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    v = _load_rows(v_base + offs_n.to(tl.int64)[:, None] * stride_vt + offs_d[None, :], kv_ok, d_ok, MASKED,
-                   BLOCK_D != HEAD_DIM)
+    v = _load_rows(v_rows + offs_d[None, :], kv_ok, d_ok, MASKED, BLOCK_D != HEAD_DIM)
     if UPCAST:
         v = v.to(tl.float32)
     acc = tl.dot(p.to(v.dtype), v, acc)

@@ -10,10 +10,13 @@ the runtime would (``native_specialize_impl``: 16-divisible ints and pointers ge
 
 Variants (the constexprs and the argument types that change the binary): dtype (fp16, bf16) x
 head dim (32, 64, 128) x prologue (none, QK RMSNorm + RoPE) x layout (padded, varlen) for the
-prefill kernel, dtype x head dim x prologue for the decode kernel, each with its default launch
-config; every other autotune candidate once (bf16); the prefill kernel's test-only stats hook
-once. The mask kind, the frame size and decode's ``write_kv`` are runtime arguments that are
-never specialized, so one binary serves all of them. fp32 and ``UPCAST`` are interpreter-only.
+prefill kernel, dtype x head dim x prologue x layout (padded cache, paged cache through a block
+table) for the decode kernel, each with its default launch config; every other autotune
+candidate once (bf16, each layout); the prefill kernel's test-only stats hook once. The mask
+kind, the frame size, decode's ``write_kv`` and ``page_size`` are runtime arguments that are never
+specialized, so one binary serves all of them. fp32 and ``UPCAST`` are interpreter-only.
+The paged variants use the model's token-major pool layout (``PagePool``: (P, F, H, D) storage
+viewed as (P, H, F, D)).
 
 Run ``python -m worldserve.dynamics.kernels.aot --arch 90 80`` (must not run with
 ``TRITON_INTERPRET=1``: then the kernels are interpreted functions and cannot be compiled).
@@ -45,12 +48,13 @@ class Variant:
     varlen: bool = False
     config: tuple[int, int, int, int] | None = None  # (block_m, block_n, warps, stages); None: default
     stats: bool = False  # prefill's test-only WRITE_STATS hook
+    paged: bool = False  # decode only: KV cache in pages of a pool, through a block table
 
     @property
     def name(self) -> str:
         cfg = "default" if self.config is None else "x".join(map(str, self.config))
         pro = "norm+rope" if self.prologue else "plain"
-        lay = "varlen" if self.varlen else "padded"
+        lay = "varlen" if self.varlen else "paged" if self.paged else "padded"
         return f"{self.kernel}/{self.dtype}/d{self.head_dim}/{pro}/{lay}/{cfg}" + ("/stats" if self.stats else "")
 
 
@@ -63,14 +67,16 @@ def all_variants() -> list[Variant]:
             for pro in (False, True):
                 for varlen in (False, True):
                     out.append(Variant("prefill", dtype, d, pro, varlen))
-                out.append(Variant("decode", dtype, d, pro))
+                for paged in (False, True):
+                    out.append(Variant("decode", dtype, d, pro, paged=paged))
     # The other autotune candidates (the first one is the default, compiled above), bf16.
     for d in HEAD_DIMS:
         for pro in (False, True):
             for c in cuda_configs(d, pro)[1:]:
                 cfg = (c.block_m, c.block_n, c.num_warps, c.num_stages)
                 out.append(Variant("prefill", "bf16", d, pro, False, cfg))
-                out.append(Variant("decode", "bf16", d, pro, False, cfg))
+                for paged in (False, True):
+                    out.append(Variant("decode", "bf16", d, pro, False, cfg, paged=paged))
     out.append(Variant("prefill", "bf16", 64, False, False, None, stats=True))
     return out
 
@@ -113,10 +119,16 @@ def _launch_kwargs(v: Variant):
         kernel = _flash_fwd_kernel
     else:
         q = torch.empty(B, F, H, D, dtype=dt, **meta).transpose(1, 2)
-        cache = torch.empty(B, H, 32 * F, D, dtype=dt, **meta)
         lens = torch.empty(B, dtype=torch.int32, **meta)
+        if v.paged:
+            # the model's pool: (P, F, H, D) token-major storage viewed as (P, H, F, D)
+            cache = torch.empty(64, F, H, D, dtype=dt, **meta).transpose(1, 2)
+            paged = dict(block_table=torch.empty(B, 32, dtype=torch.int32, **meta), page_size=F)
+        else:
+            cache = torch.empty(B, H, 32 * F, D, dtype=dt, **meta)
+            paged = {}
         _, kw = decode_launch_args(q, q, q, cache, cache, lens, torch.empty(B, H, F, D, dtype=dt, **meta),
-                                   group=group, max_cache_len=31 * F, config=cfg, **pro((B, F)))
+                                   group=group, max_cache_len=31 * F, config=cfg, **paged, **pro((B, F)))
         kernel = _flash_decode_kernel
     kw.pop("num_warps")
     kw.pop("num_stages")

@@ -20,6 +20,14 @@ own query block, and reads cache rows ``< L_b`` only, which nobody writes.
 
 Cache rows ``>= L_b + Tn`` (capacity not yet used) are never read; neither are rows past ``L_b``
 before they are written.
+
+Paged caches (``block_table``, ``page_size``): ``k_cache``/``v_cache`` are page pools
+``(P, Hkv, page_size, D)`` and logical cache row ``r`` of batch row ``b`` lives at row
+``r % page_size`` of page ``block_table[b, r // page_size]``. Reads of rows ``[0, L_b)`` and the
+K/V write of rows ``[L_b, L_b + Tn)`` go through the table, with page addresses computed per row
+of the tile (so ``page_size`` may be anything, e.g. a frame of 3600 tokens). Several batch rows
+may map to the same pages (CFG: the conditional and unconditional copies of a session attend to
+one cache with ``write_kv=0``). The model keeps one page per frame; see ``WorldModel``.
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ from ._common import (
     LOG2E,
     TileConfig,
     _attn_step,
+    _attn_step_rows,
     _load_halves,
+    _paged_rows,
     _row_end,
     block_d,
     check_qkv_layout,
@@ -55,15 +65,17 @@ from ._common import (
 # --------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["group", "write_kv", "tune_k"])
+@triton.jit(do_not_specialize=["group", "write_kv", "tune_k", "page_size"])
 def _flash_decode_kernel(
     q_ptr,  # [B, H, Tn, D] queries of the new tokens
     kn_ptr,  # [B, Hkv, Tn, D] new keys (before the prologue)
     vn_ptr,  # [B, Hkv, Tn, D] new values
     kc_ptr,  # [B, Hkv, Tmax, D] key cache (after the prologue); rows [0, L_b) valid
-    vc_ptr,  # [B, Hkv, Tmax, D] value cache
+    #          (PAGED: [P, Hkv, page_size, D] page pool; logical row r of batch b at page bt[b, r // page_size])
+    vc_ptr,  # [B, Hkv, Tmax, D] value cache (PAGED: [P, Hkv, page_size, D])
     o_ptr,  # [B, H, Tn, D]
     lens_ptr,  # [B] int32 L_b: valid cache rows before this step
+    bt_ptr,  # [B, max_pages] int32 block table: logical page -> physical page (PAGED only, else None)
     qw_ptr,  # [D] q RMSNorm weight (PROLOGUE only, else None)
     kw_ptr,  # [D] k RMSNorm weight (PROLOGUE only)
     cos_ptr,  # [B, Tn, D/2] rope cos of the new tokens (PROLOGUE only)
@@ -71,10 +83,12 @@ def _flash_decode_kernel(
     stride_qb, stride_qh, stride_qt,
     stride_knb, stride_knh, stride_knt,
     stride_vnb, stride_vnh, stride_vnt,
-    stride_kcb, stride_kch, stride_kct,
+    stride_kcb, stride_kch, stride_kct,  # PAGED: stride_kcb is the page stride of the pool
     stride_vcb, stride_vch, stride_vct,
     stride_ob, stride_oh, stride_ot,
     stride_rb, stride_rt,
+    stride_btb,  # row stride of the block table (PAGED only)
+    page_size,  # cache rows per page (PAGED only; any positive int, not specialized)
     seqlen_new,  # Tn
     group,  # mask group: 0 full, 1 causal, F frame-causal (within the new tokens; not specialized)
     num_heads,  # H
@@ -88,6 +102,7 @@ def _flash_decode_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PROLOGUE: tl.constexpr,  # QK RMSNorm + RoPE on load of q and the new keys (cache keys have had it)
+    PAGED: tl.constexpr,  # the caches are page pools addressed through the block table
     UPCAST: tl.constexpr,  # interpreter only: compute in fp32 (its bf16 arithmetic is broken)
 ):
     pid_m = tl.program_id(0)
@@ -100,8 +115,14 @@ def _flash_decode_kernel(
     q_base = q_ptr + b.to(tl.int64) * stride_qb + h * stride_qh
     kn_base = kn_ptr + b.to(tl.int64) * stride_knb + kh * stride_knh
     vn_base = vn_ptr + b.to(tl.int64) * stride_vnb + kh * stride_vnh
-    kc_base = kc_ptr + b.to(tl.int64) * stride_kcb + kh * stride_kch
-    vc_base = vc_ptr + b.to(tl.int64) * stride_vcb + kh * stride_vch
+    if PAGED:  # row 0 of page 0 of this kv head; rows are addressed through the block table
+        kc_base = kc_ptr + kh.to(tl.int64) * stride_kch
+        vc_base = vc_ptr + kh.to(tl.int64) * stride_vch
+        bt_base = bt_ptr + b.to(tl.int64) * stride_btb
+    else:
+        kc_base = kc_ptr + b.to(tl.int64) * stride_kcb + kh * stride_kch
+        vc_base = vc_ptr + b.to(tl.int64) * stride_vcb + kh * stride_vch
+        bt_base = bt_ptr
     o_base = o_ptr + b.to(tl.int64) * stride_ob + h * stride_oh
     if PROLOGUE:
         cos_base = cos_ptr + b.to(tl.int64) * stride_rb
@@ -134,15 +155,38 @@ def _flash_decode_kernel(
     # Part 1: the cache. Every new query sees every cached key; only the last, partial tile
     # needs the bounds mask (cache_len is not a multiple of BLOCK_N in general). Cached keys
     # already had the prologue (they were written by this kernel or by the same math).
+    # PAGED: the same loop; each tile's row addresses come from the block table, per row (a tile
+    # may straddle pages: page_size need not be a multiple of BLOCK_N).
     cache_full = (cache_len // BLOCK_N) * BLOCK_N
     for start_n in range(0, cache_full, BLOCK_N):
-        acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, kc_base, vc_base, start_n, stride_kct, stride_vct,
-                                   cache_len, offs_m * 0 + cache_len, qk_scale, kw_ptr, cos_base, sin_base,
-                                   stride_rt, eps, HEAD_DIM, BLOCK_D, BLOCK_N, False, PROLOGUE, False, UPCAST)
+        if PAGED:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < cache_len
+            acc, m_i, l_i = _attn_step_rows(
+                acc, m_i, l_i, q, q1, q2,
+                _paged_rows(kc_base, bt_base, offs_n, n_ok, page_size, stride_kcb, stride_kct),
+                _paged_rows(vc_base, bt_base, offs_n, n_ok, page_size, stride_vcb, stride_vct),
+                offs_n, cache_len, offs_m * 0 + cache_len, qk_scale, kw_ptr, cos_base, sin_base, stride_rt, eps,
+                HEAD_DIM, BLOCK_D, BLOCK_N, False, PROLOGUE, False, UPCAST)
+        else:
+            acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, kc_base, vc_base, start_n, stride_kct, stride_vct,
+                                       cache_len, offs_m * 0 + cache_len, qk_scale, kw_ptr, cos_base, sin_base,
+                                       stride_rt, eps, HEAD_DIM, BLOCK_D, BLOCK_N, False, PROLOGUE, False, UPCAST)
     if cache_full < cache_len:  # at most one tile: a branch, not a loop (nothing to pipeline)
-        acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, kc_base, vc_base, cache_full, stride_kct, stride_vct,
-                                   cache_len, offs_m * 0 + cache_len, qk_scale, kw_ptr, cos_base, sin_base,
-                                   stride_rt, eps, HEAD_DIM, BLOCK_D, BLOCK_N, True, PROLOGUE, False, UPCAST)
+        if PAGED:
+            offs_n = cache_full + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < cache_len
+            acc, m_i, l_i = _attn_step_rows(
+                acc, m_i, l_i, q, q1, q2,
+                _paged_rows(kc_base, bt_base, offs_n, n_ok, page_size, stride_kcb, stride_kct),
+                _paged_rows(vc_base, bt_base, offs_n, n_ok, page_size, stride_vcb, stride_vct),
+                offs_n, cache_len, offs_m * 0 + cache_len, qk_scale, kw_ptr, cos_base, sin_base, stride_rt, eps,
+                HEAD_DIM, BLOCK_D, BLOCK_N, True, PROLOGUE, False, UPCAST)
+        else:
+            acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, kc_base, vc_base, cache_full, stride_kct,
+                                       stride_vct, cache_len, offs_m * 0 + cache_len, qk_scale, kw_ptr, cos_base,
+                                       sin_base, stride_rt, eps, HEAD_DIM, BLOCK_D, BLOCK_N, True, PROLOGUE, False,
+                                       UPCAST)
 
     # Part 2: the new tokens, indexed from 0 (absolute position cache_len + j). Same three
     # ranges as the prefill kernel: unmasked, straddling (masked), invisible (skipped).
@@ -170,7 +214,12 @@ def _flash_decode_kernel(
     if write_kv != 0:
         if h % kv_group == 0:
             kn_rows = kn_base + offs_m.to(tl.int64)[:, None] * stride_knt
-            kc_rows = kc_base + (cache_len + offs_m).to(tl.int64)[:, None] * stride_kct
+            if PAGED:  # logical rows cache_len + j through the block table
+                kc_rows = _paged_rows(kc_base, bt_base, cache_len + offs_m, m_ok, page_size, stride_kcb, stride_kct)
+                vc_rows = _paged_rows(vc_base, bt_base, cache_len + offs_m, m_ok, page_size, stride_vcb, stride_vct)
+            else:
+                kc_rows = kc_base + (cache_len + offs_m).to(tl.int64)[:, None] * stride_kct
+                vc_rows = vc_base + (cache_len + offs_m).to(tl.int64)[:, None] * stride_vct
             if PROLOGUE:
                 HALF: tl.constexpr = HEAD_DIM // 2
                 offs_h = tl.arange(0, BLOCK_D // 2)
@@ -184,8 +233,7 @@ def _flash_decode_kernel(
                 tl.store(kc_rows + offs_d[None, :], k_new, mask=md_ok)
             v_new = tl.load(vn_base + offs_m.to(tl.int64)[:, None] * stride_vnt + offs_d[None, :], mask=md_ok,
                             other=0.0)
-            tl.store(vc_base + (cache_len + offs_m).to(tl.int64)[:, None] * stride_vct + offs_d[None, :], v_new,
-                     mask=md_ok)
+            tl.store(vc_rows + offs_d[None, :], v_new, mask=md_ok)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,7 +250,7 @@ def _autotuned(head_dim: int, prologue: bool):
     if key not in _AUTOTUNED:
         _AUTOTUNED[key] = triton.autotune(
             configs=[c.triton_config() for c in cuda_configs(head_dim, prologue)],
-            key=["seqlen_new", "tune_k", "group", "HEAD_DIM", "PROLOGUE"],
+            key=["seqlen_new", "tune_k", "group", "HEAD_DIM", "PROLOGUE", "PAGED"],
         )(_flash_decode_kernel)
     return _AUTOTUNED[key]
 
@@ -225,16 +273,35 @@ def decode_launch_args(
     norm_eps: float = 1e-6,
     rope_cos: torch.Tensor | None = None,
     rope_sin: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,
+    page_size: int | None = None,
     config: TileConfig | None = None,
 ) -> tuple[object, dict]:
-    """Shape checks and kernel arguments (works on meta tensors; the AOT gate uses it)."""
+    """Shape checks and kernel arguments (works on meta tensors; the AOT gate uses it).
+    Paged (``block_table`` given): the caches are pools (P, Hkv, page_size, D)."""
     B, H, Tn, D = q.shape
     _, Hkv, Tmax, _ = k_cache.shape
+    paged = block_table is not None
     if k_new.shape != (B, Hkv, Tn, D) or v_new.shape != k_new.shape:
         raise ValueError(f"k_new/v_new must be {(B, Hkv, Tn, D)}, got {tuple(k_new.shape)} / {tuple(v_new.shape)}")
-    if v_cache.shape != k_cache.shape or k_cache.shape[0] != B or k_cache.shape[3] != D:
-        raise ValueError(f"caches must be (B={B}, Hkv={Hkv}, Tmax, D={D}), got {tuple(k_cache.shape)} / "
-                         f"{tuple(v_cache.shape)}")
+    if paged:
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive int with a block table, got {page_size!r}")
+        if k_cache.shape[2] != page_size or v_cache.shape != k_cache.shape or k_cache.shape[3] != D:
+            raise ValueError(f"paged caches must be pools (P, Hkv={Hkv}, page_size={page_size}, D={D}), got "
+                             f"{tuple(k_cache.shape)} / {tuple(v_cache.shape)}")
+        if block_table.dim() != 2 or block_table.shape[0] != B or block_table.dtype != torch.int32:
+            raise ValueError(f"block_table must be int32 (B={B}, max_pages), got {block_table.dtype} "
+                             f"{tuple(block_table.shape)}")
+        if block_table.shape[1] > 1 and block_table.stride(1) != 1:
+            raise ValueError("block_table must have a contiguous last dim")
+        Tmax = block_table.shape[1] * page_size  # logical capacity of every batch row
+    else:
+        if page_size is not None:
+            raise ValueError("page_size given without a block_table")
+        if v_cache.shape != k_cache.shape or k_cache.shape[0] != B or k_cache.shape[3] != D:
+            raise ValueError(f"caches must be (B={B}, Hkv={Hkv}, Tmax, D={D}), got {tuple(k_cache.shape)} / "
+                             f"{tuple(v_cache.shape)}")
     if H % Hkv:
         raise ValueError(f"query heads {H} not a multiple of kv heads {Hkv}")
     if cache_seqlens.shape != (B,) or cache_seqlens.dtype != torch.int32:
@@ -259,7 +326,7 @@ def decode_launch_args(
     fixed = config is not None or interpreting()
     kwargs = dict(
         q_ptr=q, kn_ptr=k_new, vn_ptr=v_new, kc_ptr=k_cache, vc_ptr=v_cache, o_ptr=out, lens_ptr=cache_seqlens,
-        qw_ptr=q_norm_weight, kw_ptr=k_norm_weight, cos_ptr=rope_cos, sin_ptr=rope_sin,
+        bt_ptr=block_table, qw_ptr=q_norm_weight, kw_ptr=k_norm_weight, cos_ptr=rope_cos, sin_ptr=rope_sin,
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qt=q.stride(2),
         stride_knb=k_new.stride(0), stride_knh=k_new.stride(1), stride_knt=k_new.stride(2),
         stride_vnb=v_new.stride(0), stride_vnh=v_new.stride(1), stride_vnt=v_new.stride(2),
@@ -267,10 +334,11 @@ def decode_launch_args(
         stride_vcb=v_cache.stride(0), stride_vch=v_cache.stride(1), stride_vct=v_cache.stride(2),
         stride_ob=out.stride(0), stride_oh=out.stride(1), stride_ot=out.stride(2),
         stride_rb=rope_strides[0], stride_rt=rope_strides[1],
+        stride_btb=block_table.stride(0) if paged else 0, page_size=int(page_size) if paged else 1,
         seqlen_new=Tn, group=group, num_heads=H, kv_group=H // Hkv,
         qk_scale=scale * LOG2E, eps=norm_eps, tune_k=tune_bucket(max_cache_len),
         HEAD_DIM=D, BLOCK_D=block_d(D, prologue),
-        PROLOGUE=prologue, write_kv=int(bool(write_kv)),
+        PROLOGUE=prologue, PAGED=paged, write_kv=int(bool(write_kv)),
         UPCAST=interpreting(),
     )
     if fixed:
@@ -304,7 +372,8 @@ def flash_decode(
     k_new: torch.Tensor,  # (B, Hkv, Tn, D)
     v_new: torch.Tensor,  # (B, Hkv, Tn, D)
     k_cache: torch.Tensor,  # (B, Hkv, Tmax, D), written in place at [L_b, L_b + Tn) when write_kv
-    v_cache: torch.Tensor,  # (B, Hkv, Tmax, D)
+    #                         (paged: (P, Hkv, page_size, D) page pool)
+    v_cache: torch.Tensor,  # (B, Hkv, Tmax, D) (paged: (P, Hkv, page_size, D))
     cache_seqlens: torch.Tensor,  # (B,) int32 valid cache rows L_b before this step
     *,
     frame_tokens: int,
@@ -317,18 +386,30 @@ def flash_decode(
     norm_eps: float = 1e-6,
     rope_cos: torch.Tensor | None = None,
     rope_sin: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,  # (B, max_pages) int32: logical page -> pool page
+    page_size: int | None = None,  # rows per page (paged only)
     config: TileConfig | None = None,
 ) -> torch.Tensor:  # (B, H, Tn, D)
     """One decode step for a batch of sessions with uneven cache lengths (see module docstring).
     ``cache_seqlens`` is not advanced (the caller owns it). Pass ``max_cache_len`` (an upper bound
     of ``cache_seqlens``) to skip the capacity check's device sync on CUDA. The caches must not
-    be strided views with a non-contiguous head dim (they are written in place)."""
+    be strided views with a non-contiguous head dim (they are written in place).
+
+    Paged: with ``block_table`` the caches are page pools (P, Hkv, page_size, D) and logical row
+    r of batch row b is pool row ``r % page_size`` of page ``block_table[b, r // page_size]``.
+    Batch rows may share pages (e.g. the two CFG branches of one session) as long as at most one
+    of them writes (``write_kv``) a given row. Page ids are not bounds-checked by the kernel."""
     q = check_qkv_layout("q", q, 4)
     k_new = check_qkv_layout("k_new", k_new, 4)
     v_new = check_qkv_layout("v_new", v_new, 4)
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if c.dim() != 4 or c.stride(-1) != 1:
-            raise ValueError(f"{name} must be (B, Hkv, Tmax, D) with a contiguous head dim")
+            raise ValueError(f"{name} must be (B, Hkv, Tmax, D) or a (P, Hkv, page_size, D) pool with a contiguous "
+                             f"head dim")
+    if block_table is not None:
+        block_table = block_table.to(device=q.device, dtype=torch.int32)
+        if block_table.dim() == 2 and block_table.stride(-1) != 1:
+            block_table = block_table.contiguous()
     if (q_norm_weight is not None or rope_cos is not None) and write_kv and _overlaps(k_new, k_cache):
         # k_new would be read (and transformed) by some programs after others wrote the
         # transformed rows into the same memory.
@@ -343,7 +424,7 @@ def flash_decode(
         q, k_new, v_new, k_cache, v_cache, cache_seqlens, out,
         group=mask_group(mask, frame_tokens), max_cache_len=max_cache_len, scale=scale, write_kv=write_kv,
         q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps,
-        rope_cos=rope_cos, rope_sin=rope_sin, config=config,
+        rope_cos=rope_cos, rope_sin=rope_sin, block_table=block_table, page_size=page_size, config=config,
     )
     _launch(grid, kwargs)
     return out

@@ -1,13 +1,14 @@
 """The dynamics world model: autoencoder, causal latent-frame transformer, few-step sampler.
 
-Public API (the serving engine depends on exactly this)::
+Public API (the serving engine depends on the declared model interface,
+``worldserve.dynamics.interface.DynamicsModel``, which ``WorldModel`` implements)::
 
-    from worldserve.dynamics.model import WorldModel, WorldModelConfig, KVCache
+    from worldserve.dynamics.model import WorldModel, WorldModelConfig, PagedState
 """
 
 from .config import WorldModelConfig
-from .kv_cache import KVCache
+from .kv_cache import PagedState, PagePool
 from .sampler import noise_seed
 from .world_model import WorldModel
 
-__all__ = ["KVCache", "WorldModel", "WorldModelConfig", "noise_seed"]
+__all__ = ["PagePool", "PagedState", "WorldModel", "WorldModelConfig", "noise_seed"]

@@ -2,7 +2,9 @@
 
 Every attention in the model goes through :func:`attention` (one sequence layout, padded batch)
 or :func:`attention_varlen` (ragged batch of sessions, packed); :func:`attention_decode` is the
-fused decode step against a padded KV cache. Mask kinds:
+fused decode step against a padded or a paged KV cache (a pool of pages named per session by a
+block table). :func:`resolve_backend` says which backend a call will take; :func:`last_decode` /
+:func:`decode_counts` say which decode backend and kernel actually ran. Mask kinds:
 
 - ``"full"``: every query sees every key.
 - ``"causal"``: token-level causal; query at absolute position p sees keys at positions <= p.
@@ -44,6 +46,7 @@ not per thread: it is meant for tests and benchmarks).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import os
@@ -362,7 +365,8 @@ def attention_decode(
     k_new: torch.Tensor,  # (B, H, Tn, D)
     v_new: torch.Tensor,  # (B, H, Tn, D)
     k_cache: torch.Tensor,  # (B, H, Tmax, D) rows [0, cache_seqlens[b]) valid; written in place
-    v_cache: torch.Tensor,  # (B, H, Tmax, D)
+    #                         (paged: (P, H, page_size, D) page pool)
+    v_cache: torch.Tensor,  # (B, H, Tmax, D) (paged: (P, H, page_size, D))
     cache_seqlens: torch.Tensor,  # (B,) int32 valid cache rows before this step
     *,
     frame_tokens: int,
@@ -375,13 +379,32 @@ def attention_decode(
     norm_eps: float = 1e-6,
     rope_cos: torch.Tensor | None = None,  # (B, Tn, D/2) angles of the new tokens
     rope_sin: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,  # (B, max_pages) int32: logical page -> pool page
+    page_size: int | None = None,  # cache rows per page (paged only)
+    gather_cache: dict | None = None,
 ) -> torch.Tensor:  # (B, H, Tn, D)
     """One decode step for sessions with uneven cache lengths: the new queries attend to each
     session's cached rows and to the new keys (mask kind applied at absolute positions); with
     ``write_kv`` the new keys (after the prologue) and values are stored at rows
-    ``[L_b, L_b + Tn)`` of the caches. ``cache_seqlens`` is not advanced."""
+    ``[L_b, L_b + Tn)`` of the caches. ``cache_seqlens`` is not advanced.
+
+    Paged caches: with ``block_table`` (and ``page_size``), ``k_cache``/``v_cache`` are pools of
+    pages ``(P, H, page_size, D)``; logical row ``r`` of batch row ``b`` is row ``r % page_size`` of
+    page ``block_table[b, r // page_size]``, for reads and for the K/V write. Batch rows may share
+    pages (CFG's two branches of one session) when at most one of them writes.
+
+    ``gather_cache`` (paged, SDPA reference only; the kernel ignores it): a dict in which the
+    reference keeps each session's pages gathered into contiguous buffers. Pass the same dict to
+    calls that read the same pool while the pages they read (rows ``< L_b``) do not change -- e.g.
+    one dict per layer for all passes of one model step -- to gather once instead of per call.
+
+    Which backend and kernel ran is recorded: :func:`last_decode` and :func:`decode_counts`
+    (see also :func:`resolve_backend`)."""
     if mask not in MASK_KINDS:
         raise ValueError(f"unknown mask kind {mask!r}; expected one of {MASK_KINDS}")
+    if (block_table is None) != (page_size is None):
+        raise ValueError("pass both block_table and page_size (paged cache), or neither")
+    paged = block_table is not None
     if _use_triton(q, q.shape[-1], q.shape[-2] == 0):
         from worldserve.dynamics.kernels.flash_decode import flash_decode
 
@@ -393,24 +416,37 @@ def attention_decode(
             k_new = qk_prologue_reference(k_new, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
                                         rope_sin=rope_sin)
             pro = {}
+        pg = dict(block_table=block_table, page_size=page_size) if paged else {}
         out = _guarded(lambda: flash_decode(q, k_new, v_new, k_cache, v_cache, cache_seqlens, frame_tokens=frame_tokens,
                                             mask=mask, scale=scale, write_kv=write_kv, max_cache_len=max_cache_len,
-                                            **pro))
+                                            **pg, **pro))
         if out is not None:
+            _record_decode("triton", decode_kernel_name("triton", paged))
             return out
-    return attention_decode_reference(
+    out = attention_decode_reference(
         q, k_new, v_new, k_cache, v_cache, cache_seqlens, frame_tokens=frame_tokens, mask=mask, scale=scale,
         write_kv=write_kv, q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps,
-        rope_cos=rope_cos, rope_sin=rope_sin,
+        rope_cos=rope_cos, rope_sin=rope_sin, block_table=block_table, page_size=page_size, gather_cache=gather_cache,
     )
+    _record_decode("sdpa", decode_kernel_name("sdpa", paged))
+    return out
+
+
+def _sees_everything(tq: int, q_start: int, tk: int, frame_tokens: int, mask: str) -> bool:
+    """True when every query (absolute positions q_start .. q_start + tq - 1) sees all tk keys."""
+    if mask == "full":
+        return True
+    if mask == "causal":
+        return q_start >= tk - 1
+    return (q_start // frame_tokens + 1) * frame_tokens >= tk
 
 
 def attention_decode_reference(
     q: torch.Tensor,  # (B, H, Tn, D)
     k_new: torch.Tensor,  # (B, Hkv, Tn, D)
     v_new: torch.Tensor,  # (B, Hkv, Tn, D)
-    k_cache: torch.Tensor,  # (B, Hkv, Tmax, D)
-    v_cache: torch.Tensor,  # (B, Hkv, Tmax, D)
+    k_cache: torch.Tensor,  # (B, Hkv, Tmax, D) (paged: (P, Hkv, page_size, D))
+    v_cache: torch.Tensor,  # (B, Hkv, Tmax, D) (paged: (P, Hkv, page_size, D))
     cache_seqlens: torch.Tensor,  # (B,) valid cache rows before this step
     *,
     frame_tokens: int,
@@ -422,25 +458,143 @@ def attention_decode_reference(
     norm_eps: float = 1e-6,
     rope_cos: torch.Tensor | None = None,
     rope_sin: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,  # (B, max_pages) int32
+    page_size: int | None = None,
+    gather_cache: dict | None = None,  # see attention_decode
     **_ignored,  # launch options of the kernel (max_cache_len, config)
 ) -> torch.Tensor:  # (B, H, Tn, D)
-    """Per-session loop: prologue, cache + new keys, SDPA with an explicit boolean mask, then the
-    new (transformed) keys and values written into the cache."""
+    """Per-session loop: prologue, cache + new keys, SDPA with an explicit boolean mask (none when
+    every new query sees every key, which is the decode case of ``frame_causal`` with a whole new
+    frame), then the new (transformed) keys and values written into the cache.
+
+    Paged: each session's valid rows are gathered from its pages (once per distinct
+    ``(block table row, length)`` in the call, so CFG branches sharing a session gather once) and
+    the new rows are scattered into the pages the table names."""
     B, _, Tn, _ = q.shape
     out = torch.empty_like(q)
+    paged = block_table is not None
+    if paged:
+        if (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1
+                or k_cache.shape[2] != page_size or v_cache.shape != k_cache.shape):
+            raise ValueError(f"paged caches must be pools (P, Hkv, page_size={page_size!r}, D), got "
+                             f"{tuple(k_cache.shape)} / {tuple(v_cache.shape)}")
+        if block_table.dim() != 2 or block_table.shape[0] != B:
+            raise ValueError(f"block_table must be (B={B}, max_pages), got {tuple(block_table.shape)}")
+        capacity = block_table.shape[1] * page_size
+        bt = block_table.to(device=k_cache.device, dtype=torch.long)
+        bt_rows = block_table.tolist()
+        n_pool = k_cache.shape[0]
+    else:
+        capacity = k_cache.shape[2]
+    gathered: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {} if gather_cache is None else gather_cache
+    # the prologue is elementwise per row: batched once, the same numbers as per session
+    qp = qk_prologue_reference(q, norm_weight=q_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos, rope_sin=rope_sin)
+    kp = qk_prologue_reference(k_new, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
+                               rope_sin=rope_sin)
     for b, L in enumerate(cache_seqlens.tolist()):
-        if L + Tn > k_cache.shape[2]:
-            raise ValueError(f"cache too small: {L} cached + {Tn} new > capacity {k_cache.shape[2]}")
-        rope = {}
-        if rope_cos is not None:
-            rope = dict(rope_cos=rope_cos[b : b + 1], rope_sin=rope_sin[b : b + 1])
-        qb = qk_prologue_reference(q[b : b + 1], norm_weight=q_norm_weight, norm_eps=norm_eps, **rope)
-        kb = qk_prologue_reference(k_new[b : b + 1], norm_weight=k_norm_weight, norm_eps=norm_eps, **rope)
-        keys = torch.cat((k_cache[b : b + 1, :, :L], kb), dim=2)
-        vals = torch.cat((v_cache[b : b + 1, :, :L], v_new[b : b + 1]), dim=2)
-        out[b : b + 1] = attention_reference(qb, keys, vals, frame_tokens=frame_tokens, mask=mask, q_start=L,
+        if L + Tn > capacity:
+            raise ValueError(f"cache too small: {L} cached + {Tn} new > capacity {capacity}")
+        qb, kb = qp[b : b + 1], kp[b : b + 1]
+        if paged:
+            n_pages = -(-(L + Tn) // page_size)
+            used = bt_rows[b][:n_pages]
+            if any(not 0 <= p < n_pool for p in used):
+                raise ValueError(f"block_table[{b}] names pages outside the pool of {n_pool}: {used}")
+            n_read = -(-L // page_size)
+            key = (k_cache.data_ptr(), v_cache.data_ptr(), tuple(used[:n_read]), L, Tn)
+            if key not in gathered:
+                # the session's pages, gathered once per call into (n_read * page + Tn, Hkv, D)
+                # buffers (token-major, like a (P, page, Hkv, D) pool); rows [L, L + Tn) are then
+                # overwritten by each batch row's new keys. SDPA takes the transposed view.
+                idx = bt[b, :n_read]
+                bufs = []
+                for cache in (k_cache, v_cache):
+                    buf = cache.new_empty(n_read * page_size + Tn, cache.shape[1], cache.shape[3])
+                    dst = buf[: n_read * page_size].view(n_read, page_size, cache.shape[1], cache.shape[3])
+                    rows_major = cache.transpose(1, 2)  # (P, page, Hkv, D)
+                    if rows_major.is_contiguous():  # token-major pool: one gather straight into the buffer
+                        torch.index_select(rows_major, 0, idx, out=dst)
+                    else:
+                        dst.copy_(cache.index_select(0, idx).transpose(1, 2))
+                    bufs.append(buf)
+                gathered[key] = tuple(bufs)
+            kbuf, vbuf = gathered[key]
+            kbuf[L : L + Tn] = kb[0].transpose(0, 1)
+            vbuf[L : L + Tn] = v_new[b].transpose(0, 1)
+            keys, vals = kbuf[: L + Tn].transpose(0, 1)[None], vbuf[: L + Tn].transpose(0, 1)[None]
+        else:
+            keys = torch.cat((k_cache[b : b + 1, :, :L], kb), dim=2)
+            vals = torch.cat((v_cache[b : b + 1, :, :L], v_new[b : b + 1]), dim=2)
+        m = "full" if _sees_everything(Tn, L, L + Tn, frame_tokens, mask) else mask
+        out[b : b + 1] = attention_reference(qb, keys, vals, frame_tokens=frame_tokens, mask=m, q_start=L,
                                              scale=scale)
         if write_kv:
-            k_cache[b, :, L : L + Tn] = kb[0]
-            v_cache[b, :, L : L + Tn] = v_new[b]
+            if paged:
+                rows = torch.arange(L, L + Tn, device=k_cache.device)
+                pages, within = bt[b, rows // page_size], rows % page_size
+                k_cache[pages, :, within] = kb[0].transpose(0, 1)  # (Tn, Hkv, D)
+                v_cache[pages, :, within] = v_new[b].transpose(0, 1)
+            else:
+                k_cache[b, :, L : L + Tn] = kb[0]
+                v_cache[b, :, L : L + Tn] = v_new[b]
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Which backend / kernel serves a call (the engine's metrics and GetModelInfo report it).
+
+_decode_counts: collections.Counter = collections.Counter()
+_last_decode: tuple[str, str] | None = None
+
+
+def decode_kernel_name(backend: str, paged: bool) -> str:
+    """The name :func:`attention_decode` records for a backend: ``"flash_decode_paged"`` or
+    ``"flash_decode"`` (Triton, paged or not), ``"sdpa"`` (the torch reference, either layout)."""
+    if backend == "triton":
+        return "flash_decode_paged" if paged else "flash_decode"
+    return "sdpa"
+
+
+def _record_decode(backend: str, kernel: str) -> None:
+    global _last_decode
+    _last_decode = (backend, kernel)
+    _decode_counts[(backend, kernel)] += 1
+
+
+def last_decode() -> tuple[str, str] | None:
+    """``(backend, kernel)`` of the most recent :func:`attention_decode` call in this process
+    (``("triton", "flash_decode_paged")``, ``("sdpa", "sdpa")``, ...), None before the first.
+    Reflects what actually ran, including an auto-mode fallback to SDPA after a Triton failure."""
+    return _last_decode
+
+
+def decode_counts() -> dict[tuple[str, str], int]:
+    """Snapshot of how many :func:`attention_decode` calls ran per ``(backend, kernel)`` in this
+    process (monotonic; take differences around a region to count it)."""
+    return dict(_decode_counts)
+
+
+def resolve_backend(
+    q: torch.Tensor | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    head_dim: int | None = None,
+) -> str:
+    """The backend (``"triton"`` or ``"sdpa"``) the attention functions pick right now for queries
+    like ``q`` -- or, without a tensor, on ``device`` in ``dtype`` with ``head_dim`` -- under the
+    current setting (``use_backend`` / ``WORLDSERVE_ATTENTION`` / auto rules, including auto's
+    switch to SDPA after a Triton failure). A forced ``"triton"`` reports ``"triton"`` even where
+    the call itself would raise (CPU tensors without ``TRITON_INTERPRET=1``)."""
+    if q is not None:
+        is_cuda, dt, hd = q.is_cuda, q.dtype, q.shape[-1] if head_dim is None else head_dim
+    else:
+        if device is None or dtype is None or head_dim is None:
+            raise ValueError("pass a query tensor, or device, dtype and head_dim")
+        is_cuda, dt, hd = torch.device(device).type == "cuda", dtype, head_dim
+    backend = current_backend()
+    if backend != "auto":
+        return backend
+    auto = (is_cuda and _triton_failed is None and dt in _AUTO_DTYPES and hd in _AUTO_HEAD_DIMS
+            and _triton_installed())
+    return "triton" if auto else "sdpa"

@@ -1,56 +1,124 @@
-"""Per-session KV cache of past frames.
+"""Per-session KV state in a preallocated page pool.
+
+The model owns one pool of pages per loaded model (:class:`PagePool`): for every layer a key and a
+value tensor of shape ``(P, H, F, D)`` (views of one allocation), one page per frame of
+``F = frame_tokens`` tokens. A session's state (:class:`PagedState`) is a list of
+``context_frames`` page ids: its valid frames, oldest first, then a spare page. ``prefill`` takes
+them from the free list (or raises :class:`~worldserve.dynamics.interface.StateMemoryFull`), every
+``step`` writes the new frame's keys/values straight into the spare page (the decode kernel does it
+in the attention launch), and once the window is full the oldest page becomes the spare: the page
+list rotates, nothing is copied. Nothing is repacked per step: the decode kernel reads each
+session's pages through a block table.
 
 The cache is *streaming*: each frame's keys and values are computed once, by the commit pass right
 after the frame is sampled, while it attended to the (at most ``context_frames - 1``) frames before
 it, and are never recomputed. Keys carry RoPE of their absolute frame index, and RoPE makes scores
-depend only on frame offsets, so cached keys stay valid as the window slides.
+depend only on frame offsets, so cached keys stay valid as the window slides (and their order in
+the page list does not matter for attention over the whole window).
 
-Consequence for rebuilding a cache from a stored latent window (``WorldModel.prefill``): while the
+Consequence for rebuilding a state from a stored latent window (``WorldModel.prefill``): while the
 session is young (every stored frame saw its full history, i.e. the window starts at step 0) the
-rebuilt cache equals the streamed one up to float rounding. Once older frames have slid out, the
+rebuilt state equals the streamed one up to float rounding. Once older frames have slid out, the
 oldest frames of the window originally attended to frames that are gone, so a re-prefill is a close
 approximation, not bitwise equal.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 
+_pool_ids = itertools.count(1)
 
-@dataclass
-class KVCache:
-    """Keys/values of one session's past frames, oldest first.
 
-    ``k[l]`` and ``v[l]`` are layer ``l``'s tensors of shape (H, n_frames * frame_tokens, D).
-    ``last_step`` is the absolute step index of the newest cached frame (-1 when empty); the
-    cached frames are steps ``last_step - n_frames + 1 .. last_step``.
-    """
+class PagePool:
+    """Key/value pages of every layer. ``k(layer)`` / ``v(layer)`` are ``(P, H, F, D)`` views (the
+    layout the attention API takes) of one token-major allocation ``kv`` of shape
+    ``(n_layers, 2, P, F, H, D)``: a page is a frame's ``(F, H, D)`` keys, exactly the layout the
+    transformer produces them in, so prefill writes pages without a transpose and the CPU
+    reference gathers a session's pages with one copy; the decode kernel reads rows of ``D``
+    contiguous elements either way. Allocated with ``torch.empty``: on CPU untouched pages cost no
+    resident memory. Page ids are handed out lowest first. Thread-safe allocation and release."""
 
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
+    def __init__(self, n_layers: int, n_heads: int, frame_tokens: int, head_dim: int, n_pages: int,
+                 device: torch.device | str, dtype: torch.dtype):
+        if n_pages < 1:
+            raise ValueError(f"a page pool needs at least one page, got {n_pages}")
+        if n_pages > 2**31 - 1:
+            raise ValueError(f"too many pages for int32 block tables: {n_pages}")
+        self.id = next(_pool_ids)
+        self.kv = torch.empty(n_layers, 2, n_pages, frame_tokens, n_heads, head_dim, device=device, dtype=dtype)
+        self.n_pages = n_pages
+        self.page_nbytes = 2 * n_layers * n_heads * frame_tokens * head_dim * self.kv.element_size()
+        self._free = list(range(n_pages - 1, -1, -1))  # pop() -> lowest id first
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return self.kv.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.kv.dtype
+
+    def k(self, layer: int) -> torch.Tensor:  # (P, H, F, D) view
+        return self.kv[layer, 0].transpose(1, 2)
+
+    def v(self, layer: int) -> torch.Tensor:  # (P, H, F, D) view
+        return self.kv[layer, 1].transpose(1, 2)
+
+    @property
+    def free_pages(self) -> int:
+        return len(self._free)
+
+    @property
+    def used_pages(self) -> int:
+        return self.n_pages - len(self._free)
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_pages * self.page_nbytes
+
+    def alloc(self, n: int) -> list[int] | None:
+        """``n`` free page ids, or None when fewer are free (nothing taken then)."""
+        with self._lock:
+            if len(self._free) < n:
+                return None
+            return [self._free.pop() for _ in range(n)]
+
+    def release(self, pages: list[int]) -> None:
+        with self._lock:
+            self._free.extend(reversed(sorted(pages)))
+
+
+def _release_pages(pool_ref: "weakref.ref[PagePool]", pages: tuple[int, ...]) -> None:
+    pool = pool_ref()
+    if pool is not None:
+        pool.release(list(pages))
+
+
+@dataclass(eq=False)
+class PagedState:
+    """One session's KV state: opaque to the engine, owned by the model that made it.
+
+    ``pages`` holds ``context_frames`` page ids of the model's pool: ``pages[:n_frames]`` are the
+    cached frames, oldest first (steps ``first_step .. last_step``), the rest are spare; the next
+    committed frame goes to ``pages[n_frames]``. The set of pages never changes while the state
+    lives (only their order, when the window slides); ``WorldModel.release_state`` returns them
+    (and so does garbage collection of a dropped state)."""
+
+    pages: list[int]
     frame_tokens: int
+    page_nbytes: int
+    pool_id: int
     n_frames: int = 0
     last_step: int = -1
-    max_frames: int | None = field(default=None)  # window bound; None = unbounded
-
-    @classmethod
-    def empty(
-        cls,
-        n_layers: int,
-        n_heads: int,
-        head_dim: int,
-        frame_tokens: int,
-        *,
-        max_frames: int | None = None,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> "KVCache":
-        def z() -> torch.Tensor:
-            return torch.zeros(n_heads, 0, head_dim, device=device, dtype=dtype)
-
-        return cls([z() for _ in range(n_layers)], [z() for _ in range(n_layers)], frame_tokens, 0, -1, max_frames)
+    released: bool = False
+    _finalizer: weakref.finalize | None = field(default=None, repr=False)
 
     @property
     def first_step(self) -> int:
@@ -58,59 +126,35 @@ class KVCache:
         return self.last_step - self.n_frames + 1
 
     @property
-    def n_layers(self) -> int:
-        return len(self.k)
-
-    @property
     def n_tokens(self) -> int:
         return self.n_frames * self.frame_tokens
 
     @property
-    def device(self) -> torch.device:
-        return self.k[0].device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.k[0].dtype
-
-    @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+        """Bytes of pool memory the state holds (all its pages, spare included); 0 once released."""
+        return 0 if self.released else len(self.pages) * self.page_nbytes
 
-    def append(self, k_new: list[torch.Tensor], v_new: list[torch.Tensor], n_frames: int, last_step: int) -> None:
-        """Append ``n_frames`` consecutive frames ending at ``last_step`` (per layer (H, n*F, D)),
-        sliding the window down to ``max_frames`` in the same copy."""
-        if self.n_frames and last_step - n_frames != self.last_step:
-            raise ValueError(
-                f"frames ending at step {last_step} do not follow the cache's last step {self.last_step}"
-            )
-        total = self.n_frames + n_frames
-        keep = total if self.max_frames is None else min(total, self.max_frames)
-        start = (total - keep) * self.frame_tokens  # token offset into [old ++ new]
-        for layer in range(self.n_layers):
-            old_k, old_v = self.k[layer], self.v[layer]
-            if start >= old_k.shape[1]:  # everything old slides out
-                s = start - old_k.shape[1]
-                self.k[layer], self.v[layer] = k_new[layer][:, s:].contiguous(), v_new[layer][:, s:].contiguous()
-            else:
-                self.k[layer] = torch.cat([old_k[:, start:], k_new[layer]], dim=1)  # (H, keep*F, D)
-                self.v[layer] = torch.cat([old_v[:, start:], v_new[layer]], dim=1)
-        self.n_frames = keep
-        self.last_step = last_step
+    def _release(self) -> None:
+        if not self.released:
+            self.released = True
+            if self._finalizer is not None:
+                self._finalizer()
 
-    def trim(self, max_frames: int) -> None:
-        """Drop the oldest frames so that at most ``max_frames`` remain (views; no copy)."""
-        if max_frames < 0:
-            raise ValueError(f"max_frames must be >= 0, got {max_frames!r}")
-        drop = self.n_frames - max_frames
-        if drop <= 0:
-            return
-        start = drop * self.frame_tokens
-        self.k = [t[:, start:] for t in self.k]
-        self.v = [t[:, start:] for t in self.v]
-        self.n_frames = max_frames
+    def _advance(self, step: int) -> None:
+        """The frame at ``step`` was written into ``pages[n_frames]``: make it valid; once the
+        window is full, the oldest page becomes the spare (rotate the list; no copy)."""
+        if self.n_frames < len(self.pages) - 1:
+            self.n_frames += 1
+        else:
+            self.pages = self.pages[1:] + self.pages[:1]
+        self.last_step = step
 
-    def clone(self) -> "KVCache":
-        """Deep copy (fork a session without re-prefilling)."""
-        return KVCache([t.clone() for t in self.k], [t.clone() for t in self.v], self.frame_tokens,
-                       self.n_frames, self.last_step, self.max_frames)
+
+def new_state(pool: PagePool, n_pages: int, frame_tokens: int) -> PagedState | None:
+    """A fresh state holding ``n_pages`` pages of ``pool``, or None when the pool is full."""
+    pages = pool.alloc(n_pages)
+    if pages is None:
+        return None
+    st = PagedState(pages=pages, frame_tokens=frame_tokens, page_nbytes=pool.page_nbytes, pool_id=pool.id)
+    st._finalizer = weakref.finalize(st, _release_pages, weakref.ref(pool), tuple(pages))
+    return st

@@ -108,12 +108,17 @@ class Block(nn.Module):
         self.norm2 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
+    def qkv_raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, T, H, D) before QK-norm and RoPE (strided views of one projection)."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.n_heads, self.head_dim).unbind(2)  # (B, T, H, D)
+        return q, k, v
+
     def qkv_heads(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normed + rotated q, k and plain v, each (B, T, H, D), from the residual stream x (B, T, C)."""
-        B, T, _ = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.n_heads, self.head_dim).unbind(2)  # (B, T, H, D)
+        q, k, v = self.qkv_raw(x)
         q, k = qk_rmsnorm(q, k, self.q_norm, self.k_norm, self.eps)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
@@ -175,14 +180,15 @@ class DynamicsTransformer(nn.Module):
         v = v.view(B, -1, c.frame_tokens, c.latent_channels).transpose(2, 3)  # (B, T, Cl, F)
         return v.reshape(B, -1, c.latent_channels, c.latent_height, c.latent_width)
 
-    def rope(self, frame_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) absolute frame indices -> cos, sin (B, T*F, D/2), one position per token.
+    def rope(self, frame_index: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) absolute frame indices -> cos, sin (B, T*F, D/2), one position per token, in
+        ``dtype`` (default: the parameters' dtype; the fused attention prologue takes fp32 tables).
 
         Without ``spatial_rope`` all tokens of a frame share the frame's angles. With it, the first
         D/4 pairs rotate by the frame index and the last D/4 by the token's row (D/8) and column
         (D/8) in the latent grid; the frame-index part uses head_dim/2 as its "head dim" so its
         frequencies span the same range."""
-        c, dt = self.cfg, self.head.weight.dtype
+        c, dt = self.cfg, self.head.weight.dtype if dtype is None else dtype
         F_ = c.frame_tokens
         if not c.spatial_rope:
             cos, sin = rope_cos_sin(frame_index, c.head_dim, c.rope_theta, dt)
@@ -208,19 +214,32 @@ class DynamicsTransformer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, C) embedded tokens
-        cos: torch.Tensor,  # (B, T, D/2)
-        sin: torch.Tensor,  # (B, T, D/2)
+        cos: torch.Tensor | None,  # (B, T, D/2); unused with fused_prologue
+        sin: torch.Tensor | None,  # (B, T, D/2)
         attend: AttendFn,
         need_output: bool = True,
+        fused_prologue: bool = False,
     ) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Run the blocks. Returns (velocity tokens (B, T, C) or None, per-layer (k, v) each (B, T, H, D)).
 
         ``need_output=False`` (prefill, cache commit) stops after the last layer's k/v: its
         attention, MLP and the head would only feed an output nobody reads.
+
+        ``fused_prologue=True`` (the served decode path): ``attend`` gets the *raw* q and k (before
+        QK-norm and RoPE) and applies them itself (``attention_decode`` fuses them into the kernel
+        and stores the keys in the KV cache); no (k, v) are returned, and with ``need_output=False``
+        the last layer's ``attend`` still runs (it is what writes that layer's keys/values).
         """
         kvs: list[tuple[torch.Tensor, torch.Tensor]] = []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
+            if fused_prologue:
+                q, k, v = block.qkv_raw(x)  # (B, T, H, D) each, before QK-norm / RoPE
+                out = attend(i, q, k, v)
+                if i == last and not need_output:
+                    return None, kvs
+                x = block.finish(x, out)
+                continue
             q, k, v = block.qkv_heads(x, cos, sin)  # (B, T, H, D) each
             kvs.append((k, v))
             if i == last and not need_output:

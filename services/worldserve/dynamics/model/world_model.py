@@ -1,28 +1,43 @@
 """WorldModel: autoencoder + causal latent-frame transformer + few-step action-guided sampler.
 
-The serving engine depends on exactly this surface (it knows nothing of gRPC or Redis):
+It implements the declared model interface (:class:`worldserve.dynamics.interface.DynamicsModel`);
+the serving engine depends on exactly that surface (it knows nothing of gRPC or Redis):
 
-    model = WorldModel.from_pretrained(path)           # or WorldModel.random(config, seed)
-    z0 = model.encode(first_frame)                     # (1, H, W, 3) uint8 -> (1, C, h, w)
-    cache = model.prefill(z0, model.null_action()[None], first_step=0)
-    z1 = model.step([cache], model.action_vector(["left"])[None], seeds=[seed], steps=[1])
+    model = WorldModel.load(path, device="cuda", dtype=torch.bfloat16)   # or WorldModel.random(config, seed)
+    model.configure_state_pool(4 << 30)                # bytes of KV pages (optional; default 1 GiB CUDA / 2 GiB CPU)
+    z0 = model.encode(first_frame)                     # (1, H, W, 3) uint8 -> (1, C, h, w) float32 CPU
+    state = model.prefill(z0, model.null_action()[None], first_step=0)   # may raise StateMemoryFull
+    z1 = model.step([state], model.action_vector(["left"])[None], seeds=[seed], steps=[1])
     frame = model.decode(z1)                           # (1, H, W, 3) uint8
+    model.release_state(state)                         # pages back to the pool (idempotent)
 
-One ``step`` makes one new frame per session for a batch of sessions whose caches have different
-lengths: linear layers run batched over all sessions (and over the cond/uncond CFG branches), and
-attention runs ragged through ``attention_varlen``. Each new frame:
+Per-session state is a :class:`~.kv_cache.PagedState`: ``context_frames`` pages (one frame of
+keys/values each, for every layer) of a page pool the model preallocates. One ``step`` makes one
+new frame per session for a batch of sessions whose windows have different lengths: linear layers
+run batched over all sessions (and over the cond/uncond CFG branches), and attention runs through
+``attention_decode`` against the pool with a block table (one row per session; both CFG copies of
+a session share its row), with QK RMSNorm + RoPE fused into the attention call. On CUDA in
+fp16/bf16 that is the Triton paged decode kernel (prologue fused on load, the new frame's K/V
+written into the session's spare page in the same launch); on CPU the torch SDPA reference runs
+the same code path. Nothing is repacked per step. Each new frame:
 
 1. starts from Gaussian noise seeded by (session seed, absolute step), independent of the batch;
-2. takes ``sample_steps`` Euler steps of the rectified flow; each step runs the conditional branch
-   (real action) and the unconditional one (learned null action) as one batch and mixes them with
-   ``v = v_uncond + g * (v_cond - v_uncond)``; the new frame's tokens attend to the cached past
-   frames and to themselves;
+2. takes ``sample_steps`` Euler steps of the rectified flow (the sampler state is float32 whatever
+   the model dtype); each step runs the conditional branch (real action) and the unconditional one
+   (learned null action) as one batch and mixes them with ``v = v_uncond + g * (v_cond - v_uncond)``;
+   the new frame's tokens attend to the cached past frames and to themselves (``write_kv=False``);
 3. is *committed*: one more pass over the clean latent (t = 0, real action) computes its keys and
-   values, which are appended to the session's cache (window: ``context_frames - 1`` past frames).
+   values and writes them into the session's spare page (``write_kv=True``); once the window
+   (``context_frames - 1`` past frames) is full the oldest page becomes the spare.
 
 Event conditioning (``model.events_supported``): ``prefill(..., events=[...])`` and
 ``step(..., events=[...])`` take the event text in force for each frame ("" or None = none); a
 small byte-level text encoder (``events.py``) embeds it and adds it to the frame's conditioning.
+
+Dtypes: ``from_pretrained``/``load`` put the transformer in the requested dtype (bf16 on CUDA is
+the served setting) and keep the autoencoder and the event encoder in float32 (they are small,
+and bf16 convs visibly band decoded frames). Latents and frames handed back are float32 / uint8
+on the CPU.
 """
 
 from __future__ import annotations
@@ -34,103 +49,52 @@ import operator
 import os
 import threading
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .attention import attention, attention_varlen
+from ..interface import ActionSpace, ModelInfo, Runtime, StateMemoryFull
+from .attention import (
+    attention,
+    attention_decode,
+    attention_varlen,
+    decode_kernel_name,
+    last_decode,
+    resolve_backend,
+)
 from .autoencoder import Autoencoder, ResBlock
 from .config import WorldModelConfig
 from .events import EventEncoder, normalize_event
-from .kv_cache import KVCache
+from .kv_cache import PagedState, PagePool, new_state
 from .sampler import cfg_combine, euler_step, initial_noise, time_grid
 from .transformer import DynamicsTransformer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
+# Default byte budget of the KV page pool when ``configure_state_pool`` was not called.
+DEFAULT_POOL_BYTES = {"cuda": 1 << 30, "cpu": 2 << 30}
 
-class _Workspace:
-    """Packed K/V buffers reused across ``step`` calls.
-
-    On CPU a fresh multi-MB tensor is mmapped and page-faulted in on every call: packing a batch of
-    32 caches into new buffers measured ~25x slower than copying into reused ones. The buffers grow
-    to the largest batch seen; ``WorldModel.clear_workspace()`` frees them.
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[str, torch.Tensor] = {}
-        self.lock = threading.Lock()  # one step/prefill at a time uses the buffers
-
-    def __reduce__(self):  # deepcopy/pickle of the model get a fresh, empty workspace
-        return (_Workspace, ())
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        n = math.prod(shape)
-        buf = self._bufs.get(name)
-        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
-            buf = self._bufs[name] = torch.empty(n, dtype=dtype, device=device)
-        return buf[:n].view(shape)
+_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+                "fp16": torch.float16, "half": torch.float16}
 
 
-class _RaggedBatch:
-    """``groups`` copies of N sessions' caches, packed for ``attention_varlen``, each followed by
-    ``frame_tokens`` free rows where the new frame's keys/values are written on every pass.
-
-    Sequence b = g * N + i is copy g (0 = conditional, 1 = unconditional) of session i, so the
-    conditional sequences come first and the commit pass can use a prefix of the same buffers.
-    The cache part is copied once per ``step`` call, not once per sampler pass.
-    """
-
-    def __init__(self, caches: Sequence[KVCache], groups: int, frame_tokens: int, workspace: _Workspace):
-        n_layers, dev, dt = caches[0].n_layers, caches[0].device, caches[0].dtype
-        H, D = caches[0].k[0].shape[0], caches[0].k[0].shape[2]
-        self.F = frame_tokens
-        seqs = [c for _ in range(groups) for c in caches]
-        past = [c.n_tokens for c in seqs]
-        cu_k = [0]
-        for p in past:
-            cu_k.append(cu_k[-1] + p + frame_tokens)
-        self.cu_k_list = cu_k
-        self.cu_k = torch.tensor(cu_k, dtype=torch.int32, device=dev)  # (S + 1,)
-        self.cu_q = torch.arange(0, len(seqs) + 1, dtype=torch.int32, device=dev) * frame_tokens  # (S + 1,)
-        # rows of the packed buffers that hold each sequence's new frame, in sequence order: (S * F,)
-        self.new_rows = torch.cat(
-            [torch.arange(cu_k[b] + past[b], cu_k[b + 1], device=dev) for b in range(len(seqs))]
-        )
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        for layer in range(n_layers):
-            for kind, out in (("k", self.k), ("v", self.v)):
-                buf = workspace.get(f"{kind}{layer}", (cu_k[-1], H, D), dt, dev)  # (total_k, H, D)
-                for b, c in enumerate(seqs):
-                    src = c.k[layer] if kind == "k" else c.v[layer]  # (H, past, D)
-                    buf[cu_k[b] : cu_k[b] + past[b]].copy_(src.transpose(0, 1))
-                out.append(buf)
-
-    def attend(
-        self,
-        layer: int,
-        q: torch.Tensor,  # (S, F, H, D); S may be a prefix of the sequences (commit pass)
-        k: torch.Tensor,  # (S, F, H, D)
-        v: torch.Tensor,  # (S, F, H, D)
-    ) -> torch.Tensor:  # (S, F, H, D)
-        S, F_, H, D = q.shape
-        rows = self.new_rows[: S * F_]
-        kb, vb = self.k[layer], self.v[layer]
-        kb.index_copy_(0, rows, k.reshape(S * F_, H, D))
-        vb.index_copy_(0, rows, v.reshape(S * F_, H, D))
-        end = self.cu_k_list[S]
-        # The queries are exactly the last frame of each sequence, so the frame-causal mask lets
-        # them see every key: "full" is the same attention without building or applying a mask.
-        out = attention_varlen(
-            q.reshape(S * F_, H, D), kb[:end], vb[:end], self.cu_q[: S + 1], self.cu_k[: S + 1],
-            frame_tokens=self.F, mask="full",
-        )  # (S * F, H, D)
-        return out.view(S, F_, H, D)
+def _as_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """A torch dtype from a dtype, a name ("bf16", "float32", ...) or None/"auto" (bf16 on CUDA,
+    float32 elsewhere)."""
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPE_NAMES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPE_NAMES)} or 'auto'")
+        return _DTYPE_NAMES[dtype.lower()]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    return dtype
 
 
 class WorldModel(nn.Module):
@@ -151,12 +115,22 @@ class WorldModel(nn.Module):
         if self.config.event_dim:
             with torch.random.fork_rng(devices=[]):
                 self.event_encoder = EventEncoder(self.config)
-        self._workspace = _Workspace()
+        self._pool: PagePool | None = None
+        self._pool_bytes: int | None = None  # None: DEFAULT_POOL_BYTES of the device
+        self._lock = threading.RLock()  # one prefill / step / pool change at a time
+        self.last_step_attention: tuple[str, str] | None = None
+        """(backend, kernel) the last ``step`` ran attention with, e.g. ("triton", "flash_decode_paged")."""
         self.eval()
 
-    def clear_workspace(self) -> None:
-        """Free the packed K/V buffers ``step`` keeps between calls (they regrow on demand)."""
-        self._workspace = _Workspace()
+    def __getstate__(self):  # deepcopy/pickle: a copy gets its own (empty, lazily made) pool
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._lock = threading.RLock()
 
     # --- construction and persistence -------------------------------------------------------------
 
@@ -215,7 +189,55 @@ class WorldModel(nn.Module):
         config = WorldModelConfig.from_dict(data)
         model = cls(config)
         model.load_state_dict(load_file(path / WEIGHTS_FILE, device="cpu"), strict=True)
-        return model.to(device=device, dtype=dtype).eval()
+        return model.to_serving(device, dtype)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> "WorldModel":
+        """Load a ``save_pretrained`` folder, or (``path=None``) a random model (seed 0) of the default
+        config, for serving. ``dtype``: a torch dtype, a name ("bf16", "float32", ...) or None/"auto"
+        (bf16 on CUDA, float32 on CPU). ``overrides``: config fields replacing the saved ones (e.g.
+        ``sample_steps``, ``guidance``; fields that change weight shapes fail to load)."""
+        overrides = dict(overrides or {})
+        dev = torch.device(device)
+        if path is None:
+            model = cls.random(WorldModelConfig.from_dict(overrides), seed=0)
+        else:
+            path = Path(path)
+            if not overrides:
+                return cls.from_pretrained(path, device=dev, dtype=_as_dtype(dtype, dev))
+            for name in (CONFIG_FILE, WEIGHTS_FILE):
+                if not (path / name).is_file():
+                    raise FileNotFoundError(f"{str(path / name)!r} not found; expected a save_pretrained directory")
+            data = json.loads((path / CONFIG_FILE).read_text())
+            data.setdefault("event_dim", 0)
+            data.setdefault("spatial_rope", False)
+            model = cls(WorldModelConfig.from_dict({**data, **overrides}))
+            model.load_state_dict(load_file(path / WEIGHTS_FILE, device="cpu"), strict=True)
+        return model.to_serving(dev, _as_dtype(dtype, dev))
+
+    def to_serving(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32) -> "WorldModel":
+        """Move to ``device`` with the transformer in ``dtype`` (float32, bfloat16 or float16); the
+        autoencoder and the event encoder stay float32. Drops an unused state pool (a pool with
+        live states makes this an error). Returns self, in eval mode."""
+        dev = torch.device(device)
+        dt = _as_dtype(dtype, dev)
+        with self._lock:
+            if self._pool is not None and self._pool.used_pages:
+                raise RuntimeError("cannot move a model with live session states; release them first")
+            self._pool = None
+            self.to(device=dev)
+            self.transformer.to(dtype=dt)
+            self.autoencoder.float()
+            if self.event_encoder is not None:
+                self.event_encoder.float()
+        return self.eval()
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json and model.safetensors (never pickle) into directory ``path``."""
@@ -349,101 +371,345 @@ class WorldModel(nn.Module):
                         frame_tokens=self.config.frame_tokens, mask="frame_causal")
         return out.transpose(1, 2)
 
+    # --- the interface: info, runtime -------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo:
+        """Static facts for GetModelInfo and request validation."""
+        c = self.config
+        return ModelInfo(
+            frame_width=c.frame_width,
+            frame_height=c.frame_height,
+            action_space=ActionSpace(keys=tuple(c.keys), mouse_axes=tuple(c.mouse_axes),
+                                     discrete_actions=2 ** len(c.keys), latent_actions=0),
+            context_frames=c.context_frames,
+            sample_steps=c.sample_steps,
+            default_guidance=float(c.guidance),
+            events_supported=self.events_supported,
+            event_max_bytes=c.event_max_bytes if self.events_supported else 0,
+            parameters=sum(p.numel() for p in self.parameters()),
+            extra={"latent_shape": (c.latent_channels, c.latent_height, c.latent_width),
+                   "frame_tokens": c.frame_tokens, "page_bytes": self.page_nbytes},
+        )
+
+    @property
+    def runtime(self) -> Runtime:
+        """Device, dtype and the attention backend / decode kernel the served ``step`` resolves to
+        under the current backend setting (``WORLDSERVE_ATTENTION`` / ``use_backend``)."""
+        backend = resolve_backend(device=self.device, dtype=self.dtype, head_dim=self.config.head_dim)
+        return Runtime(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
+                       attention_backend=backend, decode_kernel=decode_kernel_name(backend, paged=True))
+
+    # --- the state pool ---------------------------------------------------------------------------
+
+    @property
+    def page_nbytes(self) -> int:
+        """Bytes of one page: one frame's keys and values in every layer, in the model dtype."""
+        c = self.config
+        return 2 * c.n_layers * c.n_heads * c.frame_tokens * c.head_dim * torch.empty(0, dtype=self.dtype).element_size()
+
+    def configure_state_pool(self, max_bytes: int) -> None:
+        """Preallocate the KV page pool with at most ``max_bytes`` of pages (rounded down to whole
+        pages; at least one session's ``context_frames`` pages). Call before any ``prefill`` (or
+        after every state was released): it replaces the pool. Without a call the pool is made at
+        the first ``prefill`` with ``DEFAULT_POOL_BYTES`` of the device."""
+        max_bytes = operator.index(max_bytes)
+        n_pages = max_bytes // self.page_nbytes
+        if n_pages < self.config.context_frames:
+            raise ValueError(f"max_bytes={max_bytes} holds {n_pages} pages of {self.page_nbytes} B; one session "
+                             f"needs {self.config.context_frames}")
+        with self._lock:
+            if self._pool is not None and self._pool.used_pages:
+                raise RuntimeError(f"the state pool has {self._pool.used_pages} pages in use; release every state "
+                                   f"before configure_state_pool")
+            self._pool = None  # free the old one first
+            self._pool_bytes = max_bytes
+            self._pool = self._make_pool()
+
+    def state_pool_stats(self) -> dict[str, int]:
+        """Pages total / free, bytes per page, sessions that still fit (0s before the pool exists)."""
+        pool, C = self._pool, self.config.context_frames
+        if pool is None:
+            return dict(pages=0, free_pages=0, page_bytes=self.page_nbytes, bytes=0, free_sessions=0)
+        return dict(pages=pool.n_pages, free_pages=pool.free_pages, page_bytes=pool.page_nbytes, bytes=pool.nbytes,
+                    free_sessions=pool.free_pages // C)
+
+    def _make_pool(self) -> PagePool:
+        c = self.config
+        budget = self._pool_bytes if self._pool_bytes is not None else DEFAULT_POOL_BYTES.get(
+            self.device.type, DEFAULT_POOL_BYTES["cuda"])
+        n_pages = max(budget // self.page_nbytes, c.context_frames)
+        return PagePool(c.n_layers, c.n_heads, c.frame_tokens, c.head_dim, n_pages, self.device, self.dtype)
+
+    def _ensure_pool(self) -> PagePool:
+        pool = self._pool
+        if pool is not None and (pool.device != self.device or pool.dtype != self.dtype):
+            if pool.used_pages:
+                raise RuntimeError(f"the model moved to {self.dtype} on {self.device} while its states live in a "
+                                   f"{pool.dtype} pool on {pool.device}; release them first")
+            self._pool = pool = None
+        if pool is None:
+            self._pool = pool = self._make_pool()
+        return pool
+
+    def _new_state(self) -> PagedState:
+        pool = self._ensure_pool()
+        C = self.config.context_frames
+        st = new_state(pool, C, self.config.frame_tokens)
+        if st is None:
+            raise StateMemoryFull(
+                f"KV page pool full: a session needs {C} pages of {pool.page_nbytes} B, {pool.free_pages} of "
+                f"{pool.n_pages} are free ({pool.nbytes} B pool); release states or configure_state_pool larger")
+        return st
+
+    def state_nbytes(self, state: PagedState) -> int:
+        """Bytes of pool memory the state holds (its pages, the spare included); 0 once released."""
+        return state.nbytes
+
+    def release_state(self, state: PagedState) -> None:
+        """Return the state's pages to the pool (idempotent). The state must not be used afterwards."""
+        if not isinstance(state, PagedState):
+            raise ValueError(f"expected a PagedState, got {type(state).__name__}")
+        state._release()
+
+    def state_step(self, state: PagedState) -> int:
+        """Absolute step of the newest frame the state holds."""
+        return state.last_step
+
+    @torch.no_grad()
+    def clone_state(self, state: PagedState) -> PagedState:
+        """A copy of ``state`` in new pages (fork a session without re-prefilling). May raise
+        :class:`StateMemoryFull`."""
+        with self._lock:
+            self._check_states([state], None)
+            new = self._new_state()
+            n = state.n_frames
+            if n:
+                pool = self._pool
+                src = torch.tensor(state.pages[:n], device=pool.device)
+                dst = torch.tensor(new.pages[:n], device=pool.device)
+                pool.kv[:, :, dst] = pool.kv[:, :, src]
+            new.n_frames, new.last_step = n, state.last_step
+            return new
+
+    @torch.no_grad()
+    def state_kv(self, state: PagedState, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the state's cached keys and values of ``layer``, each (H, n_frames * F, D), oldest
+        frame first (for tests and debugging)."""
+        self._check_states([state], None)
+        pool = self._pool
+        idx = torch.tensor(state.pages[: state.n_frames], device=pool.device, dtype=torch.long)
+        k = pool.kv[layer, 0].index_select(0, idx).flatten(0, 1).transpose(0, 1)  # (H, n*F, D)
+        v = pool.kv[layer, 1].index_select(0, idx).flatten(0, 1).transpose(0, 1)
+        return k.contiguous(), v.contiguous()
+
     # --- inference --------------------------------------------------------------------------------
 
     @torch.no_grad()
     def prefill(
         self, latents: torch.Tensor, actions: torch.Tensor, first_step: int, events: Sequence[str] | None = None
-    ) -> KVCache:
-        """Build a session's cache from consecutive frames.
+    ) -> PagedState:
+        """Build a session's state from consecutive frames.
 
         ``latents`` (T, C, h, w) are frames at absolute steps ``first_step .. first_step + T - 1``;
         ``actions`` (T, A) are the actions that produced them (the row of step 0 is ignored: frame 0
         gets the learned first-frame embedding). The first ``context_frames`` frames run as one
-        frame-causal pass; later ones are committed one by one against the sliding window, exactly
-        as streaming would. Keeps the last ``context_frames - 1`` frames. See ``KVCache`` for when
-        this equals the streamed cache. ``events`` (T,) optional: the event text in force for each
-        frame ("" or None = none), exactly as it was passed to ``step`` when the frame was made.
+        frame-causal pass (``attention``: the flash prefill kernel on CUDA) whose keys/values are
+        written into the state's pages; later ones are committed one by one against the sliding
+        window, exactly as streaming would. Keeps the last ``context_frames - 1`` frames. See
+        ``kv_cache`` for when this equals the streamed state. ``events`` (T,) optional: the event
+        text in force for each frame ("" or None = none), exactly as it was passed to ``step`` when
+        the frame was made. Raises :class:`StateMemoryFull` when the page pool is full.
         """
-        cfg, tr = self.config, self.transformer
-        self.autoencoder.check_latents(latents)
-        T = latents.shape[0]
-        if T < 1:
-            raise ValueError("prefill needs at least one frame, got 0")
-        first_step = operator.index(first_step)
-        if first_step < 0:
-            raise ValueError(f"first_step must be >= 0, got {first_step!r}")
-        actions = self._check_actions(actions, T)
-        events = self._check_events(events, T)
-        ev = self._event_embed(events)  # (T, C) or 0
-        latents = latents.to(device=self.device, dtype=self.dtype)
-        cache = KVCache.empty(cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.frame_tokens,
-                              max_frames=cfg.context_frames - 1, device=self.device, dtype=self.dtype)
-        n0 = min(T, cfg.context_frames)
-        steps = torch.arange(first_step, first_step + n0, device=self.device)  # (n0,)
-        cond = tr.action_embed(actions[:n0], steps) + tr.time_embed(torch.zeros(n0, device=self.device))  # (n0, C)
-        cond = cond + (ev[:n0] if events is not None else 0.0)
-        tokens = tr.embed(latents[None, :n0], cond[None])  # (1, n0*F, C)
-        cos, sin = tr.rope(steps[None])  # (1, n0*F, D/2)
-        _, kvs = tr(tokens, cos, sin, self._attend_sequence, need_output=False)
-        cache.append([k[0].transpose(0, 1) for k, _ in kvs], [v[0].transpose(0, 1) for _, v in kvs],
-                     n0, first_step + n0 - 1)
-        for j in range(n0, T):  # beyond the window: stream the rest
-            with self._workspace.lock:
-                batch = _RaggedBatch([cache], 1, cfg.frame_tokens, self._workspace)
-                self._commit([cache], batch, latents[j : j + 1], actions[j : j + 1], [first_step + j],
-                             ev[j : j + 1] if events is not None else 0.0)
-        return cache
+        return self.prefill_many([latents], [actions], [first_step], None if events is None else [events])[0]
+
+    @torch.no_grad()
+    def prefill_many(
+        self,
+        latents: Sequence[torch.Tensor],
+        actions: Sequence[torch.Tensor],
+        first_steps: Sequence[int],
+        events: Sequence[Sequence[str] | None] | None = None,
+    ) -> list[PagedState]:
+        """``prefill`` of several sessions in one batched pass (their windows packed ragged through
+        ``attention_varlen``). Each session's result equals its own ``prefill`` up to float rounding.
+        All or nothing: on an error (``StateMemoryFull`` included) no state is kept."""
+        n = len(latents)
+        if n == 0:
+            return []
+        if len(actions) != n or len(first_steps) != n or (events is not None and len(events) != n):
+            raise ValueError(f"got {n} latents, {len(actions)} actions, {len(first_steps)} first_steps"
+                             + ("" if events is None else f", {len(events)} events") + "; they must match")
+        cfg, tr, dev = self.config, self.transformer, self.device
+        C, F_ = cfg.context_frames, cfg.frame_tokens
+        items = []
+        for i in range(n):
+            lat = latents[i]
+            self.autoencoder.check_latents(lat)
+            T = lat.shape[0]
+            if T < 1:
+                raise ValueError("prefill needs at least one frame, got 0")
+            fs = operator.index(first_steps[i])
+            if fs < 0:
+                raise ValueError(f"first_step must be >= 0, got {fs!r}")
+            act = self._check_actions(actions[i], T)
+            ev_texts = self._check_events(None if events is None else events[i], T)
+            ev = self._event_embed(ev_texts) if ev_texts is not None else None  # (T, C) or None
+            items.append((lat.to(device=dev, dtype=self.dtype), act, fs, ev, T))
+        with self._lock:
+            states: list[PagedState] = []
+            try:
+                for _ in range(n):
+                    states.append(self._new_state())
+                self._prefill_windows(states, items)
+                for j in range(1, max(T for *_, T in items)):  # beyond the window: stream the rest
+                    idx = [i for i, it in enumerate(items) if C <= j < it[4]]
+                    if not idx:
+                        continue
+                    ev = [items[i][3] for i in idx]
+                    evt = (torch.stack([e[j] if e is not None else torch.zeros(cfg.dim, device=dev, dtype=self.dtype)
+                                        for e in ev]) if any(e is not None for e in ev) else 0.0)
+                    self._commit([states[i] for i in idx], torch.cat([items[i][0][j : j + 1] for i in idx]),
+                                 torch.cat([items[i][1][j : j + 1] for i in idx]),
+                                 [items[i][2] + j for i in idx], evt)
+            except BaseException:
+                for st in states:
+                    st._release()
+                raise
+            return states
+
+    def _prefill_windows(self, states: list[PagedState], items: list) -> None:
+        """One frame-causal pass over the first ``min(T, context_frames)`` frames of every session
+        (packed ragged when there are several), keys/values written into the sessions' pages."""
+        cfg, tr, dev = self.config, self.transformer, self.device
+        C, F_ = cfg.context_frames, cfg.frame_tokens
+        toks, coss, sins, n0s = [], [], [], []
+        for lat, act, fs, ev, T in items:
+            n0 = min(T, C)
+            steps = torch.arange(fs, fs + n0, device=dev)  # (n0,)
+            cond = tr.action_embed(act[:n0], steps) + tr.time_embed(torch.zeros(n0, device=dev))  # (n0, C)
+            if ev is not None:
+                cond = cond + ev[:n0]
+            toks.append(tr.embed(lat[None, :n0], cond[None]))  # (1, n0*F, C)
+            cos, sin = tr.rope(steps[None])  # (1, n0*F, D/2)
+            coss.append(cos)
+            sins.append(sin)
+            n0s.append(n0)
+        if len(items) == 1:
+            _, kvs = tr(toks[0], coss[0], sins[0], self._attend_sequence, need_output=False)
+        else:
+            cu = [0]
+            for n0 in n0s:
+                cu.append(cu[-1] + n0 * F_)
+            cu_t = torch.tensor(cu, dtype=torch.int32, device=dev)
+            max_len = max(n0s) * F_
+
+            def attend(layer, q, k, v):  # (1, total, H, D) packed
+                out = attention_varlen(q[0], k[0], v[0], cu_t, cu_t, frame_tokens=F_, mask="frame_causal",
+                                       max_seqlen_q=max_len, max_seqlen_k=max_len)
+                return out[None]
+
+            _, kvs = tr(torch.cat(toks, dim=1), torch.cat(coss, dim=1), torch.cat(sins, dim=1), attend,
+                        need_output=False)
+        pool = self._pool
+        off = 0
+        for st, n0, (_, _, fs, _, _) in zip(states, n0s, items):
+            keep = min(n0, C - 1)
+            pages = torch.tensor(st.pages[:keep], device=pool.device, dtype=torch.long)
+            rows = slice(off + (n0 - keep) * F_, off + n0 * F_)
+            for layer, (k, v) in enumerate(kvs):  # (1, total, H, D)
+                # (keep*F, H, D) -> (keep, F, H, D) token-major pages
+                pool.kv[layer, 0][pages] = k[0, rows].unflatten(0, (keep, F_))
+                pool.kv[layer, 1][pages] = v[0, rows].unflatten(0, (keep, F_))
+            st.n_frames, st.last_step = keep, fs + n0 - 1
+            off += n0 * F_
+
+    def _block_table(self, states: Sequence[PagedState]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Block table (N, context_frames) int32, cache lengths (N,) int32 (rows) and their max."""
+        dev, F_ = self.device, self.config.frame_tokens
+        bt = torch.tensor([st.pages for st in states], dtype=torch.int32)
+        lens = torch.tensor([st.n_frames * F_ for st in states], dtype=torch.int32)
+        if dev.type != "cpu":
+            bt, lens = bt.to(dev, non_blocking=True), lens.to(dev, non_blocking=True)
+        return bt, lens, max(st.n_frames for st in states) * F_
+
+    def _decode_attend(self, bt: torch.Tensor, lens: torch.Tensor, max_len: int, cos: torch.Tensor,
+                       sin: torch.Tensor, write_kv: bool, gather: list[dict] | None = None):
+        """The attend callback of a decode pass: raw q/k/v (B, F, H, D) of the new frames against the
+        sessions' pages, QK-norm + RoPE fused, the new K/V written into the spare pages if asked.
+        ``gather``: one dict per layer shared by the passes of one step (the SDPA reference then
+        gathers each session's pages once per step; the pages it reads do not change in a step)."""
+        pool, blocks, F_ = self._pool, self.transformer.blocks, self.config.frame_tokens
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            blk = blocks[layer]
+            out = attention_decode(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pool.k(layer), pool.v(layer), lens,
+                frame_tokens=F_, mask="frame_causal", write_kv=write_kv, max_cache_len=max_len,
+                q_norm_weight=blk.q_norm, k_norm_weight=blk.k_norm, norm_eps=blk.eps, rope_cos=cos, rope_sin=sin,
+                block_table=bt, page_size=F_, gather_cache=None if gather is None else gather[layer],
+            )  # (B, H, F, D)
+            return out.transpose(1, 2)
+
+        return attend
 
     def _commit(
         self,
-        caches: Sequence[KVCache],
-        batch: _RaggedBatch,
+        states: Sequence[PagedState],
         x: torch.Tensor,  # (N, C, h, w) clean new latents
         actions: torch.Tensor,  # (N, A)
         steps: Sequence[int],
         ev: torch.Tensor | float = 0.0,  # (N, C) event embeddings, or 0
+        tables: tuple | None = None,  # (block table, lengths, max length, cos, sin, gather) when the caller has them
     ) -> None:
-        """Compute the new frames' keys/values (t = 0, real action) and append them to the caches."""
-        tr, n = self.transformer, len(caches)
+        """Compute the new frames' keys/values (t = 0, real action), write them into each state's
+        spare page (in the attention launch of every layer) and advance the states."""
+        tr, n = self.transformer, len(states)
         step_t = torch.tensor(list(steps), device=self.device)
+        if tables is None:
+            bt, lens, max_len = self._block_table(states)
+            cos, sin = tr.rope(step_t[:, None], dtype=torch.float32)  # (N, F, D/2)
+            gather = None
+        else:
+            bt, lens, max_len, cos, sin, gather = tables
         cond = tr.action_embed(actions, step_t) + tr.time_embed(torch.zeros(n, device=self.device)) + ev  # (N, C)
-        cos, sin = tr.rope(step_t[:, None])  # (N, F, D/2)
-        _, kvs = tr(tr.embed(x[:, None], cond[:, None]), cos, sin, batch.attend, need_output=False)
-        for i, cache in enumerate(caches):
-            cache.append([k[i].transpose(0, 1) for k, _ in kvs], [v[i].transpose(0, 1) for _, v in kvs],
-                         1, steps[i])
+        attend = self._decode_attend(bt, lens, max_len, cos, sin, write_kv=True, gather=gather)
+        tr(tr.embed(x[:, None], cond[:, None]), None, None, attend, need_output=False, fused_prologue=True)
+        for st, s in zip(states, steps):
+            st._advance(s)
 
     @torch.no_grad()
     def step(
         self,
-        caches: list[KVCache],
+        states: list[PagedState],
         actions: torch.Tensor,
         seeds: Sequence[int],
         steps: Sequence[int],
         guidance: float | None = None,
-        sample_steps: int | None = None,
         events: Sequence[str] | None = None,
+        *,
+        sample_steps: int | None = None,
     ) -> torch.Tensor:
-        """One new frame per session. Returns float32 CPU latents (N, C, h, w) and appends each new
-        frame's keys/values to ``caches[i]`` in place (sliding window; see ``KVCache``).
+        """One new frame per session. Returns float32 CPU latents (N, C, h, w) and writes each new
+        frame's keys/values into ``states[i]``'s pages in place (sliding window; see ``kv_cache``).
 
         ``actions`` (N, A); ``seeds[i]`` is session i's seed; ``steps[i]`` the absolute step of its
-        new frame, which must be ``caches[i].last_step + 1``. ``guidance`` (default
+        new frame, which must be ``state_step(states[i]) + 1``. ``guidance`` (default
         ``config.guidance``; 1 skips the unconditional branch) and ``sample_steps`` (default
         ``config.sample_steps``) apply to the whole batch. A session's result does not depend on
         the rest of the batch beyond float rounding. ``events[i]`` (optional) is the event text in
         force for session i's new frame ("" = none; None = none for all); guidance applies to the
         action only, both CFG branches see the event.
 
-        Calls on one model instance are serialized (they share reusable packing buffers).
+        Calls on one model instance are serialized. ``last_step_attention`` says which attention
+        backend and kernel the call ran (``("triton", "flash_decode_paged")`` on CUDA bf16).
         """
-        cfg, n = self.config, len(caches)
+        cfg, n = self.config, len(states)
         if n == 0:
             raise ValueError("step needs at least one session, got an empty batch")
         seeds, steps = [operator.index(s) for s in seeds], [operator.index(s) for s in steps]
         if len(seeds) != n or len(steps) != n:
-            raise ValueError(f"got {n} caches, {len(seeds)} seeds and {len(steps)} steps; they must match")
+            raise ValueError(f"got {n} states, {len(seeds)} seeds and {len(steps)} steps; they must match")
         actions = self._check_actions(actions, n)
         events = self._check_events(events, n)
         g = cfg.guidance if guidance is None else guidance
@@ -452,65 +718,70 @@ class WorldModel(nn.Module):
         n_steps = cfg.sample_steps if sample_steps is None else sample_steps
         if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or not 1 <= n_steps <= 1000:
             raise ValueError(f"sample_steps must be an int in [1, 1000], got {sample_steps!r}")
-        self._check_caches(caches, steps)
-        with self._workspace.lock:
-            return self._step(caches, actions, seeds, steps, float(g), int(n_steps), events).float().cpu()
+        with self._lock:
+            self._check_states(states, steps)
+            out = self._step(states, actions, seeds, steps, float(g), int(n_steps), events)
+            self.last_step_attention = last_decode()
+            return out.cpu()
 
     def _step(
-        self, caches: list[KVCache], actions: torch.Tensor, seeds: list[int], steps: list[int], g: float,
+        self, states: list[PagedState], actions: torch.Tensor, seeds: list[int], steps: list[int], g: float,
         n_steps: int, events: list[str] | None = None,
     ) -> torch.Tensor:
-        cfg, tr, n = self.config, self.transformer, len(caches)
-        for cache in caches:  # sliding window: at most context_frames - 1 past frames
-            cache.trim(cfg.context_frames - 1)
-
+        cfg, tr, n, dev = self.config, self.transformer, len(states), self.device
         use_cfg = g != 1.0
         groups = 2 if use_cfg else 1
-        batch = _RaggedBatch(caches, groups, cfg.frame_tokens, self._workspace)
-        step_t = torch.tensor(steps, device=self.device)  # (N,)
-        drop = torch.arange(groups * n, device=self.device) >= n  # (G*N,) second copy = unconditional
+        bt, lens, max_len = self._block_table(states)  # (N, C), (N,)
+        step_t = torch.tensor(steps, device=dev)  # (N,)
+        cos, sin = tr.rope(step_t[:, None], dtype=torch.float32)  # (N, F, D/2) fp32 tables for the prologue
+        # both CFG copies of a session attend to the same pages (sequence g * N + i = copy g of session i)
+        gather: list[dict] = [{} for _ in range(cfg.n_layers)]  # SDPA reference: gather pages once per step
+        attend = self._decode_attend(bt.repeat(groups, 1), lens.repeat(groups), max_len, cos.repeat(groups, 1, 1),
+                                     sin.repeat(groups, 1, 1), write_kv=False, gather=gather)
+        drop = torch.arange(groups * n, device=dev) >= n  # (G*N,) second copy = unconditional
         act = tr.action_embed(actions.repeat(groups, 1), step_t.repeat(groups), drop)  # (G*N, C)
         ev = self._event_embed(events)  # (N, C) or 0
         if events is not None:
             act = act + ev.repeat(groups, 1)  # guidance is on the action only: both branches see the event
-        cos, sin = tr.rope(step_t.repeat(groups)[:, None])  # (G*N, F, D/2)
 
         shape = (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
-        x = initial_noise(seeds, steps, shape, device=self.device, dtype=self.dtype)  # (N, C, h, w)
+        x = initial_noise(seeds, steps, shape, device=dev, dtype=torch.float32)  # (N, C, h, w) sampler state: fp32
         grid = time_grid(n_steps)
         for t, t_next in zip(grid[:-1], grid[1:]):
-            cond = act + tr.time_embed(torch.full((1,), t, device=self.device))  # (G*N, C)
+            cond = act + tr.time_embed(torch.full((1,), t, device=dev))  # (G*N, C)
             tokens = tr.embed(x.repeat(groups, 1, 1, 1)[:, None], cond[:, None])  # (G*N, F, C)
-            out, _ = tr(tokens, cos, sin, batch.attend)
-            v = tr.unembed(out)[:, 0]  # (G*N, C, h, w)
+            out, _ = tr(tokens, None, None, attend, fused_prologue=True)
+            v = tr.unembed(out)[:, 0].float()  # (G*N, C, h, w)
             if use_cfg:
                 v = cfg_combine(v[:n], v[n:], g)
             x = euler_step(x, v, t, t_next)
 
-        self._commit(caches, batch, x, actions, steps, ev)
+        self._commit(states, x, actions, steps, ev, tables=(bt, lens, max_len, cos, sin, gather))
         return x
 
-    def _check_caches(self, caches: Sequence[KVCache], steps: Sequence[int]) -> None:
-        cfg = self.config
+    def _check_states(self, states: Sequence[PagedState], steps: Sequence[int] | None) -> None:
+        pool = self._pool
         seen: set[int] = set()
-        for i, (cache, s) in enumerate(zip(caches, steps)):
-            if not isinstance(cache, KVCache):
-                raise ValueError(f"caches[{i}] must be a KVCache, got {type(cache).__name__}")
-            if id(cache) in seen:
-                raise ValueError(f"caches[{i}] appears twice in one batch; a session may step once per batch")
-            seen.add(id(cache))
-            if cache.n_frames < 1:
-                raise ValueError(f"caches[{i}] is empty; prefill it with at least the first frame")
-            if (cache.n_layers, cache.frame_tokens) != (cfg.n_layers, cfg.frame_tokens) or tuple(
-                cache.k[0].shape[::2]
-            ) != (cfg.n_heads, cfg.head_dim):
-                raise ValueError(f"caches[{i}] was not built by a model of this config")
-            if cache.device != self.device or cache.dtype != self.dtype:
-                raise ValueError(
-                    f"caches[{i}] is {cache.dtype} on {cache.device}; the model is {self.dtype} on {self.device}"
-                )
-            if s != cache.last_step + 1:
-                raise ValueError(f"steps[{i}] = {s} but the cache's last step is {cache.last_step}; expected {cache.last_step + 1}")
+        for i, st in enumerate(states):
+            if not isinstance(st, PagedState):
+                raise ValueError(f"states[{i}] must be a PagedState made by this model's prefill, got "
+                                 f"{type(st).__name__}")
+            if id(st) in seen:
+                raise ValueError(f"states[{i}] appears twice in one batch; a session may step once per batch")
+            seen.add(id(st))
+            if st.released:
+                raise ValueError(f"states[{i}] was released")
+            if pool is None or st.pool_id != pool.id:
+                raise ValueError(f"states[{i}] does not belong to this model's state pool (another model, or the "
+                                 f"pool was reconfigured)")
+            if pool.device != self.device or pool.dtype != self.dtype:
+                raise ValueError(f"states[{i}] is {pool.dtype} on {pool.device}; the model is {self.dtype} on "
+                                 f"{self.device}")
+            if st.n_frames < 1:
+                raise ValueError(f"states[{i}] is empty; prefill it with at least the first frame")
+            if steps is not None and steps[i] != st.last_step + 1:
+                raise ValueError(f"steps[{i}] = {steps[i]} but the state's last step is {st.last_step}; expected "
+                                 f"{st.last_step + 1}")
 
     # --- training ---------------------------------------------------------------------------------
 
