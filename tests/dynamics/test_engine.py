@@ -136,6 +136,10 @@ async def test_racing_step_conflicts_and_expected_step(engine, store):
     with pytest.raises(FailedPrecondition, match="at step 1"):
         await engine.step(req(rec.session_id, ["up"], expected_step=0))
     assert (await engine.step(req(rec.session_id, ["up"], expected_step=1))).step == 2
+    # racing with expected_step: the losers' precondition failed, whichever check caught them
+    res = await asyncio.gather(*(engine.step(req(rec.session_id, expected_step=2)) for _ in range(3)),
+                               return_exceptions=True)
+    assert sorted(type(r).__name__ for r in res) == ["FailedPrecondition", "FailedPrecondition", "StepOutput"]
 
 
 async def test_another_replica_moving_the_session_makes_the_state_stale(make_engine, store):

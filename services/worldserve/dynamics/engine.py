@@ -154,19 +154,20 @@ class Engine:
         g = self.check_guidance(req.guidance)
         fmt = check_format(req.fmt)
         key = (req.tenant, req.session_id)
-        if key in self._inflight:
-            raise Conflict(f"session {req.session_id!r} already has a step in flight; this one was not applied")
-        self._inflight.add(key)
-        self.cache.pin(key)
         try:
-            return await self._step(req, key, vec, g, fmt)
+            if key in self._inflight:
+                raise Conflict(f"session {req.session_id!r} already has a step in flight; this one was not applied")
+            self._inflight.add(key)
+            self.cache.pin(key)
+            try:
+                return await self._step(req, key, vec, g, fmt)
+            finally:
+                self.cache.unpin(key)
+                self._inflight.discard(key)
         except Conflict as e:
             if req.expected_step is not None:  # the caller named a step: its precondition no longer holds
                 raise FailedPrecondition(str(e)) from None
             raise
-        finally:
-            self.cache.unpin(key)
-            self._inflight.discard(key)
 
     async def _step(self, req: StepRequest, key, vec, g: float, fmt: int) -> StepOutput:
         since = time.monotonic()
