@@ -20,11 +20,9 @@ Each session's state bytes are computed before a run; a run whose states do not 
 reported as "does not fit (needs X GiB)" instead of being attempted.
 
 Only the declared model interface (:class:`worldserve.dynamics.interface.DynamicsModel`) is used,
-plus ``configure_state_pool`` where the model has it. Packages that may be missing on a bare GPU
-machine are handled here: without ``safetensors`` a minimal read-only reader of the format stands
-in (the model module imports it); without ``grpc``/``protobuf``/``pillow``/``numpy`` (imported by
-the runner and scheduler modules) a stand-in driver with the same batching rules runs and the
-output says so.
+plus ``configure_state_pool`` where the model has it. It needs torch, numpy, pillow, grpcio and
+safetensors (a GPU image has them; not Ray, Redis or protobuf): a part whose imports fail is
+reported SKIPPED with the missing packages named.
 """
 
 from __future__ import annotations
@@ -34,14 +32,11 @@ import dataclasses
 import importlib.util
 import inspect
 import json
-import math
 import os
 import statistics
-import struct
 import sys
 import time
 import traceback
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -105,57 +100,6 @@ OPTIONAL = {
 def missing_packages() -> list[str]:
     """pip names of the optional packages that are not importable here."""
     return [pip for mod, pip in OPTIONAL.items() if not _has(mod)]
-
-
-def _load_safetensors(path: str, device: str = "cpu") -> dict:
-    """A minimal read-only safetensors reader (8-byte little-endian header length, JSON header,
-    raw little-endian tensor bytes): what ``safetensors.torch.load_file`` returns."""
-    import torch
-
-    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-    if sys.byteorder != "little":
-        raise RuntimeError("the built-in safetensors reader needs a little-endian machine; install safetensors")
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    buf = bytearray(data[8 + n :])
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        dt = dtypes.get(meta["dtype"])
-        if dt is None:
-            raise ValueError(f"{path!r}: tensor {name!r} has dtype {meta['dtype']!r} the built-in reader lacks")
-        begin, end = meta["data_offsets"]
-        shape = list(meta["shape"])
-        if end == begin:
-            t = torch.empty(shape, dtype=dt)
-        else:
-            t = torch.frombuffer(buf, dtype=torch.uint8, count=end - begin, offset=begin).view(dt).reshape(shape).clone()
-        out[name] = t.to(device)
-    return out
-
-
-def install_shims() -> list[str]:
-    """Make the model importable without safetensors (a read-only reader stands in). Returns notes."""
-    notes = []
-    if not _has("safetensors"):
-        pkg = types.ModuleType("safetensors")
-        mod = types.ModuleType("safetensors.torch")
-        mod.load_file = _load_safetensors
-
-        def save_file(*_a, **_kw):
-            raise RuntimeError("safetensors is not installed (engine_bench's stand-in only reads)")
-
-        mod.save_file = save_file
-        pkg.torch = mod
-        sys.modules["safetensors"] = pkg
-        sys.modules["safetensors.torch"] = mod
-        notes.append("safetensors missing: a built-in read-only reader loads the shipped weights")
-    return notes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -379,107 +323,10 @@ def _report_failure(what: str, e: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Engine parts: the real scheduler/runner, or a stand-in when their imports are missing
+# Engine parts: the replica's scheduler and runner
 
 
 @dataclasses.dataclass(eq=False)
-class _StandInJob:
-    """The fields of ``worldserve.dynamics.runner.Job`` that the runner reads and writes."""
-
-    key: tuple[str, str]
-    step: int
-    seed: int
-    action_vec: Any
-    guidance: float
-    event: str
-    state: Any = None
-    window: list | None = None
-    first_frame: Any = None
-    solo: bool = False
-    prefilled: bool = False
-    first_latent: Any = None
-    latent: Any = None
-    rgb: Any = None
-    error: BaseException | None = None
-    retry_solo: bool = False
-
-
-class _StandInScheduler:
-    """FIFO batches of at most ``max_batch_size`` (one tenant class; no quotas)."""
-
-    def __init__(self, max_batch_size: int, max_queue: int):
-        self.max_batch_size, self.max_queue, self._q = max_batch_size, max_queue, []
-
-    @property
-    def depth(self) -> int:
-        return len(self._q)
-
-    def submit(self, tenant: str, item, priority=None) -> None:
-        if len(self._q) >= self.max_queue:
-            raise RuntimeError("queue full")
-        self._q.append(item)
-
-    def take_batch(self) -> list:
-        batch, self._q = self._q[: self.max_batch_size], self._q[self.max_batch_size :]
-        return batch
-
-
-class _StandInRunner:
-    """``Runner.run``'s rules without its imports: prefill misses (evicting on a full state memory),
-    one ``step`` per guidance value (or per session when batch-invariant), decode per call."""
-
-    def __init__(self, model, cache, *, batch_invariant: bool):
-        self.model, self.cache, self.batch_invariant = model, cache, batch_invariant
-
-    def run(self, jobs: list) -> Any:
-        import torch
-
-        from worldserve.dynamics.interface import StateMemoryFull
-
-        stats = types.SimpleNamespace(model_calls=0, steps=0, prefills=0, evictions=0)
-        self.cache.drain_releases()
-        for j in jobs:
-            if j.state is None:
-                try:
-                    lat = torch.stack([z for _, _, z in j.window])
-                    acts = torch.stack([self.model.null_action() if a is None else
-                                        self.model.action_vector(a.get("keys", []), a.get("mouse", {}))
-                                        for _, a, _ in j.window])
-                    kw = {"events": [""] * len(j.window)} if self.model.info.events_supported else {}
-                    while True:
-                        try:
-                            j.state = self.model.prefill(lat, acts, first_step=j.window[0][0], **kw)
-                            break
-                        except StateMemoryFull:
-                            if not self.cache.evict_lru():
-                                raise
-                            self.cache.drain_releases()
-                            stats.evictions += 1
-                    j.prefilled = True
-                    stats.prefills += 1
-                except Exception as e:  # noqa: BLE001
-                    j.error = e
-        ready = [j for j in jobs if j.error is None]
-        groups = [[j] for j in ready] if self.batch_invariant else [ready] if ready else []
-        for g in groups:
-            try:
-                z = self.model.step([j.state for j in g], torch.stack([j.action_vec for j in g]),
-                                    seeds=[j.seed for j in g], steps=[j.step + 1 for j in g],
-                                    guidance=g[0].guidance,
-                                    events=[j.event for j in g] if self.model.info.events_supported else None)
-                stats.model_calls += 1
-                frames = self.model.decode(z)
-            except Exception as e:  # noqa: BLE001
-                for j in g:
-                    j.error = e
-                continue
-            for k, j in enumerate(g):
-                j.latent, j.rgb = z[k], frames[k]
-            stats.steps += len(g)
-        return stats
-
-
-@dataclasses.dataclass
 class EngineParts:
     Scheduler: Any
     Runner: Any
@@ -489,19 +336,10 @@ class EngineParts:
 
 
 def engine_parts() -> EngineParts:
-    """The replica's scheduler/runner classes, or the stand-ins (saying why)."""
-    try:
-        from worldserve.dynamics.runner import Job, Runner
-        from worldserve.dynamics.scheduler import Scheduler
-        from worldserve.dynamics.types import Priority, StepRequest
-    except ImportError as e:
-        return EngineParts(
-            Scheduler=_StandInScheduler,
-            Runner=_StandInRunner,
-            make_job=lambda key, step, seed, vec, g: _StandInJob(key, step, seed, vec, g, ""),
-            latent_of=lambda z: z,
-            driver=f"stand-in scheduler/runner (worldserve.dynamics.runner not importable: {e})",
-        )
+    """The replica's own scheduler and runner (they import neither Ray, Redis nor protobuf)."""
+    from worldserve.dynamics.runner import Job, Runner
+    from worldserve.dynamics.scheduler import Scheduler
+    from worldserve.dynamics.types import Priority, StepRequest
 
     def make_job(key, step, seed, vec, g):
         req = StepRequest(tenant=key[0], session_id=key[1], priority=Priority.INTERACTIVE)
@@ -914,8 +752,6 @@ def main(argv=None) -> int:
     log(f"engine_bench: device={device} torch={torch.__version__} python={sys.version.split()[0]}"
         + (f" gpu={torch.cuda.get_device_name()}" if device == "cuda" else f" threads={torch.get_num_threads()}"))
     log(f"optional packages missing: {', '.join(miss) if miss else 'none'}")
-    for note in install_shims():
-        log(f"NOTE: {note}")
     t0 = time.perf_counter()
     try:
         if args.kernel_check:

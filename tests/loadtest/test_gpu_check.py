@@ -78,29 +78,21 @@ def test_engine_bench_cpu_quick_reports_sane_figures(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_engine_bench_large_does_not_fit_and_stand_in_driver(tmp_path):
-    """The large path with a tiny state-memory cap: runs that do not fit are reported, not tried.
-    Runner/scheduler imports blocked (as on a bare GPU machine without grpc/numpy/pillow): the
-    stand-in driver runs and says so."""
+def test_engine_bench_large_reports_what_does_not_fit(tmp_path):
+    """The large path with a tiny state-memory cap: runs that do not fit are reported, not tried."""
     js = tmp_path / "large.json"
-    code = ("import sys\n"
-            "for m in ('grpc', 'PIL', 'numpy', 'safetensors', 'safetensors.torch'): sys.modules[m] = None\n"
-            "from loadtest.engine_bench import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
-    p = _run([sys.executable, "-c", code, "--device", "cpu", "--quick", "--large", "--sessions", "1", "64",
-              "--state-memory-gib", "0.01", "--time-budget-s", "1", "--json", str(js)], tmp_path, timeout=110)
+    p = _run([sys.executable, "-m", "loadtest.engine_bench", "--device", "cpu", "--quick", "--large", "--sessions",
+              "1", "64", "--state-memory-gib", "0.01", "--time-budget-s", "1", "--json", str(js)], tmp_path, timeout=110)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
-    assert "stand-in scheduler/runner" in out
-    assert "optional packages missing: numpy, pillow, safetensors, grpcio" in out
     assert "does not fit (needs" in out
     runs = {r["sessions"]: r for r in json.loads(js.read_text())["runs"]}
     assert runs[1]["fits"] and runs[1]["frames_per_s"] > 0
     assert runs[64]["fits"] is False and runs[64]["state_bytes"] > 0.01 * 2**30
 
 
-def test_peak_table_and_safetensors_reader():
-    from loadtest.engine_bench import FALLBACK_GPU_PEAK, _load_safetensors, gpu_peak_flops
+def test_peak_table():
+    from loadtest.engine_bench import FALLBACK_GPU_PEAK, gpu_peak_flops
 
     assert gpu_peak_flops("NVIDIA H200")[0] == 989e12
     assert gpu_peak_flops("NVIDIA GH200 480GB")[0] == 989e12
@@ -108,14 +100,3 @@ def test_peak_table_and_safetensors_reader():
     assert gpu_peak_flops("NVIDIA L40S")[0] == 362e12 and gpu_peak_flops("NVIDIA L4")[0] == 121e12
     assert gpu_peak_flops("Some Future GPU")[0] == FALLBACK_GPU_PEAK
     assert "not in the table" in gpu_peak_flops("Some Future GPU")[1]
-
-    st = pytest.importorskip("safetensors.torch")
-    import torch
-
-    path = ROOT / "services/worldserve/weights/dynamics/model.safetensors"
-    if not path.is_file():
-        pytest.skip("no shipped dynamics weights")
-    want, got = st.load_file(str(path)), _load_safetensors(str(path))
-    assert want.keys() == got.keys()
-    for k in want:
-        assert want[k].dtype == got[k].dtype and torch.equal(want[k], got[k]), k

@@ -23,7 +23,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 
 from worldserve.common.codec import PNG, check_format, decode_frame, pack_array, unpack_array
 from worldserve.common.config import Config

@@ -540,8 +540,8 @@ class WorldModel(nn.Module):
         if len(actions) != n or len(first_steps) != n or (events is not None and len(events) != n):
             raise ValueError(f"got {n} latents, {len(actions)} actions, {len(first_steps)} first_steps"
                              + ("" if events is None else f", {len(events)} events") + "; they must match")
-        cfg, tr, dev = self.config, self.transformer, self.device
-        C, F_ = cfg.context_frames, cfg.frame_tokens
+        cfg, dev = self.config, self.device
+        C = cfg.context_frames
         items = []
         for i in range(n):
             lat = latents[i]
