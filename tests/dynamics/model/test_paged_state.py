@@ -165,3 +165,15 @@ def test_paged_state_is_opaque_but_describes_itself(tiny):
     fork = tiny.clone_state(st)
     assert tiny.state_step(fork) == 6 and not set(fork.pages) & set(st.pages)
     torch.testing.assert_close(tiny.state_kv(fork, 0)[0], tiny.state_kv(st, 0)[0], atol=0, rtol=0)
+
+
+def test_a_finalizer_inside_alloc_cannot_deadlock():
+    """Pages of a state dropped while another thread (or the garbage collector on this one) holds
+    the pool lock are given back without taking the lock."""
+    from worldserve.dynamics.model.kv_cache import PagePool
+
+    pool = PagePool(1, 1, 4, 8, 6, "cpu", torch.float32)
+    a = pool.alloc(3)
+    with pool._lock:  # as if the collector ran a finalizer in the middle of alloc
+        pool.release(a)  # must return at once
+    assert pool.free_pages == 6 and pool.alloc(6) == [0, 1, 2, 3, 4, 5]

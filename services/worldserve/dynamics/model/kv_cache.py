@@ -25,6 +25,7 @@ approximation, not bitwise equal.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import weakref
@@ -56,6 +57,11 @@ class PagePool:
         self.page_nbytes = 2 * n_layers * n_heads * frame_tokens * head_dim * self.kv.element_size()
         self._free = list(range(n_pages - 1, -1, -1))  # pop() -> lowest id first
         self._lock = threading.Lock()
+        # Pages given back by a dropped state's finalizer. A finalizer runs wherever the garbage
+        # collector runs, possibly on a thread inside ``alloc`` holding the lock: it must not take
+        # the lock (that would deadlock), so it only appends here (atomic) and the next ``alloc``
+        # or ``release`` moves these pages to the free list.
+        self._returned: collections.deque[int] = collections.deque()
 
     @property
     def device(self) -> torch.device:
@@ -73,11 +79,17 @@ class PagePool:
 
     @property
     def free_pages(self) -> int:
-        return len(self._free)
+        return len(self._free) + len(self._returned)
 
     @property
     def used_pages(self) -> int:
-        return self.n_pages - len(self._free)
+        return self.n_pages - self.free_pages
+
+    def _take_returned(self) -> None:  # under the lock
+        if self._returned:
+            while self._returned:
+                self._free.append(self._returned.popleft())
+            self._free.sort(reverse=True)
 
     @property
     def nbytes(self) -> int:
@@ -86,13 +98,14 @@ class PagePool:
     def alloc(self, n: int) -> list[int] | None:
         """``n`` free page ids, or None when fewer are free (nothing taken then)."""
         with self._lock:
+            self._take_returned()
             if len(self._free) < n:
                 return None
             return [self._free.pop() for _ in range(n)]
 
     def release(self, pages: list[int]) -> None:
-        with self._lock:
-            self._free.extend(reversed(sorted(pages)))
+        """Give pages back; never blocks (callable from a finalizer on any thread)."""
+        self._returned.extend(pages)
 
 
 def _release_pages(pool_ref: "weakref.ref[PagePool]", pages: tuple[int, ...]) -> None:
