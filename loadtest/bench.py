@@ -31,14 +31,14 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def model_alone(n: int, threads: int) -> dict[str, list[float]]:
+def model_alone(n: int, threads: int, overrides: dict | None = None) -> dict[str, list[float]]:
     """Seconds per step + decode at batch 1, for each served model (as its replica loads it)."""
     import torch
 
     from worldserve.common.config import Config, setup_torch
     from worldserve.dynamics.registry import load_model
 
-    config = Config.load({"torch_threads": threads})
+    config = Config.load({**(overrides or {}), "torch_threads": threads})
     device = setup_torch(config)  # the replica's threads and device
     times: dict[str, list[float]] = {}
     for spec in config.models:
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trivial", type=int, default=200, help="trivial RPCs for their p50")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch threads in the replica and the model-alone run")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--app-args", type=json.loads, default={},
+                    help='Config overrides for every app as JSON, e.g. \'{"batch_invariant": "off"}\' or other models')
     ns = ap.parse_args(argv)
 
     from rich.console import Console
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console()
     console.print("[bold]model step alone[/] (batch 1, sample + decode) ...")
-    alone = model_alone(20, ns.torch_threads)
+    alone = model_alone(20, ns.torch_threads, ns.app_args)
     default = next(iter(alone))
     model_s = alone[default]
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with console.status("benchmark on a local cluster ..."), local_cluster(
         tenants=("bench",),
-        app_args={"torch_threads": ns.torch_threads},
+        app_args={**ns.app_args, "torch_threads": ns.torch_threads},
         deployment_overrides={
             f"DynamicsModel-{name}": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}}
             for name in alone
