@@ -173,7 +173,8 @@ class Engine:
         try:
             rec = await self.store.get(req.tenant, req.session_id)
         except NotFound:
-            self.cache.evict(key, "deleted")
+            if key in self.cache:  # deleted while this replica held its state
+                self.cache.evict(key, "deleted")
             raise
         if rec.model != self.model_name:
             raise FailedPrecondition(

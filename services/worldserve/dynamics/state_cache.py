@@ -33,6 +33,7 @@ from worldserve.dynamics.interface import DynamicsModel
 
 Key = tuple[str, str]  # (tenant, session id)
 TOMBSTONE_S = 60.0
+MAX_TOMBSTONES = 4096
 
 
 @dataclass
@@ -128,8 +129,9 @@ class StateCache:
         if reason == "deleted":
             now = time.monotonic()
             self._tombstones[key] = now
-            if len(self._tombstones) > 4096:  # bounded: forget tombstones older than TOMBSTONE_S
-                self._tombstones = {k: t for k, t in self._tombstones.items() if now - t < TOMBSTONE_S}
+            if len(self._tombstones) > MAX_TOMBSTONES:  # bounded: forget the old ones, then the oldest
+                live = sorted(((t, k) for k, t in self._tombstones.items() if now - t < TOMBSTONE_S), reverse=True)
+                self._tombstones = {k: t for t, k in live[: MAX_TOMBSTONES // 2]}
         if e is None:
             return False
         self._bytes -= e.nbytes
