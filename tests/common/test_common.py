@@ -8,7 +8,7 @@ from worldserve.common import codec
 from worldserve.common.auth import KeyRing, add_key, hash_key, new_key
 from worldserve.common.config import Config
 from worldserve.common.errors import (
-    Conflict, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated, grpc_method, status_of,
+    Conflict, FailedPrecondition, InvalidArgument, NotFound, StreamFailed, Unauthenticated, grpc_method, status_of,
 )
 from worldserve.v1 import common_pb2
 
@@ -67,8 +67,11 @@ async def test_grpc_method_sets_status_and_returns_empty():
     out = await S().X(3, grpc_context=ctx)
     assert out == common_pb2.Frame() and ctx.code == grpc.StatusCode.INVALID_ARGUMENT and ctx.details == "width=3 is odd"
     ctx = _Ctx()
-    assert [i async for i in S().Y(0, grpc_context=ctx)] == [1]
-    assert ctx.code == grpc.StatusCode.NOT_FOUND
+    got = []
+    with pytest.raises(StreamFailed, match="^gone$"):  # a stream must raise, or Serve's proxy answers OK
+        async for i in S().Y(0, grpc_context=ctx):
+            got.append(i)
+    assert got == [1] and ctx.code == grpc.StatusCode.NOT_FOUND and ctx.details == "gone"
 
 
 def test_config_bounds_and_overrides():

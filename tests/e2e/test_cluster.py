@@ -321,3 +321,26 @@ def test_a_broken_model_folder_never_becomes_healthy(cluster, tmp_path):
         serve.delete("broken-model")
     with WorldClient(cluster["target"], cluster["key_a"]) as c:
         assert c.health("dynamics") == "SERVING"
+
+
+def test_streams_end_with_the_error_status(cluster, client):
+    """Rollout, Play and ExportSession answer the error's status, not OK with an empty stream."""
+    s = client.create_session(prompt="streams", seed=2)
+    cases = [
+        (lambda: list(client.rollout("s_missing", ["right"])), grpc.StatusCode.NOT_FOUND, "not found"),
+        (lambda: list(client.rollout(s.session_id, [])), grpc.StatusCode.INVALID_ARGUMENT, "Rollout of 0 actions"),
+        (lambda: list(client.rollout(s.session_id, ["right"] * 5 + ["jmp"])), grpc.StatusCode.INVALID_ARGUMENT,
+         "actions[5]: unknown key 'jmp'"),
+        (lambda: list(client.rollout(s.session_id, ["right"], expected_step=7)), grpc.StatusCode.FAILED_PRECONDITION,
+         "not the expected step 7"),
+        (lambda: list(client.play("s_missing", ["left"])), grpc.StatusCode.NOT_FOUND, "not found"),
+        (lambda: list(client.export_session("s_missing")), grpc.StatusCode.NOT_FOUND, "not found"),
+    ]
+    with WorldClient(cluster["target"], "ws_wrong") as anon:
+        cases += [(lambda: list(anon.rollout(s.session_id, ["right"])), grpc.StatusCode.UNAUTHENTICATED, ""),
+                  (lambda: list(anon.export_session(s.session_id)), grpc.StatusCode.UNAUTHENTICATED, "")]
+        for fn, want, text in cases:
+            code, msg = code_of(fn)
+            assert code == want and text in msg, (code, msg)
+            assert "\n" not in msg and len(msg) < 500
+    assert client.get_session(s.session_id).step == 0  # the bad rollouts took no step

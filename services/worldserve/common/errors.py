@@ -55,6 +55,11 @@ class Unavailable(WorldserveError):
     """A dependency (Redis, another service) cannot be reached; retry later."""
 
 
+class StreamFailed(Exception):
+    """Raised out of a streaming handler after its status was set on the gRPC context, so that
+    Serve's proxy ends the stream with that status (the message is the one-line details)."""
+
+
 STATUS_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
@@ -139,7 +144,12 @@ def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
                 except Exception as e:  # noqa: BLE001 - the table decides
                     code, msg = status_of(e)
                     finish(self, grpc_context, t0, code, msg)
-                    return
+                    if grpc_context is None:
+                        raise
+                    # Serve's proxy passes a stream's code on only with a yielded item or with an
+                    # exception raised after the code was set (it then answers with that code and
+                    # these details): returning here would end the stream with OK.
+                    raise StreamFailed(msg) from None
                 finish(self, grpc_context, t0, grpc.StatusCode.OK, None)
 
             return agen
