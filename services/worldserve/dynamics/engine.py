@@ -137,12 +137,14 @@ class Engine:
             raise InvalidArgument(f"guidance={guidance!r} is out of range [0, {MAX_GUIDANCE}]")
         return float(guidance)
 
-    def validate(self, req: StepRequest) -> None:
-        """Everything that can be checked without Redis (Rollout checks all its actions first)."""
-        check_session_id(req.session_id)
-        self.action_vector(req.keys, req.mouse, req.event)
-        self.check_guidance(req.guidance)
-        check_format(req.fmt)
+    def check_actions(self, actions: list[tuple[tuple[str, ...], dict, str | None]]) -> None:
+        """Validate many (keys, mouse, event) at once, naming the first bad index (a Rollout checks
+        every action before its first step)."""
+        for i, (keys, mouse, event) in enumerate(actions):
+            try:
+                self.action_vector(keys, mouse, event)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"actions[{i}]: {e}") from None
 
     # -- the step ---------------------------------------------------------------------------------
     async def step(self, req: StepRequest) -> StepOutput:
@@ -224,7 +226,7 @@ class Engine:
         """The job's state is ahead of Redis or broken: out of the cache, memory released."""
         if job.state is None:
             return
-        if job.key in self.cache and self.cache.take(job.key) is not None:
+        if self.cache.take(job.key) is not None:
             self.m_evictions.inc(model=self.model_name, reason="stale")
         self.cache.discard(job.state)
         job.state = None

@@ -11,7 +11,6 @@ failure into :class:`ModelLoadError` naming the model and the file.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -29,31 +28,29 @@ class ModelLoadError(RuntimeError):
 
 
 def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModel:
-    """The shipped architecture (:class:`~worldserve.dynamics.model.WorldModel`)."""
+    """The shipped architecture (:class:`~worldserve.dynamics.model.WorldModel`); ``path=None`` is a
+    random initialisation (seed 0) of the default config."""
     from worldserve.dynamics.model import WorldModel
     from worldserve.dynamics.model.world_model import CONFIG_FILE, WEIGHTS_FILE
 
+    overrides = {"sample_steps": spec.sample_steps} if spec.sample_steps else None
     if path is None:
-        model = WorldModel.random(seed=int(spec.options.get("seed", 0))).to_serving(device, dtype)
-    else:
-        folder = Path(path)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise ModelLoadError(f"model {spec.name!r}: {str(folder / name)!r} not found")
-        try:
-            json.loads((folder / CONFIG_FILE).read_text())
-        except ValueError as e:
-            raise ModelLoadError(f"model {spec.name!r}: {str(folder / CONFIG_FILE)!r} is not valid JSON: {e}") from None
-        try:
-            model = WorldModel.from_pretrained(folder, device=device, dtype=dtype)
-        except (RuntimeError, ValueError, KeyError) as e:  # shape/key mismatch, bad config values
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise ModelLoadError(
-                f"model {spec.name!r}: {str(folder / WEIGHTS_FILE)!r} does not match {str(folder / CONFIG_FILE)!r}: {first}"
-            ) from None
-    if spec.sample_steps:
-        model.config = dataclasses.replace(model.config, sample_steps=spec.sample_steps)
-    return model
+        return WorldModel.load(None, device=device, dtype=dtype, overrides=overrides)
+    folder = Path(path)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise ModelLoadError(f"model {spec.name!r}: {str(folder / name)!r} not found")
+    try:
+        json.loads((folder / CONFIG_FILE).read_text())
+    except ValueError as e:
+        raise ModelLoadError(f"model {spec.name!r}: {str(folder / CONFIG_FILE)!r} is not valid JSON: {e}") from None
+    try:
+        return WorldModel.load(folder, device=device, dtype=dtype, overrides=overrides)
+    except (RuntimeError, ValueError, KeyError) as e:  # shape/key mismatch, bad config values
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"model {spec.name!r}: {str(folder / WEIGHTS_FILE)!r} does not match {str(folder / CONFIG_FILE)!r}: {first}"
+        ) from None
 
 
 def load_model(spec: ModelSpec, config: Config, device: str) -> DynamicsModel:

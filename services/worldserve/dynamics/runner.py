@@ -71,6 +71,7 @@ class Runner:
     def __init__(self, model: DynamicsModel, cache: StateCache, *, batch_invariant: bool,
                  on_item_failure: Callable[[BaseException], None] | None = None):
         self.model = model
+        self.events_supported = model.info.events_supported
         self.cache = cache
         self.batch_invariant = batch_invariant
         self._on_item_failure = on_item_failure or (lambda e: None)
@@ -96,7 +97,7 @@ class Runner:
                     seeds=[j.seed for j in group],
                     steps=[j.step + 1 for j in group],
                     guidance=group[0].guidance,
-                    events=[j.event for j in group] if self.model.info.events_supported else None,
+                    events=[j.event for j in group] if self.events_supported else None,
                 )
                 stats.model_calls += 1
             except Exception as e:  # noqa: BLE001
@@ -153,7 +154,7 @@ class Runner:
                            else self.model.action_vector(a.get("keys", []), a.get("mouse", {})))
             events.append(a.get("event", ""))
         first_step = job.window[0][0]
-        kw = {"events": events} if self.model.info.events_supported else {}
+        kw = {"events": events} if self.events_supported else {}
         while True:
             try:
                 return self.model.prefill(torch.stack(latents), torch.stack(actions), first_step=first_step, **kw)

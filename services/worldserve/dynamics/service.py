@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import time
 from typing import Any
 
@@ -36,7 +35,6 @@ from worldserve.v1 import common_pb2, dynamics_pb2 as pb
 log = logging.getLogger("worldserve.dynamics")
 
 MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
-MAX_EVENT_CHARS = 200
 INFO_TTL_S = 30.0  # how long the ingress trusts a model's reported info (its runtime may change)
 ROUTE_CACHE_SESSIONS = 100_000  # session -> model entries the ingress remembers
 
@@ -111,6 +109,9 @@ class ModelServer:
         """The step, and the replica that made it (for debugging affinity and failover)."""
         return await self.engine.step(req), self.replica_id
 
+    async def check_actions(self, actions: list[tuple[tuple[str, ...], dict, str | None]]) -> None:
+        self.engine.check_actions(actions)
+
     async def info(self) -> dict:
         return model_info_dict(self.spec.name, self.spec.tier, self.model, self.batch_invariant)
 
@@ -127,22 +128,6 @@ class ModelServer:
 
 # --------------------------------------------------------------------------------------------------
 # the ingress
-
-
-def _validate_action(info: dict, a: common_pb2.Action, where: str = "") -> None:
-    """Check an action against a model's action space without the model (Rollout checks every
-    action before the first step)."""
-    keys, axes = set(info["keys"]), set(info["mouse_axes"])
-    for k in a.keys:
-        if k not in keys:
-            raise InvalidArgument(f"{where}unknown key {k!r}; expected one of {tuple(info['keys'])!r}")
-    for axis, v in a.mouse.items():
-        if axis not in axes:
-            raise InvalidArgument(f"{where}unknown mouse axis {axis!r}; expected one of {tuple(info['mouse_axes'])!r}")
-        if not (math.isfinite(v) and -1.0 <= v <= 1.0):
-            raise InvalidArgument(f"{where}mouse axis {axis!r} must be a finite number in [-1, 1], got {v!r}")
-    if a.HasField("event") and len(a.event) > MAX_EVENT_CHARS:
-        raise InvalidArgument(f"{where}event of {len(a.event)} characters exceeds the limit of {MAX_EVENT_CHARS}")
 
 
 def _to_request(tenant: str, r: pb.StepRequest, priority: Priority = Priority.INTERACTIVE) -> StepRequest:
@@ -284,9 +269,9 @@ class DynamicsService(ServiceBase):
             raise InvalidArgument(f"Rollout of {n} actions is out of range [1, {self.config.max_rollout_actions}]")
         check_session_id(request.session_id)
         check_format(request.format)
-        info = await self.model_info(await self._model_of(tenant, request.session_id))
-        for i, a in enumerate(request.actions):  # validate all first: a bad action 5 takes no step
-            _validate_action(info, a, f"actions[{i}]: ")
+        model = await self._model_of(tenant, request.session_id)
+        await self.handles[model].check_actions.remote(  # all first: a bad action 5 takes no step
+            [(tuple(a.keys), dict(a.mouse), a.event if a.HasField("event") else None) for a in request.actions])
         for i, a in enumerate(request.actions):
             req = pb.StepRequest(session_id=request.session_id, action=a, format=request.format)
             if i == 0 and request.HasField("expected_step"):

@@ -51,8 +51,10 @@ class SessionsCore:
         if name not in served:
             shown = model if len(model) <= 64 else model[:64] + "..."
             raise InvalidArgument(f"unknown model {shown!r}; this cluster serves {', '.join(map(repr, served))}")
-        size = served[name] or {"width": (await self.info())["width"], "height": (await self.info())["height"]}
-        return name, size
+        if served[name] is None:  # no catalog: the image model's frame size
+            info = await self.info()
+            return name, {"width": info["width"], "height": info["height"]}
+        return name, served[name]
 
     def _ttl(self, ttl_s: int) -> int:
         if ttl_s and not 60 <= ttl_s <= MAX_TTL_S:
