@@ -1,41 +1,80 @@
-"""Fidelity of the trained models, measured against the game itself.
+"""Fidelity of a dynamics model and an image model, measured against the game itself.
 
-    python -m worldserve.train.evaluate [--dynamics DIR] [--image DIR] [--sessions 16] [--json out.json]
+    python -m worldserve.train.evaluate [--dynamics DIR] [--image DIR] [--sessions 32] [--prompts 64]
+                                        [--horizon 32] [--sample-steps N] [--threads 1] [--json out.json]
 
-Every rollout goes through the serving API (``encode`` -> ``prefill`` of the first frame ->
-batched ``step`` with KV caches -> ``decode``), on held-out worlds (seeds >= ``HELDOUT_SEED``):
+Held-out worlds only: world ``i`` is seed ``HELDOUT_SEED + i`` with a new caption from
+``random_spec`` (the same worlds as :func:`episode`). Every rollout is served the way the engine
+serves it, through the :class:`~worldserve.dynamics.interface.DynamicsModel` interface alone:
+``encode`` the first frame, ``prefill`` it (one state per session), then one batched ``step`` per
+step for all sessions (guidance 2.0; the session seed is the world's seed), ``decode`` each new
+latent, ``release_state`` at the end. Frames are read with :mod:`worldserve.worlds.checks`.
 
-- autoencoder PSNR: decode(encode(frame)) vs the frame, held-out frames;
-- rollout PSNR at steps 1, 8 and 32 (and the mean over 1..32) vs the true game from the same first
-  frame and actions; "hold the first frame" is printed beside it as a naive baseline;
-- controllability (Genie's delta-PSNR): mean PSNR over steps 1..16 with the true actions minus
-  the same with shuffled actions (each session given another session's actions; and, harsher,
-  its own actions permuted in time);
-- prompt adherence: the fraction of described objects (colour, side) the palette check finds in
-  generated first frames, and the fraction of frames with all of them;
-- event response: mean brightness after "night falls" (and "it starts to rain") relative to the
-  same rollout without it, beside the game's own ratio;
-- determinism: the same seeds and actions give bitwise-identical frames (dynamics and image).
+Figures (targets in ``TARGETS``; the table marks each target line pass/fail):
+
+1. player within 4 px (Chebyshev distance of the detected to the true (centre x, feet y); no
+   player found = a miss) at steps 1 / 8 / 24 of the random-policy rollouts;
+2. the same over every frame where the true player is in the air, in the random-policy rollouts
+   and in as many jump-heavy ones;
+3. 24 no-ops on the worlds without rain (the game's frame never changes): PSNR of frame 24;
+4. caption objects still drawn in place at step 16 (those the true frame shows whole);
+5. rollout PSNR at every step 1..horizon beside "hold the first frame";
+6. controllability: PSNR at step 8 with the true actions minus with another world's actions;
+7. memory: 8 steps right then 8 left, frame 16 vs the true frame 0;
+8. prompt -> image: described objects in colour, kind and side (and frames with all of them);
+9. events on day, dry worlds: brightness ratio after "night falls" / "it starts to rain" vs the
+   game's, rain drawn as streaks, stars at night;
+10. determinism of replayed rollouts and regenerated images.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from worldserve.dynamics.model import WorldModel
-from worldserve.image.model import TinyTextToImage
-from worldserve.worlds import Game, WorldSpec, caption_of, check_palette, random_spec
-from worldserve.worlds.platformer import random_actions
+from worldserve.worlds import Game, WorldSpec, caption_of, random_spec
+from worldserve.worlds import checks
+from worldserve.worlds.platformer import GROUND_Y, VIEW, random_actions
 
-from .data import HELDOUT_SEED, action_matrix, make_trajectories
+from .data import HELDOUT_SEED
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+GUIDANCE = 2.0
+"""Guidance every evaluation step is served with."""
+TRACK_PX = 4
+"""A detected player counts when within this many pixels (Chebyshev) of the true position."""
+EVENT_STEPS = 8
+NOOP_STEPS = 24
+MEMORY_STEPS = 8  # right, then as many left
+OBJECT_STEP = 16
+CONTROL_STEP = 8
+TRACK_STEPS = (1, 8, 24)
+PSNR_STEPS = (1, 2, 4, 8, 16, 24, 32)
+JUMP_STEPS = 24
+
+TARGETS: dict[str, tuple[str, float]] = {
+    "player_within4_step8": (">=", 0.90),
+    "player_within4_step24": (">=", 0.75),
+    "player_airborne_within4": (">=", 0.80),
+    "noop24_psnr": (">=", 30.0),
+    "objects_in_place_step16": (">=", 0.90),
+    "rollout_above_hold_all_steps": (">=", 1.0),
+    "control_delta_psnr_8": (">=", 8.0),
+    "memory_psnr": (">=", 28.0),
+    "prompt_objects_found": (">=", 0.85),
+    "prompt_frames_all_found": (">=", 0.70),
+    "event_night_brightness_error": ("<=", 0.1),
+    "event_rain_brightness_error": ("<=", 0.1),
+    "deterministic_dynamics": (">=", 1.0),
+    "deterministic_image": (">=", 1.0),
+}
+"""Figure -> (comparison, target)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -60,20 +99,60 @@ def brightness_ratio(frames: np.ndarray, reference: np.ndarray) -> float:
 
 
 def adherence(frames: Sequence[np.ndarray], specs: Sequence[WorldSpec]) -> tuple[float, float]:
-    """(fraction of described objects found, fraction of frames with all of them found)."""
-    found = [check_palette(f, s) for f, s in zip(frames, specs)]
+    """(fraction of described objects found in colour, kind and side; fraction of frames with all
+    of them), read with :func:`worldserve.worlds.checks.check_objects`."""
+    found = [checks.check_objects(f, s) for f, s in zip(frames, specs)]
     objects = [x for row in found for x in row]
     return float(np.mean(objects)) if objects else 1.0, float(np.mean([all(r) for r in found]))
 
 
+def passed(r: dict[str, Any]) -> dict[str, bool]:
+    """Target figure -> met (only the figures present in ``r``)."""
+    out = {}
+    for key, (op, target) in TARGETS.items():
+        v = r.get(key)
+        if isinstance(v, (int, float)) and np.isfinite(v):
+            out[key] = bool(v >= target if op == ">=" else v <= target)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
-# episodes and rollouts
+# worlds, episodes and the game's truth
+
+
+def heldout_world(i: int, steps: int) -> tuple[WorldSpec, int, list[tuple[str, ...]]]:
+    """Held-out world ``i``: its caption's spec, its seed and ``steps`` actions of the random policy
+    (the same world and actions as :func:`episode` ``(i, steps)``)."""
+    rng = np.random.default_rng([HELDOUT_SEED + i, 2])
+    spec = random_spec(rng)
+    return spec, HELDOUT_SEED + i, random_actions(rng, steps)
+
+
+_JUMPY: tuple[tuple[tuple[str, ...], float], ...] = (
+    (("jump",), 0.25), (("right", "jump"), 0.2), (("left", "jump"), 0.15), (("up",), 0.1),
+    (("right", "up"), 0.05), (("right",), 0.1), (("left",), 0.05), (("fire",), 0.05), ((), 0.05),
+)
+
+
+def jump_actions(rng: np.random.Generator, n: int, hold: float = 0.6) -> list[tuple[str, ...]]:
+    """``n`` actions of a jump-heavy sticky policy (most of its frames are in the air)."""
+    keys = [k for k, _ in _JUMPY]
+    p = np.asarray([w for _, w in _JUMPY])
+    p = p / p.sum()
+    cur = keys[int(rng.choice(len(keys), p=p))]
+    out = []
+    for _ in range(n):
+        if rng.random() > hold:
+            cur = keys[int(rng.choice(len(keys), p=p))]
+        out.append(cur)
+    return out
 
 
 def episode(seed: int, steps: int, *, event: str | None = None, event_step: int = 1,
             spec: WorldSpec | None = None) -> tuple[np.ndarray, list[tuple[str, ...]], list[str]]:
-    """A held-out world played with a random policy: frames (steps + 1, H, W, 3), the keys of
-    steps 1..steps, and the event text in force for each of those frames."""
+    """Held-out world ``seed`` played with the random policy: frames (steps + 1, H, W, 3), the keys
+    of steps 1..steps, and the event text in force for each of those frames (``event`` switched on
+    at ``event_step``)."""
     rng = np.random.default_rng([HELDOUT_SEED + seed, 2])
     spec = spec if spec is not None else random_spec(rng)
     game = Game(spec, HELDOUT_SEED + seed)
@@ -86,169 +165,485 @@ def episode(seed: int, steps: int, *, event: str | None = None, event_step: int 
     return np.stack(frames), keys, events
 
 
-@torch.no_grad()
-def rollout(model: WorldModel, first: np.ndarray, actions: np.ndarray, events: list[list[str]] | None,
-            seeds: Sequence[int]) -> np.ndarray:
-    """Serve N sessions the way the engine does: encode + prefill the first frames, then one batched
-    ``step`` per action. first (N, H, W, 3) uint8, actions (N, S, A) -> frames (N, S, H, W, 3)."""
-    n, steps = actions.shape[:2]
-    z0 = model.encode(torch.from_numpy(first))
-    caches = [model.prefill(z0[i : i + 1], model.null_action()[None], 0, events=[""]) for i in range(n)]
-    out = []
-    for s in range(steps):
-        ev = [events[i][s] for i in range(n)] if events is not None else None
-        lat = model.step(caches, torch.from_numpy(actions[:, s]), seeds=list(seeds), steps=[s + 1] * n, events=ev)
-        out.append(model.decode(lat).numpy())
-    return np.stack(out, axis=1)
+@dataclass
+class Played:
+    """The game's truth for one session: frames 0..S and, per frame, what the checks need."""
+
+    spec: WorldSpec
+    frames: np.ndarray  # (S + 1, H, W, 3)
+    position: list[tuple[int, int]] = field(default_factory=list)  # checks.player_position
+    camera: list[int] = field(default_factory=list)
+    night: list[bool] = field(default_factory=list)
+    rain: list[bool] = field(default_factory=list)
+    shown: list[list[bool]] = field(default_factory=list)  # checks.objects_shown
+
+    def airborne(self, t: int) -> bool:
+        return self.position[t][1] < GROUND_Y
+
+
+def play(spec: WorldSpec, seed: int, keys: Sequence[Sequence[str]], events: Sequence[str] | None = None) -> Played:
+    """Play the game: ``keys[s - 1]`` and the event text in force ``events[s - 1]`` ("" = none) make
+    frame s."""
+    game = Game(spec, seed)
+    frames = [game.reset()]
+    p = Played(spec, np.empty(0))
+
+    def note() -> None:
+        p.position.append(checks.player_position(game))
+        p.camera.append(game.camera)
+        p.night.append(game.night)
+        p.rain.append(game.rain)
+        p.shown.append(checks.objects_shown(game))
+
+    note()
+    for s, k in enumerate(keys):
+        ev = events[s] if events is not None and events[s] else None
+        frames.append(game.step(list(k), ev))
+        note()
+    p.frames = np.stack(frames)
+    return p
 
 
 # --------------------------------------------------------------------------------------------------
+# serving rollouts through the DynamicsModel interface
 
 
-def evaluate(dynamics: WorldModel, image: TinyTextToImage | None, *, sessions: int = 16, prompts: int = 64,
-             horizon: int = 32) -> dict[str, float]:
-    """All figures as a flat dict."""
-    r: dict[str, float] = {}
-    a_dim = dynamics.config.action_dim
-    n_mouse = len(dynamics.config.mouse_axes)
+@dataclass
+class Job:
+    """One session to serve: its first frame, the keys of steps 1..S, the event text in force for
+    each of those frames (None: no events), its seed."""
 
-    # autoencoder on held-out frames
-    held = make_trajectories(range(HELDOUT_SEED, HELDOUT_SEED + sessions), 16, event_p=0.1)
-    frames = held.frames.reshape(-1, *held.frames.shape[2:])
-    recon = np.concatenate([dynamics.decode(dynamics.encode(torch.from_numpy(frames[i : i + 128]))).numpy()
-                            for i in range(0, len(frames), 128)])
-    r["ae_psnr"] = float(psnr(recon, frames).mean())
+    first: np.ndarray
+    keys: list[tuple[str, ...]]
+    events: list[str] | None
+    seed: int
 
-    # rollouts vs the game
-    eps = [episode(i, horizon) for i in range(sessions)]
-    first = np.stack([e[0][0] for e in eps])
-    truth = np.stack([e[0][1:] for e in eps])  # (N, S, H, W, 3)
-    acts = np.stack([action_matrix(e[1], dynamics.config.keys, n_mouse) for e in eps])
-    assert acts.shape[-1] == a_dim
-    seeds = list(range(sessions))
-    pred = rollout(dynamics, first, acts, None, seeds)
-    p = psnr(pred, truth)  # (N, S)
-    hold = psnr(np.broadcast_to(first[:, None], truth.shape), truth)
-    for k in (1, 8, 32):
-        if k <= horizon:
-            r[f"rollout_psnr_{k}"] = float(p[:, k - 1].mean())
-            r[f"hold_first_psnr_{k}"] = float(hold[:, k - 1].mean())
-    r["rollout_psnr_mean"] = float(p.mean())
+
+@dataclass
+class ServeStats:
+    step_calls: int = 0
+    frames: int = 0
+
+
+@torch.no_grad()
+def serve(model: Any, jobs: Sequence[Job], *, guidance: float = GUIDANCE, batch: int = 64,
+          stats: ServeStats | None = None) -> list[np.ndarray]:
+    """Serve the jobs as the engine does and return each one's frames 1..S, (S, H, W, 3) uint8.
+
+    Sessions run in batches of up to ``batch`` (longest jobs first): ``encode`` their first frames,
+    ``prefill`` one state per session (``events=[""]``), then one batched ``step`` per step for
+    every session still running (all at the same step), ``decode``; ``release_state`` at the end.
+    A model whose state memory is full (``StateMemoryFull``) gets smaller batches."""
+    from worldserve.dynamics.interface import StateMemoryFull
+
+    stats = stats if stats is not None else ServeStats()
+    events_on = bool(model.info.events_supported)
+    vectors: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def vec(keys: tuple[str, ...]) -> torch.Tensor:
+        if keys not in vectors:
+            vectors[keys] = model.action_vector(list(keys))
+        return vectors[keys]
+
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].keys))
+    out: list[np.ndarray | None] = [None] * len(jobs)
+    start = 0
+    while start < len(order):
+        chunk = order[start : start + batch]
+        z0 = model.encode(torch.from_numpy(np.stack([jobs[i].first for i in chunk])))
+        states: list[Any] = []
+        try:
+            for j in range(len(chunk)):
+                states.append(model.prefill(z0[j : j + 1], model.null_action()[None], 0, events=[""]))
+        except StateMemoryFull:
+            for s in states:
+                model.release_state(s)
+            if batch == 1:
+                raise
+            batch = max(1, len(states) if states else batch // 2)
+            continue
+        try:
+            frames: list[list[np.ndarray]] = [[] for _ in chunk]
+            for s in range(1, len(jobs[chunk[0]].keys) + 1):
+                live = [j for j, i in enumerate(chunk) if len(jobs[i].keys) >= s]  # a prefix
+                n = len(live)
+                acts = torch.stack([vec(tuple(jobs[chunk[j]].keys[s - 1])) for j in live])
+                evs = None
+                if events_on:
+                    evs = [(jobs[chunk[j]].events or [""] * s)[s - 1] for j in live]
+                lat = model.step(states[:n], acts, seeds=[jobs[chunk[j]].seed for j in live], steps=[s] * n,
+                                 guidance=guidance, events=evs)
+                dec = model.decode(lat).numpy()
+                stats.step_calls += 1
+                stats.frames += n
+                for k, j in enumerate(live):
+                    frames[j].append(dec[k])
+        finally:
+            for st in states:
+                model.release_state(st)
+        for j, i in enumerate(chunk):
+            out[i] = np.stack(frames[j]) if frames[j] else np.zeros((0, *jobs[i].first.shape), np.uint8)
+        start += len(chunk)
+    return out  # type: ignore[return-value]
+
+
+def rollout(model: Any, first: np.ndarray, actions: np.ndarray, events: list[list[str]] | None,
+            seeds: Sequence[int], *, guidance: float = GUIDANCE) -> np.ndarray:
+    """N sessions from multi-hot action vectors: first (N, H, W, 3) uint8, actions (N, S, A) in
+    the model's action layout -> frames (N, S, H, W, 3), all in one batch."""
+    first, actions = np.asarray(first), np.asarray(actions, np.float32)
+    names = model.info.action_space.keys
+    jobs = []
+    for i in range(len(first)):
+        keys = [tuple(k for k, v in zip(names, a) if v > 0.5) for a in actions[i]]
+        jobs.append(Job(first[i], keys, events[i] if events is not None else None, int(seeds[i])))
+    return np.stack(serve(model, jobs, guidance=guidance, batch=max(1, len(jobs))))
+
+
+# --------------------------------------------------------------------------------------------------
+# the evaluation
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(np.mean(xs)) if len(xs) else float("nan")
+
+
+def _found(frame: np.ndarray, true: tuple[int, int]) -> bool:
+    return checks.player_distance(checks.find_player(frame), true) <= TRACK_PX
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    if img.shape[:2] == (h, w):
+        return img
+    ys = (np.arange(h) * img.shape[0] // h).clip(0, img.shape[0] - 1)
+    xs = (np.arange(w) * img.shape[1] // w).clip(0, img.shape[1] - 1)
+    return img[ys][:, xs]
+
+
+def evaluate(dynamics: Any, image: Any = None, *, sessions: int = 32, prompts: int = 64, horizon: int = 32,
+             guidance: float = GUIDANCE, batch: int = 64) -> dict[str, Any]:
+    """Every figure as a dict (floats, and per-step lists). ``dynamics`` is any
+    :class:`~worldserve.dynamics.interface.DynamicsModel`; ``image`` any object with
+    ``generate_batch`` (None: no prompt figures)."""
+    if sessions < 2:
+        raise ValueError(f"sessions must be >= 2 (controllability swaps actions between sessions), got {sessions}")
+    t0 = time.monotonic()
+    r: dict[str, Any] = {"sessions": sessions, "horizon": horizon}
+    info = dynamics.info
+    events_on = bool(info.events_supported)
+    r["sample_steps"] = int(info.sample_steps)
+    L = max(horizon, max(TRACK_STEPS), OBJECT_STEP, CONTROL_STEP)
+
+    # --- the worlds, their jobs and the game's truth ---------------------------------------------
+    worlds = [heldout_world(i, L) for i in range(sessions)]
+    groups: dict[str, list[tuple[Job, Played]]] = {k: [] for k in
+                                                    ("main", "shuffled", "jump", "noop", "memory", "plain", "night", "rain")}
+
+    def add(group: str, spec: WorldSpec, seed: int, keys: list, events: list[str] | None = None,
+            truth: Played | None = None) -> None:
+        p = truth if truth is not None else play(spec, seed, keys, events)
+        groups[group].append((Job(p.frames[0], list(keys), events, seed), p))
+
+    for i, (spec, seed, keys) in enumerate(worlds):
+        add("main", spec, seed, keys)
+        dry = WorldSpec(spec.objects, spec.ground, spec.night, rain=False)
+        add("jump", spec, seed, jump_actions(np.random.default_rng([seed, 5]), JUMP_STEPS))
+        add("noop", dry, seed, [()] * NOOP_STEPS)
+        add("memory", dry, seed, [("right",)] * MEMORY_STEPS + [("left",)] * MEMORY_STEPS)
+        if events_on:
+            day = WorldSpec(spec.objects, spec.ground, night=False, rain=False)
+            ek = keys[:EVENT_STEPS]
+            add("plain", day, seed, ek, [""] * EVENT_STEPS)
+            add("night", day, seed, ek, ["night falls"] * EVENT_STEPS)
+            add("rain", day, seed, ek, ["it starts to rain"] * EVENT_STEPS)
+    for i, (spec, seed, _) in enumerate(worlds):  # another world's actions, the same world
+        other = worlds[(i - 1) % sessions][2][:CONTROL_STEP]  # np.roll by 1 over sessions
+        add("shuffled", spec, seed, other, truth=groups["main"][i][1])
+
+    names = list(groups)
+    all_jobs = [j for g in names for j, _ in groups[g]]
+    stats = ServeStats()
+    served = serve(dynamics, all_jobs, guidance=guidance, batch=batch, stats=stats)
+    pred: dict[str, list[np.ndarray]] = {}
+    k = 0
+    for g in names:
+        pred[g] = served[k : k + len(groups[g])]
+        k += len(groups[g])
+    truth = {g: [p for _, p in groups[g]] for g in names}
+
+    # --- autoencoder (informational) --------------------------------------------------------------
+    sample = np.stack([p.frames[t] for p in truth["main"] for t in (0, 8, 16, 24) if t < len(p.frames)])
+    recon = np.concatenate([dynamics.decode(dynamics.encode(torch.from_numpy(sample[i : i + 64]))).numpy()
+                            for i in range(0, len(sample), 64)])
+    r["ae_psnr"] = float(psnr(recon, sample).mean())
+
+    # --- 1, 2: the player --------------------------------------------------------------------------
+    main_t, main_p = truth["main"], pred["main"]
+    per_step = []
+    for s in range(1, L + 1):
+        per_step.append(_mean([_found(main_p[i][s - 1], main_t[i].position[s]) for i in range(sessions)]))
+    r["player_within4_per_step"] = per_step
+    for s in TRACK_STEPS:
+        r[f"player_within4_step{s}"] = per_step[s - 1]
+    air, air_game, exact_game = [], [], []
+    for g in ("main", "jump"):
+        for p, f in zip(truth[g], pred[g]):
+            for s in range(1, len(p.frames)):
+                exact_game.append(checks.find_player(p.frames[s]) == p.position[s])
+                if p.airborne(s):
+                    air.append(_found(f[s - 1], p.position[s]))
+                    air_game.append(_found(p.frames[s], p.position[s]))
+    r["player_airborne_within4"] = _mean(air)
+    r["player_airborne_frames"] = len(air)
+    r["player_airborne_within4_game"] = _mean(air_game)
+    r["player_exact_game"] = _mean(exact_game)
+
+    # --- 3: no-ops ---------------------------------------------------------------------------------
+    r["noop24_psnr"] = float(np.mean([psnr(f[NOOP_STEPS - 1], p.frames[NOOP_STEPS])
+                                      for p, f in zip(truth["noop"], pred["noop"])]))
+    r["noop24_psnr_game"] = float(np.mean([psnr(p.frames[NOOP_STEPS], p.frames[0]) for p in truth["noop"]]))
+
+    # --- 4: first-view objects at step 16 ----------------------------------------------------------
+    hits, hits_game = [], []
+    for p, f in zip(main_t, main_p):
+        s = OBJECT_STEP
+        light = dict(night=p.night[s], rain=p.rain[s])
+        model_in = checks.objects_in_place(f[s - 1], p.spec, p.camera[s], **light)
+        game_in = checks.objects_in_place(p.frames[s], p.spec, p.camera[s], **light)
+        for shown, m, g in zip(p.shown[s], model_in, game_in):
+            if shown:
+                hits.append(m)
+                hits_game.append(g)
+    r["objects_in_place_step16"] = _mean(hits)
+    r["objects_in_place_step16_game"] = _mean(hits_game)
+    r["objects_in_place_count"] = len(hits)
+
+    # --- 5: rollout PSNR vs holding the first frame -------------------------------------------------
+    true_frames = np.stack([p.frames[1 : horizon + 1] for p in main_t])
+    model_frames = np.stack([f[:horizon] for f in main_p])
+    pp = psnr(model_frames, true_frames)  # (N, horizon)
+    hold = psnr(np.broadcast_to(np.stack([p.frames[0] for p in main_t])[:, None], true_frames.shape), true_frames)
+    r["rollout_psnr"] = pp.mean(0).tolist()
+    r["hold_first_psnr"] = hold.mean(0).tolist()
+    for s in PSNR_STEPS:
+        if s <= horizon:
+            r[f"rollout_psnr_{s}"] = float(pp[:, s - 1].mean())
+            r[f"hold_first_psnr_{s}"] = float(hold[:, s - 1].mean())
+    r["rollout_psnr_mean"] = float(pp.mean())
     r["hold_first_psnr_mean"] = float(hold.mean())
+    r["rollout_above_hold_all_steps"] = float(bool(np.all(pp.mean(0) > hold.mean(0))))
 
-    # controllability: the same 16 steps with shuffled actions. Headline (Genie's random-action
-    # baseline): every session gets another session's action sequence (a derangement), i.e. real
-    # actions from the same policy, unrelated to this world. Also reported: each session's own
-    # actions permuted in time, a harsher baseline -- it keeps the same net walk, so by the end of
-    # the horizon the view has scrolled to the same place.
-    c = min(16, horizon)
-    r["control_psnr_true"] = float(p[:, :c].mean())
-    across = np.roll(acts[:, :c], 1, axis=0)
-    p_across = psnr(rollout(dynamics, first, across, None, seeds), truth[:, :c])
-    r["control_psnr_shuffled"] = float(p_across.mean())
-    r["control_delta_psnr"] = delta_psnr(p[:, :c], p_across)
-    rng = np.random.default_rng(0)
-    in_time = np.stack([a[rng.permutation(c)] for a in acts[:, :c]])
-    p_time = psnr(rollout(dynamics, first, in_time, None, seeds), truth[:, :c])
-    r["control_psnr_time_shuffled"] = float(p_time.mean())
-    r["control_delta_psnr_time_shuffled"] = delta_psnr(p[:, :c], p_time)
+    # --- 6: controllability -------------------------------------------------------------------------
+    c = CONTROL_STEP
+    truth_c = np.stack([p.frames[1 : c + 1] for p in main_t])
+    shuffled = psnr(np.stack([f[:c] for f in pred["shuffled"]]), truth_c)
+    true_c = psnr(np.stack([f[:c] for f in main_p]), truth_c)
+    r["control_psnr_true_8"] = float(true_c[:, c - 1].mean())
+    r["control_psnr_shuffled_8"] = float(shuffled[:, c - 1].mean())
+    r["control_delta_psnr_8"] = delta_psnr(true_c[:, c - 1], shuffled[:, c - 1])
+    r["control_delta_psnr_mean_1_8"] = delta_psnr(true_c, shuffled)
 
-    # determinism: the first 8 steps again, same seeds and actions
-    again = rollout(dynamics, first, acts[:, :8], None, seeds)
-    r["deterministic_dynamics"] = float(np.array_equal(again, pred[:, :8]))
+    # --- 7: memory ----------------------------------------------------------------------------------
+    m = 2 * MEMORY_STEPS
+    r["memory_psnr"] = float(np.mean([psnr(f[m - 1], p.frames[0]) for p, f in zip(truth["memory"], pred["memory"])]))
+    r["memory_psnr_game"] = float(np.mean([psnr(p.frames[m], p.frames[0]) for p in truth["memory"]]))
 
-    # event response: day, dry worlds; the event from step 1 on, vs no event
-    if dynamics.events_supported:
-        for name, text in (("night", "night falls"), ("rain", "it starts to rain")):
-            e_steps = 8
-            base, with_ev, model_ratio_rows = [], [], []
-            game_plain, game_ev, a_rows, ev_rows, firsts = [], [], [], [], []
-            for i in range(sessions):
-                spec = random_spec(np.random.default_rng([HELDOUT_SEED + i, 3]))
-                spec = WorldSpec(spec.objects, spec.ground, night=False, rain=False)
-                f0, keys, _ = episode(i, e_steps, spec=spec)
-                f1, _, evs = episode(i, e_steps, spec=spec, event=text)
-                game_plain.append(f0[1:]), game_ev.append(f1[1:])
-                a_rows.append(action_matrix(keys, dynamics.config.keys, n_mouse)), ev_rows.append(evs)
-                firsts.append(f0[0])
-            firsts_a, acts_e = np.stack(firsts), np.stack(a_rows)
-            plain = rollout(dynamics, firsts_a, acts_e, None, seeds)
-            evented = rollout(dynamics, firsts_a, acts_e, ev_rows, seeds)
-            r[f"event_{name}_brightness_model"] = brightness_ratio(evented, plain)
-            r[f"event_{name}_brightness_game"] = brightness_ratio(np.stack(game_ev), np.stack(game_plain))
+    # --- 9: events ----------------------------------------------------------------------------------
+    if events_on:
+        plain_m = np.stack(pred["plain"])
+        plain_g = np.stack([p.frames[1:] for p in truth["plain"]])
+        for name in ("night", "rain"):
+            ev_m = np.stack(pred[name])
+            ev_g = np.stack([p.frames[1:] for p in truth[name]])
+            r[f"event_{name}_brightness_model"] = brightness_ratio(ev_m, plain_m)
+            r[f"event_{name}_brightness_game"] = brightness_ratio(ev_g, plain_g)
+            r[f"event_{name}_brightness_error"] = abs(r[f"event_{name}_brightness_model"] -
+                                                      r[f"event_{name}_brightness_game"])
+        rain_m = np.stack(pred["rain"]).reshape(-1, VIEW, VIEW, 3)
+        rain_g = np.stack([p.frames[1:] for p in truth["rain"]]).reshape(-1, VIEW, VIEW, 3)
+        r["rain_streaks_model"] = _mean([checks.rain_streaks(f) for f in rain_m])
+        r["rain_streaks_model_dry"] = _mean([checks.rain_streaks(f) for f in plain_m.reshape(-1, VIEW, VIEW, 3)])
+        r["rain_streaks_game_rain"] = _mean([checks.rain_streaks(f) for f in rain_g])
+        r["rain_streaks_game_dry"] = _mean([checks.rain_streaks(f) for f in plain_g.reshape(-1, VIEW, VIEW, 3)])
+        r["stars_night_model"] = _mean([checks.stars(f) for f in np.stack(pred["night"]).reshape(-1, VIEW, VIEW, 3)])
+        r["stars_night_game"] = _mean([checks.stars(p.frames[s]) for p in truth["night"] for s in range(1, len(p.frames))])
+        r["stars_day_model"] = _mean([checks.stars(f) for f in plain_m.reshape(-1, VIEW, VIEW, 3)])
 
-    # prompt adherence
+    # --- 10: determinism (dynamics): the same jobs twice, in the same batch -------------------------
+    det = [Job(j.first, j.keys[:CONTROL_STEP], None, j.seed) for j, _ in groups["main"][: min(sessions, 4)]]
+    a = serve(dynamics, det, guidance=guidance, batch=batch, stats=stats)
+    b = serve(dynamics, det, guidance=guidance, batch=batch, stats=stats)
+    r["deterministic_dynamics"] = float(all(np.array_equal(x, y) for x, y in zip(a, b)))
+    r["model_step_calls"] = stats.step_calls
+    r["model_frames"] = stats.frames
+    r["dynamics_seconds"] = time.monotonic() - t0
+
+    # --- 8: prompt -> image -------------------------------------------------------------------------
     if image is not None:
-        rng = np.random.default_rng([HELDOUT_SEED, 4])
-        specs = []
-        while len(specs) < prompts:
-            s = random_spec(rng)
-            if s.objects:
-                specs.append(s)
-        caps = [caption_of(s) for s in specs]
-        w, h = image.supported_sizes[0]
-        gen = np.concatenate([
-            image.generate_batch(caps[i : i + 16], seeds=list(range(i, min(i + 16, len(caps)))), width=w, height=h,
-                                 steps=image.default_steps, guidance=image.default_guidance)
-            for i in range(0, len(caps), 16)])
-        r["prompt_objects_found"], r["prompt_frames_all_found"] = adherence(list(gen), specs)
-        r["prompt_objects_found_game"] = adherence([Game(s, 0).reset() for s in specs], specs)[0]
-        again_img = image.generate(caps[0], seed=0, width=w, height=h, steps=image.default_steps,
-                                   guidance=image.default_guidance)
-        r["deterministic_image"] = float(np.array_equal(again_img, gen[0]))
+        t1 = time.monotonic()
+        r.update(evaluate_image(image, prompts=prompts))
+        r["image_seconds"] = time.monotonic() - t1
+    r["pass"] = passed(r)
     return r
 
 
-def table(r: dict[str, float]):
+def heldout_prompts(n: int) -> list[WorldSpec]:
+    """``n`` held-out captions' specs, each with at least one object."""
+    rng = np.random.default_rng([HELDOUT_SEED, 4])
+    specs: list[WorldSpec] = []
+    while len(specs) < n:
+        s = random_spec(rng)
+        if s.objects:
+            specs.append(s)
+    return specs
+
+
+def evaluate_image(image: Any, *, prompts: int = 64, batch: int = 8) -> dict[str, Any]:
+    """Prompt figures of an image model (anything with ``generate_batch``; its ``default_steps``
+    and ``default_guidance`` are used when present)."""
+    r: dict[str, Any] = {"prompts": prompts}
+    specs = heldout_prompts(prompts)
+    caps = [caption_of(s) for s in specs]
+    sizes = [tuple(s) for s in getattr(image, "supported_sizes", ((VIEW, VIEW),))]
+    w, h = (VIEW, VIEW) if (VIEW, VIEW) in sizes else sizes[0]
+    opts = dict(width=w, height=h, steps=int(getattr(image, "default_steps", 4)),
+                guidance=float(getattr(image, "default_guidance", 3.0)))
+
+    def gen(i: int) -> np.ndarray:
+        imgs = image.generate_batch(caps[i : i + batch], seeds=list(range(i, min(i + batch, len(caps)))), **opts)
+        return np.stack([_resize(np.asarray(x, np.uint8), VIEW, VIEW) for x in imgs])
+
+    out = np.concatenate([gen(i) for i in range(0, len(caps), batch)])
+    r["prompt_objects_found"], r["prompt_frames_all_found"] = adherence(list(out), specs)
+    game = [Game(s, 0).reset() for s in specs]
+    r["prompt_objects_found_game"], r["prompt_frames_all_found_game"] = adherence(game, specs)
+    r["deterministic_image"] = float(np.array_equal(gen(0), out[:batch]))
+    return r
+
+
+# --------------------------------------------------------------------------------------------------
+# the table
+
+
+def table(r: dict[str, Any]):
+    """A rich table: figure, model, game/reference, target, pass mark."""
     from rich.table import Table
 
-    t = Table(title="worldserve default models: fidelity vs the platformer (held-out worlds)")
-    t.add_column("metric")
+    t = Table(title=f"fidelity vs the platformer: {r.get('sessions', '?')} held-out worlds, "
+                    f"{r.get('prompts', 0)} held-out captions")
+    t.add_column("figure", no_wrap=True)
     t.add_column("model", justify="right")
-    t.add_column("reference", justify="right")
+    t.add_column("game / reference", justify="right")
+    t.add_column("target", justify="right")
+    t.add_column("", justify="center")
+    ok = passed(r)
+
+    def num(key: str, fmt: str = "{:.2f}") -> str:
+        v = r.get(key)
+        if v is None:
+            return "n/a"
+        return fmt.format(v)
 
     def row(name: str, key: str, ref: str = "", fmt: str = "{:.2f}") -> None:
-        if key in r:
-            t.add_row(name, fmt.format(r[key]), ref)
+        if key not in r:
+            return
+        target = ""
+        if key in TARGETS:
+            op, v = TARGETS[key]
+            target = {"rollout_above_hold_all_steps": "yes", "deterministic_dynamics": "yes",
+                      "deterministic_image": "yes"}.get(key, f"{op} {v:g}")
+        mark = "" if key not in ok else ("[green]pass[/]" if ok[key] else "[red]FAIL[/]")
+        t.add_row(name, fmt.format(r[key]) if fmt != "yes" else ("yes" if r[key] >= 1 else "no"), ref, target, mark)
 
-    row("autoencoder PSNR, held-out frames (dB)", "ae_psnr")
-    for k in (1, 8, 32):
-        row(f"rollout PSNR at step {k} (dB)", f"rollout_psnr_{k}", f"hold first frame {r.get(f'hold_first_psnr_{k}', float('nan')):.2f}")
-    row("rollout PSNR, mean of steps 1-32 (dB)", "rollout_psnr_mean", f"hold first frame {r.get('hold_first_psnr_mean', float('nan')):.2f}")
-    row("controllability delta-PSNR, steps 1-16 (dB), actions shuffled across sessions", "control_delta_psnr",
-        f"true {r.get('control_psnr_true', float('nan')):.2f} / shuffled {r.get('control_psnr_shuffled', float('nan')):.2f}")
-    row("controllability delta-PSNR, steps 1-16 (dB), actions shuffled in time", "control_delta_psnr_time_shuffled",
-        f"true {r.get('control_psnr_true', float('nan')):.2f} / shuffled {r.get('control_psnr_time_shuffled', float('nan')):.2f}")
-    row("prompt adherence: objects found", "prompt_objects_found", f"game frames {r.get('prompt_objects_found_game', float('nan')):.2f}")
-    row("prompt adherence: frames with all objects", "prompt_frames_all_found")
-    row("event 'night falls': brightness vs none", "event_night_brightness_model", f"game {r.get('event_night_brightness_game', float('nan')):.2f}")
-    row("event 'it starts to rain': brightness vs none", "event_rain_brightness_model", f"game {r.get('event_rain_brightness_game', float('nan')):.2f}")
-    for key, name in (("deterministic_dynamics", "determinism: rollout replay identical"),
-                      ("deterministic_image", "determinism: image regenerated identical")):
-        if key in r:
-            t.add_row(name, "yes" if r[key] == 1.0 else "NO", "")
+    for s in TRACK_STEPS:
+        row(f"1. player within {TRACK_PX} px (Chebyshev) at step {s}", f"player_within4_step{s}",
+            f"game {num('player_exact_game')} (exact)")
+    row(f"2. player within {TRACK_PX} px while airborne ({r.get('player_airborne_frames', 0)} frames)",
+        "player_airborne_within4", f"game {num('player_airborne_within4_game')}")
+    row(f"3. {NOOP_STEPS} no-ops, dry worlds: PSNR of frame {NOOP_STEPS} (dB)", "noop24_psnr",
+        f"game {num('noop24_psnr_game', '{:.0f}')}")
+    row(f"4. first-view objects in place at step {OBJECT_STEP} ({r.get('objects_in_place_count', 0)} shown)",
+        "objects_in_place_step16", f"game {num('objects_in_place_step16_game')}")
+    for s in PSNR_STEPS:
+        row(f"5. rollout PSNR at step {s} (dB)", f"rollout_psnr_{s}", f"hold first {num(f'hold_first_psnr_{s}')}")
+    row(f"5. rollout PSNR above hold-first at every step 1..{r.get('horizon', '?')}", "rollout_above_hold_all_steps",
+        "", fmt="yes")
+    row("6. controllability delta-PSNR at step 8 (dB)", "control_delta_psnr_8",
+        f"true {num('control_psnr_true_8')} / other's {num('control_psnr_shuffled_8')}", fmt="{:+.2f}")
+    row("6. controllability delta-PSNR, mean steps 1-8 (dB)", "control_delta_psnr_mean_1_8", "", fmt="{:+.2f}")
+    row("7. memory: 8 right + 8 left, frame 16 vs frame 0 (dB)", "memory_psnr", f"game {num('memory_psnr_game')}")
+    row("8. prompt: described objects (colour, kind, side)", "prompt_objects_found",
+        f"game {num('prompt_objects_found_game')}")
+    row("8. prompt: frames with all objects right", "prompt_frames_all_found",
+        f"game {num('prompt_frames_all_found_game')}")
+    for name, text in (("night", "night falls"), ("rain", "it starts to rain")):
+        if f"event_{name}_brightness_model" in r:
+            key = f"event_{name}_brightness_error"
+            mark = "[green]pass[/]" if ok.get(key) else "[red]FAIL[/]"
+            t.add_row(f"9. '{text}': brightness vs none (|model - game| <= 0.1)",
+                      num(f"event_{name}_brightness_model"), f"game {num(f'event_{name}_brightness_game')}",
+                      f"± {TARGETS[key][1]:g}", mark)
+    if "rain_streaks_model" in r:
+        det_ok = r["rain_streaks_game_rain"] == 1.0 and r["rain_streaks_game_dry"] == 0.0
+        t.add_row("9. rain drawn as streaks (frames after the event)", num("rain_streaks_model"),
+                  f"game rain {num('rain_streaks_game_rain')} / dry {num('rain_streaks_game_dry')}",
+                  "", "detector ok" if det_ok else "[red]detector![/]")
+        t.add_row("9. stars per frame after 'night falls' (info)", num("stars_night_model", "{:.1f}"),
+                  f"game {num('stars_night_game', '{:.1f}')}", "", "")
+    row("10. determinism: rollout replay identical", "deterministic_dynamics", "", fmt="yes")
+    row("10. determinism: image regenerated identical", "deterministic_image", "", fmt="yes")
+    row("autoencoder PSNR, held-out frames (dB, info)", "ae_psnr")
     return t
 
 
-def run(dynamics: Path = WEIGHTS / "dynamics", image: Path | None = WEIGHTS / "image", *, sessions: int = 16,
-        prompts: int = 64, threads: int = 1, json_out: Path | None = None,
-        sample_steps: int = 0) -> dict[str, float]:
-    import dataclasses
+# --------------------------------------------------------------------------------------------------
+# loading and the command
 
+
+def _kind(folder: Path, default: str) -> str:
+    try:
+        data = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return default
+    return str(data.get("kind") or default) if isinstance(data, dict) else default
+
+
+def load_dynamics(folder: Path, sample_steps: int = 0) -> Any:
+    """Any registered dynamics model: kind = config.json's "kind", else "world_model"."""
+    from worldserve.common.config import ModelSpec
+    from worldserve.dynamics.registry import REGISTRY
+
+    kind = _kind(folder, "world_model")
+    return REGISTRY.get(kind)(str(folder), device="cpu", dtype=torch.float32,
+                              spec=ModelSpec(name="eval", kind=kind, sample_steps=sample_steps))
+
+
+def load_image(folder: Path) -> Any:
+    """Any registered image model: kind = config.json's "kind", else "tiny_text_to_image"."""
+    from worldserve.image.core import REGISTRY
+
+    return REGISTRY.get(_kind(folder, "tiny_text_to_image"))(str(folder), device="cpu")
+
+
+def run(dynamics: Path = WEIGHTS / "dynamics", image: Path | None = WEIGHTS / "image", *, sessions: int = 32,
+        prompts: int = 64, horizon: int = 32, threads: int = 1, json_out: Path | None = None,
+        sample_steps: int = 0) -> dict[str, Any]:
     from rich.console import Console
 
     torch.set_num_threads(threads)
     t0 = time.monotonic()
-    dyn = WorldModel.from_pretrained(dynamics)
-    if sample_steps:  # a serving tier: the same weights with another number of sampler steps
-        dyn.config = dataclasses.replace(dyn.config, sample_steps=sample_steps)
-    img = TinyTextToImage.from_pretrained(image) if image is not None else None
-    r = evaluate(dyn, img, sessions=sessions, prompts=prompts)
+    dyn = load_dynamics(Path(dynamics), sample_steps)
+    img = load_image(Path(image)) if image is not None else None
+    r = evaluate(dyn, img, sessions=sessions, prompts=prompts, horizon=horizon)
     r["eval_seconds"] = time.monotonic() - t0
-    console = Console()
+    import sys
+
+    console = Console() if sys.stdout.isatty() else Console(width=150)
     console.print(table(r))
-    console.print(f"{sessions} sessions, {prompts} prompts, {dyn.config.sample_steps} sampler steps, "
-                  f"{r['eval_seconds']:.0f}s")
+    ok = r["pass"]
+    console.print(f"{sessions} sessions, {prompts if img is not None else 0} prompts, horizon {horizon}, "
+                  f"{r['sample_steps']} sampler steps; {r['model_step_calls']} step calls, {r['model_frames']} "
+                  f"session-frames; targets met {sum(ok.values())}/{len(ok)}; {r['eval_seconds']:.0f}s")
     if json_out is not None:
         Path(json_out).write_text(json.dumps(r, indent=2) + "\n")
     return r

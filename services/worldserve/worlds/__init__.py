@@ -9,6 +9,12 @@ the model's named keys, coloured objects a caption describes, and events switcha
     frame0 = game.reset()                      # (64, 64, 3) uint8
     frame1 = game.step(["right", "jump"])      # one frame per action
     game.set_event("it starts to rain")        # in force from the next step on
+
+``checks`` reads frames the way the game draws them (player position, caption objects in place,
+rain streaks, stars), on the game's frames and on frames a model made::
+
+    from worldserve.worlds import find_player, player_position
+    assert find_player(frame1) == player_position(game)   # (centre x, feet y) on screen
 """
 
 from .platformer import (
@@ -26,6 +32,15 @@ from .platformer import (
     parse_caption,
     random_spec,
 )
+from .checks import (
+    check_objects,
+    find_player,
+    objects_in_place,
+    objects_shown,
+    player_position,
+    rain_streaks,
+    stars,
+)
 
 __all__ = [
     "COLORS",
@@ -37,8 +52,15 @@ __all__ = [
     "Trajectory",
     "WorldSpec",
     "caption_of",
+    "check_objects",
     "check_palette",
+    "find_player",
     "generate_trajectory",
+    "objects_in_place",
+    "objects_shown",
     "parse_caption",
+    "player_position",
+    "rain_streaks",
     "random_spec",
+    "stars",
 ]
