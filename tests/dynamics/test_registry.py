@@ -39,14 +39,18 @@ def test_an_installed_package_adds_a_model_kind(plugin_on_path):
     assert model.info.context_frames == 3
 
 
-def test_the_shipped_kind_is_an_entry_point_too():
+def test_the_shipped_kinds_are_entry_points_too():
     from importlib.metadata import entry_points
 
-    assert "world_model" in {ep.name for ep in entry_points(group="worldserve.dynamics_models")}
-    cfg = Config.load({"models": [{"name": "w", "path": "random", "sample_steps": 3}]}, env={})
+    assert {"world_model", "scroll_canvas"} <= {ep.name for ep in entry_points(group="worldserve.dynamics_models")}
+    cfg = Config.load({"models": [{"name": "w", "kind": "world_model", "path": "random", "sample_steps": 3},
+                                  {"name": "c", "path": "random"}]}, env={})
     model = load_model(cfg.models[0], cfg, "cpu")
     assert isinstance(model, DynamicsModel)
     assert model.info.sample_steps == 3 and model.runtime.dtype == "float32"
+    canvas = load_model(cfg.models[1], cfg, "cpu")  # the default kind
+    assert isinstance(canvas, DynamicsModel) and type(canvas).__name__ == "CanvasWorldModel"
+    assert canvas.info.sample_steps == 1
 
 
 def test_unknown_kind_names_the_known_ones():
@@ -112,7 +116,20 @@ def test_config_bounds(bad, match):
 def test_image_registry():
     from worldserve.image.core import REGISTRY as IMAGES, load_backend
 
-    assert "tiny_text_to_image" in IMAGES.names()
+    assert {"tiny_text_to_image", "caption_decoder"} <= set(IMAGES.names())
     backend = load_backend(Config.load({"image_model_path": "random"}, env={}))
-    assert backend.supported_sizes[0] == (64, 64)
-    assert ModelSpec(name="ok").kind == "world_model"
+    assert backend.supported_sizes[0] == (64, 64) and type(backend).__name__ == "CaptionDecoder"
+    old = load_backend(Config.load({"image_model_path": "random", "image_model_kind": "tiny_text_to_image"}, env={}))
+    assert type(old).__name__ == "TinyTextToImage"
+    assert ModelSpec(name="ok").kind == "scroll_canvas"
+
+
+def test_a_served_model_may_override_batch_invariance():
+    from worldserve.common.config import batch_invariant
+
+    cfg = Config.load({"models": [{"name": "q"}, {"name": "f", "batch_invariant": "off"}]}, env={})
+    assert batch_invariant(cfg, "cpu", cfg.models[0]) is True  # the cluster's auto: on for CPU
+    assert batch_invariant(cfg, "cpu", cfg.models[1]) is False
+    assert batch_invariant(cfg, "cuda:0", ModelSpec(name="g", batch_invariant="on")) is True
+    with pytest.raises(ValueError, match="batch_invariant='sometimes'"):
+        Config.load({"models": [{"name": "x", "batch_invariant": "sometimes"}]}, env={})

@@ -30,7 +30,7 @@ class ModelSpec:
     name: str
     """Name sessions are bound to (``CreateSession.model``): lowercase letters, digits, '.', '_', '-';
     at most 48 characters. Its Serve deployment is ``DynamicsModel-<name>``."""
-    kind: str = "world_model"
+    kind: str = "scroll_canvas"
     """Registry name of the model implementation (``worldserve.dynamics_models`` entry points)."""
     path: str = ""
     """Folder with the model's config + safetensors; empty: ``Config.dynamics_model_path`` (by
@@ -41,11 +41,17 @@ class ModelSpec:
     """Sampler steps per frame; 0: the model's own default. Bounds: 0 .. 64."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the model's loader (kind-specific)."""
+    batch_invariant: str = ""
+    """"on", "off", or "" for the cluster's ``batch_invariant`` setting: "off" steps a batch of
+    sessions in one call (more frames/s; a frame may then differ by one 8-bit level from the one a
+    lone session gets)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not MODEL_NAME_RE.match(self.name):
             raise ValueError(f"model name {self.name!r}: expected [a-z0-9][a-z0-9._-]{{0,47}}")
         _bounded(f"models[{self.name}].sample_steps", self.sample_steps, 0, 64)
+        if self.batch_invariant not in ("", "on", "off"):
+            raise ValueError(f"models[{self.name}].batch_invariant={self.batch_invariant!r}: expected 'on', 'off' or ''")
 
     @classmethod
     def parse(cls, value: Any) -> "ModelSpec":
@@ -63,8 +69,8 @@ class ModelSpec:
 
 
 DEFAULT_MODELS = (
-    ModelSpec(name="platformer", tier="quality", sample_steps=4),
-    ModelSpec(name="platformer-fast", tier="fast", sample_steps=1),
+    ModelSpec(name="platformer", tier="quality"),
+    ModelSpec(name="platformer-fast", tier="fast", batch_invariant="off"),
 )
 
 
@@ -87,7 +93,7 @@ class Config:
     dynamics_model_path: str = ""
     """Folder with config.json + model.safetensors for models whose ``path`` is empty; empty: the
     shipped trained weights (worldserve/weights/dynamics); "random": random init (seed 0)."""
-    image_model_kind: str = "tiny_text_to_image"
+    image_model_kind: str = "caption_decoder"
     """Registry name of the image model (``worldserve.image_models`` entry points)."""
     image_model_path: str = ""
     """Folder of the image model; empty: the shipped weights (worldserve/weights/image); "random": random init."""
@@ -198,7 +204,11 @@ def torch_dtype(config: "Config", device: str):
     return getattr(torch, config.dtype)
 
 
-def batch_invariant(config: "Config", device: str) -> bool:
+def batch_invariant(config: "Config", device: str, spec: "ModelSpec | None" = None) -> bool:
+    """Whether a model's replica steps each session alone (see ``Config.batch_invariant``); a served
+    model's own ``batch_invariant`` ("on"/"off") wins over the cluster's."""
+    if spec is not None and spec.batch_invariant:
+        return spec.batch_invariant == "on"
     if config.batch_invariant == "auto":
         return not device.startswith("cuda")
     return config.batch_invariant == "on"

@@ -20,7 +20,8 @@ from worldserve.common.registry import Registry
 from worldserve.dynamics.interface import DynamicsModel
 
 GROUP = "worldserve.dynamics_models"
-REGISTRY = Registry(GROUP, builtins={"world_model": "worldserve.dynamics.registry:load_world_model"})
+REGISTRY = Registry(GROUP, builtins={"world_model": "worldserve.dynamics.registry:load_world_model",
+                                     "scroll_canvas": "worldserve.dynamics.registry:load_scroll_canvas"})
 
 
 class ModelLoadError(RuntimeError):
@@ -47,6 +48,30 @@ def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSp
     try:
         return WorldModel.load(folder, device=device, dtype=dtype, overrides=overrides)
     except (RuntimeError, ValueError, KeyError) as e:  # shape/key mismatch, bad config values
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"model {spec.name!r}: {str(folder / WEIGHTS_FILE)!r} does not match {str(folder / CONFIG_FILE)!r}: {first}"
+        ) from None
+
+
+def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModel:
+    """The scroll-canvas model (:class:`~worldserve.dynamics.canvas.CanvasWorldModel`), deterministic
+    and single-pass (``sample_steps`` does not apply); ``path=None`` is a random initialisation."""
+    from worldserve.dynamics.canvas.model import CONFIG_FILE, WEIGHTS_FILE, CanvasWorldModel
+
+    if path is None:
+        return CanvasWorldModel.random(seed=0, device=device, dtype=dtype)
+    folder = Path(path)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise ModelLoadError(f"model {spec.name!r}: {str(folder / name)!r} not found")
+    try:
+        json.loads((folder / CONFIG_FILE).read_text())
+    except ValueError as e:
+        raise ModelLoadError(f"model {spec.name!r}: {str(folder / CONFIG_FILE)!r} is not valid JSON: {e}") from None
+    try:
+        return CanvasWorldModel.from_pretrained(folder, device=device, dtype=dtype)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
             f"model {spec.name!r}: {str(folder / WEIGHTS_FILE)!r} does not match {str(folder / CONFIG_FILE)!r}: {first}"

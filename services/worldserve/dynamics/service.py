@@ -83,7 +83,7 @@ class ModelServer:
         self.model = load_model(self.spec, self.config, device)  # ModelLoadError: this replica never starts
         if hasattr(self.model, "configure_state_pool"):  # the model preallocates its state memory
             self.model.configure_state_pool(self.config.state_cache_bytes)
-        self.batch_invariant = batch_invariant(self.config, device)
+        self.batch_invariant = batch_invariant(self.config, device, self.spec)
         self.metrics = ServiceMetrics("dynamics")
         self.store = SessionStore.from_url(
             self.config.redis_url, timeout_s=self.config.redis_timeout_s, default_ttl_s=self.config.session_ttl_s,

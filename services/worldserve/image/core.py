@@ -54,7 +54,8 @@ class ImageCore:
 
 
 GROUP = "worldserve.image_models"
-REGISTRY = Registry(GROUP, builtins={"tiny_text_to_image": "worldserve.image.core:load_tiny_text_to_image"})
+REGISTRY = Registry(GROUP, builtins={"tiny_text_to_image": "worldserve.image.core:load_tiny_text_to_image",
+                                     "caption_decoder": "worldserve.image.decoder:load_caption_decoder"})
 
 
 def load_tiny_text_to_image(path: str | None, *, device: str):

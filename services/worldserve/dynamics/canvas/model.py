@@ -1,0 +1,606 @@
+"""The scroll-canvas world model: next frames in pixel space, remembered in world coordinates.
+
+One step, for a batch of sessions (shapes per session)::
+
+    prev frame (3, H, W) --> scroll head --> dx, the view's shift in pixels (one of 2*max_scroll+1)
+    canvas window around the view (3, H, W + 2m)  --read at cam + dx-->  base A (3, H, W)
+        columns the previous frame covered: the previous frame, shifted
+        columns it did not cover: what the canvas remembers there, or 0 (never seen)
+    [A, frame before prev aligned, known/fresh masks, world prior, time prior, coords, action]
+        --> U-Net (FiLM on action + event + dx; self-attention at 1/4 resolution) --> delta
+    next frame = clamp(A + delta), rounded to 8 bits; written into the canvas at cam + dx
+
+- **Nothing moves for free**: the U-Net predicts the change from the (shifted) previous frame, so
+  a still world costs it nothing and small sprites are drawn, not blurred out of a whole frame.
+- **Memory**: the canvas is a per-session image of the world in world coordinates (the first
+  frame's left edge is world x = 0). Walking back brings back exactly what was seen there.
+- **Learned priors**: a world-coordinate map (``world_channels`` x H x canvas width, e.g. where
+  stars hang at night) and a screen-space map per step phase (``time_period``, e.g. where rain
+  streaks fall at a given step) are parameters, read at the view's position / the frame's step.
+- **Events** (free text, "night falls") are embedded by the byte-level event encoder and condition
+  every block, so the text in force may be repeated every step.
+
+The model is deterministic: ``seeds`` and ``guidance`` are accepted and ignored, and ``sample_steps``
+is 1 (a single pass per frame). Latents are the frame itself plus the view's world position:
+``(3 * H * W + 1,)`` float32, values k/255, last entry the camera x -- so a session's state can be
+rebuilt from its last frames in Redis (the canvas then remembers what those frames saw).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
+from worldserve.dynamics.model.attention import attention, resolve_backend
+from worldserve.dynamics.model.events import EventEncoder, normalize_event
+
+KIND = "scroll_canvas"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class CanvasConfig:
+    frame_height: int = 64
+    frame_width: int = 64
+    keys: tuple[str, ...] = ("left", "right", "up", "down", "jump", "fire")
+    mouse_axes: tuple[str, ...] = ("mouse_x", "mouse_y")
+    max_scroll: int = 8
+    """The view moves at most this many pixels per step (the scroll head has 2*max_scroll+1 classes)."""
+    canvas_width: int = 1024
+    """Columns of world memory per session."""
+    canvas_origin: int = 384
+    """Canvas column of world x = 0 (the first frame's left edge): the view may go this far left."""
+    channels: tuple[int, int, int] = (32, 64, 96)
+    """U-Net widths at full, 1/2 and 1/4 resolution."""
+    head_dim: int = 32
+    """Attention head size at 1/4 resolution (channels[2] // head_dim heads)."""
+    world_channels: int = 4
+    time_period: int = 64
+    event_dim: int = 32
+    event_max_bytes: int = 64
+    cond_dim: int = 64
+    context_frames: int = 32
+    """Frames a prefill rebuilds the canvas from (the engine's window in Redis)."""
+    kind: str = KIND
+
+    def __post_init__(self) -> None:
+        for name in ("frame_height", "frame_width", "max_scroll", "canvas_width", "time_period", "cond_dim",
+                     "context_frames"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.frame_height % 4 or self.frame_width % 4:
+            raise ValueError(f"frame size must be a multiple of 4, got {self.frame_width}x{self.frame_height}")
+        if not 0 <= self.canvas_origin <= self.canvas_width - self.frame_width:
+            raise ValueError(f"canvas_origin {self.canvas_origin} outside [0, {self.canvas_width - self.frame_width}]")
+        if len(self.channels) != 3 or self.channels[2] % self.head_dim or any(c % 8 for c in self.channels):
+            raise ValueError(f"channels must be 3 multiples of 8 and channels[2] a multiple of head_dim, got {self.channels}")
+        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "mouse_axes", tuple(self.mouse_axes))
+        object.__setattr__(self, "channels", tuple(self.channels))
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.keys) + len(self.mouse_axes)
+
+    @property
+    def n_scroll(self) -> int:
+        return 2 * self.max_scroll + 1
+
+    @property
+    def latent_size(self) -> int:
+        return 3 * self.frame_height * self.frame_width + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keys"], d["mouse_axes"], d["channels"] = list(self.keys), list(self.mouse_axes), list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CanvasConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}")
+        d = dict(data)
+        for k in ("keys", "mouse_axes", "channels"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-session state (serving)
+
+
+@dataclass
+class CanvasState:
+    """One session: its canvas (uint8 world memory), where the view is, the last two frames."""
+
+    canvas: torch.Tensor  # (3, H, Wc) uint8
+    valid: torch.Tensor  # (Wc,) bool: column ever seen
+    cam: int  # world x of the view's left edge (newest frame)
+    prev2: torch.Tensor  # (3, H, W) uint8: the frame before the newest
+    prev_cam: int  # its world x
+    step: int  # absolute step of the newest frame
+    released: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return self.canvas.numel() + self.valid.numel() + self.prev2.numel()
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def shift_view(frame: torch.Tensor, off: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """out[..., j] = frame[..., j + off] where that column exists, else fill[..., j].
+    frame, fill (B, C, H, W); off (B,) long."""
+    B, C, H, W = frame.shape
+    idx = torch.arange(W, device=frame.device)[None] + off[:, None]  # (B, W)
+    ok = (idx >= 0) & (idx < W)
+    g = frame.gather(3, idx.clamp(0, W - 1)[:, None, None, :].expand(B, C, H, W))
+    return torch.where(ok[:, None, None, :], g, fill)
+
+
+def window_cols(win: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor:
+    """Columns ``start .. start + width`` of each row's window. win (B, C, H, L) or (B, L); start (B,)."""
+    idx = start[:, None] + torch.arange(width, device=win.device)[None]  # (B, width)
+    if win.dim() == 2:
+        return win.gather(1, idx)
+    B, C, H, _ = win.shape
+    return win.gather(3, idx[:, None, None, :].expand(B, C, H, width))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int, cond_dim: int):
+        super().__init__()
+        self.n1 = nn.GroupNorm(8, ch)
+        self.c1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * ch)
+        self.n2 = nn.GroupNorm(8, ch)
+        self.c2 = nn.Conv2d(ch, ch, 3, padding=1)
+        nn.init.zeros_(self.c2.weight)
+        nn.init.zeros_(self.c2.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # x (B, C, h, w), cond (B, D)
+        h = self.c1(F.silu(self.n1(x)))
+        s, b = self.film(cond)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+        h = h * (1 + s) + b
+        return x + self.c2(F.silu(self.n2(h)))
+
+
+class SelfAttention(nn.Module):
+    """Spatial self-attention over the 1/4-resolution grid, through the project's attention
+    function (Triton flash attention on a GPU in bf16/fp16, SDPA elsewhere)."""
+
+    def __init__(self, ch: int, head_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = ch // head_dim, head_dim
+        self.norm = nn.GroupNorm(8, ch)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.proj = nn.Linear(ch, ch)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w)
+        B, C, h, w = x.shape
+        t = self.norm(x).flatten(2).transpose(1, 2)  # (B, T, C)
+        q, k, v = self.qkv(t).view(B, h * w, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
+        a = attention(q, k, v, frame_tokens=h * w, mask="full")  # (B, H, T, D)
+        a = a.transpose(1, 2).reshape(B, h * w, C)
+        return x + self.proj(a).transpose(1, 2).reshape(B, C, h, w)
+
+
+class UNet(nn.Module):
+    def __init__(self, in_ch: int, cfg: CanvasConfig):
+        super().__init__()
+        c0, c1, c2 = cfg.channels
+        d = cfg.cond_dim
+        self.inp = nn.Conv2d(in_ch, c0, 3, padding=1)
+        self.e0 = ResBlock(c0, d)
+        self.down1 = nn.Conv2d(c0, c1, 3, stride=2, padding=1)
+        self.e1 = ResBlock(c1, d)
+        self.down2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+        self.m1 = ResBlock(c2, d)
+        self.attn = SelfAttention(c2, cfg.head_dim)
+        self.m2 = ResBlock(c2, d)
+        self.up2 = nn.Conv2d(c2, c1, 3, padding=1)
+        self.merge1 = nn.Conv2d(2 * c1, c1, 1)
+        self.d1 = ResBlock(c1, d)
+        self.up1 = nn.Conv2d(c1, c0, 3, padding=1)
+        self.merge0 = nn.Conv2d(2 * c0, c0, 1)
+        self.d0 = ResBlock(c0, d)
+        self.out_norm = nn.GroupNorm(8, c0)
+        self.out = nn.Conv2d(c0, 4, 3, padding=1)  # delta (3) and change logit (1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        with torch.no_grad():
+            self.out.bias[3] = -4.0  # start by copying: almost no pixel changes
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, 4, H, W)
+        h0 = self.e0(self.inp(x), cond)  # (B, c0, H, W)
+        h1 = self.e1(self.down1(F.silu(h0)), cond)  # (B, c1, H/2, W/2)
+        h = self.down2(F.silu(h1))  # (B, c2, H/4, W/4)
+        h = self.m2(self.attn(self.m1(h, cond)), cond)
+        h = self.up2(F.interpolate(F.silu(h), scale_factor=2.0, mode="nearest"))  # (B, c1, H/2, W/2)
+        h = self.d1(self.merge1(torch.cat([h, h1], 1)), cond)
+        h = self.up1(F.interpolate(F.silu(h), scale_factor=2.0, mode="nearest"))  # (B, c0, H, W)
+        h = self.d0(self.merge0(torch.cat([h, h0], 1)), cond)
+        return self.out(F.silu(self.out_norm(h)))
+
+
+class ScrollHead(nn.Module):
+    """prev frame + action + view position -> logits over the view's shift (2*max_scroll+1)."""
+
+    def __init__(self, cfg: CanvasConfig):
+        super().__init__()
+        H, W = cfg.frame_height, cfg.frame_width
+        self.conv = nn.Sequential(
+            nn.Conv2d(3, 32, 4, stride=4), nn.SiLU(),  # (B, 32, H/4, W/4)
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.SiLU(),  # (B, 32, H/8, W/8)
+        )
+        flat = 32 * (H // 8) * (W // 8)
+        self.mlp = nn.Sequential(nn.Linear(flat + cfg.action_dim + 4, 256), nn.SiLU(), nn.Linear(256, cfg.n_scroll))
+
+    def forward(self, prev: torch.Tensor, action: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+        c = cam.to(prev.dtype)[:, None] / 128.0  # (B, 1)
+        feats = torch.cat([c, c * c, torch.relu(-c), torch.relu(c - 1.5)], 1)  # (B, 4)
+        return self.mlp(torch.cat([self.conv(prev).flatten(1), action, feats], 1))  # (B, n_scroll)
+
+
+# --------------------------------------------------------------------------------------------------
+# The network
+
+
+class CanvasNet(nn.Module):
+    """The trainable part: ``predict`` is one step for a batch, on canvas windows (shared by the
+    served step and training, so training runs the production code path)."""
+
+    IN_CH = 3 + 3 + 2 + 2 + 1  # A, prev2 aligned, known/fresh, coords, dx -- plus world, time priors, action
+
+    def __init__(self, cfg: CanvasConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, W = cfg.frame_height, cfg.frame_width
+        self.scroll = ScrollHead(cfg)
+        self.events = EventEncoder(SimpleNamespace(event_dim=cfg.event_dim, event_max_bytes=cfg.event_max_bytes,
+                                                   event_layers=1, dim=cfg.cond_dim))
+        self.cond = nn.Sequential(nn.Linear(cfg.action_dim + cfg.cond_dim + cfg.n_scroll, cfg.cond_dim), nn.SiLU(),
+                                  nn.Linear(cfg.cond_dim, cfg.cond_dim))
+        self.world_prior = nn.Parameter(torch.zeros(cfg.world_channels, H, cfg.canvas_width))
+        self.time_prior = nn.Parameter(torch.zeros(cfg.time_period, 1, H, W))
+        ys = torch.linspace(-1, 1, H)[:, None].expand(H, W)
+        xs = torch.linspace(-1, 1, W)[None, :].expand(H, W)
+        self.register_buffer("coords", torch.stack([ys, xs])[None], persistent=False)  # (1, 2, H, W)
+        in_ch = self.IN_CH + cfg.world_channels + 1 + cfg.action_dim
+        self.unet = UNet(in_ch, cfg)
+
+    def predict(
+        self,
+        prev: torch.Tensor,  # (B, 3, H, W) newest frame, in [0, 1]
+        prev2: torch.Tensor,  # (B, 3, H, W) the frame before it
+        off2: torch.Tensor,  # (B,) long: cam - prev_cam
+        win: torch.Tensor,  # (B, 3, H, W + 2m) canvas columns [cam - m, cam + W + m)
+        win_valid: torch.Tensor,  # (B, W + 2m) float: column seen
+        cam: torch.Tensor,  # (B,) long: world x of prev's left edge
+        action: torch.Tensor,  # (B, A)
+        event: torch.Tensor,  # (B, cond_dim): event embedding (zeros = none)
+        t_new: torch.Tensor,  # (B,) long: absolute step of the new frame
+        dx: torch.Tensor | None = None,  # (B,) long: the shift to use (training); None = the head's
+        hard: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (new frame (B, 3, H, W) in [0, 1] unrounded, scroll logits (B, n_scroll), dx (B,), the
+        base A (B, 3, H, W), change logits (B, 1, H, W), delta (B, 3, H, W)).
+
+        A pixel the change head leaves alone is copied from A exactly (``hard``; training blends
+        with the change probability instead so that both heads get gradients)."""
+        cfg = self.cfg
+        m, W = cfg.max_scroll, cfg.frame_width
+        B = prev.shape[0]
+        logits = self.scroll(prev, action, cam)
+        if dx is None:
+            dx = logits.argmax(-1) - m
+        new_cam = cam + dx
+        A = window_cols(win, m + dx, W)  # (B, 3, H, W)
+        known = window_cols(win_valid, m + dx, W)  # (B, W)
+        j = torch.arange(W, device=prev.device)[None] + dx[:, None]
+        fresh = ((j >= 0) & (j < W)).to(prev.dtype)  # (B, W): the previous frame covered it
+        A = A * known[:, None, None, :]
+        P = shift_view(prev2, dx + off2, A)  # (B, 3, H, W)
+        col = (new_cam + cfg.canvas_origin).clamp(0, cfg.canvas_width - W)
+        wp = window_cols(self.world_prior.expand(B, -1, -1, -1), col, W)  # (B, Cw, H, W)
+        tp = self.time_prior[t_new % cfg.time_period]  # (B, 1, H, W)
+        H = prev.shape[2]
+        bc = lambda v: v[:, :, None, None].expand(-1, -1, H, W)  # noqa: E731  (B, C) -> (B, C, H, W)
+        x = torch.cat([
+            A, P,
+            known[:, None, None, :].expand(-1, 1, H, -1), fresh[:, None, None, :].expand(-1, 1, H, -1),
+            self.coords.expand(B, -1, -1, -1), bc(dx.to(prev.dtype)[:, None] / m),
+            wp, tp, bc(action),
+        ], 1)
+        onehot = F.one_hot(dx + m, cfg.n_scroll).to(prev.dtype)
+        cond = self.cond(torch.cat([action, event, onehot], 1))
+        y = self.unet(x, cond)
+        delta, change = y[:, :3], y[:, 3:]
+        gate = (change > 0).to(A.dtype) if hard else torch.sigmoid(change)
+        out = (A + gate * delta).clamp(0.0, 1.0)
+        return out, logits, dx, A, change, delta
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round to 8-bit levels; the gradient passes straight through (training unrolls)."""
+    q = torch.round(x * 255.0) / 255.0
+    return x + (q - x).detach()
+
+
+# --------------------------------------------------------------------------------------------------
+# The served model
+
+
+class CanvasWorldModel:
+    """Implements :class:`~worldserve.dynamics.interface.DynamicsModel` around a :class:`CanvasNet`."""
+
+    def __init__(self, config: CanvasConfig | None = None, net: CanvasNet | None = None,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.config = config or CanvasConfig()
+        self.net = (net or CanvasNet(self.config)).to(device=device, dtype=dtype).eval()
+        self.device, self.dtype = torch.device(device), dtype
+        self._key_index = {k: i for i, k in enumerate(self.config.keys)}
+        self._mouse_index = {a: len(self.config.keys) + i for i, a in enumerate(self.config.mouse_axes)}
+        self._event_cache: dict[str, torch.Tensor] = {}
+
+    # --- loading ----------------------------------------------------------------------------------
+
+    @classmethod
+    def random(cls, config: CanvasConfig | None = None, seed: int = 0, **kw) -> "CanvasWorldModel":
+        torch.manual_seed(seed)
+        return cls(config, **kw)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "CanvasWorldModel":
+        from safetensors.torch import load_file
+
+        folder = Path(path)
+        data = json.loads((folder / CONFIG_FILE).read_text())
+        cfg = CanvasConfig.from_dict(data)
+        net = CanvasNet(cfg)
+        net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+        return cls(cfg, net, device=device, dtype=dtype)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.net.state_dict().items()},
+                  str(folder / WEIGHTS_FILE))
+
+    # --- the interface: info, runtime, actions, events ---------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo:
+        c = self.config
+        return ModelInfo(
+            frame_width=c.frame_width, frame_height=c.frame_height,
+            action_space=ActionSpace(keys=c.keys, mouse_axes=c.mouse_axes, discrete_actions=2 ** len(c.keys)),
+            context_frames=c.context_frames, sample_steps=1, default_guidance=0.0,
+            events_supported=True, event_max_bytes=c.event_max_bytes,
+            parameters=sum(p.numel() for p in self.net.parameters()),
+            extra={"latent_shape": (c.latent_size,), "canvas_width": c.canvas_width, "kind": c.kind},
+        )
+
+    @property
+    def runtime(self) -> Runtime:
+        backend = resolve_backend(device=self.device, dtype=self.dtype, head_dim=self.config.head_dim)
+        return Runtime(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
+                       attention_backend=backend, decode_kernel="flash_attention" if backend == "triton" else "sdpa")
+
+    @property
+    def events_supported(self) -> bool:
+        return True
+
+    def action_vector(self, keys: Sequence[str], mouse: Mapping[str, float] | None = None) -> torch.Tensor:
+        cfg = self.config
+        if isinstance(keys, (str, bytes)):
+            raise ValueError(f"keys must be a sequence of key names, not the string {keys!r}")
+        vec = torch.zeros(cfg.action_dim, dtype=torch.float32)
+        for key in keys:
+            i = self._key_index.get(key) if isinstance(key, str) else None
+            if i is None:
+                raise ValueError(f"unknown key {key!r}; expected one of {cfg.keys!r}")
+            vec[i] = 1.0
+        for axis, value in (mouse or {}).items():
+            j = self._mouse_index.get(axis) if isinstance(axis, str) else None
+            if j is None:
+                raise ValueError(f"unknown mouse axis {axis!r}; expected one of {cfg.mouse_axes!r}")
+            try:
+                fv = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"mouse axis {axis!r} must be a number in [-1, 1], got {value!r}") from None
+            if not (math.isfinite(fv) and -1.0 <= fv <= 1.0):
+                raise ValueError(f"mouse axis {axis!r} must be a finite number in [-1, 1], got {value!r}")
+            vec[j] = fv
+        return vec
+
+    def null_action(self) -> torch.Tensor:
+        return torch.zeros(self.config.action_dim, dtype=torch.float32)
+
+    def _check_actions(self, actions: torch.Tensor, n: int) -> torch.Tensor:
+        a_dim = self.config.action_dim
+        if not isinstance(actions, torch.Tensor) or tuple(actions.shape) != (n, a_dim):
+            shape = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
+            raise ValueError(f"actions must be a tensor of shape ({n}, {a_dim}), got {shape}")
+        a = actions.detach().to("cpu", torch.float32)
+        n_keys = len(self.config.keys)
+        bad = ~torch.isfinite(a)
+        bad[:, :n_keys] |= (a[:, :n_keys] < 0) | (a[:, :n_keys] > 1)
+        bad[:, n_keys:] |= a[:, n_keys:].abs() > 1
+        if bad.any():
+            r, c = (int(x) for x in bad.nonzero()[0])
+            raise ValueError(f"actions[{r}, {c}] = {a[r, c].item()!r} out of range (keys in [0, 1], mouse in [-1, 1])")
+        return a
+
+    def _check_events(self, events: Sequence[str] | None, n: int) -> list[str]:
+        if events is None:
+            return [""] * n
+        if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
+            raise ValueError(f"events must be a sequence of {n} strings, got {events!r}")
+        if len(events) != n:
+            raise ValueError(f"events must hold {n} strings (one per frame), got {len(events)}")
+        out = []
+        for i, e in enumerate(events):
+            if not isinstance(e, str):
+                raise ValueError(f"events[{i}] must be a string, got {type(e).__name__}")
+            e = normalize_event(e)
+            if len(e.encode("utf-8")) > self.config.event_max_bytes:
+                raise ValueError(f"events[{i}] is {len(e.encode('utf-8'))} bytes; at most "
+                                 f"{self.config.event_max_bytes} allowed: {e[:80]!r}")
+            out.append(e)
+        return out
+
+    def _event_embed(self, texts: list[str]) -> torch.Tensor:
+        """(n, cond_dim); each distinct text embedded once per process (the weights never change)."""
+        missing = sorted({t for t in texts if t and t not in self._event_cache})
+        if missing:
+            emb = self.net.events(missing)
+            for t, e in zip(missing, emb):
+                self._event_cache[t] = e
+        zero = torch.zeros(self.config.cond_dim, device=self.device, dtype=self.dtype)
+        return torch.stack([self._event_cache[t] if t else zero for t in texts])
+
+    # --- latents ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 -> (N, 3*H*W + 1) float32: the frame in [0, 1] (k/255), then camera x 0
+        (a frame handed in from outside is a first frame: world x 0 is its left edge)."""
+        H, W = self.config.frame_height, self.config.frame_width
+        if frames.dim() != 4 or tuple(frames.shape[1:]) != (H, W, 3):
+            raise ValueError(f"frames must be (N, {H}, {W}, 3) uint8, got {tuple(frames.shape)}")
+        x = frames.permute(0, 3, 1, 2).reshape(frames.shape[0], -1).float() / 255.0
+        return torch.cat([x, torch.zeros(frames.shape[0], 1)], 1)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(N, 3*H*W + 1) -> (N, H, W, 3) uint8."""
+        H, W = self.config.frame_height, self.config.frame_width
+        x = latents[:, : 3 * H * W].reshape(-1, 3, H, W).float()
+        return torch.round(x * 255.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().contiguous()
+
+    def _frame_u8(self, latent: torch.Tensor) -> tuple[torch.Tensor, int]:
+        H, W = self.config.frame_height, self.config.frame_width
+        if latent.shape[-1] != self.config.latent_size:
+            raise ValueError(f"latents must have {self.config.latent_size} values, got {tuple(latent.shape)}")
+        f = torch.round(latent[: 3 * H * W].reshape(3, H, W).float() * 255.0).clamp(0, 255).to(torch.uint8)
+        return f, int(round(float(latent[-1])))
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def _clamp_cam(self, cam: int) -> int:
+        c = self.config
+        return max(-c.canvas_origin, min(c.canvas_width - c.canvas_origin - c.frame_width, cam))
+
+    def prefill(self, latents: torch.Tensor, actions: torch.Tensor, first_step: int,
+                events: Sequence[str] | None = None) -> CanvasState:
+        """Rebuild a session from its last T frames: each is pasted into the canvas where it was seen."""
+        c = self.config
+        if latents.dim() != 2 or latents.shape[0] < 1:
+            raise ValueError(f"latents must be (T, {c.latent_size}) with T >= 1, got {tuple(latents.shape)}")
+        self._check_actions(actions, latents.shape[0])
+        self._check_events(events, latents.shape[0])
+        canvas = torch.zeros(3, c.frame_height, c.canvas_width, dtype=torch.uint8)
+        valid = torch.zeros(c.canvas_width, dtype=torch.bool)
+        frames = []
+        for z in latents:
+            f, cam = self._frame_u8(z)
+            cam = self._clamp_cam(cam)
+            x0 = cam + c.canvas_origin
+            canvas[:, :, x0 : x0 + c.frame_width] = f
+            valid[x0 : x0 + c.frame_width] = True
+            frames.append((f, cam))
+        (f2, cam2), (_, cam1) = frames[-2] if len(frames) > 1 else frames[-1], frames[-1]
+        return CanvasState(canvas, valid, cam1, f2.clone(), cam2, int(first_step) + latents.shape[0] - 1)
+
+    def state_nbytes(self, state: CanvasState) -> int:
+        return state.nbytes
+
+    def release_state(self, state: CanvasState) -> None:
+        if not state.released:
+            state.released = True
+            state.canvas = state.canvas.new_empty(0)
+            state.valid = state.valid.new_empty(0)
+            state.prev2 = state.prev2.new_empty(0)
+
+    def state_step(self, state: CanvasState) -> int:
+        return state.step
+
+    # --- the step ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, states: list[CanvasState], actions: torch.Tensor, seeds: Sequence[int], steps: Sequence[int],
+             guidance: float | None = None, events: Sequence[str] | None = None) -> torch.Tensor:
+        """One new frame per session (deterministic: ``seeds`` and ``guidance`` do not matter)."""
+        c = self.config
+        n = len(states)
+        if n == 0:
+            return torch.zeros(0, c.latent_size)
+        a = self._check_actions(actions, n)
+        texts = self._check_events(events, n)
+        if len(seeds) != n or len(steps) != n:
+            raise ValueError(f"seeds and steps must hold {n} values each, got {len(seeds)} and {len(steps)}")
+        for i, s in enumerate(states):
+            if s.released:
+                raise ValueError(f"states[{i}] was released")
+            if int(steps[i]) != s.step + 1:
+                raise ValueError(f"steps[{i}] = {steps[i]} but the session's newest frame is step {s.step}")
+        m, W = c.max_scroll, c.frame_width
+        dev, dt = self.device, self.dtype
+        wins, wvalid, prev, prev2, cams, off2 = [], [], [], [], [], []
+        for s in states:
+            x0 = s.cam + c.canvas_origin
+            lo, hi = x0 - m, x0 + W + m
+            win = torch.zeros(3, c.frame_height, W + 2 * m, dtype=torch.uint8)
+            wv = torch.zeros(W + 2 * m, dtype=torch.bool)
+            a0, b0 = max(lo, 0), min(hi, c.canvas_width)
+            win[:, :, a0 - lo : b0 - lo] = s.canvas[:, :, a0:b0]
+            wv[a0 - lo : b0 - lo] = s.valid[a0:b0]
+            wins.append(win)
+            wvalid.append(wv)
+            prev.append(s.canvas[:, :, x0 : x0 + W])
+            prev2.append(s.prev2)
+            cams.append(s.cam)
+            off2.append(s.cam - s.prev_cam)
+        f = lambda xs: torch.stack(xs).to(dev, dt) / 255.0  # noqa: E731
+        cam_t = torch.tensor(cams, device=dev)
+        out, _, dx, _, _, _ = self.net.predict(
+            f(prev), f(prev2), torch.tensor(off2, device=dev), f(wins), torch.stack(wvalid).to(dev, dt), cam_t,
+            a.to(dev, dt), self._event_embed(texts), torch.tensor([int(x) for x in steps], device=dev))
+        frames = torch.round(out.float() * 255.0).clamp(0, 255).to(torch.uint8).cpu()  # (n, 3, H, W)
+        dxs = dx.cpu().tolist()
+        for s, fr, d in zip(states, frames, dxs):
+            new_cam = self._clamp_cam(s.cam + int(d))
+            x0 = s.cam + c.canvas_origin
+            s.prev2 = s.canvas[:, :, x0 : x0 + W].clone()
+            s.prev_cam = s.cam
+            s.cam = new_cam
+            x1 = new_cam + c.canvas_origin
+            s.canvas[:, :, x1 : x1 + W] = fr
+            s.valid[x1 : x1 + W] = True
+            s.step += 1
+        lat = frames.reshape(n, -1).float() / 255.0
+        return torch.cat([lat, torch.tensor([[float(s.cam)] for s in states])], 1)

@@ -1,0 +1,253 @@
+"""Training the scroll-canvas world model (:mod:`worldserve.dynamics.canvas`) on the platformer.
+
+    python -m worldserve.train canvas --out runs/canvas [--iters N] [--budget-min M] [--threads 2]
+
+Data: trajectories played in fresh worlds with two policies -- the sticky random policy the
+evaluation uses, and an explorer that runs long stretches left or right (so the whole level, its
+far end and the walk back are covered) -- with jumps, crouches, shots and events mixed in. The
+game records where its camera is: that is the scroll head's label.
+
+Each iteration takes a batch of (trajectory, start step) pairs, builds each one's canvas from the
+true frames up to the start (as a served session's canvas holds what it saw), then unrolls
+``unroll`` steps of :meth:`CanvasNet.predict` -- the served step's code -- feeding the model its own
+8-bit-rounded frames (straight-through), so it learns to continue from its own outputs. Loss:
+per-pixel MSE, weighted up where the frame changes (the player, shots, rain, new columns), plus
+cross-entropy on the scroll head. Resumable: a checkpoint every ``ckpt_every`` iterations holds the
+model, the optimizer and the iteration; batches are a pure function of (seed, iteration).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from worldserve.dynamics.canvas.model import CanvasConfig, CanvasNet, CanvasWorldModel, quantize, window_cols
+from worldserve.worlds import Game, random_spec
+from worldserve.worlds.platformer import KEYS, random_actions, random_events
+
+from .data import action_matrix
+
+PAD = 64
+"""Training canvases cover world x in [-PAD, 256 + PAD)."""
+
+
+@dataclass
+class Episodes:
+    frames: np.ndarray  # (N, T+1, H, W, 3) uint8
+    actions: np.ndarray  # (N, T+1, A) float32; row t made frame t (row 0: no-op)
+    events: list[list[str]]  # N x (T+1) event text in force for frame t
+    cams: np.ndarray  # (N, T+1) int: camera x of frame t
+
+
+def explore_actions(rng: np.random.Generator, n: int) -> list[tuple[str, ...]]:
+    """Runs of ``right`` or ``left`` (mean ~10 steps, right more often) with jumps, shots and
+    crouches sprinkled in, and the odd pause."""
+    out: list[tuple[str, ...]] = []
+    direction = 1 if rng.random() < 0.65 else -1
+    while len(out) < n:
+        run = int(rng.geometric(1 / 10))
+        pause = rng.random() < 0.15
+        for _ in range(run):
+            keys: set[str] = set()
+            if not pause:
+                keys.add("right" if direction > 0 else "left")
+            r = rng.random()
+            if r < 0.14:
+                keys.add("jump" if rng.random() < 0.5 else "up")
+            elif r < 0.22:
+                keys.add("fire")
+            elif r < 0.27:
+                keys.add("down")
+            out.append(tuple(sorted(keys)))
+        if rng.random() < 0.45:
+            direction = -direction
+    return out[:n]
+
+
+def play(seed: int, steps: int, policy: str, event_p: float = 0.05) -> tuple[np.ndarray, list, list, list]:
+    rng = np.random.default_rng([seed, 11])
+    spec = random_spec(rng)
+    game = Game(spec, seed)
+    frames, acts, evs, cams = [game.reset()], [()], [""], [game.camera]
+    keys = random_actions(rng, steps) if policy == "random" else explore_actions(rng, steps)
+    for k, ev in zip(keys, random_events(rng, spec, steps, event_p)):
+        frames.append(game.step(k, ev))
+        acts.append(k)
+        evs.append(game.event)
+        cams.append(game.camera)
+    return np.stack(frames), acts, evs, cams
+
+
+def make_episodes(seeds: range, steps: int, log: Callable[[str], None] = print) -> Episodes:
+    t0 = time.monotonic()
+    rows = [play(s, steps, "random" if s % 2 else "explore") for s in seeds]
+    ep = Episodes(np.stack([r[0] for r in rows]), np.stack([action_matrix(r[1], KEYS, 2) for r in rows]),
+                  [r[2] for r in rows], np.asarray([r[3] for r in rows], np.int64))
+    log(f"data: {len(rows)} episodes x {steps} steps in {time.monotonic() - t0:.0f}s")
+    return ep
+
+
+@dataclass
+class CanvasTrainConfig:
+    out: Path = Path("runs/canvas")
+    n_episodes: int = 800
+    steps: int = 80
+    iters: int = 6000
+    batch: int = 8
+    unroll: int = 3
+    unroll_from: int = 1200
+    """Iterations before this one predict a single step from the true history (cheaper); later ones unroll."""
+    lr: float = 1e-3
+    warmup: int = 100
+    change_weight: float = 10.0
+    budget_s: float = 100 * 60.0
+    ckpt_every: int = 200
+    stop_at: int = 0
+    """Stop (with a checkpoint) after this iteration, 0 = at ``iters``: splits a run across sessions."""
+    seed: int = 0
+    device: str = "cpu"
+    model: CanvasConfig = field(default_factory=CanvasConfig)
+
+
+def _lr(step: int, tc: CanvasTrainConfig, frac_time: float) -> float:
+    if step < tc.warmup:
+        return float(tc.lr * (step + 1) / tc.warmup)
+    p = max(step / max(tc.iters, 1), frac_time)
+    return float(tc.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(p, 1.0)))))
+
+
+def build_batch(ep: Episodes, rng: np.random.Generator, tc: CanvasTrainConfig, K: int):
+    """Start states (true canvas up to step s) and the next ``K`` targets for a batch."""
+    N, T1 = ep.frames.shape[:2]
+    B = tc.batch
+    H, W = ep.frames.shape[2:4]
+    width = 256 + 2 * PAD
+    n = rng.integers(0, N, B)
+    s = rng.integers(0, T1 - K, B)
+    canvas = np.zeros((B, 3, H, width), np.uint8)
+    valid = np.zeros((B, width), np.float32)
+    for b in range(B):
+        for t in range(int(s[b]) + 1):  # paste in order: the newest sight of a column wins
+            x0 = int(ep.cams[n[b], t]) + PAD
+            canvas[b, :, :, x0 : x0 + W] = ep.frames[n[b], t].transpose(2, 0, 1)
+            valid[b, x0 : x0 + W] = 1.0
+    idx = s[:, None] + np.arange(K + 1)[None]  # (B, K+1) frames s .. s+K
+    frames = ep.frames[n[:, None], idx].transpose(0, 1, 4, 2, 3)  # (B, K+1, 3, H, W)
+    prev2 = ep.frames[n, np.maximum(s - 1, 0)].transpose(0, 3, 1, 2)
+    cams = ep.cams[n[:, None], idx]  # (B, K+1)
+    cam2 = ep.cams[n, np.maximum(s - 1, 0)]
+    acts = ep.actions[n[:, None], idx[:, 1:]]  # (B, K, A)
+    evs = [[ep.events[n[b]][int(idx[b, k + 1])] for b in range(B)] for k in range(K)]
+    f = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float() / 255.0  # noqa: E731
+    return dict(canvas=f(canvas), valid=torch.from_numpy(valid), frames=f(frames), prev2=f(prev2),
+                cams=torch.from_numpy(cams), cam2=torch.from_numpy(cam2), actions=torch.from_numpy(acts),
+                events=evs, steps=torch.from_numpy(idx))
+
+
+def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> tuple[torch.Tensor, dict[str, float]]:
+    cfg = net.cfg
+    m, W = cfg.max_scroll, cfg.frame_width
+    canvas, valid = batch["canvas"], batch["valid"]
+    frames, cams = batch["frames"], batch["cams"]
+    prev, prev2 = frames[:, 0], batch["prev2"]
+    cam, cam2 = cams[:, 0], batch["cam2"]
+    B = prev.shape[0]
+    total, mse_sum, ce_sum, acc = 0.0, 0.0, 0.0, 0.0
+    for k in range(K):
+        start = cam + PAD - m
+        win = window_cols(canvas, start, W + 2 * m)
+        wv = window_cols(valid, start, W + 2 * m)
+        dx = cams[:, k + 1] - cam
+        ev = net.events(batch["events"][k])
+        out, logits, _, base, change, delta = net.predict(prev, prev2, cam - cam2, win, wv, cam, batch["actions"][:, k], ev,
+                                                   batch["steps"][:, k + 1], dx=dx, hard=False)
+        target = frames[:, k + 1]
+        known = window_cols(wv, m + dx, W)[:, None, None, :]
+        changed = ((target - base).abs().amax(1, keepdim=True) > 0.5 / 255).float()  # (B, 1, H, W)
+        w = 1.0 + tc.change_weight * changed * known
+        mse = (w * (out - target) ** 2).sum() / (w.sum() * 3)
+        bce = F.binary_cross_entropy_with_logits(change, changed)
+        ce = F.cross_entropy(logits, dx + m)
+        total = total + mse * 100.0 + bce + ce
+        mse_sum += float(((out.detach() - target) ** 2).mean())
+        ce_sum += float(ce.detach())
+        acc += float((logits.argmax(-1) - m == dx).float().mean())
+        hard = (base + (change > 0).to(out.dtype) * delta).clamp(0.0, 1.0)  # what serving computes
+        q = quantize(out + (hard - out).detach())  # fed back as served (8-bit, hard gate), soft gradient
+        new_cam = cam + dx
+        idx = (new_cam + PAD)[:, None] + torch.arange(W)[None]
+        canvas = canvas.scatter(3, idx[:, None, None, :].expand(B, 3, canvas.shape[2], W), q)
+        valid = valid.scatter(1, idx, torch.ones(B, W))
+        prev2, cam2 = prev, cam
+        prev, cam = q, new_cam
+    return total / K, {"mse": mse_sum / K, "ce": ce_sum / K, "scroll_acc": acc / K}
+
+
+def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> Path:
+    """Train (resuming from ``tc.out/ckpt.pt``); writes the model folder ``tc.out/model``."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    out = Path(tc.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(tc.seed)
+    net = CanvasNet(tc.model).to(tc.device)
+    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    ckpt = out / "ckpt.pt"
+    step, elapsed = 0, 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=tc.device, weights_only=True)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        log(f"resumed at iteration {step} ({elapsed / 60:.1f} min done)")
+    ep = make_episodes(range(tc.n_episodes), tc.steps, log)
+
+    def save() -> None:
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "elapsed": elapsed + time.monotonic() - t0}, tmp)
+        tmp.replace(ckpt)
+
+    t0 = time.monotonic()
+    stats: dict[str, float] = {}
+    with Progress(TextColumn("canvas"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task("train", total=tc.iters, completed=step, info="")
+        while step < (tc.stop_at or tc.iters):
+            spent = elapsed + time.monotonic() - t0
+            if spent > tc.budget_s:
+                log(f"stopped by the time budget at iteration {step}")
+                break
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, tc, spent / tc.budget_s)
+            rng = np.random.default_rng([tc.seed, step])
+            K = tc.unroll if step >= tc.unroll_from else 1
+            batch = build_batch(ep, rng, tc, K)
+            net.train()
+            loss, st = unroll_loss(net, batch, tc, K)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            for k, v in st.items():
+                stats[k] = 0.95 * stats.get(k, v) + 0.05 * v
+            step += 1
+            bar.update(task, completed=step, info=" ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+            if step % tc.ckpt_every == 0:
+                save()
+                if not progress:
+                    log(f"iter {step} " + " ".join(f"{k} {v:.4g}" for k, v in stats.items())
+                        + f" {(elapsed + time.monotonic() - t0) / 60:.1f} min")
+    save()
+    net.eval()
+    folder = out / "model"
+    CanvasWorldModel(tc.model, net).save_pretrained(folder)
+    log(f"model: {folder} ({step} iterations, {(elapsed + time.monotonic() - t0) / 60:.1f} min)")
+    return folder
