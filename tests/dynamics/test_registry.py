@@ -43,12 +43,12 @@ def test_the_shipped_kinds_are_entry_points_too():
     from importlib.metadata import entry_points
 
     assert {"world_model", "scroll_canvas"} <= {ep.name for ep in entry_points(group="worldserve.dynamics_models")}
-    cfg = Config.load({"models": [{"name": "w", "kind": "world_model", "path": "random", "sample_steps": 3},
-                                  {"name": "c", "path": "random"}]}, env={})
+    cfg = Config.load({"models": [{"name": "w", "path": "random", "sample_steps": 3},
+                                  {"name": "c", "kind": "scroll_canvas", "path": "random"}]}, env={})
     model = load_model(cfg.models[0], cfg, "cpu")
     assert isinstance(model, DynamicsModel)
     assert model.info.sample_steps == 3 and model.runtime.dtype == "float32"
-    canvas = load_model(cfg.models[1], cfg, "cpu")  # the default kind
+    canvas = load_model(cfg.models[1], cfg, "cpu")
     assert isinstance(canvas, DynamicsModel) and type(canvas).__name__ == "CanvasWorldModel"
     assert canvas.info.sample_steps == 1
 
@@ -121,7 +121,7 @@ def test_image_registry():
     assert backend.supported_sizes[0] == (64, 64) and type(backend).__name__ == "CaptionDecoder"
     old = load_backend(Config.load({"image_model_path": "random", "image_model_kind": "tiny_text_to_image"}, env={}))
     assert type(old).__name__ == "TinyTextToImage"
-    assert ModelSpec(name="ok").kind == "scroll_canvas"
+    assert ModelSpec(name="ok").kind == "world_model"
 
 
 def test_a_served_model_may_override_batch_invariance():

@@ -30,7 +30,7 @@ class ModelSpec:
     name: str
     """Name sessions are bound to (``CreateSession.model``): lowercase letters, digits, '.', '_', '-';
     at most 48 characters. Its Serve deployment is ``DynamicsModel-<name>``."""
-    kind: str = "scroll_canvas"
+    kind: str = "world_model"
     """Registry name of the model implementation (``worldserve.dynamics_models`` entry points)."""
     path: str = ""
     """Folder with the model's config + safetensors; empty: ``Config.dynamics_model_path`` (by
@@ -43,8 +43,8 @@ class ModelSpec:
     """Extra keyword arguments for the model's loader (kind-specific)."""
     batch_invariant: str = ""
     """"on", "off", or "" for the cluster's ``batch_invariant`` setting: "off" steps a batch of
-    sessions in one call (more frames/s; a frame may then differ by one 8-bit level from the one a
-    lone session gets)."""
+    sessions in one model call (more frames/s; a frame may then differ in the last bit from the one
+    a lone session gets)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not MODEL_NAME_RE.match(self.name):
@@ -69,8 +69,8 @@ class ModelSpec:
 
 
 DEFAULT_MODELS = (
-    ModelSpec(name="platformer", tier="quality"),
-    ModelSpec(name="platformer-fast", tier="fast", batch_invariant="off"),
+    ModelSpec(name="platformer", tier="quality", sample_steps=4),
+    ModelSpec(name="platformer-fast", tier="fast", sample_steps=1),
 )
 
 

@@ -25,6 +25,26 @@ def _config(out: Path, scale: float, threads: int, device: str, n_traj: int) -> 
     return tc
 
 
+def _device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def _train_canvas(out: Path, scale: float, budget_min: float, device: str, stop_at: int) -> Path:
+    from .canvas_trainer import CanvasTrainConfig, train_canvas
+
+    base = CanvasTrainConfig()
+    tc = dataclasses.replace(base, out=out, iters=max(1, round(base.iters * scale)), budget_s=budget_min * 60,
+                             unroll_from=round(base.unroll_from * scale), device=_device(device), stop_at=stop_at)
+    return train_canvas(tc, log=console.print)
+
+
+def _train_caption(out: Path, scale: float, budget_min: float, device: str) -> Path:
+    from .image_trainer import train_caption_decoder
+
+    return train_caption_decoder(out, iters=max(1, round(4000 * scale)), batch=32, budget_s=budget_min * 60,
+                                 device=_device(device), log=console.print)
+
+
 @app.command()
 def all(
     out: Path = typer.Option(Path("runs/platformer"), help="Working folder: checkpoints, resumable."),
@@ -32,40 +52,91 @@ def all(
     threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     n_traj: int = typer.Option(320, min=2, max=100000, help="Training trajectories."),
-    phases: str = typer.Option("autoencoder,dynamics,image", help="Comma-separated phases to run (in order)."),
+    phases: str = typer.Option("autoencoder,dynamics,caption", help="Comma-separated phases to run (in order): "
+                               "autoencoder, dynamics (the latent transformer), caption (prompt -> first frame; "
+                               "the shipped image model), image (the earlier flow prompt-to-image model)."),
+    caption_min: float = typer.Option(35.0, min=0.1, help="Wall-clock budget of the caption phase, minutes."),
 ) -> None:
-    """Generate data, then train the autoencoder, the dynamics model and the prompt-to-image model
-    (each phase resumes from its checkpoint in OUT)."""
+    """The shipped models' recipe: autoencoder + latent-transformer dynamics (OUT/ae, OUT/dynamics)
+    and the caption decoder (OUT/caption). Each phase resumes from its checkpoint in OUT."""
+    names = [p.strip() for p in phases.split(",") if p.strip()]
     tc = _config(out, scale, threads, device, n_traj)
     console.print(f"training on {tc.resolved_device()} with {torch.get_num_threads()} thread(s) into {out}")
-    times = train_all(tc, log=console.print, phases=[p.strip() for p in phases.split(",") if p.strip()])
-    console.print(f"total {sum(times.values()) / 60:.1f} min")
+    old = [p for p in names if p != "caption"]
+    if old:
+        times = train_all(tc, log=console.print, phases=old)
+        console.print(f"{', '.join(old)}: {sum(times.values()) / 60:.1f} min")
+    if "caption" in names:
+        _train_caption(out / "caption", scale, caption_min, device)
+
+
+@app.command()
+def canvas(
+    out: Path = typer.Option(Path("runs/canvas"), help="Working folder: checkpoints, resumable."),
+    scale: float = typer.Option(1.0, min=0.001, max=100.0, help="Multiply the iterations (0.01 = a smoke run)."),
+    threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    budget_min: float = typer.Option(105.0, min=0.1, help="Wall-clock budget, minutes (the LR schedule follows it)."),
+    stop_at: int = typer.Option(0, min=0, help="Stop after this iteration with a checkpoint (0: run to the end)."),
+) -> None:
+    """Train the scroll-canvas dynamics model (kind scroll_canvas; work in progress, not the shipped
+    default yet: see MODEL_CARD.md). The model folder lands in OUT/model."""
+    torch.set_num_threads(threads)
+    _train_canvas(out, scale, budget_min, device, stop_at)
+
+
+@app.command()
+def caption(
+    out: Path = typer.Option(Path("runs/platformer/caption"), help="Working folder: checkpoints, resumable."),
+    scale: float = typer.Option(1.0, min=0.001, max=100.0, help="Multiply the iterations (0.01 = a smoke run)."),
+    threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    budget_min: float = typer.Option(35.0, min=0.1, help="Wall-clock budget, minutes."),
+) -> None:
+    """Train only the caption decoder (prompt -> first frame)."""
+    torch.set_num_threads(threads)
+    _train_caption(out, scale, budget_min, device)
 
 
 @app.command()
 def export(
-    out: Path = typer.Option(Path("runs/platformer"), help="The training folder."),
+    out: Path = typer.Option(Path("runs/platformer"), help="The training folder of `all`."),
     weights: Path = typer.Option(WEIGHTS, help="Destination (default: the package's shipped weights)."),
 ) -> None:
-    """Copy the trained dynamics and image models into WEIGHTS/{dynamics,image}."""
-    for name, path in export_weights(TrainConfig(out=out), weights).items():
+    """Copy the trained models into WEIGHTS/{dynamics,image}: OUT/dynamics, and OUT/caption/model
+    (else the flow model of OUT/image)."""
+    import shutil
+
+    tc = TrainConfig(out=out)
+    for name, path in export_weights(tc, weights, names=("dynamics",)).items():
         console.print(f"{name}: {path}")
+    src = out / "caption" / "model"
+    if not (src / "model.safetensors").is_file():
+        src = out / "image"
+    dst = weights / "image"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copyfile(src / f, dst / f)
+    console.print(f"image: {dst} (from {src})")
 
 
 @app.command()
 def evaluate(
-    dynamics: Path = typer.Option(WEIGHTS / "dynamics", help="Dynamics model folder."),
-    image: Path = typer.Option(WEIGHTS / "image", help="Image model folder."),
-    sessions: int = typer.Option(16, min=2, max=1024, help="Held-out rollouts."),
-    prompts: int = typer.Option(64, min=1, max=10000, help="Held-out captions for prompt adherence."),
+    dynamics: Path = typer.Option(WEIGHTS / "dynamics",
+                                  help="Dynamics model folder (kind: config.json's kind, else world_model)."),
+    image: Path = typer.Option(WEIGHTS / "image",
+                               help="Image model folder (kind: config.json's kind, else tiny_text_to_image)."),
+    sessions: int = typer.Option(32, min=2, max=1024, help="Held-out worlds (sessions per rollout set)."),
+    prompts: int = typer.Option(64, min=1, max=10000, help="Held-out captions for prompt -> image."),
+    horizon: int = typer.Option(32, min=1, max=1024, help="Steps of the rollout PSNR curve (vs hold-the-first-frame)."),
     threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures as JSON here."),
     sample_steps: int = typer.Option(0, min=0, max=64, help="Sampler steps per frame (a serving tier); 0 = the model's."),
 ) -> None:
-    """Print the fidelity table (same as python -m worldserve.train.evaluate)."""
+    """Print the fidelity table with its targets (same as python -m worldserve.train.evaluate)."""
     from .evaluate import run
 
-    run(dynamics, image, sessions=sessions, prompts=prompts, threads=threads, json_out=json_out,
+    run(dynamics, image, sessions=sessions, prompts=prompts, horizon=horizon, threads=threads, json_out=json_out,
         sample_steps=sample_steps)
 
 

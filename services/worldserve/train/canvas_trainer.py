@@ -112,6 +112,8 @@ class CanvasTrainConfig:
     """Stop (with a checkpoint) after this iteration, 0 = at ``iters``: splits a run across sessions."""
     seed: int = 0
     device: str = "cpu"
+    init_from: Path | None = None
+    """A fresh run starts from this checkpoint's weights where the shapes match (warm start)."""
     model: CanvasConfig = field(default_factory=CanvasConfig)
 
 
@@ -151,6 +153,15 @@ def build_batch(ep: Episodes, rng: np.random.Generator, tc: CanvasTrainConfig, K
 
 
 def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """K steps from the true start state, each fed the model's own served frame of the step before
+    (8-bit, every pixel its most likely choice; no gradient through the feedback). Per step:
+
+    - choice: cross-entropy against the first choice that gives the true pixel exactly (offsets are
+      ordered nearest first, so "unchanged" wherever it is right; "draw" where no copy is exact),
+      weighted up where the pixel changes -- one canonical label, so the served argmax is exact;
+    - draw: MSE of the drawn colour where no copy is exact;
+    - scroll: cross-entropy of the scroll head against the game's camera.
+    """
     cfg = net.cfg
     m, W = cfg.max_scroll, cfg.frame_width
     canvas, valid = batch["canvas"], batch["valid"]
@@ -158,35 +169,41 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
     prev, prev2 = frames[:, 0], batch["prev2"]
     cam, cam2 = cams[:, 0], batch["cam2"]
     B = prev.shape[0]
-    total, mse_sum, ce_sum, acc = 0.0, 0.0, 0.0, 0.0
+    total = 0.0
+    st = {"choice": 0.0, "draw": 0.0, "scroll_acc": 0.0, "exact": 0.0}
     for k in range(K):
         start = cam + PAD - m
         win = window_cols(canvas, start, W + 2 * m)
         wv = window_cols(valid, start, W + 2 * m)
         dx = cams[:, k + 1] - cam
         ev = net.events(batch["events"][k])
-        out, logits, _, base, change, delta = net.predict(prev, prev2, cam - cam2, win, wv, cam, batch["actions"][:, k], ev,
-                                                   batch["steps"][:, k + 1], dx=dx, hard=False)
+        p = net.predict(prev, prev2, cam - cam2, win, wv, cam, batch["actions"][:, k], ev, batch["steps"][:, k + 1],
+                        dx=dx)
         target = frames[:, k + 1]
-        known = window_cols(wv, m + dx, W)[:, None, None, :]
-        changed = ((target - base).abs().amax(1, keepdim=True) > 0.5 / 255).float()  # (B, 1, H, W)
-        w = 1.0 + tc.change_weight * changed * known
-        mse = (w * (out - target) ** 2).sum() / (w.sum() * 3)
-        bce = F.binary_cross_entropy_with_logits(change, changed)
-        ce = F.cross_entropy(logits, dx + m)
-        total = total + mse * 100.0 + bce + ce
-        mse_sum += float(((out.detach() - target) ** 2).mean())
-        ce_sum += float(ce.detach())
-        acc += float((logits.argmax(-1) - m == dx).float().mean())
-        hard = (base + (change > 0).to(out.dtype) * delta).clamp(0.0, 1.0)  # what serving computes
-        q = quantize(out + (hard - out).detach())  # fed back as served (8-bit, hard gate), soft gradient
-        new_cam = cam + dx
-        idx = (new_cam + PAD)[:, None] + torch.arange(W)[None]
-        canvas = canvas.scatter(3, idx[:, None, None, :].expand(B, 3, canvas.shape[2], W), q)
-        valid = valid.scatter(1, idx, torch.ones(B, W))
+        match = (p.taps - target[:, None]).abs().amax(2) < 0.5 / 255  # (B, K, H, W)
+        none = ~match.any(1, keepdim=True)
+        ok = torch.cat([match, none], 1)  # (B, K + 1, H, W) choices that are right
+        label = ok.to(torch.uint8).argmax(1)  # (B, H, W): the first right choice
+        nll = F.cross_entropy(p.choice_logits, label, reduction="none")  # (B, H, W)
+        w = 1.0 + tc.change_weight * (~match[:, 0]).float()
+        choice = (w * nll).sum() / w.sum()
+        nf = none.float()
+        draw = ((p.draw - target) ** 2 * nf).sum() / (nf.sum() * 3 + 1.0)
+        ce = F.cross_entropy(p.scroll_logits, dx + m)
+        total = total + choice + 100.0 * draw + ce
+        st["choice"] += float(choice.detach())
+        st["draw"] += float(draw.detach())
+        st["scroll_acc"] += float((p.scroll_logits.argmax(-1) - m == dx).float().mean())
+        with torch.no_grad():
+            q = quantize(p.frame)
+            st["exact"] += float((q - target).abs().amax(1).lt(0.5 / 255).float().mean())
+            new_cam = cam + dx
+            idx = (new_cam + PAD)[:, None] + torch.arange(W)[None]
+            canvas = canvas.scatter(3, idx[:, None, None, :].expand(B, 3, canvas.shape[2], W), q)
+            valid = valid.scatter(1, idx, torch.ones(B, W))
         prev2, cam2 = prev, cam
         prev, cam = q, new_cam
-    return total / K, {"mse": mse_sum / K, "ce": ce_sum / K, "scroll_acc": acc / K}
+    return total / K, {k: v / K for k, v in st.items()}
 
 
 def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> Path:
@@ -206,6 +223,12 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
         opt.load_state_dict(state["opt"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
         log(f"resumed at iteration {step} ({elapsed / 60:.1f} min done)")
+    elif tc.init_from is not None:
+        old = torch.load(tc.init_from, map_location=tc.device, weights_only=False)["model"]
+        own = net.state_dict()
+        keep = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
+        net.load_state_dict(keep, strict=False)
+        log(f"warm start from {tc.init_from}: {len(keep)} of {len(own)} tensors")
     ep = make_episodes(range(tc.n_episodes), tc.steps, log)
 
     def save() -> None:

@@ -284,11 +284,11 @@ def train_image(tc: TrainConfig) -> list[float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def export(tc: TrainConfig, weights: Path) -> dict[str, Path]:
+def export(tc: TrainConfig, weights: Path, names: Iterable[str] = ("dynamics", "image")) -> dict[str, Path]:
     """Copy the trained dynamics and image models (config.json + model.safetensors only) to
     ``weights/dynamics`` and ``weights/image``."""
     out = {}
-    for name in ("dynamics", "image"):
+    for name in names:
         dst = weights / name
         dst.mkdir(parents=True, exist_ok=True)
         for f in ("config.json", "model.safetensors"):

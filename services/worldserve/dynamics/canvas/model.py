@@ -7,11 +7,15 @@ One step, for a batch of sessions (shapes per session)::
         columns the previous frame covered: the previous frame, shifted
         columns it did not cover: what the canvas remembers there, or 0 (never seen)
     [A, frame before prev aligned, known/fresh masks, world prior, time prior, coords, action]
-        --> U-Net (FiLM on action + event + dx; self-attention at 1/4 resolution) --> delta
-    next frame = clamp(A + delta), rounded to 8 bits; written into the canvas at cam + dx
+        --> U-Net (FiLM on action + event + dx; self-attention at 1/4 resolution)
+        --> per pixel: one choice among "copy A from offset (dy, dx)" (65 offsets, (0, 0) =
+            unchanged) and "draw" (A + a predicted delta)
+    next frame = each pixel's choice, rounded to 8 bits; written into the canvas at cam + dx
 
-- **Nothing moves for free**: the U-Net predicts the change from the (shifted) previous frame, so
-  a still world costs it nothing and small sprites are drawn, not blurred out of a whole frame.
+- **Copy, don't repaint**: a pixel that stays, or that moves (the player walking or jumping, rain
+  falling, the background closing over where the player stood), is an exact copy of a pixel of A;
+  only what appears from nowhere (a muzzle flash, never-seen columns, the light changing) is
+  drawn. So a still world is free and small sprites stay sharp over long rollouts.
 - **Memory**: the canvas is a per-session image of the world in world coordinates (the first
   frame's left edge is world x = 0). Walking back brings back exactly what was seen there.
 - **Learned priors**: a world-coordinate map (``world_channels`` x H x canvas width, e.g. where
@@ -33,7 +37,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -71,6 +75,10 @@ class CanvasConfig:
     cond_dim: int = 64
     context_frames: int = 32
     """Frames a prefill rebuilds the canvas from (the engine's window in Redis)."""
+    copy_radius: int = 8
+    """Copy offsets: every (dy, 0) and (0, dx) with |d| <= copy_radius ..."""
+    copy_columns: tuple[int, ...] = (-4, 4)
+    """... and every (dy, c) for these column offsets c (a sprite moving sideways while it jumps)."""
     kind: str = KIND
 
     def __post_init__(self) -> None:
@@ -88,6 +96,7 @@ class CanvasConfig:
         object.__setattr__(self, "keys", tuple(self.keys))
         object.__setattr__(self, "mouse_axes", tuple(self.mouse_axes))
         object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "copy_columns", tuple(self.copy_columns))
 
     @property
     def action_dim(self) -> int:
@@ -98,12 +107,23 @@ class CanvasConfig:
         return 2 * self.max_scroll + 1
 
     @property
+    def copy_offsets(self) -> tuple[tuple[int, int], ...]:
+        """(dy, dx) offsets a pixel may copy from the base frame, nearest first: (0, 0) -- no change --
+        then by |dy| + |dx|. Training labels a pixel with the first offset that gives it exactly."""
+        r = self.copy_radius
+        offs = set()
+        for d in range(-r, r + 1):
+            offs.update({(d, 0), (0, d), *((d, c) for c in self.copy_columns)})
+        return tuple(sorted(offs, key=lambda o: (abs(o[0]) + abs(o[1]), o)))
+
+    @property
     def latent_size(self) -> int:
         return 3 * self.frame_height * self.frame_width + 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["keys"], d["mouse_axes"], d["channels"] = list(self.keys), list(self.mouse_axes), list(self.channels)
+        d["copy_columns"] = list(self.copy_columns)
         return d
 
     @classmethod
@@ -113,7 +133,7 @@ class CanvasConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}")
         d = dict(data)
-        for k in ("keys", "mouse_axes", "channels"):
+        for k in ("keys", "mouse_axes", "channels", "copy_columns"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -224,13 +244,14 @@ class UNet(nn.Module):
         self.merge0 = nn.Conv2d(2 * c0, c0, 1)
         self.d0 = ResBlock(c0, d)
         self.out_norm = nn.GroupNorm(8, c0)
-        self.out = nn.Conv2d(c0, 4, 3, padding=1)  # delta (3) and change logit (1)
+        n_choices = len(cfg.copy_offsets) + 1
+        self.out = nn.Conv2d(c0, 3 + n_choices, 3, padding=1)  # drawn colour delta (3), choice logits
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         with torch.no_grad():
-            self.out.bias[3] = -4.0  # start by copying: almost no pixel changes
+            self.out.bias[3] = 4.0  # start by copying: choice 0 is "no change"
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, 4, H, W)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, 3 + K + 1, H, W)
         h0 = self.e0(self.inp(x), cond)  # (B, c0, H, W)
         h1 = self.e1(self.down1(F.silu(h0)), cond)  # (B, c1, H/2, W/2)
         h = self.down2(F.silu(h1))  # (B, c2, H/4, W/4)
@@ -287,6 +308,8 @@ class CanvasNet(nn.Module):
         self.register_buffer("coords", torch.stack([ys, xs])[None], persistent=False)  # (1, 2, H, W)
         in_ch = self.IN_CH + cfg.world_channels + 1 + cfg.action_dim
         self.unet = UNet(in_ch, cfg)
+        self.amp_dtype: torch.dtype | None = None
+        """On CUDA, run the U-Net under autocast in this dtype (parameters stay float32)."""
 
     def predict(
         self,
@@ -300,13 +323,9 @@ class CanvasNet(nn.Module):
         event: torch.Tensor,  # (B, cond_dim): event embedding (zeros = none)
         t_new: torch.Tensor,  # (B,) long: absolute step of the new frame
         dx: torch.Tensor | None = None,  # (B,) long: the shift to use (training); None = the head's
-        hard: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (new frame (B, 3, H, W) in [0, 1] unrounded, scroll logits (B, n_scroll), dx (B,), the
-        base A (B, 3, H, W), change logits (B, 1, H, W), delta (B, 3, H, W)).
-
-        A pixel the change head leaves alone is copied from A exactly (``hard``; training blends
-        with the change probability instead so that both heads get gradients)."""
+    ) -> "Prediction":
+        """One step for a batch. Each pixel of the new frame is either copied from the base A at one
+        of ``copy_offsets`` (choice 0: unchanged) or drawn (the last choice: A + delta)."""
         cfg = self.cfg
         m, W = cfg.max_scroll, cfg.frame_width
         B = prev.shape[0]
@@ -333,17 +352,43 @@ class CanvasNet(nn.Module):
         ], 1)
         onehot = F.one_hot(dx + m, cfg.n_scroll).to(prev.dtype)
         cond = self.cond(torch.cat([action, event, onehot], 1))
-        y = self.unet(x, cond)
-        delta, change = y[:, :3], y[:, 3:]
-        gate = (change > 0).to(A.dtype) if hard else torch.sigmoid(change)
-        out = (A + gate * delta).clamp(0.0, 1.0)
-        return out, logits, dx, A, change, delta
+        if self.amp_dtype is not None and x.is_cuda:  # the U-Net (and its attention) in bf16/fp16
+            with torch.autocast("cuda", dtype=self.amp_dtype):
+                y = self.unet(x, cond)
+            y = y.float()
+        else:
+            y = self.unet(x, cond)
+        # the frame arithmetic stays float32: a copied pixel is exact
+        draw = (A + y[:, :3]).clamp(0.0, 1.0)  # (B, 3, H, W)
+        choice = y[:, 3:]  # (B, K + 1, H, W)
+        taps = copy_taps(A, cfg.copy_offsets)  # (B, K, 3, H, W)
+        options = torch.cat([taps, draw[:, None]], 1)  # (B, K + 1, 3, H, W)
+        pick = choice.argmax(1)  # (B, H, W)
+        frame = options.gather(1, pick[:, None, None].expand(-1, 1, 3, -1, -1))[:, 0]
+        return Prediction(frame, logits, dx, A, choice, draw, taps)
+
+
+class Prediction(NamedTuple):
+    frame: torch.Tensor  # (B, 3, H, W): each pixel its most likely choice
+    scroll_logits: torch.Tensor  # (B, n_scroll)
+    dx: torch.Tensor  # (B,) the view's shift used
+    base: torch.Tensor  # (B, 3, H, W) A
+    choice_logits: torch.Tensor  # (B, K + 1, H, W): copy offsets, then "draw"
+    draw: torch.Tensor  # (B, 3, H, W) the drawn colour
+    taps: torch.Tensor  # (B, K, 3, H, W) A shifted by each copy offset
+
+
+def copy_taps(A: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, K, C, H, W): tap k at (y, x) is A[y + dy_k, x + dx_k] (0 outside)."""
+    r = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    H, W = A.shape[-2:]
+    Ap = F.pad(A, (r, r, r, r))
+    return torch.stack([Ap[:, :, r + dy : r + dy + H, r + dx : r + dx + W] for dy, dx in offsets], 1)
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round to 8-bit levels; the gradient passes straight through (training unrolls)."""
-    q = torch.round(x * 255.0) / 255.0
-    return x + (q - x).detach()
+    """Round to 8-bit levels (what a served frame is)."""
+    return torch.round(x * 255.0) / 255.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,8 +401,12 @@ class CanvasWorldModel:
     def __init__(self, config: CanvasConfig | None = None, net: CanvasNet | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.config = config or CanvasConfig()
-        self.net = (net or CanvasNet(self.config)).to(device=device, dtype=dtype).eval()
-        self.device, self.dtype = torch.device(device), dtype
+        # parameters and the frame arithmetic stay float32 (8-bit frames are copied exactly); a
+        # lower dtype runs the U-Net under autocast on CUDA
+        self.net = (net or CanvasNet(self.config)).to(device=device, dtype=torch.float32).eval()
+        self.device = torch.device(device)
+        self.dtype = dtype if self.device.type == "cuda" else torch.float32
+        self.net.amp_dtype = None if self.dtype == torch.float32 else self.dtype
         self._key_index = {k: i for i, k in enumerate(self.config.keys)}
         self._mouse_index = {a: len(self.config.keys) + i for i, a in enumerate(self.config.mouse_axes)}
         self._event_cache: dict[str, torch.Tensor] = {}
@@ -480,7 +529,7 @@ class CanvasWorldModel:
             emb = self.net.events(missing)
             for t, e in zip(missing, emb):
                 self._event_cache[t] = e
-        zero = torch.zeros(self.config.cond_dim, device=self.device, dtype=self.dtype)
+        zero = torch.zeros(self.config.cond_dim, device=self.device, dtype=torch.float32)
         return torch.stack([self._event_cache[t] if t else zero for t in texts])
 
     # --- latents ----------------------------------------------------------------------------------
@@ -569,7 +618,7 @@ class CanvasWorldModel:
             if int(steps[i]) != s.step + 1:
                 raise ValueError(f"steps[{i}] = {steps[i]} but the session's newest frame is step {s.step}")
         m, W = c.max_scroll, c.frame_width
-        dev, dt = self.device, self.dtype
+        dev = self.device
         wins, wvalid, prev, prev2, cams, off2 = [], [], [], [], [], []
         for s in states:
             x0 = s.cam + c.canvas_origin
@@ -585,13 +634,13 @@ class CanvasWorldModel:
             prev2.append(s.prev2)
             cams.append(s.cam)
             off2.append(s.cam - s.prev_cam)
-        f = lambda xs: torch.stack(xs).to(dev, dt) / 255.0  # noqa: E731
+        f = lambda xs: torch.stack(xs).to(dev, torch.float32) / 255.0  # noqa: E731
         cam_t = torch.tensor(cams, device=dev)
-        out, _, dx, _, _, _ = self.net.predict(
-            f(prev), f(prev2), torch.tensor(off2, device=dev), f(wins), torch.stack(wvalid).to(dev, dt), cam_t,
-            a.to(dev, dt), self._event_embed(texts), torch.tensor([int(x) for x in steps], device=dev))
-        frames = torch.round(out.float() * 255.0).clamp(0, 255).to(torch.uint8).cpu()  # (n, 3, H, W)
-        dxs = dx.cpu().tolist()
+        pred = self.net.predict(
+            f(prev), f(prev2), torch.tensor(off2, device=dev), f(wins), torch.stack(wvalid).to(dev, torch.float32), cam_t,
+            a.to(dev, torch.float32), self._event_embed(texts), torch.tensor([int(x) for x in steps], device=dev))
+        frames = torch.round(pred.frame * 255.0).clamp(0, 255).to(torch.uint8).cpu()  # (n, 3, H, W)
+        dxs = pred.dx.cpu().tolist()
         for s, fr, d in zip(states, frames, dxs):
             new_cam = self._clamp_cam(s.cam + int(d))
             x0 = s.cam + c.canvas_origin
