@@ -224,7 +224,7 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
         step, elapsed = int(state["step"]), float(state["elapsed"])
         log(f"resumed at iteration {step} ({elapsed / 60:.1f} min done)")
     elif tc.init_from is not None:
-        old = torch.load(tc.init_from, map_location=tc.device, weights_only=False)["model"]
+        old = torch.load(tc.init_from, map_location=tc.device, weights_only=True)["model"]
         own = net.state_dict()
         keep = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
         net.load_state_dict(keep, strict=False)
