@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 import time
@@ -133,6 +134,14 @@ def test_create_step_fork_export_delete(client):
 
     assert client.delete_session(s.session_id)
     assert code_of(lambda: client.get_session(s.session_id))[0] == grpc.StatusCode.NOT_FOUND
+    code, msg = code_of(lambda: client.delete_session(s.session_id))  # deleting twice: nothing to delete
+    assert code == grpc.StatusCode.NOT_FOUND and s.session_id in msg
+    forged = base64.urlsafe_b64encode(b"nan|s_x").decode()
+    from worldserve.v1 import sessions_pb2
+
+    code, msg = code_of(lambda: client.sessions.ListSessions(sessions_pb2.ListSessionsRequest(page_token=forged),
+                                                             metadata=client._md("sessions"), timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in msg
     assert client.get_session(a.session_id).step == 12  # branches own their history
 
 

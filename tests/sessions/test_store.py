@@ -96,6 +96,19 @@ async def test_list_paginates_per_tenant(store):
     assert ids[0] not in [r.session_id for r in page] and len(page) == 6
     with pytest.raises(InvalidArgument):
         await store.list("acme", page_token="garbage")
+    import base64
+
+    forged = [base64.urlsafe_b64encode(t).decode() for t in (b"nan|s_x", b"inf|s_x", b"1.5|bad id!", b"1.5", b"\xff\xfe|x")]
+    for token in forged + ["A" * 50_000]:
+        with pytest.raises(InvalidArgument, match="invalid page_token") as e:
+            await store.list("acme", page_token=token)
+        assert len(str(e.value)) < 200  # the token is quoted truncated
+
+
+async def test_deleting_an_unknown_session_deletes_nothing(store):
+    rec = await make(store)
+    assert await store.delete("acme", rec.session_id) is True
+    assert await store.delete("acme", rec.session_id) is False  # the servicer answers NOT_FOUND
 
 
 async def test_ttl_is_set_and_refreshed(store):

@@ -10,6 +10,7 @@ from PIL import Image
 from ray import serve
 
 from worldserve.common.codec import PNG, decode_frame, encode_frame
+from worldserve.common.errors import NotFound
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.sessions.core import SessionsCore
 from worldserve.sessions.store import SessionRecord, SessionStore
@@ -110,7 +111,9 @@ class SessionService(ServiceBase):
 
     @rpc("DeleteSession", empty=pb.DeleteSessionResponse)
     async def DeleteSession(self, request: pb.DeleteSessionRequest, grpc_context=None) -> pb.DeleteSessionResponse:
-        return pb.DeleteSessionResponse(deleted=await self.store.delete(self.tenant(grpc_context), request.session_id))
+        if not await self.store.delete(self.tenant(grpc_context), request.session_id):
+            raise NotFound(f"session {request.session_id!r} not found")
+        return pb.DeleteSessionResponse(deleted=True)
 
     @rpc("ExportSession", empty=pb.TrajectoryStep)
     async def ExportSession(self, request: pb.ExportSessionRequest, grpc_context=None):

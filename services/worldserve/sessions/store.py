@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import secrets
 import time
@@ -247,11 +248,16 @@ class SessionStore:
         max_score: str = "+inf"
         after_sid = None
         if page_token:
+            bad = InvalidArgument(f"invalid page_token {page_token[:80]!r}: pass the next_page_token of a ListSessions")
             try:
                 score_s, after_sid = base64.urlsafe_b64decode(page_token.encode()).decode().split("|", 1)
-                max_score = repr(float(score_s))
-            except Exception:  # noqa: BLE001
-                raise InvalidArgument(f"invalid page_token {page_token!r}") from None
+                score = float(score_s)
+                check_session_id(after_sid)
+            except Exception:  # noqa: BLE001 - not base64, not UTF-8, no separator, not a number, not an id
+                raise bad from None
+            if not math.isfinite(score):
+                raise bad
+            max_score = repr(score)
         t0 = time.perf_counter()
         out: list[SessionRecord] = []
         scores: list[float] = []
