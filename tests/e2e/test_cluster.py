@@ -134,11 +134,16 @@ def test_create_step_fork_export_delete(client):
 
     assert client.delete_session(s.session_id)
     assert code_of(lambda: client.get_session(s.session_id))[0] == grpc.StatusCode.NOT_FOUND
+    from worldserve.v1 import sessions_pb2
+
+    before = {x.session_id for x in client.list_sessions()}
+    bad_format = sessions_pb2.CreateSessionRequest(prompt="grass, day", include_first_frame=True, format=99)
+    code, msg = code_of(lambda: client.sessions.CreateSession(bad_format, metadata=client._md("sessions"), timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "format" in msg
+    assert {x.session_id for x in client.list_sessions()} == before  # nothing left behind
     code, msg = code_of(lambda: client.delete_session(s.session_id))  # deleting twice: nothing to delete
     assert code == grpc.StatusCode.NOT_FOUND and s.session_id in msg
     forged = base64.urlsafe_b64encode(b"nan|s_x").decode()
-    from worldserve.v1 import sessions_pb2
-
     code, msg = code_of(lambda: client.sessions.ListSessions(sessions_pb2.ListSessionsRequest(page_token=forged),
                                                              metadata=client._md("sessions"), timeout=30))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in msg

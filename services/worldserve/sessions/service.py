@@ -9,7 +9,7 @@ from PIL import Image
 
 from ray import serve
 
-from worldserve.common.codec import PNG, decode_frame, encode_frame
+from worldserve.common.codec import PNG, check_format, decode_frame, encode_frame
 from worldserve.common.errors import NotFound
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.sessions.core import SessionsCore
@@ -71,6 +71,8 @@ class SessionService(ServiceBase):
     @rpc("CreateSession", empty=pb.Session)
     async def CreateSession(self, request: pb.CreateSessionRequest, grpc_context=None) -> pb.Session:
         tenant = self.tenant(grpc_context)
+        if request.include_first_frame:
+            check_format(request.format)  # before anything is created: a bad format leaves nothing behind
         source = request.WhichOneof("source")
         if source == "image":
             rec, png = await self.core.create_from_image(
