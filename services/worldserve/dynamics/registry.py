@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from worldserve.common.config import Config, ModelSpec, model_path, torch_dtype
 from worldserve.common.registry import Registry
@@ -37,21 +37,9 @@ def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSp
     overrides = {"sample_steps": spec.sample_steps} if spec.sample_steps else None
     if path is None:
         return WorldModel.load(None, device=device, dtype=dtype, overrides=overrides)
-    folder = Path(path)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (folder / name).is_file():
-            raise ModelLoadError(f"model {spec.name!r}: {str(folder / name)!r} not found")
-    try:
-        json.loads((folder / CONFIG_FILE).read_text())
-    except ValueError as e:
-        raise ModelLoadError(f"model {spec.name!r}: {str(folder / CONFIG_FILE)!r} is not valid JSON: {e}") from None
-    try:
-        return WorldModel.load(folder, device=device, dtype=dtype, overrides=overrides)
-    except (RuntimeError, ValueError, KeyError) as e:  # shape/key mismatch, bad config values
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(
-            f"model {spec.name!r}: {str(folder / WEIGHTS_FILE)!r} does not match {str(folder / CONFIG_FILE)!r}: {first}"
-        ) from None
+    return _load_folder(spec, Path(path), CONFIG_FILE, WEIGHTS_FILE,
+                        lambda folder: WorldModel.load(folder, device=device, dtype=dtype, overrides=overrides),
+                        errors=(RuntimeError, ValueError, KeyError))
 
 
 def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModel:
@@ -61,20 +49,28 @@ def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: Model
 
     if path is None:
         return CanvasWorldModel.random(seed=0, device=device, dtype=dtype)
-    folder = Path(path)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
+    return _load_folder(spec, Path(path), CONFIG_FILE, WEIGHTS_FILE,
+                        lambda folder: CanvasWorldModel.from_pretrained(folder, device=device, dtype=dtype),
+                        errors=(RuntimeError, ValueError, KeyError, TypeError))
+
+
+def _load_folder(spec: ModelSpec, folder: Path, config_file: str, weights_file: str,
+                 load: Callable[[Path], DynamicsModel], errors: tuple[type[Exception], ...]) -> DynamicsModel:
+    """``load(folder)`` after checking the folder holds both files and valid JSON; ``errors`` raised
+    by ``load`` (shape/key mismatch, bad config values) become a ModelLoadError naming the files."""
+    for name in (config_file, weights_file):
         if not (folder / name).is_file():
             raise ModelLoadError(f"model {spec.name!r}: {str(folder / name)!r} not found")
     try:
-        json.loads((folder / CONFIG_FILE).read_text())
+        json.loads((folder / config_file).read_text())
     except ValueError as e:
-        raise ModelLoadError(f"model {spec.name!r}: {str(folder / CONFIG_FILE)!r} is not valid JSON: {e}") from None
+        raise ModelLoadError(f"model {spec.name!r}: {str(folder / config_file)!r} is not valid JSON: {e}") from None
     try:
-        return CanvasWorldModel.from_pretrained(folder, device=device, dtype=dtype)
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        return load(folder)
+    except errors as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
-            f"model {spec.name!r}: {str(folder / WEIGHTS_FILE)!r} does not match {str(folder / CONFIG_FILE)!r}: {first}"
+            f"model {spec.name!r}: {str(folder / weights_file)!r} does not match {str(folder / config_file)!r}: {first}"
         ) from None
 
 

@@ -33,7 +33,6 @@ rebuilt from its last frames in Redis (the canvas then remembers what those fram
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,9 +42,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldserve.dynamics.actions import action_vector, check_actions, check_events
 from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
 from worldserve.dynamics.model.attention import attention, resolve_backend
-from worldserve.dynamics.model.events import EventEncoder, normalize_event
+from worldserve.dynamics.model.events import EventEncoder
 
 KIND = "scroll_canvas"
 CONFIG_FILE = "config.json"
@@ -407,8 +407,6 @@ class CanvasWorldModel:
         self.device = torch.device(device)
         self.dtype = dtype if self.device.type == "cuda" else torch.float32
         self.net.amp_dtype = None if self.dtype == torch.float32 else self.dtype
-        self._key_index = {k: i for i, k in enumerate(self.config.keys)}
-        self._mouse_index = {a: len(self.config.keys) + i for i, a in enumerate(self.config.mouse_axes)}
         self._event_cache: dict[str, torch.Tensor] = {}
 
     # --- loading ----------------------------------------------------------------------------------
@@ -464,63 +462,16 @@ class CanvasWorldModel:
         return True
 
     def action_vector(self, keys: Sequence[str], mouse: Mapping[str, float] | None = None) -> torch.Tensor:
-        cfg = self.config
-        if isinstance(keys, (str, bytes)):
-            raise ValueError(f"keys must be a sequence of key names, not the string {keys!r}")
-        vec = torch.zeros(cfg.action_dim, dtype=torch.float32)
-        for key in keys:
-            i = self._key_index.get(key) if isinstance(key, str) else None
-            if i is None:
-                raise ValueError(f"unknown key {key!r}; expected one of {cfg.keys!r}")
-            vec[i] = 1.0
-        for axis, value in (mouse or {}).items():
-            j = self._mouse_index.get(axis) if isinstance(axis, str) else None
-            if j is None:
-                raise ValueError(f"unknown mouse axis {axis!r}; expected one of {cfg.mouse_axes!r}")
-            try:
-                fv = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"mouse axis {axis!r} must be a number in [-1, 1], got {value!r}") from None
-            if not (math.isfinite(fv) and -1.0 <= fv <= 1.0):
-                raise ValueError(f"mouse axis {axis!r} must be a finite number in [-1, 1], got {value!r}")
-            vec[j] = fv
-        return vec
+        return action_vector(keys, mouse, self.config.keys, self.config.mouse_axes)
 
     def null_action(self) -> torch.Tensor:
         return torch.zeros(self.config.action_dim, dtype=torch.float32)
 
     def _check_actions(self, actions: torch.Tensor, n: int) -> torch.Tensor:
-        a_dim = self.config.action_dim
-        if not isinstance(actions, torch.Tensor) or tuple(actions.shape) != (n, a_dim):
-            shape = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
-            raise ValueError(f"actions must be a tensor of shape ({n}, {a_dim}), got {shape}")
-        a = actions.detach().to("cpu", torch.float32)
-        n_keys = len(self.config.keys)
-        bad = ~torch.isfinite(a)
-        bad[:, :n_keys] |= (a[:, :n_keys] < 0) | (a[:, :n_keys] > 1)
-        bad[:, n_keys:] |= a[:, n_keys:].abs() > 1
-        if bad.any():
-            r, c = (int(x) for x in bad.nonzero()[0])
-            raise ValueError(f"actions[{r}, {c}] = {a[r, c].item()!r} out of range (keys in [0, 1], mouse in [-1, 1])")
-        return a
+        return check_actions(actions, n, len(self.config.keys), self.config.action_dim)
 
     def _check_events(self, events: Sequence[str] | None, n: int) -> list[str]:
-        if events is None:
-            return [""] * n
-        if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
-            raise ValueError(f"events must be a sequence of {n} strings, got {events!r}")
-        if len(events) != n:
-            raise ValueError(f"events must hold {n} strings (one per frame), got {len(events)}")
-        out = []
-        for i, e in enumerate(events):
-            if not isinstance(e, str):
-                raise ValueError(f"events[{i}] must be a string, got {type(e).__name__}")
-            e = normalize_event(e)
-            if len(e.encode("utf-8")) > self.config.event_max_bytes:
-                raise ValueError(f"events[{i}] is {len(e.encode('utf-8'))} bytes; at most "
-                                 f"{self.config.event_max_bytes} allowed: {e[:80]!r}")
-            out.append(e)
-        return out
+        return check_events(events, n, self.config.event_max_bytes) or [""] * n
 
     def _event_embed(self, texts: list[str]) -> torch.Tensor:
         """(n, cond_dim); each distinct text embedded once per process (the weights never change)."""

@@ -17,13 +17,10 @@ import torch.nn.functional as F
 
 from worldserve.common.bytetok import BOS, EOS, PAD, VOCAB, tokenize_bytes  # noqa: F401 (re-exported)
 
+from worldserve.dynamics.actions import normalize_event  # noqa: F401 (re-exported)
+
 from .config import WorldModelConfig
 
-
-
-def normalize_event(text: str) -> str:
-    """Case and whitespace do not matter: ``"  Night  FALLS "`` is ``"night falls"``."""
-    return " ".join(text.lower().split())
 
 
 def tokenize_events(texts: Sequence[str], max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,6 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ..actions import action_vector, check_actions, check_events
 from ..interface import ActionSpace, ModelInfo, Runtime, StateMemoryFull
 from .attention import (
     attention,
@@ -67,7 +68,7 @@ from .attention import (
 )
 from .autoencoder import Autoencoder, ResBlock
 from .config import WorldModelConfig
-from .events import EventEncoder, normalize_event
+from .events import EventEncoder
 from .kv_cache import PagedState, PagePool, new_state
 from .sampler import cfg_combine, euler_step, initial_noise, time_grid
 from .transformer import DynamicsTransformer
@@ -107,8 +108,6 @@ class WorldModel(nn.Module):
             raise ValueError(f"config must be a WorldModelConfig, got {type(self.config).__name__}")
         self.autoencoder = Autoencoder(self.config)
         self.transformer = DynamicsTransformer(self.config)
-        self._key_index = {k: i for i, k in enumerate(self.config.keys)}
-        self._mouse_index = {m: len(self.config.keys) + i for i, m in enumerate(self.config.mouse_axes)}
         # built under a forked RNG: the other modules' random init does not depend on whether the
         # event encoder exists (the same seed gives the same autoencoder and transformer either way)
         self.event_encoder = None
@@ -266,27 +265,7 @@ class WorldModel(nn.Module):
 
     def action_vector(self, keys: Sequence[str], mouse: Mapping[str, float] | None = None) -> torch.Tensor:
         """(A,) float32 on CPU: multi-hot of the held ``keys``, then the mouse axes (missing = 0)."""
-        cfg = self.config
-        if isinstance(keys, (str, bytes)):
-            raise ValueError(f"keys must be a sequence of key names, not the string {keys!r}")
-        vec = torch.zeros(cfg.action_dim, dtype=torch.float32)
-        for key in keys:
-            i = self._key_index.get(key) if isinstance(key, str) else None
-            if i is None:
-                raise ValueError(f"unknown key {key!r}; expected one of {cfg.keys!r}")
-            vec[i] = 1.0
-        for axis, value in (mouse or {}).items():
-            j = self._mouse_index.get(axis) if isinstance(axis, str) else None
-            if j is None:
-                raise ValueError(f"unknown mouse axis {axis!r}; expected one of {cfg.mouse_axes!r}")
-            try:
-                fv = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"mouse axis {axis!r} must be a number in [-1, 1], got {value!r}") from None
-            if not (math.isfinite(fv) and -1.0 <= fv <= 1.0):
-                raise ValueError(f"mouse axis {axis!r} must be a finite number in [-1, 1], got {value!r}")
-            vec[j] = fv
-        return vec
+        return action_vector(keys, mouse, self.config.keys, self.config.mouse_axes)
 
     def null_action(self) -> torch.Tensor:
         """(A,) zeros: no key held, mouse at rest (the no-op action)."""
@@ -294,20 +273,7 @@ class WorldModel(nn.Module):
 
     def _check_actions(self, actions: torch.Tensor, n: int) -> torch.Tensor:
         """Validate an (n, A) action batch; returns it on the model's device and dtype."""
-        a_dim = self.config.action_dim
-        if not isinstance(actions, torch.Tensor) or tuple(actions.shape) != (n, a_dim):
-            shape = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
-            raise ValueError(f"actions must be a tensor of shape ({n}, {a_dim}), got {shape}")
-        a = actions.detach().to("cpu", torch.float32)
-        n_keys = len(self.config.keys)
-        bad = ~torch.isfinite(a)
-        bad[:, :n_keys] |= (a[:, :n_keys] < 0) | (a[:, :n_keys] > 1)
-        bad[:, n_keys:] |= a[:, n_keys:].abs() > 1
-        if bad.any():
-            r, c = (int(x) for x in bad.nonzero()[0])
-            raise ValueError(
-                f"actions[{r}, {c}] = {a[r, c].item()!r} out of range (keys in [0, 1], mouse in [-1, 1])"
-            )
+        check_actions(actions, n, len(self.config.keys), self.config.action_dim)
         return actions.to(device=self.device, dtype=self.dtype)
 
     # --- events -----------------------------------------------------------------------------------
@@ -319,23 +285,8 @@ class WorldModel(nn.Module):
 
     def _check_events(self, events: Sequence[str] | None, n: int) -> list[str] | None:
         """Validate n event texts ("" = none); returns them normalized, or None when all are empty."""
-        if events is None:
-            return None
-        if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
-            raise ValueError(f"events must be a sequence of {n} strings, got {events!r}")
-        if len(events) != n:
-            raise ValueError(f"events must hold {n} strings (one per frame), got {len(events)}")
-        out = []
-        for i, e in enumerate(events):
-            if not isinstance(e, str):
-                raise ValueError(f"events[{i}] must be a string, got {type(e).__name__}")
-            e = normalize_event(e)
-            if len(e.encode("utf-8")) > self.config.event_max_bytes:
-                raise ValueError(
-                    f"events[{i}] is {len(e.encode('utf-8'))} bytes; at most {self.config.event_max_bytes} allowed: {e[:80]!r}"
-                )
-            out.append(e)
-        if not any(out):
+        out = check_events(events, n, self.config.event_max_bytes)
+        if out is None or not any(out):
             return None
         if not self.events_supported:
             raise ValueError(f"this model has no event conditioning (event_dim=0); got events {sorted(set(out) - {''})!r}")
