@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from worldserve.dynamics.canvas.model import CanvasConfig, CanvasWorldModel
-from worldserve.train.canvas_trainer import (CanvasTrainConfig, build_batch, explore_actions, make_episodes, play,
-                                             train_canvas, unroll_loss)
+from worldserve.train.canvas_trainer import (PAD, CanvasTrainConfig, build_batch, canvas_at, explore_actions,
+                                             make_episodes, play, to_device, train_canvas, unroll_loss)
 from worldserve.worlds.platformer import SPEED
 
 TINY = CanvasConfig(channels=(8, 16, 16), head_dim=8, world_channels=2, time_period=8, event_dim=8, cond_dim=16,
@@ -32,10 +32,25 @@ def test_a_batch_starts_from_the_true_canvas():
     b = build_batch(ep, np.random.default_rng(1), tc, 2)
     assert b["frames"].shape == (4, 3, 3, 64, 64) and b["actions"].shape == (4, 2, 8)
     # the canvas holds the start frame at the start camera
-    from worldserve.train.canvas_trainer import PAD
     for i in range(4):
         x0 = int(b["cams"][i, 0]) + PAD
         assert torch.equal(b["canvas"][i, :, :, x0 : x0 + 64], b["frames"][i, 0])
+
+
+def test_the_canvas_holds_each_columns_newest_sight():
+    ep = make_episodes(range(4), 30, log=lambda *_: None, workers=2)  # processes: same episodes as in order
+    serial = make_episodes(range(4), 30, log=lambda *_: None)
+    assert np.array_equal(ep.frames, serial.frames) and np.array_equal(ep.cams, serial.cams)
+    for n in range(4):
+        for s in (0, 7, 29):
+            canvas = np.zeros((3, 64, 256 + 2 * PAD), np.uint8)
+            seen = np.zeros(256 + 2 * PAD, np.float32)
+            for t in range(s + 1):  # paste in order
+                x0 = int(ep.cams[n, t]) + PAD
+                canvas[:, :, x0 : x0 + 64] = ep.frames[n, t].transpose(2, 0, 1)
+                seen[x0 : x0 + 64] = 1
+            got, got_seen = canvas_at(ep, n, s)
+            assert np.array_equal(got, canvas) and np.array_equal(got_seen, seen), (n, s)
 
 
 def test_tiny_run_learns_and_resume_equals_an_uninterrupted_run(tmp_path):
@@ -48,7 +63,7 @@ def test_tiny_run_learns_and_resume_equals_an_uninterrupted_run(tmp_path):
     torch.manual_seed(0)
     net = CanvasNet(TINY)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    batch = build_batch(ep, np.random.default_rng(0), base, 2)
+    batch = to_device(build_batch(ep, np.random.default_rng(0), base, 2), "cpu")
     first = None
     for _ in range(15):
         loss, _ = unroll_loss(net, batch, base, 2)
@@ -64,3 +79,21 @@ def test_tiny_run_learns_and_resume_equals_an_uninterrupted_run(tmp_path):
     a, b = CanvasWorldModel.from_pretrained(straight), CanvasWorldModel.from_pretrained(resumed)
     for (k, va), (_, vb) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
         assert torch.equal(va, vb), k
+
+
+def test_the_marginal_choice_loss_learns_too():
+    torch.set_num_threads(1)
+    tc = CanvasTrainConfig(batch=4, unroll=2, model=TINY, choice_loss="marginal")
+    ep = make_episodes(range(4), 16, log=lambda *_: None)
+    from worldserve.dynamics.canvas.model import CanvasNet
+    torch.manual_seed(0)
+    net = CanvasNet(TINY)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    batch = to_device(build_batch(ep, np.random.default_rng(0), tc, 2), "cpu")
+    first = float(unroll_loss(net, batch, tc, 2)[0])
+    for _ in range(15):
+        loss, _ = unroll_loss(net, batch, tc, 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(unroll_loss(net, batch, tc, 2)[0]) < 0.7 * first

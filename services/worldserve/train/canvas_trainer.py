@@ -18,6 +18,7 @@ model, the optimizer and the iteration; batches are a pure function of (seed, it
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,9 +85,23 @@ def play(seed: int, steps: int, policy: str, event_p: float = 0.05) -> tuple[np.
     return np.stack(frames), acts, evs, cams
 
 
-def make_episodes(seeds: range, steps: int, log: Callable[[str], None] = print) -> Episodes:
+def _play_seed(args: tuple[int, int]) -> tuple[np.ndarray, list, list, list]:
+    seed, steps = args
+    return play(seed, steps, "random" if seed % 2 else "explore")
+
+
+def make_episodes(seeds: range, steps: int, log: Callable[[str], None] = print, workers: int = 1) -> Episodes:
+    """Play one episode per seed (odd seeds: the random policy; even: the explorer), in ``workers``
+    processes when more than one."""
     t0 = time.monotonic()
-    rows = [play(s, steps, "random" if s % 2 else "explore") for s in seeds]
+    jobs = [(s, steps) for s in seeds]
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            rows = pool.map(_play_seed, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
+    else:
+        rows = [_play_seed(j) for j in jobs]
     ep = Episodes(np.stack([r[0] for r in rows]), np.stack([action_matrix(r[1], KEYS, 2) for r in rows]),
                   [r[2] for r in rows], np.asarray([r[3] for r in rows], np.int64))
     log(f"data: {len(rows)} episodes x {steps} steps in {time.monotonic() - t0:.0f}s")
@@ -106,6 +121,9 @@ class CanvasTrainConfig:
     lr: float = 1e-3
     warmup: int = 100
     change_weight: float = 10.0
+    choice_loss: str = "canonical"
+    """"canonical": cross-entropy against the first right choice (nearest offset first);
+    "marginal": minus the log of the probability summed over every right choice."""
     budget_s: float = 100 * 60.0
     ckpt_every: int = 200
     stop_at: int = 0
@@ -113,7 +131,12 @@ class CanvasTrainConfig:
     seed: int = 0
     device: str = "cpu"
     init_from: Path | None = None
-    """A fresh run starts from this checkpoint's weights where the shapes match (warm start)."""
+    """A fresh run starts from these weights where the shapes match (warm start): a checkpoint
+    (ckpt.pt) or a model folder (model.safetensors)."""
+    workers: int = 1
+    """Processes that play the training episodes."""
+    export_every: int = 0
+    """Also write the model folder every this many iterations (0: only at the end)."""
     model: CanvasConfig = field(default_factory=CanvasConfig)
 
 
@@ -124,21 +147,32 @@ def _lr(step: int, tc: CanvasTrainConfig, frac_time: float) -> float:
     return float(tc.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(p, 1.0)))))
 
 
-def build_batch(ep: Episodes, rng: np.random.Generator, tc: CanvasTrainConfig, K: int):
-    """Start states (true canvas up to step s) and the next ``K`` targets for a batch."""
-    N, T1 = ep.frames.shape[:2]
-    B = tc.batch
+def canvas_at(ep: Episodes, n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Episode ``n``'s canvas after step ``s``: (3, H, 256 + 2 PAD) uint8 and (256 + 2 PAD,) seen.
+    Each column holds its newest sight (what pasting frames 0..s in order leaves)."""
     H, W = ep.frames.shape[2:4]
     width = 256 + 2 * PAD
+    cams = ep.cams[n, : s + 1]  # (s+1,)
+    xs = np.arange(width) - PAD  # world x of each canvas column
+    cov = (cams[:, None] <= xs[None]) & (xs[None] < cams[:, None] + W)  # (s+1, width)
+    seen = cov.any(0)
+    last = s - np.argmax(cov[::-1], 0)  # newest frame covering each column
+    canvas = np.zeros((3, H, width), np.uint8)
+    cols = np.nonzero(seen)[0]
+    t = last[cols]
+    canvas[:, :, cols] = ep.frames[n, t, :, xs[cols] - cams[t]].transpose(2, 1, 0)  # (count, H, 3) -> (3, H, count)
+    return canvas, seen.astype(np.float32)
+
+
+def build_batch(ep: Episodes, rng: np.random.Generator, tc: CanvasTrainConfig, K: int):
+    """Start states (true canvas up to step s) and the next ``K`` targets for a batch (CPU tensors)."""
+    N, T1 = ep.frames.shape[:2]
+    B = tc.batch
     n = rng.integers(0, N, B)
     s = rng.integers(0, T1 - K, B)
-    canvas = np.zeros((B, 3, H, width), np.uint8)
-    valid = np.zeros((B, width), np.float32)
-    for b in range(B):
-        for t in range(int(s[b]) + 1):  # paste in order: the newest sight of a column wins
-            x0 = int(ep.cams[n[b], t]) + PAD
-            canvas[b, :, :, x0 : x0 + W] = ep.frames[n[b], t].transpose(2, 0, 1)
-            valid[b, x0 : x0 + W] = 1.0
+    cv = [canvas_at(ep, int(n[b]), int(s[b])) for b in range(B)]
+    canvas = np.stack([c for c, _ in cv])
+    valid = np.stack([v for _, v in cv])
     idx = s[:, None] + np.arange(K + 1)[None]  # (B, K+1) frames s .. s+K
     frames = ep.frames[n[:, None], idx].transpose(0, 1, 4, 2, 3)  # (B, K+1, 3, H, W)
     prev2 = ep.frames[n, np.maximum(s - 1, 0)].transpose(0, 3, 1, 2)
@@ -146,10 +180,22 @@ def build_batch(ep: Episodes, rng: np.random.Generator, tc: CanvasTrainConfig, K
     cam2 = ep.cams[n, np.maximum(s - 1, 0)]
     acts = ep.actions[n[:, None], idx[:, 1:]]  # (B, K, A)
     evs = [[ep.events[n[b]][int(idx[b, k + 1])] for b in range(B)] for k in range(K)]
-    f = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float() / 255.0  # noqa: E731
-    return dict(canvas=f(canvas), valid=torch.from_numpy(valid), frames=f(frames), prev2=f(prev2),
+    u8 = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731  (uint8: scaled on the device)
+    return dict(canvas=u8(canvas), valid=torch.from_numpy(valid), frames=u8(frames), prev2=u8(prev2),
                 cams=torch.from_numpy(cams), cam2=torch.from_numpy(cam2), actions=torch.from_numpy(acts),
                 events=evs, steps=torch.from_numpy(idx))
+
+
+def to_device(batch: dict, device: str | torch.device) -> dict:
+    """Move a batch to ``device``; uint8 images become floats in [0, 1] there."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            out[k] = v.float() / 255.0 if v.dtype == torch.uint8 else v
+        else:
+            out[k] = v
+    return out
 
 
 def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -183,8 +229,12 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
         match = (p.taps - target[:, None]).abs().amax(2) < 0.5 / 255  # (B, K, H, W)
         none = ~match.any(1, keepdim=True)
         ok = torch.cat([match, none], 1)  # (B, K + 1, H, W) choices that are right
-        label = ok.to(torch.uint8).argmax(1)  # (B, H, W): the first right choice
-        nll = F.cross_entropy(p.choice_logits, label, reduction="none")  # (B, H, W)
+        if tc.choice_loss == "marginal":
+            logp = F.log_softmax(p.choice_logits.float(), 1)
+            nll = -torch.logsumexp(logp.masked_fill(~ok, float("-inf")), 1)  # (B, H, W)
+        else:
+            label = ok.to(torch.uint8).argmax(1)  # (B, H, W): the first right choice
+            nll = F.cross_entropy(p.choice_logits, label, reduction="none")  # (B, H, W)
         w = 1.0 + tc.change_weight * (~match[:, 0]).float()
         choice = (w * nll).sum() / w.sum()
         nf = none.float()
@@ -198,22 +248,77 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
             q = quantize(p.frame)
             st["exact"] += float((q - target).abs().amax(1).lt(0.5 / 255).float().mean())
             new_cam = cam + dx
-            idx = (new_cam + PAD)[:, None] + torch.arange(W)[None]
+            idx = (new_cam + PAD)[:, None] + torch.arange(W, device=q.device)[None]
             canvas = canvas.scatter(3, idx[:, None, None, :].expand(B, 3, canvas.shape[2], W), q)
-            valid = valid.scatter(1, idx, torch.ones(B, W))
+            valid = valid.scatter(1, idx, torch.ones(B, W, device=q.device))
         prev2, cam2 = prev, cam
         prev, cam = q, new_cam
     return total / K, {k: v / K for k, v in st.items()}
 
 
+def _load_init(path: Path, device: str) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        return load_file(str(path / "model.safetensors"), device=str(device))
+    return torch.load(path, map_location=device, weights_only=True)["model"]
+
+
+class _Prefetch:
+    """Builds the batches of iterations ``start``, ``start + 1``, ... on a background thread (numpy
+    work overlaps the device's), each a pure function of (seed, iteration)."""
+
+    def __init__(self, ep: Episodes, tc: CanvasTrainConfig, start: int, depth: int = 3):
+        import queue
+        import threading
+
+        self.q: "queue.Queue[tuple[int, dict]]" = queue.Queue(depth)
+        self.stop = threading.Event()
+
+        def work() -> None:
+            step = start
+            while not self.stop.is_set():
+                K = tc.unroll if step >= tc.unroll_from else 1
+                item = (K, build_batch(ep, np.random.default_rng([tc.seed, step]), tc, K))
+                while not self.stop.is_set():
+                    try:
+                        self.q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                step += 1
+
+        self.thread = threading.Thread(target=work, name="canvas-batches", daemon=True)
+        self.thread.start()
+
+    def next(self) -> tuple[int, dict]:
+        return self.q.get()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
 def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> Path:
-    """Train (resuming from ``tc.out/ckpt.pt``); writes the model folder ``tc.out/model``."""
+    """Train (resuming from ``tc.out/ckpt.pt``); writes the model folder ``tc.out/model``.
+
+    On CUDA the U-Net runs under bf16 autocast (parameters and the frame arithmetic stay float32)
+    and attention uses SDPA (the Triton kernels are inference-only)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from worldserve.dynamics.model.attention import use_backend
+
+    if tc.choice_loss not in ("canonical", "marginal"):
+        raise ValueError(f"choice_loss must be 'canonical' or 'marginal', got {tc.choice_loss!r}")
     out = Path(tc.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tc.seed)
     net = CanvasNet(tc.model).to(tc.device)
+    cuda = torch.device(tc.device).type == "cuda"
+    net.amp_dtype = torch.bfloat16 if cuda else None
+    if cuda:
+        torch.backends.cudnn.benchmark = True
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=0.0, betas=(0.9, 0.99))
     ckpt = out / "ckpt.pt"
     step, elapsed = 0, 0.0
@@ -224,12 +329,12 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
         step, elapsed = int(state["step"]), float(state["elapsed"])
         log(f"resumed at iteration {step} ({elapsed / 60:.1f} min done)")
     elif tc.init_from is not None:
-        old = torch.load(tc.init_from, map_location=tc.device, weights_only=True)["model"]
+        old = _load_init(tc.init_from, tc.device)
         own = net.state_dict()
         keep = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
         net.load_state_dict(keep, strict=False)
         log(f"warm start from {tc.init_from}: {len(keep)} of {len(own)} tensors")
-    ep = make_episodes(range(tc.n_episodes), tc.steps, log)
+    ep = make_episodes(range(tc.n_episodes), tc.steps, log, workers=tc.workers)
 
     def save() -> None:
         tmp = ckpt.with_suffix(".tmp")
@@ -237,40 +342,51 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
                     "elapsed": elapsed + time.monotonic() - t0}, tmp)
         tmp.replace(ckpt)
 
+    def export() -> Path:
+        net.eval()
+        folder = out / "model"
+        CanvasWorldModel(tc.model, net, device=tc.device).save_pretrained(folder)
+        net.amp_dtype = torch.bfloat16 if cuda else None  # CanvasWorldModel set it for serving
+        return folder
+
     t0 = time.monotonic()
     stats: dict[str, float] = {}
-    with Progress(TextColumn("canvas"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  disable=not progress) as bar:
-        task = bar.add_task("train", total=tc.iters, completed=step, info="")
-        while step < (tc.stop_at or tc.iters):
-            spent = elapsed + time.monotonic() - t0
-            if spent > tc.budget_s:
-                log(f"stopped by the time budget at iteration {step}")
-                break
-            for g in opt.param_groups:
-                g["lr"] = _lr(step, tc, spent / tc.budget_s)
-            rng = np.random.default_rng([tc.seed, step])
-            K = tc.unroll if step >= tc.unroll_from else 1
-            batch = build_batch(ep, rng, tc, K)
-            net.train()
-            loss, st = unroll_loss(net, batch, tc, K)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            for k, v in st.items():
-                stats[k] = 0.95 * stats.get(k, v) + 0.05 * v
-            step += 1
-            bar.update(task, completed=step, info=" ".join(f"{k} {v:.4g}" for k, v in stats.items()))
-            if step % tc.ckpt_every == 0:
-                save()
-                if not progress:
-                    log(f"iter {step} " + " ".join(f"{k} {v:.4g}" for k, v in stats.items())
-                        + f" {(elapsed + time.monotonic() - t0) / 60:.1f} min")
+    batches = _Prefetch(ep, tc, step)
+    try:
+        with use_backend("sdpa"), Progress(
+                TextColumn("canvas"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                disable=not progress) as bar:
+            task = bar.add_task("train", total=tc.iters, completed=step, info="")
+            while step < (tc.stop_at or tc.iters):
+                spent = elapsed + time.monotonic() - t0
+                if spent > tc.budget_s:
+                    log(f"stopped by the time budget at iteration {step}")
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = _lr(step, tc, spent / tc.budget_s)
+                K, cpu_batch = batches.next()
+                batch = to_device(cpu_batch, tc.device)
+                net.train()
+                loss, st = unroll_loss(net, batch, tc, K)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
+                for k, v in st.items():
+                    stats[k] = 0.95 * stats.get(k, v) + 0.05 * v
+                step += 1
+                bar.update(task, completed=step, info=" ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+                if step % tc.ckpt_every == 0:
+                    save()
+                    if not progress or not sys.stdout.isatty():
+                        log(f"iter {step} " + " ".join(f"{k} {v:.4g}" for k, v in stats.items())
+                            + f" {(elapsed + time.monotonic() - t0) / 60:.1f} min")
+                if tc.export_every and step % tc.export_every == 0:
+                    export()
+    finally:
+        batches.close()
     save()
-    net.eval()
-    folder = out / "model"
-    CanvasWorldModel(tc.model, net).save_pretrained(folder)
+    folder = export()
     log(f"model: {folder} ({step} iterations, {(elapsed + time.monotonic() - t0) / 60:.1f} min)")
     return folder
