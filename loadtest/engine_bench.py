@@ -169,7 +169,7 @@ def _kernel_shapes(quick_cpu: bool) -> list[tuple[str, dict]]:
     try:
         from worldserve.common.config import model_path
 
-        path = model_path("", "dynamics")
+        path = model_path("shipped:transformer", "dynamics")
         data = json.loads(open(os.path.join(path, "config.json")).read()) if path else {}
         default = WorldModelConfig.from_dict(data)
     except Exception:  # noqa: BLE001 - no shipped config: the code defaults (same shapes)
@@ -685,17 +685,17 @@ def engine_bench(args, device: str) -> tuple[bool, dict]:
     triton_calls = sum(v for k, v in calls.items() if k.startswith("triton/"))
     log(f"served step: runtime.attention_backend={rt.attention_backend} runtime.decode_kernel={rt.decode_kernel or '-'}"
         f" last_step_attention={tuple(last) if last else None}")
-    log(f"attention_decode calls in the timed rounds by backend/kernel: {calls or '(no counter)'}")
+    log(f"attention calls (decode and full) in the timed rounds by backend/kernel: {calls or '(no counter)'}")
     if device.startswith("cuda"):
         # bf16 on CUDA must be served by the Triton kernels: SDPA here means they were not used
         # (not selected, or auto mode fell back after a failed launch)
         ran = triton_calls > 0
         sdpa_calls = sum(v for k, v in calls.items() if not k.startswith("triton/"))
-        log(f"Triton decode kernel ran: {'YES' if ran else 'NO'} ({triton_calls} calls"
-            + (f"; WARNING: {sdpa_calls} decode calls ran on SDPA" if sdpa_calls else "") + ")")
+        log(f"Triton attention kernel ran: {'YES' if ran else 'NO'} ({triton_calls} calls"
+            + (f"; WARNING: {sdpa_calls} attention calls ran on SDPA" if sdpa_calls else "") + ")")
         ok &= ran and not sdpa_calls and rt.attention_backend == "triton"
     else:
-        log(f"Triton decode kernel ran: {'yes' if triton_calls else 'no'} ({triton_calls} calls; "
+        log(f"Triton attention kernel ran: {'yes' if triton_calls else 'no'} ({triton_calls} calls; "
             f"{'expected on CPU' if not device.startswith('cuda') else 'backend is ' + rt.attention_backend})")
     return ok, summary
 

@@ -123,7 +123,7 @@ echo "=================== summary ($((SECONDS - START)) s; logs in $OUT_DIR) ===
 for line in "${SUMMARY[@]}"; do echo "$line"; done
 for f in "$OUT_DIR"/*.log; do
     [ -e "$f" ] || continue
-    grep -hE "^\s+[0-9]+ sessions|batch-invariant mode|Triton decode kernel ran|^served step|FLOPs per frame|^peak:|: (PASS|FAIL)$|  (PASS|FAIL)$|kernel check:|engine bench:|MET" "$f" \
+    grep -hE "^\s+[0-9]+ sessions|batch-invariant mode|Triton attention kernel ran|^served step|FLOPs per frame|^peak:|: (PASS|FAIL)$|  (PASS|FAIL)$|kernel check:|engine bench:|MET" "$f" \
         | sed "s|^|$(basename "$f" .log): |" || true
 done
 if [ "$FAILED" != 0 ]; then

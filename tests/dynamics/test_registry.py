@@ -121,7 +121,16 @@ def test_image_registry():
     assert backend.supported_sizes[0] == (64, 64) and type(backend).__name__ == "CaptionDecoder"
     old = load_backend(Config.load({"image_model_path": "random", "image_model_kind": "tiny_text_to_image"}, env={}))
     assert type(old).__name__ == "TinyTextToImage"
-    assert ModelSpec(name="ok").kind == "world_model"
+    assert ModelSpec(name="ok").kind == ""  # the folder's config.json names it
+
+
+def test_a_spec_without_a_kind_takes_its_folders_kind(tmp_path):
+    cfg = Config.load({"models": [{"name": "c", "path": "shipped:dynamics"}, {"name": "t", "path": "shipped:transformer"},
+                                  {"name": "r", "path": "random"}]}, env={})
+    kinds = [type(load_model(s, cfg, "cpu")).__name__ for s in cfg.models]
+    assert kinds == ["CanvasWorldModel", "WorldModel", "WorldModel"]
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(ModelSpec(name="x", path="shipped:nope"), cfg, "cpu")
 
 
 def test_a_served_model_may_override_batch_invariance():

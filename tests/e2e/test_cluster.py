@@ -46,7 +46,7 @@ def test_two_models_serve_side_by_side(cluster, client):
     listed = client.list_models()
     assert listed.default_model == "platformer"
     assert [(m.name, m.tier, m.sample_steps) for m in listed.models] == [
-        ("platformer", "quality", 4), ("platformer-fast", "fast", 1)]
+        ("platformer", "quality", 1), ("platformer-fast", "fast", 1)]
     assert client.model_info("platformer-fast").sample_steps == 1
     code, msg = code_of(lambda: client.model_info("nope"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "'platformer', 'platformer-fast'" in msg

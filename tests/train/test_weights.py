@@ -1,4 +1,7 @@
-"""The shipped default weights: they load, stay small, respond to actions and replay deterministically."""
+"""The shipped weights: they load, stay small, respond to actions and replay deterministically.
+
+weights/dynamics is the default model (scroll canvas), weights/transformer the fast tier (latent
+transformer), weights/image the caption decoder."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import pytest
 import torch
 
 import worldserve
+from worldserve.dynamics.canvas import CanvasWorldModel
 from worldserve.dynamics.model import WorldModel
 from worldserve.image.decoder import CaptionDecoder
 from worldserve.train.data import action_matrix
@@ -21,7 +25,13 @@ WEIGHTS = Path(worldserve.__file__).resolve().parent / "weights"
 @pytest.fixture(scope="module")
 def dyn() -> WorldModel:
     torch.set_num_threads(1)
-    return WorldModel.from_pretrained(WEIGHTS / "dynamics")
+    return WorldModel.from_pretrained(WEIGHTS / "transformer")
+
+
+@pytest.fixture(scope="module")
+def canvas() -> CanvasWorldModel:
+    torch.set_num_threads(1)
+    return CanvasWorldModel.from_pretrained(WEIGHTS / "dynamics")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +39,7 @@ def img() -> CaptionDecoder:
     return CaptionDecoder.from_pretrained(WEIGHTS / "image")
 
 
-@pytest.mark.parametrize("name", ["dynamics", "image"])
+@pytest.mark.parametrize("name", ["dynamics", "transformer", "image"])
 def test_folders_hold_config_and_safetensors_under_8mb(name):
     files = sorted(p.name for p in (WEIGHTS / name).iterdir())
     assert files == ["config.json", "model.safetensors"]
@@ -42,6 +52,37 @@ def test_dynamics_config_matches_the_serving_defaults(dyn):
     assert (c.frame_height, c.frame_width, c.dim, c.n_heads, c.n_layers, c.context_frames) == (64, 64, 128, 2, 4, 16)
     assert c.keys == ("left", "right", "up", "down", "jump", "fire") and c.mouse_axes == ("mouse_x", "mouse_y")
     assert dyn.events_supported
+
+
+def test_the_default_dynamics_is_the_scroll_canvas_model(canvas):
+    c = canvas.config
+    assert c.kind == "scroll_canvas" and (c.frame_height, c.frame_width) == (64, 64)
+    assert c.keys == ("left", "right", "up", "down", "jump", "fire") and c.mouse_axes == ("mouse_x", "mouse_y")
+    assert canvas.events_supported and canvas.info.sample_steps == 1
+
+
+def test_the_default_model_tracks_the_player_and_holds_a_still_world(canvas):
+    """A walk with a jump from a first frame of the game: the player is where the game puts it
+    (within 4 px) at every step, and no-ops leave the frame as it is."""
+    from worldserve.worlds import Game
+    from worldserve.worlds.checks import find_player, player_position
+
+    spec = parse_caption("a red door on the left, a blue box on the right, grass, day")
+    keys = [("right",)] * 4 + [("right", "jump")] + [("right",)] * 3 + [()] * 4 + [("left",)] * 4
+    game = Game(spec, 3)
+    first = game.reset()
+    truth = [player_position(game)]
+    for k in keys:
+        game.step(k)
+        truth.append(player_position(game))
+    acts = action_matrix(keys, canvas.config.keys, len(canvas.config.mouse_axes))[None]
+    a = rollout(canvas, first[None], acts, None, seeds=[7])[0]  # (T, H, W, 3): frames 1..T
+    assert np.array_equal(a, rollout(canvas, first[None], acts, None, seeds=[7])[0])
+    for t in range(len(keys)):
+        got = find_player(a[t])
+        assert got is not None and max(abs(got[0] - truth[t + 1][0]), abs(got[1] - truth[t + 1][1])) <= 4, (t, got)
+    still = rollout(canvas, first[None], np.zeros_like(acts), None, seeds=[7])[0]
+    assert np.array_equal(still[-1], first)
 
 
 def test_shipped_rollout_is_deterministic_and_follows_the_actions(dyn):

@@ -8,6 +8,7 @@ environment variables override both for the few values that differ per machine (
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -30,11 +31,13 @@ class ModelSpec:
     name: str
     """Name sessions are bound to (``CreateSession.model``): lowercase letters, digits, '.', '_', '-';
     at most 48 characters. Its Serve deployment is ``DynamicsModel-<name>``."""
-    kind: str = "world_model"
-    """Registry name of the model implementation (``worldserve.dynamics_models`` entry points)."""
+    kind: str = ""
+    """Registry name of the model implementation (``worldserve.dynamics_models`` entry points);
+    empty: the ``"kind"`` in the model folder's config.json, else ``world_model``."""
     path: str = ""
-    """Folder with the model's config + safetensors; empty: ``Config.dynamics_model_path`` (by
-    default the shipped weights); "random": random init (seed 0)."""
+    """Folder with the model's config + safetensors; ``shipped:NAME``: the package's
+    ``weights/NAME``; empty: ``Config.dynamics_model_path`` (by default the shipped
+    ``weights/dynamics``); "random": random init (seed 0)."""
     tier: str = ""
     """Serving tier shown by ListModels, e.g. "quality" or "fast"."""
     sample_steps: int = 0
@@ -69,9 +72,11 @@ class ModelSpec:
 
 
 DEFAULT_MODELS = (
-    ModelSpec(name="platformer", tier="quality", sample_steps=4),
-    ModelSpec(name="platformer-fast", tier="fast", sample_steps=1),
+    ModelSpec(name="platformer", kind="scroll_canvas", tier="quality"),
+    ModelSpec(name="platformer-fast", kind="world_model", path="shipped:transformer", tier="fast", sample_steps=1),
 )
+"""The shipped pair: the scroll-canvas model (``weights/dynamics``, the default) and the latent
+transformer (``weights/transformer``) at one sampler step: faster per frame, lower fidelity."""
 
 
 @dataclass(frozen=True)
@@ -233,10 +238,25 @@ def setup_torch(config: "Config") -> str:
 SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
 
+def folder_kind(path: str | os.PathLike | None, default: str) -> str:
+    """The ``"kind"`` a model folder's config.json names, else ``default``."""
+    if path is None:
+        return default
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return default
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) and kind else default
+
+
 def model_path(configured: str, kind: str) -> str | None:
     """The folder to load a model from, or None for random init. ``kind``: "dynamics" or "image"."""
     if configured == "random":
         return None
+    if configured.startswith("shipped:"):
+        return os.path.join(SHIPPED_WEIGHTS, configured.removeprefix("shipped:"))
     if configured:
         return configured
     shipped = os.path.join(SHIPPED_WEIGHTS, kind)

@@ -11,11 +11,12 @@ failure into :class:`ModelLoadError` naming the model and the file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
 
-from worldserve.common.config import Config, ModelSpec, model_path, torch_dtype
+from worldserve.common.config import Config, ModelSpec, folder_kind, model_path, torch_dtype
 from worldserve.common.registry import Registry
 from worldserve.dynamics.interface import DynamicsModel
 
@@ -75,14 +76,17 @@ def _load_folder(spec: ModelSpec, folder: Path, config_file: str, weights_file: 
 
 
 def load_model(spec: ModelSpec, config: Config, device: str) -> DynamicsModel:
-    """Load the served model ``spec`` on ``device`` in the configured dtype."""
+    """Load the served model ``spec`` on ``device`` in the configured dtype. A spec without a kind
+    takes the ``"kind"`` of its folder's config.json (else ``world_model``)."""
+    path = model_path(spec.path or config.dynamics_model_path, "dynamics")
+    if path is not None and not Path(path).is_dir():
+        raise ModelLoadError(f"model {spec.name!r}: model folder {path!r} not found")
+    if not spec.kind:
+        spec = dataclasses.replace(spec, kind=folder_kind(path, "world_model"))
     try:
         loader = REGISTRY.get(spec.kind)
     except LookupError as e:
         raise ModelLoadError(f"model {spec.name!r}: {e}") from None
-    path = model_path(spec.path or config.dynamics_model_path, "dynamics")
-    if path is not None and not Path(path).is_dir():
-        raise ModelLoadError(f"model {spec.name!r}: model folder {path!r} not found")
     model = loader(path, device=device, dtype=torch_dtype(config, device), spec=spec)
     missing = [m for m in ("info", "runtime", "action_vector", "null_action", "encode", "decode", "prefill", "step",
                            "state_nbytes", "release_state", "state_step") if not hasattr(model, m)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Optional
 
 import torch
 import typer
@@ -29,12 +30,14 @@ def _device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def _train_canvas(out: Path, scale: float, budget_min: float, device: str, stop_at: int) -> Path:
+def _train_canvas(out: Path, scale: float, budget_min: float, device: str, stop_at: int, **over) -> Path:
     from .canvas_trainer import CanvasTrainConfig, train_canvas
 
     base = CanvasTrainConfig()
+    over = {k: v for k, v in over.items() if v is not None}
     tc = dataclasses.replace(base, out=out, iters=max(1, round(base.iters * scale)), budget_s=budget_min * 60,
                              unroll_from=round(base.unroll_from * scale), device=_device(device), stop_at=stop_at)
+    tc = dataclasses.replace(tc, **over)
     return train_canvas(tc, log=console.print)
 
 
@@ -52,22 +55,27 @@ def all(
     threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     n_traj: int = typer.Option(320, min=2, max=100000, help="Training trajectories."),
-    phases: str = typer.Option("autoencoder,dynamics,caption", help="Comma-separated phases to run (in order): "
-                               "autoencoder, dynamics (the latent transformer), caption (prompt -> first frame; "
-                               "the shipped image model), image (the earlier flow prompt-to-image model)."),
+    phases: str = typer.Option("autoencoder,dynamics,caption,canvas", help="Comma-separated phases to run (in "
+                               "order): autoencoder, dynamics (the latent transformer, the fast tier), caption "
+                               "(prompt -> first frame; the shipped image model), canvas (the default dynamics "
+                               "model), image (the earlier flow prompt-to-image model)."),
     caption_min: float = typer.Option(35.0, min=0.1, help="Wall-clock budget of the caption phase, minutes."),
+    canvas_min: float = typer.Option(105.0, min=0.1, help="Wall-clock budget of the canvas phase, minutes."),
 ) -> None:
-    """The shipped models' recipe: autoencoder + latent-transformer dynamics (OUT/ae, OUT/dynamics)
-    and the caption decoder (OUT/caption). Each phase resumes from its checkpoint in OUT."""
+    """The shipped models' recipe: autoencoder + latent-transformer dynamics (OUT/ae, OUT/dynamics),
+    the caption decoder (OUT/caption) and the scroll-canvas dynamics (OUT/canvas). Each phase
+    resumes from its checkpoint in OUT."""
     names = [p.strip() for p in phases.split(",") if p.strip()]
     tc = _config(out, scale, threads, device, n_traj)
     console.print(f"training on {tc.resolved_device()} with {torch.get_num_threads()} thread(s) into {out}")
-    old = [p for p in names if p != "caption"]
+    old = [p for p in names if p not in ("caption", "canvas")]
     if old:
         times = train_all(tc, log=console.print, phases=old)
         console.print(f"{', '.join(old)}: {sum(times.values()) / 60:.1f} min")
     if "caption" in names:
         _train_caption(out / "caption", scale, caption_min, device)
+    if "canvas" in names:
+        _train_canvas(out / "canvas", scale, canvas_min, device, 0)
 
 
 @app.command()
@@ -78,11 +86,20 @@ def canvas(
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     budget_min: float = typer.Option(105.0, min=0.1, help="Wall-clock budget, minutes (the LR schedule follows it)."),
     stop_at: int = typer.Option(0, min=0, help="Stop after this iteration with a checkpoint (0: run to the end)."),
+    batch: Optional[int] = typer.Option(None, min=1, help="Sequences per iteration (default 8)."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Peak learning rate (default 1e-3)."),
+    episodes: Optional[int] = typer.Option(None, min=2, help="Training episodes played (default 800)."),
+    unroll_from: Optional[int] = typer.Option(None, min=0, help="First iteration that unrolls its own frames."),
+    choice_loss: Optional[str] = typer.Option(None, help="canonical (default) or marginal."),
+    init_from: Optional[Path] = typer.Option(None, help="Warm start: a ckpt.pt or a model folder."),
+    workers: int = typer.Option(1, min=1, max=256, help="Processes that play the training episodes."),
+    export_every: int = typer.Option(0, min=0, help="Also write OUT/model every N iterations."),
 ) -> None:
-    """Train the scroll-canvas dynamics model (kind scroll_canvas; work in progress, not the shipped
-    default yet: see MODEL_CARD.md). The model folder lands in OUT/model."""
+    """Train the scroll-canvas dynamics model (kind scroll_canvas). The model folder lands in OUT/model."""
     torch.set_num_threads(threads)
-    _train_canvas(out, scale, budget_min, device, stop_at)
+    _train_canvas(out, scale, budget_min, device, stop_at, batch=batch, lr=lr, n_episodes=episodes,
+                  unroll_from=unroll_from, choice_loss=choice_loss, init_from=init_from, workers=workers,
+                  export_every=export_every)
 
 
 @app.command()
@@ -103,13 +120,20 @@ def export(
     out: Path = typer.Option(Path("runs/platformer"), help="The training folder of `all`."),
     weights: Path = typer.Option(WEIGHTS, help="Destination (default: the package's shipped weights)."),
 ) -> None:
-    """Copy the trained models into WEIGHTS/{dynamics,image}: OUT/dynamics, and OUT/caption/model
-    (else the flow model of OUT/image)."""
+    """Copy the trained models into WEIGHTS: OUT/canvas/model -> dynamics (the default model, when
+    trained), OUT/dynamics -> transformer, and OUT/caption/model (else the flow model of OUT/image)
+    -> image."""
     import shutil
 
     tc = TrainConfig(out=out)
     for name, path in export_weights(tc, weights, names=("dynamics",)).items():
         console.print(f"{name}: {path}")
+    canvas = out / "canvas" / "model"
+    if (canvas / "model.safetensors").is_file():
+        (weights / "dynamics").mkdir(parents=True, exist_ok=True)
+        for f in ("config.json", "model.safetensors"):
+            shutil.copyfile(canvas / f, weights / "dynamics" / f)
+        console.print(f"dynamics: {weights / 'dynamics'} (from {canvas})")
     src = out / "caption" / "model"
     if not (src / "model.safetensors").is_file():
         src = out / "image"
@@ -132,12 +156,13 @@ def evaluate(
     threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures as JSON here."),
     sample_steps: int = typer.Option(0, min=0, max=64, help="Sampler steps per frame (a serving tier); 0 = the model's."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto (models in their serving dtype: bf16 on CUDA)."),
 ) -> None:
     """Print the fidelity table with its targets (same as python -m worldserve.train.evaluate)."""
     from .evaluate import run
 
     run(dynamics, image, sessions=sessions, prompts=prompts, horizon=horizon, threads=threads, json_out=json_out,
-        sample_steps=sample_steps)
+        sample_steps=sample_steps, device=_device(device))
 
 
 if __name__ == "__main__":

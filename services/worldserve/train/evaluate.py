@@ -600,40 +600,35 @@ def table(r: dict[str, Any]):
 # loading and the command
 
 
-def _kind(folder: Path, default: str) -> str:
-    try:
-        data = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return default
-    return str(data.get("kind") or default) if isinstance(data, dict) else default
-
-
-def load_dynamics(folder: Path, sample_steps: int = 0) -> Any:
-    """Any registered dynamics model: kind = config.json's "kind", else "world_model"."""
-    from worldserve.common.config import ModelSpec
+def load_dynamics(folder: Path, sample_steps: int = 0, device: str = "cpu") -> Any:
+    """Any registered dynamics model: kind = config.json's "kind", else "world_model". On CUDA in
+    bf16 (the serving dtype there), else float32."""
+    from worldserve.common.config import ModelSpec, folder_kind
     from worldserve.dynamics.registry import REGISTRY
 
-    kind = _kind(folder, "world_model")
-    return REGISTRY.get(kind)(str(folder), device="cpu", dtype=torch.float32,
+    kind = folder_kind(folder, "world_model")
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return REGISTRY.get(kind)(str(folder), device=device, dtype=dtype,
                               spec=ModelSpec(name="eval", kind=kind, sample_steps=sample_steps))
 
 
-def load_image(folder: Path) -> Any:
+def load_image(folder: Path, device: str = "cpu") -> Any:
     """Any registered image model: kind = config.json's "kind", else "tiny_text_to_image"."""
+    from worldserve.common.config import folder_kind
     from worldserve.image.core import REGISTRY
 
-    return REGISTRY.get(_kind(folder, "tiny_text_to_image"))(str(folder), device="cpu")
+    return REGISTRY.get(folder_kind(folder, "tiny_text_to_image"))(str(folder), device=device)
 
 
 def run(dynamics: Path = WEIGHTS / "dynamics", image: Path | None = WEIGHTS / "image", *, sessions: int = 32,
         prompts: int = 64, horizon: int = 32, threads: int = 1, json_out: Path | None = None,
-        sample_steps: int = 0) -> dict[str, Any]:
+        sample_steps: int = 0, device: str = "cpu") -> dict[str, Any]:
     from rich.console import Console
 
     torch.set_num_threads(threads)
     t0 = time.monotonic()
-    dyn = load_dynamics(Path(dynamics), sample_steps)
-    img = load_image(Path(image)) if image is not None else None
+    dyn = load_dynamics(Path(dynamics), sample_steps, device)
+    img = load_image(Path(image), device) if image is not None else None
     r = evaluate(dyn, img, sessions=sessions, prompts=prompts, horizon=horizon)
     r["eval_seconds"] = time.monotonic() - t0
     import sys

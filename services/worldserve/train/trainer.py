@@ -284,12 +284,17 @@ def train_image(tc: TrainConfig) -> list[float]:
 # --------------------------------------------------------------------------------------------------
 
 
+EXPORT_DIRS = {"dynamics": "transformer", "image": "image"}
+"""Phase folder -> shipped weights folder: the latent transformer ships as ``weights/transformer``
+(the fast tier; ``weights/dynamics`` holds the default scroll-canvas model)."""
+
+
 def export(tc: TrainConfig, weights: Path, names: Iterable[str] = ("dynamics", "image")) -> dict[str, Path]:
-    """Copy the trained dynamics and image models (config.json + model.safetensors only) to
-    ``weights/dynamics`` and ``weights/image``."""
+    """Copy the trained transformer dynamics and flow image models (config.json + model.safetensors
+    only) to ``weights/transformer`` and ``weights/image``."""
     out = {}
     for name in names:
-        dst = weights / name
+        dst = weights / EXPORT_DIRS[name]
         dst.mkdir(parents=True, exist_ok=True)
         for f in ("config.json", "model.safetensors"):
             shutil.copyfile(tc.out / name / f, dst / f)

@@ -278,7 +278,9 @@ def attention(
         out = _guarded(lambda: flash_attention(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start,
                                                scale=scale, **pro))
         if out is not None:
+            _decode_counts[("triton", "flash_attention")] += 1
             return out
+    _decode_counts[("sdpa", "sdpa")] += 1
     return attention_reference(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start, scale=scale, **pro)
 
 
@@ -569,8 +571,9 @@ def last_decode() -> tuple[str, str] | None:
 
 
 def decode_counts() -> dict[tuple[str, str], int]:
-    """Snapshot of how many :func:`attention_decode` calls ran per ``(backend, kernel)`` in this
-    process (monotonic; take differences around a region to count it)."""
+    """Snapshot of how many :func:`attention_decode` and :func:`attention` calls ran per
+    ``(backend, kernel)`` in this process (:func:`attention` counts as ``("triton",
+    "flash_attention")`` or ``("sdpa", "sdpa")``; monotonic: take differences around a region)."""
     return dict(_decode_counts)
 
 
