@@ -41,6 +41,18 @@ def test_status_table_and_no_traceback():
     assert code == grpc.StatusCode.INTERNAL and "secret" not in msg and "Traceback" not in msg
 
 
+def test_a_status_message_is_one_short_line_whatever_it_quotes():
+    from worldserve.common.errors import MAX_MESSAGE_CHARS
+
+    full = f"bad caption {'x' * 100_000!r}"
+    code, msg = status_of(InvalidArgument(full))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert msg.startswith("bad caption 'xxx") and msg.endswith(f"({len(full) - MAX_MESSAGE_CHARS} more characters)")
+    assert len(msg) < MAX_MESSAGE_CHARS + 40
+    code, msg = status_of(NotFound("session 'a\nb\x1b[31mred' not found"))
+    assert msg == "session 'a b [31mred' not found"  # no newline, no escape character
+
+
 class _Ctx:
     def __init__(self):
         self.code = self.details = None

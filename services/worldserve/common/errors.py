@@ -100,14 +100,32 @@ def _ray_unavailable() -> tuple[type[BaseException], ...]:
     return (rx.RayActorError, rx.ActorUnavailableError)
 
 
+MAX_MESSAGE_CHARS = 400
+"""A status message is one line of at most this many characters (an echoed input is cut): a long
+one would overflow the reply's metadata and reach the client as a different error."""
+
+_CONTROL = dict.fromkeys(range(32), " ") | {127: " "}
+
+
+def one_line(msg: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``msg`` on one line (control characters, ANSI escapes included, become spaces), cut to
+    ``limit`` characters with a note of how many were left out."""
+    msg = msg.translate(_CONTROL)
+    if len(msg) <= limit:
+        return msg
+    cut = len(msg) - limit
+    return f"{msg[:limit]}... ({cut} more characters)"
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-safe message for an exception."""
+    """The status code and client-safe message (one line, at most ``MAX_MESSAGE_CHARS``
+    characters and a note) for an exception."""
     exc = _unwrap(exc)
     if isinstance(exc, _ray_unavailable()):
         return grpc.StatusCode.UNAVAILABLE, "a replica serving this request went away; retry"
     for cls in type(exc).__mro__:
         if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls], str(exc) or cls.__name__
+            return STATUS_BY_ERROR[cls], one_line(str(exc) or cls.__name__)
     if isinstance(exc, _redis_errors()):
         return grpc.StatusCode.UNAVAILABLE, "session store unavailable; retry later"
     # Anything else is a bug: log it with its traceback, show the client only an id-free summary.
