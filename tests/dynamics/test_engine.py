@@ -142,6 +142,35 @@ async def test_racing_step_conflicts_and_expected_step(engine, store):
     assert sorted(type(r).__name__ for r in res) == ["FailedPrecondition", "FailedPrecondition", "StepOutput"]
 
 
+async def test_a_retried_request_id_returns_the_recorded_step_and_applies_nothing(make_engine, store):
+    engine, other = make_engine(), make_engine()  # two replicas
+    rec = await new_session(store)
+    first = await engine.step(req(rec.session_id, ["up"], request_id="r-1", expected_step=0))
+    replays0 = sample("worldserve_dynamics_step_replays_total", model=MODEL)
+    # the retry: same id, even with its now-stale expected_step, on either replica, in another format
+    again = await engine.step(req(rec.session_id, ["up"], request_id="r-1", expected_step=0))
+    elsewhere = await other.step(req(rec.session_id, ["up"], request_id="r-1", fmt=RAW))
+    assert again.step == elsewhere.step == first.step == 1 and again.frame == first.frame
+    assert np.array_equal(pixels(elsewhere), pixels(first))
+    assert (await store.get("t", rec.session_id)).step == 1  # nothing applied twice
+    assert sample("worldserve_dynamics_step_replays_total", model=MODEL) == replays0 + 2
+    # a new id steps; ids are per session (another session's "r-1" is its own)
+    assert (await engine.step(req(rec.session_id, ["up"], request_id="r-2"))).step == 2
+    rec2 = await new_session(store)
+    assert (await engine.step(req(rec2.session_id, ["up"], request_id="r-1"))).step == 1
+
+
+async def test_twins_of_one_request_id_racing_on_two_replicas_land_once(make_engine, store):
+    engine, other = make_engine(), make_engine()
+    rec = await new_session(store)
+    outs = await asyncio.gather(*(e.step(req(rec.session_id, ["up"], request_id="twin")) for e in (engine, other)),
+                                return_exceptions=True)
+    steps = [o.step for o in outs if not isinstance(o, Exception)]
+    assert steps and set(steps) == {1}, outs  # the loser is answered with the winner's step, or ABORTED
+    assert all(isinstance(o, Conflict) for o in outs if isinstance(o, Exception))
+    assert (await store.get("t", rec.session_id)).step == 1
+
+
 async def test_another_replica_moving_the_session_makes_the_state_stale(make_engine, store):
     model = ToyModel()
     engine, other = make_engine(model), make_engine(ToyModel())

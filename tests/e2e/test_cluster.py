@@ -358,3 +358,46 @@ def test_streams_end_with_the_error_status(cluster, client):
             assert code == want and text in msg, (code, msg)
             assert "\n" not in msg and len(msg) < 500
     assert client.get_session(s.session_id).step == 0  # the bad rollouts took no step
+
+
+def test_sdk_steps_through_a_redis_stall_land_exactly_once(cluster):
+    """Redis stops answering for longer than the store's timeout while a client steps: Steps answered
+    UNAVAILABLE may have landed; the SDK retries them with their request ids, and every call is one
+    step -- none lost, none applied twice."""
+    import os
+    import signal
+
+    from worldserve.client import WorldClient
+
+    pid = cluster["redis"].proc.pid
+    with WorldClient(cluster["target"], cluster["key_a"], timeout_s=60, retry_s=60) as c:
+        s = c.create_session(prompt="stall", seed=3)
+        acked, errors = [], []
+
+        def player():
+            try:
+                for _ in range(8):
+                    acked.append(c.step(s.session_id, ["right"]).step)
+            except grpc.RpcError as e:
+                errors.append(e)
+
+        t = threading.Thread(target=player)
+        t.start()
+        deadline = time.monotonic() + 60
+        while len(acked) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(7.0)  # past redis_timeout_s (5 s): the steps in flight answer UNAVAILABLE
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        t.join(120)
+        assert not errors, errors
+        assert c.retries >= 1  # the stall did fail a call
+        assert acked == list(range(1, 9)), acked
+        assert c.get_session(s.session_id).step == 8
+        # a retry of a landed step by hand: same id, same step back, nothing applied
+        r1 = c.step(s.session_id, ["up"], request_id="by-hand")
+        r2 = c.step(s.session_id, ["up"], request_id="by-hand", fmt="raw")
+        assert r1.step == r2.step == 9 and c.get_session(s.session_id).step == 9
+        assert len(r2.frame.data) == 64 * 64 * 3

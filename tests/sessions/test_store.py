@@ -5,7 +5,7 @@ import pytest
 
 from worldserve.common.codec import pack_array, unpack_array
 from worldserve.common.errors import Conflict, InvalidArgument, NotFound
-from worldserve.sessions.store import SessionStore
+from worldserve.sessions.store import AlreadyApplied, SessionStore, check_request_id
 
 
 async def make(store: SessionStore, tenant="acme", **kw):
@@ -46,6 +46,26 @@ async def test_append_is_compare_and_set(store):
     assert (await store.get("acme", rec.session_id)).step == 1
     with pytest.raises(NotFound):
         await store.append("acme", "s_nope", expected_step=0, action={}, latent=z, frame=b"x")
+
+
+async def test_a_request_id_lands_once_and_is_recorded_with_its_frame(store):
+    rec = await make(store)
+    z = pack_array(np.zeros((2, 2), np.float32))
+    assert await store.recorded("acme", rec.session_id, "a") is None
+    n = await store.append("acme", rec.session_id, expected_step=0, action={}, latent=z, frame=b"f1", request_id="a")
+    assert n == 1 and await store.recorded("acme", rec.session_id, "a") == (1, b"f1")
+    # the same id again, from the current step or a stale one: nothing written, the step named
+    for expected in (0, 1):
+        with pytest.raises(AlreadyApplied) as e:
+            await store.append("acme", rec.session_id, expected_step=expected, action={}, latent=z, frame=b"f2",
+                               request_id="a")
+        assert e.value.step == 1
+    assert (await store.get("acme", rec.session_id)).step == 1
+    assert await store.append("acme", rec.session_id, expected_step=1, action={}, latent=z, frame=b"f2") == 2
+    assert check_request_id("") == "" and check_request_id("c1:0.a_b-2") == "c1:0.a_b-2"
+    for bad in ("x" * 65, "a b", "a/1", "é"):
+        with pytest.raises(InvalidArgument, match="request_id"):
+            check_request_id(bad)
 
 
 async def test_window_export_fork_delete(store):

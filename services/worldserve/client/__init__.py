@@ -10,11 +10,22 @@
 Every call sends ``application`` (which Serve app answers), ``authorization: Bearer <key>`` and,
 for calls about one session, ``session_id`` (so the router keeps the session on one replica).
 Errors are ``grpc.RpcError`` with the server's status code and a one-line message.
+
+Exactly once: every step carries a request id (a fresh one unless you pass ``request_id``). A Step
+answered UNAVAILABLE (Redis away, a replica died) may have been applied; ``step`` and
+``step_batch`` retry it with the same id until ``retry_s`` runs out, and a retry of a step that had
+landed gets that step's recorded frame back instead of a second step. A Rollout or Play item's id
+is the request's ``request_id`` + ``/<index>``: resend the same Rollout with the same
+``request_id`` to resume it (the items that landed come back as recorded).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 
 import grpc
@@ -60,11 +71,61 @@ def _actions(actions: Iterable) -> list[common_pb2.Action]:
     return out
 
 
+def new_request_id() -> str:
+    """A fresh idempotency key for a step (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def _retry_delay(attempt: int) -> float:
+    return min(1.0, 0.05 * 2 ** attempt) * (0.5 + random.random())
+
+
+def _retryable(e: grpc.RpcError, attempt: int) -> bool:
+    """UNAVAILABLE: the step may have been applied, retry with the same id. ABORTED after a
+    retry: the earlier attempt may still be in flight on the server."""
+    code = e.code() if hasattr(e, "code") else None
+    return code == grpc.StatusCode.UNAVAILABLE or (attempt > 0 and code == grpc.StatusCode.ABORTED)
+
+
 class _Base:
-    def __init__(self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0):
+    def __init__(self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0,
+                 retry_s: float = 30.0):
         self.target = target or os.environ.get("WORLDSERVE_TARGET", "127.0.0.1:9000")
         self.api_key = api_key if api_key is not None else os.environ.get("WORLDSERVE_API_KEY", "")
         self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        """How long ``step`` / ``step_batch`` keep retrying a retryable failure (0: never retry)."""
+        self.retries = 0
+        """Retries made so far (all calls of this client)."""
+
+    def _retrying(self, call):
+        """Run ``call()``; retry retryable failures (same request ids) until ``retry_s`` runs out."""
+        deadline = time.monotonic() + self.retry_s
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as e:
+                delay = _retry_delay(attempt)
+                if not _retryable(e, attempt) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            attempt += 1
+            self.retries += 1
+
+    async def _aretrying(self, call):
+        deadline = time.monotonic() + self.retry_s
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except grpc.RpcError as e:
+                delay = _retry_delay(attempt)
+                if not _retryable(e, attempt) or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            attempt += 1
+            self.retries += 1
 
     def _md(self, app: str, session_id: str | None = None) -> list[tuple[str, str]]:
         md = [("application", app)]
@@ -87,8 +148,9 @@ class _Base:
         return req
 
     @staticmethod
-    def _step_req(session_id, keys, mouse, expected_step, fmt, guidance, event=None):
-        req = dynamics_pb2.StepRequest(session_id=session_id, action=action(keys, mouse, event), format=_fmt(fmt))
+    def _step_req(session_id, keys, mouse, expected_step, fmt, guidance, event=None, request_id=None):
+        req = dynamics_pb2.StepRequest(session_id=session_id, action=action(keys, mouse, event), format=_fmt(fmt),
+                                       request_id=request_id or new_request_id())
         if expected_step is not None:
             req.expected_step = expected_step
         if guidance is not None:
@@ -99,8 +161,9 @@ class _Base:
 class WorldClient(_Base):
     """Blocking client."""
 
-    def __init__(self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0):
-        super().__init__(target, api_key, timeout_s)
+    def __init__(self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0,
+                 retry_s: float = 30.0):
+        super().__init__(target, api_key, timeout_s, retry_s)
         self.channel = grpc.insecure_channel(self.target)
         self.images = image_pb2_grpc.ImageServiceStub(self.channel)
         self.sessions = sessions_pb2_grpc.SessionServiceStub(self.channel)
@@ -181,17 +244,25 @@ class WorldClient(_Base):
     def step(
         self, session_id: str, keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, *,
         expected_step: int | None = None, fmt: str = "png", guidance: float | None = None, event: str | None = None,
+        request_id: str | None = None,
     ) -> dynamics_pb2.StepResponse:
-        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event)
-        return self.dynamics.Step(req, metadata=self._md("dynamics", session_id), timeout=self.timeout_s)
+        """One step, exactly once: retried with its request id while UNAVAILABLE (see the module doc)."""
+        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event, request_id)
+        md = self._md("dynamics", session_id)
+        return self._retrying(lambda: self.dynamics.Step(req, metadata=md, timeout=self.timeout_s))
 
     def step_batch(self, requests: Sequence[dynamics_pb2.StepRequest]) -> dynamics_pb2.StepBatchResponse:
-        return self.dynamics.StepBatch(
-            dynamics_pb2.StepBatchRequest(steps=list(requests)), metadata=self._md("dynamics"), timeout=self.timeout_s
-        )
+        """Items without a request id get one; the whole call is retried while UNAVAILABLE."""
+        req = dynamics_pb2.StepBatchRequest(steps=list(requests))
+        for r in req.steps:  # copies: the caller's messages stay as they were
+            r.request_id = r.request_id or new_request_id()
+        return self._retrying(lambda: self.dynamics.StepBatch(req, metadata=self._md("dynamics"), timeout=self.timeout_s))
 
-    def rollout(self, session_id: str, actions: Iterable, fmt: str = "png", expected_step: int | None = None):
-        req = dynamics_pb2.RolloutRequest(session_id=session_id, actions=_actions(actions), format=_fmt(fmt))
+    def rollout(self, session_id: str, actions: Iterable, fmt: str = "png", expected_step: int | None = None,
+                request_id: str | None = None):
+        """A stream of one StepResponse per action. Resend with the same ``request_id`` to resume."""
+        req = dynamics_pb2.RolloutRequest(session_id=session_id, actions=_actions(actions), format=_fmt(fmt),
+                                          request_id=request_id or new_request_id())
         if expected_step is not None:
             req.expected_step = expected_step
         return self.dynamics.Rollout(req, metadata=self._md("dynamics", session_id), timeout=self.timeout_s)
@@ -201,7 +272,8 @@ class WorldClient(_Base):
 
         def reqs():
             for i, a in enumerate(_actions(actions)):
-                yield dynamics_pb2.PlayRequest(session_id=session_id if i == 0 else "", action=a, format=_fmt(fmt))
+                yield dynamics_pb2.PlayRequest(session_id=session_id if i == 0 else "", action=a, format=_fmt(fmt),
+                                               request_id=new_request_id())
 
         return self.dynamics.Play(reqs(), metadata=self._md("dynamics", session_id), timeout=self.timeout_s)
 
@@ -209,8 +281,9 @@ class WorldClient(_Base):
 class AsyncWorldClient(_Base):
     """asyncio client (grpc.aio); the same calls as WorldClient, awaited."""
 
-    def __init__(self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0):
-        super().__init__(target, api_key, timeout_s)
+    def __init__(self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0,
+                 retry_s: float = 30.0):
+        super().__init__(target, api_key, timeout_s, retry_s)
         self.channel = grpc.aio.insecure_channel(self.target)
         self.sessions = sessions_pb2_grpc.SessionServiceStub(self.channel)
         self.dynamics = dynamics_pb2_grpc.DynamicsServiceStub(self.channel)
@@ -247,11 +320,14 @@ class AsyncWorldClient(_Base):
 
     async def step(self, session_id: str, keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, *,
                    expected_step: int | None = None, fmt: str = "png", guidance: float | None = None,
-                   event: str | None = None) -> dynamics_pb2.StepResponse:
-        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event)
-        return await self.dynamics.Step(req, metadata=self._md("dynamics", session_id), timeout=self.timeout_s)
+                   event: str | None = None, request_id: str | None = None) -> dynamics_pb2.StepResponse:
+        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event, request_id)
+        md = self._md("dynamics", session_id)
+        return await self._aretrying(lambda: self.dynamics.Step(req, metadata=md, timeout=self.timeout_s))
 
-    async def rollout(self, session_id: str, actions: Iterable, fmt: str = "png") -> AsyncIterator[dynamics_pb2.StepResponse]:
-        req = dynamics_pb2.RolloutRequest(session_id=session_id, actions=_actions(actions), format=_fmt(fmt))
+    async def rollout(self, session_id: str, actions: Iterable, fmt: str = "png",
+                      request_id: str | None = None) -> AsyncIterator[dynamics_pb2.StepResponse]:
+        req = dynamics_pb2.RolloutRequest(session_id=session_id, actions=_actions(actions), format=_fmt(fmt),
+                                          request_id=request_id or new_request_id())
         async for r in self.dynamics.Rollout(req, metadata=self._md("dynamics", session_id), timeout=self.timeout_s):
             yield r

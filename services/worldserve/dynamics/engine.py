@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 
-from worldserve.common.codec import PNG, check_format, decode_frame, pack_array, unpack_array
+from worldserve.common.codec import PNG, EncodedFrame, check_format, decode_frame, pack_array, unpack_array
 from worldserve.common.config import Config
 from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from worldserve.common.metrics import BATCH_BUCKETS, ServiceMetrics
@@ -34,7 +34,7 @@ from worldserve.dynamics.runner import Job, Runner
 from worldserve.dynamics.scheduler import Scheduler
 from worldserve.dynamics.state_cache import StateCache
 from worldserve.dynamics.types import StepOutput, StepRequest
-from worldserve.sessions.store import SessionStore, action_to_dict, check_session_id
+from worldserve.sessions.store import AlreadyApplied, SessionStore, action_to_dict, check_session_id
 from worldserve.v1 import common_pb2
 
 log = logging.getLogger("worldserve.dynamics")
@@ -77,6 +77,8 @@ class Engine:
         self.m_steps = m.counter("model_steps", "Session steps run by the model, by attention backend and kernel",
                                  ("model", "backend", "kernel"))
         self.m_conflicts = m.counter("step_conflicts", "Steps rejected by the compare-and-set append", ("model",))
+        self.m_replays = m.counter("step_replays", "Steps answered from the log: their request id had already landed",
+                                   ("model",))
         self.m_failures = m.counter("item_failures", "Steps that failed in the model (their batch went on)", ("model",))
         self.cache = StateCache(
             model, config.state_cache_bytes,
@@ -182,6 +184,10 @@ class Engine:
             raise FailedPrecondition(
                 f"session {req.session_id!r} is bound to model {rec.model!r}; this deployment serves {self.model_name!r}"
             )
+        if req.request_id:  # a retry of a step that landed gets that step back (before any precondition)
+            hit = await self.store.recorded(req.tenant, req.session_id, req.request_id)
+            if hit is not None:
+                return await self._replay(req, *hit, fmt)
         await self.store.check_step(rec, req.expected_step)
         job = Job(req, key, rec.step, rec.seed, vec, g, event="")
         entry = self.cache.get(key, rec.step)
@@ -210,10 +216,16 @@ class Engine:
                 action["event"] = job.event  # the log records the event in force at each step
             try:
                 n = await self.store.append(req.tenant, req.session_id, expected_step=rec.step, action=action,
-                                            latent=pack_array(job.latent), frame=png)
+                                            latent=pack_array(job.latent), frame=png, request_id=req.request_id)
             except (Conflict, NotFound):
                 self.m_conflicts.inc(**self._lbl)
                 raise
+            except AlreadyApplied as e:  # its twin landed first (another replica): answer with that step
+                hit = await self.store.recorded(req.tenant, req.session_id, req.request_id)
+                if hit is None or hit[0] != e.step:
+                    raise Conflict(f"session {req.session_id!r}: request {req.request_id!r} landed as step {e.step}, "
+                                   "which is gone; this step was not applied") from None
+                return await self._replay(req, *hit, fmt)
             ok = True
             self.cache.put(key, job.state, job.event, since=since)
             self.m_frames.inc(**self._lbl)
@@ -221,6 +233,15 @@ class Engine:
         finally:
             if not ok:
                 self._drop_state(job)
+
+    async def _replay(self, req: StepRequest, step: int, png: bytes, fmt: int) -> StepOutput:
+        """The recorded result of a step whose request id had landed: its frame, in ``fmt``."""
+        self.m_replays.inc(**self._lbl)
+        rgb = decode_frame(common_pb2.Frame(format=PNG, data=png), max_bytes=1 << 30)
+        if fmt == PNG:
+            return StepOutput(req.session_id, step, EncodedFrame(PNG, png, rgb.shape[1], rgb.shape[0]))
+        _, frame = await self.output.encode(rgb, fmt)
+        return StepOutput(req.session_id, step, frame)
 
     def _drop_state(self, job: Job) -> None:
         """The job's state is ahead of Redis or broken: out of the cache, memory released."""

@@ -29,7 +29,7 @@ from worldserve.common.errors import FailedPrecondition, InvalidArgument, status
 from worldserve.common.metrics import ServiceMetrics
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.dynamics.types import Priority, StepOutput, StepRequest
-from worldserve.sessions.store import check_session_id
+from worldserve.sessions.store import check_request_id, check_session_id
 from worldserve.v1 import common_pb2, dynamics_pb2 as pb
 
 log = logging.getLogger("worldserve.dynamics")
@@ -130,7 +130,9 @@ class ModelServer:
 # the ingress
 
 
-def _to_request(tenant: str, r: pb.StepRequest, priority: Priority = Priority.INTERACTIVE) -> StepRequest:
+def _to_request(tenant: str, r: pb.StepRequest, priority: Priority = Priority.INTERACTIVE,
+                request_id: str | None = None) -> StepRequest:
+    """``request_id``: the id to record (a Rollout's "<id>/<i>"); None: the request's own, checked."""
     check_session_id(r.session_id)
     return StepRequest(
         tenant=tenant,
@@ -142,6 +144,7 @@ def _to_request(tenant: str, r: pb.StepRequest, priority: Priority = Priority.IN
         guidance=r.guidance if r.HasField("guidance") else None,
         fmt=check_format(r.format),
         priority=priority,
+        request_id=check_request_id(r.request_id) if request_id is None else request_id,
     )
 
 
@@ -269,6 +272,7 @@ class DynamicsService(ServiceBase):
             raise InvalidArgument(f"Rollout of {n} actions is out of range [1, {self.config.max_rollout_actions}]")
         check_session_id(request.session_id)
         check_format(request.format)
+        check_request_id(request.request_id)
         model = await self._model_of(tenant, request.session_id)
         await self.handles[model].check_actions.remote(  # all first: a bad action 5 takes no step
             [(tuple(a.keys), dict(a.mouse), a.event if a.HasField("event") else None) for a in request.actions])
@@ -278,7 +282,8 @@ class DynamicsService(ServiceBase):
                 req.expected_step = request.expected_step
             if request.HasField("guidance"):
                 req.guidance = request.guidance
-            yield await self._step(_to_request(tenant, req))
+            rid = f"{request.request_id}/{i}" if request.request_id else ""
+            yield await self._step(_to_request(tenant, req, request_id=rid))
 
     @rpc("Play", empty=pb.StepResponse)
     async def Play(self, request_stream, grpc_context=None):
@@ -289,7 +294,8 @@ class DynamicsService(ServiceBase):
                 if not msg.session_id:
                     raise InvalidArgument("the first Play message must name the session_id")
                 sid, fmt = msg.session_id, msg.format or PNG
-            yield await self._step(_to_request(tenant, pb.StepRequest(session_id=sid, action=msg.action, format=fmt)))
+            yield await self._step(_to_request(tenant, pb.StepRequest(session_id=sid, action=msg.action, format=fmt,
+                                                                      request_id=msg.request_id)))
 
     @rpc("GetModelInfo", empty=pb.ModelInfo)
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context=None) -> pb.ModelInfo:

@@ -35,6 +35,8 @@ class StepRequest:
     fmt: int = PNG
     """Encoding of the returned frame."""
     priority: Priority = Priority.INTERACTIVE
+    request_id: str = ""
+    """Idempotency key: a step already recorded under it is returned again, not re-applied."""
 
 
 @dataclass(frozen=True)

@@ -34,19 +34,52 @@ DELETIONS_CHANNEL = "ws:deleted"  # pub/sub: "<tenant>\n<sid>" of every deleted 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SCHEMA_VERSION = 1
 
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+"""A client's idempotency key of a step (a Rollout's action i is recorded as "<id>/<i>")."""
+
+# KEYS: record, log. ARGV: expected step, action JSON, latent, frame PNG, time, request id ("" =
+# none). Returns {new step, 0}, {-1, 0} (no session), {-2, current step} (moved on), or
+# {-3, step} (this request id already landed as that step: nothing written).
 _APPEND = """
 local cur = redis.call('HGET', KEYS[1], 'step')
 if not cur then return {-1, 0} end
 cur = tonumber(cur)
+if ARGV[6] ~= '' then
+  local done = redis.call('HGET', KEYS[2], 'r:' .. ARGV[6])
+  if done then return {-3, tonumber(done)} end
+end
 if cur ~= tonumber(ARGV[1]) then return {-2, cur} end
 local n = cur + 1
 redis.call('HSET', KEYS[2], 'a:' .. n, ARGV[2], 'z:' .. n, ARGV[3], 'f:' .. n, ARGV[4])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[6], n) end
 redis.call('HSET', KEYS[1], 'step', n, 'updated_at', ARGV[5])
 local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 return {n, 0}
 """
+
+# KEYS: log. ARGV: request id. Returns {step, frame PNG} of the step that request id landed as, or nil.
+_RECORDED = """
+local k = redis.call('HGET', KEYS[1], 'r:' .. ARGV[1])
+if not k then return nil end
+return {tonumber(k), redis.call('HGET', KEYS[1], 'f:' .. k)}
+"""
+
+
+class AlreadyApplied(Exception):
+    """A step's request id had already landed (a retry raced its original): nothing was written."""
+
+    def __init__(self, step: int):
+        super().__init__(f"already applied as step {step}")
+        self.step = step
+
+
+def check_request_id(rid: str) -> str:
+    if rid and not REQUEST_ID_RE.match(rid):
+        raise InvalidArgument(f"request_id {rid[:80]!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
+    return rid
+
 
 # KEYS: parent record, parent log, child record, child log. ARGV: fork step (-1 = current), child
 # record fields as alternating name/value pairs.
@@ -147,6 +180,7 @@ class SessionStore:
         self.default_ttl_s = default_ttl_s
         self._observe = observe  # callable(op, seconds) for the Redis latency histogram
         self._append = r.register_script(_APPEND)
+        self._recorded = r.register_script(_RECORDED)
         self._fork = r.register_script(_FORK)
 
     @classmethod
@@ -354,25 +388,38 @@ class SessionStore:
         return await self.get(tenant, child_id, touch=False)
 
     async def append(
-        self, tenant: str, sid: str, *, expected_step: int, action: dict, latent: bytes, frame: bytes
+        self, tenant: str, sid: str, *, expected_step: int, action: dict, latent: bytes, frame: bytes,
+        request_id: str = "",
     ) -> int:
-        """Compare-and-set append of step ``expected_step + 1``; returns the new step.
+        """Compare-and-set append of step ``expected_step + 1``; returns the new step. A non-empty
+        ``request_id`` is recorded with the step, in the same script.
 
-        Raises NotFound when the session is gone, Conflict when another write moved it first.
+        Raises NotFound when the session is gone, Conflict when another write moved it first,
+        AlreadyApplied when ``request_id`` had already landed (nothing written).
         """
         t0 = time.perf_counter()
         n, cur = await self._append(
             keys=[self._rec(tenant, sid), self._log(tenant, sid)],
-            args=[expected_step, json.dumps(action, separators=(",", ":"), sort_keys=True), latent, frame, repr(time.time())],
+            args=[expected_step, json.dumps(action, separators=(",", ":"), sort_keys=True), latent, frame,
+                  repr(time.time()), request_id],
         )
         self._timed("append", t0)
         if n == -1:
             raise NotFound(f"session {sid!r} not found")
+        if n == -3:
+            raise AlreadyApplied(int(cur))
         if n == -2:
             raise Conflict(
                 f"session {sid!r} moved to step {cur} while this step (from {expected_step}) was computed; it was not applied"
             )
         return int(n)
+
+    async def recorded(self, tenant: str, sid: str, request_id: str) -> tuple[int, bytes] | None:
+        """(step, frame PNG) of the step ``request_id`` landed as in this session, or None."""
+        t0 = time.perf_counter()
+        hit = await self._recorded(keys=[self._log(tenant, sid)], args=[request_id])
+        self._timed("recorded", t0)
+        return None if hit is None else (int(hit[0]), hit[1])
 
     async def check_step(self, rec: SessionRecord, expected_step: int | None) -> None:
         if expected_step is not None and expected_step != rec.step:

@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StepRequest(_message.Message):
-    __slots__ = ("session_id", "action", "expected_step", "format", "guidance")
+    __slots__ = ("session_id", "action", "expected_step", "format", "guidance", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_STEP_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     action: _common_pb2.Action
     expected_step: int
     format: _common_pb2.FrameFormat
     guidance: float
-    def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., expected_step: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., guidance: _Optional[float] = ...) -> None: ...
+    request_id: str
+    def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., expected_step: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., guidance: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class StepResponse(_message.Message):
     __slots__ = ("session_id", "step", "frame")
@@ -52,28 +54,32 @@ class StepBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ...) -> None: ...
 
 class RolloutRequest(_message.Message):
-    __slots__ = ("session_id", "actions", "format", "expected_step", "guidance")
+    __slots__ = ("session_id", "actions", "format", "expected_step", "guidance", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_STEP_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     actions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Action]
     format: _common_pb2.FrameFormat
     expected_step: int
     guidance: float
-    def __init__(self, session_id: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[_common_pb2.Action, _Mapping]]] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., expected_step: _Optional[int] = ..., guidance: _Optional[float] = ...) -> None: ...
+    request_id: str
+    def __init__(self, session_id: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[_common_pb2.Action, _Mapping]]] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., expected_step: _Optional[int] = ..., guidance: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PlayRequest(_message.Message):
-    __slots__ = ("session_id", "action", "format")
+    __slots__ = ("session_id", "action", "format", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     action: _common_pb2.Action
     format: _common_pb2.FrameFormat
-    def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("model",)
