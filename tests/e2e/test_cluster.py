@@ -401,3 +401,26 @@ def test_sdk_steps_through_a_redis_stall_land_exactly_once(cluster):
         r2 = c.step(s.session_id, ["up"], request_id="by-hand", fmt="raw")
         assert r1.step == r2.step == 9 and c.get_session(s.session_id).step == 9
         assert len(r2.frame.data) == 64 * 64 * 3
+
+
+def test_a_cancelled_rollout_or_play_stops_stepping(client):
+    """The client cancels after two frames: the server stops within a step or two, and the session
+    takes the next Step at once (no ABORTED from a rollout still running server-side)."""
+    for trial in range(4):
+        s = client.create_session(prompt="cancel", seed=trial)
+        if trial % 2 == 0:
+            stream = client.rollout(s.session_id, ["right"] * 200)
+        else:
+            def actions():
+                for _ in range(200):
+                    yield dynamics_pb2.PlayRequest(session_id=s.session_id, action=action(["right"]))
+            stream = client.dynamics.Play(actions(), metadata=client._md("dynamics", s.session_id), timeout=120)
+        got = [next(stream).step for _ in range(2)]
+        stream.cancel()
+        time.sleep(1.5)
+        landed = client.get_session(s.session_id).step
+        assert landed <= got[-1] + 2, (trial, got, landed)
+        r = client.step(s.session_id, ["up"], expected_step=landed)
+        assert r.step == landed + 1
+        time.sleep(1.0)
+        assert client.get_session(s.session_id).step == landed + 1  # nothing kept stepping

@@ -91,6 +91,7 @@ def canvas(
     episodes: Optional[int] = typer.Option(None, min=2, help="Training episodes played (default 800)."),
     unroll_from: Optional[int] = typer.Option(None, min=0, help="First iteration that unrolls its own frames."),
     choice_loss: Optional[str] = typer.Option(None, help="canonical (default) or marginal."),
+    draw_loss: Optional[str] = typer.Option(None, help="mse (default) or l1 (never-seen columns as plain background)."),
     init_from: Optional[Path] = typer.Option(None, help="Warm start: a ckpt.pt or a model folder."),
     workers: int = typer.Option(1, min=1, max=256, help="Processes that play the training episodes."),
     export_every: int = typer.Option(0, min=0, help="Also write OUT/model every N iterations."),
@@ -98,8 +99,8 @@ def canvas(
     """Train the scroll-canvas dynamics model (kind scroll_canvas). The model folder lands in OUT/model."""
     torch.set_num_threads(threads)
     _train_canvas(out, scale, budget_min, device, stop_at, batch=batch, lr=lr, n_episodes=episodes,
-                  unroll_from=unroll_from, choice_loss=choice_loss, init_from=init_from, workers=workers,
-                  export_every=export_every)
+                  unroll_from=unroll_from, choice_loss=choice_loss, draw_loss=draw_loss, init_from=init_from,
+                  workers=workers, export_every=export_every)
 
 
 @app.command()

@@ -124,6 +124,10 @@ class CanvasTrainConfig:
     choice_loss: str = "canonical"
     """"canonical": cross-entropy against the first right choice (nearest offset first);
     "marginal": minus the log of the probability summed over every right choice."""
+    draw_loss: str = "mse"
+    """Loss of the drawn colour where no copy is exact: "mse" (x100; the mean of what could be
+    there) or "l1" (x10; the median: a never-seen column comes out as plain background rather
+    than a blur of the objects it might hold)."""
     budget_s: float = 100 * 60.0
     ckpt_every: int = 200
     stop_at: int = 0
@@ -238,7 +242,10 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
         w = 1.0 + tc.change_weight * (~match[:, 0]).float()
         choice = (w * nll).sum() / w.sum()
         nf = none.float()
-        draw = ((p.draw - target) ** 2 * nf).sum() / (nf.sum() * 3 + 1.0)
+        if tc.draw_loss == "l1":
+            draw = 0.1 * ((p.draw - target).abs() * nf).sum() / (nf.sum() * 3 + 1.0)
+        else:
+            draw = ((p.draw - target) ** 2 * nf).sum() / (nf.sum() * 3 + 1.0)
         ce = F.cross_entropy(p.scroll_logits, dx + m)
         total = total + choice + 100.0 * draw + ce
         st["choice"] += float(choice.detach())
@@ -311,6 +318,8 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
 
     if tc.choice_loss not in ("canonical", "marginal"):
         raise ValueError(f"choice_loss must be 'canonical' or 'marginal', got {tc.choice_loss!r}")
+    if tc.draw_loss not in ("mse", "l1"):
+        raise ValueError(f"draw_loss must be 'mse' or 'l1', got {tc.draw_loss!r}")
     out = Path(tc.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tc.seed)
