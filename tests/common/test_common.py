@@ -121,3 +121,27 @@ def test_frame_format_codes_match_the_proto():
 
     assert (codec.PNG, codec.JPEG, codec.RAW) == (
         common_pb2.FRAME_FORMAT_PNG, common_pb2.FRAME_FORMAT_JPEG, common_pb2.FRAME_FORMAT_RAW_RGB8)
+
+
+async def test_an_rpc_sent_to_the_wrong_application_is_unimplemented():
+    from worldserve.common.servicer import ServiceBase
+    from worldserve.v1 import dynamics_pb2
+
+    class Sessions(ServiceBase):
+        service = "sessions"
+
+    svc = Sessions({})
+    ctx = _Ctx()
+    out = await svc.Step(dynamics_pb2.StepRequest(), grpc_context=ctx)
+    assert isinstance(out, dynamics_pb2.StepResponse)
+    assert ctx.code == grpc.StatusCode.UNIMPLEMENTED
+    assert ctx.details == ("DynamicsService.Step is served by application 'dynamics', not 'sessions': "
+                           "send the metadata application: dynamics")
+    ctx = _Ctx()
+    with pytest.raises(StreamFailed):
+        async for _ in svc.Rollout(dynamics_pb2.RolloutRequest(), grpc_context=ctx):
+            pass
+    assert ctx.code == grpc.StatusCode.UNIMPLEMENTED and "application: dynamics" in ctx.details
+    for name in ("CreateSession", "Nope", "_private"):  # its own RPCs and other names stay plain attributes
+        with pytest.raises(AttributeError):
+            getattr(svc, name)

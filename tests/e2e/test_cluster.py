@@ -424,3 +424,20 @@ def test_a_cancelled_rollout_or_play_stops_stepping(client):
         assert r.step == landed + 1
         time.sleep(1.0)
         assert client.get_session(s.session_id).step == landed + 1  # nothing kept stepping
+
+
+def test_a_request_for_the_wrong_application_is_unimplemented(client):
+    s = client.create_session(prompt="wrong app", seed=1)
+    md = [m for m in client._md("dynamics", s.session_id) if m[0] != "application"]
+    for app in ("sessions", "image"):
+        code, msg = code_of(lambda: client.dynamics.Step(
+            dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["up"])),
+            metadata=md + [("application", app)], timeout=60))
+        assert code == grpc.StatusCode.UNIMPLEMENTED, (app, code, msg)
+        assert msg == (f"DynamicsService.Step is served by application 'dynamics', not {app!r}: "
+                       "send the metadata application: dynamics")
+    code, msg = code_of(lambda: list(client.dynamics.Rollout(
+        dynamics_pb2.RolloutRequest(session_id=s.session_id, actions=[action(["up"])]),
+        metadata=md + [("application", "sessions")], timeout=60)))
+    assert code == grpc.StatusCode.UNIMPLEMENTED and "application: dynamics" in msg
+    assert client.get_session(s.session_id).step == 0  # nothing stepped

@@ -7,16 +7,37 @@ carry :func:`rpc`, which maps exceptions to status codes through one table and r
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
 
+import grpc
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2
 
 from worldserve.common.auth import KeyRing
 from worldserve.common.config import Config
-from worldserve.common.errors import Unauthenticated, grpc_method
+from worldserve.common.errors import StreamFailed, Unauthenticated, grpc_method
 from worldserve.common.metrics import ServiceMetrics
+
+APPS = {"worldserve.v1.DynamicsService": "dynamics", "worldserve.v1.SessionService": "sessions",
+        "worldserve.v1.ImageService": "image"}
+"""gRPC service -> the Serve application that answers it (the ``application`` metadata)."""
+
+
+@functools.cache
+def rpc_table() -> dict[str, tuple[str, str, bool, type]]:
+    """RPC method name -> (service, application, server-streaming, response class), for every
+    worldserve service (method names are unique across them)."""
+    from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2
+
+    out = {}
+    for mod in (dynamics_pb2, sessions_pb2, image_pb2):
+        for svc in mod.DESCRIPTOR.services_by_name.values():
+            for m in svc.methods:
+                out[m.name] = (svc.name, APPS[svc.full_name], m.server_streaming, GetMessageClass(m.output_type))
+    return out
 
 
 class ServiceBase:
@@ -48,6 +69,36 @@ class ServiceBase:
         self._keys_mtime = os.path.getmtime(path)
         self.keys = KeyRing.load(path)
         return True
+
+    def __getattr__(self, name: str):
+        """A worldserve RPC of another application (the client named the wrong ``application``):
+        answered UNIMPLEMENTED naming the application that serves it."""
+        spec = rpc_table().get(name) if not name.startswith("_") else None
+        if spec is None or spec[1] == self.service:
+            raise AttributeError(name)
+        svc, app, streaming, response = spec
+        msg = (f"{svc}.{name} is served by application {app!r}, not {self.service!r}: "
+               f"send the metadata application: {app}")
+
+        def refuse(grpc_context) -> None:
+            if grpc_context is not None:
+                grpc_context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+                grpc_context.set_details(msg)
+            self.metrics.record_rpc(name, "UNIMPLEMENTED", 0.0)
+
+        if streaming:
+            async def stream(request, grpc_context=None):
+                refuse(grpc_context)
+                raise StreamFailed(msg)
+                yield  # an async generator, like the RPC it stands in for
+
+            return stream
+
+        async def unary(request, grpc_context=None):
+            refuse(grpc_context)
+            return response()
+
+        return unary
 
     # grpc.health.v1.Health, answered per application (the `application` metadata picks the app).
     async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context=None) -> health_pb2.HealthCheckResponse:
