@@ -25,7 +25,7 @@ from ray.serve.config import RequestRouterConfig
 
 from worldserve.common.codec import PNG, check_format
 from worldserve.common.config import Config, batch_invariant, setup_torch
-from worldserve.common.errors import FailedPrecondition, InvalidArgument, status_of
+from worldserve.common.errors import FailedPrecondition, InvalidArgument, NotFound, status_of
 from worldserve.common.metrics import ServiceMetrics
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.dynamics.types import Priority, StepOutput, StepRequest
@@ -37,6 +37,7 @@ log = logging.getLogger("worldserve.dynamics")
 MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
 INFO_TTL_S = 30.0  # how long the ingress trusts a model's reported info (its runtime may change)
 ROUTE_CACHE_SESSIONS = 100_000  # session -> model entries the ingress remembers
+STEP_BATCH_CONCURRENCY = 64  # items of one StepBatch in flight at once (bounds its Redis and model work)
 
 
 def model_deployment_name(model: str) -> str:
@@ -209,15 +210,26 @@ class DynamicsService(ServiceBase):
         return {"default": self.default_model,
                 "models": {i["name"]: {"width": i["frame_width"], "height": i["frame_height"]} for i in infos}}
 
+    def _remember(self, key: tuple[str, str], model: str) -> None:
+        self._routes[key] = model
+        if len(self._routes) > ROUTE_CACHE_SESSIONS:
+            self._routes.popitem(last=False)
+
+    async def _prefetch_routes(self, tenant: str, session_ids: list[str]) -> None:
+        """Learn the models of many sessions in one Redis round trip (a StepBatch); unknown
+        sessions are left out (their items then answer NOT_FOUND on their own)."""
+        missing = [sid for sid in dict.fromkeys(session_ids) if (tenant, sid) not in self._routes]
+        for sid, model in zip(missing, await self.store.models_of(tenant, missing)):
+            if model is not None:
+                self._remember((tenant, sid), model)
+
     async def _model_of(self, tenant: str, session_id: str) -> str:
         """The model a session is bound to (a session's model never changes: remembered)."""
         key = (tenant, session_id)
         model = self._routes.get(key)
         if model is None:
             model = (await self.store.get(tenant, session_id, touch=False)).model
-            self._routes[key] = model
-            if len(self._routes) > ROUTE_CACHE_SESSIONS:
-                self._routes.popitem(last=False)
+            self._remember(key, model)
         else:
             self._routes.move_to_end(key)
         if model not in self.handles:
@@ -250,11 +262,26 @@ class DynamicsService(ServiceBase):
             if s.session_id in seen:
                 raise InvalidArgument(f"session {s.session_id[:80]!r} appears more than once in one StepBatch")
             seen.add(s.session_id)
+        reqs: list[StepRequest | BaseException] = []
+        for s in request.steps:  # each item converts and fails on its own
+            try:
+                reqs.append(_to_request(tenant, s, Priority.BULK))
+            except Exception as e:  # noqa: BLE001 - reported in its StepResult
+                reqs.append(e)
+        # every item's session in one round trip; then a bounded number of items in flight at once
+        valid = [r for r in reqs if isinstance(r, StepRequest)]
+        await self._prefetch_routes(tenant, [r.session_id for r in valid])
+        gate = asyncio.Semaphore(STEP_BATCH_CONCURRENCY)
 
-        async def one(s: pb.StepRequest) -> pb.StepResponse:  # each item converts and fails on its own
-            return await self._step(_to_request(tenant, s, Priority.BULK))
+        async def one(r: StepRequest | BaseException) -> pb.StepResponse:
+            if isinstance(r, BaseException):
+                raise r
+            if (tenant, r.session_id) not in self._routes:
+                raise NotFound(f"session {r.session_id!r} not found")
+            async with gate:
+                return await self._step(r)
 
-        outs = await asyncio.gather(*(one(s) for s in request.steps), return_exceptions=True)
+        outs = await asyncio.gather(*(one(r) for r in reqs), return_exceptions=True)
         results = []
         for o in outs:
             if isinstance(o, BaseException):

@@ -253,6 +253,19 @@ class SessionStore:
         self._timed("create", t0)
         return rec
 
+    async def models_of(self, tenant: str, sids: Sequence[str]) -> list[str | None]:
+        """The model each session is bound to (None: no such session), in one round trip.
+        ``sids`` must be valid session ids."""
+        if not sids:
+            return []
+        t0 = time.perf_counter()
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hget(self._rec(tenant, sid), "model")
+            vals = await p.execute()
+        self._timed("models_of", t0)
+        return [None if v is None else v.decode() for v in vals]
+
     async def get(self, tenant: str, sid: str, *, touch: bool = True) -> SessionRecord:
         check_session_id(sid)
         t0 = time.perf_counter()
