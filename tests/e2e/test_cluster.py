@@ -493,3 +493,49 @@ def test_two_tenants_flooding_step_batch_do_not_hurt_a_third(cluster):
         assert batches[0] >= 4, batches  # the flood did run beside the quiet steps
         print(f"quiet tenant p99: {calm * 1e3:.0f} ms alone, {loud * 1e3:.0f} ms beside {batches[0]} flood batches")
         assert loud <= 6 * calm + 0.25, (calm, loud)  # not starved (was: UNAVAILABLE, 19 s stalls)
+
+
+def _sdk_player(cluster, session_id: str, n: int, acked: list[int], errors: list) -> threading.Thread:
+    def run():
+        with WorldClient(cluster["target"], cluster["key_a"], timeout_s=60, retry_s=90) as c:
+            try:
+                for _ in range(n):
+                    acked.append(c.step(session_id, ["right"]).step)
+            except grpc.RpcError as e:
+                errors.append(e)
+            acked.append(-c.retries)  # last: how many retries it took (negated)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_sdk_steps_through_a_replica_kill_and_a_redis_restart_land_exactly_once(cluster, client):
+    """The replica holding the session is killed, later Redis restarts (graceful stop, same data):
+    a client stepping through both with the SDK's retries gets steps 1..n, each exactly once."""
+    import ray
+
+    s = client.create_session(prompt="a blue box on the right, snow, day", seed=11)
+    r, call = client.dynamics.Step.with_call(
+        dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["right"]), request_id="first"),
+        metadata=client._md("dynamics", s.session_id), timeout=120)
+    replica = dict(call.trailing_metadata())["worldserve-replica"]
+    acked: list[int] = [1]
+    errors: list = []
+    t = _sdk_player(cluster, s.session_id, 15, acked, errors)
+    deadline = time.monotonic() + 60
+    while len(acked) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
+    while len(acked) < 9 and time.monotonic() < deadline + 60:
+        time.sleep(0.05)
+    redis = cluster["redis"]
+    redis.stop()  # SIGTERM: the AOF is flushed
+    time.sleep(2.0)
+    redis.start()
+    t.join(180)
+    retries = -acked.pop()
+    assert not errors, errors
+    assert acked == list(range(1, 17)), acked
+    assert client.get_session(s.session_id).step == 16
+    print(f"16 steps through a replica kill and a Redis restart: {retries} retries")

@@ -13,7 +13,8 @@ Errors are ``grpc.RpcError`` with the server's status code and a one-line messag
 
 Exactly once: every step carries a request id (a fresh one unless you pass ``request_id``). A Step
 answered UNAVAILABLE (Redis away, a replica died) may have been applied; ``step`` and
-``step_batch`` retry it with the same id until ``retry_s`` runs out, and a retry of a step that had
+``step_batch`` retry it with the same id until ``retry_s`` runs out (reads -- ``get_session``,
+``list_sessions`` -- are retried the same way), and a retry of a step that had
 landed gets that step's recorded frame back instead of a second step. A Rollout or Play item's id
 is the request's ``request_id`` + ``/<index>``: resend the same Rollout with the same
 ``request_id`` to resume it (the items that landed come back as recorded).
@@ -197,16 +198,17 @@ class WorldClient(_Base):
         return self.sessions.CreateSession(req, metadata=self._md("sessions"), timeout=self.timeout_s)
 
     def get_session(self, session_id: str) -> sessions_pb2.Session:
+        """A read: retried while UNAVAILABLE, like a step."""
         req = sessions_pb2.GetSessionRequest(session_id=session_id)
-        return self.sessions.GetSession(req, metadata=self._md("sessions", session_id), timeout=self.timeout_s)
+        md = self._md("sessions", session_id)
+        return self._retrying(lambda: self.sessions.GetSession(req, metadata=md, timeout=self.timeout_s))
 
     def list_sessions(self, page_size: int = 100) -> Iterator[sessions_pb2.Session]:
         token = ""
         while True:
-            r = self.sessions.ListSessions(
-                sessions_pb2.ListSessionsRequest(page_size=page_size, page_token=token),
-                metadata=self._md("sessions"), timeout=self.timeout_s,
-            )
+            req = sessions_pb2.ListSessionsRequest(page_size=page_size, page_token=token)
+            r = self._retrying(lambda: self.sessions.ListSessions(req, metadata=self._md("sessions"),
+                                                                   timeout=self.timeout_s))
             yield from r.sessions
             token = r.next_page_token
             if not token:
