@@ -164,7 +164,7 @@ class LogEntry:
 
 def check_session_id(sid: str) -> str:
     if not SESSION_ID_RE.match(sid or ""):
-        raise InvalidArgument(f"invalid session_id {sid!r}: 1-64 of A-Z a-z 0-9 _ -")
+        raise InvalidArgument(f"invalid session_id {sid[:80]!r}: 1-64 of A-Z a-z 0-9 _ -")
     return sid
 
 
