@@ -167,6 +167,16 @@ def test_rollout_play_batch(client):
     assert r.results[2].error.code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
+def test_a_step_batch_of_sessions_with_history_answers_every_item(client):
+    """Regression: several items of one StepBatch once waited forever in Serve's router."""
+    sids = [client.create_session(prompt="a red door on the left, grass, day", seed=i).session_id for i in range(4)]
+    for s in sids:
+        client.step(s, ["right"])
+    for _ in range(3):
+        r = client.step_batch([dynamics_pb2.StepRequest(session_id=s, action=action(["right"])) for s in sids])
+        assert all(x.HasField("ok") for x in r.results), r
+
+
 def test_bad_input_and_tenancy(cluster, client):
     s = client.create_session(prompt="a cave", seed=0)
     with WorldClient(cluster["target"], cluster["key_b"]) as other:

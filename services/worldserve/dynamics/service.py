@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import time
 from typing import Any
@@ -279,7 +280,9 @@ class DynamicsService(ServiceBase):
             if (tenant, r.session_id) not in self._routes:
                 raise NotFound(f"session {r.session_id!r} not found")
             async with gate:
-                return await self._step(r)
+                # a fresh context per item: Serve's router, handed several calls that carry one
+                # request's context at once, was seen to leave all but one unassigned for good
+                return await asyncio.create_task(self._step(r), context=contextvars.Context())
 
         outs = await asyncio.gather(*(one(r) for r in reqs), return_exceptions=True)
         results = []
