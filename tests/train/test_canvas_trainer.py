@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from worldserve.dynamics.canvas.model import CanvasConfig, CanvasWorldModel
@@ -81,9 +82,10 @@ def test_tiny_run_learns_and_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(va, vb), k
 
 
-def test_the_marginal_choice_loss_learns_too():
+@pytest.mark.parametrize("losses", [("marginal", "mse"), ("canonical", "l1")])
+def test_the_other_losses_learn_too(losses):
     torch.set_num_threads(1)
-    tc = CanvasTrainConfig(batch=4, unroll=2, model=TINY, choice_loss="marginal")
+    tc = CanvasTrainConfig(batch=4, unroll=2, model=TINY, choice_loss=losses[0], draw_loss=losses[1])
     ep = make_episodes(range(4), 16, log=lambda *_: None)
     from worldserve.dynamics.canvas.model import CanvasNet
     torch.manual_seed(0)
