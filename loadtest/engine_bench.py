@@ -525,7 +525,13 @@ def bench_sessions(model, parts: EngineParts, *, n: int, batch_invariant: bool, 
                 model_calls += getattr(stats, "model_calls", 0)
 
     try:
-        from worldserve.dynamics.model.attention import decode_counts
+        from worldserve.dynamics.model.attention import attention_counts, decode_counts as _decode_counts
+
+        def decode_counts() -> dict:  # decode and full attention calls together (either model kind)
+            merged = dict(_decode_counts())
+            for k, v in attention_counts().items():
+                merged[k] = merged.get(k, 0) + v
+            return merged
     except ImportError:
         decode_counts = None
     try:

@@ -278,9 +278,9 @@ def attention(
         out = _guarded(lambda: flash_attention(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start,
                                                scale=scale, **pro))
         if out is not None:
-            _decode_counts[("triton", "flash_attention")] += 1
+            _attention_counts[("triton", "flash_attention")] += 1
             return out
-    _decode_counts[("sdpa", "sdpa")] += 1
+    _attention_counts[("sdpa", "sdpa")] += 1
     return attention_reference(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start, scale=scale, **pro)
 
 
@@ -546,6 +546,7 @@ def attention_decode_reference(
 # Which backend / kernel serves a call (the engine's metrics and GetModelInfo report it).
 
 _decode_counts: collections.Counter = collections.Counter()
+_attention_counts: collections.Counter = collections.Counter()
 _last_decode: tuple[str, str] | None = None
 
 
@@ -571,10 +572,15 @@ def last_decode() -> tuple[str, str] | None:
 
 
 def decode_counts() -> dict[tuple[str, str], int]:
-    """Snapshot of how many :func:`attention_decode` and :func:`attention` calls ran per
-    ``(backend, kernel)`` in this process (:func:`attention` counts as ``("triton",
-    "flash_attention")`` or ``("sdpa", "sdpa")``; monotonic: take differences around a region)."""
+    """Snapshot of how many :func:`attention_decode` calls ran per ``(backend, kernel)`` in this
+    process (monotonic; take differences around a region to count it)."""
     return dict(_decode_counts)
+
+
+def attention_counts() -> dict[tuple[str, str], int]:
+    """The same for :func:`attention` (full or masked attention over a sequence, e.g. the
+    scroll-canvas U-Net's): ``("triton", "flash_attention")`` or ``("sdpa", "sdpa")``."""
+    return dict(_attention_counts)
 
 
 def resolve_backend(
