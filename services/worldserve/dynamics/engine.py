@@ -175,7 +175,7 @@ class Engine:
     async def _step(self, req: StepRequest, key, vec, g: float, fmt: int) -> StepOutput:
         since = time.monotonic()
         try:
-            rec = await self.store.get(req.tenant, req.session_id)
+            rec, landed = await self.store.get_for_step(req.tenant, req.session_id, req.request_id)
         except NotFound:
             if key in self.cache:  # deleted while this replica held its state
                 self.cache.evict(key, "deleted")
@@ -184,10 +184,10 @@ class Engine:
             raise FailedPrecondition(
                 f"session {req.session_id!r} is bound to model {rec.model!r}; this deployment serves {self.model_name!r}"
             )
-        if req.request_id:  # a retry of a step that landed gets that step back (before any precondition)
+        if landed is not None:  # a retry of a step that landed gets that step back (before any precondition)
             hit = await self.store.recorded(req.tenant, req.session_id, req.request_id)
             if hit is not None:
-                return await self._replay(req, *hit, fmt)
+                return await self._replay(req, rec, *hit, fmt)
         await self.store.check_step(rec, req.expected_step)
         job = Job(req, key, rec.step, rec.seed, vec, g, event="")
         entry = self.cache.get(key, rec.step)
@@ -225,7 +225,7 @@ class Engine:
                 if hit is None or hit[0] != e.step:
                     raise Conflict(f"session {req.session_id!r}: request {req.request_id!r} landed as step {e.step}, "
                                    "which is gone; this step was not applied") from None
-                return await self._replay(req, *hit, fmt)
+                return await self._replay(req, rec, *hit, fmt)
             ok = True
             self.cache.put(key, job.state, job.event, since=since)
             self.m_frames.inc(**self._lbl)
@@ -234,12 +234,13 @@ class Engine:
             if not ok:
                 self._drop_state(job)
 
-    async def _replay(self, req: StepRequest, step: int, png: bytes, fmt: int) -> StepOutput:
-        """The recorded result of a step whose request id had landed: its frame, in ``fmt``."""
+    async def _replay(self, req: StepRequest, rec, step: int, png: bytes, fmt: int) -> StepOutput:
+        """The recorded result of a step whose request id had landed: its frame, in ``fmt`` (the
+        log keeps PNG: other formats are re-encoded)."""
         self.m_replays.inc(**self._lbl)
-        rgb = decode_frame(common_pb2.Frame(format=PNG, data=png), max_bytes=1 << 30)
         if fmt == PNG:
-            return StepOutput(req.session_id, step, EncodedFrame(PNG, png, rgb.shape[1], rgb.shape[0]))
+            return StepOutput(req.session_id, step, EncodedFrame(PNG, png, rec.width, rec.height))
+        rgb = decode_frame(common_pb2.Frame(format=PNG, data=png), max_bytes=1 << 30)
         _, frame = await self.output.encode(rgb, fmt)
         return StepOutput(req.session_id, step, frame)
 

@@ -30,10 +30,8 @@ loader (kind ``caption_decoder`` in the ``worldserve.image_models`` group).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import operator
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,13 +40,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-
 from worldserve.common.bytetok import VOCAB, tokenize_bytes
+from worldserve.common.pretrained import read_folder, write_folder
 
 KIND = "caption_decoder"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -367,25 +362,14 @@ class CaptionDecoder(nn.Module):
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> "CaptionDecoder":
         """Load a directory written by ``save_pretrained`` (config.json + model.safetensors)."""
-        path = Path(path)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{str(path / name)!r} not found; expected a save_pretrained directory")
-        model = cls(CaptionDecoderConfig.from_dict(json.loads((path / CONFIG_FILE).read_text())))
-        model.load_state_dict(load_file(path / WEIGHTS_FILE, device="cpu"), strict=True)
+        data, state = read_folder(path)
+        model = cls(CaptionDecoderConfig.from_dict(data))
+        model.load_state_dict(state, strict=True)
         return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json (with ``"kind": "caption_decoder"``) and model.safetensors (never pickle)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / (WEIGHTS_FILE + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp,
-                  metadata={"format": "pt"})
-        os.replace(tmp, path / WEIGHTS_FILE)
-        tmp = path / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path / CONFIG_FILE)
+        write_folder(path, self.config.to_dict(), self.state_dict())
 
 
 def load_caption_decoder(path: str | None, *, device: str = "cpu") -> CaptionDecoder:

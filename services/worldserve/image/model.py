@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import operator
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
@@ -26,12 +24,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-
 from worldserve.common.bytetok import VOCAB, tokenize_bytes
+from worldserve.common.pretrained import read_folder, write_folder
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @runtime_checkable
@@ -379,24 +374,14 @@ class TinyTextToImage(nn.Module):
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> "TinyTextToImage":
         """Load a directory written by ``save_pretrained`` (config.json + model.safetensors)."""
-        path = Path(path)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{str(path / name)!r} not found; expected a save_pretrained directory")
-        data = json.loads((path / CONFIG_FILE).read_text())
+        data, state = read_folder(path)
         if isinstance(data, dict) and "coord_channels" not in data:
             data = {**data, "coord_channels": False}  # saved before coordinate channels existed
         model = cls(TinyTextToImageConfig.from_dict(data))
-        model.load_state_dict(load_file(path / WEIGHTS_FILE, device="cpu"), strict=True)
+        model.load_state_dict(state, strict=True)
         return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json and model.safetensors (never pickle) into directory ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / (WEIGHTS_FILE + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp,
-                  metadata={"format": "pt"})
-        os.replace(tmp, path / WEIGHTS_FILE)
-        (path / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        write_folder(path, self.config.to_dict(), self.state_dict())
 

@@ -267,12 +267,22 @@ class SessionStore:
         return [None if v is None else v.decode() for v in vals]
 
     async def get(self, tenant: str, sid: str, *, touch: bool = True) -> SessionRecord:
+        return (await self._get(tenant, sid, touch, ""))[0]
+
+    async def get_for_step(self, tenant: str, sid: str, request_id: str) -> tuple[SessionRecord, int | None]:
+        """The record (touched) and, for a non-empty ``request_id``, the step it already landed as
+        (None: not yet) -- one round trip, as ``get`` alone."""
+        return await self._get(tenant, sid, True, request_id)
+
+    async def _get(self, tenant: str, sid: str, touch: bool, request_id: str) -> tuple[SessionRecord, int | None]:
         check_session_id(sid)
         t0 = time.perf_counter()
         async with self.r.pipeline(transaction=False) as p:
             p.hgetall(self._rec(tenant, sid))
             if touch:
                 p.ttl(self._rec(tenant, sid))
+            if request_id:
+                p.hget(self._log(tenant, sid), f"r:{request_id}")
             res = await p.execute()
         h = res[0]
         if not h:
@@ -286,7 +296,7 @@ class SessionStore:
                     p.expire(self._log(tenant, sid), rec.ttl_s)
                     await p.execute()
         self._timed("get", t0)
-        return rec
+        return rec, (int(res[-1]) if request_id and res[-1] is not None else None)
 
     async def list(self, tenant: str, *, page_size: int = 100, page_token: str = "") -> tuple[list[SessionRecord], str]:
         if not (0 <= page_size <= 1000):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worldserve.dynamics.canvas.model import CanvasConfig, CanvasNet, CanvasWorldModel, quantize, window_cols
+from worldserve.dynamics.canvas.model import CanvasConfig, CanvasNet, quantize, save_net, window_cols
 from worldserve.worlds import Game, random_spec
 from worldserve.worlds.platformer import KEYS, random_actions, random_events
 
@@ -352,10 +352,8 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
         tmp.replace(ckpt)
 
     def export() -> Path:
-        net.eval()
         folder = out / "model"
-        CanvasWorldModel(tc.model, net, device=tc.device).save_pretrained(folder)
-        net.amp_dtype = torch.bfloat16 if cuda else None  # CanvasWorldModel set it for serving
+        save_net(folder, tc.model, net)
         return folder
 
     t0 = time.monotonic()

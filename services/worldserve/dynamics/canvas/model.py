@@ -32,7 +32,6 @@ rebuilt from its last frames in Redis (the canvas then remembers what those fram
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,14 +41,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder  # noqa: F401 (re-exported)
 from worldserve.dynamics.actions import action_vector, check_actions, check_events
 from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
 from worldserve.dynamics.model.attention import attention, resolve_backend
 from worldserve.dynamics.model.events import EventEncoder
 
 KIND = "scroll_canvas"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -395,6 +393,12 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
 # The served model
 
 
+def save_net(path: str | Path, config: CanvasConfig, net: CanvasNet) -> None:
+    """Write a model folder (config.json + model.safetensors, float32) from a network as it is --
+    on any device, in training or not: it is neither moved nor changed."""
+    write_folder(path, config.to_dict(), {k: v.float() for k, v in net.state_dict().items()})
+
+
 class CanvasWorldModel:
     """Implements :class:`~worldserve.dynamics.interface.DynamicsModel` around a :class:`CanvasNet`."""
 
@@ -419,23 +423,14 @@ class CanvasWorldModel:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> "CanvasWorldModel":
-        from safetensors.torch import load_file
-
-        folder = Path(path)
-        data = json.loads((folder / CONFIG_FILE).read_text())
+        data, state = read_folder(path)
         cfg = CanvasConfig.from_dict(data)
         net = CanvasNet(cfg)
-        net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+        net.load_state_dict(state, strict=True)
         return cls(cfg, net, device=device, dtype=dtype)
 
     def save_pretrained(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.net.state_dict().items()},
-                  str(folder / WEIGHTS_FILE))
+        save_net(path, self.config, self.net)
 
     # --- the interface: info, runtime, actions, events ---------------------------------------------
 

@@ -42,11 +42,9 @@ on the CPU.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import operator
-import os
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -54,7 +52,8 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+
+from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder  # noqa: F401 (re-exported)
 
 from ..actions import action_vector, check_actions, check_events
 from ..interface import ActionSpace, ModelInfo, Runtime, StateMemoryFull
@@ -73,8 +72,6 @@ from .kv_cache import PagedState, PagePool, new_state
 from .sampler import cfg_combine, euler_step, initial_noise, time_grid
 from .transformer import DynamicsTransformer
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 # Default byte budget of the KV page pool when ``configure_state_pool`` was not called.
 DEFAULT_POOL_BYTES = {"cuda": 1 << 30, "cpu": 2 << 30}
@@ -176,19 +173,19 @@ class WorldModel(nn.Module):
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> "WorldModel":
         """Load a directory written by ``save_pretrained`` (config.json + model.safetensors)."""
-        path = Path(path)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{str(path / name)!r} not found; expected a save_pretrained directory")
-        data = json.loads((path / CONFIG_FILE).read_text())
-        if isinstance(data, dict) and "event_dim" not in data:
-            data = {**data, "event_dim": 0}  # saved before event conditioning existed
-        if isinstance(data, dict) and "spatial_rope" not in data:
-            data = {**data, "spatial_rope": False}  # saved before spatial RoPE existed
-        config = WorldModelConfig.from_dict(data)
-        model = cls(config)
-        model.load_state_dict(load_file(path / WEIGHTS_FILE, device="cpu"), strict=True)
-        return model.to_serving(device, dtype)
+        return cls._read(path).to_serving(device, dtype)
+
+    @classmethod
+    def _read(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "WorldModel":
+        """A save_pretrained folder's model on the CPU, its config fields replaced by ``overrides``."""
+        data, state = read_folder(path)
+        if isinstance(data, dict):
+            data = {"event_dim": 0,  # saved before event conditioning existed
+                    "spatial_rope": False,  # saved before spatial RoPE existed
+                    **data, **(overrides or {})}
+        model = cls(WorldModelConfig.from_dict(data))
+        model.load_state_dict(state, strict=True)
+        return model
 
     @classmethod
     def load(
@@ -208,17 +205,7 @@ class WorldModel(nn.Module):
         if path is None:
             model = cls.random(WorldModelConfig.from_dict(overrides), seed=0)
         else:
-            path = Path(path)
-            if not overrides:
-                return cls.from_pretrained(path, device=dev, dtype=_as_dtype(dtype, dev))
-            for name in (CONFIG_FILE, WEIGHTS_FILE):
-                if not (path / name).is_file():
-                    raise FileNotFoundError(f"{str(path / name)!r} not found; expected a save_pretrained directory")
-            data = json.loads((path / CONFIG_FILE).read_text())
-            data.setdefault("event_dim", 0)
-            data.setdefault("spatial_rope", False)
-            model = cls(WorldModelConfig.from_dict({**data, **overrides}))
-            model.load_state_dict(load_file(path / WEIGHTS_FILE, device="cpu"), strict=True)
+            model = cls._read(path, overrides)
         return model.to_serving(dev, _as_dtype(dtype, dev))
 
     def to_serving(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32) -> "WorldModel":
@@ -240,13 +227,7 @@ class WorldModel(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json and model.safetensors (never pickle) into directory ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        tmp = path / (WEIGHTS_FILE + ".tmp")
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path / WEIGHTS_FILE)
-        (path / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        write_folder(path, self.config.to_dict(), self.state_dict())
 
     @property
     def device(self) -> torch.device:
