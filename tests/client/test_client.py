@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from worldserve.client import WorldClient
-from worldserve.v1 import dynamics_pb2 as pb, dynamics_pb2_grpc
+from worldserve.v1 import common_pb2, dynamics_pb2 as pb, dynamics_pb2_grpc
 
 
 class Flaky(dynamics_pb2_grpc.DynamicsServiceServicer):
@@ -63,3 +63,29 @@ def test_other_codes_and_an_exhausted_budget_are_not_retried(serve):
         with pytest.raises(grpc.RpcError) as e:
             c.step("s_1", ["right"])
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE and 1 <= c.retries < 10
+
+
+class FlakyBatch(dynamics_pb2_grpc.DynamicsServiceServicer):
+    """The first StepBatch answers its second item UNAVAILABLE; later ones step every item."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def StepBatch(self, request, context):
+        self.calls.append([s.request_id for s in request.steps])
+        out = []
+        for i, s in enumerate(request.steps):
+            if len(self.calls) == 1 and i == 1:
+                out.append(pb.StepResult(error=common_pb2.ErrorStatus(code=grpc.StatusCode.UNAVAILABLE.value[0],
+                                                                        message="session store unavailable")))
+            else:
+                out.append(pb.StepResult(ok=pb.StepResponse(session_id=s.session_id, step=1)))
+        return pb.StepBatchResponse(results=out)
+
+
+def test_step_batch_items_answered_unavailable_are_retried_alone_with_their_ids(serve):
+    flaky = FlakyBatch()
+    with WorldClient(serve(flaky), "k", timeout_s=5, retry_s=10) as c:
+        r = c.step_batch([pb.StepRequest(session_id=f"s_{i}") for i in range(3)])
+    assert [x.WhichOneof("result") for x in r.results] == ["ok", "ok", "ok"]
+    assert len(flaky.calls) == 2 and flaky.calls[1] == [flaky.calls[0][1]] and c.retries == 1

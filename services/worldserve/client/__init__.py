@@ -254,11 +254,27 @@ class WorldClient(_Base):
         return self._retrying(lambda: self.dynamics.Step(req, metadata=md, timeout=self.timeout_s))
 
     def step_batch(self, requests: Sequence[dynamics_pb2.StepRequest]) -> dynamics_pb2.StepBatchResponse:
-        """Items without a request id get one; the whole call is retried while UNAVAILABLE."""
+        """Items without a request id get one. The call, and then the items that answered
+        UNAVAILABLE, are retried (same ids: exactly once) until ``retry_s`` runs out."""
         req = dynamics_pb2.StepBatchRequest(steps=list(requests))
         for r in req.steps:  # copies: the caller's messages stay as they were
             r.request_id = r.request_id or new_request_id()
-        return self._retrying(lambda: self.dynamics.StepBatch(req, metadata=self._md("dynamics"), timeout=self.timeout_s))
+        deadline = time.monotonic() + self.retry_s
+        call = lambda q: self.dynamics.StepBatch(q, metadata=self._md("dynamics"), timeout=self.timeout_s)  # noqa: E731
+        out = self._retrying(lambda: call(req))
+        unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
+        attempt = 0
+        while True:
+            again = [i for i, r in enumerate(out.results) if r.HasField("error") and r.error.code == unavailable]
+            delay = _retry_delay(attempt)
+            if not again or time.monotonic() + delay > deadline:
+                return out
+            time.sleep(delay)
+            attempt += 1
+            self.retries += 1
+            redo = self._retrying(lambda: call(dynamics_pb2.StepBatchRequest(steps=[req.steps[i] for i in again])))
+            for i, r in zip(again, redo.results):
+                out.results[i].CopyFrom(r)
 
     def rollout(self, session_id: str, actions: Iterable, fmt: str = "png", expected_step: int | None = None,
                 request_id: str | None = None):
