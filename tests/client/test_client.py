@@ -89,3 +89,45 @@ def test_step_batch_items_answered_unavailable_are_retried_alone_with_their_ids(
         r = c.step_batch([pb.StepRequest(session_id=f"s_{i}") for i in range(3)])
     assert [x.WhichOneof("result") for x in r.results] == ["ok", "ok", "ok"]
     assert len(flaky.calls) == 2 and flaky.calls[1] == [flaky.calls[0][1]] and c.retries == 1
+
+
+class OverQuota(dynamics_pb2_grpc.DynamicsServiceServicer):
+    """Refuses the first ``fail`` calls as a quota does: RESOURCE_EXHAUSTED, with a RetryInfo of
+    ``delay_s`` in the status details unless ``delay_s`` is None."""
+
+    def __init__(self, fail: int, delay_s: float | None):
+        self.fail, self.delay_s = fail, delay_s
+        self.times: list[float] = []
+
+    def Step(self, request, context):
+        import time
+
+        from worldserve.common.errors import STATUS_DETAILS_KEY, status_details
+        from worldserve.common.quotas import QuotaExceeded
+
+        self.times.append(time.monotonic())
+        if len(self.times) <= self.fail:
+            msg = "quota steps_per_s exceeded for tenant 't'"
+            if self.delay_s is not None:
+                e = QuotaExceeded("steps_per_s", "t", msg, retry_after_s=self.delay_s)
+                context.set_trailing_metadata([(STATUS_DETAILS_KEY,
+                                                status_details(e, grpc.StatusCode.RESOURCE_EXHAUSTED, msg))])
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, msg)
+        return pb.StepResponse(session_id=request.session_id, step=1)
+
+
+def test_a_quota_refusal_is_retried_after_the_servers_delay(serve):
+    from worldserve.client import retry_after
+
+    q = OverQuota(fail=2, delay_s=0.2)
+    with WorldClient(serve(q), "k", timeout_s=5, retry_s=5) as c:
+        assert c.step("s_1", ["right"]).step == 1 and c.retries == 2
+        assert q.times[1] - q.times[0] >= 0.2 and q.times[2] - q.times[1] >= 0.2  # waited as told
+    with WorldClient(serve(OverQuota(fail=1, delay_s=None)), "k", timeout_s=5, retry_s=5) as c:
+        with pytest.raises(grpc.RpcError) as e:  # no RetryInfo: waiting would not help
+            c.step("s_1", ["right"])
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and c.retries == 0 and retry_after(e.value) is None
+    with WorldClient(serve(OverQuota(fail=5, delay_s=2.0)), "k", timeout_s=5, retry_s=1.0) as c:
+        with pytest.raises(grpc.RpcError) as e:  # the delay is beyond the retry budget: answered at once
+            c.step("s_1", ["right"])
+        assert c.retries == 0 and 2.0 <= retry_after(e.value) < 2.01

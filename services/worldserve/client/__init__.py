@@ -18,6 +18,10 @@ answered UNAVAILABLE (Redis away, a replica died) may have been applied; ``step`
 landed gets that step's recorded frame back instead of a second step. A Rollout or Play item's id
 is the request's ``request_id`` + ``/<index>``: resend the same Rollout with the same
 ``request_id`` to resume it (the items that landed come back as recorded).
+
+Quotas: a call refused by a tenant quota answers RESOURCE_EXHAUSTED; when waiting helps, the status
+details carry a ``google.rpc.RetryInfo`` (read it with :func:`retry_after`). Nothing was applied:
+every call (creates and forks too) waits that delay and retries while ``retry_s`` lasts.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ FORMATS = {
     "raw": common_pb2.FRAME_FORMAT_RAW_RGB8,
 }
 
-__all__ = ["WorldClient", "AsyncWorldClient", "action", "FORMATS"]
+__all__ = ["WorldClient", "AsyncWorldClient", "action", "retry_after", "FORMATS"]
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def action(keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, event: str | None = None) -> common_pb2.Action:
@@ -81,11 +87,41 @@ def _retry_delay(attempt: int) -> float:
     return min(1.0, 0.05 * 2 ** attempt) * (0.5 + random.random())
 
 
-def _retryable(e: grpc.RpcError, attempt: int) -> bool:
-    """UNAVAILABLE: the step may have been applied, retry with the same id. ABORTED after a
-    retry: the earlier attempt may still be in flight on the server."""
+def retry_after(e: grpc.RpcError) -> float | None:
+    """The seconds after which the server says a refused call may pass (``google.rpc.RetryInfo``
+    in the status details of a RESOURCE_EXHAUSTED), or None."""
+    try:
+        md = e.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - not a call error
+        return None
+    from google.rpc import error_details_pb2, status_pb2
+
+    for k, v in md:
+        if k == STATUS_DETAILS_KEY:
+            try:
+                status = status_pb2.Status.FromString(v)
+            except Exception:  # noqa: BLE001 - not a Status: no details
+                return None
+            for d in status.details:
+                if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    info = error_details_pb2.RetryInfo()
+                    d.Unpack(info)
+                    return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
+def _backoff(e: grpc.RpcError, attempt: int, idempotent: bool = True) -> float | None:
+    """How long to wait before retrying ``e``, or None: not retryable. RESOURCE_EXHAUSTED with
+    RetryInfo: nothing was applied, wait the server's delay. UNAVAILABLE (idempotent calls only):
+    the step may have been applied, retry with the same id. ABORTED after a retry: the earlier
+    attempt may still be in flight on the server."""
     code = e.code() if hasattr(e, "code") else None
-    return code == grpc.StatusCode.UNAVAILABLE or (attempt > 0 and code == grpc.StatusCode.ABORTED)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        delay = retry_after(e)
+        return None if delay is None else delay * (1.0 + 0.1 * random.random())
+    if idempotent and (code == grpc.StatusCode.UNAVAILABLE or (attempt > 0 and code == grpc.StatusCode.ABORTED)):
+        return _retry_delay(attempt)
+    return None
 
 
 class _Base:
@@ -99,30 +135,31 @@ class _Base:
         self.retries = 0
         """Retries made so far (all calls of this client)."""
 
-    def _retrying(self, call):
-        """Run ``call()``; retry retryable failures (same request ids) until ``retry_s`` runs out."""
+    def _retrying(self, call, idempotent: bool = True):
+        """Run ``call()``; retry retryable failures (same request ids) until ``retry_s`` runs out.
+        ``idempotent=False``: retry only refusals that applied nothing (RetryInfo)."""
         deadline = time.monotonic() + self.retry_s
         attempt = 0
         while True:
             try:
                 return call()
             except grpc.RpcError as e:
-                delay = _retry_delay(attempt)
-                if not _retryable(e, attempt) or time.monotonic() + delay > deadline:
+                delay = _backoff(e, attempt, idempotent)
+                if delay is None or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             attempt += 1
             self.retries += 1
 
-    async def _aretrying(self, call):
+    async def _aretrying(self, call, idempotent: bool = True):
         deadline = time.monotonic() + self.retry_s
         attempt = 0
         while True:
             try:
                 return await call()
             except grpc.RpcError as e:
-                delay = _retry_delay(attempt)
-                if not _retryable(e, attempt) or time.monotonic() + delay > deadline:
+                delay = _backoff(e, attempt, idempotent)
+                if delay is None or time.monotonic() + delay > deadline:
                     raise
             await asyncio.sleep(delay)
             attempt += 1
@@ -193,9 +230,11 @@ class WorldClient(_Base):
         include_first_frame: bool = False, fmt: str = "png", image_steps: int = 0, image_guidance: float = 0.0,
         model: str = "",
     ) -> sessions_pb2.Session:
-        """A new world bound to ``model`` (see ``list_models``; empty: the cluster's default)."""
+        """A new world bound to ``model`` (see ``list_models``; empty: the cluster's default).
+        Retried only when a quota refused it with a retry delay (nothing was created)."""
         req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model)
-        return self.sessions.CreateSession(req, metadata=self._md("sessions"), timeout=self.timeout_s)
+        return self._retrying(lambda: self.sessions.CreateSession(req, metadata=self._md("sessions"),
+                                                                  timeout=self.timeout_s), idempotent=False)
 
     def get_session(self, session_id: str) -> sessions_pb2.Session:
         """A read: retried while UNAVAILABLE, like a step."""
@@ -220,7 +259,9 @@ class WorldClient(_Base):
             req.step = step
         if seed is not None:
             req.seed = seed
-        return self.sessions.ForkSession(req, metadata=self._md("sessions", session_id), timeout=self.timeout_s)
+        md = self._md("sessions", session_id)
+        return self._retrying(lambda: self.sessions.ForkSession(req, metadata=md, timeout=self.timeout_s),
+                              idempotent=False)
 
     def delete_session(self, session_id: str) -> bool:
         req = sessions_pb2.DeleteSessionRequest(session_id=session_id)
@@ -320,7 +361,8 @@ class AsyncWorldClient(_Base):
                              include_first_frame: bool = False, fmt: str = "png", image_steps: int = 0,
                              image_guidance: float = 0.0, model: str = "") -> sessions_pb2.Session:
         req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model)
-        return await self.sessions.CreateSession(req, metadata=self._md("sessions"), timeout=self.timeout_s)
+        return await self._aretrying(lambda: self.sessions.CreateSession(req, metadata=self._md("sessions"),
+                                                                         timeout=self.timeout_s), idempotent=False)
 
     async def delete_session(self, session_id: str) -> bool:
         req = sessions_pb2.DeleteSessionRequest(session_id=session_id)

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from worldserve.common.quotas import Quotas
+
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -125,6 +127,9 @@ class Config:
     torch_threads: int = 0
     """torch intra-op threads per model replica; 0: the CPUs this process may use (affinity and
     cgroup quota: a pod's limit, not the node's cores; Ray alone would give 1). Bounds: 0 .. 256."""
+    quotas: Quotas = field(default_factory=Quotas)
+    """Every tenant's default quotas (a mapping of ``Quotas`` fields in the YAML); a tenant's own
+    overrides sit beside its key in the key file (see worldserve.common.quotas)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Unused; keeps the YAML forward compatible."""
 
@@ -151,6 +156,7 @@ class Config:
         if self.default_model and self.default_model not in names:
             raise ValueError(f"default_model={self.default_model!r} is not one of the served models {names}")
         _bounded("max_rollout_actions", self.max_rollout_actions, 1, 10_000)
+        object.__setattr__(self, "quotas", Quotas.parse(self.quotas))
         _bounded("torch_threads", self.torch_threads, 0, 256)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")

@@ -48,7 +48,12 @@ class FailedPrecondition(WorldserveError):
 
 
 class ResourceExhausted(WorldserveError):
-    """A queue or limit is full; retry later."""
+    """A queue or limit is full. ``retry_after_s``: when a retry may pass (sent to the client as
+    ``google.rpc.RetryInfo`` in the status details); None: waiting does not help."""
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(WorldserveError):
@@ -133,6 +138,37 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
 
 
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""Trailing metadata of a ``google.rpc.Status`` with typed details (the gRPC richer error model)."""
+
+
+def status_details(exc: BaseException, code: grpc.StatusCode, msg: str) -> bytes | None:
+    """The serialized ``google.rpc.Status`` for an error that has typed details to give: a
+    ``RetryInfo`` (``retry_after_s``) and, for a quota, a ``QuotaFailure`` naming it. None: none."""
+    exc = _unwrap(exc)
+    retry = getattr(exc, "retry_after_s", None)
+    quota = getattr(exc, "quota", None)
+    if retry is None and quota is None:
+        return None
+    from google.protobuf import any_pb2, duration_pb2
+    from google.rpc import error_details_pb2, status_pb2
+
+    details = []
+    if retry is not None:
+        d = duration_pb2.Duration()
+        d.FromNanoseconds(max(0, int(retry * 1e9)))
+        details.append(error_details_pb2.RetryInfo(retry_delay=d))
+    if quota is not None:
+        details.append(error_details_pb2.QuotaFailure(violations=[error_details_pb2.QuotaFailure.Violation(
+            subject=f"tenant:{getattr(exc, 'tenant', '')}", description=quota)]))
+    packed = []
+    for m in details:
+        a = any_pb2.Any()
+        a.Pack(m)
+        packed.append(a)
+    return status_pb2.Status(code=code.value[0], message=msg, details=packed).SerializeToString()
+
+
 def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
     """Wrap a Serve gRPC handler (unary or streaming, sync or async).
 
@@ -142,10 +178,13 @@ def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
     ``metrics.record_rpc(rpc, code_name, seconds)`` is called once per call.
     """
 
-    def finish(self, ctx, t0: float, code: grpc.StatusCode, msg: str | None) -> None:
+    def finish(self, ctx, t0: float, code: grpc.StatusCode, msg: str | None, exc: BaseException | None = None) -> None:
         if msg is not None and ctx is not None:
             ctx.set_code(code)
             ctx.set_details(msg)
+            extra = status_details(exc, code, msg) if exc is not None else None
+            if extra is not None:
+                ctx.set_trailing_metadata([(STATUS_DETAILS_KEY, extra)])
         metrics = getattr(self, "metrics", None)
         if metrics is not None:
             metrics.record_rpc(rpc, code.name, time.perf_counter() - t0)
@@ -161,7 +200,7 @@ def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
                         yield item
                 except Exception as e:  # noqa: BLE001 - the table decides
                     code, msg = status_of(e)
-                    finish(self, grpc_context, t0, code, msg)
+                    finish(self, grpc_context, t0, code, msg, e)
                     if grpc_context is None:
                         raise
                     # Serve's proxy passes a stream's code on only with a yielded item or with an
@@ -181,7 +220,7 @@ def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
                     out = await out
             except Exception as e:  # noqa: BLE001
                 code, msg = status_of(e)
-                finish(self, grpc_context, t0, code, msg)
+                finish(self, grpc_context, t0, code, msg, e)
                 return empty() if empty is not None else None
             finish(self, grpc_context, t0, grpc.StatusCode.OK, None)
             return out

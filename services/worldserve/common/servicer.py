@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from typing import Any
 
 import grpc
@@ -20,6 +21,10 @@ from worldserve.common.auth import KeyRing
 from worldserve.common.config import Config
 from worldserve.common.errors import StreamFailed, Unauthenticated, grpc_method
 from worldserve.common.metrics import ServiceMetrics
+from worldserve.common.quotas import Quotas
+
+KEYS_RECHECK_S = 5.0
+"""How often a replica looks for a changed key file (new keys, changed quotas)."""
 
 APPS = {"worldserve.v1.DynamicsService": "dynamics", "worldserve.v1.SessionService": "sessions",
         "worldserve.v1.ImageService": "image"}
@@ -49,6 +54,8 @@ class ServiceBase:
         self.keys = KeyRing.load(self.config.api_keys_file or None)
         path = self.config.api_keys_file
         self._keys_mtime = os.path.getmtime(path) if path and os.path.exists(path) else None
+        self._keys_checked = time.monotonic()
+        self._quotas: dict[str, Quotas] = {}
         self.metrics = ServiceMetrics(self.service)
         self.serving = True
 
@@ -61,13 +68,31 @@ class ServiceBase:
                 raise
             return self.keys.authenticate(md)
 
+    def quotas(self, tenant: str) -> Quotas:
+        """The tenant's quotas: the config's defaults with its overrides from the key file (a
+        changed file is picked up within ``KEYS_RECHECK_S``)."""
+        now = time.monotonic()
+        if now - self._keys_checked > KEYS_RECHECK_S:
+            self._keys_checked = now
+            self._reload_keys()
+        q = self._quotas.get(tenant)
+        if q is None:
+            q = self._quotas[tenant] = Quotas.parse(self.keys.quotas.get(tenant) or {}, self.config.quotas)
+        return q
+
     def _reload_keys(self) -> bool:
-        """Pick up keys added to the key file since start (checked only on an unknown key)."""
+        """Pick up keys added to the key file since start (checked on an unknown key, and every
+        ``KEYS_RECHECK_S`` for quota changes)."""
         path = self.config.api_keys_file
         if not path or not os.path.exists(path) or os.path.getmtime(path) == self._keys_mtime:
             return False
         self._keys_mtime = os.path.getmtime(path)
-        self.keys = KeyRing.load(path)
+        try:
+            self.keys = KeyRing.load(path)
+        except (OSError, ValueError) as e:  # a half-written or broken file: keep the keys we have
+            logging.getLogger("worldserve").warning("key file %s not reloaded: %s", path, e)
+            return False
+        self._quotas.clear()
         return True
 
     def __getattr__(self, name: str):

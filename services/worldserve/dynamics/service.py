@@ -28,6 +28,7 @@ from worldserve.common.codec import PNG, check_format
 from worldserve.common.config import Config, batch_invariant, setup_torch
 from worldserve.common.errors import FailedPrecondition, InvalidArgument, NotFound, status_of
 from worldserve.common.metrics import ServiceMetrics
+from worldserve.common.quotas import QuotaEnforcer
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.dynamics.types import Priority, StepOutput, StepRequest
 from worldserve.sessions.store import check_request_id, check_session_id
@@ -39,6 +40,7 @@ MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
 INFO_TTL_S = 30.0  # how long the ingress trusts a model's reported info (its runtime may change)
 ROUTE_CACHE_SESSIONS = 100_000  # session -> model entries the ingress remembers
 STEP_BATCH_CONCURRENCY = 64  # items of one StepBatch in flight at once (bounds its Redis and model work)
+STREAM_PACE_S = 5.0  # a Rollout's or Play's step waits this long at most for room in the tenant's step rate
 
 
 def model_deployment_name(model: str) -> str:
@@ -182,6 +184,7 @@ class DynamicsService(ServiceBase):
             self.config.redis_url, timeout_s=self.config.redis_timeout_s, default_ttl_s=self.config.session_ttl_s,
             observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op),
         )
+        self.enforcer = QuotaEnforcer(self.store.r, self.metrics)
         self._routes: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
         self._infos: dict[str, tuple[float, dict]] = {}
         self.m_routed = self.metrics.counter("routed_requests", "Steps routed to each model's deployment", ("model",))
@@ -250,7 +253,10 @@ class DynamicsService(ServiceBase):
     # -- RPCs -------------------------------------------------------------------------------------
     @rpc("Step", empty=pb.StepResponse)
     async def Step(self, request: pb.StepRequest, grpc_context=None) -> pb.StepResponse:
-        return await self._step(_to_request(self.tenant(grpc_context), request), grpc_context)
+        tenant = self.tenant(grpc_context)
+        req = _to_request(tenant, request)
+        await self.enforcer.charge_steps(tenant, self.quotas(tenant), 1)
+        return await self._step(req, grpc_context)
 
     @rpc("StepBatch", empty=pb.StepBatchResponse)
     async def StepBatch(self, request: pb.StepBatchRequest, grpc_context=None) -> pb.StepBatchResponse:
@@ -258,6 +264,8 @@ class DynamicsService(ServiceBase):
         n = len(request.steps)
         if n > self.config.max_queue:
             raise InvalidArgument(f"StepBatch of {n} steps exceeds the limit of {self.config.max_queue}")
+        quotas = self.quotas(tenant)
+        self.enforcer.check_step_batch(tenant, quotas, n)
         seen: set[str] = set()
         for s in request.steps:
             if s.session_id in seen:
@@ -271,6 +279,7 @@ class DynamicsService(ServiceBase):
                 reqs.append(e)
         # every item's session in one round trip; then a bounded number of items in flight at once
         valid = [r for r in reqs if isinstance(r, StepRequest)]
+        await self.enforcer.charge_steps(tenant, quotas, len(valid))  # all or none: a refusal applies nothing
         await self._prefetch_routes(tenant, [r.session_id for r in valid])
         gate = asyncio.Semaphore(STEP_BATCH_CONCURRENCY)
 
@@ -300,6 +309,8 @@ class DynamicsService(ServiceBase):
         n = len(request.actions)
         if not 1 <= n <= self.config.max_rollout_actions:
             raise InvalidArgument(f"Rollout of {n} actions is out of range [1, {self.config.max_rollout_actions}]")
+        quotas = self.quotas(tenant)
+        self.enforcer.check_rollout(tenant, quotas, n)
         check_session_id(request.session_id)
         check_format(request.format)
         check_request_id(request.request_id)
@@ -313,7 +324,10 @@ class DynamicsService(ServiceBase):
             if request.HasField("guidance"):
                 req.guidance = request.guidance
             rid = f"{request.request_id}/{i}" if request.request_id else ""
-            yield await self._step(_to_request(tenant, req, request_id=rid))
+            r = _to_request(tenant, req, request_id=rid)
+            # the first step is refused at once when over the rate (nothing applied); later ones wait
+            await self.enforcer.charge_steps(tenant, quotas, 1, wait_s=STREAM_PACE_S if i else 0.0)
+            yield await self._step(r)
 
     @rpc("Play", empty=pb.StepResponse)
     async def Play(self, request_stream, grpc_context=None):
@@ -324,8 +338,10 @@ class DynamicsService(ServiceBase):
                 if not msg.session_id:
                     raise InvalidArgument("the first Play message must name the session_id")
                 sid, fmt = msg.session_id, msg.format or PNG
-            yield await self._step(_to_request(tenant, pb.StepRequest(session_id=sid, action=msg.action, format=fmt,
-                                                                      request_id=msg.request_id)))
+            r = _to_request(tenant, pb.StepRequest(session_id=sid, action=msg.action, format=fmt,
+                                                   request_id=msg.request_id))
+            await self.enforcer.charge_steps(tenant, self.quotas(tenant), 1, wait_s=STREAM_PACE_S)  # paced to the rate
+            yield await self._step(r)
 
     @rpc("GetModelInfo", empty=pb.ModelInfo)
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context=None) -> pb.ModelInfo:

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from worldserve.common.codec import PNG, decode_frame, encode_frame
 from worldserve.common.config import Config
 from worldserve.common.errors import InvalidArgument
-from worldserve.sessions.store import SessionRecord, SessionStore
+from worldserve.common.quotas import MAX_TTL_S, QuotaEnforcer, Quotas
+from worldserve.sessions.store import SessionRecord, SessionsFull, SessionStore
 
-MAX_TTL_S = 30 * 24 * 3600
 CATALOG_TTL_S = 30.0  # how long the served models' list is trusted
 
 
@@ -23,9 +23,13 @@ class SessionsCore:
         generate: Callable[..., Awaitable[bytes]],
         frame_info: Callable[[], Awaitable[dict]],
         catalog: Callable[[], Awaitable[dict]] | None = None,
+        quotas: Callable[[str], Quotas] | None = None,
+        enforcer: QuotaEnforcer | None = None,
     ):
         self.store = store
         self.config = config
+        self._quotas = quotas or (lambda tenant: config.quotas)
+        self.enforcer = enforcer or QuotaEnforcer(store.r)
         self._generate = generate  # prompt -> PNG bytes (the image app)
         self._frame_info = frame_info
         self._catalog = catalog  # the dynamics app: {"default": name, "models": {name: {width, height}}}
@@ -56,10 +60,36 @@ class SessionsCore:
             return name, {"width": info["width"], "height": info["height"]}
         return name, served[name]
 
-    def _ttl(self, ttl_s: int) -> int:
+    def _ttl(self, tenant: str, ttl_s: int) -> int:
+        """The TTL of a new session: ``ttl_s``, else the config's default (cut to the tenant's
+        ceiling); RESOURCE_EXHAUSTED above the ceiling."""
         if ttl_s and not 60 <= ttl_s <= MAX_TTL_S:
             raise InvalidArgument(f"ttl_s={ttl_s} is out of range [60, {MAX_TTL_S}]")
-        return ttl_s or self.config.session_ttl_s
+        q = self._quotas(tenant)
+        if ttl_s:
+            self.enforcer.check_ttl(tenant, q, ttl_s)
+            return ttl_s
+        return min(self.config.session_ttl_s, q.max_ttl_s)
+
+    async def _reserve(self, tenant: str) -> str:
+        """A session id counted against the tenant's ``max_sessions`` (release it on failure)."""
+        q = self._quotas(tenant)
+        try:
+            sid, n = await self.store.reserve(tenant, q.max_sessions)
+        except SessionsFull as e:
+            self.enforcer.live_sessions(tenant, e.live)
+            raise self.enforcer.sessions_full(tenant, q, e.live, e.soonest_s) from None
+        self.enforcer.live_sessions(tenant, n)
+        return sid
+
+    async def _reserved(self, tenant: str, make: Callable[[str], Awaitable]):
+        """``make(session_id)`` under a reserved id; the reservation is released if it fails."""
+        sid = await self._reserve(tenant)
+        try:
+            return await make(sid)
+        except BaseException:
+            await self.store.release(tenant, sid)
+            raise
 
     async def create_from_prompt(
         self, tenant: str, prompt: str, *, seed: int, steps: int = 0, guidance: float = 0.0, ttl_s: int = 0,
@@ -67,7 +97,7 @@ class SessionsCore:
     ) -> tuple[SessionRecord, bytes]:
         if not prompt or not prompt.strip():
             raise InvalidArgument("prompt is empty")
-        ttl = self._ttl(ttl_s)
+        ttl = self._ttl(tenant, ttl_s)
         model, size = await self.resolve_model(model)
         info = await self.info()
         if (info["width"], info["height"]) != (size["width"], size["height"]):
@@ -75,22 +105,35 @@ class SessionsCore:
                 f"model {model!r} makes {size['width']}x{size['height']} frames but the image model makes "
                 f"{info['width']}x{info['height']}; create the session from an image of the model's size"
             )
-        png = await self._generate(prompt, seed, steps, guidance)
-        rec = await self.store.create(
-            tenant, model=model, prompt=prompt, seed=seed,
-            width=size["width"], height=size["height"], first_frame=png, ttl_s=ttl,
-        )
-        return rec, png
+
+        async def make(sid: str) -> tuple[SessionRecord, bytes]:  # the quota is taken before the image is made
+            png = await self._generate(prompt, seed, steps, guidance)
+            rec = await self.store.create(
+                tenant, model=model, prompt=prompt, seed=seed,
+                width=size["width"], height=size["height"], first_frame=png, ttl_s=ttl, session_id=sid,
+            )
+            return rec, png
+
+        return await self._reserved(tenant, make)
 
     async def create_from_image(
         self, tenant: str, frame, *, seed: int, ttl_s: int = 0, model: str = ""
     ) -> tuple[SessionRecord, bytes]:
-        ttl = self._ttl(ttl_s)
+        ttl = self._ttl(tenant, ttl_s)
         model, size = await self.resolve_model(model)
         rgb = decode_frame(frame, max_bytes=self.config.max_upload_bytes, expect_size=(size["width"], size["height"]))
         png = encode_frame(rgb, PNG).data
-        rec = await self.store.create(
-            tenant, model=model, prompt="", seed=seed,
-            width=size["width"], height=size["height"], first_frame=png, ttl_s=ttl,
-        )
-        return rec, png
+
+        async def make(sid: str) -> tuple[SessionRecord, bytes]:
+            rec = await self.store.create(
+                tenant, model=model, prompt="", seed=seed,
+                width=size["width"], height=size["height"], first_frame=png, ttl_s=ttl, session_id=sid,
+            )
+            return rec, png
+
+        return await self._reserved(tenant, make)
+
+    async def fork(self, tenant: str, session_id: str, *, step: int | None, seed: int | None) -> SessionRecord:
+        """A child of the session (counted against ``max_sessions``)."""
+        return await self._reserved(
+            tenant, lambda sid: self.store.fork(tenant, session_id, step=step, seed=seed, session_id=sid))

@@ -11,6 +11,7 @@ from ray import serve
 
 from worldserve.common.codec import PNG, check_format, decode_frame, encode_frame
 from worldserve.common.errors import NotFound
+from worldserve.common.quotas import QuotaEnforcer
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.sessions.core import SessionsCore
 from worldserve.sessions.store import SessionRecord, SessionStore
@@ -54,7 +55,8 @@ class SessionService(ServiceBase):
         self.image = serve.get_deployment_handle("ImageService", app_name=image_app)
         self.dynamics = serve.get_deployment_handle("DynamicsService", app_name=dynamics_app)
         self.core = SessionsCore(store, self.config, generate=self._generate, frame_info=self._frame_info,
-                                 catalog=self._catalog)
+                                 catalog=self._catalog, quotas=self.quotas,
+                                 enforcer=QuotaEnforcer(store.r, self.metrics))
         self.store = store
         self.m_created = self.metrics.counter("sessions_created", "Sessions created, by source", ("source",))
         self.m_forked = self.metrics.counter("sessions_forked", "Sessions forked")
@@ -102,7 +104,7 @@ class SessionService(ServiceBase):
 
     @rpc("ForkSession", empty=pb.Session)
     async def ForkSession(self, request: pb.ForkSessionRequest, grpc_context=None) -> pb.Session:
-        rec = await self.store.fork(
+        rec = await self.core.fork(
             self.tenant(grpc_context),
             request.session_id,
             step=request.step if request.HasField("step") else None,

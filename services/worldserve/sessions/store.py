@@ -8,7 +8,9 @@ one Redis Cluster slot so its Lua scripts stay legal there):
 - ``ws:<t>:{<sid>}:log`` hash, append-only: ``a:<n>`` action (JSON), ``z:<n>`` latent frame (packed
   array: dtype/shape header + raw bytes, never pickle), ``f:<n>`` encoded frame (PNG) of step n.
   The model's context is the rolling window of the last ``context_frames`` latents of this log.
-- ``ws:<t>:index`` sorted set: session ids by creation time (for ListSessions).
+- ``ws:<t>:index`` sorted set: session ids by creation time (for ListSessions, and the tenant's
+  live-session count of the ``max_sessions`` quota: a create reserves its id here first, in one
+  script that checks the count, then writes the record).
 
 Every append is one Lua script: a compare-and-set on the step counter, so two racing Steps on one
 session never both land. Both session keys expire by the session's TTL, refreshed on every use.
@@ -65,6 +67,30 @@ local k = redis.call('HGET', KEYS[1], 'r:' .. ARGV[1])
 if not k then return nil end
 return {tonumber(k), redis.call('HGET', KEYS[1], 'f:' .. k)}
 """
+
+
+# KEYS: the tenant's index. ARGV: session id, time, limit (0: none). Returns the index's size
+# with the new id (reserved) or 0 (full: nothing written).
+_RESERVE = """
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+INDEX_GRACE_S = 60.0
+"""An index entry without a record is dropped only when older than this: a younger one is a
+create in progress (reserved, record not yet written)."""
+
+
+class SessionsFull(Exception):
+    """The tenant's index holds ``max_sessions`` live sessions; ``soonest_s``: seconds until the
+    soonest of them expires (None: unknown)."""
+
+    def __init__(self, live: int, soonest_s: float | None):
+        super().__init__(f"{live} live sessions")
+        self.live = live
+        self.soonest_s = soonest_s
 
 
 class AlreadyApplied(Exception):
@@ -182,6 +208,7 @@ class SessionStore:
         self._append = r.register_script(_APPEND)
         self._recorded = r.register_script(_RECORDED)
         self._fork = r.register_script(_FORK)
+        self._reserve = r.register_script(_RESERVE)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 5.0, default_ttl_s: int = 24 * 3600, observe=None) -> "SessionStore":
@@ -252,6 +279,49 @@ class SessionStore:
             await p.execute()
         self._timed("create", t0)
         return rec
+
+    async def reserve(self, tenant: str, max_sessions: int = 0) -> tuple[str, int]:
+        """Reserve a new session id in the tenant's index; the record follows (``create`` or
+        ``fork`` with ``session_id``), or ``release`` on failure. With ``max_sessions`` > 0 the
+        index must hold fewer: when full, entries of expired or deleted sessions are pruned and
+        the reservation tried once more; then :class:`SessionsFull`. Returns the id and the
+        tenant's session count with it."""
+        sid = new_session_id()
+        t0 = time.perf_counter()
+        try:
+            n = await self._reserve(keys=[self._index(tenant)], args=[sid, repr(time.time()), max_sessions])
+            if n:
+                return sid, int(n)
+            live, soonest = await self._prune(tenant)
+            n = await self._reserve(keys=[self._index(tenant)], args=[sid, repr(time.time()), max_sessions])
+            if n:
+                return sid, int(n)
+            raise SessionsFull(live, soonest)
+        finally:
+            self._timed("reserve", t0)
+
+    async def release(self, tenant: str, sid: str) -> None:
+        """Drop a reservation whose create failed (best effort: a left-over one is pruned later)."""
+        try:
+            await self.r.zrem(self._index(tenant), sid)
+        except Exception:  # noqa: BLE001 - Redis away: pruned by the next count
+            pass
+
+    async def _prune(self, tenant: str) -> tuple[int, float | None]:
+        """Drop index entries whose session is gone (older than ``INDEX_GRACE_S``); returns the live
+        count and the seconds until the soonest live session expires (None: unknown)."""
+        rows = await self.r.zrange(self._index(tenant), 0, -1, withscores=True)
+        async with self.r.pipeline(transaction=False) as p:
+            for m, _ in rows:
+                p.pttl(self._rec(tenant, m.decode()))
+            ttls = await p.execute()
+        now = time.time()
+        gone = [m for (m, sc), t in zip(rows, ttls) if t == -2 and sc < now - INDEX_GRACE_S]
+        if gone:
+            await self.r.zrem(self._index(tenant), *gone)
+        live = [t for t in ttls if t != -2]
+        soonest = min((t for t in live if t > 0), default=None)
+        return len(rows) - len(gone), (None if soonest is None else soonest / 1000.0)
 
     async def models_of(self, tenant: str, sids: Sequence[str]) -> list[str | None]:
         """The model each session is bound to (None: no such session), in one round trip.
@@ -335,7 +405,8 @@ class SessionStore:
             gone = []
             for (m, sc), h in zip(rows, hs):
                 if not h:
-                    gone.append(m.decode())  # expired by TTL: drop from the index lazily
+                    if sc < time.time() - INDEX_GRACE_S:  # expired by TTL: drop from the index lazily
+                        gone.append(m.decode())
                 elif len(out) <= page_size:
                     out.append(SessionRecord.from_redis(tenant, m.decode(), h))
                     scores.append(sc)
@@ -376,11 +447,14 @@ class SessionStore:
         finally:
             await pubsub.aclose()
 
-    async def fork(self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None) -> SessionRecord:
+    async def fork(self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None,
+                   session_id: str | None = None) -> SessionRecord:
+        """A child session at ``step`` (default: the parent's current step); ``session_id``: its
+        id reserved by ``reserve`` (default: a new one)."""
         parent = await self.get(tenant, sid, touch=False)
         if step is not None and step > parent.step:
             raise InvalidArgument(f"fork step {step} is beyond the session's current step {parent.step}")
-        child_id = new_session_id()
+        child_id = session_id or new_session_id()
         now = time.time()
         fields = {
             "model": parent.model,
