@@ -35,6 +35,9 @@ def cluster(tmp_path_factory):
             "DynamicsModel-platformer-fast": {
                 "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1},
             },
+            # two replicas of each ingress that enforces quotas: a quota must hold wherever a call lands
+            "DynamicsService": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2}},
+            "SessionService": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2}},
         },
     ) as c:
         yield {

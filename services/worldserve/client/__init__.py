@@ -124,6 +124,46 @@ def _backoff(e: grpc.RpcError, attempt: int, idempotent: bool = True) -> float |
     return None
 
 
+class _ResumingStream:
+    """A Rollout's responses: a refusal with RetryInfo, or UNAVAILABLE, resends the same Rollout
+    (same request id) after the delay while ``retry_s`` lasts; the steps that had landed come back
+    as recorded and are skipped, so every action is applied once and yielded once. ``cancel()``
+    ends it."""
+
+    def __init__(self, client: "_Base", open_stream):
+        self._client, self._open = client, open_stream
+        self._stream = open_stream()
+        self._seen = 0
+        self._skip = 0
+        self._deadline = time.monotonic() + client.retry_s
+        self._attempt = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            try:
+                item = next(self._stream)
+            except grpc.RpcError as e:
+                delay = _backoff(e, self._attempt)
+                if delay is None or time.monotonic() + delay > self._deadline:
+                    raise
+                time.sleep(delay)
+                self._attempt += 1
+                self._client.retries += 1
+                self._stream, self._skip = self._open(), self._seen
+                continue
+            if self._skip:
+                self._skip -= 1
+                continue
+            self._seen += 1
+            return item
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+
 class _Base:
     def __init__(self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0,
                  retry_s: float = 30.0):
@@ -319,12 +359,15 @@ class WorldClient(_Base):
 
     def rollout(self, session_id: str, actions: Iterable, fmt: str = "png", expected_step: int | None = None,
                 request_id: str | None = None):
-        """A stream of one StepResponse per action. Resend with the same ``request_id`` to resume."""
+        """A stream of one StepResponse per action (``cancel()`` ends it). Refused by a quota with a
+        retry delay, or UNAVAILABLE, it is resent with the same ``request_id`` while ``retry_s`` lasts: the
+        steps that landed come back as recorded and are skipped (each action applied and yielded once)."""
         req = dynamics_pb2.RolloutRequest(session_id=session_id, actions=_actions(actions), format=_fmt(fmt),
                                           request_id=request_id or new_request_id())
         if expected_step is not None:
             req.expected_step = expected_step
-        return self.dynamics.Rollout(req, metadata=self._md("dynamics", session_id), timeout=self.timeout_s)
+        md = self._md("dynamics", session_id)
+        return _ResumingStream(self, lambda: self.dynamics.Rollout(req, metadata=md, timeout=self.timeout_s))
 
     def play(self, session_id: str, actions: Iterable, fmt: str = "png"):
         """Bidirectional: yields one StepResponse per action, as actions are consumed."""

@@ -40,7 +40,7 @@ MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
 INFO_TTL_S = 30.0  # how long the ingress trusts a model's reported info (its runtime may change)
 ROUTE_CACHE_SESSIONS = 100_000  # session -> model entries the ingress remembers
 STEP_BATCH_CONCURRENCY = 64  # items of one StepBatch in flight at once (bounds its Redis and model work)
-STREAM_PACE_S = 5.0  # a Rollout's or Play's step waits this long at most for room in the tenant's step rate
+STREAM_PACE_S = 5.0  # a Rollout's or Play's step waits at most this long for room in the tenant's step rate
 
 
 def model_deployment_name(model: str) -> str:
@@ -325,8 +325,9 @@ class DynamicsService(ServiceBase):
                 req.guidance = request.guidance
             rid = f"{request.request_id}/{i}" if request.request_id else ""
             r = _to_request(tenant, req, request_id=rid)
-            # the first step is refused at once when over the rate (nothing applied); later ones wait
-            await self.enforcer.charge_steps(tenant, quotas, 1, wait_s=STREAM_PACE_S if i else 0.0)
+            # a stream's steps are paced to the tenant's rate (refused only past STREAM_PACE_S: Serve's
+            # proxy drops a failed stream's trailing metadata, so a refusal could not carry RetryInfo)
+            await self.enforcer.charge_steps(tenant, quotas, 1, wait_s=STREAM_PACE_S)
             yield await self._step(r)
 
     @rpc("Play", empty=pb.StepResponse)
