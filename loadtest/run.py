@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     slo = yaml.safe_load(ns.slo.read_text()).get(ns.scenario, {})
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from worldserve.local import local_cluster, replica_counts
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("count", "errors", "rps", "p50 ms", "p95 ms", "p99 ms", "deadline miss"):
         table.add_column(col, justify="right")
     for name, s in summary.items():
-        table.add_row(name, str(s["count"]), str(s["errors"]), f"{s['rps']:.1f}", f"{s['p50_ms']:.0f}",
+        table.add_row(escape(name), str(s["count"]), str(s["errors"]), f"{s['rps']:.1f}", f"{s['p50_ms']:.0f}",
                       f"{s['p95_ms']:.0f}", f"{s['p99_ms']:.0f}", f"{s['deadline_miss_ratio']:.1%}")
     console.print(table)
     rows = check_slo(summary, slo)
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("figure", "measured", "limit", ""):
         st.add_column(col)
     for name, figure, value, limit, ok in rows:
-        st.add_row(name, figure, f"{value:.3f}", str(limit), "[green]ok[/]" if ok else "[red]MISSED[/]")
+        st.add_row(escape(name), figure, f"{value:.3f}", str(limit), "[green]ok[/]" if ok else "[red]MISSED[/]")
     console.print(st)
     peak = {app: max((s[app] for s in samples), default=0) for app in APPS}
     final = samples[-1] if samples else {}

@@ -64,7 +64,9 @@ class GrpcUser(User):
         self.ensure_session()
         if self.session_id is not None:
             k = KEYS[int(time.time() * 7) % len(KEYS)]
-            self.call(name, lambda: self.client.step(self.session_id, [k]))
+            # a paced player names its frame deadline: the cluster schedules its steps as interactive
+            deadline = int(1000 / self.fps) if self.fps else None
+            self.call(name, lambda: self.client.step(self.session_id, [k], deadline_ms=deadline))
 
 
 class FarmAgent(GrpcUser):

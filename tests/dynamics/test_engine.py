@@ -304,3 +304,49 @@ def test_frame_dataclass_converts_to_protobuf():
 
     f = encode_rgb(np.zeros((4, 6, 3), np.uint8), RAW)
     assert f.to_pb() == common_pb2.Frame(format=RAW, data=bytes(72), width=6, height=4)
+
+
+class SlowToy(ToyModel):
+    """Each model call takes ``delay_s`` (a CPU model's step), so batch lengths show in latency."""
+
+    def __init__(self, delay_s: float):
+        super().__init__()
+        self.delay_s = delay_s
+
+    def step(self, *a, **kw):
+        import time
+
+        time.sleep(self.delay_s)
+        return super().step(*a, **kw)
+
+
+async def test_an_interactive_step_overtakes_queued_farm_steps_and_batches_stay_short(make_engine, store):
+    import time
+
+    engine = make_engine(SlowToy(0.02), invariant=True, max_batch_size=64, interactive_batch_s=0.05)
+    farm = [await new_session(store, seed=i, tenant="farm") for i in range(24)]
+    player = await new_session(store, seed=99, tenant="player")
+    await engine.step(req(player.session_id, tenant="player"))  # warm: the per-step estimate exists
+    t0 = time.monotonic()
+    farm_tasks = [asyncio.create_task(engine.step(req(r.session_id, tenant="farm"))) for r in farm]
+    await asyncio.sleep(0.03)  # the farm's steps are queued and running
+    out = await engine.step(req(player.session_id, tenant="player", priority=Priority.INTERACTIVE,
+                                deadline=time.time() + 0.5))
+    interactive_s = time.monotonic() - t0
+    farm_done = sum(t.done() for t in farm_tasks)
+    await asyncio.gather(*farm_tasks)
+    farm_s = time.monotonic() - t0
+    assert out.step == 2
+    # 24 farm steps take ~0.5 s of model time; the player's step went ahead of most of them
+    assert farm_done < 12 and interactive_s < farm_s / 2, (farm_done, interactive_s, farm_s)
+    assert sample("worldserve_dynamics_deadline_steps_total", model=MODEL, outcome="met") >= 1
+
+
+async def test_batches_are_cut_only_while_interactive_steps_are_about(make_engine, store):
+    engine = make_engine(SlowToy(0.01), invariant=True, max_batch_size=64, interactive_batch_s=0.02)
+    assert engine._batch_limit(False) is None and engine._batch_limit(True) is None  # no estimate yet
+    recs = [await new_session(store, seed=i) for i in range(4)]
+    await asyncio.gather(*(engine.step(req(r.session_id)) for r in recs))
+    assert engine._item_s > 0.005
+    assert engine._batch_limit(False) is None
+    assert 1 <= engine._batch_limit(True) <= 4  # 0.02 s of model time at ~0.01 s a step

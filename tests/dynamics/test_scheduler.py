@@ -1,4 +1,5 @@
-"""Scheduler: priorities first, then round-robin across tenants, bounded queue."""
+"""Scheduler: interactive steps by deadline, then normal, then bulk, round-robin across tenants;
+bounded queue; batches cut to a limit."""
 
 import asyncio
 
@@ -30,13 +31,35 @@ def test_the_next_batch_starts_after_the_last_tenant_served():
     assert s.take_batch() == ["b1", "c1"]
 
 
-def test_interactive_before_bulk():
+def test_interactive_before_normal_before_bulk():
     s: Scheduler[str] = Scheduler(max_batch_size=3, max_queue=100)
     for i in range(3):
         s.submit("farm", f"b{i}", Priority.BULK)
-    s.submit("player", "p0")
-    assert s.take_batch() == ["p0", "b0", "b1"]
-    assert s.take_batch() == ["b2"]
+    s.submit("agent", "n0")
+    s.submit("player", "p0", Priority.INTERACTIVE, deadline=5.0)
+    assert s.take_batch() == ["p0", "n0", "b0"]
+    assert s.take_batch() == ["b1", "b2"]
+
+
+def test_interactive_steps_go_earliest_deadline_first_whatever_the_tenant():
+    s: Scheduler[str] = Scheduler(max_batch_size=8, max_queue=100)
+    s.submit("noisy", "late", Priority.INTERACTIVE, deadline=9.0)
+    s.submit("noisy", "none", Priority.INTERACTIVE)  # no deadline: after every one that has one
+    s.submit("quiet", "soon", Priority.INTERACTIVE, deadline=2.0)
+    s.submit("noisy", "soon-too", Priority.INTERACTIVE, deadline=2.0)  # a tie: arrival order
+    assert s.take_batch() == ["soon", "soon-too", "late", "none"]
+
+
+def test_a_limit_cuts_the_batch_and_interactive_items_can_be_withdrawn():
+    s: Scheduler[str] = Scheduler(max_batch_size=8, max_queue=100)
+    for i in range(4):
+        s.submit("farm", f"n{i}")
+    s.submit("p", "p0", Priority.INTERACTIVE, deadline=1.0)
+    s.submit("p", "p1", Priority.INTERACTIVE, deadline=2.0)
+    assert s.remove("p", "p0") and not s.remove("p", "p0")
+    assert s.take_batch(limit=2) == ["p1", "n0"]
+    assert s.take_batch(limit=0) == ["n1"]  # at least one
+    assert s.take_batch(limit=100) == ["n2", "n3"] and s.depth == 0
 
 
 def test_bounded_queue_and_remove():
@@ -44,8 +67,9 @@ def test_bounded_queue_and_remove():
     s: Scheduler[str] = Scheduler(max_batch_size=8, max_queue=2, on_depth=depths.append)
     s.submit("a", "x")
     s.submit("a", "y")
-    with pytest.raises(ResourceExhausted, match="2 steps waiting"):
+    with pytest.raises(ResourceExhausted, match="2 steps waiting") as e:
         s.submit("b", "z")
+    assert e.value.retry_after_s and e.value.retry_after_s > 0  # RetryInfo: nothing was applied
     assert s.remove("a", "x") and not s.remove("a", "x")
     assert s.take_batch() == ["y"]
     assert depths == [1, 2, 1, 0]

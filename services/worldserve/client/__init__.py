@@ -226,9 +226,12 @@ class _Base:
         return req
 
     @staticmethod
-    def _step_req(session_id, keys, mouse, expected_step, fmt, guidance, event=None, request_id=None):
+    def _step_req(session_id, keys, mouse, expected_step, fmt, guidance, event=None, request_id=None,
+                  deadline_ms=None):
         req = dynamics_pb2.StepRequest(session_id=session_id, action=action(keys, mouse, event), format=_fmt(fmt),
                                        request_id=request_id or new_request_id())
+        if deadline_ms is not None:
+            req.deadline_ms = int(deadline_ms)
         if expected_step is not None:
             req.expected_step = expected_step
         if guidance is not None:
@@ -327,10 +330,12 @@ class WorldClient(_Base):
     def step(
         self, session_id: str, keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, *,
         expected_step: int | None = None, fmt: str = "png", guidance: float | None = None, event: str | None = None,
-        request_id: str | None = None,
+        request_id: str | None = None, deadline_ms: int | None = None,
     ) -> dynamics_pb2.StepResponse:
-        """One step, exactly once: retried with its request id while UNAVAILABLE (see the module doc)."""
-        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event, request_id)
+        """One step, exactly once: retried with its request id while UNAVAILABLE (see the module doc).
+        ``deadline_ms``: the frame is wanted within this many milliseconds (a player's frame
+        interval): the step is scheduled as interactive, ahead of steps without a deadline."""
+        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event, request_id, deadline_ms)
         md = self._md("dynamics", session_id)
         return self._retrying(lambda: self.dynamics.Step(req, metadata=md, timeout=self.timeout_s))
 
@@ -369,13 +374,14 @@ class WorldClient(_Base):
         md = self._md("dynamics", session_id)
         return _ResumingStream(self, lambda: self.dynamics.Rollout(req, metadata=md, timeout=self.timeout_s))
 
-    def play(self, session_id: str, actions: Iterable, fmt: str = "png"):
-        """Bidirectional: yields one StepResponse per action, as actions are consumed."""
+    def play(self, session_id: str, actions: Iterable, fmt: str = "png", deadline_ms: int = 0):
+        """Bidirectional: yields one StepResponse per action, as actions are consumed. Play steps
+        are interactive; ``deadline_ms``: each frame's deadline (0: the cluster's default)."""
 
         def reqs():
             for i, a in enumerate(_actions(actions)):
                 yield dynamics_pb2.PlayRequest(session_id=session_id if i == 0 else "", action=a, format=_fmt(fmt),
-                                               request_id=new_request_id())
+                                               request_id=new_request_id(), deadline_ms=deadline_ms)
 
         return self.dynamics.Play(reqs(), metadata=self._md("dynamics", session_id), timeout=self.timeout_s)
 
@@ -423,8 +429,9 @@ class AsyncWorldClient(_Base):
 
     async def step(self, session_id: str, keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, *,
                    expected_step: int | None = None, fmt: str = "png", guidance: float | None = None,
-                   event: str | None = None, request_id: str | None = None) -> dynamics_pb2.StepResponse:
-        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event, request_id)
+                   event: str | None = None, request_id: str | None = None,
+                   deadline_ms: int | None = None) -> dynamics_pb2.StepResponse:
+        req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event, request_id, deadline_ms)
         md = self._md("dynamics", session_id)
         return await self._aretrying(lambda: self.dynamics.Step(req, metadata=md, timeout=self.timeout_s))
 

@@ -120,6 +120,13 @@ class Config:
     dtype: str = "auto"
     """Compute dtype of the dynamics models: "auto" (bfloat16 on CUDA, float32 on CPU), "float32",
     "bfloat16" or "float16"."""
+    interactive_batch_s: float = 0.1
+    """While interactive steps (Play, Steps with a frame deadline) were queued in the last
+    seconds, a model batch is cut to about this much model time (estimated per step from the
+    batches before): a frame that arrives while a batch runs waits at most about this long.
+    Bounds: 0.005 .. 10."""
+    play_deadline_ms: int = 1000
+    """Frame deadline of a Play step that names none. Bounds: 1 .. 60000."""
     max_rollout_actions: int = 256
     """Most actions in one Rollout. Bounds: 1 .. 10000."""
     device: str = "auto"
@@ -156,6 +163,8 @@ class Config:
         if self.default_model and self.default_model not in names:
             raise ValueError(f"default_model={self.default_model!r} is not one of the served models {names}")
         _bounded("max_rollout_actions", self.max_rollout_actions, 1, 10_000)
+        _bounded("interactive_batch_s", self.interactive_batch_s, 0.005, 10)
+        _bounded("play_deadline_ms", self.play_deadline_ms, 1, 60_000)
         object.__setattr__(self, "quotas", Quotas.parse(self.quotas))
         _bounded("torch_threads", self.torch_threads, 0, 256)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -42,6 +42,7 @@ log = logging.getLogger("worldserve.dynamics")
 MAX_GUIDANCE = 20.0
 MAX_EVENT_CHARS = 200
 GAUGE_REFRESH_S = 5.0  # Ray drops a gauge that is not set for ~20 s
+INTERACTIVE_WINDOW_S = 2.0  # batches stay short this long after the last interactive step was queued
 
 
 class Engine:
@@ -80,6 +81,9 @@ class Engine:
         self.m_replays = m.counter("step_replays", "Steps answered from the log: their request id had already landed",
                                    ("model",))
         self.m_failures = m.counter("item_failures", "Steps that failed in the model (their batch went on)", ("model",))
+        self.m_deadline = m.counter("deadline_steps", "Steps answered that carried a frame deadline, by outcome",
+                                    ("model", "outcome"))
+        self._item_s = 0.0  # model seconds per step, averaged over recent batches
         self.cache = StateCache(
             model, config.state_cache_bytes,
             on_evict=lambda reason: self.m_evictions.inc(model=self.model_name, reason=reason),
@@ -163,7 +167,10 @@ class Engine:
             self._inflight.add(key)
             self.cache.pin(key)
             try:
-                return await self._step(req, key, vec, g, fmt)
+                out = await self._step(req, key, vec, g, fmt)
+                if req.deadline is not None:
+                    self.m_deadline.inc(model=self.model_name, outcome="met" if time.time() <= req.deadline else "missed")
+                return out
             finally:
                 self.cache.unpin(key)
                 self._inflight.discard(key)
@@ -256,7 +263,7 @@ class Engine:
     async def _run(self, job: Job) -> None:
         """Queue the job and wait for the runner; a caller that gives up withdraws a queued job."""
         job.fut = asyncio.get_running_loop().create_future()
-        self.scheduler.submit(job.req.tenant, job, job.req.priority)
+        self.scheduler.submit(job.req.tenant, job, job.req.priority, job.req.deadline)
         try:
             await asyncio.shield(job.fut)
         except asyncio.CancelledError:
@@ -286,9 +293,11 @@ class Engine:
                 self.m_queue.set(self.scheduler.depth, **self._lbl)
                 self._cache_changed(len(self.cache), self.cache.nbytes)
                 continue
-            if self.config.max_batch_wait_s > 0 and self.scheduler.depth < self.config.max_batch_size:
+            interactive = time.monotonic() - self.scheduler.last_interactive < INTERACTIVE_WINDOW_S
+            if (self.config.max_batch_wait_s > 0 and not interactive
+                    and self.scheduler.depth < self.config.max_batch_size):
                 await asyncio.sleep(self.config.max_batch_wait_s)
-            batch = self.scheduler.take_batch()
+            batch = self.scheduler.take_batch(self._batch_limit(interactive))
             if not batch:
                 continue
             self.m_batch.observe(len(batch), **self._lbl)
@@ -300,7 +309,10 @@ class Engine:
                 for j in batch:
                     j.error = e
             else:
-                self.m_model.observe(time.perf_counter() - t0, **self._lbl)
+                took = time.perf_counter() - t0
+                self.m_model.observe(took, **self._lbl)
+                per = took / len(batch)
+                self._item_s = per if not self._item_s else 0.8 * self._item_s + 0.2 * per
                 rt = self.model.runtime
                 if stats.steps:
                     self.m_steps.inc(stats.steps, model=self.model_name, backend=rt.attention_backend,
@@ -308,6 +320,13 @@ class Engine:
             for j in batch:
                 if not j.fut.done():
                     j.fut.set_result(None)
+
+    def _batch_limit(self, interactive: bool) -> int | None:
+        """The most steps in the next batch: None (``max_batch_size``), or while interactive steps
+        are about, as many as fit ``interactive_batch_s`` of model time."""
+        if not interactive or not self._item_s:
+            return None
+        return max(1, int(self.config.interactive_batch_s / self._item_s))
 
     async def _eviction_loop(self) -> None:
         """Evict the state of every session deleted anywhere in the cluster."""

@@ -134,10 +134,29 @@ class ModelServer:
 # the ingress
 
 
-def _to_request(tenant: str, r: pb.StepRequest, priority: Priority = Priority.INTERACTIVE,
-                request_id: str | None = None) -> StepRequest:
-    """``request_id``: the id to record (a Rollout's "<id>/<i>"); None: the request's own, checked."""
+MAX_DEADLINE_MS = 60_000
+
+
+def _deadline(ms: int) -> float:
+    if not 1 <= ms <= MAX_DEADLINE_MS:
+        raise InvalidArgument(f"deadline_ms={ms} is out of range [1, {MAX_DEADLINE_MS}]")
+    return time.time() + ms / 1000.0
+
+
+def _to_request(tenant: str, r: pb.StepRequest, priority: Priority | None = None,
+                request_id: str | None = None, deadline_ms: int | None = None) -> StepRequest:
+    """``priority``: the class of the RPC (StepBatch, Rollout: BULK; Play: INTERACTIVE); None: a
+    Step, INTERACTIVE when it carries a frame deadline, else NORMAL. ``deadline_ms``: the deadline
+    of a Play step. ``request_id``: the id to record (a Rollout's "<id>/<i>"); None: the
+    request's own, checked."""
     check_session_id(r.session_id)
+    deadline = None
+    if priority is None:
+        priority = Priority.NORMAL
+        if r.HasField("deadline_ms"):
+            priority, deadline = Priority.INTERACTIVE, _deadline(r.deadline_ms)
+    elif priority == Priority.INTERACTIVE and deadline_ms is not None:
+        deadline = _deadline(deadline_ms)
     return StepRequest(
         tenant=tenant,
         session_id=r.session_id,
@@ -148,6 +167,7 @@ def _to_request(tenant: str, r: pb.StepRequest, priority: Priority = Priority.IN
         guidance=r.guidance if r.HasField("guidance") else None,
         fmt=check_format(r.format),
         priority=priority,
+        deadline=deadline,
         request_id=check_request_id(r.request_id) if request_id is None else request_id,
     )
 
@@ -324,7 +344,7 @@ class DynamicsService(ServiceBase):
             if request.HasField("guidance"):
                 req.guidance = request.guidance
             rid = f"{request.request_id}/{i}" if request.request_id else ""
-            r = _to_request(tenant, req, request_id=rid)
+            r = _to_request(tenant, req, Priority.BULK, request_id=rid)
             # a stream's steps are paced to the tenant's rate (refused only past STREAM_PACE_S: Serve's
             # proxy drops a failed stream's trailing metadata, so a refusal could not carry RetryInfo)
             await self.enforcer.charge_steps(tenant, quotas, 1, wait_s=STREAM_PACE_S)
@@ -340,7 +360,8 @@ class DynamicsService(ServiceBase):
                     raise InvalidArgument("the first Play message must name the session_id")
                 sid, fmt = msg.session_id, msg.format or PNG
             r = _to_request(tenant, pb.StepRequest(session_id=sid, action=msg.action, format=fmt,
-                                                   request_id=msg.request_id))
+                                                   request_id=msg.request_id),
+                            Priority.INTERACTIVE, deadline_ms=msg.deadline_ms or self.config.play_deadline_ms)
             await self.enforcer.charge_steps(tenant, self.quotas(tenant), 1, wait_s=STREAM_PACE_S)  # paced to the rate
             yield await self._step(r)
 

@@ -11,11 +11,13 @@ from worldserve.common.codec import PNG, EncodedFrame
 
 
 class Priority(enum.IntEnum):
-    """Lower runs first. A player waiting for a frame (Step, Play, Rollout) goes before bulk
-    evaluation traffic (StepBatch)."""
+    """Lower runs first. A player waiting for a frame (Play, a Step with a frame deadline) goes
+    first, earliest deadline first; then plain Steps; then bulk evaluation traffic (StepBatch,
+    Rollout). The last two go round-robin across tenants."""
 
     INTERACTIVE = 0
-    BULK = 1
+    NORMAL = 1
+    BULK = 2
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ class StepRequest:
     """Action guidance scale; None = the model's default."""
     fmt: int = PNG
     """Encoding of the returned frame."""
-    priority: Priority = Priority.INTERACTIVE
+    priority: Priority = Priority.NORMAL
+    deadline: float | None = None
+    """Wall-clock time (``time.time()``) by which the frame is wanted (interactive steps)."""
     request_id: str = ""
     """Idempotency key: a step already recorded under it is returned again, not re-applied."""
 

@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StepRequest(_message.Message):
-    __slots__ = ("session_id", "action", "expected_step", "format", "guidance", "request_id")
+    __slots__ = ("session_id", "action", "expected_step", "format", "guidance", "request_id", "deadline_ms")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_STEP_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     action: _common_pb2.Action
     expected_step: int
     format: _common_pb2.FrameFormat
     guidance: float
     request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., expected_step: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., guidance: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    deadline_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., expected_step: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., guidance: _Optional[float] = ..., request_id: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
 
 class StepResponse(_message.Message):
     __slots__ = ("session_id", "step", "frame")
@@ -70,16 +72,18 @@ class RolloutRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[_common_pb2.Action, _Mapping]]] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., expected_step: _Optional[int] = ..., guidance: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PlayRequest(_message.Message):
-    __slots__ = ("session_id", "action", "format", "request_id")
+    __slots__ = ("session_id", "action", "format", "request_id", "deadline_ms")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     action: _common_pb2.Action
     format: _common_pb2.FrameFormat
     request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    deadline_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., request_id: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("model",)
