@@ -29,12 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-requests", type=int, default=100_000)
     ap.add_argument("--out", required=True)
     ap.add_argument("--sessions", help="file of session ids, one a line, for scenarios that step existing sessions")
+    ap.add_argument("--user-class", help="run only this user class of the scenario (loadtest.run starts one "
+                                         "worker process per class)")
     ns = ap.parse_args(argv)
     if not ns.target.startswith(("127.", "localhost", "[::1]")):
         raise SystemExit(f"refusing target {ns.target!r}: load tests stay on loopback")
 
     keys = json.loads(open(ns.keys).read())
     classes = scenarios.SCENARIOS[ns.scenario]
+    if ns.user_class:
+        classes = [c for c in classes if c.__name__ == ns.user_class]
+        if not classes:
+            raise SystemExit(f"scenario {ns.scenario!r} has no user class {ns.user_class!r}")
     pool = open(ns.sessions).read().split() if ns.sessions else []
     for cls in classes:
         cls.keys = keys

@@ -42,6 +42,20 @@ DEFAULTS = {  # users, spawn rate, seconds of load, seconds of idle sampling aft
 }
 
 
+def split_users(scenario: str, users: int) -> list[tuple[str, int]]:
+    """(user class, users) for each class of a scenario, by the classes' weights (at least one each)."""
+    from loadtest import scenario_classes
+
+    classes = scenario_classes(scenario)
+    total = sum(w for _, w in classes)
+    out = [(name, max(1, round(users * w / total))) for name, w in classes]
+    extra = sum(n for _, n in out) - users
+    if extra > 0:  # rounding gave one too many: take it from the largest class
+        i = max(range(len(out)), key=lambda j: out[j][1])
+        out[i] = (out[i][0], out[i][1] - extra)
+    return out
+
+
 def percentile(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -68,6 +82,39 @@ def summarize(records: list[dict], load_s: float) -> dict[str, dict]:
             "codes": sorted({r["code"] for r in rs}),
         }
     return out
+
+
+SERVER_TIMINGS = {  # histogram (scraped name) -> the label that splits it, what the report calls it, ms per unit
+    "ray_worldserve_dynamics_queue_wait_seconds": ("priority", "queue wait", 1000.0),
+    "ray_worldserve_dynamics_model_step_duration_seconds": ("model", "model batch", 1000.0),
+    "ray_worldserve_dynamics_request_duration_seconds": ("rpc", "dynamics ingress", 1000.0),
+    "ray_serve_grpc_request_latency_ms": ("route", "serve grpc proxy", 1.0),
+    "ray_serve_deployment_processing_latency_ms": ("deployment", "replica", 1.0),
+}
+
+
+def server_timings(metrics_url: str, wait_s: float = 15.0) -> dict[str, dict[str, float]]:
+    """Mean seconds of the cluster's own histograms (queue wait by priority, model batch time,
+    ingress RPC time) from its Prometheus endpoint, after Ray's next export."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    time.sleep(wait_s)  # Ray exports every ~10 s
+    try:
+        text = urllib.request.urlopen(metrics_url, timeout=30).read().decode()
+    except OSError:
+        return {}
+    sums: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            for name, (label, what, scale) in SERVER_TIMINGS.items():
+                if smp.name in (name + "_sum", name + "_count"):
+                    key = f"{what} [{smp.labels.get(label, '')}]"
+                    d = sums.setdefault(key, {"sum": 0.0, "count": 0.0, "scale": scale})
+                    d["sum" if smp.name.endswith("_sum") else "count"] += smp.value
+    return {k: {"mean_ms": d["scale"] * d["sum"] / d["count"], "count": d["count"]}
+            for k, d in sums.items() if d["count"]}
 
 
 def check_slo(summary: dict[str, dict], slo: dict) -> list[tuple[str, str, float, float, bool]]:
@@ -145,7 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-s", type=float, help="seconds of sampling after the load (scale-down)")
     ap.add_argument("--out", type=Path, default=Path("out/loadtest"))
     ap.add_argument("--slo", type=Path, default=HERE / "slo.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=YAML",
+                    help="a config override for every application, e.g. --set torch_threads=1 (repeatable)")
     ns = ap.parse_args(argv)
+    app_args = {}
+    for item in ns.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected FIELD=VALUE")
+        app_args[field] = yaml.safe_load(value)
     users, rate, dur, idle = DEFAULTS[ns.scenario]
     users, rate = ns.users or users, ns.spawn_rate or rate
     dur = ns.duration_s if ns.duration_s is not None else dur
@@ -174,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     tenants = ("tenant-a", "noisy", "quiet-0", "quiet-1", "quiet-2")
     samples: list[dict] = []
     console.print(f"[bold]{ns.scenario}[/]: {users} users, {dur:.0f} s of load" + (f", then {idle:.0f} s idle" if idle else ""))
-    with local_cluster(tenants=tenants, deployment_overrides=overrides, num_cpus=num_cpus, workdir=out / "cluster") as c:
+    with local_cluster(tenants=tenants, deployment_overrides=overrides, num_cpus=num_cpus, workdir=out / "cluster",
+                       app_args=app_args) as c:
         keys_file = out / "keys.json"
         keys_file.write_text(json.dumps(c.keys))
         keys_file.chmod(0o600)
@@ -200,22 +256,43 @@ def main(argv: list[str] | None = None) -> int:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         rec_file = out / "requests.jsonl"
-        cmd = [
-            sys.executable, "-m", "loadtest.locust_worker", "--scenario", ns.scenario, "--target", c.target,
-            "--keys", str(keys_file), "--users", str(users), "--spawn-rate", str(rate),
-            "--duration-s", str(dur), "--out", str(rec_file), *extra_args,
-        ]
+        procs = []
+        # one Locust process per user class: a tenant's users never share a gevent loop with another
+        # tenant's (in one process, 12 closed-loop users delayed a paced user's calls by ~300 ms)
+        for cls_name, n in split_users(ns.scenario, users):
+            part = out / f"requests.{cls_name}.jsonl"
+            cmd = [
+                sys.executable, "-m", "loadtest.locust_worker", "--scenario", ns.scenario, "--target", c.target,
+                "--keys", str(keys_file), "--users", str(n), "--spawn-rate", str(max(1.0, rate * n / users)),
+                "--duration-s", str(dur), "--out", str(part), "--user-class", cls_name, *extra_args,
+            ]
+            procs.append((part, subprocess.Popen(cmd, cwd=HERE.parent, stdout=subprocess.PIPE,
+                                                 stderr=subprocess.PIPE, text=True)))
+        failed = False
         with console.status(f"load: {users} users for {dur:.0f} s ..."):
-            proc = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True, timeout=dur + 300)
-        if proc.returncode != 0:
-            console.print(proc.stdout[-3000:], proc.stderr[-3000:])
+            for part, proc in procs:
+                try:
+                    so, se = proc.communicate(timeout=dur + 300)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    so, se = proc.communicate()
+                if proc.returncode != 0:
+                    console.print(so[-3000:], se[-3000:])
+                    failed = True
+        if failed:
             stop.set()
             return 2
+        with rec_file.open("w") as f:
+            for part, _ in procs:
+                f.write(part.read_text())
+                part.unlink()
         if idle:
             with console.status(f"idle: sampling replicas for {idle:.0f} s ..."):
                 time.sleep(idle)
         stop.set()
         sampler.join(5)
+        with console.status("reading the cluster's own timings ..."):
+            server = server_timings(c.metrics_url)
 
     records = [json.loads(line) for line in rec_file.read_text().splitlines() if line.strip()]
     summary = summarize(records, dur)
@@ -252,7 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.json").write_text(json.dumps(
         {"scenario": ns.scenario, "users": users, "duration_s": dur, "idle_s": idle, "summary": summary,
          "slo": [dict(zip(("request", "figure", "measured", "limit", "ok"), r)) for r in rows],
-         "replicas": samples}, indent=2))
+         "replicas": samples, "server": server}, indent=2))
+    if server:
+        console.print("server side (mean ms): " + escape(", ".join(f"{k} {v['mean_ms']:.0f} (n={v['count']:.0f})"
+                                                                     for k, v in server.items())))
     console.print(f"wrote {png} and {out / 'report.json'}")
     return 0 if all(r[4] for r in rows) else 1
 

@@ -16,6 +16,7 @@ grpc_gevent.init_gevent()
 import grpc  # noqa: E402
 from locust import User, between, constant, constant_pacing, task  # noqa: E402
 
+from loadtest import SCENARIO_CLASSES  # noqa: E402
 from worldserve.client import WorldClient  # noqa: E402
 
 KEYS = ["right", "right", "left", "up", "jump", "right", "down", "fire"]
@@ -119,7 +120,6 @@ class Creator(GrpcUser):
 class NoisyTenant(GrpcUser):
     tenant = "noisy"
     wait_time = constant(0)
-    weight = 3
 
     @task
     def go(self) -> None:
@@ -129,7 +129,6 @@ class NoisyTenant(GrpcUser):
 class QuietTenant(GrpcUser):
     fps = 2.0
     wait_time = constant_pacing(1 / 2.0)
-    weight = 1
 
     def on_start(self) -> None:
         self.tenant = "quiet-%d" % (next(_seq) % 3)
@@ -140,10 +139,7 @@ class QuietTenant(GrpcUser):
         self.step("Step[quiet]")
 
 
-SCENARIOS = {
-    "farm": [FarmAgent],
-    "interactive": [Player],
-    "burst": [Creator],
-    "tenants": [NoisyTenant, QuietTenant],
-    "autoscale": [DynamicsOnlyAgent],
-}
+SCENARIOS = {name: [globals()[cls] for cls, _ in classes] for name, classes in SCENARIO_CLASSES.items()}
+for _classes in SCENARIO_CLASSES.values():
+    for _cls, _weight in _classes:
+        globals()[_cls].weight = _weight

@@ -1,4 +1,4 @@
-"""`worldserve up | down | status | play | add-key`: run a local cluster and play a world.
+"""`worldserve up | down | status | play | eval | add-key | quota`: run a local cluster and play a world.
 
 State lives in ``$WORLDSERVE_HOME`` (default ``~/.worldserve``): the embedded Redis's data and
 pid, the hashed API key file, and the development key (mode 0600).
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -259,16 +260,126 @@ def play(
     console.print(f"wrote {out} ({len(frames)} frames) from session {s.session_id} (model {s.model})")
 
 
+def _keys_file() -> Path:
+    return Path(os.environ.get("WORLDSERVE_API_KEYS_FILE", home() / "api_keys.json"))
+
+
+def _parse_quotas(items: list[str]) -> dict:
+    """``["steps_per_s=20", "max_sessions=10"]`` -> typed quota overrides."""
+    import dataclasses
+
+    from worldserve.common.quotas import Quotas
+
+    types = {f.name: f.type for f in dataclasses.fields(Quotas)}
+    out: dict = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in types:
+            raise typer.BadParameter(f"{item!r}: expected NAME=VALUE with NAME one of {sorted(types)}")
+        try:
+            out[name] = float(value) if types[name] in (float, "float") else int(value)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r}: {value!r} is not a number") from None
+    return out
+
+
 @app.command("add-key")
-def add_key_cmd(tenant: str) -> None:
+def add_key_cmd(
+    tenant: str,
+    quota: list[str] = typer.Option([], "--quota", help="a quota override NAME=VALUE (repeatable), e.g. steps_per_s=20"),
+) -> None:
     """Create an API key for a tenant; its hash goes to the key file, the key is printed once."""
     from worldserve.common.auth import add_key, new_key
 
-    keys_file = Path(os.environ.get("WORLDSERVE_API_KEYS_FILE", home() / "api_keys.json"))
+    keys_file = _keys_file()
     key = new_key()
-    add_key(keys_file, tenant, key)
-    console.print(f"key for tenant {tenant!r} added to {keys_file} (replicas read the file at start)")
+    try:
+        add_key(keys_file, tenant, key, _parse_quotas(quota))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    console.print(f"key for tenant {tenant!r} added to {keys_file} (replicas pick it up on its first use)")
     print(key)
+
+
+@app.command("quota")
+def quota_cmd(
+    tenant: str,
+    set_: list[str] = typer.Argument(None, metavar="[NAME=VALUE]...", help="overrides to set, e.g. max_sessions=50"),
+) -> None:
+    """Show a tenant's quotas (the defaults with its overrides), or set overrides beside its key."""
+    import dataclasses
+
+    from worldserve.common.auth import KeyRing, set_quotas
+    from worldserve.common.quotas import Quotas
+
+    keys_file = _keys_file()
+    if set_:
+        try:
+            set_quotas(keys_file, tenant, _parse_quotas(set_))
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        console.print(f"quotas of {tenant!r} set in {keys_file} (replicas pick them up within seconds)")
+    ring = KeyRing.load(keys_file, env={})
+    own = ring.quotas.get(tenant, {})
+    q = Quotas.parse(own)
+    console.print(f"tenant {tenant!r} (defaults: the code's; a serve config's `quotas` may change them)")
+    for f in dataclasses.fields(Quotas):
+        mark = "  (set)" if f.name in own else ""
+        console.print(f"{f.name:>20} = {getattr(q, f.name)}{mark}")
+
+
+@app.command("eval")
+def eval_cmd(
+    worlds: int = typer.Option(8, help="worlds to generate and play"),
+    steps: int = typer.Option(32, help="policy steps per world"),
+    policy: str = typer.Option("random", help="'random', 'scripted', or a module:function called fn(obs, info, space)"),
+    prompts: Path = typer.Option(None, help="prompt set: a text file, one prompt a line (cycled over the worlds)"),
+    k: int = typer.Option(8, help="steps each way of the turn-around and controllability checks"),
+    model: str = typer.Option("", help="served model ('' = the default)"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("out/eval"), help="folder for report.json, the plots and the dataset"),
+    dataset: str = typer.Option("worldserve/eval-v0", help="Minari dataset id ('' for none)"),
+    discrete: bool = typer.Option(False, help="Discrete actions over key combinations instead of Dict"),
+    target: str = typer.Option(None, help="gRPC endpoint (default: from `up`)"),
+) -> None:
+    """Run a policy on N generated worlds; check turn-around, controllability and latency; write a
+    JSON report with plots and the trajectories as a Minari dataset."""
+    from worldserve.client import WorldClient
+    from worldserve.gym import harness
+
+    prompt_set = harness.DEFAULT_PROMPTS
+    if prompts is not None:
+        prompt_set = tuple(p.strip() for p in prompts.read_text().splitlines() if p.strip())
+    target = target or _read_state().get("endpoint", f"127.0.0.1:{GRPC_PORT}")
+    with WorldClient(target, dev_key(), timeout_s=120) as c, Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+    ) as bar:
+        tasks = {"create": bar.add_task("create worlds", total=worlds), "play": bar.add_task("play", total=steps),
+                 "checks": bar.add_task("consistency checks", total=4 * k)}
+        try:
+            report = harness.run(c, policy=policy, worlds=worlds, steps=steps, k=k, prompts=prompt_set, model=model,
+                                 seed=seed, out=out, dataset_id=dataset or None, discrete=discrete,
+                                 progress=lambda what, n: bar.advance(tasks[what], n))
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+    ta, mv, ct, lat = (report["turn_around_psnr_db"], report["moved_psnr_db"], report["control_psnr_db"],
+                       report["latency_ms"])
+
+    def db(s: dict) -> str:
+        return "n/a" if s["mean"] is None else f"{s['mean']:.1f} dB"
+
+    console.print(f"{worlds} worlds of {report['model']!r}, policy {policy!r}: {report['failed_worlds']} failed")
+    console.print(f"  turn around (back vs start, higher = remembers): {db(ta)}; after walking away: {db(mv)}")
+    console.print(f"  controllability (left vs right branch, lower = obeys): {db(ct)}")
+    console.print(f"  StepBatch latency p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms; "
+                  f"{report['steps_per_s']:.1f} policy steps/s")
+    for r in report["world_records"]:
+        if r["error"]:
+            console.print(f"  world {r['index']}: [red]{escape(r['error'])}[/]")
+    if report.get("dataset"):
+        console.print(f"  Minari dataset {report['dataset']['id']!r} ({report['dataset']['episodes']} episodes) in "
+                      f"{report['dataset']['path']}")
+    console.print(f"wrote {out / 'report.json'}, " + ", ".join(report["plots"]))
 
 
 if __name__ == "__main__":

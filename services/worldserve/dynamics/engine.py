@@ -83,6 +83,8 @@ class Engine:
         self.m_failures = m.counter("item_failures", "Steps that failed in the model (their batch went on)", ("model",))
         self.m_deadline = m.counter("deadline_steps", "Steps answered that carried a frame deadline, by outcome",
                                     ("model", "outcome"))
+        self.m_wait = m.histogram("queue_wait_seconds", "Time steps waited for the model, by priority class",
+                                  ("model", "priority"))
         self._item_s = 0.0  # model seconds per step, averaged over recent batches
         self.cache = StateCache(
             model, config.state_cache_bytes,
@@ -263,6 +265,7 @@ class Engine:
     async def _run(self, job: Job) -> None:
         """Queue the job and wait for the runner; a caller that gives up withdraws a queued job."""
         job.fut = asyncio.get_running_loop().create_future()
+        job.queued_at = time.perf_counter()
         self.scheduler.submit(job.req.tenant, job, job.req.priority, job.req.deadline)
         try:
             await asyncio.shield(job.fut)
@@ -302,6 +305,8 @@ class Engine:
                 continue
             self.m_batch.observe(len(batch), **self._lbl)
             t0 = time.perf_counter()
+            for j in batch:
+                self.m_wait.observe(t0 - j.queued_at, model=self.model_name, priority=j.req.priority.name.lower())
             try:
                 stats = await loop.run_in_executor(self._pool, self.runner.run, batch)
             except Exception as e:  # noqa: BLE001 - a bug in the runner: fail this batch, keep serving

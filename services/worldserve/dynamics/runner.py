@@ -57,6 +57,7 @@ class Job:
     error: BaseException | None = None
     retry_solo: bool = False
     fut: Any = field(default=None, repr=False)
+    queued_at: float = 0.0  # time.perf_counter() when it was queued
 
 
 @dataclass
