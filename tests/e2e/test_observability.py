@@ -85,7 +85,8 @@ def test_metric_name_extraction():
 
 
 # Counters of events this test does not provoke: Ray exports a counter only once it was incremented.
-EVENT_ONLY = {"ray_worldserve_dynamics_item_failures_total", "ray_worldserve_dynamics_step_conflicts_total"}
+EVENT_ONLY = {"ray_worldserve_dynamics_item_failures_total", "ray_worldserve_dynamics_step_conflicts_total",
+              "ray_worldserve_dynamics_quota_rejections_total", "ray_worldserve_sessions_quota_rejections_total"}
 
 
 def scraped_names(url: str) -> set[str]:
@@ -105,6 +106,7 @@ def test_dashboard_and_rules_query_only_exported_metrics(cluster):
         s = c.create_session(prompt="a red door on the left, grass", seed=3)  # sessions (+ image by handle)
         for keys in (["right"], ["left"], ["up", "jump"]):  # dynamics: a cache miss, then hits
             c.step(s.session_id, keys)
+        c.step(s.session_id, ["right"], deadline_ms=5000)  # an interactive step: deadline outcomes
         c.fork_session(s.session_id, step=1)
         gone = c.create_session(prompt="deleted", seed=4)
         c.step(gone.session_id, ["left"])

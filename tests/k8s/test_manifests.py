@@ -741,6 +741,8 @@ DYNAMICS_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "worldserve_dynamics_request_duration_seconds": ("histogram", frozenset({"rpc"})),
     "worldserve_dynamics_redis_op_duration_seconds": ("histogram", frozenset({"op"})),
     "worldserve_dynamics_routed_requests": ("counter", frozenset({"model"})),
+    "worldserve_dynamics_quota_rejections": ("counter", frozenset({"quota", "tenant"})),  # tenants: 64 named
+    "worldserve_dynamics_quota_steps_admitted": ("counter", frozenset({"tenant"})),
     # Each model's deployment, DynamicsModel-<name>: every metric carries the bounded `model` label.
     "worldserve_dynamics_batch_size": ("histogram", frozenset({"model"})),
     "worldserve_dynamics_queue_depth": ("gauge", frozenset({"model"})),
@@ -754,6 +756,8 @@ DYNAMICS_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "worldserve_dynamics_model_steps": ("counter", frozenset({"model", "backend", "kernel"})),
     "worldserve_dynamics_step_conflicts": ("counter", frozenset({"model"})),
     "worldserve_dynamics_item_failures": ("counter", frozenset({"model"})),
+    "worldserve_dynamics_queue_wait_seconds": ("histogram", frozenset({"model", "priority"})),
+    "worldserve_dynamics_deadline_steps": ("counter", frozenset({"model", "outcome"})),  # outcome: met|missed
 }
 SCRAPED_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 TARGET_LABELS = frozenset({"application", "deployment", "replica", "namespace", "job", "pod", "instance"})
