@@ -342,7 +342,7 @@ async def test_an_interactive_step_overtakes_queued_farm_steps_and_batches_stay_
     assert sample("worldserve_dynamics_deadline_steps_total", model=MODEL, outcome="met") >= 1
 
 
-async def test_batches_are_cut_only_while_interactive_steps_are_about(make_engine, store):
+async def test_batches_are_cut_only_while_steps_someone_waits_on_are_about(make_engine, store):
     engine = make_engine(SlowToy(0.01), invariant=True, max_batch_size=64, interactive_batch_s=0.02)
     assert engine._batch_limit(False) is None and engine._batch_limit(True) is None  # no estimate yet
     recs = [await new_session(store, seed=i) for i in range(4)]

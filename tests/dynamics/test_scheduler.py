@@ -82,3 +82,11 @@ async def test_wait_wakes_on_submit():
     await asyncio.sleep(0)
     s.submit("a", "x")
     assert await asyncio.wait_for(waiter, 1)
+
+
+def test_only_steps_someone_waits_on_mark_the_scheduler_busy():
+    s: Scheduler[str] = Scheduler(max_batch_size=8, max_queue=100)
+    s.submit("farm", "b0", Priority.BULK)
+    assert s.last_waiting == float("-inf")  # bulk alone: the engine keeps full batches
+    s.submit("agent", "n0")
+    assert s.last_waiting > 0

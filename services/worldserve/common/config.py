@@ -121,10 +121,10 @@ class Config:
     """Compute dtype of the dynamics models: "auto" (bfloat16 on CUDA, float32 on CPU), "float32",
     "bfloat16" or "float16"."""
     interactive_batch_s: float = 0.1
-    """While interactive steps (Play, Steps with a frame deadline) were queued in the last
-    seconds, a model batch is cut to about this much model time (estimated per step from the
-    batches before): a frame that arrives while a batch runs waits at most about this long.
-    Bounds: 0.005 .. 10."""
+    """While steps someone waits on (Play, Steps; not StepBatch or Rollout) were queued in the
+    last seconds, a model batch is cut to about this much model time (estimated per step from the
+    batches before): a step that arrives while a batch runs waits at most about this long. Bulk
+    traffic alone gets full batches. Bounds: 0.005 .. 10."""
     play_deadline_ms: int = 1000
     """Frame deadline of a Play step that names none. Bounds: 1 .. 60000."""
     max_rollout_actions: int = 256

@@ -42,7 +42,7 @@ log = logging.getLogger("worldserve.dynamics")
 MAX_GUIDANCE = 20.0
 MAX_EVENT_CHARS = 200
 GAUGE_REFRESH_S = 5.0  # Ray drops a gauge that is not set for ~20 s
-INTERACTIVE_WINDOW_S = 2.0  # batches stay short this long after the last interactive step was queued
+WAITING_WINDOW_S = 2.0  # batches stay short this long after the last interactive or normal step was queued
 
 
 class Engine:
@@ -296,11 +296,11 @@ class Engine:
                 self.m_queue.set(self.scheduler.depth, **self._lbl)
                 self._cache_changed(len(self.cache), self.cache.nbytes)
                 continue
-            interactive = time.monotonic() - self.scheduler.last_interactive < INTERACTIVE_WINDOW_S
-            if (self.config.max_batch_wait_s > 0 and not interactive
+            waiting = time.monotonic() - self.scheduler.last_waiting < WAITING_WINDOW_S
+            if (self.config.max_batch_wait_s > 0 and not waiting
                     and self.scheduler.depth < self.config.max_batch_size):
                 await asyncio.sleep(self.config.max_batch_wait_s)
-            batch = self.scheduler.take_batch(self._batch_limit(interactive))
+            batch = self.scheduler.take_batch(self._batch_limit(waiting))
             if not batch:
                 continue
             self.m_batch.observe(len(batch), **self._lbl)
@@ -326,10 +326,11 @@ class Engine:
                 if not j.fut.done():
                     j.fut.set_result(None)
 
-    def _batch_limit(self, interactive: bool) -> int | None:
-        """The most steps in the next batch: None (``max_batch_size``), or while interactive steps
-        are about, as many as fit ``interactive_batch_s`` of model time."""
-        if not interactive or not self._item_s:
+    def _batch_limit(self, waiting: bool) -> int | None:
+        """The most steps in the next batch: None (``max_batch_size``), or while steps someone
+        waits on (interactive or normal) are about, as many as fit ``interactive_batch_s`` of model
+        time (bulk alone: full batches)."""
+        if not waiting or not self._item_s:
             return None
         return max(1, int(self.config.interactive_batch_s / self._item_s))
 

@@ -5,8 +5,8 @@ Interactive items (Play, Steps with a frame deadline) wait in one queue ordered 
 batch takes interactive items first, then normal, then bulk; within normal and bulk it goes
 round-robin across tenants, one item per tenant per turn, so a tenant with a thousand queued steps
 gets no more of a batch than a tenant with one. The next batch starts with the tenant after the
-last one served. ``take_batch(limit)`` lets the engine keep batches short while interactive steps
-are about (a frame arriving during a batch waits for the batch to end). ``max_queue`` bounds the
+last one served. ``take_batch(limit)`` lets the engine keep batches short while steps someone
+waits on (interactive or normal) are about: a step arriving during a batch waits for it to end. ``max_queue`` bounds the
 items waiting in one replica: beyond it ``submit`` raises RESOURCE_EXHAUSTED at once (no
 unbounded memory, no unbounded wait).
 """
@@ -42,8 +42,9 @@ class Scheduler(Generic[T]):
         self._depth = 0
         self._wake = asyncio.Event()
         self._on_depth = on_depth or (lambda n: None)
-        self.last_interactive = float("-inf")
-        """``time.monotonic()`` of the last interactive submit."""
+        self.last_waiting = float("-inf")
+        """``time.monotonic()`` of the last submit of a step someone waits on (interactive or
+        normal: not bulk)."""
 
     @property
     def depth(self) -> int:
@@ -59,9 +60,10 @@ class Scheduler(Generic[T]):
                                     retry_after_s=QUEUE_FULL_RETRY_S)
         if priority == Priority.INTERACTIVE:
             heapq.heappush(self._urgent, (float("inf") if deadline is None else deadline, next(self._seq), tenant, item))
-            self.last_interactive = time.monotonic()
         else:
             self._queues[priority].setdefault(tenant, collections.deque()).append(item)
+        if priority != Priority.BULK:
+            self.last_waiting = time.monotonic()
         self._depth += 1
         self._on_depth(self._depth)
         self._wake.set()
