@@ -191,3 +191,19 @@ def test_quota_overrides_sit_beside_the_tenants_key(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="other"):
         KeyRing.load(path, env={})
+
+
+async def test_short_waits_are_paced_and_refusals_are_held(store):
+    enf = QuotaEnforcer(store.r)
+    q = Quotas(steps_per_s=10, step_burst=1, max_step_batch=1)
+    await enf.charge_steps("p", q)
+    t0 = time.monotonic()
+    await enf.charge_steps("p", q, wait_s=0.2)  # 0.1 s of waiting: paced, admitted
+    assert 0.05 <= time.monotonic() - t0 < 0.3
+    q2 = Quotas(steps_per_s=1, step_burst=1, max_step_batch=1)
+    await enf.charge_steps("h", q2)
+    t0 = time.monotonic()
+    with pytest.raises(QuotaExceeded) as e:  # ~1 s of waiting: refused after a 0.25 s hold
+        await enf.charge_steps("h", q2, wait_s=0.1, hold_s=0.25)
+    assert 0.2 <= time.monotonic() - t0 < 0.5
+    assert 0.6 < e.value.retry_after_s <= 0.76  # the rest of the wait

@@ -453,10 +453,32 @@ def test_a_request_for_the_wrong_application_is_unimplemented(client):
     assert client.get_session(s.session_id).step == 0  # nothing stepped
 
 
+def _flood(target: str, key: str, fmt: int, stop, batches, errors) -> None:
+    """A flooding tenant's loop (its own process): StepBatches of 1,000 unknown sessions."""
+    from worldserve.client import WorldClient, action
+    from worldserve.v1 import dynamics_pb2
+
+    with WorldClient(target, key, timeout_s=60, retry_s=0) as c:
+        reqs = [dynamics_pb2.StepRequest(session_id=f"s_flood{i}", action=action(["up"]), format=fmt)
+                for i in range(1000)]
+        while not stop.is_set():
+            try:
+                r = c.step_batch(reqs)
+                with batches.get_lock():
+                    batches.value += 1
+                assert all(x.HasField("error") for x in r.results)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # the step-rate quota: expected
+                    errors.put(e.code().name)
+
+
 def test_two_tenants_flooding_step_batch_do_not_hurt_a_third(cluster):
-    """Two tenants loop StepBatches of 1,000 unknown sessions (and bad formats); a third steps its
-    session as usual: it sees no error, and its p99 stays within a small factor of its quiet p99
-    (this machine's cores are shared with the flooders, so the bound is loose)."""
+    """Two tenants loop StepBatches of 1,000 unknown sessions (and bad formats), each from its own
+    process (as two clients would: in this process their threads would take the quiet client's
+    GIL); a third steps its session as usual: it sees no error, and its p99 stays within 2x its
+    quiet p99 (plus 50 ms: this machine's two cores also run the flooders)."""
+    import multiprocessing as mp
+
     from worldserve.common.auth import add_key, new_key
 
     key_c = new_key()
@@ -474,35 +496,23 @@ def test_two_tenants_flooding_step_batch_do_not_hurt_a_third(cluster):
 
         p99(5)  # warm
         calm = p99(30)
-        stop = threading.Event()
-        flood_errors: list[str] = []
-        batches = [0]
-
-        def flood(key: str, fmt: int) -> None:
-            with WorldClient(cluster["target"], key, timeout_s=60, retry_s=0) as c:
-                reqs = [dynamics_pb2.StepRequest(session_id=f"s_flood{i}", action=action(["up"]), format=fmt)
-                        for i in range(1000)]
-                while not stop.is_set():
-                    try:
-                        r = c.step_batch(reqs)
-                        batches[0] += 1
-                        assert all(x.HasField("error") for x in r.results)
-                    except grpc.RpcError as e:
-                        flood_errors.append(e.code().name)
-
-        threads = [threading.Thread(target=flood, args=(k, f)) for k, f in ((cluster["key_a"], 0), (cluster["key_b"], 99))]
-        for t in threads:
-            t.start()
+        ctx = mp.get_context("spawn")
+        stop, batches, errors = ctx.Event(), ctx.Value("i", 0), ctx.Queue()
+        procs = [ctx.Process(target=_flood, args=(cluster["target"], k, f, stop, batches, errors))
+                 for k, f in ((cluster["key_a"], 0), (cluster["key_b"], 99))]
+        for p in procs:
+            p.start()
         try:
-            time.sleep(1.0)
+            time.sleep(3.0)  # the flooders' processes start and flood
             loud = p99(30)  # any error here fails the test
         finally:
             stop.set()
-            for t in threads:
-                t.join(60)
-        assert batches[0] >= 4, batches  # the flood did run beside the quiet steps
-        print(f"quiet tenant p99: {calm * 1e3:.0f} ms alone, {loud * 1e3:.0f} ms beside {batches[0]} flood batches")
-        assert loud <= 6 * calm + 0.25, (calm, loud)  # not starved (was: UNAVAILABLE, 19 s stalls)
+            for p in procs:
+                p.join(60)
+        assert batches.value >= 4, batches.value  # the flood did run beside the quiet steps
+        assert errors.empty(), errors.get()
+        print(f"quiet tenant p99: {calm * 1e3:.0f} ms alone, {loud * 1e3:.0f} ms beside {batches.value} flood batches")
+        assert loud <= 2 * calm + 0.05, (calm, loud)  # not starved (was: UNAVAILABLE, 19 s stalls)
 
 
 def _sdk_player(cluster, session_id: str, n: int, acked: list[int], errors: list) -> threading.Thread:

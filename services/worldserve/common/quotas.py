@@ -157,10 +157,12 @@ class QuotaEnforcer:
             self.metrics.rejected(e)
         return e
 
-    async def charge_steps(self, tenant: str, q: Quotas, n: int = 1, *, wait_s: float = 0.0) -> None:
+    async def charge_steps(self, tenant: str, q: Quotas, n: int = 1, *, wait_s: float = 0.0,
+                           hold_s: float = 0.0) -> None:
         """Take ``n`` steps from the tenant's rate; QuotaExceeded with the wait when there is no
-        room. ``wait_s``: sleep for room as long as the wait for it is at most this (a stream's
-        later steps are paced to the rate instead of failing)."""
+        room. ``wait_s``: sleep for room as long as the wait for it is at most this (a short wait
+        is paced, not refused). ``hold_s``: hold a refusal this long before answering it (its
+        RetryInfo is the rest of the wait), so that a client looping on refusals loops slowly."""
         if not q.steps_per_s or n <= 0:
             return
         interval_us = 1e6 / q.steps_per_s
@@ -171,6 +173,10 @@ class QuotaEnforcer:
                 break
             await asyncio.sleep(wait)
         if not ok:
+            held = min(hold_s, wait)
+            if held > 0:
+                await asyncio.sleep(held)
+            wait = max(0.001, wait - held)
             raise self._refuse(QuotaExceeded(
                 "steps_per_s", tenant,
                 f"quota steps_per_s exceeded for tenant {tenant!r} ({q.steps_per_s:g} steps/s, burst "

@@ -41,6 +41,8 @@ INFO_TTL_S = 30.0  # how long the ingress trusts a model's reported info (its ru
 ROUTE_CACHE_SESSIONS = 100_000  # session -> model entries the ingress remembers
 STEP_BATCH_CONCURRENCY = 64  # items of one StepBatch in flight at once (bounds its Redis and model work)
 STREAM_PACE_S = 5.0  # a Rollout's or Play's step waits at most this long for room in the tenant's step rate
+UNARY_PACE_S = 0.1  # a Step or StepBatch waits this long at most for room; a longer wait is refused ...
+UNARY_HOLD_S = 0.25  # ... after holding the refusal this long (a client looping on refusals loops slowly)
 
 
 def model_deployment_name(model: str) -> str:
@@ -275,7 +277,7 @@ class DynamicsService(ServiceBase):
     async def Step(self, request: pb.StepRequest, grpc_context=None) -> pb.StepResponse:
         tenant = self.tenant(grpc_context)
         req = _to_request(tenant, request)
-        await self.enforcer.charge_steps(tenant, self.quotas(tenant), 1)
+        await self.enforcer.charge_steps(tenant, self.quotas(tenant), 1, wait_s=UNARY_PACE_S, hold_s=UNARY_HOLD_S)
         return await self._step(req, grpc_context)
 
     @rpc("StepBatch", empty=pb.StepBatchResponse)
@@ -291,6 +293,9 @@ class DynamicsService(ServiceBase):
             if s.session_id in seen:
                 raise InvalidArgument(f"session {s.session_id[:80]!r} appears more than once in one StepBatch")
             seen.add(s.session_id)
+        # every item counts against the step rate, valid or not (each costs work); all or none,
+        # before any per-item work
+        await self.enforcer.charge_steps(tenant, quotas, n, wait_s=UNARY_PACE_S, hold_s=UNARY_HOLD_S)
         reqs: list[StepRequest | BaseException] = []
         for s in request.steps:  # each item converts and fails on its own
             try:
@@ -299,21 +304,25 @@ class DynamicsService(ServiceBase):
                 reqs.append(e)
         # every item's session in one round trip; then a bounded number of items in flight at once
         valid = [r for r in reqs if isinstance(r, StepRequest)]
-        await self.enforcer.charge_steps(tenant, quotas, len(valid))  # all or none: a refusal applies nothing
         await self._prefetch_routes(tenant, [r.session_id for r in valid])
         gate = asyncio.Semaphore(STEP_BATCH_CONCURRENCY)
 
-        async def one(r: StepRequest | BaseException) -> pb.StepResponse:
-            if isinstance(r, BaseException):
-                raise r
-            if (tenant, r.session_id) not in self._routes:
-                raise NotFound(f"session {r.session_id!r} not found")
+        async def one(r: StepRequest) -> pb.StepResponse:
             async with gate:
                 # a fresh context per item: Serve's router, handed several calls that carry one
                 # request's context at once, was seen to leave all but one unassigned for good
                 return await asyncio.create_task(self._step(r), context=contextvars.Context())
 
-        outs = await asyncio.gather(*(one(r) for r in reqs), return_exceptions=True)
+        # items that failed to convert or name no known session are answered without a task each
+        outs: list[pb.StepResponse | BaseException | None] = []
+        for r in reqs:
+            if isinstance(r, StepRequest) and (tenant, r.session_id) not in self._routes:
+                r = NotFound(f"session {r.session_id!r} not found")
+            outs.append(r if isinstance(r, BaseException) else None)
+        runnable = [(i, r) for i, r in enumerate(reqs) if outs[i] is None]
+        done = await asyncio.gather(*(one(r) for _, r in runnable), return_exceptions=True)  # type: ignore[arg-type]
+        for (i, _), o in zip(runnable, done):
+            outs[i] = o
         results = []
         for o in outs:
             if isinstance(o, BaseException):
