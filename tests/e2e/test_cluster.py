@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
 import threading
 import time
 
@@ -374,8 +376,6 @@ def test_sdk_steps_through_a_redis_stall_land_exactly_once(cluster):
     """Redis stops answering for longer than the store's timeout while a client steps: Steps answered
     UNAVAILABLE may have landed; the SDK retries them with their request ids, and every call is one
     step -- none lost, none applied twice."""
-    import os
-    import signal
 
     from worldserve.client import WorldClient
 
@@ -559,3 +559,30 @@ def test_sdk_steps_through_a_replica_kill_and_a_redis_restart_land_exactly_once(
     assert acked == list(range(1, 17)), acked
     assert client.get_session(s.session_id).step == 16
     print(f"16 steps through a replica kill and a Redis restart: {retries} retries")
+
+
+def test_sdk_steps_through_a_redis_sigkill_land_exactly_once(cluster, client):
+    """Redis is SIGKILLed mid-play (no shutdown: the AOF is not flushed by it) and started again on
+    its data: every step the SDK saw acknowledged is still there, and none landed twice (Redis
+    writes the AOF before it replies; only a crash of the host can lose the last second)."""
+    s = client.create_session(prompt="a green pipe in the middle, sand, day", seed=12)
+    acked: list[int] = []
+    errors: list = []
+    t = _sdk_player(cluster, s.session_id, 16, acked, errors)
+    deadline = time.monotonic() + 60
+    while len(acked) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    redis = cluster["redis"]
+    os.kill(redis.proc.pid, signal.SIGKILL)
+    redis.proc.wait(10)
+    time.sleep(1.0)
+    redis.start()
+    t.join(180)
+    retries = -acked.pop()
+    assert not errors, errors
+    assert acked == list(range(1, 17)), acked
+    with WorldClient(cluster["target"], cluster["key_a"], timeout_s=60) as c:
+        assert c.get_session(s.session_id).step == 16
+        got = [e.step for e in c.export_session(s.session_id, include_frames=False)]
+    assert got == list(range(0, 17))  # every acknowledged step is in the log, once
+    print(f"16 steps through a Redis SIGKILL: {retries} retries")

