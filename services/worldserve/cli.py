@@ -75,6 +75,65 @@ def _ray(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], capture_output=True, text=True, env=env)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_processes(temp_dir: str, gcs_address: str) -> list[int]:
+    """PIDs of the processes of one local Ray cluster: those whose command line names its temp
+    folder or its GCS address (``ray stop`` would stop every Ray cluster of this user)."""
+    gcs_port = gcs_address.rpartition(":")[2]
+    marks = [temp_dir.rstrip("/") + "/", f"={gcs_address}", f"--gcs_server_port={gcs_port}"]
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmd for m in marks):
+            out.append(int(d.name))
+    return out
+
+
+def stop_ray_cluster(temp_dir: str, gcs_address: str, timeout_s: float = 15.0) -> int:
+    """Stop one local Ray cluster's processes (SIGTERM, then SIGKILL); returns how many there were."""
+    pids = ray_processes(temp_dir, gcs_address)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in ray_processes(temp_dir, gcs_address):  # stragglers, and workers forked meanwhile
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def start_ray_head(temp_dir: Path, num_cpus: int, env: dict | None = None) -> str:
+    """Start a Ray head of our own (its own ports and temp folder, so that `down` can stop it
+    alone); returns its GCS address."""
+    port = _free_port()
+    args = ["start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--disable-usage-stats",
+            f"--port={port}", f"--temp-dir={temp_dir}", f"--dashboard-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}", f"--num-cpus={num_cpus}"]
+    r = _ray(*args, env=env)
+    if r.returncode != 0:
+        console.print(r.stdout[-2000:], r.stderr[-2000:])
+        raise typer.Exit(1)
+    return f"127.0.0.1:{port}"
+
+
 @app.command()
 def up(
     config: Path = typer.Option(None, help="serve config (default: deploy/serve/worldserve.yaml)"),
@@ -100,22 +159,18 @@ def up(
     _write_state(state)
 
     env = dict(os.environ, REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file))
-    status = _ray("status", env=env)
-    if status.returncode != 0:
-        args = ["start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
-        args.append(f"--num-cpus={num_cpus or max(4, os.cpu_count() or 1)}")
+    address = state.get("ray_address")
+    if not (address and _ray("status", f"--address={address}", env=env).returncode == 0):
         console.print("starting Ray ...")
-        r = _ray(*args, env=env)
-        if r.returncode != 0:
-            console.print(r.stdout[-2000:], r.stderr[-2000:])
-            raise typer.Exit(1)
-        state["ray_started"] = True
+        temp_dir = home() / "ray"  # short: Ray's socket paths must fit 107 characters
+        address = start_ray_head(temp_dir, num_cpus or max(4, os.cpu_count() or 1), env)
+        state.update(ray_address=address, ray_temp_dir=str(temp_dir))
         _write_state(state)
 
     import ray
 
-    os.environ.update(REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file))
-    ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    os.environ.update(REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file), RAY_ADDRESS=address)
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     cfg = dep.load_config(config, app_args={"redis_url": redis_url, "api_keys_file": str(keys_file)})
     dep.deploy(cfg)
     with console.status("deploying image, sessions, dynamics ...") as st:
@@ -167,15 +222,20 @@ def _port_free(port: int) -> bool:
 
 @app.command()
 def down() -> None:
-    """Stop Serve, Ray and the embedded Redis (its data stays in $WORLDSERVE_HOME/redis)."""
+    """Stop what `up` started: its Ray cluster (Serve in it) and its embedded Redis (the data stays
+    in $WORLDSERVE_HOME/redis). Other Ray clusters and Redis servers on the machine are left alone."""
     state = _read_state()
-    r = _ray("stop", "--force")
-    console.print("Ray stopped" if r.returncode == 0 else f"ray stop: {r.stderr.strip()[-500:]}")
+    address, temp_dir = state.get("ray_address"), state.get("ray_temp_dir")
+    if address and temp_dir:
+        n = stop_ray_cluster(temp_dir, address)
+        console.print(f"Ray at {address} stopped ({n} processes)" if n else f"no Ray at {address}")
+    else:
+        console.print("no Ray cluster started by `worldserve up`")
     pid = state.get("redis_pid")
     if pid and _alive(pid):
         os.kill(pid, signal.SIGTERM)
         console.print("embedded Redis stopped")
-    for k in ("redis_pid", "ray_started", "endpoint"):
+    for k in ("redis_pid", "ray_started", "ray_address", "ray_temp_dir", "endpoint"):
         state.pop(k, None)
     _write_state(state)
 

@@ -147,3 +147,23 @@ def test_pack_array_roundtrip_and_rejects_garbage():
         unpack_array(b"junk")
     with pytest.raises(ValueError, match="size mismatch"):
         unpack_array(pack_array(a)[:-4])
+
+
+async def test_a_redis_restart_costs_no_error_on_pooled_connections(tmp_path):
+    """Every pooled connection is broken by a restart; the next commands reconnect and succeed."""
+    import asyncio as aio
+
+    from worldserve.common.redis_server import EmbeddedRedis
+
+    srv = EmbeddedRedis(tmp_path).start()
+    st = SessionStore.from_url(srv.url, timeout_s=2)
+    try:
+        rec = await st.create("t", model="m", prompt="p", seed=0, width=8, height=8, first_frame=b"x")
+        await aio.gather(*(st.get("t", rec.session_id) for _ in range(8)))  # several pooled connections
+        srv.stop()
+        srv.start()
+        got = await aio.gather(*(st.get("t", rec.session_id) for _ in range(8)))
+        assert all(g.session_id == rec.session_id for g in got)
+    finally:
+        await st.close()
+        srv.stop()

@@ -212,7 +212,16 @@ class SessionStore:
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 5.0, default_ttl_s: int = 24 * 3600, observe=None) -> "SessionStore":
-        r = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        # A pooled connection broken by a Redis restart fails its next command before sending it:
+        # that command is retried on a fresh connection (not timeouts: a stalled Redis must answer
+        # UNAVAILABLE within redis_timeout_s, and a command that timed out may have run).
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3, supported_errors=(RedisConnectionError,))
+        r = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                    health_check_interval=30, retry=retry)
         return cls(r, default_ttl_s=default_ttl_s, observe=observe)
 
     async def close(self) -> None:
