@@ -171,7 +171,9 @@ def up(
 
     os.environ.update(REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file), RAY_ADDRESS=address)
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    cfg = dep.load_config(config, app_args={"redis_url": redis_url, "api_keys_file": str(keys_file)})
+    archive_url = os.environ.get("WORLDSERVE_ARCHIVE_URL") or f"file://{home() / 'archive'}"
+    cfg = dep.load_config(config, app_args={"redis_url": redis_url, "api_keys_file": str(keys_file),
+                                            "archive_url": archive_url})
     dep.deploy(cfg)
     with console.status("deploying image, sessions, dynamics ...") as st:
         dep.wait_healthy(timeout_s, progress=lambda s: st.update(f"deploying: {s}"))

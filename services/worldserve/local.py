@@ -55,7 +55,8 @@ def local_cluster(
             _metrics_export_port=metrics_port,
         )
         cfg = dep.load_config(
-            app_args={"redis_url": redis.url, "api_keys_file": str(tmp / "keys.json"), **(app_args or {})},
+            app_args={"redis_url": redis.url, "api_keys_file": str(tmp / "keys.json"),
+                      "archive_url": f"file://{tmp / 'archive'}", **(app_args or {})},
             grpc_port=grpc_port,
             http_port=free_port(),
             deployment_overrides={k: dict(v) for k, v in (deployment_overrides or {}).items()},

@@ -586,3 +586,26 @@ def test_sdk_steps_through_a_redis_sigkill_land_exactly_once(cluster, client):
         got = [e.step for e in c.export_session(s.session_id, include_frames=False)]
     assert got == list(range(0, 17))  # every acknowledged step is in the log, once
     print(f"16 steps through a Redis SIGKILL: {retries} retries")
+
+
+def test_older_steps_move_to_the_archive_and_export_reads_both_tiers(cluster, client):
+    """A session longer than a chunk: its older steps go to the archive (the cluster's local folder),
+    Redis keeps the hot window and the tail, and ExportSession streams one trajectory."""
+    import redis as redis_sync
+
+    s = client.create_session(prompt="a cyan box on the right, grass, day", seed=21)
+    frames = [r.frame.data for r in client.rollout(s.session_id, ["right", "left", "up", "right"] * 25)]
+    assert len(frames) == 100
+    r = redis_sync.Redis.from_url(cluster["redis"].url)
+    rec_key = f"ws:tenant-a:{{{s.session_id}}}"
+    deadline = time.monotonic() + 60
+    while int(r.hget(rec_key, "archived") or -1) < 63 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert int(r.hget(rec_key, "archived")) == 63  # one full chunk of 64 (steps 0..63)
+    # archived steps older than the hot window (32) when the archiver ran left Redis
+    assert 31 <= int(r.hget(rec_key, "trimmed")) <= 63
+    assert r.hget(rec_key + ":log", "f:10") is None and r.hget(rec_key + ":log", "f:90") is not None
+    got = list(client.export_session(s.session_id, include_frames=True))
+    assert [e.step for e in got] == list(range(101))
+    assert [e.frame.data for e in got[1:]] == frames  # the same frames, from the archive and from Redis
+    assert list(got[5].action.keys) == ["right"]

@@ -134,6 +134,24 @@ class Config:
     torch_threads: int = 0
     """torch intra-op threads per model replica; 0: the CPUs this process may use (affinity and
     cgroup quota: a pod's limit, not the node's cores; Ray alone would give 1). Bounds: 0 .. 256."""
+    archive_url: str = ""
+    """Where sessions' older steps go (worldserve.sessions.archive): ``file:///path`` or
+    ``s3://bucket[/prefix]``; empty: nothing is archived and Redis keeps every step (as long as the
+    session lives). ``worldserve up`` sets a folder beside its Redis data."""
+    archive_options: Mapping[str, Any] = field(default_factory=dict)
+    """Object store options for ``s3://``: endpoint, region, access_key_id, secret_access_key,
+    session_token, allow_http (or the usual AWS_* environment variables)."""
+    archive_chunk_steps: int = 64
+    """Steps in one archived chunk. Bounds: 1 .. 4096."""
+    hot_window_steps: int = 32
+    """Archived steps whose action, latent and frame stay in Redis: at least every served model's
+    context window (a model with a longer one refuses to load). Bounds: 1 .. 4096."""
+    archive_max_tail_steps: int = 4096
+    """Most steps of a session not yet archived (an archive that is away or behind): beyond it a
+    Step answers RESOURCE_EXHAUSTED, never losing one. Bounds: 2 x archive_chunk_steps .. 1000000."""
+    archive_rid_keep_steps: int = 4096
+    """Steps whose request ids stay in Redis once archiving trims (exactly-once retries of older
+    steps are not recognised). Bounds: 16 .. 1000000."""
     quotas: Quotas = field(default_factory=Quotas)
     """Every tenant's default quotas (a mapping of ``Quotas`` fields in the YAML); a tenant's own
     overrides sit beside its key in the key file (see worldserve.common.quotas)."""
@@ -166,6 +184,12 @@ class Config:
         _bounded("interactive_batch_s", self.interactive_batch_s, 0.005, 10)
         _bounded("play_deadline_ms", self.play_deadline_ms, 1, 60_000)
         object.__setattr__(self, "quotas", Quotas.parse(self.quotas))
+        if self.archive_url and not self.archive_url.startswith(("file://", "s3://")):
+            raise ValueError(f"archive_url={self.archive_url!r}: expected file:///path or s3://bucket[/prefix]")
+        _bounded("archive_chunk_steps", self.archive_chunk_steps, 1, 4096)
+        _bounded("hot_window_steps", self.hot_window_steps, 1, 4096)
+        _bounded("archive_max_tail_steps", self.archive_max_tail_steps, 2 * self.archive_chunk_steps, 1_000_000)
+        _bounded("archive_rid_keep_steps", self.archive_rid_keep_steps, 16, 1_000_000)
         _bounded("torch_threads", self.torch_threads, 0, 256)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -195,6 +219,7 @@ class Config:
             ("api_keys_file", "WORLDSERVE_API_KEYS_FILE"),
             ("dynamics_model_path", "WORLDSERVE_DYNAMICS_MODEL"),
             ("image_model_path", "WORLDSERVE_IMAGE_MODEL"),
+            ("archive_url", "WORLDSERVE_ARCHIVE_URL"),
         ):
             if env.get(var):
                 values[name] = env[var]

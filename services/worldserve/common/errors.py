@@ -60,6 +60,10 @@ class Unavailable(WorldserveError):
     """A dependency (Redis, another service) cannot be reached; retry later."""
 
 
+class DataLoss(WorldserveError):
+    """Stored steps are missing or corrupt (an archived chunk); the message names the steps."""
+
+
 class StreamFailed(Exception):
     """Raised out of a streaming handler after its status was set on the gRPC context, so that
     Serve's proxy ends the stream with that status (the message is the one-line details)."""
@@ -73,6 +77,7 @@ STATUS_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DataLoss: grpc.StatusCode.DATA_LOSS,
     TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 

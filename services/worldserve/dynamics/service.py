@@ -89,12 +89,13 @@ class ModelServer:
         self.model = load_model(self.spec, self.config, device)  # ModelLoadError: this replica never starts
         if hasattr(self.model, "configure_state_pool"):  # the model preallocates its state memory
             self.model.configure_state_pool(self.config.state_cache_bytes)
+        if self.config.archive_url and self.model.info.context_frames > self.config.hot_window_steps:
+            raise ValueError(f"model {self.spec.name!r} reads {self.model.info.context_frames} frames of context but "
+                             f"hot_window_steps={self.config.hot_window_steps}: archiving would trim its window")
         self.batch_invariant = batch_invariant(self.config, device, self.spec)
         self.metrics = ServiceMetrics("dynamics")
-        self.store = SessionStore.from_url(
-            self.config.redis_url, timeout_s=self.config.redis_timeout_s, default_ttl_s=self.config.session_ttl_s,
-            observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op),
-        )
+        self.store = SessionStore.from_config(
+            self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op))
         self._engine = None
         try:
             self.replica_id = serve.get_replica_context().replica_id.to_full_id_str()  # the actor name
@@ -202,10 +203,8 @@ class DynamicsService(ServiceBase):
         super().__init__(config)
         self.handles = dict(models)  # model name -> DeploymentHandle of DynamicsModel-<name>
         self.default_model = self.config.default_model_name
-        self.store = SessionStore.from_url(
-            self.config.redis_url, timeout_s=self.config.redis_timeout_s, default_ttl_s=self.config.session_ttl_s,
-            observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op),
-        )
+        self.store = SessionStore.from_config(
+            self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op))
         self.enforcer = QuotaEnforcer(self.store.r, self.metrics)
         self._routes: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
         self._infos: dict[str, tuple[float, dict]] = {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
 from typing import Any
 
 from PIL import Image
@@ -46,12 +48,8 @@ class SessionService(ServiceBase):
 
     def __init__(self, config: dict[str, Any] | None = None, image_app: str = "image", dynamics_app: str = "dynamics"):
         super().__init__(config)
-        store = SessionStore.from_url(
-            self.config.redis_url,
-            timeout_s=self.config.redis_timeout_s,
-            default_ttl_s=self.config.session_ttl_s,
-            observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op),
-        )
+        store = SessionStore.from_config(
+            self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op))
         self.image = serve.get_deployment_handle("ImageService", app_name=image_app)
         self.dynamics = serve.get_deployment_handle("DynamicsService", app_name=dynamics_app)
         self.core = SessionsCore(store, self.config, generate=self._generate, frame_info=self._frame_info,
@@ -59,7 +57,23 @@ class SessionService(ServiceBase):
                                  enforcer=QuotaEnforcer(store.r, self.metrics))
         self.store = store
         self.m_created = self.metrics.counter("sessions_created", "Sessions created, by source", ("source",))
+        if self.config.archive_url:  # this replica archives due sessions in the background
+            threading.Thread(target=self._archive_forever, name="archiver", daemon=True).start()
         self.m_forked = self.metrics.counter("sessions_forked", "Sessions forked")
+
+    def _archive_forever(self) -> None:
+        """The archiver, on its own event loop and Redis connections (it runs without requests)."""
+        from worldserve.sessions.archiver import ArchivePolicy, Archiver
+
+        c = self.config
+        policy = ArchivePolicy(chunk_steps=c.archive_chunk_steps, hot_window=c.hot_window_steps,
+                               rid_keep=c.archive_rid_keep_steps)
+
+        async def main() -> None:
+            store = SessionStore.from_config(c)
+            await Archiver(store, store.archive, policy, self.metrics).run()
+
+        asyncio.run(main())
 
     async def _generate(self, prompt: str, seed: int, steps: int, guidance: float) -> bytes:
         return await self.image.generate.remote(prompt, seed, steps, guidance)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
 
-from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 DELETIONS_CHANNEL = "ws:deleted"  # pub/sub: "<tenant>\n<sid>" of every deleted session
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -40,8 +40,9 @@ REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 """A client's idempotency key of a step (a Rollout's action i is recorded as "<id>/<i>")."""
 
 # KEYS: record, log. ARGV: expected step, action JSON, latent, frame PNG, time, request id ("" =
-# none). Returns {new step, 0}, {-1, 0} (no session), {-2, current step} (moved on), or
-# {-3, step} (this request id already landed as that step: nothing written).
+# none), most steps not yet archived (0: no bound). Returns {new step, 0}, {-1, 0} (no session),
+# {-2, current step} (moved on), {-3, step} (this request id already landed as that step: nothing
+# written), or {-4, archived step} (the unarchived tail is full: nothing written).
 _APPEND = """
 local cur = redis.call('HGET', KEYS[1], 'step')
 if not cur then return {-1, 0} end
@@ -52,8 +53,13 @@ if ARGV[6] ~= '' then
 end
 if cur ~= tonumber(ARGV[1]) then return {-2, cur} end
 local n = cur + 1
+local bound = tonumber(ARGV[7])
+if bound > 0 then
+  local archived = tonumber(redis.call('HGET', KEYS[1], 'archived') or '-1')
+  if n - archived > bound then return {-4, archived} end
+end
 redis.call('HSET', KEYS[2], 'a:' .. n, ARGV[2], 'z:' .. n, ARGV[3], 'f:' .. n, ARGV[4])
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[6], n) end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[6], n, 'q:' .. n, ARGV[6]) end
 redis.call('HSET', KEYS[1], 'step', n, 'updated_at', ARGV[5])
 local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
 redis.call('EXPIRE', KEYS[1], ttl)
@@ -77,6 +83,44 @@ if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return redis.call('ZCARD', KEYS[1])
 """
+
+# KEYS: record, log. ARGV: the archived step this trim expects, the newly archived step, hot window
+# (steps), request ids kept (steps). Moves ``archived`` on, then drops what Redis no longer needs:
+# the action, latent and frame of archived steps older than the hot window, and the request ids of
+# steps older than the kept ones. Returns the new archived step, -1 (no session) or -2 (another
+# archiver moved it first: nothing changed).
+_TRIM = """
+local cur = redis.call('HGET', KEYS[1], 'step')
+if not cur then return -1 end
+cur = tonumber(cur)
+local archived = tonumber(redis.call('HGET', KEYS[1], 'archived') or '-1')
+if archived ~= tonumber(ARGV[1]) then return -2 end
+local new = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'archived', new)
+local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '-1')
+local upto = math.min(new, cur - tonumber(ARGV[3]))
+for n = trimmed + 1, upto do
+  redis.call('HDEL', KEYS[2], 'a:' .. n, 'z:' .. n, 'f:' .. n)
+end
+if upto > trimmed then redis.call('HSET', KEYS[1], 'trimmed', upto) end
+local rupto = cur - tonumber(ARGV[4])
+local rtrim = tonumber(redis.call('HGET', KEYS[1], 'rid_trimmed') or '-1')
+for n = rtrim + 1, rupto do
+  local rid = redis.call('HGET', KEYS[2], 'q:' .. n)
+  if rid then redis.call('HDEL', KEYS[2], 'r:' .. rid, 'q:' .. n) end
+end
+if rupto > rtrim then redis.call('HSET', KEYS[1], 'rid_trimmed', rupto) end
+return new
+"""
+
+# KEYS: the archive's due set. ARGV: now, lease (s), most to claim. Claims due sessions: each is
+# pushed ``lease`` seconds ahead (an archiver that dies mid-chunk leaves it to the next one).
+_CLAIM = """
+local got = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(got) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), m) end
+return got
+"""
+ARCHIVE_DUE = "ws:archive:due"  # sorted set: "<tenant>\n<sid>" of sessions with a full chunk to archive
 
 INDEX_GRACE_S = 60.0
 """An index entry without a record is dropped only when older than this: a younger one is a
@@ -107,8 +151,10 @@ def check_request_id(rid: str) -> str:
     return rid
 
 
-# KEYS: parent record, parent log, child record, child log. ARGV: fork step (-1 = current), child
-# record fields as alternating name/value pairs.
+# KEYS: parent record, parent log, child record, child log. ARGV: fork step (-1 = current), the
+# parent's ``trimmed`` step the caller saw ("" = unchecked; -3 when it moved: an archiver trimmed
+# meanwhile), child record fields as alternating name/value pairs. Copies the parent's log entries
+# up to the fork step that Redis holds (with an archive: the steps after its trimmed ones).
 _FORK = """
 local cur = redis.call('HGET', KEYS[1], 'step')
 if not cur then return {-1, 0} end
@@ -116,6 +162,9 @@ cur = tonumber(cur)
 local at = tonumber(ARGV[1])
 if at < 0 then at = cur end
 if at > cur then return {-2, cur} end
+if ARGV[2] ~= '' and tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '-1') ~= tonumber(ARGV[2]) then
+  return {-3, 0}
+end
 for n = 0, at do
   local vals = redis.call('HMGET', KEYS[2], 'a:' .. n, 'z:' .. n, 'f:' .. n)
   local names = {'a:', 'z:', 'f:'}
@@ -124,7 +173,7 @@ for n = 0, at do
   end
 end
 local fields = {}
-for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[3], unpack(fields))
 redis.call('HSET', KEYS[3], 'step', at, 'fork_step', at)
 local ttl = tonumber(redis.call('HGET', KEYS[3], 'ttl_s'))
@@ -152,6 +201,10 @@ class SessionRecord:
     width: int
     height: int
     version: int = SCHEMA_VERSION
+    archived: int = -1
+    """The last step in the archive (-1: none); steps after it are only in Redis."""
+    trimmed: int = -1
+    """The last step whose action, latent and frame Redis dropped (archived before)."""
 
     @classmethod
     def from_redis(cls, tenant: str, sid: str, h: dict[bytes, bytes]) -> "SessionRecord":
@@ -171,6 +224,8 @@ class SessionRecord:
             width=int(g.get("width", 0)),
             height=int(g.get("height", 0)),
             version=int(g.get("version", SCHEMA_VERSION)),
+            archived=int(g.get("archived", -1)),
+            trimmed=int(g.get("trimmed", -1)),
         )
 
     def fields(self) -> dict[str, str]:
@@ -201,17 +256,23 @@ def new_session_id() -> str:
 class SessionStore:
     """Async access to sessions; knows nothing of gRPC. Errors are worldserve errors."""
 
-    def __init__(self, r: aioredis.Redis, *, default_ttl_s: int = 24 * 3600, observe=None):
+    def __init__(self, r: aioredis.Redis, *, default_ttl_s: int = 24 * 3600, observe=None, archive=None,
+                 max_tail: int = 0):
         self.r = r
         self.default_ttl_s = default_ttl_s
         self._observe = observe  # callable(op, seconds) for the Redis latency histogram
+        self.archive = archive  # worldserve.sessions.archive.Archive, or None: everything stays in Redis
+        self.max_tail = max_tail if archive is not None else 0  # most unarchived steps (0: no bound)
+        self._trim = r.register_script(_TRIM)
+        self._claim = r.register_script(_CLAIM)
         self._append = r.register_script(_APPEND)
         self._recorded = r.register_script(_RECORDED)
         self._fork = r.register_script(_FORK)
         self._reserve = r.register_script(_RESERVE)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = 5.0, default_ttl_s: int = 24 * 3600, observe=None) -> "SessionStore":
+    def from_url(cls, url: str, *, timeout_s: float = 5.0, default_ttl_s: int = 24 * 3600, observe=None,
+                 archive=None, max_tail: int = 0) -> "SessionStore":
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
@@ -222,7 +283,18 @@ class SessionStore:
         retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3, supported_errors=(RedisConnectionError,))
         r = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                     health_check_interval=30, retry=retry)
-        return cls(r, default_ttl_s=default_ttl_s, observe=observe)
+        return cls(r, default_ttl_s=default_ttl_s, observe=observe, archive=archive, max_tail=max_tail)
+
+    @classmethod
+    def from_config(cls, config, observe=None) -> "SessionStore":
+        """The store a service uses: ``config``'s Redis, timeouts, TTL and archive."""
+        archive = None
+        if config.archive_url:
+            from worldserve.sessions.archive import Archive
+
+            archive = Archive.from_url(config.archive_url, config.archive_options)
+        return cls.from_url(config.redis_url, timeout_s=config.redis_timeout_s, default_ttl_s=config.session_ttl_s,
+                            observe=observe, archive=archive, max_tail=config.archive_max_tail_steps)
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -438,6 +510,8 @@ class SessionStore:
         self._timed("delete", t0)
         if n > 0:  # every dynamics replica drops the session's cached model state
             await self.r.publish(DELETIONS_CHANNEL, f"{tenant}\n{sid}")
+            if self.archive is not None:
+                await self.archive.delete_session(tenant, sid)
         return n > 0
 
     async def deletions(self) -> AsyncIterator[tuple[str, str]]:
@@ -477,21 +551,52 @@ class SessionStore:
             "height": str(parent.height),
             "version": str(SCHEMA_VERSION),
         }
-        argv: list[str] = [str(-1 if step is None else step)]
-        for k, v in fields.items():
-            argv += [k, v]
-        t0 = time.perf_counter()
-        at, cur = await self._fork(
-            keys=[self._rec(tenant, sid), self._log(tenant, sid), self._rec(tenant, child_id), self._log(tenant, child_id)],
-            args=argv,
-        )
-        self._timed("fork", t0)
+        for _ in range(8):  # an archiver may trim the parent meanwhile: then again
+            at = parent.step if step is None else step
+            argv: list[str] = [str(at), ""]
+            child_fields = dict(fields)
+            if self.archive is not None:  # the child's archived history: the parent's chunks, copied
+                upto = min(at, parent.archived)
+                await self._copy_archive(tenant, sid, child_id, upto)
+                child_fields.update(archived=str(upto), trimmed=str(min(parent.trimmed, at)))
+                argv[1] = str(parent.trimmed)
+            for k, v in child_fields.items():
+                argv += [k, v]
+            t0 = time.perf_counter()
+            at, cur = await self._fork(
+                keys=[self._rec(tenant, sid), self._log(tenant, sid), self._rec(tenant, child_id),
+                      self._log(tenant, child_id)],
+                args=argv,
+            )
+            self._timed("fork", t0)
+            if at != -3:
+                break
+            parent = await self.get(tenant, sid, touch=False)
         if at == -1:
             raise NotFound(f"session {sid!r} not found")
         if at == -2:
             raise InvalidArgument(f"fork step {step} is beyond the session's current step {cur}")
+        if at == -3:
+            raise Conflict(f"session {sid!r} was being archived; the fork was not made, retry")
         await self.r.zadd(self._index(tenant), {child_id: now})
         return await self.get(tenant, child_id, touch=False)
+
+    async def _copy_archive(self, tenant: str, parent: str, child: str, upto: int) -> None:
+        """The parent's archived chunks up to step ``upto`` become the child's (object copies in the
+        store; the last one listed only up to ``upto``)."""
+        import obstore
+
+        from worldserve.sessions.archive import ChunkRef
+
+        arch = self.archive
+        assert arch is not None
+        refs = []
+        for c in await arch.manifest(tenant, parent):
+            if c.first > upto:
+                break
+            await obstore.copy_async(arch.store, arch._base(tenant, parent) + c.key, arch._base(tenant, child) + c.key)
+            refs.append(ChunkRef(c.first, min(c.last, upto), c.key, c.sha256, c.bytes))
+        await arch.write_manifest(tenant, child, refs)
 
     async def append(
         self, tenant: str, sid: str, *, expected_step: int, action: dict, latent: bytes, frame: bytes,
@@ -507,11 +612,15 @@ class SessionStore:
         n, cur = await self._append(
             keys=[self._rec(tenant, sid), self._log(tenant, sid)],
             args=[expected_step, json.dumps(action, separators=(",", ":"), sort_keys=True), latent, frame,
-                  repr(time.time()), request_id],
+                  repr(time.time()), request_id, self.max_tail],
         )
         self._timed("append", t0)
         if n == -1:
             raise NotFound(f"session {sid!r} not found")
+        if n == -4:
+            raise ResourceExhausted(
+                f"session {sid!r} has {expected_step + 1 - int(cur)} steps not yet archived (the limit): the "
+                "archive is unreachable or behind; this step was not applied, retry later", retry_after_s=1.0)
         if n == -3:
             raise AlreadyApplied(int(cur))
         if n == -2:
@@ -525,7 +634,12 @@ class SessionStore:
         t0 = time.perf_counter()
         hit = await self._recorded(keys=[self._log(tenant, sid)], args=[request_id])
         self._timed("recorded", t0)
-        return None if hit is None else (int(hit[0]), hit[1])
+        if hit is None:
+            return None
+        step, frame = int(hit[0]), hit[1]
+        if frame is None and self.archive is not None:  # trimmed from Redis: the archive has it
+            frame = (await self.archive.read(tenant, sid, step, step))[0].frame
+        return step, frame
 
     async def check_step(self, rec: SessionRecord, expected_step: int | None) -> None:
         if expected_step is not None and expected_step != rec.step:
@@ -559,22 +673,74 @@ class SessionStore:
     async def export(
         self, tenant: str, sid: str, *, from_step: int = 0, to_step: int | None = None, frames: bool = True, chunk: int = 32
     ) -> AsyncIterator[LogEntry]:
-        """Stream a trajectory in chunks (bounded memory for long sessions)."""
+        """Stream a trajectory in chunks (bounded memory for long sessions): the archived steps from
+        the archive (DATA_LOSS for a missing or corrupt chunk), then the rest from Redis."""
         rec = await self.get(tenant, sid)
         end = rec.step if to_step is None else min(to_step, rec.step)
-        for lo in range(from_step, end + 1, chunk):
-            steps = list(range(lo, min(lo + chunk, end + 1)))
+        archived = rec.archived if self.archive is not None else -1
+        n = from_step
+        while n <= end:
+            if n <= archived:  # an archived step: read its chunk's worth from the archive
+                last = min(end, archived, n + chunk - 1)
+                for e in await self.archive.read(tenant, sid, n, last):  # type: ignore[union-attr]
+                    yield LogEntry(e.step, e.action, None, e.frame if frames else None)
+                n = last + 1
+                continue
+            steps = list(range(n, min(n + chunk, end + 1)))
             names: list[str] = []
-            for n in steps:
-                names += [f"a:{n}", f"f:{n}"] if frames else [f"a:{n}"]
+            for m in steps:
+                names += [f"a:{m}", f"f:{m}"] if frames else [f"a:{m}"]
             vals = await self.r.hmget(self._log(tenant, sid), names)
             k = 2 if frames else 1
-            for i, n in enumerate(steps):
+            for i, m in enumerate(steps):
                 a = vals[k * i]
                 f = vals[k * i + 1] if frames else None
-                if n > 0 and a is None:
+                if (m > 0 and a is None) or (frames and f is None):
+                    fresh = await self.get(tenant, sid, touch=False)  # NotFound when deleted meanwhile
+                    if self.archive is not None and fresh.archived >= m:  # archived and trimmed meanwhile
+                        archived = fresh.archived
+                        break
                     raise NotFound(f"session {sid!r} was deleted during export")
-                yield LogEntry(n, json.loads(a) if a else None, None, f)
+                yield LogEntry(m, json.loads(a) if a else None, None, f)
+                n = m + 1
+
+    # -- the archive's side -----------------------------------------------------------------------
+    async def mark_due(self, tenant: str, sid: str) -> None:
+        """The session has a full chunk to archive."""
+        await self.r.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time()}, nx=True)
+
+    async def claim_due(self, n: int, lease_s: float) -> list[tuple[str, str]]:
+        got = await self._claim(keys=[ARCHIVE_DUE], args=[repr(time.time()), repr(lease_s), n])
+        return [tuple(m.decode().split("\n", 1)) for m in got]  # type: ignore[misc]
+
+    async def done_due(self, tenant: str, sid: str) -> None:
+        await self.r.zrem(ARCHIVE_DUE, f"{tenant}\n{sid}")
+
+    async def log_entries(self, tenant: str, sid: str, first: int, last: int, *, latents: bool = True) -> list:
+        """Steps ``first`` .. ``last`` from Redis as ArchivedStep, or None where a part is missing."""
+        from worldserve.sessions.archive import ArchivedStep
+
+        names: list[str] = []
+        for m in range(first, last + 1):
+            names += [f"a:{m}", f"f:{m}", f"z:{m}"]
+        vals = await self.r.hmget(self._log(tenant, sid), names)
+        out = []
+        for i, m in enumerate(range(first, last + 1)):
+            a, f, z = vals[3 * i: 3 * i + 3]
+            if f is None or (m > 0 and a is None):
+                out.append(None)
+            else:
+                out.append(ArchivedStep(m, json.loads(a) if a else None, f, z if latents else None))
+        return out
+
+    async def trim(self, tenant: str, sid: str, *, expected: int, archived: int, window: int, rid_keep: int) -> int:
+        """Record ``archived`` (compare-and-set on the previous value) and drop what Redis no longer
+        needs; returns the new archived step, -1 (no session) or -2 (moved by someone else)."""
+        t0 = time.perf_counter()
+        n = await self._trim(keys=[self._rec(tenant, sid), self._log(tenant, sid)],
+                             args=[expected, archived, window, rid_keep])
+        self._timed("trim", t0)
+        return int(n)
 
 
 def action_to_dict(keys: Sequence[str], mouse: dict[str, float]) -> dict:
