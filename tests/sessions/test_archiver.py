@@ -150,3 +150,48 @@ async def test_delete_removes_the_archived_steps(astore):
     assert await astore.archive.manifest("t", rec.session_id)
     assert await astore.delete("t", rec.session_id)
     assert await astore.archive.manifest("t", rec.session_id) == []
+
+
+async def objects(store, tenant, sid) -> list[str]:
+    return await store.archive._list(store.archive._base(tenant, sid))
+
+
+async def test_a_fork_costs_its_window_not_its_history(astore):
+    import time as _time
+
+    arch = Archiver(astore, astore.archive, POLICY)
+    costs = {}
+    for n in (200, 2000):
+        rec = await new(astore)
+        for start in range(0, n, 40):
+            await play(astore, "t", rec.session_id, 40, start=start)
+            await arch.run_once()
+        t0 = _time.perf_counter()
+        child = await astore.fork("t", rec.session_id)
+        costs[n] = _time.perf_counter() - t0
+        hot = await astore.r.hlen(astore._log("t", child.session_id))
+        assert hot <= 3 * (POLICY.chunk_steps + POLICY.hot_window)  # only the hot part was copied in Redis
+        assert [p.rsplit("/", 1)[1] for p in await objects(astore, "t", child.session_id)] == ["manifest.json"]
+        got = await exported(astore, "t", child.session_id)
+        assert [s for s, _ in got] == list(range(n + 1)) and got[-1][1] == frame(n)
+    print(f"fork: {costs[200] * 1e3:.1f} ms at 200 steps, {costs[2000] * 1e3:.1f} ms at 2000")
+    assert costs[2000] < 5 * costs[200] + 0.05  # not 10x: the history is shared, not copied
+
+
+async def test_deletes_keep_what_forks_still_read_and_free_it_after(astore):
+    arch = Archiver(astore, astore.archive, POLICY)
+    root = await new(astore)
+    await play(astore, "t", root.session_id, 24)
+    await arch.run_once()
+    child = await astore.fork("t", root.session_id, step=20)
+    await play(astore, "t", child.session_id, 20, start=20)
+    await arch.run_once()
+    grandchild = await astore.fork("t", child.session_id, step=35)
+    assert await astore.delete("t", root.session_id)
+    assert await astore.delete("t", child.session_id)
+    assert await objects(astore, "t", root.session_id)  # still read by the grandchild
+    got = await exported(astore, "t", grandchild.session_id)
+    assert got == [(n, frame(n)) for n in range(36)]
+    assert await astore.delete("t", grandchild.session_id)  # the last reader: everything goes
+    for sid in (root.session_id, child.session_id, grandchild.session_id):
+        assert await objects(astore, "t", sid) == []

@@ -20,6 +20,7 @@ Layout under ``<prefix>sessions/<tenant>/<session>/``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -125,8 +126,12 @@ class Archive:
         store, prefix = make_store(url, options)
         return cls(store, prefix)
 
+    @staticmethod
+    def _rel(tenant: str, sid: str) -> str:
+        return f"sessions/{tenant}/{sid}/"
+
     def _base(self, tenant: str, sid: str) -> str:
-        return f"{self.prefix}sessions/{tenant}/{sid}/"
+        return self.prefix + self._rel(tenant, sid)
 
     async def _get(self, path: str) -> bytes | None:
         import obstore
@@ -155,10 +160,9 @@ class Archive:
 
         data = encode_chunk(entries)
         first, last = entries[0].step, entries[-1].step
-        key = f"chunks/{first:012d}-{last:012d}.wsc"
+        key = f"{self._rel(tenant, sid)}chunks/{first:012d}-{last:012d}.wsc"
         ref = ChunkRef(first, last, key, hashlib.sha256(data).hexdigest(), len(data))
-        base = self._base(tenant, sid)
-        await obstore.put_async(self.store, base + key, data)
+        await obstore.put_async(self.store, self.prefix + key, data)
         chunks = await self.manifest(tenant, sid)
         if any(c.first == first and c.last == last for c in chunks):
             return ref
@@ -186,7 +190,7 @@ class Archive:
                 continue
             if c.first > covered:
                 break
-            raw = await self._get(self._base(tenant, sid) + c.key)
+            raw = await self._get(self.prefix + c.key)
             what = f"session {sid!r}: archived steps {c.first}-{c.last}"
             if raw is None:
                 raise DataLoss(f"{what} are missing from the archive")
@@ -199,11 +203,61 @@ class Archive:
             raise DataLoss(f"session {sid!r}: archived steps {covered}-{last} are missing from the archive")
         return out
 
-    async def delete_session(self, tenant: str, sid: str) -> int:
-        """Delete every object of a session; returns how many."""
+    # -- forks and deletes: chunks shared by reference ---------------------------------------------
+    async def share(self, tenant: str, parent: str, child: str, upto: int) -> None:
+        """The child's archived history is the parent's up to step ``upto``: its manifest lists the
+        parent's chunks (the last one only up to ``upto``), no object is copied, and each chunk's
+        owner records the child (``children/<child>``), so a delete keeps what a child still reads."""
         import obstore
 
-        paths = [m["path"] async for page in obstore.list(self.store, self._base(tenant, sid)) for m in page]
+        refs = [ChunkRef(c.first, min(c.last, upto), c.key, c.sha256, c.bytes)
+                for c in await self.manifest(tenant, parent) if c.first <= upto]
+        for owner in sorted({self._owner(c.key) for c in refs}):
+            await obstore.put_async(self.store, f"{self.prefix}{owner}children/{child}", b"")
+        await self.write_manifest(tenant, child, refs)
+
+    @staticmethod
+    def _owner(key: str) -> str:
+        """``sessions/<tenant>/<sid>/`` of a chunk key."""
+        return key[: key.index("chunks/")]
+
+    async def _list(self, path: str) -> list[str]:
+        import obstore
+
+        return [m["path"] async for page in obstore.list(self.store, path) for m in page]
+
+    async def delete_session(self, tenant: str, sid: str) -> int:
+        """Delete a session's archive: every object of it, unless forks still read its chunks (then
+        it is marked deleted and goes when the last of them does). Returns the objects deleted."""
+        import obstore
+
+        rel = self._rel(tenant, sid)
+        if await self._list(f"{self.prefix}{rel}children/"):
+            await obstore.put_async(self.store, f"{self.prefix}{rel}deleted", b"")
+            return 0
+        return await self._purge(rel)
+
+    async def _purge(self, rel: str) -> int:
+        """Delete a session folder (``sessions/<t>/<sid>/``), release its references to the chunks
+        of others, and purge those others when they were deleted and this was their last reader."""
+        import obstore
+
+        raw = await self._get(f"{self.prefix}{rel}manifest.json")
+        owners: set[str] = set()
+        if raw is not None:
+            try:
+                owners = {self._owner(c["key"]) for c in json.loads(raw)["chunks"]} - {rel}
+            except (ValueError, KeyError, TypeError):
+                owners = set()
+        paths = await self._list(self.prefix + rel)
         if paths:
             await obstore.delete_async(self.store, paths)
-        return len(paths)
+        n = len(paths)
+        sid = rel.rstrip("/").rsplit("/", 1)[1]
+        for owner in sorted(owners):
+            with contextlib.suppress(FileNotFoundError):
+                await obstore.delete_async(self.store, f"{self.prefix}{owner}children/{sid}")
+            deleted = await self._get(f"{self.prefix}{owner}deleted") is not None
+            if deleted and not await self._list(f"{self.prefix}{owner}children/"):
+                n += await self._purge(owner)
+        return n

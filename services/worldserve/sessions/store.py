@@ -1,20 +1,27 @@
-"""World state in Redis. Redis holds the truth; replica memory is only a cache.
+"""World state in Redis. Redis holds the truth of a session's hot state; replica memory is only a
+cache, and the trajectory archive (worldserve.sessions.archive) holds its older steps.
 
 Keys (``<t>`` tenant, ``<sid>`` session id; the ``{<sid>}`` hash tag keeps a session's two keys in
 one Redis Cluster slot so its Lua scripts stay legal there):
 
 - ``ws:<t>:{<sid>}`` hash: the record (model, prompt, seed, step, parent_id, fork_step, created_at,
-  updated_at, ttl_s, width, height, version).
-- ``ws:<t>:{<sid>}:log`` hash, append-only: ``a:<n>`` action (JSON), ``z:<n>`` latent frame (packed
-  array: dtype/shape header + raw bytes, never pickle), ``f:<n>`` encoded frame (PNG) of step n.
-  The model's context is the rolling window of the last ``context_frames`` latents of this log.
+  updated_at, ttl_s, width, height, version; ``archived``: the last step in the archive,
+  ``trimmed``: the last step Redis dropped).
+- ``ws:<t>:{<sid>}:log`` hash: ``a:<n>`` action (JSON), ``z:<n>`` latent frame (packed array:
+  dtype/shape header + raw bytes, never pickle), ``f:<n>`` encoded frame (PNG) of step n, for the
+  steps after ``trimmed``; ``r:<request id>`` -> n and ``q:<n>`` -> request id for exactly-once
+  retries. The model's context is the rolling window of the last ``context_frames`` latents.
 - ``ws:<t>:index`` sorted set: session ids by creation time (for ListSessions, and the tenant's
   live-session count of the ``max_sessions`` quota: a create reserves its id here first, in one
   script that checks the count, then writes the record).
+- ``ws:archive:due`` sorted set: sessions with a full chunk to archive (the archiver's queue).
 
 Every append is one Lua script: a compare-and-set on the step counter, so two racing Steps on one
-session never both land. Both session keys expire by the session's TTL, refreshed on every use.
-Fork copies the history up to the fork step inside Redis (one script, no bytes through the client).
+session never both land. With an archive, the archiver writes each full chunk of steps, then one
+script moves ``archived`` (compare-and-set) and drops the steps older than the hot window: per
+session, Redis holds the window and the unarchived tail, whatever the step count. Both session
+keys expire by the session's TTL, refreshed on every use. A fork copies only the parent's steps
+that Redis still holds (one script) and shares its archived chunks by reference.
 """
 
 from __future__ import annotations
@@ -162,10 +169,9 @@ cur = tonumber(cur)
 local at = tonumber(ARGV[1])
 if at < 0 then at = cur end
 if at > cur then return {-2, cur} end
-if ARGV[2] ~= '' and tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '-1') ~= tonumber(ARGV[2]) then
-  return {-3, 0}
-end
-for n = 0, at do
+local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '-1')
+if ARGV[2] ~= '' and trimmed ~= tonumber(ARGV[2]) then return {-3, 0} end
+for n = math.max(0, trimmed + 1), at do
   local vals = redis.call('HMGET', KEYS[2], 'a:' .. n, 'z:' .. n, 'f:' .. n)
   local names = {'a:', 'z:', 'f:'}
   for i = 1, 3 do
@@ -555,9 +561,9 @@ class SessionStore:
             at = parent.step if step is None else step
             argv: list[str] = [str(at), ""]
             child_fields = dict(fields)
-            if self.archive is not None:  # the child's archived history: the parent's chunks, copied
+            if self.archive is not None:  # the child's archived history: the parent's chunks, shared
                 upto = min(at, parent.archived)
-                await self._copy_archive(tenant, sid, child_id, upto)
+                await self.archive.share(tenant, sid, child_id, upto)
                 child_fields.update(archived=str(upto), trimmed=str(min(parent.trimmed, at)))
                 argv[1] = str(parent.trimmed)
             for k, v in child_fields.items():
@@ -580,23 +586,6 @@ class SessionStore:
             raise Conflict(f"session {sid!r} was being archived; the fork was not made, retry")
         await self.r.zadd(self._index(tenant), {child_id: now})
         return await self.get(tenant, child_id, touch=False)
-
-    async def _copy_archive(self, tenant: str, parent: str, child: str, upto: int) -> None:
-        """The parent's archived chunks up to step ``upto`` become the child's (object copies in the
-        store; the last one listed only up to ``upto``)."""
-        import obstore
-
-        from worldserve.sessions.archive import ChunkRef
-
-        arch = self.archive
-        assert arch is not None
-        refs = []
-        for c in await arch.manifest(tenant, parent):
-            if c.first > upto:
-                break
-            await obstore.copy_async(arch.store, arch._base(tenant, parent) + c.key, arch._base(tenant, child) + c.key)
-            refs.append(ChunkRef(c.first, min(c.last, upto), c.key, c.sha256, c.bytes))
-        await arch.write_manifest(tenant, child, refs)
 
     async def append(
         self, tenant: str, sid: str, *, expected_step: int, action: dict, latent: bytes, frame: bytes,
