@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worldserve.common.redis_server import EmbeddedRedis
+from worldserve.common.redis_server import EmbeddedRedis, EmbeddedRedisCluster
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +19,30 @@ async def store(redis_server):
     from worldserve.sessions.store import SessionStore
 
     s = SessionStore.from_url(redis_server.url, default_ttl_s=600)
-    await s.r.flushdb()
+    await flush(s.r)
     yield s
     await s.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real three-master Redis Cluster on loopback (redis-server in cluster mode)."""
+    c = EmbeddedRedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield c
+    c.stop()
+
+
+async def flush(r) -> None:
+    """Empty a Redis or every master of a Redis Cluster."""
+    from redis.asyncio.cluster import RedisCluster
+
+    if isinstance(r, RedisCluster):
+        await r.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await r.flushdb()
+
+
+@pytest.fixture
+def redis_flush():
+    """``await redis_flush(client)`` empties a Redis or a Redis Cluster (for fixtures elsewhere)."""
+    return flush

@@ -14,7 +14,27 @@ from worldserve.common.config import Config
 from worldserve.common.errors import STATUS_DETAILS_KEY, ResourceExhausted, status_details, status_of
 from worldserve.common.quotas import QuotaEnforcer, QuotaExceeded, Quotas
 from worldserve.sessions.core import SessionsCore
-from worldserve.sessions.store import SessionsFull
+from worldserve.sessions.store import SessionsFull, SessionStore
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def store(request, redis_flush):
+    """Quotas hold on one redis-server and on a three-master Redis Cluster (one slot per script)."""
+    url = request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster").url
+    s = SessionStore.from_url(url, default_ttl_s=600)
+    await redis_flush(s.r)
+    yield s
+    await s.close()
+
+
+def store_url(store) -> str:
+    from redis.asyncio.cluster import RedisCluster
+
+    if isinstance(store.r, RedisCluster):
+        node = store.r.get_default_node()
+        return f"redis+cluster://{node.host}:{node.port}"
+    kw = store.r.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/0"
 
 
 def test_quotas_validate_and_merge():
@@ -46,10 +66,8 @@ async def test_gcra_admits_the_burst_then_the_rate_and_says_when(store):
     assert 0.4 < e2.value.retry_after_s <= 0.51
 
 
-async def test_gcra_holds_across_enforcers_and_paces_when_asked(store, redis_server):
-    from worldserve.sessions.store import SessionStore
-
-    other = SessionStore.from_url(redis_server.url)  # a second replica's connection
+async def test_gcra_holds_across_enforcers_and_paces_when_asked(store):
+    other = SessionStore.from_url(store_url(store))  # a second replica's connection
     try:
         q = Quotas(steps_per_s=20, step_burst=4, max_step_batch=4)
         a, b = QuotaEnforcer(store.r), QuotaEnforcer(other.r)

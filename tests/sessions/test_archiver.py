@@ -15,10 +15,10 @@ POLICY = ArchivePolicy(chunk_steps=8, hot_window=4, rid_keep=6)
 
 
 @pytest.fixture
-async def astore(redis_server, tmp_path):
-    s = SessionStore.from_url(redis_server.url, default_ttl_s=600, archive=Archive.from_url(f"file://{tmp_path}/a"),
+async def astore(redis_url, redis_flush, tmp_path):
+    s = SessionStore.from_url(redis_url, default_ttl_s=600, archive=Archive.from_url(f"file://{tmp_path}/a"),
                               max_tail=48)
-    await s.r.flushdb()
+    await redis_flush(s.r)
     yield s
     await s.close()
 

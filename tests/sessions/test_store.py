@@ -167,3 +167,21 @@ async def test_a_redis_restart_costs_no_error_on_pooled_connections(tmp_path):
     finally:
         await st.close()
         srv.stop()
+
+
+async def test_deletions_reach_subscribers(store):
+    import asyncio as aio
+
+    got = []
+
+    async def listen():
+        async for t, sid in store.deletions():
+            got.append((t, sid))
+            return
+
+    task = aio.create_task(listen())
+    await aio.sleep(0.3)  # subscribed
+    rec = await store.create("t", model="m", prompt="p", seed=0, width=8, height=8, first_frame=b"x")
+    assert await store.delete("t", rec.session_id)
+    await aio.wait_for(task, 10)
+    assert got == [("t", rec.session_id)]

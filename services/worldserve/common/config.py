@@ -84,7 +84,8 @@ transformer (``weights/transformer``) at one sampler step: faster per frame, low
 @dataclass(frozen=True)
 class Config:
     redis_url: str = ""
-    """Session Redis, e.g. ``redis://:pw@host:6379/0``. Empty: ``worldserve up`` starts an embedded one."""
+    """Session Redis, e.g. ``redis://:pw@host:6379/0``, or a Redis Cluster through any node,
+    ``redis+cluster://:pw@host:6379``. Empty: ``worldserve up`` starts an embedded one."""
     api_keys_file: str = ""
     """JSON file of hashed API keys (see worldserve.common.auth)."""
     session_ttl_s: int = 24 * 3600

@@ -37,8 +37,10 @@ from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
 
-from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from worldserve.common.errors import (Conflict, DataLoss, FailedPrecondition, InvalidArgument, NotFound,
+                                     ResourceExhausted)
 
+CLUSTER_SCHEME = "redis+cluster://"  # redis_url of a Redis Cluster: redis+cluster://[:password@]host:port
 DELETIONS_CHANNEL = "ws:deleted"  # pub/sub: "<tenant>\n<sid>" of every deleted session
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SCHEMA_VERSION = 1
@@ -158,39 +160,6 @@ def check_request_id(rid: str) -> str:
     return rid
 
 
-# KEYS: parent record, parent log, child record, child log. ARGV: fork step (-1 = current), the
-# parent's ``trimmed`` step the caller saw ("" = unchecked; -3 when it moved: an archiver trimmed
-# meanwhile), child record fields as alternating name/value pairs. Copies the parent's log entries
-# up to the fork step that Redis holds (with an archive: the steps after its trimmed ones).
-_FORK = """
-local cur = redis.call('HGET', KEYS[1], 'step')
-if not cur then return {-1, 0} end
-cur = tonumber(cur)
-local at = tonumber(ARGV[1])
-if at < 0 then at = cur end
-if at > cur then return {-2, cur} end
-local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '-1')
-if ARGV[2] ~= '' and trimmed ~= tonumber(ARGV[2]) then return {-3, 0} end
-for n = math.max(0, trimmed + 1), at do
-  local vals = redis.call('HMGET', KEYS[2], 'a:' .. n, 'z:' .. n, 'f:' .. n)
-  local names = {'a:', 'z:', 'f:'}
-  for i = 1, 3 do
-    if vals[i] then redis.call('HSET', KEYS[4], names[i] .. n, vals[i]) end
-  end
-end
-local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[3], unpack(fields))
-redis.call('HSET', KEYS[3], 'step', at, 'fork_step', at)
-local ttl = tonumber(redis.call('HGET', KEYS[3], 'ttl_s'))
-redis.call('EXPIRE', KEYS[3], ttl)
-redis.call('EXPIRE', KEYS[4], ttl)
-redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'ttl_s')))
-redis.call('EXPIRE', KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'ttl_s')))
-return {at, 0}
-"""
-
-
 @dataclass(frozen=True)
 class SessionRecord:
     session_id: str
@@ -273,7 +242,6 @@ class SessionStore:
         self._claim = r.register_script(_CLAIM)
         self._append = r.register_script(_APPEND)
         self._recorded = r.register_script(_RECORDED)
-        self._fork = r.register_script(_FORK)
         self._reserve = r.register_script(_RESERVE)
 
     @classmethod
@@ -287,8 +255,15 @@ class SessionStore:
         # that command is retried on a fresh connection (not timeouts: a stalled Redis must answer
         # UNAVAILABLE within redis_timeout_s, and a command that timed out may have run).
         retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3, supported_errors=(RedisConnectionError,))
-        r = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                    health_check_interval=30, retry=retry)
+        if url.startswith(CLUSTER_SCHEME):  # a Redis Cluster: any node's address
+            from redis.asyncio.cluster import RedisCluster
+
+            node = url.removeprefix(CLUSTER_SCHEME).split("/", 1)[0]
+            r = RedisCluster.from_url(f"redis://{node}", socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                      retry=retry)
+        else:
+            r = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                        health_check_interval=30, retry=retry)
         return cls(r, default_ttl_s=default_ttl_s, observe=observe, archive=archive, max_tail=max_tail)
 
     @classmethod
@@ -357,13 +332,13 @@ class SessionStore:
         log = {"f:0": first_frame}
         if first_latent is not None:
             log["z:0"] = first_latent
-        async with self.r.pipeline(transaction=True) as p:
+        async with self.r.pipeline(transaction=True) as p:  # one slot: the session's two keys
             p.hset(self._log(tenant, rec.session_id), mapping=log)
             p.hset(self._rec(tenant, rec.session_id), mapping=rec.fields())
             p.expire(self._log(tenant, rec.session_id), rec.ttl_s)
             p.expire(self._rec(tenant, rec.session_id), rec.ttl_s)
-            p.zadd(self._index(tenant), {rec.session_id: now})
             await p.execute()
+        await self.r.zadd(self._index(tenant), {rec.session_id: now})  # another slot: its own command
         self._timed("create", t0)
         return rec
 
@@ -509,10 +484,11 @@ class SessionStore:
     async def delete(self, tenant: str, sid: str) -> bool:
         check_session_id(sid)
         t0 = time.perf_counter()
-        async with self.r.pipeline(transaction=True) as p:
-            p.delete(self._rec(tenant, sid), self._log(tenant, sid))
-            p.zrem(self._index(tenant), sid)
+        async with self.r.pipeline(transaction=True) as p:  # one slot: the session's two keys
+            p.delete(self._rec(tenant, sid))
+            p.delete(self._log(tenant, sid))
             n, _ = await p.execute()
+        await self.r.zrem(self._index(tenant), sid)
         self._timed("delete", t0)
         if n > 0:  # every dynamics replica drops the session's cached model state
             await self.r.publish(DELETIONS_CHANNEL, f"{tenant}\n{sid}")
@@ -539,52 +515,51 @@ class SessionStore:
     async def fork(self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None,
                    session_id: str | None = None) -> SessionRecord:
         """A child session at ``step`` (default: the parent's current step); ``session_id``: its
-        id reserved by ``reserve`` (default: a new one)."""
+        id reserved by ``reserve`` (default: a new one). The child gets a copy of the parent's
+        steps that Redis still holds (after its trimmed ones) and, with an archive, shares its
+        archived chunks: the cost is the hot window and tail, not the history. The parent and the
+        child live in different Redis Cluster slots: the copy goes through this client, checked
+        against a trim that may run meanwhile."""
         parent = await self.get(tenant, sid, touch=False)
         if step is not None and step > parent.step:
             raise InvalidArgument(f"fork step {step} is beyond the session's current step {parent.step}")
         child_id = session_id or new_session_id()
+        t0 = time.perf_counter()
+        for _ in range(8):
+            at = parent.step if step is None else step
+            first = max(0, parent.trimmed + 1)
+            names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "f")]
+            vals = await self.r.hmget(self._log(tenant, sid), names) if names else []
+            entries = {k: v for k, v in zip(names, vals) if v is not None}
+            fresh = await self.get(tenant, sid, touch=True)  # NotFound if deleted meanwhile; refreshes its TTL
+            if fresh.trimmed == parent.trimmed:
+                break
+            parent = fresh  # an archiver trimmed meanwhile: read again
+        else:
+            raise Conflict(f"session {sid!r} was being archived; the fork was not made, retry")
+        missing = [n for n in range(first, at + 1) if f"f:{n}" not in entries]
+        if missing:
+            raise DataLoss(f"session {sid!r}: steps {missing[0]}-{missing[-1]} are missing from Redis")
         now = time.time()
         fields = {
-            "model": parent.model,
-            "prompt": parent.prompt,
-            "seed": str(parent.seed if seed is None else int(seed)),
-            "parent_id": sid,
-            "created_at": str(now),
-            "updated_at": str(now),
-            "ttl_s": str(parent.ttl_s),
-            "width": str(parent.width),
-            "height": str(parent.height),
+            "model": parent.model, "prompt": parent.prompt, "seed": str(parent.seed if seed is None else int(seed)),
+            "step": str(at), "parent_id": sid, "fork_step": str(at), "created_at": str(now), "updated_at": str(now),
+            "ttl_s": str(parent.ttl_s), "width": str(parent.width), "height": str(parent.height),
             "version": str(SCHEMA_VERSION),
         }
-        for _ in range(8):  # an archiver may trim the parent meanwhile: then again
-            at = parent.step if step is None else step
-            argv: list[str] = [str(at), ""]
-            child_fields = dict(fields)
-            if self.archive is not None:  # the child's archived history: the parent's chunks, shared
-                upto = min(at, parent.archived)
-                await self.archive.share(tenant, sid, child_id, upto)
-                child_fields.update(archived=str(upto), trimmed=str(min(parent.trimmed, at)))
-                argv[1] = str(parent.trimmed)
-            for k, v in child_fields.items():
-                argv += [k, v]
-            t0 = time.perf_counter()
-            at, cur = await self._fork(
-                keys=[self._rec(tenant, sid), self._log(tenant, sid), self._rec(tenant, child_id),
-                      self._log(tenant, child_id)],
-                args=argv,
-            )
-            self._timed("fork", t0)
-            if at != -3:
-                break
-            parent = await self.get(tenant, sid, touch=False)
-        if at == -1:
-            raise NotFound(f"session {sid!r} not found")
-        if at == -2:
-            raise InvalidArgument(f"fork step {step} is beyond the session's current step {cur}")
-        if at == -3:
-            raise Conflict(f"session {sid!r} was being archived; the fork was not made, retry")
+        if self.archive is not None:  # the child's archived history: the parent's chunks, shared
+            upto = min(at, parent.archived)
+            await self.archive.share(tenant, sid, child_id, upto)
+            fields.update(archived=str(upto), trimmed=str(min(parent.trimmed, at)))
+        async with self.r.pipeline(transaction=True) as p:  # one slot: the child's two keys
+            if entries:
+                p.hset(self._log(tenant, child_id), mapping=entries)
+            p.hset(self._rec(tenant, child_id), mapping=fields)
+            p.expire(self._rec(tenant, child_id), parent.ttl_s)
+            p.expire(self._log(tenant, child_id), parent.ttl_s)
+            await p.execute()
         await self.r.zadd(self._index(tenant), {child_id: now})
+        self._timed("fork", t0)
         return await self.get(tenant, child_id, touch=False)
 
     async def append(
