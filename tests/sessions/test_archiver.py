@@ -188,6 +188,9 @@ async def test_deletes_keep_what_forks_still_read_and_free_it_after(astore):
     await arch.run_once()
     grandchild = await astore.fork("t", child.session_id, step=35)
     assert await astore.delete("t", root.session_id)
+    late = await astore.fork("t", child.session_id, step=10)  # a fork of a deleted parent's steps
+    assert await exported(astore, "t", late.session_id) == [(n, frame(n)) for n in range(11)]
+    assert await astore.delete("t", late.session_id)
     assert await astore.delete("t", child.session_id)
     assert await objects(astore, "t", root.session_id)  # still read by the grandchild
     got = await exported(astore, "t", grandchild.session_id)
@@ -195,3 +198,18 @@ async def test_deletes_keep_what_forks_still_read_and_free_it_after(astore):
     assert await astore.delete("t", grandchild.session_id)  # the last reader: everything goes
     for sid in (root.session_id, child.session_id, grandchild.session_id):
         assert await objects(astore, "t", sid) == []
+
+
+async def test_the_archive_of_an_expired_session_is_collected_after_the_grace(astore):
+    from dataclasses import replace
+
+    rec = await new(astore)
+    keep = await new(astore)
+    for s in (rec, keep):
+        await play(astore, "t", s.session_id, 16)
+    await Archiver(astore, astore.archive, POLICY).run_once()
+    await astore.r.delete(astore._rec("t", rec.session_id), astore._log("t", rec.session_id))  # its TTL ran out
+    assert await Archiver(astore, astore.archive, POLICY).collect() == 0  # within the grace: kept
+    assert await Archiver(astore, astore.archive, replace(POLICY, expired_grace_s=0)).collect() == 1
+    assert await objects(astore, "t", rec.session_id) == []
+    assert await objects(astore, "t", keep.session_id)  # a live session's archive stays

@@ -153,6 +153,9 @@ class Config:
     archive_rid_keep_steps: int = 4096
     """Steps whose request ids stay in Redis once archiving trims (exactly-once retries of older
     steps are not recognised). Bounds: 16 .. 1000000."""
+    archive_expired_grace_s: int = 3600
+    """A session gone from Redis (its TTL ran out) has its archive deleted by the archiver after
+    this many seconds more (chunks forks still read are kept). Bounds: 0 .. 30 days."""
     quotas: Quotas = field(default_factory=Quotas)
     """Every tenant's default quotas (a mapping of ``Quotas`` fields in the YAML); a tenant's own
     overrides sit beside its key in the key file (see worldserve.common.quotas)."""
@@ -191,6 +194,7 @@ class Config:
         _bounded("hot_window_steps", self.hot_window_steps, 1, 4096)
         _bounded("archive_max_tail_steps", self.archive_max_tail_steps, 2 * self.archive_chunk_steps, 1_000_000)
         _bounded("archive_rid_keep_steps", self.archive_rid_keep_steps, 16, 1_000_000)
+        _bounded("archive_expired_grace_s", self.archive_expired_grace_s, 0, 30 * 24 * 3600)
         _bounded("torch_threads", self.torch_threads, 0, 256)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")

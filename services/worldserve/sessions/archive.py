@@ -203,6 +203,29 @@ class Archive:
             raise DataLoss(f"session {sid!r}: archived steps {covered}-{last} are missing from the archive")
         return out
 
+    async def sessions(self) -> list[tuple[str, str, float]]:
+        """(tenant, session, seconds since its folder last changed) of every session folder."""
+        import time
+
+        import obstore
+
+        out = []
+        top = await obstore.list_with_delimiter_async(self.store, f"{self.prefix}sessions/")
+        for tp in top["common_prefixes"]:
+            tenant = tp.rstrip("/").rsplit("/", 1)[1]
+            sub = await obstore.list_with_delimiter_async(self.store, tp.rstrip("/") + "/")
+            for sp in sub["common_prefixes"]:
+                sid = sp.rstrip("/").rsplit("/", 1)[1]
+                newest = max((m["last_modified"].timestamp() for m in await self._list_meta(sp.rstrip("/") + "/")),
+                             default=time.time())
+                out.append((tenant, sid, time.time() - newest))
+        return out
+
+    async def _list_meta(self, path: str) -> list[dict]:
+        import obstore
+
+        return [m async for page in obstore.list(self.store, path) for m in page]
+
     # -- forks and deletes: chunks shared by reference ---------------------------------------------
     async def share(self, tenant: str, parent: str, child: str, upto: int) -> None:
         """The child's archived history is the parent's up to step ``upto``: its manifest lists the

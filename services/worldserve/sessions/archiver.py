@@ -21,6 +21,7 @@ from worldserve.sessions.archive import Archive
 from worldserve.sessions.store import SessionStore
 
 log = logging.getLogger("worldserve.archiver")
+GC_LOCK = "ws:archive:gc"  # held by the archiver that looks for expired sessions' archives
 
 
 @dataclass(frozen=True)
@@ -36,14 +37,20 @@ class ArchivePolicy:
     """Archive the latents too (a resume from an archived step needs them)."""
     lease_s: float = 30.0
     """How long a claimed session is left to its archiver before another may take it."""
+    expired_grace_s: float = 3600.0
+    """An archived session whose Redis record is gone (deleted, or expired by its TTL) has its
+    archive deleted once its folder is this old (forks still reading its chunks keep them)."""
+    gc_interval_s: float = 300.0
+    """How often one archiver of the cluster looks for such archives."""
 
 
 class Archiver:
     def __init__(self, store: SessionStore, archive: Archive, policy: ArchivePolicy = ArchivePolicy(), metrics=None):
         self.store, self.archive, self.policy = store, archive, policy
-        self.m_chunks = self.m_failures = None
+        self.m_chunks = self.m_failures = self.m_collected = None
         if metrics is not None:
             self.m_chunks = metrics.counter("archive_chunks", "Chunks of steps written to the archive")
+            self.m_collected = metrics.counter("archive_collected", "Archives of expired sessions deleted")
             self.m_failures = metrics.counter("archive_failures", "Archive passes that failed, by reason", ("reason",))
 
     async def archive_session(self, tenant: str, sid: str) -> int:
@@ -92,9 +99,30 @@ class Archiver:
                 self._failed(type(e).__name__)
         return total
 
+    async def collect(self) -> int:
+        """Delete the archives of sessions that are gone from Redis (expired by their TTL, or a
+        delete that did not reach the archive) and older than the grace; returns how many."""
+        n = 0
+        for tenant, sid, age in await self.archive.sessions():
+            if age < self.policy.expired_grace_s:
+                continue  # recent: maybe a fork or a create whose record is being written
+            if await self.store.r.exists(self.store._rec(tenant, sid)):
+                continue
+            await self.archive.delete_session(tenant, sid)
+            n += 1
+        if n and self.m_collected is not None:
+            self.m_collected.inc(n)
+        return n
+
     async def run(self, idle_s: float = 0.5) -> None:
+        next_gc = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             try:
+                if loop.time() >= next_gc:  # one archiver of the cluster at a time (a lock in Redis)
+                    next_gc = loop.time() + self.policy.gc_interval_s
+                    if await self.store.r.set(GC_LOCK, "1", nx=True, px=int(self.policy.gc_interval_s * 1000)):
+                        await self.collect()
                 if not await self.run_once():
                     await asyncio.sleep(idle_s)
             except asyncio.CancelledError:

@@ -67,7 +67,7 @@ class SessionService(ServiceBase):
 
         c = self.config
         policy = ArchivePolicy(chunk_steps=c.archive_chunk_steps, hot_window=c.hot_window_steps,
-                               rid_keep=c.archive_rid_keep_steps)
+                               rid_keep=c.archive_rid_keep_steps, expired_grace_s=c.archive_expired_grace_s)
 
         async def main() -> None:
             store = SessionStore.from_config(c)
