@@ -7,10 +7,10 @@ one Redis Cluster slot so its Lua scripts stay legal there):
 - ``ws:<t>:{<sid>}`` hash: the record (model, prompt, seed, step, parent_id, fork_step, created_at,
   updated_at, ttl_s, width, height, version; ``archived``: the last step in the archive,
   ``trimmed``: the last step Redis dropped).
-- ``ws:<t>:{<sid>}:log`` hash: ``a:<n>`` action (JSON), ``z:<n>`` latent frame (packed array:
-  dtype/shape header + raw bytes, never pickle), ``f:<n>`` encoded frame (PNG) of step n, for the
-  steps after ``trimmed``; ``r:<request id>`` -> n and ``q:<n>`` -> request id for exactly-once
-  retries. The model's context is the rolling window of the last ``context_frames`` latents.
+- ``ws:<t>:{<sid>}:log`` hash: ``a:<n>`` action (JSON) and ``z:<n>`` latent frame (packed array:
+  dtype/shape header + raw bytes, never pickle) of the steps after ``trimmed``, ``f:<n>`` encoded
+  frame (PNG) of the steps after ``archived``; ``r:<request id>`` -> n and ``q:<n>`` -> request id
+  for exactly-once retries. The model's context is the rolling window of its last latents.
 - ``ws:<t>:index`` sorted set: session ids by creation time (for ListSessions, and the tenant's
   live-session count of the ``max_sessions`` quota: a create reserves its id here first, in one
   script that checks the count, then writes the record).
@@ -95,8 +95,8 @@ return redis.call('ZCARD', KEYS[1])
 
 # KEYS: record, log. ARGV: the archived step this trim expects, the newly archived step, hot window
 # (steps), request ids kept (steps). Moves ``archived`` on, then drops what Redis no longer needs:
-# the action, latent and frame of archived steps older than the hot window, and the request ids of
-# steps older than the kept ones. Returns the new archived step, -1 (no session) or -2 (another
+# the frames of the newly archived steps, the action and latent of archived steps older than the
+# hot window (a prefill's context), and the request ids of steps older than the kept ones. Returns the new archived step, -1 (no session) or -2 (another
 # archiver moved it first: nothing changed).
 _TRIM = """
 local cur = redis.call('HGET', KEYS[1], 'step')
@@ -106,6 +106,7 @@ local archived = tonumber(redis.call('HGET', KEYS[1], 'archived') or '-1')
 if archived ~= tonumber(ARGV[1]) then return -2 end
 local new = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'archived', new)
+for n = archived + 1, new do redis.call('HDEL', KEYS[2], 'f:' .. n) end
 local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '-1')
 local upto = math.min(new, cur - tonumber(ARGV[3]))
 for n = trimmed + 1, upto do
@@ -537,7 +538,7 @@ class SessionStore:
             parent = fresh  # an archiver trimmed meanwhile: read again
         else:
             raise Conflict(f"session {sid!r} was being archived; the fork was not made, retry")
-        missing = [n for n in range(first, at + 1) if f"f:{n}" not in entries]
+        missing = [n for n in range(max(first, parent.archived + 1), at + 1) if f"f:{n}" not in entries]
         if missing:
             raise DataLoss(f"session {sid!r}: steps {missing[0]}-{missing[-1]} are missing from Redis")
         now = time.time()
