@@ -454,10 +454,15 @@ def test_a_request_for_the_wrong_application_is_unimplemented(client):
 
 
 def _flood(target: str, key: str, fmt: int, stop, batches, errors) -> None:
-    """A flooding tenant's loop (its own process): StepBatches of 1,000 unknown sessions."""
+    """A flooding tenant's loop (its own process): StepBatches of 1,000 unknown sessions. Niced: a
+    real flooder runs on its own machine; here its client-side work (building and parsing 1,000-item
+    messages) would otherwise take this 2-core box's CPU from the server, which is what is tested."""
+    import os
+
     from worldserve.client import WorldClient, action
     from worldserve.v1 import dynamics_pb2
 
+    os.nice(15)
     with WorldClient(target, key, timeout_s=60, retry_s=0) as c:
         reqs = [dynamics_pb2.StepRequest(session_id=f"s_flood{i}", action=action(["up"]), format=fmt)
                 for i in range(1000)]
@@ -495,7 +500,7 @@ def test_two_tenants_flooding_step_batch_do_not_hurt_a_third(cluster):
             return float(np.percentile(lat, 99))
 
         p99(5)  # warm
-        calm = p99(30)
+        calm = p99(100)
         ctx = mp.get_context("spawn")
         stop, batches, errors = ctx.Event(), ctx.Value("i", 0), ctx.Queue()
         procs = [ctx.Process(target=_flood, args=(cluster["target"], k, f, stop, batches, errors))
@@ -504,7 +509,7 @@ def test_two_tenants_flooding_step_batch_do_not_hurt_a_third(cluster):
             p.start()
         try:
             time.sleep(3.0)  # the flooders' processes start and flood
-            loud = p99(30)  # any error here fails the test
+            loud = p99(100)  # any error here fails the test
         finally:
             stop.set()
             for p in procs:

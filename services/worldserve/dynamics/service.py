@@ -40,6 +40,7 @@ MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
 INFO_TTL_S = 30.0  # how long the ingress trusts a model's reported info (its runtime may change)
 ROUTE_CACHE_SESSIONS = 100_000  # session -> model entries the ingress remembers
 STEP_BATCH_CONCURRENCY = 64  # items of one StepBatch in flight at once (bounds its Redis and model work)
+YIELD_EVERY = 64  # a StepBatch's per-item loops give the event loop to other requests this often
 STREAM_PACE_S = 5.0  # a Rollout's or Play's step waits at most this long for room in the tenant's step rate
 UNARY_PACE_S = 0.1  # a Step or StepBatch waits this long at most for room; a longer wait is refused ...
 UNARY_HOLD_S = 0.25  # ... after holding the refusal this long (a client looping on refusals loops slowly)
@@ -296,11 +297,13 @@ class DynamicsService(ServiceBase):
         # before any per-item work
         await self.enforcer.charge_steps(tenant, quotas, n, wait_s=UNARY_PACE_S, hold_s=UNARY_HOLD_S)
         reqs: list[StepRequest | BaseException] = []
-        for s in request.steps:  # each item converts and fails on its own
+        for i, s in enumerate(request.steps):  # each item converts and fails on its own
             try:
                 reqs.append(_to_request(tenant, s, Priority.BULK))
             except Exception as e:  # noqa: BLE001 - reported in its StepResult
                 reqs.append(e)
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # a big batch lets other tenants' requests through meanwhile
         # every item's session in one round trip; then a bounded number of items in flight at once
         valid = [r for r in reqs if isinstance(r, StepRequest)]
         await self._prefetch_routes(tenant, [r.session_id for r in valid])
@@ -323,7 +326,9 @@ class DynamicsService(ServiceBase):
         for (i, _), o in zip(runnable, done):
             outs[i] = o
         results = []
-        for o in outs:
+        for i, o in enumerate(outs):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             if isinstance(o, BaseException):
                 code, msg = status_of(o)
                 results.append(pb.StepResult(error=common_pb2.ErrorStatus(code=code.value[0], message=msg)))
