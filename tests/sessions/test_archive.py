@@ -84,3 +84,12 @@ async def test_delete_removes_every_object_of_the_session_only(archive):
     assert await archive.delete_session("t", "s_3") == 2  # the chunk and the manifest
     assert await archive.manifest("t", "s_3") == []
     assert await archive.read("t", "s_4", 0, 1) == steps(0, 1)
+
+
+async def test_s3_settings_come_from_the_usual_aws_variables(s3_url, monkeypatch):
+    for k, v in {"AWS_ENDPOINT": s3_url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "test",
+                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_ALLOW_HTTP": "true"}.items():
+        monkeypatch.setenv(k, v)
+    a = Archive.from_url("s3://worlds/from-env")
+    await a.write_chunk("t", "s_env", steps(0, 2))
+    assert await a.read("t", "s_env", 0, 2) == steps(0, 2)

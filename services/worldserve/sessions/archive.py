@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,13 @@ def make_store(url: str, options: Mapping[str, Any] | None = None):
     from obstore.store import LocalStore, S3Store
 
     opts = dict(options or {})
+    for key, env in (("endpoint", "AWS_ENDPOINT_URL"), ("endpoint", "AWS_ENDPOINT"), ("region", "AWS_REGION"),
+                     ("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+                     ("session_token", "AWS_SESSION_TOKEN")):
+        if not opts.get(key) and os.environ.get(env):  # the usual AWS_* variables, where options are silent
+            opts[key] = os.environ[env]
+    if "allow_http" not in opts and os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true", "yes"):
+        opts["allow_http"] = True
     if url.startswith("file://"):
         return LocalStore(url.removeprefix("file://"), mkdir=True), ""
     if url.startswith("s3://"):
