@@ -75,14 +75,6 @@ def _ray(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], capture_output=True, text=True, env=env)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ray_processes(temp_dir: str, gcs_address: str) -> list[int]:
     """PIDs of the processes of one local Ray cluster: those whose command line names its temp
     folder or its GCS address (``ray stop`` would stop every Ray cluster of this user)."""
@@ -123,10 +115,12 @@ def stop_ray_cluster(temp_dir: str, gcs_address: str, timeout_s: float = 15.0) -
 def start_ray_head(temp_dir: Path, num_cpus: int, env: dict | None = None) -> str:
     """Start a Ray head of our own (its own ports and temp folder, so that `down` can stop it
     alone); returns its GCS address."""
-    port = _free_port()
+    from worldserve.common.redis_server import free_port
+
+    port = free_port()
     args = ["start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--disable-usage-stats",
-            f"--port={port}", f"--temp-dir={temp_dir}", f"--dashboard-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}", f"--num-cpus={num_cpus}"]
+            f"--port={port}", f"--temp-dir={temp_dir}", f"--dashboard-port={free_port()}",
+            f"--ray-client-server-port={free_port()}", f"--num-cpus={num_cpus}"]
     r = _ray(*args, env=env)
     if r.returncode != 0:
         console.print(r.stdout[-2000:], r.stderr[-2000:])

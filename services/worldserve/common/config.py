@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worldserve.common.quotas import Quotas
+from worldserve.common.quotas import Quotas, check_fields
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -66,10 +66,7 @@ class ModelSpec:
             return cls(name=value)
         if not isinstance(value, Mapping):
             raise ValueError(f"a models entry must be a mapping or a name, got {value!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"models entry {value.get('name')!r}: unknown fields {unknown}; known: {sorted(known)}")
+        check_fields(cls, value, f"models entry {value.get('name')!r}")
         return cls(**dict(value))
 
 

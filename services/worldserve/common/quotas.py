@@ -31,6 +31,14 @@ TENANT_LABELS = 64
 """Distinct tenants named in quota metrics; the rest are counted under "other" (bounded labels)."""
 
 
+def check_fields(cls: type, value: Mapping, what: str) -> None:
+    """ValueError naming the keys of ``value`` that are not fields of the dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown fields {unknown}; known: {sorted(known)}")
+
+
 @dataclass(frozen=True)
 class Quotas:
     """One tenant's limits. 0 means unlimited where noted."""
@@ -72,10 +80,7 @@ class Quotas:
             return base or cls()
         if not isinstance(value, Mapping):
             raise ValueError(f"quotas must be a mapping, got {value!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"quotas: unknown fields {unknown}; known: {sorted(known)}")
+        check_fields(cls, value, "quotas")
         return dataclasses.replace(base or cls(), **dict(value))
 
     def as_dict(self) -> dict[str, Any]:

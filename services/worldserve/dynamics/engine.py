@@ -236,8 +236,8 @@ class Engine:
                                    "which is gone; this step was not applied") from None
                 return await self._replay(req, rec, *hit, fmt)
             ok = True
-            if self.store.archive is not None and n - rec.archived >= self.config.archive_chunk_steps:
-                await self.store.mark_due(req.tenant, req.session_id)  # a full chunk: the archiver's turn
+            if self.store.archive is not None and (n - rec.archived) % self.config.archive_chunk_steps == 0:
+                await self.store.mark_due(req.tenant, req.session_id)  # a chunk just filled: the archiver's turn
             self.cache.put(key, job.state, job.event, since=since)
             self.m_frames.inc(**self._lbl)
             return StepOutput(req.session_id, n, frame)

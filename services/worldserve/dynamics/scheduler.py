@@ -88,10 +88,6 @@ class Scheduler(Generic[T]):
                 return True
         return False
 
-    @property
-    def interactive_waiting(self) -> int:
-        return len(self._urgent)
-
     def take_batch(self, limit: int | None = None) -> list[T]:
         """Up to ``limit`` (at most ``max_batch_size``) items: interactive ones by deadline, then
         normal, then bulk, each round-robin across tenants."""

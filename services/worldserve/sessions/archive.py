@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,13 +187,12 @@ class Archive:
         manifest = {"v": CHUNK_VERSION, "chunks": [c.as_dict() for c in chunks]}
         await obstore.put_async(self.store, self._base(tenant, sid) + "manifest.json", json.dumps(manifest).encode())
 
-    async def read(self, tenant: str, sid: str, first: int, last: int) -> list[ArchivedStep]:
-        """Steps ``first`` .. ``last`` (they must be archived); DATA_LOSS for a missing or corrupt
-        chunk, naming its steps."""
-        out: list[ArchivedStep] = []
-        chunks = await self.manifest(tenant, sid)
+    async def steps(self, tenant: str, sid: str, first: int, last: int) -> AsyncIterator[ArchivedStep]:
+        """Steps ``first`` .. ``last`` (they must be archived), one chunk object in memory at a time
+        (the manifest read once, each object once); DATA_LOSS for a missing or corrupt chunk,
+        naming its steps."""
         covered = first
-        for c in chunks:
+        for c in await self.manifest(tenant, sid):
             if c.last < first or c.first > last:
                 continue
             if c.first > covered:
@@ -205,11 +204,16 @@ class Archive:
             if hashlib.sha256(raw).hexdigest() != c.sha256:
                 raise DataLoss(f"{what} are corrupt in the archive (checksum mismatch)")
             lo, hi = max(first, c.first), min(last, c.last)  # a fork's last chunk may be listed in part
-            out += [e for e in decode_chunk(raw, what) if lo <= e.step <= hi]
+            for e in decode_chunk(raw, what):
+                if lo <= e.step <= hi:
+                    yield e
             covered = c.last + 1
         if covered <= last:
             raise DataLoss(f"session {sid!r}: archived steps {covered}-{last} are missing from the archive")
-        return out
+
+    async def read(self, tenant: str, sid: str, first: int, last: int) -> list[ArchivedStep]:
+        """``steps`` as a list."""
+        return [e async for e in self.steps(tenant, sid, first, last)]
 
     async def sessions(self) -> list[tuple[str, str, float]]:
         """(tenant, session, seconds since its folder last changed) of every session folder."""

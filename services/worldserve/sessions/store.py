@@ -645,9 +645,9 @@ class SessionStore:
         archived = rec.archived if self.archive is not None else -1
         n = from_step
         while n <= end:
-            if n <= archived:  # an archived step: read its chunk's worth from the archive
-                last = min(end, archived, n + chunk - 1)
-                for e in await self.archive.read(tenant, sid, n, last):  # type: ignore[union-attr]
+            if n <= archived:  # the archived steps, from the archive
+                last = min(end, archived)
+                async for e in self.archive.steps(tenant, sid, n, last):  # type: ignore[union-attr]
                     yield LogEntry(e.step, e.action, None, e.frame if frames else None)
                 n = last + 1
                 continue
