@@ -169,16 +169,18 @@ def up(
     cfg = dep.load_config(config, app_args={"redis_url": redis_url, "api_keys_file": str(keys_file),
                                             "archive_url": archive_url})
     dep.deploy(cfg)
-    with console.status("deploying image, sessions, dynamics ...") as st:
+    with console.status("deploying image, sessions, dynamics, web ...") as st:
         dep.wait_healthy(timeout_s, progress=lambda s: st.update(f"deploying: {s}"))
     endpoint = f"127.0.0.1:{cfg['grpc_options']['port']}"
     _check_health(endpoint, key)
-    state.update(endpoint=endpoint)
+    web = f"http://127.0.0.1:{cfg['http_options']['port']}/"
+    state.update(endpoint=endpoint, web=web)
     _write_state(state)
     console.print(f"[green]worldserve is up[/]: gRPC endpoint [bold]{endpoint}[/]")
     console.print(f"development API key (tenant 'dev'): [bold]{key}[/]")
     console.print("  send metadata  authorization: Bearer <key>   and   application: image|sessions|dynamics")
-    print(json.dumps({"endpoint": endpoint, "api_key": key}))
+    console.print(f"play in a browser: [bold]{web}[/] (paste the key into the page)")
+    print(json.dumps({"endpoint": endpoint, "api_key": key, "web": web}))
 
 
 def _check_health(endpoint: str, key: str) -> None:
@@ -252,6 +254,16 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
                 why = e.code().name if hasattr(e, "code") else type(e).__name__
                 s, ok = f"DOWN ({why})", False
             console.print(f"{appname:9s} {s}")
+        web = state.get("web")
+        if web:
+            try:
+                import urllib.request
+
+                with urllib.request.urlopen(web + "healthz", timeout=10) as r:
+                    s = "SERVING" if r.status == 200 else f"DOWN (HTTP {r.status})"
+            except Exception as e:  # noqa: BLE001
+                s, ok = f"DOWN ({type(e).__name__})", False
+            console.print(f"web       {s}  {web}")
         if ok:
             try:
                 models = c.list_models()

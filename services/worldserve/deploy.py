@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve" / "worldserve.yaml"
-APPS = ("image", "sessions", "dynamics")
+APPS = ("image", "sessions", "dynamics", "web")
 
 
 def load_config(

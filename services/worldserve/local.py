@@ -25,6 +25,7 @@ class LocalCluster:
     redis: EmbeddedRedis
     metrics_url: str  # the Ray node's Prometheus endpoint
     workdir: Path
+    http: str = ""  # Serve's HTTP proxy: the web gateway (play page, live WebSocket play)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,7 +49,7 @@ def local_cluster(
     keys = {t: new_key() for t in tenants}
     for t, k in keys.items():
         add_key(tmp / "keys.json", t, k)
-    grpc_port, metrics_port = free_port(), free_port()
+    grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     try:
         ray.init(
             num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
@@ -58,14 +59,14 @@ def local_cluster(
             app_args={"redis_url": redis.url, "api_keys_file": str(tmp / "keys.json"),
                       "archive_url": f"file://{tmp / 'archive'}", **(app_args or {})},
             grpc_port=grpc_port,
-            http_port=free_port(),
+            http_port=http_port,
             deployment_overrides={k: dict(v) for k, v in (deployment_overrides or {}).items()},
         )
         dep.deploy(cfg)
         dep.wait_healthy(timeout_s)
         yield LocalCluster(
             target=f"127.0.0.1:{grpc_port}", keys=keys, redis=redis,
-            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", workdir=tmp,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", workdir=tmp, http=f"http://127.0.0.1:{http_port}",
         )
     finally:
         with contextlib.suppress(Exception):
@@ -75,7 +76,7 @@ def local_cluster(
         redis.stop()
 
 
-def replica_counts(apps: tuple[str, ...] = ("image", "sessions", "dynamics")) -> dict[str, int]:
+def replica_counts(apps: tuple[str, ...] = ("image", "sessions", "dynamics", "web")) -> dict[str, int]:
     """RUNNING replicas per application and per deployment (``"<app>/<deployment>"``), from Serve's
     own status."""
     from ray import serve

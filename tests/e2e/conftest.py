@@ -46,7 +46,7 @@ def cluster(tmp_path_factory):
     ) as c:
         yield {
             "target": c.target, "key_a": c.keys["tenant-a"], "key_b": c.keys["tenant-b"],
-            "redis": c.redis, "tmp": c.workdir, "metrics_url": c.metrics_url,
+            "redis": c.redis, "tmp": c.workdir, "metrics_url": c.metrics_url, "http": c.http,
         }
 
 

@@ -53,6 +53,7 @@ GPU_PLACEMENT = {
     "ImageService": ({"num_gpus": 1, "resources": {"worldserve_image": 1}}, "image-gpu"),
     "SessionService": ({"resources": {"worldserve_cpu": 1}}, "cpu"),
     "DynamicsService": ({"resources": {"worldserve_cpu": 1}}, "cpu"),  # the dynamics ingress: routing only, no GPU
+    "WebGateway": ({"resources": {"worldserve_cpu": 1}}, "cpu"),  # the web gateway: no GPU
 }
 # The dynamics app: one ingress, and one deployment per served model (every one on a dynamics GPU).
 DYNAMICS_INGRESS = "DynamicsService"

@@ -153,6 +153,18 @@ class Config:
     archive_expired_grace_s: int = 3600
     """A session gone from Redis (its TTL ran out) has its archive deleted by the archiver after
     this many seconds more (chunks forks still read are kept). Bounds: 0 .. 30 days."""
+    live_default_fps: float = 10.0
+    """Frames/s of a live session (the web gateway's WebSocket play) whose player names none. Bounds: 1 .. 120."""
+    live_max_fps: float = 30.0
+    """The most frames/s a live session may ask (also bounded by the model's measured step time). Bounds: 1 .. 120."""
+    live_max_controllers: int = 4
+    """Controllers one live session takes (they share the player by the merge rule); more are
+    refused (4409). Spectators are not counted. Bounds: 1 .. 64."""
+    live_client_msgs_per_s: float = 60.0
+    """Messages a second one live player may send (twice that in a burst); more are dropped for
+    that player alone. Bounds: 1 .. 10000."""
+    live_token_ttl_s: int = 300
+    """Lifetime of a token minted at the gateway's POST /v1/tokens. Bounds: 10 .. 86400."""
     quotas: Quotas = field(default_factory=Quotas)
     """Every tenant's default quotas (a mapping of ``Quotas`` fields in the YAML); a tenant's own
     overrides sit beside its key in the key file (see worldserve.common.quotas)."""
@@ -184,6 +196,11 @@ class Config:
         _bounded("max_rollout_actions", self.max_rollout_actions, 1, 10_000)
         _bounded("interactive_batch_s", self.interactive_batch_s, 0.005, 10)
         _bounded("play_deadline_ms", self.play_deadline_ms, 1, 60_000)
+        _bounded("live_default_fps", self.live_default_fps, 1, 120)
+        _bounded("live_max_fps", self.live_max_fps, 1, 120)
+        _bounded("live_max_controllers", self.live_max_controllers, 1, 64)
+        _bounded("live_client_msgs_per_s", self.live_client_msgs_per_s, 1, 10_000)
+        _bounded("live_token_ttl_s", self.live_token_ttl_s, 10, 86_400)
         object.__setattr__(self, "quotas", Quotas.parse(self.quotas))
         if self.archive_url and not self.archive_url.startswith(("file://", "s3://")):
             raise ValueError(f"archive_url={self.archive_url!r}: expected file:///path or s3://bucket[/prefix]")

@@ -60,7 +60,10 @@ class ServiceBase:
         self.serving = True
 
     def tenant(self, grpc_context) -> str:
-        md = grpc_context.invocation_metadata() if grpc_context is not None else []
+        return self.tenant_of(grpc_context.invocation_metadata() if grpc_context is not None else [])
+
+    def tenant_of(self, md) -> str:
+        """The tenant of ``authorization`` metadata (gRPC's, or an HTTP header as a pair)."""
         try:
             return self.keys.authenticate(md)
         except Unauthenticated:

@@ -86,6 +86,7 @@ class Engine:
         self.m_wait = m.histogram("queue_wait_seconds", "Time steps waited for the model, by priority class",
                                   ("model", "priority"))
         self._item_s = 0.0  # model seconds per step, averaged over recent batches
+        self.deadline_counts = [0, 0]  # steps with a frame deadline answered so far: [met, missed]
         self.cache = StateCache(
             model, config.state_cache_bytes,
             on_evict=lambda reason: self.m_evictions.inc(model=self.model_name, reason=reason),
@@ -171,7 +172,9 @@ class Engine:
             try:
                 out = await self._step(req, key, vec, g, fmt)
                 if req.deadline is not None:
-                    self.m_deadline.inc(model=self.model_name, outcome="met" if time.time() <= req.deadline else "missed")
+                    met = time.time() <= req.deadline
+                    self.m_deadline.inc(model=self.model_name, outcome="met" if met else "missed")
+                    self.deadline_counts[0 if met else 1] += 1
                 return out
             finally:
                 self.cache.unpin(key)

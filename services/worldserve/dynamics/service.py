@@ -98,6 +98,7 @@ class ModelServer:
         self.store = SessionStore.from_config(
             self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op))
         self._engine = None
+        self._deadline_seen = [0, 0]
         try:
             self.replica_id = serve.get_replica_context().replica_id.to_full_id_str()  # the actor name
         except Exception:  # noqa: BLE001 - outside Serve
@@ -125,6 +126,16 @@ class ModelServer:
 
     async def evict(self, tenant: str, session_id: str) -> bool:
         return self.engine.evict(tenant, session_id)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom autoscaling metrics (Serve calls this every metrics interval): the share of
+        frame-deadline steps (Play, live play, Steps with deadline_ms) missed since the last call.
+        worldserve.dynamics.autoscale.DeadlineAwarePolicy scales on it."""
+        counts = list(self._engine.deadline_counts) if self._engine is not None else [0, 0]
+        met, missed = counts[0] - self._deadline_seen[0], counts[1] - self._deadline_seen[1]
+        self._deadline_seen = counts
+        return {"deadline_miss_ratio": missed / (met + missed) if met + missed else 0.0,
+                "deadline_steps": float(met + missed)}
 
     async def check_health(self) -> None:
         e = self._engine
@@ -229,6 +240,10 @@ class DynamicsService(ServiceBase):
             hit = (time.monotonic(), await h.info.remote())
             self._infos[model] = hit
         return hit[1]
+
+    async def list_models(self) -> tuple[list[dict], str]:
+        """Every served model's info (plain data), and the default model's name."""
+        return list(await asyncio.gather(*(self.model_info(m) for m in self.handles))), self.default_model
 
     async def catalog(self) -> dict:
         """For the sessions app: the default model and each served model's frame size."""
@@ -386,7 +401,7 @@ class DynamicsService(ServiceBase):
     @rpc("ListModels", empty=pb.ListModelsResponse)
     async def ListModels(self, request: pb.ListModelsRequest, grpc_context=None) -> pb.ListModelsResponse:
         self.tenant(grpc_context)
-        infos = await asyncio.gather(*(self.model_info(m) for m in self.handles))
+        infos, _ = await self.list_models()
         return pb.ListModelsResponse(models=[_to_pb_info(i, self.default_model) for i in infos],
                                      default_model=self.default_model)
 

@@ -150,6 +150,23 @@ class SessionService(ServiceBase):
             yield item
 
 
+    # -- for the web gateway (through a deployment handle; the gateway authenticated the tenant) --
+    async def create_for(self, tenant: str, *, prompt: str = "", image: bytes = b"", seed: int = 0,
+                         model: str = "") -> SessionRecord:
+        if image:
+            rec, _ = await self.core.create_from_image(tenant, common_pb2.Frame(format=PNG, data=image), seed=seed,
+                                                       model=model)
+        else:
+            rec, _ = await self.core.create_from_prompt(tenant, prompt, seed=seed, steps=0, guidance=0.0, model=model)
+        self.m_created.inc(source="image" if image else "prompt")
+        return rec
+
+    async def fork_for(self, tenant: str, session_id: str, step: int | None) -> SessionRecord:
+        rec = await self.core.fork(tenant, session_id, step=step, seed=None)
+        self.m_forked.inc()
+        return rec
+
+
 def build(args: dict[str, Any]):
     args = dict(args or {})
     image_app = args.pop("image_app", "image")

@@ -1,0 +1,208 @@
+"""The live room's clock, merge rule, outboxes and message checks (no cluster: a stepper function
+stands where the gateway puts the model deployment's handle)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from worldserve.common.codec import JPEG, PNG, RAW
+from worldserve.common.errors import InvalidArgument, NotFound
+from worldserve.common.metrics import ServiceMetrics
+from worldserve.web.live import (
+    CONTROLLER, SPECTATOR, ActionSpace, Held, LiveClosed, LiveMetrics, LiveRoom, RateLimit, merge, pack_frame,
+    parse_message, unpack_frame,
+)
+
+SPACE = ActionSpace(frozenset({"left", "right", "jump"}), frozenset({"x"}), True, 16)
+METRICS = LiveMetrics(ServiceMetrics("webtest"))
+
+
+class Stepper:
+    """Counts steps, records the actions it was given, takes ``delay`` seconds a step."""
+
+    def __init__(self, delay: float = 0.0, fail: BaseException | None = None):
+        self.delay, self.fail = delay, fail
+        self.calls: list[tuple] = []
+
+    async def __call__(self, keys, mouse, event, deadline, tick):
+        self.calls.append((keys, mouse, event))
+        await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        rgb = np.full((8, 8, 3), len(self.calls) % 256, dtype=np.uint8)
+        return len(self.calls), rgb
+
+
+class Client:
+    def __init__(self, send_delay: float = 0.0):
+        self.frames: list[tuple[dict, bytes]] = []
+        self.texts: list[dict] = []
+        self.closed: tuple[int, str] | None = None
+        self.send_delay = send_delay
+
+    async def send_bytes(self, b: bytes) -> None:
+        await asyncio.sleep(self.send_delay)
+        self.frames.append(unpack_frame(b))
+
+    async def send_json(self, m: dict) -> None:
+        self.texts.append(m)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def join(self, room: LiveRoom, role: str = CONTROLLER, fmt: int = RAW):
+        return room.join(role, fmt, self.send_bytes, self.send_json, self.close, RateLimit(100, 100))
+
+
+def room_of(step, fps: float = 50.0, max_controllers: int = 2) -> LiveRoom:
+    return LiveRoom(session_id="s_test", model="m", fps=fps, max_controllers=max_controllers, space=SPACE,
+                    step=step, metrics=METRICS)
+
+
+def test_messages_are_checked_against_the_models_action_space():
+    assert parse_message({"type": "action", "seq": 3, "keys": ["right", "left", "right"], "mouse": {"x": 0.5}},
+                         SPACE) == ("action", {"keys": ("left", "right"), "mouse": {"x": 0.5}, "seq": 3})
+    assert parse_message({"type": "event", "event": "night"}, SPACE) == ("event", {"event": "night", "seq": 0})
+    assert parse_message({"type": "ping", "t": 5}, SPACE) == ("ping", {"t": 5})
+    for bad, words in [
+        ([1, 2], "JSON object"), ({"type": "fly"}, "unknown message type"),
+        ({"type": "action", "keys": ["warp"]}, "unknown keys ['warp']"),
+        ({"type": "action", "keys": "left"}, "list of key names"),
+        ({"type": "action", "mouse": {"y": 0.1}}, "unknown mouse axis 'y'"),
+        ({"type": "action", "mouse": {"x": 3}}, "in [-1, 1]"),
+        ({"type": "action", "seq": -1}, "seq"),
+        ({"type": "event", "event": "x" * 17}, "exceeds 16 bytes"),
+        ({"type": "event"}, "event must be a string"),
+    ]:
+        with pytest.raises(InvalidArgument, match=words.replace("[", r"\[").replace("]", r"\]")):
+            parse_message(bad, SPACE)
+    no_events = ActionSpace(SPACE.keys, SPACE.mouse_axes, False, 16)
+    with pytest.raises(InvalidArgument, match="does not take world events"):
+        parse_message({"type": "event", "event": "rain"}, no_events)
+
+
+def test_the_merge_rule_unions_keys_and_averages_mouse_axes():
+    assert merge([Held(("left",), {"x": 1.0}), Held(("jump", "left"), {"x": 0.0}), Held((), {})]) == (
+        ("jump", "left"), {"x": 0.5})
+    assert merge([]) == ((), {})
+
+
+def test_frames_pack_and_unpack():
+    h, data = unpack_frame(pack_frame({"tick": 3, "step": 9}, b"\x00img"))
+    assert h == {"tick": 3, "step": 9} and data == b"\x00img"
+
+
+async def test_the_room_ticks_on_its_clock_and_everyone_sees_the_same_frame_at_a_tick():
+    step = Stepper()
+    room = room_of(step, fps=50)
+    a, b, watcher = Client(), Client(), Client()
+    pa = a.join(room)
+    b.join(room)
+    watcher.join(room, SPECTATOR, fmt=PNG)
+    room.receive(pa, "action", {"keys": ("left",), "mouse": {}, "seq": 1})
+    await asyncio.sleep(0.5)
+    room.stop()
+    n = len(step.calls)
+    assert 15 <= n <= 27, n  # 50 fps for 0.5 s: about 25 ticks, never more
+    assert all(c[0] == ("left",) for c in step.calls)  # the held key stays held tick after tick
+    by_tick = {h["tick"]: h["step"] for h, _ in a.frames}
+    for c in (b, watcher):
+        for h, _ in c.frames:
+            assert by_tick.get(h["tick"], h["step"]) == h["step"]
+    assert {h["format"] for h, _ in watcher.frames} == {"png"} and {h["format"] for h, _ in a.frames} == {"raw"}
+    assert a.frames[-1][0]["ack"] == 1 and b.frames[-1][0]["ack"] == 0  # a's own action, shown
+
+
+async def test_the_latest_action_per_tick_wins_and_an_event_is_sent_once():
+    step = Stepper()
+    room = room_of(step, fps=5)
+    p = Client().join(room)
+    await asyncio.sleep(0.05)  # the first tick has gone
+    for seq, keys in enumerate([("left",), ("jump",), ("right",)], start=1):
+        room.receive(p, "action", {"keys": keys, "mouse": {}, "seq": seq})
+    room.receive(p, "action", {"keys": ("left",), "mouse": {}, "seq": 2})  # late (older seq): ignored
+    room.receive(p, "event", {"event": "night", "seq": 4})
+    await asyncio.sleep(0.45)
+    room.stop()
+    assert step.calls[1] == (("right",), {}, "night")
+    assert all(c[2] is None for c in step.calls[2:]) and len(step.calls) >= 3
+
+
+async def test_a_slow_step_skips_ticks_instead_of_queueing_them():
+    step = Stepper(delay=0.12)  # each step overruns 20 ms ticks by ~5 ticks
+    room = room_of(step, fps=50)
+    c = Client()
+    c.join(room)
+    await asyncio.sleep(0.6)
+    room.stop()
+    assert 3 <= len(step.calls) <= 6, len(step.calls)
+    assert room.misses >= 4 * (len(step.calls) - 1)
+    assert all(h["late"] for h, _ in c.frames)
+
+
+async def test_a_slow_client_gets_frames_dropped_for_it_alone():
+    room = room_of(Stepper(), fps=50)
+    slow, fast = Client(send_delay=0.2), Client()
+    ps = slow.join(room)
+    pf = fast.join(room)
+    await asyncio.sleep(0.6)
+    room.stop()
+    assert ps.dropped >= 10 and len(slow.frames) <= 4
+    assert pf.dropped == 0 and len(fast.frames) >= 20  # the tick never waited for the slow one
+
+
+async def test_controllers_beyond_the_limit_are_refused_spectators_are_not():
+    room = room_of(Stepper(), max_controllers=2)
+    Client().join(room)
+    Client().join(room)
+    with pytest.raises(LiveClosed) as e:
+        Client().join(room)
+    assert e.value.code == 4409 and "2 controllers" in e.value.reason
+    Client().join(room, SPECTATOR)
+    assert room.roster() == {"type": "players", "controllers": 2, "spectators": 1}
+    room.stop()
+
+
+async def test_a_deleted_session_closes_everyone_with_4404_and_failures_are_noticed():
+    room = room_of(Stepper(fail=NotFound("session 's_test' not found")))
+    c = Client()
+    c.join(room)
+    await asyncio.sleep(0.2)
+    assert c.closed == (4404, "session 's_test' not found")
+    room.stop()
+
+    room = room_of(Stepper(fail=RuntimeError("boom")), fps=100)
+    c = Client()
+    c.join(room)
+    await asyncio.sleep(1.0)  # 20 failures, each skipping a tick: ~0.4 s
+    assert c.closed is not None and c.closed[0] == 1011 and "steps keep failing" in c.closed[1]
+    assert any(t["type"] == "notice" and "INTERNAL" in t["reason"] for t in c.texts)
+    room.stop()
+
+
+async def test_the_room_stops_when_the_last_player_leaves():
+    step = Stepper()
+    left = []
+    room = LiveRoom(session_id="s", model="m", fps=50, max_controllers=1, space=SPACE, step=step, metrics=METRICS,
+                    on_empty=left.append)
+    c = Client()
+    p = c.join(room)
+    await asyncio.sleep(0.1)
+    room.leave(p)
+    n = len(step.calls)
+    await asyncio.sleep(0.1)
+    assert len(step.calls) == n and left == [room]
+
+
+def test_a_flooding_client_is_limited():
+    limit = RateLimit(rate=10, burst=5)
+    assert sum(limit.take() for _ in range(50)) == 5
+
+
+def test_formats():
+    from worldserve.web.live import FORMATS
+
+    assert FORMATS == {"jpeg": JPEG, "png": PNG, "raw": RAW}
