@@ -7,6 +7,8 @@ Scenarios (bounded in time and count, loopback only):
   tenants      several tenants, one of them noisy
   autoscale    load aimed at the dynamics service alone, then idle: shows dynamics replicas
                scaling up while image and sessions stay at their minimum, and back down
+  live         players on the web gateway's WebSocket at a target fps (loadtest/live.py):
+               achieved fps, key-to-frame latency, deadline misses, replicas scaling on misses
 
 Each run starts its own local cluster (embedded Redis + Ray + Serve; run it under
 scripts/netns-run, `make loadtest` does), drives it with Locust in a separate process, samples
@@ -29,7 +31,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-APPS = ("image", "sessions", "dynamics")
+APPS = ("image", "sessions", "dynamics", "web")
 SCALED = "DynamicsModel-platformer"  # the default model's deployment: what the autoscale scenario loads
 SCALED_KEY = f"dynamics/{SCALED}"
 
@@ -39,6 +41,7 @@ DEFAULTS = {  # users, spawn rate, seconds of load, seconds of idle sampling aft
     "burst": (16, 16, 20, 0),
     "tenants": (16, 8, 40, 0),
     "autoscale": (96, 16, 90, 75),
+    "live": (8, 8, 60, 0),  # players; the rest: --fps, --per-session
 }
 
 
@@ -194,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slo", type=Path, default=HERE / "slo.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=YAML",
                     help="a config override for every application, e.g. --set torch_threads=1 (repeatable)")
+    ap.add_argument("--fps", type=float, default=2.0, help="live: the players' target fps")
+    ap.add_argument("--per-session", type=int, default=1,
+                    help="live: players per session (one controller, the rest spectators)")
     ns = ap.parse_args(argv)
     app_args = {}
     for item in ns.set:
@@ -216,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     from worldserve.local import local_cluster, replica_counts
 
     console = Console()
+    if ns.scenario == "live":
+        from loadtest.live import run_live
+
+        ns.users, ns.duration_s = users, dur
+        return run_live(ns, app_args, slo, console)
     overrides = {}
     num_cpus = None
     if ns.scenario == "autoscale":

@@ -93,6 +93,24 @@ def test_tokens_models_sessions_and_forks_over_http(web):
     assert r.status_code == 400 and "seed" in r.json()["message"]
     r = requests.post(b + "/v1/sessions", data=b"{", headers=auth(web["key_a"]), timeout=30)
     assert r.status_code == 400 and r.json()["message"] == "request body is not JSON"
+    # a world from an uploaded image (base64 PNG of the model's frame size); a wrong size is 400
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def png(w, h):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    r = requests.post(b + "/v1/sessions", json={"image": png(64, 64), "seed": 3}, headers=auth(web["key_a"]), timeout=60)
+    assert r.status_code == 200 and r.json()["prompt"] == "", r.text
+    r = requests.post(b + "/v1/sessions", json={"image": png(32, 32)}, headers=auth(web["key_a"]), timeout=60)
+    assert r.status_code == 400, r.text
+    r = requests.post(b + "/v1/sessions", json={"image": "not base64!"}, headers=auth(web["key_a"]), timeout=60)
+    assert r.status_code == 400 and "base64" in r.json()["message"]
     f = requests.post(f"{b}/v1/sessions/{s['session_id']}/fork", json={}, headers=auth(web["key_a"]), timeout=30)
     assert f.status_code == 200 and f.json()["parent_id"] == s["session_id"], f.text
     page = requests.get(b + "/", timeout=30)

@@ -2,61 +2,57 @@
 
 Serve's default policy scales on ongoing requests; a model serving live players can keep its
 queue short and still miss every frame deadline (each step just takes too long at that batch).
-:class:`DeadlineAwarePolicy` takes the default policy's decision and adds one replica at a time
+:class:`DeadlineAwarePolicy` takes the default policy's decision and asks one replica more
 while the replicas report more than ``miss_ratio`` of their deadline steps missed (their
-``record_autoscaling_stats``), for ``upscale_delay_s`` in a row; while misses stay above it, it
-never scales down. In the serve config::
+``record_autoscaling_stats``, over their last 10 s); Serve scales once that has held for
+``upscale_delay_s``. While misses stay above it, it never asks for fewer. In the serve config::
 
     autoscaling_config:
       policy:
         policy_function: worldserve.dynamics.autoscale:DeadlineAwarePolicy
-        policy_kwargs: {miss_ratio: 0.1, min_deadline_steps: 20}
+        policy_kwargs: {miss_ratio: 0.1, min_deadline_steps_per_s: 1.0}
 """
 
 from __future__ import annotations
 
-import time
+import logging
 from typing import Any
 
 from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
 from ray.serve.config import AutoscalingContext
 
-MISS_SINCE = "worldserve_miss_since"
+LATE = "worldserve_late"  # in the policy state while frames are late (logged once per episode)
+log = logging.getLogger("ray.serve")
 
 
 class DeadlineAwarePolicy:
-    def __init__(self, miss_ratio: float = 0.1, min_deadline_steps: int = 20):
+    def __init__(self, miss_ratio: float = 0.1, min_deadline_steps_per_s: float = 1.0):
         if not 0 < miss_ratio < 1:
             raise ValueError(f"miss_ratio={miss_ratio}: expected a share in (0, 1)")
-        self.miss_ratio, self.min_deadline_steps = miss_ratio, min_deadline_steps
+        self.miss_ratio, self.min_rate = miss_ratio, min_deadline_steps_per_s
 
     def miss_ratio_of(self, ctx: AutoscalingContext) -> float | None:
-        """The deployment's share of deadline steps missed over the look-back window (None: too few)."""
+        """The deployment's share of deadline steps missed, weighting each replica by its deadline
+        steps a second (None: fewer than ``min_deadline_steps_per_s`` in all)."""
         metrics = ctx.aggregated_metrics or {}
-        ratios, steps = metrics.get("deadline_miss_ratio") or {}, metrics.get("deadline_steps") or {}
-        total = sum(steps.values())
-        if total < self.min_deadline_steps:
+        ratios, rates = metrics.get("deadline_miss_ratio") or {}, metrics.get("deadline_steps_per_s") or {}
+        total = sum(rates.values())
+        if total < self.min_rate:
             return None
-        return sum(ratios.get(r, 0.0) * n for r, n in steps.items()) / total
+        return sum(ratios.get(r, 0.0) * n for r, n in rates.items()) / total
 
-    def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
-        own = (ctx.policy_state or {}).get(MISS_SINCE)
+    def __call__(self, ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
+        """The replicas wanted now; Serve applies upscale_delay_s / downscale_delay_s (a decision
+        must hold that long), the scaling factors and min/max_replicas around this."""
         want, state = replica_queue_length_autoscaling_policy(ctx)
-        state = dict(state or {})  # Serve's policy keeps only its own keys: ours goes back in
-        if own is not None:
-            state[MISS_SINCE] = own
         ratio = self.miss_ratio_of(ctx)
-        now = ctx.current_time or time.time()
         current = ctx.current_num_replicas
         if ratio is not None and ratio > self.miss_ratio:
-            since = state.setdefault(MISS_SINCE, now)
-            delay = getattr(ctx.config, "upscale_delay_s", 30.0) if ctx.config is not None else 30.0
-            last_up = ctx.last_scale_up_time
-            if now - since >= delay and (last_up is None or now - last_up >= delay):
-                want = max(want, current + 1)
-                state[MISS_SINCE] = now
-            want = max(want, current)  # never down while frames are late
+            want = max(want, current + 1)  # one more while frames are late; never fewer
+            if current < ctx.capacity_adjusted_max_replicas and (ctx.policy_state or {}).get(LATE) is None:
+                log.info("%s: %.0f%% of frame deadlines missed: asking for %d replicas (now %d)",
+                         ctx.deployment_name, 100 * ratio, current + 1, current)
+            state = {**state, LATE: ratio}
         else:
-            state.pop(MISS_SINCE, None)
-        want = min(max(int(want), ctx.capacity_adjusted_min_replicas), ctx.capacity_adjusted_max_replicas)
+            state = {k: v for k, v in state.items() if k != LATE}
         return want, state

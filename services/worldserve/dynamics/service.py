@@ -41,6 +41,7 @@ INFO_TTL_S = 30.0  # how long the ingress trusts a model's reported info (its ru
 ROUTE_CACHE_SESSIONS = 100_000  # session -> model entries the ingress remembers
 STEP_BATCH_CONCURRENCY = 64  # items of one StepBatch in flight at once (bounds its Redis and model work)
 YIELD_EVERY = 64  # a StepBatch's per-item loops give the event loop to other requests this often
+DEADLINE_WINDOW_S = 10.0  # the window of the deadline figures a model replica reports for autoscaling
 STREAM_PACE_S = 5.0  # a Rollout's or Play's step waits at most this long for room in the tenant's step rate
 UNARY_PACE_S = 0.1  # a Step or StepBatch waits this long at most for room; a longer wait is refused ...
 UNARY_HOLD_S = 0.25  # ... after holding the refusal this long (a client looping on refusals loops slowly)
@@ -98,7 +99,7 @@ class ModelServer:
         self.store = SessionStore.from_config(
             self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op))
         self._engine = None
-        self._deadline_seen = [0, 0]
+        self._deadline_hist: collections.deque[tuple[float, int, int]] = collections.deque()
         try:
             self.replica_id = serve.get_replica_context().replica_id.to_full_id_str()  # the actor name
         except Exception:  # noqa: BLE001 - outside Serve
@@ -128,14 +129,21 @@ class ModelServer:
         return self.engine.evict(tenant, session_id)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Custom autoscaling metrics (Serve calls this every metrics interval): the share of
-        frame-deadline steps (Play, live play, Steps with deadline_ms) missed since the last call.
-        worldserve.dynamics.autoscale.DeadlineAwarePolicy scales on it."""
-        counts = list(self._engine.deadline_counts) if self._engine is not None else [0, 0]
-        met, missed = counts[0] - self._deadline_seen[0], counts[1] - self._deadline_seen[1]
-        self._deadline_seen = counts
-        return {"deadline_miss_ratio": missed / (met + missed) if met + missed else 0.0,
-                "deadline_steps": float(met + missed)}
+        """Custom autoscaling metrics (Serve calls this often, at no fixed period): over the last
+        ``DEADLINE_WINDOW_S``, the share of frame-deadline steps (Play, live play, Steps with
+        deadline_ms) missed and how many a second there were.
+        worldserve.dynamics.autoscale.DeadlineAwarePolicy scales on them."""
+        now = time.monotonic()
+        met, missed = self._engine.deadline_counts if self._engine is not None else (0, 0)
+        hist = self._deadline_hist
+        hist.append((now, met, missed))
+        while len(hist) > 2 and hist[1][0] <= now - DEADLINE_WINDOW_S:
+            hist.popleft()
+        t0, met0, missed0 = hist[0]
+        n_met, n_missed = met - met0, missed - missed0
+        n = n_met + n_missed
+        return {"deadline_miss_ratio": n_missed / n if n else 0.0,
+                "deadline_steps_per_s": n / (now - t0) if now > t0 else 0.0}
 
     async def check_health(self) -> None:
         e = self._engine

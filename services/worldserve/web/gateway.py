@@ -320,10 +320,14 @@ class WebGateway(ServiceBase):
         room = self.rooms.get(key)
         if room is not None and room.closed is None:
             return room
+        space = await self._space(model)
         if not await self._lease(key):
             raise LiveClosed(1013, f"session {session_id!r} is live on another gateway replica; try again")
+        room = self.rooms.get(key)  # again: another player may have opened it during the awaits
+        if room is not None and room.closed is None:
+            return room
         room = LiveRoom(session_id=session_id, model=model, fps=fps, max_controllers=self.config.live_max_controllers,
-                        space=await self._space(model), step=self._stepper(tenant, session_id, model),
+                        space=space, step=self._stepper(tenant, session_id, model),
                         metrics=self.live, on_empty=lambda r: self._room_closed(key, r))
         self.rooms[key] = room
         asyncio.ensure_future(self._keep_lease(key, room))
@@ -378,13 +382,14 @@ class WebGateway(ServiceBase):
             max_fps = self.max_fps(rec.model)
             room = await self._open_room(tenant, session_id, rec.model, min(fps, max_fps))
             limit = RateLimit(self.config.live_client_msgs_per_s, 2 * self.config.live_client_msgs_per_s)
-            player = room.join(role, fmt, ws.send_bytes, ws.send_json, close, limit)
+            player = room.join(role, fmt, ws.send_bytes, ws.send_json, close, limit, open_=False)
             await ws.send_json({
                 "type": "hello", "session_id": session_id, "model": rec.model, "role": role, "player": player.pid,
                 "fps": room.fps, "max_fps": max_fps, "step": rec.step, "keys": sorted(room.space.keys),
                 "mouse_axes": sorted(room.space.mouse_axes), "events_supported": room.space.events_supported,
                 "max_controllers": room.max_controllers, "merge": "keys: union; mouse: mean; event: last",
             })
+            player.opened.set()  # frames from here on
             await room.announce(room.roster())
             await self._receive(ws, room, player)
         except LiveClosed as e:

@@ -158,6 +158,7 @@ class Player:
         self.acked = 0  # the last seq of this player's that a frame has shown
         self._outbox: bytes | None = None
         self._ready = asyncio.Event()
+        self.opened = asyncio.Event()  # frames flow once the player has had its hello
         self.dropped = 0
         self.sent = 0
 
@@ -172,6 +173,7 @@ class Player:
 
     async def pump(self) -> None:
         """Send frames as the client takes them (runs as the player's sender task)."""
+        await self.opened.wait()
         while True:
             await self._ready.wait()
             self._ready.clear()
@@ -209,13 +211,16 @@ class LiveRoom:
     def controllers(self) -> int:
         return sum(p.role == CONTROLLER for p in self.players.values())
 
-    def join(self, role: str, fmt: int, send_bytes, send_json, close, limit: RateLimit) -> Player:
+    def join(self, role: str, fmt: int, send_bytes, send_json, close, limit: RateLimit, open_: bool = True) -> Player:
+        """A new player; ``open_=False``: no frames go to it before ``player.opened.set()`` (its hello first)."""
         if self.closed is not None:
             raise LiveClosed(self.closed.code, self.closed.reason)
         if role == CONTROLLER and self.controllers >= self.max_controllers:
             raise LiveClosed(4409, f"session {self.session_id!r} already has {self.max_controllers} controllers "
                                    f"(the most this model takes); join as a spectator")
         p = Player(self._next_pid, role, fmt, send_bytes, send_json, close, limit)
+        if open_:
+            p.opened.set()
         self._next_pid += 1
         self.players[p.pid] = p
         self._senders[p.pid] = asyncio.create_task(p.pump(), name=f"live-send-{p.pid}")
