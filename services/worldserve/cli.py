@@ -117,6 +117,14 @@ def start_ray_head(temp_dir: Path, num_cpus: int, env: dict | None = None) -> st
     alone); returns its GCS address."""
     from worldserve.common.redis_server import free_port
 
+    env = dict(os.environ if env is None else env)
+    if env.get("RAY_AUTH_MODE", "token") == "token" and not (env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH")):
+        # `ray start` needs a token when token auth is on (Ray 2.60's default); on a fresh machine
+        # there is none yet: make ~/.ray/auth_token once (captured, never printed), as Ray advises
+        r = _ray("get-auth-token", "--generate", env=env)
+        if r.returncode != 0:
+            console.print(r.stderr[-2000:])
+            raise typer.Exit(1)
     port = free_port()
     args = ["start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--disable-usage-stats",
             f"--port={port}", f"--temp-dir={temp_dir}", f"--dashboard-port={free_port()}",

@@ -119,6 +119,10 @@ class ModelServer:
         """The step, and the replica that made it (for debugging affinity and failover)."""
         return await self.engine.step(req), self.replica_id
 
+    async def step_seconds(self) -> float:
+        """This replica's model seconds per step over recent batches (0.0: no step yet)."""
+        return self._engine._item_s if self._engine is not None else 0.0
+
     async def check_actions(self, actions: list[tuple[tuple[str, ...], dict, str | None]]) -> None:
         self.engine.check_actions(actions)
 

@@ -51,6 +51,7 @@ STATIC = Path(__file__).parent / "static"
 TOKEN_PREFIX = "wst_"
 SUBPROTOCOL = "worldserve"
 TOKEN_SUBPROTOCOL = "worldserve.token."
+STEP_OVERHEAD_S = 0.02  # a live step's cost beyond the model's (Redis, handle hops), before one is measured
 LEASE_S = 15.0  # a live session's lease on its gateway replica, renewed every third of it
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
@@ -258,10 +259,18 @@ class WebGateway(ServiceBase):
                 model_deployment_name(model), app_name=self.dynamics_app)
         return h
 
-    def max_fps(self, model: str) -> float:
-        """The live fps bound: the config's, and what the model's measured step time allows."""
+    async def max_fps(self, model: str) -> float:
+        """The live fps bound: the config's, and what the model's measured step time allows (live
+        steps measured here; before the first, the model's own seconds per step plus the hops)."""
         bound = float(self.config.live_max_fps)
         s = self._step_s.get(model)
+        if s is None:
+            try:
+                model_s = await self._model_handle(model).step_seconds.remote()
+            except Exception as e:  # noqa: BLE001 - no estimate: the config's bound alone
+                log.warning("no step time from model %r: %s", model, e)
+                model_s = 0.0
+            s = model_s + STEP_OVERHEAD_S if model_s else None
         if s:
             bound = min(bound, max(1.0, 1.0 / s))
         return bound
@@ -379,7 +388,7 @@ class WebGateway(ServiceBase):
                 raise LiveClosed(4404, str(e)) from None
             except InvalidArgument as e:
                 raise LiveClosed(4400, str(e)) from None
-            max_fps = self.max_fps(rec.model)
+            max_fps = await self.max_fps(rec.model)
             room = await self._open_room(tenant, session_id, rec.model, min(fps, max_fps))
             limit = RateLimit(self.config.live_client_msgs_per_s, 2 * self.config.live_client_msgs_per_s)
             player = room.join(role, fmt, ws.send_bytes, ws.send_json, close, limit, open_=False)
