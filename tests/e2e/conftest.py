@@ -42,6 +42,8 @@ def cluster(tmp_path_factory):
             # two replicas of each ingress that enforces quotas: a quota must hold wherever a call lands
             "DynamicsService": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2}},
             "SessionService": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2}},
+            # two web gateways: players of one live session reach both (the second plays through a relay)
+            "WebGateway": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2}},
         },
     ) as c:
         yield {

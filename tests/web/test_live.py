@@ -4,6 +4,7 @@ stands where the gateway puts the model deployment's handle)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -207,3 +208,89 @@ def test_formats():
     from worldserve.web.live import FORMATS
 
     assert FORMATS == {"jpeg": JPEG, "png": PNG, "raw": RAW}
+
+
+class Bus:
+    """The gateway's two Redis channels of one session, in memory: owner -> relays, relays -> owner."""
+
+    def __init__(self):
+        self.owner = None
+        self.relays: list = []
+        self.lost_joins = False
+
+    async def to_relays(self, data: bytes) -> None:
+        for r in self.relays:
+            await r.on_owner(data)
+
+    async def to_owner(self, m: dict) -> None:
+        if self.lost_joins and m["op"] == "join":
+            return
+        await self.owner.from_relay(json.loads(json.dumps(m)))
+
+
+def owner_and_relay(step, fps=20.0, max_controllers=2):
+    from worldserve.web.live import RelayRoom
+
+    bus = Bus()
+    bus.owner = LiveRoom(session_id="s_test", model="m", fps=fps, max_controllers=max_controllers, space=SPACE,
+                         step=step, metrics=METRICS, publish=bus.to_relays)
+    relay = RelayRoom(session_id="s_test", model="m", fps=fps, max_controllers=max_controllers, space=SPACE,
+                      metrics=METRICS, replica="r2", send=bus.to_owner)
+    bus.relays.append(relay)
+    return bus, bus.owner, relay
+
+
+async def test_players_on_another_replica_play_through_a_relay():
+    step = Stepper()
+    bus, owner, relay = owner_and_relay(step)
+    here, there, watcher = Client(), Client(), Client()
+    here.join(owner)
+    pt = there.join(relay)
+    watcher.join(relay, SPECTATOR, fmt=PNG)
+    await asyncio.sleep(0.05)
+    assert owner.roster() == {"type": "players", "controllers": 2, "spectators": 1}
+    raw = {"type": "action", "seq": 1, "keys": ["jump"]}
+    relay.receive(pt, *parse_message(raw, SPACE), raw)
+    await asyncio.sleep(0.4)
+    owner.stop()
+    assert any(c[0] == ("jump",) for c in step.calls)  # the remote controller's key reached the world
+    mine = {h["tick"]: (h["step"], data) for h, data in here.frames}
+    common = [(h, data) for h, data in there.frames if h["tick"] in mine]
+    assert len(common) >= 4 and all(mine[h["tick"]] == (h["step"], data) for h, data in common)
+    assert there.frames[-1][0]["ack"] == 1 and {h["format"] for h, _ in watcher.frames} == {"png"}
+    assert any(t.get("type") == "players" for t in there.texts)  # rosters reach relayed players too
+
+
+async def test_the_owner_refuses_a_remote_controller_beyond_the_limit_and_closes_relays_with_the_room():
+    bus, owner, relay = owner_and_relay(Stepper(), max_controllers=1)
+    Client().join(owner)
+    extra = Client()
+    extra.join(relay)
+    await asyncio.sleep(0.05)
+    assert extra.closed is not None and extra.closed[0] == 4409
+    owner.stop()
+
+    bus, owner, relay = owner_and_relay(Stepper(fail=NotFound("session 's_test' not found")))
+    a, b = Client(), Client()
+    a.join(owner)
+    b.join(relay, SPECTATOR)
+    await asyncio.sleep(0.2)
+    assert a.closed == b.closed == (4404, "session 's_test' not found")
+
+
+async def test_a_lost_join_is_recovered_by_the_relays_heartbeat_and_a_silent_owner_closes_the_relay(monkeypatch):
+    import worldserve.web.live as live
+
+    monkeypatch.setattr(live, "RELAY_ALIVE_S", 0.1)
+    monkeypatch.setattr(live, "OWNER_SILENT_S", 0.3)
+    bus, owner, relay = owner_and_relay(Stepper(), fps=20)
+    bus.lost_joins = True
+    Client().join(owner)
+    c = Client()
+    c.join(relay)
+    await asyncio.sleep(0.35)
+    assert owner.controllers == 2 and c.frames  # joined by the heartbeat, frames flowing
+    owner.stop()  # the owner replica goes away: nothing more comes
+    bus.relays.clear()
+    await asyncio.sleep(0.8)
+    assert c.closed is not None and c.closed[0] == 1013

@@ -11,8 +11,10 @@
 
 Steps go straight to the session's model deployment (``DynamicsModel-<name>``) through a handle
 with the session as the routing key, as the dynamics ingress sends them (session affinity).
-A live session ticks on one gateway replica: a Redis lease names it; a player that reaches
-another replica is closed with 1013 (try again) -- run one gateway replica per region of players.
+A live session ticks on one gateway replica, the one holding its Redis lease; a player that
+reaches another replica plays through a relay there: the owner publishes each tick's frame on the
+session's Redis channel, the relay fans it out to its players and forwards their messages back
+(worldserve.web.live.RelayRoom), so the gateway scales out like any other deployment.
 """
 
 
@@ -43,7 +45,7 @@ from worldserve.common.servicer import ServiceBase
 from worldserve.dynamics.types import Priority, StepRequest
 from worldserve.web.live import (
     CONTROLLER, FORMATS, MAX_MESSAGE_BYTES, SPECTATOR, ActionSpace, LiveClosed, LiveMetrics, LiveRoom, RateLimit,
-    parse_message,
+    RelayRoom, parse_message,
 )
 
 log = logging.getLogger("worldserve.web")
@@ -100,8 +102,8 @@ def _session_json(rec) -> dict:
 
 @serve.deployment(
     name="WebGateway",
-    num_replicas=1,  # a live session ticks on one replica (see the module's docstring)
     max_ongoing_requests=1024,  # every open WebSocket is an ongoing request
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 256},
     ray_actor_options={"num_cpus": 0.25},
 )
 @serve.ingress(app)
@@ -119,7 +121,8 @@ class WebGateway(ServiceBase):
         self.dynamics = serve.get_deployment_handle("DynamicsService", app_name=dynamics_app)
         self.dynamics_app = dynamics_app
         self.live = LiveMetrics(self.metrics)
-        self.rooms: dict[tuple[str, str], LiveRoom] = {}
+        self.rooms: dict[tuple[str, str], LiveRoom | RelayRoom] = {}  # live sessions played from here
+        self._room_tasks: dict[tuple[str, str], asyncio.Future] = {}  # their pub/sub listeners
         self._spaces: dict[str, ActionSpace] = {}
         self._step_s: dict[str, float] = {}  # model -> its measured seconds per live step (EMA)
         self._model_handles: dict[str, Any] = {}
@@ -292,54 +295,108 @@ class WebGateway(ServiceBase):
 
         return step
 
-    async def _lease(self, key: tuple[str, str]) -> bool:
-        """Take (or renew) the Redis lease that makes this replica the one ticking the session."""
-        name = f"ws:live:{key[0]}:{key[1]}"
+    @staticmethod
+    def _names(key: tuple[str, str]) -> tuple[str, str, str]:
+        """The session's lease key and its two channels: owner -> relays, relays -> owner."""
+        base = f"ws:live:{{{key[0]}:{key[1]}}}"  # one hash slot in a Redis Cluster
+        return base, base + ":out", base + ":in"
+
+    async def _lease(self, key: tuple[str, str], fps: float) -> tuple[bool, float]:
+        """Take (or renew) the Redis lease that makes this replica the one ticking the session:
+        (ours?, the fps of the room that holds it)."""
+        name = self._names(key)[0]
         r = self.store.r
-        if await r.set(name, self.replica, nx=True, px=int(LEASE_S * 1000)):
-            return True
-        owner = await r.get(name)
-        owner = owner.decode() if isinstance(owner, bytes) else owner
+        mine = f"{self.replica} {fps}"
+        if await r.set(name, mine, nx=True, px=int(LEASE_S * 1000)):
+            return True, fps
+        held = await r.get(name)
+        held = (held.decode() if isinstance(held, bytes) else held) or ""
+        owner, _, owner_fps = held.partition(" ")
         if owner == self.replica:
             await r.pexpire(name, int(LEASE_S * 1000))
-            return True
-        return False
+            return True, float(owner_fps or fps)
+        return False, float(owner_fps or fps)
 
     async def _keep_lease(self, key: tuple[str, str], room: LiveRoom) -> None:
-        while key in self.rooms and self.rooms[key] is room:
+        while self.rooms.get(key) is room:
             await asyncio.sleep(LEASE_S / 3)
             try:
-                await self._lease(key)
+                await self._lease(key, room.fps)
             except Exception as e:  # noqa: BLE001 - Redis away: the next renewal tries again
                 log.warning("live lease of %s not renewed: %s", key[1], e)
 
-    def _room_closed(self, key: tuple[str, str], room: LiveRoom) -> None:
+    def _room_closed(self, key: tuple[str, str], room) -> None:
         if self.rooms.get(key) is room:
             del self.rooms[key]
+            task = self._room_tasks.pop(key, None)
+            if task is not None:
+                task.cancel()
+            if isinstance(room, LiveRoom):
+                async def release() -> None:
+                    name = self._names(key)[0]
+                    held = await self.store.r.get(name)
+                    held = (held.decode() if isinstance(held, bytes) else held) or ""
+                    if held.partition(" ")[0] == self.replica:
+                        await self.store.r.delete(name)
 
-            async def release() -> None:
-                name = f"ws:live:{key[0]}:{key[1]}"
-                if await self.store.r.get(name) in (self.replica, self.replica.encode()):
-                    await self.store.r.delete(name)
+                asyncio.ensure_future(release())
 
-            asyncio.ensure_future(release())
+    async def _listen(self, channel: str, handle, ready: asyncio.Event) -> None:
+        """Feed every message of a Redis channel to ``handle`` until cancelled (``ready`` is set
+        once subscribed)."""
+        ps = self.store.r.pubsub()
+        try:
+            await ps.subscribe(channel)
+            ready.set()
+            while True:
+                m = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if m is not None and m.get("type") == "message":
+                    try:
+                        await handle(m["data"])
+                    except Exception:  # noqa: BLE001 - one bad message never stops the room
+                        log.exception("live message on %s not handled", channel)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            try:
+                await ps.unsubscribe(channel)
+                await ps.aclose()
+            except Exception:  # noqa: BLE001
+                pass
 
-    async def _open_room(self, tenant: str, session_id: str, model: str, fps: float) -> LiveRoom:
+    async def _open_room(self, tenant: str, session_id: str, model: str, fps: float):
+        """This replica's room for a live session: the ticking one when it takes the lease, else a
+        relay of the replica that holds it (frames and players' messages through Redis pub/sub)."""
         key = (tenant, session_id)
         room = self.rooms.get(key)
         if room is not None and room.closed is None:
             return room
         space = await self._space(model)
-        if not await self._lease(key):
-            raise LiveClosed(1013, f"session {session_id!r} is live on another gateway replica; try again")
+        ours, room_fps = await self._lease(key, fps)
         room = self.rooms.get(key)  # again: another player may have opened it during the awaits
         if room is not None and room.closed is None:
             return room
-        room = LiveRoom(session_id=session_id, model=model, fps=fps, max_controllers=self.config.live_max_controllers,
-                        space=space, step=self._stepper(tenant, session_id, model),
-                        metrics=self.live, on_empty=lambda r: self._room_closed(key, r))
+        r = self.store.r
+        _, out_ch, in_ch = self._names(key)
+        common = dict(session_id=session_id, model=model, fps=room_fps, max_controllers=self.config.live_max_controllers,
+                      space=space, metrics=self.live, on_empty=lambda rm: self._room_closed(key, rm))
+        ready = asyncio.Event()
+        if ours:
+            room = LiveRoom(step=self._stepper(tenant, session_id, model), publish=lambda d: r.publish(out_ch, d),
+                            **common)
+            listener = self._listen(in_ch, lambda d: room.from_relay(json.loads(d)), ready)
+        else:
+            room = RelayRoom(replica=self.replica, send=lambda m: r.publish(in_ch, json.dumps(m)), **common)
+            listener = self._listen(out_ch, room.on_owner, ready)
         self.rooms[key] = room
-        asyncio.ensure_future(self._keep_lease(key, room))
+        self._room_tasks[key] = asyncio.ensure_future(listener)
+        if ours:
+            asyncio.ensure_future(self._keep_lease(key, room))
+        try:
+            await asyncio.wait_for(ready.wait(), timeout=10)
+        except asyncio.TimeoutError:
+            self._room_closed(key, room)
+            raise LiveClosed(1013, "live session unavailable (Redis pub/sub did not answer); try again") from None
         return room
 
     @app.websocket("/v1/sessions/{session_id}/play")
@@ -397,6 +454,7 @@ class WebGateway(ServiceBase):
                 "fps": room.fps, "max_fps": max_fps, "step": rec.step, "keys": sorted(room.space.keys),
                 "mouse_axes": sorted(room.space.mouse_axes), "events_supported": room.space.events_supported,
                 "max_controllers": room.max_controllers, "merge": "keys: union; mouse: mean; event: last",
+                "relayed": isinstance(room, RelayRoom),  # the session ticks on another gateway replica
             })
             player.opened.set()  # frames from here on
             await room.announce(room.roster())
@@ -435,7 +493,8 @@ class WebGateway(ServiceBase):
             if len(text) > MAX_MESSAGE_BYTES:
                 raise LiveClosed(4400, f"message exceeds {MAX_MESSAGE_BYTES} bytes")
             try:
-                kind, fields = parse_message(json.loads(text), room.space)
+                raw = json.loads(text)
+                kind, fields = parse_message(raw, room.space)
             except json.JSONDecodeError:
                 raise LiveClosed(4400, "malformed message: not JSON") from None
             except InvalidArgument as e:
@@ -446,7 +505,7 @@ class WebGateway(ServiceBase):
                 self.live.messages_dropped.inc(reason="spectator")
                 await ws.send_json({"type": "notice", "reason": "spectators watch; join as a controller to play"})
             else:
-                room.receive(player, kind, fields)
+                room.receive(player, kind, fields, raw)
 
 
 def build(args: dict[str, Any]):

@@ -18,6 +18,7 @@ session per gateway replica:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -187,37 +188,35 @@ Stepper = Callable[[tuple[str, ...], dict[str, float], str | None, float, int], 
 """(keys, mouse, event or None, frame deadline as time.time(), tick) -> (the session's step, (H, W, 3) frame)."""
 
 
-class LiveRoom:
-    """One live session: its players, its clock, its steps."""
+class _Fanout:
+    """A room's players on this gateway replica: joining, leaving, rosters, and each frame to
+    every player's outbox (encoded once per format, with that player's ack)."""
 
     def __init__(self, *, session_id: str, model: str, fps: float, max_controllers: int, space: ActionSpace,
-                 step: Stepper, metrics: "LiveMetrics", on_empty: Callable[["LiveRoom"], None] | None = None):
+                 metrics: "LiveMetrics", on_empty: Callable[[Any], None] | None = None):
         self.session_id, self.model, self.fps = session_id, model, fps
         self.max_controllers, self.space = max_controllers, space
-        self._step, self.metrics, self._on_empty = step, metrics, on_empty
+        self.metrics, self._on_empty = metrics, on_empty
         self.players: dict[int, Player] = {}
-        self._next_pid = 1
-        self._event: str | None = None  # the last event sent since the previous tick
-        self._task: asyncio.Task | None = None
-        self.tick = 0
-        self.step_no = -1
-        self.frames = 0
-        self.misses = 0
-        self.closed: LiveClosed | None = None
         self._senders: dict[int, asyncio.Task] = {}
+        self._next_pid = 1
+        self.closed: LiveClosed | None = None
+        self.frames = 0
 
-    # -- players ---------------------------------------------------------------------------------
     @property
     def controllers(self) -> int:
         return sum(p.role == CONTROLLER for p in self.players.values())
 
-    def join(self, role: str, fmt: int, send_bytes, send_json, close, limit: RateLimit, open_: bool = True) -> Player:
-        """A new player; ``open_=False``: no frames go to it before ``player.opened.set()`` (its hello first)."""
+    def _admit(self, role: str) -> None:
+        """Refuse a player the room cannot take (LiveClosed)."""
         if self.closed is not None:
             raise LiveClosed(self.closed.code, self.closed.reason)
         if role == CONTROLLER and self.controllers >= self.max_controllers:
-            raise LiveClosed(4409, f"session {self.session_id!r} already has {self.max_controllers} controllers "
-                                   f"(the most this model takes); join as a spectator")
+            raise too_many(self.session_id, self.max_controllers)
+
+    def join(self, role: str, fmt: int, send_bytes, send_json, close, limit: RateLimit, open_: bool = True) -> Player:
+        """A new player; ``open_=False``: no frames go to it before ``player.opened.set()`` (its hello first)."""
+        self._admit(role)
         p = Player(self._next_pid, role, fmt, send_bytes, send_json, close, limit)
         if open_:
             p.opened.set()
@@ -225,10 +224,11 @@ class LiveRoom:
         self.players[p.pid] = p
         self._senders[p.pid] = asyncio.create_task(p.pump(), name=f"live-send-{p.pid}")
         self.metrics.players(self.model, role, +1)
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"live-{self.session_id}")
-            self.metrics.sessions(self.model, +1)
+        self._joined(p)
         return p
+
+    def _joined(self, p: Player) -> None:
+        pass
 
     def leave(self, p: Player) -> None:
         if self.players.pop(p.pid, None) is None:
@@ -237,18 +237,22 @@ class LiveRoom:
         if t is not None:
             t.cancel()
         self.metrics.players(self.model, p.role, -1)
-        if not self.players:
+        self._left(p)
+        if self._empty():
             self.stop()
 
+    def _left(self, p: Player) -> None:
+        pass
+
+    def _empty(self) -> bool:
+        return not self.players
+
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-            self.metrics.sessions(self.model, -1)
         for t in self._senders.values():
             t.cancel()
         if self._on_empty is not None:
-            self._on_empty(self)
+            cb, self._on_empty = self._on_empty, None
+            cb(self)
 
     def roster(self) -> dict:
         return {"type": "players", "controllers": self.controllers, "spectators": len(self.players) - self.controllers}
@@ -256,7 +260,103 @@ class LiveRoom:
     async def announce(self, msg: dict) -> None:
         await asyncio.gather(*(p.send_json(msg) for p in list(self.players.values())), return_exceptions=True)
 
-    def receive(self, p: Player, kind: str, f: dict) -> None:
+    def deliver(self, tick: int, step_no: int, rgb: np.ndarray, acks: dict[int, Held], late: bool) -> None:
+        """A tick's frame to every player here; ``acks``: pid -> the held action the frame used."""
+        now = time.monotonic()
+        encoded: dict[int, EncodedFrame] = {}
+        for p in list(self.players.values()):
+            frame = encoded.get(p.fmt)
+            if frame is None:
+                frame = encoded[p.fmt] = encode_rgb(rgb, p.fmt)
+            h = acks.get(p.pid)
+            if h is not None and h.seq > p.acked:
+                p.acked = h.seq
+                if h.received:
+                    self.metrics.key_to_frame(self.model, now - h.received)
+            header = {"tick": tick, "step": step_no, "ack": p.acked, "late": late, "dropped": p.dropped,
+                      "format": FORMAT_NAMES[p.fmt], "width": frame.width, "height": frame.height,
+                      "t": round(time.time() * 1000)}
+            if not p.offer(pack_frame(header, frame.data)):
+                self.metrics.dropped(self.model)
+
+    async def _close_all(self, closed: LiveClosed) -> None:
+        self.closed = closed
+        await asyncio.gather(*(p.close(closed.code, closed.reason) for p in list(self.players.values())),
+                             return_exceptions=True)
+
+
+def too_many(session_id: str, n: int) -> LiveClosed:
+    return LiveClosed(4409, f"session {session_id!r} already has {n} controllers (the most this model takes); "
+                            "join as a spectator")
+
+
+@dataclass
+class Remote:
+    """A player on another gateway replica (its relay forwards what it sends)."""
+
+    role: str
+    held: Held = field(default_factory=Held)
+    seen: float = 0.0  # time.monotonic() of its relay's last word
+    acked: int = 0
+
+
+REMOTE_TIMEOUT_S = 6.0  # a remote player whose relay has not spoken for this long is gone
+RELAY_ALIVE_S = 2.0  # a relay says which of its players are still there this often
+OWNER_SILENT_S = 5.0  # a relay that hears nothing from the room's owner for this long closes its players
+
+
+class LiveRoom(_Fanout):
+    """One live session, ticking here (this replica holds its lease): its clock, its steps, its
+    players here and (through Redis, see the gateway) its players on other replicas."""
+
+    def __init__(self, *, session_id: str, model: str, fps: float, max_controllers: int, space: ActionSpace,
+                 step: Stepper, metrics: "LiveMetrics", on_empty: Callable[["LiveRoom"], None] | None = None,
+                 publish: Callable[[bytes], Awaitable[Any]] | None = None):
+        super().__init__(session_id=session_id, model=model, fps=fps, max_controllers=max_controllers, space=space,
+                         metrics=metrics, on_empty=on_empty)
+        self._step, self._publish = step, publish
+        self.remote: dict[str, Remote] = {}  # "<replica>:<pid>" -> its player
+        self._event: str | None = None  # the last event sent since the previous tick
+        self._task: asyncio.Task | None = None
+        self.tick = 0
+        self.step_no = -1
+        self.misses = 0
+
+    @property
+    def controllers(self) -> int:
+        return super().controllers + sum(r.role == CONTROLLER for r in self.remote.values())
+
+    def roster(self) -> dict:
+        n = len(self.players) + len(self.remote)
+        return {"type": "players", "controllers": self.controllers, "spectators": n - self.controllers}
+
+    def _joined(self, p: Player) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"live-{self.session_id}")
+            self.metrics.sessions(self.model, +1)
+
+    def _empty(self) -> bool:
+        return not self.players and not self.remote
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+            self.metrics.sessions(self.model, -1)
+        super().stop()
+
+    async def announce(self, msg: dict) -> None:
+        await super().announce(msg)
+        if self.remote and self._publish is not None:
+            await self._send_relays({"op": "announce", "msg": msg})
+
+    async def _send_relays(self, control: dict) -> None:
+        try:
+            await self._publish(b"C" + json.dumps(control).encode())
+        except Exception as e:  # noqa: BLE001 - the relays time out on their own
+            log.warning("live %s: relays not reached: %s", self.session_id, e)
+
+    def receive(self, p: Player | Remote, kind: str, f: dict, raw: Any = None) -> None:
         """A parsed message of a controller: the latest wins at the next tick."""
         if kind == "action":
             if f["seq"] >= p.held.seq:
@@ -265,6 +365,73 @@ class LiveRoom:
             self._event = f["event"]
             if f["seq"] > p.held.seq:
                 p.held = Held(p.held.keys, p.held.mouse, f["seq"], time.monotonic())
+
+    # -- players on other replicas (their relays' messages) -------------------------------------
+    async def from_relay(self, m: dict) -> None:
+        """A relay's message: ``join`` / ``leave`` / ``msg`` of one of its players, or ``alive``
+        (every player it has: one whose join was lost joins then)."""
+        now = time.monotonic()
+        op, rid = m.get("op"), str(m.get("rid", ""))
+        if op == "join":
+            role = m.get("role")
+            if role not in (CONTROLLER, SPECTATOR) or rid in self.remote:
+                return
+            if self.closed is not None:
+                await self._send_relays({"op": "refuse", "rid": rid, "code": self.closed.code,
+                                         "reason": self.closed.reason})
+                return
+            if role == CONTROLLER and self.controllers >= self.max_controllers:
+                c = too_many(self.session_id, self.max_controllers)
+                await self._send_relays({"op": "refuse", "rid": rid, "code": c.code, "reason": c.reason})
+                return
+            self.remote[rid] = Remote(role, seen=now)
+            self._joined_remote()
+            await self.announce(self.roster())
+        elif op == "leave":
+            if self.remote.pop(rid, None) is not None:
+                await self._after_remote_left()
+        elif op == "msg":
+            r = self.remote.get(rid)
+            if r is not None and r.role == CONTROLLER:
+                r.seen = now
+                try:
+                    kind, fields = parse_message(m.get("m"), self.space)
+                except InvalidArgument:
+                    return  # the relay checked it already
+                self.receive(r, kind, fields)
+        elif op == "alive":
+            replica = str(m.get("r", ""))
+            alive = m.get("rids") or {}
+            for k, r in list(self.remote.items()):
+                if k.startswith(replica + ":"):
+                    if k in alive:
+                        r.seen = now
+                    else:
+                        del self.remote[k]
+            for k, role in alive.items():
+                if k not in self.remote and k.startswith(replica + ":"):
+                    await self.from_relay({"op": "join", "rid": k, "role": role})
+            if self._empty():
+                self.stop()
+
+    def _joined_remote(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"live-{self.session_id}")
+            self.metrics.sessions(self.model, +1)
+
+    async def _after_remote_left(self) -> None:
+        if self._empty():
+            self.stop()
+        else:
+            await self.announce(self.roster())
+
+    def _expire_remote(self) -> None:
+        now = time.monotonic()
+        gone = [k for k, r in self.remote.items() if now - r.seen > REMOTE_TIMEOUT_S]
+        for k in gone:
+            del self.remote[k]
+        if gone and self._empty():
+            self.stop()
 
     # -- the clock -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -280,8 +447,9 @@ class LiveRoom:
                     await asyncio.sleep(delay)
                 tick_start = next_t
                 self.tick += 1
-                controllers = [p for p in self.players.values() if p.role == CONTROLLER]
-                used = {p.pid: p.held for p in controllers}
+                self._expire_remote()
+                used: dict[Any, Held] = {p.pid: p.held for p in self.players.values() if p.role == CONTROLLER}
+                used.update({k: r.held for k, r in self.remote.items() if r.role == CONTROLLER})
                 keys, mouse = merge(used.values())
                 event, self._event = self._event, None
                 deadline = time.time() + max(0.0, tick_start + period - loop.time())
@@ -308,7 +476,7 @@ class LiveRoom:
                 done = loop.time()
                 if rgb is not None:
                     self.step_no = step_no
-                    self._broadcast(step_no, rgb, used, late=done > tick_start + period)
+                    await self._broadcast(step_no, rgb, used, late=done > tick_start + period)
                     window_frames += 1
                 # the ticks this step overran are deadline misses: skipped, not queued
                 overran = max(0, math.ceil((done - (tick_start + period)) / period - 1e-9))
@@ -324,42 +492,118 @@ class LiveRoom:
         except asyncio.CancelledError:
             pass
 
-    def _broadcast(self, step_no: int, rgb: np.ndarray, used: dict[int, Held], late: bool) -> None:
-        now = time.monotonic()
+    async def _broadcast(self, step_no: int, rgb: np.ndarray, used: dict[Any, Held], late: bool) -> None:
         self.frames += 1
         self.metrics.frame(self.model)
-        encoded: dict[int, EncodedFrame] = {}
-        for p in list(self.players.values()):
-            frame = encoded.get(p.fmt)
-            if frame is None:
-                frame = encoded[p.fmt] = encode_rgb(rgb, p.fmt)
-            h = used.get(p.pid)
-            if h is not None and h.seq > p.acked:
-                p.acked = h.seq
-                self.metrics.key_to_frame(self.model, now - h.received)
-            header = {"tick": self.tick, "step": step_no, "ack": p.acked, "late": late, "dropped": p.dropped,
-                      "format": FORMAT_NAMES[p.fmt], "width": frame.width, "height": frame.height,
-                      "t": round(time.time() * 1000)}
-            if not p.offer(pack_frame(header, frame.data)):
-                self.metrics.dropped(self.model)
+        self.deliver(self.tick, step_no, rgb, {k: h for k, h in used.items() if isinstance(k, int)}, late)
+        if self.remote and self._publish is not None:
+            now = time.monotonic()
+            acks = {}
+            for k, r in self.remote.items():
+                h = used.get(k)
+                if h is not None and h.seq:
+                    acks[k] = h.seq
+                    if h.received and h.seq > r.acked:
+                        r.acked = h.seq
+                        self.metrics.key_to_frame(self.model, now - h.received)
+            header = {"tick": self.tick, "step": step_no, "late": late, "acks": acks,
+                      "height": int(rgb.shape[0]), "width": int(rgb.shape[1])}
+            try:
+                await self._publish(b"F" + pack_frame(header, np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()))
+            except Exception as e:  # noqa: BLE001 - relays time out on their own
+                log.warning("live %s: frame not published: %s", self.session_id, e)
 
     async def _close_all(self, closed: LiveClosed) -> None:
-        self.closed = closed
-        await asyncio.gather(*(p.close(closed.code, closed.reason) for p in list(self.players.values())),
-                             return_exceptions=True)
+        await super()._close_all(closed)
+        if self.remote and self._publish is not None:
+            await self._send_relays({"op": "close", "code": closed.code, "reason": closed.reason})
+
+
+class RelayRoom(_Fanout):
+    """A live session ticking on another replica, played from here: its frames arrive from the
+    owner (``on_owner``), its players' joins, messages and leaves go there (``send``)."""
+
+    def __init__(self, *, session_id: str, model: str, fps: float, max_controllers: int, space: ActionSpace,
+                 metrics: "LiveMetrics", replica: str, send: Callable[[dict], Awaitable[Any]],
+                 on_empty: Callable[["RelayRoom"], None] | None = None):
+        super().__init__(session_id=session_id, model=model, fps=fps, max_controllers=max_controllers, space=space,
+                         metrics=metrics, on_empty=on_empty)
+        self.replica, self._send = replica, send
+        self.last_heard = time.monotonic()
+        self._alive: asyncio.Task | None = None
+
+    def rid(self, p: Player) -> str:
+        return f"{self.replica}:{p.pid}"
+
+    def _admit(self, role: str) -> None:
+        if self.closed is not None:
+            raise LiveClosed(self.closed.code, self.closed.reason)  # the owner counts controllers
+
+    def _joined(self, p: Player) -> None:
+        asyncio.ensure_future(self._send({"op": "join", "rid": self.rid(p), "role": p.role}))
+        if self._alive is None:
+            self.last_heard = time.monotonic()
+            self._alive = asyncio.create_task(self._keep_alive(), name=f"relay-{self.session_id}")
+
+    def _left(self, p: Player) -> None:
+        asyncio.ensure_future(self._send({"op": "leave", "rid": self.rid(p)}))
+
+    def stop(self) -> None:
+        if self._alive is not None:
+            self._alive.cancel()
+            self._alive = None
+        super().stop()
+
+    def receive(self, p: Player, kind: str, f: dict, raw: Any = None) -> None:
+        """A controller's message: forwarded to the owner (checked here already)."""
+        asyncio.ensure_future(self._send({"op": "msg", "rid": self.rid(p), "m": raw}))
+
+    async def _keep_alive(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(RELAY_ALIVE_S)
+                await self._send({"op": "alive", "r": self.replica,
+                                  "rids": {self.rid(p): p.role for p in self.players.values()}})
+                if time.monotonic() - self.last_heard > max(OWNER_SILENT_S, 3.0 / self.fps):
+                    await self._close_all(LiveClosed(1013, "the gateway replica ticking this session went away; "
+                                                           "reconnect"))
+                    return
+        except asyncio.CancelledError:
+            pass
+
+    async def on_owner(self, data: bytes) -> None:
+        """A message from the owner: a frame (``F``) or a control (``C``)."""
+        self.last_heard = time.monotonic()
+        if data[:1] == b"F":
+            h, raw = unpack_frame(data[1:])
+            rgb = np.frombuffer(raw, dtype=np.uint8).reshape(h["height"], h["width"], 3)
+            acks = {}
+            for p in self.players.values():
+                seq = h["acks"].get(self.rid(p))
+                if seq:
+                    acks[p.pid] = Held(seq=seq)  # key-to-frame is measured at the owner
+            self.frames += 1
+            self.deliver(h["tick"], h["step"], rgb, acks, h["late"])
+            return
+        c = json.loads(data[1:])
+        op = c.get("op")
+        if op == "announce":
+            await self.announce(c["msg"])
+        elif op == "close":
+            await self._close_all(LiveClosed(int(c["code"]), str(c["reason"])))
+        elif op == "refuse":
+            for p in list(self.players.values()):
+                if self.rid(p) == c.get("rid"):
+                    await p.close(int(c["code"]), str(c["reason"]))
 
 
 def pack_frame(header: dict, data: bytes) -> bytes:
     """A frame message: 4-byte big-endian header length, the JSON header, the encoded image."""
-    import json
-
     h = json.dumps(header, separators=(",", ":")).encode()
     return len(h).to_bytes(4, "big") + h + data
 
 
 def unpack_frame(msg: bytes) -> tuple[dict, bytes]:
-    import json
-
     n = int.from_bytes(msg[:4], "big")
     return json.loads(msg[4:4 + n]), msg[4 + n:]
 
@@ -415,5 +659,5 @@ class LiveMetrics:
         self._players.set(n, model=model, role=role)
 
 
-__all__ = ["LiveRoom", "LiveClosed", "LiveMetrics", "Player", "RateLimit", "ActionSpace", "parse_message", "merge",
+__all__ = ["LiveRoom", "RelayRoom", "LiveClosed", "LiveMetrics", "Player", "RateLimit", "ActionSpace", "parse_message", "merge",
            "pack_frame", "unpack_frame", "CONTROLLER", "SPECTATOR", "FORMATS"]
