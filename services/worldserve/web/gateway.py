@@ -15,8 +15,12 @@ A live session ticks on one gateway replica, the one holding its Redis lease; a 
 reaches another replica plays through a relay there: the owner publishes each tick's frame on the
 session's Redis channel, the relay fans it out to its players and forwards their messages back
 (worldserve.web.live.RelayRoom), so the gateway scales out like any other deployment.
-"""
 
+No ``from __future__ import annotations`` here: FastAPI reads the handlers' parameter types
+(``Request``, ``WebSocket``) at run time, and under ``serve.ingress`` string annotations were
+seen to turn ``request`` into a query parameter (422). Module helpers sit above the class: the
+replica gets the class by value and only the names defined before it.
+"""
 
 import asyncio
 import base64
