@@ -86,7 +86,8 @@ def test_metric_name_extraction():
 
 # Counters of events this test does not provoke: Ray exports a counter only once it was incremented.
 EVENT_ONLY = {"ray_worldserve_dynamics_item_failures_total", "ray_worldserve_dynamics_step_conflicts_total",
-              "ray_worldserve_dynamics_quota_rejections_total", "ray_worldserve_sessions_quota_rejections_total"}
+              "ray_worldserve_dynamics_quota_rejections_total", "ray_worldserve_sessions_quota_rejections_total",
+              "ray_worldserve_web_live_frames_dropped_total"}  # a live player too slow for its frames
 
 
 def scraped_names(url: str) -> set[str]:
@@ -117,16 +118,31 @@ def test_dashboard_and_rules_query_only_exported_metrics(cluster):
         with pytest.raises(grpc.RpcError):
             c.step("00000000000000000000000000000000", ["left"])
 
-        # Ray exports every ~10 s, and keeps a gauge only while it is being set (about two export
-        # intervals): keep stepping while polling so queue depth and active sessions stay fresh.
-        deadline = time.monotonic() + 90
-        missing: set[str] = set(wanted)
-        while True:
-            c.step(s.session_id, ["right"])
-            missing = set(wanted) - scraped_names(cluster["metrics_url"])
-            if not missing or time.monotonic() > deadline:
-                break
-            time.sleep(3)
+        # web: a live player on its own world (live gauges, frames, key-to-frame, fps windows)
+        from websockets.sync.client import connect
+
+        live = c.create_session(prompt="a blue box on the right, snow", seed=5)
+        url = cluster["http"].replace("http://", "ws://") + f"/v1/sessions/{live.session_id}/play?fps=5"
+        with connect(url, additional_headers={"authorization": f"Bearer {cluster['key_a']}"}, open_timeout=60) as ws:
+            ws.recv(timeout=30)  # hello
+            # Ray exports every ~10 s, and keeps a gauge only while it is being set (about two export
+            # intervals): keep stepping while polling so queue depth and active sessions stay fresh.
+            deadline = time.monotonic() + 90
+            missing: set[str] = set(wanted)
+            seq = 0
+            while True:
+                c.step(s.session_id, ["right"])
+                seq += 1
+                ws.send(json.dumps({"type": "action", "seq": seq, "keys": ["right"] if seq % 2 else []}))
+                while True:  # take the frames that came meanwhile
+                    try:
+                        ws.recv(timeout=0.01)
+                    except TimeoutError:
+                        break
+                missing = set(wanted) - scraped_names(cluster["metrics_url"])
+                if not missing or time.monotonic() > deadline:
+                    break
+                time.sleep(3)
     missing -= EVENT_ONLY
     assert not missing, "queried by the dashboard/rules but not exported: " + ", ".join(
         f"{n} ({'/'.join(sorted(wanted[n]))})" for n in sorted(missing))

@@ -488,6 +488,7 @@ class LiveRoom(_Fanout):
                 next_t = tick_start + period * (1 + overran)
                 if done - window_t >= FPS_WINDOW_S:
                     self.metrics.fps(self.model, window_frames / (done - window_t))
+                    self.metrics.refresh()
                     window_t, window_frames = done, 0
         except asyncio.CancelledError:
             pass
@@ -562,6 +563,7 @@ class RelayRoom(_Fanout):
         try:
             while True:
                 await asyncio.sleep(RELAY_ALIVE_S)
+                self.metrics.refresh()
                 await self._send({"op": "alive", "r": self.replica,
                                   "rids": {self.rid(p): p.role for p in self.players.values()}})
                 if time.monotonic() - self.last_heard > max(OWNER_SILENT_S, 3.0 / self.fps):
@@ -657,6 +659,14 @@ class LiveMetrics:
     def players(self, model: str, role: str, d: int) -> None:
         n = self._n_players[(model, role)] = self._n_players.get((model, role), 0) + d
         self._players.set(n, model=model, role=role)
+
+    def refresh(self) -> None:
+        """Set the gauges again: Ray exports a gauge only while it is being set (it drops one left
+        alone for about two export intervals), and players may stay for hours."""
+        for model, n in self._n_sessions.items():
+            self._sessions.set(n, model=model)
+        for (model, role), n in self._n_players.items():
+            self._players.set(n, model=model, role=role)
 
 
 __all__ = ["LiveRoom", "RelayRoom", "LiveClosed", "LiveMetrics", "Player", "RateLimit", "ActionSpace", "parse_message", "merge",
