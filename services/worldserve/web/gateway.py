@@ -384,6 +384,9 @@ class WebGateway(ServiceBase):
         _, out_ch, in_ch = self._names(key)
         common = dict(session_id=session_id, model=model, fps=room_fps, max_controllers=self.config.live_max_controllers,
                       space=space, metrics=self.live, on_empty=lambda rm: self._room_closed(key, rm))
+        stale = self._room_tasks.pop(key, None)  # a closed room's listener (its players still leaving)
+        if stale is not None:
+            stale.cancel()
         ready = asyncio.Event()
         if ours:
             room = LiveRoom(step=self._stepper(tenant, session_id, model), publish=lambda d: r.publish(out_ch, d),
