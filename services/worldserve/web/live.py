@@ -532,6 +532,8 @@ class RelayRoom(_Fanout):
         self.replica, self._send = replica, send
         self.last_heard = time.monotonic()
         self._alive: asyncio.Task | None = None
+        self._outq: asyncio.Queue[dict] = asyncio.Queue()  # to the owner, in order: join before a player's messages
+        self._sender: asyncio.Task | None = None
 
     def rid(self, p: Player) -> str:
         return f"{self.replica}:{p.pid}"
@@ -540,32 +542,50 @@ class RelayRoom(_Fanout):
         if self.closed is not None:
             raise LiveClosed(self.closed.code, self.closed.reason)  # the owner counts controllers
 
+    def _post(self, m: dict) -> None:
+        """To the owner, after everything posted before (one sender: a publish never overtakes)."""
+        self._outq.put_nowait(m)
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_in_order(), name=f"relay-send-{self.session_id}")
+
+    async def _send_in_order(self) -> None:
+        try:
+            while True:
+                m = await self._outq.get()
+                try:
+                    await self._send(m)
+                except Exception as e:  # noqa: BLE001 - the heartbeat repairs a lost join
+                    log.warning("live %s: relay message not sent: %s", self.session_id, e)
+        except asyncio.CancelledError:
+            pass
+
     def _joined(self, p: Player) -> None:
-        asyncio.ensure_future(self._send({"op": "join", "rid": self.rid(p), "role": p.role}))
+        self._post({"op": "join", "rid": self.rid(p), "role": p.role})
         if self._alive is None:
             self.last_heard = time.monotonic()
             self._alive = asyncio.create_task(self._keep_alive(), name=f"relay-{self.session_id}")
 
     def _left(self, p: Player) -> None:
-        asyncio.ensure_future(self._send({"op": "leave", "rid": self.rid(p)}))
+        self._post({"op": "leave", "rid": self.rid(p)})
 
     def stop(self) -> None:
         if self._alive is not None:
             self._alive.cancel()
             self._alive = None
+        if self._sender is not None:
+            asyncio.get_running_loop().call_later(1.0, self._sender.cancel)  # the last leaves go out first
         super().stop()
 
     def receive(self, p: Player, kind: str, f: dict, raw: Any = None) -> None:
         """A controller's message: forwarded to the owner (checked here already)."""
-        asyncio.ensure_future(self._send({"op": "msg", "rid": self.rid(p), "m": raw}))
+        self._post({"op": "msg", "rid": self.rid(p), "m": raw})
 
     async def _keep_alive(self) -> None:
         try:
             while True:
                 await asyncio.sleep(RELAY_ALIVE_S)
                 self.metrics.refresh()
-                await self._send({"op": "alive", "r": self.replica,
-                                  "rids": {self.rid(p): p.role for p in self.players.values()}})
+                self._post({"op": "alive", "r": self.replica, "rids": {self.rid(p): p.role for p in self.players.values()}})
                 if time.monotonic() - self.last_heard > max(OWNER_SILENT_S, 3.0 / self.fps):
                     await self._close_all(LiveClosed(1013, "the gateway replica ticking this session went away; "
                                                            "reconnect"))
