@@ -25,6 +25,7 @@ replica gets the class by value and only the names defined before it.
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import logging
@@ -71,11 +72,6 @@ app = FastAPI(title="worldserve web gateway", docs_url=None, redoc_url=None, ope
 app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 
-def _error(exc: BaseException) -> JSONResponse:
-    code, msg = status_of(exc)
-    return JSONResponse({"code": code.name, "message": msg}, status_code=HTTP_STATUS.get(code, 500))
-
-
 def _bearer(value: str | None) -> str | None:
     if value is None:
         return None
@@ -96,6 +92,29 @@ async def _json_body(request: Request, limit: int) -> dict:
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     return body
+
+
+def _http(rpc: str):
+    """An HTTP handler's timing, its ``requests`` metric and its errors as ``{"code", "message"}``
+    with the HTTP status of the gRPC code (the HTTP side of ``errors.grpc_method``)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)  # FastAPI reads the parameters through __wrapped__
+        async def handler(self, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                out = await fn(self, *args, **kwargs)
+                code = "OK"
+            except Exception as e:  # noqa: BLE001 - answered with its status
+                status, msg = status_of(e)
+                out, code = JSONResponse({"code": status.name, "message": msg},
+                                         status_code=HTTP_STATUS.get(status, 500)), status.name
+            self.metrics.record_rpc(rpc, code, time.perf_counter() - t0)
+            return out
+
+        return handler
+
+    return wrap
 
 
 def _session_json(rec) -> dict:
@@ -162,93 +181,66 @@ class WebGateway(ServiceBase):
         return {"status": "ok"}
 
     @app.post("/v1/tokens")
+    @_http("web.MintToken")
     async def mint_token(self, request: Request):
         """A live token for the key in the Authorization header (a token cannot mint another)."""
-        t0 = time.perf_counter()
-        try:
-            cred = _bearer(request.headers.get("authorization"))
-            if cred and cred.startswith(TOKEN_PREFIX):
-                raise Unauthenticated("a token cannot mint a token; send the API key")
-            tenant = self.tenant_of_key(cred)
-            token = TOKEN_PREFIX + secrets.token_urlsafe(24)
-            ttl = self.config.live_token_ttl_s
-            await self.store.r.set(self._token_key(token), tenant, ex=ttl)
-            self.metrics.record_rpc("web.MintToken", "OK", time.perf_counter() - t0)
-            return {"token": token, "expires_in": ttl, "tenant": tenant}
-        except Exception as e:  # noqa: BLE001 - answered with its status
-            return self._failed("web.MintToken", e, t0)
-
-    def _failed(self, rpc: str, e: BaseException, t0: float) -> JSONResponse:
-        resp = _error(e)
-        self.metrics.record_rpc(rpc, status_of(e)[0].name, time.perf_counter() - t0)
-        return resp
+        cred = _bearer(request.headers.get("authorization"))
+        if cred and cred.startswith(TOKEN_PREFIX):
+            raise Unauthenticated("a token cannot mint a token; send the API key")
+        tenant = self.tenant_of_key(cred)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(24)
+        ttl = self.config.live_token_ttl_s
+        await self.store.r.set(self._token_key(token), tenant, ex=ttl)
+        return {"token": token, "expires_in": ttl, "tenant": tenant}
 
     @app.get("/v1/models")
+    @_http("web.ListModels")
     async def models(self, request: Request):
-        t0 = time.perf_counter()
-        try:
-            await self._http_tenant(request)
-            infos, default = await self.dynamics.list_models.remote()
-            self.metrics.record_rpc("web.ListModels", "OK", time.perf_counter() - t0)
-            return {"default_model": default, "models": infos}
-        except Exception as e:  # noqa: BLE001
-            return self._failed("web.ListModels", e, t0)
+        await self._http_tenant(request)
+        infos, default = await self.dynamics.list_models.remote()
+        return {"default_model": default, "models": infos}
 
     @app.post("/v1/sessions")
+    @_http("web.CreateSession")
     async def create(self, request: Request):
         """JSON ``{"prompt": str, "seed": int, "model": str}`` or ``{"image": base64 PNG/JPEG, ...}``."""
-        t0 = time.perf_counter()
-        try:
-            tenant = await self._http_tenant(request)
-            body = await _json_body(request, self.config.max_upload_bytes * 2)
-            seed = body.get("seed", 0)
-            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-                raise InvalidArgument("seed must be a non-negative integer")
-            model = body.get("model") or ""
-            if not isinstance(model, str):
-                raise InvalidArgument("model must be a string")
-            image = body.get("image")
-            if image:
-                try:
-                    data = base64.b64decode(image, validate=True)
-                except (binascii.Error, TypeError, ValueError):
-                    raise InvalidArgument("image must be base64 (a PNG or JPEG)") from None
-                rec = await self.sessions.create_for.remote(tenant, image=data, seed=seed, model=model)
-            else:
-                prompt = body.get("prompt", "")
-                if not isinstance(prompt, str):
-                    raise InvalidArgument("prompt must be a string")
-                rec = await self.sessions.create_for.remote(tenant, prompt=prompt, seed=seed, model=model)
-            self.metrics.record_rpc("web.CreateSession", "OK", time.perf_counter() - t0)
-            return _session_json(rec)
-        except Exception as e:  # noqa: BLE001
-            return self._failed("web.CreateSession", e, t0)
+        tenant = await self._http_tenant(request)
+        body = await _json_body(request, self.config.max_upload_bytes * 2)
+        seed = body.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise InvalidArgument("seed must be a non-negative integer")
+        model = body.get("model") or ""
+        if not isinstance(model, str):
+            raise InvalidArgument("model must be a string")
+        image = body.get("image")
+        if image:
+            try:
+                data = base64.b64decode(image, validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                raise InvalidArgument("image must be base64 (a PNG or JPEG)") from None
+            rec = await self.sessions.create_for.remote(tenant, image=data, seed=seed, model=model)
+        else:
+            prompt = body.get("prompt", "")
+            if not isinstance(prompt, str):
+                raise InvalidArgument("prompt must be a string")
+            rec = await self.sessions.create_for.remote(tenant, prompt=prompt, seed=seed, model=model)
+        return _session_json(rec)
 
     @app.get("/v1/sessions/{session_id}")
+    @_http("web.GetSession")
     async def get(self, session_id: str, request: Request):
-        t0 = time.perf_counter()
-        try:
-            rec = await self.store.get(await self._http_tenant(request), session_id, touch=False)
-            self.metrics.record_rpc("web.GetSession", "OK", time.perf_counter() - t0)
-            return _session_json(rec)
-        except Exception as e:  # noqa: BLE001
-            return self._failed("web.GetSession", e, t0)
+        return _session_json(await self.store.get(await self._http_tenant(request), session_id, touch=False))
 
     @app.post("/v1/sessions/{session_id}/fork")
+    @_http("web.ForkSession")
     async def fork(self, session_id: str, request: Request):
         """JSON ``{"step": int}`` (optional: the session's current step)."""
-        t0 = time.perf_counter()
-        try:
-            tenant = await self._http_tenant(request)
-            body = await _json_body(request, 4096)
-            step = body.get("step")
-            if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
-                raise InvalidArgument("step must be an integer")
-            rec = await self.sessions.fork_for.remote(tenant, session_id, step)
-            self.metrics.record_rpc("web.ForkSession", "OK", time.perf_counter() - t0)
-            return _session_json(rec)
-        except Exception as e:  # noqa: BLE001
-            return self._failed("web.ForkSession", e, t0)
+        tenant = await self._http_tenant(request)
+        body = await _json_body(request, 4096)
+        step = body.get("step")
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+            raise InvalidArgument("step must be an integer")
+        return _session_json(await self.sessions.fork_for.remote(tenant, session_id, step))
 
     # -- live play ---------------------------------------------------------------------------------
     async def _space(self, model: str) -> ActionSpace:
