@@ -10,7 +10,8 @@ import torch
 
 from worldserve.dynamics.canvas.model import CanvasConfig, CanvasWorldModel
 from worldserve.train.canvas_trainer import (PAD, CanvasTrainConfig, build_batch, canvas_at, explore_actions,
-                                             make_episodes, play, to_device, train_canvas, unroll_loss)
+                                             make_episodes, play, sprite_truth, to_device, train_canvas, unroll_loss)
+from worldserve.worlds import Game, checks, parse_caption
 from worldserve.worlds.platformer import SPEED
 
 TINY = CanvasConfig(channels=(8, 16, 16), head_dim=8, world_channels=2, time_period=8, event_dim=8, cond_dim=16,
@@ -18,8 +19,9 @@ TINY = CanvasConfig(channels=(8, 16, 16), head_dim=8, world_channels=2, time_per
 
 
 def test_episodes_record_the_camera_and_the_explorer_covers_the_level():
-    frames, acts, evs, cams = play(4, 60, "explore")
-    assert frames.shape == (61, 64, 64, 3) and len(acts) == len(evs) == len(cams) == 61
+    frames, acts, evs, cams, player, light = play(4, 60, "explore")
+    assert frames.shape == (61, 64, 64, 3) and len(acts) == len(evs) == len(cams) == len(player) == len(light) == 61
+    assert all(checks.find_player(f) == (p[0], p[1]) for f, p in zip(frames, player))  # the sprite is where it says
     assert all(abs(b - a) in (0, SPEED) for a, b in zip(cams, cams[1:]))
     rng = np.random.default_rng(0)
     walks = [explore_actions(rng, 80) for _ in range(20)]
@@ -99,3 +101,42 @@ def test_the_other_losses_learn_too(losses):
         loss.backward()
         opt.step()
     assert float(unroll_loss(net, batch, tc, 2)[0]) < 0.7 * first
+
+
+@pytest.mark.parametrize("keys", [(), ("down",), ("left", "fire"), ("right", "fire"), ("down", "fire"), ("left",)])
+def test_the_sprite_mask_is_what_the_game_draws(keys):
+    """sprite_truth's cells are exactly the player's and the muzzle flash's rectangles (checks)."""
+    game = Game(parse_caption("grass, day"), 1)
+    game.reset()
+    game.step(list(keys))
+    x, y = game.x - game.camera, game.y
+    player = torch.tensor([[x, y, int(game.crouch), int(game.facing > 0), int(game.flash)]])
+    pose, mask = sprite_truth(player, (10, 18))
+    want = np.zeros((10, 18), bool)
+    for r in (checks.player_rect(game), checks.flash_rect(game)):
+        if r is not None:
+            rx, ry, rw, rh = r
+            want[ry - (y - 10) : ry - (y - 10) + rh, rx - (x - 9) : rx - (x - 9) + rw] = True
+    assert np.array_equal(mask[0].numpy(), want)
+    assert int(pose[0]) == 4 * int(game.crouch) + 2 * int(game.facing > 0) + int(game.flash)
+
+
+def test_the_player_layer_learns_where_the_player_goes():
+    torch.set_num_threads(1)
+    tiny = CanvasConfig(**{**TINY.to_dict(), "player_layer": True})
+    tc = CanvasTrainConfig(batch=4, unroll=2, model=tiny)
+    ep = make_episodes(range(4), 16, log=lambda *_: None)
+    from worldserve.dynamics.canvas.model import CanvasNet
+    torch.manual_seed(0)
+    net = CanvasNet(tiny)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    batch = to_device(build_batch(ep, np.random.default_rng(0), tc, 2), "cpu")
+    first = unroll_loss(net, batch, tc, 2)[1]
+    for _ in range(30):
+        loss, _ = unroll_loss(net, batch, tc, 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = unroll_loss(net, batch, tc, 2)[1]
+    for k in ("heat", "pose", "light", "sprite"):
+        assert last[k] < 0.7 * first[k], (k, first[k], last[k])

@@ -44,6 +44,8 @@ class Episodes:
     actions: np.ndarray  # (N, T+1, A) float32; row t made frame t (row 0: no-op)
     events: list[list[str]]  # N x (T+1) event text in force for frame t
     cams: np.ndarray  # (N, T+1) int: camera x of frame t
+    player: np.ndarray | None = None  # (N, T+1, 5) int: screen x, feet y, crouch, facing right, flash
+    light: np.ndarray | None = None  # (N, T+1) int: night * 2 + rain
 
 
 def explore_actions(rng: np.random.Generator, n: int) -> list[tuple[str, ...]]:
@@ -71,21 +73,29 @@ def explore_actions(rng: np.random.Generator, n: int) -> list[tuple[str, ...]]:
     return out[:n]
 
 
-def play(seed: int, steps: int, policy: str, event_p: float = 0.05) -> tuple[np.ndarray, list, list, list]:
+def _player_state(game: Game) -> tuple[int, int, int, int, int]:
+    """What the player layer learns to draw: screen x (centre column), feet y, crouch, facing right, flash."""
+    return (int(game.x - game.camera), int(game.y), int(game.crouch), int(game.facing > 0), int(game.flash))
+
+
+def play(seed: int, steps: int, policy: str, event_p: float = 0.05) -> tuple:
     rng = np.random.default_rng([seed, 11])
     spec = random_spec(rng)
     game = Game(spec, seed)
     frames, acts, evs, cams = [game.reset()], [()], [""], [game.camera]
+    player, light = [_player_state(game)], [2 * game.night + game.rain]
     keys = random_actions(rng, steps) if policy == "random" else explore_actions(rng, steps)
     for k, ev in zip(keys, random_events(rng, spec, steps, event_p)):
         frames.append(game.step(k, ev))
         acts.append(k)
         evs.append(game.event)
         cams.append(game.camera)
-    return np.stack(frames), acts, evs, cams
+        player.append(_player_state(game))
+        light.append(2 * game.night + game.rain)
+    return np.stack(frames), acts, evs, cams, player, light
 
 
-def _play_seed(args: tuple[int, int]) -> tuple[np.ndarray, list, list, list]:
+def _play_seed(args: tuple[int, int]) -> tuple:
     seed, steps = args
     return play(seed, steps, "random" if seed % 2 else "explore")
 
@@ -103,7 +113,8 @@ def make_episodes(seeds: range, steps: int, log: Callable[[str], None] = print, 
     else:
         rows = [_play_seed(j) for j in jobs]
     ep = Episodes(np.stack([r[0] for r in rows]), np.stack([action_matrix(r[1], KEYS, 2) for r in rows]),
-                  [r[2] for r in rows], np.asarray([r[3] for r in rows], np.int64))
+                  [r[2] for r in rows], np.asarray([r[3] for r in rows], np.int64),
+                  np.asarray([r[4] for r in rows], np.int64), np.asarray([r[5] for r in rows], np.int64))
     log(f"data: {len(rows)} episodes x {steps} steps in {time.monotonic() - t0:.0f}s")
     return ep
 
@@ -139,9 +150,11 @@ class CanvasTrainConfig:
     (ckpt.pt) or a model folder (model.safetensors)."""
     workers: int = 1
     """Processes that play the training episodes."""
+    sprite_lr_scale: float = 20.0
+    """The player layer's templates and lighting head learn this much faster than the network."""
     export_every: int = 0
     """Also write the model folder every this many iterations (0: only at the end)."""
-    model: CanvasConfig = field(default_factory=CanvasConfig)
+    model: CanvasConfig = field(default_factory=lambda: CanvasConfig(player_layer=True))
 
 
 def _lr(step: int, tc: CanvasTrainConfig, frac_time: float) -> float:
@@ -185,9 +198,69 @@ def build_batch(ep: Episodes, rng: np.random.Generator, tc: CanvasTrainConfig, K
     acts = ep.actions[n[:, None], idx[:, 1:]]  # (B, K, A)
     evs = [[ep.events[n[b]][int(idx[b, k + 1])] for b in range(B)] for k in range(K)]
     u8 = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731  (uint8: scaled on the device)
-    return dict(canvas=u8(canvas), valid=torch.from_numpy(valid), frames=u8(frames), prev2=u8(prev2),
-                cams=torch.from_numpy(cams), cam2=torch.from_numpy(cam2), actions=torch.from_numpy(acts),
-                events=evs, steps=torch.from_numpy(idx))
+    out = dict(canvas=u8(canvas), valid=torch.from_numpy(valid), frames=u8(frames), prev2=u8(prev2),
+               cams=torch.from_numpy(cams), cam2=torch.from_numpy(cam2), actions=torch.from_numpy(acts),
+               events=evs, steps=torch.from_numpy(idx))
+    if ep.player is not None and ep.light is not None:
+        out["player"] = torch.from_numpy(ep.player[n[:, None], idx])  # (B, K+1, 5)
+        out["light"] = torch.from_numpy(ep.light[n[:, None], idx])  # (B, K+1)
+    return out
+
+
+def sprite_truth(player: torch.Tensor, sprite_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """player (B, 5) [screen x, feet y, crouch, facing right, flash] -> (pose (B,), mask (B, sh, sw)
+    bool): which template cells the game draws (the body, 10 rows or 6 crouching, and the muzzle
+    flash, 3 x 5, 1 px beyond the body on the side it faces), in template coordinates (bottom row
+    = the feet row - 1, centre column = screen x)."""
+    sh, sw = sprite_size
+    B = player.shape[0]
+    crouch, right, flash = player[:, 2], player[:, 3], player[:, 4]
+    pose = crouch * 4 + right * 2 + flash
+    rows = torch.arange(sh, device=player.device)[None, :, None]  # (1, sh, 1)
+    cols = torch.arange(sw, device=player.device)[None, None, :]  # (1, 1, sw)
+    h = torch.where(crouch > 0, 6, 10)[:, None, None]
+    head = torch.where(crouch > 0, 3, 4)[:, None, None]
+    c0 = sw // 2 - 3
+    body = (rows >= sh - h) & (cols >= c0) & (cols < c0 + 6)
+    fx = torch.where(right > 0, c0 + 7, c0 - 6)[:, None, None]
+    ftop = sh - h + head
+    fl = (flash > 0)[:, None, None] & (rows >= ftop) & (rows < ftop + 3) & (cols >= fx) & (cols < fx + 5)
+    return pose, (body | fl).expand(B, sh, sw)
+
+
+def sprite_loss(net: CanvasNet, p, target: torch.Tensor, player: torch.Tensor, light: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The player layer's losses for one step: anchor (cross-entropy over the heat map), pose (at the
+    true anchor), lighting, and the true pose's template (its colours where the game draws the
+    sprite, x100; its mask, binary cross-entropy)."""
+    cfg = net.cfg
+    B, _, H, W = target.shape
+    sh, sw = cfg.sprite_size
+    x, fy = player[:, 0], player[:, 1]
+    at = (fy - 1) * W + x  # (B,) the anchor pixel: the bottom row, the centre column
+    heat = F.cross_entropy(p.heat.float().flatten(1), at)
+    pl = p.pose_logits.float().flatten(2).gather(2, at[:, None, None].expand(-1, cfg.poses, 1))[:, :, 0]
+    pose, mask = sprite_truth(player, cfg.sprite_size)
+    pose_ce = F.cross_entropy(pl, pose)
+    light_ce = F.cross_entropy(p.light_logits.float(), light)
+    # the true frame around the true anchor
+    half = sw // 2
+    tp = F.pad(target, (half, sw - half, sh, 0))
+    rr = fy[:, None, None] + torch.arange(sh, device=target.device)[None, :, None]
+    cc = x[:, None, None] + torch.arange(sw, device=target.device)[None, None, :]
+    bi = torch.arange(B, device=target.device)[:, None, None]
+    patch = tp[bi, :, rr, cc].permute(0, 3, 1, 2)  # (B, 3, sh, sw)
+    inside = ((rr >= sh) & (cc >= half) & (cc < half + W)).expand(B, sh, sw)
+    m = (mask & inside).float()[:, None]
+    rgb = net.sprite_rgb[light, pose]  # (B, 3, sh, sw)
+    colour = ((rgb - patch) ** 2 * m).sum() / (m.sum() * 3 + 1.0)
+    mask_bce = F.binary_cross_entropy_with_logits(net.sprite_mask[pose], mask.float())
+    with torch.no_grad():
+        ay, ax = p.heat.flatten(1).argmax(1) // W, p.heat.flatten(1).argmax(1) % W
+        hit = ((ay - (fy - 1)).abs().maximum((ax - x).abs()) <= 1).float().mean()
+    loss = heat + pose_ce + light_ce + 100.0 * colour + mask_bce
+    return loss, {"heat": float(heat.detach()), "anchor": float(hit), "pose": float(pose_ce.detach()),
+                  "light": float(light_ce.detach()), "sprite": float(colour.detach())}
 
 
 def to_device(batch: dict, device: str | torch.device) -> dict:
@@ -248,6 +321,11 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
             draw = ((p.draw - target) ** 2 * nf).sum() / (nf.sum() * 3 + 1.0)
         ce = F.cross_entropy(p.scroll_logits, dx + m)
         total = total + choice + 100.0 * draw + ce
+        if cfg.player_layer and "player" in batch:
+            sl, sst = sprite_loss(net, p, target, batch["player"][:, k + 1], batch["light"][:, k + 1])
+            total = total + sl
+            for name, v in sst.items():
+                st[name] = st.get(name, 0.0) + v
         st["choice"] += float(choice.detach())
         st["draw"] += float(draw.detach())
         st["scroll_acc"] += float((p.scroll_logits.argmax(-1) - m == dx).float().mean())
@@ -328,7 +406,12 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
     net.amp_dtype = torch.bfloat16 if cuda else None
     if cuda:
         torch.backends.cudnn.benchmark = True
-    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    fast = [p for n, p in net.named_parameters() if n.startswith(("sprite_", "light."))]
+    rest = [p for n, p in net.named_parameters() if not n.startswith(("sprite_", "light."))]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if fast:  # the templates (plain colours to fit) and the small lighting head: a faster rate
+        groups.append({"params": fast, "lr_scale": tc.sprite_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=0.0, betas=(0.9, 0.99))
     ckpt = out / "ckpt.pt"
     step, elapsed = 0, 0.0
     if ckpt.exists():
@@ -341,8 +424,14 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
         old = _load_init(tc.init_from, tc.device)
         own = net.state_dict()
         keep = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
+        grown = []
+        for k, v in old.items():  # a head that gained outputs (the player layer's): its old rows
+            if k in own and k not in keep and v.shape[1:] == own[k].shape[1:] and v.shape[0] < own[k].shape[0]:
+                keep[k] = torch.cat([v.to(own[k]), own[k][v.shape[0]:]])
+                grown.append(k)
         net.load_state_dict(keep, strict=False)
-        log(f"warm start from {tc.init_from}: {len(keep)} of {len(own)} tensors")
+        log(f"warm start from {tc.init_from}: {len(keep)} of {len(own)} tensors"
+            + (f" ({', '.join(grown)} grown)" if grown else ""))
     ep = make_episodes(range(tc.n_episodes), tc.steps, log, workers=tc.workers)
 
     def save() -> None:
@@ -371,7 +460,7 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
                     log(f"stopped by the time budget at iteration {step}")
                     break
                 for g in opt.param_groups:
-                    g["lr"] = _lr(step, tc, spent / tc.budget_s)
+                    g["lr"] = _lr(step, tc, spent / tc.budget_s) * g.get("lr_scale", 1.0)
                 K, cpu_batch = batches.next()
                 batch = to_device(cpu_batch, tc.device)
                 net.train()

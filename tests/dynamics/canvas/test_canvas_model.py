@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from worldserve.common.config import ModelSpec
-from worldserve.dynamics.canvas.model import CanvasConfig, CanvasNet, CanvasWorldModel, shift_view, window_cols
+from worldserve.dynamics.canvas.model import (CanvasConfig, CanvasNet, CanvasWorldModel, paste_sprites, shift_view,
+                                              window_cols)
 from worldserve.dynamics.interface import DynamicsModel
 from worldserve.dynamics.registry import REGISTRY, ModelLoadError
 from worldserve.worlds import Game, parse_caption
@@ -16,15 +17,21 @@ SMALL = CanvasConfig(channels=(8, 16, 16), head_dim=8, world_channels=2, time_pe
                      canvas_width=256, canvas_origin=96, context_frames=6)
 
 
-def _model(seed: int = 0) -> CanvasWorldModel:
+PLAYER = CanvasConfig(**{**SMALL.to_dict(), "player_layer": True})
+
+
+def _model(seed: int = 0, player: bool = False) -> CanvasWorldModel:
+    cfg = PLAYER if player else SMALL
     torch.manual_seed(seed)
-    net = CanvasNet(SMALL)
+    net = CanvasNet(cfg)
     with torch.no_grad():  # make the zero-initialised paths (delta, FiLM'd residuals, priors) non-trivial
         for p in net.parameters():
             if not p.any():
                 p.normal_(0, 0.05)
         net.unet.out.bias[3] = 1.0  # the change head lets the delta through
-    return CanvasWorldModel(SMALL, net)
+        if player:
+            net.sprite_mask.normal_(0, 1.0)
+    return CanvasWorldModel(cfg, net)
 
 
 def _first(caption: str = "a red door on the left, a blue box on the right, grass, day") -> torch.Tensor:
@@ -58,8 +65,9 @@ def test_encode_decode_round_trip_is_exact_and_latents_carry_the_camera():
         m.encode(f[:, :32])
 
 
-def test_steps_are_deterministic_and_ignore_seed_and_guidance():
-    m = _model()
+@pytest.mark.parametrize("player", [False, True])
+def test_steps_are_deterministic_and_ignore_seed_and_guidance(player):
+    m = _model(player=player)
     z = m.encode(_first())
     outs = []
     for seed, g in ((0, None), (99, 5.0)):
@@ -69,8 +77,9 @@ def test_steps_are_deterministic_and_ignore_seed_and_guidance():
     assert torch.equal(outs[0], outs[1])
 
 
-def test_prefill_from_the_last_frames_continues_exactly_like_the_live_state():
-    m = _model()
+@pytest.mark.parametrize("player", [False, True])
+def test_prefill_from_the_last_frames_continues_exactly_like_the_live_state(player):
+    m = _model(player=player)
     z0 = m.encode(_first())
     live = m.prefill(z0, m.null_action()[None], 0)
     keys = [("right",)] * 3 + [("jump",), ("left",)]
@@ -84,8 +93,9 @@ def test_prefill_from_the_last_frames_continues_exactly_like_the_live_state():
     assert torch.equal(nxt[0], nxt[1])
 
 
-def test_a_batch_gives_each_session_what_it_gets_alone():
-    m = _model()
+@pytest.mark.parametrize("player", [False, True])
+def test_a_batch_gives_each_session_what_it_gets_alone(player):
+    m = _model(player=player)
     z = m.encode(torch.cat([_first(), _first("snow, night"), _first("a cyan box on the left, sand, rain")]))
     keys = [("right",), ("left", "jump"), ()]
     batch_states = [m.prefill(z[i : i + 1], m.null_action()[None], 0) for i in range(3)]
@@ -172,3 +182,32 @@ def test_save_load_round_trip_and_registry(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         REGISTRY.get("scroll_canvas")(str(tmp_path / "none"), device="cpu", dtype=torch.float32,
                                       spec=ModelSpec(name="canvas", kind="scroll_canvas"))
+
+
+def test_the_player_layer_pastes_its_template_at_the_anchor_and_clips_at_the_edges():
+    frame = torch.zeros(2, 3, 64, 64)
+    rgb = torch.rand(2, 3, 10, 18)
+    mask = torch.zeros(2, 10, 18, dtype=torch.bool)
+    mask[:, 4:, 6:12] = True  # a 6 x 6 body
+    out = paste_sprites(frame, rgb, mask, torch.tensor([47, 3]), torch.tensor([32, 1]))
+    q = torch.round(rgb * 255) / 255
+    # session 0: bottom row 47, centre column 32 -> rows 42..47, columns 29..34
+    assert torch.equal(out[0, :, 42:48, 29:35], q[0, :, 4:, 6:12])
+    assert out[0].ne(0).any(0).sum() == int((q[0, :, 4:, 6:12] != 0).any(0).sum())
+    # session 1: body rows -2..3 (two are above the frame), columns -2..3 (two are left of it)
+    assert torch.equal(out[1, :, 0:4, 0:4], q[1, :, 6:, 8:12])
+    assert out[1].ne(0).any(0).sum() == int((q[1, :, 6:, 8:12] != 0).any(0).sum())
+
+
+def test_a_player_layer_model_draws_its_sprite_in_every_frame_and_round_trips(tmp_path):
+    m = _model(player=True)
+    s = m.prefill(m.encode(_first()), m.null_action()[None], 0)
+    lats = _walk(m, s, [("right",), ("jump",), ()])
+    frames = m.decode(lats)
+    # the learned mask's cells are drawn in the template's (quantized) colours somewhere in each frame
+    assert frames.shape == (3, 64, 64, 3)
+    m.save_pretrained(tmp_path / "p")
+    back = CanvasWorldModel.from_pretrained(tmp_path / "p")
+    assert back.config.player_layer and back.config.sprite_size == (10, 18)
+    s2 = back.prefill(back.encode(_first()), back.null_action()[None], 0)
+    assert torch.equal(_walk(back, s2, [("right",), ("jump",), ()]), lats)

@@ -23,6 +23,13 @@ One step, for a batch of sessions (shapes per session)::
   streaks fall at a given step) are parameters, read at the view's position / the frame's step.
 - **Events** (free text, "night falls") are embedded by the byte-level event encoder and condition
   every block, so the text in force may be repeated every step.
+- **Player layer** (``player_layer``): copying pixel by pixel, a small sprite that changes shape
+  (a crouch, a jump, a flash) breaks into pieces and never recovers. With the layer, the U-Net
+  also says where the player's anchor (the sprite's bottom-centre pixel) is in the new frame (a
+  heat map, argmax) and its pose there (8 classes: crouch x facing x flash); a lighting head (the
+  frame's mean colours + the event) picks one of 4 lightings; the sprite is a learned template per
+  (lighting, pose) with a learned mask per pose, pasted over the copied frame. Every frame shows a
+  whole sprite, so the next step reads a clean one.
 
 The model is deterministic: ``seeds`` and ``guidance`` are accepted and ignored, and ``sample_steps``
 is 1 (a single pass per frame). Latents are the frame itself plus the view's world position:
@@ -77,6 +84,14 @@ class CanvasConfig:
     """Copy offsets: every (dy, 0) and (0, dx) with |d| <= copy_radius ..."""
     copy_columns: tuple[int, ...] = (-4, 4)
     """... and every (dy, c) for these column offsets c (a sprite moving sideways while it jumps)."""
+    player_layer: bool = False
+    """Draw the player as a sprite layer: the U-Net also places it (a heat map over its anchor, the
+    bottom-centre pixel) and picks its pose; a lighting head picks one of ``lightings``; the sprite
+    is a learned template per (lighting, pose), pasted over the frame where its learned mask is set."""
+    sprite_size: tuple[int, int] = (10, 18)
+    """(rows, columns) of a sprite template: rows above the anchor row (included), columns centred on it."""
+    poses: int = 8
+    lightings: int = 4
     kind: str = KIND
 
     def __post_init__(self) -> None:
@@ -95,6 +110,7 @@ class CanvasConfig:
         object.__setattr__(self, "mouse_axes", tuple(self.mouse_axes))
         object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "copy_columns", tuple(self.copy_columns))
+        object.__setattr__(self, "sprite_size", tuple(self.sprite_size))
 
     @property
     def action_dim(self) -> int:
@@ -122,6 +138,7 @@ class CanvasConfig:
         d = asdict(self)
         d["keys"], d["mouse_axes"], d["channels"] = list(self.keys), list(self.mouse_axes), list(self.channels)
         d["copy_columns"] = list(self.copy_columns)
+        d["sprite_size"] = list(self.sprite_size)
         return d
 
     @classmethod
@@ -131,7 +148,7 @@ class CanvasConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}")
         d = dict(data)
-        for k in ("keys", "mouse_axes", "channels", "copy_columns"):
+        for k in ("keys", "mouse_axes", "channels", "copy_columns", "sprite_size"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -243,13 +260,14 @@ class UNet(nn.Module):
         self.d0 = ResBlock(c0, d)
         self.out_norm = nn.GroupNorm(8, c0)
         n_choices = len(cfg.copy_offsets) + 1
-        self.out = nn.Conv2d(c0, 3 + n_choices, 3, padding=1)  # drawn colour delta (3), choice logits
+        extra = 1 + cfg.poses if cfg.player_layer else 0  # player anchor heat map, pose logits
+        self.out = nn.Conv2d(c0, 3 + n_choices + extra, 3, padding=1)  # drawn colour delta (3), choice logits
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         with torch.no_grad():
             self.out.bias[3] = 4.0  # start by copying: choice 0 is "no change"
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, 3 + K + 1, H, W)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, 3 + K + 1 [+ 1 + P], H, W)
         h0 = self.e0(self.inp(x), cond)  # (B, c0, H, W)
         h1 = self.e1(self.down1(F.silu(h0)), cond)  # (B, c1, H/2, W/2)
         h = self.down2(F.silu(h1))  # (B, c2, H/4, W/4)
@@ -306,6 +324,11 @@ class CanvasNet(nn.Module):
         self.register_buffer("coords", torch.stack([ys, xs])[None], persistent=False)  # (1, 2, H, W)
         in_ch = self.IN_CH + cfg.world_channels + 1 + cfg.action_dim
         self.unet = UNet(in_ch, cfg)
+        if cfg.player_layer:
+            sh, sw = cfg.sprite_size
+            self.sprite_rgb = nn.Parameter(torch.full((cfg.lightings, cfg.poses, 3, sh, sw), 0.5))
+            self.sprite_mask = nn.Parameter(torch.zeros(cfg.poses, sh, sw))  # logits
+            self.light = LightHead(cfg)
         self.amp_dtype: torch.dtype | None = None
         """On CUDA, run the U-Net under autocast in this dtype (parameters stay float32)."""
 
@@ -358,12 +381,24 @@ class CanvasNet(nn.Module):
             y = self.unet(x, cond)
         # the frame arithmetic stays float32: a copied pixel is exact
         draw = (A + y[:, :3]).clamp(0.0, 1.0)  # (B, 3, H, W)
-        choice = y[:, 3:]  # (B, K + 1, H, W)
+        choice = y[:, 3 : 4 + len(cfg.copy_offsets)]  # (B, K + 1, H, W)
         taps = copy_taps(A, cfg.copy_offsets)  # (B, K, 3, H, W)
         options = torch.cat([taps, draw[:, None]], 1)  # (B, K + 1, 3, H, W)
         pick = choice.argmax(1)  # (B, H, W)
         frame = options.gather(1, pick[:, None, None].expand(-1, 1, 3, -1, -1))[:, 0]
-        return Prediction(frame, logits, dx, A, choice, draw, taps)
+        if not cfg.player_layer:
+            return Prediction(frame, logits, dx, A, choice, draw, taps)
+        # the player layer: where (anchor), how (pose) and under which light the sprite is drawn
+        K1 = choice.shape[1]
+        heat = y[:, 3 + K1]  # (B, H, W)
+        pose_logits = y[:, 4 + K1 : 4 + K1 + cfg.poses]  # (B, P, H, W)
+        light_logits = self.light(prev, event)  # (B, L)
+        at = heat.flatten(1).argmax(1)  # (B,)
+        ay, ax = at // W, at % W
+        pose = pose_logits.flatten(2).gather(2, at[:, None, None].expand(-1, cfg.poses, 1))[:, :, 0].argmax(1)
+        light = light_logits.argmax(1)
+        frame = paste_sprites(frame, self.sprite_rgb[light, pose], self.sprite_mask[pose] > 0, ay, ax)
+        return Prediction(frame, logits, dx, A, choice, draw, taps, heat, pose_logits, light_logits)
 
 
 class Prediction(NamedTuple):
@@ -374,6 +409,44 @@ class Prediction(NamedTuple):
     choice_logits: torch.Tensor  # (B, K + 1, H, W): copy offsets, then "draw"
     draw: torch.Tensor  # (B, 3, H, W) the drawn colour
     taps: torch.Tensor  # (B, K, 3, H, W) A shifted by each copy offset
+    heat: torch.Tensor | None = None  # (B, H, W) player anchor logits (player layer)
+    pose_logits: torch.Tensor | None = None  # (B, P, H, W)
+    light_logits: torch.Tensor | None = None  # (B, L)
+
+
+class LightHead(nn.Module):
+    """prev frame + event embedding -> logits over the lightings (e.g. day/night x dry/rain): two
+    small convolutions, mean- and max-pooled, beside the frame's mean colours, then an MLP."""
+
+    def __init__(self, cfg: CanvasConfig):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                                  nn.SiLU())
+        self.mlp = nn.Sequential(nn.Linear(32 + 9 + cfg.cond_dim, 64), nn.SiLU(), nn.Linear(64, cfg.lightings))
+
+    def forward(self, frame: torch.Tensor, event: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W), (B, D) -> (B, L)
+        H = frame.shape[2]
+        h = self.conv(frame)  # (B, 16, H/2, W/2)
+        means = [frame.mean((2, 3)), frame[:, :, : H // 4].mean((2, 3)), frame[:, :, -(H // 4):].mean((2, 3))]
+        return self.mlp(torch.cat([h.mean((2, 3)), h.amax((2, 3)), *means, event], 1))
+
+
+def paste_sprites(frame: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, ay: torch.Tensor,
+                  ax: torch.Tensor) -> torch.Tensor:
+    """Paste one sprite per frame. frame (B, 3, H, W); rgb (B, 3, sh, sw); mask (B, sh, sw) bool;
+    anchor (ay, ax) (B,) long: the sprite's bottom row sits on row ay, its centre column (sw // 2)
+    on column ax. Parts outside the frame are dropped."""
+    B, C, H, W = frame.shape
+    sh, sw = rgb.shape[-2:]
+    half = sw // 2
+    fp = F.pad(frame, (half, sw - half, sh, 0))  # room for the sprite beyond any edge
+    rr = (ay + 1)[:, None, None] + torch.arange(sh, device=frame.device)[None, :, None]  # (B, sh, 1) padded rows
+    cc = ax[:, None, None] + torch.arange(sw, device=frame.device)[None, None, :]  # (B, 1, sw) padded columns
+    bi = torch.arange(B, device=frame.device)[:, None, None]
+    patch = fp[bi, :, rr, cc]  # (B, sh, sw, C)
+    rgb_q = quantize(rgb.clamp(0.0, 1.0)).permute(0, 2, 3, 1).to(frame.dtype)  # (B, sh, sw, C)
+    fp[bi, :, rr, cc] = torch.where(mask[..., None], rgb_q, patch)
+    return fp[:, :, sh:, half : half + W]
 
 
 def copy_taps(A: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
