@@ -140,3 +140,21 @@ def test_the_player_layer_learns_where_the_player_goes():
     last = unroll_loss(net, batch, tc, 2)[1]
     for k in ("heat", "pose", "light", "sprite"):
         assert last[k] < 0.7 * first[k], (k, first[k], last[k])
+
+
+def test_sprite_pixels_are_where_the_game_draws_the_player():
+    from worldserve.train.canvas_trainer import sprite_pixels
+
+    game = Game(parse_caption("grass, day"), 1)
+    game.reset()
+    for keys in [("right", "fire")] * 3 + [("left", "fire"), ("down",)]:
+        game.step(list(keys))
+        x, y = game.x - game.camera, game.y
+        player = torch.tensor([[x, y, int(game.crouch), int(game.facing > 0), int(game.flash)]])
+        got = sprite_pixels(player, (10, 18), (64, 64))[0].numpy() > 0
+        want = np.zeros((64, 64), bool)
+        for r in (checks.player_rect(game), checks.flash_rect(game)):
+            if r is not None:
+                rx, ry, rw, rh = r
+                want[max(ry, 0) : ry + rh, max(rx, 0) : rx + rw] = True
+        assert np.array_equal(got, want), keys

@@ -1,19 +1,19 @@
 """Training the scroll-canvas world model (:mod:`worldserve.dynamics.canvas`) on the platformer.
 
-    python -m worldserve.train canvas --out runs/canvas [--iters N] [--budget-min M] [--threads 2]
+    python -m worldserve.train canvas --out runs/canvas [--scale S] [--budget-min M] [--threads 2] [--init-from DIR]
 
 Data: trajectories played in fresh worlds with two policies -- the sticky random policy the
 evaluation uses, and an explorer that runs long stretches left or right (so the whole level, its
 far end and the walk back are covered) -- with jumps, crouches, shots and events mixed in. The
-game records where its camera is: that is the scroll head's label.
+game records where its camera is (the scroll head's label) and, per frame, the player's place,
+pose and lighting (the player layer's labels).
 
 Each iteration takes a batch of (trajectory, start step) pairs, builds each one's canvas from the
 true frames up to the start (as a served session's canvas holds what it saw), then unrolls
 ``unroll`` steps of :meth:`CanvasNet.predict` -- the served step's code -- feeding the model its own
-8-bit-rounded frames (straight-through), so it learns to continue from its own outputs. Loss:
-per-pixel MSE, weighted up where the frame changes (the player, shots, rain, new columns), plus
-cross-entropy on the scroll head. Resumable: a checkpoint every ``ckpt_every`` iterations holds the
-model, the optimizer and the iteration; batches are a pure function of (seed, iteration).
+8-bit frames, so it learns to continue from its own outputs. Losses: see :func:`unroll_loss`.
+Resumable: a checkpoint every ``ckpt_every`` iterations holds the model, the optimizer and the
+iteration; batches are a pure function of (seed, iteration).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worldserve.dynamics.canvas.model import CanvasConfig, CanvasNet, quantize, save_net, window_cols
+from worldserve.dynamics.canvas.model import CanvasConfig, CanvasNet, paste_sprites, quantize, save_net, window_cols
 from worldserve.worlds import Game, random_spec
 from worldserve.worlds.platformer import KEYS, random_actions, random_events
 
@@ -228,6 +228,16 @@ def sprite_truth(player: torch.Tensor, sprite_size: tuple[int, int]) -> tuple[to
     return pose, (body | fl).expand(B, sh, sw)
 
 
+def sprite_pixels(player: torch.Tensor, sprite_size: tuple[int, int], frame_size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) float: 1 where the game draws the player or its muzzle flash (see :func:`sprite_truth`)."""
+    _, mask = sprite_truth(player, sprite_size)
+    B = player.shape[0]
+    H, W = frame_size
+    ones = torch.ones(B, 1, *mask.shape[1:], device=player.device)
+    zero = torch.zeros(B, 1, H, W, device=player.device)
+    return paste_sprites(zero, ones, mask, player[:, 1] - 1, player[:, 0])[:, 0]
+
+
 def sprite_loss(net: CanvasNet, p, target: torch.Tensor, player: torch.Tensor, light: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The player layer's losses for one step: anchor (cross-entropy over the heat map), pose (at the
@@ -283,7 +293,9 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
       ordered nearest first, so "unchanged" wherever it is right; "draw" where no copy is exact),
       weighted up where the pixel changes -- one canonical label, so the served argmax is exact;
     - draw: MSE of the drawn colour where no copy is exact;
-    - scroll: cross-entropy of the scroll head against the game's camera.
+    - scroll: cross-entropy of the scroll head against the game's camera;
+    - player layer (``cfg.player_layer``): :func:`sprite_loss`; the choice and draw losses skip the
+      pixels the game's sprite covers (the pasted sprite decides them).
     """
     cfg = net.cfg
     m, W = cfg.max_scroll, cfg.frame_width
@@ -313,8 +325,13 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
             label = ok.to(torch.uint8).argmax(1)  # (B, H, W): the first right choice
             nll = F.cross_entropy(p.choice_logits, label, reduction="none")  # (B, H, W)
         w = 1.0 + tc.change_weight * (~match[:, 0]).float()
-        choice = (w * nll).sum() / w.sum()
         nf = none.float()
+        if cfg.player_layer and "player" in batch:  # the sprite is drawn over these pixels: the copy/draw
+            # head is not asked to draw the player (so it never leaves pieces of one beside the sprite)
+            free = 1.0 - sprite_pixels(batch["player"][:, k + 1], cfg.sprite_size, target.shape[-2:])
+            w = w * free
+            nf = nf * free[:, None]
+        choice = (w * nll).sum() / w.sum().clamp_min(1.0)
         if tc.draw_loss == "l1":
             draw = 0.1 * ((p.draw - target).abs() * nf).sum() / (nf.sum() * 3 + 1.0)
         else:
