@@ -26,8 +26,8 @@ One step, for a batch of sessions (shapes per session)::
 - **Player layer** (``player_layer``): copying pixel by pixel, a small sprite that changes shape
   (a crouch, a jump, a flash) breaks into pieces and never recovers. With the layer, the U-Net
   also says where the player's anchor (the sprite's bottom-centre pixel) is in the new frame (a
-  heat map, argmax) and its pose there (8 classes: crouch x facing x flash); a lighting head (the
-  frame's mean colours + the event) picks one of 4 lightings; the sprite is a learned template per
+  heat map, argmax) and its pose there (8 classes: crouch x facing x flash); a lighting head (two
+  small convolutions over the previous frame, its mean colours, the event) picks one of 4 lightings; the sprite is a learned template per
   (lighting, pose) with a learned mask per pose, pasted over the copied frame. Every frame shows a
   whole sprite, so the next step reads a clean one.
 
