@@ -104,11 +104,16 @@ def stop_ray_cluster(temp_dir: str, gcs_address: str, timeout_s: float = 15.0) -
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
-    for pid in ray_processes(temp_dir, gcs_address):  # stragglers, and workers forked meanwhile
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    # stragglers, and workers forked meanwhile: killed until none is left (a killed process may
+    # still show for a moment, and a dying raylet may fork one more worker)
+    deadline = time.monotonic() + 5.0
+    while (rest := ray_processes(temp_dir, gcs_address)) and time.monotonic() < deadline:
+        for pid in rest:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
     return len(pids)
 
 
