@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worldserve.dynamics.canvas.model import CanvasConfig, CanvasNet, paste_sprites, quantize, save_net, window_cols
+from worldserve.dynamics.canvas.model import (CanvasConfig, CanvasNet, paste_sprites, quantize, save_net,
+                                              sprite_cells, window_cols)
 from worldserve.worlds import Game, random_spec
 from worldserve.worlds.platformer import KEYS, random_actions, random_events
 
@@ -254,19 +255,16 @@ def sprite_loss(net: CanvasNet, p, target: torch.Tensor, player: torch.Tensor, l
     pose_ce = F.cross_entropy(pl, pose)
     light_ce = F.cross_entropy(p.light_logits.float(), light)
     # the true frame around the true anchor
-    half = sw // 2
-    tp = F.pad(target, (half, sw - half, sh, 0))
-    rr = fy[:, None, None] + torch.arange(sh, device=target.device)[None, :, None]
-    cc = x[:, None, None] + torch.arange(sw, device=target.device)[None, None, :]
-    bi = torch.arange(B, device=target.device)[:, None, None]
+    tp, (bi, rr, cc) = sprite_cells(target, fy - 1, x, cfg.sprite_size)
     patch = tp[bi, :, rr, cc].permute(0, 3, 1, 2)  # (B, 3, sh, sw)
-    inside = ((rr >= sh) & (cc >= half) & (cc < half + W)).expand(B, sh, sw)
+    inside = ((rr >= sh) & (cc >= sw // 2) & (cc < sw // 2 + W)).expand(B, sh, sw)
     m = (mask & inside).float()[:, None]
     rgb = net.sprite_rgb[light, pose]  # (B, 3, sh, sw)
     colour = ((rgb - patch) ** 2 * m).sum() / (m.sum() * 3 + 1.0)
     mask_bce = F.binary_cross_entropy_with_logits(net.sprite_mask[pose], mask.float())
     with torch.no_grad():
-        ay, ax = p.heat.flatten(1).argmax(1) // W, p.heat.flatten(1).argmax(1) % W
+        got = p.heat.flatten(1).argmax(1)
+        ay, ax = got // W, got % W
         hit = ((ay - (fy - 1)).abs().maximum((ax - x).abs()) <= 1).float().mean()
     loss = heat + pose_ce + light_ce + 100.0 * colour + mask_bce
     return loss, {"heat": float(heat.detach()), "anchor": float(hit), "pose": float(pose_ce.detach()),

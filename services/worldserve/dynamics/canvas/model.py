@@ -431,22 +431,29 @@ class LightHead(nn.Module):
         return self.mlp(torch.cat([h.mean((2, 3)), h.amax((2, 3)), *means, event], 1))
 
 
+def sprite_cells(frame: torch.Tensor, ay: torch.Tensor, ax: torch.Tensor, size: tuple[int, int]
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The frame padded so a sprite fits beyond any edge, and the index ``(bi, rr, cc)`` of each
+    sprite's cells in it (``padded[bi, :, rr, cc]`` is (B, sh, sw, C)). frame (B, C, H, W); anchor
+    (ay, ax) (B,) long: the sprite's bottom row sits on row ay, its centre column (sw // 2) on
+    column ax. The frame itself is ``padded[:, :, sh:, sw // 2 : sw // 2 + W]``."""
+    sh, sw = size
+    dev = frame.device
+    padded = F.pad(frame, (sw // 2, sw - sw // 2, sh, 0))
+    rr = (ay + 1)[:, None, None] + torch.arange(sh, device=dev)[None, :, None]  # (B, sh, 1) padded rows
+    cc = ax[:, None, None] + torch.arange(sw, device=dev)[None, None, :]  # (B, 1, sw) padded columns
+    return padded, (torch.arange(frame.shape[0], device=dev)[:, None, None], rr, cc)
+
+
 def paste_sprites(frame: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, ay: torch.Tensor,
                   ax: torch.Tensor) -> torch.Tensor:
     """Paste one sprite per frame. frame (B, 3, H, W); rgb (B, 3, sh, sw); mask (B, sh, sw) bool;
-    anchor (ay, ax) (B,) long: the sprite's bottom row sits on row ay, its centre column (sw // 2)
-    on column ax. Parts outside the frame are dropped."""
-    B, C, H, W = frame.shape
+    anchor (ay, ax) as in :func:`sprite_cells`. Parts outside the frame are dropped."""
     sh, sw = rgb.shape[-2:]
-    half = sw // 2
-    fp = F.pad(frame, (half, sw - half, sh, 0))  # room for the sprite beyond any edge
-    rr = (ay + 1)[:, None, None] + torch.arange(sh, device=frame.device)[None, :, None]  # (B, sh, 1) padded rows
-    cc = ax[:, None, None] + torch.arange(sw, device=frame.device)[None, None, :]  # (B, 1, sw) padded columns
-    bi = torch.arange(B, device=frame.device)[:, None, None]
-    patch = fp[bi, :, rr, cc]  # (B, sh, sw, C)
+    fp, (bi, rr, cc) = sprite_cells(frame, ay, ax, (sh, sw))
     rgb_q = quantize(rgb.clamp(0.0, 1.0)).permute(0, 2, 3, 1).to(frame.dtype)  # (B, sh, sw, C)
-    fp[bi, :, rr, cc] = torch.where(mask[..., None], rgb_q, patch)
-    return fp[:, :, sh:, half : half + W]
+    fp[bi, :, rr, cc] = torch.where(mask[..., None], rgb_q, fp[bi, :, rr, cc])
+    return fp[:, :, sh:, sw // 2 : sw // 2 + frame.shape[-1]]
 
 
 def copy_taps(A: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
