@@ -10,7 +10,7 @@ import torch
 
 from worldserve.dynamics.canvas.model import CanvasConfig, CanvasWorldModel
 from worldserve.train.canvas_trainer import (PAD, CanvasTrainConfig, build_batch, canvas_at, explore_actions,
-                                             make_episodes, play, sprite_truth, to_device, train_canvas, unroll_loss)
+                                             make_episodes, play, sprite_pixels, sprite_truth, to_device, train_canvas, unroll_loss)
 from worldserve.worlds import Game, checks, parse_caption
 from worldserve.worlds.platformer import SPEED
 
@@ -19,9 +19,15 @@ TINY = CanvasConfig(channels=(8, 16, 16), head_dim=8, world_channels=2, time_per
 
 
 def test_episodes_record_the_camera_and_the_explorer_covers_the_level():
-    frames, acts, evs, cams, player, light = play(4, 60, "explore")
-    assert frames.shape == (61, 64, 64, 3) and len(acts) == len(evs) == len(cams) == len(player) == len(light) == 61
+    frames, acts, evs, cams, player, light, background = play(4, 60, "explore")
+    assert frames.shape == background.shape == (61, 64, 64, 3)
+    assert len(acts) == len(evs) == len(cams) == len(player) == len(light) == 61
     assert all(checks.find_player(f) == (p[0], p[1]) for f, p in zip(frames, player))  # the sprite is where it says
+    # the player-free frames differ from the frames exactly where the game draws the player and its flash
+    drawn = sprite_pixels(torch.from_numpy(np.asarray(player)), CanvasConfig().sprite_size, (64, 64)).bool().numpy()
+    differ = (frames != background).any(-1)
+    assert differ.any() and not (differ & ~drawn).any()
+    assert all(checks.find_player(b) is None for b in background)
     assert all(abs(b - a) in (0, SPEED) for a, b in zip(cams, cams[1:]))
     rng = np.random.default_rng(0)
     walks = [explore_actions(rng, 80) for _ in range(20)]
@@ -54,6 +60,34 @@ def test_the_canvas_holds_each_columns_newest_sight():
                 seen[x0 : x0 + 64] = 1
             got, got_seen = canvas_at(ep, n, s)
             assert np.array_equal(got, canvas) and np.array_equal(got_seen, seen), (n, s)
+
+
+def test_the_player_free_canvas_holds_the_background_from_step_one():
+    ep = make_episodes(range(3), 20, log=lambda *_: None)
+    for n in range(3):
+        for s in (0, 1, 9, 20):
+            canvas = np.zeros((3, 64, 256 + 2 * PAD), np.uint8)
+            for t in range(s + 1):  # the first frame whole (as a served session starts), then player-free frames
+                x0 = int(ep.cams[n, t]) + PAD
+                canvas[:, :, x0 : x0 + 64] = (ep.frames if t == 0 else ep.background)[n, t].transpose(2, 0, 1)
+            got, _ = canvas_at(ep, n, s, background=True)
+            assert np.array_equal(got, canvas), (n, s)
+
+
+def test_a_warm_start_grows_new_inputs_switched_off(tmp_path):
+    """A player-layer model without the player-free canvas starts the one with it: the U-Net's input
+    layer gains 3 channels, which start at zero (so it first acts as before)."""
+    old_cfg = CanvasConfig(**{**TINY.to_dict(), "player_layer": True})
+    old = CanvasWorldModel.random(old_cfg, seed=1)
+    old.save_pretrained(tmp_path / "old")
+    new_cfg = CanvasConfig(**{**old_cfg.to_dict(), "background_canvas": True})
+    tc = CanvasTrainConfig(out=tmp_path / "new", n_episodes=2, steps=8, iters=0, model=new_cfg,
+                           init_from=tmp_path / "old")
+    grown = CanvasWorldModel.from_pretrained(train_canvas(tc, log=lambda *_: None, progress=False))
+    w_old, w_new = old.net.unet.inp.weight, grown.net.unet.inp.weight
+    assert w_new.shape[1] == w_old.shape[1] + 3
+    assert torch.equal(w_new[:, : w_old.shape[1]], w_old) and not w_new[:, w_old.shape[1] :].any()
+    assert torch.equal(grown.net.sprite_rgb, old.net.sprite_rgb)
 
 
 def test_tiny_run_learns_and_resume_equals_an_uninterrupted_run(tmp_path):
@@ -121,9 +155,10 @@ def test_the_sprite_mask_is_what_the_game_draws(keys):
     assert int(pose[0]) == 4 * int(game.crouch) + 2 * int(game.facing > 0) + int(game.flash)
 
 
-def test_the_player_layer_learns_where_the_player_goes():
+@pytest.mark.parametrize("background", [False, True])
+def test_the_player_layer_learns_where_the_player_goes(background):
     torch.set_num_threads(1)
-    tiny = CanvasConfig(**{**TINY.to_dict(), "player_layer": True})
+    tiny = CanvasConfig(**{**TINY.to_dict(), "player_layer": True, "background_canvas": background})
     tc = CanvasTrainConfig(batch=4, unroll=2, model=tiny)
     ep = make_episodes(range(4), 16, log=lambda *_: None)
     from worldserve.dynamics.canvas.model import CanvasNet
@@ -138,7 +173,8 @@ def test_the_player_layer_learns_where_the_player_goes():
         loss.backward()
         opt.step()
     last = unroll_loss(net, batch, tc, 2)[1]
-    for k in ("heat", "pose", "light", "sprite"):
+    assert ("background" in batch) == background
+    for k in ("heat", "pose", "light", "sprite", *(("choice",) if background else ())):
         assert last[k] < 0.7 * first[k], (k, first[k], last[k])
 
 

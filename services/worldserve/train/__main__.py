@@ -96,6 +96,8 @@ def canvas(
     workers: int = typer.Option(1, min=1, max=256, help="Processes that play the training episodes."),
     export_every: int = typer.Option(0, min=0, help="Also write OUT/model every N iterations."),
     player_layer: bool = typer.Option(True, help="Draw the player as a learned sprite layer (the default model's)."),
+    background_canvas: bool = typer.Option(
+        True, help="Remember the world without the player (needs the player layer; the default model's)."),
 ) -> None:
     """Train the scroll-canvas dynamics model (kind scroll_canvas). The model folder lands in OUT/model."""
     from worldserve.dynamics.canvas.model import CanvasConfig
@@ -103,7 +105,8 @@ def canvas(
     torch.set_num_threads(threads)
     _train_canvas(out, scale, budget_min, device, stop_at, batch=batch, lr=lr, n_episodes=episodes,
                   unroll_from=unroll_from, choice_loss=choice_loss, draw_loss=draw_loss, init_from=init_from,
-                  workers=workers, export_every=export_every, model=CanvasConfig(player_layer=player_layer))
+                  workers=workers, export_every=export_every, model=CanvasConfig(
+                      player_layer=player_layer, background_canvas=background_canvas and player_layer))
 
 
 @app.command()

@@ -47,6 +47,7 @@ class Episodes:
     cams: np.ndarray  # (N, T+1) int: camera x of frame t
     player: np.ndarray | None = None  # (N, T+1, 5) int: screen x, feet y, crouch, facing right, flash
     light: np.ndarray | None = None  # (N, T+1) int: night * 2 + rain
+    background: np.ndarray | None = None  # (N, T+1, H, W, 3) uint8: frame t without the player
 
 
 def explore_actions(rng: np.random.Generator, n: int) -> list[tuple[str, ...]]:
@@ -84,7 +85,7 @@ def play(seed: int, steps: int, policy: str, event_p: float = 0.05) -> tuple:
     spec = random_spec(rng)
     game = Game(spec, seed)
     frames, acts, evs, cams = [game.reset()], [()], [""], [game.camera]
-    player, light = [_player_state(game)], [2 * game.night + game.rain]
+    player, light, bgs = [_player_state(game)], [2 * game.night + game.rain], [game.render(player=False)]
     keys = random_actions(rng, steps) if policy == "random" else explore_actions(rng, steps)
     for k, ev in zip(keys, random_events(rng, spec, steps, event_p)):
         frames.append(game.step(k, ev))
@@ -93,7 +94,8 @@ def play(seed: int, steps: int, policy: str, event_p: float = 0.05) -> tuple:
         cams.append(game.camera)
         player.append(_player_state(game))
         light.append(2 * game.night + game.rain)
-    return np.stack(frames), acts, evs, cams, player, light
+        bgs.append(game.render(player=False))
+    return np.stack(frames), acts, evs, cams, player, light, np.stack(bgs)
 
 
 def _play_seed(args: tuple[int, int]) -> tuple:
@@ -115,7 +117,8 @@ def make_episodes(seeds: range, steps: int, log: Callable[[str], None] = print, 
         rows = [_play_seed(j) for j in jobs]
     ep = Episodes(np.stack([r[0] for r in rows]), np.stack([action_matrix(r[1], KEYS, 2) for r in rows]),
                   [r[2] for r in rows], np.asarray([r[3] for r in rows], np.int64),
-                  np.asarray([r[4] for r in rows], np.int64), np.asarray([r[5] for r in rows], np.int64))
+                  np.asarray([r[4] for r in rows], np.int64), np.asarray([r[5] for r in rows], np.int64),
+                  np.stack([r[6] for r in rows]))
     log(f"data: {len(rows)} episodes x {steps} steps in {time.monotonic() - t0:.0f}s")
     return ep
 
@@ -155,7 +158,7 @@ class CanvasTrainConfig:
     """The player layer's templates and lighting head learn this much faster than the network."""
     export_every: int = 0
     """Also write the model folder every this many iterations (0: only at the end)."""
-    model: CanvasConfig = field(default_factory=lambda: CanvasConfig(player_layer=True))
+    model: CanvasConfig = field(default_factory=lambda: CanvasConfig(player_layer=True, background_canvas=True))
 
 
 def _lr(step: int, tc: CanvasTrainConfig, frac_time: float) -> float:
@@ -165,9 +168,10 @@ def _lr(step: int, tc: CanvasTrainConfig, frac_time: float) -> float:
     return float(tc.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(p, 1.0)))))
 
 
-def canvas_at(ep: Episodes, n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+def canvas_at(ep: Episodes, n: int, s: int, background: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Episode ``n``'s canvas after step ``s``: (3, H, 256 + 2 PAD) uint8 and (256 + 2 PAD,) seen.
-    Each column holds its newest sight (what pasting frames 0..s in order leaves)."""
+    Each column holds its newest sight (what pasting frames 0..s in order leaves); ``background``:
+    the player-free frames from step 1 on (a served session's first frame comes whole)."""
     H, W = ep.frames.shape[2:4]
     width = 256 + 2 * PAD
     cams = ep.cams[n, : s + 1]  # (s+1,)
@@ -179,6 +183,11 @@ def canvas_at(ep: Episodes, n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
     cols = np.nonzero(seen)[0]
     t = last[cols]
     canvas[:, :, cols] = ep.frames[n, t, :, xs[cols] - cams[t]].transpose(2, 1, 0)  # (count, H, 3) -> (3, H, count)
+    if background:
+        assert ep.background is not None
+        later = cols[t > 0]
+        tl = last[later]
+        canvas[:, :, later] = ep.background[n, tl, :, xs[later] - cams[tl]].transpose(2, 1, 0)
     return canvas, seen.astype(np.float32)
 
 
@@ -188,7 +197,10 @@ def build_batch(ep: Episodes, rng: np.random.Generator, tc: CanvasTrainConfig, K
     B = tc.batch
     n = rng.integers(0, N, B)
     s = rng.integers(0, T1 - K, B)
-    cv = [canvas_at(ep, int(n[b]), int(s[b])) for b in range(B)]
+    bgc = tc.model.background_canvas
+    if bgc:  # a session's first step paints the player out of its first frame: seen more often
+        s = np.where(rng.random(B) < 1 / 16, 0, s)
+    cv = [canvas_at(ep, int(n[b]), int(s[b]), bgc) for b in range(B)]
     canvas = np.stack([c for c, _ in cv])
     valid = np.stack([v for _, v in cv])
     idx = s[:, None] + np.arange(K + 1)[None]  # (B, K+1) frames s .. s+K
@@ -205,6 +217,9 @@ def build_batch(ep: Episodes, rng: np.random.Generator, tc: CanvasTrainConfig, K
     if ep.player is not None and ep.light is not None:
         out["player"] = torch.from_numpy(ep.player[n[:, None], idx])  # (B, K+1, 5)
         out["light"] = torch.from_numpy(ep.light[n[:, None], idx])  # (B, K+1)
+    if bgc:
+        assert ep.background is not None, "background_canvas needs episodes with player-free frames"
+        out["background"] = u8(ep.background[n[:, None], idx].transpose(0, 1, 4, 2, 3))  # (B, K+1, 3, H, W)
     return out
 
 
@@ -313,7 +328,9 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
         p = net.predict(prev, prev2, cam - cam2, win, wv, cam, batch["actions"][:, k], ev, batch["steps"][:, k + 1],
                         dx=dx)
         target = frames[:, k + 1]
-        match = (p.taps - target[:, None]).abs().amax(2) < 0.5 / 255  # (B, K, H, W)
+        bgc = cfg.background_canvas
+        base_t = batch["background"][:, k + 1] if bgc else target  # what the copies and draws must give
+        match = (p.taps - base_t[:, None]).abs().amax(2) < 0.5 / 255  # (B, K, H, W)
         none = ~match.any(1, keepdim=True)
         ok = torch.cat([match, none], 1)  # (B, K + 1, H, W) choices that are right
         if tc.choice_loss == "marginal":
@@ -324,16 +341,16 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
             nll = F.cross_entropy(p.choice_logits, label, reduction="none")  # (B, H, W)
         w = 1.0 + tc.change_weight * (~match[:, 0]).float()
         nf = none.float()
-        if cfg.player_layer and "player" in batch:  # the sprite is drawn over these pixels: the copy/draw
-            # head is not asked to draw the player (so it never leaves pieces of one beside the sprite)
+        if cfg.player_layer and not bgc and "player" in batch:  # the sprite is drawn over these pixels: the
+            # copy/draw head is not asked to draw the player (so it never leaves pieces of one beside the sprite)
             free = 1.0 - sprite_pixels(batch["player"][:, k + 1], cfg.sprite_size, target.shape[-2:])
             w = w * free
             nf = nf * free[:, None]
         choice = (w * nll).sum() / w.sum().clamp_min(1.0)
         if tc.draw_loss == "l1":
-            draw = 0.1 * ((p.draw - target).abs() * nf).sum() / (nf.sum() * 3 + 1.0)
+            draw = 0.1 * ((p.draw - base_t).abs() * nf).sum() / (nf.sum() * 3 + 1.0)
         else:
-            draw = ((p.draw - target) ** 2 * nf).sum() / (nf.sum() * 3 + 1.0)
+            draw = ((p.draw - base_t) ** 2 * nf).sum() / (nf.sum() * 3 + 1.0)
         ce = F.cross_entropy(p.scroll_logits, dx + m)
         total = total + choice + 100.0 * draw + ce
         if cfg.player_layer and "player" in batch:
@@ -349,7 +366,8 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
             st["exact"] += float((q - target).abs().amax(1).lt(0.5 / 255).float().mean())
             new_cam = cam + dx
             idx = (new_cam + PAD)[:, None] + torch.arange(W, device=q.device)[None]
-            canvas = canvas.scatter(3, idx[:, None, None, :].expand(B, 3, canvas.shape[2], W), q)
+            qb = quantize(p.background) if bgc else q
+            canvas = canvas.scatter(3, idx[:, None, None, :].expand(B, 3, canvas.shape[2], W), qb)
             valid = valid.scatter(1, idx, torch.ones(B, W, device=q.device))
         prev2, cam2 = prev, cam
         prev, cam = q, new_cam
@@ -440,9 +458,16 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
         own = net.state_dict()
         keep = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
         grown = []
-        for k, v in old.items():  # a head that gained outputs (the player layer's): its old rows
-            if k in own and k not in keep and v.shape[1:] == own[k].shape[1:] and v.shape[0] < own[k].shape[0]:
-                keep[k] = torch.cat([v.to(own[k]), own[k][v.shape[0]:]])
+        for k, v in old.items():
+            if k not in own or k in keep or v.dim() != own[k].dim():
+                continue
+            o = own[k]
+            if v.shape[1:] == o.shape[1:] and v.shape[0] < o.shape[0]:  # a head that gained outputs: its old rows
+                keep[k] = torch.cat([v.to(o), o[v.shape[0]:]])
+                grown.append(k)
+            elif v.dim() > 1 and v.shape[0] == o.shape[0] and v.shape[2:] == o.shape[2:] and v.shape[1] < o.shape[1]:
+                # a layer that gained inputs (appended last): they start switched off
+                keep[k] = torch.cat([v.to(o), torch.zeros_like(o[:, v.shape[1]:])], 1)
                 grown.append(k)
         net.load_state_dict(keep, strict=False)
         log(f"warm start from {tc.init_from}: {len(keep)} of {len(own)} tensors"

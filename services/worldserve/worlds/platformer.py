@@ -342,8 +342,9 @@ class Game:
         self.t += 1
         return self.render()
 
-    def render(self) -> np.ndarray:
-        """The current view, (64, 64, 3) uint8."""
+    def render(self, player: bool = True) -> np.ndarray:
+        """The current view, (64, 64, 3) uint8; ``player=False``: the same view without the player
+        and its muzzle flash (what is behind them; training labels for a model's player layer)."""
         cam = self.camera
         frame = (self._night if self.night else self._day)[:, cam : cam + VIEW].copy()
         scale = NIGHT_SCALE if self.night else 1.0
@@ -355,10 +356,11 @@ class Game:
         h = 6 if self.crouch else 10
         top = self.y - h
         head = 3 if self.crouch else 4
-        _fill(frame, px, top, 6, head, col(SKIN))
-        _fill(frame, px, top + head, 6, h - head, col(SUIT))
-        _fill(frame, px + (4 if self.facing > 0 else 1), top + 1, 1, 1, (0, 0, 0))  # eye
-        if self.flash:
+        if player:
+            _fill(frame, px, top, 6, head, col(SKIN))
+            _fill(frame, px, top + head, 6, h - head, col(SUIT))
+            _fill(frame, px + (4 if self.facing > 0 else 1), top + 1, 1, 1, (0, 0, 0))  # eye
+        if player and self.flash:
             fx = px + 7 if self.facing > 0 else px - 6
             _fill(frame, fx, top + head, 5, 3, col(FLASH))
         if self.rain:  # overcast (a little darker), and streaks falling 5 px per step in screen space

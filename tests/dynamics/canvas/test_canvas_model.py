@@ -18,10 +18,14 @@ SMALL = CanvasConfig(channels=(8, 16, 16), head_dim=8, world_channels=2, time_pe
 
 
 PLAYER = CanvasConfig(**{**SMALL.to_dict(), "player_layer": True})
+BACKGROUND = CanvasConfig(**{**PLAYER.to_dict(), "background_canvas": True})
+KINDS = {False: SMALL, True: PLAYER, "background": BACKGROUND}
+"""player: False = the plain model, True = with the player layer, "background" = and a player-free canvas."""
+FRAME = 3 * 64 * 64
 
 
-def _model(seed: int = 0, player: bool = False) -> CanvasWorldModel:
-    cfg = PLAYER if player else SMALL
+def _model(seed: int = 0, player: bool | str = False) -> CanvasWorldModel:
+    cfg = KINDS[player]
     torch.manual_seed(seed)
     net = CanvasNet(cfg)
     with torch.no_grad():  # make the zero-initialised paths (delta, FiLM'd residuals, priors) non-trivial
@@ -65,7 +69,32 @@ def test_encode_decode_round_trip_is_exact_and_latents_carry_the_camera():
         m.encode(f[:, :32])
 
 
-@pytest.mark.parametrize("player", [False, True])
+def test_a_player_free_canvas_keeps_the_world_and_latents_carry_the_sprite():
+    m = _model(player="background")
+    f = _first()
+    z = m.encode(f)
+    assert z.shape == (1, FRAME + 5) and z[0, FRAME:].tolist() == [0, -1, 0, 0, 0]  # no sprite: the frame whole
+    assert torch.equal(m.decode(z), f)
+    s = m.prefill(z, m.null_action()[None], 0)
+    lats = _walk(m, s, [("right",), ("jump",), ("fire",)])
+    frames = m.decode(lats)  # (3, H, W, 3) as served
+    for lat, fr in zip(lats, frames):
+        bg = torch.round(lat[:FRAME].view(3, 64, 64) * 255).to(torch.uint8).permute(1, 2, 0)
+        ay, ax, pose, light = (int(v) for v in lat[FRAME + 1 :])
+        # decode pastes the pose's mask, in its template's colours, at the anchor -- nowhere else
+        differ = (fr != bg).any(-1).nonzero()
+        assert differ.numel() > 0
+        sh, sw = BACKGROUND.sprite_size
+        assert (differ[:, 0] <= ay).all() and (differ[:, 0] > ay - sh).all()
+        assert (differ[:, 1] >= ax - sw // 2).all() and (differ[:, 1] < ax - sw // 2 + sw).all()
+    # the canvas holds the player-free frame; the state's newest frame is the served one
+    x0 = s.cam + BACKGROUND.canvas_origin
+    assert torch.equal(s.canvas[:, :, x0 : x0 + 64].permute(1, 2, 0),
+                       torch.round(lats[-1, :FRAME].view(3, 64, 64) * 255).to(torch.uint8).permute(1, 2, 0))
+    assert torch.equal(s.prev.permute(1, 2, 0), frames[-1])
+
+
+@pytest.mark.parametrize("player", [False, True, "background"])
 def test_steps_are_deterministic_and_ignore_seed_and_guidance(player):
     m = _model(player=player)
     z = m.encode(_first())
@@ -77,7 +106,7 @@ def test_steps_are_deterministic_and_ignore_seed_and_guidance(player):
     assert torch.equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("player", [False, True])
+@pytest.mark.parametrize("player", [False, True, "background"])
 def test_prefill_from_the_last_frames_continues_exactly_like_the_live_state(player):
     m = _model(player=player)
     z0 = m.encode(_first())
@@ -93,7 +122,7 @@ def test_prefill_from_the_last_frames_continues_exactly_like_the_live_state(play
     assert torch.equal(nxt[0], nxt[1])
 
 
-@pytest.mark.parametrize("player", [False, True])
+@pytest.mark.parametrize("player", [False, True, "background"])
 def test_a_batch_gives_each_session_what_it_gets_alone(player):
     m = _model(player=player)
     z = m.encode(torch.cat([_first(), _first("snow, night"), _first("a cyan box on the left, sand, rain")]))
@@ -105,8 +134,8 @@ def test_a_batch_gives_each_session_what_it_gets_alone(player):
         s = m.prefill(z[i : i + 1], m.null_action()[None], 0)
         alone = m.step([s], acts[i : i + 1], [i], [1])
         # batched convolutions may round differently by one 8-bit level at most
-        assert (together[i, :-1] - alone[0, :-1]).abs().max() <= 1 / 255 + 1e-6
-        assert together[i, -1] == alone[0, -1]
+        assert (together[i, :FRAME] - alone[0, :FRAME]).abs().max() <= 1 / 255 + 1e-6
+        assert torch.equal(together[i, FRAME:], alone[0, FRAME:])  # camera (and sprite)
 
 
 def test_the_canvas_remembers_what_the_view_saw():

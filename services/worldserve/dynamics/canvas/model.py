@@ -30,11 +30,18 @@ One step, for a batch of sessions (shapes per session)::
   small convolutions over the previous frame, its mean colours, the event) picks one of 4 lightings; the sprite is a learned template per
   (lighting, pose) with a learned mask per pose, pasted over the copied frame. Every frame shows a
   whole sprite, so the next step reads a clean one.
+- **Player-free canvas** (``background_canvas``, with the player layer): the canvas keeps each
+  frame as it was before the sprite was pasted, so a place the player walked in front of comes back
+  whole when the view returns; the copies start from that player-free base, while the U-Net still
+  sees the previous frame (player included) where it stood.
 
 The model is deterministic: ``seeds`` and ``guidance`` are accepted and ignored, and ``sample_steps``
 is 1 (a single pass per frame). Latents are the frame itself plus the view's world position:
-``(3 * H * W + 1,)`` float32, values k/255, last entry the camera x -- so a session's state can be
-rebuilt from its last frames in Redis (the canvas then remembers what those frames saw).
+``(3 * H * W + 1,)`` float32, values k/255, then the camera x -- so a session's state can be
+rebuilt from its last frames in Redis (the canvas then remembers what those frames saw). With
+``background_canvas`` the frame is the player-free one and 4 more values follow the camera: the
+sprite's anchor row and column, its pose and lighting (``decode`` pastes it; ``encode`` of an outside
+frame says "no sprite", anchor row -1, and keeps the frame whole).
 """
 
 from __future__ import annotations
@@ -92,6 +99,11 @@ class CanvasConfig:
     """(rows, columns) of a sprite template: rows above the anchor row (included), columns centred on it."""
     poses: int = 8
     lightings: int = 4
+    background_canvas: bool = False
+    """(needs ``player_layer``) The canvas remembers the world without the player: each step writes
+    the frame before the sprite is pasted, and the latent holds that frame plus where and how the
+    sprite goes (decode pastes it). So a place the player walked past comes back whole; the U-Net
+    also sees the canvas's player-free view of the new frame."""
     kind: str = KIND
 
     def __post_init__(self) -> None:
@@ -104,6 +116,8 @@ class CanvasConfig:
             raise ValueError(f"frame size must be a multiple of 4, got {self.frame_width}x{self.frame_height}")
         if not 0 <= self.canvas_origin <= self.canvas_width - self.frame_width:
             raise ValueError(f"canvas_origin {self.canvas_origin} outside [0, {self.canvas_width - self.frame_width}]")
+        if self.background_canvas and not self.player_layer:
+            raise ValueError("background_canvas needs player_layer")
         if len(self.channels) != 3 or self.channels[2] % self.head_dim or any(c % 8 for c in self.channels):
             raise ValueError(f"channels must be 3 multiples of 8 and channels[2] a multiple of head_dim, got {self.channels}")
         object.__setattr__(self, "keys", tuple(self.keys))
@@ -132,7 +146,9 @@ class CanvasConfig:
 
     @property
     def latent_size(self) -> int:
-        return 3 * self.frame_height * self.frame_width + 1
+        """The frame (the player-free one with ``background_canvas``), the camera x, then with
+        ``background_canvas`` the sprite's anchor row and column, pose and lighting."""
+        return 3 * self.frame_height * self.frame_width + (5 if self.background_canvas else 1)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -165,7 +181,8 @@ class CanvasState:
     canvas: torch.Tensor  # (3, H, Wc) uint8
     valid: torch.Tensor  # (Wc,) bool: column ever seen
     cam: int  # world x of the view's left edge (newest frame)
-    prev2: torch.Tensor  # (3, H, W) uint8: the frame before the newest
+    prev: torch.Tensor  # (3, H, W) uint8: the newest frame, as served
+    prev2: torch.Tensor  # (3, H, W) uint8: the frame before it
     prev_cam: int  # its world x
     step: int  # absolute step of the newest frame
     released: bool = False
@@ -173,7 +190,7 @@ class CanvasState:
 
     @property
     def nbytes(self) -> int:
-        return self.canvas.numel() + self.valid.numel() + self.prev2.numel()
+        return self.canvas.numel() + self.valid.numel() + self.prev.numel() + self.prev2.numel()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,6 +324,7 @@ class CanvasNet(nn.Module):
     served step and training, so training runs the production code path)."""
 
     IN_CH = 3 + 3 + 2 + 2 + 1  # A, prev2 aligned, known/fresh, coords, dx -- plus world, time priors, action
+    # (and with background_canvas the canvas's player-free base, 3)
 
     def __init__(self, cfg: CanvasConfig):
         super().__init__()
@@ -322,7 +340,7 @@ class CanvasNet(nn.Module):
         ys = torch.linspace(-1, 1, H)[:, None].expand(H, W)
         xs = torch.linspace(-1, 1, W)[None, :].expand(H, W)
         self.register_buffer("coords", torch.stack([ys, xs])[None], persistent=False)  # (1, 2, H, W)
-        in_ch = self.IN_CH + cfg.world_channels + 1 + cfg.action_dim
+        in_ch = self.IN_CH + cfg.world_channels + 1 + cfg.action_dim + (3 if cfg.background_canvas else 0)
         self.unet = UNet(in_ch, cfg)
         if cfg.player_layer:
             sh, sw = cfg.sprite_size
@@ -334,10 +352,10 @@ class CanvasNet(nn.Module):
 
     def predict(
         self,
-        prev: torch.Tensor,  # (B, 3, H, W) newest frame, in [0, 1]
+        prev: torch.Tensor,  # (B, 3, H, W) newest frame (as served), in [0, 1]
         prev2: torch.Tensor,  # (B, 3, H, W) the frame before it
         off2: torch.Tensor,  # (B,) long: cam - prev_cam
-        win: torch.Tensor,  # (B, 3, H, W + 2m) canvas columns [cam - m, cam + W + m)
+        win: torch.Tensor,  # (B, 3, H, W + 2m) canvas columns [cam - m, cam + W + m) (player-free with background_canvas)
         win_valid: torch.Tensor,  # (B, W + 2m) float: column seen
         cam: torch.Tensor,  # (B,) long: world x of prev's left edge
         action: torch.Tensor,  # (B, A)
@@ -345,8 +363,10 @@ class CanvasNet(nn.Module):
         t_new: torch.Tensor,  # (B,) long: absolute step of the new frame
         dx: torch.Tensor | None = None,  # (B,) long: the shift to use (training); None = the head's
     ) -> "Prediction":
-        """One step for a batch. Each pixel of the new frame is either copied from the base A at one
-        of ``copy_offsets`` (choice 0: unchanged) or drawn (the last choice: A + delta)."""
+        """One step for a batch. Each pixel of the new frame is either copied from the base at one
+        of ``copy_offsets`` (choice 0: unchanged) or drawn (the last choice: base + delta). The base
+        is the canvas read at the new view (A; with ``background_canvas`` the player-free canvas,
+        while A, the U-Net's main input, is the previous frame shifted with the canvas beyond it)."""
         cfg = self.cfg
         m, W = cfg.max_scroll, cfg.frame_width
         B = prev.shape[0]
@@ -359,6 +379,9 @@ class CanvasNet(nn.Module):
         j = torch.arange(W, device=prev.device)[None] + dx[:, None]
         fresh = ((j >= 0) & (j < W)).to(prev.dtype)  # (B, W): the previous frame covered it
         A = A * known[:, None, None, :]
+        base = A  # what copies and draws start from
+        if cfg.background_canvas:  # the canvas is player-free; A shows the player where it stood
+            A = shift_view(prev, dx, base)
         P = shift_view(prev2, dx + off2, A)  # (B, 3, H, W)
         col = (new_cam + cfg.canvas_origin).clamp(0, cfg.canvas_width - W)
         wp = window_cols(self.world_prior.expand(B, -1, -1, -1), col, W)  # (B, Cw, H, W)
@@ -369,7 +392,7 @@ class CanvasNet(nn.Module):
             A, P,
             known[:, None, None, :].expand(-1, 1, H, -1), fresh[:, None, None, :].expand(-1, 1, H, -1),
             self.coords.expand(B, -1, -1, -1), bc(dx.to(prev.dtype)[:, None] / m),
-            wp, tp, bc(action),
+            wp, tp, bc(action), *((base,) if cfg.background_canvas else ()),
         ], 1)
         onehot = F.one_hot(dx + m, cfg.n_scroll).to(prev.dtype)
         cond = self.cond(torch.cat([action, event, onehot], 1))
@@ -380,14 +403,14 @@ class CanvasNet(nn.Module):
         else:
             y = self.unet(x, cond)
         # the frame arithmetic stays float32: a copied pixel is exact
-        draw = (A + y[:, :3]).clamp(0.0, 1.0)  # (B, 3, H, W)
+        draw = (base + y[:, :3]).clamp(0.0, 1.0)  # (B, 3, H, W)
         choice = y[:, 3 : 4 + len(cfg.copy_offsets)]  # (B, K + 1, H, W)
-        taps = copy_taps(A, cfg.copy_offsets)  # (B, K, 3, H, W)
+        taps = copy_taps(base, cfg.copy_offsets)  # (B, K, 3, H, W)
         options = torch.cat([taps, draw[:, None]], 1)  # (B, K + 1, 3, H, W)
         pick = choice.argmax(1)  # (B, H, W)
         frame = options.gather(1, pick[:, None, None].expand(-1, 1, 3, -1, -1))[:, 0]
         if not cfg.player_layer:
-            return Prediction(frame, logits, dx, A, choice, draw, taps)
+            return Prediction(frame, logits, dx, base, choice, draw, taps, background=frame)
         # the player layer: where (anchor), how (pose) and under which light the sprite is drawn
         K1 = choice.shape[1]
         heat = y[:, 3 + K1]  # (B, H, W)
@@ -397,21 +420,30 @@ class CanvasNet(nn.Module):
         ay, ax = at // W, at % W
         pose = pose_logits.flatten(2).gather(2, at[:, None, None].expand(-1, cfg.poses, 1))[:, :, 0].argmax(1)
         light = light_logits.argmax(1)
-        frame = paste_sprites(frame, self.sprite_rgb[light, pose], self.sprite_mask[pose] > 0, ay, ax)
-        return Prediction(frame, logits, dx, A, choice, draw, taps, heat, pose_logits, light_logits)
+        background = frame
+        frame = self.paste(frame, torch.stack([ay, ax, pose, light], 1))
+        return Prediction(frame, logits, dx, base, choice, draw, taps, heat, pose_logits, light_logits, background,
+                          torch.stack([ay, ax, pose, light], 1))
+
+    def paste(self, frame: torch.Tensor, sprite: torch.Tensor) -> torch.Tensor:
+        """frame (B, 3, H, W); sprite (B, 4) long [anchor row, anchor column, pose, lighting]."""
+        ay, ax, pose, light = sprite.unbind(1)
+        return paste_sprites(frame, self.sprite_rgb[light, pose], self.sprite_mask[pose] > 0, ay, ax)
 
 
 class Prediction(NamedTuple):
     frame: torch.Tensor  # (B, 3, H, W): each pixel its most likely choice
     scroll_logits: torch.Tensor  # (B, n_scroll)
     dx: torch.Tensor  # (B,) the view's shift used
-    base: torch.Tensor  # (B, 3, H, W) A
+    base: torch.Tensor  # (B, 3, H, W) what copies start from
     choice_logits: torch.Tensor  # (B, K + 1, H, W): copy offsets, then "draw"
     draw: torch.Tensor  # (B, 3, H, W) the drawn colour
-    taps: torch.Tensor  # (B, K, 3, H, W) A shifted by each copy offset
+    taps: torch.Tensor  # (B, K, 3, H, W) the base shifted by each copy offset
     heat: torch.Tensor | None = None  # (B, H, W) player anchor logits (player layer)
     pose_logits: torch.Tensor | None = None  # (B, P, H, W)
     light_logits: torch.Tensor | None = None  # (B, L)
+    background: torch.Tensor | None = None  # (B, 3, H, W) the frame before the sprite is pasted
+    sprite: torch.Tensor | None = None  # (B, 4) long: anchor row, anchor column, pose, lighting
 
 
 class LightHead(nn.Module):
@@ -562,27 +594,42 @@ class CanvasWorldModel:
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, 3) uint8 -> (N, 3*H*W + 1) float32: the frame in [0, 1] (k/255), then camera x 0
-        (a frame handed in from outside is a first frame: world x 0 is its left edge)."""
+        """(N, H, W, 3) uint8 -> (N, latent_size) float32: the frame in [0, 1] (k/255), then camera x 0
+        (a frame handed in from outside is a first frame: world x 0 is its left edge); with
+        ``background_canvas`` then no sprite (anchor row -1: above the frame) -- the frame is kept
+        whole, player included, and the first step paints the player out of the canvas."""
         H, W = self.config.frame_height, self.config.frame_width
         if frames.dim() != 4 or tuple(frames.shape[1:]) != (H, W, 3):
             raise ValueError(f"frames must be (N, {H}, {W}, 3) uint8, got {tuple(frames.shape)}")
         x = frames.permute(0, 3, 1, 2).reshape(frames.shape[0], -1).float() / 255.0
-        return torch.cat([x, torch.zeros(frames.shape[0], 1)], 1)
+        tail = [0.0, -1.0, 0.0, 0.0, 0.0] if self.config.background_canvas else [0.0]
+        return torch.cat([x, torch.tensor(tail).expand(frames.shape[0], -1)], 1)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(N, 3*H*W + 1) -> (N, H, W, 3) uint8."""
-        H, W = self.config.frame_height, self.config.frame_width
-        x = latents[:, : 3 * H * W].reshape(-1, 3, H, W).float()
-        return torch.round(x * 255.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().contiguous()
+        """(N, latent_size) -> (N, H, W, 3) uint8 (with ``background_canvas`` the sprite pasted)."""
+        return self._frames_u8(latents)[0].permute(0, 2, 3, 1).cpu().contiguous()
 
-    def _frame_u8(self, latent: torch.Tensor) -> tuple[torch.Tensor, int]:
-        H, W = self.config.frame_height, self.config.frame_width
-        if latent.shape[-1] != self.config.latent_size:
-            raise ValueError(f"latents must have {self.config.latent_size} values, got {tuple(latent.shape)}")
-        f = torch.round(latent[: 3 * H * W].reshape(3, H, W).float() * 255.0).clamp(0, 255).to(torch.uint8)
-        return f, int(round(float(latent[-1])))
+    def _frames_u8(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(N, latent_size) -> the served frames (N, 3, H, W) uint8, the canvas's frames (the same, or
+        player-free with ``background_canvas``) and the camera x of each."""
+        c = self.config
+        H, W = c.frame_height, c.frame_width
+        if latents.dim() != 2 or latents.shape[-1] != c.latent_size:
+            raise ValueError(f"latents must be (N, {c.latent_size}), got {tuple(latents.shape)}")
+        latents = latents.detach().float().cpu()
+        bg = torch.round(latents[:, : 3 * H * W].reshape(-1, 3, H, W) * 255.0).clamp(0, 255).to(torch.uint8)
+        cams = [int(round(float(v))) for v in latents[:, 3 * H * W]]
+        if not c.background_canvas:
+            return bg, bg, cams
+        sprite = torch.round(latents[:, 3 * H * W + 1 :]).long()  # (N, 4)
+        sprite[:, 0].clamp_(-1, H + c.sprite_size[0])
+        sprite[:, 1].clamp_(-c.sprite_size[1], W + c.sprite_size[1])
+        sprite[:, 2].clamp_(0, c.poses - 1)
+        sprite[:, 3].clamp_(0, c.lightings - 1)
+        with torch.no_grad():
+            shown = self.net.paste(bg.to(self.device, torch.float32) / 255.0, sprite.to(self.device))
+        return torch.round(shown * 255.0).clamp(0, 255).to(torch.uint8).cpu(), bg, cams
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -600,16 +647,15 @@ class CanvasWorldModel:
         self._check_events(events, latents.shape[0])
         canvas = torch.zeros(3, c.frame_height, c.canvas_width, dtype=torch.uint8)
         valid = torch.zeros(c.canvas_width, dtype=torch.bool)
-        frames = []
-        for z in latents:
-            f, cam = self._frame_u8(z)
-            cam = self._clamp_cam(cam)
+        shown, bg, cams = self._frames_u8(latents)
+        cams = [self._clamp_cam(x) for x in cams]
+        for f, cam in zip(bg, cams):
             x0 = cam + c.canvas_origin
             canvas[:, :, x0 : x0 + c.frame_width] = f
             valid[x0 : x0 + c.frame_width] = True
-            frames.append((f, cam))
-        (f2, cam2), (_, cam1) = frames[-2] if len(frames) > 1 else frames[-1], frames[-1]
-        return CanvasState(canvas, valid, cam1, f2.clone(), cam2, int(first_step) + latents.shape[0] - 1)
+        i2 = max(len(cams) - 2, 0)
+        return CanvasState(canvas, valid, cams[-1], shown[-1].clone(), shown[i2].clone(), cams[i2],
+                           int(first_step) + latents.shape[0] - 1)
 
     def state_nbytes(self, state: CanvasState) -> int:
         return state.nbytes
@@ -619,6 +665,7 @@ class CanvasWorldModel:
             state.released = True
             state.canvas = state.canvas.new_empty(0)
             state.valid = state.valid.new_empty(0)
+            state.prev = state.prev.new_empty(0)
             state.prev2 = state.prev2.new_empty(0)
 
     def state_step(self, state: CanvasState) -> int:
@@ -656,7 +703,7 @@ class CanvasWorldModel:
             wv[a0 - lo : b0 - lo] = s.valid[a0:b0]
             wins.append(win)
             wvalid.append(wv)
-            prev.append(s.canvas[:, :, x0 : x0 + W])
+            prev.append(s.prev)
             prev2.append(s.prev2)
             cams.append(s.cam)
             off2.append(s.cam - s.prev_cam)
@@ -665,17 +712,20 @@ class CanvasWorldModel:
         pred = self.net.predict(
             f(prev), f(prev2), torch.tensor(off2, device=dev), f(wins), torch.stack(wvalid).to(dev, torch.float32), cam_t,
             a.to(dev, torch.float32), self._event_embed(texts), torch.tensor([int(x) for x in steps], device=dev))
-        frames = torch.round(pred.frame * 255.0).clamp(0, 255).to(torch.uint8).cpu()  # (n, 3, H, W)
+        u8 = lambda x: torch.round(x * 255.0).clamp(0, 255).to(torch.uint8).cpu()  # noqa: E731
+        frames = u8(pred.frame)  # (n, 3, H, W) as served
+        bgs = u8(pred.background) if c.background_canvas else frames  # what the canvas keeps
         dxs = pred.dx.cpu().tolist()
-        for s, fr, d in zip(states, frames, dxs):
+        for s, fr, bg, d in zip(states, frames, bgs, dxs):
             new_cam = self._clamp_cam(s.cam + int(d))
-            x0 = s.cam + c.canvas_origin
-            s.prev2 = s.canvas[:, :, x0 : x0 + W].clone()
+            s.prev2, s.prev = s.prev, fr
             s.prev_cam = s.cam
             s.cam = new_cam
             x1 = new_cam + c.canvas_origin
-            s.canvas[:, :, x1 : x1 + W] = fr
+            s.canvas[:, :, x1 : x1 + W] = bg
             s.valid[x1 : x1 + W] = True
             s.step += 1
-        lat = frames.reshape(n, -1).float() / 255.0
-        return torch.cat([lat, torch.tensor([[float(s.cam)] for s in states])], 1)
+        tail = torch.tensor([[float(s.cam)] for s in states])
+        if c.background_canvas:
+            tail = torch.cat([tail, pred.sprite.cpu().float()], 1)
+        return torch.cat([bgs.reshape(n, -1).float() / 255.0, tail], 1)
