@@ -85,6 +85,25 @@ def test_the_default_model_tracks_the_player_and_holds_a_still_world(canvas):
     assert np.array_equal(still[-1], first)
 
 
+def test_the_default_model_brings_back_what_the_player_walked_past(canvas):
+    """Walk right past the box (the player in front of it) and back: the box is drawn in place again
+    and the frame is close to the game's (the canvas remembers the world without the player)."""
+    from worldserve.train.evaluate import psnr
+    from worldserve.worlds import Game
+    from worldserve.worlds.checks import objects_in_place
+
+    assert canvas.config.player_layer and canvas.config.background_canvas
+    spec = parse_caption("a red door on the left, a blue box on the right, grass, day")
+    keys = [("right",)] * 8 + [("left",)] * 8
+    game = Game(spec, 3)
+    first = game.reset()
+    frames = [game.step(k) for k in keys]
+    acts = action_matrix(keys, canvas.config.keys, len(canvas.config.mouse_axes))[None]
+    a = rollout(canvas, first[None], acts, None, seeds=[7])[0]
+    assert objects_in_place(a[-1], spec, game.camera)[1]  # the box the player crossed twice
+    assert float(psnr(a[-1], frames[-1])) >= 28.0
+
+
 def test_shipped_rollout_is_deterministic_and_follows_the_actions(dyn):
     frames, _, _ = episode(0, 1, spec=parse_caption("a red door on the left, a blue box on the right, grass, day"))
     first = np.stack([frames[0], frames[0]])
