@@ -5,8 +5,9 @@
 Data: trajectories played in fresh worlds with two policies -- the sticky random policy the
 evaluation uses, and an explorer that runs long stretches left or right (so the whole level, its
 far end and the walk back are covered) -- with jumps, crouches, shots and events mixed in. The
-game records where its camera is (the scroll head's label) and, per frame, the player's place,
-pose and lighting (the player layer's labels).
+game records where its camera is (the scroll head's label), per frame the player's place, pose
+and lighting (the player layer's labels), and renders each frame again without the player (the
+labels of a player-free canvas, ``background_canvas``).
 
 Each iteration takes a batch of (trajectory, start step) pairs, builds each one's canvas from the
 true frames up to the start (as a served session's canvas holds what it saw), then unrolls
@@ -308,7 +309,9 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
     - draw: MSE of the drawn colour where no copy is exact;
     - scroll: cross-entropy of the scroll head against the game's camera;
     - player layer (``cfg.player_layer``): :func:`sprite_loss`; the choice and draw losses skip the
-      pixels the game's sprite covers (the pasted sprite decides them).
+      pixels the game's sprite covers (the pasted sprite decides them) -- or, with
+      ``cfg.background_canvas``, are taken against the game's frame without the player, which is
+      what the canvas keeps (the served frame, sprite pasted, is fed back as the previous frame).
     """
     cfg = net.cfg
     m, W = cfg.max_scroll, cfg.frame_width
