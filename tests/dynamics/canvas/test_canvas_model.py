@@ -92,6 +92,10 @@ def test_a_player_free_canvas_keeps_the_world_and_latents_carry_the_sprite():
     assert torch.equal(s.canvas[:, :, x0 : x0 + 64].permute(1, 2, 0),
                        torch.round(lats[-1, :FRAME].view(3, 64, 64) * 255).to(torch.uint8).permute(1, 2, 0))
     assert torch.equal(s.prev.permute(1, 2, 0), frames[-1])
+    # a damaged latent (an anchor no step gives) decodes clipped, without wrapping around
+    bad = lats[-1:].clone()
+    bad[0, FRAME + 1 :] = torch.tensor([500.0, -50.0, 99.0, -3.0])
+    assert m.decode(bad).shape == (1, 64, 64, 3)
 
 
 @pytest.mark.parametrize("player", [False, True, "background"])

@@ -623,8 +623,8 @@ class CanvasWorldModel:
         if not c.background_canvas:
             return bg, bg, cams
         sprite = torch.round(latents[:, 3 * H * W + 1 :]).long()  # (N, 4)
-        sprite[:, 0].clamp_(-1, H + c.sprite_size[0])
-        sprite[:, 1].clamp_(-c.sprite_size[1], W + c.sprite_size[1])
+        sprite[:, 0].clamp_(-1, H - 1)  # an anchor the model can give (row -1: no sprite)
+        sprite[:, 1].clamp_(0, W - 1)
         sprite[:, 2].clamp_(0, c.poses - 1)
         sprite[:, 3].clamp_(0, c.lightings - 1)
         with torch.no_grad():
