@@ -183,12 +183,11 @@ def canvas_at(ep: Episodes, n: int, s: int, background: bool = False) -> tuple[n
     canvas = np.zeros((3, H, width), np.uint8)
     cols = np.nonzero(seen)[0]
     t = last[cols]
-    canvas[:, :, cols] = ep.frames[n, t, :, xs[cols] - cams[t]].transpose(2, 1, 0)  # (count, H, 3) -> (3, H, count)
+    src = ep.frames[n]  # (T+1, H, W, 3)
     if background:
         assert ep.background is not None
-        later = cols[t > 0]
-        tl = last[later]
-        canvas[:, :, later] = ep.background[n, tl, :, xs[later] - cams[tl]].transpose(2, 1, 0)
+        src = np.concatenate([ep.frames[n, :1], ep.background[n, 1 : s + 1]])
+    canvas[:, :, cols] = src[t, :, xs[cols] - cams[t]].transpose(2, 1, 0)  # (count, H, 3) -> (3, H, count)
     return canvas, seen.astype(np.float32)
 
 
@@ -320,6 +319,7 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
     prev, prev2 = frames[:, 0], batch["prev2"]
     cam, cam2 = cams[:, 0], batch["cam2"]
     B = prev.shape[0]
+    bgc = cfg.background_canvas
     total = 0.0
     st = {"choice": 0.0, "draw": 0.0, "scroll_acc": 0.0, "exact": 0.0}
     for k in range(K):
@@ -331,7 +331,6 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
         p = net.predict(prev, prev2, cam - cam2, win, wv, cam, batch["actions"][:, k], ev, batch["steps"][:, k + 1],
                         dx=dx)
         target = frames[:, k + 1]
-        bgc = cfg.background_canvas
         base_t = batch["background"][:, k + 1] if bgc else target  # what the copies and draws must give
         match = (p.taps - base_t[:, None]).abs().amax(2) < 0.5 / 255  # (B, K, H, W)
         none = ~match.any(1, keepdim=True)

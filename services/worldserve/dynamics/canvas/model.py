@@ -420,10 +420,9 @@ class CanvasNet(nn.Module):
         ay, ax = at // W, at % W
         pose = pose_logits.flatten(2).gather(2, at[:, None, None].expand(-1, cfg.poses, 1))[:, :, 0].argmax(1)
         light = light_logits.argmax(1)
-        background = frame
-        frame = self.paste(frame, torch.stack([ay, ax, pose, light], 1))
-        return Prediction(frame, logits, dx, base, choice, draw, taps, heat, pose_logits, light_logits, background,
-                          torch.stack([ay, ax, pose, light], 1))
+        sprite = torch.stack([ay, ax, pose, light], 1)  # (B, 4)
+        return Prediction(self.paste(frame, sprite), logits, dx, base, choice, draw, taps, heat, pose_logits,
+                          light_logits, frame, sprite)
 
     def paste(self, frame: torch.Tensor, sprite: torch.Tensor) -> torch.Tensor:
         """frame (B, 3, H, W); sprite (B, 4) long [anchor row, anchor column, pose, lighting]."""
@@ -608,11 +607,12 @@ class CanvasWorldModel:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(N, latent_size) -> (N, H, W, 3) uint8 (with ``background_canvas`` the sprite pasted)."""
-        return self._frames_u8(latents)[0].permute(0, 2, 3, 1).cpu().contiguous()
+        return self._shown(*self._unpack(latents)[::2]).permute(0, 2, 3, 1).cpu().contiguous()
 
-    def _frames_u8(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """(N, latent_size) -> the served frames (N, 3, H, W) uint8, the canvas's frames (the same, or
-        player-free with ``background_canvas``) and the camera x of each."""
+    def _unpack(self, latents: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+        """(N, latent_size) -> the canvas's frames (N, 3, H, W) uint8 (player-free with
+        ``background_canvas``), the camera x of each, and with ``background_canvas`` the sprites
+        (N, 4) long: anchor row, anchor column, pose, lighting."""
         c = self.config
         H, W = c.frame_height, c.frame_width
         if latents.dim() != 2 or latents.shape[-1] != c.latent_size:
@@ -621,15 +621,21 @@ class CanvasWorldModel:
         bg = torch.round(latents[:, : 3 * H * W].reshape(-1, 3, H, W) * 255.0).clamp(0, 255).to(torch.uint8)
         cams = [int(round(float(v))) for v in latents[:, 3 * H * W]]
         if not c.background_canvas:
-            return bg, bg, cams
+            return bg, cams, None
         sprite = torch.round(latents[:, 3 * H * W + 1 :]).long()  # (N, 4)
         sprite[:, 0].clamp_(-1, H - 1)  # an anchor the model can give (row -1: no sprite)
         sprite[:, 1].clamp_(0, W - 1)
         sprite[:, 2].clamp_(0, c.poses - 1)
         sprite[:, 3].clamp_(0, c.lightings - 1)
-        with torch.no_grad():
-            shown = self.net.paste(bg.to(self.device, torch.float32) / 255.0, sprite.to(self.device))
-        return torch.round(shown * 255.0).clamp(0, 255).to(torch.uint8).cpu(), bg, cams
+        return bg, cams, sprite
+
+    @torch.no_grad()
+    def _shown(self, frames: torch.Tensor, sprite: torch.Tensor | None) -> torch.Tensor:
+        """The served frames (N, 3, H, W) uint8: the canvas's frames with their sprites pasted (if any)."""
+        if sprite is None:
+            return frames
+        shown = self.net.paste(frames.to(self.device, torch.float32) / 255.0, sprite.to(self.device))
+        return torch.round(shown * 255.0).clamp(0, 255).to(torch.uint8).cpu()
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -647,14 +653,15 @@ class CanvasWorldModel:
         self._check_events(events, latents.shape[0])
         canvas = torch.zeros(3, c.frame_height, c.canvas_width, dtype=torch.uint8)
         valid = torch.zeros(c.canvas_width, dtype=torch.bool)
-        shown, bg, cams = self._frames_u8(latents)
+        kept, cams, sprite = self._unpack(latents)
         cams = [self._clamp_cam(x) for x in cams]
-        for f, cam in zip(bg, cams):
+        for f, cam in zip(kept, cams):
             x0 = cam + c.canvas_origin
             canvas[:, :, x0 : x0 + c.frame_width] = f
             valid[x0 : x0 + c.frame_width] = True
         i2 = max(len(cams) - 2, 0)
-        return CanvasState(canvas, valid, cams[-1], shown[-1].clone(), shown[i2].clone(), cams[i2],
+        shown = self._shown(kept[i2:], None if sprite is None else sprite[i2:])  # the last two frames as served
+        return CanvasState(canvas, valid, cams[-1], shown[-1].clone(), shown[0].clone(), cams[i2],
                            int(first_step) + latents.shape[0] - 1)
 
     def state_nbytes(self, state: CanvasState) -> int:
