@@ -607,7 +607,8 @@ class CanvasWorldModel:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(N, latent_size) -> (N, H, W, 3) uint8 (with ``background_canvas`` the sprite pasted)."""
-        return self._shown(*self._unpack(latents)[::2]).permute(0, 2, 3, 1).cpu().contiguous()
+        frames, _, sprite = self._unpack(latents)
+        return self._shown(frames, sprite).permute(0, 2, 3, 1).cpu().contiguous()
 
     def _unpack(self, latents: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
         """(N, latent_size) -> the canvas's frames (N, 3, H, W) uint8 (player-free with
