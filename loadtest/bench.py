@@ -10,9 +10,13 @@ with one dynamics replica, and prints from one run:
 - aggregate steps/s for 1 session vs N concurrent sessions of the default model (batching), and
   for N sessions of every other served model (each tier's frames/s through the whole stack).
 
+- the model alone at N concurrent sessions: the replica's runner (prefilled states, the batches a
+  replica forms, step + decode) in this process, no Redis, no RPC;
+
 and checks the targets: whole-stack Step p50 <= trivial-RPC p50 + model step p50 + 3 ms, and
-N sessions give at least 4x the steps/s of one. Figures are ratios within one run: the machine is
-shared and noisy. Exit code 0 when both targets hold, 1 otherwise.
+served steps/s at N concurrent sessions >= 90% of the model alone's at the same concurrency.
+Figures are ratios within one run: the machine is shared and noisy. Exit code 0 when both targets
+hold, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -56,6 +60,53 @@ def model_alone(n: int, threads: int, overrides: dict | None = None) -> dict[str
                 out.append(time.perf_counter() - t0)
         m.release_state(state)
     return times
+
+
+def model_alone_concurrent(n: int, duration_s: float, threads: int, overrides: dict | None = None) -> float:
+    """Steps/s of the default model alone at ``n`` concurrent sessions: the replica's runner on
+    batches of ``n`` jobs whose states are cached (what a warm replica runs), as many batches as fit
+    ``duration_s``, no Redis and no RPC."""
+    import torch
+
+    from worldserve.common.config import Config, batch_invariant, setup_torch
+    from worldserve.dynamics.engine.runner import Job, Runner
+    from worldserve.dynamics.engine.state_cache import StateCache
+    from worldserve.dynamics.engine.types import StepRequest
+    from worldserve.dynamics.registry import load_model
+
+    config = Config.load({**(overrides or {}), "torch_threads": threads})
+    device = setup_torch(config)
+    spec = config.models[0]
+    m = load_model(spec, config, device)
+    if hasattr(m, "configure_state_pool"):
+        m.configure_state_pool(config.state_cache_bytes)
+    i = m.info
+    cache = StateCache(m, config.state_cache_bytes)
+    runner = Runner(m, cache, batch_invariant=batch_invariant(config, device, spec))
+    frames = torch.zeros(i.context_frames - 1, i.frame_height, i.frame_width, 3, dtype=torch.uint8)
+    z0 = m.encode(frames)
+    a0 = m.null_action()[None].repeat(len(frames), 1)
+    states = [m.prefill(z0, a0, first_step=0) for _ in range(n)]
+    vec = m.action_vector(["right"])
+    g = float(i.default_guidance)
+
+    def batch() -> None:
+        jobs = [Job(StepRequest(tenant="bench", session_id=f"s{k}"), ("bench", f"s{k}"), m.state_step(s), k, vec, g,
+                    event="", state=s) for k, s in enumerate(states)]
+        runner.run(jobs)
+        for j in jobs:
+            if j.error is not None:
+                raise j.error
+
+    batch()  # warm-up
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < duration_s:
+        batch()
+        done += n
+    took = time.perf_counter() - t0
+    for s in states:
+        m.release_state(s)
+    return done / took
 
 
 def closed_loop(client, sids: list[str], duration_s: float) -> tuple[int, list[float], int]:
@@ -104,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     alone = model_alone(20, ns.torch_threads, ns.app_args)
     default = next(iter(alone))
     model_s = alone[default]
+    console.print(f"model alone: {ns.sessions} concurrent sessions for {ns.duration_s:.0f} s ...")
+    alone_n = model_alone_concurrent(ns.sessions, ns.duration_s, ns.torch_threads, ns.app_args)
 
     from worldserve.client import WorldClient
     from worldserve.local import local_cluster
@@ -157,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "step_p99_ms": ms(pct(stack, 99)),
         "steps_per_s_1": n1 / ns.duration_s,
         f"steps_per_s_{ns.sessions}": nn / ns.duration_s,
+        f"model_alone_steps_per_s_{ns.sessions}": alone_n,
         f"step_p50_ms_at_{ns.sessions}": ms(statistics.median(lat_n)) if lat_n else float("nan"),
         "errors": e1 + en + sum(e for _, e in tiers.values()),
     }
@@ -165,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (nt, _) in tiers.items():
         fig[f"steps_per_s_{ns.sessions}[{name}]"] = nt / ns.duration_s
     budget = fig["trivial_rpc_p50_ms"] + fig["model_step_p50_ms"] + 3.0
-    ratio = fig[f"steps_per_s_{ns.sessions}"] / max(fig["steps_per_s_1"], 1e-9)
+    ratio = fig[f"steps_per_s_{ns.sessions}"] / max(alone_n, 1e-9)
     fig.update(step_budget_ms=budget, overhead_ms=fig["step_p50_ms"] - fig["trivial_rpc_p50_ms"] - fig["model_step_p50_ms"],
-               batching_ratio=ratio)
+               served_vs_alone=ratio)
     t = Table(title="worldserve serving benchmark")
     t.add_column("figure")
     t.add_column("value", justify="right")
@@ -175,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(k, f"{v:.2f}" if isinstance(v, float) else str(v))
     console.print(t)
     ok_latency = fig["step_p50_ms"] <= budget
-    ok_batch = ratio >= 4.0
+    ok_batch = ratio >= 0.9
     console.print(
         f"Step p50 {fig['step_p50_ms']:.1f} ms vs budget {budget:.1f} ms (trivial + model + 3): "
         + ("[green]met[/]" if ok_latency else "[red]missed[/]")
     )
-    console.print(f"{ns.sessions} sessions / 1 session steps/s = {ratio:.2f}x (target 4x): " + ("[green]met[/]" if ok_batch else "[red]missed[/]"))
+    console.print(f"{ns.sessions} sessions: served / model alone steps/s = {ratio:.0%} (target 90%): "
+                  + ("[green]met[/]" if ok_batch else "[red]missed[/]"))
     if ns.json:
         ns.json.write_text(json.dumps(fig, indent=2))
     return 0 if ok_latency and ok_batch else 1

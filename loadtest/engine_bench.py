@@ -60,7 +60,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 FALLBACK_GPU_PEAK = 989e12  # an unknown GPU: assume an H200 (said so in the output)
 CPU_FLOPS_PER_CORE = 2.5e9 * 32  # nominal: 2.5 GHz x two 8-lane fp32 FMA units
 
-# bf16 kernel tolerance of the repository's kernel tests (tests/kernels/_kernel_testutil.py):
+# bf16 kernel tolerance of the repository's kernel tests (tests/dynamics/attention/_kernel_testutil.py):
 # |out - ref_fp32| <= ATOL + RTOL * |ref_fp32| elementwise.
 KERNEL_TOL = {"bfloat16": (2e-2, 2e-2), "float16": (2e-3, 2e-3), "float32": (2e-5, 2e-5)}
 
@@ -161,7 +161,7 @@ def _is_oom(e: BaseException) -> bool:
 
 def _kernel_shapes(quick_cpu: bool) -> list[tuple[str, dict]]:
     """(label, dict(F, D, H, C)) of the served default model and of the large config."""
-    from worldserve.dynamics.model.config import WorldModelConfig
+    from worldserve.dynamics.models.transformer.config import WorldModelConfig
 
     if quick_cpu:  # interpreter: tiny
         return [("tiny (interpreter)", dict(F=16, D=64, H=2, C=4))]
@@ -202,7 +202,7 @@ def kernel_check(device: str, dtype_name: str, quick_cpu: bool) -> bool:
     """Triton decode (paged, fused prologue, KV write) and prefill (dense + varlen) vs SDPA."""
     import torch
 
-    from worldserve.dynamics.model import attention as A
+    from worldserve.dynamics.attention import backend as A
 
     dt = getattr(torch, dtype_name)
     tol = KERNEL_TOL[dtype_name]
@@ -337,9 +337,9 @@ class EngineParts:
 
 def engine_parts() -> EngineParts:
     """The replica's own scheduler and runner (they import neither Ray, Redis nor protobuf)."""
-    from worldserve.dynamics.runner import Job, Runner
-    from worldserve.dynamics.scheduler import Scheduler
-    from worldserve.dynamics.types import Priority, StepRequest
+    from worldserve.dynamics.engine.runner import Job, Runner
+    from worldserve.dynamics.engine.scheduler import Scheduler
+    from worldserve.dynamics.engine.types import Priority, StepRequest
 
     def make_job(key, step, seed, vec, g):
         req = StepRequest(tenant=key[0], session_id=key[1], priority=Priority.INTERACTIVE)
@@ -368,7 +368,7 @@ def load_large_model(device: str, quick: bool):
     import torch
 
     from worldserve.common.config import Config, torch_dtype
-    from worldserve.dynamics.model import WorldModel, WorldModelConfig
+    from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
 
     config = Config.load({"device": device})
     cfg = WorldModelConfig(**(LARGE_QUICK_CONFIG if quick else LARGE_CONFIG))
@@ -442,7 +442,7 @@ def flops_per_frame(model, parts: EngineParts, window, device: str) -> int:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from worldserve.dynamics.model.attention import use_backend
+    from worldserve.dynamics.attention.backend import use_backend
 
     lat = torch.stack([torch.as_tensor(z) for _, _, z in window])
     acts = torch.stack([model.null_action() for _ in window])
@@ -468,7 +468,7 @@ def bench_sessions(model, parts: EngineParts, *, n: int, batch_invariant: bool, 
     """Step ``n`` sessions round after round through scheduler -> state cache -> runner."""
     import torch
 
-    from worldserve.dynamics.state_cache import StateCache
+    from worldserve.dynamics.engine.state_cache import StateCache
 
     res: dict = dict(sessions=n, batch_invariant=batch_invariant, max_batch_size=max_batch,
                      state_bytes_per_session=per_session, state_bytes=n * per_session)
@@ -525,7 +525,7 @@ def bench_sessions(model, parts: EngineParts, *, n: int, batch_invariant: bool, 
                 model_calls += getattr(stats, "model_calls", 0)
 
     try:
-        from worldserve.dynamics.model.attention import attention_counts, decode_counts as _decode_counts
+        from worldserve.dynamics.attention.backend import attention_counts, decode_counts as _decode_counts
 
         def decode_counts() -> dict:  # decode and full attention calls together (either model kind)
             merged = dict(_decode_counts())

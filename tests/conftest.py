@@ -16,7 +16,7 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture
 async def store(redis_server):
-    from worldserve.sessions.store import SessionStore
+    from worldserve.state.store import SessionStore
 
     s = SessionStore.from_url(redis_server.url, default_ttl_s=600)
     await flush(s.r)

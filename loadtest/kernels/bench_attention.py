@@ -189,9 +189,9 @@ def run_case(case: Case, args, flex=None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from worldserve.dynamics.kernels.flash_decode import flash_decode
-    from worldserve.dynamics.kernels.flash_prefill import flash_attention
-    from worldserve.dynamics.model.attention import build_mask
+    from worldserve.dynamics.attention.kernels.flash_decode import flash_decode
+    from worldserve.dynamics.attention.kernels.flash_prefill import flash_attention
+    from worldserve.dynamics.attention.backend import build_mask
 
     dt = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     dev = getattr(args, "device", "cuda")

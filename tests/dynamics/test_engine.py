@@ -11,8 +11,8 @@ from prometheus_client import REGISTRY
 from worldserve.common.codec import JPEG, PNG, RAW, decode_frame, encode_frame
 from worldserve.common.config import Config
 from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from worldserve.dynamics.engine import Engine
-from worldserve.dynamics.types import Priority, StepRequest
+from worldserve.dynamics.engine.core import Engine
+from worldserve.dynamics.engine.types import Priority, StepRequest
 from worldserve.v1 import common_pb2
 
 from .toy_model import POISON_SEED, ToyModel

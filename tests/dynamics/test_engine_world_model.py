@@ -8,9 +8,9 @@ import pytest
 
 from worldserve.common.codec import PNG, decode_frame, encode_frame
 from worldserve.common.config import Config
-from worldserve.dynamics.engine import Engine
+from worldserve.dynamics.engine.core import Engine
 from worldserve.dynamics.registry import load_model
-from worldserve.dynamics.types import StepRequest
+from worldserve.dynamics.engine.types import StepRequest
 
 MODEL = "platformer"
 KEYS = [["right"], ["right", "jump"], ["left"], [], ["up"], ["right"]]

@@ -60,7 +60,7 @@ def test_unknown_kind_names_the_known_ones():
 
 
 def _folder(tmp_path, **drop):
-    from worldserve.dynamics.model import WorldModel, WorldModelConfig
+    from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
 
     d = tmp_path / "m"
     WorldModel.random(WorldModelConfig(dim=64, n_layers=1, n_heads=1, event_dim=0)).save_pretrained(d)

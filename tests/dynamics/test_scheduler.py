@@ -6,8 +6,8 @@ import asyncio
 import pytest
 
 from worldserve.common.errors import ResourceExhausted
-from worldserve.dynamics.scheduler import Scheduler
-from worldserve.dynamics.types import Priority
+from worldserve.dynamics.engine.scheduler import Scheduler
+from worldserve.dynamics.engine.types import Priority
 
 
 def test_round_robin_across_tenants():

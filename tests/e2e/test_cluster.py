@@ -94,7 +94,7 @@ def test_two_models_serve_side_by_side(cluster, client):
 def test_a_session_of_a_model_no_longer_served(cluster, client):
     import asyncio
 
-    from worldserve.sessions.store import SessionStore
+    from worldserve.state.store import SessionStore
 
     s = client.create_session(prompt="retired", seed=1)
 

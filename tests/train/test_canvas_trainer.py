@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldserve.dynamics.canvas.model import CanvasConfig, CanvasWorldModel
+from worldserve.dynamics.models.canvas.model import CanvasConfig, CanvasWorldModel
 from worldserve.train.canvas_trainer import (PAD, CanvasTrainConfig, build_batch, canvas_at, explore_actions,
                                              make_episodes, play, sprite_pixels, sprite_truth, to_device, train_canvas, unroll_loss)
 from worldserve.worlds import Game, checks, parse_caption
@@ -96,7 +96,7 @@ def test_tiny_run_learns_and_resume_equals_an_uninterrupted_run(tmp_path):
                              ckpt_every=3, lr=3e-3, budget_s=1e9, model=TINY)  # no time-based decay
     ep = make_episodes(range(6), 16, log=lambda *_: None)
     # the loss of a fixed batch goes down over a few iterations of the same recipe
-    from worldserve.dynamics.canvas.model import CanvasNet
+    from worldserve.dynamics.models.canvas.model import CanvasNet
     torch.manual_seed(0)
     net = CanvasNet(TINY)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
@@ -123,7 +123,7 @@ def test_the_other_losses_learn_too(losses):
     torch.set_num_threads(1)
     tc = CanvasTrainConfig(batch=4, unroll=2, model=TINY, choice_loss=losses[0], draw_loss=losses[1])
     ep = make_episodes(range(4), 16, log=lambda *_: None)
-    from worldserve.dynamics.canvas.model import CanvasNet
+    from worldserve.dynamics.models.canvas.model import CanvasNet
     torch.manual_seed(0)
     net = CanvasNet(TINY)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
@@ -161,7 +161,7 @@ def test_the_player_layer_learns_where_the_player_goes(background):
     tiny = CanvasConfig(**{**TINY.to_dict(), "player_layer": True, "background_canvas": background})
     tc = CanvasTrainConfig(batch=4, unroll=2, model=tiny)
     ep = make_episodes(range(4), 16, log=lambda *_: None)
-    from worldserve.dynamics.canvas.model import CanvasNet
+    from worldserve.dynamics.models.canvas.model import CanvasNet
     torch.manual_seed(0)
     net = CanvasNet(tiny)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)

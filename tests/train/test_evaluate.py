@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from worldserve.dynamics.interface import ActionSpace, DynamicsModel, ModelInfo, Runtime
-from worldserve.dynamics.model import WorldModel, WorldModelConfig
+from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
 from worldserve.train.evaluate import (
     TARGETS,
     WEIGHTS,

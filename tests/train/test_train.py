@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldserve.dynamics.model import WorldModel, WorldModelConfig
+from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
 from worldserve.image.model import TinyTextToImage, TinyTextToImageConfig
 from worldserve.train import PhaseConfig, TrainConfig, export, train_all
 from worldserve.train.data import action_matrix, make_trajectories, step_generator

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import worldserve
-from worldserve.dynamics.canvas import CanvasWorldModel
-from worldserve.dynamics.model import WorldModel
+from worldserve.dynamics.models.canvas import CanvasWorldModel
+from worldserve.dynamics.models.transformer import WorldModel
 from worldserve.image.decoder import CaptionDecoder
 from worldserve.train.data import action_matrix
 from worldserve.train.evaluate import episode, rollout

@@ -133,7 +133,7 @@ class Config:
     """torch intra-op threads per model replica; 0: the CPUs this process may use (affinity and
     cgroup quota: a pod's limit, not the node's cores; Ray alone would give 1). Bounds: 0 .. 256."""
     archive_url: str = ""
-    """Where sessions' older steps go (worldserve.sessions.archive): ``file:///path`` or
+    """Where sessions' older steps go (worldserve.state.archive): ``file:///path`` or
     ``s3://bucket[/prefix]``; empty: nothing is archived and Redis keeps every step (as long as the
     session lives). ``worldserve up`` sets a folder beside its Redis data."""
     archive_options: Mapping[str, Any] = field(default_factory=dict)

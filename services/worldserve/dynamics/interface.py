@@ -2,7 +2,7 @@
 
 The engine (scheduler -> state cache -> runner -> output) knows a model only through
 :class:`DynamicsModel`. Anything that implements it can be served: the shipped
-:class:`~worldserve.dynamics.model.WorldModel`, or a third-party model registered under the
+:class:`~worldserve.dynamics.models.transformer.WorldModel`, or a third-party model registered under the
 ``worldserve.dynamics_models`` entry-point group (see :mod:`worldserve.dynamics.registry`).
 
 Per-session model state is *opaque* to the engine: a KV cache (the shipped model keeps its

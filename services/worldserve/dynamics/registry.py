@@ -30,10 +30,10 @@ class ModelLoadError(RuntimeError):
 
 
 def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModel:
-    """The shipped architecture (:class:`~worldserve.dynamics.model.WorldModel`); ``path=None`` is a
+    """The shipped architecture (:class:`~worldserve.dynamics.models.transformer.WorldModel`); ``path=None`` is a
     random initialisation (seed 0) of the default config."""
-    from worldserve.dynamics.model import WorldModel
-    from worldserve.dynamics.model.world_model import CONFIG_FILE, WEIGHTS_FILE
+    from worldserve.dynamics.models.transformer import WorldModel
+    from worldserve.dynamics.models.transformer.world_model import CONFIG_FILE, WEIGHTS_FILE
 
     overrides = {"sample_steps": spec.sample_steps} if spec.sample_steps else None
     if path is None:
@@ -44,9 +44,9 @@ def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSp
 
 
 def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModel:
-    """The scroll-canvas model (:class:`~worldserve.dynamics.canvas.CanvasWorldModel`), deterministic
+    """The scroll-canvas model (:class:`~worldserve.dynamics.models.canvas.CanvasWorldModel`), deterministic
     and single-pass (``sample_steps`` does not apply); ``path=None`` is a random initialisation."""
-    from worldserve.dynamics.canvas.model import CONFIG_FILE, WEIGHTS_FILE, CanvasWorldModel
+    from worldserve.dynamics.models.canvas.model import CONFIG_FILE, WEIGHTS_FILE, CanvasWorldModel
 
     if path is None:
         return CanvasWorldModel.random(seed=0, device=device, dtype=dtype)

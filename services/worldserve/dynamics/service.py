@@ -1,7 +1,7 @@
 """The dynamics application: one thin gRPC ingress, one deployment per served model.
 
 - ``DynamicsService`` (the ingress, CPU only): authenticates, validates, converts protobufs to
-  typed requests (:mod:`worldserve.dynamics.types`), finds the session's model and delegates to
+  typed requests (:mod:`worldserve.dynamics.engine.types`), finds the session's model and delegates to
   that model's deployment through a deployment handle carrying the session id, so the
   consistent-hash router keeps a session on one replica of its model.
 - ``DynamicsModel-<name>`` (``ModelServer``, one deployment per entry of ``Config.models``): loads
@@ -30,8 +30,8 @@ from worldserve.common.errors import FailedPrecondition, InvalidArgument, NotFou
 from worldserve.common.metrics import ServiceMetrics
 from worldserve.common.quotas import QuotaEnforcer
 from worldserve.common.servicer import ServiceBase, rpc
-from worldserve.dynamics.types import Priority, StepOutput, StepRequest
-from worldserve.sessions.store import check_request_id, check_session_id
+from worldserve.dynamics.engine.types import Priority, StepOutput, StepRequest
+from worldserve.state.store import check_request_id, check_session_id
 from worldserve.v1 import common_pb2, dynamics_pb2 as pb
 
 log = logging.getLogger("worldserve.dynamics")
@@ -82,7 +82,7 @@ class ModelServer:
 
     def __init__(self, config: dict[str, Any] | None, model_name: str):
         from worldserve.dynamics.registry import load_model
-        from worldserve.sessions.store import SessionStore
+        from worldserve.state.store import SessionStore
 
         logging.getLogger("worldserve").setLevel(logging.INFO)
         self.config = Config.load(config)
@@ -108,7 +108,7 @@ class ModelServer:
     @property
     def engine(self):
         if self._engine is None:  # built inside the replica's event loop
-            from worldserve.dynamics.engine import Engine
+            from worldserve.dynamics.engine.core import Engine
 
             self._engine = Engine(self.model, self.store, self.config, self.metrics, model_name=self.spec.name,
                                   batch_invariant=self.batch_invariant)
@@ -222,7 +222,7 @@ class DynamicsService(ServiceBase):
     service = "dynamics"
 
     def __init__(self, config: dict[str, Any] | None, models: dict[str, Any]):
-        from worldserve.sessions.store import SessionStore
+        from worldserve.state.store import SessionStore
 
         super().__init__(config)
         self.handles = dict(models)  # model name -> DeploymentHandle of DynamicsModel-<name>

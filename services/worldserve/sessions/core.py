@@ -9,7 +9,7 @@ from worldserve.common.codec import PNG, decode_frame, encode_frame
 from worldserve.common.config import Config
 from worldserve.common.errors import InvalidArgument
 from worldserve.common.quotas import MAX_TTL_S, QuotaEnforcer, Quotas
-from worldserve.sessions.store import SessionRecord, SessionsFull, SessionStore
+from worldserve.state.store import SessionRecord, SessionsFull, SessionStore
 
 CATALOG_TTL_S = 30.0  # how long the served models' list is trusted
 

@@ -16,7 +16,7 @@ from worldserve.common.errors import NotFound
 from worldserve.common.quotas import QuotaEnforcer
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.sessions.core import SessionsCore
-from worldserve.sessions.store import SessionRecord, SessionStore
+from worldserve.state.store import SessionRecord, SessionStore
 from worldserve.v1 import common_pb2, sessions_pb2 as pb
 
 
@@ -63,7 +63,7 @@ class SessionService(ServiceBase):
 
     def _archive_forever(self) -> None:
         """The archiver, on its own event loop and Redis connections (it runs without requests)."""
-        from worldserve.sessions.archiver import ArchivePolicy, Archiver
+        from worldserve.state.archiver import ArchivePolicy, Archiver
 
         c = self.config
         policy = ArchivePolicy(chunk_steps=c.archive_chunk_steps, hot_window=c.hot_window_steps,

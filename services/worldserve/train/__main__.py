@@ -100,7 +100,7 @@ def canvas(
         True, help="Remember the world without the player (needs the player layer; the default model's)."),
 ) -> None:
     """Train the scroll-canvas dynamics model (kind scroll_canvas). The model folder lands in OUT/model."""
-    from worldserve.dynamics.canvas.model import CanvasConfig
+    from worldserve.dynamics.models.canvas.model import CanvasConfig
 
     torch.set_num_threads(threads)
     _train_canvas(out, scale, budget_min, device, stop_at, batch=batch, lr=lr, n_episodes=episodes,

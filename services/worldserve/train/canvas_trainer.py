@@ -1,4 +1,4 @@
-"""Training the scroll-canvas world model (:mod:`worldserve.dynamics.canvas`) on the platformer.
+"""Training the scroll-canvas world model (:mod:`worldserve.dynamics.models.canvas`) on the platformer.
 
     python -m worldserve.train canvas --out runs/canvas [--scale S] [--budget-min M] [--threads 2] [--init-from DIR]
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worldserve.dynamics.canvas.model import (CanvasConfig, CanvasNet, paste_sprites, quantize, save_net,
+from worldserve.dynamics.models.canvas.model import (CanvasConfig, CanvasNet, paste_sprites, quantize, save_net,
                                               sprite_cells, window_cols)
 from worldserve.worlds import Game, random_spec
 from worldserve.worlds.platformer import KEYS, random_actions, random_events
@@ -427,7 +427,7 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
     and attention uses SDPA (the Triton kernels are inference-only)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from worldserve.dynamics.model.attention import use_backend
+    from worldserve.dynamics.attention.backend import use_backend
 
     if tc.choice_loss not in ("canonical", "marginal"):
         raise ValueError(f"choice_loss must be 'canonical' or 'marginal', got {tc.choice_loss!r}")

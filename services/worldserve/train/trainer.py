@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from worldserve.dynamics.model import WorldModel, WorldModelConfig
+from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
 from worldserve.image.model import TinyTextToImage, TinyTextToImageConfig, tokenize
 
 from .data import TrajectoryData, caption_batch, make_trajectories, step_generator

@@ -47,7 +47,7 @@ from worldserve.common.codec import RAW
 from worldserve.common.errors import InvalidArgument, NotFound, Unauthenticated, status_of
 from worldserve.common.quotas import QuotaEnforcer
 from worldserve.common.servicer import ServiceBase
-from worldserve.dynamics.types import Priority, StepRequest
+from worldserve.dynamics.engine.types import Priority, StepRequest
 from worldserve.web.live import (
     CONTROLLER, FORMATS, MAX_MESSAGE_BYTES, SPECTATOR, ActionSpace, LiveClosed, LiveMetrics, LiveRoom, RateLimit,
     RelayRoom, parse_message,
@@ -135,7 +135,7 @@ class WebGateway(ServiceBase):
 
     def __init__(self, config: dict[str, Any] | None = None, sessions_app: str = "sessions",
                  dynamics_app: str = "dynamics"):
-        from worldserve.sessions.store import SessionStore
+        from worldserve.state.store import SessionStore
 
         super().__init__(config)
         self.store = SessionStore.from_config(self.config)

@@ -1,0 +1,712 @@
+"""World state in Redis. Redis holds the truth of a session's hot state; replica memory is only a
+cache, and the trajectory archive (worldserve.state.archive) holds its older steps.
+
+Keys (``<t>`` tenant, ``<sid>`` session id; the ``{<sid>}`` hash tag keeps a session's two keys in
+one Redis Cluster slot so its Lua scripts stay legal there):
+
+- ``ws:<t>:{<sid>}`` hash: the record (model, prompt, seed, step, parent_id, fork_step, created_at,
+  updated_at, ttl_s, width, height, version; ``archived``: the last step in the archive,
+  ``trimmed``: the last step Redis dropped).
+- ``ws:<t>:{<sid>}:log`` hash: ``a:<n>`` action (JSON) and ``z:<n>`` latent frame (packed array:
+  dtype/shape header + raw bytes, never pickle) of the steps after ``trimmed``, ``f:<n>`` encoded
+  frame (PNG) of the steps after ``archived``; ``r:<request id>`` -> n and ``q:<n>`` -> request id
+  for exactly-once retries. The model's context is the rolling window of its last latents.
+- ``ws:<t>:index`` sorted set: session ids by creation time (for ListSessions, and the tenant's
+  live-session count of the ``max_sessions`` quota: a create reserves its id here first, in one
+  script that checks the count, then writes the record).
+- ``ws:archive:due`` sorted set: sessions with a full chunk to archive (the archiver's queue).
+
+Every append is one Lua script: a compare-and-set on the step counter, so two racing Steps on one
+session never both land. With an archive, the archiver writes each full chunk of steps, then one
+script moves ``archived`` (compare-and-set) and drops the steps older than the hot window: per
+session, Redis holds the window and the unarchived tail, whatever the step count. Both session
+keys expire by the session's TTL, refreshed on every use. A fork copies only the parent's steps
+that Redis still holds (one script) and shares its archived chunks by reference.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
+
+import redis.asyncio as aioredis
+
+from worldserve.common.errors import (Conflict, DataLoss, FailedPrecondition, InvalidArgument, NotFound,
+                                     ResourceExhausted)
+
+CLUSTER_SCHEME = "redis+cluster://"  # redis_url of a Redis Cluster: redis+cluster://[:password@]host:port
+DELETIONS_CHANNEL = "ws:deleted"  # pub/sub: "<tenant>\n<sid>" of every deleted session
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SCHEMA_VERSION = 1
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+"""A client's idempotency key of a step (a Rollout's action i is recorded as "<id>/<i>")."""
+
+# KEYS: record, log. ARGV: expected step, action JSON, latent, frame PNG, time, request id ("" =
+# none), most steps not yet archived (0: no bound). Returns {new step, 0}, {-1, 0} (no session),
+# {-2, current step} (moved on), {-3, step} (this request id already landed as that step: nothing
+# written), or {-4, archived step} (the unarchived tail is full: nothing written).
+_APPEND = """
+local cur = redis.call('HGET', KEYS[1], 'step')
+if not cur then return {-1, 0} end
+cur = tonumber(cur)
+if ARGV[6] ~= '' then
+  local done = redis.call('HGET', KEYS[2], 'r:' .. ARGV[6])
+  if done then return {-3, tonumber(done)} end
+end
+if cur ~= tonumber(ARGV[1]) then return {-2, cur} end
+local n = cur + 1
+local bound = tonumber(ARGV[7])
+if bound > 0 then
+  local archived = tonumber(redis.call('HGET', KEYS[1], 'archived') or '-1')
+  if n - archived > bound then return {-4, archived} end
+end
+redis.call('HSET', KEYS[2], 'a:' .. n, ARGV[2], 'z:' .. n, ARGV[3], 'f:' .. n, ARGV[4])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[6], n, 'q:' .. n, ARGV[6]) end
+redis.call('HSET', KEYS[1], 'step', n, 'updated_at', ARGV[5])
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return {n, 0}
+"""
+
+# KEYS: log. ARGV: request id. Returns {step, frame PNG} of the step that request id landed as, or nil.
+_RECORDED = """
+local k = redis.call('HGET', KEYS[1], 'r:' .. ARGV[1])
+if not k then return nil end
+return {tonumber(k), redis.call('HGET', KEYS[1], 'f:' .. k)}
+"""
+
+
+# KEYS: the tenant's index. ARGV: session id, time, limit (0: none). Returns the index's size
+# with the new id (reserved) or 0 (full: nothing written).
+_RESERVE = """
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# KEYS: record, log. ARGV: the archived step this trim expects, the newly archived step, hot window
+# (steps), request ids kept (steps). Moves ``archived`` on, then drops what Redis no longer needs:
+# the frames of the newly archived steps, the action and latent of archived steps older than the
+# hot window (a prefill's context), and the request ids of steps older than the kept ones. Returns the new archived step, -1 (no session) or -2 (another
+# archiver moved it first: nothing changed).
+_TRIM = """
+local cur = redis.call('HGET', KEYS[1], 'step')
+if not cur then return -1 end
+cur = tonumber(cur)
+local archived = tonumber(redis.call('HGET', KEYS[1], 'archived') or '-1')
+if archived ~= tonumber(ARGV[1]) then return -2 end
+local new = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'archived', new)
+for n = archived + 1, new do redis.call('HDEL', KEYS[2], 'f:' .. n) end
+local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '-1')
+local upto = math.min(new, cur - tonumber(ARGV[3]))
+for n = trimmed + 1, upto do
+  redis.call('HDEL', KEYS[2], 'a:' .. n, 'z:' .. n, 'f:' .. n)
+end
+if upto > trimmed then redis.call('HSET', KEYS[1], 'trimmed', upto) end
+local rupto = cur - tonumber(ARGV[4])
+local rtrim = tonumber(redis.call('HGET', KEYS[1], 'rid_trimmed') or '-1')
+for n = rtrim + 1, rupto do
+  local rid = redis.call('HGET', KEYS[2], 'q:' .. n)
+  if rid then redis.call('HDEL', KEYS[2], 'r:' .. rid, 'q:' .. n) end
+end
+if rupto > rtrim then redis.call('HSET', KEYS[1], 'rid_trimmed', rupto) end
+return new
+"""
+
+# KEYS: the archive's due set. ARGV: now, lease (s), most to claim. Claims due sessions: each is
+# pushed ``lease`` seconds ahead (an archiver that dies mid-chunk leaves it to the next one).
+_CLAIM = """
+local got = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(got) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), m) end
+return got
+"""
+ARCHIVE_DUE = "ws:archive:due"  # sorted set: "<tenant>\n<sid>" of sessions with a full chunk to archive
+
+INDEX_GRACE_S = 60.0
+"""An index entry without a record is dropped only when older than this: a younger one is a
+create in progress (reserved, record not yet written)."""
+
+
+class SessionsFull(Exception):
+    """The tenant's index holds ``max_sessions`` live sessions; ``soonest_s``: seconds until the
+    soonest of them expires (None: unknown)."""
+
+    def __init__(self, live: int, soonest_s: float | None):
+        super().__init__(f"{live} live sessions")
+        self.live = live
+        self.soonest_s = soonest_s
+
+
+class AlreadyApplied(Exception):
+    """A step's request id had already landed (a retry raced its original): nothing was written."""
+
+    def __init__(self, step: int):
+        super().__init__(f"already applied as step {step}")
+        self.step = step
+
+
+def check_request_id(rid: str) -> str:
+    if rid and not REQUEST_ID_RE.match(rid):
+        raise InvalidArgument(f"request_id {rid[:80]!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
+    return rid
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session_id: str
+    tenant: str
+    model: str
+    prompt: str
+    seed: int
+    step: int
+    parent_id: str
+    fork_step: int
+    created_at: float
+    updated_at: float
+    ttl_s: int
+    width: int
+    height: int
+    version: int = SCHEMA_VERSION
+    archived: int = -1
+    """The last step in the archive (-1: none); steps after it are only in Redis."""
+    trimmed: int = -1
+    """The last step whose action, latent and frame Redis dropped (archived before)."""
+
+    @classmethod
+    def from_redis(cls, tenant: str, sid: str, h: dict[bytes, bytes]) -> "SessionRecord":
+        g = {k.decode(): v.decode() for k, v in h.items()}
+        return cls(
+            session_id=sid,
+            tenant=tenant,
+            model=g.get("model", ""),
+            prompt=g.get("prompt", ""),
+            seed=int(g.get("seed", 0)),
+            step=int(g.get("step", 0)),
+            parent_id=g.get("parent_id", ""),
+            fork_step=int(g.get("fork_step", 0)),
+            created_at=float(g.get("created_at", 0)),
+            updated_at=float(g.get("updated_at", 0)),
+            ttl_s=int(g.get("ttl_s", 0)),
+            width=int(g.get("width", 0)),
+            height=int(g.get("height", 0)),
+            version=int(g.get("version", SCHEMA_VERSION)),
+            archived=int(g.get("archived", -1)),
+            trimmed=int(g.get("trimmed", -1)),
+        )
+
+    def fields(self) -> dict[str, str]:
+        d = asdict(self)
+        d.pop("session_id")
+        d.pop("tenant")
+        return {k: str(v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    step: int
+    action: dict | None  # None for step 0
+    latent: bytes | None  # packed array; None until the dynamics service encoded it
+    frame: bytes | None  # PNG
+
+
+def check_session_id(sid: str) -> str:
+    if not SESSION_ID_RE.match(sid or ""):
+        raise InvalidArgument(f"invalid session_id {sid[:80]!r}: 1-64 of A-Z a-z 0-9 _ -")
+    return sid
+
+
+def new_session_id() -> str:
+    return "s_" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
+
+
+class SessionStore:
+    """Async access to sessions; knows nothing of gRPC. Errors are worldserve errors."""
+
+    def __init__(self, r: aioredis.Redis, *, default_ttl_s: int = 24 * 3600, observe=None, archive=None,
+                 max_tail: int = 0):
+        self.r = r
+        self.default_ttl_s = default_ttl_s
+        self._observe = observe  # callable(op, seconds) for the Redis latency histogram
+        self.archive = archive  # worldserve.state.archive.Archive, or None: everything stays in Redis
+        self.max_tail = max_tail if archive is not None else 0  # most unarchived steps (0: no bound)
+        self._trim = r.register_script(_TRIM)
+        self._claim = r.register_script(_CLAIM)
+        self._append = r.register_script(_APPEND)
+        self._recorded = r.register_script(_RECORDED)
+        self._reserve = r.register_script(_RESERVE)
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout_s: float = 5.0, default_ttl_s: int = 24 * 3600, observe=None,
+                 archive=None, max_tail: int = 0) -> "SessionStore":
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        # A pooled connection broken by a Redis restart fails its next command before sending it:
+        # that command is retried on a fresh connection (not timeouts: a stalled Redis must answer
+        # UNAVAILABLE within redis_timeout_s, and a command that timed out may have run).
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3, supported_errors=(RedisConnectionError,))
+        if url.startswith(CLUSTER_SCHEME):  # a Redis Cluster: any node's address
+            from redis.asyncio.cluster import RedisCluster
+
+            node = url.removeprefix(CLUSTER_SCHEME).split("/", 1)[0]
+            r = RedisCluster.from_url(f"redis://{node}", socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                      retry=retry)
+        else:
+            r = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                        health_check_interval=30, retry=retry)
+        return cls(r, default_ttl_s=default_ttl_s, observe=observe, archive=archive, max_tail=max_tail)
+
+    @classmethod
+    def from_config(cls, config, observe=None) -> "SessionStore":
+        """The store a service uses: ``config``'s Redis, timeouts, TTL and archive."""
+        archive = None
+        if config.archive_url:
+            from worldserve.state.archive import Archive
+
+            archive = Archive.from_url(config.archive_url, config.archive_options)
+        return cls.from_url(config.redis_url, timeout_s=config.redis_timeout_s, default_ttl_s=config.session_ttl_s,
+                            observe=observe, archive=archive, max_tail=config.archive_max_tail_steps)
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    # -- keys -------------------------------------------------------------------------------------
+    @staticmethod
+    def _rec(t: str, sid: str) -> str:
+        return f"ws:{t}:{{{sid}}}"
+
+    @staticmethod
+    def _log(t: str, sid: str) -> str:
+        return f"ws:{t}:{{{sid}}}:log"
+
+    @staticmethod
+    def _index(t: str) -> str:
+        return f"ws:{t}:index"
+
+    def _timed(self, op: str, t0: float) -> None:
+        if self._observe is not None:
+            self._observe(op, time.perf_counter() - t0)
+
+    # -- operations -------------------------------------------------------------------------------
+    async def create(
+        self,
+        tenant: str,
+        *,
+        model: str,
+        prompt: str,
+        seed: int,
+        width: int,
+        height: int,
+        first_frame: bytes,
+        first_latent: bytes | None = None,
+        ttl_s: int | None = None,
+        session_id: str | None = None,
+    ) -> SessionRecord:
+        t0 = time.perf_counter()
+        now = time.time()
+        rec = SessionRecord(
+            session_id=session_id or new_session_id(),
+            tenant=tenant,
+            model=model,
+            prompt=prompt,
+            seed=int(seed),
+            step=0,
+            parent_id="",
+            fork_step=0,
+            created_at=now,
+            updated_at=now,
+            ttl_s=int(ttl_s or self.default_ttl_s),
+            width=width,
+            height=height,
+        )
+        log = {"f:0": first_frame}
+        if first_latent is not None:
+            log["z:0"] = first_latent
+        async with self.r.pipeline(transaction=True) as p:  # one slot: the session's two keys
+            p.hset(self._log(tenant, rec.session_id), mapping=log)
+            p.hset(self._rec(tenant, rec.session_id), mapping=rec.fields())
+            p.expire(self._log(tenant, rec.session_id), rec.ttl_s)
+            p.expire(self._rec(tenant, rec.session_id), rec.ttl_s)
+            await p.execute()
+        await self.r.zadd(self._index(tenant), {rec.session_id: now})  # another slot: its own command
+        self._timed("create", t0)
+        return rec
+
+    async def reserve(self, tenant: str, max_sessions: int = 0) -> tuple[str, int]:
+        """Reserve a new session id in the tenant's index; the record follows (``create`` or
+        ``fork`` with ``session_id``), or ``release`` on failure. With ``max_sessions`` > 0 the
+        index must hold fewer: when full, entries of expired or deleted sessions are pruned and
+        the reservation tried once more; then :class:`SessionsFull`. Returns the id and the
+        tenant's session count with it."""
+        sid = new_session_id()
+        t0 = time.perf_counter()
+        try:
+            n = await self._reserve(keys=[self._index(tenant)], args=[sid, repr(time.time()), max_sessions])
+            if n:
+                return sid, int(n)
+            live, soonest = await self._prune(tenant)
+            n = await self._reserve(keys=[self._index(tenant)], args=[sid, repr(time.time()), max_sessions])
+            if n:
+                return sid, int(n)
+            raise SessionsFull(live, soonest)
+        finally:
+            self._timed("reserve", t0)
+
+    async def release(self, tenant: str, sid: str) -> None:
+        """Drop a reservation whose create failed (best effort: a left-over one is pruned later)."""
+        try:
+            await self.r.zrem(self._index(tenant), sid)
+        except Exception:  # noqa: BLE001 - Redis away: pruned by the next count
+            pass
+
+    async def _prune(self, tenant: str) -> tuple[int, float | None]:
+        """Drop index entries whose session is gone (older than ``INDEX_GRACE_S``); returns the live
+        count and the seconds until the soonest live session expires (None: unknown)."""
+        rows = await self.r.zrange(self._index(tenant), 0, -1, withscores=True)
+        async with self.r.pipeline(transaction=False) as p:
+            for m, _ in rows:
+                p.pttl(self._rec(tenant, m.decode()))
+            ttls = await p.execute()
+        now = time.time()
+        gone = [m for (m, sc), t in zip(rows, ttls) if t == -2 and sc < now - INDEX_GRACE_S]
+        if gone:
+            await self.r.zrem(self._index(tenant), *gone)
+        live = [t for t in ttls if t != -2]
+        soonest = min((t for t in live if t > 0), default=None)
+        return len(rows) - len(gone), (None if soonest is None else soonest / 1000.0)
+
+    async def models_of(self, tenant: str, sids: Sequence[str]) -> list[str | None]:
+        """The model each session is bound to (None: no such session), in one round trip.
+        ``sids`` must be valid session ids."""
+        if not sids:
+            return []
+        t0 = time.perf_counter()
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hget(self._rec(tenant, sid), "model")
+            vals = await p.execute()
+        self._timed("models_of", t0)
+        return [None if v is None else v.decode() for v in vals]
+
+    async def get(self, tenant: str, sid: str, *, touch: bool = True) -> SessionRecord:
+        return (await self._get(tenant, sid, touch, ""))[0]
+
+    async def get_for_step(self, tenant: str, sid: str, request_id: str) -> tuple[SessionRecord, int | None]:
+        """The record (touched) and, for a non-empty ``request_id``, the step it already landed as
+        (None: not yet) -- one round trip, as ``get`` alone."""
+        return await self._get(tenant, sid, True, request_id)
+
+    async def _get(self, tenant: str, sid: str, touch: bool, request_id: str) -> tuple[SessionRecord, int | None]:
+        check_session_id(sid)
+        t0 = time.perf_counter()
+        async with self.r.pipeline(transaction=False) as p:
+            p.hgetall(self._rec(tenant, sid))
+            if touch:
+                p.ttl(self._rec(tenant, sid))
+            if request_id:
+                p.hget(self._log(tenant, sid), f"r:{request_id}")
+            res = await p.execute()
+        h = res[0]
+        if not h:
+            self._timed("get", t0)
+            raise NotFound(f"session {sid!r} not found")
+        rec = SessionRecord.from_redis(tenant, sid, h)
+        if touch:  # refresh on use; skip the write when the TTL is still nearly full
+            if res[1] < 0.9 * rec.ttl_s:
+                async with self.r.pipeline(transaction=False) as p:
+                    p.expire(self._rec(tenant, sid), rec.ttl_s)
+                    p.expire(self._log(tenant, sid), rec.ttl_s)
+                    await p.execute()
+        self._timed("get", t0)
+        return rec, (int(res[-1]) if request_id and res[-1] is not None else None)
+
+    async def list(self, tenant: str, *, page_size: int = 100, page_token: str = "") -> tuple[list[SessionRecord], str]:
+        if not (0 <= page_size <= 1000):
+            raise InvalidArgument(f"page_size={page_size} is out of range [1, 1000]")
+        page_size = page_size or 100
+        max_score: str = "+inf"
+        after_sid = None
+        if page_token:
+            bad = InvalidArgument(f"invalid page_token {page_token[:80]!r}: pass the next_page_token of a ListSessions")
+            try:
+                score_s, after_sid = base64.urlsafe_b64decode(page_token.encode()).decode().split("|", 1)
+                score = float(score_s)
+                check_session_id(after_sid)
+            except Exception:  # noqa: BLE001 - not base64, not UTF-8, no separator, not a number, not an id
+                raise bad from None
+            if not math.isfinite(score):
+                raise bad
+            max_score = repr(score)
+        t0 = time.perf_counter()
+        out: list[SessionRecord] = []
+        scores: list[float] = []
+        offset = 0
+        while len(out) <= page_size:  # one more than a page tells whether a next page exists
+            rows = await self.r.zrevrangebyscore(
+                self._index(tenant), max_score, "-inf", start=offset, num=page_size + 8, withscores=True
+            )
+            if not rows:
+                break
+            offset += len(rows)
+            if after_sid is not None:  # ties on the token's score come in descending id order
+                rows = [(m, s) for m, s in rows if not (repr(s) == max_score and m.decode() >= after_sid)]
+            async with self.r.pipeline(transaction=False) as p:
+                for m, _ in rows:
+                    p.hgetall(self._rec(tenant, m.decode()))
+                hs = await p.execute()
+            gone = []
+            for (m, sc), h in zip(rows, hs):
+                if not h:
+                    if sc < time.time() - INDEX_GRACE_S:  # expired by TTL: drop from the index lazily
+                        gone.append(m.decode())
+                elif len(out) <= page_size:
+                    out.append(SessionRecord.from_redis(tenant, m.decode(), h))
+                    scores.append(sc)
+            if gone:
+                await self.r.zrem(self._index(tenant), *gone)
+        self._timed("list", t0)
+        token = ""
+        if len(out) > page_size:
+            out = out[:page_size]
+            token = base64.urlsafe_b64encode(f"{scores[page_size - 1]!r}|{out[-1].session_id}".encode()).decode()
+        return out, token
+
+    async def delete(self, tenant: str, sid: str) -> bool:
+        check_session_id(sid)
+        t0 = time.perf_counter()
+        async with self.r.pipeline(transaction=True) as p:  # one slot: the session's two keys
+            p.delete(self._rec(tenant, sid))
+            p.delete(self._log(tenant, sid))
+            n, _ = await p.execute()
+        await self.r.zrem(self._index(tenant), sid)
+        self._timed("delete", t0)
+        if n > 0:  # every dynamics replica drops the session's cached model state
+            await self.r.publish(DELETIONS_CHANNEL, f"{tenant}\n{sid}")
+            if self.archive is not None:
+                await self.archive.delete_session(tenant, sid)
+        return n > 0
+
+    async def deletions(self) -> AsyncIterator[tuple[str, str]]:
+        """(tenant, session id) of every session deleted from now on, cluster-wide, while subscribed
+        (pub/sub: a replica that is away misses deletions; its cache bound and the step check
+        against Redis cover that)."""
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(DELETIONS_CHANNEL)
+            while True:
+                msg = await pubsub.get_message(timeout=1.0)
+                if msg is None or msg.get("type") != "message":
+                    continue
+                tenant, _, sid = msg["data"].decode().partition("\n")
+                yield tenant, sid
+        finally:
+            await pubsub.aclose()
+
+    async def fork(self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None,
+                   session_id: str | None = None) -> SessionRecord:
+        """A child session at ``step`` (default: the parent's current step); ``session_id``: its
+        id reserved by ``reserve`` (default: a new one). The child gets a copy of the parent's
+        steps that Redis still holds (after its trimmed ones) and, with an archive, shares its
+        archived chunks: the cost is the hot window and tail, not the history. The parent and the
+        child live in different Redis Cluster slots: the copy goes through this client, checked
+        against a trim that may run meanwhile."""
+        parent = await self.get(tenant, sid, touch=False)
+        if step is not None and step > parent.step:
+            raise InvalidArgument(f"fork step {step} is beyond the session's current step {parent.step}")
+        child_id = session_id or new_session_id()
+        t0 = time.perf_counter()
+        for _ in range(8):
+            at = parent.step if step is None else step
+            first = max(0, parent.trimmed + 1)
+            names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "f")]
+            vals = await self.r.hmget(self._log(tenant, sid), names) if names else []
+            entries = {k: v for k, v in zip(names, vals) if v is not None}
+            fresh = await self.get(tenant, sid, touch=True)  # NotFound if deleted meanwhile; refreshes its TTL
+            if fresh.trimmed == parent.trimmed:
+                break
+            parent = fresh  # an archiver trimmed meanwhile: read again
+        else:
+            raise Conflict(f"session {sid!r} was being archived; the fork was not made, retry")
+        missing = [n for n in range(max(first, parent.archived + 1), at + 1) if f"f:{n}" not in entries]
+        if missing:
+            raise DataLoss(f"session {sid!r}: steps {missing[0]}-{missing[-1]} are missing from Redis")
+        now = time.time()
+        fields = {
+            "model": parent.model, "prompt": parent.prompt, "seed": str(parent.seed if seed is None else int(seed)),
+            "step": str(at), "parent_id": sid, "fork_step": str(at), "created_at": str(now), "updated_at": str(now),
+            "ttl_s": str(parent.ttl_s), "width": str(parent.width), "height": str(parent.height),
+            "version": str(SCHEMA_VERSION),
+        }
+        if self.archive is not None:  # the child's archived history: the parent's chunks, shared
+            upto = min(at, parent.archived)
+            await self.archive.share(tenant, sid, child_id, upto)
+            fields.update(archived=str(upto), trimmed=str(min(parent.trimmed, at)))
+        async with self.r.pipeline(transaction=True) as p:  # one slot: the child's two keys
+            if entries:
+                p.hset(self._log(tenant, child_id), mapping=entries)
+            p.hset(self._rec(tenant, child_id), mapping=fields)
+            p.expire(self._rec(tenant, child_id), parent.ttl_s)
+            p.expire(self._log(tenant, child_id), parent.ttl_s)
+            await p.execute()
+        await self.r.zadd(self._index(tenant), {child_id: now})
+        self._timed("fork", t0)
+        return await self.get(tenant, child_id, touch=False)
+
+    async def append(
+        self, tenant: str, sid: str, *, expected_step: int, action: dict, latent: bytes, frame: bytes,
+        request_id: str = "",
+    ) -> int:
+        """Compare-and-set append of step ``expected_step + 1``; returns the new step. A non-empty
+        ``request_id`` is recorded with the step, in the same script.
+
+        Raises NotFound when the session is gone, Conflict when another write moved it first,
+        AlreadyApplied when ``request_id`` had already landed (nothing written).
+        """
+        t0 = time.perf_counter()
+        n, cur = await self._append(
+            keys=[self._rec(tenant, sid), self._log(tenant, sid)],
+            args=[expected_step, json.dumps(action, separators=(",", ":"), sort_keys=True), latent, frame,
+                  repr(time.time()), request_id, self.max_tail],
+        )
+        self._timed("append", t0)
+        if n == -1:
+            raise NotFound(f"session {sid!r} not found")
+        if n == -4:
+            raise ResourceExhausted(
+                f"session {sid!r} has {expected_step + 1 - int(cur)} steps not yet archived (the limit): the "
+                "archive is unreachable or behind; this step was not applied, retry later", retry_after_s=1.0)
+        if n == -3:
+            raise AlreadyApplied(int(cur))
+        if n == -2:
+            raise Conflict(
+                f"session {sid!r} moved to step {cur} while this step (from {expected_step}) was computed; it was not applied"
+            )
+        return int(n)
+
+    async def recorded(self, tenant: str, sid: str, request_id: str) -> tuple[int, bytes] | None:
+        """(step, frame PNG) of the step ``request_id`` landed as in this session, or None."""
+        t0 = time.perf_counter()
+        hit = await self._recorded(keys=[self._log(tenant, sid)], args=[request_id])
+        self._timed("recorded", t0)
+        if hit is None:
+            return None
+        step, frame = int(hit[0]), hit[1]
+        if frame is None and self.archive is not None:  # trimmed from Redis: the archive has it
+            frame = (await self.archive.read(tenant, sid, step, step))[0].frame
+        return step, frame
+
+    async def check_step(self, rec: SessionRecord, expected_step: int | None) -> None:
+        if expected_step is not None and expected_step != rec.step:
+            raise FailedPrecondition(f"session {rec.session_id!r} is at step {rec.step}, not the expected step {expected_step}")
+
+    async def window(self, tenant: str, sid: str, *, end_step: int, frames: int) -> list[LogEntry]:
+        """The last ``frames`` log entries up to ``end_step`` (latents and actions, no frames)."""
+        start = max(0, end_step - frames + 1)
+        steps = list(range(start, end_step + 1))
+        names: list[str] = []
+        for n in steps:
+            names += [f"a:{n}", f"z:{n}"]
+        t0 = time.perf_counter()
+        vals = await self.r.hmget(self._log(tenant, sid), names)
+        self._timed("window", t0)
+        out = []
+        for i, n in enumerate(steps):
+            a, z = vals[2 * i], vals[2 * i + 1]
+            out.append(LogEntry(n, json.loads(a) if a else None, z, None))
+        return out
+
+    async def first_frame(self, tenant: str, sid: str) -> bytes:
+        v = await self.r.hget(self._log(tenant, sid), "f:0")
+        if v is None:
+            raise NotFound(f"session {sid!r} not found")
+        return v
+
+    async def set_latent_if_absent(self, tenant: str, sid: str, step: int, latent: bytes) -> None:
+        await self.r.hsetnx(self._log(tenant, sid), f"z:{step}", latent)
+
+    async def export(
+        self, tenant: str, sid: str, *, from_step: int = 0, to_step: int | None = None, frames: bool = True, chunk: int = 32
+    ) -> AsyncIterator[LogEntry]:
+        """Stream a trajectory in chunks (bounded memory for long sessions): the archived steps from
+        the archive (DATA_LOSS for a missing or corrupt chunk), then the rest from Redis."""
+        rec = await self.get(tenant, sid)
+        end = rec.step if to_step is None else min(to_step, rec.step)
+        archived = rec.archived if self.archive is not None else -1
+        n = from_step
+        while n <= end:
+            if n <= archived:  # the archived steps, from the archive
+                last = min(end, archived)
+                async for e in self.archive.steps(tenant, sid, n, last):  # type: ignore[union-attr]
+                    yield LogEntry(e.step, e.action, None, e.frame if frames else None)
+                n = last + 1
+                continue
+            steps = list(range(n, min(n + chunk, end + 1)))
+            names: list[str] = []
+            for m in steps:
+                names += [f"a:{m}", f"f:{m}"] if frames else [f"a:{m}"]
+            vals = await self.r.hmget(self._log(tenant, sid), names)
+            k = 2 if frames else 1
+            for i, m in enumerate(steps):
+                a = vals[k * i]
+                f = vals[k * i + 1] if frames else None
+                if (m > 0 and a is None) or (frames and f is None):
+                    fresh = await self.get(tenant, sid, touch=False)  # NotFound when deleted meanwhile
+                    if self.archive is not None and fresh.archived >= m:  # archived and trimmed meanwhile
+                        archived = fresh.archived
+                        break
+                    raise NotFound(f"session {sid!r} was deleted during export")
+                yield LogEntry(m, json.loads(a) if a else None, None, f)
+                n = m + 1
+
+    # -- the archive's side -----------------------------------------------------------------------
+    async def mark_due(self, tenant: str, sid: str) -> None:
+        """The session has a full chunk to archive."""
+        await self.r.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time()}, nx=True)
+
+    async def claim_due(self, n: int, lease_s: float) -> list[tuple[str, str]]:
+        got = await self._claim(keys=[ARCHIVE_DUE], args=[repr(time.time()), repr(lease_s), n])
+        return [tuple(m.decode().split("\n", 1)) for m in got]  # type: ignore[misc]
+
+    async def done_due(self, tenant: str, sid: str) -> None:
+        await self.r.zrem(ARCHIVE_DUE, f"{tenant}\n{sid}")
+
+    async def log_entries(self, tenant: str, sid: str, first: int, last: int, *, latents: bool = True) -> list:
+        """Steps ``first`` .. ``last`` from Redis as ArchivedStep, or None where a part is missing."""
+        from worldserve.state.archive import ArchivedStep
+
+        names: list[str] = []
+        for m in range(first, last + 1):
+            names += [f"a:{m}", f"f:{m}", f"z:{m}"]
+        vals = await self.r.hmget(self._log(tenant, sid), names)
+        out = []
+        for i, m in enumerate(range(first, last + 1)):
+            a, f, z = vals[3 * i: 3 * i + 3]
+            if f is None or (m > 0 and a is None):
+                out.append(None)
+            else:
+                out.append(ArchivedStep(m, json.loads(a) if a else None, f, z if latents else None))
+        return out
+
+    async def trim(self, tenant: str, sid: str, *, expected: int, archived: int, window: int, rid_keep: int) -> int:
+        """Record ``archived`` (compare-and-set on the previous value) and drop what Redis no longer
+        needs; returns the new archived step, -1 (no session) or -2 (moved by someone else)."""
+        t0 = time.perf_counter()
+        n = await self._trim(keys=[self._rec(tenant, sid), self._log(tenant, sid)],
+                             args=[expected, archived, window, rid_keep])
+        self._timed("trim", t0)
+        return int(n)
+
+
+def action_to_dict(keys: Sequence[str], mouse: dict[str, float]) -> dict:
+    return {"keys": sorted(keys), "mouse": {k: float(v) for k, v in sorted(mouse.items())}}
