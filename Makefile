@@ -26,6 +26,10 @@ down:
 # Every test: unit, model, kernels (Triton interpreter), end to end (local Ray, gRPC on loopback).
 test: install-dev
 	$(PY) scripts/gen_protos.py --check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	lint-imports
 	$(NETNS) $(PY) -m pytest -q -p no:warnings
 
 test-unit: install-dev

@@ -91,8 +91,19 @@ def model_alone_concurrent(n: int, duration_s: float, threads: int, overrides: d
     g = float(i.default_guidance)
 
     def batch() -> None:
-        jobs = [Job(StepRequest(tenant="bench", session_id=f"s{k}"), ("bench", f"s{k}"), m.state_step(s), k, vec, g,
-                    event="", state=s) for k, s in enumerate(states)]
+        jobs = [
+            Job(
+                StepRequest(tenant="bench", session_id=f"s{k}"),
+                ("bench", f"s{k}"),
+                m.state_step(s),
+                k,
+                vec,
+                g,
+                event="",
+                state=s,
+            )
+            for k, s in enumerate(states)
+        ]
         runner.run(jobs)
         for j in jobs:
             if j.error is not None:
@@ -121,7 +132,7 @@ def closed_loop(client, sids: list[str], duration_s: float) -> tuple[int, list[f
             t0 = time.perf_counter()
             try:
                 client.step(sid, ["right"])
-            except Exception:  # noqa: BLE001 - counted
+            except Exception:
                 with lock:
                     errors[0] += 1
                 continue
@@ -143,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trivial", type=int, default=200, help="trivial RPCs for their p50")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch threads in the replica and the model-alone run")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    ap.add_argument("--app-args", type=json.loads, default={},
-                    help='Config overrides for every app as JSON, e.g. \'{"batch_invariant": "off"}\' or other models')
+    ap.add_argument(
+        "--app-args",
+        type=json.loads,
+        default={},
+        help='Config overrides for every app as JSON, e.g. \'{"batch_invariant": "off"}\' or other models',
+    )
     ns = ap.parse_args(argv)
 
     from rich.console import Console
@@ -161,14 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     from worldserve.client import WorldClient
     from worldserve.local import local_cluster
 
-    with console.status("benchmark on a local cluster ..."), local_cluster(
-        tenants=("bench",),
-        app_args={**ns.app_args, "torch_threads": ns.torch_threads},
-        deployment_overrides={
-            f"DynamicsModel-{name}": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}}
-            for name in alone
-        },
-    ) as cluster:
+    with (
+        console.status("benchmark on a local cluster ..."),
+        local_cluster(
+            tenants=("bench",),
+            app_args={**ns.app_args, "torch_threads": ns.torch_threads},
+            deployment_overrides={
+                f"DynamicsModel-{name}": {
+                    "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
+                }
+                for name in alone
+            },
+        ) as cluster,
+    ):
         client = WorldClient(cluster.target, cluster.keys["bench"], timeout_s=120)
         for _ in range(5):
             client.model_info()
@@ -192,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         nn, lat_n, en = closed_loop(client, sids, ns.duration_s)
         tiers = {}
         for name in list(alone)[1:]:  # every other served model: N sessions, closed loop
-            tsids = [client.create_session(prompt=f"bench world {i}", seed=i, model=name).session_id
-                     for i in range(ns.sessions)]
+            tsids = [
+                client.create_session(prompt=f"bench world {i}", seed=i, model=name).session_id
+                for i in range(ns.sessions)
+            ]
             for s_ in tsids:
                 client.step(s_, ["right"])
             console.print(f"closed loop: {ns.sessions} sessions of {name} for {ns.duration_s:.0f} s ...")
@@ -201,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             tiers[name] = (nt, et)
         client.close()
 
-    ms = lambda s: s * 1000  # noqa: E731
+    ms = lambda s: s * 1000
     fig = {
         "model_step_p50_ms": ms(statistics.median(model_s)),
         "trivial_rpc_p50_ms": ms(statistics.median(trivial)),
@@ -220,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         fig[f"steps_per_s_{ns.sessions}[{name}]"] = nt / ns.duration_s
     budget = fig["trivial_rpc_p50_ms"] + fig["model_step_p50_ms"] + 3.0
     ratio = fig[f"steps_per_s_{ns.sessions}"] / max(alone_n, 1e-9)
-    fig.update(step_budget_ms=budget, overhead_ms=fig["step_p50_ms"] - fig["trivial_rpc_p50_ms"] - fig["model_step_p50_ms"],
-               served_vs_alone=ratio)
+    fig.update(
+        step_budget_ms=budget,
+        overhead_ms=fig["step_p50_ms"] - fig["trivial_rpc_p50_ms"] - fig["model_step_p50_ms"],
+        served_vs_alone=ratio,
+    )
     t = Table(title="worldserve serving benchmark")
     t.add_column("figure")
     t.add_column("value", justify="right")
@@ -234,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Step p50 {fig['step_p50_ms']:.1f} ms vs budget {budget:.1f} ms (trivial + model + 3): "
         + ("[green]met[/]" if ok_latency else "[red]missed[/]")
     )
-    console.print(f"{ns.sessions} sessions: served / model alone steps/s = {ratio:.0%} (target 90%): "
-                  + ("[green]met[/]" if ok_batch else "[red]missed[/]"))
+    console.print(
+        f"{ns.sessions} sessions: served / model alone steps/s = {ratio:.0%} (target 90%): "
+        + ("[green]met[/]" if ok_batch else "[red]missed[/]")
+    )
     if ns.json:
         ns.json.write_text(json.dumps(fig, indent=2))
     return 0 if ok_latency and ok_batch else 1

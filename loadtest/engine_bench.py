@@ -65,11 +65,33 @@ CPU_FLOPS_PER_CORE = 2.5e9 * 32  # nominal: 2.5 GHz x two 8-lane fp32 FMA units
 KERNEL_TOL = {"bfloat16": (2e-2, 2e-2), "float16": (2e-3, 2e-3), "float32": (2e-5, 2e-5)}
 
 # The large configuration: same architecture, ~460M parameters, 640x360 frames -> 80x45 = 3600 tokens.
-LARGE_CONFIG = dict(frame_height=360, frame_width=640, downsample=8, latent_channels=16, dim=1536, n_heads=12,
-                    n_layers=16, context_frames=16, sample_steps=4, guidance=2.0)
+LARGE_CONFIG = dict(
+    frame_height=360,
+    frame_width=640,
+    downsample=8,
+    latent_channels=16,
+    dim=1536,
+    n_heads=12,
+    n_layers=16,
+    context_frames=16,
+    sample_steps=4,
+    guidance=2.0,
+)
 # --quick stand-in of the large configuration (CPU smoke test): the same code path, tiny sizes.
-LARGE_QUICK_CONFIG = dict(frame_height=32, frame_width=64, downsample=8, latent_channels=8, dim=128, n_heads=2,
-                          n_layers=2, context_frames=8, sample_steps=2, guidance=2.0, ae_channels=8, event_dim=0)
+LARGE_QUICK_CONFIG = dict(
+    frame_height=32,
+    frame_width=64,
+    downsample=8,
+    latent_channels=8,
+    dim=128,
+    n_heads=2,
+    n_layers=2,
+    context_frames=8,
+    sample_steps=2,
+    guidance=2.0,
+    ae_channels=8,
+    event_dim=0,
+)
 
 
 def log(msg: str = "") -> None:
@@ -172,11 +194,15 @@ def _kernel_shapes(quick_cpu: bool) -> list[tuple[str, dict]]:
         path = model_path("shipped:transformer", "dynamics")
         data = json.loads(open(os.path.join(path, "config.json")).read()) if path else {}
         default = WorldModelConfig.from_dict(data)
-    except Exception:  # noqa: BLE001 - no shipped config: the code defaults (same shapes)
+    except Exception:
         default = WorldModelConfig()
     for label, cfg in (("default", default), ("large", WorldModelConfig(**LARGE_CONFIG))):
-        shapes.append((f"{label} (F={cfg.frame_tokens} D={cfg.head_dim} H={cfg.n_heads} ctx={cfg.context_frames})",
-                       dict(F=cfg.frame_tokens, D=cfg.head_dim, H=cfg.n_heads, C=cfg.context_frames)))
+        shapes.append(
+            (
+                f"{label} (F={cfg.frame_tokens} D={cfg.head_dim} H={cfg.n_heads} ctx={cfg.context_frames})",
+                dict(F=cfg.frame_tokens, D=cfg.head_dim, H=cfg.n_heads, C=cfg.context_frames),
+            )
+        )
     return shapes
 
 
@@ -187,8 +213,10 @@ def _compare(name: str, got, ref_lp, ref32, tol: tuple[float, float]) -> tuple[b
     ok = bool(torch_all_finite(g)) and bool((err <= atol + rtol * r32.abs()).all())
     e_lp = (g - ref_lp.float()).abs().max().item()
     e_ref = (ref_lp.float() - r32).abs().max().item()
-    line = (f"  {name:44s} max|triton - sdpa|={e_lp:.3e}  max|triton - sdpa_fp32|={err.max().item():.3e}  "
-            f"(sdpa vs fp32: {e_ref:.3e})  tol {atol:g}+{rtol:g}*|ref|  {'PASS' if ok else 'FAIL'}")
+    line = (
+        f"  {name:44s} max|triton - sdpa|={e_lp:.3e}  max|triton - sdpa_fp32|={err.max().item():.3e}  "
+        f"(sdpa vs fp32: {e_ref:.3e})  tol {atol:g}+{rtol:g}*|ref|  {'PASS' if ok else 'FAIL'}"
+    )
     return ok, line
 
 
@@ -238,9 +266,17 @@ def kernel_check(device: str, dtype_name: str, quick_cpu: bool) -> bool:
             max_len = max(lens_frames) * F_
 
             def decode_call(q, k, v, kp, vp, bt_, lens_, cos_, sin_, write_kv):
-                kw = dict(frame_tokens=F_, mask="frame_causal", write_kv=write_kv, max_cache_len=max_len,
-                          q_norm_weight=qn.to(q.dtype), k_norm_weight=kn.to(q.dtype),
-                          norm_eps=1e-6, rope_cos=cos_, rope_sin=sin_)
+                kw = dict(
+                    frame_tokens=F_,
+                    mask="frame_causal",
+                    write_kv=write_kv,
+                    max_cache_len=max_len,
+                    q_norm_weight=qn.to(q.dtype),
+                    k_norm_weight=kn.to(q.dtype),
+                    norm_eps=1e-6,
+                    rope_cos=cos_,
+                    rope_sin=sin_,
+                )
                 if paged:
                     return A.attention_decode(q, k, v, kp, vp, lens_, block_table=bt_, page_size=F_, **kw)
                 # unpaged: gather each row's pages into a padded (B, H, C*F, D) cache
@@ -257,9 +293,12 @@ def kernel_check(device: str, dtype_name: str, quick_cpu: bool) -> bool:
                 outs = {}
                 for backend, cast in (("triton", dt), ("sdpa", dt), ("sdpa32", torch.float32)):
                     kp, vp = kpool.clone().to(cast), vpool.clone().to(cast)
-                    o = run("triton" if backend == "triton" else "sdpa",
-                            lambda: decode_call(q.to(cast), k.to(cast), v.to(cast), kp, vp, args[0], args[1],
-                                                args[2], args[3], write_kv))
+                    o = run(
+                        "triton" if backend == "triton" else "sdpa",
+                        lambda: decode_call(
+                            q.to(cast), k.to(cast), v.to(cast), kp, vp, args[0], args[1], args[2], args[3], write_kv
+                        ),
+                    )
                     outs[backend] = (o, kp, vp)
                 name = f"decode {'paged' if paged else 'padded'} {'commit(write_kv)' if write_kv else 'CFG'} B={B}"
                 ok, line = _compare(name + " out", outs["triton"][0], outs["sdpa"][0], outs["sdpa32"][0], tol)
@@ -273,20 +312,24 @@ def kernel_check(device: str, dtype_name: str, quick_cpu: bool) -> bool:
                     log(line)
                     all_ok &= ok
                 del outs
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             all_ok &= _report_failure("decode", e)
         # ---- prefill: C frames, frame-causal; and a ragged pair (C and C/2 frames) ----
         try:
             T = C * F_
             q, k, v = (rnd(1, T, H, D).transpose(1, 2) for _ in range(3))
-            outs = {b: run("triton" if b == "triton" else "sdpa",
-                           lambda: A.attention(q.to(c), k.to(c), v.to(c), frame_tokens=F_, mask="frame_causal"))
-                    for b, c in (("triton", dt), ("sdpa", dt), ("sdpa32", torch.float32))}
+            outs = {
+                b: run(
+                    "triton" if b == "triton" else "sdpa",
+                    lambda: A.attention(q.to(c), k.to(c), v.to(c), frame_tokens=F_, mask="frame_causal"),
+                )
+                for b, c in (("triton", dt), ("sdpa", dt), ("sdpa32", torch.float32))
+            }
             ok, line = _compare(f"prefill frame_causal T={T}", outs["triton"], outs["sdpa"], outs["sdpa32"], tol)
             log(line)
             all_ok &= ok
-            del outs, q, k, v
-        except Exception as e:  # noqa: BLE001
+            outs = q = k = v = None  # freed before the next shape
+        except Exception as e:
             all_ok &= _report_failure("prefill", e)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -295,15 +338,28 @@ def kernel_check(device: str, dtype_name: str, quick_cpu: bool) -> bool:
             cu = torch.tensor([0, n_fr[0] * F_, (n_fr[0] + n_fr[1]) * F_], dtype=torch.int32, device=device)
             tot, mx = int(cu[-1]), max(n_fr) * F_
             q, k, v = rnd(tot, H, D), rnd(tot, H, D), rnd(tot, H, D)
-            outs = {b: run("triton" if b == "triton" else "sdpa",
-                           lambda: A.attention_varlen(q.to(c), k.to(c), v.to(c), cu, cu, frame_tokens=F_,
-                                                      mask="frame_causal", max_seqlen_q=mx, max_seqlen_k=mx))
-                    for b, c in (("triton", dt), ("sdpa", dt), ("sdpa32", torch.float32))}
+            outs = {
+                b: run(
+                    "triton" if b == "triton" else "sdpa",
+                    lambda: A.attention_varlen(
+                        q.to(c),
+                        k.to(c),
+                        v.to(c),
+                        cu,
+                        cu,
+                        frame_tokens=F_,
+                        mask="frame_causal",
+                        max_seqlen_q=mx,
+                        max_seqlen_k=mx,
+                    ),
+                )
+                for b, c in (("triton", dt), ("sdpa", dt), ("sdpa32", torch.float32))
+            }
             ok, line = _compare(f"prefill varlen frames={n_fr}", outs["triton"], outs["sdpa"], outs["sdpa32"], tol)
             log(line)
             all_ok &= ok
-            del outs, q, k, v
-        except Exception as e:  # noqa: BLE001
+            outs = q = k = v = None  # freed before the next shape
+        except Exception as e:
             all_ok &= _report_failure("prefill varlen", e)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -345,8 +401,13 @@ def engine_parts() -> EngineParts:
         req = StepRequest(tenant=key[0], session_id=key[1], priority=Priority.INTERACTIVE)
         return Job(req, key, step, seed, vec, g, event="")
 
-    return EngineParts(Scheduler=Scheduler, Runner=Runner, make_job=make_job, latent_of=lambda z: z.numpy(),
-                       driver="worldserve.dynamics Scheduler + StateCache + Runner (as in a replica)")
+    return EngineParts(
+        Scheduler=Scheduler,
+        Runner=Runner,
+        make_job=make_job,
+        latent_of=lambda z: z.numpy(),
+        driver="worldserve.dynamics Scheduler + StateCache + Runner (as in a replica)",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,14 +439,16 @@ def load_large_model(device: str, quick: bool):
         try:  # initialise on the GPU: faster than ~460M parameters on the CPU
             with torch.device(device):
                 model = WorldModel.random(cfg, seed=0)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log(f"(initialising on {device} failed: {type(e).__name__}: {e}; initialising on the CPU)")
             model = None
     if model is None:
         model = WorldModel.random(cfg, seed=0)
     model = model.to_serving(device, dt)
-    label = (f"large random (frame {cfg.frame_width}x{cfg.frame_height}, {cfg.frame_tokens} tokens/frame, "
-             f"dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads)")
+    label = (
+        f"large random (frame {cfg.frame_width}x{cfg.frame_height}, {cfg.frame_tokens} tokens/frame, "
+        f"dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads)"
+    )
     return model, config, label
 
 
@@ -463,19 +526,38 @@ def _configure_pool(model, nbytes: int) -> None:
         model.configure_state_pool(int(nbytes))
 
 
-def bench_sessions(model, parts: EngineParts, *, n: int, batch_invariant: bool, max_batch: int, budget_s: float,
-                   window, per_session: int, mem_avail: float, device: str, max_rounds: int) -> dict:
+def bench_sessions(
+    model,
+    parts: EngineParts,
+    *,
+    n: int,
+    batch_invariant: bool,
+    max_batch: int,
+    budget_s: float,
+    window,
+    per_session: int,
+    mem_avail: float,
+    device: str,
+    max_rounds: int,
+) -> dict:
     """Step ``n`` sessions round after round through scheduler -> state cache -> runner."""
     import torch
 
     from worldserve.dynamics.engine.state_cache import StateCache
 
-    res: dict = dict(sessions=n, batch_invariant=batch_invariant, max_batch_size=max_batch,
-                     state_bytes_per_session=per_session, state_bytes=n * per_session)
+    res: dict = dict(
+        sessions=n,
+        batch_invariant=batch_invariant,
+        max_batch_size=max_batch,
+        state_bytes_per_session=per_session,
+        state_bytes=n * per_session,
+    )
     need = n * per_session
     if need > mem_avail:
-        res.update(fits=False, reason=f"does not fit (needs {need / GIB:.2f} GiB of session state, "
-                                      f"{mem_avail / GIB:.2f} GiB available)")
+        res.update(
+            fits=False,
+            reason=f"does not fit (needs {need / GIB:.2f} GiB of session state, {mem_avail / GIB:.2f} GiB available)",
+        )
         return res
     res["fits"] = True
     _configure_pool(model, need)
@@ -525,7 +607,8 @@ def bench_sessions(model, parts: EngineParts, *, n: int, batch_invariant: bool, 
                 model_calls += getattr(stats, "model_calls", 0)
 
     try:
-        from worldserve.dynamics.attention.backend import attention_counts, decode_counts as _decode_counts
+        from worldserve.dynamics.attention.backend import attention_counts
+        from worldserve.dynamics.attention.backend import decode_counts as _decode_counts
 
         def decode_counts() -> dict:  # decode and full attention calls together (either model kind)
             merged = dict(_decode_counts())
@@ -549,21 +632,32 @@ def bench_sessions(model, parts: EngineParts, *, n: int, batch_invariant: bool, 
             rounds += 1
         elapsed = time.perf_counter() - t_start
         after = decode_counts() if decode_counts else {}
-        res.update(rounds=rounds, elapsed_s=elapsed, batches=batches, frames=frames, model_calls=model_calls,
-                   batches_per_s=batches / elapsed, frames_per_s=frames / elapsed,
-                   model_calls_per_s=model_calls / elapsed, p50_batch_ms=statistics.median(lat_ms),
-                   mean_batch_size=frames / batches, evictions=evictions,
-                   state_nbytes_measured=cache.nbytes)
-        res["decode_calls"] = {f"{b}/{k}": after.get((b, k), 0) - before.get((b, k), 0) for (b, k) in after
-                               if after.get((b, k), 0) - before.get((b, k), 0)}
+        res.update(
+            rounds=rounds,
+            elapsed_s=elapsed,
+            batches=batches,
+            frames=frames,
+            model_calls=model_calls,
+            batches_per_s=batches / elapsed,
+            frames_per_s=frames / elapsed,
+            model_calls_per_s=model_calls / elapsed,
+            p50_batch_ms=statistics.median(lat_ms),
+            mean_batch_size=frames / batches,
+            evictions=evictions,
+            state_nbytes_measured=cache.nbytes,
+        )
+        res["decode_calls"] = {
+            f"{b}/{k}": after.get((b, k), 0) - before.get((b, k), 0)
+            for (b, k) in after
+            if after.get((b, k), 0) - before.get((b, k), 0)
+        }
         last = getattr(model, "last_step_attention", None)
         res["last_step_attention"] = list(last) if last else None
         if device.startswith("cuda"):
             res["peak_mem_gib"] = torch.cuda.max_memory_allocated(torch.device(device)) / GIB
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if _is_oom(e):
-            res.update(fits=False, reason=f"does not fit (out of memory while running: "
-                                          f"{str(e).splitlines()[0][:120]})")
+            res.update(fits=False, reason=f"does not fit (out of memory while running: {str(e).splitlines()[0][:120]})")
         else:
             res.update(error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
             traceback.print_exc(limit=8)
@@ -572,7 +666,7 @@ def bench_sessions(model, parts: EngineParts, *, n: int, batch_invariant: bool, 
             if j.state is not None and j.key not in cache:
                 try:
                     model.release_state(j.state)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
         cache.clear()
         cache.drain_releases()
@@ -590,13 +684,15 @@ def _row(r: dict, bound_fps: float) -> str:
     if "error" in r:
         return f"{head}  FAILED: {r['error']}"
     bound_bps = bound_fps / r["mean_batch_size"]
-    return (f"{head}  batches/s {r['batches_per_s']:8.2f} (bound {bound_bps:9.1f}, {100 * r['batches_per_s'] / bound_bps:5.1f}%)"
-            f"  frames/s {r['frames_per_s']:9.1f} (bound {bound_fps:9.1f}, {100 * r['frames_per_s'] / bound_fps:5.1f}%)"
-            f"  p50 batch {r['p50_batch_ms']:8.2f} ms (bound {1e3 * r['mean_batch_size'] / bound_fps:8.3f} ms)"
-            f"  batch {r['mean_batch_size']:.0f}  model calls/s {r['model_calls_per_s']:.1f}"
-            + f"  first round (prefill + compile) {r['first_round_s']:.1f} s"
-            + (f"  peak mem {r['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in r else "")
-            + (f"  evictions {r['evictions']}" if r.get("evictions") else ""))
+    return (
+        f"{head}  batches/s {r['batches_per_s']:8.2f} (bound {bound_bps:9.1f}, {100 * r['batches_per_s'] / bound_bps:5.1f}%)"
+        f"  frames/s {r['frames_per_s']:9.1f} (bound {bound_fps:9.1f}, {100 * r['frames_per_s'] / bound_fps:5.1f}%)"
+        f"  p50 batch {r['p50_batch_ms']:8.2f} ms (bound {1e3 * r['mean_batch_size'] / bound_fps:8.3f} ms)"
+        f"  batch {r['mean_batch_size']:.0f}  model calls/s {r['model_calls_per_s']:.1f}"
+        + f"  first round (prefill + compile) {r['first_round_s']:.1f} s"
+        + (f"  peak mem {r['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in r else "")
+        + (f"  evictions {r['evictions']}" if r.get("evictions") else "")
+    )
 
 
 def engine_bench(args, device: str) -> tuple[bool, dict]:
@@ -614,15 +710,21 @@ def engine_bench(args, device: str) -> tuple[bool, dict]:
     from worldserve.common.config import batch_invariant as replica_batch_invariant
 
     info, rt = model.info, model.runtime
-    log(f"model: {label}; {info.parameters / 1e6:.1f}M parameters; {info.frame_width}x{info.frame_height} frames; "
+    log(
+        f"model: {label}; {info.parameters / 1e6:.1f}M parameters; {info.frame_width}x{info.frame_height} frames; "
         f"context {info.context_frames}; {info.sample_steps} sample steps; guidance {info.default_guidance}; "
-        f"loaded in {load_s:.1f} s")
-    log(f"runtime: device={rt.device} dtype={rt.dtype} attention_backend={rt.attention_backend} "
-        f"decode_kernel={rt.decode_kernel or '-'}")
+        f"loaded in {load_s:.1f} s"
+    )
+    log(
+        f"runtime: device={rt.device} dtype={rt.dtype} attention_backend={rt.attention_backend} "
+        f"decode_kernel={rt.decode_kernel or '-'}"
+    )
     default_inv = replica_batch_invariant(config, device)
     max_batch = args.max_batch_size or config.max_batch_size
-    log(f"replica settings: max_batch_size={max_batch} batch_invariant={'on' if default_inv else 'off'} "
-        f"(config default for {device})")
+    log(
+        f"replica settings: max_batch_size={max_batch} batch_invariant={'on' if default_inv else 'off'} "
+        f"(config default for {device})"
+    )
     per_session, how = session_state_bytes(model, parts, lambda: _window(model, parts, device))
     log(f"session state: {per_session / 2**20:.1f} MiB per session ({how})")
     _configure_pool(model, per_session)  # probes below need one session, not the default pool
@@ -658,9 +760,19 @@ def engine_bench(args, device: str) -> tuple[bool, dict]:
             mem_avail = device_memory_available(device, None) + pool_bytes - reserve
         else:
             mem_avail = mem_avail0
-        r = bench_sessions(model, parts, n=n, batch_invariant=inv, max_batch=max_batch, budget_s=share,
-                           window=window, per_session=per_session, mem_avail=mem_avail, device=device,
-                           max_rounds=args.max_rounds)
+        r = bench_sessions(
+            model,
+            parts,
+            n=n,
+            batch_invariant=inv,
+            max_batch=max_batch,
+            budget_s=share,
+            window=window,
+            per_session=per_session,
+            mem_avail=mem_avail,
+            device=device,
+            max_rounds=args.max_rounds,
+        )
         r["bound_frames_per_s"] = bound_fps
         if r.get("frames_per_s"):
             r["frames_achieved_fraction"] = r["frames_per_s"] / bound_fps
@@ -668,18 +780,30 @@ def engine_bench(args, device: str) -> tuple[bool, dict]:
         log(_row(r, bound_fps))
         budget_left = args.time_budget_s - (time.perf_counter() - t_begin)
     ok = all("error" not in r for r in results)
-    summary: dict = dict(model=label, device=device, driver=parts.driver, parameters=info.parameters,
-                         runtime=dataclasses.asdict(rt) if dataclasses.is_dataclass(rt) else str(rt),
-                         flops_per_frame=fpf, peak_flops=peak, peak_source=peak_src, bound_frames_per_s=bound_fps,
-                         state_bytes_per_session=per_session, runs=results, budget_left_s=budget_left)
+    summary: dict = dict(
+        model=label,
+        device=device,
+        driver=parts.driver,
+        parameters=info.parameters,
+        runtime=dataclasses.asdict(rt) if dataclasses.is_dataclass(rt) else str(rt),
+        flops_per_frame=fpf,
+        peak_flops=peak,
+        peak_source=peak_src,
+        bound_frames_per_s=bound_fps,
+        state_bytes_per_session=per_session,
+        runs=results,
+        budget_left_s=budget_left,
+    )
     if inv_n is not None:
         a = next((r for r in results if r["sessions"] == inv_n and r["batch_invariant"]), None)
         b = next((r for r in results if r["sessions"] == inv_n and not r["batch_invariant"]), None)
         if a and b and a.get("frames_per_s") and b.get("frames_per_s"):
             cost = b["frames_per_s"] / a["frames_per_s"]
             summary["batch_invariant_cost"] = cost
-            log(f"batch-invariant mode at {inv_n} sessions: {a['frames_per_s']:.1f} frames/s vs {b['frames_per_s']:.1f} "
-                f"batched: throughput cost {100 * (1 - 1 / cost):.0f}% (batched / invariant = {cost:.2f}x)")
+            log(
+                f"batch-invariant mode at {inv_n} sessions: {a['frames_per_s']:.1f} frames/s vs {b['frames_per_s']:.1f} "
+                f"batched: throughput cost {100 * (1 - 1 / cost):.0f}% (batched / invariant = {cost:.2f}x)"
+            )
     # part 4: what served the steps
     calls: dict[str, int] = {}
     for r in results:
@@ -689,20 +813,27 @@ def engine_bench(args, device: str) -> tuple[bool, dict]:
     last = getattr(model, "last_step_attention", None)
     summary["decode_calls"] = calls
     triton_calls = sum(v for k, v in calls.items() if k.startswith("triton/"))
-    log(f"served step: runtime.attention_backend={rt.attention_backend} runtime.decode_kernel={rt.decode_kernel or '-'}"
-        f" last_step_attention={tuple(last) if last else None}")
+    log(
+        f"served step: runtime.attention_backend={rt.attention_backend} runtime.decode_kernel={rt.decode_kernel or '-'}"
+        f" last_step_attention={tuple(last) if last else None}"
+    )
     log(f"attention calls (decode and full) in the timed rounds by backend/kernel: {calls or '(no counter)'}")
     if device.startswith("cuda"):
         # bf16 on CUDA must be served by the Triton kernels: SDPA here means they were not used
         # (not selected, or auto mode fell back after a failed launch)
         ran = triton_calls > 0
         sdpa_calls = sum(v for k, v in calls.items() if not k.startswith("triton/"))
-        log(f"Triton attention kernel ran: {'YES' if ran else 'NO'} ({triton_calls} calls"
-            + (f"; WARNING: {sdpa_calls} attention calls ran on SDPA" if sdpa_calls else "") + ")")
+        log(
+            f"Triton attention kernel ran: {'YES' if ran else 'NO'} ({triton_calls} calls"
+            + (f"; WARNING: {sdpa_calls} attention calls ran on SDPA" if sdpa_calls else "")
+            + ")"
+        )
         ok &= ran and not sdpa_calls and rt.attention_backend == "triton"
     else:
-        log(f"Triton attention kernel ran: {'yes' if triton_calls else 'no'} ({triton_calls} calls; "
-            f"{'expected on CPU' if not device.startswith('cuda') else 'backend is ' + rt.attention_backend})")
+        log(
+            f"Triton attention kernel ran: {'yes' if triton_calls else 'no'} ({triton_calls} calls; "
+            f"{'expected on CPU' if not device.startswith('cuda') else 'backend is ' + rt.attention_backend})"
+        )
     return ok, summary
 
 
@@ -718,12 +849,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--time-budget-s", type=float, default=None, help="seconds of timed rounds over all runs")
     ap.add_argument("--max-batch-size", type=int, default=0, help="default: the config's max_batch_size")
     ap.add_argument("--max-rounds", type=int, default=200, help="most timed rounds per run")
-    ap.add_argument("--state-memory-gib", type=float, default=None,
-                    help="memory for session state (default: free device memory minus a reserve)")
+    ap.add_argument(
+        "--state-memory-gib",
+        type=float,
+        default=None,
+        help="memory for session state (default: free device memory minus a reserve)",
+    )
     ap.add_argument("--no-invariant-check", action="store_true", help="skip the batch-invariant comparison")
     ap.add_argument("--kernel-check", action="store_true", help="only the Triton kernels vs SDPA check")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (default: torch's; 1 with --quick on CPU)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: torch's; 1 with --quick on CPU)"
+    )
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args(argv)
     if a.sessions is None:
@@ -755,8 +891,10 @@ def main(argv=None) -> int:
     threads = args.threads or (1 if args.quick and device == "cpu" else 0)
     if threads:
         torch.set_num_threads(threads)  # a tiny model on a busy CPU: extra threads only contend
-    log(f"engine_bench: device={device} torch={torch.__version__} python={sys.version.split()[0]}"
-        + (f" gpu={torch.cuda.get_device_name()}" if device == "cuda" else f" threads={torch.get_num_threads()}"))
+    log(
+        f"engine_bench: device={device} torch={torch.__version__} python={sys.version.split()[0]}"
+        + (f" gpu={torch.cuda.get_device_name()}" if device == "cuda" else f" threads={torch.get_num_threads()}")
+    )
     log(f"optional packages missing: {', '.join(miss) if miss else 'none'}")
     t0 = time.perf_counter()
     try:

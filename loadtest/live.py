@@ -27,14 +27,16 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-async def player(ws_url: str, key: str, sid: str, role: str, fps: float, duration_s: float, seed: int,
-                 t0: float) -> dict:
+async def player(
+    ws_url: str, key: str, sid: str, role: str, fps: float, duration_s: float, seed: int, t0: float
+) -> dict:
     import websockets
 
     rng = random.Random(seed)
     url = f"{ws_url}/v1/sessions/{sid}/play?role={role}&fps={fps}&format=jpeg"
-    async with websockets.connect(url, additional_headers={"authorization": f"Bearer {key}"}, max_size=None,
-                                  open_timeout=60) as ws:
+    async with websockets.connect(
+        url, additional_headers={"authorization": f"Bearer {key}"}, max_size=None, open_timeout=60
+    ) as ws:
         hello = json.loads(await ws.recv())
         if hello.get("type") != "hello":
             raise RuntimeError(f"expected hello, got {hello}")
@@ -75,16 +77,25 @@ async def player(ws_url: str, key: str, sid: str, role: str, fps: float, duratio
                         t = sent.pop(s)
                         if s == h["ack"]:
                             k2f.append(now - t)
-                            records.append({"t": time.time() - t0, "ms": 1000 * (now - t), "name": "key->frame",
-                                            "ok": True})
+                            records.append(
+                                {"t": time.time() - t0, "ms": 1000 * (now - t), "name": "key->frame", "ok": True}
+                            )
                     acked = h["ack"]
         finally:
             if actor is not None:
                 actor.cancel()
         span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
-        return {"role": role, "session": sid, "target_fps": hello["fps"], "frames": frames,
-                "fps": (len(arrivals) - 1) / span if span else 0.0, "late": late, "key_to_frame_s": k2f,
-                "dropped": dropped, "records": records}
+        return {
+            "role": role,
+            "session": sid,
+            "target_fps": hello["fps"],
+            "frames": frames,
+            "fps": (len(arrivals) - 1) / span if span else 0.0,
+            "late": late,
+            "key_to_frame_s": k2f,
+            "dropped": dropped,
+            "records": records,
+        }
 
 
 def gateway_figures(metrics_url: str, wait_s: float = 12.0) -> dict[str, float]:
@@ -98,10 +109,14 @@ def gateway_figures(metrics_url: str, wait_s: float = 12.0) -> dict[str, float]:
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            for name in ("worldserve_web_live_frames_total", "worldserve_web_live_deadline_misses_total",
-                         "worldserve_web_live_frames_dropped_total", "worldserve_web_live_key_to_frame_seconds_sum",
-                         "worldserve_web_live_key_to_frame_seconds_count",
-                         "worldserve_dynamics_deadline_steps_total"):
+            for name in (
+                "worldserve_web_live_frames_total",
+                "worldserve_web_live_deadline_misses_total",
+                "worldserve_web_live_frames_dropped_total",
+                "worldserve_web_live_key_to_frame_seconds_sum",
+                "worldserve_web_live_key_to_frame_seconds_count",
+                "worldserve_dynamics_deadline_steps_total",
+            ):
                 if s.name.endswith(name):
                     key = name if "deadline_steps" not in name else f"{name}[{s.labels.get('outcome')}]"
                     out[key] = out.get(key, 0.0) + s.value
@@ -113,26 +128,42 @@ def run_live(ns, app_args: dict, slo: dict, console) -> int:
     import requests
     from rich.table import Table
 
-    from loadtest.run import SCALED, plot
+    from loadtest.report import SCALED, plot
     from worldserve.local import local_cluster, replica_counts
 
     out: Path = ns.out / "live"
     out.mkdir(parents=True, exist_ok=True)
     fps, per = ns.fps, ns.per_session
-    overrides = {SCALED: {"autoscaling_config": {  # the YAML's policy, with delays short enough to show here
-        "min_replicas": 1, "max_replicas": 3, "initial_replicas": 1, "target_ongoing_requests": 32,
-        "upscale_delay_s": 10, "downscale_delay_s": 30, "metrics_interval_s": 2, "look_back_period_s": 10,
-        "policy": {"policy_function": "worldserve.dynamics.autoscale:DeadlineAwarePolicy",
-                   "policy_kwargs": {"miss_ratio": 0.1, "min_deadline_steps_per_s": 1.0}},
-    }}}
+    overrides = {
+        SCALED: {
+            "autoscaling_config": {  # the YAML's policy, with delays short enough to show here
+                "min_replicas": 1,
+                "max_replicas": 3,
+                "initial_replicas": 1,
+                "target_ongoing_requests": 32,
+                "upscale_delay_s": 10,
+                "downscale_delay_s": 30,
+                "metrics_interval_s": 2,
+                "look_back_period_s": 10,
+                "policy": {
+                    "policy_function": "worldserve.dynamics.autoscale:DeadlineAwarePolicy",
+                    "policy_kwargs": {"miss_ratio": 0.1, "min_deadline_steps_per_s": 1.0},
+                },
+            }
+        }
+    }
     console.print(f"[bold]live[/]: {ns.users} players at {fps:g} fps, {per} per session, {ns.duration_s:.0f} s")
     with local_cluster(num_cpus=8, workdir=out / "cluster", app_args=app_args, deployment_overrides=overrides) as c:
         key = c.keys["tenant-a"]
         hdr = {"authorization": f"Bearer {key}"}
         sessions = []
         for i in range((ns.users + per - 1) // per):
-            r = requests.post(c.http + "/v1/sessions", json={"prompt": "a red door on the left, grass, day",
-                                                             "seed": i}, headers=hdr, timeout=120)
+            r = requests.post(
+                c.http + "/v1/sessions",
+                json={"prompt": "a red door on the left, grass, day", "seed": i},
+                headers=hdr,
+                timeout=120,
+            )
             r.raise_for_status()
             sessions.append(r.json()["session_id"])
         roles = [(sessions[i // per], "controller" if i % per == 0 else "spectator") for i in range(ns.users)]
@@ -144,15 +175,19 @@ def run_live(ns, app_args: dict, slo: dict, console) -> int:
                 while True:
                     try:
                         samples.append({"t": time.time() - t0, **await asyncio.to_thread(replica_counts)})
-                    except Exception:  # noqa: BLE001 - a missed sample is not fatal
+                    except Exception:
                         pass
                     await asyncio.sleep(1.0)
 
             sampler = asyncio.create_task(sample())
             try:
-                return await asyncio.gather(*(
-                    player(c.http.replace("http://", "ws://"), key, sid, role, fps, ns.duration_s, i, t0)
-                    for i, (sid, role) in enumerate(roles)), return_exceptions=True)
+                return await asyncio.gather(
+                    *(
+                        player(c.http.replace("http://", "ws://"), key, sid, role, fps, ns.duration_s, i, t0)
+                        for i, (sid, role) in enumerate(roles)
+                    ),
+                    return_exceptions=True,
+                )
             finally:
                 sampler.cancel()
 
@@ -165,12 +200,22 @@ def run_live(ns, app_args: dict, slo: dict, console) -> int:
     misses = server.get("worldserve_web_live_deadline_misses_total", 0.0)
     produced = server.get("worldserve_web_live_frames_total", 0.0)
     summary = {
-        "players": ns.users, "per_session": per, "target_fps": fps, "duration_s": ns.duration_s,
-        "errors": errors, "frames_received": frames,
-        "fps_per_player": {"mean": sum(r["fps"] for r in ok) / max(1, len(ok)),
-                           "min": min((r["fps"] for r in ok), default=0.0)},
-        "key_to_frame_ms": {"p50": 1000 * percentile(k2f, 50), "p95": 1000 * percentile(k2f, 95),
-                            "p99": 1000 * percentile(k2f, 99), "count": len(k2f)},
+        "players": ns.users,
+        "per_session": per,
+        "target_fps": fps,
+        "duration_s": ns.duration_s,
+        "errors": errors,
+        "frames_received": frames,
+        "fps_per_player": {
+            "mean": sum(r["fps"] for r in ok) / max(1, len(ok)),
+            "min": min((r["fps"] for r in ok), default=0.0),
+        },
+        "key_to_frame_ms": {
+            "p50": 1000 * percentile(k2f, 50),
+            "p95": 1000 * percentile(k2f, 95),
+            "p99": 1000 * percentile(k2f, 99),
+            "count": len(k2f),
+        },
         "late_frame_ratio": sum(r["late"] for r in ok) / max(1, frames),
         "frames_dropped_for_slow_players": sum(r["dropped"] for r in ok),
         "deadline_miss_ratio": misses / max(1.0, misses + produced),
@@ -195,7 +240,11 @@ def run_live(ns, app_args: dict, slo: dict, console) -> int:
         passed &= good
         console.print(f"SLO {name}: {got:.3f} {op} {bound:g} {'ok' if good else '[red]MISSED[/]'}")
     (out / "report.json").write_text(json.dumps({**summary, "replica_samples": samples}, indent=1, default=float))
-    png = plot([x for r in ok for x in r["records"]], samples, out / "latency_replicas.png",
-               f"worldserve load: live, {ns.users} players at {fps:g} fps")
+    png = plot(
+        [x for r in ok for x in r["records"]],
+        samples,
+        out / "latency_replicas.png",
+        f"worldserve load: live, {ns.users} players at {fps:g} fps",
+    )
     console.print(f"wrote {out / 'report.json'}, {png}")
     return 0 if passed else 1

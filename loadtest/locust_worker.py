@@ -12,10 +12,10 @@ import argparse
 import json
 import time
 
-from loadtest import scenarios  # first: gevent-enables grpc before anything else imports it
+import gevent
+from locust.env import Environment
 
-import gevent  # noqa: E402
-from locust.env import Environment  # noqa: E402
+from loadtest import scenarios  # first: gevent-enables grpc before anything else imports it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-requests", type=int, default=100_000)
     ap.add_argument("--out", required=True)
     ap.add_argument("--sessions", help="file of session ids, one a line, for scenarios that step existing sessions")
-    ap.add_argument("--user-class", help="run only this user class of the scenario (loadtest.run starts one "
-                                         "worker process per class)")
+    ap.add_argument(
+        "--user-class",
+        help="run only this user class of the scenario (loadtest.run starts one worker process per class)",
+    )
     ns = ap.parse_args(argv)
     if not ns.target.startswith(("127.", "localhost", "[::1]")):
         raise SystemExit(f"refusing target {ns.target!r}: load tests stay on loopback")
@@ -51,11 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     count = [0]
 
     def on_request(request_type, name, response_time, response_length, exception, context, **kw):
-        out.write(json.dumps({
-            "t": time.time() - t0, "name": name, "ms": response_time, "ok": exception is None,
-            "code": context.get("code", "OK"), "tenant": context.get("tenant"),
-            "deadline_miss": context.get("deadline_miss", False),
-        }) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "t": time.time() - t0,
+                    "name": name,
+                    "ms": response_time,
+                    "ok": exception is None,
+                    "code": context.get("code", "OK"),
+                    "tenant": context.get("tenant"),
+                    "deadline_miss": context.get("deadline_miss", False),
+                }
+            )
+            + "\n"
+        )
         count[0] += 1
         if count[0] >= ns.max_requests:
             env.runner.quit()

@@ -30,10 +30,9 @@ from pathlib import Path
 
 import yaml
 
+from loadtest.report import APPS, SCALED, SCALED_KEY, percentile, plot
+
 HERE = Path(__file__).resolve().parent
-APPS = ("image", "sessions", "dynamics", "web")
-SCALED = "DynamicsModel-platformer"  # the default model's deployment: what the autoscale scenario loads
-SCALED_KEY = f"dynamics/{SCALED}"
 
 DEFAULTS = {  # users, spawn rate, seconds of load, seconds of idle sampling afterwards
     "farm": (16, 8, 40, 0),
@@ -57,13 +56,6 @@ def split_users(scenario: str, users: int) -> list[tuple[str, int]]:
         i = max(range(len(out)), key=lambda j: out[j][1])
         out[i] = (out[i][0], out[i][1] - extra)
     return out
-
-
-def percentile(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
 def summarize(records: list[dict], load_s: float) -> dict[str, dict]:
@@ -116,8 +108,9 @@ def server_timings(metrics_url: str, wait_s: float = 15.0) -> dict[str, dict[str
                     key = f"{what} [{smp.labels.get(label, '')}]"
                     d = sums.setdefault(key, {"sum": 0.0, "count": 0.0, "scale": scale})
                     d["sum" if smp.name.endswith("_sum") else "count"] += smp.value
-    return {k: {"mean_ms": d["scale"] * d["sum"] / d["count"], "count": d["count"]}
-            for k, d in sums.items() if d["count"]}
+    return {
+        k: {"mean_ms": d["scale"] * d["sum"] / d["count"], "count": d["count"]} for k, d in sums.items() if d["count"]
+    }
 
 
 def check_slo(summary: dict[str, dict], slo: dict) -> list[tuple[str, str, float, float, bool]]:
@@ -143,49 +136,6 @@ def check_slo(summary: dict[str, dict], slo: dict) -> list[tuple[str, str, float
     return rows
 
 
-def plot(records: list[dict], replicas: list[dict], out: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    for name in sorted({r["name"] for r in records}):
-        pts = [(r["t"], r["ms"]) for r in records if r["name"] == name and r["ok"]]
-        if pts:
-            ax1.scatter(*zip(*pts), s=4, alpha=0.4, label=name)
-        errs = [(r["t"], r["ms"]) for r in records if r["name"] == name and not r["ok"]]
-        if errs:
-            ax1.scatter(*zip(*errs), s=10, marker="x", color="red", label=f"{name} errors")
-    # rolling p50 / p99 over 5 s windows, all kinds together
-    if records:
-        end = max(r["t"] for r in records)
-        ts, p50, p99 = [], [], []
-        t = 0.0
-        while t < end:
-            w = [r["ms"] for r in records if t <= r["t"] < t + 5 and r["ok"]]
-            if w:
-                ts.append(t + 2.5)
-                p50.append(percentile(w, 50))
-                p99.append(percentile(w, 99))
-            t += 5
-        ax1.plot(ts, p50, color="black", label="p50 (5 s)")
-        ax1.plot(ts, p99, color="black", linestyle="--", label="p99 (5 s)")
-    ax1.set_ylabel("latency (ms)")
-    ax1.set_yscale("log")
-    ax1.legend(loc="upper left", fontsize=7)
-    ax1.set_title(title)
-    for i, app in enumerate(APPS):  # small offsets keep overlapping lines visible
-        ax2.step([s["t"] for s in replicas], [s[app] + 0.04 * (i - 1) for s in replicas], where="post", label=app)
-    ax2.set_ylabel("RUNNING replicas")
-    ax2.set_xlabel("seconds since load start")
-    ax2.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="worldserve load scenarios")
     ap.add_argument("scenario", choices=sorted(DEFAULTS))
@@ -195,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-s", type=float, help="seconds of sampling after the load (scale-down)")
     ap.add_argument("--out", type=Path, default=Path("out/loadtest"))
     ap.add_argument("--slo", type=Path, default=HERE / "slo.yaml")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=YAML",
-                    help="a config override for every application, e.g. --set torch_threads=1 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=YAML",
+        help="a config override for every application, e.g. --set torch_threads=1 (repeatable)",
+    )
     ap.add_argument("--fps", type=float, default=2.0, help="live: the players' target fps")
-    ap.add_argument("--per-session", type=int, default=1,
-                    help="live: players per session (one controller, the rest spectators)")
+    ap.add_argument(
+        "--per-session", type=int, default=1, help="live: players per session (one controller, the rest spectators)"
+    )
     ns = ap.parse_args(argv)
     app_args = {}
     for item in ns.set:
@@ -232,16 +188,27 @@ def main(argv: list[str] | None = None) -> int:
     if ns.scenario == "autoscale":
         num_cpus = 8  # logical CPUs: room for 4 dynamics replicas at 0.5 each beside the others
         overrides = {
-            SCALED: {"autoscaling_config": {
-                "min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 16,
-                "upscale_delay_s": 5, "downscale_delay_s": 20, "metrics_interval_s": 2, "look_back_period_s": 10,
-            }},
+            SCALED: {
+                "autoscaling_config": {
+                    "min_replicas": 1,
+                    "max_replicas": 4,
+                    "initial_replicas": 1,
+                    "target_ongoing_requests": 16,
+                    "upscale_delay_s": 5,
+                    "downscale_delay_s": 20,
+                    "metrics_interval_s": 2,
+                    "look_back_period_s": 10,
+                }
+            },
         }
     tenants = ("tenant-a", "noisy", "quiet-0", "quiet-1", "quiet-2")
     samples: list[dict] = []
-    console.print(f"[bold]{ns.scenario}[/]: {users} users, {dur:.0f} s of load" + (f", then {idle:.0f} s idle" if idle else ""))
-    with local_cluster(tenants=tenants, deployment_overrides=overrides, num_cpus=num_cpus, workdir=out / "cluster",
-                       app_args=app_args) as c:
+    console.print(
+        f"[bold]{ns.scenario}[/]: {users} users, {dur:.0f} s of load" + (f", then {idle:.0f} s idle" if idle else "")
+    )
+    with local_cluster(
+        tenants=tenants, deployment_overrides=overrides, num_cpus=num_cpus, workdir=out / "cluster", app_args=app_args
+    ) as c:
         keys_file = out / "keys.json"
         keys_file.write_text(json.dumps(c.keys))
         keys_file.chmod(0o600)
@@ -249,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         if ns.scenario == "autoscale":  # sessions exist before the load: only dynamics is loaded
             from worldserve.client import WorldClient
 
-            with WorldClient(c.target, c.keys["tenant-a"], timeout_s=120) as wc, console.status("creating sessions ..."):
+            with (
+                WorldClient(c.target, c.keys["tenant-a"], timeout_s=120) as wc,
+                console.status("creating sessions ..."),
+            ):
                 sids = [wc.create_session(prompt=f"autoscale world {i}", seed=i).session_id for i in range(users)]
             (out / "sessions.txt").write_text("\n".join(sids))
             extra_args = ["--sessions", str(out / "sessions.txt")]
@@ -260,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             while not stop.is_set():
                 try:
                     samples.append({"t": time.time() - t_start, **replica_counts(APPS)})
-                except Exception:  # noqa: BLE001 - a missed sample is not fatal
+                except Exception:
                     pass
                 stop.wait(1.0)
 
@@ -273,15 +243,36 @@ def main(argv: list[str] | None = None) -> int:
         for cls_name, n in split_users(ns.scenario, users):
             part = out / f"requests.{cls_name}.jsonl"
             cmd = [
-                sys.executable, "-m", "loadtest.locust_worker", "--scenario", ns.scenario, "--target", c.target,
-                "--keys", str(keys_file), "--users", str(n), "--spawn-rate", str(max(1.0, rate * n / users)),
-                "--duration-s", str(dur), "--out", str(part), "--user-class", cls_name, *extra_args,
+                sys.executable,
+                "-m",
+                "loadtest.locust_worker",
+                "--scenario",
+                ns.scenario,
+                "--target",
+                c.target,
+                "--keys",
+                str(keys_file),
+                "--users",
+                str(n),
+                "--spawn-rate",
+                str(max(1.0, rate * n / users)),
+                "--duration-s",
+                str(dur),
+                "--out",
+                str(part),
+                "--user-class",
+                cls_name,
+                *extra_args,
             ]
-            procs.append((part, subprocess.Popen(cmd, cwd=HERE.parent, stdout=subprocess.PIPE,
-                                                 stderr=subprocess.PIPE, text=True)))
+            procs.append(
+                (
+                    part,
+                    subprocess.Popen(cmd, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                )
+            )
         failed = False
         with console.status(f"load: {users} users for {dur:.0f} s ..."):
-            for part, proc in procs:
+            for _part, proc in procs:
                 try:
                     so, se = proc.communicate(timeout=dur + 300)
                 except subprocess.TimeoutExpired:
@@ -312,8 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("count", "errors", "rps", "p50 ms", "p95 ms", "p99 ms", "deadline miss"):
         table.add_column(col, justify="right")
     for name, s in summary.items():
-        table.add_row(escape(name), str(s["count"]), str(s["errors"]), f"{s['rps']:.1f}", f"{s['p50_ms']:.0f}",
-                      f"{s['p95_ms']:.0f}", f"{s['p99_ms']:.0f}", f"{s['deadline_miss_ratio']:.1%}")
+        table.add_row(
+            escape(name),
+            str(s["count"]),
+            str(s["errors"]),
+            f"{s['rps']:.1f}",
+            f"{s['p50_ms']:.0f}",
+            f"{s['p95_ms']:.0f}",
+            f"{s['p99_ms']:.0f}",
+            f"{s['deadline_miss_ratio']:.1%}",
+        )
     console.print(table)
     rows = check_slo(summary, slo)
     if ns.scenario == "autoscale":  # the point of this scenario: only dynamics scales, and back down
@@ -334,16 +333,33 @@ def main(argv: list[str] | None = None) -> int:
     console.print(st)
     peak = {app: max((s[app] for s in samples), default=0) for app in APPS}
     final = samples[-1] if samples else {}
-    console.print("replicas (from serve.status): peak " + ", ".join(f"{a}={peak[a]}" for a in APPS)
-                  + "; at the end " + ", ".join(f"{a}={final.get(a, 0)}" for a in APPS))
+    console.print(
+        "replicas (from serve.status): peak "
+        + ", ".join(f"{a}={peak[a]}" for a in APPS)
+        + "; at the end "
+        + ", ".join(f"{a}={final.get(a, 0)}" for a in APPS)
+    )
     png = plot(records, samples, out / "latency_replicas.png", f"worldserve load: {ns.scenario}")
-    (out / "report.json").write_text(json.dumps(
-        {"scenario": ns.scenario, "users": users, "duration_s": dur, "idle_s": idle, "summary": summary,
-         "slo": [dict(zip(("request", "figure", "measured", "limit", "ok"), r)) for r in rows],
-         "replicas": samples, "server": server}, indent=2))
+    (out / "report.json").write_text(
+        json.dumps(
+            {
+                "scenario": ns.scenario,
+                "users": users,
+                "duration_s": dur,
+                "idle_s": idle,
+                "summary": summary,
+                "slo": [dict(zip(("request", "figure", "measured", "limit", "ok"), r)) for r in rows],
+                "replicas": samples,
+                "server": server,
+            },
+            indent=2,
+        )
+    )
     if server:
-        console.print("server side (mean ms): " + escape(", ".join(f"{k} {v['mean_ms']:.0f} (n={v['count']:.0f})"
-                                                                     for k, v in server.items())))
+        console.print(
+            "server side (mean ms): "
+            + escape(", ".join(f"{k} {v['mean_ms']:.0f} (n={v['count']:.0f})" for k, v in server.items()))
+        )
     console.print(f"wrote {png} and {out / 'report.json'}")
     return 0 if all(r[4] for r in rows) else 1
 

@@ -50,7 +50,11 @@ class GrpcUser(User):
         code = "OK" if exc is None else exc.code().name
         deadline_miss = bool(self.fps) and name.startswith("Step") and ms > 1000.0 / self.fps
         self.environment.events.request.fire(
-            request_type="grpc", name=name, response_time=ms, response_length=0, exception=exc,
+            request_type="grpc",
+            name=name,
+            response_time=ms,
+            response_length=0,
+            exception=exc,
             context={"tenant": self.tenant, "code": code, "deadline_miss": deadline_miss},
         )
         return out
@@ -131,7 +135,7 @@ class QuietTenant(GrpcUser):
     wait_time = constant_pacing(1 / 2.0)
 
     def on_start(self) -> None:
-        self.tenant = "quiet-%d" % (next(_seq) % 3)
+        self.tenant = f"quiet-{next(_seq) % 3}"
         super().on_start()
 
     @task

@@ -47,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
 
             def sample() -> None:
                 fields = sum(r.hlen(f"ws:soak:{{{s}}}:log") for s in sids)
-                samples.append({"t_s": time.monotonic() - t0, "steps": steps[0] * len(sids),
-                                "used_memory": int(r.info("memory")["used_memory"]), "log_fields": fields})
+                samples.append(
+                    {
+                        "t_s": time.monotonic() - t0,
+                        "steps": steps[0] * len(sids),
+                        "used_memory": int(r.info("memory")["used_memory"]),
+                        "log_fields": fields,
+                    }
+                )
 
             def sampler() -> None:
                 while time.monotonic() < stop:
@@ -60,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
             keys = ["right", "right", "left", "up", "right", "jump"]
             while time.monotonic() < stop:
                 k = keys[steps[0] % len(keys)]
-                reqs = [dynamics_pb2.StepRequest(session_id=s, action=common_pb2.Action(keys=[k]),
-                                                 request_id=new_request_id()) for s in sids]
+                reqs = [
+                    dynamics_pb2.StepRequest(
+                        session_id=s, action=common_pb2.Action(keys=[k]), request_id=new_request_id()
+                    )
+                    for s in sids
+                ]
                 res = wc.step_batch(reqs)
                 if any(x.HasField("error") for x in res.results):
                     raise SystemExit(f"a step failed: {[x.error.message for x in res.results if x.HasField('error')]}")
@@ -71,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     first, last = samples[0], samples[-1]
     minutes = (last["t_s"] - first["t_s"]) / 60
     growth = (last["used_memory"] - first["used_memory"]) / max(minutes, 1e-9) / 2**20
-    report = {"label": label, "sessions": ns.sessions, "minutes": ns.minutes, "samples": samples,
-              "redis_growth_mib_per_min": growth}
+    report = {
+        "label": label,
+        "sessions": ns.sessions,
+        "minutes": ns.minutes,
+        "samples": samples,
+        "redis_growth_mib_per_min": growth,
+    }
     (out / "soak.json").write_text(json.dumps(report, indent=2))
     try:
         import matplotlib
@@ -87,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         fig.savefig(out / "soak.png", dpi=100)
     except ImportError:
         pass
-    print(f"{label}: {last['steps']} steps in {minutes:.1f} min; Redis {first['used_memory'] / 2**20:.1f} -> "
-          f"{last['used_memory'] / 2**20:.1f} MiB ({growth:+.2f} MiB/min); log fields {first['log_fields']} -> "
-          f"{last['log_fields']}")
+    print(
+        f"{label}: {last['steps']} steps in {minutes:.1f} min; Redis {first['used_memory'] / 2**20:.1f} -> "
+        f"{last['used_memory'] / 2**20:.1f} MiB ({growth:+.2f} MiB/min); log fields {first['log_fields']} -> "
+        f"{last['log_fields']}"
+    )
     return 0
 
 

@@ -47,7 +47,9 @@ def generate(out_root: Path) -> list[Path]:
     if rc != 0:
         raise SystemExit(f"protoc failed with exit code {rc}")
     pkg = out_root / PACKAGE
-    (pkg / "__init__.py").write_text('"""Generated gRPC stubs of worldserve.v1 (scripts/gen_protos.py). Do not edit."""\n')
+    (pkg / "__init__.py").write_text(
+        '"""Generated gRPC stubs of worldserve.v1 (scripts/gen_protos.py). Do not edit."""\n'
+    )
     return sorted(p for p in pkg.iterdir() if p.suffix in {".py", ".pyi"})
 
 
@@ -64,7 +66,11 @@ def main() -> int:
         committed_dir = OUT_ROOT / PACKAGE
         committed = sorted(p for p in committed_dir.iterdir() if p.suffix in {".py", ".pyi"})
         drift = sorted({p.name for p in fresh} ^ {p.name for p in committed})
-        drift += [p.name for p in fresh if (committed_dir / p.name).exists() and not filecmp.cmp(p, committed_dir / p.name, shallow=False)]
+        drift += [
+            p.name
+            for p in fresh
+            if (committed_dir / p.name).exists() and not filecmp.cmp(p, committed_dir / p.name, shallow=False)
+        ]
     if drift:
         print("generated stubs drifted from protos/: " + ", ".join(sorted(set(drift))), file=sys.stderr)
         print("run: python scripts/gen_protos.py", file=sys.stderr)

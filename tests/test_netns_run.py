@@ -9,16 +9,19 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "netns-run"
-PROBE = ("import os, socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
-         "socket.create_connection(s.getsockname()).close(); "
-         "print(','.join(n for _, n in socket.if_nameindex()), os.environ.get('WORLDSERVE_E2E_HOST_NET', ''))")
+PROBE = (
+    "import os, socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+    "socket.create_connection(s.getsockname()).close(); "
+    "print(','.join(n for _, n in socket.if_nameindex()), os.environ.get('WORLDSERVE_E2E_HOST_NET', ''))"
+)
 
 
 def run(mode: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLDSERVE_E2E_HOST_NET", "WORLDSERVE_NO_NETNS")}
     env["WORLDSERVE_NETNS"] = mode
-    return subprocess.run([str(SCRIPT), sys.executable, "-c", PROBE], capture_output=True, text=True, env=env,
-                          timeout=60)
+    return subprocess.run(
+        [str(SCRIPT), sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 @pytest.mark.parametrize("mode", ["root", "user"])

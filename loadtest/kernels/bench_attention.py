@@ -32,7 +32,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 # Goals from the issue (H200): checked and printed at the end.
 H200_PEAK_BF16_TFLOPS = 790.0
@@ -116,8 +116,15 @@ class Case:
         return attention_flops(B, self.heads, self.head_dim, self.pairs())
 
 
-def build_cases(kinds: Iterable[str], frames: Iterable[int], contexts: Iterable[int], head_dims: Iterable[int],
-                model_dim: int, batch: int = 1, max_tokens: int | None = None) -> list[Case]:
+def build_cases(
+    kinds: Iterable[str],
+    frames: Iterable[int],
+    contexts: Iterable[int],
+    head_dims: Iterable[int],
+    model_dim: int,
+    batch: int = 1,
+    max_tokens: int | None = None,
+) -> list[Case]:
     cases = []
     for kind in kinds:
         for d in head_dims:
@@ -143,8 +150,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--max-tokens", type=int, default=None, help="skip cases whose context exceeds this")
-    ap.add_argument("--dense-mask-limit-gb", type=float, default=8.0,
-                    help="skip the dense-mask SDPA baseline above this mask + score memory")
+    ap.add_argument(
+        "--dense-mask-limit-gb",
+        type=float,
+        default=8.0,
+        help="skip the dense-mask SDPA baseline above this mask + score memory",
+    )
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     ap.add_argument("--rep-ms", type=int, default=200, help="timing repetitions (ms) per measurement")
     ap.add_argument("--quick", action="store_true", help="a few shapes: F=1024, ctx 1/8, D=128")
@@ -178,7 +189,7 @@ def _bench(fn: Callable[[], object], rep_ms: int) -> float | None:
         fn()
         torch.cuda.synchronize()
         return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
-    except Exception as e:  # noqa: BLE001 -- a failing baseline is reported, not fatal
+    except Exception as e:
         print(f"      ({type(e).__name__}: {str(e).splitlines()[0][:120]})", file=sys.stderr)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -189,9 +200,9 @@ def run_case(case: Case, args, flex=None) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from worldserve.dynamics.attention.backend import build_mask
     from worldserve.dynamics.attention.kernels.flash_decode import flash_decode
     from worldserve.dynamics.attention.kernels.flash_prefill import flash_attention
-    from worldserve.dynamics.attention.backend import build_mask
 
     dt = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     dev = getattr(args, "device", "cuda")
@@ -221,8 +232,10 @@ def run_case(case: Case, args, flex=None) -> dict:
         vc[:, :, :L] = torch.randn(B, H, L, D, device=dev, dtype=dt)
         lens = torch.full((B,), L, device=dev, dtype=torch.int32)
         kn, vn = k[:, :, L:], v[:, :, L:]
-        res["ours"] = _bench(lambda: flash_decode(q, kn, vn, kc, vc, lens, frame_tokens=Fr, mask="frame_causal",
-                                                  max_cache_len=L), args.rep_ms)
+        res["ours"] = _bench(
+            lambda: flash_decode(q, kn, vn, kc, vc, lens, frame_tokens=Fr, mask="frame_causal", max_cache_len=L),
+            args.rep_ms,
+        )
         # the served layout: pages of one frame in the model's token-major pool, shuffled, read
         # through a block table (a frame of Fr tokens is one page; L is a whole number of frames)
         n_pages = tk // Fr + 1
@@ -233,8 +246,22 @@ def run_case(case: Case, args, flex=None) -> dict:
         kpool[bt[:, : L // Fr].reshape(-1).long()] = kc[:, :, :L].transpose(1, 2).reshape(-1, Fr, H, D)
         vpool[bt[:, : L // Fr].reshape(-1).long()] = vc[:, :, :L].transpose(1, 2).reshape(-1, Fr, H, D)
         kp, vp = kpool.transpose(1, 2), vpool.transpose(1, 2)  # (P, H, Fr, D) views
-        res["ours_paged"] = _bench(lambda: flash_decode(q, kn, vn, kp, vp, lens, frame_tokens=Fr, mask="frame_causal",
-                                                        max_cache_len=L, block_table=bt, page_size=Fr), args.rep_ms)
+        res["ours_paged"] = _bench(
+            lambda: flash_decode(
+                q,
+                kn,
+                vn,
+                kp,
+                vp,
+                lens,
+                frame_tokens=Fr,
+                mask="frame_causal",
+                max_cache_len=L,
+                block_table=bt,
+                page_size=Fr,
+            ),
+            args.rep_ms,
+        )
         res["sdpa_best"] = _bench(lambda: F.scaled_dot_product_attention(q, k, v), args.rep_ms)
         if flex is not None:
             res["flex"] = flex.run(q, k, v, tq, tk, Fr, "full", args.rep_ms)
@@ -263,6 +290,7 @@ class _Flex:
         if mask == "full":
             block_mask = None
         else:
+
             def mask_mod(b, h, q_idx, kv_idx):
                 return (kv_idx // frame_tokens) <= ((q_idx + q_start) // frame_tokens)
 
@@ -291,27 +319,38 @@ def check_goals(results: list[dict]) -> list[str]:
     lines = []
 
     def worst(kind, key, pred=lambda c: True):
-        rs = [(r[key] / r["ours"], r["case"]) for r in results
-              if r["case"].kind == kind and pred(r["case"]) and r.get(key) and r.get("ours")]
+        rs = [
+            (r[key] / r["ours"], r["case"])
+            for r in results
+            if r["case"].kind == kind and pred(r["case"]) and r.get(key) and r.get("ours")
+        ]
         return min(rs, key=lambda x: x[0]) if rs else None
 
-    for name, kind, key, goal in (("frame-causal prefill vs FlexAttention", "prefill", "flex", GOALS["prefill_vs_flex"]),
-                                  ("frame-causal prefill vs dense-mask SDPA", "prefill", "sdpa_dense",
-                                   GOALS["prefill_vs_dense"]),
-                                  ("within-frame full vs SDPA best", "full", "sdpa_best", GOALS["full_vs_sdpa"])):
+    for name, kind, key, goal in (
+        ("frame-causal prefill vs FlexAttention", "prefill", "flex", GOALS["prefill_vs_flex"]),
+        ("frame-causal prefill vs dense-mask SDPA", "prefill", "sdpa_dense", GOALS["prefill_vs_dense"]),
+        ("within-frame full vs SDPA best", "full", "sdpa_best", GOALS["full_vs_sdpa"]),
+    ):
         w = worst(kind, key)
         if w is None:
             lines.append(f"{name}: no data")
         else:
-            lines.append(f"{name}: worst {w[0]:.2f}x at [{w[1].label.strip()}] (goal >= {goal}x) "
-                         f"{'MET' if w[0] >= goal else 'NOT MET'}")
-    dec = [(tflops(r["case"].flops(), r["ours"]), r["case"]) for r in results
-           if r["case"].kind == "decode" and r["case"].frame_tokens >= 1024 and r.get("ours")]
+            lines.append(
+                f"{name}: worst {w[0]:.2f}x at [{w[1].label.strip()}] (goal >= {goal}x) "
+                f"{'MET' if w[0] >= goal else 'NOT MET'}"
+            )
+    dec = [
+        (tflops(r["case"].flops(), r["ours"]), r["case"])
+        for r in results
+        if r["case"].kind == "decode" and r["case"].frame_tokens >= 1024 and r.get("ours")
+    ]
     if dec:
         t, c = min(dec, key=lambda x: x[0])
         goal = GOALS["decode_peak_fraction"] * H200_PEAK_BF16_TFLOPS
-        lines.append(f"decode (>= 1024 tokens/frame): worst {t:.0f} TFLOP/s at [{c.label.strip()}] "
-                     f"(goal >= {goal:.0f}) {'MET' if t >= goal else 'NOT MET'}")
+        lines.append(
+            f"decode (>= 1024 tokens/frame): worst {t:.0f} TFLOP/s at [{c.label.strip()}] "
+            f"(goal >= {goal:.0f}) {'MET' if t >= goal else 'NOT MET'}"
+        )
     else:
         lines.append("decode (>= 1024 tokens/frame): no data")
     return lines
@@ -325,21 +364,26 @@ def main(argv=None) -> int:
         print("bench_attention: torch is not installed", file=sys.stderr)
         return 1 if args.require_gpu else 0
     if not torch.cuda.is_available():
-        print("bench_attention: no CUDA device available -- this benchmark needs one GPU; nothing to do.",
-              file=sys.stderr)
+        print(
+            "bench_attention: no CUDA device available -- this benchmark needs one GPU; nothing to do.", file=sys.stderr
+        )
         return 1 if args.require_gpu else 0
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("bench_attention: unset TRITON_INTERPRET to benchmark compiled kernels", file=sys.stderr)
         return 1
-    cases = build_cases(args.kinds, args.frames, args.contexts, args.head_dims, args.model_dim, args.batch,
-                        args.max_tokens)
-    print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {args.dtype}  "
-          f"{len(cases)} cases; TF/s over unmasked pairs; ratios = t_baseline / t_ours", flush=True)
+    cases = build_cases(
+        args.kinds, args.frames, args.contexts, args.head_dims, args.model_dim, args.batch, args.max_tokens
+    )
+    print(
+        f"# {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {args.dtype}  "
+        f"{len(cases)} cases; TF/s over unmasked pairs; ratios = t_baseline / t_ours",
+        flush=True,
+    )
     flex = None
     if not args.no_flex:
         try:
             flex = _Flex()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             print(f"# FlexAttention unavailable: {e}", file=sys.stderr)
     results = []
     for c in cases:

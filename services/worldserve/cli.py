@@ -123,7 +123,9 @@ def start_ray_head(temp_dir: Path, num_cpus: int, env: dict | None = None) -> st
     from worldserve.common.redis_server import free_port
 
     env = dict(os.environ if env is None else env)
-    if env.get("RAY_AUTH_MODE", "token") == "token" and not (env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH")):
+    if env.get("RAY_AUTH_MODE", "token") == "token" and not (
+        env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH")
+    ):
         # `ray start` needs a token when token auth is on (Ray 2.60's default); on a fresh machine
         # there is none yet: make ~/.ray/auth_token once (captured, never printed), as Ray advises
         r = _ray("get-auth-token", "--generate", env=env)
@@ -131,9 +133,18 @@ def start_ray_head(temp_dir: Path, num_cpus: int, env: dict | None = None) -> st
             console.print(r.stderr[-2000:])
             raise typer.Exit(1)
     port = free_port()
-    args = ["start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--disable-usage-stats",
-            f"--port={port}", f"--temp-dir={temp_dir}", f"--dashboard-port={free_port()}",
-            f"--ray-client-server-port={free_port()}", f"--num-cpus={num_cpus}"]
+    args = [
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--disable-usage-stats",
+        f"--port={port}",
+        f"--temp-dir={temp_dir}",
+        f"--dashboard-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--num-cpus={num_cpus}",
+    ]
     r = _ray(*args, env=env)
     if r.returncode != 0:
         console.print(r.stdout[-2000:], r.stderr[-2000:])
@@ -149,8 +160,8 @@ def up(
 ) -> None:
     """Start Redis (embedded unless REDIS_URL), Ray and Serve; wait until healthy; print endpoint and key."""
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported: set it first
-    from worldserve.common.redis_server import EmbeddedRedis
     from worldserve import deploy as dep
+    from worldserve.common.redis_server import EmbeddedRedis
 
     state = _read_state()
     redis_url = os.environ.get("REDIS_URL", "")
@@ -161,7 +172,9 @@ def up(
             srv = EmbeddedRedis(home() / "redis", port=6390 if _port_free(6390) else None).start(detach=True)
             redis_url = srv.url
             state.update(redis_pid=srv.proc.pid, redis_url=redis_url)
-            console.print(f"[green]embedded Redis[/] at {redis_url} (AOF everysec, noeviction), data in {home() / 'redis'}")
+            console.print(
+                f"[green]embedded Redis[/] at {redis_url} (AOF everysec, noeviction), data in {home() / 'redis'}"
+            )
     key, keys_file = _ensure_dev_key()
     _write_state(state)
 
@@ -179,8 +192,9 @@ def up(
     os.environ.update(REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file), RAY_ADDRESS=address)
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     archive_url = os.environ.get("WORLDSERVE_ARCHIVE_URL") or f"file://{home() / 'archive'}"
-    cfg = dep.load_config(config, app_args={"redis_url": redis_url, "api_keys_file": str(keys_file),
-                                            "archive_url": archive_url})
+    cfg = dep.load_config(
+        config, app_args={"redis_url": redis_url, "api_keys_file": str(keys_file), "archive_url": archive_url}
+    )
     dep.deploy(cfg)
     with console.status("deploying image, sessions, dynamics, web ...") as st:
         dep.wait_healthy(timeout_s, progress=lambda s: st.update(f"deploying: {s}"))
@@ -206,7 +220,7 @@ def _check_health(endpoint: str, key: str) -> None:
                 try:
                     assert c.health(appname) == "SERVING"
                     break
-                except Exception:  # noqa: BLE001 - the proxy may need a moment for new routes
+                except Exception:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(1)
@@ -263,7 +277,7 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
         for appname in ("image", "sessions", "dynamics"):
             try:
                 s = c.health(appname)
-            except Exception as e:  # noqa: BLE001 - any failure means the app is not serving
+            except Exception as e:
                 why = e.code().name if hasattr(e, "code") else type(e).__name__
                 s, ok = f"DOWN ({why})", False
             console.print(f"{appname:9s} {s}")
@@ -274,13 +288,13 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
 
                 with urllib.request.urlopen(web + "healthz", timeout=10) as r:
                     s = "SERVING" if r.status == 200 else f"DOWN (HTTP {r.status})"
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 s, ok = f"DOWN ({type(e).__name__})", False
             console.print(f"web       {s}  {web}")
         if ok:
             try:
                 models = c.list_models()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 console.print(f"models    unknown ({e.code().name if hasattr(e, 'code') else type(e).__name__})")
                 ok = False
             else:
@@ -328,7 +342,10 @@ def play(
         s = c.create_session(prompt=prompt, seed=seed, include_first_frame=True, model=model)
         frames.append(Image.open(io.BytesIO(s.first_frame.data)).convert("RGB"))
         with Progress(
-            TextColumn("[bold]stepping[/] " + s.session_id), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("[bold]stepping[/] " + s.session_id),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
             console=console,
         ) as bar:
             task = bar.add_task("steps", total=len(acts))
@@ -367,7 +384,9 @@ def _parse_quotas(items: list[str]) -> dict:
 @app.command("add-key")
 def add_key_cmd(
     tenant: str,
-    quota: list[str] = typer.Option([], "--quota", help="a quota override NAME=VALUE (repeatable), e.g. steps_per_s=20"),
+    quota: list[str] = typer.Option(
+        [], "--quota", help="a quota override NAME=VALUE (repeatable), e.g. steps_per_s=20"
+    ),
 ) -> None:
     """Create an API key for a tenant; its hash goes to the key file, the key is printed once."""
     from worldserve.common.auth import add_key, new_key
@@ -432,19 +451,44 @@ def eval_cmd(
     if prompts is not None:
         prompt_set = tuple(p.strip() for p in prompts.read_text().splitlines() if p.strip())
     target = target or _read_state().get("endpoint", f"127.0.0.1:{GRPC_PORT}")
-    with WorldClient(target, dev_key(), timeout_s=120) as c, Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-    ) as bar:
-        tasks = {"create": bar.add_task("create worlds", total=worlds), "play": bar.add_task("play", total=steps),
-                 "checks": bar.add_task("consistency checks", total=4 * k)}
+    with (
+        WorldClient(target, dev_key(), timeout_s=120) as c,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar,
+    ):
+        tasks = {
+            "create": bar.add_task("create worlds", total=worlds),
+            "play": bar.add_task("play", total=steps),
+            "checks": bar.add_task("consistency checks", total=4 * k),
+        }
         try:
-            report = harness.run(c, policy=policy, worlds=worlds, steps=steps, k=k, prompts=prompt_set, model=model,
-                                 seed=seed, out=out, dataset_id=dataset or None, discrete=discrete,
-                                 progress=lambda what, n: bar.advance(tasks[what], n))
+            report = harness.run(
+                c,
+                policy=policy,
+                worlds=worlds,
+                steps=steps,
+                k=k,
+                prompts=prompt_set,
+                model=model,
+                seed=seed,
+                out=out,
+                dataset_id=dataset or None,
+                discrete=discrete,
+                progress=lambda what, n: bar.advance(tasks[what], n),
+            )
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
-    ta, mv, ct, lat = (report["turn_around_psnr_db"], report["moved_psnr_db"], report["control_psnr_db"],
-                       report["latency_ms"])
+    ta, mv, ct, lat = (
+        report["turn_around_psnr_db"],
+        report["moved_psnr_db"],
+        report["control_psnr_db"],
+        report["latency_ms"],
+    )
 
     def db(s: dict) -> str:
         return "n/a" if s["mean"] is None else f"{s['mean']:.1f} dB"
@@ -452,14 +496,18 @@ def eval_cmd(
     console.print(f"{worlds} worlds of {report['model']!r}, policy {policy!r}: {report['failed_worlds']} failed")
     console.print(f"  turn around (back vs start, higher = remembers): {db(ta)}; after walking away: {db(mv)}")
     console.print(f"  controllability (left vs right branch, lower = obeys): {db(ct)}")
-    console.print(f"  StepBatch latency p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms; "
-                  f"{report['steps_per_s']:.1f} policy steps/s")
+    console.print(
+        f"  StepBatch latency p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms; "
+        f"{report['steps_per_s']:.1f} policy steps/s"
+    )
     for r in report["world_records"]:
         if r["error"]:
             console.print(f"  world {r['index']}: [red]{escape(r['error'])}[/]")
     if report.get("dataset"):
-        console.print(f"  Minari dataset {report['dataset']['id']!r} ({report['dataset']['episodes']} episodes) in "
-                      f"{report['dataset']['path']}")
+        console.print(
+            f"  Minari dataset {report['dataset']['id']!r} ({report['dataset']['episodes']} episodes) in "
+            f"{report['dataset']['path']}"
+        )
     console.print(f"wrote {out / 'report.json'}, " + ", ".join(report["plots"]))
 
 

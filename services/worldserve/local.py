@@ -52,12 +52,19 @@ def local_cluster(
     grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     try:
         ray.init(
-            num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
             _metrics_export_port=metrics_port,
         )
         cfg = dep.load_config(
-            app_args={"redis_url": redis.url, "api_keys_file": str(tmp / "keys.json"),
-                      "archive_url": f"file://{tmp / 'archive'}", **(app_args or {})},
+            app_args={
+                "redis_url": redis.url,
+                "api_keys_file": str(tmp / "keys.json"),
+                "archive_url": f"file://{tmp / 'archive'}",
+                **(app_args or {}),
+            },
             grpc_port=grpc_port,
             http_port=http_port,
             deployment_overrides={k: dict(v) for k, v in (deployment_overrides or {}).items()},
@@ -65,8 +72,12 @@ def local_cluster(
         dep.deploy(cfg)
         dep.wait_healthy(timeout_s)
         yield LocalCluster(
-            target=f"127.0.0.1:{grpc_port}", keys=keys, redis=redis,
-            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", workdir=tmp, http=f"http://127.0.0.1:{http_port}",
+            target=f"127.0.0.1:{grpc_port}",
+            keys=keys,
+            redis=redis,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            workdir=tmp,
+            http=f"http://127.0.0.1:{http_port}",
         )
     finally:
         with contextlib.suppress(Exception):

@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from worldserve.client import WorldClient
-from worldserve.v1 import common_pb2, dynamics_pb2 as pb, dynamics_pb2_grpc
+from worldserve.v1 import common_pb2, dynamics_pb2_grpc
+from worldserve.v1 import dynamics_pb2 as pb
 
 
 class Flaky(dynamics_pb2_grpc.DynamicsServiceServicer):
@@ -76,8 +77,13 @@ class FlakyBatch(dynamics_pb2_grpc.DynamicsServiceServicer):
         out = []
         for i, s in enumerate(request.steps):
             if len(self.calls) == 1 and i == 1:
-                out.append(pb.StepResult(error=common_pb2.ErrorStatus(code=grpc.StatusCode.UNAVAILABLE.value[0],
-                                                                        message="session store unavailable")))
+                out.append(
+                    pb.StepResult(
+                        error=common_pb2.ErrorStatus(
+                            code=grpc.StatusCode.UNAVAILABLE.value[0], message="session store unavailable"
+                        )
+                    )
+                )
             else:
                 out.append(pb.StepResult(ok=pb.StepResponse(session_id=s.session_id, step=1)))
         return pb.StepBatchResponse(results=out)
@@ -110,8 +116,9 @@ class OverQuota(dynamics_pb2_grpc.DynamicsServiceServicer):
             msg = "quota steps_per_s exceeded for tenant 't'"
             if self.delay_s is not None:
                 e = QuotaExceeded("steps_per_s", "t", msg, retry_after_s=self.delay_s)
-                context.set_trailing_metadata([(STATUS_DETAILS_KEY,
-                                                status_details(e, grpc.StatusCode.RESOURCE_EXHAUSTED, msg))])
+                context.set_trailing_metadata(
+                    [(STATUS_DETAILS_KEY, status_details(e, grpc.StatusCode.RESOURCE_EXHAUSTED, msg))]
+                )
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, msg)
         return pb.StepResponse(session_id=request.session_id, step=1)
 

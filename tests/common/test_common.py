@@ -1,5 +1,3 @@
-import json
-
 import grpc
 import numpy as np
 import pytest
@@ -8,7 +6,14 @@ from worldserve.common import codec
 from worldserve.common.auth import KeyRing, add_key, hash_key, new_key
 from worldserve.common.config import Config
 from worldserve.common.errors import (
-    Conflict, FailedPrecondition, InvalidArgument, NotFound, StreamFailed, Unauthenticated, grpc_method, status_of,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StreamFailed,
+    Unauthenticated,
+    grpc_method,
+    status_of,
 )
 from worldserve.v1 import common_pb2
 
@@ -77,13 +82,41 @@ async def test_grpc_method_sets_status_and_returns_empty():
 
     ctx = _Ctx()
     out = await S().X(3, grpc_context=ctx)
-    assert out == common_pb2.Frame() and ctx.code == grpc.StatusCode.INVALID_ARGUMENT and ctx.details == "width=3 is odd"
+    assert (
+        out == common_pb2.Frame() and ctx.code == grpc.StatusCode.INVALID_ARGUMENT and ctx.details == "width=3 is odd"
+    )
     ctx = _Ctx()
     got = []
     with pytest.raises(StreamFailed, match="^gone$"):  # a stream must raise, or Serve's proxy answers OK
         async for i in S().Y(0, grpc_context=ctx):
             got.append(i)
     assert got == [1] and ctx.code == grpc.StatusCode.NOT_FOUND and ctx.details == "gone"
+
+
+async def test_rpc_resolves_the_tenant_once_and_maps_a_missing_key():
+    from worldserve.common.servicer import ServiceBase, rpc
+
+    class S(ServiceBase):
+        service = "x"
+
+        @rpc("X", empty=common_pb2.Frame)
+        async def X(self, request, tenant, grpc_context=None):
+            return common_pb2.Frame(width=len(tenant))
+
+        @rpc("Y", empty=common_pb2.Frame)
+        async def Y(self, request, tenant, grpc_context=None):
+            yield tenant
+
+    svc = S({})
+    svc.tenant = lambda ctx: "tenant-a" if ctx.ok else svc.keys.authenticate([])  # type: ignore[method-assign]
+    ctx = _Ctx()
+    ctx.ok = True
+    assert (await svc.X(0, grpc_context=ctx)).width == len("tenant-a")
+    assert [t async for t in svc.Y(0, grpc_context=ctx)] == ["tenant-a"]
+    ctx = _Ctx()
+    ctx.ok = False
+    assert await svc.X(0, grpc_context=ctx) == common_pb2.Frame()
+    assert ctx.code == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_config_bounds_and_overrides():
@@ -120,7 +153,10 @@ def test_frame_format_codes_match_the_proto():
     from worldserve.v1 import common_pb2
 
     assert (codec.PNG, codec.JPEG, codec.RAW) == (
-        common_pb2.FRAME_FORMAT_PNG, common_pb2.FRAME_FORMAT_JPEG, common_pb2.FRAME_FORMAT_RAW_RGB8)
+        common_pb2.FRAME_FORMAT_PNG,
+        common_pb2.FRAME_FORMAT_JPEG,
+        common_pb2.FRAME_FORMAT_RAW_RGB8,
+    )
 
 
 async def test_an_rpc_sent_to_the_wrong_application_is_unimplemented():
@@ -135,8 +171,10 @@ async def test_an_rpc_sent_to_the_wrong_application_is_unimplemented():
     out = await svc.Step(dynamics_pb2.StepRequest(), grpc_context=ctx)
     assert isinstance(out, dynamics_pb2.StepResponse)
     assert ctx.code == grpc.StatusCode.UNIMPLEMENTED
-    assert ctx.details == ("DynamicsService.Step is served by application 'dynamics', not 'sessions': "
-                           "send the metadata application: dynamics")
+    assert ctx.details == (
+        "DynamicsService.Step is served by application 'dynamics', not 'sessions': "
+        "send the metadata application: dynamics"
+    )
     ctx = _Ctx()
     with pytest.raises(StreamFailed):
         async for _ in svc.Rollout(dynamics_pb2.RolloutRequest(), grpc_context=ctx):

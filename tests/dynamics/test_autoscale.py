@@ -14,13 +14,25 @@ REPLICAS = ["replica-0", "replica-1"]  # the policy only sums over them
 def ctx(ratios: list[float], rates: list[float], *, current=2, ongoing=0.0, state=None):
     cfg = AutoscalingConfig(min_replicas=1, max_replicas=4, target_ongoing_requests=32, upscale_delay_s=5)
     return AutoscalingContext(
-        deployment_id=None, deployment_name="DynamicsModel-platformer", app_name="dynamics",
-        current_num_replicas=current, target_num_replicas=current, running_replicas=REPLICAS[:current],
-        total_num_requests=ongoing, total_queued_requests=0.0,
-        aggregated_metrics={"deadline_miss_ratio": dict(zip(REPLICAS, ratios)),
-                            "deadline_steps_per_s": dict(zip(REPLICAS, rates))},
-        raw_metrics={}, capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=4,
-        policy_state=dict(state or {}), last_scale_up_time=None, last_scale_down_time=None, current_time=100.0,
+        deployment_id=None,
+        deployment_name="DynamicsModel-platformer",
+        app_name="dynamics",
+        current_num_replicas=current,
+        target_num_replicas=current,
+        running_replicas=REPLICAS[:current],
+        total_num_requests=ongoing,
+        total_queued_requests=0.0,
+        aggregated_metrics={
+            "deadline_miss_ratio": dict(zip(REPLICAS, ratios)),
+            "deadline_steps_per_s": dict(zip(REPLICAS, rates)),
+        },
+        raw_metrics={},
+        capacity_adjusted_min_replicas=1,
+        capacity_adjusted_max_replicas=4,
+        policy_state=dict(state or {}),
+        last_scale_up_time=None,
+        last_scale_down_time=None,
+        current_time=100.0,
         config=cfg,
     )
 

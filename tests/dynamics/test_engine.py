@@ -13,6 +13,7 @@ from worldserve.common.config import Config
 from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from worldserve.dynamics.engine.core import Engine
 from worldserve.dynamics.engine.types import Priority, StepRequest
+from worldserve.state.store import DELETIONS_CHANNEL
 from worldserve.v1 import common_pb2
 
 from .toy_model import POISON_SEED, ToyModel
@@ -29,8 +30,13 @@ async def make_engine(store):
     made = []
 
     def make(model=None, *, invariant=False, **cfg):
-        e = Engine(model or ToyModel(), store, Config.load({"max_batch_size": 16, **cfg}, env={}), model_name=MODEL,
-                   batch_invariant=invariant)
+        e = Engine(
+            model or ToyModel(),
+            store,
+            Config.load({"max_batch_size": 16, **cfg}, env={}),
+            model_name=MODEL,
+            batch_invariant=invariant,
+        )
         e.start()
         made.append(e)
         return e
@@ -48,8 +54,9 @@ async def engine(make_engine):
 async def new_session(store, seed=1, model=MODEL, tenant="t"):
     rgb = np.zeros((16, 16, 3), np.uint8)
     rgb[4:8, 2:6] = (200, 30, 30)
-    return await store.create(tenant, model=model, prompt="p", seed=seed, width=16, height=16,
-                              first_frame=encode_frame(rgb, PNG).data)
+    return await store.create(
+        tenant, model=model, prompt="p", seed=seed, width=16, height=16, first_frame=encode_frame(rgb, PNG).data
+    )
 
 
 def req(sid, keys=(), tenant="t", **kw) -> StepRequest:
@@ -58,6 +65,22 @@ def req(sid, keys=(), tenant="t", **kw) -> StepRequest:
 
 def pixels(out) -> np.ndarray:
     return decode_frame(out.frame.to_pb(), max_bytes=1 << 20)
+
+
+async def deletion_subscribers(store) -> int:
+    """Subscribers of the deletion feed (every engine's eviction loop holds one)."""
+    ((_, n),) = await store.r.pubsub_numsub(DELETIONS_CHANNEL)
+    return n
+
+
+async def wait_for_deletion_subscribers(store, n: int, timeout_s: float = 5.0) -> None:
+    """Until ``n`` clients subscribe to the deletion feed: a deletion published before an
+    engine subscribed would never reach it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (got := await deletion_subscribers(store)) < n:
+        assert loop.time() < deadline, f"{got} of {n} subscribers on {DELETIONS_CHANNEL} after {timeout_s} s"
+        await asyncio.sleep(0.01)
 
 
 async def test_steps_land_in_redis_and_reuse_the_state(engine, store):
@@ -137,8 +160,9 @@ async def test_racing_step_conflicts_and_expected_step(engine, store):
         await engine.step(req(rec.session_id, ["up"], expected_step=0))
     assert (await engine.step(req(rec.session_id, ["up"], expected_step=1))).step == 2
     # racing with expected_step: the losers' precondition failed, whichever check caught them
-    res = await asyncio.gather(*(engine.step(req(rec.session_id, expected_step=2)) for _ in range(3)),
-                               return_exceptions=True)
+    res = await asyncio.gather(
+        *(engine.step(req(rec.session_id, expected_step=2)) for _ in range(3)), return_exceptions=True
+    )
     assert sorted(type(r).__name__ for r in res) == ["FailedPrecondition", "FailedPrecondition", "StepOutput"]
 
 
@@ -163,8 +187,9 @@ async def test_a_retried_request_id_returns_the_recorded_step_and_applies_nothin
 async def test_twins_of_one_request_id_racing_on_two_replicas_land_once(make_engine, store):
     engine, other = make_engine(), make_engine()
     rec = await new_session(store)
-    outs = await asyncio.gather(*(e.step(req(rec.session_id, ["up"], request_id="twin")) for e in (engine, other)),
-                                return_exceptions=True)
+    outs = await asyncio.gather(
+        *(e.step(req(rec.session_id, ["up"], request_id="twin")) for e in (engine, other)), return_exceptions=True
+    )
     steps = [o.step for o in outs if not isinstance(o, Exception)]
     assert steps and set(steps) == {1}, outs  # the loser is answered with the winner's step, or ABORTED
     assert all(isinstance(o, Conflict) for o in outs if isinstance(o, Exception))
@@ -218,8 +243,9 @@ async def test_event_switch_is_recorded_and_kept(engine, store):
 
 async def test_deleted_sessions_leave_every_replica(make_engine, store):
     m1, m2 = ToyModel(), ToyModel()
+    subscribed0 = await deletion_subscribers(store)
     e1, e2 = make_engine(m1), make_engine(m2)
-    await asyncio.sleep(0.2)  # both subscribed to the deletion feed
+    await wait_for_deletion_subscribers(store, subscribed0 + 2)  # both subscribed to the deletion feed
     a, b = await new_session(store), await new_session(store)
     await e1.step(req(a.session_id))
     await e2.step(req(a.session_id))
@@ -234,9 +260,11 @@ async def test_deleted_sessions_leave_every_replica(make_engine, store):
     assert ("t", a.session_id) not in e1.cache and ("t", a.session_id) not in e2.cache
     assert ("t", b.session_id) in e1.cache
     assert sample("worldserve_dynamics_state_evictions_total", model=MODEL, reason="deleted") == deleted0 + 2
-    assert sample("worldserve_dynamics_active_sessions", model=MODEL) >= 0
     await e1.step(req(b.session_id))  # the next batch releases the deleted state's memory
     assert len(m1.live) == 1 and m1.released >= 1
+    # The gauge is set by the replica whose cache changed last (here e1, after its step): b alone.
+    assert len(e1.cache) == 1 and len(e2.cache) == 0
+    assert sample("worldserve_dynamics_active_sessions", model=MODEL) == 1
 
 
 async def test_a_state_computed_during_a_delete_is_not_kept(engine, store):
@@ -330,8 +358,9 @@ async def test_an_interactive_step_overtakes_queued_farm_steps_and_batches_stay_
     t0 = time.monotonic()
     farm_tasks = [asyncio.create_task(engine.step(req(r.session_id, tenant="farm"))) for r in farm]
     await asyncio.sleep(0.03)  # the farm's steps are queued and running
-    out = await engine.step(req(player.session_id, tenant="player", priority=Priority.INTERACTIVE,
-                                deadline=time.time() + 0.5))
+    out = await engine.step(
+        req(player.session_id, tenant="player", priority=Priority.INTERACTIVE, deadline=time.time() + 0.5)
+    )
     interactive_s = time.monotonic() - t0
     farm_done = sum(t.done() for t in farm_tasks)
     await asyncio.gather(*farm_tasks)

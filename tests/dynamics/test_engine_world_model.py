@@ -9,8 +9,10 @@ import pytest
 from worldserve.common.codec import PNG, decode_frame, encode_frame
 from worldserve.common.config import Config
 from worldserve.dynamics.engine.core import Engine
-from worldserve.dynamics.registry import load_model
 from worldserve.dynamics.engine.types import StepRequest
+from worldserve.dynamics.registry import load_model
+
+from .test_engine import deletion_subscribers, wait_for_deletion_subscribers
 
 MODEL = "platformer"
 KEYS = [["right"], ["right", "jump"], ["left"], [], ["up"], ["right"]]
@@ -27,8 +29,9 @@ async def make_engine(world_model, store):
     made = []
 
     def make(*, invariant: bool):
-        e = Engine(world_model, store, Config.load({"max_batch_size": 32}, env={}), model_name=MODEL,
-                   batch_invariant=invariant)
+        e = Engine(
+            world_model, store, Config.load({"max_batch_size": 32}, env={}), model_name=MODEL, batch_invariant=invariant
+        )
         e.start()
         made.append(e)
         return e
@@ -41,8 +44,9 @@ async def make_engine(world_model, store):
 async def new_session(store, seed):
     rng = np.random.default_rng(seed)
     rgb = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    return await store.create("t", model=MODEL, prompt="p", seed=seed, width=64, height=64,
-                              first_frame=encode_frame(rgb, PNG).data)
+    return await store.create(
+        "t", model=MODEL, prompt="p", seed=seed, width=64, height=64, first_frame=encode_frame(rgb, PNG).data
+    )
 
 
 async def play(engine, store, target_seed: int, neighbour_seeds: list[int]) -> list[np.ndarray]:
@@ -77,8 +81,9 @@ async def test_batched_mode_shares_model_calls(make_engine, store, world_model):
 
 
 async def test_deleting_a_session_releases_its_state(make_engine, store, world_model):
+    before = await deletion_subscribers(store)
     engine = make_engine(invariant=True)
-    await asyncio.sleep(0.2)  # subscribed to deletions
+    await wait_for_deletion_subscribers(store, before + 1)  # a deletion before it subscribed would not reach it
     recs = [await new_session(store, s) for s in range(3)]
     for r in recs:
         await engine.step(StepRequest("t", r.session_id, ()))

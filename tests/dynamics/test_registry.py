@@ -16,11 +16,14 @@ from worldserve.dynamics.registry import REGISTRY, ModelLoadError, load_model
 def plugin_on_path(tmp_path, monkeypatch):
     """A separately 'installed' package: a module plus a dist-info folder declaring an entry point
     in the worldserve.dynamics_models group, found through sys.path like any installed package."""
-    (tmp_path / "acme_worlds.py").write_text(textwrap.dedent("""
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    (tmp_path / "acme_worlds.py").write_text(
+        textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, %r)
+        sys.path.insert(0, {root!r})
         from tests.dynamics.toy_model import load
-    """ % str(__import__("pathlib").Path(__file__).resolve().parents[2])))
+    """)
+    )
     dist = tmp_path / "acme_worlds-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-worlds\nVersion: 1.0\n")
@@ -32,8 +35,9 @@ def plugin_on_path(tmp_path, monkeypatch):
 
 def test_an_installed_package_adds_a_model_kind(plugin_on_path):
     assert "acme_toy" in REGISTRY.names()
-    cfg = Config.load({"models": [{"name": "acme", "kind": "acme_toy", "path": "random",
-                                   "options": {"context_frames": 3}}]}, env={})
+    cfg = Config.load(
+        {"models": [{"name": "acme", "kind": "acme_toy", "path": "random", "options": {"context_frames": 3}}]}, env={}
+    )
     model = load_model(cfg.models[0], cfg, "cpu")
     assert isinstance(model, DynamicsModel)
     assert model.info.context_frames == 3
@@ -43,8 +47,15 @@ def test_the_shipped_kinds_are_entry_points_too():
     from importlib.metadata import entry_points
 
     assert {"world_model", "scroll_canvas"} <= {ep.name for ep in entry_points(group="worldserve.dynamics_models")}
-    cfg = Config.load({"models": [{"name": "w", "path": "random", "sample_steps": 3},
-                                  {"name": "c", "kind": "scroll_canvas", "path": "random"}]}, env={})
+    cfg = Config.load(
+        {
+            "models": [
+                {"name": "w", "path": "random", "sample_steps": 3},
+                {"name": "c", "kind": "scroll_canvas", "path": "random"},
+            ]
+        },
+        env={},
+    )
     model = load_model(cfg.models[0], cfg, "cpu")
     assert isinstance(model, DynamicsModel)
     assert model.info.sample_steps == 3 and model.runtime.dtype == "float32"
@@ -98,23 +109,27 @@ def test_missing_folder(tmp_path):
         load_model(cfg.models[0], cfg, "cpu")
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"models": []}, "models is empty"),
-    ({"models": [{"name": "A b"}]}, "model name 'A b'"),
-    ({"models": ["a", "a"]}, "duplicate names"),
-    ({"models": [{"name": "a", "colour": 1}]}, "unknown fields"),
-    ({"default_model": "zz"}, "not one of the served models"),
-    ({"models": [{"name": "a", "sample_steps": 100}]}, "sample_steps"),
-    ({"dtype": "int8"}, "dtype"),
-    ({"batch_invariant": "maybe"}, "batch_invariant"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"models": []}, "models is empty"),
+        ({"models": [{"name": "A b"}]}, "model name 'A b'"),
+        ({"models": ["a", "a"]}, "duplicate names"),
+        ({"models": [{"name": "a", "colour": 1}]}, "unknown fields"),
+        ({"default_model": "zz"}, "not one of the served models"),
+        ({"models": [{"name": "a", "sample_steps": 100}]}, "sample_steps"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"batch_invariant": "maybe"}, "batch_invariant"),
+    ],
+)
 def test_config_bounds(bad, match):
     with pytest.raises(ValueError, match=match):
         Config.load(bad, env={})
 
 
 def test_image_registry():
-    from worldserve.image.core import REGISTRY as IMAGES, load_backend
+    from worldserve.image.core import REGISTRY as IMAGES
+    from worldserve.image.core import load_backend
 
     assert {"tiny_text_to_image", "caption_decoder"} <= set(IMAGES.names())
     backend = load_backend(Config.load({"image_model_path": "random"}, env={}))
@@ -125,8 +140,16 @@ def test_image_registry():
 
 
 def test_a_spec_without_a_kind_takes_its_folders_kind(tmp_path):
-    cfg = Config.load({"models": [{"name": "c", "path": "shipped:dynamics"}, {"name": "t", "path": "shipped:transformer"},
-                                  {"name": "r", "path": "random"}]}, env={})
+    cfg = Config.load(
+        {
+            "models": [
+                {"name": "c", "path": "shipped:dynamics"},
+                {"name": "t", "path": "shipped:transformer"},
+                {"name": "r", "path": "random"},
+            ]
+        },
+        env={},
+    )
     kinds = [type(load_model(s, cfg, "cpu")).__name__ for s in cfg.models]
     assert kinds == ["CanvasWorldModel", "WorldModel", "WorldModel"]
     with pytest.raises(ModelLoadError, match="not found"):

@@ -37,8 +37,14 @@ class ToyModel:
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(frame_width=W, frame_height=H, action_space=ActionSpace(keys=KEYS, discrete_actions=16),
-                         context_frames=self.context_frames, sample_steps=1, default_guidance=1.0)
+        return ModelInfo(
+            frame_width=W,
+            frame_height=H,
+            action_space=ActionSpace(keys=KEYS, discrete_actions=16),
+            context_frames=self.context_frames,
+            sample_steps=1,
+            default_guidance=1.0,
+        )
 
     @property
     def runtime(self) -> Runtime:
@@ -66,7 +72,7 @@ class ToyModel:
     def prefill(self, latents, actions, first_step, events=None) -> History:
         if self.max_states is not None and len(self.live) >= self.max_states:
             raise StateMemoryFull("toy pool full")
-        h = History([z.clone() for z in latents[-(self.context_frames - 1):]], first_step + len(latents) - 1)
+        h = History([z.clone() for z in latents[-(self.context_frames - 1) :]], first_step + len(latents) - 1)
         self.live.add(id(h))
         return h
 
@@ -82,7 +88,7 @@ class ToyModel:
             z = torch.roll(h.latents[-1], shifts=shift, dims=2)
             g = np.random.default_rng([seed, s])
             z = (z + torch.from_numpy(g.normal(0, 0.01, z.shape).astype(np.float32))).clamp(0, 1)
-            h.latents = (h.latents + [z])[-(self.context_frames - 1):]
+            h.latents = (h.latents + [z])[-(self.context_frames - 1) :]
             h.last_step = s
             out.append(z)
         return torch.stack(out)

@@ -23,8 +23,10 @@ def cluster(tmp_path_factory):
     if os.environ.get("WORLDSERVE_SKIP_E2E") == "1":
         pytest.skip("WORLDSERVE_SKIP_E2E=1")
     if not isolated_netns():
-        print("\ne2e: no private network namespace: the cluster runs on the host network "
-              "(Serve's gRPC proxy binds all interfaces; random ports, loopback clients)")
+        print(
+            "\ne2e: no private network namespace: the cluster runs on the host network "
+            "(Serve's gRPC proxy binds all interfaces; random ports, loopback clients)"
+        )
     from worldserve.local import local_cluster
 
     with local_cluster(
@@ -47,8 +49,13 @@ def cluster(tmp_path_factory):
         },
     ) as c:
         yield {
-            "target": c.target, "key_a": c.keys["tenant-a"], "key_b": c.keys["tenant-b"],
-            "redis": c.redis, "tmp": c.workdir, "metrics_url": c.metrics_url, "http": c.http,
+            "target": c.target,
+            "key_a": c.keys["tenant-a"],
+            "key_b": c.keys["tenant-b"],
+            "redis": c.redis,
+            "tmp": c.workdir,
+            "metrics_url": c.metrics_url,
+            "http": c.http,
         }
 
 

@@ -52,8 +52,14 @@ def open_page(browser, cluster):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     outside: list[str] = []  # nothing may load from outside the cluster
-    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((cluster["http"], "ws://127.0.0.1",
-                                                                                  "data:", "blob:")) else None)
+    page.on(
+        "request",
+        lambda r: (
+            outside.append(r.url)
+            if not r.url.startswith((cluster["http"], "ws://127.0.0.1", "data:", "blob:"))
+            else None
+        ),
+    )
     page.goto(cluster["http"] + "/")
     page.fill("#key", cluster["key_a"])
     page.click("#connect")

@@ -48,7 +48,9 @@ def test_two_models_serve_side_by_side(cluster, client):
     listed = client.list_models()
     assert listed.default_model == "platformer"
     assert [(m.name, m.tier, m.sample_steps) for m in listed.models] == [
-        ("platformer", "quality", 1), ("platformer-fast", "fast", 1)]
+        ("platformer", "quality", 1),
+        ("platformer-fast", "fast", 1),
+    ]
     assert client.model_info("platformer-fast").sample_steps == 1
     code, msg = code_of(lambda: client.model_info("nope"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "'platformer', 'platformer-fast'" in msg
@@ -56,8 +58,10 @@ def test_two_models_serve_side_by_side(cluster, client):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown model 'nope'" in msg and "'platformer-fast'" in msg
 
     q = [client.create_session(prompt="a red door on the left, grass, day", seed=7) for _ in range(3)]
-    f = [client.create_session(prompt="a red door on the left, grass, day", seed=7, model="platformer-fast")
-         for _ in range(3)]
+    f = [
+        client.create_session(prompt="a red door on the left, grass, day", seed=7, model="platformer-fast")
+        for _ in range(3)
+    ]
     assert {s.model for s in q} == {"platformer"} and {s.model for s in f} == {"platformer-fast"}
     assert client.get_session(f[0].session_id).model == "platformer-fast"
     frames: dict[str, list] = {}
@@ -69,7 +73,9 @@ def test_two_models_serve_side_by_side(cluster, client):
         for k in ["right", "right", "jump", "left"]:
             r, call = client.dynamics.Step.with_call(
                 dynamics_pb2.StepRequest(session_id=s.session_id, action=action([k])),
-                metadata=client._md("dynamics", s.session_id), timeout=120)
+                metadata=client._md("dynamics", s.session_id),
+                timeout=120,
+            )
             md = dict(call.trailing_metadata())
             models[s.session_id].add(md["worldserve-model"])
             replicas[s.session_id].add(md["worldserve-replica"])
@@ -146,8 +152,11 @@ def test_create_step_fork_export_delete(client):
     code, msg = code_of(lambda: client.delete_session(s.session_id))  # deleting twice: nothing to delete
     assert code == grpc.StatusCode.NOT_FOUND and s.session_id in msg
     forged = base64.urlsafe_b64encode(b"nan|s_x").decode()
-    code, msg = code_of(lambda: client.sessions.ListSessions(sessions_pb2.ListSessionsRequest(page_token=forged),
-                                                             metadata=client._md("sessions"), timeout=30))
+    code, msg = code_of(
+        lambda: client.sessions.ListSessions(
+            sessions_pb2.ListSessionsRequest(page_token=forged), metadata=client._md("sessions"), timeout=30
+        )
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in msg
     assert client.get_session(a.session_id).step == 12  # branches own their history
 
@@ -159,11 +168,15 @@ def test_rollout_play_batch(client):
     got = [r.step for r in client.play(s.session_id, ["up", "down"])]
     assert got == [4, 5]
     t = client.create_session(prompt="green hills", seed=2)
-    r = client.step_batch([
-        dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["left"])),
-        dynamics_pb2.StepRequest(session_id=t.session_id, action=action(["right"]), format=common_pb2.FRAME_FORMAT_RAW_RGB8),
-        dynamics_pb2.StepRequest(session_id="s_nope", action=action([])),
-    ])
+    r = client.step_batch(
+        [
+            dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["left"])),
+            dynamics_pb2.StepRequest(
+                session_id=t.session_id, action=action(["right"]), format=common_pb2.FRAME_FORMAT_RAW_RGB8
+            ),
+            dynamics_pb2.StepRequest(session_id="s_nope", action=action([])),
+        ]
+    )
     assert r.results[0].ok.step == 6
     assert len(r.results[1].ok.frame.data) == 64 * 64 * 3
     assert r.results[2].error.code == grpc.StatusCode.NOT_FOUND.value[0]
@@ -237,7 +250,8 @@ def test_killing_the_replica_loses_no_acknowledged_step(client):
     s = client.create_session(prompt="failover", seed=5)
     _, call = client.dynamics.Step.with_call(
         dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["right"])),
-        metadata=client._md("dynamics", s.session_id), timeout=120,
+        metadata=client._md("dynamics", s.session_id),
+        timeout=120,
     )
     replica = dict(call.trailing_metadata())["worldserve-replica"]
     acked = [1]
@@ -275,7 +289,8 @@ def test_killing_the_replica_loses_no_acknowledged_step(client):
         try:
             r, call = client.dynamics.Step.with_call(
                 dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["up"]), expected_step=stored),
-                metadata=client._md("dynamics", s.session_id), timeout=120,
+                metadata=client._md("dynamics", s.session_id),
+                timeout=120,
             )
             break
         except grpc.RpcError as e:
@@ -295,14 +310,21 @@ def test_metrics_reach_the_node_prometheus_endpoint(cluster, client):
     s = client.create_session(prompt="metrics", seed=0)
     client.step(s.session_id, ["left"])
     want = {
-        "ray_worldserve_dynamics_requests", "ray_worldserve_dynamics_request_duration_seconds",
-        "ray_worldserve_dynamics_batch_size", "ray_worldserve_dynamics_queue_depth",
-        "ray_worldserve_dynamics_active_sessions", "ray_worldserve_dynamics_context_cache_hits",
-        "ray_worldserve_dynamics_context_cache_misses", "ray_worldserve_dynamics_frames_generated",
-        "ray_worldserve_dynamics_model_steps", "ray_worldserve_dynamics_state_cache_bytes",
+        "ray_worldserve_dynamics_requests",
+        "ray_worldserve_dynamics_request_duration_seconds",
+        "ray_worldserve_dynamics_batch_size",
+        "ray_worldserve_dynamics_queue_depth",
+        "ray_worldserve_dynamics_active_sessions",
+        "ray_worldserve_dynamics_context_cache_hits",
+        "ray_worldserve_dynamics_context_cache_misses",
+        "ray_worldserve_dynamics_frames_generated",
+        "ray_worldserve_dynamics_model_steps",
+        "ray_worldserve_dynamics_state_cache_bytes",
         "ray_worldserve_dynamics_routed_requests",
-        "ray_worldserve_sessions_requests", "ray_worldserve_sessions_redis_op_duration_seconds",
-        "ray_worldserve_image_requests", "ray_worldserve_image_images_generated",
+        "ray_worldserve_sessions_requests",
+        "ray_worldserve_sessions_redis_op_duration_seconds",
+        "ray_worldserve_image_requests",
+        "ray_worldserve_image_images_generated",
     }
     deadline = time.monotonic() + 90
     while True:
@@ -315,8 +337,10 @@ def test_metrics_reach_the_node_prometheus_endpoint(cluster, client):
     assert not missing, f"not exported: {sorted(missing)}"
     codes = {smp.labels.get("code") for smp in fams["ray_worldserve_dynamics_requests"].samples}
     assert "OK" in codes and "INVALID_ARGUMENT" in codes
-    kernels = {(smp.labels.get("model"), smp.labels.get("backend"), smp.labels.get("kernel"))
-               for smp in fams["ray_worldserve_dynamics_model_steps"].samples}
+    kernels = {
+        (smp.labels.get("model"), smp.labels.get("backend"), smp.labels.get("kernel"))
+        for smp in fams["ray_worldserve_dynamics_model_steps"].samples
+    }
     assert ("platformer", "sdpa", "sdpa") in kernels and ("platformer-fast", "sdpa", "sdpa") in kernels, kernels
     for f in fams.values():  # bounded labels only: no session ids or keys
         for smp in f.samples:
@@ -335,8 +359,11 @@ def test_a_broken_model_folder_never_becomes_healthy(cluster, tmp_path):
     args = {"redis_url": cluster["redis"].url, "models": [{"name": "broken", "path": str(tmp_path)}]}
     try:
         with pytest.raises(RuntimeError, match="broken-model failed"):  # serve.run waits, then gives up
-            serve.run(ModelServer.options(name="DynamicsModel-broken").bind(args, "broken"), name="broken-model",
-                      route_prefix=None)
+            serve.run(
+                ModelServer.options(name="DynamicsModel-broken").bind(args, "broken"),
+                name="broken-model",
+                route_prefix=None,
+            )
         app = serve.status().applications["broken-model"]
         assert app.status == "DEPLOY_FAILED", app
         dep = app.deployments["DynamicsModel-broken"]
@@ -355,16 +382,24 @@ def test_streams_end_with_the_error_status(cluster, client):
     cases = [
         (lambda: list(client.rollout("s_missing", ["right"])), grpc.StatusCode.NOT_FOUND, "not found"),
         (lambda: list(client.rollout(s.session_id, [])), grpc.StatusCode.INVALID_ARGUMENT, "Rollout of 0 actions"),
-        (lambda: list(client.rollout(s.session_id, ["right"] * 5 + ["jmp"])), grpc.StatusCode.INVALID_ARGUMENT,
-         "actions[5]: unknown key 'jmp'"),
-        (lambda: list(client.rollout(s.session_id, ["right"], expected_step=7)), grpc.StatusCode.FAILED_PRECONDITION,
-         "not the expected step 7"),
+        (
+            lambda: list(client.rollout(s.session_id, ["right"] * 5 + ["jmp"])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "actions[5]: unknown key 'jmp'",
+        ),
+        (
+            lambda: list(client.rollout(s.session_id, ["right"], expected_step=7)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "not the expected step 7",
+        ),
         (lambda: list(client.play("s_missing", ["left"])), grpc.StatusCode.NOT_FOUND, "not found"),
         (lambda: list(client.export_session("s_missing")), grpc.StatusCode.NOT_FOUND, "not found"),
     ]
     with WorldClient(cluster["target"], "ws_wrong") as anon:
-        cases += [(lambda: list(anon.rollout(s.session_id, ["right"])), grpc.StatusCode.UNAUTHENTICATED, ""),
-                  (lambda: list(anon.export_session(s.session_id)), grpc.StatusCode.UNAUTHENTICATED, "")]
+        cases += [
+            (lambda: list(anon.rollout(s.session_id, ["right"])), grpc.StatusCode.UNAUTHENTICATED, ""),
+            (lambda: list(anon.export_session(s.session_id)), grpc.StatusCode.UNAUTHENTICATED, ""),
+        ]
         for fn, want, text in cases:
             code, msg = code_of(fn)
             assert code == want and text in msg, (code, msg)
@@ -428,9 +463,11 @@ def test_a_cancelled_rollout_or_play_stops_stepping(client):
         if trial % 2 == 0:
             stream = client.rollout(s.session_id, ["right"] * 200)
         else:
+
             def actions():
                 for _ in range(200):
                     yield dynamics_pb2.PlayRequest(session_id=s.session_id, action=action(["right"]))
+
             stream = client.dynamics.Play(actions(), metadata=client._md("dynamics", s.session_id), timeout=120)
         got = [next(stream).step for _ in range(2)]
         stream.cancel()
@@ -451,15 +488,27 @@ def test_a_request_for_the_wrong_application_is_unimplemented(client):
     s = client.create_session(prompt="wrong app", seed=1)
     md = [m for m in client._md("dynamics", s.session_id) if m[0] != "application"]
     for app in ("sessions", "image"):
-        code, msg = code_of(lambda: client.dynamics.Step(
-            dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["up"])),
-            metadata=md + [("application", app)], timeout=60))
+        code, msg = code_of(
+            lambda: client.dynamics.Step(
+                dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["up"])),
+                metadata=md + [("application", app)],
+                timeout=60,
+            )
+        )
         assert code == grpc.StatusCode.UNIMPLEMENTED, (app, code, msg)
-        assert msg == (f"DynamicsService.Step is served by application 'dynamics', not {app!r}: "
-                       "send the metadata application: dynamics")
-    code, msg = code_of(lambda: list(client.dynamics.Rollout(
-        dynamics_pb2.RolloutRequest(session_id=s.session_id, actions=[action(["up"])]),
-        metadata=md + [("application", "sessions")], timeout=60)))
+        assert msg == (
+            f"DynamicsService.Step is served by application 'dynamics', not {app!r}: "
+            "send the metadata application: dynamics"
+        )
+    code, msg = code_of(
+        lambda: list(
+            client.dynamics.Rollout(
+                dynamics_pb2.RolloutRequest(session_id=s.session_id, actions=[action(["up"])]),
+                metadata=md + [("application", "sessions")],
+                timeout=60,
+            )
+        )
+    )
     assert code == grpc.StatusCode.UNIMPLEMENTED and "application: dynamics" in msg
     assert client.get_session(s.session_id).step == 0  # nothing stepped
 
@@ -475,8 +524,9 @@ def _flood(target: str, key: str, fmt: int, stop, batches, errors) -> None:
 
     os.nice(15)
     with WorldClient(target, key, timeout_s=60, retry_s=0) as c:
-        reqs = [dynamics_pb2.StepRequest(session_id=f"s_flood{i}", action=action(["up"]), format=fmt)
-                for i in range(1000)]
+        reqs = [
+            dynamics_pb2.StepRequest(session_id=f"s_flood{i}", action=action(["up"]), format=fmt) for i in range(1000)
+        ]
         while not stop.is_set():
             try:
                 r = c.step_batch(reqs)
@@ -514,8 +564,10 @@ def test_two_tenants_flooding_step_batch_do_not_hurt_a_third(cluster):
         calm = p99(100)
         ctx = mp.get_context("spawn")
         stop, batches, errors = ctx.Event(), ctx.Value("i", 0), ctx.Queue()
-        procs = [ctx.Process(target=_flood, args=(cluster["target"], k, f, stop, batches, errors))
-                 for k, f in ((cluster["key_a"], 0), (cluster["key_b"], 99))]
+        procs = [
+            ctx.Process(target=_flood, args=(cluster["target"], k, f, stop, batches, errors))
+            for k, f in ((cluster["key_a"], 0), (cluster["key_b"], 99))
+        ]
         for p in procs:
             p.start()
         try:
@@ -554,7 +606,9 @@ def test_sdk_steps_through_a_replica_kill_and_a_redis_restart_land_exactly_once(
     s = client.create_session(prompt="a blue box on the right, snow, day", seed=11)
     r, call = client.dynamics.Step.with_call(
         dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["right"]), request_id="first"),
-        metadata=client._md("dynamics", s.session_id), timeout=120)
+        metadata=client._md("dynamics", s.session_id),
+        timeout=120,
+    )
     replica = dict(call.trailing_metadata())["worldserve-replica"]
     acked: list[int] = [1]
     errors: list = []

@@ -28,9 +28,28 @@ def test_eval_runs_eight_worlds_and_its_dataset_loads(cluster, tmp_path, monkeyp
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red door on the left, grass, day\n\na blue box on the right, snow, night\n")
     out = tmp_path / "eval"
-    r = CliRunner().invoke(app, ["eval", "--worlds", "8", "--steps", "4", "--k", "2", "--policy",
-                                 "test_eval:flaky_policy", "--prompts", str(prompts), "--out", str(out),
-                                 "--dataset", "worldserve/e2e-v0", "--target", cluster["target"]])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--worlds",
+            "8",
+            "--steps",
+            "4",
+            "--k",
+            "2",
+            "--policy",
+            "test_eval:flaky_policy",
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+            "--dataset",
+            "worldserve/e2e-v0",
+            "--target",
+            cluster["target"],
+        ],
+    )
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
     assert report["worlds"] == 8 and report["failed_worlds"] == 1
@@ -39,7 +58,10 @@ def test_eval_runs_eight_worlds_and_its_dataset_loads(cluster, tmp_path, monkeyp
     good = [w for w in report["world_records"] if not w["error"]]
     assert all(w["steps"] == 4 for w in good)
     assert [w["prompt"] for w in report["world_records"][:3]] == [
-        "a red door on the left, grass, day", "a blue box on the right, snow, night", "a red door on the left, grass, day"]
+        "a red door on the left, grass, day",
+        "a blue box on the right, snow, night",
+        "a red door on the left, grass, day",
+    ]
     for name in ("turn_around_psnr_db", "moved_psnr_db", "control_psnr_db"):
         assert report[name]["n"] == 7 and report[name]["mean"] is not None
     assert report["control_psnr_db"]["mean"] < 99.0  # left and right branches differ: the controls matter

@@ -20,7 +20,7 @@ from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2
 
 WELL_FORMED = 60
 RANDOM_BYTES = 20
-LEAKS = ("Traceback", "ray::", "\x1b[", 'File "', "site-packages", "actor_id", "pid=", ".py\"")
+LEAKS = ("Traceback", "ray::", "\x1b[", 'File "', "site-packages", "actor_id", "pid=", '.py"')
 PROXY_PARSE_ERROR = "Error parsing message"
 MODULES = (dynamics_pb2, sessions_pb2, image_pb2)
 
@@ -46,8 +46,20 @@ class Fuzzer:
 
     def string(self, name: str) -> str:
         r = self.rng
-        pool = ["", "x", "a" * 65, "é☃\u0000\n", "s_" + "A" * 20, "../../etc/passwd", "x" * r.choice([100, 5000, 70000]),
-                "a red door on the left, grass, day", "night falls", "right", "png", "%s%n{}"]
+        pool = [
+            "",
+            "x",
+            "a" * 65,
+            "é☃\u0000\n",
+            "s_" + "A" * 20,
+            "../../etc/passwd",
+            "x" * r.choice([100, 5000, 70000]),
+            "a red door on the left, grass, day",
+            "night falls",
+            "right",
+            "png",
+            "%s%n{}",
+        ]
         if "session" in name or name in ("fork_of",):
             pool += self.sids * 4
         if name == "page_token":
@@ -64,7 +76,7 @@ class Fuzzer:
             return r.choice([0.0, 1.0, -1.0, 0.5, 20.0, 1e9, -1e30, math.inf, -math.inf, math.nan, r.uniform(-5, 5)])
         signed = f.cpp_type in (f.CPPTYPE_INT32, f.CPPTYPE_INT64)
         bits = 64 if f.cpp_type in (f.CPPTYPE_INT64, f.CPPTYPE_UINT64) else 32
-        top = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
+        top = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
         vals = [0, 1, 2, 3, 7, 64, 256, 4097, 100_000, top] + ([-1, -top - 1] if signed else [])
         return r.choice(vals)
 
@@ -99,8 +111,11 @@ class Fuzzer:
             elif f.type == f.TYPE_STRING:
                 setattr(msg, f.name, self.string(f.name))
             elif f.type == f.TYPE_BYTES:
-                setattr(msg, f.name, r.choice([b"", r.randbytes(16), b"\x89PNG\r\n\x1a\n" + r.randbytes(64),
-                                               r.randbytes(5000)]))
+                setattr(
+                    msg,
+                    f.name,
+                    r.choice([b"", r.randbytes(16), b"\x89PNG\r\n\x1a\n" + r.randbytes(64), r.randbytes(5000)]),
+                )
             elif f.type == f.TYPE_BOOL:
                 setattr(msg, f.name, r.random() < 0.5)
             elif f.type == f.TYPE_ENUM:
@@ -132,7 +147,7 @@ def test_fuzz_every_rpc(cluster):
         for name, (service, m) in _methods().items():
             app = rpc_table()[name][1]
             path = f"/{service}/{name}"
-            ident = lambda b: b  # noqa: E731
+            ident = lambda b: b
             if m.client_streaming:
                 call = ch.stream_stream(path, request_serializer=ident, response_deserializer=ident)
             elif m.server_streaming:
@@ -153,7 +168,11 @@ def test_fuzz_every_rpc(cluster):
                             del msg.actions[4:]  # bounded: long valid rollouts are tested elsewhere
                         msgs.append(msg)
                     payloads = [x.SerializeToString() for x in msgs]
-                key = cluster["key_a"] if rng.random() < 0.85 else rng.choice(["", "ws_nope", "Bearer x", cluster["key_b"]])
+                key = (
+                    cluster["key_a"]
+                    if rng.random() < 0.85
+                    else rng.choice(["", "ws_nope", "Bearer x", cluster["key_b"]])
+                )
                 md = [("application", app)]
                 if key:
                     md.append(("authorization", f"Bearer {key}"))

@@ -24,8 +24,22 @@ RULES = ROOT / "deploy" / "prometheus" / "worldserve.rules.yaml"
 
 # PromQL keywords and the names that may stand where a metric name could (not metrics).
 PROMQL_WORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset", "bool",
-    "inf", "nan", "atan2", "start", "end",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+    "atan2",
+    "start",
+    "end",
 }
 _IDENT = re.compile(r"(?<![\w:.$])([A-Za-z_:][A-Za-z0-9_:]*)\b(?!\s*\()")
 
@@ -62,7 +76,10 @@ def referenced_metrics() -> dict[str, set[str]]:
     rules = yaml.safe_load(RULES.read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
     out: dict[str, set[str]] = {}
-    for where, exprs in (("dashboard", dashboard_exprs(json.loads(DASHBOARD.read_text()))), ("rules", rule_exprs(rules))):
+    for where, exprs in (
+        ("dashboard", dashboard_exprs(json.loads(DASHBOARD.read_text()))),
+        ("rules", rule_exprs(rules)),
+    ):
         for expr in exprs:
             for name in metric_names(expr):
                 if name in recorded or name.startswith("redis_"):
@@ -72,11 +89,18 @@ def referenced_metrics() -> dict[str, set[str]]:
 
 
 def test_metric_name_extraction():
-    assert metric_names('sum by (application, le) (rate(ray_x_bucket{rpc="Step", le="0.25"}[$__rate_interval]))') == {"ray_x_bucket"}
-    assert metric_names("histogram_quantile(0.99, sum by (le) (rate(a_bucket[5m]))) > 0.25 and on (namespace) b > 1") == {"a_bucket", "b"}
+    assert metric_names('sum by (application, le) (rate(ray_x_bucket{rpc="Step", le="0.25"}[$__rate_interval]))') == {
+        "ray_x_bucket"
+    }
+    assert metric_names(
+        "histogram_quantile(0.99, sum by (le) (rate(a_bucket[5m]))) > 0.25 and on (namespace) b > 1"
+    ) == {"a_bucket", "b"}
     assert metric_names('(x{code!="OK"} or 0 * y) / ignoring (code) group_left z offset 5m') == {"x", "y", "z"}
     assert metric_names("sum by (a) (rate(x[5m])) / max without (b) (y) + sum(z) by (le)") == {"x", "y", "z"}
-    assert metric_names("worldserve:step_requests:rate5m > bool 1 unless absent(c)") == {"worldserve:step_requests:rate5m", "c"}
+    assert metric_names("worldserve:step_requests:rate5m > bool 1 unless absent(c)") == {
+        "worldserve:step_requests:rate5m",
+        "c",
+    }
     names = referenced_metrics()
     assert "ray_worldserve_dynamics_request_duration_seconds_bucket" in names
     assert "ray_serve_autoscaling_desired_replicas" in names
@@ -85,9 +109,13 @@ def test_metric_name_extraction():
 
 
 # Counters of events this test does not provoke: Ray exports a counter only once it was incremented.
-EVENT_ONLY = {"ray_worldserve_dynamics_item_failures_total", "ray_worldserve_dynamics_step_conflicts_total",
-              "ray_worldserve_dynamics_quota_rejections_total", "ray_worldserve_sessions_quota_rejections_total",
-              "ray_worldserve_web_live_frames_dropped_total"}  # a live player too slow for its frames
+EVENT_ONLY = {
+    "ray_worldserve_dynamics_item_failures_total",
+    "ray_worldserve_dynamics_step_conflicts_total",
+    "ray_worldserve_dynamics_quota_rejections_total",
+    "ray_worldserve_sessions_quota_rejections_total",
+    "ray_worldserve_web_live_frames_dropped_total",
+}  # a live player too slow for its frames
 
 
 def scraped_names(url: str) -> set[str]:
@@ -145,4 +173,5 @@ def test_dashboard_and_rules_query_only_exported_metrics(cluster):
                 time.sleep(3)
     missing -= EVENT_ONLY
     assert not missing, "queried by the dashboard/rules but not exported: " + ", ".join(
-        f"{n} ({'/'.join(sorted(wanted[n]))})" for n in sorted(missing))
+        f"{n} ({'/'.join(sorted(wanted[n]))})" for n in sorted(missing)
+    )

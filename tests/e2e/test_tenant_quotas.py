@@ -14,8 +14,14 @@ from google.rpc import error_details_pb2, status_pb2
 from worldserve.client import STATUS_DETAILS_KEY, WorldClient, retry_after
 from worldserve.common.auth import add_key, new_key
 
-QUOTAS = {"max_sessions": 3, "steps_per_s": 2, "step_burst": 4, "max_step_batch": 4, "max_rollout_actions": 4,
-          "max_ttl_s": 3600}
+QUOTAS = {
+    "max_sessions": 3,
+    "steps_per_s": 2,
+    "step_burst": 4,
+    "max_step_batch": 4,
+    "max_rollout_actions": 4,
+    "max_ttl_s": 3600,
+}
 
 
 def quota_of(e: grpc.RpcError) -> str | None:
@@ -109,8 +115,12 @@ def test_quota_rejections_are_exported(cluster, limited):
     deadline = time.monotonic() + 90
     while True:  # Ray exports every ~10 s, each replica on its own
         text = urllib.request.urlopen(cluster["metrics_url"], timeout=30).read().decode()
-        quotas = {s.labels.get("quota") for fam in text_string_to_metric_families(text) for s in fam.samples
-                  if s.name.endswith("quota_rejections_total") and s.labels.get("tenant") == "quota-t"}
+        quotas = {
+            s.labels.get("quota")
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name.endswith("quota_rejections_total") and s.labels.get("tenant") == "quota-t"
+        }
         if {"steps_per_s", "max_sessions", "max_step_batch"} <= quotas or time.monotonic() > deadline:
             break
         time.sleep(3)

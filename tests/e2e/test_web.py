@@ -27,8 +27,13 @@ def web(cluster):
             pass
         assert time.monotonic() < deadline, "web gateway not reachable"
         time.sleep(1)
-    return {"base": base, "ws": base.replace("http://", "ws://"), "key_a": cluster["key_a"],
-            "key_b": cluster["key_b"], "metrics_url": cluster["metrics_url"]}
+    return {
+        "base": base,
+        "ws": base.replace("http://", "ws://"),
+        "key_a": cluster["key_a"],
+        "key_b": cluster["key_b"],
+        "metrics_url": cluster["metrics_url"],
+    }
 
 
 def auth(key: str) -> dict:
@@ -36,8 +41,12 @@ def auth(key: str) -> dict:
 
 
 def new_session(web, key=None, prompt="a grassy hill", seed=1) -> dict:
-    r = requests.post(web["base"] + "/v1/sessions", json={"prompt": prompt, "seed": seed},
-                      headers=auth(key or web["key_a"]), timeout=60)
+    r = requests.post(
+        web["base"] + "/v1/sessions",
+        json={"prompt": prompt, "seed": seed},
+        headers=auth(key or web["key_a"]),
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -105,7 +114,9 @@ def test_tokens_models_sessions_and_forks_over_http(web):
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
         return base64.b64encode(buf.getvalue()).decode()
 
-    r = requests.post(b + "/v1/sessions", json={"image": png(64, 64), "seed": 3}, headers=auth(web["key_a"]), timeout=60)
+    r = requests.post(
+        b + "/v1/sessions", json={"image": png(64, 64), "seed": 3}, headers=auth(web["key_a"]), timeout=60
+    )
     assert r.status_code == 200 and r.json()["prompt"] == "", r.text
     r = requests.post(b + "/v1/sessions", json={"image": png(32, 32)}, headers=auth(web["key_a"]), timeout=60)
     assert r.status_code == 400, r.text
@@ -135,17 +146,20 @@ def test_live_play_ticks_at_the_target_fps_and_shows_a_controllers_keys(web):
     assert got[-1]["ack"] == 1  # the frame tells which of my actions it shows
     assert 16 / dt <= 8 * 1.3, 16 / dt  # never faster than the clock
     assert got[0]["format"] == "jpeg" and got[0]["bytes"][:2] == b"\xff\xd8"
-    step = requests.get(f"{web['base']}/v1/sessions/{s['session_id']}", headers=auth(web["key_a"]),
-                        timeout=30).json()["step"]
+    step = requests.get(f"{web['base']}/v1/sessions/{s['session_id']}", headers=auth(web["key_a"]), timeout=30).json()[
+        "step"
+    ]
     assert step >= steps[-1]
 
 
 def test_a_shared_world_every_player_sees_the_same_frame_at_a_tick(web):
     s = new_session(web, seed=3)
     tok = requests.post(web["base"] + "/v1/tokens", headers=auth(web["key_a"]), timeout=30).json()["token"]
-    with player(web, s["session_id"], fps=10) as a, \
-            player(web, s["session_id"], token=tok, role="controller") as b, \
-            player(web, s["session_id"], role="spectator", fmt="png") as c:
+    with (
+        player(web, s["session_id"], fps=10) as a,
+        player(web, s["session_id"], token=tok, role="controller") as b,
+        player(web, s["session_id"], role="spectator", fmt="png") as c,
+    ):
         ha, hb, hc = hello(a), hello(b), hello(c)
         assert ha["fps"] == min(10, ha["max_fps"])  # bounded by the model's measured step time
         assert hb["fps"] == hc["fps"] == ha["fps"] and hc["role"] == "spectator"  # one clock for all
@@ -207,8 +221,11 @@ def test_bad_input_gets_its_close_code(web):
 
     with player(web, sid) as keeper:  # the session is unharmed by another player's bad message
         hello(keeper)
-        for bad, words in [("not json", "not JSON"), (json.dumps({"type": "action", "keys": ["warp"]}), "warp"),
-                           (json.dumps([1]), "JSON object")]:
+        for bad, words in [
+            ("not json", "not JSON"),
+            (json.dumps({"type": "action", "keys": ["warp"]}), "warp"),
+            (json.dumps([1]), "JSON object"),
+        ]:
             with player(web, sid) as ws:
                 hello(ws)
                 ws.send(bad)
@@ -253,7 +270,7 @@ def test_a_flooding_player_is_limited_alone(web):
             if isinstance(m, str) and json.loads(m)["type"] == "notice":
                 notices.append(json.loads(m))
         t0 = time.monotonic()
-        got = frames(calm, 10)
+        frames(calm, 10)
         rate = 10 / (time.monotonic() - t0)
         stop.set()
         t.join()
@@ -267,8 +284,12 @@ def test_live_play_is_measured_in_prometheus(web):
         hello(ws)
         ws.send(json.dumps({"type": "action", "seq": 1, "keys": ["right"]}))
         frames(ws, 25)
-    want = ["worldserve_web_live_frames_total", "worldserve_web_live_key_to_frame_seconds_bucket",
-            "worldserve_web_live_session_fps_bucket", "worldserve_web_live_deadline_misses_total"]
+    want = [
+        "worldserve_web_live_frames_total",
+        "worldserve_web_live_key_to_frame_seconds_bucket",
+        "worldserve_web_live_session_fps_bucket",
+        "worldserve_web_live_deadline_misses_total",
+    ]
     deadline = time.monotonic() + 60
     while True:
         text = requests.get(web["metrics_url"], timeout=30).text
@@ -277,5 +298,6 @@ def test_live_play_is_measured_in_prometheus(web):
             break
         time.sleep(2)
     assert not missing, missing
-    assert 'model="platformer"' in next(line for line in text.splitlines()
-                                         if "worldserve_web_live_frames_total{" in line)
+    assert 'model="platformer"' in next(
+        line for line in text.splitlines() if "worldserve_web_live_frames_total{" in line
+    )

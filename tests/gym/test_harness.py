@@ -12,10 +12,19 @@ from worldserve.gym.harness import WorldRecord, load_policy, plot, psnr, write_m
 
 def fake_world(discrete=False):
     keys = ("left", "right", "up", "down", "jump", "fire")
-    act = spaces.Discrete(64) if discrete else spaces.Dict({
-        "keys": spaces.MultiBinary(6), "mouse": spaces.Box(-1.0, 1.0, (2,), np.float32)})
-    return types.SimpleNamespace(keys=keys, mouse_axes=("mouse_x", "mouse_y"), discrete=discrete, act_space=act,
-                                 obs_space=spaces.Box(0, 255, (8, 8, 3), np.uint8), model_name="toy")
+    act = (
+        spaces.Discrete(64)
+        if discrete
+        else spaces.Dict({"keys": spaces.MultiBinary(6), "mouse": spaces.Box(-1.0, 1.0, (2,), np.float32)})
+    )
+    return types.SimpleNamespace(
+        keys=keys,
+        mouse_axes=("mouse_x", "mouse_y"),
+        discrete=discrete,
+        act_space=act,
+        obs_space=spaces.Box(0, 255, (8, 8, 3), np.uint8),
+        model_name="toy",
+    )
 
 
 def record(i, steps, world, error=""):

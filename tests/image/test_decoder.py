@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import worldserve
-
 from worldserve.image.decoder import CaptionDecoder, CaptionDecoderConfig, load_caption_decoder, normalize_prompt
 from worldserve.image.model import ImageBackend
 from worldserve.train.image_trainer import caption_variant, pixel_weights, train_caption_decoder, training_batch
@@ -18,8 +17,9 @@ from worldserve.worlds import Game, caption_of, check_palette, parse_caption, ra
 from worldserve.worlds.platformer import COLORS, NIGHT_SCALE, RAIN_DIM
 
 OPTS = dict(width=64, height=64, steps=1, guidance=1.0)
-TINY = CaptionDecoderConfig(text_dim=16, text_layers=1, dim=16, heads=2, cross_layers=1, conv_blocks=0,
-                            head_hidden=16, fine_channels=4, grid=8)
+TINY = CaptionDecoderConfig(
+    text_dim=16, text_layers=1, dim=16, heads=2, cross_layers=1, conv_blocks=0, head_hidden=16, fine_channels=4, grid=8
+)
 SHIPPED = Path(worldserve.__file__).resolve().parent / "weights" / "image"
 
 
@@ -41,15 +41,21 @@ def test_shapes_and_determinism(model):
     a = model.generate("a red door on the left, grass, night", seed=1, **OPTS)
     assert isinstance(a, np.ndarray) and a.shape == (64, 64, 3) and a.dtype == np.uint8
     # seeds, steps and guidance are ignored: bitwise the same image
-    assert np.array_equal(a, model.generate("a red door on the left, grass, night", seed=99, width=64, height=64,
-                                            steps=7, guidance=5.0))
-    assert np.array_equal(a, CaptionDecoder.random(TINY, seed=0).generate("a red door on the left, grass, night", **OPTS))
+    assert np.array_equal(
+        a, model.generate("a red door on the left, grass, night", seed=99, width=64, height=64, steps=7, guidance=5.0)
+    )
+    assert np.array_equal(
+        a, CaptionDecoder.random(TINY, seed=0).generate("a red door on the left, grass, night", **OPTS)
+    )
     # case and spacing are normalized away
-    assert np.array_equal(a, model.generate("  A red DOOR on the   left, grass,night ".replace(",night", ", night"), **OPTS))
+    assert np.array_equal(
+        a, model.generate("  A red DOOR on the   left, grass,night ".replace(",night", ", night"), **OPTS)
+    )
     batch = model.generate_batch(["a cave", "a red door on the left, grass, night", "x"], seeds=[1, 2, 3], **OPTS)
     assert batch.shape == (3, 64, 64, 3) and np.array_equal(batch[1], a)
-    loose = model.generate_batch(["a cave", "a red door on the left, grass, night"], seeds=None, **OPTS,
-                                 batch_invariant=False)
+    loose = model.generate_batch(
+        ["a cave", "a red door on the left, grass, night"], seeds=None, **OPTS, batch_invariant=False
+    )
     assert np.abs(loose[1].astype(int) - a).max() <= 1
 
 
@@ -66,8 +72,15 @@ def test_empty_prompt_is_rejected(model, prompt):
 
 @pytest.mark.parametrize(
     "overrides, quoted",
-    [({"width": 128}, "128x64"), ({"height": 32}, "64x32"), ({"width": 64.0}, "64.0"), ({"steps": 0}, "0"),
-     ({"steps": 65}, "65"), ({"guidance": 21.0}, "21.0"), ({"guidance": float("nan")}, "nan")],
+    [
+        ({"width": 128}, "128x64"),
+        ({"height": 32}, "64x32"),
+        ({"width": 64.0}, "64.0"),
+        ({"steps": 0}, "0"),
+        ({"steps": 65}, "65"),
+        ({"guidance": 21.0}, "21.0"),
+        ({"guidance": float("nan")}, "nan"),
+    ],
 )
 def test_bad_options_are_rejected_quoting_the_value(model, overrides, quoted):
     with pytest.raises(ValueError, match=quoted) as e:
@@ -89,8 +102,13 @@ def test_bad_batches_and_long_prompts(model):
 
 @pytest.mark.parametrize(
     "kwargs, quoted",
-    [({"image_size": 60}, "60"), ({"dim": 100, "text_dim": 96, "heads": 3}, "100"), ({"default_steps": 100}, "100"),
-     ({"default_guidance": -1.0}, "-1.0"), ({"name": ""}, "''")],
+    [
+        ({"image_size": 60}, "60"),
+        ({"dim": 100, "text_dim": 96, "heads": 3}, "100"),
+        ({"default_steps": 100}, "100"),
+        ({"default_guidance": -1.0}, "-1.0"),
+        ({"name": ""}, "''"),
+    ],
 )
 def test_config_validation(kwargs, quoted):
     with pytest.raises(ValueError, match=quoted):
@@ -149,8 +167,17 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_tiny_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     torch.set_num_threads(1)
-    kw = dict(iters=12, batch=4, budget_s=1e6, config=TINY, lr=3e-3, warmup=2, ckpt_every=5, show_progress=False,
-              log=lambda s: None)
+    kw = dict(
+        iters=12,
+        batch=4,
+        budget_s=1e6,
+        config=TINY,
+        lr=3e-3,
+        warmup=2,
+        ckpt_every=5,
+        show_progress=False,
+        log=lambda s: None,
+    )
     full = train_caption_decoder(tmp_path / "full", **kw)
     losses = torch.load(tmp_path / "full" / "train_state.pt", weights_only=True)["losses"]
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
@@ -170,7 +197,7 @@ def test_tiny_training_lowers_the_loss_and_resumes_exactly(tmp_path):
 
 
 def kind_seen(frame: np.ndarray, spec, obj, tol: float = 40.0) -> str | None:
-    """"door" or "box" from the height of the object's colour on its half (door fill 15 rows, box 8)."""
+    """ "door" or "box" from the height of the object's colour on its half (door fill 15 rows, box 8)."""
     half = frame.shape[1] // 2
     region = frame[:, :half] if obj.side == "left" else frame[:, half:]
     scale = (NIGHT_SCALE if spec.night else 1.0) * (RAIN_DIM if spec.rain else 1.0)

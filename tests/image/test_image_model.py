@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 import numpy as np
 import pytest
 import torch
@@ -66,7 +65,9 @@ def test_batch_invariant_images_are_bitwise_independent_of_the_batch():
     target = ("a red door on the left, a blue box on the right, grass, day", 11)
     alone = model.generate(target[0], seed=target[1], **opts)
     others = [f"a {c} box on the {side}, snow, night" for c in ("pink", "cyan", "yellow") for side in ("left", "right")]
-    batch8 = model.generate_batch([*others[:3], target[0], *others[3:], "rain"], seeds=[1, 2, 3, 11, 4, 5, 6, 7], **opts)
+    batch8 = model.generate_batch(
+        [*others[:3], target[0], *others[3:], "rain"], seeds=[1, 2, 3, 11, 4, 5, 6, 7], **opts
+    )
     batch2 = model.generate_batch([target[0], "x"], seeds=[11, 99], **opts)
     assert np.array_equal(batch8[3], alone) and np.array_equal(batch2[0], alone)
     assert not np.array_equal(batch8[0], alone)

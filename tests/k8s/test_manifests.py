@@ -73,7 +73,9 @@ CRD_SCHEMAS = {
 }
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -160,8 +162,13 @@ def selects(selector: dict, labels: dict) -> bool:
 
 def kuberay_pod_labels(template: dict, node_type: str, group: str) -> dict:
     """The labels KubeRay puts on a Ray pod: ours from the template plus its own."""
-    return {**template["metadata"].get("labels", {}), "ray.io/node-type": node_type, "ray.io/group": group,
-            "ray.io/is-ray-node": "yes", "ray.io/cluster": "worldserve-xxxxx"}
+    return {
+        **template["metadata"].get("labels", {}),
+        "ray.io/node-type": node_type,
+        "ray.io/group": group,
+        "ray.io/is-ray-node": "yes",
+        "ray.io/cluster": "worldserve-xxxxx",
+    }
 
 
 # -- schema validation ----------------------------------------------------------------------------
@@ -185,13 +192,17 @@ def check_metadata(obj: dict) -> None:
     assert DNS1123_SUBDOMAIN.match(md["name"]) and len(md["name"]) <= 253, md["name"]
     for k, v in {**md.get("labels", {})}.items():
         assert LABEL_KEY.match(k), f"{obj['kind']}/{md['name']}: bad label key {k!r}"
-        assert isinstance(v, str) and LABEL_VALUE.match(v) and len(v) <= 63, f"{obj['kind']}/{md['name']}: bad label {k}={v!r}"
+        assert isinstance(v, str) and LABEL_VALUE.match(v) and len(v) <= 63, (
+            f"{obj['kind']}/{md['name']}: bad label {k}={v!r}"
+        )
     for k, v in md.get("annotations", {}).items():
         assert isinstance(v, str), f"{obj['kind']}/{md['name']}: annotation {k} must be a string"
 
 
 def validate_core(obj: dict) -> None:
-    kv = pytest.importorskip("kubernetes_validate", reason="core kinds need kubernetes-validate (pip install kubernetes-validate)")
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="core kinds need kubernetes-validate (pip install kubernetes-validate)"
+    )
     kv.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
@@ -208,7 +219,9 @@ def test_renders(target):
     kinds = sorted({o["kind"] for o in objs})
     for kind in ("RayService", "StatefulSet", "Service", "NetworkPolicy", "PodMonitor", "PrometheusRule", "ConfigMap"):
         assert kind in kinds, f"{target} renders no {kind}"
-    assert not [o for o in objs if o["kind"] == "Secret"], "Secrets are created by hand (k8s/secrets/), never applied by kustomize"
+    assert not [o for o in objs if o["kind"] == "Secret"], (
+        "Secrets are created by hand (k8s/secrets/), never applied by kustomize"
+    )
     keys = [(o["kind"], o["metadata"]["name"]) for o in objs]
     assert len(keys) == len(set(keys)), "duplicate objects"
     if target != "base":
@@ -233,15 +246,29 @@ def test_core_objects_match_kubernetes_schemas(target):
 
 
 def test_secret_templates_match_kubernetes_schemas():
-    for o in yaml.safe_load_all(SECRET_TEMPLATES.read_text()):
-        validate_core(o)
+    docs = [d for d in yaml.safe_load_all(SECRET_TEMPLATES.read_text()) if d]
+    assert sorted((d["apiVersion"], d["kind"], d["metadata"]["name"]) for d in docs) == [
+        ("v1", "Secret", "worldserve-api-keys"),
+        ("v1", "Secret", "worldserve-gcs-redis"),
+        ("v1", "Secret", "worldserve-session-redis"),
+    ], "the template holds exactly the three Secrets the manifests use"
+    for o in docs:
+        validate_core(o)  # raises kubernetes_validate.ValidationError on any schema violation
+    # The check is strict: a misspelled field in a template fails it.
+    kv = pytest.importorskip("kubernetes_validate")
+    bad = copy.deepcopy(docs[0])
+    bad["stringdata"] = bad.pop("stringData")
+    with pytest.raises(kv.ValidationError, match="Additional properties"):
+        validate_core(bad)
 
 
 def _typo_cases(objs: list[dict]):
     """(description, object with one misspelled field). Every one must fail validation."""
     rs = rayservice(objs)
     bad = copy.deepcopy(rs)
-    bad["spec"]["rayClusterConfig"]["enableInTreeAutoscalng"] = bad["spec"]["rayClusterConfig"].pop("enableInTreeAutoscaling")
+    bad["spec"]["rayClusterConfig"]["enableInTreeAutoscalng"] = bad["spec"]["rayClusterConfig"].pop(
+        "enableInTreeAutoscaling"
+    )
     yield "RayService spec.rayClusterConfig.enableInTreeAutoscalng", bad
     bad = copy.deepcopy(rs)
     c = bad["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
@@ -287,7 +314,8 @@ def test_misspelled_field_fails_validation(case):
 def test_serve_config_is_deploy_serve_yaml(target):
     assert serve_config(render(target)) == yaml.safe_load(SERVE_YAML.read_text()), (
         f"{target}: spec.serveConfigV2 differs from deploy/serve/worldserve.yaml; "
-        "run: cp deploy/serve/worldserve.yaml k8s/base/serve/worldserve.yaml")
+        "run: cp deploy/serve/worldserve.yaml k8s/base/serve/worldserve.yaml"
+    )
 
 
 def test_gpu_serve_config_is_deploy_serve_yaml_plus_placement():
@@ -302,7 +330,8 @@ def test_gpu_serve_config_is_deploy_serve_yaml_plus_placement():
             for k, v in extra.items():
                 assert opts.pop(k) == v, f"{dep['name']}: ray_actor_options.{k} must be {v!r}"
     assert stripped == want, (
-        "k8s/overlays/gpu/serve/worldserve.yaml must be deploy/serve/worldserve.yaml plus GPU placement only")
+        "k8s/overlays/gpu/serve/worldserve.yaml must be deploy/serve/worldserve.yaml plus GPU placement only"
+    )
     # Each deployment's custom resource is offered by exactly its worker group, which has the GPUs it asks for.
     rs, gs = rayservice(objs), groups(rayservice(objs))
     for app in got["applications"]:
@@ -319,7 +348,8 @@ def test_gpu_serve_config_is_deploy_serve_yaml_plus_placement():
 def test_k8s_serve_copy_is_deploy_serve_yaml():
     copy_ = K8S / "base" / "serve" / "worldserve.yaml"
     assert yaml.safe_load(copy_.read_text()) == yaml.safe_load(SERVE_YAML.read_text()), (
-        "run: cp deploy/serve/worldserve.yaml k8s/base/serve/worldserve.yaml")
+        "run: cp deploy/serve/worldserve.yaml k8s/base/serve/worldserve.yaml"
+    )
 
 
 # -- several dynamics models ----------------------------------------------------------------------
@@ -352,7 +382,9 @@ def check_models_match_deployments(cfg: dict, where: str) -> None:
     want = {MODEL_DEPLOYMENT_PREFIX + n for n in names}
     got = {d for d in deployments if d != DYNAMICS_INGRESS}
     assert not want - got, f"{where}: models without a deployment block: {sorted(want - got)}"
-    assert not got - want, f"{where}: deployments that serve no model in `models:` (or are misnamed): {sorted(got - want)}"
+    assert not got - want, (
+        f"{where}: deployments that serve no model in `models:` (or are misnamed): {sorted(got - want)}"
+    )
     for d in app["deployments"]:
         opts = d.get("ray_actor_options", {})
         if d["name"] == DYNAMICS_INGRESS:
@@ -384,8 +416,9 @@ def test_model_deployment_check_catches_mismatches():
     with pytest.raises(AssertionError, match="serve no model"):
         check_models_match_deployments(orphan, "orphan")
     missing = copy.deepcopy(cfg)
-    dynamics_app(missing)["deployments"] = [d for d in dynamics_app(missing)["deployments"]
-                                            if d["name"] != MODEL_DEPLOYMENT_PREFIX + first]
+    dynamics_app(missing)["deployments"] = [
+        d for d in dynamics_app(missing)["deployments"] if d["name"] != MODEL_DEPLOYMENT_PREFIX + first
+    ]
     with pytest.raises(AssertionError, match="without a deployment"):
         check_models_match_deployments(missing, "missing")
 
@@ -394,8 +427,10 @@ def test_gpu_overlay_puts_gpus_only_on_model_deployments():
     objs = render("overlays/gpu")
     cfg = serve_config(objs)
     gs = groups(rayservice(objs))
-    group_gpus = {n: int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-                  for n, g in gs.items()}
+    group_gpus = {
+        n: int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+        for n, g in gs.items()
+    }
     hosted: dict[str, list[int]] = {}  # GPU group -> [sum of min_replicas * num_gpus, same for max]
     for app in cfg["applications"]:
         for dep in app["deployments"]:
@@ -431,7 +466,8 @@ def test_prometheusrule_carries_the_rules_file():
     source = yaml.safe_load((K8S / "base" / "monitoring" / "prometheusrule.yaml").read_text())
     assert source["spec"]["groups"] == want, (
         "k8s/base/monitoring/prometheusrule.yaml differs from deploy/prometheus/worldserve.rules.yaml; run: "
-        "python deploy/prometheus/to_prometheusrule.py > k8s/base/monitoring/prometheusrule.yaml")
+        "python deploy/prometheus/to_prometheusrule.py > k8s/base/monitoring/prometheusrule.yaml"
+    )
     for target in TARGETS:
         assert one(render(target), "PrometheusRule")["spec"]["groups"] == want
 
@@ -439,7 +475,8 @@ def test_prometheusrule_carries_the_rules_file():
 def test_dashboard_configmap_is_deploy_grafana_json():
     want = json.loads(DASHBOARD.read_text())
     assert json.loads((K8S / "base" / "monitoring" / "dashboards" / "worldserve.json").read_text()) == want, (
-        "run: cp deploy/grafana/worldserve.json k8s/base/monitoring/dashboards/worldserve.json")
+        "run: cp deploy/grafana/worldserve.json k8s/base/monitoring/dashboards/worldserve.json"
+    )
     for target in TARGETS:
         cm = one(render(target), "ConfigMap", "worldserve-grafana-dashboard")
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -491,7 +528,11 @@ SECRETISH = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential", re.I)
 
 def test_no_real_secret_is_committed():
     secrets = [(f, d) for f, d in _all_yaml_docs_under(K8S) if d.get("kind") == "Secret"]
-    assert {d["metadata"]["name"] for _, d in secrets} == {"worldserve-session-redis", "worldserve-gcs-redis", "worldserve-api-keys"}
+    assert {d["metadata"]["name"] for _, d in secrets} == {
+        "worldserve-session-redis",
+        "worldserve-gcs-redis",
+        "worldserve-api-keys",
+    }
     for f, d in secrets:
         assert not d.get("data"), f"{f}: templates use stringData placeholders, not base64 data"
         for k, v in d["stringData"].items():
@@ -505,10 +546,13 @@ def test_no_real_secret_is_committed():
             for c in containers(tpl):
                 for name, e in env_of(c).items():
                     if (SECRETISH.search(name) and not name.endswith("_FILE")) or name == "REDISCLI_AUTH":
-                        assert "valueFrom" in e and "value" not in e, f"{where}/{c['name']}: {name} must come from a Secret"
+                        assert "valueFrom" in e and "value" not in e, (
+                            f"{where}/{c['name']}: {name} must come from a Secret"
+                        )
                     if "value" in e:
                         assert not re.search(r"://[^/\s]*:[^$@/\s][^@/\s]*@", e["value"]), (
-                            f"{where}/{c['name']}: {name} carries a literal password")
+                            f"{where}/{c['name']}: {name} carries a literal password"
+                        )
     for f in list(K8S.rglob("*")) + list((ROOT / "deploy").rglob("*")):
         if f.is_file():
             text = f.read_text(errors="replace")
@@ -541,7 +585,9 @@ def test_rayservice_wiring(target):
     # Serve's gRPC port is what KubeRay's Serve Service exposes (it keeps only the port named "serve").
     ports = rs["spec"]["serveService"]["spec"]["ports"]
     assert [(p["name"], p["port"]) for p in ports] == [("serve", cfg["grpc_options"]["port"])]
-    head_ports = {p["name"]: p["containerPort"] for p in rcc["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
+    head_ports = {
+        p["name"]: p["containerPort"] for p in rcc["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+    }
     assert head_ports["grpc"] == cfg["grpc_options"]["port"]
     assert head_ports["http"] == cfg["http_options"]["port"] == 8000  # KubeRay's proxy health check port
     assert "serve" not in head_ports, "a head port named 'serve' would replace the gRPC port in the Serve Service"
@@ -580,8 +626,14 @@ def test_redis_statefulsets(target, redis):
     sts = one(objs, "StatefulSet", redis)
     c = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}["redis"]
     script = c["args"][0]
-    for flag in ("--appendonly yes", "--appendfsync everysec", "--maxmemory-policy noeviction", '--maxmemory "$REDIS_MAXMEMORY"',
-                 "--include /run/redis/auth.conf", "--dir /data"):
+    for flag in (
+        "--appendonly yes",
+        "--appendfsync everysec",
+        "--maxmemory-policy noeviction",
+        '--maxmemory "$REDIS_MAXMEMORY"',
+        "--include /run/redis/auth.conf",
+        "--dir /data",
+    ):
         assert flag in script, f"{redis}: {flag}"
     assert "requirepass" in script and "REPLACE_ME" in script  # refuses the placeholder password
     env = env_of(c)
@@ -606,8 +658,10 @@ def test_only_ray_pods_reach_redis(target):
     objs = render(target)
     rs = rayservice(objs)
     pols = [o for o in objs if o["kind"] == "NetworkPolicy"]
-    ray_pods = [kuberay_pod_labels(tpl, "head" if w == "head" else "worker", "headgroup" if w == "head" else w)
-                for w, tpl, _ in ray_containers(rs)]
+    ray_pods = [
+        kuberay_pod_labels(tpl, "head" if w == "head" else "worker", "headgroup" if w == "head" else w)
+        for w, tpl, _ in ray_containers(rs)
+    ]
     head = ray_pods[0]
     cleanup = {**head, "ray.io/node-type": "redis-cleanup"}  # KubeRay's GCS cleanup Job, from the head template
     stranger = {"app": "something-else"}
@@ -642,7 +696,9 @@ def test_pdbs_cover_each_worker_group(target):
         mine = [p for p in pdbs if selects(p["spec"]["selector"], pod)]
         assert len(mine) == 1, f"group {name}: {len(mine)} PDBs"
         spec = mine[0]["spec"]
-        assert isinstance(spec["minAvailable"], int) and "maxUnavailable" not in spec  # RayCluster has no scale subresource
+        assert (
+            isinstance(spec["minAvailable"], int) and "maxUnavailable" not in spec
+        )  # RayCluster has no scale subresource
         assert spec["selector"]["matchLabels"]["ray.io/group"] == name
         assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     head = kuberay_pod_labels(rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"], "head", "headgroup")
@@ -688,12 +744,24 @@ def test_rules_use_defined_recordings_and_known_jobs():
         for job in re.findall(r'job="([^"]+)"', r["expr"]):
             assert job == "worldserve-session-redis", job
     for a in alerts:
-        assert a["labels"]["severity"] in ("warning", "critical") and a["annotations"]["summary"] and a["annotations"]["description"]
+        assert (
+            a["labels"]["severity"] in ("warning", "critical")
+            and a["annotations"]["summary"]
+            and a["annotations"]["description"]
+        )
     names = {a["alert"] for a in alerts}
-    for must in ("WorldserveStepLatencyP99High", "WorldserveErrorRatioHigh", "WorldserveDynamicsQueueBacklog",
-                 "WorldserveReplicasPinnedAtMax", "WorldserveSessionRedisMemoryHigh", "WorldserveSessionRedisAOFWriteFailing",
-                 "WorldserveDynamicsModelStepSlow", "WorldserveDynamicsItemFailures",
-                 "WorldserveDynamicsStateCacheNearBudget", "WorldserveDynamicsStateEvictionsHigh"):
+    for must in (
+        "WorldserveStepLatencyP99High",
+        "WorldserveErrorRatioHigh",
+        "WorldserveDynamicsQueueBacklog",
+        "WorldserveReplicasPinnedAtMax",
+        "WorldserveSessionRedisMemoryHigh",
+        "WorldserveSessionRedisAOFWriteFailing",
+        "WorldserveDynamicsModelStepSlow",
+        "WorldserveDynamicsItemFailures",
+        "WorldserveDynamicsStateCacheNearBudget",
+        "WorldserveDynamicsStateEvictionsHigh",
+    ):
         assert must in names
     # The Step SLO threshold is a histogram bucket bound, so the violation ratio is exact.
     from worldserve.common.metrics import LATENCY_BUCKETS_S
@@ -707,10 +775,24 @@ def test_dashboard_panels():
     ids = [p["id"] for p in d["panels"]]
     assert len(ids) == len(set(ids))
     titles = " | ".join(p["title"] for p in d["panels"]).lower()
-    for want in ("requests/s", "errors/s", "p50", "p99", "replicas", "batch size", "frames/s", "cache hit",
-                 "active sessions", "queue depth", "redis op latency", "routed requests/s by model",
-                 "model steps/s by attention backend / kernel", "state cache bytes", "evictions/s by model and reason",
-                 "item failures"):
+    for want in (
+        "requests/s",
+        "errors/s",
+        "p50",
+        "p99",
+        "replicas",
+        "batch size",
+        "frames/s",
+        "cache hit",
+        "active sessions",
+        "queue depth",
+        "redis op latency",
+        "routed requests/s by model",
+        "model steps/s by attention backend / kernel",
+        "state cache bytes",
+        "evictions/s by model and reason",
+        "item failures",
+    ):
         assert want in titles, want
     for p in d["panels"]:
         if p["type"] == "row":
@@ -721,7 +803,7 @@ def test_dashboard_panels():
         for t in p["targets"]:
             assert t["datasource"]["uid"] == "${datasource}" and t["expr"]
             if not t["expr"].startswith(("max(redis_", "min(redis_")):
-                assert '$namespace' in t["expr"], f"{p['title']}: filter on $namespace"
+                assert "$namespace" in t["expr"], f"{p['title']}: filter on $namespace"
     # No two panels overlap.
     cells = set()
     for p in d["panels"]:
@@ -772,8 +854,10 @@ def dynamics_metric(scraped: str) -> tuple[str, str, frozenset[str]]:
         for sfx in SCRAPED_SUFFIXES[kind]:
             if scraped == "ray_" + name + sfx:
                 return name, kind, labels | TARGET_LABELS | ({"le"} if sfx == "_bucket" else set())
-    raise AssertionError(f"{scraped}: not a metric the dynamics services export (DYNAMICS_METRICS) with the suffix "
-                         "Ray scrapes it under (counters _total; histograms _bucket/_sum/_count; gauges bare)")
+    raise AssertionError(
+        f"{scraped}: not a metric the dynamics services export (DYNAMICS_METRICS) with the suffix "
+        "Ray scrapes it under (counters _total; histograms _bucket/_sum/_count; gauges bare)"
+    )
 
 
 def _matcher_labels(body: str) -> list[str]:
@@ -788,7 +872,7 @@ def _aggregations(expr: str):
         while depth:
             depth += {"(": 1, ")": -1}.get(expr[i], 0)
             i += 1
-        yield [x.strip() for x in m.group(1).split(",") if x.strip()], expr[m.end():i - 1]
+        yield [x.strip() for x in m.group(1).split(",") if x.strip()], expr[m.end() : i - 1]
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -809,7 +893,8 @@ def test_dashboard_and_rules_query_only_exported_dynamics_metrics():
     used = set()
     for where, expr in dashboard_queries() + rule_queries():
         assert not re.findall(r"(?<![A-Za-z0-9_])worldserve_dynamics_\w+", expr), (
-            f"{where}: Ray scrapes application metrics with a ray_ prefix")
+            f"{where}: Ray scrapes application metrics with a ray_ prefix"
+        )
         for scraped, matchers in RAW_DYNAMICS.findall(expr):
             name, kind, labels = dynamics_metric(scraped)
             used.add(name)
@@ -820,8 +905,9 @@ def test_dashboard_and_rules_query_only_exported_dynamics_metrics():
                 bad = set(by) - dynamics_metric(scraped)[2]
                 assert not bad, f"{where}: aggregates {scraped} by {sorted(bad)}, which it does not carry"
     # The per-model metrics the brief asks to watch are all on the dashboard or in the rules.
-    assert {n for n, (_, labels) in DYNAMICS_METRICS.items() if "model" in labels} <= used, (
-        sorted({n for n, (_, labels) in DYNAMICS_METRICS.items() if "model" in labels} - used))
+    assert {n for n, (_, labels) in DYNAMICS_METRICS.items() if "model" in labels} <= used, sorted(
+        {n for n, (_, labels) in DYNAMICS_METRICS.items() if "model" in labels} - used
+    )
     with pytest.raises(AssertionError):
         dynamics_metric("ray_worldserve_dynamics_queue_depth_total")  # a gauge has no _total
     with pytest.raises(AssertionError):
@@ -833,12 +919,12 @@ def test_dashboard_filters_model_panels_on_model_variable():
     (var,) = [v for v in d["templating"]["list"] if v["name"] == "model"]
     m = re.fullmatch(r"label_values\((ray_worldserve_dynamics_\w+)\{[^{}]*\}, model\)", var["query"]["query"])
     assert m and "model" in dynamics_metric(m.group(1))[2], var["query"]
-    assert var["includeAll"] and var["multi"] and var["allValue"] == ".*" and '$namespace' in var["query"]["query"]
+    assert var["includeAll"] and var["multi"] and var["allValue"] == ".*" and "$namespace" in var["query"]["query"]
     for p in d["panels"]:
         for t in p.get("targets", []):
             for scraped, matchers in RAW_DYNAMICS.findall(t["expr"]):
                 if "model" in DYNAMICS_METRICS[dynamics_metric(scraped)[0]][1]:
-                    assert 'model=~"$model"' in matchers, f"{p['title']}: filter {scraped} on model=~\"$model\""
+                    assert 'model=~"$model"' in matchers, f'{p["title"]}: filter {scraped} on model=~"$model"'
                     assert re.search(r"\bby\s*\([^()]*\bmodel\b", t["expr"]), f"{p['title']}: split by model"
 
 
@@ -863,8 +949,13 @@ def test_alerts_about_a_model_name_it():
     alerts = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
     deps = _rule_dependencies()
     per_model = {a for a in alerts if any("model" in DYNAMICS_METRICS[m][1] for m in deps[a])}
-    assert {"WorldserveDynamicsQueueBacklog", "WorldserveDynamicsModelStepSlow", "WorldserveDynamicsItemFailures",
-            "WorldserveDynamicsStateCacheNearBudget", "WorldserveDynamicsStateEvictionsHigh"} <= per_model
+    assert {
+        "WorldserveDynamicsQueueBacklog",
+        "WorldserveDynamicsModelStepSlow",
+        "WorldserveDynamicsItemFailures",
+        "WorldserveDynamicsStateCacheNearBudget",
+        "WorldserveDynamicsStateEvictionsHigh",
+    } <= per_model
     for a in per_model | set(REPLICA_ALERTS):
         ann = alerts[a]["annotations"]
         assert "$labels.model" in ann["description"], f"{a}: its description must name the model"
@@ -887,7 +978,8 @@ def test_state_cache_budget_matches_serve_config():
     budget = dynamics_app(yaml.safe_load(SERVE_YAML.read_text()))["args"]["state_cache_bytes"]
     (ratio,) = [e for n, e in rule_queries() if n == "worldserve:dynamics_state_cache_budget:ratio"]
     assert re.fullmatch(rf"worldserve:dynamics_state_cache_bytes:max / {budget}\s*", ratio), (
-        f"the rule's budget must be state_cache_bytes ({budget}) of deploy/serve/worldserve.yaml: {ratio!r}")
+        f"the rule's budget must be state_cache_bytes ({budget}) of deploy/serve/worldserve.yaml: {ratio!r}"
+    )
     d = json.loads(DASHBOARD.read_text())
     (panel,) = [p for p in d["panels"] if p["title"].lower().startswith("state cache bytes")]
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]

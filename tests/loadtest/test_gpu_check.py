@@ -53,8 +53,11 @@ def test_gpu_check_without_cuda_skips_gpu_parts_and_passes(tmp_path):
 @pytest.mark.timeout(120)
 def test_engine_bench_cpu_quick_reports_sane_figures(tmp_path):
     js = tmp_path / "engine.json"
-    p = _run([sys.executable, "-m", "loadtest.engine_bench", "--device", "cpu", "--quick", "--json", str(js)],
-             tmp_path, timeout=110)
+    p = _run(
+        [sys.executable, "-m", "loadtest.engine_bench", "--device", "cpu", "--quick", "--json", str(js)],
+        tmp_path,
+        timeout=110,
+    )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
     s = json.loads(js.read_text())
@@ -72,8 +75,13 @@ def test_engine_bench_cpu_quick_reports_sane_figures(tmp_path):
         assert r["state_nbytes_measured"] == r["sessions"] * s["state_bytes_per_session"]
     assert s["batch_invariant_cost"] > 0
     assert sum(s["decode_calls"].values()) > 0
-    for text in ("FLOPs per frame", "bound", "batch-invariant mode at 4 sessions", "runtime: device=cpu",
-                 "Triton attention kernel ran"):
+    for text in (
+        "FLOPs per frame",
+        "bound",
+        "batch-invariant mode at 4 sessions",
+        "runtime: device=cpu",
+        "Triton attention kernel ran",
+    ):
         assert text in out, text
 
 
@@ -81,8 +89,28 @@ def test_engine_bench_cpu_quick_reports_sane_figures(tmp_path):
 def test_engine_bench_large_reports_what_does_not_fit(tmp_path):
     """The large path with a tiny state-memory cap: runs that do not fit are reported, not tried."""
     js = tmp_path / "large.json"
-    p = _run([sys.executable, "-m", "loadtest.engine_bench", "--device", "cpu", "--quick", "--large", "--sessions",
-              "1", "64", "--state-memory-gib", "0.01", "--time-budget-s", "1", "--json", str(js)], tmp_path, timeout=110)
+    p = _run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest.engine_bench",
+            "--device",
+            "cpu",
+            "--quick",
+            "--large",
+            "--sessions",
+            "1",
+            "64",
+            "--state-memory-gib",
+            "0.01",
+            "--time-budget-s",
+            "1",
+            "--json",
+            str(js),
+        ],
+        tmp_path,
+        timeout=110,
+    )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
     assert "does not fit (needs" in out

@@ -19,8 +19,9 @@ def s3_url():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket="worlds")
+    boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    ).create_bucket(Bucket="worlds")
     yield endpoint
     server.stop()
 
@@ -30,14 +31,28 @@ def archive(request, tmp_path):
     if request.param == "file":
         return Archive.from_url(f"file://{tmp_path}/archive")
     endpoint = request.getfixturevalue("s3_url")
-    return Archive.from_url(f"s3://worlds/prefix-{tmp_path.name}", {
-        "endpoint": endpoint, "region": "us-east-1", "access_key_id": "test", "secret_access_key": "test",
-        "allow_http": True})
+    return Archive.from_url(
+        f"s3://worlds/prefix-{tmp_path.name}",
+        {
+            "endpoint": endpoint,
+            "region": "us-east-1",
+            "access_key_id": "test",
+            "secret_access_key": "test",
+            "allow_http": True,
+        },
+    )
 
 
 def steps(a: int, b: int, latents: bool = True) -> list[ArchivedStep]:
-    return [ArchivedStep(n, None if n == 0 else {"keys": ["right"], "mouse": {}}, f"png{n}".encode() * 3,
-                         f"z{n}".encode() if latents else None) for n in range(a, b + 1)]
+    return [
+        ArchivedStep(
+            n,
+            None if n == 0 else {"keys": ["right"], "mouse": {}},
+            f"png{n}".encode() * 3,
+            f"z{n}".encode() if latents else None,
+        )
+        for n in range(a, b + 1)
+    ]
 
 
 def test_chunk_roundtrip_and_garbage():
@@ -87,8 +102,13 @@ async def test_delete_removes_every_object_of_the_session_only(archive):
 
 
 async def test_s3_settings_come_from_the_usual_aws_variables(s3_url, monkeypatch):
-    for k, v in {"AWS_ENDPOINT": s3_url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "test",
-                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_ALLOW_HTTP": "true"}.items():
+    for k, v in {
+        "AWS_ENDPOINT": s3_url,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_ALLOW_HTTP": "true",
+    }.items():
         monkeypatch.setenv(k, v)
     a = Archive.from_url("s3://worlds/from-env")
     await a.write_chunk("t", "s_env", steps(0, 2))

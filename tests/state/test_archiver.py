@@ -16,8 +16,9 @@ POLICY = ArchivePolicy(chunk_steps=8, hot_window=4, rid_keep=6)
 
 @pytest.fixture
 async def astore(redis_url, redis_flush, tmp_path):
-    s = SessionStore.from_url(redis_url, default_ttl_s=600, archive=Archive.from_url(f"file://{tmp_path}/a"),
-                              max_tail=48)
+    s = SessionStore.from_url(
+        redis_url, default_ttl_s=600, archive=Archive.from_url(f"file://{tmp_path}/a"), max_tail=48
+    )
     await redis_flush(s.r)
     yield s
     await s.close()
@@ -29,8 +30,15 @@ def frame(n: int) -> bytes:
 
 async def play(store, tenant, sid, n, start=0):
     for i in range(start, start + n):
-        await store.append(tenant, sid, expected_step=i, action={"keys": ["right"], "mouse": {}},
-                           latent=b"z" + i.to_bytes(4, "big"), frame=frame(i + 1), request_id=f"r{i + 1}")
+        await store.append(
+            tenant,
+            sid,
+            expected_step=i,
+            action={"keys": ["right"], "mouse": {}},
+            latent=b"z" + i.to_bytes(4, "big"),
+            frame=frame(i + 1),
+            request_id=f"r{i + 1}",
+        )
         if (i + 1) % POLICY.chunk_steps == 0:
             await store.mark_due(tenant, sid)
 
@@ -56,7 +64,9 @@ async def test_redis_stays_bounded_and_export_sees_every_step_once(astore):
     assert max(sizes) == min(sizes), sizes  # flat however long the session gets
     assert sizes[-1] <= 3 * (POLICY.chunk_steps + POLICY.hot_window) + 2 * POLICY.rid_keep
     assert await exported(astore, "t", rec.session_id) == [(n, frame(n)) for n in range(201)]
-    assert [e.step async for e in astore.export("t", rec.session_id, from_step=195, to_step=199)] == list(range(195, 200))
+    assert [e.step async for e in astore.export("t", rec.session_id, from_step=195, to_step=199)] == list(
+        range(195, 200)
+    )
     win = await astore.window("t", rec.session_id, end_step=200, frames=4)
     assert all(e.latent is not None for e in win)  # a prefill still finds its window in Redis
 

@@ -14,7 +14,9 @@ async def make(store: SessionStore, tenant="acme", **kw):
 
 async def step(store, tenant, rec, n, key="left"):
     z = pack_array(np.full((2, 2), n, dtype=np.float32))
-    return await store.append(tenant, rec.session_id, expected_step=n - 1, action={"keys": [key]}, latent=z, frame=b"png%d" % n)
+    return await store.append(
+        tenant, rec.session_id, expected_step=n - 1, action={"keys": [key]}, latent=z, frame=b"png%d" % n
+    )
 
 
 async def test_create_get_and_tenant_isolation(store):
@@ -57,8 +59,9 @@ async def test_a_request_id_lands_once_and_is_recorded_with_its_frame(store):
     # the same id again, from the current step or a stale one: nothing written, the step named
     for expected in (0, 1):
         with pytest.raises(AlreadyApplied) as e:
-            await store.append("acme", rec.session_id, expected_step=expected, action={}, latent=z, frame=b"f2",
-                               request_id="a")
+            await store.append(
+                "acme", rec.session_id, expected_step=expected, action={}, latent=z, frame=b"f2", request_id="a"
+            )
         assert e.value.step == 1
     assert (await store.get("acme", rec.session_id)).step == 1
     assert await store.append("acme", rec.session_id, expected_step=1, action={}, latent=z, frame=b"f2") == 2
@@ -118,7 +121,9 @@ async def test_list_paginates_per_tenant(store):
         await store.list("acme", page_token="garbage")
     import base64
 
-    forged = [base64.urlsafe_b64encode(t).decode() for t in (b"nan|s_x", b"inf|s_x", b"1.5|bad id!", b"1.5", b"\xff\xfe|x")]
+    forged = [
+        base64.urlsafe_b64encode(t).decode() for t in (b"nan|s_x", b"inf|s_x", b"1.5|bad id!", b"1.5", b"\xff\xfe|x")
+    ]
     for token in forged + ["A" * 50_000]:
         with pytest.raises(InvalidArgument, match="invalid page_token") as e:
             await store.list("acme", page_token=token)

@@ -9,13 +9,33 @@ import pytest
 import torch
 
 from worldserve.dynamics.models.canvas.model import CanvasConfig, CanvasWorldModel
-from worldserve.train.canvas_trainer import (PAD, CanvasTrainConfig, build_batch, canvas_at, explore_actions,
-                                             make_episodes, play, sprite_pixels, sprite_truth, to_device, train_canvas, unroll_loss)
+from worldserve.train.canvas_trainer import (
+    PAD,
+    CanvasTrainConfig,
+    build_batch,
+    canvas_at,
+    explore_actions,
+    make_episodes,
+    play,
+    sprite_pixels,
+    sprite_truth,
+    to_device,
+    train_canvas,
+    unroll_loss,
+)
 from worldserve.worlds import Game, checks, parse_caption
 from worldserve.worlds.platformer import SPEED
 
-TINY = CanvasConfig(channels=(8, 16, 16), head_dim=8, world_channels=2, time_period=8, event_dim=8, cond_dim=16,
-                    canvas_width=512, canvas_origin=128)
+TINY = CanvasConfig(
+    channels=(8, 16, 16),
+    head_dim=8,
+    world_channels=2,
+    time_period=8,
+    event_dim=8,
+    cond_dim=16,
+    canvas_width=512,
+    canvas_origin=128,
+)
 
 
 def test_episodes_record_the_camera_and_the_explorer_covers_the_level():
@@ -81,8 +101,9 @@ def test_a_warm_start_grows_new_inputs_switched_off(tmp_path):
     old = CanvasWorldModel.random(old_cfg, seed=1)
     old.save_pretrained(tmp_path / "old")
     new_cfg = CanvasConfig(**{**old_cfg.to_dict(), "background_canvas": True})
-    tc = CanvasTrainConfig(out=tmp_path / "new", n_episodes=2, steps=8, iters=0, model=new_cfg,
-                           init_from=tmp_path / "old")
+    tc = CanvasTrainConfig(
+        out=tmp_path / "new", n_episodes=2, steps=8, iters=0, model=new_cfg, init_from=tmp_path / "old"
+    )
     grown = CanvasWorldModel.from_pretrained(train_canvas(tc, log=lambda *_: None, progress=False))
     w_old, w_new = old.net.unet.inp.weight, grown.net.unet.inp.weight
     assert w_new.shape[1] == w_old.shape[1] + 3
@@ -92,11 +113,23 @@ def test_a_warm_start_grows_new_inputs_switched_off(tmp_path):
 
 def test_tiny_run_learns_and_resume_equals_an_uninterrupted_run(tmp_path):
     torch.set_num_threads(1)
-    base = CanvasTrainConfig(n_episodes=6, steps=16, batch=4, unroll=2, unroll_from=3, iters=6, warmup=1,
-                             ckpt_every=3, lr=3e-3, budget_s=1e9, model=TINY)  # no time-based decay
+    base = CanvasTrainConfig(
+        n_episodes=6,
+        steps=16,
+        batch=4,
+        unroll=2,
+        unroll_from=3,
+        iters=6,
+        warmup=1,
+        ckpt_every=3,
+        lr=3e-3,
+        budget_s=1e9,
+        model=TINY,
+    )  # no time-based decay
     ep = make_episodes(range(6), 16, log=lambda *_: None)
     # the loss of a fixed batch goes down over a few iterations of the same recipe
     from worldserve.dynamics.models.canvas.model import CanvasNet
+
     torch.manual_seed(0)
     net = CanvasNet(TINY)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
@@ -124,6 +157,7 @@ def test_the_other_losses_learn_too(losses):
     tc = CanvasTrainConfig(batch=4, unroll=2, model=TINY, choice_loss=losses[0], draw_loss=losses[1])
     ep = make_episodes(range(4), 16, log=lambda *_: None)
     from worldserve.dynamics.models.canvas.model import CanvasNet
+
     torch.manual_seed(0)
     net = CanvasNet(TINY)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
@@ -162,6 +196,7 @@ def test_the_player_layer_learns_where_the_player_goes(background):
     tc = CanvasTrainConfig(batch=4, unroll=2, model=tiny)
     ep = make_episodes(range(4), 16, log=lambda *_: None)
     from worldserve.dynamics.models.canvas.model import CanvasNet
+
     torch.manual_seed(0)
     net = CanvasNet(tiny)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)

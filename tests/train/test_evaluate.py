@@ -34,8 +34,7 @@ from worldserve.train.evaluate import (
     table,
 )
 from worldserve.worlds import COLORS, GROUNDS, Game, ObjectSpec, WorldSpec, parse_caption
-from worldserve.worlds.platformer import GROUND_Y, KEYS, NIGHT_SCALE, RAIN_DIM, _SLOT_X
-
+from worldserve.worlds.platformer import _SLOT_X, GROUND_Y, KEYS, NIGHT_SCALE, RAIN_DIM
 
 # --------------------------------------------------------------------------------------------------
 # a perfect model: the game itself behind the DynamicsModel interface (test-only)
@@ -84,9 +83,16 @@ class GameModel:
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(frame_width=64, frame_height=64, action_space=ActionSpace(keys=KEYS, discrete_actions=64),
-                         context_frames=16, sample_steps=1, default_guidance=1.0, events_supported=True,
-                         event_max_bytes=64)
+        return ModelInfo(
+            frame_width=64,
+            frame_height=64,
+            action_space=ActionSpace(keys=KEYS, discrete_actions=64),
+            context_frames=16,
+            sample_steps=1,
+            default_guidance=1.0,
+            events_supported=True,
+            event_max_bytes=64,
+        )
 
     @property
     def runtime(self) -> Runtime:
@@ -169,7 +175,10 @@ def test_delta_and_brightness():
 
 
 def test_adherence_reads_colour_kind_and_side():
-    specs = [parse_caption("a red door on the left, a blue box on the right"), parse_caption("a pink box on the left, night")]
+    specs = [
+        parse_caption("a red door on the left, a blue box on the right"),
+        parse_caption("a pink box on the left, night"),
+    ]
     frames = [Game(s, 0).reset() for s in specs]
     assert adherence(frames, specs) == (1.0, 1.0)
     blank = [np.zeros((64, 64, 3), np.uint8)] * 2
@@ -216,8 +225,9 @@ def test_serve_batches_sessions_and_releases_states():
 
 
 def test_rollout_uses_the_serving_api_shapes():
-    dyn = WorldModel.random(WorldModelConfig(ae_channels=4, dim=32, n_layers=1, n_heads=2, context_frames=3,
-                                             sample_steps=1), seed=1)
+    dyn = WorldModel.random(
+        WorldModelConfig(ae_channels=4, dim=32, n_layers=1, n_heads=2, context_frames=3, sample_steps=1), seed=1
+    )
     first = np.stack([episode(i, 1)[0][0] for i in range(2)])
     acts = np.zeros((2, 5, dyn.action_dim), np.float32)
     out = rollout(dyn, first, acts, [["night falls"] * 5, [""] * 5], seeds=[0, 1])
@@ -228,27 +238,65 @@ def test_rollout_uses_the_serving_api_shapes():
 # whole evaluations
 
 KEYS_OUT = [
-    "player_within4_step1", "player_within4_step8", "player_within4_step24", "player_within4_per_step",
-    "player_airborne_within4", "player_airborne_frames", "player_airborne_within4_game", "player_exact_game",
-    "noop24_psnr", "noop24_psnr_game", "objects_in_place_step16", "objects_in_place_step16_game",
-    "objects_in_place_count", "rollout_psnr", "hold_first_psnr", "rollout_above_hold_all_steps",
-    *[f"rollout_psnr_{s}" for s in (1, 2, 4, 8, 16, 24, 32)], *[f"hold_first_psnr_{s}" for s in (1, 2, 4, 8, 16, 24, 32)],
-    "control_psnr_true_8", "control_psnr_shuffled_8", "control_delta_psnr_8", "control_delta_psnr_mean_1_8",
-    "memory_psnr", "memory_psnr_game", "prompt_objects_found", "prompt_frames_all_found",
-    "prompt_objects_found_game", "prompt_frames_all_found_game", "event_night_brightness_model",
-    "event_night_brightness_game", "event_night_brightness_error", "event_rain_brightness_model",
-    "event_rain_brightness_game", "event_rain_brightness_error", "rain_streaks_model", "rain_streaks_game_rain",
-    "rain_streaks_game_dry", "stars_night_model", "stars_night_game", "deterministic_dynamics",
-    "deterministic_image", "ae_psnr", "model_step_calls", "model_frames", "pass",
+    "player_within4_step1",
+    "player_within4_step8",
+    "player_within4_step24",
+    "player_within4_per_step",
+    "player_airborne_within4",
+    "player_airborne_frames",
+    "player_airborne_within4_game",
+    "player_exact_game",
+    "noop24_psnr",
+    "noop24_psnr_game",
+    "objects_in_place_step16",
+    "objects_in_place_step16_game",
+    "objects_in_place_count",
+    "rollout_psnr",
+    "hold_first_psnr",
+    "rollout_above_hold_all_steps",
+    *[f"rollout_psnr_{s}" for s in (1, 2, 4, 8, 16, 24, 32)],
+    *[f"hold_first_psnr_{s}" for s in (1, 2, 4, 8, 16, 24, 32)],
+    "control_psnr_true_8",
+    "control_psnr_shuffled_8",
+    "control_delta_psnr_8",
+    "control_delta_psnr_mean_1_8",
+    "memory_psnr",
+    "memory_psnr_game",
+    "prompt_objects_found",
+    "prompt_frames_all_found",
+    "prompt_objects_found_game",
+    "prompt_frames_all_found_game",
+    "event_night_brightness_model",
+    "event_night_brightness_game",
+    "event_night_brightness_error",
+    "event_rain_brightness_model",
+    "event_rain_brightness_game",
+    "event_rain_brightness_error",
+    "rain_streaks_model",
+    "rain_streaks_game_rain",
+    "rain_streaks_game_dry",
+    "stars_night_model",
+    "stars_night_game",
+    "deterministic_dynamics",
+    "deterministic_image",
+    "ae_psnr",
+    "model_step_calls",
+    "model_frames",
+    "pass",
 ]
 
 
 def _check_common(r: dict) -> None:
     for key in KEYS_OUT:
         assert key in r, key
-    fractions = [k for k in KEYS_OUT if k.startswith(("player_within4_step", "player_airborne_within4", "objects_in",
-                                                      "prompt_", "rain_streaks", "deterministic"))
-                 and not k.endswith("count")]
+    fractions = [
+        k
+        for k in KEYS_OUT
+        if k.startswith(
+            ("player_within4_step", "player_airborne_within4", "objects_in", "prompt_", "rain_streaks", "deterministic")
+        )
+        and not k.endswith("count")
+    ]
     for k in fractions:
         assert 0.0 <= r[k] <= 1.0, (k, r[k])
     for k in ("noop24_psnr", "memory_psnr", "ae_psnr", *[f"rollout_psnr_{s}" for s in (1, 8, 32)]):
@@ -257,8 +305,14 @@ def _check_common(r: dict) -> None:
     assert len(r["player_within4_per_step"]) >= 24
     assert r["player_airborne_frames"] > 0
     # the detectors read the game's own frames right
-    for k in ("player_exact_game", "player_airborne_within4_game", "objects_in_place_step16_game",
-              "prompt_objects_found_game", "prompt_frames_all_found_game", "rain_streaks_game_rain"):
+    for k in (
+        "player_exact_game",
+        "player_airborne_within4_game",
+        "objects_in_place_step16_game",
+        "prompt_objects_found_game",
+        "prompt_frames_all_found_game",
+        "rain_streaks_game_rain",
+    ):
         assert r[k] == 1.0, k
     assert r["rain_streaks_game_dry"] == 0.0 and r["noop24_psnr_game"] == 100.0
     assert r["memory_psnr_game"] > 30 and r["stars_night_game"] > 1

@@ -15,8 +15,7 @@ from worldserve.train import PhaseConfig, TrainConfig, export, train_all
 from worldserve.train.data import action_matrix, make_trajectories, step_generator
 from worldserve.train.trainer import STATE_FILE, normalize_latents, train_dynamics, train_image
 
-TINY_DYN = WorldModelConfig(ae_channels=4, dim=32, n_layers=1, n_heads=2, context_frames=4, event_dim=16,
-                            mlp_ratio=2.0)
+TINY_DYN = WorldModelConfig(ae_channels=4, dim=32, n_layers=1, n_heads=2, context_frames=4, event_dim=16, mlp_ratio=2.0)
 TINY_IMG = TinyTextToImageConfig(channels=8, text_dim=16, text_layers=1, text_heads=2, cond_dim=16)
 
 
@@ -24,9 +23,19 @@ def tiny_config(out, iters: int = 12) -> TrainConfig:
     def pc(batch: int, lr: float) -> PhaseConfig:
         return PhaseConfig(iters, batch, lr, budget_s=1e9, warmup=2, ckpt_every=4)
 
-    return TrainConfig(out=out, n_traj=4, traj_steps=8, clip=4, ae=pc(4, 3e-3), dynamics=pc(2, 3e-3),
-                       image=pc(2, 3e-3), dynamics_config=TINY_DYN, image_config=TINY_IMG, device="cpu",
-                       show_progress=False)
+    return TrainConfig(
+        out=out,
+        n_traj=4,
+        traj_steps=8,
+        clip=4,
+        ae=pc(4, 3e-3),
+        dynamics=pc(2, 3e-3),
+        image=pc(2, 3e-3),
+        dynamics_config=TINY_DYN,
+        image_config=TINY_IMG,
+        device="cpu",
+        show_progress=False,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +74,9 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     whole_img = train_image(full)
 
     cut = tiny_config(tmp_path / "b", iters=8)
-    half = dataclasses.replace(cut, dynamics=dataclasses.replace(cut.dynamics, stop_at=3),
-                               image=dataclasses.replace(cut.image, stop_at=3))
+    half = dataclasses.replace(
+        cut, dynamics=dataclasses.replace(cut.dynamics, stop_at=3), image=dataclasses.replace(cut.image, stop_at=3)
+    )
     train_dynamics(half, data), train_image(half)  # interrupted after 3 of 8 iterations
     assert torch.load(half.out / "dynamics" / STATE_FILE, weights_only=True)["step"] == 3
     resumed = cut
@@ -94,12 +104,17 @@ def test_normalize_latents_keeps_reconstructions_and_gives_unit_scale():
 
 def test_data_helpers():
     assert action_matrix([(), ("left", "jump"), ("fire",)]).tolist() == [
-        [0, 0, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1, 0, 0]]
+        [0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 0, 0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1, 0, 0],
+    ]
     d = make_trajectories(range(3), 5)
     assert d.frames.shape == (3, 6, 64, 64, 3) and d.actions.shape == (3, 6, 8) and len(d.events[0]) == 6
     r1, g1 = step_generator(0, 7)
     r2, g2 = step_generator(0, 7)
-    assert r1.integers(0, 1000) == r2.integers(0, 1000) and torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+    assert r1.integers(0, 1000) == r2.integers(0, 1000) and torch.equal(
+        torch.rand(3, generator=g1), torch.rand(3, generator=g2)
+    )
 
 
 def test_training_config_json_is_shipped_with_events():

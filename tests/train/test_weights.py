@@ -121,8 +121,11 @@ def test_shipped_image_model_draws_the_caption_and_replays(img):
     from worldserve.worlds import check_objects
 
     opts = dict(width=64, height=64, steps=img.default_steps, guidance=img.default_guidance)
-    caps = ["a red door on the left, a blue box on the right, grass, day", "a yellow box on the left, snow, night",
-            "a cyan door on the right, sand, day, rain"]
+    caps = [
+        "a red door on the left, a blue box on the right, grass, day",
+        "a yellow box on the left, snow, night",
+        "a cyan door on the right, sand, day, rain",
+    ]
     out = img.generate_batch(caps, seeds=[1, 2, 3], **opts)
     assert np.array_equal(out, img.generate_batch(caps, seeds=[1, 2, 3], **opts))
     found = [x for cap, frame in zip(caps, out) for x in check_objects(frame, parse_caption(cap))]

@@ -8,13 +8,24 @@ import json
 
 import numpy as np
 import pytest
+from _webtest_util import until
 
 from worldserve.common.codec import JPEG, PNG, RAW
 from worldserve.common.errors import InvalidArgument, NotFound
 from worldserve.common.metrics import ServiceMetrics
 from worldserve.web.live import (
-    CONTROLLER, SPECTATOR, ActionSpace, Held, LiveClosed, LiveMetrics, LiveRoom, RateLimit, merge, pack_frame,
-    parse_message, unpack_frame,
+    CONTROLLER,
+    SPECTATOR,
+    ActionSpace,
+    Held,
+    LiveClosed,
+    LiveMetrics,
+    LiveRoom,
+    RateLimit,
+    merge,
+    pack_frame,
+    parse_message,
+    unpack_frame,
 )
 
 SPACE = ActionSpace(frozenset({"left", "right", "jump"}), frozenset({"x"}), True, 16)
@@ -59,17 +70,26 @@ class Client:
 
 
 def room_of(step, fps: float = 50.0, max_controllers: int = 2) -> LiveRoom:
-    return LiveRoom(session_id="s_test", model="m", fps=fps, max_controllers=max_controllers, space=SPACE,
-                    step=step, metrics=METRICS)
+    return LiveRoom(
+        session_id="s_test",
+        model="m",
+        fps=fps,
+        max_controllers=max_controllers,
+        space=SPACE,
+        step=step,
+        metrics=METRICS,
+    )
 
 
 def test_messages_are_checked_against_the_models_action_space():
-    assert parse_message({"type": "action", "seq": 3, "keys": ["right", "left", "right"], "mouse": {"x": 0.5}},
-                         SPACE) == ("action", {"keys": ("left", "right"), "mouse": {"x": 0.5}, "seq": 3})
+    assert parse_message(
+        {"type": "action", "seq": 3, "keys": ["right", "left", "right"], "mouse": {"x": 0.5}}, SPACE
+    ) == ("action", {"keys": ("left", "right"), "mouse": {"x": 0.5}, "seq": 3})
     assert parse_message({"type": "event", "event": "night"}, SPACE) == ("event", {"event": "night", "seq": 0})
     assert parse_message({"type": "ping", "t": 5}, SPACE) == ("ping", {"t": 5})
     for bad, words in [
-        ([1, 2], "JSON object"), ({"type": "fly"}, "unknown message type"),
+        ([1, 2], "JSON object"),
+        ({"type": "fly"}, "unknown message type"),
         ({"type": "action", "keys": ["warp"]}, "unknown keys ['warp']"),
         ({"type": "action", "keys": "left"}, "list of key names"),
         ({"type": "action", "mouse": {"y": 0.1}}, "unknown mouse axis 'y'"),
@@ -87,7 +107,9 @@ def test_messages_are_checked_against_the_models_action_space():
 
 def test_the_merge_rule_unions_keys_and_averages_mouse_axes():
     assert merge([Held(("left",), {"x": 1.0}), Held(("jump", "left"), {"x": 0.0}), Held((), {})]) == (
-        ("jump", "left"), {"x": 0.5})
+        ("jump", "left"),
+        {"x": 0.5},
+    )
     assert merge([]) == ((), {})
 
 
@@ -104,10 +126,13 @@ async def test_the_room_ticks_on_its_clock_and_everyone_sees_the_same_frame_at_a
     b.join(room)
     watcher.join(room, SPECTATOR, fmt=PNG)
     room.receive(pa, "action", {"keys": ("left",), "mouse": {}, "seq": 1})
-    await asyncio.sleep(0.5)
+    t0 = asyncio.get_running_loop().time()
+    await until(lambda: len(step.calls) >= 10 and a.frames and b.frames and watcher.frames, what="ten ticks")
     room.stop()
+    elapsed = asyncio.get_running_loop().time() - t0
     n = len(step.calls)
-    assert 8 <= n <= 27, n  # 50 fps for 0.5 s: about 25 ticks (fewer on a loaded machine), never more
+    assert 8 <= n <= 27, n  # 50 fps: about 25 ticks in 0.5 s (fewer on a loaded machine), never more
+    assert n <= 50 * elapsed + 2, (n, elapsed)  # never faster than its clock
     assert all(c[0] == ("left",) for c in step.calls)  # the held key stays held tick after tick
     by_tick = {h["tick"]: h["step"] for h, _ in a.frames}
     for c in (b, watcher):
@@ -121,12 +146,12 @@ async def test_the_latest_action_per_tick_wins_and_an_event_is_sent_once():
     step = Stepper()
     room = room_of(step, fps=5)
     p = Client().join(room)
-    await asyncio.sleep(0.05)  # the first tick has gone
+    await until(lambda: len(step.calls) >= 1, what="the first tick")  # the first tick has gone
     for seq, keys in enumerate([("left",), ("jump",), ("right",)], start=1):
         room.receive(p, "action", {"keys": keys, "mouse": {}, "seq": seq})
     room.receive(p, "action", {"keys": ("left",), "mouse": {}, "seq": 2})  # late (older seq): ignored
     room.receive(p, "event", {"event": "night", "seq": 4})
-    await asyncio.sleep(0.45)
+    await until(lambda: len(step.calls) >= 3, what="two more ticks")
     room.stop()
     assert step.calls[1] == (("right",), {}, "night")
     assert all(c[2] is None for c in step.calls[2:]) and len(step.calls) >= 3
@@ -137,7 +162,7 @@ async def test_a_slow_step_skips_ticks_instead_of_queueing_them():
     room = room_of(step, fps=50)
     c = Client()
     c.join(room)
-    await asyncio.sleep(0.6)
+    await until(lambda: len(step.calls) >= 4 and len(c.frames) >= 3, what="four slow steps")
     room.stop()
     assert 3 <= len(step.calls) <= 6, len(step.calls)
     assert room.misses >= 4 * (len(step.calls) - 1)
@@ -149,7 +174,7 @@ async def test_a_slow_client_gets_frames_dropped_for_it_alone():
     slow, fast = Client(send_delay=0.2), Client()
     ps = slow.join(room)
     pf = fast.join(room)
-    await asyncio.sleep(0.6)
+    await until(lambda: len(fast.frames) >= 12 and ps.dropped >= 5, what="twelve frames at the fast client")
     room.stop()
     assert ps.dropped >= 5 and len(slow.frames) <= 4
     assert pf.dropped == 0 and len(fast.frames) >= 12  # the tick never waited for the slow one
@@ -172,14 +197,14 @@ async def test_a_deleted_session_closes_everyone_with_4404_and_failures_are_noti
     room = room_of(Stepper(fail=NotFound("session 's_test' not found")))
     c = Client()
     c.join(room)
-    await asyncio.sleep(0.2)
+    await until(lambda: c.closed is not None, what="the close")
     assert c.closed == (4404, "session 's_test' not found")
     room.stop()
 
     room = room_of(Stepper(fail=RuntimeError("boom")), fps=100)
     c = Client()
     c.join(room)
-    await asyncio.sleep(1.0)  # 20 failures, each skipping a tick: ~0.4 s
+    await until(lambda: c.closed is not None, what="the close")  # 20 failures, each skipping a tick: ~0.4 s
     assert c.closed is not None and c.closed[0] == 1011 and "steps keep failing" in c.closed[1]
     assert any(t["type"] == "notice" and "INTERNAL" in t["reason"] for t in c.texts)
     room.stop()
@@ -188,14 +213,23 @@ async def test_a_deleted_session_closes_everyone_with_4404_and_failures_are_noti
 async def test_the_room_stops_when_the_last_player_leaves():
     step = Stepper()
     left = []
-    room = LiveRoom(session_id="s", model="m", fps=50, max_controllers=1, space=SPACE, step=step, metrics=METRICS,
-                    on_empty=left.append)
+    room = LiveRoom(
+        session_id="s",
+        model="m",
+        fps=50,
+        max_controllers=1,
+        space=SPACE,
+        step=step,
+        metrics=METRICS,
+        on_empty=left.append,
+    )
     c = Client()
     p = c.join(room)
-    await asyncio.sleep(0.1)
+    await until(lambda: len(step.calls) >= 2, what="the room ticking")
+    ticking = room._task
     room.leave(p)
     n = len(step.calls)
-    await asyncio.sleep(0.1)
+    await until(ticking.done, what="the clock to stop")  # stopped: no tick can come after this
     assert len(step.calls) == n and left == [room]
 
 
@@ -229,13 +263,29 @@ class Bus:
 
 
 def owner_and_relay(step, fps=20.0, max_controllers=2):
-    from worldserve.web.live import RelayRoom
+    from worldserve.web.relay import RelayRoom
 
     bus = Bus()
-    bus.owner = LiveRoom(session_id="s_test", model="m", fps=fps, max_controllers=max_controllers, space=SPACE,
-                         step=step, metrics=METRICS, publish=bus.to_relays)
-    relay = RelayRoom(session_id="s_test", model="m", fps=fps, max_controllers=max_controllers, space=SPACE,
-                      metrics=METRICS, replica="r2", send=bus.to_owner)
+    bus.owner = LiveRoom(
+        session_id="s_test",
+        model="m",
+        fps=fps,
+        max_controllers=max_controllers,
+        space=SPACE,
+        step=step,
+        metrics=METRICS,
+        publish=bus.to_relays,
+    )
+    relay = RelayRoom(
+        session_id="s_test",
+        model="m",
+        fps=fps,
+        max_controllers=max_controllers,
+        space=SPACE,
+        metrics=METRICS,
+        replica="r2",
+        send=bus.to_owner,
+    )
     bus.relays.append(relay)
     return bus, bus.owner, relay
 
@@ -247,11 +297,21 @@ async def test_players_on_another_replica_play_through_a_relay():
     here.join(owner)
     pt = there.join(relay)
     watcher.join(relay, SPECTATOR, fmt=PNG)
-    await asyncio.sleep(0.05)
+    await until(lambda: owner.roster() == {"type": "players", "controllers": 2, "spectators": 1}, what="the joins")
     assert owner.roster() == {"type": "players", "controllers": 2, "spectators": 1}
     raw = {"type": "action", "seq": 1, "keys": ["jump"]}
     relay.receive(pt, *parse_message(raw, SPACE), raw)
-    await asyncio.sleep(0.4)
+
+    def shown() -> bool:
+        mine = {h["tick"] for h, _ in here.frames}
+        return (
+            len([h for h, _ in there.frames if h["tick"] in mine]) >= 4
+            and there.frames[-1][0]["ack"] == 1
+            and watcher.frames
+            and any(t.get("type") == "players" for t in there.texts)
+        )
+
+    await until(shown, what="the remote controller's action shown")
     owner.stop()
     assert any(c[0] == ("jump",) for c in step.calls)  # the remote controller's key reached the world
     mine = {h["tick"]: (h["step"], data) for h, data in here.frames}
@@ -266,7 +326,7 @@ async def test_the_owner_refuses_a_remote_controller_beyond_the_limit_and_closes
     Client().join(owner)
     extra = Client()
     extra.join(relay)
-    await asyncio.sleep(0.05)
+    await until(lambda: extra.closed is not None, what="the refusal")
     assert extra.closed is not None and extra.closed[0] == 4409
     owner.stop()
 
@@ -274,23 +334,23 @@ async def test_the_owner_refuses_a_remote_controller_beyond_the_limit_and_closes
     a, b = Client(), Client()
     a.join(owner)
     b.join(relay, SPECTATOR)
-    await asyncio.sleep(0.2)
+    await until(lambda: a.closed is not None and b.closed is not None, what="both closed")
     assert a.closed == b.closed == (4404, "session 's_test' not found")
 
 
 async def test_a_lost_join_is_recovered_by_the_relays_heartbeat_and_a_silent_owner_closes_the_relay(monkeypatch):
-    import worldserve.web.live as live
+    import worldserve.web.relay as relay_mod
 
-    monkeypatch.setattr(live, "RELAY_ALIVE_S", 0.1)
-    monkeypatch.setattr(live, "OWNER_SILENT_S", 0.3)
+    monkeypatch.setattr(relay_mod, "RELAY_ALIVE_S", 0.1)
+    monkeypatch.setattr(relay_mod, "OWNER_SILENT_S", 0.3)
     bus, owner, relay = owner_and_relay(Stepper(), fps=20)
     bus.lost_joins = True
     Client().join(owner)
     c = Client()
     c.join(relay)
-    await asyncio.sleep(0.35)
+    await until(lambda: owner.controllers == 2 and c.frames, what="the heartbeat's join")
     assert owner.controllers == 2 and c.frames  # joined by the heartbeat, frames flowing
     owner.stop()  # the owner replica goes away: nothing more comes
     bus.relays.clear()
-    await asyncio.sleep(0.8)
+    await until(lambda: c.closed is not None, what="the relay to give up on its owner")
     assert c.closed is not None and c.closed[0] == 1013

@@ -32,8 +32,21 @@ def _played(seeds=range(16), steps=36):
     out = []
 
     def snap(g: Game, f: np.ndarray) -> None:
-        out.append(dict(pos=player_position(g), camera=g.camera, night=g.night, rain=g.rain, crouch=g.crouch,
-                        flash=g.flash, air=g.y < GROUND_Y, x=g.x, shown=objects_shown(g), spec=g.spec, frame=f))
+        out.append(
+            dict(
+                pos=player_position(g),
+                camera=g.camera,
+                night=g.night,
+                rain=g.rain,
+                crouch=g.crouch,
+                flash=g.flash,
+                air=g.y < GROUND_Y,
+                x=g.x,
+                shown=objects_shown(g),
+                spec=g.spec,
+                frame=f,
+            )
+        )
 
     for seed in seeds:
         rng = np.random.default_rng([seed, 99])
@@ -42,10 +55,19 @@ def _played(seeds=range(16), steps=36):
         snap(g, g.reset())
         for keys, ev in zip(random_actions(rng, steps), random_events(rng, spec, steps, p=0.15)):
             snap(g, g.step(keys, ev))
-    script = ([("left",)] * 9 + [("left", "jump")] * 3 + [("down",), ("down", "fire"), ("fire",), ("left", "fire")]
-              + [("right",)] * 60 + [("right", "jump")] * 4 + [("down", "fire"), ("right", "fire"), ("up",)])
-    for spec, ev in ((SPEC, None), (parse_caption("a pink box on the left, a cyan door on the right, snow, night, rain"),
-                                    "day breaks"), (parse_caption("a yellow door on the right, sand, night"), None)):
+    script = (
+        [("left",)] * 9
+        + [("left", "jump")] * 3
+        + [("down",), ("down", "fire"), ("fire",), ("left", "fire")]
+        + [("right",)] * 60
+        + [("right", "jump")] * 4
+        + [("down", "fire"), ("right", "fire"), ("up",)]
+    )
+    for spec, ev in (
+        (SPEC, None),
+        (parse_caption("a pink box on the left, a cyan door on the right, snow, night, rain"), "day breaks"),
+        (parse_caption("a yellow door on the right, sand, night"), None),
+    ):
         g = Game(spec, 3)
         snap(g, g.reset())
         for t, keys in enumerate(script):
@@ -80,8 +102,9 @@ def test_find_player_tolerates_small_colour_errors(played):
 def test_find_player_fails_on_frames_without_the_player(played):
     for p in played[::5]:
         f = p["frame"].copy()
-        x, y, w, h = (int(v) for v in (p["pos"][0] - 3, p["pos"][1] - (6 if p["crouch"] else 10), 6,
-                                       6 if p["crouch"] else 10))
+        x, y, w, h = (
+            int(v) for v in (p["pos"][0] - 3, p["pos"][1] - (6 if p["crouch"] else 10), 6, 6 if p["crouch"] else 10)
+        )
         f[max(y - 1, 0) : y + h + 1, max(x - 6, 0) : x + w + 6] = f[2, 0]  # paint it (and its flash) over with sky
         assert find_player(f) is None, p["pos"]
     assert find_player(np.zeros((64, 64, 3), np.uint8)) is None

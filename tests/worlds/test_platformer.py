@@ -17,7 +17,7 @@ from worldserve.worlds import (
     parse_caption,
     random_spec,
 )
-from worldserve.worlds.platformer import KEYS, NIGHT_SCALE, RAIN_DIM, SPEED, WORLD_WIDTH
+from worldserve.worlds.platformer import KEYS, NIGHT_SCALE, RAIN_DIM, WORLD_WIDTH
 
 SPEC = parse_caption("a red door on the left, a blue box on the right, grass, day")
 
@@ -130,11 +130,17 @@ def test_caption_round_trip():
     assert parse_caption("sand, rain") == WorldSpec((), "sand", False, True)
 
 
-@pytest.mark.parametrize("caption, quoted", [
-    ("a red castle on the left", "castle"), ("a green door on the left", "green"),
-    ("a red door on the top", "top"), ("lava", "lava"), ("", "''"),
-    ("a red door on the left, a blue box on the left", "one object per side"),
-])
+@pytest.mark.parametrize(
+    "caption, quoted",
+    [
+        ("a red castle on the left", "castle"),
+        ("a green door on the left", "green"),
+        ("a red door on the top", "top"),
+        ("lava", "lava"),
+        ("", "''"),
+        ("a red door on the left, a blue box on the left", "one object per side"),
+    ],
+)
 def test_bad_captions_are_rejected(caption, quoted):
     with pytest.raises(ValueError, match=quoted):
         parse_caption(caption)
@@ -145,8 +151,12 @@ def test_palette_check_finds_described_objects_on_their_side():
         spec = WorldSpec(SPEC.objects, "snow", night, rain=True)
         frame = Game(spec, 0).reset()
         assert check_palette(frame, spec) == [True, True]
-        swapped = WorldSpec(tuple(ObjectSpec(o.color, o.kind, "right" if o.side == "left" else "left")
-                                  for o in spec.objects), "snow", night, True)
+        swapped = WorldSpec(
+            tuple(ObjectSpec(o.color, o.kind, "right" if o.side == "left" else "left") for o in spec.objects),
+            "snow",
+            night,
+            True,
+        )
         assert check_palette(frame, swapped) == [False, False]
         other = WorldSpec((ObjectSpec("purple", "door", "left"),), "snow", night)
         assert check_palette(frame, other) == [False]

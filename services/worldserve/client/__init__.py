@@ -32,11 +32,20 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from worldserve.v1 import common_pb2, dynamics_pb2, dynamics_pb2_grpc, image_pb2, image_pb2_grpc, sessions_pb2, sessions_pb2_grpc
+from worldserve.v1 import (
+    common_pb2,
+    dynamics_pb2,
+    dynamics_pb2_grpc,
+    image_pb2,
+    image_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
+)
 
 FORMATS = {
     "png": common_pb2.FRAME_FORMAT_PNG,
@@ -49,7 +58,9 @@ __all__ = ["WorldClient", "AsyncWorldClient", "action", "retry_after", "FORMATS"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
-def action(keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, event: str | None = None) -> common_pb2.Action:
+def action(
+    keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, event: str | None = None
+) -> common_pb2.Action:
     """An action; ``event`` switches the world event from this step on ("" clears it)."""
     a = common_pb2.Action(keys=list(keys), mouse=dict(mouse or {}))
     if event is not None:
@@ -57,9 +68,9 @@ def action(keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, e
     return a
 
 
-def _fmt(fmt: str | int) -> int:
-    if isinstance(fmt, int):
-        return fmt
+def _fmt(fmt: str | int) -> common_pb2.FrameFormat:
+    if isinstance(fmt, int):  # the number: protoc's stubs type it as the enum class, the message takes it
+        return cast(common_pb2.FrameFormat, fmt)
     try:
         return FORMATS[fmt.lower()]
     except KeyError:
@@ -84,7 +95,7 @@ def new_request_id() -> str:
 
 
 def _retry_delay(attempt: int) -> float:
-    return min(1.0, 0.05 * 2 ** attempt) * (0.5 + random.random())
+    return min(1.0, 0.05 * 2**attempt) * (0.5 + random.random())
 
 
 def retry_after(e: grpc.RpcError) -> float | None:
@@ -92,7 +103,7 @@ def retry_after(e: grpc.RpcError) -> float | None:
     in the status details of a RESOURCE_EXHAUSTED), or None."""
     try:
         md = e.trailing_metadata() or ()
-    except Exception:  # noqa: BLE001 - not a call error
+    except Exception:
         return None
     from google.rpc import error_details_pb2, status_pb2
 
@@ -100,7 +111,7 @@ def retry_after(e: grpc.RpcError) -> float | None:
         if k == STATUS_DETAILS_KEY:
             try:
                 status = status_pb2.Status.FromString(v)
-            except Exception:  # noqa: BLE001 - not a Status: no details
+            except Exception:
                 return None
             for d in status.details:
                 if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
@@ -130,7 +141,7 @@ class _ResumingStream:
     as recorded and are skipped, so every action is applied once and yielded once. ``cancel()``
     ends it."""
 
-    def __init__(self, client: "_Base", open_stream):
+    def __init__(self, client: _Base, open_stream):
         self._client, self._open = client, open_stream
         self._stream = open_stream()
         self._seen = 0
@@ -165,8 +176,9 @@ class _ResumingStream:
 
 
 class _Base:
-    def __init__(self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0,
-                 retry_s: float = 30.0):
+    def __init__(
+        self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0, retry_s: float = 30.0
+    ):
         self.target = target or os.environ.get("WORLDSERVE_TARGET", "127.0.0.1:9000")
         self.api_key = api_key if api_key is not None else os.environ.get("WORLDSERVE_API_KEY", "")
         self.timeout_s = timeout_s
@@ -216,8 +228,13 @@ class _Base:
     @staticmethod
     def _create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model=""):
         req = sessions_pb2.CreateSessionRequest(
-            seed=seed, ttl_s=ttl_s, include_first_frame=include_first_frame, format=_fmt(fmt),
-            image_steps=image_steps, image_guidance=image_guidance, model=model,
+            seed=seed,
+            ttl_s=ttl_s,
+            include_first_frame=include_first_frame,
+            format=_fmt(fmt),
+            image_steps=image_steps,
+            image_guidance=image_guidance,
+            model=model,
         )
         if image is not None:
             req.image.CopyFrom(image)
@@ -226,10 +243,13 @@ class _Base:
         return req
 
     @staticmethod
-    def _step_req(session_id, keys, mouse, expected_step, fmt, guidance, event=None, request_id=None,
-                  deadline_ms=None):
-        req = dynamics_pb2.StepRequest(session_id=session_id, action=action(keys, mouse, event), format=_fmt(fmt),
-                                       request_id=request_id or new_request_id())
+    def _step_req(session_id, keys, mouse, expected_step, fmt, guidance, event=None, request_id=None, deadline_ms=None):
+        req = dynamics_pb2.StepRequest(
+            session_id=session_id,
+            action=action(keys, mouse, event),
+            format=_fmt(fmt),
+            request_id=request_id or new_request_id(),
+        )
         if deadline_ms is not None:
             req.deadline_ms = int(deadline_ms)
         if expected_step is not None:
@@ -242,8 +262,9 @@ class _Base:
 class WorldClient(_Base):
     """Blocking client."""
 
-    def __init__(self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0,
-                 retry_s: float = 30.0):
+    def __init__(
+        self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0, retry_s: float = 30.0
+    ):
         super().__init__(target, api_key, timeout_s, retry_s)
         self.channel = grpc.insecure_channel(self.target)
         self.images = image_pb2_grpc.ImageServiceStub(self.channel)
@@ -254,7 +275,7 @@ class WorldClient(_Base):
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "WorldClient":
+    def __enter__(self) -> WorldClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -269,15 +290,25 @@ class WorldClient(_Base):
         return self.images.GenerateImage(req, metadata=self._md("image"), timeout=self.timeout_s)
 
     def create_session(
-        self, prompt: str | None = None, *, image: common_pb2.Frame | None = None, seed: int = 0, ttl_s: int = 0,
-        include_first_frame: bool = False, fmt: str = "png", image_steps: int = 0, image_guidance: float = 0.0,
+        self,
+        prompt: str | None = None,
+        *,
+        image: common_pb2.Frame | None = None,
+        seed: int = 0,
+        ttl_s: int = 0,
+        include_first_frame: bool = False,
+        fmt: str = "png",
+        image_steps: int = 0,
+        image_guidance: float = 0.0,
         model: str = "",
     ) -> sessions_pb2.Session:
         """A new world bound to ``model`` (see ``list_models``; empty: the cluster's default).
         Retried only when a quota refused it with a retry delay (nothing was created)."""
         req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model)
-        return self._retrying(lambda: self.sessions.CreateSession(req, metadata=self._md("sessions"),
-                                                                  timeout=self.timeout_s), idempotent=False)
+        return self._retrying(
+            lambda: self.sessions.CreateSession(req, metadata=self._md("sessions"), timeout=self.timeout_s),
+            idempotent=False,
+        )
 
     def get_session(self, session_id: str) -> sessions_pb2.Session:
         """A read: retried while UNAVAILABLE, like a step."""
@@ -289,8 +320,9 @@ class WorldClient(_Base):
         token = ""
         while True:
             req = sessions_pb2.ListSessionsRequest(page_size=page_size, page_token=token)
-            r = self._retrying(lambda: self.sessions.ListSessions(req, metadata=self._md("sessions"),
-                                                                   timeout=self.timeout_s))
+            r = self._retrying(
+                lambda: self.sessions.ListSessions(req, metadata=self._md("sessions"), timeout=self.timeout_s)
+            )
             yield from r.sessions
             token = r.next_page_token
             if not token:
@@ -303,12 +335,15 @@ class WorldClient(_Base):
         if seed is not None:
             req.seed = seed
         md = self._md("sessions", session_id)
-        return self._retrying(lambda: self.sessions.ForkSession(req, metadata=md, timeout=self.timeout_s),
-                              idempotent=False)
+        return self._retrying(
+            lambda: self.sessions.ForkSession(req, metadata=md, timeout=self.timeout_s), idempotent=False
+        )
 
     def delete_session(self, session_id: str) -> bool:
         req = sessions_pb2.DeleteSessionRequest(session_id=session_id)
-        return self.sessions.DeleteSession(req, metadata=self._md("sessions", session_id), timeout=self.timeout_s).deleted
+        return self.sessions.DeleteSession(
+            req, metadata=self._md("sessions", session_id), timeout=self.timeout_s
+        ).deleted
 
     def export_session(self, session_id: str, include_frames: bool = True, fmt: str = "png", from_step: int = 0):
         req = sessions_pb2.ExportSessionRequest(
@@ -324,13 +359,22 @@ class WorldClient(_Base):
 
     def list_models(self) -> dynamics_pb2.ListModelsResponse:
         """Every model the cluster serves, and the default one."""
-        return self.dynamics.ListModels(dynamics_pb2.ListModelsRequest(), metadata=self._md("dynamics"),
-                                        timeout=self.timeout_s)
+        return self.dynamics.ListModels(
+            dynamics_pb2.ListModelsRequest(), metadata=self._md("dynamics"), timeout=self.timeout_s
+        )
 
     def step(
-        self, session_id: str, keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, *,
-        expected_step: int | None = None, fmt: str = "png", guidance: float | None = None, event: str | None = None,
-        request_id: str | None = None, deadline_ms: int | None = None,
+        self,
+        session_id: str,
+        keys: Sequence[str] = (),
+        mouse: Mapping[str, float] | None = None,
+        *,
+        expected_step: int | None = None,
+        fmt: str = "png",
+        guidance: float | None = None,
+        event: str | None = None,
+        request_id: str | None = None,
+        deadline_ms: int | None = None,
     ) -> dynamics_pb2.StepResponse:
         """One step, exactly once: retried with its request id while UNAVAILABLE (see the module doc).
         ``deadline_ms``: the frame is wanted within this many milliseconds (a player's frame
@@ -346,7 +390,7 @@ class WorldClient(_Base):
         for r in req.steps:  # copies: the caller's messages stay as they were
             r.request_id = r.request_id or new_request_id()
         deadline = time.monotonic() + self.retry_s
-        call = lambda q: self.dynamics.StepBatch(q, metadata=self._md("dynamics"), timeout=self.timeout_s)  # noqa: E731
+        call = lambda q: self.dynamics.StepBatch(q, metadata=self._md("dynamics"), timeout=self.timeout_s)
         out = self._retrying(lambda: call(req))
         unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
         attempt = 0
@@ -362,13 +406,23 @@ class WorldClient(_Base):
             for i, r in zip(again, redo.results):
                 out.results[i].CopyFrom(r)
 
-    def rollout(self, session_id: str, actions: Iterable, fmt: str = "png", expected_step: int | None = None,
-                request_id: str | None = None):
+    def rollout(
+        self,
+        session_id: str,
+        actions: Iterable,
+        fmt: str = "png",
+        expected_step: int | None = None,
+        request_id: str | None = None,
+    ):
         """A stream of one StepResponse per action (``cancel()`` ends it). Refused by a quota with a
         retry delay, or UNAVAILABLE, it is resent with the same ``request_id`` while ``retry_s`` lasts: the
         steps that landed come back as recorded and are skipped (each action applied and yielded once)."""
-        req = dynamics_pb2.RolloutRequest(session_id=session_id, actions=_actions(actions), format=_fmt(fmt),
-                                          request_id=request_id or new_request_id())
+        req = dynamics_pb2.RolloutRequest(
+            session_id=session_id,
+            actions=_actions(actions),
+            format=_fmt(fmt),
+            request_id=request_id or new_request_id(),
+        )
         if expected_step is not None:
             req.expected_step = expected_step
         md = self._md("dynamics", session_id)
@@ -380,8 +434,13 @@ class WorldClient(_Base):
 
         def reqs():
             for i, a in enumerate(_actions(actions)):
-                yield dynamics_pb2.PlayRequest(session_id=session_id if i == 0 else "", action=a, format=_fmt(fmt),
-                                               request_id=new_request_id(), deadline_ms=deadline_ms)
+                yield dynamics_pb2.PlayRequest(
+                    session_id=session_id if i == 0 else "",
+                    action=a,
+                    format=_fmt(fmt),
+                    request_id=new_request_id(),
+                    deadline_ms=deadline_ms,
+                )
 
         return self.dynamics.Play(reqs(), metadata=self._md("dynamics", session_id), timeout=self.timeout_s)
 
@@ -389,8 +448,9 @@ class WorldClient(_Base):
 class AsyncWorldClient(_Base):
     """asyncio client (grpc.aio); the same calls as WorldClient, awaited."""
 
-    def __init__(self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0,
-                 retry_s: float = 30.0):
+    def __init__(
+        self, target: str | None = None, api_key: str | None = None, timeout_s: float = 60.0, retry_s: float = 30.0
+    ):
         super().__init__(target, api_key, timeout_s, retry_s)
         self.channel = grpc.aio.insecure_channel(self.target)
         self.sessions = sessions_pb2_grpc.SessionServiceStub(self.channel)
@@ -400,18 +460,30 @@ class AsyncWorldClient(_Base):
     async def close(self) -> None:
         await self.channel.close()
 
-    async def __aenter__(self) -> "AsyncWorldClient":
+    async def __aenter__(self) -> AsyncWorldClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def create_session(self, prompt: str | None = None, *, image=None, seed: int = 0, ttl_s: int = 0,
-                             include_first_frame: bool = False, fmt: str = "png", image_steps: int = 0,
-                             image_guidance: float = 0.0, model: str = "") -> sessions_pb2.Session:
+    async def create_session(
+        self,
+        prompt: str | None = None,
+        *,
+        image=None,
+        seed: int = 0,
+        ttl_s: int = 0,
+        include_first_frame: bool = False,
+        fmt: str = "png",
+        image_steps: int = 0,
+        image_guidance: float = 0.0,
+        model: str = "",
+    ) -> sessions_pb2.Session:
         req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model)
-        return await self._aretrying(lambda: self.sessions.CreateSession(req, metadata=self._md("sessions"),
-                                                                         timeout=self.timeout_s), idempotent=False)
+        return await self._aretrying(
+            lambda: self.sessions.CreateSession(req, metadata=self._md("sessions"), timeout=self.timeout_s),
+            idempotent=False,
+        )
 
     async def delete_session(self, session_id: str) -> bool:
         req = sessions_pb2.DeleteSessionRequest(session_id=session_id)
@@ -424,20 +496,35 @@ class AsyncWorldClient(_Base):
         )
 
     async def list_models(self) -> dynamics_pb2.ListModelsResponse:
-        return await self.dynamics.ListModels(dynamics_pb2.ListModelsRequest(), metadata=self._md("dynamics"),
-                                              timeout=self.timeout_s)
+        return await self.dynamics.ListModels(
+            dynamics_pb2.ListModelsRequest(), metadata=self._md("dynamics"), timeout=self.timeout_s
+        )
 
-    async def step(self, session_id: str, keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, *,
-                   expected_step: int | None = None, fmt: str = "png", guidance: float | None = None,
-                   event: str | None = None, request_id: str | None = None,
-                   deadline_ms: int | None = None) -> dynamics_pb2.StepResponse:
+    async def step(
+        self,
+        session_id: str,
+        keys: Sequence[str] = (),
+        mouse: Mapping[str, float] | None = None,
+        *,
+        expected_step: int | None = None,
+        fmt: str = "png",
+        guidance: float | None = None,
+        event: str | None = None,
+        request_id: str | None = None,
+        deadline_ms: int | None = None,
+    ) -> dynamics_pb2.StepResponse:
         req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event, request_id, deadline_ms)
         md = self._md("dynamics", session_id)
         return await self._aretrying(lambda: self.dynamics.Step(req, metadata=md, timeout=self.timeout_s))
 
-    async def rollout(self, session_id: str, actions: Iterable, fmt: str = "png",
-                      request_id: str | None = None) -> AsyncIterator[dynamics_pb2.StepResponse]:
-        req = dynamics_pb2.RolloutRequest(session_id=session_id, actions=_actions(actions), format=_fmt(fmt),
-                                          request_id=request_id or new_request_id())
+    async def rollout(
+        self, session_id: str, actions: Iterable, fmt: str = "png", request_id: str | None = None
+    ) -> AsyncIterator[dynamics_pb2.StepResponse]:
+        req = dynamics_pb2.RolloutRequest(
+            session_id=session_id,
+            actions=_actions(actions),
+            format=_fmt(fmt),
+            request_id=request_id or new_request_id(),
+        )
         async for r in self.dynamics.Rollout(req, metadata=self._md("dynamics", session_id), timeout=self.timeout_s):
             yield r

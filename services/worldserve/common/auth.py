@@ -44,8 +44,9 @@ class KeyRing:
     quotas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def from_entries(cls, entries: Iterable[tuple[str, str]],
-                     quotas: Mapping[str, Mapping[str, Any]] | None = None) -> "KeyRing":
+    def from_entries(
+        cls, entries: Iterable[tuple[str, str]], quotas: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> KeyRing:
         from worldserve.common.quotas import Quotas
 
         for tenant, q in (quotas or {}).items():
@@ -63,7 +64,7 @@ class KeyRing:
         return cls(out, dict(quotas or {}))
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> "KeyRing":
+    def load(cls, path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> KeyRing:
         env = os.environ if env is None else env
         entries: list[tuple[str, str]] = []
         quotas: dict[str, dict[str, Any]] = {}

@@ -9,11 +9,10 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image
-
-from typing import TYPE_CHECKING
 
 from worldserve.common.errors import InvalidArgument
 
@@ -21,14 +20,13 @@ if TYPE_CHECKING:  # protobuf is imported only where a message is built: the eng
     from worldserve.v1 import common_pb2
 
 _MAGIC = b"WST1"
-_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("uint8"), 3: np.dtype("<i8")}
+_DTYPES: dict[int, np.dtype] = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("uint8"), 3: np.dtype("<i8")}
 _CODES = {v: k for k, v in _DTYPES.items()}
 
 # worldserve.v1.FrameFormat values (tests/common checks they match the generated enum)
 PNG = 1  # FRAME_FORMAT_PNG
 JPEG = 2  # FRAME_FORMAT_JPEG
 RAW = 3  # FRAME_FORMAT_RAW_RGB8
-FORMAT_NAMES = {"png": PNG, "jpeg": JPEG, "jpg": JPEG, "raw": RAW}
 
 
 def pack_array(a: np.ndarray) -> bytes:
@@ -66,10 +64,12 @@ class EncodedFrame:
     width: int
     height: int
 
-    def to_pb(self) -> "common_pb2.Frame":
+    def to_pb(self) -> common_pb2.Frame:
         from worldserve.v1 import common_pb2
 
-        return common_pb2.Frame(format=self.format, data=self.data, width=self.width, height=self.height)
+        # protoc's stubs type an enum field as the enum class or its name; the message takes the number
+        fmt = cast("common_pb2.FrameFormat", self.format)
+        return common_pb2.Frame(format=fmt, data=self.data, width=self.width, height=self.height)
 
 
 def check_format(fmt: int) -> int:
@@ -99,12 +99,18 @@ def encode_rgb(rgb: np.ndarray, fmt: int = PNG) -> EncodedFrame:
     return EncodedFrame(fmt, data, w, h)
 
 
-def encode_frame(rgb: np.ndarray, fmt: int = PNG) -> "common_pb2.Frame":
+def encode_frame(rgb: np.ndarray, fmt: int = PNG) -> common_pb2.Frame:
     """(H, W, 3) uint8 -> Frame message."""
     return encode_rgb(rgb, fmt).to_pb()
 
 
-def decode_frame(frame: "common_pb2.Frame", *, max_bytes: int, expect_size: tuple[int, int] | None = None) -> np.ndarray:
+def decode_png(data: bytes) -> np.ndarray:
+    """A PNG the cluster wrote itself (the step log) -> (H, W, 3) uint8."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def decode_frame(frame: common_pb2.Frame, *, max_bytes: int, expect_size: tuple[int, int] | None = None) -> np.ndarray:
     """Frame message -> (H, W, 3) uint8, with INVALID_ARGUMENT on anything off."""
     if len(frame.data) == 0:
         raise InvalidArgument("image is empty")
@@ -123,7 +129,7 @@ def decode_frame(frame: "common_pb2.Frame", *, max_bytes: int, expect_size: tupl
                 rgb = np.asarray(img.convert("RGB"))
         except InvalidArgument:
             raise
-        except Exception as e:  # noqa: BLE001 - any decoder failure is the client's bad input
+        except Exception as e:
             raise InvalidArgument(f"cannot decode image: {type(e).__name__}") from None
     if expect_size is not None and (rgb.shape[1], rgb.shape[0]) != expect_size:
         raise InvalidArgument(

@@ -56,10 +56,12 @@ class ModelSpec:
             raise ValueError(f"model name {self.name!r}: expected [a-z0-9][a-z0-9._-]{{0,47}}")
         _bounded(f"models[{self.name}].sample_steps", self.sample_steps, 0, 64)
         if self.batch_invariant not in ("", "on", "off"):
-            raise ValueError(f"models[{self.name}].batch_invariant={self.batch_invariant!r}: expected 'on', 'off' or ''")
+            raise ValueError(
+                f"models[{self.name}].batch_invariant={self.batch_invariant!r}: expected 'on', 'off' or ''"
+            )
 
     @classmethod
-    def parse(cls, value: Any) -> "ModelSpec":
+    def parse(cls, value: Any) -> ModelSpec:
         if isinstance(value, ModelSpec):
             return value
         if isinstance(value, str):
@@ -168,8 +170,6 @@ class Config:
     quotas: Quotas = field(default_factory=Quotas)
     """Every tenant's default quotas (a mapping of ``Quotas`` fields in the YAML); a tenant's own
     overrides sit beside its key in the key file (see worldserve.common.quotas)."""
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    """Unused; keeps the YAML forward compatible."""
 
     def __post_init__(self) -> None:
         _bounded("session_ttl_s", self.session_ttl_s, 60, 30 * 24 * 3600)
@@ -224,7 +224,7 @@ class Config:
         raise KeyError(name)
 
     @classmethod
-    def load(cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> "Config":
+    def load(cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
         """Defaults <- ``overrides`` (serve YAML) <- environment."""
         env = os.environ if env is None else env
         names = {f.name for f in dataclasses.fields(cls)}
@@ -259,7 +259,7 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-def torch_dtype(config: "Config", device: str):
+def torch_dtype(config: Config, device: str):
     """The compute dtype of the dynamics models on ``device``."""
     import torch
 
@@ -268,7 +268,7 @@ def torch_dtype(config: "Config", device: str):
     return getattr(torch, config.dtype)
 
 
-def batch_invariant(config: "Config", device: str, spec: "ModelSpec | None" = None) -> bool:
+def batch_invariant(config: Config, device: str, spec: ModelSpec | None = None) -> bool:
     """Whether a model's replica steps each session alone (see ``Config.batch_invariant``); a served
     model's own ``batch_invariant`` ("on"/"off") wins over the cluster's."""
     if spec is not None and spec.batch_invariant:
@@ -278,7 +278,7 @@ def batch_invariant(config: "Config", device: str, spec: "ModelSpec | None" = No
     return config.batch_invariant == "on"
 
 
-def torch_device(config: "Config") -> str:
+def torch_device(config: Config) -> str:
     if config.device != "auto":
         return config.device
     import torch
@@ -286,7 +286,7 @@ def torch_device(config: "Config") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def setup_torch(config: "Config") -> str:
+def setup_torch(config: Config) -> str:
     """Threads and device for a model replica; returns the device."""
     import torch
 

@@ -12,7 +12,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -164,8 +164,15 @@ def status_details(exc: BaseException, code: grpc.StatusCode, msg: str) -> bytes
         d.FromNanoseconds(max(0, int(retry * 1e9)))
         details.append(error_details_pb2.RetryInfo(retry_delay=d))
     if quota is not None:
-        details.append(error_details_pb2.QuotaFailure(violations=[error_details_pb2.QuotaFailure.Violation(
-            subject=f"tenant:{getattr(exc, 'tenant', '')}", description=quota)]))
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=f"tenant:{getattr(exc, 'tenant', '')}", description=quota
+                    )
+                ]
+            )
+        )
     packed = []
     for m in details:
         a = any_pb2.Any()
@@ -203,7 +210,7 @@ def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
                 try:
                     async for item in fn(self, request, grpc_context=grpc_context, **kw):
                         yield item
-                except Exception as e:  # noqa: BLE001 - the table decides
+                except Exception as e:
                     code, msg = status_of(e)
                     finish(self, grpc_context, t0, code, msg, e)
                     if grpc_context is None:
@@ -223,7 +230,7 @@ def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
                 out = fn(self, request, grpc_context=grpc_context, **kw)
                 if inspect.isawaitable(out):
                     out = await out
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 code, msg = status_of(e)
                 finish(self, grpc_context, t0, code, msg, e)
                 return empty() if empty is not None else None
@@ -233,6 +240,3 @@ def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
         return unary
 
     return deco
-
-
-Handler = Callable[..., Awaitable[Any]]

@@ -40,17 +40,26 @@ class _Backend:
                 return cls._made[name]
             if _in_ray():
                 from ray.serve import metrics as rm
+                from ray.util.metrics import Metric
 
+                # the ignores: ray annotates tag_keys as Tuple[str] (one key), it takes any number
+                m: Metric
                 if kind == "counter":
-                    m = rm.Counter(name, description=desc, tag_keys=tuple(labels))
+                    m = rm.Counter(name, description=desc, tag_keys=tuple(labels))  # type: ignore[arg-type]
                 elif kind == "gauge":
-                    m = rm.Gauge(name, description=desc, tag_keys=tuple(labels))
+                    m = rm.Gauge(name, description=desc, tag_keys=tuple(labels))  # type: ignore[arg-type]
                 else:
-                    m = rm.Histogram(name, description=desc, boundaries=list(buckets or LATENCY_BUCKETS_S), tag_keys=tuple(labels))
+                    m = rm.Histogram(
+                        name,
+                        description=desc,
+                        boundaries=list(buckets or LATENCY_BUCKETS_S),
+                        tag_keys=tuple(labels),  # type: ignore[arg-type]
+                    )
                 obj: object = _RayMetric(m, kind)
             else:
                 import prometheus_client as pc
 
+                pm: pc.metrics.MetricWrapperBase
                 if kind == "counter":
                     pm = pc.Counter(name, desc, list(labels))
                 elif kind == "gauge":

@@ -40,8 +40,13 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1."""
 
-    def __init__(self, data_dir: str | os.PathLike, port: int | None = None, appendfsync: str = "everysec",
-                 extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        port: int | None = None,
+        appendfsync: str = "everysec",
+        extra_args: tuple[str, ...] = (),
+    ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
@@ -55,18 +60,26 @@ class EmbeddedRedis:
     def argv(self) -> list[str]:
         return [
             redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", self.appendfsync,
-            "--maxmemory-policy", "noeviction",
-            "--save", "",
-            "--protected-mode", "yes",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--maxmemory-policy",
+            "noeviction",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
             *self.extra_args,
         ]
 
-    def start(self, *, detach: bool = False, timeout_s: float = 10.0) -> "EmbeddedRedis":
+    def start(self, *, detach: bool = False, timeout_s: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "redis.log", "ab")
         self.proc = subprocess.Popen(
@@ -75,7 +88,9 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with code {self.proc.returncode}; see {self.data_dir / 'redis.log'}")
+                raise RuntimeError(
+                    f"redis-server exited with code {self.proc.returncode}; see {self.data_dir / 'redis.log'}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
@@ -120,16 +135,28 @@ class EmbeddedRedisCluster:
 
     def __init__(self, data_dir: str | os.PathLike, masters: int = 3):
         self.data_dir = Path(data_dir)
-        self.nodes = [EmbeddedRedis(self.data_dir / f"node{i}", port=free_cluster_port(), extra_args=(
-            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"))
-            for i in range(masters)]
+        self.nodes = [
+            EmbeddedRedis(
+                self.data_dir / f"node{i}",
+                port=free_cluster_port(),
+                extra_args=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ),
+            )
+            for i in range(masters)
+        ]
 
     @property
     def url(self) -> str:
         """``redis+cluster://`` + any node: what worldserve's ``redis_url`` takes for a cluster."""
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
 
-    def start(self, timeout_s: float = 30.0) -> "EmbeddedRedisCluster":
+    def start(self, timeout_s: float = 30.0) -> EmbeddedRedisCluster:
         import redis
 
         for n in self.nodes:

@@ -8,6 +8,7 @@ carry :func:`rpc`, which maps exceptions to status codes through one table and r
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import time
@@ -26,8 +27,11 @@ from worldserve.common.quotas import Quotas
 KEYS_RECHECK_S = 5.0
 """How often a replica looks for a changed key file (new keys, changed quotas)."""
 
-APPS = {"worldserve.v1.DynamicsService": "dynamics", "worldserve.v1.SessionService": "sessions",
-        "worldserve.v1.ImageService": "image"}
+APPS = {
+    "worldserve.v1.DynamicsService": "dynamics",
+    "worldserve.v1.SessionService": "sessions",
+    "worldserve.v1.ImageService": "image",
+}
 """gRPC service -> the Serve application that answers it (the ``application`` metadata)."""
 
 
@@ -57,7 +61,6 @@ class ServiceBase:
         self._keys_checked = time.monotonic()
         self._quotas: dict[str, Quotas] = {}
         self.metrics = ServiceMetrics(self.service)
-        self.serving = True
 
     def tenant(self, grpc_context) -> str:
         return self.tenant_of(grpc_context.invocation_metadata() if grpc_context is not None else [])
@@ -105,8 +108,9 @@ class ServiceBase:
         if spec is None or spec[1] == self.service:
             raise AttributeError(name)
         svc, app, streaming, response = spec
-        msg = (f"{svc}.{name} is served by application {app!r}, not {self.service!r}: "
-               f"send the metadata application: {app}")
+        msg = (
+            f"{svc}.{name} is served by application {app!r}, not {self.service!r}: send the metadata application: {app}"
+        )
 
         def refuse(grpc_context) -> None:
             if grpc_context is not None:
@@ -115,6 +119,7 @@ class ServiceBase:
             self.metrics.record_rpc(name, "UNIMPLEMENTED", 0.0)
 
         if streaming:
+
             async def stream(request, grpc_context=None):
                 refuse(grpc_context)
                 raise StreamFailed(msg)
@@ -130,11 +135,35 @@ class ServiceBase:
 
     # grpc.health.v1.Health, answered per application (the `application` metadata picks the app).
     async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context=None) -> health_pb2.HealthCheckResponse:
-        status = health_pb2.HealthCheckResponse.SERVING if self.serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        return health_pb2.HealthCheckResponse(status=status)
+        # A replica answers once Serve routes to it, i.e. once it is up: always SERVING.
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context=None):
         yield await self.Check(request, grpc_context=grpc_context)
 
 
-rpc = grpc_method
+def rpc(name: str, *, empty=None):
+    """A Serve gRPC handler ``fn(self, request, tenant, grpc_context=None)``: the caller's tenant
+    is resolved here, once (UNAUTHENTICATED otherwise), inside :func:`grpc_method`, which maps
+    every exception to a status code through one table and records the request's metrics."""
+
+    def deco(fn):
+        if inspect.isasyncgenfunction(fn):
+
+            async def stream(self, request, *, grpc_context=None):
+                tenant = self.tenant(grpc_context)
+                async for item in fn(self, request, tenant, grpc_context=grpc_context):
+                    yield item
+
+            handler = stream
+        else:
+
+            async def unary(self, request, *, grpc_context=None):
+                out = fn(self, request, self.tenant(grpc_context), grpc_context=grpc_context)
+                return await out if inspect.isawaitable(out) else out
+
+            handler = unary
+        handler.__name__, handler.__qualname__, handler.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        return grpc_method(name, empty=empty)(handler)
+
+    return deco

@@ -50,8 +50,13 @@ class DeadlineAwarePolicy:
         if ratio is not None and ratio > self.miss_ratio:
             want = max(want, current + 1)  # one more while frames are late; never fewer
             if current < ctx.capacity_adjusted_max_replicas and (ctx.policy_state or {}).get(LATE) is None:
-                log.info("%s: %.0f%% of frame deadlines missed: asking for %d replicas (now %d)",
-                         ctx.deployment_name, 100 * ratio, current + 1, current)
+                log.info(
+                    "%s: %.0f%% of frame deadlines missed: asking for %d replicas (now %d)",
+                    ctx.deployment_name,
+                    100 * ratio,
+                    current + 1,
+                    current,
+                )
             state = {**state, LATE: ratio}
         else:
             state = {k: v for k, v in state.items() if k != LATE}

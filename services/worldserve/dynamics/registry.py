@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from worldserve.common.config import Config, ModelSpec, folder_kind, model_path, torch_dtype
 from worldserve.common.registry import Registry
 from worldserve.dynamics.interface import DynamicsModel
 
 GROUP = "worldserve.dynamics_models"
-REGISTRY = Registry(GROUP, builtins={"world_model": "worldserve.dynamics.registry:load_world_model",
-                                     "scroll_canvas": "worldserve.dynamics.registry:load_scroll_canvas"})
+REGISTRY = Registry(
+    GROUP,
+    builtins={
+        "world_model": "worldserve.dynamics.registry:load_world_model",
+        "scroll_canvas": "worldserve.dynamics.registry:load_scroll_canvas",
+    },
+)
 
 
 class ModelLoadError(RuntimeError):
@@ -38,9 +44,14 @@ def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSp
     overrides = {"sample_steps": spec.sample_steps} if spec.sample_steps else None
     if path is None:
         return WorldModel.load(None, device=device, dtype=dtype, overrides=overrides)
-    return _load_folder(spec, Path(path), CONFIG_FILE, WEIGHTS_FILE,
-                        lambda folder: WorldModel.load(folder, device=device, dtype=dtype, overrides=overrides),
-                        errors=(RuntimeError, ValueError, KeyError))
+    return _load_folder(
+        spec,
+        Path(path),
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        lambda folder: WorldModel.load(folder, device=device, dtype=dtype, overrides=overrides),
+        errors=(RuntimeError, ValueError, KeyError),
+    )
 
 
 def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModel:
@@ -50,13 +61,24 @@ def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: Model
 
     if path is None:
         return CanvasWorldModel.random(seed=0, device=device, dtype=dtype)
-    return _load_folder(spec, Path(path), CONFIG_FILE, WEIGHTS_FILE,
-                        lambda folder: CanvasWorldModel.from_pretrained(folder, device=device, dtype=dtype),
-                        errors=(RuntimeError, ValueError, KeyError, TypeError))
+    return _load_folder(
+        spec,
+        Path(path),
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        lambda folder: CanvasWorldModel.from_pretrained(folder, device=device, dtype=dtype),
+        errors=(RuntimeError, ValueError, KeyError, TypeError),
+    )
 
 
-def _load_folder(spec: ModelSpec, folder: Path, config_file: str, weights_file: str,
-                 load: Callable[[Path], DynamicsModel], errors: tuple[type[Exception], ...]) -> DynamicsModel:
+def _load_folder(
+    spec: ModelSpec,
+    folder: Path,
+    config_file: str,
+    weights_file: str,
+    load: Callable[[Path], DynamicsModel],
+    errors: tuple[type[Exception], ...],
+) -> DynamicsModel:
     """``load(folder)`` after checking the folder holds both files and valid JSON; ``errors`` raised
     by ``load`` (shape/key mismatch, bad config values) become a ModelLoadError naming the files."""
     for name in (config_file, weights_file):
@@ -88,8 +110,23 @@ def load_model(spec: ModelSpec, config: Config, device: str) -> DynamicsModel:
     except LookupError as e:
         raise ModelLoadError(f"model {spec.name!r}: {e}") from None
     model = loader(path, device=device, dtype=torch_dtype(config, device), spec=spec)
-    missing = [m for m in ("info", "runtime", "action_vector", "null_action", "encode", "decode", "prefill", "step",
-                           "state_nbytes", "release_state", "state_step") if not hasattr(model, m)]
+    missing = [
+        m
+        for m in (
+            "info",
+            "runtime",
+            "action_vector",
+            "null_action",
+            "encode",
+            "decode",
+            "prefill",
+            "step",
+            "state_nbytes",
+            "release_state",
+            "state_step",
+        )
+        if not hasattr(model, m)
+    ]
     if missing:
         raise ModelLoadError(f"model {spec.name!r} (kind {spec.kind!r}) lacks {missing} of the DynamicsModel interface")
     return model

@@ -7,9 +7,10 @@
 - ``DynamicsModel-<name>`` (``ModelServer``, one deployment per entry of ``Config.models``): loads
   the model through the registry and runs the engine (scheduler, state cache, runner, output).
 
-A Step, file by file: ``service.py`` (``DynamicsService.Step`` -> ``ModelServer.step``) ->
-``engine.py`` (``Engine.step``) -> ``scheduler.py`` -> ``runner.py`` (``Runner.run``) -> the
-model (``model/world_model.py``: ``WorldModel.step``).
+A Step, file by file: ``service.py`` (``DynamicsService.Step``) -> ``front.py`` (``StepFront.step``,
+shared with the web gateway) -> ``service.py`` (``ModelServer.step``, in the model's replica) ->
+``engine/core.py`` (``Engine.step``) -> ``engine/scheduler.py`` -> ``engine/runner.py``
+(``Runner.run``) -> the model (``models/canvas/model.py``: ``CanvasWorldModel.step``).
 """
 
 from __future__ import annotations
@@ -26,19 +27,19 @@ from ray.serve.config import RequestRouterConfig
 
 from worldserve.common.codec import PNG, check_format
 from worldserve.common.config import Config, batch_invariant, setup_torch
-from worldserve.common.errors import FailedPrecondition, InvalidArgument, NotFound, status_of
+from worldserve.common.errors import InvalidArgument, NotFound, status_of
 from worldserve.common.metrics import ServiceMetrics
-from worldserve.common.quotas import QuotaEnforcer
+from worldserve.common.quotas import Quotas
 from worldserve.common.servicer import ServiceBase, rpc
-from worldserve.dynamics.engine.types import Priority, StepOutput, StepRequest
+from worldserve.dynamics.engine.types import Priority, RateCharge, StepOutput, StepRequest
+from worldserve.dynamics.front import StepFront, model_deployment_name
+from worldserve.state.quotas import QuotaEnforcer
 from worldserve.state.store import check_request_id, check_session_id
-from worldserve.v1 import common_pb2, dynamics_pb2 as pb
+from worldserve.v1 import common_pb2
+from worldserve.v1 import dynamics_pb2 as pb
 
 log = logging.getLogger("worldserve.dynamics")
 
-MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
-INFO_TTL_S = 30.0  # how long the ingress trusts a model's reported info (its runtime may change)
-ROUTE_CACHE_SESSIONS = 100_000  # session -> model entries the ingress remembers
 STEP_BATCH_CONCURRENCY = 64  # items of one StepBatch in flight at once (bounds its Redis and model work)
 YIELD_EVERY = 64  # a StepBatch's per-item loops give the event loop to other requests this often
 DEADLINE_WINDOW_S = 10.0  # the window of the deadline figures a model replica reports for autoscaling
@@ -47,21 +48,31 @@ UNARY_PACE_S = 0.1  # a Step or StepBatch waits this long at most for room; a lo
 UNARY_HOLD_S = 0.25  # ... after holding the refusal this long (a client looping on refusals loops slowly)
 
 
-def model_deployment_name(model: str) -> str:
-    return MODEL_DEPLOYMENT_PREFIX + model
-
-
 def model_info_dict(name: str, tier: str, model, batch_inv: bool) -> dict:
     """A model's info and runtime as plain data (what the ingress and the benchmark read)."""
     i, rt = model.info, model.runtime
     return {
-        "name": name, "tier": tier, "frame_width": i.frame_width, "frame_height": i.frame_height,
-        "keys": list(i.action_space.keys), "mouse_axes": list(i.action_space.mouse_axes),
-        "discrete_actions": i.action_space.discrete_actions, "latent_actions": i.action_space.latent_actions,
-        "context_frames": i.context_frames, "sample_steps": i.sample_steps, "default_guidance": i.default_guidance,
-        "events_supported": i.events_supported, "event_max_bytes": i.event_max_bytes, "parameters": i.parameters,
-        "runtime": {"device": rt.device, "dtype": rt.dtype, "attention_backend": rt.attention_backend,
-                    "decode_kernel": rt.decode_kernel, "batch_invariant": batch_inv},
+        "name": name,
+        "tier": tier,
+        "frame_width": i.frame_width,
+        "frame_height": i.frame_height,
+        "keys": list(i.action_space.keys),
+        "mouse_axes": list(i.action_space.mouse_axes),
+        "discrete_actions": i.action_space.discrete_actions,
+        "latent_actions": i.action_space.latent_actions,
+        "context_frames": i.context_frames,
+        "sample_steps": i.sample_steps,
+        "default_guidance": i.default_guidance,
+        "events_supported": i.events_supported,
+        "event_max_bytes": i.event_max_bytes,
+        "parameters": i.parameters,
+        "runtime": {
+            "device": rt.device,
+            "dtype": rt.dtype,
+            "attention_backend": rt.attention_backend,
+            "decode_kernel": rt.decode_kernel,
+            "batch_invariant": batch_inv,
+        },
     }
 
 
@@ -92,17 +103,20 @@ class ModelServer:
         if hasattr(self.model, "configure_state_pool"):  # the model preallocates its state memory
             self.model.configure_state_pool(self.config.state_cache_bytes)
         if self.config.archive_url and self.model.info.context_frames > self.config.hot_window_steps:
-            raise ValueError(f"model {self.spec.name!r} reads {self.model.info.context_frames} frames of context but "
-                             f"hot_window_steps={self.config.hot_window_steps}: archiving would trim its window")
+            raise ValueError(
+                f"model {self.spec.name!r} reads {self.model.info.context_frames} frames of context but "
+                f"hot_window_steps={self.config.hot_window_steps}: archiving would trim its window"
+            )
         self.batch_invariant = batch_invariant(self.config, device, self.spec)
         self.metrics = ServiceMetrics("dynamics")
         self.store = SessionStore.from_config(
-            self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op))
+            self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op)
+        )
         self._engine = None
         self._deadline_hist: collections.deque[tuple[float, int, int]] = collections.deque()
         try:
             self.replica_id = serve.get_replica_context().replica_id.to_full_id_str()  # the actor name
-        except Exception:  # noqa: BLE001 - outside Serve
+        except Exception:
             self.replica_id = "local"
 
     @property
@@ -110,8 +124,15 @@ class ModelServer:
         if self._engine is None:  # built inside the replica's event loop
             from worldserve.dynamics.engine.core import Engine
 
-            self._engine = Engine(self.model, self.store, self.config, self.metrics, model_name=self.spec.name,
-                                  batch_invariant=self.batch_invariant)
+            self._engine = Engine(
+                self.model,
+                self.store,
+                self.config,
+                self.metrics,
+                model_name=self.spec.name,
+                batch_invariant=self.batch_invariant,
+                enforcer=QuotaEnforcer(self.store, self.metrics),
+            )
             self._engine.start()
         return self._engine
 
@@ -121,7 +142,7 @@ class ModelServer:
 
     async def step_seconds(self) -> float:
         """This replica's model seconds per step over recent batches (0.0: no step yet)."""
-        return self._engine._item_s if self._engine is not None else 0.0
+        return self._engine.item_s if self._engine is not None else 0.0
 
     async def check_actions(self, actions: list[tuple[tuple[str, ...], dict, str | None]]) -> None:
         self.engine.check_actions(actions)
@@ -146,15 +167,14 @@ class ModelServer:
         t0, met0, missed0 = hist[0]
         n_met, n_missed = met - met0, missed - missed0
         n = n_met + n_missed
-        return {"deadline_miss_ratio": n_missed / n if n else 0.0,
-                "deadline_steps_per_s": n / (now - t0) if now > t0 else 0.0}
+        return {
+            "deadline_miss_ratio": n_missed / n if n else 0.0,
+            "deadline_steps_per_s": n / (now - t0) if now > t0 else 0.0,
+        }
 
     async def check_health(self) -> None:
-        e = self._engine
-        if e is not None:
-            for t in e._tasks:
-                if t.done() and not t.cancelled() and t.exception() is not None:
-                    raise RuntimeError(f"engine task {t.get_name()} died: {t.exception()!r}")
+        if self._engine is not None:
+            self._engine.check_alive()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,12 +190,23 @@ def _deadline(ms: int) -> float:
     return time.time() + ms / 1000.0
 
 
-def _to_request(tenant: str, r: pb.StepRequest, priority: Priority | None = None,
-                request_id: str | None = None, deadline_ms: int | None = None) -> StepRequest:
+def _rate(q: Quotas, wait_s: float, hold_s: float = 0.0) -> RateCharge | None:
+    """The tenant's step rate for the model replica to charge (None: unlimited)."""
+    return RateCharge(q.steps_per_s, q.step_burst, wait_s, hold_s) if q.steps_per_s else None
+
+
+def _to_request(
+    tenant: str,
+    r: pb.StepRequest,
+    priority: Priority | None = None,
+    request_id: str | None = None,
+    deadline_ms: int | None = None,
+    rate: RateCharge | None = None,
+) -> StepRequest:
     """``priority``: the class of the RPC (StepBatch, Rollout: BULK; Play: INTERACTIVE); None: a
     Step, INTERACTIVE when it carries a frame deadline, else NORMAL. ``deadline_ms``: the deadline
     of a Play step. ``request_id``: the id to record (a Rollout's "<id>/<i>"); None: the
-    request's own, checked."""
+    request's own, checked. ``rate``: the step-rate quota the model replica charges."""
     check_session_id(r.session_id)
     deadline = None
     if priority is None:
@@ -196,19 +227,34 @@ def _to_request(tenant: str, r: pb.StepRequest, priority: Priority | None = None
         priority=priority,
         deadline=deadline,
         request_id=check_request_id(r.request_id) if request_id is None else request_id,
+        rate=rate,
     )
 
 
 def _to_pb_info(d: dict, default_model: str) -> pb.ModelInfo:
     rt = d["runtime"]
     return pb.ModelInfo(
-        name=d["name"], tier=d["tier"], frame_width=d["frame_width"], frame_height=d["frame_height"],
-        keys=d["keys"], mouse_axes=[pb.MouseAxis(name=a, min=-1.0, max=1.0) for a in d["mouse_axes"]],
-        discrete_actions=d["discrete_actions"], latent_actions=d["latent_actions"],
-        context_frames=d["context_frames"], sample_steps=d["sample_steps"], default_guidance=d["default_guidance"],
-        events_supported=d["events_supported"], parameters=d["parameters"], is_default=d["name"] == default_model,
-        runtime=pb.ModelRuntime(device=rt["device"], dtype=rt["dtype"], attention_backend=rt["attention_backend"],
-                                decode_kernel=rt["decode_kernel"], batch_invariant=rt["batch_invariant"]),
+        name=d["name"],
+        tier=d["tier"],
+        frame_width=d["frame_width"],
+        frame_height=d["frame_height"],
+        keys=d["keys"],
+        mouse_axes=[pb.MouseAxis(name=a, min=-1.0, max=1.0) for a in d["mouse_axes"]],
+        discrete_actions=d["discrete_actions"],
+        latent_actions=d["latent_actions"],
+        context_frames=d["context_frames"],
+        sample_steps=d["sample_steps"],
+        default_guidance=d["default_guidance"],
+        events_supported=d["events_supported"],
+        parameters=d["parameters"],
+        is_default=d["name"] == default_model,
+        runtime=pb.ModelRuntime(
+            device=rt["device"],
+            dtype=rt["dtype"],
+            attention_backend=rt["attention_backend"],
+            decode_kernel=rt["decode_kernel"],
+            batch_invariant=rt["batch_invariant"],
+        ),
     )
 
 
@@ -225,91 +271,50 @@ class DynamicsService(ServiceBase):
         from worldserve.state.store import SessionStore
 
         super().__init__(config)
-        self.handles = dict(models)  # model name -> DeploymentHandle of DynamicsModel-<name>
         self.default_model = self.config.default_model_name
         self.store = SessionStore.from_config(
-            self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op))
-        self.enforcer = QuotaEnforcer(self.store.r, self.metrics)
-        self._routes: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
-        self._infos: dict[str, tuple[float, dict]] = {}
-        self.m_routed = self.metrics.counter("routed_requests", "Steps routed to each model's deployment", ("model",))
-
-    # -- models -----------------------------------------------------------------------------------
-    def _served(self) -> str:
-        return ", ".join(repr(m) for m in self.handles)
-
-    def _handle(self, model: str):
-        h = self.handles.get(model)
-        if h is None:
-            raise InvalidArgument(f"unknown model {model!r}; this cluster serves {self._served()}")
-        return h
+            self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op)
+        )
+        self.enforcer = QuotaEnforcer(self.store, self.metrics)
+        m_routed = self.metrics.counter("routed_requests", "Steps routed to each model's deployment", ("model",))
+        # models: model name -> DeploymentHandle of DynamicsModel-<name>
+        self.front = StepFront(
+            self.store,
+            dict(models),
+            list(models),
+            self.default_model,
+            on_routed=lambda model: m_routed.inc(model=model),
+        )
 
     async def model_info(self, model: str = "") -> dict:
-        model = model or self.default_model
-        h = self._handle(model)
-        hit = self._infos.get(model)
-        if hit is None or time.monotonic() - hit[0] > INFO_TTL_S:
-            hit = (time.monotonic(), await h.info.remote())
-            self._infos[model] = hit
-        return hit[1]
+        return await self.front.model_info(model)
 
     async def list_models(self) -> tuple[list[dict], str]:
         """Every served model's info (plain data), and the default model's name."""
-        return list(await asyncio.gather(*(self.model_info(m) for m in self.handles))), self.default_model
+        return await self.front.list_models(), self.default_model
 
     async def catalog(self) -> dict:
         """For the sessions app: the default model and each served model's frame size."""
-        infos = await asyncio.gather(*(self.model_info(m) for m in self.handles))
-        return {"default": self.default_model,
-                "models": {i["name"]: {"width": i["frame_width"], "height": i["frame_height"]} for i in infos}}
-
-    def _remember(self, key: tuple[str, str], model: str) -> None:
-        self._routes[key] = model
-        if len(self._routes) > ROUTE_CACHE_SESSIONS:
-            self._routes.popitem(last=False)
-
-    async def _prefetch_routes(self, tenant: str, session_ids: list[str]) -> None:
-        """Learn the models of many sessions in one Redis round trip (a StepBatch); unknown
-        sessions are left out (their items then answer NOT_FOUND on their own)."""
-        missing = [sid for sid in dict.fromkeys(session_ids) if (tenant, sid) not in self._routes]
-        for sid, model in zip(missing, await self.store.models_of(tenant, missing)):
-            if model is not None:
-                self._remember((tenant, sid), model)
-
-    async def _model_of(self, tenant: str, session_id: str) -> str:
-        """The model a session is bound to (a session's model never changes: remembered)."""
-        key = (tenant, session_id)
-        model = self._routes.get(key)
-        if model is None:
-            model = (await self.store.get(tenant, session_id, touch=False)).model
-            self._remember(key, model)
-        else:
-            self._routes.move_to_end(key)
-        if model not in self.handles:
-            raise FailedPrecondition(
-                f"session {session_id!r} is bound to model {model!r}, which this cluster does not serve ({self._served()})"
-            )
-        return model
+        infos = await self.front.list_models()
+        return {
+            "default": self.default_model,
+            "models": {i["name"]: {"width": i["frame_width"], "height": i["frame_height"]} for i in infos},
+        }
 
     async def _step(self, req: StepRequest, grpc_context=None) -> pb.StepResponse:
-        model = await self._model_of(req.tenant, req.session_id)
-        self.m_routed.inc(model=model)
-        out, replica = await self.handles[model].options(session_id=req.session_id).step.remote(req)
+        out, model, replica = await self.front.step(req)
         if grpc_context is not None:
             grpc_context.set_trailing_metadata([("worldserve-replica", replica), ("worldserve-model", model)])
         return pb.StepResponse(session_id=out.session_id, step=out.step, frame=out.frame.to_pb())
 
     # -- RPCs -------------------------------------------------------------------------------------
     @rpc("Step", empty=pb.StepResponse)
-    async def Step(self, request: pb.StepRequest, grpc_context=None) -> pb.StepResponse:
-        tenant = self.tenant(grpc_context)
-        req = _to_request(tenant, request)
-        await self.enforcer.charge_steps(tenant, self.quotas(tenant), 1, wait_s=UNARY_PACE_S, hold_s=UNARY_HOLD_S)
+    async def Step(self, request: pb.StepRequest, tenant: str, grpc_context=None) -> pb.StepResponse:
+        req = _to_request(tenant, request, rate=_rate(self.quotas(tenant), UNARY_PACE_S, UNARY_HOLD_S))
         return await self._step(req, grpc_context)
 
     @rpc("StepBatch", empty=pb.StepBatchResponse)
-    async def StepBatch(self, request: pb.StepBatchRequest, grpc_context=None) -> pb.StepBatchResponse:
-        tenant = self.tenant(grpc_context)
+    async def StepBatch(self, request: pb.StepBatchRequest, tenant: str, grpc_context=None) -> pb.StepBatchResponse:
         n = len(request.steps)
         if n > self.config.max_queue:
             raise InvalidArgument(f"StepBatch of {n} steps exceeds the limit of {self.config.max_queue}")
@@ -327,13 +332,13 @@ class DynamicsService(ServiceBase):
         for i, s in enumerate(request.steps):  # each item converts and fails on its own
             try:
                 reqs.append(_to_request(tenant, s, Priority.BULK))
-            except Exception as e:  # noqa: BLE001 - reported in its StepResult
+            except Exception as e:
                 reqs.append(e)
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # a big batch lets other tenants' requests through meanwhile
         # every item's session in one round trip; then a bounded number of items in flight at once
         valid = [r for r in reqs if isinstance(r, StepRequest)]
-        await self._prefetch_routes(tenant, [r.session_id for r in valid])
+        await self.front.prefetch(tenant, [r.session_id for r in valid])
         gate = asyncio.Semaphore(STEP_BATCH_CONCURRENCY)
 
         async def one(r: StepRequest) -> pb.StepResponse:
@@ -345,7 +350,7 @@ class DynamicsService(ServiceBase):
         # items that failed to convert or name no known session are answered without a task each
         outs: list[pb.StepResponse | BaseException | None] = []
         for r in reqs:
-            if isinstance(r, StepRequest) and (tenant, r.session_id) not in self._routes:
+            if isinstance(r, StepRequest) and not self.front.known(tenant, r.session_id):
                 r = NotFound(f"session {r.session_id!r} not found")
             outs.append(r if isinstance(r, BaseException) else None)
         runnable = [(i, r) for i, r in enumerate(reqs) if outs[i] is None]
@@ -364,8 +369,7 @@ class DynamicsService(ServiceBase):
         return pb.StepBatchResponse(results=results)
 
     @rpc("Rollout", empty=pb.StepResponse)
-    async def Rollout(self, request: pb.RolloutRequest, grpc_context=None):
-        tenant = self.tenant(grpc_context)
+    async def Rollout(self, request: pb.RolloutRequest, tenant: str, grpc_context=None):
         n = len(request.actions)
         if not 1 <= n <= self.config.max_rollout_actions:
             raise InvalidArgument(f"Rollout of {n} actions is out of range [1, {self.config.max_rollout_actions}]")
@@ -374,9 +378,14 @@ class DynamicsService(ServiceBase):
         check_session_id(request.session_id)
         check_format(request.format)
         check_request_id(request.request_id)
-        model = await self._model_of(tenant, request.session_id)
-        await self.handles[model].check_actions.remote(  # all first: a bad action 5 takes no step
-            [(tuple(a.keys), dict(a.mouse), a.event if a.HasField("event") else None) for a in request.actions])
+        await self.front.check_actions(
+            tenant,
+            request.session_id,  # all first: a bad action 5 takes no step
+            [(tuple(a.keys), dict(a.mouse), a.event if a.HasField("event") else None) for a in request.actions],
+        )
+        # a stream's steps are paced to the tenant's rate (refused only past STREAM_PACE_S: Serve's
+        # proxy drops a failed stream's trailing metadata, so a refusal could not carry RetryInfo)
+        rate = _rate(quotas, STREAM_PACE_S)
         for i, a in enumerate(request.actions):
             req = pb.StepRequest(session_id=request.session_id, action=a, format=request.format)
             if i == 0 and request.HasField("expected_step"):
@@ -384,38 +393,35 @@ class DynamicsService(ServiceBase):
             if request.HasField("guidance"):
                 req.guidance = request.guidance
             rid = f"{request.request_id}/{i}" if request.request_id else ""
-            r = _to_request(tenant, req, Priority.BULK, request_id=rid)
-            # a stream's steps are paced to the tenant's rate (refused only past STREAM_PACE_S: Serve's
-            # proxy drops a failed stream's trailing metadata, so a refusal could not carry RetryInfo)
-            await self.enforcer.charge_steps(tenant, quotas, 1, wait_s=STREAM_PACE_S)
-            yield await self._step(r)
+            yield await self._step(_to_request(tenant, req, Priority.BULK, request_id=rid, rate=rate))
 
     @rpc("Play", empty=pb.StepResponse)
-    async def Play(self, request_stream, grpc_context=None):
-        tenant = self.tenant(grpc_context)
+    async def Play(self, request_stream, tenant: str, grpc_context=None):
         sid, fmt = None, PNG
         async for msg in request_stream:
             if sid is None:
                 if not msg.session_id:
                     raise InvalidArgument("the first Play message must name the session_id")
                 sid, fmt = msg.session_id, msg.format or PNG
-            r = _to_request(tenant, pb.StepRequest(session_id=sid, action=msg.action, format=fmt,
-                                                   request_id=msg.request_id),
-                            Priority.INTERACTIVE, deadline_ms=msg.deadline_ms or self.config.play_deadline_ms)
-            await self.enforcer.charge_steps(tenant, self.quotas(tenant), 1, wait_s=STREAM_PACE_S)  # paced to the rate
+            r = _to_request(
+                tenant,
+                pb.StepRequest(session_id=sid, action=msg.action, format=fmt, request_id=msg.request_id),
+                Priority.INTERACTIVE,
+                deadline_ms=msg.deadline_ms or self.config.play_deadline_ms,
+                rate=_rate(self.quotas(tenant), STREAM_PACE_S),
+            )  # paced to the rate
             yield await self._step(r)
 
     @rpc("GetModelInfo", empty=pb.ModelInfo)
-    async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context=None) -> pb.ModelInfo:
-        self.tenant(grpc_context)
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, tenant: str, grpc_context=None) -> pb.ModelInfo:
         return _to_pb_info(await self.model_info(request.model), self.default_model)
 
     @rpc("ListModels", empty=pb.ListModelsResponse)
-    async def ListModels(self, request: pb.ListModelsRequest, grpc_context=None) -> pb.ListModelsResponse:
-        self.tenant(grpc_context)
+    async def ListModels(self, request: pb.ListModelsRequest, tenant: str, grpc_context=None) -> pb.ListModelsResponse:
         infos, _ = await self.list_models()
-        return pb.ListModelsResponse(models=[_to_pb_info(i, self.default_model) for i in infos],
-                                     default_model=self.default_model)
+        return pb.ListModelsResponse(
+            models=[_to_pb_info(i, self.default_model) for i in infos], default_model=self.default_model
+        )
 
 
 def build(args: dict[str, Any]):

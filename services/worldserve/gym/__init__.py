@@ -16,7 +16,8 @@ from .env import DEFAULT_PROMPT, WorldEnv, WorldVectorEnv
 ENV_ID = "worldserve/World-v0"
 
 if ENV_ID not in registry:
-    register(id=ENV_ID, entry_point="worldserve.gym.env:WorldEnv",
-             vector_entry_point="worldserve.gym.env:WorldVectorEnv")
+    register(
+        id=ENV_ID, entry_point="worldserve.gym.env:WorldEnv", vector_entry_point="worldserve.gym.env:WorldVectorEnv"
+    )
 
 __all__ = ["ENV_ID", "DEFAULT_PROMPT", "WorldEnv", "WorldVectorEnv"]

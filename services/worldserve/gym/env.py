@@ -44,8 +44,18 @@ def _frame(f: common_pb2.Frame, shape: tuple[int, int, int]) -> np.ndarray:
 class _World:
     """What both environments share: the client, the model's spaces, making and converting."""
 
-    def __init__(self, target: str | None, api_key: str | None, model: str, prompt: str, discrete: bool,
-                 max_episode_steps: int, reward_fn: RewardFn | None, timeout_s: float, client: WorldClient | None):
+    def __init__(
+        self,
+        target: str | None,
+        api_key: str | None,
+        model: str,
+        prompt: str,
+        discrete: bool,
+        max_episode_steps: int,
+        reward_fn: RewardFn | None,
+        timeout_s: float,
+        client: WorldClient | None,
+    ):
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         self.client = client or WorldClient(target, api_key, timeout_s=timeout_s)
@@ -61,10 +71,12 @@ class _World:
         if discrete:
             self.act_space: spaces.Space = spaces.Discrete(2 ** len(self.keys))
         else:
-            self.act_space = spaces.Dict({
-                "keys": spaces.MultiBinary(len(self.keys)),
-                "mouse": spaces.Box(-1.0, 1.0, (len(self.mouse_axes),), np.float32),
-            })
+            self.act_space = spaces.Dict(
+                {
+                    "keys": spaces.MultiBinary(len(self.keys)),
+                    "mouse": spaces.Box(-1.0, 1.0, (len(self.mouse_axes),), np.float32),
+                }
+            )
         self.made: list[str] = []
 
     # -- actions -----------------------------------------------------------------------------------
@@ -82,7 +94,9 @@ class _World:
         if keys.shape != (len(self.keys),) or not np.isin(keys, (0, 1)).all():
             raise gym.error.InvalidAction(f"action['keys'] must be {len(self.keys)} values of 0/1, got {keys!r}")
         if mouse.shape != (len(self.mouse_axes),) or not np.all(np.abs(mouse) <= 1.0):
-            raise gym.error.InvalidAction(f"action['mouse'] must be {len(self.mouse_axes)} values in [-1, 1], got {mouse!r}")
+            raise gym.error.InvalidAction(
+                f"action['mouse'] must be {len(self.mouse_axes)} values in [-1, 1], got {mouse!r}"
+            )
         return [k for k, v in zip(self.keys, keys) if v], {a: float(v) for a, v in zip(self.mouse_axes, mouse) if v}
 
     # -- sessions ----------------------------------------------------------------------------------
@@ -104,8 +118,16 @@ class _World:
         kw: dict[str, Any] = dict(seed=seed, include_first_frame=True, fmt="raw", model=model or self.model)
         if opts.get("image") is not None:
             img = opts["image"]
-            kw["image"] = img if isinstance(img, common_pb2.Frame) else common_pb2.Frame(
-                format=RAW, data=np.ascontiguousarray(img, np.uint8).tobytes(), width=img.shape[1], height=img.shape[0])
+            kw["image"] = (
+                img
+                if isinstance(img, common_pb2.Frame)
+                else common_pb2.Frame(
+                    format=RAW,
+                    data=np.ascontiguousarray(img, np.uint8).tobytes(),
+                    width=img.shape[1],
+                    height=img.shape[0],
+                )
+            )
         else:
             kw["prompt"] = opts.get("prompt", self.prompt)
         s = c.create_session(**kw)
@@ -139,10 +161,20 @@ class WorldEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, target: str | None = None, api_key: str | None = None, *, model: str = "",
-                 prompt: str = DEFAULT_PROMPT, discrete: bool = False, max_episode_steps: int = 200,
-                 reward_fn: RewardFn | None = None, render_mode: str | None = None, timeout_s: float = 60.0,
-                 client: WorldClient | None = None):
+    def __init__(
+        self,
+        target: str | None = None,
+        api_key: str | None = None,
+        *,
+        model: str = "",
+        prompt: str = DEFAULT_PROMPT,
+        discrete: bool = False,
+        max_episode_steps: int = 200,
+        reward_fn: RewardFn | None = None,
+        render_mode: str | None = None,
+        timeout_s: float = 60.0,
+        client: WorldClient | None = None,
+    ):
         self.world = _World(target, api_key, model, prompt, discrete, max_episode_steps, reward_fn, timeout_s, client)
         self.observation_space = self.world.obs_space
         self.action_space = self.world.act_space
@@ -186,10 +218,21 @@ class WorldVectorEnv(VectorEnv):
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, num_envs: int, target: str | None = None, api_key: str | None = None, *, model: str = "",
-                 prompt: str = DEFAULT_PROMPT, discrete: bool = False, max_episode_steps: int = 200,
-                 reward_fn: RewardFn | None = None, render_mode: str | None = None, timeout_s: float = 60.0,
-                 client: WorldClient | None = None):
+    def __init__(
+        self,
+        num_envs: int,
+        target: str | None = None,
+        api_key: str | None = None,
+        *,
+        model: str = "",
+        prompt: str = DEFAULT_PROMPT,
+        discrete: bool = False,
+        max_episode_steps: int = 200,
+        reward_fn: RewardFn | None = None,
+        render_mode: str | None = None,
+        timeout_s: float = 60.0,
+        client: WorldClient | None = None,
+    ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.world = _World(target, api_key, model, prompt, discrete, max_episode_steps, reward_fn, timeout_s, client)
@@ -247,9 +290,15 @@ class WorldVectorEnv(VectorEnv):
             if self._done[i]:  # next-step autoreset: this step starts its new episode
                 self._make(i)
         if live:
-            reqs = [dynamics_pb2.StepRequest(session_id=self.session_ids[i], format=RAW, request_id=new_request_id(),
-                                             action=common_pb2.Action(keys=per_env[i][0], mouse=per_env[i][1]))
-                    for i in live]
+            reqs = [
+                dynamics_pb2.StepRequest(
+                    session_id=self.session_ids[i],
+                    format=RAW,
+                    request_id=new_request_id(),
+                    action=common_pb2.Action(keys=per_env[i][0], mouse=per_env[i][1]),
+                )
+                for i in live
+            ]
             res = self.world.client.step_batch(reqs)
             for i, r in zip(live, res.results):
                 if r.HasField("error"):

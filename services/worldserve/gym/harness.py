@@ -111,8 +111,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 # -- the harness ----------------------------------------------------------------------------------
 class Harness:
-    def __init__(self, client: WorldClient, *, model: str = "", discrete: bool = False,
-                 progress: Callable[[str, int], Any] | None = None):
+    def __init__(
+        self,
+        client: WorldClient,
+        *,
+        model: str = "",
+        discrete: bool = False,
+        progress: Callable[[str, int], Any] | None = None,
+    ):
         self.world = _World(None, None, model, DEFAULT_PROMPTS[0], discrete, 10**9, None, 60.0, client)
         self.client = client
         self.latencies_s: list[float] = []
@@ -120,8 +126,15 @@ class Harness:
 
     def _batch(self, items: list[tuple[str, list[str], dict]]) -> list[np.ndarray | BaseException]:
         """One StepBatch of (session, keys, mouse); the frame of each, or its error."""
-        reqs = [dynamics_pb2.StepRequest(session_id=sid, format=RAW, request_id=new_request_id(),
-                                         action=common_pb2.Action(keys=keys, mouse=mouse)) for sid, keys, mouse in items]
+        reqs = [
+            dynamics_pb2.StepRequest(
+                session_id=sid,
+                format=RAW,
+                request_id=new_request_id(),
+                action=common_pb2.Action(keys=keys, mouse=mouse),
+            )
+            for sid, keys, mouse in items
+        ]
         t0 = time.perf_counter()
         res = self.client.step_batch(reqs)
         self.latencies_s.append(time.perf_counter() - t0)
@@ -141,7 +154,7 @@ class Harness:
                 try:
                     a = policy(rec.observations[-1], info, self.world.act_space)
                     keys, mouse = self.world.to_action(a)
-                except Exception as e:  # noqa: BLE001 - a user's policy: this world fails, the rest go on
+                except Exception as e:
                     rec.error = f"policy raised at step {t}: {type(e).__name__}: {e}"[:400]
                     continue
                 items.append((rec.session_id, keys, mouse))
@@ -206,18 +219,34 @@ class Harness:
 
 def _stats(xs: Sequence[float | None]) -> dict[str, float | None]:
     v = [x for x in xs if x is not None]
-    return {"mean": float(np.mean(v)) if v else None, "min": float(np.min(v)) if v else None,
-            "max": float(np.max(v)) if v else None, "n": len(v)}
+    return {
+        "mean": float(np.mean(v)) if v else None,
+        "min": float(np.min(v)) if v else None,
+        "max": float(np.max(v)) if v else None,
+        "n": len(v),
+    }
 
 
 def _pct(xs: Sequence[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if len(xs) else None
 
 
-def run(client: WorldClient, *, policy: str = "random", worlds: int = 8, steps: int = 32, k: int = 8,
-        prompts: Sequence[str] = DEFAULT_PROMPTS, model: str = "", seed: int = 0, out: str | os.PathLike = "out/eval",
-        dataset_id: str | None = "worldserve/eval-v0", discrete: bool = False, keep_sessions: bool = False,
-        progress: Callable[[str, int], Any] | None = None) -> dict:
+def run(
+    client: WorldClient,
+    *,
+    policy: str = "random",
+    worlds: int = 8,
+    steps: int = 32,
+    k: int = 8,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    model: str = "",
+    seed: int = 0,
+    out: str | os.PathLike = "out/eval",
+    dataset_id: str | None = "worldserve/eval-v0",
+    discrete: bool = False,
+    keep_sessions: bool = False,
+    progress: Callable[[str, int], Any] | None = None,
+) -> dict:
     """Everything ``worldserve eval`` does; returns the report (also written to ``out``)."""
     if worlds < 1 or steps < 1 or k < 1:
         raise ValueError("worlds, steps and k must be at least 1")
@@ -247,14 +276,23 @@ def run(client: WorldClient, *, policy: str = "random", worlds: int = 8, steps: 
     wall = time.perf_counter() - t0
     lat = h.latencies_s
     report = {
-        "policy": policy, "model": h.world.model_name, "worlds": worlds, "steps": steps, "k": k, "seed": seed,
+        "policy": policy,
+        "model": h.world.model_name,
+        "worlds": worlds,
+        "steps": steps,
+        "k": k,
+        "seed": seed,
         "wall_s": wall,
         "failed_worlds": sum(bool(r.error) for r in records),
         "turn_around_psnr_db": _stats([r.turn_around_psnr_db for r in records]),
         "moved_psnr_db": _stats([r.moved_psnr_db for r in records]),
         "control_psnr_db": _stats([r.control_psnr_db for r in records]),
-        "latency_ms": {"p50": _ms(_pct(lat, 50)), "p95": _ms(_pct(lat, 95)), "p99": _ms(_pct(lat, 99)),
-                       "batches": len(lat)},
+        "latency_ms": {
+            "p50": _ms(_pct(lat, 50)),
+            "p95": _ms(_pct(lat, 95)),
+            "p99": _ms(_pct(lat, 99)),
+            "batches": len(lat),
+        },
         "steps_per_s": sum(r.steps for r in records) / wall if wall else None,
         "world_records": [r.summary() for r in records],
     }
@@ -283,12 +321,22 @@ def write_minari(records: list[WorldRecord], world: _World, dataset_id: str, roo
         if world.discrete:
             actions: Any = np.asarray(rec.actions, np.int64)
         else:
-            actions = {"keys": np.stack([np.asarray(a["keys"], np.int8) for a in rec.actions]),
-                       "mouse": np.stack([np.asarray(a["mouse"], np.float32) for a in rec.actions])}
-        episodes.append(EpisodeBuffer(
-            id=ep_id, seed=rec.seed, observations=np.stack(rec.observations), actions=actions,
-            rewards=np.asarray(rec.rewards, np.float64), terminations=np.zeros(n, bool),
-            truncations=np.eye(1, n, n - 1, dtype=bool)[0], infos={}))
+            actions = {
+                "keys": np.stack([np.asarray(a["keys"], np.int8) for a in rec.actions]),
+                "mouse": np.stack([np.asarray(a["mouse"], np.float32) for a in rec.actions]),
+            }
+        episodes.append(
+            EpisodeBuffer(
+                id=ep_id,
+                seed=rec.seed,
+                observations=np.stack(rec.observations),
+                actions=actions,
+                rewards=np.asarray(rec.rewards, np.float64),
+                terminations=np.zeros(n, bool),
+                truncations=np.eye(1, n, n - 1, dtype=bool)[0],
+                infos={},
+            )
+        )
     if not episodes:
         return {"id": dataset_id, "path": str(root), "episodes": 0}
     try:
@@ -296,12 +344,21 @@ def write_minari(records: list[WorldRecord], world: _World, dataset_id: str, roo
     except (FileNotFoundError, ValueError):
         pass
     minari.create_dataset_from_buffers(
-        dataset_id=dataset_id, buffer=episodes, observation_space=world.obs_space, action_space=world.act_space,
-        algorithm_name=f"worldserve eval --policy {policy}", author="worldserve eval",
+        dataset_id=dataset_id,
+        buffer=episodes,
+        observation_space=world.obs_space,
+        action_space=world.act_space,
+        algorithm_name=f"worldserve eval --policy {policy}",
+        author="worldserve eval",
         description=f"{len(episodes)} episodes of the {world.model_name!r} world model played by the {policy!r} policy",
-        data_format="hdf5")
-    return {"id": dataset_id, "path": str(root), "episodes": len(episodes),
-            "load": f"MINARI_DATASETS_PATH={root} python -c \"import minari; minari.load_dataset('{dataset_id}')\""}
+        data_format="hdf5",
+    )
+    return {
+        "id": dataset_id,
+        "path": str(root),
+        "episodes": len(episodes),
+        "load": f"MINARI_DATASETS_PATH={root} python -c \"import minari; minari.load_dataset('{dataset_id}')\"",
+    }
 
 
 def plot(records: list[WorldRecord], latencies_s: list[float], out: Path) -> list[str]:
@@ -325,9 +382,11 @@ def plot(records: list[WorldRecord], latencies_s: list[float], out: Path) -> lis
     fig, ax = plt.subplots(figsize=(10, 3.5))
     idx = np.arange(len(records))
     w = 0.27
-    for off, attr, label in ((-w, "turn_around_psnr_db", "turn around: back vs start (higher: remembers)"),
-                             (0, "moved_psnr_db", "after walking right vs start (lower: moved)"),
-                             (w, "control_psnr_db", "left vs right branch (lower: controllable)")):
+    for off, attr, label in (
+        (-w, "turn_around_psnr_db", "turn around: back vs start (higher: remembers)"),
+        (0, "moved_psnr_db", "after walking right vs start (lower: moved)"),
+        (w, "control_psnr_db", "left vs right branch (lower: controllable)"),
+    ):
         ax.bar(idx + off, [getattr(r, attr) or 0.0 for r in records], w, label=label)
     ax.set(title="consistency per world", xlabel="world", ylabel="PSNR dB", xticks=idx)
     ax.legend(fontsize=7)

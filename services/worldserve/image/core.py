@@ -47,15 +47,22 @@ class ImageCore:
         steps = steps or self.backend.default_steps
         guidance = guidance or self.backend.default_guidance
         try:
-            img = self.backend.generate(prompt, seed=int(seed), width=width, height=height, steps=steps, guidance=guidance)
+            img = self.backend.generate(
+                prompt, seed=int(seed), width=width, height=height, steps=steps, guidance=guidance
+            )
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
         return np.asarray(img, dtype=np.uint8)
 
 
 GROUP = "worldserve.image_models"
-REGISTRY = Registry(GROUP, builtins={"tiny_text_to_image": "worldserve.image.core:load_tiny_text_to_image",
-                                     "caption_decoder": "worldserve.image.decoder:load_caption_decoder"})
+REGISTRY = Registry(
+    GROUP,
+    builtins={
+        "tiny_text_to_image": "worldserve.image.core:load_tiny_text_to_image",
+        "caption_decoder": "worldserve.image.decoder:load_caption_decoder",
+    },
+)
 
 
 def load_tiny_text_to_image(path: str | None, *, device: str):

@@ -32,14 +32,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from worldserve.common.bytetok import VOCAB, tokenize_bytes
 from worldserve.common.pretrained import read_folder, write_folder
 
@@ -136,7 +138,7 @@ class CaptionDecoderConfig:
         return {"kind": KIND, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CaptionDecoderConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> CaptionDecoderConfig:
         if not isinstance(data, Mapping):
             raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
@@ -235,7 +237,9 @@ class CaptionDecoder(nn.Module):
         self.queries = nn.Parameter(torch.randn(g * g, cfg.dim) * 0.02)
         self.row = nn.Parameter(torch.randn(g, 1, cfg.dim) * 0.02)
         self.col = nn.Parameter(torch.randn(1, g, cfg.dim) * 0.02)
-        self.cross_blocks = nn.ModuleList(_CrossBlock(cfg.dim, cfg.text_dim, cfg.heads) for _ in range(cfg.cross_layers))
+        self.cross_blocks = nn.ModuleList(
+            _CrossBlock(cfg.dim, cfg.text_dim, cfg.heads) for _ in range(cfg.cross_layers)
+        )
         self.grid_norm = nn.LayerNorm(cfg.dim)
         # decoder
         self.convs = nn.ModuleList(_ConvBlock(cfg.dim) for _ in range(cfg.conv_blocks))
@@ -303,13 +307,21 @@ class CaptionDecoder(nn.Module):
     def generate(
         self, prompt: str, *, seed: int = 0, width: int, height: int, steps: int = 1, guidance: float = 1.0
     ) -> np.ndarray:  # (H, W, 3) uint8
-        return self.generate_batch([prompt], seeds=[seed], width=width, height=height, steps=steps,
-                                   guidance=guidance)[0]
+        return self.generate_batch([prompt], seeds=[seed], width=width, height=height, steps=steps, guidance=guidance)[
+            0
+        ]
 
     @torch.no_grad()
     def generate_batch(
-        self, prompts: Sequence[str], *, seeds: Sequence[int] | None = None, width: int, height: int,
-        steps: int = 1, guidance: float = 1.0, batch_invariant: bool | None = None,
+        self,
+        prompts: Sequence[str],
+        *,
+        seeds: Sequence[int] | None = None,
+        width: int,
+        height: int,
+        steps: int = 1,
+        guidance: float = 1.0,
+        batch_invariant: bool | None = None,
     ) -> np.ndarray:  # (N, H, W, 3) uint8
         """Several prompts: image i depends only on prompts[i] (seeds, steps and guidance are
         validated and ignored; ``seeds`` may be None, else one per prompt). ``batch_invariant``
@@ -327,7 +339,9 @@ class CaptionDecoder(nn.Module):
                 raise ValueError(f"prompt must not be empty or whitespace, got {p!r}")
             n_bytes = len(p.encode("utf-8"))
             if n_bytes > cfg.max_prompt_bytes:
-                raise ValueError(f"prompt is {n_bytes} bytes in UTF-8; at most {cfg.max_prompt_bytes} allowed: {p[:80]!r}")
+                raise ValueError(
+                    f"prompt is {n_bytes} bytes in UTF-8; at most {cfg.max_prompt_bytes} allowed: {p[:80]!r}"
+                )
         self.check_size(width, height)
         _check_int("steps", steps, 1, cfg.max_steps)
         _check_float("guidance", guidance, 0.0, cfg.max_guidance)
@@ -350,7 +364,7 @@ class CaptionDecoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
-    def random(cls, config: CaptionDecoderConfig | None = None, seed: int = 0) -> "CaptionDecoder":
+    def random(cls, config: CaptionDecoderConfig | None = None, seed: int = 0) -> CaptionDecoder:
         """Random init; the same (config, seed) always gives the same weights. Leaves the global
         torch RNG untouched."""
         with torch.random.fork_rng(devices=[]):
@@ -360,7 +374,7 @@ class CaptionDecoder(nn.Module):
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> "CaptionDecoder":
+    ) -> CaptionDecoder:
         """Load a directory written by ``save_pretrained`` (config.json + model.safetensors)."""
         data, state = read_folder(path)
         model = cls(CaptionDecoderConfig.from_dict(data))

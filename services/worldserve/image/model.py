@@ -16,17 +16,18 @@ import dataclasses
 import hashlib
 import math
 import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from worldserve.common.bytetok import VOCAB, tokenize_bytes
 from worldserve.common.pretrained import read_folder, write_folder
-
 
 
 @runtime_checkable
@@ -101,7 +102,9 @@ class TinyTextToImageConfig:
         for s in self.sizes:
             ok = isinstance(s, tuple) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in s)
             if not ok or not all(8 <= v <= 1024 and v % 4 == 0 for v in s):
-                raise ValueError(f"sizes: each (width, height) side must be an int in [8, 1024], a multiple of 4; got {s!r}")
+                raise ValueError(
+                    f"sizes: each (width, height) side must be an int in [8, 1024], a multiple of 4; got {s!r}"
+                )
         if len(set(self.sizes)) != len(self.sizes):
             raise ValueError(f"sizes has duplicates: {self.sizes!r}")
         _check_int("max_steps", self.max_steps, 1, 1000)
@@ -125,7 +128,7 @@ class TinyTextToImageConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TinyTextToImageConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TinyTextToImageConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -147,6 +150,7 @@ def _check_float(name: str, value: Any, lo: float, hi: float) -> None:
 # --------------------------------------------------------------------------------------------------
 # Tokenizer and text encoder
 
+
 def tokenize(prompts: Sequence[str], max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Byte-level: ids (B, L) = BOS + UTF-8 bytes + EOS, right-padded; mask (B, L) True on real tokens."""
     return tokenize_bytes(prompts, max_bytes, what="prompt")
@@ -166,7 +170,9 @@ class TextBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # x (B, L, C), mask (B, L)
         B, L, C = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, L, D)
+        q, k, v = (
+            self.qkv(self.norm1(x)).view(B, L, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        )  # (B, H, L, D)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])  # (B, H, L, D)
         x = x + self.proj(a.transpose(1, 2).reshape(B, L, C))
         return x + self.mlp(self.norm2(x))
@@ -302,15 +308,23 @@ class TinyTextToImage(nn.Module):
     def generate(
         self, prompt: str, *, seed: int, width: int, height: int, steps: int, guidance: float
     ) -> np.ndarray:  # (H, W, 3) uint8
-        return self.generate_batch([prompt], seeds=[seed], width=width, height=height, steps=steps,
-                                   guidance=guidance)[0]
+        return self.generate_batch([prompt], seeds=[seed], width=width, height=height, steps=steps, guidance=guidance)[
+            0
+        ]
 
     # --- batched generation ------------------------------------------------------------------------
 
     @torch.no_grad()
     def generate_batch(
-        self, prompts: Sequence[str], *, seeds: Sequence[int], width: int, height: int, steps: int,
-        guidance: float, batch_invariant: bool | None = None,
+        self,
+        prompts: Sequence[str],
+        *,
+        seeds: Sequence[int],
+        width: int,
+        height: int,
+        steps: int,
+        guidance: float,
+        batch_invariant: bool | None = None,
     ) -> np.ndarray:  # (N, H, W, 3) uint8
         """Several prompts at one size; image i depends only on (prompts[i], seeds[i]) and the
         options. ``batch_invariant`` (default: on for a CPU model, off on CUDA): bit for bit,
@@ -320,11 +334,20 @@ class TinyTextToImage(nn.Module):
         if batch_invariant is None:
             batch_invariant = self.denoiser.out.weight.device.type != "cuda"
         if batch_invariant and not isinstance(prompts, str) and len(prompts) > 1 and len(prompts) == len(seeds):
-            return np.concatenate([
-                self.generate_batch([p], seeds=[s], width=width, height=height, steps=steps, guidance=guidance,
-                                    batch_invariant=False)
-                for p, s in zip(prompts, seeds)
-            ])
+            return np.concatenate(
+                [
+                    self.generate_batch(
+                        [p],
+                        seeds=[s],
+                        width=width,
+                        height=height,
+                        steps=steps,
+                        guidance=guidance,
+                        batch_invariant=False,
+                    )
+                    for p, s in zip(prompts, seeds)
+                ]
+            )
         if isinstance(prompts, str) or len(prompts) != len(seeds) or not prompts:
             raise ValueError(f"need a non-empty list of prompts and as many seeds, got {len(prompts)} and {len(seeds)}")
         for p in prompts:
@@ -344,10 +367,9 @@ class TinyTextToImage(nn.Module):
         text = self.text_encoder(ids.to(dev), mask.to(dev))  # (n [+1], cond)
         if use_cfg:  # rows 0..n-1 conditional, rows n..2n-1 the empty prompt
             text = torch.cat([text[:n], text[n:].expand(n, -1)])
-        x = torch.stack([
-            torch.randn(3, height, width, generator=torch.Generator().manual_seed(image_noise_seed(s)))
-            for s in seeds
-        ]).to(dev, dt)  # (n, 3, H, W): noise drawn on CPU in float32, device-independent
+        x = torch.stack(
+            [torch.randn(3, height, width, generator=torch.Generator().manual_seed(image_noise_seed(s))) for s in seeds]
+        ).to(dev, dt)  # (n, 3, H, W): noise drawn on CPU in float32, device-independent
         groups = 2 if use_cfg else 1
         grid = [1.0 - i / steps for i in range(steps + 1)]  # flow time: 1 = noise, 0 = image
         for t, t_next in zip(grid[:-1], grid[1:]):
@@ -362,7 +384,7 @@ class TinyTextToImage(nn.Module):
     # --- construction and persistence -------------------------------------------------------------
 
     @classmethod
-    def random(cls, config: TinyTextToImageConfig | None = None, seed: int = 0) -> "TinyTextToImage":
+    def random(cls, config: TinyTextToImageConfig | None = None, seed: int = 0) -> TinyTextToImage:
         """Random init; the same (config, seed) always gives the same weights. Leaves the global
         torch RNG untouched."""
         with torch.random.fork_rng(devices=[]):
@@ -372,7 +394,7 @@ class TinyTextToImage(nn.Module):
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> "TinyTextToImage":
+    ) -> TinyTextToImage:
         """Load a directory written by ``save_pretrained`` (config.json + model.safetensors)."""
         data, state = read_folder(path)
         if isinstance(data, dict) and "coord_channels" not in data:
@@ -384,4 +406,3 @@ class TinyTextToImage(nn.Module):
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json and model.safetensors (never pickle) into directory ``path``."""
         write_folder(path, self.config.to_dict(), self.state_dict())
-

@@ -42,8 +42,9 @@ class ImageService(ServiceBase):
         return img
 
     @rpc("GenerateImage", empty=pb.GenerateImageResponse)
-    async def GenerateImage(self, request: pb.GenerateImageRequest, grpc_context=None) -> pb.GenerateImageResponse:
-        self.tenant(grpc_context)
+    async def GenerateImage(
+        self, request: pb.GenerateImageRequest, tenant: str, grpc_context=None
+    ) -> pb.GenerateImageResponse:
         img = await self._generate(
             prompt=request.prompt,
             seed=request.seed,

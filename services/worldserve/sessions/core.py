@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from worldserve.common.codec import PNG, decode_frame, encode_frame
 from worldserve.common.config import Config
 from worldserve.common.errors import InvalidArgument
-from worldserve.common.quotas import MAX_TTL_S, QuotaEnforcer, Quotas
+from worldserve.common.quotas import MAX_TTL_S, Quotas
+from worldserve.state.quotas import QuotaEnforcer
 from worldserve.state.store import SessionRecord, SessionsFull, SessionStore
 
 CATALOG_TTL_S = 30.0  # how long the served models' list is trusted
@@ -29,7 +30,7 @@ class SessionsCore:
         self.store = store
         self.config = config
         self._quotas = quotas or (lambda tenant: config.quotas)
-        self.enforcer = enforcer or QuotaEnforcer(store.r)
+        self.enforcer = enforcer or QuotaEnforcer(store)
         self._generate = generate  # prompt -> PNG bytes (the image app)
         self._frame_info = frame_info
         self._catalog = catalog  # the dynamics app: {"default": name, "models": {name: {width, height}}}
@@ -92,7 +93,14 @@ class SessionsCore:
             raise
 
     async def create_from_prompt(
-        self, tenant: str, prompt: str, *, seed: int, steps: int = 0, guidance: float = 0.0, ttl_s: int = 0,
+        self,
+        tenant: str,
+        prompt: str,
+        *,
+        seed: int,
+        steps: int = 0,
+        guidance: float = 0.0,
+        ttl_s: int = 0,
         model: str = "",
     ) -> tuple[SessionRecord, bytes]:
         if not prompt or not prompt.strip():
@@ -109,8 +117,15 @@ class SessionsCore:
         async def make(sid: str) -> tuple[SessionRecord, bytes]:  # the quota is taken before the image is made
             png = await self._generate(prompt, seed, steps, guidance)
             rec = await self.store.create(
-                tenant, model=model, prompt=prompt, seed=seed,
-                width=size["width"], height=size["height"], first_frame=png, ttl_s=ttl, session_id=sid,
+                tenant,
+                model=model,
+                prompt=prompt,
+                seed=seed,
+                width=size["width"],
+                height=size["height"],
+                first_frame=png,
+                ttl_s=ttl,
+                session_id=sid,
             )
             return rec, png
 
@@ -126,8 +141,15 @@ class SessionsCore:
 
         async def make(sid: str) -> tuple[SessionRecord, bytes]:
             rec = await self.store.create(
-                tenant, model=model, prompt="", seed=seed,
-                width=size["width"], height=size["height"], first_frame=png, ttl_s=ttl, session_id=sid,
+                tenant,
+                model=model,
+                prompt="",
+                seed=seed,
+                width=size["width"],
+                height=size["height"],
+                first_frame=png,
+                ttl_s=ttl,
+                session_id=sid,
             )
             return rec, png
 
@@ -136,4 +158,5 @@ class SessionsCore:
     async def fork(self, tenant: str, session_id: str, *, step: int | None, seed: int | None) -> SessionRecord:
         """A child of the session (counted against ``max_sessions``)."""
         return await self._reserved(
-            tenant, lambda sid: self.store.fork(tenant, session_id, step=step, seed=seed, session_id=sid))
+            tenant, lambda sid: self.store.fork(tenant, session_id, step=step, seed=seed, session_id=sid)
+        )

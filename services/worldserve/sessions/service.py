@@ -8,23 +8,32 @@ import threading
 from typing import Any
 
 from PIL import Image
-
 from ray import serve
 
 from worldserve.common.codec import PNG, check_format, decode_frame, encode_frame
 from worldserve.common.errors import NotFound
-from worldserve.common.quotas import QuotaEnforcer
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.sessions.core import SessionsCore
+from worldserve.state.quotas import QuotaEnforcer
 from worldserve.state.store import SessionRecord, SessionStore
-from worldserve.v1 import common_pb2, sessions_pb2 as pb
+from worldserve.v1 import common_pb2
+from worldserve.v1 import sessions_pb2 as pb
 
 
 def to_pb(rec: SessionRecord) -> pb.Session:
     return pb.Session(
-        session_id=rec.session_id, model=rec.model, prompt=rec.prompt, seed=rec.seed, step=rec.step,
-        parent_id=rec.parent_id, fork_step=rec.fork_step, created_at=rec.created_at, updated_at=rec.updated_at,
-        ttl_s=rec.ttl_s, width=rec.width, height=rec.height,
+        session_id=rec.session_id,
+        model=rec.model,
+        prompt=rec.prompt,
+        seed=rec.seed,
+        step=rec.step,
+        parent_id=rec.parent_id,
+        fork_step=rec.fork_step,
+        created_at=rec.created_at,
+        updated_at=rec.updated_at,
+        ttl_s=rec.ttl_s,
+        width=rec.width,
+        height=rec.height,
     )
 
 
@@ -49,12 +58,19 @@ class SessionService(ServiceBase):
     def __init__(self, config: dict[str, Any] | None = None, image_app: str = "image", dynamics_app: str = "dynamics"):
         super().__init__(config)
         store = SessionStore.from_config(
-            self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op))
+            self.config, observe=lambda op, s: self.metrics.redis_latency.observe(s, op=op)
+        )
         self.image = serve.get_deployment_handle("ImageService", app_name=image_app)
         self.dynamics = serve.get_deployment_handle("DynamicsService", app_name=dynamics_app)
-        self.core = SessionsCore(store, self.config, generate=self._generate, frame_info=self._frame_info,
-                                 catalog=self._catalog, quotas=self.quotas,
-                                 enforcer=QuotaEnforcer(store.r, self.metrics))
+        self.core = SessionsCore(
+            store,
+            self.config,
+            generate=self._generate,
+            frame_info=self._frame_info,
+            catalog=self._catalog,
+            quotas=self.quotas,
+            enforcer=QuotaEnforcer(store, self.metrics),
+        )
         self.store = store
         self.m_created = self.metrics.counter("sessions_created", "Sessions created, by source", ("source",))
         if self.config.archive_url:  # this replica archives due sessions in the background
@@ -66,8 +82,12 @@ class SessionService(ServiceBase):
         from worldserve.state.archiver import ArchivePolicy, Archiver
 
         c = self.config
-        policy = ArchivePolicy(chunk_steps=c.archive_chunk_steps, hot_window=c.hot_window_steps,
-                               rid_keep=c.archive_rid_keep_steps, expired_grace_s=c.archive_expired_grace_s)
+        policy = ArchivePolicy(
+            chunk_steps=c.archive_chunk_steps,
+            hot_window=c.hot_window_steps,
+            rid_keep=c.archive_rid_keep_steps,
+            expired_grace_s=c.archive_expired_grace_s,
+        )
 
         async def main() -> None:
             store = SessionStore.from_config(c)
@@ -85,8 +105,7 @@ class SessionService(ServiceBase):
         return await self.dynamics.catalog.remote()
 
     @rpc("CreateSession", empty=pb.Session)
-    async def CreateSession(self, request: pb.CreateSessionRequest, grpc_context=None) -> pb.Session:
-        tenant = self.tenant(grpc_context)
+    async def CreateSession(self, request: pb.CreateSessionRequest, tenant: str, grpc_context=None) -> pb.Session:
         if request.include_first_frame:
             check_format(request.format)  # before anything is created: a bad format leaves nothing behind
         source = request.WhichOneof("source")
@@ -96,8 +115,13 @@ class SessionService(ServiceBase):
             )
         else:
             rec, png = await self.core.create_from_prompt(
-                tenant, request.prompt, seed=request.seed, steps=request.image_steps,
-                guidance=request.image_guidance, ttl_s=request.ttl_s, model=request.model,
+                tenant,
+                request.prompt,
+                seed=request.seed,
+                steps=request.image_steps,
+                guidance=request.image_guidance,
+                ttl_s=request.ttl_s,
+                model=request.model,
             )
         self.m_created.inc(source=source or "prompt")
         out = to_pb(rec)
@@ -106,20 +130,20 @@ class SessionService(ServiceBase):
         return out
 
     @rpc("GetSession", empty=pb.Session)
-    async def GetSession(self, request: pb.GetSessionRequest, grpc_context=None) -> pb.Session:
-        return to_pb(await self.store.get(self.tenant(grpc_context), request.session_id))
+    async def GetSession(self, request: pb.GetSessionRequest, tenant: str, grpc_context=None) -> pb.Session:
+        return to_pb(await self.store.get(tenant, request.session_id))
 
     @rpc("ListSessions", empty=pb.ListSessionsResponse)
-    async def ListSessions(self, request: pb.ListSessionsRequest, grpc_context=None) -> pb.ListSessionsResponse:
-        recs, token = await self.store.list(
-            self.tenant(grpc_context), page_size=request.page_size, page_token=request.page_token
-        )
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, tenant: str, grpc_context=None
+    ) -> pb.ListSessionsResponse:
+        recs, token = await self.store.list(tenant, page_size=request.page_size, page_token=request.page_token)
         return pb.ListSessionsResponse(sessions=[to_pb(r) for r in recs], next_page_token=token)
 
     @rpc("ForkSession", empty=pb.Session)
-    async def ForkSession(self, request: pb.ForkSessionRequest, grpc_context=None) -> pb.Session:
+    async def ForkSession(self, request: pb.ForkSessionRequest, tenant: str, grpc_context=None) -> pb.Session:
         rec = await self.core.fork(
-            self.tenant(grpc_context),
+            tenant,
             request.session_id,
             step=request.step if request.HasField("step") else None,
             seed=request.seed if request.HasField("seed") else None,
@@ -128,14 +152,15 @@ class SessionService(ServiceBase):
         return to_pb(rec)
 
     @rpc("DeleteSession", empty=pb.DeleteSessionResponse)
-    async def DeleteSession(self, request: pb.DeleteSessionRequest, grpc_context=None) -> pb.DeleteSessionResponse:
-        if not await self.store.delete(self.tenant(grpc_context), request.session_id):
+    async def DeleteSession(
+        self, request: pb.DeleteSessionRequest, tenant: str, grpc_context=None
+    ) -> pb.DeleteSessionResponse:
+        if not await self.store.delete(tenant, request.session_id):
             raise NotFound(f"session {request.session_id!r} not found")
         return pb.DeleteSessionResponse(deleted=True)
 
     @rpc("ExportSession", empty=pb.TrajectoryStep)
-    async def ExportSession(self, request: pb.ExportSessionRequest, grpc_context=None):
-        tenant = self.tenant(grpc_context)
+    async def ExportSession(self, request: pb.ExportSessionRequest, tenant: str, grpc_context=None):
         async for e in self.store.export(
             tenant, request.session_id, from_step=request.from_step, frames=request.include_frames
         ):
@@ -149,13 +174,14 @@ class SessionService(ServiceBase):
                 item.frame.CopyFrom(reencode(e.frame, request.format))
             yield item
 
-
     # -- for the web gateway (through a deployment handle; the gateway authenticated the tenant) --
-    async def create_for(self, tenant: str, *, prompt: str = "", image: bytes = b"", seed: int = 0,
-                         model: str = "") -> SessionRecord:
+    async def create_for(
+        self, tenant: str, *, prompt: str = "", image: bytes = b"", seed: int = 0, model: str = ""
+    ) -> SessionRecord:
         if image:
-            rec, _ = await self.core.create_from_image(tenant, common_pb2.Frame(format=PNG, data=image), seed=seed,
-                                                       model=model)
+            rec, _ = await self.core.create_from_image(
+                tenant, common_pb2.Frame(format=PNG, data=image), seed=seed, model=model
+            )
         else:
             rec, _ = await self.core.create_from_prompt(tenant, prompt, seed=seed, steps=0, guidance=0.0, model=model)
         self.m_created.inc(source="image" if image else "prompt")

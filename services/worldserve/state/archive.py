@@ -26,9 +26,12 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worldserve.common.errors import DataLoss
+
+if TYPE_CHECKING:
+    from obstore import ObjectMeta  # a TypedDict of obstore's stubs only
 
 __all__ = ["Archive", "ArchivedStep", "ChunkRef", "DataLoss", "decode_chunk", "encode_chunk"]
 
@@ -79,15 +82,15 @@ def decode_chunk(data: bytes, what: str = "chunk") -> list[ArchivedStep]:
     try:
         nl = data.index(b"\n")
         header = json.loads(data[:nl])
-        body = memoryview(data)[nl + 1:]
+        body = memoryview(data)[nl + 1 :]
         out = []
         for e in header["entries"]:
             fo, fl = e["frame"]
             lat = None
             if e["latent"] is not None:
                 lo, ll = e["latent"]
-                lat = bytes(body[lo:lo + ll])
-            out.append(ArchivedStep(int(e["step"]), e["action"], bytes(body[fo:fo + fl]), lat))
+                lat = bytes(body[lo : lo + ll])
+            out.append(ArchivedStep(int(e["step"]), e["action"], bytes(body[fo : fo + fl]), lat))
         return out
     except (ValueError, KeyError, TypeError) as e:
         raise DataLoss(f"{what} does not parse ({type(e).__name__})") from None
@@ -99,9 +102,14 @@ def make_store(url: str, options: Mapping[str, Any] | None = None):
     from obstore.store import LocalStore, S3Store
 
     opts = dict(options or {})
-    for key, env in (("endpoint", "AWS_ENDPOINT_URL"), ("endpoint", "AWS_ENDPOINT"), ("region", "AWS_REGION"),
-                     ("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
-                     ("session_token", "AWS_SESSION_TOKEN")):
+    for key, env in (
+        ("endpoint", "AWS_ENDPOINT_URL"),
+        ("endpoint", "AWS_ENDPOINT"),
+        ("region", "AWS_REGION"),
+        ("access_key_id", "AWS_ACCESS_KEY_ID"),
+        ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+        ("session_token", "AWS_SESSION_TOKEN"),
+    ):
         if not opts.get(key) and os.environ.get(env):  # the usual AWS_* variables, where options are silent
             opts[key] = os.environ[env]
     if "allow_http" not in opts and os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true", "yes"):
@@ -130,7 +138,7 @@ class Archive:
         self.prefix = prefix
 
     @classmethod
-    def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> "Archive":
+    def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Archive:
         store, prefix = make_store(url, options)
         return cls(store, prefix)
 
@@ -156,8 +164,10 @@ class Archive:
             return []
         try:
             data = json.loads(raw)
-            return [ChunkRef(int(c["first"]), int(c["last"]), c["key"], c["sha256"], int(c["bytes"]))
-                    for c in data["chunks"]]
+            return [
+                ChunkRef(int(c["first"]), int(c["last"]), c["key"], c["sha256"], int(c["bytes"]))
+                for c in data["chunks"]
+            ]
         except (ValueError, KeyError, TypeError) as e:
             raise DataLoss(f"session {sid!r}: the archive's manifest does not parse ({type(e).__name__})") from None
 
@@ -175,8 +185,9 @@ class Archive:
         if any(c.first == first and c.last == last for c in chunks):
             return ref
         if chunks and first != chunks[-1].last + 1:
-            raise DataLoss(f"session {sid!r}: chunk {first}-{last} does not follow the archive's last step "
-                           f"{chunks[-1].last}")
+            raise DataLoss(
+                f"session {sid!r}: chunk {first}-{last} does not follow the archive's last step {chunks[-1].last}"
+            )
         chunks.append(ref)
         await self.write_manifest(tenant, sid, chunks)
         return ref
@@ -228,12 +239,14 @@ class Archive:
             sub = await obstore.list_with_delimiter_async(self.store, tp.rstrip("/") + "/")
             for sp in sub["common_prefixes"]:
                 sid = sp.rstrip("/").rsplit("/", 1)[1]
-                newest = max((m["last_modified"].timestamp() for m in await self._list_meta(sp.rstrip("/") + "/")),
-                             default=time.time())
+                newest = max(
+                    (m["last_modified"].timestamp() for m in await self._list_meta(sp.rstrip("/") + "/")),
+                    default=time.time(),
+                )
                 out.append((tenant, sid, time.time() - newest))
         return out
 
-    async def _list_meta(self, path: str) -> list[dict]:
+    async def _list_meta(self, path: str) -> list[ObjectMeta]:
         import obstore
 
         return [m async for page in obstore.list(self.store, path) for m in page]
@@ -245,8 +258,11 @@ class Archive:
         owner records the child (``children/<child>``), so a delete keeps what a child still reads."""
         import obstore
 
-        refs = [ChunkRef(c.first, min(c.last, upto), c.key, c.sha256, c.bytes)
-                for c in await self.manifest(tenant, parent) if c.first <= upto]
+        refs = [
+            ChunkRef(c.first, min(c.last, upto), c.key, c.sha256, c.bytes)
+            for c in await self.manifest(tenant, parent)
+            if c.first <= upto
+        ]
         for owner in sorted({self._owner(c.key) for c in refs}):
             await obstore.put_async(self.store, f"{self.prefix}{owner}children/{child}", b"")
         await self.write_manifest(tenant, child, refs)

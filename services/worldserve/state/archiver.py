@@ -70,9 +70,10 @@ class Archiver:
                 log.warning("session %s/%s: steps %s are not in Redis; not archived", tenant, sid, missing[:8])
                 self._failed("missing_steps")
                 break
-            await self.archive.write_chunk(tenant, sid, entries)
-            got = await self.store.trim(tenant, sid, expected=rec.archived, archived=last, window=p.hot_window,
-                                        rid_keep=p.rid_keep)
+            await self.archive.write_chunk(tenant, sid, [e for e in entries if e is not None])
+            got = await self.store.trim(
+                tenant, sid, expected=rec.archived, archived=last, window=p.hot_window, rid_keep=p.rid_keep
+            )
             if got < 0:  # gone, or another archiver moved it first
                 break
             written += 1
@@ -93,9 +94,14 @@ class Archiver:
         for tenant, sid in await self.store.claim_due(n, self.policy.lease_s):
             try:
                 total += await self.archive_session(tenant, sid)
-            except Exception as e:  # noqa: BLE001 - the archive away: the tail stays in Redis, retried later
-                log.warning("archiving %s/%s failed (%s: %s); retried after the lease", tenant, sid,
-                            type(e).__name__, str(e)[:200])
+            except Exception as e:
+                log.warning(
+                    "archiving %s/%s failed (%s: %s); retried after the lease",
+                    tenant,
+                    sid,
+                    type(e).__name__,
+                    str(e)[:200],
+                )
                 self._failed(type(e).__name__)
         return total
 
@@ -127,7 +133,7 @@ class Archiver:
                     await asyncio.sleep(idle_s)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - Redis away: try again shortly
+            except Exception as e:
                 log.warning("archiver pass failed (%s)", type(e).__name__)
                 self._failed(type(e).__name__)
                 await asyncio.sleep(1.0)

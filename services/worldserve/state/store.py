@@ -27,6 +27,7 @@ that Redis still holds (one script) and shares its archived chunks by reference.
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import math
 import re
@@ -34,11 +35,24 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, cast
 
 import redis.asyncio as aioredis
 
-from worldserve.common.errors import (Conflict, DataLoss, FailedPrecondition, InvalidArgument, NotFound,
-                                     ResourceExhausted)
+from worldserve.common.errors import (
+    Conflict,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+
+if TYPE_CHECKING:
+    from redis.asyncio.cluster import RedisCluster
+    from redis.typing import EncodableT, FieldT
+
+    from worldserve.state.archive import Archive, ArchivedStep
 
 CLUSTER_SCHEME = "redis+cluster://"  # redis_url of a Redis Cluster: redis+cluster://[:password@]host:port
 DELETIONS_CHANNEL = "ws:deleted"  # pub/sub: "<tenant>\n<sid>" of every deleted session
@@ -49,7 +63,8 @@ REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 """A client's idempotency key of a step (a Rollout's action i is recorded as "<id>/<i>")."""
 
 # KEYS: record, log. ARGV: expected step, action JSON, latent, frame PNG, time, request id ("" =
-# none), most steps not yet archived (0: no bound). Returns {new step, 0}, {-1, 0} (no session),
+# none), most steps not yet archived (0: no bound), step 0's latent ("" = none: set only when
+# absent, the first step encodes it). Returns {new step, 0}, {-1, 0} (no session),
 # {-2, current step} (moved on), {-3, step} (this request id already landed as that step: nothing
 # written), or {-4, archived step} (the unarchived tail is full: nothing written).
 _APPEND = """
@@ -68,6 +83,7 @@ if bound > 0 then
   if n - archived > bound then return {-4, archived} end
 end
 redis.call('HSET', KEYS[2], 'a:' .. n, ARGV[2], 'z:' .. n, ARGV[3], 'f:' .. n, ARGV[4])
+if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[2], 'z:0', ARGV[8]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[6], n, 'q:' .. n, ARGV[6]) end
 redis.call('HSET', KEYS[1], 'step', n, 'updated_at', ARGV[5])
 local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
@@ -183,7 +199,7 @@ class SessionRecord:
     """The last step whose action, latent and frame Redis dropped (archived before)."""
 
     @classmethod
-    def from_redis(cls, tenant: str, sid: str, h: dict[bytes, bytes]) -> "SessionRecord":
+    def from_redis(cls, tenant: str, sid: str, h: dict[bytes, bytes]) -> SessionRecord:
         g = {k.decode(): v.decode() for k, v in h.items()}
         return cls(
             session_id=sid,
@@ -204,7 +220,7 @@ class SessionRecord:
             trimmed=int(g.get("trimmed", -1)),
         )
 
-    def fields(self) -> dict[str, str]:
+    def fields(self) -> dict[FieldT, EncodableT]:
         d = asdict(self)
         d.pop("session_id")
         d.pop("tenant")
@@ -217,6 +233,17 @@ class LogEntry:
     action: dict | None  # None for step 0
     latent: bytes | None  # packed array; None until the dynamics service encoded it
     frame: bytes | None  # PNG
+
+
+# This store's client never decodes responses (bytes out). redis-py types its answers for both kinds
+# of client (bytes | str), and a sorted-set range for both shapes (with or without scores): these
+# narrow an answer to what this client gets.
+def _raw(vals: object) -> builtins.list[bytes | None]:
+    return cast("list[bytes | None]", vals)
+
+
+def _scored(rows: object) -> builtins.list[tuple[bytes, float]]:
+    return cast("list[tuple[bytes, float]]", rows)
 
 
 def check_session_id(sid: str) -> str:
@@ -232,8 +259,15 @@ def new_session_id() -> str:
 class SessionStore:
     """Async access to sessions; knows nothing of gRPC. Errors are worldserve errors."""
 
-    def __init__(self, r: aioredis.Redis, *, default_ttl_s: int = 24 * 3600, observe=None, archive=None,
-                 max_tail: int = 0):
+    def __init__(
+        self,
+        r: aioredis.Redis | RedisCluster,
+        *,
+        default_ttl_s: int = 24 * 3600,
+        observe=None,
+        archive: Archive | None = None,
+        max_tail: int = 0,
+    ):
         self.r = r
         self.default_ttl_s = default_ttl_s
         self._observe = observe  # callable(op, seconds) for the Redis latency histogram
@@ -246,8 +280,16 @@ class SessionStore:
         self._reserve = r.register_script(_RESERVE)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = 5.0, default_ttl_s: int = 24 * 3600, observe=None,
-                 archive=None, max_tail: int = 0) -> "SessionStore":
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_s: float = 5.0,
+        default_ttl_s: int = 24 * 3600,
+        observe=None,
+        archive=None,
+        max_tail: int = 0,
+    ) -> SessionStore:
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
@@ -259,24 +301,33 @@ class SessionStore:
         if url.startswith(CLUSTER_SCHEME):  # a Redis Cluster: any node's address
             from redis.asyncio.cluster import RedisCluster
 
+            r: aioredis.Redis | RedisCluster
             node = url.removeprefix(CLUSTER_SCHEME).split("/", 1)[0]
-            r = RedisCluster.from_url(f"redis://{node}", socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                      retry=retry)
+            r = RedisCluster.from_url(
+                f"redis://{node}", socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry
+            )
         else:
-            r = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                        health_check_interval=30, retry=retry)
+            r = aioredis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30, retry=retry
+            )
         return cls(r, default_ttl_s=default_ttl_s, observe=observe, archive=archive, max_tail=max_tail)
 
     @classmethod
-    def from_config(cls, config, observe=None) -> "SessionStore":
+    def from_config(cls, config, observe=None) -> SessionStore:
         """The store a service uses: ``config``'s Redis, timeouts, TTL and archive."""
         archive = None
         if config.archive_url:
             from worldserve.state.archive import Archive
 
             archive = Archive.from_url(config.archive_url, config.archive_options)
-        return cls.from_url(config.redis_url, timeout_s=config.redis_timeout_s, default_ttl_s=config.session_ttl_s,
-                            observe=observe, archive=archive, max_tail=config.archive_max_tail_steps)
+        return cls.from_url(
+            config.redis_url,
+            timeout_s=config.redis_timeout_s,
+            default_ttl_s=config.session_ttl_s,
+            observe=observe,
+            archive=archive,
+            max_tail=config.archive_max_tail_steps,
+        )
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -330,7 +381,7 @@ class SessionStore:
             width=width,
             height=height,
         )
-        log = {"f:0": first_frame}
+        log: dict[FieldT, EncodableT] = {"f:0": first_frame}
         if first_latent is not None:
             log["z:0"] = first_latent
         async with self.r.pipeline(transaction=True) as p:  # one slot: the session's two keys
@@ -367,13 +418,13 @@ class SessionStore:
         """Drop a reservation whose create failed (best effort: a left-over one is pruned later)."""
         try:
             await self.r.zrem(self._index(tenant), sid)
-        except Exception:  # noqa: BLE001 - Redis away: pruned by the next count
+        except Exception:
             pass
 
     async def _prune(self, tenant: str) -> tuple[int, float | None]:
         """Drop index entries whose session is gone (older than ``INDEX_GRACE_S``); returns the live
         count and the seconds until the soonest live session expires (None: unknown)."""
-        rows = await self.r.zrange(self._index(tenant), 0, -1, withscores=True)
+        rows = _scored(await self.r.zrange(self._index(tenant), 0, -1, withscores=True))
         async with self.r.pipeline(transaction=False) as p:
             for m, _ in rows:
                 p.pttl(self._rec(tenant, m.decode()))
@@ -399,37 +450,56 @@ class SessionStore:
         self._timed("models_of", t0)
         return [None if v is None else v.decode() for v in vals]
 
+    async def get_for_step(
+        self, tenant: str, sid: str, request_id: str, rate: tuple[str, list] | None = None
+    ) -> tuple[SessionRecord, int | None, tuple[int, int] | None]:
+        """The record (touched), for a non-empty ``request_id`` the step it already landed as (None:
+        not yet), and with ``rate`` (the tenant's GCRA key and its ARGV,
+        :mod:`worldserve.state.quotas`) the quota's answer ``(ok, µs to wait)``: one round trip.
+        The quota is charged first, whatever the record says (as a charge before the read)."""
+        check_session_id(sid)
+        t0 = time.perf_counter()
+        async with self.r.pipeline(transaction=False) as p:
+            if rate is not None:
+                from worldserve.state.quotas import GCRA
+
+                p.eval(GCRA, 1, rate[0], *rate[1])  # EVAL, not a Script: a pipeline's scripts cost a SCRIPT EXISTS
+            p.hgetall(self._rec(tenant, sid))
+            p.ttl(self._rec(tenant, sid))
+            if request_id:
+                p.hget(self._log(tenant, sid), f"r:{request_id}")
+            res = await p.execute()
+        charged = None
+        if rate is not None:
+            ok, wait_us = res.pop(0)
+            charged = (int(ok), int(wait_us))
+        rec = await self._record(tenant, sid, res[0], res[1], t0)
+        return rec, (int(res[-1]) if request_id and res[-1] is not None else None), charged
+
     async def get(self, tenant: str, sid: str, *, touch: bool = True) -> SessionRecord:
-        return (await self._get(tenant, sid, touch, ""))[0]
-
-    async def get_for_step(self, tenant: str, sid: str, request_id: str) -> tuple[SessionRecord, int | None]:
-        """The record (touched) and, for a non-empty ``request_id``, the step it already landed as
-        (None: not yet) -- one round trip, as ``get`` alone."""
-        return await self._get(tenant, sid, True, request_id)
-
-    async def _get(self, tenant: str, sid: str, touch: bool, request_id: str) -> tuple[SessionRecord, int | None]:
         check_session_id(sid)
         t0 = time.perf_counter()
         async with self.r.pipeline(transaction=False) as p:
             p.hgetall(self._rec(tenant, sid))
             if touch:
                 p.ttl(self._rec(tenant, sid))
-            if request_id:
-                p.hget(self._log(tenant, sid), f"r:{request_id}")
             res = await p.execute()
-        h = res[0]
+        return await self._record(tenant, sid, res[0], res[1] if touch else None, t0)
+
+    async def _record(self, tenant: str, sid: str, h: dict, ttl: int | None, t0: float) -> SessionRecord:
+        """The record from its hash; NotFound when empty. With ``ttl`` (its remaining TTL) the TTL
+        is refreshed on use, skipping the write while it is still nearly full."""
         if not h:
             self._timed("get", t0)
             raise NotFound(f"session {sid!r} not found")
         rec = SessionRecord.from_redis(tenant, sid, h)
-        if touch:  # refresh on use; skip the write when the TTL is still nearly full
-            if res[1] < 0.9 * rec.ttl_s:
-                async with self.r.pipeline(transaction=False) as p:
-                    p.expire(self._rec(tenant, sid), rec.ttl_s)
-                    p.expire(self._log(tenant, sid), rec.ttl_s)
-                    await p.execute()
+        if ttl is not None and ttl < 0.9 * rec.ttl_s:
+            async with self.r.pipeline(transaction=False) as p:
+                p.expire(self._rec(tenant, sid), rec.ttl_s)
+                p.expire(self._log(tenant, sid), rec.ttl_s)
+                await p.execute()
         self._timed("get", t0)
-        return rec, (int(res[-1]) if request_id and res[-1] is not None else None)
+        return rec
 
     async def list(self, tenant: str, *, page_size: int = 100, page_token: str = "") -> tuple[list[SessionRecord], str]:
         if not (0 <= page_size <= 1000):
@@ -443,7 +513,7 @@ class SessionStore:
                 score_s, after_sid = base64.urlsafe_b64decode(page_token.encode()).decode().split("|", 1)
                 score = float(score_s)
                 check_session_id(after_sid)
-            except Exception:  # noqa: BLE001 - not base64, not UTF-8, no separator, not a number, not an id
+            except Exception:
                 raise bad from None
             if not math.isfinite(score):
                 raise bad
@@ -453,8 +523,10 @@ class SessionStore:
         scores: list[float] = []
         offset = 0
         while len(out) <= page_size:  # one more than a page tells whether a next page exists
-            rows = await self.r.zrevrangebyscore(
-                self._index(tenant), max_score, "-inf", start=offset, num=page_size + 8, withscores=True
+            rows = _scored(
+                await self.r.zrevrangebyscore(
+                    self._index(tenant), max_score, "-inf", start=offset, num=page_size + 8, withscores=True
+                )
             )
             if not rows:
                 break
@@ -513,8 +585,9 @@ class SessionStore:
         finally:
             await pubsub.aclose()
 
-    async def fork(self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None,
-                   session_id: str | None = None) -> SessionRecord:
+    async def fork(
+        self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None, session_id: str | None = None
+    ) -> SessionRecord:
         """A child session at ``step`` (default: the parent's current step); ``session_id``: its
         id reserved by ``reserve`` (default: a new one). The child gets a copy of the parent's
         steps that Redis still holds (after its trimmed ones) and, with an archive, shares its
@@ -530,8 +603,8 @@ class SessionStore:
             at = parent.step if step is None else step
             first = max(0, parent.trimmed + 1)
             names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "f")]
-            vals = await self.r.hmget(self._log(tenant, sid), names) if names else []
-            entries = {k: v for k, v in zip(names, vals) if v is not None}
+            vals = _raw(await self.r.hmget(self._log(tenant, sid), names)) if names else []
+            entries: dict[FieldT, EncodableT] = {k: v for k, v in zip(names, vals) if v is not None}
             fresh = await self.get(tenant, sid, touch=True)  # NotFound if deleted meanwhile; refreshes its TTL
             if fresh.trimmed == parent.trimmed:
                 break
@@ -542,16 +615,25 @@ class SessionStore:
         if missing:
             raise DataLoss(f"session {sid!r}: steps {missing[0]}-{missing[-1]} are missing from Redis")
         now = time.time()
-        fields = {
-            "model": parent.model, "prompt": parent.prompt, "seed": str(parent.seed if seed is None else int(seed)),
-            "step": str(at), "parent_id": sid, "fork_step": str(at), "created_at": str(now), "updated_at": str(now),
-            "ttl_s": str(parent.ttl_s), "width": str(parent.width), "height": str(parent.height),
+        fields: dict[FieldT, EncodableT] = {
+            "model": parent.model,
+            "prompt": parent.prompt,
+            "seed": str(parent.seed if seed is None else int(seed)),
+            "step": str(at),
+            "parent_id": sid,
+            "fork_step": str(at),
+            "created_at": str(now),
+            "updated_at": str(now),
+            "ttl_s": str(parent.ttl_s),
+            "width": str(parent.width),
+            "height": str(parent.height),
             "version": str(SCHEMA_VERSION),
         }
         if self.archive is not None:  # the child's archived history: the parent's chunks, shared
             upto = min(at, parent.archived)
             await self.archive.share(tenant, sid, child_id, upto)
-            fields.update(archived=str(upto), trimmed=str(min(parent.trimmed, at)))
+            fields["archived"] = str(upto)
+            fields["trimmed"] = str(min(parent.trimmed, at))
         async with self.r.pipeline(transaction=True) as p:  # one slot: the child's two keys
             if entries:
                 p.hset(self._log(tenant, child_id), mapping=entries)
@@ -564,28 +646,55 @@ class SessionStore:
         return await self.get(tenant, child_id, touch=False)
 
     async def append(
-        self, tenant: str, sid: str, *, expected_step: int, action: dict, latent: bytes, frame: bytes,
+        self,
+        tenant: str,
+        sid: str,
+        *,
+        expected_step: int,
+        action: dict,
+        latent: bytes,
+        frame: bytes,
         request_id: str = "",
+        first_latent: bytes | None = None,
+        due: bool = False,
     ) -> int:
         """Compare-and-set append of step ``expected_step + 1``; returns the new step. A non-empty
-        ``request_id`` is recorded with the step, in the same script.
+        ``request_id`` is recorded with the step, ``first_latent`` (step 0's latent, encoded by the
+        first step) stored where absent, both in the same script; ``due``: the step fills an
+        archive chunk, the session joins the archiver's queue in the same round trip (a due mark
+        of a step that did not land is harmless: the archiver finds nothing new).
 
         Raises NotFound when the session is gone, Conflict when another write moved it first,
         AlreadyApplied when ``request_id`` had already landed (nothing written).
         """
         t0 = time.perf_counter()
-        n, cur = await self._append(
-            keys=[self._rec(tenant, sid), self._log(tenant, sid)],
-            args=[expected_step, json.dumps(action, separators=(",", ":"), sort_keys=True), latent, frame,
-                  repr(time.time()), request_id, self.max_tail],
-        )
+        args: builtins.list[EncodableT] = [
+            expected_step,
+            json.dumps(action, separators=(",", ":"), sort_keys=True),
+            latent,
+            frame,
+            repr(time.time()),
+            request_id,
+            self.max_tail,
+            first_latent or b"",
+        ]
+        keys = [self._rec(tenant, sid), self._log(tenant, sid)]
+        if due:
+            async with self.r.pipeline(transaction=False) as p:
+                p.eval(_APPEND, 2, *keys, *args)  # EVAL, not a Script: a pipeline's scripts cost a SCRIPT EXISTS
+                p.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time()}, nx=True)
+                (n, cur), _ = await p.execute()
+        else:
+            n, cur = await self._append(keys=keys, args=args)
         self._timed("append", t0)
         if n == -1:
             raise NotFound(f"session {sid!r} not found")
         if n == -4:
             raise ResourceExhausted(
                 f"session {sid!r} has {expected_step + 1 - int(cur)} steps not yet archived (the limit): the "
-                "archive is unreachable or behind; this step was not applied, retry later", retry_after_s=1.0)
+                "archive is unreachable or behind; this step was not applied, retry later",
+                retry_after_s=1.0,
+            )
         if n == -3:
             raise AlreadyApplied(int(cur))
         if n == -2:
@@ -608,9 +717,11 @@ class SessionStore:
 
     async def check_step(self, rec: SessionRecord, expected_step: int | None) -> None:
         if expected_step is not None and expected_step != rec.step:
-            raise FailedPrecondition(f"session {rec.session_id!r} is at step {rec.step}, not the expected step {expected_step}")
+            raise FailedPrecondition(
+                f"session {rec.session_id!r} is at step {rec.step}, not the expected step {expected_step}"
+            )
 
-    async def window(self, tenant: str, sid: str, *, end_step: int, frames: int) -> list[LogEntry]:
+    async def window(self, tenant: str, sid: str, *, end_step: int, frames: int) -> builtins.list[LogEntry]:
         """The last ``frames`` log entries up to ``end_step`` (latents and actions, no frames)."""
         start = max(0, end_step - frames + 1)
         steps = list(range(start, end_step + 1))
@@ -618,7 +729,7 @@ class SessionStore:
         for n in steps:
             names += [f"a:{n}", f"z:{n}"]
         t0 = time.perf_counter()
-        vals = await self.r.hmget(self._log(tenant, sid), names)
+        vals = _raw(await self.r.hmget(self._log(tenant, sid), names))
         self._timed("window", t0)
         out = []
         for i, n in enumerate(steps):
@@ -627,16 +738,20 @@ class SessionStore:
         return out
 
     async def first_frame(self, tenant: str, sid: str) -> bytes:
-        v = await self.r.hget(self._log(tenant, sid), "f:0")
+        v = _raw([await self.r.hget(self._log(tenant, sid), "f:0")])[0]
         if v is None:
             raise NotFound(f"session {sid!r} not found")
         return v
 
-    async def set_latent_if_absent(self, tenant: str, sid: str, step: int, latent: bytes) -> None:
-        await self.r.hsetnx(self._log(tenant, sid), f"z:{step}", latent)
-
     async def export(
-        self, tenant: str, sid: str, *, from_step: int = 0, to_step: int | None = None, frames: bool = True, chunk: int = 32
+        self,
+        tenant: str,
+        sid: str,
+        *,
+        from_step: int = 0,
+        to_step: int | None = None,
+        frames: bool = True,
+        chunk: int = 32,
     ) -> AsyncIterator[LogEntry]:
         """Stream a trajectory in chunks (bounded memory for long sessions): the archived steps from
         the archive (DATA_LOSS for a missing or corrupt chunk), then the rest from Redis."""
@@ -647,7 +762,8 @@ class SessionStore:
         while n <= end:
             if n <= archived:  # the archived steps, from the archive
                 last = min(end, archived)
-                async for e in self.archive.steps(tenant, sid, n, last):  # type: ignore[union-attr]
+                assert self.archive is not None  # archived >= 0 only with an archive
+                async for e in self.archive.steps(tenant, sid, n, last):
                     yield LogEntry(e.step, e.action, None, e.frame if frames else None)
                 n = last + 1
                 continue
@@ -655,7 +771,7 @@ class SessionStore:
             names: list[str] = []
             for m in steps:
                 names += [f"a:{m}", f"f:{m}"] if frames else [f"a:{m}"]
-            vals = await self.r.hmget(self._log(tenant, sid), names)
+            vals = _raw(await self.r.hmget(self._log(tenant, sid), names))
             k = 2 if frames else 1
             for i, m in enumerate(steps):
                 a = vals[k * i]
@@ -674,24 +790,26 @@ class SessionStore:
         """The session has a full chunk to archive."""
         await self.r.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time()}, nx=True)
 
-    async def claim_due(self, n: int, lease_s: float) -> list[tuple[str, str]]:
+    async def claim_due(self, n: int, lease_s: float) -> builtins.list[tuple[str, str]]:
         got = await self._claim(keys=[ARCHIVE_DUE], args=[repr(time.time()), repr(lease_s), n])
-        return [tuple(m.decode().split("\n", 1)) for m in got]  # type: ignore[misc]
+        return [tuple(m.decode().split("\n", 1)) for m in got]
 
     async def done_due(self, tenant: str, sid: str) -> None:
         await self.r.zrem(ARCHIVE_DUE, f"{tenant}\n{sid}")
 
-    async def log_entries(self, tenant: str, sid: str, first: int, last: int, *, latents: bool = True) -> list:
+    async def log_entries(
+        self, tenant: str, sid: str, first: int, last: int, *, latents: bool = True
+    ) -> builtins.list[ArchivedStep | None]:
         """Steps ``first`` .. ``last`` from Redis as ArchivedStep, or None where a part is missing."""
         from worldserve.state.archive import ArchivedStep
 
         names: list[str] = []
         for m in range(first, last + 1):
             names += [f"a:{m}", f"f:{m}", f"z:{m}"]
-        vals = await self.r.hmget(self._log(tenant, sid), names)
-        out = []
+        vals = _raw(await self.r.hmget(self._log(tenant, sid), names))
+        out: builtins.list[ArchivedStep | None] = []
         for i, m in enumerate(range(first, last + 1)):
-            a, f, z = vals[3 * i: 3 * i + 3]
+            a, f, z = vals[3 * i : 3 * i + 3]
             if f is None or (m > 0 and a is None):
                 out.append(None)
             else:
@@ -702,8 +820,9 @@ class SessionStore:
         """Record ``archived`` (compare-and-set on the previous value) and drop what Redis no longer
         needs; returns the new archived step, -1 (no session) or -2 (moved by someone else)."""
         t0 = time.perf_counter()
-        n = await self._trim(keys=[self._rec(tenant, sid), self._log(tenant, sid)],
-                             args=[expected, archived, window, rid_keep])
+        n = await self._trim(
+            keys=[self._rec(tenant, sid), self._log(tenant, sid)], args=[expected, archived, window, rid_keep]
+        )
         self._timed("trim", t0)
         return int(n)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import torch
 import typer
 from rich.console import Console
 
-from .trainer import TrainConfig, export as export_weights, train_all
+from .evaluate import command as evaluate_command
+from .trainer import TrainConfig, train_all
+from .trainer import export as export_weights
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -22,7 +23,11 @@ def _config(out: Path, scale: float, threads: int, device: str, n_traj: int) -> 
     tc = TrainConfig(out=out, device=device, n_traj=n_traj)
     for name in ("ae", "dynamics", "image"):
         pc = getattr(tc, name)
-        setattr(tc, name, dataclasses.replace(pc, iters=max(1, round(pc.iters * scale)), budget_s=pc.budget_s * max(scale, 1.0)))
+        setattr(
+            tc,
+            name,
+            dataclasses.replace(pc, iters=max(1, round(pc.iters * scale)), budget_s=pc.budget_s * max(scale, 1.0)),
+        )
     return tc
 
 
@@ -35,8 +40,15 @@ def _train_canvas(out: Path, scale: float, budget_min: float, device: str, stop_
 
     base = CanvasTrainConfig()
     over = {k: v for k, v in over.items() if v is not None}
-    tc = dataclasses.replace(base, out=out, iters=max(1, round(base.iters * scale)), budget_s=budget_min * 60,
-                             unroll_from=round(base.unroll_from * scale), device=_device(device), stop_at=stop_at)
+    tc = dataclasses.replace(
+        base,
+        out=out,
+        iters=max(1, round(base.iters * scale)),
+        budget_s=budget_min * 60,
+        unroll_from=round(base.unroll_from * scale),
+        device=_device(device),
+        stop_at=stop_at,
+    )
     tc = dataclasses.replace(tc, **over)
     return train_canvas(tc, log=console.print)
 
@@ -44,21 +56,32 @@ def _train_canvas(out: Path, scale: float, budget_min: float, device: str, stop_
 def _train_caption(out: Path, scale: float, budget_min: float, device: str) -> Path:
     from .image_trainer import train_caption_decoder
 
-    return train_caption_decoder(out, iters=max(1, round(4000 * scale)), batch=32, budget_s=budget_min * 60,
-                                 device=_device(device), log=console.print)
+    return train_caption_decoder(
+        out,
+        iters=max(1, round(4000 * scale)),
+        batch=32,
+        budget_s=budget_min * 60,
+        device=_device(device),
+        log=console.print,
+    )
 
 
 @app.command()
 def all(
     out: Path = typer.Option(Path("runs/platformer"), help="Working folder: checkpoints, resumable."),
-    scale: float = typer.Option(1.0, min=0.001, max=100.0, help="Multiply every phase's iterations (0.01 = a smoke run)."),
+    scale: float = typer.Option(
+        1.0, min=0.001, max=100.0, help="Multiply every phase's iterations (0.01 = a smoke run)."
+    ),
     threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     n_traj: int = typer.Option(320, min=2, max=100000, help="Training trajectories."),
-    phases: str = typer.Option("autoencoder,dynamics,caption,canvas", help="Comma-separated phases to run (in "
-                               "order): autoencoder, dynamics (the latent transformer, the fast tier), caption "
-                               "(prompt -> first frame; the shipped image model), canvas (the default dynamics "
-                               "model), image (the earlier flow prompt-to-image model)."),
+    phases: str = typer.Option(
+        "autoencoder,dynamics,caption,canvas",
+        help="Comma-separated phases to run (in "
+        "order): autoencoder, dynamics (the latent transformer, the fast tier), caption "
+        "(prompt -> first frame; the shipped image model), canvas (the default dynamics "
+        "model), image (the earlier flow prompt-to-image model).",
+    ),
     caption_min: float = typer.Option(35.0, min=0.1, help="Wall-clock budget of the caption phase, minutes."),
     canvas_min: float = typer.Option(105.0, min=0.1, help="Wall-clock budget of the canvas phase, minutes."),
 ) -> None:
@@ -86,27 +109,41 @@ def canvas(
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     budget_min: float = typer.Option(105.0, min=0.1, help="Wall-clock budget, minutes (the LR schedule follows it)."),
     stop_at: int = typer.Option(0, min=0, help="Stop after this iteration with a checkpoint (0: run to the end)."),
-    batch: Optional[int] = typer.Option(None, min=1, help="Sequences per iteration (default 8)."),
-    lr: Optional[float] = typer.Option(None, min=0.0, help="Peak learning rate (default 1e-3)."),
-    episodes: Optional[int] = typer.Option(None, min=2, help="Training episodes played (default 800)."),
-    unroll_from: Optional[int] = typer.Option(None, min=0, help="First iteration that unrolls its own frames."),
-    choice_loss: Optional[str] = typer.Option(None, help="canonical (default) or marginal."),
-    draw_loss: Optional[str] = typer.Option(None, help="mse (default) or l1 (never-seen columns as plain background)."),
-    init_from: Optional[Path] = typer.Option(None, help="Warm start: a ckpt.pt or a model folder."),
+    batch: int | None = typer.Option(None, min=1, help="Sequences per iteration (default 8)."),
+    lr: float | None = typer.Option(None, min=0.0, help="Peak learning rate (default 1e-3)."),
+    episodes: int | None = typer.Option(None, min=2, help="Training episodes played (default 800)."),
+    unroll_from: int | None = typer.Option(None, min=0, help="First iteration that unrolls its own frames."),
+    choice_loss: str | None = typer.Option(None, help="canonical (default) or marginal."),
+    draw_loss: str | None = typer.Option(None, help="mse (default) or l1 (never-seen columns as plain background)."),
+    init_from: Path | None = typer.Option(None, help="Warm start: a ckpt.pt or a model folder."),
     workers: int = typer.Option(1, min=1, max=256, help="Processes that play the training episodes."),
     export_every: int = typer.Option(0, min=0, help="Also write OUT/model every N iterations."),
     player_layer: bool = typer.Option(True, help="Draw the player as a learned sprite layer (the default model's)."),
     background_canvas: bool = typer.Option(
-        True, help="Remember the world without the player (needs the player layer; the default model's)."),
+        True, help="Remember the world without the player (needs the player layer; the default model's)."
+    ),
 ) -> None:
     """Train the scroll-canvas dynamics model (kind scroll_canvas). The model folder lands in OUT/model."""
     from worldserve.dynamics.models.canvas.model import CanvasConfig
 
     torch.set_num_threads(threads)
-    _train_canvas(out, scale, budget_min, device, stop_at, batch=batch, lr=lr, n_episodes=episodes,
-                  unroll_from=unroll_from, choice_loss=choice_loss, draw_loss=draw_loss, init_from=init_from,
-                  workers=workers, export_every=export_every, model=CanvasConfig(
-                      player_layer=player_layer, background_canvas=background_canvas and player_layer))
+    _train_canvas(
+        out,
+        scale,
+        budget_min,
+        device,
+        stop_at,
+        batch=batch,
+        lr=lr,
+        n_episodes=episodes,
+        unroll_from=unroll_from,
+        choice_loss=choice_loss,
+        draw_loss=draw_loss,
+        init_from=init_from,
+        workers=workers,
+        export_every=export_every,
+        model=CanvasConfig(player_layer=player_layer, background_canvas=background_canvas and player_layer),
+    )
 
 
 @app.command()
@@ -151,25 +188,7 @@ def export(
     console.print(f"image: {dst} (from {src})")
 
 
-@app.command()
-def evaluate(
-    dynamics: Path = typer.Option(WEIGHTS / "dynamics",
-                                  help="Dynamics model folder (kind: config.json's kind, else world_model)."),
-    image: Path = typer.Option(WEIGHTS / "image",
-                               help="Image model folder (kind: config.json's kind, else tiny_text_to_image)."),
-    sessions: int = typer.Option(32, min=2, max=1024, help="Held-out worlds (sessions per rollout set)."),
-    prompts: int = typer.Option(64, min=1, max=10000, help="Held-out captions for prompt -> image."),
-    horizon: int = typer.Option(32, min=1, max=1024, help="Steps of the rollout PSNR curve (vs hold-the-first-frame)."),
-    threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
-    json_out: Path = typer.Option(None, "--json", help="Also write the figures as JSON here."),
-    sample_steps: int = typer.Option(0, min=0, max=64, help="Sampler steps per frame (a serving tier); 0 = the model's."),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto (models in their serving dtype: bf16 on CUDA)."),
-) -> None:
-    """Print the fidelity table with its targets (same as python -m worldserve.train.evaluate)."""
-    from .evaluate import run
-
-    run(dynamics, image, sessions=sessions, prompts=prompts, horizon=horizon, threads=threads, json_out=json_out,
-        sample_steps=sample_steps, device=_device(device))
+app.command("evaluate")(evaluate_command)
 
 
 if __name__ == "__main__":

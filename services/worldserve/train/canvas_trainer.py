@@ -21,16 +21,23 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worldserve.dynamics.models.canvas.model import (CanvasConfig, CanvasNet, paste_sprites, quantize, save_net,
-                                              sprite_cells, window_cols)
+from worldserve.dynamics.models.canvas.model import (
+    CanvasConfig,
+    CanvasNet,
+    paste_sprites,
+    quantize,
+    save_net,
+    sprite_cells,
+    window_cols,
+)
 from worldserve.worlds import Game, random_spec
 from worldserve.worlds.platformer import KEYS, random_actions, random_events
 
@@ -116,10 +123,15 @@ def make_episodes(seeds: range, steps: int, log: Callable[[str], None] = print, 
             rows = pool.map(_play_seed, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
     else:
         rows = [_play_seed(j) for j in jobs]
-    ep = Episodes(np.stack([r[0] for r in rows]), np.stack([action_matrix(r[1], KEYS, 2) for r in rows]),
-                  [r[2] for r in rows], np.asarray([r[3] for r in rows], np.int64),
-                  np.asarray([r[4] for r in rows], np.int64), np.asarray([r[5] for r in rows], np.int64),
-                  np.stack([r[6] for r in rows]))
+    ep = Episodes(
+        np.stack([r[0] for r in rows]),
+        np.stack([action_matrix(r[1], KEYS, 2) for r in rows]),
+        [r[2] for r in rows],
+        np.asarray([r[3] for r in rows], np.int64),
+        np.asarray([r[4] for r in rows], np.int64),
+        np.asarray([r[5] for r in rows], np.int64),
+        np.stack([r[6] for r in rows]),
+    )
     log(f"data: {len(rows)} episodes x {steps} steps in {time.monotonic() - t0:.0f}s")
     return ep
 
@@ -210,10 +222,18 @@ def build_batch(ep: Episodes, rng: np.random.Generator, tc: CanvasTrainConfig, K
     cam2 = ep.cams[n, np.maximum(s - 1, 0)]
     acts = ep.actions[n[:, None], idx[:, 1:]]  # (B, K, A)
     evs = [[ep.events[n[b]][int(idx[b, k + 1])] for b in range(B)] for k in range(K)]
-    u8 = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731  (uint8: scaled on the device)
-    out = dict(canvas=u8(canvas), valid=torch.from_numpy(valid), frames=u8(frames), prev2=u8(prev2),
-               cams=torch.from_numpy(cams), cam2=torch.from_numpy(cam2), actions=torch.from_numpy(acts),
-               events=evs, steps=torch.from_numpy(idx))
+    u8 = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    out = dict(
+        canvas=u8(canvas),
+        valid=torch.from_numpy(valid),
+        frames=u8(frames),
+        prev2=u8(prev2),
+        cams=torch.from_numpy(cams),
+        cam2=torch.from_numpy(cam2),
+        actions=torch.from_numpy(acts),
+        events=evs,
+        steps=torch.from_numpy(idx),
+    )
     if ep.player is not None and ep.light is not None:
         out["player"] = torch.from_numpy(ep.player[n[:, None], idx])  # (B, K+1, 5)
         out["light"] = torch.from_numpy(ep.light[n[:, None], idx])  # (B, K+1)
@@ -254,8 +274,9 @@ def sprite_pixels(player: torch.Tensor, sprite_size: tuple[int, int], frame_size
     return paste_sprites(zero, ones, mask, player[:, 1] - 1, player[:, 0])[:, 0]
 
 
-def sprite_loss(net: CanvasNet, p, target: torch.Tensor, player: torch.Tensor, light: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+def sprite_loss(
+    net: CanvasNet, p, target: torch.Tensor, player: torch.Tensor, light: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The player layer's losses for one step: anchor (cross-entropy over the heat map), pose (at the
     true anchor), lighting, and the true pose's template (its colours where the game draws the
     sprite, x100; its mask, binary cross-entropy)."""
@@ -282,8 +303,13 @@ def sprite_loss(net: CanvasNet, p, target: torch.Tensor, player: torch.Tensor, l
         ay, ax = got // W, got % W
         hit = ((ay - (fy - 1)).abs().maximum((ax - x).abs()) <= 1).float().mean()
     loss = heat + pose_ce + light_ce + 100.0 * colour + mask_bce
-    return loss, {"heat": float(heat.detach()), "anchor": float(hit), "pose": float(pose_ce.detach()),
-                  "light": float(light_ce.detach()), "sprite": float(colour.detach())}
+    return loss, {
+        "heat": float(heat.detach()),
+        "anchor": float(hit),
+        "pose": float(pose_ce.detach()),
+        "light": float(light_ce.detach()),
+        "sprite": float(colour.detach()),
+    }
 
 
 def to_device(batch: dict, device: str | torch.device) -> dict:
@@ -328,8 +354,9 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
         wv = window_cols(valid, start, W + 2 * m)
         dx = cams[:, k + 1] - cam
         ev = net.events(batch["events"][k])
-        p = net.predict(prev, prev2, cam - cam2, win, wv, cam, batch["actions"][:, k], ev, batch["steps"][:, k + 1],
-                        dx=dx)
+        p = net.predict(
+            prev, prev2, cam - cam2, win, wv, cam, batch["actions"][:, k], ev, batch["steps"][:, k + 1], dx=dx
+        )
         target = frames[:, k + 1]
         base_t = batch["background"][:, k + 1] if bgc else target  # what the copies and draws must give
         match = (p.taps - base_t[:, None]).abs().amax(2) < 0.5 / 255  # (B, K, H, W)
@@ -393,7 +420,7 @@ class _Prefetch:
         import queue
         import threading
 
-        self.q: "queue.Queue[tuple[int, dict]]" = queue.Queue(depth)
+        self.q: queue.Queue[tuple[int, dict]] = queue.Queue(depth)
         self.stop = threading.Event()
 
         def work() -> None:
@@ -465,21 +492,30 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
                 continue
             o = own[k]
             if v.shape[1:] == o.shape[1:] and v.shape[0] < o.shape[0]:  # a head that gained outputs: its old rows
-                keep[k] = torch.cat([v.to(o), o[v.shape[0]:]])
+                keep[k] = torch.cat([v.to(o), o[v.shape[0] :]])
                 grown.append(k)
             elif v.dim() > 1 and v.shape[0] == o.shape[0] and v.shape[2:] == o.shape[2:] and v.shape[1] < o.shape[1]:
                 # a layer that gained inputs (appended last): they start switched off
-                keep[k] = torch.cat([v.to(o), torch.zeros_like(o[:, v.shape[1]:])], 1)
+                keep[k] = torch.cat([v.to(o), torch.zeros_like(o[:, v.shape[1] :])], 1)
                 grown.append(k)
         net.load_state_dict(keep, strict=False)
-        log(f"warm start from {tc.init_from}: {len(keep)} of {len(own)} tensors"
-            + (f" ({', '.join(grown)} grown)" if grown else ""))
+        log(
+            f"warm start from {tc.init_from}: {len(keep)} of {len(own)} tensors"
+            + (f" ({', '.join(grown)} grown)" if grown else "")
+        )
     ep = make_episodes(range(tc.n_episodes), tc.steps, log, workers=tc.workers)
 
     def save() -> None:
         tmp = ckpt.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "elapsed": elapsed + time.monotonic() - t0}, tmp)
+        torch.save(
+            {
+                "model": net.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "elapsed": elapsed + time.monotonic() - t0,
+            },
+            tmp,
+        )
         tmp.replace(ckpt)
 
     def export() -> Path:
@@ -491,10 +527,18 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
     stats: dict[str, float] = {}
     batches = _Prefetch(ep, tc, step)
     try:
-        with use_backend("sdpa"), Progress(
-                TextColumn("canvas"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                disable=not progress) as bar:
+        with (
+            use_backend("sdpa"),
+            Progress(
+                TextColumn("canvas"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                disable=not progress,
+            ) as bar,
+        ):
             task = bar.add_task("train", total=tc.iters, completed=step, info="")
             while step < (tc.stop_at or tc.iters):
                 spent = elapsed + time.monotonic() - t0
@@ -518,8 +562,11 @@ def train_canvas(tc: CanvasTrainConfig, log: Callable[[str], None] = print, prog
                 if step % tc.ckpt_every == 0:
                     save()
                     if not progress or not sys.stdout.isatty():
-                        log(f"iter {step} " + " ".join(f"{k} {v:.4g}" for k, v in stats.items())
-                            + f" {(elapsed + time.monotonic() - t0) / 60:.1f} min")
+                        log(
+                            f"iter {step} "
+                            + " ".join(f"{k} {v:.4g}" for k, v in stats.items())
+                            + f" {(elapsed + time.monotonic() - t0) / 60:.1f} min"
+                        )
                 if tc.export_every and step % tc.export_every == 0:
                     export()
     finally:

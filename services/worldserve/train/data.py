@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldserve.worlds import Game, generate_trajectory, random_spec, caption_of
+from worldserve.worlds import Game, caption_of, generate_trajectory, random_spec
 from worldserve.worlds.platformer import KEYS
 
 HELDOUT_SEED = 1_000_000

@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+import typer
 
-from worldserve.worlds import Game, WorldSpec, caption_of, random_spec
-from worldserve.worlds import checks
+from worldserve.worlds import Game, WorldSpec, caption_of, checks, random_spec
 from worldserve.worlds.platformer import GROUND_Y, VIEW, random_actions
 
 from .data import HELDOUT_SEED
@@ -129,8 +130,15 @@ def heldout_world(i: int, steps: int) -> tuple[WorldSpec, int, list[tuple[str, .
 
 
 _JUMPY: tuple[tuple[tuple[str, ...], float], ...] = (
-    (("jump",), 0.25), (("right", "jump"), 0.2), (("left", "jump"), 0.15), (("up",), 0.1),
-    (("right", "up"), 0.05), (("right",), 0.1), (("left",), 0.05), (("fire",), 0.05), ((), 0.05),
+    (("jump",), 0.25),
+    (("right", "jump"), 0.2),
+    (("left", "jump"), 0.15),
+    (("up",), 0.1),
+    (("right", "up"), 0.05),
+    (("right",), 0.1),
+    (("left",), 0.05),
+    (("fire",), 0.05),
+    ((), 0.05),
 )
 
 
@@ -148,8 +156,9 @@ def jump_actions(rng: np.random.Generator, n: int, hold: float = 0.6) -> list[tu
     return out
 
 
-def episode(seed: int, steps: int, *, event: str | None = None, event_step: int = 1,
-            spec: WorldSpec | None = None) -> tuple[np.ndarray, list[tuple[str, ...]], list[str]]:
+def episode(
+    seed: int, steps: int, *, event: str | None = None, event_step: int = 1, spec: WorldSpec | None = None
+) -> tuple[np.ndarray, list[tuple[str, ...]], list[str]]:
     """Held-out world ``seed`` played with the random policy: frames (steps + 1, H, W, 3), the keys
     of steps 1..steps, and the event text in force for each of those frames (``event`` switched on
     at ``event_step``)."""
@@ -226,8 +235,9 @@ class ServeStats:
 
 
 @torch.no_grad()
-def serve(model: Any, jobs: Sequence[Job], *, guidance: float = GUIDANCE, batch: int = 64,
-          stats: ServeStats | None = None) -> list[np.ndarray]:
+def serve(
+    model: Any, jobs: Sequence[Job], *, guidance: float = GUIDANCE, batch: int = 64, stats: ServeStats | None = None
+) -> list[np.ndarray]:
     """Serve the jobs as the engine does and return each one's frames 1..S, (S, H, W, 3) uint8.
 
     Sessions run in batches of up to ``batch`` (longest jobs first): ``encode`` their first frames,
@@ -271,8 +281,14 @@ def serve(model: Any, jobs: Sequence[Job], *, guidance: float = GUIDANCE, batch:
                 evs = None
                 if events_on:
                     evs = [(jobs[chunk[j]].events or [""] * s)[s - 1] for j in live]
-                lat = model.step(states[:n], acts, seeds=[jobs[chunk[j]].seed for j in live], steps=[s] * n,
-                                 guidance=guidance, events=evs)
+                lat = model.step(
+                    states[:n],
+                    acts,
+                    seeds=[jobs[chunk[j]].seed for j in live],
+                    steps=[s] * n,
+                    guidance=guidance,
+                    events=evs,
+                )
                 dec = model.decode(lat).numpy()
                 stats.step_calls += 1
                 stats.frames += n
@@ -287,8 +303,15 @@ def serve(model: Any, jobs: Sequence[Job], *, guidance: float = GUIDANCE, batch:
     return out  # type: ignore[return-value]
 
 
-def rollout(model: Any, first: np.ndarray, actions: np.ndarray, events: list[list[str]] | None,
-            seeds: Sequence[int], *, guidance: float = GUIDANCE) -> np.ndarray:
+def rollout(
+    model: Any,
+    first: np.ndarray,
+    actions: np.ndarray,
+    events: list[list[str]] | None,
+    seeds: Sequence[int],
+    *,
+    guidance: float = GUIDANCE,
+) -> np.ndarray:
     """N sessions from multi-hot action vectors: first (N, H, W, 3) uint8, actions (N, S, A) in
     the model's action layout -> frames (N, S, H, W, 3), all in one batch."""
     first, actions = np.asarray(first), np.asarray(actions, np.float32)
@@ -320,8 +343,16 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return img[ys][:, xs]
 
 
-def evaluate(dynamics: Any, image: Any = None, *, sessions: int = 32, prompts: int = 64, horizon: int = 32,
-             guidance: float = GUIDANCE, batch: int = 64) -> dict[str, Any]:
+def evaluate(
+    dynamics: Any,
+    image: Any = None,
+    *,
+    sessions: int = 32,
+    prompts: int = 64,
+    horizon: int = 32,
+    guidance: float = GUIDANCE,
+    batch: int = 64,
+) -> dict[str, Any]:
     """Every figure as a dict (floats, and per-step lists). ``dynamics`` is any
     :class:`~worldserve.dynamics.interface.DynamicsModel`; ``image`` any object with
     ``generate_batch`` (None: no prompt figures)."""
@@ -336,15 +367,17 @@ def evaluate(dynamics: Any, image: Any = None, *, sessions: int = 32, prompts: i
 
     # --- the worlds, their jobs and the game's truth ---------------------------------------------
     worlds = [heldout_world(i, L) for i in range(sessions)]
-    groups: dict[str, list[tuple[Job, Played]]] = {k: [] for k in
-                                                    ("main", "shuffled", "jump", "noop", "memory", "plain", "night", "rain")}
+    groups: dict[str, list[tuple[Job, Played]]] = {
+        k: [] for k in ("main", "shuffled", "jump", "noop", "memory", "plain", "night", "rain")
+    }
 
-    def add(group: str, spec: WorldSpec, seed: int, keys: list, events: list[str] | None = None,
-            truth: Played | None = None) -> None:
+    def add(
+        group: str, spec: WorldSpec, seed: int, keys: list, events: list[str] | None = None, truth: Played | None = None
+    ) -> None:
         p = truth if truth is not None else play(spec, seed, keys, events)
         groups[group].append((Job(p.frames[0], list(keys), events, seed), p))
 
-    for i, (spec, seed, keys) in enumerate(worlds):
+    for spec, seed, keys in worlds:
         add("main", spec, seed, keys)
         dry = WorldSpec(spec.objects, spec.ground, spec.night, rain=False)
         add("jump", spec, seed, jump_actions(np.random.default_rng([seed, 5]), JUMP_STEPS))
@@ -373,8 +406,12 @@ def evaluate(dynamics: Any, image: Any = None, *, sessions: int = 32, prompts: i
 
     # --- autoencoder (informational) --------------------------------------------------------------
     sample = np.stack([p.frames[t] for p in truth["main"] for t in (0, 8, 16, 24) if t < len(p.frames)])
-    recon = np.concatenate([dynamics.decode(dynamics.encode(torch.from_numpy(sample[i : i + 64]))).numpy()
-                            for i in range(0, len(sample), 64)])
+    recon = np.concatenate(
+        [
+            dynamics.decode(dynamics.encode(torch.from_numpy(sample[i : i + 64]))).numpy()
+            for i in range(0, len(sample), 64)
+        ]
+    )
     r["ae_psnr"] = float(psnr(recon, sample).mean())
 
     # --- 1, 2: the player --------------------------------------------------------------------------
@@ -399,8 +436,9 @@ def evaluate(dynamics: Any, image: Any = None, *, sessions: int = 32, prompts: i
     r["player_exact_game"] = _mean(exact_game)
 
     # --- 3: no-ops ---------------------------------------------------------------------------------
-    r["noop24_psnr"] = float(np.mean([psnr(f[NOOP_STEPS - 1], p.frames[NOOP_STEPS])
-                                      for p, f in zip(truth["noop"], pred["noop"])]))
+    r["noop24_psnr"] = float(
+        np.mean([psnr(f[NOOP_STEPS - 1], p.frames[NOOP_STEPS]) for p, f in zip(truth["noop"], pred["noop"])])
+    )
     r["noop24_psnr_game"] = float(np.mean([psnr(p.frames[NOOP_STEPS], p.frames[0]) for p in truth["noop"]]))
 
     # --- 4: first-view objects at step 16 ----------------------------------------------------------
@@ -457,8 +495,9 @@ def evaluate(dynamics: Any, image: Any = None, *, sessions: int = 32, prompts: i
             ev_g = np.stack([p.frames[1:] for p in truth[name]])
             r[f"event_{name}_brightness_model"] = brightness_ratio(ev_m, plain_m)
             r[f"event_{name}_brightness_game"] = brightness_ratio(ev_g, plain_g)
-            r[f"event_{name}_brightness_error"] = abs(r[f"event_{name}_brightness_model"] -
-                                                      r[f"event_{name}_brightness_game"])
+            r[f"event_{name}_brightness_error"] = abs(
+                r[f"event_{name}_brightness_model"] - r[f"event_{name}_brightness_game"]
+            )
         rain_m = np.stack(pred["rain"]).reshape(-1, VIEW, VIEW, 3)
         rain_g = np.stack([p.frames[1:] for p in truth["rain"]]).reshape(-1, VIEW, VIEW, 3)
         r["rain_streaks_model"] = _mean([checks.rain_streaks(f) for f in rain_m])
@@ -466,7 +505,9 @@ def evaluate(dynamics: Any, image: Any = None, *, sessions: int = 32, prompts: i
         r["rain_streaks_game_rain"] = _mean([checks.rain_streaks(f) for f in rain_g])
         r["rain_streaks_game_dry"] = _mean([checks.rain_streaks(f) for f in plain_g.reshape(-1, VIEW, VIEW, 3)])
         r["stars_night_model"] = _mean([checks.stars(f) for f in np.stack(pred["night"]).reshape(-1, VIEW, VIEW, 3)])
-        r["stars_night_game"] = _mean([checks.stars(p.frames[s]) for p in truth["night"] for s in range(1, len(p.frames))])
+        r["stars_night_game"] = _mean(
+            [checks.stars(p.frames[s]) for p in truth["night"] for s in range(1, len(p.frames))]
+        )
         r["stars_day_model"] = _mean([checks.stars(f) for f in plain_m.reshape(-1, VIEW, VIEW, 3)])
 
     # --- 10: determinism (dynamics): the same jobs twice, in the same batch -------------------------
@@ -506,8 +547,12 @@ def evaluate_image(image: Any, *, prompts: int = 64, batch: int = 8) -> dict[str
     caps = [caption_of(s) for s in specs]
     sizes = [tuple(s) for s in getattr(image, "supported_sizes", ((VIEW, VIEW),))]
     w, h = (VIEW, VIEW) if (VIEW, VIEW) in sizes else sizes[0]
-    opts = dict(width=w, height=h, steps=int(getattr(image, "default_steps", 4)),
-                guidance=float(getattr(image, "default_guidance", 3.0)))
+    opts = dict(
+        width=w,
+        height=h,
+        steps=int(getattr(image, "default_steps", 4)),
+        guidance=float(getattr(image, "default_guidance", 3.0)),
+    )
 
     def gen(i: int) -> np.ndarray:
         imgs = image.generate_batch(caps[i : i + batch], seeds=list(range(i, min(i + batch, len(caps)))), **opts)
@@ -529,8 +574,10 @@ def table(r: dict[str, Any]):
     """A rich table: figure, model, game/reference, target, pass mark."""
     from rich.table import Table
 
-    t = Table(title=f"fidelity vs the platformer: {r.get('sessions', '?')} held-out worlds, "
-                    f"{r.get('prompts', 0)} held-out captions")
+    t = Table(
+        title=f"fidelity vs the platformer: {r.get('sessions', '?')} held-out worlds, "
+        f"{r.get('prompts', 0)} held-out captions"
+    )
     t.add_column("figure", no_wrap=True)
     t.add_column("model", justify="right")
     t.add_column("game / reference", justify="right")
@@ -550,46 +597,88 @@ def table(r: dict[str, Any]):
         target = ""
         if key in TARGETS:
             op, v = TARGETS[key]
-            target = {"rollout_above_hold_all_steps": "yes", "deterministic_dynamics": "yes",
-                      "deterministic_image": "yes"}.get(key, f"{op} {v:g}")
+            target = {
+                "rollout_above_hold_all_steps": "yes",
+                "deterministic_dynamics": "yes",
+                "deterministic_image": "yes",
+            }.get(key, f"{op} {v:g}")
         mark = "" if key not in ok else ("[green]pass[/]" if ok[key] else "[red]FAIL[/]")
         t.add_row(name, fmt.format(r[key]) if fmt != "yes" else ("yes" if r[key] >= 1 else "no"), ref, target, mark)
 
     for s in TRACK_STEPS:
-        row(f"1. player within {TRACK_PX} px (Chebyshev) at step {s}", f"player_within4_step{s}",
-            f"game {num('player_exact_game')} (exact)")
-    row(f"2. player within {TRACK_PX} px while airborne ({r.get('player_airborne_frames', 0)} frames)",
-        "player_airborne_within4", f"game {num('player_airborne_within4_game')}")
-    row(f"3. {NOOP_STEPS} no-ops, dry worlds: PSNR of frame {NOOP_STEPS} (dB)", "noop24_psnr",
-        f"game {num('noop24_psnr_game', '{:.0f}')}")
-    row(f"4. first-view objects in place at step {OBJECT_STEP} ({r.get('objects_in_place_count', 0)} shown)",
-        "objects_in_place_step16", f"game {num('objects_in_place_step16_game')}")
+        row(
+            f"1. player within {TRACK_PX} px (Chebyshev) at step {s}",
+            f"player_within4_step{s}",
+            f"game {num('player_exact_game')} (exact)",
+        )
+    row(
+        f"2. player within {TRACK_PX} px while airborne ({r.get('player_airborne_frames', 0)} frames)",
+        "player_airborne_within4",
+        f"game {num('player_airborne_within4_game')}",
+    )
+    row(
+        f"3. {NOOP_STEPS} no-ops, dry worlds: PSNR of frame {NOOP_STEPS} (dB)",
+        "noop24_psnr",
+        f"game {num('noop24_psnr_game', '{:.0f}')}",
+    )
+    row(
+        f"4. first-view objects in place at step {OBJECT_STEP} ({r.get('objects_in_place_count', 0)} shown)",
+        "objects_in_place_step16",
+        f"game {num('objects_in_place_step16_game')}",
+    )
     for s in PSNR_STEPS:
         row(f"5. rollout PSNR at step {s} (dB)", f"rollout_psnr_{s}", f"hold first {num(f'hold_first_psnr_{s}')}")
-    row(f"5. rollout PSNR above hold-first at every step 1..{r.get('horizon', '?')}", "rollout_above_hold_all_steps",
-        "", fmt="yes")
-    row("6. controllability delta-PSNR at step 8 (dB)", "control_delta_psnr_8",
-        f"true {num('control_psnr_true_8')} / other's {num('control_psnr_shuffled_8')}", fmt="{:+.2f}")
+    row(
+        f"5. rollout PSNR above hold-first at every step 1..{r.get('horizon', '?')}",
+        "rollout_above_hold_all_steps",
+        "",
+        fmt="yes",
+    )
+    row(
+        "6. controllability delta-PSNR at step 8 (dB)",
+        "control_delta_psnr_8",
+        f"true {num('control_psnr_true_8')} / other's {num('control_psnr_shuffled_8')}",
+        fmt="{:+.2f}",
+    )
     row("6. controllability delta-PSNR, mean steps 1-8 (dB)", "control_delta_psnr_mean_1_8", "", fmt="{:+.2f}")
     row("7. memory: 8 right + 8 left, frame 16 vs frame 0 (dB)", "memory_psnr", f"game {num('memory_psnr_game')}")
-    row("8. prompt: described objects (colour, kind, side)", "prompt_objects_found",
-        f"game {num('prompt_objects_found_game')}")
-    row("8. prompt: frames with all objects right", "prompt_frames_all_found",
-        f"game {num('prompt_frames_all_found_game')}")
+    row(
+        "8. prompt: described objects (colour, kind, side)",
+        "prompt_objects_found",
+        f"game {num('prompt_objects_found_game')}",
+    )
+    row(
+        "8. prompt: frames with all objects right",
+        "prompt_frames_all_found",
+        f"game {num('prompt_frames_all_found_game')}",
+    )
     for name, text in (("night", "night falls"), ("rain", "it starts to rain")):
         if f"event_{name}_brightness_model" in r:
             key = f"event_{name}_brightness_error"
             mark = "[green]pass[/]" if ok.get(key) else "[red]FAIL[/]"
-            t.add_row(f"9. '{text}': brightness vs none (|model - game| <= 0.1)",
-                      num(f"event_{name}_brightness_model"), f"game {num(f'event_{name}_brightness_game')}",
-                      f"± {TARGETS[key][1]:g}", mark)
+            t.add_row(
+                f"9. '{text}': brightness vs none (|model - game| <= 0.1)",
+                num(f"event_{name}_brightness_model"),
+                f"game {num(f'event_{name}_brightness_game')}",
+                f"± {TARGETS[key][1]:g}",
+                mark,
+            )
     if "rain_streaks_model" in r:
         det_ok = r["rain_streaks_game_rain"] == 1.0 and r["rain_streaks_game_dry"] == 0.0
-        t.add_row("9. rain drawn as streaks (frames after the event)", num("rain_streaks_model"),
-                  f"game rain {num('rain_streaks_game_rain')} / dry {num('rain_streaks_game_dry')}",
-                  "", "detector ok" if det_ok else "[red]detector![/]")
-        t.add_row("9. stars per frame after 'night falls' (info)", num("stars_night_model", "{:.1f}"),
-                  f"game {num('stars_night_game', '{:.1f}')}", "", "")
+        t.add_row(
+            "9. rain drawn as streaks (frames after the event)",
+            num("rain_streaks_model"),
+            f"game rain {num('rain_streaks_game_rain')} / dry {num('rain_streaks_game_dry')}",
+            "",
+            "detector ok" if det_ok else "[red]detector![/]",
+        )
+        t.add_row(
+            "9. stars per frame after 'night falls' (info)",
+            num("stars_night_model", "{:.1f}"),
+            f"game {num('stars_night_game', '{:.1f}')}",
+            "",
+            "",
+        )
     row("10. determinism: rollout replay identical", "deterministic_dynamics", "", fmt="yes")
     row("10. determinism: image regenerated identical", "deterministic_image", "", fmt="yes")
     row("autoencoder PSNR, held-out frames (dB, info)", "ae_psnr")
@@ -608,8 +697,9 @@ def load_dynamics(folder: Path, sample_steps: int = 0, device: str = "cpu") -> A
 
     kind = folder_kind(folder, "world_model")
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    return REGISTRY.get(kind)(str(folder), device=device, dtype=dtype,
-                              spec=ModelSpec(name="eval", kind=kind, sample_steps=sample_steps))
+    return REGISTRY.get(kind)(
+        str(folder), device=device, dtype=dtype, spec=ModelSpec(name="eval", kind=kind, sample_steps=sample_steps)
+    )
 
 
 def load_image(folder: Path, device: str = "cpu") -> Any:
@@ -620,9 +710,18 @@ def load_image(folder: Path, device: str = "cpu") -> Any:
     return REGISTRY.get(folder_kind(folder, "tiny_text_to_image"))(str(folder), device=device)
 
 
-def run(dynamics: Path = WEIGHTS / "dynamics", image: Path | None = WEIGHTS / "image", *, sessions: int = 32,
-        prompts: int = 64, horizon: int = 32, threads: int = 1, json_out: Path | None = None,
-        sample_steps: int = 0, device: str = "cpu") -> dict[str, Any]:
+def run(
+    dynamics: Path = WEIGHTS / "dynamics",
+    image: Path | None = WEIGHTS / "image",
+    *,
+    sessions: int = 32,
+    prompts: int = 64,
+    horizon: int = 32,
+    threads: int = 1,
+    json_out: Path | None = None,
+    sample_steps: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
     from rich.console import Console
 
     torch.set_num_threads(threads)
@@ -636,21 +735,54 @@ def run(dynamics: Path = WEIGHTS / "dynamics", image: Path | None = WEIGHTS / "i
     console = Console() if sys.stdout.isatty() else Console(width=150)
     console.print(table(r))
     ok = r["pass"]
-    console.print(f"{sessions} sessions, {prompts if img is not None else 0} prompts, horizon {horizon}, "
-                  f"{r['sample_steps']} sampler steps; {r['model_step_calls']} step calls, {r['model_frames']} "
-                  f"session-frames; targets met {sum(ok.values())}/{len(ok)}; {r['eval_seconds']:.0f}s")
+    console.print(
+        f"{sessions} sessions, {prompts if img is not None else 0} prompts, horizon {horizon}, "
+        f"{r['sample_steps']} sampler steps; {r['model_step_calls']} step calls, {r['model_frames']} "
+        f"session-frames; targets met {sum(ok.values())}/{len(ok)}; {r['eval_seconds']:.0f}s"
+    )
     if json_out is not None:
         Path(json_out).write_text(json.dumps(r, indent=2) + "\n")
     return r
 
 
+def command(
+    dynamics: Path = typer.Option(
+        WEIGHTS / "dynamics", help="Dynamics model folder (kind: config.json's kind, else world_model)."
+    ),
+    image: Path = typer.Option(
+        WEIGHTS / "image", help="Image model folder (kind: config.json's kind, else tiny_text_to_image)."
+    ),
+    sessions: int = typer.Option(32, min=2, max=1024, help="Held-out worlds (sessions per rollout set)."),
+    prompts: int = typer.Option(64, min=1, max=10000, help="Held-out captions for prompt -> image."),
+    horizon: int = typer.Option(32, min=1, max=1024, help="Steps of the rollout PSNR curve (vs hold-the-first-frame)."),
+    threads: int = typer.Option(1, min=1, max=256, help="torch CPU threads."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the figures as JSON here."),
+    sample_steps: int = typer.Option(
+        0, min=0, max=64, help="Sampler steps per frame (a serving tier); 0 = the model's."
+    ),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto (models in their serving dtype: bf16 on CUDA)."),
+) -> None:
+    """Print the fidelity table with its targets (same as python -m worldserve.train.evaluate)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    run(
+        dynamics,
+        image,
+        sessions=sessions,
+        prompts=prompts,
+        horizon=horizon,
+        threads=threads,
+        json_out=json_out,
+        sample_steps=sample_steps,
+        device=device,
+    )
+
+
 def main() -> None:
     """``python -m worldserve.train.evaluate``: the ``evaluate`` command of ``python -m worldserve.train``."""
-    import sys
-
-    from worldserve.train.__main__ import app
-
-    app(["evaluate", *sys.argv[1:]], prog_name="python -m worldserve.train.evaluate")
+    app = typer.Typer(add_completion=False)
+    app.command()(command)
+    app(prog_name="python -m worldserve.train.evaluate")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import argparse
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,15 +30,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from worldserve.image.decoder import CaptionDecoder, CaptionDecoderConfig
 from worldserve.worlds import Game, WorldSpec, caption_of, random_spec
-from worldserve.worlds.platformer import GROUND_Y, VIEW, _SIZE, _SLOT_X
+from worldserve.worlds.platformer import _SIZE, _SLOT_X, GROUND_Y, VIEW
 
 from .data import step_generator
 
 STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
 
-DECODER_CONFIG = CaptionDecoderConfig(name="caption-decoder-platformer", grid=8, text_dim=96, head_hidden=512,
-                                      fine_channels=0)
+DECODER_CONFIG = CaptionDecoderConfig(
+    name="caption-decoder-platformer", grid=8, text_dim=96, head_hidden=512, fine_channels=0
+)
 """The shipped model's shape."""
 
 _FRAMES: dict[WorldSpec, np.ndarray] = {}
@@ -159,9 +160,15 @@ def train_caption_decoder(
 
     t0 = time.monotonic()
     step = start
-    progress = Progress(TextColumn("[bold]caption decoder"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        disable=not show_progress)
+    progress = Progress(
+        TextColumn("[bold]caption decoder"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.5f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+    )
     with progress as bar:
         task = bar.add_task("train", total=iters, completed=start, loss=losses[-1] if losses else float("nan"))
         while step < iters:
@@ -183,8 +190,10 @@ def train_caption_decoder(
             bar.update(task, completed=step, loss=sum(recent) / len(recent))
             if log_every and step % log_every == 0:
                 el = time.monotonic() - t0
-                log(f"iter {step}/{iters} loss {sum(recent) / len(recent):.5f} lr {opt.param_groups[0]['lr']:.2e} "
-                    f"{(step - start) / el:.2f} it/s elapsed {el:.0f}s")
+                log(
+                    f"iter {step}/{iters} loss {sum(recent) / len(recent):.5f} lr {opt.param_groups[0]['lr']:.2e} "
+                    f"{(step - start) / el:.2f} it/s elapsed {el:.0f}s"
+                )
             if step % ckpt_every == 0 or step == iters:
                 checkpoint(step)
             if time.monotonic() - t0 > budget_s or step == stop_at:
@@ -208,8 +217,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    train_caption_decoder(a.out, iters=a.iters, batch=a.batch, budget_s=a.budget_s, lr=a.lr, device=a.device,
-                          show_progress=not a.no_progress, log=lambda s: print(s, flush=True))
+    train_caption_decoder(
+        a.out,
+        iters=a.iters,
+        batch=a.batch,
+        budget_s=a.budget_s,
+        lr=a.lr,
+        device=a.device,
+        show_progress=not a.no_progress,
+        log=lambda s: print(s, flush=True),
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -96,9 +96,15 @@ def _lr_at(step: int, pc: PhaseConfig, time_frac: float = 0.0) -> float:
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    disable=not enabled)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
 
 
 def _train_loop(
@@ -165,8 +171,11 @@ def _done(ckpt_dir: Path, pc: PhaseConfig) -> bool:
 def train_autoencoder(tc: TrainConfig, data: TrajectoryData) -> list[float]:
     """Pixel MSE reconstruction of game frames; then latents are rescaled to unit variance."""
     pc, d, dev = tc.ae, tc.out / "ae", tc.resolved_device()
-    model = (WorldModel.from_pretrained(d) if (d / "config.json").is_file()
-             else WorldModel.random(tc.dynamics_config, seed=pc.seed)).to(dev)
+    model = (
+        WorldModel.from_pretrained(d)
+        if (d / "config.json").is_file()
+        else WorldModel.random(tc.dynamics_config, seed=pc.seed)
+    ).to(dev)
     ae = model.autoencoder
     ae.train()
     frames = data.frames.reshape(-1, *data.frames.shape[2:])  # (N*T, H, W, 3)
@@ -178,8 +187,9 @@ def train_autoencoder(tc: TrainConfig, data: TrajectoryData) -> list[float]:
         z = ae.encoder(x)
         return F.mse_loss(ae.decoder(z), x) + 1e-4 * z.pow(2).mean()
 
-    losses = _train_loop("autoencoder", ae.parameters(), loss_at, lambda: model.save_pretrained(d), d, pc,
-                         tc.show_progress)
+    losses = _train_loop(
+        "autoencoder", ae.parameters(), loss_at, lambda: model.save_pretrained(d), d, pc, tc.show_progress
+    )
     if not (d / "normalized").is_file():  # once, whether the phase finished or ran out of budget
         normalize_latents(model, frames[:: max(1, len(frames) // 2048)])
         model.save_pretrained(d)
@@ -191,8 +201,12 @@ def train_autoencoder(tc: TrainConfig, data: TrajectoryData) -> list[float]:
 def normalize_latents(model: WorldModel, frames: np.ndarray) -> float:
     """Fold a scale into the encoder's last conv and the decoder's first conv so that latents have
     unit standard deviation (the sampler's noise scale); decode(encode(x)) is unchanged."""
-    z = torch.cat([model.autoencoder.encode(torch.from_numpy(frames[i : i + 256]).to(model.device))
-                   for i in range(0, len(frames), 256)])
+    z = torch.cat(
+        [
+            model.autoencoder.encode(torch.from_numpy(frames[i : i + 256]).to(model.device))
+            for i in range(0, len(frames), 256)
+        ]
+    )
     std = float(z.float().std())
     enc_out, dec_in = model.autoencoder.encoder.out, model.autoencoder.decoder.stem
     enc_out.weight.div_(std)
@@ -209,7 +223,9 @@ def normalize_latents(model: WorldModel, frames: np.ndarray) -> float:
 def encode_all(model: WorldModel, frames: np.ndarray, chunk: int = 256) -> np.ndarray:
     """(N, T, H, W, 3) uint8 -> (N, T, C, h, w) float32 latents."""
     flat = frames.reshape(-1, *frames.shape[2:])
-    z = [model.encode(torch.from_numpy(flat[i : i + chunk]).to(model.device)).numpy() for i in range(0, len(flat), chunk)]
+    z = [
+        model.encode(torch.from_numpy(flat[i : i + chunk]).to(model.device)).numpy() for i in range(0, len(flat), chunk)
+    ]
     return np.concatenate(z).reshape(*frames.shape[:2], *z[0].shape[1:])
 
 
@@ -260,8 +276,11 @@ def train_dynamics(tc: TrainConfig, data: TrajectoryData) -> list[float]:
 def train_image(tc: TrainConfig) -> list[float]:
     """Caption -> first frame, rectified flow in pixel space; 10% empty captions for CFG."""
     pc, d, dev = tc.image, tc.out / "image", tc.resolved_device()
-    model = (TinyTextToImage.from_pretrained(d) if (d / "config.json").is_file()
-             else TinyTextToImage.random(tc.image_config, seed=pc.seed)).to(dev)
+    model = (
+        TinyTextToImage.from_pretrained(d)
+        if (d / "config.json").is_file()
+        else TinyTextToImage.random(tc.image_config, seed=pc.seed)
+    ).to(dev)
     model.train()
     max_bytes = model.config.max_prompt_bytes
 
@@ -277,8 +296,9 @@ def train_image(tc: TrainConfig) -> list[float]:
         v = model.denoiser(xt, t, model.text_encoder(ids.to(dev), mask.to(dev)))
         return F.mse_loss(v, noise - x0)
 
-    return _train_loop("prompt-to-image", model.parameters(), loss_at, lambda: model.save_pretrained(d), d, pc,
-                       tc.show_progress)
+    return _train_loop(
+        "prompt-to-image", model.parameters(), loss_at, lambda: model.save_pretrained(d), d, pc, tc.show_progress
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,8 +340,11 @@ def train_all(tc: TrainConfig, log: Callable[[str], None] = print, phases: Itera
     data = make_trajectories(range(tc.n_traj), tc.traj_steps)
     times["data"] = time.monotonic() - t
     log(f"data: {data.n} trajectories x {data.length} frames in {times['data']:.1f}s")
-    fns = {"autoencoder": lambda: train_autoencoder(tc, data), "dynamics": lambda: train_dynamics(tc, data),
-           "image": lambda: train_image(tc)}
+    fns = {
+        "autoencoder": lambda: train_autoencoder(tc, data),
+        "dynamics": lambda: train_dynamics(tc, data),
+        "image": lambda: train_image(tc),
+    }
     for name, fn in ((p, fns[p]) for p in PHASES if p in phases):
         t = time.monotonic()
         losses = fn()

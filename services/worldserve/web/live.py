@@ -12,7 +12,10 @@ session per gateway replica:
   skipped, not queued, and the clock goes on from the next free tick;
 - every player gets every tick's frame through an outbox of one: a client that has not taken the
   previous frame yet has it replaced (counted as dropped for that client); the tick never waits
-  for a client.
+  for a client;
+- players that reach another gateway replica play through a relay there
+  (:class:`worldserve.web.relay.RelayRoom`): the room publishes each frame to its relays and takes
+  their players' joins, messages and leaves (:meth:`LiveRoom.from_relay`).
 """
 
 from __future__ import annotations
@@ -59,9 +62,13 @@ class ActionSpace:
     event_max_bytes: int
 
     @classmethod
-    def of(cls, info: dict) -> "ActionSpace":
-        return cls(frozenset(info["keys"]), frozenset(info["mouse_axes"]), bool(info["events_supported"]),
-                   int(info.get("event_max_bytes") or 256))
+    def of(cls, info: dict) -> ActionSpace:
+        return cls(
+            frozenset(info["keys"]),
+            frozenset(info["mouse_axes"]),
+            bool(info["events_supported"]),
+            int(info.get("event_max_bytes") or 256),
+        )
 
 
 @dataclass
@@ -102,12 +109,15 @@ def parse_message(msg: Any, space: ActionSpace) -> tuple[str, dict]:
                 raise InvalidArgument(f"unknown mouse axis {axis!r}; this model's axes are {sorted(space.mouse_axes)}")
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not -1.0 <= v <= 1.0:
                 raise InvalidArgument(f"mouse {axis!r} must be a number in [-1, 1]")
-        return "action", {"keys": tuple(sorted(set(keys))), "mouse": {a: float(v) for a, v in mouse.items()},
-                          "seq": seq}
+        return "action", {
+            "keys": tuple(sorted(set(keys))),
+            "mouse": {a: float(v) for a, v in mouse.items()},
+            "seq": seq,
+        }
     if kind == "event":
         ev = msg.get("event")
         if not isinstance(ev, str):
-            raise InvalidArgument("event must be a string (\"\" clears it)")
+            raise InvalidArgument('event must be a string ("" clears it)')
         if ev and not space.events_supported:
             raise InvalidArgument("this model does not take world events")
         if len(ev.encode()) > space.event_max_bytes:
@@ -149,9 +159,16 @@ class RateLimit:
 class Player:
     """One connection: its role, its outbox of one frame, and (a controller) its held action."""
 
-    def __init__(self, pid: int, role: str, fmt: int, send_bytes: Callable[[bytes], Awaitable[None]],
-                 send_json: Callable[[dict], Awaitable[None]], close: Callable[[int, str], Awaitable[None]],
-                 limit: RateLimit):
+    def __init__(
+        self,
+        pid: int,
+        role: str,
+        fmt: int,
+        send_bytes: Callable[[bytes], Awaitable[None]],
+        send_json: Callable[[dict], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+        limit: RateLimit,
+    ):
         self.pid, self.role, self.fmt = pid, role, fmt
         self._send_bytes, self.send_json, self.close = send_bytes, send_json, close
         self.limit = limit
@@ -192,8 +209,17 @@ class _Fanout:
     """A room's players on this gateway replica: joining, leaving, rosters, and each frame to
     every player's outbox (encoded once per format, with that player's ack)."""
 
-    def __init__(self, *, session_id: str, model: str, fps: float, max_controllers: int, space: ActionSpace,
-                 metrics: "LiveMetrics", on_empty: Callable[[Any], None] | None = None):
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        model: str,
+        fps: float,
+        max_controllers: int,
+        space: ActionSpace,
+        metrics: LiveMetrics,
+        on_empty: Callable[[Any], None] | None = None,
+    ):
         self.session_id, self.model, self.fps = session_id, model, fps
         self.max_controllers, self.space = max_controllers, space
         self.metrics, self._on_empty = metrics, on_empty
@@ -273,21 +299,31 @@ class _Fanout:
                 p.acked = h.seq
                 if h.received:
                     self.metrics.key_to_frame(self.model, now - h.received)
-            header = {"tick": tick, "step": step_no, "ack": p.acked, "late": late, "dropped": p.dropped,
-                      "format": FORMAT_NAMES[p.fmt], "width": frame.width, "height": frame.height,
-                      "t": round(time.time() * 1000)}
+            header = {
+                "tick": tick,
+                "step": step_no,
+                "ack": p.acked,
+                "late": late,
+                "dropped": p.dropped,
+                "format": FORMAT_NAMES[p.fmt],
+                "width": frame.width,
+                "height": frame.height,
+                "t": round(time.time() * 1000),
+            }
             if not p.offer(pack_frame(header, frame.data)):
                 self.metrics.dropped(self.model)
 
     async def _close_all(self, closed: LiveClosed) -> None:
         self.closed = closed
-        await asyncio.gather(*(p.close(closed.code, closed.reason) for p in list(self.players.values())),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(p.close(closed.code, closed.reason) for p in list(self.players.values())), return_exceptions=True
+        )
 
 
 def too_many(session_id: str, n: int) -> LiveClosed:
-    return LiveClosed(4409, f"session {session_id!r} already has {n} controllers (the most this model takes); "
-                            "join as a spectator")
+    return LiveClosed(
+        4409, f"session {session_id!r} already has {n} controllers (the most this model takes); join as a spectator"
+    )
 
 
 @dataclass
@@ -301,19 +337,34 @@ class Remote:
 
 
 REMOTE_TIMEOUT_S = 6.0  # a remote player whose relay has not spoken for this long is gone
-RELAY_ALIVE_S = 2.0  # a relay says which of its players are still there this often
-OWNER_SILENT_S = 5.0  # a relay that hears nothing from the room's owner for this long closes its players
 
 
 class LiveRoom(_Fanout):
     """One live session, ticking here (this replica holds its lease): its clock, its steps, its
-    players here and (through Redis, see the gateway) its players on other replicas."""
+    players here and (through their relays, worldserve.web.relay) its players on other replicas."""
 
-    def __init__(self, *, session_id: str, model: str, fps: float, max_controllers: int, space: ActionSpace,
-                 step: Stepper, metrics: "LiveMetrics", on_empty: Callable[["LiveRoom"], None] | None = None,
-                 publish: Callable[[bytes], Awaitable[Any]] | None = None):
-        super().__init__(session_id=session_id, model=model, fps=fps, max_controllers=max_controllers, space=space,
-                         metrics=metrics, on_empty=on_empty)
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        model: str,
+        fps: float,
+        max_controllers: int,
+        space: ActionSpace,
+        step: Stepper,
+        metrics: LiveMetrics,
+        on_empty: Callable[[LiveRoom], None] | None = None,
+        publish: Callable[[bytes], Awaitable[Any]] | None = None,
+    ):
+        super().__init__(
+            session_id=session_id,
+            model=model,
+            fps=fps,
+            max_controllers=max_controllers,
+            space=space,
+            metrics=metrics,
+            on_empty=on_empty,
+        )
         self._step, self._publish = step, publish
         self.remote: dict[str, Remote] = {}  # "<replica>:<pid>" -> its player
         self._event: str | None = None  # the last event sent since the previous tick
@@ -353,7 +404,7 @@ class LiveRoom(_Fanout):
     async def _send_relays(self, control: dict) -> None:
         try:
             await self._publish(b"C" + json.dumps(control).encode())
-        except Exception as e:  # noqa: BLE001 - the relays time out on their own
+        except Exception as e:
             log.warning("live %s: relays not reached: %s", self.session_id, e)
 
     def receive(self, p: Player | Remote, kind: str, f: dict, raw: Any = None) -> None:
@@ -377,8 +428,9 @@ class LiveRoom(_Fanout):
             if role not in (CONTROLLER, SPECTATOR) or rid in self.remote:
                 return
             if self.closed is not None:
-                await self._send_relays({"op": "refuse", "rid": rid, "code": self.closed.code,
-                                         "reason": self.closed.reason})
+                await self._send_relays(
+                    {"op": "refuse", "rid": rid, "code": self.closed.code, "reason": self.closed.reason}
+                )
                 return
             if role == CONTROLLER and self.controllers >= self.max_controllers:
                 c = too_many(self.session_id, self.max_controllers)
@@ -461,7 +513,7 @@ class LiveRoom(_Fanout):
                     return
                 except asyncio.CancelledError:
                     raise
-                except Exception as e:  # noqa: BLE001 - a failed step is reported, the clock goes on
+                except Exception as e:
                     code, msg = status_of(e)
                     errors += 1
                     self.metrics.step_error(self.model, code.name)
@@ -507,116 +559,23 @@ class LiveRoom(_Fanout):
                     if h.received and h.seq > r.acked:
                         r.acked = h.seq
                         self.metrics.key_to_frame(self.model, now - h.received)
-            header = {"tick": self.tick, "step": step_no, "late": late, "acks": acks,
-                      "height": int(rgb.shape[0]), "width": int(rgb.shape[1])}
+            header = {
+                "tick": self.tick,
+                "step": step_no,
+                "late": late,
+                "acks": acks,
+                "height": int(rgb.shape[0]),
+                "width": int(rgb.shape[1]),
+            }
             try:
                 await self._publish(b"F" + pack_frame(header, np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()))
-            except Exception as e:  # noqa: BLE001 - relays time out on their own
+            except Exception as e:
                 log.warning("live %s: frame not published: %s", self.session_id, e)
 
     async def _close_all(self, closed: LiveClosed) -> None:
         await super()._close_all(closed)
         if self.remote and self._publish is not None:
             await self._send_relays({"op": "close", "code": closed.code, "reason": closed.reason})
-
-
-class RelayRoom(_Fanout):
-    """A live session ticking on another replica, played from here: its frames arrive from the
-    owner (``on_owner``), its players' joins, messages and leaves go there (``send``)."""
-
-    def __init__(self, *, session_id: str, model: str, fps: float, max_controllers: int, space: ActionSpace,
-                 metrics: "LiveMetrics", replica: str, send: Callable[[dict], Awaitable[Any]],
-                 on_empty: Callable[["RelayRoom"], None] | None = None):
-        super().__init__(session_id=session_id, model=model, fps=fps, max_controllers=max_controllers, space=space,
-                         metrics=metrics, on_empty=on_empty)
-        self.replica, self._send = replica, send
-        self.last_heard = time.monotonic()
-        self._alive: asyncio.Task | None = None
-        self._outq: asyncio.Queue[dict] = asyncio.Queue()  # to the owner, in order: join before a player's messages
-        self._sender: asyncio.Task | None = None
-
-    def rid(self, p: Player) -> str:
-        return f"{self.replica}:{p.pid}"
-
-    def _admit(self, role: str) -> None:
-        if self.closed is not None:
-            raise LiveClosed(self.closed.code, self.closed.reason)  # the owner counts controllers
-
-    def _post(self, m: dict) -> None:
-        """To the owner, after everything posted before (one sender: a publish never overtakes)."""
-        self._outq.put_nowait(m)
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send_in_order(), name=f"relay-send-{self.session_id}")
-
-    async def _send_in_order(self) -> None:
-        try:
-            while True:
-                m = await self._outq.get()
-                try:
-                    await self._send(m)
-                except Exception as e:  # noqa: BLE001 - the heartbeat repairs a lost join
-                    log.warning("live %s: relay message not sent: %s", self.session_id, e)
-        except asyncio.CancelledError:
-            pass
-
-    def _joined(self, p: Player) -> None:
-        self._post({"op": "join", "rid": self.rid(p), "role": p.role})
-        if self._alive is None:
-            self.last_heard = time.monotonic()
-            self._alive = asyncio.create_task(self._keep_alive(), name=f"relay-{self.session_id}")
-
-    def _left(self, p: Player) -> None:
-        self._post({"op": "leave", "rid": self.rid(p)})
-
-    def stop(self) -> None:
-        if self._alive is not None:
-            self._alive.cancel()
-            self._alive = None
-        if self._sender is not None:
-            asyncio.get_running_loop().call_later(1.0, self._sender.cancel)  # the last leaves go out first
-        super().stop()
-
-    def receive(self, p: Player, kind: str, f: dict, raw: Any = None) -> None:
-        """A controller's message: forwarded to the owner (checked here already)."""
-        self._post({"op": "msg", "rid": self.rid(p), "m": raw})
-
-    async def _keep_alive(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(RELAY_ALIVE_S)
-                self.metrics.refresh()
-                self._post({"op": "alive", "r": self.replica, "rids": {self.rid(p): p.role for p in self.players.values()}})
-                if time.monotonic() - self.last_heard > max(OWNER_SILENT_S, 3.0 / self.fps):
-                    await self._close_all(LiveClosed(1013, "the gateway replica ticking this session went away; "
-                                                           "reconnect"))
-                    return
-        except asyncio.CancelledError:
-            pass
-
-    async def on_owner(self, data: bytes) -> None:
-        """A message from the owner: a frame (``F``) or a control (``C``)."""
-        self.last_heard = time.monotonic()
-        if data[:1] == b"F":
-            h, raw = unpack_frame(data[1:])
-            rgb = np.frombuffer(raw, dtype=np.uint8).reshape(h["height"], h["width"], 3)
-            acks = {}
-            for p in self.players.values():
-                seq = h["acks"].get(self.rid(p))
-                if seq:
-                    acks[p.pid] = Held(seq=seq)  # key-to-frame is measured at the owner
-            self.frames += 1
-            self.deliver(h["tick"], h["step"], rgb, acks, h["late"])
-            return
-        c = json.loads(data[1:])
-        op = c.get("op")
-        if op == "announce":
-            await self.announce(c["msg"])
-        elif op == "close":
-            await self._close_all(LiveClosed(int(c["code"]), str(c["reason"])))
-        elif op == "refuse":
-            for p in list(self.players.values()):
-                if self.rid(p) == c.get("rid"):
-                    await p.close(int(c["code"]), str(c["reason"]))
 
 
 def pack_frame(header: dict, data: bytes) -> bytes:
@@ -627,7 +586,7 @@ def pack_frame(header: dict, data: bytes) -> bytes:
 
 def unpack_frame(msg: bytes) -> tuple[dict, bytes]:
     n = int.from_bytes(msg[:4], "big")
-    return json.loads(msg[4:4 + n]), msg[4 + n:]
+    return json.loads(msg[4 : 4 + n]), msg[4 + n :]
 
 
 class LiveMetrics:
@@ -636,21 +595,32 @@ class LiveMetrics:
     def __init__(self, metrics) -> None:
         m = metrics
         self._frames = m.counter("live_frames", "Frames a live session produced (rate: achieved frames/s)", ("model",))
-        self._missed = m.counter("live_deadline_misses", "Live ticks skipped: their step ended after the tick's "
-                                 "deadline (or failed)", ("model",))
-        self._dropped = m.counter("live_frames_dropped", "Frames a slow client had not taken when the next came "
-                                  "(dropped for that client alone)", ("model",))
-        self._k2f = m.histogram("live_key_to_frame_seconds", "From a controller's action arriving to the first "
-                                "frame that shows it", ("model",),
-                                (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0))
-        self._fps = m.histogram("live_session_fps", "Achieved frames/s of a live session (one observation per "
-                                f"session each {FPS_WINDOW_S:g} s)", ("model",),
-                                (1, 2, 5, 8, 10, 12, 15, 20, 24, 30, 60))
+        self._missed = m.counter(
+            "live_deadline_misses",
+            "Live ticks skipped: their step ended after the tick's deadline (or failed)",
+            ("model",),
+        )
+        self._dropped = m.counter(
+            "live_frames_dropped",
+            "Frames a slow client had not taken when the next came (dropped for that client alone)",
+            ("model",),
+        )
+        self._k2f = m.histogram(
+            "live_key_to_frame_seconds",
+            "From a controller's action arriving to the first frame that shows it",
+            ("model",),
+            (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
+        )
+        self._fps = m.histogram(
+            "live_session_fps",
+            f"Achieved frames/s of a live session (one observation per session each {FPS_WINDOW_S:g} s)",
+            ("model",),
+            (1, 2, 5, 8, 10, 12, 15, 20, 24, 30, 60),
+        )
         self._sessions = m.gauge("live_sessions", "Live sessions this gateway replica ticks", ("model",))
         self._players = m.gauge("live_players", "Players connected to this gateway replica", ("model", "role"))
         self._errors = m.counter("live_step_errors", "Live steps that failed, by status", ("model", "code"))
-        self.messages_dropped = m.counter("live_messages_dropped", "Player messages dropped, by reason",
-                                          ("reason",))
+        self.messages_dropped = m.counter("live_messages_dropped", "Player messages dropped, by reason", ("reason",))
         self._n_sessions: dict[str, int] = {}
         self._n_players: dict[tuple[str, str], int] = {}
 
@@ -689,5 +659,18 @@ class LiveMetrics:
             self._players.set(n, model=model, role=role)
 
 
-__all__ = ["LiveRoom", "RelayRoom", "LiveClosed", "LiveMetrics", "Player", "RateLimit", "ActionSpace", "parse_message", "merge",
-           "pack_frame", "unpack_frame", "CONTROLLER", "SPECTATOR", "FORMATS"]
+__all__ = [
+    "LiveRoom",
+    "LiveClosed",
+    "LiveMetrics",
+    "Player",
+    "RateLimit",
+    "ActionSpace",
+    "parse_message",
+    "merge",
+    "pack_frame",
+    "unpack_frame",
+    "CONTROLLER",
+    "SPECTATOR",
+    "FORMATS",
+]

@@ -17,6 +17,15 @@ rain streaks, stars), on the game's frames and on frames a model made::
     assert find_player(frame1) == player_position(game)   # (centre x, feet y) on screen
 """
 
+from .checks import (
+    check_objects,
+    find_player,
+    objects_in_place,
+    objects_shown,
+    player_position,
+    rain_streaks,
+    stars,
+)
 from .platformer import (
     COLORS,
     EVENTS,
@@ -31,15 +40,6 @@ from .platformer import (
     generate_trajectory,
     parse_caption,
     random_spec,
-)
-from .checks import (
-    check_objects,
-    find_player,
-    objects_in_place,
-    objects_shown,
-    player_position,
-    rain_streaks,
-    stars,
 )
 
 __all__ = [

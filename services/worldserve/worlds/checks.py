@@ -25,11 +25,13 @@ at night). A streak over the player or an object is read as part of it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from .platformer import (
+    _SIZE,
+    _SLOT_X,
     COLORS,
     GROUND_Y,
     NIGHT_SCALE,
@@ -41,8 +43,6 @@ from .platformer import (
     VIEW,
     Game,
     WorldSpec,
-    _SIZE,
-    _SLOT_X,
 )
 
 TOL = 40.0
@@ -115,8 +115,12 @@ def _boxes(integral: np.ndarray, t0: int, nt: int, nl: int, h: int, w: int) -> n
     """(..., nt, nl) counts of the boxes [top, top + h) x [left, left + w) for top in
     t0 .. t0 + nt - 1 and left in 0 .. nl - 1, from (..., H + 1, W + 1) integral images."""
     I = integral
-    return (I[..., t0 + h : t0 + h + nt, w : w + nl] - I[..., t0 : t0 + nt, w : w + nl]
-            - I[..., t0 + h : t0 + h + nt, :nl] + I[..., t0 : t0 + nt, :nl])
+    return (
+        I[..., t0 + h : t0 + h + nt, w : w + nl]
+        - I[..., t0 : t0 + nt, w : w + nl]
+        - I[..., t0 + h : t0 + h + nt, :nl]
+        + I[..., t0 : t0 + nt, :nl]
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,17 +269,29 @@ def _object_at(mask: np.ndarray, kind: str, x: int, top: int, *, fill: float, ri
     if inside is None or inside < fill:
         return False
     rows = np.arange(top, top + h)
-    for ys, xs in ((rows, np.full(h, x - 2)), (rows, np.full(h, x + w + 1)),
-                   (np.full(w, top - 2), np.arange(x, x + w))):
+    for ys, xs in (
+        (rows, np.full(h, x - 2)),
+        (rows, np.full(h, x + w + 1)),
+        (np.full(w, top - 2), np.arange(x, x + w)),
+    ):
         f = _fraction(mask, ys, xs)
         if f is not None and f > ring:
             return False
     return True
 
 
-def objects_in_place(frame: np.ndarray, spec: WorldSpec, camera: int, *, night: bool | None = None,
-                     rain: bool | None = None, tol: float = TOL, slack: int = 2, fill: float = 0.7,
-                     ring: float = 0.3) -> list[bool]:
+def objects_in_place(
+    frame: np.ndarray,
+    spec: WorldSpec,
+    camera: int,
+    *,
+    night: bool | None = None,
+    rain: bool | None = None,
+    tol: float = TOL,
+    slack: int = 2,
+    fill: float = 0.7,
+    ring: float = 0.3,
+) -> list[bool]:
     """For each of ``spec.objects``: is it drawn where the game draws it with the camera at
     ``camera`` -- in its colour, with its kind's size, its top-left within ``slack`` px of the true
     one? ``night``/``rain`` (default: the spec's) give the lighting the colours are read under. An
@@ -290,8 +306,13 @@ def objects_in_place(frame: np.ndarray, spec: WorldSpec, camera: int, *, night: 
             out.append(False)
             continue
         mask = matches(f, COLORS[o.color], night=night, rain=rain, tol=tol)
-        out.append(any(_object_at(mask, o.kind, x0 + dx, top0 + dy, fill=fill, ring=ring)
-                       for dy in range(-slack, slack + 1) for dx in range(-slack, slack + 1)))
+        out.append(
+            any(
+                _object_at(mask, o.kind, x0 + dx, top0 + dy, fill=fill, ring=ring)
+                for dy in range(-slack, slack + 1)
+                for dx in range(-slack, slack + 1)
+            )
+        )
     return out
 
 

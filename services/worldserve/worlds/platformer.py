@@ -23,8 +23,8 @@ their side, in their colour.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -180,8 +180,9 @@ def random_spec(rng: np.random.Generator) -> WorldSpec:
     for side in SIDES:
         if rng.random() < 0.75:
             objects.append(ObjectSpec(str(rng.choice(list(COLORS))), str(rng.choice(KINDS)), side))
-    return WorldSpec(tuple(objects), str(rng.choice(list(GROUNDS))), bool(rng.random() < 0.35),
-                     bool(rng.random() < 0.25))
+    return WorldSpec(
+        tuple(objects), str(rng.choice(list(GROUNDS))), bool(rng.random() < 0.35), bool(rng.random() < 0.25)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -368,7 +369,9 @@ class Game:
             for c in range(1, VIEW, 4):
                 y0 = (c * 37 + 5 * self.t) % VIEW
                 rows = (np.arange(6) + y0) % VIEW
-                frame[rows, c] = (frame[rows, c].astype(np.float32) * 0.3 + np.asarray(col(RAIN)) * 0.7).astype(np.uint8)
+                frame[rows, c] = (frame[rows, c].astype(np.float32) * 0.3 + np.asarray(col(RAIN)) * 0.7).astype(
+                    np.uint8
+                )
         return frame
 
 
@@ -391,9 +394,19 @@ class Trajectory:
 
 
 _MACROS: tuple[tuple[tuple[str, ...], float], ...] = (
-    ((), 0.12), (("left",), 0.16), (("right",), 0.2), (("up",), 0.06), (("jump",), 0.06),
-    (("right", "jump"), 0.08), (("left", "up"), 0.06), (("down",), 0.06), (("fire",), 0.06),
-    (("right", "fire"), 0.05), (("left", "fire"), 0.04), (("down", "fire"), 0.02), (("left", "jump"), 0.03),
+    ((), 0.12),
+    (("left",), 0.16),
+    (("right",), 0.2),
+    (("up",), 0.06),
+    (("jump",), 0.06),
+    (("right", "jump"), 0.08),
+    (("left", "up"), 0.06),
+    (("down",), 0.06),
+    (("fire",), 0.06),
+    (("right", "fire"), 0.05),
+    (("left", "fire"), 0.04),
+    (("down", "fire"), 0.02),
+    (("left", "jump"), 0.03),
 )
 
 
@@ -428,8 +441,9 @@ def random_events(rng: np.random.Generator, spec: WorldSpec, n: int, p: float = 
     return out
 
 
-def generate_trajectory(seed: int, steps: int = 48, *, spec: WorldSpec | None = None,
-                        event_p: float = 0.05) -> Trajectory:
+def generate_trajectory(
+    seed: int, steps: int = 48, *, spec: WorldSpec | None = None, event_p: float = 0.05
+) -> Trajectory:
     """A seeded, reproducible trajectory of ``steps`` actions (``steps + 1`` frames)."""
     rng = np.random.default_rng([int(seed), 1])
     spec = spec if spec is not None else random_spec(rng)

@@ -71,6 +71,11 @@ def start_aot_gate(log_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "worldserve.dynamics.attention.kernels.aot", "--arch", "90", "80"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worldserve.dynamics.attention.kernels.aot", "--arch", "90", "80"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     return proc, log

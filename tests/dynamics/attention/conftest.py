@@ -16,13 +16,21 @@ import sys
 os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silence triton 3.9's fp-fusion default warning
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-_already = [m for m in ("worldserve.dynamics.attention.kernels.flash_prefill", "worldserve.dynamics.attention.kernels.flash_decode")
-            if m in sys.modules]
+_already = [
+    m
+    for m in (
+        "worldserve.dynamics.attention.kernels.flash_prefill",
+        "worldserve.dynamics.attention.kernels.flash_decode",
+    )
+    if m in sys.modules
+]
 if _already:  # imported (compiled mode) before this conftest ran: the interpreter tests cannot work
-    raise RuntimeError(f"{_already} imported before TRITON_INTERPRET=1 was set; run tests/dynamics/attention on its own")
+    raise RuntimeError(
+        f"{_already} imported before TRITON_INTERPRET=1 was set; run tests/dynamics/attention on its own"
+    )
 
 
 GATE_TEST = "test_aot_gate_compiles_every_variant_for_sm90_and_sm80"

@@ -30,9 +30,14 @@ def test_variant_list_covers_every_constexpr_combination():
             for c in cuda_configs(d, pro)[1:]:
                 cfg = (c.block_m, c.block_n, c.num_warps, c.num_stages)
                 assert {v.kernel for v in vs if v.config == cfg and v.head_dim == d and v.prologue == pro} == {
-                    "prefill", "decode"}
-                assert {v.paged for v in vs if v.config == cfg and v.head_dim == d and v.prologue == pro
-                        and v.kernel == "decode"} == {False, True}
+                    "prefill",
+                    "decode",
+                }
+                assert {
+                    v.paged
+                    for v in vs
+                    if v.config == cfg and v.head_dim == d and v.prologue == pro and v.kernel == "decode"
+                } == {False, True}
 
 
 def test_aot_gate_compiles_every_variant_for_sm90_and_sm80(aot_gate):

@@ -26,8 +26,17 @@ def bench():
 
 
 @pytest.mark.parametrize("mask", ("full", "causal", "frame_causal"))
-@pytest.mark.parametrize("tq,tk,q_start,frame_tokens", [(96, 96, None, 24), (24, 120, None, 24), (40, 96, 13, 24),
-                                                        (50, 50, None, 7), (1, 33, None, 8), (30, 100, 0, 1000)])
+@pytest.mark.parametrize(
+    "tq,tk,q_start,frame_tokens",
+    [
+        (96, 96, None, 24),
+        (24, 120, None, 24),
+        (40, 96, 13, 24),
+        (50, 50, None, 7),
+        (1, 33, None, 8),
+        (30, 100, 0, 1000),
+    ],
+)
 def test_visible_pairs_match_the_mask(bench, mask, tq, tk, q_start, frame_tokens):
     m = build_mask(tq, tk, frame_tokens=frame_tokens, mask=mask, q_start=q_start)
     want = tq * tk if m is None else int(m.sum())
@@ -68,8 +77,7 @@ def test_argument_parsing_and_case_grid(bench):
 
 def test_goal_report_from_fake_results(bench):
     c1, c2 = bench.Case("prefill", 1024, 8, 128, 16), bench.Case("decode", 1024, 8, 128, 16)
-    res = [{"case": c1, "ours": 1.0, "flex": 1.5, "sdpa_dense": 4.0, "sdpa_best": 1.1},
-           {"case": c2, "ours": 1e9}]
+    res = [{"case": c1, "ours": 1.0, "flex": 1.5, "sdpa_dense": 4.0, "sdpa_best": 1.1}, {"case": c2, "ours": 1e9}]
     lines = bench.check_goals(res)
     assert any("FlexAttention: worst 1.50x" in ln and "MET" in ln for ln in lines)
     assert any("dense-mask SDPA: worst 4.00x" in ln and "NOT MET" in ln for ln in lines)

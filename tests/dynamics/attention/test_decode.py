@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _kernel_testutil import DTYPES, TOL, assert_close, frame_angles, model_prologue, rand, sdpa_ref
+
 from worldserve.dynamics.attention.kernels._common import TileConfig
 from worldserve.dynamics.attention.kernels.flash_decode import flash_decode, flash_decode_reference
 from worldserve.dynamics.attention.kernels.flash_prefill import flash_attention
@@ -27,10 +27,10 @@ def _caches(B, Hkv, Tmax, D, lens, dtype):
 
 
 def _check_session(out, q, k_new, v_new, kc0, vc0, L, b, frame_tokens, mask, dtype):
-    keys = torch.cat((kc0[b:b + 1, :, :L], k_new[b:b + 1]), dim=2)
-    vals = torch.cat((vc0[b:b + 1, :, :L], v_new[b:b + 1]), dim=2)
-    ref = sdpa_ref(q[b:b + 1], keys, vals, frame_tokens=frame_tokens, mask=mask, q_start=L)
-    assert_close(out[b:b + 1], ref, dtype, msg=f"session {b}, cache length {L}")
+    keys = torch.cat((kc0[b : b + 1, :, :L], k_new[b : b + 1]), dim=2)
+    vals = torch.cat((vc0[b : b + 1, :, :L], v_new[b : b + 1]), dim=2)
+    ref = sdpa_ref(q[b : b + 1], keys, vals, frame_tokens=frame_tokens, mask=mask, q_start=L)
+    assert_close(out[b : b + 1], ref, dtype, msg=f"session {b}, cache length {L}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -46,13 +46,12 @@ def test_uneven_caches(mask, dtype):
     for b, L in enumerate(lens):
         _check_session(out, q, k_new, v_new, kc0, vc0, L, b, F, mask, dtype)
         # new rows written, rows before untouched, capacity beyond still NaN (never written)
-        assert torch.equal(kc[b, :, L:L + F], k_new[b]) and torch.equal(vc[b, :, L:L + F], v_new[b])
+        assert torch.equal(kc[b, :, L : L + F], k_new[b]) and torch.equal(vc[b, :, L : L + F], v_new[b])
         assert torch.equal(kc[b, :, :L], kc0[b, :, :L]) and torch.equal(vc[b, :, :L], vc0[b, :, :L])
-        assert torch.isnan(kc[b, :, L + F:].float()).all() and torch.isnan(vc[b, :, L + F:].float()).all()
+        assert torch.isnan(kc[b, :, L + F :].float()).all() and torch.isnan(vc[b, :, L + F :].float()).all()
 
 
-@pytest.mark.parametrize("head_dim,dtype", [(32, torch.float16), (128, torch.bfloat16), (80, torch.float32)],
-                         ids=str)
+@pytest.mark.parametrize("head_dim,dtype", [(32, torch.float16), (128, torch.bfloat16), (80, torch.float32)], ids=str)
 def test_head_dims(head_dim, dtype):
     B, H, F, Tmax, lens = 2, 2, 16, 100, [50, 3]
     q, k_new, v_new = (rand(B, H, F, head_dim, dtype=dtype) for _ in range(3))
@@ -69,8 +68,7 @@ def test_write_kv_false_leaves_the_cache_alone():
     q, k_new, v_new = (rand(B, H, F, D) for _ in range(3))
     kc, vc = _caches(B, H, 100, D, lens, torch.float32)
     kc0, vc0 = kc.clone(), vc.clone()
-    out = flash_decode(q, k_new, v_new, kc, vc, torch.tensor(lens, dtype=torch.int32), frame_tokens=F,
-                       write_kv=False)
+    out = flash_decode(q, k_new, v_new, kc, vc, torch.tensor(lens, dtype=torch.int32), frame_tokens=F, write_kv=False)
     assert torch.equal(kc.nan_to_num(7), kc0.nan_to_num(7)) and torch.equal(vc.nan_to_num(7), vc0.nan_to_num(7))
     for b, L in enumerate(lens):
         _check_session(out, q, k_new, v_new, kc0, vc0, L, b, F, "frame_causal", torch.float32)
@@ -85,11 +83,12 @@ def test_grouped_query_attention_and_strided_inputs():
     k_new, v_new = (x.transpose(1, 2) for x in kv.unbind(2))
     kc, vc = _caches(B, Hkv, 128, D, lens, torch.float32)
     kc0, vc0 = kc.clone(), vc.clone()
-    out = flash_decode(q, k_new, v_new, kc, vc, torch.tensor(lens, dtype=torch.int32), frame_tokens=F,
-                       config=TileConfig(16, 32))
+    out = flash_decode(
+        q, k_new, v_new, kc, vc, torch.tensor(lens, dtype=torch.int32), frame_tokens=F, config=TileConfig(16, 32)
+    )
     for b, L in enumerate(lens):
         _check_session(out, q, k_new, v_new, kc0, vc0, L, b, F, "frame_causal", torch.float32)
-        assert torch.equal(kc[b, :, L:L + F], k_new[b])
+        assert torch.equal(kc[b, :, L : L + F], k_new[b])
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
@@ -110,8 +109,18 @@ def test_fused_prologue_decode_chain_equals_prefill(dtype):
     for i in range(n):
         s = slice(i * F, (i + 1) * F)
         lens = torch.full((B,), i * F, dtype=torch.int32)
-        out = flash_decode(q[:, :, s], k[:, :, s], v[:, :, s], kc, vc, lens, frame_tokens=F,
-                           rope_cos=cos[:, s], rope_sin=sin[:, s], **pro)
+        out = flash_decode(
+            q[:, :, s],
+            k[:, :, s],
+            v[:, :, s],
+            kc,
+            vc,
+            lens,
+            frame_tokens=F,
+            rope_cos=cos[:, s],
+            rope_sin=sin[:, s],
+            **pro,
+        )
         assert_close(out, prefill[:, :, s].float(), dtype, msg=f"frame {i}")
     km = model_prologue(k, kw, cos, sin).to(dtype)
     atol, rtol = TOL[dtype]
@@ -145,5 +154,16 @@ def test_capacity_and_alias_checks():
     w = torch.ones(32)
     cos, sin = frame_angles(8, 8, 32)
     with pytest.raises(ValueError, match="alias"):
-        flash_decode(q, kc[:, :, 4:12], q, kc, vc, torch.tensor([4], dtype=torch.int32), frame_tokens=8,
-                     q_norm_weight=w, k_norm_weight=w, rope_cos=cos, rope_sin=sin)
+        flash_decode(
+            q,
+            kc[:, :, 4:12],
+            q,
+            kc,
+            vc,
+            torch.tensor([4], dtype=torch.int32),
+            frame_tokens=8,
+            q_norm_weight=w,
+            k_norm_weight=w,
+            rope_cos=cos,
+            rope_sin=sin,
+        )

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _kernel_testutil import DTYPES, TOL, assert_close, frame_angles, model_prologue, rand, sdpa_ref
-from worldserve.dynamics.attention.kernels.flash_decode import flash_decode
+
 from worldserve.dynamics.attention import backend as A
+from worldserve.dynamics.attention.kernels.flash_decode import flash_decode
 
 NAN = float("nan")
 
@@ -81,8 +81,9 @@ def test_paged_matches_reference_and_unpaged(dtype, prologue, write_kv):
         w1, w2 = (torch.rand(D) + 0.5).to(dtype), (torch.rand(D) + 0.5).to(dtype)
         cos, sin = frame_angles(Tn, Tn, D, first_frame=11, batch=B)
         pro = dict(q_norm_weight=w1, k_norm_weight=w2, rope_cos=cos, rope_sin=sin)
-    out = flash_decode(q, k_new, v_new, kp, vp, lens_t, frame_tokens=Tn, write_kv=write_kv, block_table=bt,
-                       page_size=ps, **pro)
+    out = flash_decode(
+        q, k_new, v_new, kp, vp, lens_t, frame_tokens=Tn, write_kv=write_kv, block_table=bt, page_size=ps, **pro
+    )
 
     # unpaged kernel on the same logical caches (padded, NaN past L_b)
     Tmax = max(lens) + Tn
@@ -141,12 +142,17 @@ def test_cfg_rows_share_one_sessions_pages():
         s, L = row % 2, lens[row % 2]
         keys = torch.cat((kc[s : s + 1, :, :L], k_new[row : row + 1]), dim=2)
         vals = torch.cat((vc[s : s + 1, :, :L], v_new[row : row + 1]), dim=2)
-        assert_close(out[row : row + 1], sdpa_ref(q[row : row + 1], keys, vals, frame_tokens=Tn, mask="frame_causal",
-                                                  q_start=L), torch.float32, msg=f"row {row}")
+        assert_close(
+            out[row : row + 1],
+            sdpa_ref(q[row : row + 1], keys, vals, frame_tokens=Tn, mask="frame_causal", q_start=L),
+            torch.float32,
+            msg=f"row {row}",
+        )
     assert torch.equal(kp.nan_to_num(7), kp0.nan_to_num(7))
     # the torch reference's paged path (gathers each shared session once) agrees
-    ref = A.attention_decode_reference(q, k_new, v_new, kp, vp, lens4, frame_tokens=Tn, write_kv=False,
-                                       block_table=bt4, page_size=ps)
+    ref = A.attention_decode_reference(
+        q, k_new, v_new, kp, vp, lens4, frame_tokens=Tn, write_kv=False, block_table=bt4, page_size=ps
+    )
     assert_close(out, ref, torch.float32)
 
 
@@ -173,8 +179,20 @@ def test_one_frame_per_page_decode_chain_equals_prefill(token_major):
     bt = torch.tensor([[3, 0, 4]], dtype=torch.int32)
     for i in range(n):
         s = slice(i * F, (i + 1) * F)
-        out = flash_decode(q[:, :, s], k[:, :, s], v[:, :, s], kp, vp, torch.tensor([i * F], dtype=torch.int32),
-                           frame_tokens=F, rope_cos=cos[:, s], rope_sin=sin[:, s], block_table=bt, page_size=F, **pro)
+        out = flash_decode(
+            q[:, :, s],
+            k[:, :, s],
+            v[:, :, s],
+            kp,
+            vp,
+            torch.tensor([i * F], dtype=torch.int32),
+            frame_tokens=F,
+            rope_cos=cos[:, s],
+            rope_sin=sin[:, s],
+            block_table=bt,
+            page_size=F,
+            **pro,
+        )
         assert_close(out, prefill[:, :, s].float(), torch.float32, msg=f"frame {i}")
     km = model_prologue(k, kw, cos, sin)
     for i, page in enumerate((3, 0, 4)):
@@ -190,8 +208,11 @@ def test_attention_decode_paged_backends_agree_and_record_the_kernel(prologue):
     q, k_new, v_new, kc, vc, kp, vp, bt, pages = _setup(B, H, D, Tn, lens, ps, torch.float32, token_major=True)
     cos, sin = frame_angles(Tn, Tn, D, first_frame=9, batch=B)
     w1, w2 = torch.rand(D) + 0.5, torch.rand(D) + 0.5
-    kw = {"none": {}, "fused": dict(q_norm_weight=w1, k_norm_weight=w2, rope_cos=cos, rope_sin=sin),
-          "rope_only": dict(rope_cos=cos, rope_sin=sin)}[prologue]
+    kw = {
+        "none": {},
+        "fused": dict(q_norm_weight=w1, k_norm_weight=w2, rope_cos=cos, rope_sin=sin),
+        "rope_only": dict(rope_cos=cos, rope_sin=sin),
+    }[prologue]
     lens_t = torch.tensor(lens, dtype=torch.int32)
     kp2, vp2 = kp.clone(), vp.clone()
     before = A.decode_counts()
@@ -236,8 +257,17 @@ def test_paged_argument_checks():
     bt = torch.tensor([[0, 1]], dtype=torch.int32)
     lens = torch.tensor([4], dtype=torch.int32)
     with pytest.raises(ValueError, match="cache too small"):  # 2 pages of 8 rows < 12 + 8
-        flash_decode(q, q, q, pool, pool.clone(), torch.tensor([12], dtype=torch.int32), frame_tokens=8,
-                     block_table=bt, page_size=8)
+        flash_decode(
+            q,
+            q,
+            q,
+            pool,
+            pool.clone(),
+            torch.tensor([12], dtype=torch.int32),
+            frame_tokens=8,
+            block_table=bt,
+            page_size=8,
+        )
     with pytest.raises(ValueError, match="page_size"):
         flash_decode(q, q, q, pool, pool.clone(), lens, frame_tokens=8, block_table=bt, page_size=16)
     with pytest.raises(ValueError, match="block_table"):
@@ -245,5 +275,14 @@ def test_paged_argument_checks():
     with pytest.raises(ValueError, match="both block_table and page_size"):
         A.attention_decode(q, q, q, pool, pool.clone(), lens, frame_tokens=8, block_table=bt)
     with A.use_backend("sdpa"), pytest.raises(ValueError, match="outside the pool"):
-        A.attention_decode(q, q, q, pool, pool.clone(), lens, frame_tokens=8,
-                           block_table=torch.tensor([[0, 9]], dtype=torch.int32), page_size=8)
+        A.attention_decode(
+            q,
+            q,
+            q,
+            pool,
+            pool.clone(),
+            lens,
+            frame_tokens=8,
+            block_table=torch.tensor([[0, 9]], dtype=torch.int32),
+            page_size=8,
+        )

@@ -7,10 +7,10 @@ import inspect
 
 import pytest
 import torch
+from _kernel_testutil import assert_close, frame_angles, rand
 
 import worldserve.dynamics.attention.kernels.flash_decode as fd
 import worldserve.dynamics.attention.kernels.flash_prefill as fp
-from _kernel_testutil import assert_close, frame_angles, rand
 from worldserve.dynamics.attention import backend as A
 
 
@@ -34,9 +34,14 @@ def test_cpu_defaults_to_sdpa_even_when_interpreting(calls, monkeypatch):
     q = rand(1, 2, 16, 32)
     assert A.current_backend() == "auto"
     A.attention(q, q, q, frame_tokens=8)
-    A.attention_varlen(q[0].transpose(0, 1), q[0].transpose(0, 1), q[0].transpose(0, 1),
-                       torch.tensor([0, 16], dtype=torch.int32), torch.tensor([0, 16], dtype=torch.int32),
-                       frame_tokens=8)
+    A.attention_varlen(
+        q[0].transpose(0, 1),
+        q[0].transpose(0, 1),
+        q[0].transpose(0, 1),
+        torch.tensor([0, 16], dtype=torch.int32),
+        torch.tensor([0, 16], dtype=torch.int32),
+        frame_tokens=8,
+    )
     assert calls == []
 
 
@@ -90,13 +95,15 @@ def test_auto_rules_for_cuda_tensors():
 
 
 def test_public_signatures_are_backward_compatible():
-    for fn, positional in ((A.attention, ["q", "k", "v"]), (A.attention_reference, ["q", "k", "v"]),
-                           (A.attention_varlen, ["q", "k", "v", "cu_seqlens_q", "cu_seqlens_k"])):
+    for fn, positional in (
+        (A.attention, ["q", "k", "v"]),
+        (A.attention_reference, ["q", "k", "v"]),
+        (A.attention_varlen, ["q", "k", "v", "cu_seqlens_q", "cu_seqlens_k"]),
+    ):
         params = inspect.signature(fn).parameters
         assert [n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD] == positional
         assert {"frame_tokens", "mask", "scale"} <= set(params)
-    assert list(inspect.signature(A.build_mask).parameters) == ["tq", "tk", "frame_tokens", "mask", "q_start",
-                                                                "device"]
+    assert list(inspect.signature(A.build_mask).parameters) == ["tq", "tk", "frame_tokens", "mask", "q_start", "device"]
 
 
 @pytest.mark.parametrize("mask", ("full", "causal", "frame_causal"))
@@ -106,8 +113,12 @@ def test_both_backends_agree(mask, prologue, calls):
     q, k, v = rand(B, H, Tq, D), rand(B, H, Tk, D), rand(B, H, Tk, D)
     cos, sin = frame_angles(Tk, F, D, first_frame=5, batch=B)
     w1, w2 = torch.rand(D) + 0.5, torch.rand(D) + 0.5
-    kw = {"none": {}, "fused": dict(q_norm_weight=w1, k_norm_weight=w2, rope_cos=cos, rope_sin=sin),
-          "rope_only": dict(rope_cos=cos, rope_sin=sin), "norm_only": dict(q_norm_weight=w1, k_norm_weight=w2)}[prologue]
+    kw = {
+        "none": {},
+        "fused": dict(q_norm_weight=w1, k_norm_weight=w2, rope_cos=cos, rope_sin=sin),
+        "rope_only": dict(rope_cos=cos, rope_sin=sin),
+        "norm_only": dict(q_norm_weight=w1, k_norm_weight=w2),
+    }[prologue]
     with A.use_backend("sdpa"):
         ref = A.attention(q, k, v, frame_tokens=F, mask=mask, **kw)
     with A.use_backend("triton"):
@@ -123,8 +134,11 @@ def test_decode_backends_agree_including_cache_writes(prologue, calls):
     kc, vc = rand(B, H, 64, D), rand(B, H, 64, D)
     cos, sin = frame_angles(F, F, D, first_frame=9, batch=B)
     w1, w2 = torch.rand(D) + 0.5, torch.rand(D) + 0.5
-    kw = {"none": {}, "fused": dict(q_norm_weight=w1, k_norm_weight=w2, rope_cos=cos, rope_sin=sin),
-          "rope_only": dict(rope_cos=cos, rope_sin=sin)}[prologue]
+    kw = {
+        "none": {},
+        "fused": dict(q_norm_weight=w1, k_norm_weight=w2, rope_cos=cos, rope_sin=sin),
+        "rope_only": dict(rope_cos=cos, rope_sin=sin),
+    }[prologue]
     lens_t = torch.tensor(lens, dtype=torch.int32)
     kc2, vc2 = kc.clone(), vc.clone()
     with A.use_backend("sdpa"):

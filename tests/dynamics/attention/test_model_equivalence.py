@@ -20,13 +20,22 @@ import pytest
 import torch
 
 model_mod = pytest.importorskip("worldserve.dynamics.models.transformer")
-from worldserve.dynamics.attention.kernels import flash_decode, flash_prefill  # noqa: E402
 from worldserve.dynamics.attention import backend as A  # noqa: E402
 from worldserve.dynamics.attention.backend import use_backend  # noqa: E402
+from worldserve.dynamics.attention.kernels import flash_decode, flash_prefill  # noqa: E402
 
 # 32x32 frames -> 4x4 latent grid (16 tokens per frame = one page), head dim 32, window of 3 frames
-SMALL = model_mod.WorldModelConfig(frame_height=32, frame_width=32, latent_channels=4, ae_channels=8, dim=64,
-                                   n_layers=2, n_heads=2, context_frames=3, sample_steps=2)
+SMALL = model_mod.WorldModelConfig(
+    frame_height=32,
+    frame_width=32,
+    latent_channels=4,
+    ae_channels=8,
+    dim=64,
+    n_layers=2,
+    n_heads=2,
+    context_frames=3,
+    sample_steps=2,
+)
 
 
 def _rollout(model, frames, acts, rounds):
@@ -38,8 +47,7 @@ def _rollout(model, frames, acts, rounds):
     for i in range(rounds):  # the windows fill and then slide (rotating pages)
         steps = [model.state_step(s) + 1 for s in states]
         g = 2.0 if i % 2 == 0 else 1.0  # with CFG (two branches share the pages) and without
-        lat.append(model.step(states, acts[i % 5: i % 5 + 1].repeat(3, 1), seeds=[7, 8, 9], steps=steps,
-                              guidance=g))
+        lat.append(model.step(states, acts[i % 5 : i % 5 + 1].repeat(3, 1), seeds=[7, 8, 9], steps=steps, guidance=g))
     lat = torch.cat(lat)
     return lat, model.decode(lat), states
 
@@ -56,8 +64,15 @@ def test_model_with_triton_attention_matches_sdpa(monkeypatch, config):
     rounds = 4 if config is SMALL else 1
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (5, c.frame_height, c.frame_width, 3), dtype=torch.uint8, generator=g)
-    acts = torch.stack([model.null_action(), model.action_vector(["left"]), model.action_vector(["jump"]),
-                        model.action_vector(["right", "fire"]), model.action_vector([])])
+    acts = torch.stack(
+        [
+            model.null_action(),
+            model.action_vector(["left"]),
+            model.action_vector(["jump"]),
+            model.action_vector(["right", "fire"]),
+            model.action_vector([]),
+        ]
+    )
     if config is DEFAULT_1STEP:
         model.configure_state_pool(3 * c.context_frames * model.page_nbytes)  # 3 sessions, no more
 
@@ -71,13 +86,19 @@ def test_model_with_triton_attention_matches_sdpa(monkeypatch, config):
 
     launches = []
     real_decode = flash_decode.flash_decode
-    monkeypatch.setattr(flash_decode, "flash_decode", lambda *a, **k: (
-        launches.append("flash_decode_paged" if k.get("block_table") is not None else "flash_decode"),
-        real_decode(*a, **k))[1])
+    monkeypatch.setattr(
+        flash_decode,
+        "flash_decode",
+        lambda *a, **k: (
+            launches.append("flash_decode_paged" if k.get("block_table") is not None else "flash_decode"),
+            real_decode(*a, **k),
+        )[1],
+    )
     for name in ("flash_attention", "flash_attention_varlen"):
         real = getattr(flash_prefill, name)
-        monkeypatch.setattr(flash_prefill, name,
-                            lambda *a, _r=real, _n=name, **k: (launches.append(_n), _r(*a, **k))[1])
+        monkeypatch.setattr(
+            flash_prefill, name, lambda *a, _r=real, _n=name, **k: (launches.append(_n), _r(*a, **k))[1]
+        )
     before = A.decode_counts()
     with use_backend("triton"):
         assert model.runtime.attention_backend == "triton" and model.runtime.decode_kernel == "flash_decode_paged"
@@ -117,10 +138,18 @@ def test_fused_prologue_is_the_models_qk_norm_and_rope():
         x = torch.randn(1, frames * c.frame_tokens, c.dim)
         cos, sin = tr.rope(torch.arange(40, 40 + frames)[None])  # (1, T, D/2)
         q, k, v = blk.qkv_heads(x, cos, sin)  # normed + rotated, (B, T, H, D)
-        want = flash_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                               frame_tokens=c.frame_tokens, mask="frame_causal")
+        want = flash_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), frame_tokens=c.frame_tokens, mask="frame_causal"
+        )
         raw = blk.qkv(blk.norm1(x)).view(1, -1, 3, c.n_heads, c.head_dim).unbind(2)
-        got = flash_attention(*(t.transpose(1, 2) for t in raw), frame_tokens=c.frame_tokens, mask="frame_causal",
-                              q_norm_weight=blk.q_norm, k_norm_weight=blk.k_norm, norm_eps=blk.eps,
-                              rope_cos=cos, rope_sin=sin)
+        got = flash_attention(
+            *(t.transpose(1, 2) for t in raw),
+            frame_tokens=c.frame_tokens,
+            mask="frame_causal",
+            q_norm_weight=blk.q_norm,
+            k_norm_weight=blk.k_norm,
+            norm_eps=blk.eps,
+            rope_cos=cos,
+            rope_sin=sin,
+        )
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

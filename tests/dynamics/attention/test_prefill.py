@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
-
 from _kernel_testutil import DTYPES, assert_close, frame_angles, model_prologue, rand, sdpa_ref
+
 from worldserve.dynamics.attention.kernels._common import TileConfig
 from worldserve.dynamics.attention.kernels.flash_prefill import flash_attention, flash_attention_reference
 
@@ -95,15 +95,35 @@ def test_fused_prologue_equals_model_ops(dtype, mask, q_start):
     q, k, v = rand(B, H, tq, D, dtype=dtype), rand(B, H, Tk, D, dtype=dtype), rand(B, H, Tk, D, dtype=dtype)
     qw, kw = (torch.rand(D) + 0.5).to(dtype), (torch.rand(D) + 0.5).to(dtype)
     cos, sin = frame_angles(Tk, F, D, first_frame=1000, batch=B)  # (B, Tk, D/2) per key row
-    out = flash_attention(q, k, v, frame_tokens=F, mask=mask, q_start=q_start,
-                          q_norm_weight=qw, k_norm_weight=kw, rope_cos=cos, rope_sin=sin)
+    out = flash_attention(
+        q,
+        k,
+        v,
+        frame_tokens=F,
+        mask=mask,
+        q_start=q_start,
+        q_norm_weight=qw,
+        k_norm_weight=kw,
+        rope_cos=cos,
+        rope_sin=sin,
+    )
     qs = Tk - tq if q_start is None else q_start
-    qm = model_prologue(q, qw, cos[:, qs: qs + tq], sin[:, qs: qs + tq]).to(dtype)
+    qm = model_prologue(q, qw, cos[:, qs : qs + tq], sin[:, qs : qs + tq]).to(dtype)
     km = model_prologue(k, kw, cos, sin).to(dtype)
     assert_close(out, sdpa_ref(qm, km, v, frame_tokens=F, mask=mask, q_start=q_start), dtype)
     # and the kernels' own unfused reference agrees
-    ref = flash_attention_reference(q.float(), k.float(), v.float(), frame_tokens=F, mask=mask, q_start=q_start,
-                                    q_norm_weight=qw, k_norm_weight=kw, rope_cos=cos, rope_sin=sin)
+    ref = flash_attention_reference(
+        q.float(),
+        k.float(),
+        v.float(),
+        frame_tokens=F,
+        mask=mask,
+        q_start=q_start,
+        q_norm_weight=qw,
+        k_norm_weight=kw,
+        rope_cos=cos,
+        rope_sin=sin,
+    )
     assert_close(out, ref, dtype)
 
 
@@ -121,8 +141,8 @@ def test_future_frames_are_never_read(mask, frame_tokens, cfg):
     B, H, D, F = 1, 2, 32, frame_tokens
     q = rand(B, H, 3 * F, D)
     k, v = rand(B, H, 5 * F, D), rand(B, H, 5 * F, D)
-    k[:, :, 3 * F:] = float("nan")
-    v[:, :, 3 * F:] = float("nan")
+    k[:, :, 3 * F :] = float("nan")
+    v[:, :, 3 * F :] = float("nan")
     out = flash_attention(q, k, v, frame_tokens=F, mask=mask, q_start=0, config=cfg)
     assert torch.isfinite(out).all()
     ref = sdpa_ref(q, k[:, :, : 3 * F], v[:, :, : 3 * F], frame_tokens=F, mask=mask, q_start=0)
@@ -136,7 +156,7 @@ def test_nan_keys_inside_the_visible_range_do_propagate():
     q, k, v = rand(1, 1, 3 * F, 32), rand(1, 1, 5 * F, 32), rand(1, 1, 5 * F, 32)
     v[:, :, 2 * F] = float("nan")
     out = flash_attention(q, k, v, frame_tokens=F, mask="frame_causal", q_start=0)
-    assert torch.isnan(out[:, :, 2 * F:]).all() and torch.isfinite(out[:, :, :F]).all()
+    assert torch.isnan(out[:, :, 2 * F :]).all() and torch.isfinite(out[:, :, :F]).all()
 
 
 def _expected_tiles(T, F, bm, bn, mask):

@@ -14,15 +14,24 @@ import pytest
 
 from worldserve.common.codec import PNG, decode_frame, encode_frame, unpack_array
 from worldserve.common.config import Config
-from worldserve.dynamics.engine.core import Engine
-from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
 from worldserve.dynamics.attention import backend as A
 from worldserve.dynamics.attention.backend import use_backend
+from worldserve.dynamics.engine.core import Engine
 from worldserve.dynamics.engine.types import StepRequest
+from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
 
 # small: 32x32 frames (16 tokens per frame), head dim 32, a 3-frame window (slides within the test)
-CONFIG = WorldModelConfig(frame_height=32, frame_width=32, latent_channels=4, ae_channels=8, dim=64, n_layers=2,
-                          n_heads=2, context_frames=3, sample_steps=1)
+CONFIG = WorldModelConfig(
+    frame_height=32,
+    frame_width=32,
+    latent_channels=4,
+    ae_channels=8,
+    dim=64,
+    n_layers=2,
+    n_heads=2,
+    context_frames=3,
+    sample_steps=1,
+)
 KEYS = [("right",), ("left", "jump"), (), ("up",)]
 
 
@@ -37,8 +46,9 @@ async def run(model, store, backend: str, seed: int):
     engine = Engine(model, store, Config.load({}, env={}), model_name="tiny", batch_invariant=True)
     engine.start()
     rgb = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    rec = await store.create("t", model="tiny", prompt="", seed=seed, width=32, height=32,
-                             first_frame=encode_frame(rgb, PNG).data)
+    rec = await store.create(
+        "t", model="tiny", prompt="", seed=seed, width=32, height=32, first_frame=encode_frame(rgb, PNG).data
+    )
     frames = []
     try:
         with use_backend(backend):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _kernel_testutil import DTYPES, assert_close, frame_angles, model_prologue, rand, sdpa_ref
-from worldserve.dynamics.attention.kernels.flash_prefill import flash_attention_varlen, flash_attention_varlen_reference
+
 from worldserve.dynamics.attention.backend import attention_varlen, use_backend
+from worldserve.dynamics.attention.kernels.flash_prefill import flash_attention_varlen, flash_attention_varlen_reference
 
 # (queries, keys) per sequence: a decode step (one frame against a cache), an empty query set,
 # a prefill (queries == keys), a short odd one
@@ -32,8 +32,13 @@ def _check(out, q, k, v, cu_q, cu_k, frame_tokens, mask, dtype):
         qs, qe, ks, ke = int(cu_q[b]), int(cu_q[b + 1]), int(cu_k[b]), int(cu_k[b + 1])
         if qe == qs:
             continue
-        ref = sdpa_ref(q[qs:qe].transpose(0, 1)[None], k[ks:ke].transpose(0, 1)[None],
-                       v[ks:ke].transpose(0, 1)[None], frame_tokens=frame_tokens, mask=mask)
+        ref = sdpa_ref(
+            q[qs:qe].transpose(0, 1)[None],
+            k[ks:ke].transpose(0, 1)[None],
+            v[ks:ke].transpose(0, 1)[None],
+            frame_tokens=frame_tokens,
+            mask=mask,
+        )
         assert_close(out[qs:qe].transpose(0, 1)[None], ref, dtype, msg=f"sequence {b}")
 
 
@@ -59,8 +64,9 @@ def test_strided_packed_inputs():
     qkv = rand(int(cu_k[-1]), 3, 2, 32)
     q_all, k, v = qkv.unbind(1)
     # queries are the last q-length rows of each sequence
-    q = torch.cat([q_all[int(cu_k[b + 1]) - (int(cu_q[b + 1]) - int(cu_q[b])): int(cu_k[b + 1])]
-                   for b in range(len(lengths))])
+    q = torch.cat(
+        [q_all[int(cu_k[b + 1]) - (int(cu_q[b + 1]) - int(cu_q[b])) : int(cu_k[b + 1])] for b in range(len(lengths))]
+    )
     assert not k.is_contiguous()
     out = flash_attention_varlen(q, k, v, cu_q, cu_k, frame_tokens=10)
     _check(out, q, k, v, cu_q, cu_k, 10, "frame_causal", torch.float32)
@@ -80,11 +86,11 @@ def test_fused_prologue(dtype):
     out = flash_attention_varlen(q, k, v, cu_q, cu_k, frame_tokens=F, **pro)
     for b, (ql, kl) in enumerate(lengths):
         qs, ks = int(cu_q[b]), int(cu_k[b])
-        c, s = cos[None, ks: ks + kl], sin[None, ks: ks + kl]
-        km = model_prologue(k[ks: ks + kl].transpose(0, 1)[None], kw, c, s).to(dtype)
-        qm = model_prologue(q[qs: qs + ql].transpose(0, 1)[None], qw, c[:, kl - ql:], s[:, kl - ql:]).to(dtype)
-        ref = sdpa_ref(qm, km, v[ks: ks + kl].transpose(0, 1)[None], frame_tokens=F, mask="frame_causal")
-        assert_close(out[qs: qs + ql].transpose(0, 1)[None], ref, dtype, msg=f"sequence {b}")
+        c, s = cos[None, ks : ks + kl], sin[None, ks : ks + kl]
+        km = model_prologue(k[ks : ks + kl].transpose(0, 1)[None], kw, c, s).to(dtype)
+        qm = model_prologue(q[qs : qs + ql].transpose(0, 1)[None], qw, c[:, kl - ql :], s[:, kl - ql :]).to(dtype)
+        ref = sdpa_ref(qm, km, v[ks : ks + kl].transpose(0, 1)[None], frame_tokens=F, mask="frame_causal")
+        assert_close(out[qs : qs + ql].transpose(0, 1)[None], ref, dtype, msg=f"sequence {b}")
     ref = flash_attention_varlen_reference(q.float(), k.float(), v.float(), cu_q, cu_k, frame_tokens=F, **pro)
     assert_close(out, ref, dtype)
 

@@ -52,7 +52,8 @@ import importlib.util
 import os
 import threading
 import warnings
-from typing import Callable, Iterator, Literal
+from collections.abc import Callable, Iterator
+from typing import Literal
 
 import torch
 
@@ -132,12 +133,13 @@ def _guarded(launch: Callable[[], torch.Tensor]) -> torch.Tensor | None:
         return launch()
     except (ValueError, TypeError):
         raise
-    except Exception as e:  # noqa: BLE001 -- triton raises many types (CompilationError, OutOfResources, ...)
+    except Exception as e:
         if current_backend() != "auto":
             raise
         _triton_failed = f"{type(e).__name__}: {e}"
-        warnings.warn(f"Triton attention failed, using torch SDPA from now on: {_triton_failed}", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"Triton attention failed, using torch SDPA from now on: {_triton_failed}", RuntimeWarning, stacklevel=3
+        )
         return None
 
 
@@ -164,10 +166,6 @@ def _use_triton(q: torch.Tensor, head_dim: int, empty: bool) -> bool:
     )
 
 
-
-
-
-
 def _fusable(q_norm_weight, k_norm_weight, rope_cos, rope_sin) -> bool | None:
     """True: the kernels can fuse the prologue (they fuse exactly the model's QK RMSNorm + RoPE);
     False: a partial prologue, applied unfused before the kernel; None: no prologue."""
@@ -178,10 +176,6 @@ def _fusable(q_norm_weight, k_norm_weight, rope_cos, rope_sin) -> bool | None:
     if q_norm_weight is None and rope_cos is None:
         return None
     return q_norm_weight is not None and rope_cos is not None
-
-
-
-
 
 
 def attention(
@@ -203,8 +197,13 @@ def attention(
     Strided inputs (e.g. ``(B, T, H, D)`` tensors transposed to ``(B, H, T, D)``) are fine."""
     if mask not in MASK_KINDS:
         raise ValueError(f"unknown mask kind {mask!r}; expected one of {MASK_KINDS}")
-    pro = dict(q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
-               rope_sin=rope_sin)
+    pro = dict(
+        q_norm_weight=q_norm_weight,
+        k_norm_weight=k_norm_weight,
+        norm_eps=norm_eps,
+        rope_cos=rope_cos,
+        rope_sin=rope_sin,
+    )
     if _use_triton(q, q.shape[-1], q.shape[-2] == 0 or k.shape[-2] == 0):
         from worldserve.dynamics.attention.kernels.flash_prefill import flash_attention
 
@@ -214,11 +213,13 @@ def attention(
             qc = rope_cos[:, qs : qs + tq] if rope_cos is not None else None
             qn = rope_sin[:, qs : qs + tq] if rope_sin is not None else None
             q = qk_prologue_reference(q, norm_weight=q_norm_weight, norm_eps=norm_eps, rope_cos=qc, rope_sin=qn)
-            k = qk_prologue_reference(k, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
-                                        rope_sin=rope_sin)
+            k = qk_prologue_reference(
+                k, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos, rope_sin=rope_sin
+            )
             pro = {}
-        out = _guarded(lambda: flash_attention(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start,
-                                               scale=scale, **pro))
+        out = _guarded(
+            lambda: flash_attention(q, k, v, frame_tokens=frame_tokens, mask=mask, q_start=q_start, scale=scale, **pro)
+        )
         if out is not None:
             _attention_counts[("triton", "flash_attention")] += 1
             return out
@@ -256,26 +257,53 @@ def attention_varlen(
             qr = _varlen_q_rows(cu_seqlens_q, cu_seqlens_k)
             # (T, H, D) -> (1, H, T, D) for the shared prologue helper, and back
             q = qk_prologue_reference(
-                q.transpose(0, 1)[None], norm_weight=q_norm_weight, norm_eps=norm_eps,
+                q.transpose(0, 1)[None],
+                norm_weight=q_norm_weight,
+                norm_eps=norm_eps,
                 rope_cos=rope_cos[qr][None] if rope_cos is not None else None,
                 rope_sin=rope_sin[qr][None] if rope_sin is not None else None,
             )[0].transpose(0, 1)
             k = qk_prologue_reference(
-                k.transpose(0, 1)[None], norm_weight=k_norm_weight, norm_eps=norm_eps,
+                k.transpose(0, 1)[None],
+                norm_weight=k_norm_weight,
+                norm_eps=norm_eps,
                 rope_cos=rope_cos[None] if rope_cos is not None else None,
                 rope_sin=rope_sin[None] if rope_sin is not None else None,
             )[0].transpose(0, 1)
             pro = dict(norm_eps=norm_eps)
             rope_cos = rope_sin = None
-        out = _guarded(lambda: flash_attention_varlen(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, frame_tokens=frame_tokens, mask=mask, scale=scale,
-            max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, rope_cos=rope_cos, rope_sin=rope_sin, **pro))
+        out = _guarded(
+            lambda: flash_attention_varlen(
+                q,
+                k,
+                v,
+                cu_seqlens_q,
+                cu_seqlens_k,
+                frame_tokens=frame_tokens,
+                mask=mask,
+                scale=scale,
+                max_seqlen_q=max_seqlen_q,
+                max_seqlen_k=max_seqlen_k,
+                rope_cos=rope_cos,
+                rope_sin=rope_sin,
+                **pro,
+            )
+        )
         if out is not None:
             return out
-    return attention_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, frame_tokens=frame_tokens, mask=mask,
-                                      scale=scale, rope_cos=rope_cos, rope_sin=rope_sin, **pro)
-
-
+    return attention_varlen_reference(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        frame_tokens=frame_tokens,
+        mask=mask,
+        scale=scale,
+        rope_cos=rope_cos,
+        rope_sin=rope_sin,
+        **pro,
+    )
 
 
 def attention_decode(
@@ -326,32 +354,64 @@ def attention_decode(
     if _use_triton(q, q.shape[-1], q.shape[-2] == 0):
         from worldserve.dynamics.attention.kernels.flash_decode import flash_decode
 
-        pro = dict(q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
-                   rope_sin=rope_sin)
+        pro = dict(
+            q_norm_weight=q_norm_weight,
+            k_norm_weight=k_norm_weight,
+            norm_eps=norm_eps,
+            rope_cos=rope_cos,
+            rope_sin=rope_sin,
+        )
         if _fusable(q_norm_weight, k_norm_weight, rope_cos, rope_sin) is False:
-            q = qk_prologue_reference(q, norm_weight=q_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
-                                        rope_sin=rope_sin)
-            k_new = qk_prologue_reference(k_new, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
-                                        rope_sin=rope_sin)
+            q = qk_prologue_reference(
+                q, norm_weight=q_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos, rope_sin=rope_sin
+            )
+            k_new = qk_prologue_reference(
+                k_new, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos, rope_sin=rope_sin
+            )
             pro = {}
         pg = dict(block_table=block_table, page_size=page_size) if paged else {}
-        out = _guarded(lambda: flash_decode(q, k_new, v_new, k_cache, v_cache, cache_seqlens, frame_tokens=frame_tokens,
-                                            mask=mask, scale=scale, write_kv=write_kv, max_cache_len=max_cache_len,
-                                            **pg, **pro))
+        out = _guarded(
+            lambda: flash_decode(
+                q,
+                k_new,
+                v_new,
+                k_cache,
+                v_cache,
+                cache_seqlens,
+                frame_tokens=frame_tokens,
+                mask=mask,
+                scale=scale,
+                write_kv=write_kv,
+                max_cache_len=max_cache_len,
+                **pg,
+                **pro,
+            )
+        )
         if out is not None:
             _record_decode("triton", decode_kernel_name("triton", paged))
             return out
     out = attention_decode_reference(
-        q, k_new, v_new, k_cache, v_cache, cache_seqlens, frame_tokens=frame_tokens, mask=mask, scale=scale,
-        write_kv=write_kv, q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps,
-        rope_cos=rope_cos, rope_sin=rope_sin, block_table=block_table, page_size=page_size, gather_cache=gather_cache,
+        q,
+        k_new,
+        v_new,
+        k_cache,
+        v_cache,
+        cache_seqlens,
+        frame_tokens=frame_tokens,
+        mask=mask,
+        scale=scale,
+        write_kv=write_kv,
+        q_norm_weight=q_norm_weight,
+        k_norm_weight=k_norm_weight,
+        norm_eps=norm_eps,
+        rope_cos=rope_cos,
+        rope_sin=rope_sin,
+        block_table=block_table,
+        page_size=page_size,
+        gather_cache=gather_cache,
     )
     _record_decode("sdpa", decode_kernel_name("sdpa", paged))
     return out
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -416,6 +476,5 @@ def resolve_backend(
     backend = current_backend()
     if backend != "auto":
         return backend
-    auto = (is_cuda and _triton_failed is None and dt in _AUTO_DTYPES and hd in _AUTO_HEAD_DIMS
-            and _triton_installed())
+    auto = is_cuda and _triton_failed is None and dt in _AUTO_DTYPES and hd in _AUTO_HEAD_DIMS and _triton_installed()
     return "triton" if auto else "sdpa"

@@ -81,11 +81,10 @@ def attention_reference(
     tq, tk = q.shape[-2], k.shape[-2]
     qs = tk - tq if q_start is None else q_start
     if q_norm_weight is not None or rope_cos is not None:
-        qc = rope_cos[:, qs: qs + tq] if rope_cos is not None else None
-        qn = rope_sin[:, qs: qs + tq] if rope_sin is not None else None
+        qc = rope_cos[:, qs : qs + tq] if rope_cos is not None else None
+        qn = rope_sin[:, qs : qs + tq] if rope_sin is not None else None
         q = qk_prologue_reference(q, norm_weight=q_norm_weight, norm_eps=norm_eps, rope_cos=qc, rope_sin=qn)
-        k = qk_prologue_reference(k, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
-                                        rope_sin=rope_sin)
+        k = qk_prologue_reference(k, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos, rope_sin=rope_sin)
     m = build_mask(tq, tk, frame_tokens=frame_tokens, mask=mask, q_start=q_start, device=q.device)
     gqa = q.shape[-3] != k.shape[-3]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale, enable_gqa=gqa)
@@ -161,10 +160,17 @@ def attention_decode_reference(
     out = torch.empty_like(q)
     paged = block_table is not None
     if paged:
-        if (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1
-                or k_cache.shape[2] != page_size or v_cache.shape != k_cache.shape):
-            raise ValueError(f"paged caches must be pools (P, Hkv, page_size={page_size!r}, D), got "
-                             f"{tuple(k_cache.shape)} / {tuple(v_cache.shape)}")
+        if (
+            isinstance(page_size, bool)
+            or not isinstance(page_size, int)
+            or page_size < 1
+            or k_cache.shape[2] != page_size
+            or v_cache.shape != k_cache.shape
+        ):
+            raise ValueError(
+                f"paged caches must be pools (P, Hkv, page_size={page_size!r}, D), got "
+                f"{tuple(k_cache.shape)} / {tuple(v_cache.shape)}"
+            )
         if block_table.dim() != 2 or block_table.shape[0] != B:
             raise ValueError(f"block_table must be (B={B}, max_pages), got {tuple(block_table.shape)}")
         capacity = block_table.shape[1] * page_size
@@ -176,8 +182,9 @@ def attention_decode_reference(
     gathered: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {} if gather_cache is None else gather_cache
     # the prologue is elementwise per row: batched once, the same numbers as per session
     qp = qk_prologue_reference(q, norm_weight=q_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos, rope_sin=rope_sin)
-    kp = qk_prologue_reference(k_new, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos,
-                               rope_sin=rope_sin)
+    kp = qk_prologue_reference(
+        k_new, norm_weight=k_norm_weight, norm_eps=norm_eps, rope_cos=rope_cos, rope_sin=rope_sin
+    )
     for b, L in enumerate(cache_seqlens.tolist()):
         if L + Tn > capacity:
             raise ValueError(f"cache too small: {L} cached + {Tn} new > capacity {capacity}")
@@ -213,8 +220,7 @@ def attention_decode_reference(
             keys = torch.cat((k_cache[b : b + 1, :, :L], kb), dim=2)
             vals = torch.cat((v_cache[b : b + 1, :, :L], v_new[b : b + 1]), dim=2)
         m = "full" if _sees_everything(Tn, L, L + Tn, frame_tokens, mask) else mask
-        out[b : b + 1] = attention_reference(qb, keys, vals, frame_tokens=frame_tokens, mask=m, q_start=L,
-                                             scale=scale)
+        out[b : b + 1] = attention_reference(qb, keys, vals, frame_tokens=frame_tokens, mask=m, q_start=L, scale=scale)
         if write_kv:
             if paged:
                 rows = torch.arange(L, L + Tn, device=k_cache.device)

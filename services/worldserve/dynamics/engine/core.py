@@ -23,19 +23,18 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-
-from worldserve.common.codec import PNG, EncodedFrame, check_format, decode_frame, pack_array, unpack_array
+from worldserve.common.codec import PNG, EncodedFrame, check_format, decode_png, pack_array, unpack_array
 from worldserve.common.config import Config
 from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from worldserve.common.metrics import BATCH_BUCKETS, ServiceMetrics
-from worldserve.dynamics.interface import DynamicsModel
 from worldserve.dynamics.engine.output import OutputProcessor
 from worldserve.dynamics.engine.runner import Job, Runner
 from worldserve.dynamics.engine.scheduler import Scheduler
 from worldserve.dynamics.engine.state_cache import StateCache
 from worldserve.dynamics.engine.types import StepOutput, StepRequest
+from worldserve.dynamics.interface import DynamicsModel
+from worldserve.state.quotas import QuotaEnforcer, gcra_args, rate_key
 from worldserve.state.store import AlreadyApplied, SessionStore, action_to_dict, check_session_id
-from worldserve.v1 import common_pb2
 
 log = logging.getLogger("worldserve.dynamics")
 
@@ -53,12 +52,14 @@ class Engine:
         config: Config,
         metrics: ServiceMetrics | None = None,
         *,
+        enforcer: QuotaEnforcer | None = None,
         model_name: str = "",
         batch_invariant: bool = True,
     ):
         self.model = model
         self.store = store
         self.config = config
+        self.enforcer = enforcer or QuotaEnforcer(store)
         self.model_name = model_name or config.default_model_name
         self.batch_invariant = batch_invariant
         self.info = model.info
@@ -73,29 +74,39 @@ class Engine:
         self.m_hits = m.counter("context_cache_hits", "Steps whose state was in the replica cache", ("model",))
         self.m_misses = m.counter("context_cache_misses", "Steps whose state was prefilled from Redis", ("model",))
         self.m_frames = m.counter("frames_generated", "Frames generated and acknowledged", ("model",))
-        self.m_model = m.histogram("model_step_duration_seconds", "Model time of one batch (prefill, step, decode)",
-                                   ("model",))
-        self.m_steps = m.counter("model_steps", "Session steps run by the model, by attention backend and kernel",
-                                 ("model", "backend", "kernel"))
+        self.m_model = m.histogram(
+            "model_step_duration_seconds", "Model time of one batch (prefill, step, decode)", ("model",)
+        )
+        self.m_steps = m.counter(
+            "model_steps",
+            "Session steps run by the model, by attention backend and kernel",
+            ("model", "backend", "kernel"),
+        )
         self.m_conflicts = m.counter("step_conflicts", "Steps rejected by the compare-and-set append", ("model",))
-        self.m_replays = m.counter("step_replays", "Steps answered from the log: their request id had already landed",
-                                   ("model",))
+        self.m_replays = m.counter(
+            "step_replays", "Steps answered from the log: their request id had already landed", ("model",)
+        )
         self.m_failures = m.counter("item_failures", "Steps that failed in the model (their batch went on)", ("model",))
-        self.m_deadline = m.counter("deadline_steps", "Steps answered that carried a frame deadline, by outcome",
-                                    ("model", "outcome"))
-        self.m_wait = m.histogram("queue_wait_seconds", "Time steps waited for the model, by priority class",
-                                  ("model", "priority"))
+        self.m_deadline = m.counter(
+            "deadline_steps", "Steps answered that carried a frame deadline, by outcome", ("model", "outcome")
+        )
+        self.m_wait = m.histogram(
+            "queue_wait_seconds", "Time steps waited for the model, by priority class", ("model", "priority")
+        )
         self._item_s = 0.0  # model seconds per step, averaged over recent batches
         self.deadline_counts = [0, 0]  # steps with a frame deadline answered so far: [met, missed]
         self.cache = StateCache(
-            model, config.state_cache_bytes,
+            model,
+            config.state_cache_bytes,
             on_evict=lambda reason: self.m_evictions.inc(model=self.model_name, reason=reason),
             on_change=self._cache_changed,
         )
-        self.scheduler: Scheduler[Job] = Scheduler(config.max_batch_size, config.max_queue,
-                                                   on_depth=lambda n: self.m_queue.set(n, **lbl))
-        self.runner = Runner(model, self.cache, batch_invariant=batch_invariant,
-                             on_item_failure=lambda e: self.m_failures.inc(**lbl))
+        self.scheduler: Scheduler[Job] = Scheduler(
+            config.max_batch_size, config.max_queue, on_depth=lambda n: self.m_queue.set(n, **lbl)
+        )
+        self.runner = Runner(
+            model, self.cache, batch_invariant=batch_invariant, on_item_failure=lambda e: self.m_failures.inc(**lbl)
+        )
         self.output = OutputProcessor()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")  # one model stream
         self._inflight: set[tuple[str, str]] = set()
@@ -118,6 +129,17 @@ class Engine:
         self._tasks = []
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.output.close()
+
+    @property
+    def item_s(self) -> float:
+        """Model seconds per step, averaged over recent batches (0.0: no batch yet)."""
+        return self._item_s
+
+    def check_alive(self) -> None:
+        """RuntimeError when a background task (batches, evictions) died (the replica's health check)."""
+        for t in self._tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                raise RuntimeError(f"engine task {t.get_name()} died: {t.exception()!r}")
 
     # -- validation -------------------------------------------------------------------------------
     def action_vector(self, keys, mouse, event: str | None = None):
@@ -187,7 +209,17 @@ class Engine:
     async def _step(self, req: StepRequest, key, vec, g: float, fmt: int) -> StepOutput:
         since = time.monotonic()
         try:
-            rec, landed = await self.store.get_for_step(req.tenant, req.session_id, req.request_id)
+            rate = req.rate
+            rec, landed, charged = await self.store.get_for_step(
+                req.tenant,
+                req.session_id,
+                req.request_id,
+                None if rate is None else (rate_key(req.tenant), gcra_args(rate.steps_per_s, rate.burst, 1)),
+            )
+            if rate is not None:  # paced or refused here, before any work (the read is one round trip)
+                await self.enforcer.settle(
+                    req.tenant, rate.steps_per_s, rate.burst, 1, charged, wait_s=rate.wait_s, hold_s=rate.hold_s
+                )
         except NotFound:
             if key in self.cache:  # deleted while this replica held its state
                 self.cache.evict(key, "deleted")
@@ -220,27 +252,40 @@ class Engine:
                 await self._run(job)
             if job.error is not None:
                 raise job.error
+            if job.rgb is None or job.latent is None:  # the runner fills both or sets error
+                raise RuntimeError(f"session {req.session_id!r}: the runner returned no frame")
             png, frame = await self.output.encode(job.rgb, fmt)
-            if job.first_latent is not None:
-                await self.store.set_latent_if_absent(req.tenant, req.session_id, 0, pack_array(job.first_latent))
             action = action_to_dict(req.keys, dict(req.mouse))
             if job.event:
                 action["event"] = job.event  # the log records the event in force at each step
             try:
-                n = await self.store.append(req.tenant, req.session_id, expected_step=rec.step, action=action,
-                                            latent=pack_array(job.latent), frame=png, request_id=req.request_id)
+                due = (
+                    self.store.archive is not None
+                    and (rec.step + 1 - rec.archived) % self.config.archive_chunk_steps == 0
+                )  # a chunk fills
+                n = await self.store.append(
+                    req.tenant,
+                    req.session_id,
+                    expected_step=rec.step,
+                    action=action,
+                    latent=pack_array(job.latent),
+                    frame=png,
+                    request_id=req.request_id,
+                    due=due,
+                    first_latent=None if job.first_latent is None else pack_array(job.first_latent),
+                )
             except (Conflict, NotFound):
                 self.m_conflicts.inc(**self._lbl)
                 raise
             except AlreadyApplied as e:  # its twin landed first (another replica): answer with that step
                 hit = await self.store.recorded(req.tenant, req.session_id, req.request_id)
                 if hit is None or hit[0] != e.step:
-                    raise Conflict(f"session {req.session_id!r}: request {req.request_id!r} landed as step {e.step}, "
-                                   "which is gone; this step was not applied") from None
+                    raise Conflict(
+                        f"session {req.session_id!r}: request {req.request_id!r} landed as step {e.step}, "
+                        "which is gone; this step was not applied"
+                    ) from None
                 return await self._replay(req, rec, *hit, fmt)
             ok = True
-            if self.store.archive is not None and (n - rec.archived) % self.config.archive_chunk_steps == 0:
-                await self.store.mark_due(req.tenant, req.session_id)  # a chunk just filled: the archiver's turn
             self.cache.put(key, job.state, job.event, since=since)
             self.m_frames.inc(**self._lbl)
             return StepOutput(req.session_id, n, frame)
@@ -254,7 +299,7 @@ class Engine:
         self.m_replays.inc(**self._lbl)
         if fmt == PNG:
             return StepOutput(req.session_id, step, EncodedFrame(PNG, png, rec.width, rec.height))
-        rgb = decode_frame(common_pb2.Frame(format=PNG, data=png), max_bytes=1 << 30)
+        rgb = decode_png(png)
         _, frame = await self.output.encode(rgb, fmt)
         return StepOutput(req.session_id, step, frame)
 
@@ -282,15 +327,16 @@ class Engine:
     async def _load_window(self, job: Job) -> str:
         """Read the session's latent window for a prefill; returns the event in force at its end."""
         req = job.req
-        entries = await self.store.window(req.tenant, req.session_id, end_step=job.step,
-                                          frames=self.info.context_frames - 1)
+        entries = await self.store.window(
+            req.tenant, req.session_id, end_step=job.step, frames=self.info.context_frames - 1
+        )
         job.window = [(e.step, e.action, None if e.latent is None else unpack_array(e.latent)) for e in entries]
         missing = [s for s, _, z in job.window if z is None]
         if missing:
             if missing != [0]:
                 raise InvalidArgument(f"session {req.session_id!r} has no latents for steps {missing}")
             png = await self.store.first_frame(req.tenant, req.session_id)
-            job.first_frame = decode_frame(common_pb2.Frame(format=PNG, data=png), max_bytes=1 << 30)
+            job.first_frame = decode_png(png)
         return (entries[-1].action or {}).get("event", "") if entries else ""
 
     # -- background -------------------------------------------------------------------------------
@@ -302,8 +348,7 @@ class Engine:
                 self._cache_changed(len(self.cache), self.cache.nbytes)
                 continue
             waiting = time.monotonic() - self.scheduler.last_waiting < WAITING_WINDOW_S
-            if (self.config.max_batch_wait_s > 0 and not waiting
-                    and self.scheduler.depth < self.config.max_batch_size):
+            if self.config.max_batch_wait_s > 0 and not waiting and self.scheduler.depth < self.config.max_batch_size:
                 await asyncio.sleep(self.config.max_batch_wait_s)
             batch = self.scheduler.take_batch(self._batch_limit(waiting))
             if not batch:
@@ -314,7 +359,7 @@ class Engine:
                 self.m_wait.observe(t0 - j.queued_at, model=self.model_name, priority=j.req.priority.name.lower())
             try:
                 stats = await loop.run_in_executor(self._pool, self.runner.run, batch)
-            except Exception as e:  # noqa: BLE001 - a bug in the runner: fail this batch, keep serving
+            except Exception as e:
                 log.exception("model batch of %d failed", len(batch))
                 for j in batch:
                     j.error = e
@@ -325,8 +370,12 @@ class Engine:
                 self._item_s = per if not self._item_s else 0.8 * self._item_s + 0.2 * per
                 rt = self.model.runtime
                 if stats.steps:
-                    self.m_steps.inc(stats.steps, model=self.model_name, backend=rt.attention_backend,
-                                     kernel=rt.decode_kernel or rt.attention_backend)
+                    self.m_steps.inc(
+                        stats.steps,
+                        model=self.model_name,
+                        backend=rt.attention_backend,
+                        kernel=rt.decode_kernel or rt.attention_backend,
+                    )
             for j in batch:
                 if not j.fut.done():
                     j.fut.set_result(None)
@@ -347,7 +396,7 @@ class Engine:
                     self.cache.evict((tenant, sid), "deleted")
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - Redis away: resubscribe shortly
+            except Exception as e:
                 log.warning("deletion feed lost (%s); resubscribing", type(e).__name__)
                 await asyncio.sleep(1.0)
 

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from worldserve.common.errors import ResourceExhausted
-from worldserve.dynamics.interface import DynamicsModel, StateMemoryFull
 from worldserve.dynamics.engine.state_cache import Key, StateCache
 from worldserve.dynamics.engine.types import StepRequest
+from worldserve.dynamics.interface import DynamicsModel, StateMemoryFull
 
 log = logging.getLogger("worldserve.dynamics")
 
@@ -69,8 +69,14 @@ class BatchStats:
 
 
 class Runner:
-    def __init__(self, model: DynamicsModel, cache: StateCache, *, batch_invariant: bool,
-                 on_item_failure: Callable[[BaseException], None] | None = None):
+    def __init__(
+        self,
+        model: DynamicsModel,
+        cache: StateCache,
+        *,
+        batch_invariant: bool,
+        on_item_failure: Callable[[BaseException], None] | None = None,
+    ):
         self.model = model
         self.events_supported = model.info.events_supported
         self.cache = cache
@@ -87,7 +93,7 @@ class Runner:
                     j.state = self._prefill(j, stats)
                     j.prefilled = True
                     stats.prefills += 1
-                except Exception as e:  # noqa: BLE001 - this item fails, the batch goes on
+                except Exception as e:
                     self._fail(j, e)
         ready = [j for j in jobs if j.error is None]
         for group in self._groups(ready):
@@ -101,7 +107,7 @@ class Runner:
                     events=[j.event for j in group] if self.events_supported else None,
                 )
                 stats.model_calls += 1
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if len(group) == 1:
                     self._fail(group[0], e)
                 else:
@@ -136,7 +142,7 @@ class Runner:
         for jobs, z in parts:
             try:
                 frames = self.model.decode(z).numpy()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 for j in jobs:
                     self._fail(j, e)
                 continue
@@ -145,14 +151,21 @@ class Runner:
 
     def _prefill(self, job: Job, stats: BatchStats) -> Any:
         latents, actions, events = [], [], []
-        for step, action, z in job.window or []:
+        if not job.window:
+            raise RuntimeError(f"session {job.req.session_id!r}: no window to prefill from")
+        for step, action, z in job.window:
             if z is None:  # the first frame, stored as an image by the sessions service
+                if job.first_frame is None:
+                    raise RuntimeError(f"session {job.req.session_id!r}: step {step} has neither a latent nor a frame")
                 z = self.model.encode(torch.from_numpy(job.first_frame.copy())[None])[0].numpy()
                 job.first_latent = z
             latents.append(torch.from_numpy(np.array(z, dtype=np.float32)))
             a = action or {}
-            actions.append(self.model.null_action() if action is None
-                           else self.model.action_vector(a.get("keys", []), a.get("mouse", {})))
+            actions.append(
+                self.model.null_action()
+                if action is None
+                else self.model.action_vector(a.get("keys", []), a.get("mouse", {}))
+            )
             events.append(a.get("event", ""))
         first_step = job.window[0][0]
         kw = {"events": events} if self.events_supported else {}

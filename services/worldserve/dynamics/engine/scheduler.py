@@ -51,15 +51,17 @@ class Scheduler(Generic[T]):
         """Items waiting."""
         return self._depth
 
-    def submit(self, tenant: str, item: T, priority: Priority = Priority.NORMAL,
-               deadline: float | None = None) -> None:
+    def submit(self, tenant: str, item: T, priority: Priority = Priority.NORMAL, deadline: float | None = None) -> None:
         """Queue ``item``; an interactive one is ordered by ``deadline`` (any clock, one per
         scheduler; None: after every item that has one)."""
         if self._depth >= self.max_queue:
-            raise ResourceExhausted(f"dynamics queue is full ({self._depth} steps waiting); retry later",
-                                    retry_after_s=QUEUE_FULL_RETRY_S)
+            raise ResourceExhausted(
+                f"dynamics queue is full ({self._depth} steps waiting); retry later", retry_after_s=QUEUE_FULL_RETRY_S
+            )
         if priority == Priority.INTERACTIVE:
-            heapq.heappush(self._urgent, (float("inf") if deadline is None else deadline, next(self._seq), tenant, item))
+            heapq.heappush(
+                self._urgent, (float("inf") if deadline is None else deadline, next(self._seq), tenant, item)
+            )
         else:
             self._queues[priority].setdefault(tenant, collections.deque()).append(item)
         if priority != Priority.BULK:
@@ -95,7 +97,7 @@ class Scheduler(Generic[T]):
         batch: list[T] = []
         while self._urgent and len(batch) < cap:
             batch.append(heapq.heappop(self._urgent)[3])
-        for priority, queues in self._queues.items():
+        for queues in self._queues.values():
             while queues and len(batch) < cap:
                 order = list(queues)
                 served = 0

@@ -21,6 +21,19 @@ class Priority(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class RateCharge:
+    """The tenant's step-rate quota as a step carries it to the model replica, which charges it in
+    the Redis round trip that reads the session (``QuotaEnforcer.charge_steps`` semantics)."""
+
+    steps_per_s: float
+    burst: int
+    wait_s: float = 0.0
+    """Sleep for room as long as the wait for it is at most this (a short wait is paced)."""
+    hold_s: float = 0.0
+    """Hold a refusal this long before answering it (a client looping on refusals loops slowly)."""
+
+
+@dataclass(frozen=True)
 class StepRequest:
     """One step of one session, validated at the edge only for shape (the engine checks values)."""
 
@@ -41,6 +54,9 @@ class StepRequest:
     """Wall-clock time (``time.time()``) by which the frame is wanted (interactive steps)."""
     request_id: str = ""
     """Idempotency key: a step already recorded under it is returned again, not re-applied."""
+    rate: RateCharge | None = None
+    """The step-rate quota to charge one step against before the step (None: charged already, or
+    unlimited)."""
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ from collections.abc import Mapping, Sequence
 import torch
 
 
-
 def normalize_event(text: str) -> str:
     """Case and whitespace do not matter: ``"  Night  FALLS "`` is ``"night falls"``."""
     return " ".join(text.lower().split())
 
 
-def action_vector(keys: Sequence[str], mouse: Mapping[str, float] | None, key_names: Sequence[str],
-                  mouse_axes: Sequence[str]) -> torch.Tensor:
+def action_vector(
+    keys: Sequence[str], mouse: Mapping[str, float] | None, key_names: Sequence[str], mouse_axes: Sequence[str]
+) -> torch.Tensor:
     """(len(key_names) + len(mouse_axes),) float32 on CPU: multi-hot of the held ``keys``, then the
     mouse axes (missing = 0)."""
     if isinstance(keys, (str, bytes)):

@@ -9,7 +9,7 @@ conditioning at all. Nothing is downloaded: the tokenizer is UTF-8 bytes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -71,8 +71,9 @@ class EventEncoder(nn.Module):
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """(N,) normalized texts -> (N, dim); each distinct text is encoded once; "" gives zeros."""
         uniq = sorted({t for t in texts if t})
-        out = torch.zeros(len(texts), self.out[-1].out_features, device=self.tok.weight.device,
-                          dtype=self.tok.weight.dtype)
+        out = torch.zeros(
+            len(texts), self.out[-1].out_features, device=self.tok.weight.device, dtype=self.tok.weight.dtype
+        )
         if uniq:
             emb = self.encode_unique(uniq)  # (U, dim)
             index = {t: i for i, t in enumerate(uniq)}

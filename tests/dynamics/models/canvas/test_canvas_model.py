@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from worldserve.common.config import ModelSpec
-from worldserve.dynamics.models.canvas.model import (CanvasConfig, CanvasNet, CanvasWorldModel, paste_sprites, shift_view,
-                                              window_cols)
 from worldserve.dynamics.interface import DynamicsModel
+from worldserve.dynamics.models.canvas.model import (
+    CanvasConfig,
+    CanvasNet,
+    CanvasWorldModel,
+    paste_sprites,
+    shift_view,
+    window_cols,
+)
 from worldserve.dynamics.registry import REGISTRY, ModelLoadError
 from worldserve.worlds import Game, parse_caption
 
-SMALL = CanvasConfig(channels=(8, 16, 16), head_dim=8, world_channels=2, time_period=8, event_dim=8, cond_dim=16,
-                     canvas_width=256, canvas_origin=96, context_frames=6)
+SMALL = CanvasConfig(
+    channels=(8, 16, 16),
+    head_dim=8,
+    world_channels=2,
+    time_period=8,
+    event_dim=8,
+    cond_dim=16,
+    canvas_width=256,
+    canvas_origin=96,
+    context_frames=6,
+)
 
 
 PLAYER = CanvasConfig(**{**SMALL.to_dict(), "player_layer": True})
@@ -89,8 +103,10 @@ def test_a_player_free_canvas_keeps_the_world_and_latents_carry_the_sprite():
         assert (differ[:, 1] >= ax - sw // 2).all() and (differ[:, 1] < ax - sw // 2 + sw).all()
     # the canvas holds the player-free frame; the state's newest frame is the served one
     x0 = s.cam + BACKGROUND.canvas_origin
-    assert torch.equal(s.canvas[:, :, x0 : x0 + 64].permute(1, 2, 0),
-                       torch.round(lats[-1, :FRAME].view(3, 64, 64) * 255).to(torch.uint8).permute(1, 2, 0))
+    assert torch.equal(
+        s.canvas[:, :, x0 : x0 + 64].permute(1, 2, 0),
+        torch.round(lats[-1, :FRAME].view(3, 64, 64) * 255).to(torch.uint8).permute(1, 2, 0),
+    )
     assert torch.equal(s.prev.permute(1, 2, 0), frames[-1])
     # a damaged latent (an anchor no step gives) decodes clipped, without wrapping around
     bad = lats[-1:].clone()
@@ -105,8 +121,14 @@ def test_steps_are_deterministic_and_ignore_seed_and_guidance(player):
     outs = []
     for seed, g in ((0, None), (99, 5.0)):
         s = m.prefill(z, m.null_action()[None], 0)
-        outs.append(torch.cat([m.step([s], m.action_vector(k)[None], [seed], [i + 1], guidance=g)
-                               for i, k in enumerate([("right",), ("jump",), ("left", "fire")])]))
+        outs.append(
+            torch.cat(
+                [
+                    m.step([s], m.action_vector(k)[None], [seed], [i + 1], guidance=g)
+                    for i, k in enumerate([("right",), ("jump",), ("left", "fire")])
+                ]
+            )
+        )
     assert torch.equal(outs[0], outs[1])
 
 
@@ -198,8 +220,9 @@ def test_shift_and_window_helpers():
 def test_save_load_round_trip_and_registry(tmp_path):
     m = _model()
     m.save_pretrained(tmp_path / "m")
-    loaded = REGISTRY.get("scroll_canvas")(str(tmp_path / "m"), device="cpu", dtype=torch.float32,
-                                           spec=ModelSpec(name="canvas", kind="scroll_canvas"))
+    loaded = REGISTRY.get("scroll_canvas")(
+        str(tmp_path / "m"), device="cpu", dtype=torch.float32, spec=ModelSpec(name="canvas", kind="scroll_canvas")
+    )
     z = m.encode(_first())
     outs = []
     for mm in (m, loaded):
@@ -210,11 +233,19 @@ def test_save_load_round_trip_and_registry(tmp_path):
     (tmp_path / "bad" / "config.json").write_text('{"channels": [8, 16, 24], "head_dim": 8}')
     (tmp_path / "bad" / "model.safetensors").write_bytes((tmp_path / "m" / "model.safetensors").read_bytes())
     with pytest.raises(ModelLoadError, match="does not match"):
-        REGISTRY.get("scroll_canvas")(str(tmp_path / "bad"), device="cpu", dtype=torch.float32,
-                                      spec=ModelSpec(name="canvas", kind="scroll_canvas"))
+        REGISTRY.get("scroll_canvas")(
+            str(tmp_path / "bad"),
+            device="cpu",
+            dtype=torch.float32,
+            spec=ModelSpec(name="canvas", kind="scroll_canvas"),
+        )
     with pytest.raises(ModelLoadError, match="not found"):
-        REGISTRY.get("scroll_canvas")(str(tmp_path / "none"), device="cpu", dtype=torch.float32,
-                                      spec=ModelSpec(name="canvas", kind="scroll_canvas"))
+        REGISTRY.get("scroll_canvas")(
+            str(tmp_path / "none"),
+            device="cpu",
+            dtype=torch.float32,
+            spec=ModelSpec(name="canvas", kind="scroll_canvas"),
+        )
 
 
 def test_the_player_layer_pastes_its_template_at_the_anchor_and_clips_at_the_edges():

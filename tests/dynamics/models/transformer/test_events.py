@@ -7,11 +7,20 @@ import json
 import pytest
 import torch
 
-from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
 from worldserve.dynamics.layers.events import normalize_event, tokenize_events
+from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
 
-TINY = WorldModelConfig(frame_height=32, frame_width=32, latent_channels=4, ae_channels=8, dim=64,
-                        n_layers=2, n_heads=2, context_frames=4, event_dim=32)
+TINY = WorldModelConfig(
+    frame_height=32,
+    frame_width=32,
+    latent_channels=4,
+    ae_channels=8,
+    dim=64,
+    n_layers=2,
+    n_heads=2,
+    context_frames=4,
+    event_dim=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +118,9 @@ def test_training_reaches_the_event_encoder():
     m = WorldModel.random(TINY, seed=1)
     m.train()
     z, a = _z(4).view(1, 4, 4, 4, 4), _a(m, 4)[None]
-    loss = m(z, a, events=[["", "night falls", "night falls", ""]], t=torch.full((1, 4), 0.5),
-             first_steps=torch.tensor([3]))
+    loss = m(
+        z, a, events=[["", "night falls", "night falls", ""]], t=torch.full((1, 4), 0.5), first_steps=torch.tensor([3])
+    )
     loss.backward()
     assert m.event_encoder.tok.weight.grad.abs().sum() > 0
 

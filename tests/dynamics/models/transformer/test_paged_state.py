@@ -10,13 +10,16 @@ import torch
 from worldserve.dynamics.interface import DynamicsModel, ModelInfo, Runtime, StateMemoryFull
 from worldserve.dynamics.models.transformer import PagedState, WorldModel, WorldModelConfig
 
-TINY = WorldModelConfig(frame_height=32, frame_width=32, latent_channels=4, ae_channels=8, dim=64,
-                        n_layers=2, n_heads=2, context_frames=4)
+TINY = WorldModelConfig(
+    frame_height=32, frame_width=32, latent_channels=4, ae_channels=8, dim=64, n_layers=2, n_heads=2, context_frames=4
+)
 
 
 def _z(model, n, seed=0):
     c = model.config
-    return torch.randn(n, c.latent_channels, c.latent_height, c.latent_width, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        n, c.latent_channels, c.latent_height, c.latent_width, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def _a(model, n):

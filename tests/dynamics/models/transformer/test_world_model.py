@@ -13,8 +13,9 @@ from worldserve.dynamics.models.transformer.sampler import initial_noise, time_g
 from worldserve.dynamics.models.transformer.transformer import apply_rope, rope_cos_sin
 
 # A tiny config for the logic tests: 32x32 frames -> 4x4 latent grid (16 tokens), window of 4 frames.
-TINY = WorldModelConfig(frame_height=32, frame_width=32, latent_channels=4, ae_channels=8, dim=64,
-                        n_layers=2, n_heads=2, context_frames=4)
+TINY = WorldModelConfig(
+    frame_height=32, frame_width=32, latent_channels=4, ae_channels=8, dim=64, n_layers=2, n_heads=2, context_frames=4
+)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +297,10 @@ def test_sliding_window_keeps_the_cache_bounded(tiny):
     assert sizes == [2, 3] + [3] * 9  # context_frames - 1 past frames
     assert (cache.last_step, cache.first_step) == (11, 9)
     # context_frames pages (the window plus the spare) of one frame's K and V in every layer
-    assert tiny.state_nbytes(cache) == TINY.context_frames * 2 * TINY.n_layers * TINY.n_heads * TINY.frame_tokens * TINY.head_dim * 4
+    assert (
+        tiny.state_nbytes(cache)
+        == TINY.context_frames * 2 * TINY.n_layers * TINY.n_heads * TINY.frame_tokens * TINY.head_dim * 4
+    )
     # prefill keeps only the last context_frames - 1 frames
     long = tiny.prefill(latents(tiny, 7), actions(tiny, 7), 0)
     assert (long.n_frames, long.first_step, long.last_step) == (3, 4, 6)
@@ -309,7 +313,9 @@ def test_only_relative_frame_positions_matter(tiny, monkeypatch):
     from worldserve.dynamics.models.transformer import world_model
 
     real = world_model.initial_noise
-    monkeypatch.setattr(world_model, "initial_noise", lambda seeds, steps, shape, **kw: real(seeds, [0] * len(steps), shape, **kw))
+    monkeypatch.setattr(
+        world_model, "initial_noise", lambda seeds, steps, shape, **kw: real(seeds, [0] * len(steps), shape, **kw)
+    )
     z, a = latents(tiny, 3), actions(tiny, 4, seed=4)
     early = tiny.step([tiny.prefill(z, a[:3], first_step=1)], a[3:4], [0], [4])
     late = tiny.step([tiny.prefill(z, a[:3], first_step=1001)], a[3:4], [0], [1004])

@@ -28,7 +28,6 @@ import torch
 import triton
 import triton.language as tl
 
-
 LOG2E = 1.4426950408889634
 
 # Dtypes the compiled (GPU) kernels are built and gated for. fp32 runs in the interpreter for
@@ -278,9 +277,32 @@ def _attn_step(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k_rows = k_base + offs_n.to(tl.int64)[:, None] * stride_kt  # [BLOCK_N, 1]
     v_rows = v_base + offs_n.to(tl.int64)[:, None] * stride_vt
-    return _attn_step_rows(acc, m_i, l_i, q, q1, q2, k_rows, v_rows, offs_n, load_end, row_end, qk_scale,
-                           kw_ptr, cos_base, sin_base, stride_rope, eps, HEAD_DIM, BLOCK_D, BLOCK_N, MASKED, HALVES,
-                           K_PROLOGUE, UPCAST)
+    return _attn_step_rows(
+        acc,
+        m_i,
+        l_i,
+        q,
+        q1,
+        q2,
+        k_rows,
+        v_rows,
+        offs_n,
+        load_end,
+        row_end,
+        qk_scale,
+        kw_ptr,
+        cos_base,
+        sin_base,
+        stride_rope,
+        eps,
+        HEAD_DIM,
+        BLOCK_D,
+        BLOCK_N,
+        MASKED,
+        HALVES,
+        K_PROLOGUE,
+        UPCAST,
+    )
 
 
 @triton.jit
@@ -337,8 +359,21 @@ def _attn_step_rows(
     # mask (full-width vector loads).
     kv_ok = offs_n < load_end
     if HALVES:
-        k1, k2 = _load_halves(k_rows, offs_n, kv_ok, kw_ptr, cos_base, sin_base, stride_rope, eps,
-                              HEAD_DIM, BLOCK_D // 2, MASKED, K_PROLOGUE, UPCAST)
+        k1, k2 = _load_halves(
+            k_rows,
+            offs_n,
+            kv_ok,
+            kw_ptr,
+            cos_base,
+            sin_base,
+            stride_rope,
+            eps,
+            HEAD_DIM,
+            BLOCK_D // 2,
+            MASKED,
+            K_PROLOGUE,
+            UPCAST,
+        )
         qk = tl.dot(q1, tl.trans(k1))
         qk = tl.dot(q2, tl.trans(k2), qk)  # [BLOCK_M, BLOCK_N] fp32
     else:

@@ -25,12 +25,12 @@ Run ``python -m worldserve.dynamics.attention.kernels.aot --arch 90 80`` (must n
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-import multiprocessing as mp
 
 # Shared memory per block (opt-in maximum) by compute capability; a config above it cannot launch.
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -108,14 +108,34 @@ def _launch_kwargs(v: Variant):
         if v.varlen:
             q = torch.empty(B * T, H, D, dtype=dt, **meta)
             cu = torch.empty(B + 1, dtype=torch.int32, **meta)
-            _, kw = prefill_launch_args(q, q, q, torch.empty_like(q), cu_seqlens_q=cu, cu_seqlens_k=cu,
-                                        max_seqlen_q=T, max_seqlen_k=T, group=group, config=cfg, **pro((B * T,)))
+            _, kw = prefill_launch_args(
+                q,
+                q,
+                q,
+                torch.empty_like(q),
+                cu_seqlens_q=cu,
+                cu_seqlens_k=cu,
+                max_seqlen_q=T,
+                max_seqlen_k=T,
+                group=group,
+                config=cfg,
+                **pro((B * T,)),
+            )
         else:
             # (B, T, H, D) storage viewed as (B, H, T, D): the model's strided layout
             q = torch.empty(B, T, H, D, dtype=dt, **meta).transpose(1, 2)
             stats = torch.empty(triton_cdiv(T, cfg.block_m) * B * H, 2, dtype=torch.int32, **meta) if v.stats else None
-            _, kw = prefill_launch_args(q, q, q, torch.empty(B, H, T, D, dtype=dt, **meta), group=group, q_start=0,
-                                        config=cfg, stats=stats, **pro((B, T)))
+            _, kw = prefill_launch_args(
+                q,
+                q,
+                q,
+                torch.empty(B, H, T, D, dtype=dt, **meta),
+                group=group,
+                q_start=0,
+                config=cfg,
+                stats=stats,
+                **pro((B, T)),
+            )
         kernel = _flash_fwd_kernel
     else:
         q = torch.empty(B, F, H, D, dtype=dt, **meta).transpose(1, 2)
@@ -127,8 +147,20 @@ def _launch_kwargs(v: Variant):
         else:
             cache = torch.empty(B, H, 32 * F, D, dtype=dt, **meta)
             paged = {}
-        _, kw = decode_launch_args(q, q, q, cache, cache, lens, torch.empty(B, H, F, D, dtype=dt, **meta),
-                                   group=group, max_cache_len=31 * F, config=cfg, **paged, **pro((B, F)))
+        _, kw = decode_launch_args(
+            q,
+            q,
+            q,
+            cache,
+            cache,
+            lens,
+            torch.empty(B, H, F, D, dtype=dt, **meta),
+            group=group,
+            max_cache_len=31 * F,
+            config=cfg,
+            **paged,
+            **pro((B, F)),
+        )
         kernel = _flash_decode_kernel
     kw.pop("num_warps")
     kw.pop("num_stages")
@@ -158,27 +190,37 @@ def compile_variant(v: Variant, arch: int) -> dict:
                 signature[p.name] = "constexpr"
                 constexprs[p.name] = val
                 continue
-            ty, spec = native_specialize_impl(BaseBackend, val, False, not p.do_not_specialize,
-                                              not p.do_not_specialize_on_alignment)
+            ty, spec = native_specialize_impl(
+                BaseBackend, val, False, not p.do_not_specialize, not p.do_not_specialize_on_alignment
+            )
             signature[p.name] = ty
             if ty == "constexpr":  # None, or an int equal to 1
                 constexprs[p.name] = spec
             elif spec and "D" in spec:
                 attrs[(p.num,)] = BaseBackend.parse_attr(spec)
         src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-        ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": num_warps, "num_stages": num_stages})
+        ck = triton.compile(
+            src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages}
+        )
         shared = int(ck.metadata.shared)
         fits = shared <= SMEM_LIMIT.get(arch, 0)
         # A default-config variant that does not fit could never launch; an autotune candidate
         # that does not fit is skipped by the autotuner (reported, not a failure).
         ok = fits or v.config is not None
-        return dict(name=v.name, arch=arch, ok=ok, shared=shared, fits=fits, seconds=time.time() - t0,
-                    error=None if ok else f"needs {shared} B shared memory > {SMEM_LIMIT.get(arch)}")
-    except Exception as e:  # noqa: BLE001 -- the gate reports every failure
+        return dict(
+            name=v.name,
+            arch=arch,
+            ok=ok,
+            shared=shared,
+            fits=fits,
+            seconds=time.time() - t0,
+            error=None if ok else f"needs {shared} B shared memory > {SMEM_LIMIT.get(arch)}",
+        )
+    except Exception as e:
         msg = f"{type(e).__name__}: {e}"
-        return dict(name=v.name, arch=arch, ok=False, shared=None, fits=False, seconds=time.time() - t0,
-                    error=msg[-4000:])
+        return dict(
+            name=v.name, arch=arch, ok=False, shared=None, fits=False, seconds=time.time() - t0, error=msg[-4000:]
+        )
 
 
 def _work(item):
@@ -211,8 +253,10 @@ def summarize(results: list[dict]) -> str:
         rs = [r for r in results if r["arch"] == arch]
         ok = sum(r["ok"] for r in rs)
         nofit = sum(1 for r in rs if r["ok"] and not r["fits"])
-        lines.append(f"sm_{arch}: {ok}/{len(rs)} variants compiled"
-                     + (f" ({nofit} autotune candidates exceed shared memory)" if nofit else ""))
+        lines.append(
+            f"sm_{arch}: {ok}/{len(rs)} variants compiled"
+            + (f" ({nofit} autotune candidates exceed shared memory)" if nofit else "")
+        )
     return "\n".join(lines)
 
 

@@ -50,13 +50,13 @@ from ._common import (
     _row_end,
     block_d,
     check_qkv_layout,
+    check_rope_tables,
     check_runnable,
     cuda_configs,
     default_config,
     interpreting,
-    check_rope_tables,
-    split_prologue,
     mask_group,
+    split_prologue,
     tune_bucket,
 )
 
@@ -80,13 +80,26 @@ def _flash_decode_kernel(
     kw_ptr,  # [D] k RMSNorm weight (PROLOGUE only)
     cos_ptr,  # [B, Tn, D/2] rope cos of the new tokens (PROLOGUE only)
     sin_ptr,  # [B, Tn, D/2] (PROLOGUE only)
-    stride_qb, stride_qh, stride_qt,
-    stride_knb, stride_knh, stride_knt,
-    stride_vnb, stride_vnh, stride_vnt,
-    stride_kcb, stride_kch, stride_kct,  # PAGED: stride_kcb is the page stride of the pool
-    stride_vcb, stride_vch, stride_vct,
-    stride_ob, stride_oh, stride_ot,
-    stride_rb, stride_rt,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_knb,
+    stride_knh,
+    stride_knt,
+    stride_vnb,
+    stride_vnh,
+    stride_vnt,
+    stride_kcb,
+    stride_kch,
+    stride_kct,  # PAGED: stride_kcb is the page stride of the pool
+    stride_vcb,
+    stride_vch,
+    stride_vct,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_rb,
+    stride_rt,
     stride_btb,  # row stride of the block table (PAGED only)
     page_size,  # cache rows per page (PAGED only; any positive int, not specialized)
     seqlen_new,  # Tn
@@ -138,8 +151,9 @@ def _flash_decode_kernel(
     md_ok = m_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
     q_rows = q_base + offs_m.to(tl.int64)[:, None] * stride_qt
     if PROLOGUE:
-        q1, q2 = _load_halves(q_rows, offs_m, m_ok, qw_ptr, cos_base, sin_base, stride_rt, eps,
-                              HEAD_DIM, BLOCK_D // 2, True, True, UPCAST)
+        q1, q2 = _load_halves(
+            q_rows, offs_m, m_ok, qw_ptr, cos_base, sin_base, stride_rt, eps, HEAD_DIM, BLOCK_D // 2, True, True, UPCAST
+        )
         q = q1  # unused
     else:
         q = tl.load(q_rows + offs_d[None, :], mask=md_ok, other=0.0)
@@ -163,30 +177,119 @@ def _flash_decode_kernel(
             offs_n = start_n + tl.arange(0, BLOCK_N)
             n_ok = offs_n < cache_len
             acc, m_i, l_i = _attn_step_rows(
-                acc, m_i, l_i, q, q1, q2,
+                acc,
+                m_i,
+                l_i,
+                q,
+                q1,
+                q2,
                 _paged_rows(kc_base, bt_base, offs_n, n_ok, page_size, stride_kcb, stride_kct),
                 _paged_rows(vc_base, bt_base, offs_n, n_ok, page_size, stride_vcb, stride_vct),
-                offs_n, cache_len, offs_m * 0 + cache_len, qk_scale, kw_ptr, cos_base, sin_base, stride_rt, eps,
-                HEAD_DIM, BLOCK_D, BLOCK_N, False, PROLOGUE, False, UPCAST)
+                offs_n,
+                cache_len,
+                offs_m * 0 + cache_len,
+                qk_scale,
+                kw_ptr,
+                cos_base,
+                sin_base,
+                stride_rt,
+                eps,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_N,
+                False,
+                PROLOGUE,
+                False,
+                UPCAST,
+            )
         else:
-            acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, kc_base, vc_base, start_n, stride_kct, stride_vct,
-                                       cache_len, offs_m * 0 + cache_len, qk_scale, kw_ptr, cos_base, sin_base,
-                                       stride_rt, eps, HEAD_DIM, BLOCK_D, BLOCK_N, False, PROLOGUE, False, UPCAST)
+            acc, m_i, l_i = _attn_step(
+                acc,
+                m_i,
+                l_i,
+                q,
+                q1,
+                q2,
+                kc_base,
+                vc_base,
+                start_n,
+                stride_kct,
+                stride_vct,
+                cache_len,
+                offs_m * 0 + cache_len,
+                qk_scale,
+                kw_ptr,
+                cos_base,
+                sin_base,
+                stride_rt,
+                eps,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_N,
+                False,
+                PROLOGUE,
+                False,
+                UPCAST,
+            )
     if cache_full < cache_len:  # at most one tile: a branch, not a loop (nothing to pipeline)
         if PAGED:
             offs_n = cache_full + tl.arange(0, BLOCK_N)
             n_ok = offs_n < cache_len
             acc, m_i, l_i = _attn_step_rows(
-                acc, m_i, l_i, q, q1, q2,
+                acc,
+                m_i,
+                l_i,
+                q,
+                q1,
+                q2,
                 _paged_rows(kc_base, bt_base, offs_n, n_ok, page_size, stride_kcb, stride_kct),
                 _paged_rows(vc_base, bt_base, offs_n, n_ok, page_size, stride_vcb, stride_vct),
-                offs_n, cache_len, offs_m * 0 + cache_len, qk_scale, kw_ptr, cos_base, sin_base, stride_rt, eps,
-                HEAD_DIM, BLOCK_D, BLOCK_N, True, PROLOGUE, False, UPCAST)
+                offs_n,
+                cache_len,
+                offs_m * 0 + cache_len,
+                qk_scale,
+                kw_ptr,
+                cos_base,
+                sin_base,
+                stride_rt,
+                eps,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_N,
+                True,
+                PROLOGUE,
+                False,
+                UPCAST,
+            )
         else:
-            acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, kc_base, vc_base, cache_full, stride_kct,
-                                       stride_vct, cache_len, offs_m * 0 + cache_len, qk_scale, kw_ptr, cos_base,
-                                       sin_base, stride_rt, eps, HEAD_DIM, BLOCK_D, BLOCK_N, True, PROLOGUE, False,
-                                       UPCAST)
+            acc, m_i, l_i = _attn_step(
+                acc,
+                m_i,
+                l_i,
+                q,
+                q1,
+                q2,
+                kc_base,
+                vc_base,
+                cache_full,
+                stride_kct,
+                stride_vct,
+                cache_len,
+                offs_m * 0 + cache_len,
+                qk_scale,
+                kw_ptr,
+                cos_base,
+                sin_base,
+                stride_rt,
+                eps,
+                HEAD_DIM,
+                BLOCK_D,
+                BLOCK_N,
+                True,
+                PROLOGUE,
+                False,
+                UPCAST,
+            )
 
     # Part 2: the new tokens, indexed from 0 (absolute position cache_len + j). Same three
     # ranges as the prefill kernel: unmasked, straddling (masked), invisible (skipped).
@@ -197,17 +300,68 @@ def _flash_decode_kernel(
     hi = _row_end(cache_len + m_last, group, total) - cache_len
     new_full = (all_see // BLOCK_N) * BLOCK_N
     for start_n in range(0, new_full, BLOCK_N):
-        acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, kn_base, vn_base, start_n, stride_knt, stride_vnt, hi,
-                                   row_end, qk_scale, kw_ptr, cos_base, sin_base, stride_rt, eps,
-                                   HEAD_DIM, BLOCK_D, BLOCK_N, False, PROLOGUE, PROLOGUE, UPCAST)
+        acc, m_i, l_i = _attn_step(
+            acc,
+            m_i,
+            l_i,
+            q,
+            q1,
+            q2,
+            kn_base,
+            vn_base,
+            start_n,
+            stride_knt,
+            stride_vnt,
+            hi,
+            row_end,
+            qk_scale,
+            kw_ptr,
+            cos_base,
+            sin_base,
+            stride_rt,
+            eps,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_N,
+            False,
+            PROLOGUE,
+            PROLOGUE,
+            UPCAST,
+        )
     for start_n in range(new_full, hi, BLOCK_N):
-        acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, kn_base, vn_base, start_n, stride_knt, stride_vnt, hi,
-                                   row_end, qk_scale, kw_ptr, cos_base, sin_base, stride_rt, eps,
-                                   HEAD_DIM, BLOCK_D, BLOCK_N, True, PROLOGUE, PROLOGUE, UPCAST)
+        acc, m_i, l_i = _attn_step(
+            acc,
+            m_i,
+            l_i,
+            q,
+            q1,
+            q2,
+            kn_base,
+            vn_base,
+            start_n,
+            stride_knt,
+            stride_vnt,
+            hi,
+            row_end,
+            qk_scale,
+            kw_ptr,
+            cos_base,
+            sin_base,
+            stride_rt,
+            eps,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_N,
+            True,
+            PROLOGUE,
+            PROLOGUE,
+            UPCAST,
+        )
 
     out = acc / l_i[:, None]
-    tl.store(o_base + offs_m.to(tl.int64)[:, None] * stride_ot + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
-             mask=md_ok)
+    tl.store(
+        o_base + offs_m.to(tl.int64)[:, None] * stride_ot + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=md_ok
+    )
 
     # This program commits the new K/V rows of its own query block (one writer per row: with
     # grouped-query attention only the first query head of each kv head writes).
@@ -224,15 +378,29 @@ def _flash_decode_kernel(
                 HALF: tl.constexpr = HEAD_DIM // 2
                 offs_h = tl.arange(0, BLOCK_D // 2)
                 h_ok = m_ok[:, None] & (offs_h[None, :] < HALF)
-                k1, k2 = _load_halves(kn_rows, offs_m, m_ok, kw_ptr, cos_base, sin_base, stride_rt, eps,
-                                      HEAD_DIM, BLOCK_D // 2, True, True, UPCAST)
+                k1, k2 = _load_halves(
+                    kn_rows,
+                    offs_m,
+                    m_ok,
+                    kw_ptr,
+                    cos_base,
+                    sin_base,
+                    stride_rt,
+                    eps,
+                    HEAD_DIM,
+                    BLOCK_D // 2,
+                    True,
+                    True,
+                    UPCAST,
+                )
                 tl.store(kc_rows + offs_h[None, :], k1.to(kc_ptr.dtype.element_ty), mask=h_ok)
                 tl.store(kc_rows + HALF + offs_h[None, :], k2.to(kc_ptr.dtype.element_ty), mask=h_ok)
             else:
                 k_new = tl.load(kn_rows + offs_d[None, :], mask=md_ok, other=0.0)
                 tl.store(kc_rows + offs_d[None, :], k_new, mask=md_ok)
-            v_new = tl.load(vn_base + offs_m.to(tl.int64)[:, None] * stride_vnt + offs_d[None, :], mask=md_ok,
-                            other=0.0)
+            v_new = tl.load(
+                vn_base + offs_m.to(tl.int64)[:, None] * stride_vnt + offs_d[None, :], mask=md_ok, other=0.0
+            )
             tl.store(vc_rows + offs_d[None, :], v_new, mask=md_ok)
 
 
@@ -288,11 +456,14 @@ def decode_launch_args(
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise ValueError(f"page_size must be a positive int with a block table, got {page_size!r}")
         if k_cache.shape[2] != page_size or v_cache.shape != k_cache.shape or k_cache.shape[3] != D:
-            raise ValueError(f"paged caches must be pools (P, Hkv={Hkv}, page_size={page_size}, D={D}), got "
-                             f"{tuple(k_cache.shape)} / {tuple(v_cache.shape)}")
+            raise ValueError(
+                f"paged caches must be pools (P, Hkv={Hkv}, page_size={page_size}, D={D}), got "
+                f"{tuple(k_cache.shape)} / {tuple(v_cache.shape)}"
+            )
         if block_table.dim() != 2 or block_table.shape[0] != B or block_table.dtype != torch.int32:
-            raise ValueError(f"block_table must be int32 (B={B}, max_pages), got {block_table.dtype} "
-                             f"{tuple(block_table.shape)}")
+            raise ValueError(
+                f"block_table must be int32 (B={B}, max_pages), got {block_table.dtype} {tuple(block_table.shape)}"
+            )
         if block_table.shape[1] > 1 and block_table.stride(1) != 1:
             raise ValueError("block_table must have a contiguous last dim")
         Tmax = block_table.shape[1] * page_size  # logical capacity of every batch row
@@ -300,8 +471,9 @@ def decode_launch_args(
         if page_size is not None:
             raise ValueError("page_size given without a block_table")
         if v_cache.shape != k_cache.shape or k_cache.shape[0] != B or k_cache.shape[3] != D:
-            raise ValueError(f"caches must be (B={B}, Hkv={Hkv}, Tmax, D={D}), got {tuple(k_cache.shape)} / "
-                             f"{tuple(v_cache.shape)}")
+            raise ValueError(
+                f"caches must be (B={B}, Hkv={Hkv}, Tmax, D={D}), got {tuple(k_cache.shape)} / {tuple(v_cache.shape)}"
+            )
     if H % Hkv:
         raise ValueError(f"query heads {H} not a multiple of kv heads {Hkv}")
     if cache_seqlens.shape != (B,) or cache_seqlens.dtype != torch.int32:
@@ -325,27 +497,59 @@ def decode_launch_args(
     cfg = config or default_config(D, prologue)
     fixed = config is not None or interpreting()
     kwargs = dict(
-        q_ptr=q, kn_ptr=k_new, vn_ptr=v_new, kc_ptr=k_cache, vc_ptr=v_cache, o_ptr=out, lens_ptr=cache_seqlens,
-        bt_ptr=block_table, qw_ptr=q_norm_weight, kw_ptr=k_norm_weight, cos_ptr=rope_cos, sin_ptr=rope_sin,
-        stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qt=q.stride(2),
-        stride_knb=k_new.stride(0), stride_knh=k_new.stride(1), stride_knt=k_new.stride(2),
-        stride_vnb=v_new.stride(0), stride_vnh=v_new.stride(1), stride_vnt=v_new.stride(2),
-        stride_kcb=k_cache.stride(0), stride_kch=k_cache.stride(1), stride_kct=k_cache.stride(2),
-        stride_vcb=v_cache.stride(0), stride_vch=v_cache.stride(1), stride_vct=v_cache.stride(2),
-        stride_ob=out.stride(0), stride_oh=out.stride(1), stride_ot=out.stride(2),
-        stride_rb=rope_strides[0], stride_rt=rope_strides[1],
-        stride_btb=block_table.stride(0) if paged else 0, page_size=int(page_size) if paged else 1,
-        seqlen_new=Tn, group=group, num_heads=H, kv_group=H // Hkv,
-        qk_scale=scale * LOG2E, eps=norm_eps, tune_k=tune_bucket(max_cache_len),
-        HEAD_DIM=D, BLOCK_D=block_d(D, prologue),
-        PROLOGUE=prologue, PAGED=paged, write_kv=int(bool(write_kv)),
+        q_ptr=q,
+        kn_ptr=k_new,
+        vn_ptr=v_new,
+        kc_ptr=k_cache,
+        vc_ptr=v_cache,
+        o_ptr=out,
+        lens_ptr=cache_seqlens,
+        bt_ptr=block_table,
+        qw_ptr=q_norm_weight,
+        kw_ptr=k_norm_weight,
+        cos_ptr=rope_cos,
+        sin_ptr=rope_sin,
+        stride_qb=q.stride(0),
+        stride_qh=q.stride(1),
+        stride_qt=q.stride(2),
+        stride_knb=k_new.stride(0),
+        stride_knh=k_new.stride(1),
+        stride_knt=k_new.stride(2),
+        stride_vnb=v_new.stride(0),
+        stride_vnh=v_new.stride(1),
+        stride_vnt=v_new.stride(2),
+        stride_kcb=k_cache.stride(0),
+        stride_kch=k_cache.stride(1),
+        stride_kct=k_cache.stride(2),
+        stride_vcb=v_cache.stride(0),
+        stride_vch=v_cache.stride(1),
+        stride_vct=v_cache.stride(2),
+        stride_ob=out.stride(0),
+        stride_oh=out.stride(1),
+        stride_ot=out.stride(2),
+        stride_rb=rope_strides[0],
+        stride_rt=rope_strides[1],
+        stride_btb=block_table.stride(0) if paged else 0,
+        page_size=int(page_size) if paged else 1,
+        seqlen_new=Tn,
+        group=group,
+        num_heads=H,
+        kv_group=H // Hkv,
+        qk_scale=scale * LOG2E,
+        eps=norm_eps,
+        tune_k=tune_bucket(max_cache_len),
+        HEAD_DIM=D,
+        BLOCK_D=block_d(D, prologue),
+        PROLOGUE=prologue,
+        PAGED=paged,
+        write_kv=int(bool(write_kv)),
         UPCAST=interpreting(),
     )
     if fixed:
         kwargs.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         grid = (triton.cdiv(Tn, cfg.block_m), B * H)
     else:
-        grid = lambda meta: (triton.cdiv(Tn, meta["BLOCK_M"]), B * H)  # noqa: E731
+        grid = lambda meta: (triton.cdiv(Tn, meta["BLOCK_M"]), B * H)
     return grid, kwargs
 
 
@@ -404,8 +608,9 @@ def flash_decode(
     v_new = check_qkv_layout("v_new", v_new, 4)
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if c.dim() != 4 or c.stride(-1) != 1:
-            raise ValueError(f"{name} must be (B, Hkv, Tmax, D) or a (P, Hkv, page_size, D) pool with a contiguous "
-                             f"head dim")
+            raise ValueError(
+                f"{name} must be (B, Hkv, Tmax, D) or a (P, Hkv, page_size, D) pool with a contiguous head dim"
+            )
     if block_table is not None:
         block_table = block_table.to(device=q.device, dtype=torch.int32)
         if block_table.dim() == 2 and block_table.stride(-1) != 1:
@@ -421,10 +626,25 @@ def flash_decode(
         raise ValueError("max_cache_len is smaller than a cache length")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     grid, kwargs = decode_launch_args(
-        q, k_new, v_new, k_cache, v_cache, cache_seqlens, out,
-        group=mask_group(mask, frame_tokens), max_cache_len=max_cache_len, scale=scale, write_kv=write_kv,
-        q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps,
-        rope_cos=rope_cos, rope_sin=rope_sin, block_table=block_table, page_size=page_size, config=config,
+        q,
+        k_new,
+        v_new,
+        k_cache,
+        v_cache,
+        cache_seqlens,
+        out,
+        group=mask_group(mask, frame_tokens),
+        max_cache_len=max_cache_len,
+        scale=scale,
+        write_kv=write_kv,
+        q_norm_weight=q_norm_weight,
+        k_norm_weight=k_norm_weight,
+        norm_eps=norm_eps,
+        rope_cos=rope_cos,
+        rope_sin=rope_sin,
+        block_table=block_table,
+        page_size=page_size,
+        config=config,
     )
     _launch(grid, kwargs)
     return out

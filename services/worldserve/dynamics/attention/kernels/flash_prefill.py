@@ -33,13 +33,13 @@ from ._common import (
     _row_end,
     block_d,
     check_qkv_layout,
+    check_rope_tables,
     check_runnable,
     cuda_configs,
     default_config,
     interpreting,
-    check_rope_tables,
-    split_prologue,
     mask_group,
+    split_prologue,
     tune_bucket,
 )
 
@@ -61,11 +61,20 @@ def _flash_fwd_kernel(
     cos_ptr,  # [B, Tk, D/2] rope cos per key row; query j uses row q_start + j (VARLEN: [total_k, D/2])
     sin_ptr,  # like cos_ptr (PROLOGUE only)
     stats_ptr,  # [grid_m * B * H, 2] int32 tiles computed (unmasked, masked) (WRITE_STATS only)
-    stride_qb, stride_qh, stride_qt,  # VARLEN: stride_qb unused
-    stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt,
-    stride_ob, stride_oh, stride_ot,
-    stride_rb, stride_rt,  # rope tables (VARLEN: stride_rb unused)
+    stride_qb,
+    stride_qh,
+    stride_qt,  # VARLEN: stride_qb unused
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_rb,
+    stride_rt,  # rope tables (VARLEN: stride_rb unused)
     seqlen_q,  # Tq (VARLEN: unused, read from cu_q)
     seqlen_k,  # Tk (VARLEN: unused, read from cu_k)
     q_start,  # absolute position of query 0 among the keys (VARLEN: per sequence, Tk_b - Tq_b)
@@ -126,8 +135,21 @@ def _flash_fwd_kernel(
     m_ok = offs_m < seqlen_q
     q_rows = q_base + offs_m.to(tl.int64)[:, None] * stride_qt
     if PROLOGUE:
-        q1, q2 = _load_halves(q_rows, q_start + offs_m, m_ok, qw_ptr, cos_base, sin_base, stride_rt, eps,
-                              HEAD_DIM, BLOCK_D // 2, True, True, UPCAST)
+        q1, q2 = _load_halves(
+            q_rows,
+            q_start + offs_m,
+            m_ok,
+            qw_ptr,
+            cos_base,
+            sin_base,
+            stride_rt,
+            eps,
+            HEAD_DIM,
+            BLOCK_D // 2,
+            True,
+            True,
+            UPCAST,
+        )
         q = q1  # unused
     else:
         q = tl.load(q_rows + offs_d[None, :], mask=m_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
@@ -150,15 +172,65 @@ def _flash_fwd_kernel(
     n_unmasked = 0  # tiles computed, counted only for the WRITE_STATS test hook
     n_masked = 0
     for start_n in range(0, n_full, BLOCK_N):
-        acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, k_base, v_base, start_n, stride_kt, stride_vt, hi,
-                                   row_end, qk_scale, kw_ptr, cos_base, sin_base, stride_rt, eps,
-                                   HEAD_DIM, BLOCK_D, BLOCK_N, False, PROLOGUE, PROLOGUE, UPCAST)
+        acc, m_i, l_i = _attn_step(
+            acc,
+            m_i,
+            l_i,
+            q,
+            q1,
+            q2,
+            k_base,
+            v_base,
+            start_n,
+            stride_kt,
+            stride_vt,
+            hi,
+            row_end,
+            qk_scale,
+            kw_ptr,
+            cos_base,
+            sin_base,
+            stride_rt,
+            eps,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_N,
+            False,
+            PROLOGUE,
+            PROLOGUE,
+            UPCAST,
+        )
         if WRITE_STATS:
             n_unmasked += 1
     for start_n in range(n_full, hi, BLOCK_N):
-        acc, m_i, l_i = _attn_step(acc, m_i, l_i, q, q1, q2, k_base, v_base, start_n, stride_kt, stride_vt, hi,
-                                   row_end, qk_scale, kw_ptr, cos_base, sin_base, stride_rt, eps,
-                                   HEAD_DIM, BLOCK_D, BLOCK_N, True, PROLOGUE, PROLOGUE, UPCAST)
+        acc, m_i, l_i = _attn_step(
+            acc,
+            m_i,
+            l_i,
+            q,
+            q1,
+            q2,
+            k_base,
+            v_base,
+            start_n,
+            stride_kt,
+            stride_vt,
+            hi,
+            row_end,
+            qk_scale,
+            kw_ptr,
+            cos_base,
+            sin_base,
+            stride_rt,
+            eps,
+            HEAD_DIM,
+            BLOCK_D,
+            BLOCK_N,
+            True,
+            PROLOGUE,
+            PROLOGUE,
+            UPCAST,
+        )
         if WRITE_STATS:
             n_masked += 1
 
@@ -267,28 +339,53 @@ def prefill_launch_args(
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     grid_m = triton.cdiv(seqlen_q, cfg.block_m) if config is not None or interpreting() else None
     kwargs = dict(
-        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out,
-        cu_q_ptr=cu_seqlens_q, cu_k_ptr=cu_seqlens_k,
-        qw_ptr=q_norm_weight, kw_ptr=k_norm_weight, cos_ptr=rope_cos, sin_ptr=rope_sin,
+        q_ptr=q,
+        k_ptr=k,
+        v_ptr=v,
+        o_ptr=out,
+        cu_q_ptr=cu_seqlens_q,
+        cu_k_ptr=cu_seqlens_k,
+        qw_ptr=q_norm_weight,
+        kw_ptr=k_norm_weight,
+        cos_ptr=rope_cos,
+        sin_ptr=rope_sin,
         stats_ptr=stats,
-        stride_qb=strides_q[0], stride_qh=strides_q[1], stride_qt=strides_q[2],
-        stride_kb=strides_k[0], stride_kh=strides_k[1], stride_kt=strides_k[2],
-        stride_vb=strides_v[0], stride_vh=strides_v[1], stride_vt=strides_v[2],
-        stride_ob=strides_o[0], stride_oh=strides_o[1], stride_ot=strides_o[2],
-        stride_rb=rope_strides[0], stride_rt=rope_strides[1],
-        seqlen_q=seqlen_q, seqlen_k=seqlen_k, q_start=q_start, group=group,
-        num_heads=H, kv_group=H // Hkv,
-        qk_scale=scale * LOG2E, eps=norm_eps,
-        tune_q=tune_bucket(seqlen_q), tune_k=tune_bucket(seqlen_k),
-        HEAD_DIM=D, BLOCK_D=block_d(D, prologue),
-        VARLEN=varlen, PROLOGUE=prologue,
-        UPCAST=interpreting(), WRITE_STATS=stats is not None,
+        stride_qb=strides_q[0],
+        stride_qh=strides_q[1],
+        stride_qt=strides_q[2],
+        stride_kb=strides_k[0],
+        stride_kh=strides_k[1],
+        stride_kt=strides_k[2],
+        stride_vb=strides_v[0],
+        stride_vh=strides_v[1],
+        stride_vt=strides_v[2],
+        stride_ob=strides_o[0],
+        stride_oh=strides_o[1],
+        stride_ot=strides_o[2],
+        stride_rb=rope_strides[0],
+        stride_rt=rope_strides[1],
+        seqlen_q=seqlen_q,
+        seqlen_k=seqlen_k,
+        q_start=q_start,
+        group=group,
+        num_heads=H,
+        kv_group=H // Hkv,
+        qk_scale=scale * LOG2E,
+        eps=norm_eps,
+        tune_q=tune_bucket(seqlen_q),
+        tune_k=tune_bucket(seqlen_k),
+        HEAD_DIM=D,
+        BLOCK_D=block_d(D, prologue),
+        VARLEN=varlen,
+        PROLOGUE=prologue,
+        UPCAST=interpreting(),
+        WRITE_STATS=stats is not None,
     )
     if grid_m is not None:
         kwargs.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         grid = (grid_m, B * H)
     else:
-        grid = lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), B * H)  # noqa: E731
+        grid = lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), B * H)
     if stats is not None:
         if grid_m is None:
             raise ValueError("stats need a fixed config")
@@ -337,9 +434,20 @@ def flash_attention(
     q_start = k.shape[2] - q.shape[2] if q_start is None else q_start
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     grid, kwargs = prefill_launch_args(
-        q, k, v, out, group=mask_group(mask, frame_tokens), q_start=q_start, scale=scale,
-        q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps,
-        rope_cos=rope_cos, rope_sin=rope_sin, stats=stats, config=config,
+        q,
+        k,
+        v,
+        out,
+        group=mask_group(mask, frame_tokens),
+        q_start=q_start,
+        scale=scale,
+        q_norm_weight=q_norm_weight,
+        k_norm_weight=k_norm_weight,
+        norm_eps=norm_eps,
+        rope_cos=rope_cos,
+        rope_sin=rope_sin,
+        stats=stats,
+        config=config,
     )
     _launch(grid, kwargs)
     return out
@@ -384,11 +492,22 @@ def flash_attention_varlen(
     if max_seqlen_q == 0:
         return out
     grid, kwargs = prefill_launch_args(
-        q, k, v, out, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-        max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
-        group=mask_group(mask, frame_tokens), scale=scale,
-        q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps,
-        rope_cos=rope_cos, rope_sin=rope_sin, config=config,
+        q,
+        k,
+        v,
+        out,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        group=mask_group(mask, frame_tokens),
+        scale=scale,
+        q_norm_weight=q_norm_weight,
+        k_norm_weight=k_norm_weight,
+        norm_eps=norm_eps,
+        rope_cos=rope_cos,
+        rope_sin=rope_sin,
+        config=config,
     )
     _launch(grid, kwargs)
     return out

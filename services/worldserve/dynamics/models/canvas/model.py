@@ -46,18 +46,19 @@ frame says "no sprite", anchor row -1, and keeps the frame whole).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder  # noqa: F401 (re-exported)
-from worldserve.dynamics.layers.actions import action_vector, check_actions, check_events
-from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
 from worldserve.dynamics.attention.backend import attention, resolve_backend
+from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
+from worldserve.dynamics.layers.actions import action_vector, check_actions, check_events
 from worldserve.dynamics.layers.events import EventEncoder
 
 KIND = "scroll_canvas"
@@ -106,8 +107,15 @@ class CanvasConfig:
     kind: str = KIND
 
     def __post_init__(self) -> None:
-        for name in ("frame_height", "frame_width", "max_scroll", "canvas_width", "time_period", "cond_dim",
-                     "context_frames"):
+        for name in (
+            "frame_height",
+            "frame_width",
+            "max_scroll",
+            "canvas_width",
+            "time_period",
+            "cond_dim",
+            "context_frames",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -118,7 +126,9 @@ class CanvasConfig:
         if self.background_canvas and not self.player_layer:
             raise ValueError("background_canvas needs player_layer")
         if len(self.channels) != 3 or self.channels[2] % self.head_dim or any(c % 8 for c in self.channels):
-            raise ValueError(f"channels must be 3 multiples of 8 and channels[2] a multiple of head_dim, got {self.channels}")
+            raise ValueError(
+                f"channels must be 3 multiples of 8 and channels[2] a multiple of head_dim, got {self.channels}"
+            )
         object.__setattr__(self, "keys", tuple(self.keys))
         object.__setattr__(self, "mouse_axes", tuple(self.mouse_axes))
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -157,7 +167,7 @@ class CanvasConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CanvasConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> CanvasConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -283,7 +293,9 @@ class UNet(nn.Module):
         with torch.no_grad():
             self.out.bias[3] = 4.0  # start by copying: choice 0 is "no change"
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, 3 + K + 1 [+ 1 + P], H, W)
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:  # (B, in, H, W) -> (B, 3 + K + 1 [+ 1 + P], H, W)
         h0 = self.e0(self.inp(x), cond)  # (B, c0, H, W)
         h1 = self.e1(self.down1(F.silu(h0)), cond)  # (B, c1, H/2, W/2)
         h = self.down2(F.silu(h1))  # (B, c2, H/4, W/4)
@@ -302,8 +314,10 @@ class ScrollHead(nn.Module):
         super().__init__()
         H, W = cfg.frame_height, cfg.frame_width
         self.conv = nn.Sequential(
-            nn.Conv2d(3, 32, 4, stride=4), nn.SiLU(),  # (B, 32, H/4, W/4)
-            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.SiLU(),  # (B, 32, H/8, W/8)
+            nn.Conv2d(3, 32, 4, stride=4),
+            nn.SiLU(),  # (B, 32, H/4, W/4)
+            nn.Conv2d(32, 32, 3, stride=2, padding=1),
+            nn.SiLU(),  # (B, 32, H/8, W/8)
         )
         flat = 32 * (H // 8) * (W // 8)
         self.mlp = nn.Sequential(nn.Linear(flat + cfg.action_dim + 4, 256), nn.SiLU(), nn.Linear(256, cfg.n_scroll))
@@ -330,10 +344,14 @@ class CanvasNet(nn.Module):
         self.cfg = cfg
         H, W = cfg.frame_height, cfg.frame_width
         self.scroll = ScrollHead(cfg)
-        self.events = EventEncoder(event_dim=cfg.event_dim, event_max_bytes=cfg.event_max_bytes, layers=1,
-                                   dim=cfg.cond_dim)
-        self.cond = nn.Sequential(nn.Linear(cfg.action_dim + cfg.cond_dim + cfg.n_scroll, cfg.cond_dim), nn.SiLU(),
-                                  nn.Linear(cfg.cond_dim, cfg.cond_dim))
+        self.events = EventEncoder(
+            event_dim=cfg.event_dim, event_max_bytes=cfg.event_max_bytes, layers=1, dim=cfg.cond_dim
+        )
+        self.cond = nn.Sequential(
+            nn.Linear(cfg.action_dim + cfg.cond_dim + cfg.n_scroll, cfg.cond_dim),
+            nn.SiLU(),
+            nn.Linear(cfg.cond_dim, cfg.cond_dim),
+        )
         self.world_prior = nn.Parameter(torch.zeros(cfg.world_channels, H, cfg.canvas_width))
         self.time_prior = nn.Parameter(torch.zeros(cfg.time_period, 1, H, W))
         ys = torch.linspace(-1, 1, H)[:, None].expand(H, W)
@@ -361,7 +379,7 @@ class CanvasNet(nn.Module):
         event: torch.Tensor,  # (B, cond_dim): event embedding (zeros = none)
         t_new: torch.Tensor,  # (B,) long: absolute step of the new frame
         dx: torch.Tensor | None = None,  # (B,) long: the shift to use (training); None = the head's
-    ) -> "Prediction":
+    ) -> Prediction:
         """One step for a batch. Each pixel of the new frame is either copied from the base at one
         of ``copy_offsets`` (choice 0: unchanged) or drawn (the last choice: base + delta). The base
         is the canvas read at the new view (A; with ``background_canvas`` the player-free canvas,
@@ -386,13 +404,22 @@ class CanvasNet(nn.Module):
         wp = window_cols(self.world_prior.expand(B, -1, -1, -1), col, W)  # (B, Cw, H, W)
         tp = self.time_prior[t_new % cfg.time_period]  # (B, 1, H, W)
         H = prev.shape[2]
-        bc = lambda v: v[:, :, None, None].expand(-1, -1, H, W)  # noqa: E731  (B, C) -> (B, C, H, W)
-        x = torch.cat([
-            A, P,
-            known[:, None, None, :].expand(-1, 1, H, -1), fresh[:, None, None, :].expand(-1, 1, H, -1),
-            self.coords.expand(B, -1, -1, -1), bc(dx.to(prev.dtype)[:, None] / m),
-            wp, tp, bc(action), *((base,) if cfg.background_canvas else ()),
-        ], 1)
+        bc = lambda v: v[:, :, None, None].expand(-1, -1, H, W)
+        x = torch.cat(
+            [
+                A,
+                P,
+                known[:, None, None, :].expand(-1, 1, H, -1),
+                fresh[:, None, None, :].expand(-1, 1, H, -1),
+                self.coords.expand(B, -1, -1, -1),
+                bc(dx.to(prev.dtype)[:, None] / m),
+                wp,
+                tp,
+                bc(action),
+                *((base,) if cfg.background_canvas else ()),
+            ],
+            1,
+        )
         onehot = F.one_hot(dx + m, cfg.n_scroll).to(prev.dtype)
         cond = self.cond(torch.cat([action, event, onehot], 1))
         if self.amp_dtype is not None and x.is_cuda:  # the U-Net (and its attention) in bf16/fp16
@@ -420,8 +447,20 @@ class CanvasNet(nn.Module):
         pose = pose_logits.flatten(2).gather(2, at[:, None, None].expand(-1, cfg.poses, 1))[:, :, 0].argmax(1)
         light = light_logits.argmax(1)
         sprite = torch.stack([ay, ax, pose, light], 1)  # (B, 4)
-        return Prediction(self.paste(frame, sprite), logits, dx, base, choice, draw, taps, heat, pose_logits,
-                          light_logits, frame, sprite)
+        return Prediction(
+            self.paste(frame, sprite),
+            logits,
+            dx,
+            base,
+            choice,
+            draw,
+            taps,
+            heat,
+            pose_logits,
+            light_logits,
+            frame,
+            sprite,
+        )
 
     def paste(self, frame: torch.Tensor, sprite: torch.Tensor) -> torch.Tensor:
         """frame (B, 3, H, W); sprite (B, 4) long [anchor row, anchor column, pose, lighting]."""
@@ -450,19 +489,21 @@ class LightHead(nn.Module):
 
     def __init__(self, cfg: CanvasConfig):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
-                                  nn.SiLU())
+        self.conv = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.SiLU()
+        )
         self.mlp = nn.Sequential(nn.Linear(32 + 9 + cfg.cond_dim, 64), nn.SiLU(), nn.Linear(64, cfg.lightings))
 
     def forward(self, frame: torch.Tensor, event: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W), (B, D) -> (B, L)
         H = frame.shape[2]
         h = self.conv(frame)  # (B, 16, H/2, W/2)
-        means = [frame.mean((2, 3)), frame[:, :, : H // 4].mean((2, 3)), frame[:, :, -(H // 4):].mean((2, 3))]
+        means = [frame.mean((2, 3)), frame[:, :, : H // 4].mean((2, 3)), frame[:, :, -(H // 4) :].mean((2, 3))]
         return self.mlp(torch.cat([h.mean((2, 3)), h.amax((2, 3)), *means, event], 1))
 
 
-def sprite_cells(frame: torch.Tensor, ay: torch.Tensor, ax: torch.Tensor, size: tuple[int, int]
-                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def sprite_cells(
+    frame: torch.Tensor, ay: torch.Tensor, ax: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The frame padded so a sprite fits beyond any edge, and the index ``(bi, rr, cc)`` of each
     sprite's cells in it (``padded[bi, :, rr, cc]`` is (B, sh, sw, C)). frame (B, C, H, W); anchor
     (ay, ax) (B,) long: the sprite's bottom row sits on row ay, its centre column (sw // 2) on
@@ -475,8 +516,9 @@ def sprite_cells(frame: torch.Tensor, ay: torch.Tensor, ax: torch.Tensor, size: 
     return padded, (torch.arange(frame.shape[0], device=dev)[:, None, None], rr, cc)
 
 
-def paste_sprites(frame: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, ay: torch.Tensor,
-                  ax: torch.Tensor) -> torch.Tensor:
+def paste_sprites(
+    frame: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, ay: torch.Tensor, ax: torch.Tensor
+) -> torch.Tensor:
     """Paste one sprite per frame. frame (B, 3, H, W); rgb (B, 3, sh, sw); mask (B, sh, sw) bool;
     anchor (ay, ax) as in :func:`sprite_cells`. Parts outside the frame are dropped."""
     sh, sw = rgb.shape[-2:]
@@ -512,8 +554,13 @@ def save_net(path: str | Path, config: CanvasConfig, net: CanvasNet) -> None:
 class CanvasWorldModel:
     """Implements :class:`~worldserve.dynamics.interface.DynamicsModel` around a :class:`CanvasNet`."""
 
-    def __init__(self, config: CanvasConfig | None = None, net: CanvasNet | None = None,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: CanvasConfig | None = None,
+        net: CanvasNet | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
         self.config = config or CanvasConfig()
         # parameters and the frame arithmetic stay float32 (8-bit frames are copied exactly); a
         # lower dtype runs the U-Net under autocast on CUDA
@@ -526,13 +573,14 @@ class CanvasWorldModel:
     # --- loading ----------------------------------------------------------------------------------
 
     @classmethod
-    def random(cls, config: CanvasConfig | None = None, seed: int = 0, **kw) -> "CanvasWorldModel":
+    def random(cls, config: CanvasConfig | None = None, seed: int = 0, **kw) -> CanvasWorldModel:
         torch.manual_seed(seed)
         return cls(config, **kw)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "CanvasWorldModel":
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> CanvasWorldModel:
         data, state = read_folder(path)
         cfg = CanvasConfig.from_dict(data)
         net = CanvasNet(cfg)
@@ -548,10 +596,14 @@ class CanvasWorldModel:
     def info(self) -> ModelInfo:
         c = self.config
         return ModelInfo(
-            frame_width=c.frame_width, frame_height=c.frame_height,
+            frame_width=c.frame_width,
+            frame_height=c.frame_height,
             action_space=ActionSpace(keys=c.keys, mouse_axes=c.mouse_axes, discrete_actions=2 ** len(c.keys)),
-            context_frames=c.context_frames, sample_steps=1, default_guidance=0.0,
-            events_supported=True, event_max_bytes=c.event_max_bytes,
+            context_frames=c.context_frames,
+            sample_steps=1,
+            default_guidance=0.0,
+            events_supported=True,
+            event_max_bytes=c.event_max_bytes,
             parameters=sum(p.numel() for p in self.net.parameters()),
             extra={"latent_shape": (c.latent_size,), "canvas_width": c.canvas_width, "kind": c.kind},
         )
@@ -559,8 +611,12 @@ class CanvasWorldModel:
     @property
     def runtime(self) -> Runtime:
         backend = resolve_backend(device=self.device, dtype=self.dtype, head_dim=self.config.head_dim)
-        return Runtime(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
-                       attention_backend=backend, decode_kernel="flash_attention" if backend == "triton" else "sdpa")
+        return Runtime(
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            attention_backend=backend,
+            decode_kernel="flash_attention" if backend == "triton" else "sdpa",
+        )
 
     @property
     def events_supported(self) -> bool:
@@ -643,8 +699,9 @@ class CanvasWorldModel:
         c = self.config
         return max(-c.canvas_origin, min(c.canvas_width - c.canvas_origin - c.frame_width, cam))
 
-    def prefill(self, latents: torch.Tensor, actions: torch.Tensor, first_step: int,
-                events: Sequence[str] | None = None) -> CanvasState:
+    def prefill(
+        self, latents: torch.Tensor, actions: torch.Tensor, first_step: int, events: Sequence[str] | None = None
+    ) -> CanvasState:
         """Rebuild a session from its last T frames: each is pasted into the canvas where it was seen."""
         c = self.config
         if latents.dim() != 2 or latents.shape[0] < 1:
@@ -661,8 +718,15 @@ class CanvasWorldModel:
             valid[x0 : x0 + c.frame_width] = True
         i2 = max(len(cams) - 2, 0)
         shown = self._shown(kept[i2:], None if sprite is None else sprite[i2:])  # the last two frames as served
-        return CanvasState(canvas, valid, cams[-1], shown[-1].clone(), shown[0].clone(), cams[i2],
-                           int(first_step) + latents.shape[0] - 1)
+        return CanvasState(
+            canvas,
+            valid,
+            cams[-1],
+            shown[-1].clone(),
+            shown[0].clone(),
+            cams[i2],
+            int(first_step) + latents.shape[0] - 1,
+        )
 
     def state_nbytes(self, state: CanvasState) -> int:
         return state.nbytes
@@ -681,8 +745,15 @@ class CanvasWorldModel:
     # --- the step ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, states: list[CanvasState], actions: torch.Tensor, seeds: Sequence[int], steps: Sequence[int],
-             guidance: float | None = None, events: Sequence[str] | None = None) -> torch.Tensor:
+    def step(
+        self,
+        states: list[CanvasState],
+        actions: torch.Tensor,
+        seeds: Sequence[int],
+        steps: Sequence[int],
+        guidance: float | None = None,
+        events: Sequence[str] | None = None,
+    ) -> torch.Tensor:
         """One new frame per session (deterministic: ``seeds`` and ``guidance`` do not matter)."""
         c = self.config
         n = len(states)
@@ -714,12 +785,20 @@ class CanvasWorldModel:
             prev2.append(s.prev2)
             cams.append(s.cam)
             off2.append(s.cam - s.prev_cam)
-        f = lambda xs: torch.stack(xs).to(dev, torch.float32) / 255.0  # noqa: E731
+        f = lambda xs: torch.stack(xs).to(dev, torch.float32) / 255.0
         cam_t = torch.tensor(cams, device=dev)
         pred = self.net.predict(
-            f(prev), f(prev2), torch.tensor(off2, device=dev), f(wins), torch.stack(wvalid).to(dev, torch.float32), cam_t,
-            a.to(dev, torch.float32), self._event_embed(texts), torch.tensor([int(x) for x in steps], device=dev))
-        u8 = lambda x: torch.round(x * 255.0).clamp(0, 255).to(torch.uint8).cpu()  # noqa: E731
+            f(prev),
+            f(prev2),
+            torch.tensor(off2, device=dev),
+            f(wins),
+            torch.stack(wvalid).to(dev, torch.float32),
+            cam_t,
+            a.to(dev, torch.float32),
+            self._event_embed(texts),
+            torch.tensor([int(x) for x in steps], device=dev),
+        )
+        u8 = lambda x: torch.round(x * 255.0).clamp(0, 255).to(torch.uint8).cpu()
         frames = u8(pred.frame)  # (n, 3, H, W) as served
         bgs = u8(pred.background) if c.background_canvas else frames  # what the canvas keeps
         dxs = pred.dx.cpu().tolist()

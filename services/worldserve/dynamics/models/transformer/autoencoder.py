@@ -61,8 +61,9 @@ class Decoder(nn.Module):
         self.stem = nn.Conv2d(cfg.latent_channels, w[0], 3, padding=1)
         # nearest 2x upsample + conv + residual block per doubling of resolution
         self.up = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w[i], w[i + 1], 3, padding=1),
-                          ResBlock(w[i + 1]))
+            nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w[i], w[i + 1], 3, padding=1), ResBlock(w[i + 1])
+            )
             for i in range(len(w) - 1)
         )
         self.out = nn.Conv2d(w[-1], 3, 3, padding=1)
@@ -87,7 +88,9 @@ class Autoencoder(nn.Module):
         c = self.cfg
         want = (c.frame_height, c.frame_width, 3)
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
-            raise ValueError(f"frames must be a uint8 tensor (N, H, W, 3), got {getattr(frames, 'dtype', type(frames))}")
+            raise ValueError(
+                f"frames must be a uint8 tensor (N, H, W, 3), got {getattr(frames, 'dtype', type(frames))}"
+            )
         if frames.dim() != 4 or tuple(frames.shape[1:]) != want:
             raise ValueError(f"frames must have shape (N, {want[0]}, {want[1]}, 3), got {tuple(frames.shape)}")
 
@@ -95,9 +98,13 @@ class Autoencoder(nn.Module):
         c = self.cfg
         want = (c.latent_channels, c.latent_height, c.latent_width)
         if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
-            raise ValueError(f"latents must be a float tensor (N, C, h, w), got {getattr(latents, 'dtype', type(latents))}")
+            raise ValueError(
+                f"latents must be a float tensor (N, C, h, w), got {getattr(latents, 'dtype', type(latents))}"
+            )
         if latents.dim() != 4 or tuple(latents.shape[1:]) != want:
-            raise ValueError(f"latents must have shape (N, {want[0]}, {want[1]}, {want[2]}), got {tuple(latents.shape)}")
+            raise ValueError(
+                f"latents must have shape (N, {want[0]}, {want[1]}, {want[2]}), got {tuple(latents.shape)}"
+            )
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, C, h, w) in the parameters' dtype."""

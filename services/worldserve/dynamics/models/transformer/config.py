@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 
@@ -197,7 +198,7 @@ class WorldModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "WorldModelConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> WorldModelConfig:
         """Build from ``to_dict()`` output; unknown fields are an error, missing ones take defaults."""
         if not isinstance(data, Mapping):
             raise ValueError(f"config must be a mapping, got {type(data).__name__}")

@@ -45,8 +45,16 @@ class PagePool:
     contiguous elements either way. Allocated with ``torch.empty``: on CPU untouched pages cost no
     resident memory. Page ids are handed out lowest first. Thread-safe allocation and release."""
 
-    def __init__(self, n_layers: int, n_heads: int, frame_tokens: int, head_dim: int, n_pages: int,
-                 device: torch.device | str, dtype: torch.dtype):
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        frame_tokens: int,
+        head_dim: int,
+        n_pages: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ):
         if n_pages < 1:
             raise ValueError(f"a page pool needs at least one page, got {n_pages}")
         if n_pages > 2**31 - 1:
@@ -108,7 +116,7 @@ class PagePool:
         self._returned.extend(pages)
 
 
-def _release_pages(pool_ref: "weakref.ref[PagePool]", pages: tuple[int, ...]) -> None:
+def _release_pages(pool_ref: weakref.ref[PagePool], pages: tuple[int, ...]) -> None:
     pool = pool_ref()
     if pool is not None:
         pool.release(list(pages))

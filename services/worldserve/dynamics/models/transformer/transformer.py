@@ -15,7 +15,7 @@ against KV caches; either way the callback ends in ``worldserve.dynamics.attenti
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

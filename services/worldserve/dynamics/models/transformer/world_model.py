@@ -46,17 +46,15 @@ import math
 import numbers
 import operator
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder  # noqa: F401 (re-exported)
-
-from worldserve.dynamics.layers.actions import action_vector, check_actions, check_events
-from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime, StateMemoryFull
 from worldserve.dynamics.attention.backend import (
     attention,
     attention_decode,
@@ -65,20 +63,29 @@ from worldserve.dynamics.attention.backend import (
     last_decode,
     resolve_backend,
 )
+from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime, StateMemoryFull
+from worldserve.dynamics.layers.actions import action_vector, check_actions, check_events
+from worldserve.dynamics.layers.events import EventEncoder
+
 from .autoencoder import Autoencoder, ResBlock
 from .config import WorldModelConfig
-from worldserve.dynamics.layers.events import EventEncoder
 from .kv_cache import PagedState, PagePool, new_state
 from .sampler import cfg_combine, euler_step, initial_noise, time_grid
 from .transformer import DynamicsTransformer
 
-
 # Default byte budget of the KV page pool when ``configure_state_pool`` was not called.
 DEFAULT_POOL_BYTES = {"cuda": 1 << 30, "cpu": 2 << 30}
 
-_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-                "fp16": torch.float16, "half": torch.float16}
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 
 
 def _as_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
@@ -110,8 +117,12 @@ class WorldModel(nn.Module):
         self.event_encoder = None
         if self.config.event_dim:
             with torch.random.fork_rng(devices=[]):
-                self.event_encoder = EventEncoder(event_dim=self.config.event_dim, event_max_bytes=self.config.event_max_bytes,
-                                                  layers=self.config.event_layers, dim=self.config.dim)
+                self.event_encoder = EventEncoder(
+                    event_dim=self.config.event_dim,
+                    event_max_bytes=self.config.event_max_bytes,
+                    layers=self.config.event_layers,
+                    dim=self.config.dim,
+                )
         self._pool: PagePool | None = None
         self._pool_bytes: int | None = None  # None: DEFAULT_POOL_BYTES of the device
         self._lock = threading.RLock()  # one prefill / step / pool change at a time
@@ -132,7 +143,7 @@ class WorldModel(nn.Module):
     # --- construction and persistence -------------------------------------------------------------
 
     @classmethod
-    def random(cls, config: WorldModelConfig | None = None, seed: int = 0) -> "WorldModel":
+    def random(cls, config: WorldModelConfig | None = None, seed: int = 0) -> WorldModel:
         """Randomly initialised model; the same (config, seed) always gives the same weights.
         Leaves the global torch RNG untouched."""
         with torch.random.fork_rng(devices=[]):
@@ -172,18 +183,21 @@ class WorldModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> "WorldModel":
+    ) -> WorldModel:
         """Load a directory written by ``save_pretrained`` (config.json + model.safetensors)."""
         return cls._read(path).to_serving(device, dtype)
 
     @classmethod
-    def _read(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "WorldModel":
+    def _read(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> WorldModel:
         """A save_pretrained folder's model on the CPU, its config fields replaced by ``overrides``."""
         data, state = read_folder(path)
         if isinstance(data, dict):
-            data = {"event_dim": 0,  # saved before event conditioning existed
-                    "spatial_rope": False,  # saved before spatial RoPE existed
-                    **data, **(overrides or {})}
+            data = {
+                "event_dim": 0,  # saved before event conditioning existed
+                "spatial_rope": False,  # saved before spatial RoPE existed
+                **data,
+                **(overrides or {}),
+            }
         model = cls(WorldModelConfig.from_dict(data))
         model.load_state_dict(state, strict=True)
         return model
@@ -196,7 +210,7 @@ class WorldModel(nn.Module):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str | None = None,
         overrides: Mapping[str, Any] | None = None,
-    ) -> "WorldModel":
+    ) -> WorldModel:
         """Load a ``save_pretrained`` folder, or (``path=None``) a random model (seed 0) of the default
         config, for serving. ``dtype``: a torch dtype, a name ("bf16", "float32", ...) or None/"auto"
         (bf16 on CUDA, float32 on CPU). ``overrides``: config fields replacing the saved ones (e.g.
@@ -209,7 +223,7 @@ class WorldModel(nn.Module):
             model = cls._read(path, overrides)
         return model.to_serving(dev, _as_dtype(dtype, dev))
 
-    def to_serving(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32) -> "WorldModel":
+    def to_serving(self, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32) -> WorldModel:
         """Move to ``device`` with the transformer in ``dtype`` (float32, bfloat16 or float16); the
         autoencoder and the event encoder stay float32. Drops an unused state pool (a pool with
         live states makes this an error). Returns self, in eval mode."""
@@ -271,7 +285,9 @@ class WorldModel(nn.Module):
         if out is None or not any(out):
             return None
         if not self.events_supported:
-            raise ValueError(f"this model has no event conditioning (event_dim=0); got events {sorted(set(out) - {''})!r}")
+            raise ValueError(
+                f"this model has no event conditioning (event_dim=0); got events {sorted(set(out) - {''})!r}"
+            )
         return out
 
     def _event_embed(self, events: list[str] | None) -> torch.Tensor | float:
@@ -300,8 +316,13 @@ class WorldModel(nn.Module):
 
     def _attend_sequence(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # (B, T, H, D) -> (B, H, T, D) for the attention API and back
-        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                        frame_tokens=self.config.frame_tokens, mask="frame_causal")
+        out = attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            frame_tokens=self.config.frame_tokens,
+            mask="frame_causal",
+        )
         return out.transpose(1, 2)
 
     # --- the interface: info, runtime -------------------------------------------------------------
@@ -313,16 +334,20 @@ class WorldModel(nn.Module):
         return ModelInfo(
             frame_width=c.frame_width,
             frame_height=c.frame_height,
-            action_space=ActionSpace(keys=tuple(c.keys), mouse_axes=tuple(c.mouse_axes),
-                                     discrete_actions=2 ** len(c.keys), latent_actions=0),
+            action_space=ActionSpace(
+                keys=tuple(c.keys), mouse_axes=tuple(c.mouse_axes), discrete_actions=2 ** len(c.keys), latent_actions=0
+            ),
             context_frames=c.context_frames,
             sample_steps=c.sample_steps,
             default_guidance=float(c.guidance),
             events_supported=self.events_supported,
             event_max_bytes=c.event_max_bytes if self.events_supported else 0,
             parameters=sum(p.numel() for p in self.parameters()),
-            extra={"latent_shape": (c.latent_channels, c.latent_height, c.latent_width),
-                   "frame_tokens": c.frame_tokens, "page_bytes": self.page_nbytes},
+            extra={
+                "latent_shape": (c.latent_channels, c.latent_height, c.latent_width),
+                "frame_tokens": c.frame_tokens,
+                "page_bytes": self.page_nbytes,
+            },
         )
 
     @property
@@ -330,8 +355,12 @@ class WorldModel(nn.Module):
         """Device, dtype and the attention backend / decode kernel the served ``step`` resolves to
         under the current backend setting (``WORLDSERVE_ATTENTION`` / ``use_backend``)."""
         backend = resolve_backend(device=self.device, dtype=self.dtype, head_dim=self.config.head_dim)
-        return Runtime(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
-                       attention_backend=backend, decode_kernel=decode_kernel_name(backend, paged=True))
+        return Runtime(
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            attention_backend=backend,
+            decode_kernel=decode_kernel_name(backend, paged=True),
+        )
 
     # --- the state pool ---------------------------------------------------------------------------
 
@@ -339,7 +368,9 @@ class WorldModel(nn.Module):
     def page_nbytes(self) -> int:
         """Bytes of one page: one frame's keys and values in every layer, in the model dtype."""
         c = self.config
-        return 2 * c.n_layers * c.n_heads * c.frame_tokens * c.head_dim * torch.empty(0, dtype=self.dtype).element_size()
+        return (
+            2 * c.n_layers * c.n_heads * c.frame_tokens * c.head_dim * torch.empty(0, dtype=self.dtype).element_size()
+        )
 
     def configure_state_pool(self, max_bytes: int) -> None:
         """Preallocate the KV page pool with at most ``max_bytes`` of pages (rounded down to whole
@@ -349,12 +380,16 @@ class WorldModel(nn.Module):
         max_bytes = operator.index(max_bytes)
         n_pages = max_bytes // self.page_nbytes
         if n_pages < self.config.context_frames:
-            raise ValueError(f"max_bytes={max_bytes} holds {n_pages} pages of {self.page_nbytes} B; one session "
-                             f"needs {self.config.context_frames}")
+            raise ValueError(
+                f"max_bytes={max_bytes} holds {n_pages} pages of {self.page_nbytes} B; one session "
+                f"needs {self.config.context_frames}"
+            )
         with self._lock:
             if self._pool is not None and self._pool.used_pages:
-                raise RuntimeError(f"the state pool has {self._pool.used_pages} pages in use; release every state "
-                                   f"before configure_state_pool")
+                raise RuntimeError(
+                    f"the state pool has {self._pool.used_pages} pages in use; release every state "
+                    f"before configure_state_pool"
+                )
             self._pool = None  # free the old one first
             self._pool_bytes = max_bytes
             self._pool = self._make_pool()
@@ -364,13 +399,21 @@ class WorldModel(nn.Module):
         pool, C = self._pool, self.config.context_frames
         if pool is None:
             return dict(pages=0, free_pages=0, page_bytes=self.page_nbytes, bytes=0, free_sessions=0)
-        return dict(pages=pool.n_pages, free_pages=pool.free_pages, page_bytes=pool.page_nbytes, bytes=pool.nbytes,
-                    free_sessions=pool.free_pages // C)
+        return dict(
+            pages=pool.n_pages,
+            free_pages=pool.free_pages,
+            page_bytes=pool.page_nbytes,
+            bytes=pool.nbytes,
+            free_sessions=pool.free_pages // C,
+        )
 
     def _make_pool(self) -> PagePool:
         c = self.config
-        budget = self._pool_bytes if self._pool_bytes is not None else DEFAULT_POOL_BYTES.get(
-            self.device.type, DEFAULT_POOL_BYTES["cuda"])
+        budget = (
+            self._pool_bytes
+            if self._pool_bytes is not None
+            else DEFAULT_POOL_BYTES.get(self.device.type, DEFAULT_POOL_BYTES["cuda"])
+        )
         n_pages = max(budget // self.page_nbytes, c.context_frames)
         return PagePool(c.n_layers, c.n_heads, c.frame_tokens, c.head_dim, n_pages, self.device, self.dtype)
 
@@ -378,8 +421,10 @@ class WorldModel(nn.Module):
         pool = self._pool
         if pool is not None and (pool.device != self.device or pool.dtype != self.dtype):
             if pool.used_pages:
-                raise RuntimeError(f"the model moved to {self.dtype} on {self.device} while its states live in a "
-                                   f"{pool.dtype} pool on {pool.device}; release them first")
+                raise RuntimeError(
+                    f"the model moved to {self.dtype} on {self.device} while its states live in a "
+                    f"{pool.dtype} pool on {pool.device}; release them first"
+                )
             self._pool = pool = None
         if pool is None:
             self._pool = pool = self._make_pool()
@@ -392,7 +437,8 @@ class WorldModel(nn.Module):
         if st is None:
             raise StateMemoryFull(
                 f"KV page pool full: a session needs {C} pages of {pool.page_nbytes} B, {pool.free_pages} of "
-                f"{pool.n_pages} are free ({pool.nbytes} B pool); release states or configure_state_pool larger")
+                f"{pool.n_pages} are free ({pool.nbytes} B pool); release states or configure_state_pool larger"
+            )
         return st
 
     def state_nbytes(self, state: PagedState) -> int:
@@ -471,8 +517,11 @@ class WorldModel(nn.Module):
         if n == 0:
             return []
         if len(actions) != n or len(first_steps) != n or (events is not None and len(events) != n):
-            raise ValueError(f"got {n} latents, {len(actions)} actions, {len(first_steps)} first_steps"
-                             + ("" if events is None else f", {len(events)} events") + "; they must match")
+            raise ValueError(
+                f"got {n} latents, {len(actions)} actions, {len(first_steps)} first_steps"
+                + ("" if events is None else f", {len(events)} events")
+                + "; they must match"
+            )
         cfg, dev = self.config, self.device
         C = cfg.context_frames
         items = []
@@ -500,11 +549,20 @@ class WorldModel(nn.Module):
                     if not idx:
                         continue
                     ev = [items[i][3] for i in idx]
-                    evt = (torch.stack([e[j] if e is not None else torch.zeros(cfg.dim, device=dev, dtype=self.dtype)
-                                        for e in ev]) if any(e is not None for e in ev) else 0.0)
-                    self._commit([states[i] for i in idx], torch.cat([items[i][0][j : j + 1] for i in idx]),
-                                 torch.cat([items[i][1][j : j + 1] for i in idx]),
-                                 [items[i][2] + j for i in idx], evt)
+                    evt = (
+                        torch.stack(
+                            [e[j] if e is not None else torch.zeros(cfg.dim, device=dev, dtype=self.dtype) for e in ev]
+                        )
+                        if any(e is not None for e in ev)
+                        else 0.0
+                    )
+                    self._commit(
+                        [states[i] for i in idx],
+                        torch.cat([items[i][0][j : j + 1] for i in idx]),
+                        torch.cat([items[i][1][j : j + 1] for i in idx]),
+                        [items[i][2] + j for i in idx],
+                        evt,
+                    )
             except BaseException:
                 for st in states:
                     st._release()
@@ -538,12 +596,22 @@ class WorldModel(nn.Module):
             max_len = max(n0s) * F_
 
             def attend(layer, q, k, v):  # (1, total, H, D) packed
-                out = attention_varlen(q[0], k[0], v[0], cu_t, cu_t, frame_tokens=F_, mask="frame_causal",
-                                       max_seqlen_q=max_len, max_seqlen_k=max_len)
+                out = attention_varlen(
+                    q[0],
+                    k[0],
+                    v[0],
+                    cu_t,
+                    cu_t,
+                    frame_tokens=F_,
+                    mask="frame_causal",
+                    max_seqlen_q=max_len,
+                    max_seqlen_k=max_len,
+                )
                 return out[None]
 
-            _, kvs = tr(torch.cat(toks, dim=1), torch.cat(coss, dim=1), torch.cat(sins, dim=1), attend,
-                        need_output=False)
+            _, kvs = tr(
+                torch.cat(toks, dim=1), torch.cat(coss, dim=1), torch.cat(sins, dim=1), attend, need_output=False
+            )
         pool = self._pool
         off = 0
         for st, n0, (_, _, fs, _, _) in zip(states, n0s, items):
@@ -566,8 +634,16 @@ class WorldModel(nn.Module):
             bt, lens = bt.to(dev, non_blocking=True), lens.to(dev, non_blocking=True)
         return bt, lens, max(st.n_frames for st in states) * F_
 
-    def _decode_attend(self, bt: torch.Tensor, lens: torch.Tensor, max_len: int, cos: torch.Tensor,
-                       sin: torch.Tensor, write_kv: bool, gather: list[dict] | None = None):
+    def _decode_attend(
+        self,
+        bt: torch.Tensor,
+        lens: torch.Tensor,
+        max_len: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        write_kv: bool,
+        gather: list[dict] | None = None,
+    ):
         """The attend callback of a decode pass: raw q/k/v (B, F, H, D) of the new frames against the
         sessions' pages, QK-norm + RoPE fused, the new K/V written into the spare pages if asked.
         ``gather``: one dict per layer shared by the passes of one step (the SDPA reference then
@@ -577,10 +653,24 @@ class WorldModel(nn.Module):
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             blk = blocks[layer]
             out = attention_decode(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pool.k(layer), pool.v(layer), lens,
-                frame_tokens=F_, mask="frame_causal", write_kv=write_kv, max_cache_len=max_len,
-                q_norm_weight=blk.q_norm, k_norm_weight=blk.k_norm, norm_eps=blk.eps, rope_cos=cos, rope_sin=sin,
-                block_table=bt, page_size=F_, gather_cache=None if gather is None else gather[layer],
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                pool.k(layer),
+                pool.v(layer),
+                lens,
+                frame_tokens=F_,
+                mask="frame_causal",
+                write_kv=write_kv,
+                max_cache_len=max_len,
+                q_norm_weight=blk.q_norm,
+                k_norm_weight=blk.k_norm,
+                norm_eps=blk.eps,
+                rope_cos=cos,
+                rope_sin=sin,
+                block_table=bt,
+                page_size=F_,
+                gather_cache=None if gather is None else gather[layer],
             )  # (B, H, F, D)
             return out.transpose(1, 2)
 
@@ -658,8 +748,14 @@ class WorldModel(nn.Module):
             return out.cpu()
 
     def _step(
-        self, states: list[PagedState], actions: torch.Tensor, seeds: list[int], steps: list[int], g: float,
-        n_steps: int, events: list[str] | None = None,
+        self,
+        states: list[PagedState],
+        actions: torch.Tensor,
+        seeds: list[int],
+        steps: list[int],
+        g: float,
+        n_steps: int,
+        events: list[str] | None = None,
     ) -> torch.Tensor:
         cfg, tr, n, dev = self.config, self.transformer, len(states), self.device
         use_cfg = g != 1.0
@@ -669,8 +765,15 @@ class WorldModel(nn.Module):
         cos, sin = tr.rope(step_t[:, None], dtype=torch.float32)  # (N, F, D/2) fp32 tables for the prologue
         # both CFG copies of a session attend to the same pages (sequence g * N + i = copy g of session i)
         gather: list[dict] = [{} for _ in range(cfg.n_layers)]  # SDPA reference: gather pages once per step
-        attend = self._decode_attend(bt.repeat(groups, 1), lens.repeat(groups), max_len, cos.repeat(groups, 1, 1),
-                                     sin.repeat(groups, 1, 1), write_kv=False, gather=gather)
+        attend = self._decode_attend(
+            bt.repeat(groups, 1),
+            lens.repeat(groups),
+            max_len,
+            cos.repeat(groups, 1, 1),
+            sin.repeat(groups, 1, 1),
+            write_kv=False,
+            gather=gather,
+        )
         drop = torch.arange(groups * n, device=dev) >= n  # (G*N,) second copy = unconditional
         act = tr.action_embed(actions.repeat(groups, 1), step_t.repeat(groups), drop)  # (G*N, C)
         ev = self._event_embed(events)  # (N, C) or 0
@@ -697,24 +800,29 @@ class WorldModel(nn.Module):
         seen: set[int] = set()
         for i, st in enumerate(states):
             if not isinstance(st, PagedState):
-                raise ValueError(f"states[{i}] must be a PagedState made by this model's prefill, got "
-                                 f"{type(st).__name__}")
+                raise ValueError(
+                    f"states[{i}] must be a PagedState made by this model's prefill, got {type(st).__name__}"
+                )
             if id(st) in seen:
                 raise ValueError(f"states[{i}] appears twice in one batch; a session may step once per batch")
             seen.add(id(st))
             if st.released:
                 raise ValueError(f"states[{i}] was released")
             if pool is None or st.pool_id != pool.id:
-                raise ValueError(f"states[{i}] does not belong to this model's state pool (another model, or the "
-                                 f"pool was reconfigured)")
+                raise ValueError(
+                    f"states[{i}] does not belong to this model's state pool (another model, or the "
+                    f"pool was reconfigured)"
+                )
             if pool.device != self.device or pool.dtype != self.dtype:
-                raise ValueError(f"states[{i}] is {pool.dtype} on {pool.device}; the model is {self.dtype} on "
-                                 f"{self.device}")
+                raise ValueError(
+                    f"states[{i}] is {pool.dtype} on {pool.device}; the model is {self.dtype} on {self.device}"
+                )
             if st.n_frames < 1:
                 raise ValueError(f"states[{i}] is empty; prefill it with at least the first frame")
             if steps is not None and steps[i] != st.last_step + 1:
-                raise ValueError(f"steps[{i}] = {steps[i]} but the state's last step is {st.last_step}; expected "
-                                 f"{st.last_step + 1}")
+                raise ValueError(
+                    f"steps[{i}] = {steps[i]} but the state's last step is {st.last_step}; expected {st.last_step + 1}"
+                )
 
     # --- training ---------------------------------------------------------------------------------
 

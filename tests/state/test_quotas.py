@@ -12,8 +12,9 @@ from google.rpc import error_details_pb2, status_pb2
 from worldserve.common.auth import KeyRing, add_key, new_key, set_quotas
 from worldserve.common.config import Config
 from worldserve.common.errors import STATUS_DETAILS_KEY, ResourceExhausted, status_details, status_of
-from worldserve.common.quotas import QuotaEnforcer, QuotaExceeded, Quotas
+from worldserve.common.quotas import QuotaExceeded, Quotas
 from worldserve.sessions.core import SessionsCore
+from worldserve.state.quotas import QuotaEnforcer
 from worldserve.state.store import SessionsFull, SessionStore
 
 
@@ -50,7 +51,7 @@ def test_quotas_validate_and_merge():
 
 
 async def test_gcra_admits_the_burst_then_the_rate_and_says_when(store):
-    enf = QuotaEnforcer(store.r)
+    enf = QuotaEnforcer(store)
     q = Quotas(steps_per_s=10, step_burst=5, max_step_batch=5)
     for _ in range(5):  # the burst passes at once
         await enf.charge_steps("a", q)
@@ -71,7 +72,7 @@ async def test_gcra_holds_across_enforcers_and_paces_when_asked(store):
     try:
         # 5/s: a step's room comes back after 200 ms, far longer than the six calls take on a busy machine
         q = Quotas(steps_per_s=5, step_burst=4, max_step_batch=4)
-        a, b = QuotaEnforcer(store.r), QuotaEnforcer(other.r)
+        a, b = QuotaEnforcer(store), QuotaEnforcer(other)
         admitted = 0
         for enf in (a, b, a, b, a, b):
             try:
@@ -95,9 +96,11 @@ async def test_request_limits_name_their_quota():
     enf.check_rollout("t", q, 8)
     enf.check_step_batch("t", q, 4)
     enf.check_ttl("t", q, 3600)
-    for call, quota in ((lambda: enf.check_rollout("t", q, 9), "max_rollout_actions"),
-                        (lambda: enf.check_step_batch("t", q, 5), "max_step_batch"),
-                        (lambda: enf.check_ttl("t", q, 3601), "max_ttl_s")):
+    for call, quota in (
+        (lambda: enf.check_rollout("t", q, 9), "max_rollout_actions"),
+        (lambda: enf.check_step_batch("t", q, 5), "max_step_batch"),
+        (lambda: enf.check_ttl("t", q, 3601), "max_ttl_s"),
+    ):
         with pytest.raises(QuotaExceeded, match=quota) as e:
             call()
         assert e.value.retry_after_s is None  # waiting does not help
@@ -118,7 +121,7 @@ async def test_sessions_quota_counts_live_sessions_and_frees_on_delete(store):
 
 
 async def test_sessions_quota_prunes_expired_sessions(store):
-    from worldserve.sessions import store as store_mod
+    from worldserve.state import store as store_mod
 
     sid, _ = await store.reserve("t", 1)
     await store.create("t", model="m", prompt="p", seed=0, width=8, height=8, first_frame=b"x", session_id=sid)
@@ -213,7 +216,7 @@ def test_quota_overrides_sit_beside_the_tenants_key(tmp_path):
 
 
 async def test_short_waits_are_paced_and_refusals_are_held(store):
-    enf = QuotaEnforcer(store.r)
+    enf = QuotaEnforcer(store)
     q = Quotas(steps_per_s=10, step_burst=1, max_step_batch=1)
     await enf.charge_steps("p", q)
     t0 = time.monotonic()
