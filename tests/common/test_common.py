@@ -46,6 +46,33 @@ def test_status_table_and_no_traceback():
     assert code == grpc.StatusCode.INTERNAL and "secret" not in msg and "Traceback" not in msg
 
 
+def test_errors_cross_replicas_pickled_with_their_attributes():
+    """A model replica raises, the ingress re-raises: the error travels pickled (Ray's cloudpickle).
+    An ``__init__`` with other arguments than ``args`` once arrived as UnserializableException
+    (INTERNAL) and a plain ResourceExhausted lost its retry_after_s."""
+    import pickle
+
+    import cloudpickle
+
+    from worldserve.common.errors import ResourceExhausted
+    from worldserve.common.quotas import QuotaExceeded
+
+    errors = [
+        QuotaExceeded("steps_per_s", "t1", "quota steps_per_s: wait 0.5 s", retry_after_s=0.5),
+        ResourceExhausted("queue full", retry_after_s=1.25),
+        NotFound("session 'x' not found"),
+        InvalidArgument("bad 3"),
+    ]
+    for e in errors:
+        for dumps, loads in ((pickle.dumps, pickle.loads), (cloudpickle.dumps, cloudpickle.loads)):
+            back = loads(dumps(e))
+            assert type(back) is type(e) and back.args == e.args and vars(back) == vars(e)
+            assert status_of(back) == status_of(e)
+    back = pickle.loads(pickle.dumps(errors[0]))
+    assert (back.quota, back.tenant, back.retry_after_s) == ("steps_per_s", "t1", 0.5)
+    assert status_of(back)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def test_a_status_message_is_one_short_line_whatever_it_quotes():
     from worldserve.common.errors import MAX_MESSAGE_CHARS
 

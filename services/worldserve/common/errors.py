@@ -21,7 +21,22 @@ log = logging.getLogger("worldserve")
 
 
 class WorldserveError(Exception):
-    """Base of every error a client may see. The message is shown to the client verbatim."""
+    """Base of every error a client may see. The message is shown to the client verbatim.
+
+    Errors cross Serve replicas pickled (raised in a model replica, re-raised at the ingress): a
+    subclass whose ``__init__`` takes other arguments than ``args`` still round-trips, attributes
+    included (``retry_after_s``, ``quota``), because pickling rebuilds it without calling
+    ``__init__``."""
+
+    def __reduce__(self):
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild(cls: type[WorldserveError], args: tuple, state: dict) -> WorldserveError:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class InvalidArgument(WorldserveError, ValueError):
