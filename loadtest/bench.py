@@ -8,10 +8,12 @@ with one dynamics replica, and prints from one run:
 - a trivial RPC through Serve's gRPC proxy (GetModelInfo);
 - Step latency p50/p99 through the whole stack (one session of the default model, closed loop);
 - aggregate steps/s for 1 session vs N concurrent sessions of the default model (batching), and
-  for N sessions of every other served model (each tier's frames/s through the whole stack).
-
+  for N sessions of every other served model (each tier's frames/s through the whole stack);
 - the model alone at N concurrent sessions: the replica's runner (prefilled states, the batches a
   replica forms, step + decode) in this process, no Redis, no RPC;
+- the busy CPU of the whole machine per operation (trivial RPC, served step, model step alone),
+  less what the idle cluster burns: where the model cannot use a core the serving stack takes,
+  served / alone is bounded by ``cpu_bound_ceiling`` (model CPU per step / served CPU per step);
 
 and checks the targets: whole-stack Step p50 <= trivial-RPC p50 + model step p50 + 3 ms, and
 served steps/s at N concurrent sessions >= 90% of the model alone's at the same concurrency.
@@ -28,6 +30,35 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds this machine has spent busy (every process: /proc/stat's user, nice, system,
+    irq, softirq), to charge each phase its whole-stack CPU cost, not just its latency."""
+    import os
+
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Busy CPU per operation over a phase, less what the idle cluster burns meanwhile."""
+
+    def __init__(self, idle_per_s: float = 0.0):
+        self.idle_per_s = idle_per_s
+
+    def __enter__(self) -> CpuMeter:
+        self.t0, self.c0 = time.perf_counter(), cpu_busy_s()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.busy = max(0.0, cpu_busy_s() - self.c0 - self.idle_per_s * self.wall)
+
+    def per(self, n: int) -> float:
+        return self.busy / max(n, 1)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -62,10 +93,12 @@ def model_alone(n: int, threads: int, overrides: dict | None = None) -> dict[str
     return times
 
 
-def model_alone_concurrent(n: int, duration_s: float, threads: int, overrides: dict | None = None) -> float:
+def model_alone_concurrent(
+    n: int, duration_s: float, threads: int, overrides: dict | None = None
+) -> tuple[float, float]:
     """Steps/s of the default model alone at ``n`` concurrent sessions: the replica's runner on
     batches of ``n`` jobs whose states are cached (what a warm replica runs), as many batches as fit
-    ``duration_s``, no Redis and no RPC."""
+    ``duration_s``, no Redis and no RPC; and the busy CPU seconds per step."""
     import torch
 
     from worldserve.common.config import Config, batch_invariant, setup_torch
@@ -111,13 +144,14 @@ def model_alone_concurrent(n: int, duration_s: float, threads: int, overrides: d
 
     batch()  # warm-up
     done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < duration_s:
-        batch()
-        done += n
+    with CpuMeter() as cpu:
+        while time.perf_counter() - t0 < duration_s:
+            batch()
+            done += n
     took = time.perf_counter() - t0
     for s in states:
         m.release_state(s)
-    return done / took
+    return done / took, cpu.per(done)
 
 
 def closed_loop(client, sids: list[str], duration_s: float) -> tuple[int, list[float], int]:
@@ -171,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     default = next(iter(alone))
     model_s = alone[default]
     console.print(f"model alone: {ns.sessions} concurrent sessions for {ns.duration_s:.0f} s ...")
-    alone_n = model_alone_concurrent(ns.sessions, ns.duration_s, ns.torch_threads, ns.app_args)
+    alone_n, alone_cpu = model_alone_concurrent(ns.sessions, ns.duration_s, ns.torch_threads, ns.app_args)
 
     from worldserve.client import WorldClient
     from worldserve.local import local_cluster
@@ -192,11 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         client = WorldClient(cluster.target, cluster.keys["bench"], timeout_s=120)
         for _ in range(5):
             client.model_info()
+        with CpuMeter() as idle:  # what the idle cluster burns (health checks, metrics, control loops)
+            time.sleep(5.0)
+        idle_per_s = idle.busy / idle.wall
         trivial = []
-        for _ in range(ns.trivial):
-            t0 = time.perf_counter()
-            client.model_info()
-            trivial.append(time.perf_counter() - t0)
+        with CpuMeter(idle_per_s) as cpu_trivial:
+            for _ in range(ns.trivial):
+                t0 = time.perf_counter()
+                client.model_info()
+                trivial.append(time.perf_counter() - t0)
 
         sids = [client.create_session(prompt=f"bench world {i}", seed=i).session_id for i in range(ns.sessions)]
         for s in sids:  # first step encodes the first frame and fills the replica cache
@@ -207,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             client.step(sids[0], ["right"])
             stack.append(time.perf_counter() - t0)
         console.print(f"closed loop: 1 session for {ns.duration_s:.0f} s ...")
-        n1, _, e1 = closed_loop(client, sids[:1], ns.duration_s)
+        with CpuMeter(idle_per_s) as cpu_1:
+            n1, _, e1 = closed_loop(client, sids[:1], ns.duration_s)
         console.print(f"closed loop: {ns.sessions} sessions for {ns.duration_s:.0f} s ...")
-        nn, lat_n, en = closed_loop(client, sids, ns.duration_s)
+        with CpuMeter(idle_per_s) as cpu_n:
+            nn, lat_n, en = closed_loop(client, sids, ns.duration_s)
         tiers = {}
         for name in list(alone)[1:]:  # every other served model: N sessions, closed loop
             tsids = [
@@ -235,17 +275,25 @@ def main(argv: list[str] | None = None) -> int:
         f"model_alone_steps_per_s_{ns.sessions}": alone_n,
         f"step_p50_ms_at_{ns.sessions}": ms(statistics.median(lat_n)) if lat_n else float("nan"),
         "errors": e1 + en + sum(e for _, e in tiers.values()),
+        # busy CPU (every process on the machine, less the idle cluster's) per operation
+        "idle_cluster_cpu_ms_per_s": ms(idle_per_s),
+        "cpu_ms_per_trivial_rpc": ms(cpu_trivial.per(len(trivial))),
+        "cpu_ms_per_step_1": ms(cpu_1.per(n1)),
+        f"cpu_ms_per_step_{ns.sessions}": ms(cpu_n.per(nn)),
+        f"model_alone_cpu_ms_per_step_{ns.sessions}": ms(alone_cpu),
     }
     for name, times in alone.items():
-        fig[f"model_step_p50_ms[{name}]"] = ms(statistics.median(times))
+        fig[f"model_step_p50_ms/{name}"] = ms(statistics.median(times))
     for name, (nt, _) in tiers.items():
-        fig[f"steps_per_s_{ns.sessions}[{name}]"] = nt / ns.duration_s
+        fig[f"steps_per_s_{ns.sessions}/{name}"] = nt / ns.duration_s
     budget = fig["trivial_rpc_p50_ms"] + fig["model_step_p50_ms"] + 3.0
     ratio = fig[f"steps_per_s_{ns.sessions}"] / max(alone_n, 1e-9)
     fig.update(
         step_budget_ms=budget,
         overhead_ms=fig["step_p50_ms"] - fig["trivial_rpc_p50_ms"] - fig["model_step_p50_ms"],
         served_vs_alone=ratio,
+        # on a CPU-bound machine served / alone cannot pass the model's share of a served step's CPU
+        cpu_bound_ceiling=alone_cpu / max(cpu_n.per(nn), 1e-9),
     )
     t = Table(title="worldserve serving benchmark")
     t.add_column("figure")
