@@ -25,6 +25,10 @@ Figures (targets in ``TARGETS``; the table marks each target line pass/fail):
 9. events on day, dry worlds: brightness ratio after "night falls" / "it starts to rain" vs the
    game's, rain drawn as streaks, stars at night;
 10. determinism of replayed rollouts and regenerated images.
+
+The code lives in modules by job: ``eval_figures`` (constants, targets, metric functions),
+``eval_worlds`` (held-out worlds, episodes, the game's truth), ``eval_rollouts`` (serving through
+the interface), ``eval_report`` (the table) and this one (the evaluation, loading, the command).
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,287 +43,70 @@ import numpy as np
 import torch
 import typer
 
-from worldserve.worlds import Game, WorldSpec, caption_of, checks, random_spec
-from worldserve.worlds.platformer import GROUND_Y, VIEW, random_actions
+from worldserve.worlds import Game, WorldSpec, caption_of, checks
+from worldserve.worlds.platformer import VIEW
 
-from .data import HELDOUT_SEED
+from .eval_figures import (
+    CONTROL_STEP,
+    EVENT_STEPS,
+    GUIDANCE,
+    JUMP_STEPS,
+    MEMORY_STEPS,
+    NOOP_STEPS,
+    OBJECT_STEP,
+    PSNR_STEPS,
+    TARGETS,
+    TRACK_PX,
+    TRACK_STEPS,
+    adherence,
+    brightness_ratio,
+    delta_psnr,
+    passed,
+    psnr,
+)
+from .eval_report import table
+from .eval_rollouts import Job, ServeStats, rollout, serve
+from .eval_worlds import Played, episode, heldout_prompts, heldout_world, jump_actions, play
+
+__all__ = [
+    "CONTROL_STEP",
+    "EVENT_STEPS",
+    "GUIDANCE",
+    "JUMP_STEPS",
+    "MEMORY_STEPS",
+    "NOOP_STEPS",
+    "OBJECT_STEP",
+    "PSNR_STEPS",
+    "TARGETS",
+    "TRACK_PX",
+    "TRACK_STEPS",
+    "WEIGHTS",
+    "Job",
+    "Played",
+    "ServeStats",
+    "adherence",
+    "brightness_ratio",
+    "command",
+    "delta_psnr",
+    "episode",
+    "evaluate",
+    "evaluate_image",
+    "heldout_prompts",
+    "heldout_world",
+    "jump_actions",
+    "load_dynamics",
+    "load_image",
+    "main",
+    "passed",
+    "play",
+    "psnr",
+    "rollout",
+    "run",
+    "serve",
+    "table",
+]
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-GUIDANCE = 2.0
-"""Guidance every evaluation step is served with."""
-TRACK_PX = 4
-"""A detected player counts when within this many pixels (Chebyshev) of the true position."""
-EVENT_STEPS = 8
-NOOP_STEPS = 24
-MEMORY_STEPS = 8  # right, then as many left
-OBJECT_STEP = 16
-CONTROL_STEP = 8
-TRACK_STEPS = (1, 8, 24)
-PSNR_STEPS = (1, 2, 4, 8, 16, 24, 32)
-JUMP_STEPS = 24
-
-TARGETS: dict[str, tuple[str, float]] = {
-    "player_within4_step8": (">=", 0.90),
-    "player_within4_step24": (">=", 0.75),
-    "player_airborne_within4": (">=", 0.80),
-    "noop24_psnr": (">=", 30.0),
-    "objects_in_place_step16": (">=", 0.90),
-    "rollout_above_hold_all_steps": (">=", 1.0),
-    "control_delta_psnr_8": (">=", 8.0),
-    "memory_psnr": (">=", 28.0),
-    "prompt_objects_found": (">=", 0.85),
-    "prompt_frames_all_found": (">=", 0.70),
-    "event_night_brightness_error": ("<=", 0.1),
-    "event_rain_brightness_error": ("<=", 0.1),
-    "deterministic_dynamics": (">=", 1.0),
-    "deterministic_image": (">=", 1.0),
-}
-"""Figure -> (comparison, target)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# metric functions
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-frame PSNR in dB of uint8 frames (..., H, W, 3); identical frames give 100 (capped)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mse = ((a - b) ** 2).mean(axis=(-3, -2, -1))
-    return np.minimum(100.0, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))
-
-
-def delta_psnr(true_psnr: np.ndarray, shuffled_psnr: np.ndarray) -> float:
-    """Controllability: mean PSNR under the true actions minus mean PSNR under shuffled ones."""
-    return float(np.mean(true_psnr) - np.mean(shuffled_psnr))
-
-
-def brightness_ratio(frames: np.ndarray, reference: np.ndarray) -> float:
-    """Mean intensity of ``frames`` over that of ``reference`` (< 1: darker)."""
-    return float(np.asarray(frames, np.float64).mean() / max(np.asarray(reference, np.float64).mean(), 1e-9))
-
-
-def adherence(frames: Sequence[np.ndarray], specs: Sequence[WorldSpec]) -> tuple[float, float]:
-    """(fraction of described objects found in colour, kind and side; fraction of frames with all
-    of them), read with :func:`worldserve.worlds.checks.check_objects`."""
-    found = [checks.check_objects(f, s) for f, s in zip(frames, specs)]
-    objects = [x for row in found for x in row]
-    return float(np.mean(objects)) if objects else 1.0, float(np.mean([all(r) for r in found]))
-
-
-def passed(r: dict[str, Any]) -> dict[str, bool]:
-    """Target figure -> met (only the figures present in ``r``)."""
-    out = {}
-    for key, (op, target) in TARGETS.items():
-        v = r.get(key)
-        if isinstance(v, (int, float)) and np.isfinite(v):
-            out[key] = bool(v >= target if op == ">=" else v <= target)
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# worlds, episodes and the game's truth
-
-
-def heldout_world(i: int, steps: int) -> tuple[WorldSpec, int, list[tuple[str, ...]]]:
-    """Held-out world ``i``: its caption's spec, its seed and ``steps`` actions of the random policy
-    (the same world and actions as :func:`episode` ``(i, steps)``)."""
-    rng = np.random.default_rng([HELDOUT_SEED + i, 2])
-    spec = random_spec(rng)
-    return spec, HELDOUT_SEED + i, random_actions(rng, steps)
-
-
-_JUMPY: tuple[tuple[tuple[str, ...], float], ...] = (
-    (("jump",), 0.25),
-    (("right", "jump"), 0.2),
-    (("left", "jump"), 0.15),
-    (("up",), 0.1),
-    (("right", "up"), 0.05),
-    (("right",), 0.1),
-    (("left",), 0.05),
-    (("fire",), 0.05),
-    ((), 0.05),
-)
-
-
-def jump_actions(rng: np.random.Generator, n: int, hold: float = 0.6) -> list[tuple[str, ...]]:
-    """``n`` actions of a jump-heavy sticky policy (most of its frames are in the air)."""
-    keys = [k for k, _ in _JUMPY]
-    p = np.asarray([w for _, w in _JUMPY])
-    p = p / p.sum()
-    cur = keys[int(rng.choice(len(keys), p=p))]
-    out = []
-    for _ in range(n):
-        if rng.random() > hold:
-            cur = keys[int(rng.choice(len(keys), p=p))]
-        out.append(cur)
-    return out
-
-
-def episode(
-    seed: int, steps: int, *, event: str | None = None, event_step: int = 1, spec: WorldSpec | None = None
-) -> tuple[np.ndarray, list[tuple[str, ...]], list[str]]:
-    """Held-out world ``seed`` played with the random policy: frames (steps + 1, H, W, 3), the keys
-    of steps 1..steps, and the event text in force for each of those frames (``event`` switched on
-    at ``event_step``)."""
-    rng = np.random.default_rng([HELDOUT_SEED + seed, 2])
-    spec = spec if spec is not None else random_spec(rng)
-    game = Game(spec, HELDOUT_SEED + seed)
-    frames = [game.reset()]
-    keys = random_actions(rng, steps)
-    events = []
-    for s, k in enumerate(keys, start=1):
-        frames.append(game.step(k, event if s == event_step and event else None))
-        events.append(game.event)
-    return np.stack(frames), keys, events
-
-
-@dataclass
-class Played:
-    """The game's truth for one session: frames 0..S and, per frame, what the checks need."""
-
-    spec: WorldSpec
-    frames: np.ndarray  # (S + 1, H, W, 3)
-    position: list[tuple[int, int]] = field(default_factory=list)  # checks.player_position
-    camera: list[int] = field(default_factory=list)
-    night: list[bool] = field(default_factory=list)
-    rain: list[bool] = field(default_factory=list)
-    shown: list[list[bool]] = field(default_factory=list)  # checks.objects_shown
-
-    def airborne(self, t: int) -> bool:
-        return self.position[t][1] < GROUND_Y
-
-
-def play(spec: WorldSpec, seed: int, keys: Sequence[Sequence[str]], events: Sequence[str] | None = None) -> Played:
-    """Play the game: ``keys[s - 1]`` and the event text in force ``events[s - 1]`` ("" = none) make
-    frame s."""
-    game = Game(spec, seed)
-    frames = [game.reset()]
-    p = Played(spec, np.empty(0))
-
-    def note() -> None:
-        p.position.append(checks.player_position(game))
-        p.camera.append(game.camera)
-        p.night.append(game.night)
-        p.rain.append(game.rain)
-        p.shown.append(checks.objects_shown(game))
-
-    note()
-    for s, k in enumerate(keys):
-        ev = events[s] if events is not None and events[s] else None
-        frames.append(game.step(list(k), ev))
-        note()
-    p.frames = np.stack(frames)
-    return p
-
-
-# --------------------------------------------------------------------------------------------------
-# serving rollouts through the DynamicsModel interface
-
-
-@dataclass
-class Job:
-    """One session to serve: its first frame, the keys of steps 1..S, the event text in force for
-    each of those frames (None: no events), its seed."""
-
-    first: np.ndarray
-    keys: list[tuple[str, ...]]
-    events: list[str] | None
-    seed: int
-
-
-@dataclass
-class ServeStats:
-    step_calls: int = 0
-    frames: int = 0
-
-
-@torch.no_grad()
-def serve(
-    model: Any, jobs: Sequence[Job], *, guidance: float = GUIDANCE, batch: int = 64, stats: ServeStats | None = None
-) -> list[np.ndarray]:
-    """Serve the jobs as the engine does and return each one's frames 1..S, (S, H, W, 3) uint8.
-
-    Sessions run in batches of up to ``batch`` (longest jobs first): ``encode`` their first frames,
-    ``prefill`` one state per session (``events=[""]``), then one batched ``step`` per step for
-    every session still running (all at the same step), ``decode``; ``release_state`` at the end.
-    A model whose state memory is full (``StateMemoryFull``) gets smaller batches."""
-    from worldserve.dynamics.interface import StateMemoryFull
-
-    stats = stats if stats is not None else ServeStats()
-    events_on = bool(model.info.events_supported)
-    vectors: dict[tuple[str, ...], torch.Tensor] = {}
-
-    def vec(keys: tuple[str, ...]) -> torch.Tensor:
-        if keys not in vectors:
-            vectors[keys] = model.action_vector(list(keys))
-        return vectors[keys]
-
-    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].keys))
-    out: list[np.ndarray | None] = [None] * len(jobs)
-    start = 0
-    while start < len(order):
-        chunk = order[start : start + batch]
-        z0 = model.encode(torch.from_numpy(np.stack([jobs[i].first for i in chunk])))
-        states: list[Any] = []
-        try:
-            for j in range(len(chunk)):
-                states.append(model.prefill(z0[j : j + 1], model.null_action()[None], 0, events=[""]))
-        except StateMemoryFull:
-            for s in states:
-                model.release_state(s)
-            if batch == 1:
-                raise
-            batch = max(1, len(states) if states else batch // 2)
-            continue
-        try:
-            frames: list[list[np.ndarray]] = [[] for _ in chunk]
-            for s in range(1, len(jobs[chunk[0]].keys) + 1):
-                live = [j for j, i in enumerate(chunk) if len(jobs[i].keys) >= s]  # a prefix
-                n = len(live)
-                acts = torch.stack([vec(tuple(jobs[chunk[j]].keys[s - 1])) for j in live])
-                evs = None
-                if events_on:
-                    evs = [(jobs[chunk[j]].events or [""] * s)[s - 1] for j in live]
-                lat = model.step(
-                    states[:n],
-                    acts,
-                    seeds=[jobs[chunk[j]].seed for j in live],
-                    steps=[s] * n,
-                    guidance=guidance,
-                    events=evs,
-                )
-                dec = model.decode(lat).numpy()
-                stats.step_calls += 1
-                stats.frames += n
-                for k, j in enumerate(live):
-                    frames[j].append(dec[k])
-        finally:
-            for st in states:
-                model.release_state(st)
-        for j, i in enumerate(chunk):
-            out[i] = np.stack(frames[j]) if frames[j] else np.zeros((0, *jobs[i].first.shape), np.uint8)
-        start += len(chunk)
-    return out  # type: ignore[return-value]
-
-
-def rollout(
-    model: Any,
-    first: np.ndarray,
-    actions: np.ndarray,
-    events: list[list[str]] | None,
-    seeds: Sequence[int],
-    *,
-    guidance: float = GUIDANCE,
-) -> np.ndarray:
-    """N sessions from multi-hot action vectors: first (N, H, W, 3) uint8, actions (N, S, A) in
-    the model's action layout -> frames (N, S, H, W, 3), all in one batch."""
-    first, actions = np.asarray(first), np.asarray(actions, np.float32)
-    names = model.info.action_space.keys
-    jobs = []
-    for i in range(len(first)):
-        keys = [tuple(k for k, v in zip(names, a) if v > 0.5) for a in actions[i]]
-        jobs.append(Job(first[i], keys, events[i] if events is not None else None, int(seeds[i])))
-    return np.stack(serve(model, jobs, guidance=guidance, batch=max(1, len(jobs))))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -528,17 +314,6 @@ def evaluate(
     return r
 
 
-def heldout_prompts(n: int) -> list[WorldSpec]:
-    """``n`` held-out captions' specs, each with at least one object."""
-    rng = np.random.default_rng([HELDOUT_SEED, 4])
-    specs: list[WorldSpec] = []
-    while len(specs) < n:
-        s = random_spec(rng)
-        if s.objects:
-            specs.append(s)
-    return specs
-
-
 def evaluate_image(image: Any, *, prompts: int = 64, batch: int = 8) -> dict[str, Any]:
     """Prompt figures of an image model (anything with ``generate_batch``; its ``default_steps``
     and ``default_guidance`` are used when present)."""
@@ -564,125 +339,6 @@ def evaluate_image(image: Any, *, prompts: int = 64, batch: int = 8) -> dict[str
     r["prompt_objects_found_game"], r["prompt_frames_all_found_game"] = adherence(game, specs)
     r["deterministic_image"] = float(np.array_equal(gen(0), out[:batch]))
     return r
-
-
-# --------------------------------------------------------------------------------------------------
-# the table
-
-
-def table(r: dict[str, Any]):
-    """A rich table: figure, model, game/reference, target, pass mark."""
-    from rich.table import Table
-
-    t = Table(
-        title=f"fidelity vs the platformer: {r.get('sessions', '?')} held-out worlds, "
-        f"{r.get('prompts', 0)} held-out captions"
-    )
-    t.add_column("figure", no_wrap=True)
-    t.add_column("model", justify="right")
-    t.add_column("game / reference", justify="right")
-    t.add_column("target", justify="right")
-    t.add_column("", justify="center")
-    ok = passed(r)
-
-    def num(key: str, fmt: str = "{:.2f}") -> str:
-        v = r.get(key)
-        if v is None:
-            return "n/a"
-        return fmt.format(v)
-
-    def row(name: str, key: str, ref: str = "", fmt: str = "{:.2f}") -> None:
-        if key not in r:
-            return
-        target = ""
-        if key in TARGETS:
-            op, v = TARGETS[key]
-            target = {
-                "rollout_above_hold_all_steps": "yes",
-                "deterministic_dynamics": "yes",
-                "deterministic_image": "yes",
-            }.get(key, f"{op} {v:g}")
-        mark = "" if key not in ok else ("[green]pass[/]" if ok[key] else "[red]FAIL[/]")
-        t.add_row(name, fmt.format(r[key]) if fmt != "yes" else ("yes" if r[key] >= 1 else "no"), ref, target, mark)
-
-    for s in TRACK_STEPS:
-        row(
-            f"1. player within {TRACK_PX} px (Chebyshev) at step {s}",
-            f"player_within4_step{s}",
-            f"game {num('player_exact_game')} (exact)",
-        )
-    row(
-        f"2. player within {TRACK_PX} px while airborne ({r.get('player_airborne_frames', 0)} frames)",
-        "player_airborne_within4",
-        f"game {num('player_airborne_within4_game')}",
-    )
-    row(
-        f"3. {NOOP_STEPS} no-ops, dry worlds: PSNR of frame {NOOP_STEPS} (dB)",
-        "noop24_psnr",
-        f"game {num('noop24_psnr_game', '{:.0f}')}",
-    )
-    row(
-        f"4. first-view objects in place at step {OBJECT_STEP} ({r.get('objects_in_place_count', 0)} shown)",
-        "objects_in_place_step16",
-        f"game {num('objects_in_place_step16_game')}",
-    )
-    for s in PSNR_STEPS:
-        row(f"5. rollout PSNR at step {s} (dB)", f"rollout_psnr_{s}", f"hold first {num(f'hold_first_psnr_{s}')}")
-    row(
-        f"5. rollout PSNR above hold-first at every step 1..{r.get('horizon', '?')}",
-        "rollout_above_hold_all_steps",
-        "",
-        fmt="yes",
-    )
-    row(
-        "6. controllability delta-PSNR at step 8 (dB)",
-        "control_delta_psnr_8",
-        f"true {num('control_psnr_true_8')} / other's {num('control_psnr_shuffled_8')}",
-        fmt="{:+.2f}",
-    )
-    row("6. controllability delta-PSNR, mean steps 1-8 (dB)", "control_delta_psnr_mean_1_8", "", fmt="{:+.2f}")
-    row("7. memory: 8 right + 8 left, frame 16 vs frame 0 (dB)", "memory_psnr", f"game {num('memory_psnr_game')}")
-    row(
-        "8. prompt: described objects (colour, kind, side)",
-        "prompt_objects_found",
-        f"game {num('prompt_objects_found_game')}",
-    )
-    row(
-        "8. prompt: frames with all objects right",
-        "prompt_frames_all_found",
-        f"game {num('prompt_frames_all_found_game')}",
-    )
-    for name, text in (("night", "night falls"), ("rain", "it starts to rain")):
-        if f"event_{name}_brightness_model" in r:
-            key = f"event_{name}_brightness_error"
-            mark = "[green]pass[/]" if ok.get(key) else "[red]FAIL[/]"
-            t.add_row(
-                f"9. '{text}': brightness vs none (|model - game| <= 0.1)",
-                num(f"event_{name}_brightness_model"),
-                f"game {num(f'event_{name}_brightness_game')}",
-                f"± {TARGETS[key][1]:g}",
-                mark,
-            )
-    if "rain_streaks_model" in r:
-        det_ok = r["rain_streaks_game_rain"] == 1.0 and r["rain_streaks_game_dry"] == 0.0
-        t.add_row(
-            "9. rain drawn as streaks (frames after the event)",
-            num("rain_streaks_model"),
-            f"game rain {num('rain_streaks_game_rain')} / dry {num('rain_streaks_game_dry')}",
-            "",
-            "detector ok" if det_ok else "[red]detector![/]",
-        )
-        t.add_row(
-            "9. stars per frame after 'night falls' (info)",
-            num("stars_night_model", "{:.1f}"),
-            f"game {num('stars_night_game', '{:.1f}')}",
-            "",
-            "",
-        )
-    row("10. determinism: rollout replay identical", "deterministic_dynamics", "", fmt="yes")
-    row("10. determinism: image regenerated identical", "deterministic_image", "", fmt="yes")
-    row("autoencoder PSNR, held-out frames (dB, info)", "ae_psnr")
-    return t
 
 
 # --------------------------------------------------------------------------------------------------

@@ -310,11 +310,11 @@ def test_only_relative_frame_positions_matter(tiny, monkeypatch):
     # the same window at steps 1..3 and at 1001..1003 gives the same next frame: RoPE on the
     # absolute frame index makes scores depend on offsets only. Frame 0 is special (first-frame
     # embedding), so both windows avoid it; the noise is keyed by step, so make it step-independent.
-    from worldserve.dynamics.models.transformer import world_model
+    from worldserve.dynamics.models.transformer import inference
 
-    real = world_model.initial_noise
+    real = inference.initial_noise
     monkeypatch.setattr(
-        world_model, "initial_noise", lambda seeds, steps, shape, **kw: real(seeds, [0] * len(steps), shape, **kw)
+        inference, "initial_noise", lambda seeds, steps, shape, **kw: real(seeds, [0] * len(steps), shape, **kw)
     )
     z, a = latents(tiny, 3), actions(tiny, 4, seed=4)
     early = tiny.step([tiny.prefill(z, a[:3], first_step=1)], a[3:4], [0], [4])
