@@ -29,13 +29,14 @@ def _in_ray() -> bool:
 
 
 class Metric(Protocol):
-    """A counter, gauge or histogram (each answers only its own method), labelled by keyword."""
+    """A counter, gauge or histogram (each answers only its own method), labelled by keyword
+    (``value`` is positional: any keyword is a label)."""
 
-    def inc(self, value: float = 1.0, **labels: str) -> None: ...
+    def inc(self, value: float = 1.0, /, **labels: str) -> None: ...
 
-    def set(self, value: float, **labels: str) -> None: ...
+    def set(self, value: float, /, **labels: str) -> None: ...
 
-    def observe(self, value: float, **labels: str) -> None: ...
+    def observe(self, value: float, /, **labels: str) -> None: ...
 
 
 class _Backend:
@@ -89,13 +90,13 @@ class _RayMetric:
     def __init__(self, m: Any, kind: str):
         self.m, self.kind = m, kind
 
-    def inc(self, value: float = 1.0, **labels: str) -> None:
+    def inc(self, value: float = 1.0, /, **labels: str) -> None:
         self.m.inc(value, tags=labels or None)
 
-    def set(self, value: float, **labels: str) -> None:
+    def set(self, value: float, /, **labels: str) -> None:
         self.m.set(value, tags=labels or None)
 
-    def observe(self, value: float, **labels: str) -> None:
+    def observe(self, value: float, /, **labels: str) -> None:
         self.m.observe(value, tags=labels or None)
 
 
@@ -107,13 +108,13 @@ class _PromMetric:
     def _child(self, labels: dict[str, str]) -> Any:
         return self.m.labels(**labels) if self.labelled else self.m
 
-    def inc(self, value: float = 1.0, **labels: str) -> None:
+    def inc(self, value: float = 1.0, /, **labels: str) -> None:
         self._child(labels).inc(value)
 
-    def set(self, value: float, **labels: str) -> None:
+    def set(self, value: float, /, **labels: str) -> None:
         self._child(labels).set(value)
 
-    def observe(self, value: float, **labels: str) -> None:
+    def observe(self, value: float, /, **labels: str) -> None:
         self._child(labels).observe(value)
 
 
