@@ -31,8 +31,8 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -57,6 +57,24 @@ __all__ = ["WorldClient", "AsyncWorldClient", "action", "retry_after", "FORMATS"
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
+# grpc ships no type information: what its stubs' calls return is typed where it is received.
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
+
+ActionLike = common_pb2.Action | str | Sequence[str]
+"""An action of a rollout or play: an Action, ``"left+jump"`` (keys joined by ``+``; ``"noop"``:
+none) or a sequence of keys."""
+
+
+class ResponseStream(Protocol[_T_co]):
+    """A server stream as grpc returns it: an iterator of responses that can be cancelled."""
+
+    def __iter__(self) -> Iterator[_T_co]: ...
+
+    def __next__(self) -> _T_co: ...
+
+    def cancel(self) -> bool: ...
+
 
 def action(
     keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, event: str | None = None
@@ -77,7 +95,7 @@ def _fmt(fmt: str | int) -> common_pb2.FrameFormat:
         raise ValueError(f"unknown frame format {fmt!r}; expected one of {sorted(FORMATS)}") from None
 
 
-def _actions(actions: Iterable) -> list[common_pb2.Action]:
+def _actions(actions: Iterable[ActionLike]) -> list[common_pb2.Action]:
     out = []
     for a in actions:
         if isinstance(a, common_pb2.Action):
@@ -95,7 +113,8 @@ def new_request_id() -> str:
 
 
 def _retry_delay(attempt: int) -> float:
-    return min(1.0, 0.05 * 2**attempt) * (0.5 + random.random())
+    backoff: float = 0.05 * 2**attempt  # typeshed: int ** int is Any (a negative power is a float)
+    return min(1.0, backoff) * (0.5 + random.random())
 
 
 def retry_after(e: grpc.RpcError) -> float | None:
@@ -117,7 +136,8 @@ def retry_after(e: grpc.RpcError) -> float | None:
                 if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                     info = error_details_pb2.RetryInfo()
                     d.Unpack(info)
-                    return info.retry_delay.ToNanoseconds() / 1e9
+                    nanos: int = info.retry_delay.ToNanoseconds()  # google.rpc ships no type information
+                    return nanos / 1e9
     return None
 
 
@@ -141,7 +161,7 @@ class _ResumingStream:
     as recorded and are skipped, so every action is applied once and yielded once. ``cancel()``
     ends it."""
 
-    def __init__(self, client: _Base, open_stream):
+    def __init__(self, client: _Base, open_stream: Callable[[], ResponseStream[dynamics_pb2.StepResponse]]):
         self._client, self._open = client, open_stream
         self._stream = open_stream()
         self._seen = 0
@@ -149,10 +169,10 @@ class _ResumingStream:
         self._deadline = time.monotonic() + client.retry_s
         self._attempt = 0
 
-    def __iter__(self):
+    def __iter__(self) -> _ResumingStream:
         return self
 
-    def __next__(self):
+    def __next__(self) -> dynamics_pb2.StepResponse:
         while True:
             try:
                 item = next(self._stream)
@@ -187,7 +207,7 @@ class _Base:
         self.retries = 0
         """Retries made so far (all calls of this client)."""
 
-    def _retrying(self, call, idempotent: bool = True):
+    def _retrying(self, call: Callable[[], _T], idempotent: bool = True) -> _T:
         """Run ``call()``; retry retryable failures (same request ids) until ``retry_s`` runs out.
         ``idempotent=False``: retry only refusals that applied nothing (RetryInfo)."""
         deadline = time.monotonic() + self.retry_s
@@ -203,7 +223,7 @@ class _Base:
             attempt += 1
             self.retries += 1
 
-    async def _aretrying(self, call, idempotent: bool = True):
+    async def _aretrying(self, call: Callable[[], Awaitable[_T]], idempotent: bool = True) -> _T:
         deadline = time.monotonic() + self.retry_s
         attempt = 0
         while True:
@@ -226,7 +246,17 @@ class _Base:
         return md
 
     @staticmethod
-    def _create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model=""):
+    def _create_req(
+        prompt: str | None,
+        image: common_pb2.Frame | None,
+        seed: int,
+        ttl_s: int,
+        include_first_frame: bool,
+        fmt: str | int,
+        image_steps: int,
+        image_guidance: float,
+        model: str = "",
+    ) -> sessions_pb2.CreateSessionRequest:
         req = sessions_pb2.CreateSessionRequest(
             seed=seed,
             ttl_s=ttl_s,
@@ -243,7 +273,17 @@ class _Base:
         return req
 
     @staticmethod
-    def _step_req(session_id, keys, mouse, expected_step, fmt, guidance, event=None, request_id=None, deadline_ms=None):
+    def _step_req(
+        session_id: str,
+        keys: Sequence[str],
+        mouse: Mapping[str, float] | None,
+        expected_step: int | None,
+        fmt: str | int,
+        guidance: float | None,
+        event: str | None = None,
+        request_id: str | None = None,
+        deadline_ms: float | None = None,
+    ) -> dynamics_pb2.StepRequest:
         req = dynamics_pb2.StepRequest(
             session_id=session_id,
             action=action(keys, mouse, event),
@@ -278,16 +318,23 @@ class WorldClient(_Base):
     def __enter__(self) -> WorldClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def health(self, app: str) -> str:
         r = self.health_stub.Check(health_pb2.HealthCheckRequest(), metadata=self._md(app), timeout=self.timeout_s)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+        return name
 
-    def generate_image(self, prompt: str, seed: int = 0, fmt: str = "png", **kw) -> image_pb2.GenerateImageResponse:
+    def generate_image(
+        self, prompt: str, seed: int = 0, fmt: str = "png", **kw: Any
+    ) -> image_pb2.GenerateImageResponse:
+        """``kw``: more fields of the GenerateImageRequest."""
         req = image_pb2.GenerateImageRequest(prompt=prompt, seed=seed, format=_fmt(fmt), **kw)
-        return self.images.GenerateImage(req, metadata=self._md("image"), timeout=self.timeout_s)
+        r: image_pb2.GenerateImageResponse = self.images.GenerateImage(
+            req, metadata=self._md("image"), timeout=self.timeout_s
+        )
+        return r
 
     def create_session(
         self,
@@ -305,22 +352,26 @@ class WorldClient(_Base):
         """A new world bound to ``model`` (see ``list_models``; empty: the cluster's default).
         Retried only when a quota refused it with a retry delay (nothing was created)."""
         req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model)
-        return self._retrying(
+        s: sessions_pb2.Session = self._retrying(
             lambda: self.sessions.CreateSession(req, metadata=self._md("sessions"), timeout=self.timeout_s),
             idempotent=False,
         )
+        return s
 
     def get_session(self, session_id: str) -> sessions_pb2.Session:
         """A read: retried while UNAVAILABLE, like a step."""
         req = sessions_pb2.GetSessionRequest(session_id=session_id)
         md = self._md("sessions", session_id)
-        return self._retrying(lambda: self.sessions.GetSession(req, metadata=md, timeout=self.timeout_s))
+        s: sessions_pb2.Session = self._retrying(
+            lambda: self.sessions.GetSession(req, metadata=md, timeout=self.timeout_s)
+        )
+        return s
 
     def list_sessions(self, page_size: int = 100) -> Iterator[sessions_pb2.Session]:
         token = ""
         while True:
             req = sessions_pb2.ListSessionsRequest(page_size=page_size, page_token=token)
-            r = self._retrying(
+            r: sessions_pb2.ListSessionsResponse = self._retrying(
                 lambda: self.sessions.ListSessions(req, metadata=self._md("sessions"), timeout=self.timeout_s)
             )
             yield from r.sessions
@@ -335,33 +386,42 @@ class WorldClient(_Base):
         if seed is not None:
             req.seed = seed
         md = self._md("sessions", session_id)
-        return self._retrying(
+        s: sessions_pb2.Session = self._retrying(
             lambda: self.sessions.ForkSession(req, metadata=md, timeout=self.timeout_s), idempotent=False
         )
+        return s
 
     def delete_session(self, session_id: str) -> bool:
         req = sessions_pb2.DeleteSessionRequest(session_id=session_id)
-        return self.sessions.DeleteSession(
+        r: sessions_pb2.DeleteSessionResponse = self.sessions.DeleteSession(
             req, metadata=self._md("sessions", session_id), timeout=self.timeout_s
-        ).deleted
+        )
+        return r.deleted
 
-    def export_session(self, session_id: str, include_frames: bool = True, fmt: str = "png", from_step: int = 0):
+    def export_session(
+        self, session_id: str, include_frames: bool = True, fmt: str = "png", from_step: int = 0
+    ) -> ResponseStream[sessions_pb2.TrajectoryStep]:
         req = sessions_pb2.ExportSessionRequest(
             session_id=session_id, include_frames=include_frames, format=_fmt(fmt), from_step=from_step
         )
-        return self.sessions.ExportSession(req, metadata=self._md("sessions", session_id), timeout=self.timeout_s)
+        stream: ResponseStream[sessions_pb2.TrajectoryStep] = self.sessions.ExportSession(
+            req, metadata=self._md("sessions", session_id), timeout=self.timeout_s
+        )
+        return stream
 
     def model_info(self, model: str = "") -> dynamics_pb2.ModelInfo:
         """One served model's info (empty: the default model)."""
-        return self.dynamics.GetModelInfo(
+        r: dynamics_pb2.ModelInfo = self.dynamics.GetModelInfo(
             dynamics_pb2.GetModelInfoRequest(model=model), metadata=self._md("dynamics"), timeout=self.timeout_s
         )
+        return r
 
     def list_models(self) -> dynamics_pb2.ListModelsResponse:
         """Every model the cluster serves, and the default one."""
-        return self.dynamics.ListModels(
+        r: dynamics_pb2.ListModelsResponse = self.dynamics.ListModels(
             dynamics_pb2.ListModelsRequest(), metadata=self._md("dynamics"), timeout=self.timeout_s
         )
+        return r
 
     def step(
         self,
@@ -381,7 +441,10 @@ class WorldClient(_Base):
         interval): the step is scheduled as interactive, ahead of steps without a deadline."""
         req = self._step_req(session_id, keys, mouse, expected_step, fmt, guidance, event, request_id, deadline_ms)
         md = self._md("dynamics", session_id)
-        return self._retrying(lambda: self.dynamics.Step(req, metadata=md, timeout=self.timeout_s))
+        r: dynamics_pb2.StepResponse = self._retrying(
+            lambda: self.dynamics.Step(req, metadata=md, timeout=self.timeout_s)
+        )
+        return r
 
     def step_batch(self, requests: Sequence[dynamics_pb2.StepRequest]) -> dynamics_pb2.StepBatchResponse:
         """Items without a request id get one. The call, and then the items that answered
@@ -390,7 +453,9 @@ class WorldClient(_Base):
         for r in req.steps:  # copies: the caller's messages stay as they were
             r.request_id = r.request_id or new_request_id()
         deadline = time.monotonic() + self.retry_s
-        call = lambda q: self.dynamics.StepBatch(q, metadata=self._md("dynamics"), timeout=self.timeout_s)
+        call: Callable[[dynamics_pb2.StepBatchRequest], dynamics_pb2.StepBatchResponse] = lambda q: (
+            self.dynamics.StepBatch(q, metadata=self._md("dynamics"), timeout=self.timeout_s)
+        )
         out = self._retrying(lambda: call(req))
         unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
         attempt = 0
@@ -403,17 +468,17 @@ class WorldClient(_Base):
             attempt += 1
             self.retries += 1
             redo = self._retrying(lambda: call(dynamics_pb2.StepBatchRequest(steps=[req.steps[i] for i in again])))
-            for i, r in zip(again, redo.results):
-                out.results[i].CopyFrom(r)
+            for i, res in zip(again, redo.results):
+                out.results[i].CopyFrom(res)
 
     def rollout(
         self,
         session_id: str,
-        actions: Iterable,
+        actions: Iterable[ActionLike],
         fmt: str = "png",
         expected_step: int | None = None,
         request_id: str | None = None,
-    ):
+    ) -> _ResumingStream:
         """A stream of one StepResponse per action (``cancel()`` ends it). Refused by a quota with a
         retry delay, or UNAVAILABLE, it is resent with the same ``request_id`` while ``retry_s`` lasts: the
         steps that landed come back as recorded and are skipped (each action applied and yielded once)."""
@@ -428,11 +493,13 @@ class WorldClient(_Base):
         md = self._md("dynamics", session_id)
         return _ResumingStream(self, lambda: self.dynamics.Rollout(req, metadata=md, timeout=self.timeout_s))
 
-    def play(self, session_id: str, actions: Iterable, fmt: str = "png", deadline_ms: int = 0):
+    def play(
+        self, session_id: str, actions: Iterable[ActionLike], fmt: str = "png", deadline_ms: int = 0
+    ) -> ResponseStream[dynamics_pb2.StepResponse]:
         """Bidirectional: yields one StepResponse per action, as actions are consumed. Play steps
         are interactive; ``deadline_ms``: each frame's deadline (0: the cluster's default)."""
 
-        def reqs():
+        def reqs() -> Iterator[dynamics_pb2.PlayRequest]:
             for i, a in enumerate(_actions(actions)):
                 yield dynamics_pb2.PlayRequest(
                     session_id=session_id if i == 0 else "",
@@ -442,7 +509,10 @@ class WorldClient(_Base):
                     deadline_ms=deadline_ms,
                 )
 
-        return self.dynamics.Play(reqs(), metadata=self._md("dynamics", session_id), timeout=self.timeout_s)
+        stream: ResponseStream[dynamics_pb2.StepResponse] = self.dynamics.Play(
+            reqs(), metadata=self._md("dynamics", session_id), timeout=self.timeout_s
+        )
+        return stream
 
 
 class AsyncWorldClient(_Base):
@@ -463,14 +533,14 @@ class AsyncWorldClient(_Base):
     async def __aenter__(self) -> AsyncWorldClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def create_session(
         self,
         prompt: str | None = None,
         *,
-        image=None,
+        image: common_pb2.Frame | None = None,
         seed: int = 0,
         ttl_s: int = 0,
         include_first_frame: bool = False,
@@ -487,18 +557,22 @@ class AsyncWorldClient(_Base):
 
     async def delete_session(self, session_id: str) -> bool:
         req = sessions_pb2.DeleteSessionRequest(session_id=session_id)
-        r = await self.sessions.DeleteSession(req, metadata=self._md("sessions", session_id), timeout=self.timeout_s)
+        r: sessions_pb2.DeleteSessionResponse = await self.sessions.DeleteSession(
+            req, metadata=self._md("sessions", session_id), timeout=self.timeout_s
+        )
         return r.deleted
 
     async def model_info(self, model: str = "") -> dynamics_pb2.ModelInfo:
-        return await self.dynamics.GetModelInfo(
+        r: dynamics_pb2.ModelInfo = await self.dynamics.GetModelInfo(
             dynamics_pb2.GetModelInfoRequest(model=model), metadata=self._md("dynamics"), timeout=self.timeout_s
         )
+        return r
 
     async def list_models(self) -> dynamics_pb2.ListModelsResponse:
-        return await self.dynamics.ListModels(
+        r: dynamics_pb2.ListModelsResponse = await self.dynamics.ListModels(
             dynamics_pb2.ListModelsRequest(), metadata=self._md("dynamics"), timeout=self.timeout_s
         )
+        return r
 
     async def step(
         self,
@@ -518,7 +592,7 @@ class AsyncWorldClient(_Base):
         return await self._aretrying(lambda: self.dynamics.Step(req, metadata=md, timeout=self.timeout_s))
 
     async def rollout(
-        self, session_id: str, actions: Iterable, fmt: str = "png", request_id: str | None = None
+        self, session_id: str, actions: Iterable[ActionLike], fmt: str = "png", request_id: str | None = None
     ) -> AsyncIterator[dynamics_pb2.StepResponse]:
         req = dynamics_pb2.RolloutRequest(
             session_id=session_id,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worldserve.common.errors import Unauthenticated
+from worldserve.common.errors import Metadata, Unauthenticated
 
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KEY_PREFIX = "ws_"
@@ -64,7 +64,7 @@ class KeyRing:
         return cls(out, dict(quotas or {}))
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> KeyRing:
+    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> KeyRing:
         env = os.environ if env is None else env
         entries: list[tuple[str, str]] = []
         quotas: dict[str, dict[str, Any]] = {}
@@ -88,7 +88,7 @@ class KeyRing:
             raise Unauthenticated("unknown API key")
         return tenant
 
-    def authenticate(self, metadata: Iterable[tuple[str, str]]) -> str:
+    def authenticate(self, metadata: Metadata) -> str:
         """The tenant of the ``authorization`` metadata entry."""
         for k, v in metadata:
             if k.lower() == "authorization":
@@ -99,7 +99,7 @@ class KeyRing:
         return self.tenant_for(None)
 
 
-def add_key(path: str | os.PathLike, tenant: str, key: str, quotas: Mapping[str, Any] | None = None) -> None:
+def add_key(path: str | os.PathLike[str], tenant: str, key: str, quotas: Mapping[str, Any] | None = None) -> None:
     """Append a key's hash (and the tenant's quota overrides, if any) to a key file (created with
     mode 0600)."""
     p = Path(path)
@@ -114,7 +114,7 @@ def add_key(path: str | os.PathLike, tenant: str, key: str, quotas: Mapping[str,
     p.chmod(0o600)
 
 
-def set_quotas(path: str | os.PathLike, tenant: str, quotas: Mapping[str, Any]) -> None:
+def set_quotas(path: str | os.PathLike[str], tenant: str, quotas: Mapping[str, Any]) -> None:
     """Set quota overrides of a tenant that has a key in the key file (on its first entry;
     replicas pick the change up when they next reload the file)."""
     p = Path(path)

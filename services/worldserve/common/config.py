@@ -13,9 +13,12 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worldserve.common.quotas import Quotas, check_fields
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -259,13 +262,14 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-def torch_dtype(config: Config, device: str):
+def torch_dtype(config: Config, device: str) -> torch.dtype:
     """The compute dtype of the dynamics models on ``device``."""
     import torch
 
     if config.dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, config.dtype)
+    dtype: torch.dtype = getattr(torch, config.dtype)  # a name Config has validated
+    return dtype
 
 
 def batch_invariant(config: Config, device: str, spec: ModelSpec | None = None) -> bool:
@@ -297,7 +301,7 @@ def setup_torch(config: Config) -> str:
 SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
 
-def folder_kind(path: str | os.PathLike | None, default: str) -> str:
+def folder_kind(path: str | os.PathLike[str] | None, default: str) -> str:
     """The ``"kind"`` a model folder's config.json names, else ``default``."""
     if path is None:
         return default

@@ -12,12 +12,37 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
 log = logging.getLogger("worldserve")
+
+Metadata = Iterable[tuple[str, str | bytes]]
+"""gRPC metadata: (key, value) pairs, the value bytes for a ``-bin`` key."""
+
+
+class GrpcContext(Protocol):
+    """What worldserve uses of a handler's ``grpc_context`` (grpc's ``ServicerContext``, Serve's
+    ``RayServegRPCContext``)."""
+
+    def invocation_metadata(self) -> Metadata: ...
+
+    def set_code(self, code: grpc.StatusCode) -> None: ...
+
+    def set_details(self, details: str) -> None: ...
+
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str | bytes]]) -> None: ...
+
+
+Handler = Callable[..., Any]
+"""A Serve gRPC handler method, ``(self, request, *, grpc_context=None)``: it returns a response
+message (or an awaitable of one) or is an async generator of them. Requests and responses are
+protobuf messages of whichever RPC it answers, so its signature is left open here."""
 
 
 class WorldserveError(Exception):
@@ -28,15 +53,18 @@ class WorldserveError(Exception):
     included (``retry_after_s``, ``quota``), because pickling rebuilds it without calling
     ``__init__``."""
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[_Rebuild, tuple[type[WorldserveError], tuple[Any, ...], dict[str, Any]]]:
         return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
-def _rebuild(cls: type[WorldserveError], args: tuple, state: dict) -> WorldserveError:
+def _rebuild(cls: type[WorldserveError], args: tuple[Any, ...], state: dict[str, Any]) -> WorldserveError:
     exc = cls.__new__(cls, *args)
     exc.args = args
     exc.__dict__.update(state)
     return exc
+
+
+_Rebuild = Callable[[type[WorldserveError], tuple[Any, ...], dict[str, Any]], WorldserveError]
 
 
 class InvalidArgument(WorldserveError, ValueError):
@@ -193,10 +221,11 @@ def status_details(exc: BaseException, code: grpc.StatusCode, msg: str) -> bytes
         a = any_pb2.Any()
         a.Pack(m)
         packed.append(a)
-    return status_pb2.Status(code=code.value[0], message=msg, details=packed).SerializeToString()
+    out: bytes = status_pb2.Status(code=code.value[0], message=msg, details=packed).SerializeToString()
+    return out
 
 
-def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
+def grpc_method(rpc: str, *, empty: Callable[[], Message] | None = None) -> Callable[[Handler], Handler]:
     """Wrap a Serve gRPC handler (unary or streaming, sync or async).
 
     The handler must accept a ``grpc_context`` keyword (Serve passes a RayServegRPCContext). On an
@@ -205,7 +234,14 @@ def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
     ``metrics.record_rpc(rpc, code_name, seconds)`` is called once per call.
     """
 
-    def finish(self, ctx, t0: float, code: grpc.StatusCode, msg: str | None, exc: BaseException | None = None) -> None:
+    def finish(
+        self: object,
+        ctx: GrpcContext | None,
+        t0: float,
+        code: grpc.StatusCode,
+        msg: str | None,
+        exc: BaseException | None = None,
+    ) -> None:
         if msg is not None and ctx is not None:
             ctx.set_code(code)
             ctx.set_details(msg)
@@ -216,11 +252,13 @@ def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
         if metrics is not None:
             metrics.record_rpc(rpc, code.name, time.perf_counter() - t0)
 
-    def deco(fn):
+    def deco(fn: Handler) -> Handler:
         if inspect.isasyncgenfunction(fn):
 
             @functools.wraps(fn)
-            async def agen(self, request, *, grpc_context=None, **kw) -> AsyncIterator[Any]:
+            async def agen(
+                self: object, request: object, *, grpc_context: GrpcContext | None = None, **kw: Any
+            ) -> AsyncIterator[Any]:
                 t0 = time.perf_counter()
                 try:
                     async for item in fn(self, request, grpc_context=grpc_context, **kw):
@@ -239,7 +277,7 @@ def grpc_method(rpc: str, *, empty: Callable[[], Any] | None = None):
             return agen
 
         @functools.wraps(fn)
-        async def unary(self, request, *, grpc_context=None, **kw):
+        async def unary(self: object, request: object, *, grpc_context: GrpcContext | None = None, **kw: Any) -> Any:
             t0 = time.perf_counter()
             try:
                 out = fn(self, request, grpc_context=grpc_context, **kw)

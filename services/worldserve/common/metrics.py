@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 # Histogram buckets sit at the SLO thresholds (deploy/prometheus rules use 0.1 s and 0.25 s for Step).
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -27,23 +28,36 @@ def _in_ray() -> bool:
         return False
 
 
+class Metric(Protocol):
+    """A counter, gauge or histogram (each answers only its own method), labelled by keyword
+    (``value`` is positional: any keyword is a label)."""
+
+    def inc(self, value: float = 1.0, /, **labels: str) -> None: ...
+
+    def set(self, value: float, /, **labels: str) -> None: ...
+
+    def observe(self, value: float, /, **labels: str) -> None: ...
+
+
 class _Backend:
     """Creates metric objects once per name, in Ray or prometheus_client."""
 
     _lock = threading.Lock()
-    _made: dict[str, object] = {}
+    _made: dict[str, Metric] = {}
 
     @classmethod
-    def get(cls, kind: str, name: str, desc: str, labels: Sequence[str], buckets: Sequence[float] | None = None):
+    def get(
+        cls, kind: str, name: str, desc: str, labels: Sequence[str], buckets: Sequence[float] | None = None
+    ) -> Metric:
         with cls._lock:
             if name in cls._made:
                 return cls._made[name]
             if _in_ray():
                 from ray.serve import metrics as rm
-                from ray.util.metrics import Metric
+                from ray.util.metrics import Metric as RayMetric
 
                 # the ignores: ray annotates tag_keys as Tuple[str] (one key), it takes any number
-                m: Metric
+                m: RayMetric
                 if kind == "counter":
                     m = rm.Counter(name, description=desc, tag_keys=tuple(labels))  # type: ignore[arg-type]
                 elif kind == "gauge":
@@ -55,7 +69,7 @@ class _Backend:
                         boundaries=list(buckets or LATENCY_BUCKETS_S),
                         tag_keys=tuple(labels),  # type: ignore[arg-type]
                     )
-                obj: object = _RayMetric(m, kind)
+                obj: Metric = _RayMetric(m, kind)
             else:
                 import prometheus_client as pc
 
@@ -72,33 +86,35 @@ class _Backend:
 
 
 class _RayMetric:
-    def __init__(self, m, kind: str):
+    # m: a Ray Counter, Gauge or Histogram (by kind); each has only its own of inc/set/observe
+    def __init__(self, m: Any, kind: str):
         self.m, self.kind = m, kind
 
-    def inc(self, value: float = 1.0, **labels: str) -> None:
+    def inc(self, value: float = 1.0, /, **labels: str) -> None:
         self.m.inc(value, tags=labels or None)
 
-    def set(self, value: float, **labels: str) -> None:
+    def set(self, value: float, /, **labels: str) -> None:
         self.m.set(value, tags=labels or None)
 
-    def observe(self, value: float, **labels: str) -> None:
+    def observe(self, value: float, /, **labels: str) -> None:
         self.m.observe(value, tags=labels or None)
 
 
 class _PromMetric:
-    def __init__(self, m, kind: str, labelled: bool):
+    # m: a prometheus_client Counter, Gauge or Histogram (by kind); each has only its own method
+    def __init__(self, m: Any, kind: str, labelled: bool):
         self.m, self.kind, self.labelled = m, kind, labelled
 
-    def _child(self, labels):
+    def _child(self, labels: dict[str, str]) -> Any:
         return self.m.labels(**labels) if self.labelled else self.m
 
-    def inc(self, value: float = 1.0, **labels: str) -> None:
+    def inc(self, value: float = 1.0, /, **labels: str) -> None:
         self._child(labels).inc(value)
 
-    def set(self, value: float, **labels: str) -> None:
+    def set(self, value: float, /, **labels: str) -> None:
         self._child(labels).set(value)
 
-    def observe(self, value: float, **labels: str) -> None:
+    def observe(self, value: float, /, **labels: str) -> None:
         self._child(labels).observe(value)
 
 
@@ -116,13 +132,15 @@ class ServiceMetrics:
     def _name(self, what: str) -> str:
         return f"worldserve_{self.service}_{what}"
 
-    def counter(self, what: str, desc: str, labels: Sequence[str] = ()):
+    def counter(self, what: str, desc: str, labels: Sequence[str] = ()) -> Metric:
         return _Backend.get("counter", self._name(what), desc, labels)
 
-    def gauge(self, what: str, desc: str, labels: Sequence[str] = ()):
+    def gauge(self, what: str, desc: str, labels: Sequence[str] = ()) -> Metric:
         return _Backend.get("gauge", self._name(what), desc, labels)
 
-    def histogram(self, what: str, desc: str, labels: Sequence[str] = (), buckets: Sequence[float] | None = None):
+    def histogram(
+        self, what: str, desc: str, labels: Sequence[str] = (), buckets: Sequence[float] | None = None
+    ) -> Metric:
         return _Backend.get("histogram", self._name(what), desc, labels, buckets)
 
     def record_rpc(self, rpc: str, code: str, seconds: float) -> None:

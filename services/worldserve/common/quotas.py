@@ -22,16 +22,19 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worldserve.common.errors import ResourceExhausted
+
+if TYPE_CHECKING:
+    from worldserve.common.metrics import ServiceMetrics
 
 MAX_TTL_S = 30 * 24 * 3600
 TENANT_LABELS = 64
 """Distinct tenants named in quota metrics; the rest are counted under "other" (bounded labels)."""
 
 
-def check_fields(cls: type, value: Mapping, what: str) -> None:
+def check_fields(cls: type, value: Mapping[str, Any], what: str) -> None:
     """ValueError naming the keys of ``value`` that are not fields of the dataclass ``cls``."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - known)
@@ -112,7 +115,7 @@ def fmt_s(s: float) -> str:
 class QuotaMetrics:
     """Usage and refusals, labelled by quota and tenant (at most ``TENANT_LABELS`` tenants named)."""
 
-    def __init__(self, metrics) -> None:
+    def __init__(self, metrics: ServiceMetrics) -> None:
         self.rejections = metrics.counter("quota_rejections", "Requests refused by a tenant quota", ("quota", "tenant"))
         self.admitted = metrics.counter(
             "quota_steps_admitted", "Steps admitted by the tenant step-rate quota", ("tenant",)

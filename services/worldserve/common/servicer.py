@@ -12,7 +12,8 @@ import inspect
 import logging
 import os
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message_factory import GetMessageClass
@@ -20,9 +21,12 @@ from grpc_health.v1 import health_pb2
 
 from worldserve.common.auth import KeyRing
 from worldserve.common.config import Config
-from worldserve.common.errors import StreamFailed, Unauthenticated, grpc_method
+from worldserve.common.errors import GrpcContext, Handler, Metadata, StreamFailed, Unauthenticated, grpc_method
 from worldserve.common.metrics import ServiceMetrics
 from worldserve.common.quotas import Quotas
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
 KEYS_RECHECK_S = 5.0
 """How often a replica looks for a changed key file (new keys, changed quotas)."""
@@ -36,12 +40,12 @@ APPS = {
 
 
 @functools.cache
-def rpc_table() -> dict[str, tuple[str, str, bool, type]]:
+def rpc_table() -> dict[str, tuple[str, str, bool, type[Message]]]:
     """RPC method name -> (service, application, server-streaming, response class), for every
     worldserve service (method names are unique across them)."""
     from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2
 
-    out = {}
+    out: dict[str, tuple[str, str, bool, type[Message]]] = {}
     for mod in (dynamics_pb2, sessions_pb2, image_pb2):
         for svc in mod.DESCRIPTOR.services_by_name.values():
             for m in svc.methods:
@@ -62,10 +66,10 @@ class ServiceBase:
         self._quotas: dict[str, Quotas] = {}
         self.metrics = ServiceMetrics(self.service)
 
-    def tenant(self, grpc_context) -> str:
+    def tenant(self, grpc_context: GrpcContext | None) -> str:
         return self.tenant_of(grpc_context.invocation_metadata() if grpc_context is not None else [])
 
-    def tenant_of(self, md) -> str:
+    def tenant_of(self, md: Metadata) -> str:
         """The tenant of ``authorization`` metadata (gRPC's, or an HTTP header as a pair)."""
         try:
             return self.keys.authenticate(md)
@@ -101,7 +105,7 @@ class ServiceBase:
         self._quotas.clear()
         return True
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Handler:
         """A worldserve RPC of another application (the client named the wrong ``application``):
         answered UNIMPLEMENTED naming the application that serves it."""
         spec = rpc_table().get(name) if not name.startswith("_") else None
@@ -112,7 +116,7 @@ class ServiceBase:
             f"{svc}.{name} is served by application {app!r}, not {self.service!r}: send the metadata application: {app}"
         )
 
-        def refuse(grpc_context) -> None:
+        def refuse(grpc_context: GrpcContext | None) -> None:
             if grpc_context is not None:
                 grpc_context.set_code(grpc.StatusCode.UNIMPLEMENTED)
                 grpc_context.set_details(msg)
@@ -120,37 +124,44 @@ class ServiceBase:
 
         if streaming:
 
-            async def stream(request, grpc_context=None):
+            async def stream(request: object, grpc_context: GrpcContext | None = None) -> AsyncIterator[Message]:
                 refuse(grpc_context)
                 raise StreamFailed(msg)
                 yield  # an async generator, like the RPC it stands in for
 
             return stream
 
-        async def unary(request, grpc_context=None):
+        async def unary(request: object, grpc_context: GrpcContext | None = None) -> Message:
             refuse(grpc_context)
             return response()
 
         return unary
 
     # grpc.health.v1.Health, answered per application (the `application` metadata picks the app).
-    async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context=None) -> health_pb2.HealthCheckResponse:
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, grpc_context: GrpcContext | None = None
+    ) -> health_pb2.HealthCheckResponse:
         # A replica answers once Serve routes to it, i.e. once it is up: always SERVING.
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context=None):
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, grpc_context: GrpcContext | None = None
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         yield await self.Check(request, grpc_context=grpc_context)
 
 
-def rpc(name: str, *, empty=None):
+def rpc(name: str, *, empty: Callable[[], Message] | None = None) -> Callable[[Handler], Handler]:
     """A Serve gRPC handler ``fn(self, request, tenant, grpc_context=None)``: the caller's tenant
     is resolved here, once (UNAUTHENTICATED otherwise), inside :func:`grpc_method`, which maps
     every exception to a status code through one table and records the request's metrics."""
 
-    def deco(fn):
+    def deco(fn: Handler) -> Handler:
+        handler: Handler
         if inspect.isasyncgenfunction(fn):
 
-            async def stream(self, request, *, grpc_context=None):
+            async def stream(
+                self: ServiceBase, request: object, *, grpc_context: GrpcContext | None = None
+            ) -> AsyncIterator[Any]:
                 tenant = self.tenant(grpc_context)
                 async for item in fn(self, request, tenant, grpc_context=grpc_context):
                     yield item
@@ -158,7 +169,7 @@ def rpc(name: str, *, empty=None):
             handler = stream
         else:
 
-            async def unary(self, request, *, grpc_context=None):
+            async def unary(self: ServiceBase, request: object, *, grpc_context: GrpcContext | None = None) -> Any:
                 out = fn(self, request, self.tenant(grpc_context), grpc_context=grpc_context)
                 return await out if inspect.isawaitable(out) else out
 

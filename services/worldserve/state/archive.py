@@ -32,6 +32,7 @@ from worldserve.common.errors import DataLoss
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta  # a TypedDict of obstore's stubs only
+    from obstore.store import ObjectStore
 
 __all__ = ["Archive", "ArchivedStep", "ChunkRef", "DataLoss", "decode_chunk", "encode_chunk"]
 
@@ -41,7 +42,7 @@ CHUNK_VERSION = 1
 @dataclass(frozen=True)
 class ArchivedStep:
     step: int
-    action: dict | None  # None for step 0
+    action: dict[str, Any] | None  # the action as JSON; None for step 0
     frame: bytes  # PNG
     latent: bytes | None  # packed array, when archived with latents
 
@@ -54,7 +55,7 @@ class ChunkRef:
     sha256: str
     bytes: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int | str]:
         return {"first": self.first, "last": self.last, "key": self.key, "sha256": self.sha256, "bytes": self.bytes}
 
 
@@ -96,7 +97,7 @@ def decode_chunk(data: bytes, what: str = "chunk") -> list[ArchivedStep]:
         raise DataLoss(f"{what} does not parse ({type(e).__name__})") from None
 
 
-def make_store(url: str, options: Mapping[str, Any] | None = None):
+def make_store(url: str, options: Mapping[str, Any] | None = None) -> tuple[ObjectStore, str]:
     """An obstore store for ``file:///path`` or ``s3://bucket[/prefix]`` (the prefix is applied
     by :class:`Archive`)."""
     from obstore.store import LocalStore, S3Store
@@ -133,7 +134,7 @@ def make_store(url: str, options: Mapping[str, Any] | None = None):
 class Archive:
     """A session's archived chunks and manifest in an object store (async; obstore)."""
 
-    def __init__(self, store, prefix: str = ""):
+    def __init__(self, store: ObjectStore, prefix: str = ""):
         self.store = store
         self.prefix = prefix
 

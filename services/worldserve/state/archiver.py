@@ -15,10 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from worldserve.common.errors import NotFound
 from worldserve.state.archive import Archive
 from worldserve.state.store import SessionStore
+
+if TYPE_CHECKING:
+    from worldserve.common.metrics import Metric, ServiceMetrics
 
 log = logging.getLogger("worldserve.archiver")
 GC_LOCK = "ws:archive:gc"  # held by the archiver that looks for expired sessions' archives
@@ -45,9 +49,17 @@ class ArchivePolicy:
 
 
 class Archiver:
-    def __init__(self, store: SessionStore, archive: Archive, policy: ArchivePolicy = ArchivePolicy(), metrics=None):
+    def __init__(
+        self,
+        store: SessionStore,
+        archive: Archive,
+        policy: ArchivePolicy = ArchivePolicy(),
+        metrics: ServiceMetrics | None = None,
+    ):
         self.store, self.archive, self.policy = store, archive, policy
-        self.m_chunks = self.m_failures = self.m_collected = None
+        self.m_chunks: Metric | None = None
+        self.m_failures: Metric | None = None
+        self.m_collected: Metric | None = None
         if metrics is not None:
             self.m_chunks = metrics.counter("archive_chunks", "Chunks of steps written to the archive")
             self.m_collected = metrics.counter("archive_collected", "Archives of expired sessions deleted")

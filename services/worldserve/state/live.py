@@ -16,7 +16,10 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from worldserve.state.store import SessionStore
 
 log = logging.getLogger("worldserve.web")
 
@@ -30,7 +33,7 @@ def _text(v: Any) -> str:
 class LiveState:
     """Tokens, live leases and live channels over the store's Redis client."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store: SessionStore) -> None:
         self.r = store.r  # a worldserve.state.store.SessionStore's client (one pool per replica)
 
     # -- tokens ----------------------------------------------------------------------------------
@@ -89,8 +92,10 @@ class LiveState:
         return False
 
     # -- channels --------------------------------------------------------------------------------
-    async def publish(self, channel: str, data: bytes | str) -> Any:
-        return await self.r.publish(channel, data)
+    async def publish(self, channel: str, data: bytes | str) -> int:
+        """Send ``data`` on ``channel``; returns how many subscribers received it."""
+        n: int = await self.r.publish(channel, data)
+        return n
 
     async def subscribe(self, channel: str, handle: Callable[[bytes], Awaitable[Any]], ready: asyncio.Event) -> None:
         """Feed every message of ``channel`` to ``handle`` until cancelled (``ready`` is set once
@@ -111,7 +116,7 @@ class LiveState:
         finally:
             try:
                 await ps.unsubscribe(channel)
-                await ps.aclose()
+                await ps.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose untyped
             except Exception:  # the connection is gone already
                 pass
 

@@ -4,9 +4,13 @@ step-rate GCRA and the checks a service runs before it does any work for a tenan
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from worldserve.common.quotas import QuotaExceeded, QuotaMetrics, Quotas, fmt_s
 from worldserve.state.store import SessionStore
+
+if TYPE_CHECKING:
+    from worldserve.common.metrics import ServiceMetrics
 
 # KEYS: the tenant's rate key (its theoretical arrival time, µs since the epoch). ARGV: emission
 # interval (µs per step), burst (steps), cost (steps). Returns {1, 0} (admitted) or {0, µs to wait}.
@@ -32,7 +36,7 @@ def rate_key(tenant: str) -> str:
     return f"wsq:{{{tenant}}}:steps"
 
 
-def gcra_args(steps_per_s: float, burst: int, n: int) -> list:
+def gcra_args(steps_per_s: float, burst: int, n: int) -> list[str | int]:
     """ARGV of :data:`GCRA` for ``n`` steps at ``steps_per_s`` with ``burst``."""
     return [repr(1e6 / steps_per_s), burst, n]
 
@@ -40,7 +44,7 @@ def gcra_args(steps_per_s: float, burst: int, n: int) -> list:
 class QuotaEnforcer:
     """The checks a service runs before it does any work for a tenant."""
 
-    def __init__(self, store: SessionStore, metrics=None) -> None:
+    def __init__(self, store: SessionStore, metrics: ServiceMetrics | None = None) -> None:
         self.r = store.r
         self._gcra = self.r.register_script(GCRA)
         self.metrics = QuotaMetrics(metrics) if metrics is not None else None

@@ -33,9 +33,9 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
     from redis.typing import EncodableT, FieldT
 
+    from worldserve.common.config import Config
     from worldserve.state.archive import Archive, ArchivedStep
 
 CLUSTER_SCHEME = "redis+cluster://"  # redis_url of a Redis Cluster: redis+cluster://[:password@]host:port
@@ -230,7 +231,7 @@ class SessionRecord:
 @dataclass(frozen=True)
 class LogEntry:
     step: int
-    action: dict | None  # None for step 0
+    action: dict[str, Any] | None  # the action as JSON; None for step 0
     latent: bytes | None  # packed array; None until the dynamics service encoded it
     frame: bytes | None  # PNG
 
@@ -244,6 +245,10 @@ def _raw(vals: object) -> builtins.list[bytes | None]:
 
 def _scored(rows: object) -> builtins.list[tuple[bytes, float]]:
     return cast("list[tuple[bytes, float]]", rows)
+
+
+Observe = Callable[[str, float], None]
+"""``observe(op, seconds)``: a Redis operation's latency (for the service's histogram)."""
 
 
 def check_session_id(sid: str) -> str:
@@ -264,7 +269,7 @@ class SessionStore:
         r: aioredis.Redis | RedisCluster,
         *,
         default_ttl_s: int = 24 * 3600,
-        observe=None,
+        observe: Observe | None = None,
         archive: Archive | None = None,
         max_tail: int = 0,
     ):
@@ -286,8 +291,8 @@ class SessionStore:
         *,
         timeout_s: float = 5.0,
         default_ttl_s: int = 24 * 3600,
-        observe=None,
-        archive=None,
+        observe: Observe | None = None,
+        archive: Archive | None = None,
         max_tail: int = 0,
     ) -> SessionStore:
         from redis.asyncio.retry import Retry
@@ -313,7 +318,7 @@ class SessionStore:
         return cls(r, default_ttl_s=default_ttl_s, observe=observe, archive=archive, max_tail=max_tail)
 
     @classmethod
-    def from_config(cls, config, observe=None) -> SessionStore:
+    def from_config(cls, config: Config, observe: Observe | None = None) -> SessionStore:
         """The store a service uses: ``config``'s Redis, timeouts, TTL and archive."""
         archive = None
         if config.archive_url:
@@ -451,7 +456,7 @@ class SessionStore:
         return [None if v is None else v.decode() for v in vals]
 
     async def get_for_step(
-        self, tenant: str, sid: str, request_id: str, rate: tuple[str, list] | None = None
+        self, tenant: str, sid: str, request_id: str, rate: tuple[str, list[str | int]] | None = None
     ) -> tuple[SessionRecord, int | None, tuple[int, int] | None]:
         """The record (touched), for a non-empty ``request_id`` the step it already landed as (None:
         not yet), and with ``rate`` (the tenant's GCRA key and its ARGV,
@@ -486,7 +491,7 @@ class SessionStore:
             res = await p.execute()
         return await self._record(tenant, sid, res[0], res[1] if touch else None, t0)
 
-    async def _record(self, tenant: str, sid: str, h: dict, ttl: int | None, t0: float) -> SessionRecord:
+    async def _record(self, tenant: str, sid: str, h: dict[bytes, bytes], ttl: int | None, t0: float) -> SessionRecord:
         """The record from its hash; NotFound when empty. With ``ttl`` (its remaining TTL) the TTL
         is refreshed on use, skipping the write while it is still nearly full."""
         if not h:
@@ -560,6 +565,7 @@ class SessionStore:
         async with self.r.pipeline(transaction=True) as p:  # one slot: the session's two keys
             p.delete(self._rec(tenant, sid))
             p.delete(self._log(tenant, sid))
+            n: int  # keys deleted
             n, _ = await p.execute()
         await self.r.zrem(self._index(tenant), sid)
         self._timed("delete", t0)
@@ -583,7 +589,7 @@ class SessionStore:
                 tenant, _, sid = msg["data"].decode().partition("\n")
                 yield tenant, sid
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose untyped
 
     async def fork(
         self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None, session_id: str | None = None
@@ -651,7 +657,7 @@ class SessionStore:
         sid: str,
         *,
         expected_step: int,
-        action: dict,
+        action: dict[str, Any],
         latent: bytes,
         frame: bytes,
         request_id: str = "",
@@ -827,5 +833,5 @@ class SessionStore:
         return int(n)
 
 
-def action_to_dict(keys: Sequence[str], mouse: dict[str, float]) -> dict:
+def action_to_dict(keys: Sequence[str], mouse: dict[str, float]) -> dict[str, Any]:
     return {"keys": sorted(keys), "mouse": {k: float(v) for k, v in sorted(mouse.items())}}

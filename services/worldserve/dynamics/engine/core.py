@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from worldserve.common.codec import PNG, EncodedFrame, check_format, decode_png, pack_array, unpack_array
 from worldserve.common.config import Config
@@ -30,11 +32,16 @@ from worldserve.common.metrics import BATCH_BUCKETS, ServiceMetrics
 from worldserve.dynamics.engine.output import OutputProcessor
 from worldserve.dynamics.engine.runner import Job, Runner
 from worldserve.dynamics.engine.scheduler import Scheduler
-from worldserve.dynamics.engine.state_cache import StateCache
+from worldserve.dynamics.engine.state_cache import Key, StateCache
 from worldserve.dynamics.engine.types import StepOutput, StepRequest
 from worldserve.dynamics.interface import DynamicsModel
 from worldserve.state.quotas import QuotaEnforcer, gcra_args, rate_key
 from worldserve.state.store import AlreadyApplied, SessionStore, action_to_dict, check_session_id
+
+if TYPE_CHECKING:
+    import torch
+
+    from worldserve.state.store import SessionRecord
 
 log = logging.getLogger("worldserve.dynamics")
 
@@ -110,7 +117,7 @@ class Engine:
         self.output = OutputProcessor()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")  # one model stream
         self._inflight: set[tuple[str, str]] = set()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _cache_changed(self, sessions: int, nbytes: int) -> None:
         self.m_active.set(sessions, **self._lbl)
@@ -142,7 +149,7 @@ class Engine:
                 raise RuntimeError(f"engine task {t.get_name()} died: {t.exception()!r}")
 
     # -- validation -------------------------------------------------------------------------------
-    def action_vector(self, keys, mouse, event: str | None = None):
+    def action_vector(self, keys: Iterable[str], mouse: Mapping[str, float], event: str | None = None) -> torch.Tensor:
         """The model's action vector; INVALID_ARGUMENT quoting a bad key, axis, value or event."""
         try:
             vec = self.model.action_vector(list(keys), dict(mouse))
@@ -152,7 +159,7 @@ class Engine:
             if len(event) > MAX_EVENT_CHARS:
                 raise InvalidArgument(f"event of {len(event)} characters exceeds the limit of {MAX_EVENT_CHARS}")
             if self.info.events_supported and self.info.event_max_bytes:
-                from worldserve.dynamics.layers.events import normalize_event
+                from worldserve.dynamics.layers.actions import normalize_event
 
                 n = len(normalize_event(event).encode())
                 if n > self.info.event_max_bytes:  # checked here: inside a batch it would fail the item late
@@ -168,7 +175,7 @@ class Engine:
             raise InvalidArgument(f"guidance={guidance!r} is out of range [0, {MAX_GUIDANCE}]")
         return float(guidance)
 
-    def check_actions(self, actions: list[tuple[tuple[str, ...], dict, str | None]]) -> None:
+    def check_actions(self, actions: Sequence[tuple[tuple[str, ...], Mapping[str, float], str | None]]) -> None:
         """Validate many (keys, mouse, event) at once, naming the first bad index (a Rollout checks
         every action before its first step)."""
         for i, (keys, mouse, event) in enumerate(actions):
@@ -206,7 +213,7 @@ class Engine:
                 raise FailedPrecondition(str(e)) from None
             raise
 
-    async def _step(self, req: StepRequest, key, vec, g: float, fmt: int) -> StepOutput:
+    async def _step(self, req: StepRequest, key: Key, vec: torch.Tensor, g: float, fmt: int) -> StepOutput:
         since = time.monotonic()
         try:
             rate = req.rate
@@ -293,7 +300,7 @@ class Engine:
             if not ok:
                 self._drop_state(job)
 
-    async def _replay(self, req: StepRequest, rec, step: int, png: bytes, fmt: int) -> StepOutput:
+    async def _replay(self, req: StepRequest, rec: SessionRecord, step: int, png: bytes, fmt: int) -> StepOutput:
         """The recorded result of a step whose request id had landed: its frame, in ``fmt`` (the
         log keeps PNG: other formats are re-encoded)."""
         self.m_replays.inc(**self._lbl)

@@ -46,7 +46,7 @@ class Job:
     guidance: float
     event: str  # the event in force for the new frame ("" = none)
     state: Any = None  # the session's model state at ``step``; None: prefill from ``window``
-    window: list[tuple[int, dict | None, np.ndarray | None]] | None = None  # (step, action, latent)
+    window: list[tuple[int, dict[str, Any] | None, np.ndarray | None]] | None = None  # (step, action, latent)
     first_frame: np.ndarray | None = None  # (H, W, 3) step 0's frame when its latent is not stored
     solo: bool = False  # step alone (a retry after a batched failure)
     # set by the runner

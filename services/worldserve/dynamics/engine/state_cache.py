@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from worldserve.dynamics.interface import DynamicsModel
 
@@ -43,9 +43,13 @@ class Entry:
     event: str  # the world event in force after the state's last frame ("" = none)
 
 
-def _locked(fn):
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(fn: Callable[Concatenate[StateCache, _P], _R]) -> Callable[Concatenate[StateCache, _P], _R]:
     @functools.wraps(fn)
-    def wrapper(self, *a, **kw):
+    def wrapper(self: StateCache, /, *a: _P.args, **kw: _P.kwargs) -> _R:
         with self._lock:
             return fn(self, *a, **kw)
 
