@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from worldserve.common.serving import OPTIONS_ARG
+
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve" / "worldserve.yaml"
 APPS = ("image", "sessions", "dynamics", "web")
 
@@ -49,25 +51,143 @@ def load_config(
 
 
 def deploy(cfg: dict) -> None:
-    """Start Serve (gRPC proxy included) on the connected Ray cluster and deploy every app."""
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
+    """Start Serve (gRPC proxy included) on the connected Ray cluster and submit every app.
 
-    schema = ServeDeploySchema.model_validate(cfg)
-    client = serve_start(
+    Public Serve API only: each application built by its ``import_path`` builder with its
+    ``args`` and, under ``args["deployment_options"]``, the options the config lists for its
+    deployments (the builder applies them with ``Deployment.options``; see
+    :mod:`worldserve.common.serving`); then ``serve.start`` with the config's proxy, logging,
+    tracing and controller options, and ``serve.run_many``. Returns once the apps are submitted;
+    :func:`wait_healthy` waits for them.
+    """
+    from ray import serve
+    from ray.exceptions import RayActorError
+
+    targets = build_applications(cfg)  # a bad config or builder fails here, before Serve starts
+    start = dict(
+        proxy_location=cfg.get("proxy_location"),
         http_options=cfg.get("http_options"),
         grpc_options=cfg.get("grpc_options"),
-        global_logging_config=cfg.get("logging_config"),
+        logging_config=cfg.get("logging_config"),
+        tracing_config=cfg.get("tracing_config"),
+        controller_options=cfg.get("controller_options"),
     )
-    client.deploy_apps(schema)
+    try:
+        serve.start(**start)
+    except RayActorError:
+        # serve.start waits on the proxies the new controller started first; on a loaded machine a
+        # proxy can miss its readiness checks (RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S, 5 s in Ray
+        # 2.60), and the controller kills it and starts another: the wait dies with the first one.
+        # The controller runs on: start again connects to it; wait_healthy waits for the proxies.
+        serve.start(**start)
+    serve.run_many(targets, wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+
+
+# What a serve config may hold that `serve.start` / `serve.run_many` / `Deployment.options` cannot
+# apply (Ray 2.60): refused rather than silently dropped.
+UNSUPPORTED_TOP = ("target_capacity",)
+UNSUPPORTED_APP = ("runtime_env", "autoscaling_policy", "host", "port")
+UNSUPPORTED_DEPLOYMENT = ("rolling_update_percentage",)
+
+
+def validate(cfg: dict):
+    """The config as Serve's own schema reads it (the checks `serve deploy` would make), with
+    unknown fields and fields the Python API cannot apply refused."""
+    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
+
+    # Serve's schemas ignore unknown fields: a misspelled option would be dropped without a word.
+    unknown = [k for k in cfg if k not in ServeDeploySchema.model_fields]
+    for app in cfg.get("applications") or []:
+        where = f"applications[{app.get('name')}]"
+        unknown += [f"{where}.{k}" for k in app if k not in ServeApplicationSchema.model_fields]
+        for d in app.get("deployments") or []:
+            unknown += [
+                f"{where}.deployments[{d.get('name')}].{k}" for k in d if k not in DeploymentSchema.model_fields
+            ]
+    if unknown:
+        raise ValueError(f"serve config: unknown field(s) {', '.join(unknown)}")
+    schema = ServeDeploySchema.model_validate(cfg)
+    bad = [k for k in UNSUPPORTED_TOP if cfg.get(k) is not None]
+    for app in cfg["applications"]:
+        where = f"applications[{app['name']}]"
+        bad += [f"{where}.{k}" for k in UNSUPPORTED_APP if app.get(k) is not None]
+        for d in app.get("deployments") or []:
+            bad += [f"{where}.deployments[{d['name']}].{k}" for k in UNSUPPORTED_DEPLOYMENT if k in d]
+        if OPTIONS_ARG in (app.get("args") or {}):
+            bad.append(f"{where}.args.{OPTIONS_ARG} (worldserve.deploy sets it from the deployments list)")
+    if bad:
+        raise ValueError(
+            f"serve config: {', '.join(bad)} cannot be applied by worldserve.deploy "
+            "(Serve's Python API has no equivalent); remove them or deploy the config with `serve deploy`"
+        )
+    return schema
+
+
+def build_applications(cfg: dict) -> list:
+    """One ``serve.RunTarget`` per application of the config: its builder called with its
+    ``args``, and the options the config lists per deployment under ``args[OPTIONS_ARG]`` (what
+    Serve's controller does for a deployed config: the config's fields replace the code's,
+    ``ray_actor_options`` whole; a deployment the builder does not make is refused)."""
+    from ray import serve
+
+    schema = validate(cfg)
+    targets = []
+    for spec, app in zip(cfg["applications"], schema.applications):
+        args = copy.deepcopy(spec.get("args") or {})
+        options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in spec.get("deployments") or []}
+        if options:
+            args[OPTIONS_ARG] = copy.deepcopy(options)
+        try:
+            built = call_builder(app.import_path, args)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"application {app.name!r} ({app.import_path}): {e}") from e
+        targets.append(
+            serve.RunTarget(
+                target=built,
+                name=app.name,
+                route_prefix=app.route_prefix,
+                logging_config=spec.get("logging_config") or cfg.get("logging_config"),
+                external_scaler_enabled=app.external_scaler_enabled,
+            )
+        )
+    return targets
+
+
+def call_builder(import_path: str, args: dict[str, Any]):
+    """The application at ``import_path``: a built ``Application``, or a builder called with
+    ``args`` (converted to its pydantic model when it takes one), as Serve does for a config."""
+    import importlib
+    import inspect
+
+    from pydantic import BaseModel
+    from ray.serve import Application
+
+    module, sep, attr = import_path.partition(":")
+    if not sep:
+        module, _, attr = import_path.rpartition(".")
+    obj = getattr(importlib.import_module(module), attr)
+    if isinstance(obj, Application):
+        if args:
+            raise ValueError("a built application takes no args and no deployment options")
+        return obj
+    params = list(inspect.signature(obj).parameters.values())
+    if len(params) != 1:
+        raise TypeError("an application builder takes exactly one parameter (the args)")
+    ann = params[0].annotation
+    app = obj(ann.model_validate(args) if inspect.isclass(ann) and issubclass(ann, BaseModel) else args)
+    if not isinstance(app, Application):
+        raise TypeError(f"the builder returned {type(app).__name__}, not a serve Application")
+    return app
 
 
 def wait_healthy(timeout_s: float = 300.0, apps: tuple[str, ...] = APPS, progress=None) -> dict:
-    """Block until every app is RUNNING; raise with Serve's own message when one fails."""
+    """Block until every app is RUNNING and every proxy is up; raise with Serve's own message when
+    an app fails."""
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
     last: dict = {}
+    proxies: dict = {}
     while time.monotonic() < deadline:
         st = serve.status()
         last = {name: st.applications[name].status for name in apps if name in st.applications}
@@ -81,7 +201,13 @@ def wait_healthy(timeout_s: float = 300.0, apps: tuple[str, ...] = APPS, progres
                 for n in failed
             )
             raise RuntimeError(f"serve applications failed: {msgs}")
-        if len(last) == len(apps) and all(s == "RUNNING" for s in last.values()):
+        # a proxy that missed its readiness checks is restarted by the controller: wait for it too
+        proxies = {node: str(getattr(s, "value", s)) for node, s in st.proxies.items()}
+        if (
+            len(last) == len(apps)
+            and all(s == "RUNNING" for s in last.values())
+            and not any(s in ("STARTING", "UNHEALTHY") for s in proxies.values())
+        ):
             return last
         time.sleep(1.0)
-    raise TimeoutError(f"serve applications not RUNNING after {timeout_s} s: {last}")
+    raise TimeoutError(f"serve applications not RUNNING after {timeout_s} s: {last}, proxies: {proxies}")

@@ -8,6 +8,7 @@ Serve's gRPC proxy binds all interfaces: run it inside a private network namespa
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,13 @@ def local_cluster(
             grpc_port=grpc_port,
             http_port=http_port,
             deployment_overrides={k: dict(v) for k, v in (deployment_overrides or {}).items()},
+        )
+        # A local cluster shares a few cores with its clients: give the proxy longer than Ray's 5 s
+        # per readiness check before the controller kills it and starts another (env_vars of the
+        # controller: the one runtime_env field Serve's ControllerOptions takes)
+        env = cfg.setdefault("controller_options", {}).setdefault("runtime_env", {}).setdefault("env_vars", {})
+        env.setdefault(
+            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", os.environ.get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
         )
         dep.deploy(cfg)
         dep.wait_healthy(timeout_s)

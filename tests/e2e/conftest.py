@@ -27,26 +27,37 @@ def cluster(tmp_path_factory):
             "\ne2e: no private network namespace: the cluster runs on the host network "
             "(Serve's gRPC proxy binds all interfaces; random ports, loopback clients)"
         )
+    from worldserve.deploy import load_config
     from worldserve.local import local_cluster
 
+    yaml = {d["name"]: d for app in load_config()["applications"] for d in app.get("deployments", [])}
+
+    def pinned(name: str, n: int) -> dict:
+        """The YAML's autoscaling of deployment ``name`` (its policy included), pinned to ``n`` replicas."""
+        return {
+            "autoscaling_config": {
+                **yaml[name]["autoscaling_config"],
+                "min_replicas": n,
+                "max_replicas": n,
+                "initial_replicas": n,
+            }
+        }
+
+    overrides = {
+        # two replicas of the default model (the replica-kill test), one of the fast tier
+        "DynamicsModel-platformer": pinned("DynamicsModel-platformer", 2),
+        "DynamicsModel-platformer-fast": pinned("DynamicsModel-platformer-fast", 1),
+        # two replicas of each ingress that enforces quotas: a quota must hold wherever a call lands
+        "DynamicsService": pinned("DynamicsService", 2),
+        "SessionService": pinned("SessionService", 2),
+        # two web gateways: players of one live session reach both (the second plays through a relay)
+        "WebGateway": pinned("WebGateway", 2),
+    }
     with local_cluster(
         num_cpus=6,
         workdir=tmp_path_factory.mktemp("cluster"),
         app_args={"torch_threads": 1},
-        deployment_overrides={
-            # two replicas of the default model (the replica-kill test), one of the fast tier
-            "DynamicsModel-platformer": {
-                "autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2},
-            },
-            "DynamicsModel-platformer-fast": {
-                "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1},
-            },
-            # two replicas of each ingress that enforces quotas: a quota must hold wherever a call lands
-            "DynamicsService": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2}},
-            "SessionService": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2}},
-            # two web gateways: players of one live session reach both (the second plays through a relay)
-            "WebGateway": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2}},
-        },
+        deployment_overrides=overrides,
     ) as c:
         yield {
             "target": c.target,
@@ -56,6 +67,7 @@ def cluster(tmp_path_factory):
             "tmp": c.workdir,
             "metrics_url": c.metrics_url,
             "http": c.http,
+            "deployment_overrides": overrides,  # over deploy/serve/worldserve.yaml's deployments
         }
 
 

@@ -44,6 +44,64 @@ def test_health_and_model_info(client):
     assert info.runtime.attention_backend == "sdpa" and info.runtime.batch_invariant
 
 
+def serve_details():
+    """Serve's deployment details (every deployment's config as the controller holds it).
+
+    Test-only private read: Ray 2.60 offers them publicly only over the dashboard's REST API
+    (GET /api/serve/applications/, `serve status`), and the test cluster runs without a dashboard;
+    the public schema ServeInstanceDetails reads them."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    return ServeInstanceDetails.model_validate(_get_global_client().get_serve_details())
+
+
+def assert_holds(got, want, where: str) -> None:
+    """``got`` (a Serve schema, a dict or a value) holds every key of ``want`` with its value."""
+    if isinstance(want, dict):
+        got = got.model_dump() if hasattr(got, "model_dump") else got
+        for k, v in want.items():
+            assert k in got, f"{where}.{k} missing: {got}"
+            assert_holds(got[k], v, f"{where}.{k}")
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+def test_serve_runs_every_deployment_with_the_configs_options(cluster):
+    """worldserve.deploy (public Serve API) deploys deploy/serve/worldserve.yaml with this run's
+    overrides: every option the config lists per deployment is in force in Serve, the custom
+    autoscaling policy and the request router included, and the replica counts follow."""
+    from ray import serve
+
+    from worldserve.deploy import load_config
+    from worldserve.local import replica_counts
+
+    cfg = load_config(deployment_overrides=cluster["deployment_overrides"])
+    details = serve_details()
+    assert str(getattr(details.proxy_location, "value", details.proxy_location)) == cfg["proxy_location"]
+    assert details.grpc_options.grpc_servicer_functions == cfg["grpc_options"]["grpc_servicer_functions"]
+    proxies = serve.status().proxies
+    assert proxies and all(str(getattr(s, "value", s)) == "HEALTHY" for s in proxies.values()), proxies
+    counts = replica_counts()
+    checked = set()
+    for app in cfg["applications"]:
+        got = details.applications[app["name"]].deployments
+        assert sorted(got) == sorted(d["name"] for d in app["deployments"]), app["name"]
+        for want in app["deployments"]:
+            name = want["name"]
+            dc = got[name].deployment_config
+            for option, value in want.items():  # every option the config lists, nested ones key by key
+                if option != "name":
+                    assert_holds(getattr(dc, option), value, f"{name}.{option}")
+            assert counts[f"{app['name']}/{name}"] == want["autoscaling_config"]["min_replicas"], name
+            checked.add(name)
+    assert {"DynamicsModel-platformer", "DynamicsModel-platformer-fast", "ImageService"} <= checked
+    fast = details.applications["dynamics"].deployments["DynamicsModel-platformer-fast"].deployment_config
+    assert "DeadlineAwarePolicy" in str(fast.autoscaling_config) and "ConsistentHashRouter" in str(
+        fast.request_router_config
+    )
+
+
 def test_two_models_serve_side_by_side(cluster, client):
     listed = client.list_models()
     assert listed.default_model == "platformer"

@@ -31,6 +31,7 @@ from worldserve.common.errors import InvalidArgument, NotFound, status_of
 from worldserve.common.metrics import ServiceMetrics
 from worldserve.common.quotas import Quotas
 from worldserve.common.servicer import ServiceBase, rpc
+from worldserve.common.serving import DeploymentOptions
 from worldserve.dynamics.engine.types import Priority, RateCharge, StepOutput, StepRequest
 from worldserve.dynamics.front import StepFront, model_deployment_name
 from worldserve.state.quotas import QuotaEnforcer
@@ -428,8 +429,11 @@ def build(args: dict[str, Any]):
     """Serve application builder: ``import_path: worldserve.dynamics.service:build``; ``args`` are
     Config overrides (``models`` names the served models, each its own deployment)."""
     args = dict(args or {})
+    options = DeploymentOptions(args)
     config = Config.load(args)
     handles = {
-        m.name: ModelServer.options(name=model_deployment_name(m.name)).bind(args, m.name) for m in config.models
+        m.name: options.apply(ModelServer, name=model_deployment_name(m.name)).bind(args, m.name) for m in config.models
     }
-    return DynamicsService.bind(args, handles)
+    app = options.apply(DynamicsService).bind(args, handles)
+    options.check()
+    return app

@@ -9,6 +9,7 @@ from ray import serve
 
 from worldserve.common.codec import PNG, encode_frame
 from worldserve.common.servicer import ServiceBase, rpc
+from worldserve.common.serving import DeploymentOptions
 from worldserve.image.core import ImageCore, load_backend
 from worldserve.v1 import image_pb2 as pb
 
@@ -67,4 +68,8 @@ class ImageService(ServiceBase):
 
 
 def build(args: dict[str, Any]):
-    return ImageService.bind(dict(args or {}))
+    args = dict(args or {})
+    options = DeploymentOptions(args)
+    app = options.apply(ImageService).bind(args)
+    options.check()
+    return app

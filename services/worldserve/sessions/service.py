@@ -13,6 +13,7 @@ from ray import serve
 from worldserve.common.codec import PNG, check_format, decode_frame, encode_frame
 from worldserve.common.errors import NotFound
 from worldserve.common.servicer import ServiceBase, rpc
+from worldserve.common.serving import DeploymentOptions
 from worldserve.sessions.core import SessionsCore
 from worldserve.state.quotas import QuotaEnforcer
 from worldserve.state.store import SessionRecord, SessionStore
@@ -195,6 +196,9 @@ class SessionService(ServiceBase):
 
 def build(args: dict[str, Any]):
     args = dict(args or {})
+    options = DeploymentOptions(args)
     image_app = args.pop("image_app", "image")
     dynamics_app = args.pop("dynamics_app", "dynamics")
-    return SessionService.bind(args, image_app, dynamics_app)
+    app = options.apply(SessionService).bind(args, image_app, dynamics_app)
+    options.check()
+    return app

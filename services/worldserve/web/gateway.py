@@ -40,6 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from ray import serve
 
 from worldserve.common.servicer import ServiceBase
+from worldserve.common.serving import DeploymentOptions
 from worldserve.dynamics.front import StepFront, model_deployment_name
 from worldserve.state.live import LiveState
 from worldserve.state.quotas import QuotaEnforcer
@@ -165,9 +166,12 @@ class WebGateway(ServiceBase):
 def build(args: dict[str, Any]):
     """Serve application builder: ``import_path: worldserve.web.gateway:build``."""
     args = dict(args or {})
+    options = DeploymentOptions(args)
     sessions_app = args.pop("sessions_app", "sessions")
     dynamics_app = args.pop("dynamics_app", "dynamics")
-    return WebGateway.bind(args, sessions_app, dynamics_app)
+    app = options.apply(WebGateway).bind(args, sessions_app, dynamics_app)
+    options.check()
+    return app
 
 
 __all__ = ["HTTP_STATUS", "WebGateway", "app", "build"]
