@@ -91,7 +91,7 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"device: {torch.cuda.get_device_name(0)}  sm_{p.major}{p.minor}  {p.total_memory / 2**30:.1f} GiB  "
           f"{p.multi_processor_count} SMs  ({torch.cuda.device_count()} visible)")
-from loadtest.engine_bench import missing_packages
+from loadtest.engine_bench_common import missing_packages
 miss = missing_packages()
 print(f"optional packages missing: {', '.join(miss) if miss else 'none'}"
       + ("  (parts that need them are SKIPPED)" if miss else ""))

@@ -12,7 +12,7 @@ import pytest
 
 @pytest.mark.e2e
 def test_stopping_our_ray_cluster_leaves_another_running(cluster, tmp_path, monkeypatch):
-    from worldserve.cli import _ray, ray_processes, start_ray_head, stop_ray_cluster
+    from worldserve.cli_cluster import _ray, ray_processes, start_ray_head, stop_ray_cluster
 
     # a fresh machine: no Ray token yet (Ray 2.60 has token auth on; `ray start` wants one)
     monkeypatch.setenv("HOME", str(tmp_path))

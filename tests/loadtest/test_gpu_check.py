@@ -120,7 +120,7 @@ def test_engine_bench_large_reports_what_does_not_fit(tmp_path):
 
 
 def test_peak_table():
-    from loadtest.engine_bench import FALLBACK_GPU_PEAK, gpu_peak_flops
+    from loadtest.engine_bench_common import FALLBACK_GPU_PEAK, gpu_peak_flops
 
     assert gpu_peak_flops("NVIDIA H200")[0] == 989e12
     assert gpu_peak_flops("NVIDIA GH200 480GB")[0] == 989e12

@@ -9,20 +9,10 @@ import pytest
 import torch
 
 from worldserve.dynamics.models.canvas.model import CanvasConfig, CanvasWorldModel
-from worldserve.train.canvas_trainer import (
-    PAD,
-    CanvasTrainConfig,
-    build_batch,
-    canvas_at,
-    explore_actions,
-    make_episodes,
-    play,
-    sprite_pixels,
-    sprite_truth,
-    to_device,
-    train_canvas,
-    unroll_loss,
-)
+from worldserve.train.canvas_config import CanvasTrainConfig
+from worldserve.train.canvas_data import PAD, build_batch, canvas_at, explore_actions, make_episodes, play, to_device
+from worldserve.train.canvas_losses import sprite_pixels, sprite_truth, unroll_loss
+from worldserve.train.canvas_trainer import train_canvas
 from worldserve.worlds import Game, checks, parse_caption
 from worldserve.worlds.platformer import SPEED
 
@@ -214,7 +204,7 @@ def test_the_player_layer_learns_where_the_player_goes(background):
 
 
 def test_sprite_pixels_are_where_the_game_draws_the_player():
-    from worldserve.train.canvas_trainer import sprite_pixels
+    from worldserve.train.canvas_losses import sprite_pixels
 
     game = Game(parse_caption("grass, day"), 1)
     game.reset()

@@ -1,0 +1,181 @@
+"""The local cluster behind `worldserve up | down | status`: the state file and the development key
+in ``$WORLDSERVE_HOME``, our own Ray head (started, found and stopped alone) and the health wait.
+
+Split from :mod:`worldserve.cli`, which holds the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def home() -> Path:
+    return Path(os.environ.get("WORLDSERVE_HOME", Path.home() / ".worldserve"))
+
+
+def _state_path() -> Path:
+    return home() / "state.json"
+
+
+def _read_state() -> dict:
+    p = _state_path()
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _write_state(state: dict) -> None:
+    home().mkdir(parents=True, exist_ok=True)
+    _state_path().write_text(json.dumps(state, indent=2))
+
+
+def dev_key() -> str:
+    """The local development key (created by `up`), or $WORLDSERVE_API_KEY."""
+    if os.environ.get("WORLDSERVE_API_KEY"):
+        return os.environ["WORLDSERVE_API_KEY"]
+    p = home() / "dev_key"
+    if not p.exists():
+        raise typer.BadParameter("no API key: run `worldserve up` or set WORLDSERVE_API_KEY")
+    return p.read_text().strip()
+
+
+def _ensure_dev_key() -> tuple[str, Path]:
+    from worldserve.common.auth import add_key, new_key
+
+    keys_file = Path(os.environ.get("WORLDSERVE_API_KEYS_FILE", home() / "api_keys.json"))
+    key_path = home() / "dev_key"
+    if key_path.exists() and keys_file.exists():
+        return key_path.read_text().strip(), keys_file
+    key = new_key()
+    add_key(keys_file, "dev", key)
+    home().mkdir(parents=True, exist_ok=True)
+    key_path.write_text(key + "\n")
+    key_path.chmod(0o600)
+    return key, keys_file
+
+
+def _ray(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    exe = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=env)
+
+
+def ray_processes(temp_dir: str, gcs_address: str) -> list[int]:
+    """PIDs of the processes of one local Ray cluster: those whose command line names its temp
+    folder or its GCS address (``ray stop`` would stop every Ray cluster of this user)."""
+    gcs_port = gcs_address.rpartition(":")[2]
+    marks = [temp_dir.rstrip("/") + "/", f"={gcs_address}", f"--gcs_server_port={gcs_port}"]
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmd for m in marks):
+            out.append(int(d.name))
+    return out
+
+
+def stop_ray_cluster(temp_dir: str, gcs_address: str, timeout_s: float = 15.0) -> int:
+    """Stop one local Ray cluster's processes (SIGTERM, then SIGKILL); returns how many there were."""
+    pids = ray_processes(temp_dir, gcs_address)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    # stragglers, and workers forked meanwhile: killed until none is left (a killed process may
+    # still show for a moment, and a dying raylet may fork one more worker)
+    deadline = time.monotonic() + 5.0
+    while (rest := ray_processes(temp_dir, gcs_address)) and time.monotonic() < deadline:
+        for pid in rest:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    return len(pids)
+
+
+def start_ray_head(temp_dir: Path, num_cpus: int, env: dict | None = None) -> str:
+    """Start a Ray head of our own (its own ports and temp folder, so that `down` can stop it
+    alone); returns its GCS address."""
+    from worldserve.common.redis_server import free_port
+
+    env = dict(os.environ if env is None else env)
+    if env.get("RAY_AUTH_MODE", "token") == "token" and not (
+        env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH")
+    ):
+        # `ray start` needs a token when token auth is on (Ray 2.60's default); on a fresh machine
+        # there is none yet: make ~/.ray/auth_token once (captured, never printed), as Ray advises
+        r = _ray("get-auth-token", "--generate", env=env)
+        if r.returncode != 0:
+            console.print(r.stderr[-2000:])
+            raise typer.Exit(1)
+    port = free_port()
+    args = [
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--disable-usage-stats",
+        f"--port={port}",
+        f"--temp-dir={temp_dir}",
+        f"--dashboard-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--num-cpus={num_cpus}",
+    ]
+    r = _ray(*args, env=env)
+    if r.returncode != 0:
+        console.print(r.stdout[-2000:], r.stderr[-2000:])
+        raise typer.Exit(1)
+    return f"127.0.0.1:{port}"
+
+
+def _check_health(endpoint: str, key: str) -> None:
+    from worldserve.client import WorldClient
+
+    with WorldClient(endpoint, key, timeout_s=30) as c:
+        for appname in ("image", "sessions", "dynamics"):
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    assert c.health(appname) == "SERVING"
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
