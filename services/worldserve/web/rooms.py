@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -66,7 +65,6 @@ class Rooms:
         self._listeners: dict[tuple[str, str], asyncio.Future] = {}  # their pub/sub listeners
         self._background: set[asyncio.Future] = set()  # lease renewals and releases
         self._spaces: dict[str, ActionSpace] = {}
-        self._step_s: dict[str, float] = {}  # model -> its measured seconds per live step (EMA)
 
     def _spawn(self, aw: Awaitable[Any]) -> asyncio.Future:
         f = asyncio.ensure_future(aw)
@@ -82,22 +80,23 @@ class Rooms:
         return space
 
     async def max_fps(self, model: str) -> float:
-        """The live fps bound: the config's, and what the model's measured step time allows (live
-        steps measured here; before the first, the model's own seconds per step plus the hops)."""
+        """The live fps bound: the config's, and what the model's measured step time allows (steps
+        measured through the front; before the first, the model's own seconds per step plus the hops)."""
         bound = float(self.config.live_max_fps)
-        s = self._step_s.get(model)
-        if s is None:
-            try:
-                model_s = await (await self.front()).step_seconds(model)
-            except Exception as e:  # no estimate: the config's bound alone
-                log.warning("no step time from model %r: %s", model, e)
-                model_s = 0.0
-            s = model_s + STEP_OVERHEAD_S if model_s else None
+        try:
+            front = await self.front()
+            s = front.measured_step_s(model)
+            if s is None:
+                model_s = await front.step_seconds(model)
+                s = model_s + STEP_OVERHEAD_S if model_s else None
+        except Exception as e:  # no estimate: the config's bound alone
+            log.warning("no step time from model %r: %s", model, e)
+            s = None
         if s:
             bound = min(bound, max(1.0, 1.0 / s))
         return bound
 
-    def stepper(self, tenant: str, session_id: str, model: str):
+    def stepper(self, tenant: str, session_id: str):
         """The room's step: the tenant's step rate charged, one interactive step through the front."""
 
         async def step(keys, mouse, event, deadline, tick):
@@ -113,11 +112,7 @@ class Rooms:
                 priority=Priority.INTERACTIVE,
                 deadline=deadline,
             )
-            t0 = time.perf_counter()
-            out, _, _ = await front.step(req)
-            dt = time.perf_counter() - t0
-            prev = self._step_s.get(model)
-            self._step_s[model] = dt if prev is None else 0.9 * prev + 0.1 * dt
+            out, _, _ = await front.step(req)  # the front measures it (max_fps)
             f = out.frame
             return out.step, np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3)
 
@@ -152,9 +147,7 @@ class Rooms:
             stale.cancel()
         ready = asyncio.Event()
         if ours:
-            room = LiveRoom(
-                step=self.stepper(tenant, session_id, model), publish=lambda d: state.publish(out_ch, d), **common
-            )
+            room = LiveRoom(step=self.stepper(tenant, session_id), publish=lambda d: state.publish(out_ch, d), **common)
             listener = state.subscribe(in_ch, lambda d: room.from_relay(json.loads(d)), ready)
         else:
             room = RelayRoom(replica=self.replica, send=lambda m: state.publish(in_ch, json.dumps(m)), **common)
