@@ -23,7 +23,8 @@ import numpy as np
 
 from worldserve.common.codec import RAW
 from worldserve.dynamics.engine.types import Priority, StepRequest
-from worldserve.web.live import ActionSpace, LiveClosed, LiveMetrics, LiveRoom
+from worldserve.dynamics.interface import ActionSpace
+from worldserve.web.live import LiveClosed, LiveMetrics, LiveRoom, event_max_bytes
 from worldserve.web.relay import RelayRoom
 
 log = logging.getLogger("worldserve.web")
@@ -64,7 +65,7 @@ class Rooms:
         self.rooms: dict[tuple[str, str], LiveRoom | RelayRoom] = {}  # live sessions played from here
         self._listeners: dict[tuple[str, str], asyncio.Future] = {}  # their pub/sub listeners
         self._background: set[asyncio.Future] = set()  # lease renewals and releases
-        self._spaces: dict[str, ActionSpace] = {}
+        self._controls: dict[str, tuple[ActionSpace, int]] = {}  # model -> what its controllers may send
 
     def _spawn(self, aw: Awaitable[Any]) -> asyncio.Future:
         f = asyncio.ensure_future(aw)
@@ -73,11 +74,14 @@ class Rooms:
         return f
 
     # -- models ----------------------------------------------------------------------------------
-    async def space(self, model: str) -> ActionSpace:
-        space = self._spaces.get(model)
-        if space is None:
-            space = self._spaces[model] = ActionSpace.of(await self._model_info(model))
-        return space
+    async def controls(self, model: str) -> tuple[ActionSpace, int]:
+        """What a controller of ``model`` may send: its action space, and the longest event text it
+        takes (0: none). From the model's info, fetched once."""
+        controls = self._controls.get(model)
+        if controls is None:
+            info = await self._model_info(model)
+            controls = self._controls[model] = (ActionSpace.from_info(info), event_max_bytes(info))
+        return controls
 
     async def max_fps(self, model: str) -> float:
         """The live fps bound: the config's, and what the model's measured step time allows (steps
@@ -126,7 +130,7 @@ class Rooms:
         room = self.rooms.get(key)
         if room is not None and room.closed is None:
             return room
-        space = await self.space(model)
+        space, event_bytes = await self.controls(model)
         lease, out_ch, in_ch = self.state.names(key)
         ours, room_fps = await self.state.take_lease(lease, self.replica, fps, self.lease_s)
         room = self.rooms.get(key)  # again: another player may have opened it during the awaits
@@ -139,6 +143,7 @@ class Rooms:
             fps=room_fps,
             max_controllers=self.config.live_max_controllers,
             space=space,
+            event_max_bytes=event_bytes,
             metrics=self.live,
             on_empty=lambda rm: self.room_closed(key, rm),
         )

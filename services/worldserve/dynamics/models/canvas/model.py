@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder  # noqa: F401 (re-exported)
 from worldserve.dynamics.attention.backend import attention, resolve_backend
 from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
-from worldserve.dynamics.layers.actions import action_vector, check_actions, check_events
+from worldserve.dynamics.layers.actions import check_actions, check_events
 from worldserve.dynamics.layers.events import EventEncoder
 
 KIND = "scroll_canvas"
@@ -598,7 +598,7 @@ class CanvasWorldModel:
         return ModelInfo(
             frame_width=c.frame_width,
             frame_height=c.frame_height,
-            action_space=ActionSpace(keys=c.keys, mouse_axes=c.mouse_axes, discrete_actions=2 ** len(c.keys)),
+            action_space=self.action_space,
             context_frames=c.context_frames,
             sample_steps=1,
             default_guidance=0.0,
@@ -622,8 +622,13 @@ class CanvasWorldModel:
     def events_supported(self) -> bool:
         return True
 
+    @property
+    def action_space(self) -> ActionSpace:
+        c = self.config
+        return ActionSpace(keys=c.keys, mouse_axes=c.mouse_axes, discrete_actions=2 ** len(c.keys))
+
     def action_vector(self, keys: Sequence[str], mouse: Mapping[str, float] | None = None) -> torch.Tensor:
-        return action_vector(keys, mouse, self.config.keys, self.config.mouse_axes)
+        return self.action_space.vector(keys, mouse)
 
     def null_action(self) -> torch.Tensor:
         return torch.zeros(self.config.action_dim, dtype=torch.float32)

@@ -64,7 +64,7 @@ from worldserve.dynamics.attention.backend import (
     resolve_backend,
 )
 from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime, StateMemoryFull
-from worldserve.dynamics.layers.actions import action_vector, check_actions, check_events
+from worldserve.dynamics.layers.actions import check_actions, check_events
 from worldserve.dynamics.layers.events import EventEncoder
 
 from .autoencoder import Autoencoder, ResBlock
@@ -259,9 +259,17 @@ class WorldModel(nn.Module):
         """Length of an action vector: len(keys) + len(mouse_axes)."""
         return self.config.action_dim
 
+    @property
+    def action_space(self) -> ActionSpace:
+        """What a player may send: the config's keys and mouse axes."""
+        c = self.config
+        return ActionSpace(
+            keys=tuple(c.keys), mouse_axes=tuple(c.mouse_axes), discrete_actions=2 ** len(c.keys), latent_actions=0
+        )
+
     def action_vector(self, keys: Sequence[str], mouse: Mapping[str, float] | None = None) -> torch.Tensor:
         """(A,) float32 on CPU: multi-hot of the held ``keys``, then the mouse axes (missing = 0)."""
-        return action_vector(keys, mouse, self.config.keys, self.config.mouse_axes)
+        return self.action_space.vector(keys, mouse)
 
     def null_action(self) -> torch.Tensor:
         """(A,) zeros: no key held, mouse at rest (the no-op action)."""
@@ -334,9 +342,7 @@ class WorldModel(nn.Module):
         return ModelInfo(
             frame_width=c.frame_width,
             frame_height=c.frame_height,
-            action_space=ActionSpace(
-                keys=tuple(c.keys), mouse_axes=tuple(c.mouse_axes), discrete_actions=2 ** len(c.keys), latent_actions=0
-            ),
+            action_space=self.action_space,
             context_frames=c.context_frames,
             sample_steps=c.sample_steps,
             default_guidance=float(c.guidance),
