@@ -143,7 +143,9 @@ class Engine:
 
     # -- validation -------------------------------------------------------------------------------
     def action_vector(self, keys, mouse, event: str | None = None):
-        """The model's action vector; INVALID_ARGUMENT quoting a bad key, axis, value or event."""
+        """The model's action vector; INVALID_ARGUMENT quoting a bad key, axis, value or event. The
+        keys and mouse are the model's to check (``DynamicsModel.action_vector``: the shipped models
+        check them with ``ActionSpace.check``, the one check the web's live messages use too)."""
         try:
             vec = self.model.action_vector(list(keys), dict(mouse))
         except ValueError as e:
