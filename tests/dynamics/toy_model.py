@@ -1,6 +1,6 @@
 """A tiny third-party-style dynamics model: no KV cache, a frame history as its state.
 
-It implements :class:`worldserve.dynamics.interface.DynamicsModel` with numpy-simple maths so the
+It implements :class:`worldserve.dynamics.interface.DynamicsModelProtocol` with numpy-simple maths so the
 engine can be tested fast and exactly: the new latent is the last one shifted by the held keys
 plus seeded noise. A session whose seed is ``POISON_SEED`` makes ``step`` raise (to test that one
 item's failure fails only that item). Also loadable through the registry (``load``).

@@ -1,7 +1,7 @@
 """What a dynamics model gives the engine: the declared model interface.
 
 The engine (scheduler -> state cache -> runner -> output) knows a model only through
-:class:`DynamicsModel`. Anything that implements it can be served: the shipped
+:class:`DynamicsModelProtocol`. Anything that implements it can be served: the shipped
 :class:`~worldserve.dynamics.models.transformer.WorldModel`, or a third-party model registered under the
 ``worldserve.dynamics_models`` entry-point group (see :mod:`worldserve.dynamics.registry`).
 
@@ -160,8 +160,11 @@ class Runtime:
 
 
 @runtime_checkable
-class DynamicsModel(Protocol):
+class DynamicsModelProtocol(Protocol):
     """The contract between a dynamics model and the engine.
+
+    Not to be confused with the Serve deployments ``DynamicsModel-<name>``: those run
+    :class:`~worldserve.dynamics.service.ModelServer`, which serves one model implementing this.
 
     Thread-safety: the engine calls ``prefill``, ``step``, ``encode``, ``decode`` and
     ``release_state`` from one model thread only; ``action_vector`` and ``info`` may be called
@@ -225,3 +228,7 @@ class DynamicsModel(Protocol):
     def state_step(self, state: Any) -> int:
         """Absolute step of the newest frame the state holds."""
         ...
+
+
+DynamicsModel = DynamicsModelProtocol
+"""The Protocol's former name, kept so that third-party models importing it still load."""

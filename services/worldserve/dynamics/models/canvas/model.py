@@ -552,7 +552,7 @@ def save_net(path: str | Path, config: CanvasConfig, net: CanvasNet) -> None:
 
 
 class CanvasWorldModel:
-    """Implements :class:`~worldserve.dynamics.interface.DynamicsModel` around a :class:`CanvasNet`."""
+    """Implements :class:`~worldserve.dynamics.interface.DynamicsModelProtocol` around a :class:`CanvasNet`."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """WorldModel: autoencoder + causal latent-frame transformer + few-step action-guided sampler.
 
-It implements the declared model interface (:class:`worldserve.dynamics.interface.DynamicsModel`);
+It implements the declared model interface (:class:`worldserve.dynamics.interface.DynamicsModelProtocol`);
 the serving engine depends on exactly that surface (it knows nothing of gRPC or Redis):
 
     model = WorldModel.load(path, device="cuda", dtype=torch.bfloat16)   # or WorldModel.random(config, seed)
