@@ -19,7 +19,7 @@ bound: FLOPs of one frame (``step`` + ``decode`` at batch 1, attention forced to
 Each session's state bytes are computed before a run; a run whose states do not fit in memory is
 reported as "does not fit (needs X GiB)" instead of being attempted.
 
-Only the declared model interface (:class:`worldserve.dynamics.interface.DynamicsModel`) is used,
+Only the declared model interface (:class:`worldserve.dynamics.interface.DynamicsModelProtocol`) is used,
 plus ``configure_state_pool`` where the model has it. It needs torch, numpy, pillow, grpcio and
 safetensors (a GPU image has them; not Ray, Redis or protobuf): a part whose imports fail is
 reported SKIPPED with the missing packages named.

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from worldserve.common.config import Config, ModelSpec
-from worldserve.dynamics.interface import DynamicsModel
+from worldserve.dynamics.interface import DynamicsModelProtocol
 from worldserve.dynamics.registry import REGISTRY, ModelLoadError, load_model
 
 
@@ -39,7 +39,7 @@ def test_an_installed_package_adds_a_model_kind(plugin_on_path):
         {"models": [{"name": "acme", "kind": "acme_toy", "path": "random", "options": {"context_frames": 3}}]}, env={}
     )
     model = load_model(cfg.models[0], cfg, "cpu")
-    assert isinstance(model, DynamicsModel)
+    assert isinstance(model, DynamicsModelProtocol)
     assert model.info.context_frames == 3
 
 
@@ -57,10 +57,10 @@ def test_the_shipped_kinds_are_entry_points_too():
         env={},
     )
     model = load_model(cfg.models[0], cfg, "cpu")
-    assert isinstance(model, DynamicsModel)
+    assert isinstance(model, DynamicsModelProtocol)
     assert model.info.sample_steps == 3 and model.runtime.dtype == "float32"
     canvas = load_model(cfg.models[1], cfg, "cpu")
-    assert isinstance(canvas, DynamicsModel) and type(canvas).__name__ == "CanvasWorldModel"
+    assert isinstance(canvas, DynamicsModelProtocol) and type(canvas).__name__ == "CanvasWorldModel"
     assert canvas.info.sample_steps == 1
 
 

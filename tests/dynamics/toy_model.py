@@ -1,6 +1,6 @@
 """A tiny third-party-style dynamics model: no KV cache, a frame history as its state.
 
-It implements :class:`worldserve.dynamics.interface.DynamicsModel` with numpy-simple maths so the
+It implements :class:`worldserve.dynamics.interface.DynamicsModelProtocol` with numpy-simple maths so the
 engine can be tested fast and exactly: the new latent is the last one shifted by the held keys
 plus seeded noise. A session whose seed is ``POISON_SEED`` makes ``step`` raise (to test that one
 item's failure fails only that item). Also loadable through the registry (``load``).
@@ -51,14 +51,7 @@ class ToyModel:
         return Runtime(device="cpu", dtype="float32", attention_backend="none", decode_kernel="none")
 
     def action_vector(self, keys, mouse=None) -> torch.Tensor:
-        v = torch.zeros(len(KEYS))
-        for k in keys:
-            if k not in KEYS:
-                raise ValueError(f"unknown key {k!r}; expected one of {KEYS!r}")
-            v[KEYS.index(k)] = 1.0
-        if mouse:
-            raise ValueError(f"unknown mouse axis {next(iter(mouse))!r}; expected one of ()")
-        return v
+        return self.info.action_space.vector(keys, mouse)  # keys only: no mouse axis is known
 
     def null_action(self) -> torch.Tensor:
         return torch.zeros(len(KEYS))

@@ -1,5 +1,5 @@
 """Evaluation: metric functions on known inputs; the whole evaluation on a perfect model (the game
-itself behind the DynamicsModel interface), which must meet every target; on the shipped weights;
+itself behind the DynamicsModelProtocol interface), which must meet every target; on the shipped weights;
 and through the registries by config.json's "kind"."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldserve.dynamics.interface import ActionSpace, DynamicsModel, ModelInfo, Runtime
+from worldserve.dynamics.interface import ActionSpace, DynamicsModelProtocol, ModelInfo, Runtime
 from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
 from worldserve.train.evaluate import (
     TARGETS,
@@ -37,7 +37,7 @@ from worldserve.worlds import COLORS, GROUNDS, Game, ObjectSpec, WorldSpec, pars
 from worldserve.worlds.platformer import _SLOT_X, GROUND_Y, KEYS, NIGHT_SCALE, RAIN_DIM
 
 # --------------------------------------------------------------------------------------------------
-# a perfect model: the game itself behind the DynamicsModel interface (test-only)
+# a perfect model: the game itself behind the DynamicsModelProtocol interface (test-only)
 
 
 def _lit(rgb, night: bool, rain: bool) -> np.ndarray:
@@ -211,7 +211,7 @@ def test_the_game_model_reads_first_frames_back():
 
 def test_serve_batches_sessions_and_releases_states():
     m = GameModel()
-    assert isinstance(m, DynamicsModel)
+    assert isinstance(m, DynamicsModelProtocol)
     jobs = []
     for i, n in enumerate((5, 2, 7)):
         spec, seed, keys = heldout_world(i, n)

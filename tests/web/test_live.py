@@ -13,10 +13,10 @@ from _webtest_util import until
 from worldserve.common.codec import JPEG, PNG, RAW
 from worldserve.common.errors import InvalidArgument, NotFound
 from worldserve.common.metrics import ServiceMetrics
+from worldserve.dynamics.interface import ActionSpace
 from worldserve.web.live import (
     CONTROLLER,
     SPECTATOR,
-    ActionSpace,
     Held,
     LiveClosed,
     LiveMetrics,
@@ -28,7 +28,8 @@ from worldserve.web.live import (
     unpack_frame,
 )
 
-SPACE = ActionSpace(frozenset({"left", "right", "jump"}), frozenset({"x"}), True, 16)
+SPACE = ActionSpace(keys=("left", "right", "jump"), mouse_axes=("x",))
+EVENT_BYTES = 16
 METRICS = LiveMetrics(ServiceMetrics("webtest"))
 
 
@@ -76,6 +77,7 @@ def room_of(step, fps: float = 50.0, max_controllers: int = 2) -> LiveRoom:
         fps=fps,
         max_controllers=max_controllers,
         space=SPACE,
+        event_max_bytes=EVENT_BYTES,
         step=step,
         metrics=METRICS,
     )
@@ -83,26 +85,42 @@ def room_of(step, fps: float = 50.0, max_controllers: int = 2) -> LiveRoom:
 
 def test_messages_are_checked_against_the_models_action_space():
     assert parse_message(
-        {"type": "action", "seq": 3, "keys": ["right", "left", "right"], "mouse": {"x": 0.5}}, SPACE
+        {"type": "action", "seq": 3, "keys": ["right", "left", "right"], "mouse": {"x": 0.5}}, SPACE, EVENT_BYTES
     ) == ("action", {"keys": ("left", "right"), "mouse": {"x": 0.5}, "seq": 3})
-    assert parse_message({"type": "event", "event": "night"}, SPACE) == ("event", {"event": "night", "seq": 0})
-    assert parse_message({"type": "ping", "t": 5}, SPACE) == ("ping", {"t": 5})
+    assert parse_message({"type": "action", "mouse": {"x": -1}}, SPACE, EVENT_BYTES) == (
+        "action",
+        {"keys": (), "mouse": {"x": -1.0}, "seq": 0},
+    )
+    assert parse_message({"type": "event", "event": "night"}, SPACE, EVENT_BYTES) == (
+        "event",
+        {"event": "night", "seq": 0},
+    )
+    assert parse_message({"type": "ping", "t": 5}, SPACE, EVENT_BYTES) == ("ping", {"t": 5})
     for bad, words in [
         ([1, 2], "JSON object"),
         ({"type": "fly"}, "unknown message type"),
-        ({"type": "action", "keys": ["warp"]}, "unknown keys ['warp']"),
+        (
+            {"type": "action", "keys": ["warp"]},
+            "unknown keys ['warp']; this model's keys are ['jump', 'left', 'right']",
+        ),
+        ({"type": "action", "keys": ["warp", "left"], "mouse": 5}, "unknown keys ['warp']"),  # keys first
+        ({"type": "action", "mouse": 5}, "mouse must be an object"),
         ({"type": "action", "keys": "left"}, "list of key names"),
-        ({"type": "action", "mouse": {"y": 0.1}}, "unknown mouse axis 'y'"),
-        ({"type": "action", "mouse": {"x": 3}}, "in [-1, 1]"),
+        ({"type": "action", "mouse": {"y": 0.1}}, "unknown mouse axis 'y'; this model's axes are ['x']"),
+        ({"type": "action", "mouse": {"x": 3}}, "mouse 'x' must be a number in [-1, 1]"),
+        ({"type": "action", "mouse": {"x": True}}, "mouse 'x' must be a number in [-1, 1]"),  # JSON numbers only
+        ({"type": "action", "mouse": {"x": "0.5"}}, "mouse 'x' must be a number in [-1, 1]"),
+        ({"type": "action", "mouse": {"x": float("nan")}}, "mouse 'x' must be a number in [-1, 1]"),
+        ({"type": "action", "mouse": {"x": 10**400}}, "mouse 'x' must be a number in [-1, 1]"),
         ({"type": "action", "seq": -1}, "seq"),
         ({"type": "event", "event": "x" * 17}, "exceeds 16 bytes"),
         ({"type": "event"}, "event must be a string"),
     ]:
         with pytest.raises(InvalidArgument, match=words.replace("[", r"\[").replace("]", r"\]")):
-            parse_message(bad, SPACE)
-    no_events = ActionSpace(SPACE.keys, SPACE.mouse_axes, False, 16)
+            parse_message(bad, SPACE, EVENT_BYTES)
     with pytest.raises(InvalidArgument, match="does not take world events"):
-        parse_message({"type": "event", "event": "rain"}, no_events)
+        parse_message({"type": "event", "event": "rain"}, SPACE, 0)  # 0: the model takes no events
+    assert parse_message({"type": "event", "event": ""}, SPACE, 0) == ("event", {"event": "", "seq": 0})
 
 
 def test_the_merge_rule_unions_keys_and_averages_mouse_axes():
@@ -219,6 +237,7 @@ async def test_the_room_stops_when_the_last_player_leaves():
         fps=50,
         max_controllers=1,
         space=SPACE,
+        event_max_bytes=EVENT_BYTES,
         step=step,
         metrics=METRICS,
         on_empty=left.append,
@@ -272,6 +291,7 @@ def owner_and_relay(step, fps=20.0, max_controllers=2):
         fps=fps,
         max_controllers=max_controllers,
         space=SPACE,
+        event_max_bytes=EVENT_BYTES,
         step=step,
         metrics=METRICS,
         publish=bus.to_relays,
@@ -282,6 +302,7 @@ def owner_and_relay(step, fps=20.0, max_controllers=2):
         fps=fps,
         max_controllers=max_controllers,
         space=SPACE,
+        event_max_bytes=EVENT_BYTES,
         metrics=METRICS,
         replica="r2",
         send=bus.to_owner,
@@ -300,7 +321,7 @@ async def test_players_on_another_replica_play_through_a_relay():
     await until(lambda: owner.roster() == {"type": "players", "controllers": 2, "spectators": 1}, what="the joins")
     assert owner.roster() == {"type": "players", "controllers": 2, "spectators": 1}
     raw = {"type": "action", "seq": 1, "keys": ["jump"]}
-    relay.receive(pt, *parse_message(raw, SPACE), raw)
+    relay.receive(pt, *parse_message(raw, SPACE, EVENT_BYTES), raw)
 
     def shown() -> bool:
         mine = {h["tick"] for h, _ in here.frames}

@@ -13,10 +13,12 @@ from _webtest_util import Player, until
 import worldserve.web.relay as relay_mod
 from worldserve.common.codec import PNG, RAW
 from worldserve.common.metrics import ServiceMetrics
-from worldserve.web.live import SPECTATOR, ActionSpace, LiveClosed, LiveMetrics, pack_frame
+from worldserve.dynamics.interface import ActionSpace
+from worldserve.web.live import SPECTATOR, LiveClosed, LiveMetrics, pack_frame
 from worldserve.web.relay import RelayRoom
 
-SPACE = ActionSpace(frozenset({"left", "right", "jump"}), frozenset({"x"}), True, 16)
+SPACE = ActionSpace(keys=("left", "right", "jump"), mouse_axes=("x",))
+EVENT_BYTES = 16
 METRICS = LiveMetrics(ServiceMetrics("webrelay"))
 
 
@@ -45,6 +47,7 @@ def relay_of(owner: Owner, fps: float = 20.0, replica: str = "r2", on_empty=None
         fps=fps,
         max_controllers=2,
         space=SPACE,
+        event_max_bytes=EVENT_BYTES,
         metrics=METRICS,
         replica=replica,
         send=owner.send,

@@ -184,11 +184,12 @@ async def test_max_fps_is_the_configs_bound_or_what_the_models_step_time_allows(
 
     measured = rooms_of(store, "r1", ModelServer("m", step_s=5.0))
     assert await measured.max_fps("m") == 1.0
+    assert (await measured.front()).measured_step_s("m") is None  # nothing stepped yet: the model's 5 s
     room = await measured.open(T, sid, "m", 1.0)
     Player().join(room)
     await until(lambda: room.frames >= 1, what="a live step")
     room.stop()
-    step_s = measured._step_s["m"]  # measured here (in memory: fast), no longer the model's 5 s
+    step_s = (await measured.front()).measured_step_s("m")  # measured (in memory: fast), no longer the model's 5 s
     assert step_s < 1.0 and await measured.max_fps("m") == pytest.approx(min(60.0, 1.0 / step_s))
 
 

@@ -298,6 +298,24 @@ class _Base:
             req.guidance = guidance
         return req
 
+    @staticmethod
+    def _rollout_req(
+        session_id: str,
+        actions: Iterable[ActionLike],
+        fmt: str | int,
+        request_id: str | None = None,
+        expected_step: int | None = None,
+    ) -> dynamics_pb2.RolloutRequest:
+        req = dynamics_pb2.RolloutRequest(
+            session_id=session_id,
+            actions=_actions(actions),
+            format=_fmt(fmt),
+            request_id=request_id or new_request_id(),
+        )
+        if expected_step is not None:
+            req.expected_step = expected_step
+        return req
+
 
 class WorldClient(_Base):
     """Blocking client."""
@@ -482,14 +500,7 @@ class WorldClient(_Base):
         """A stream of one StepResponse per action (``cancel()`` ends it). Refused by a quota with a
         retry delay, or UNAVAILABLE, it is resent with the same ``request_id`` while ``retry_s`` lasts: the
         steps that landed come back as recorded and are skipped (each action applied and yielded once)."""
-        req = dynamics_pb2.RolloutRequest(
-            session_id=session_id,
-            actions=_actions(actions),
-            format=_fmt(fmt),
-            request_id=request_id or new_request_id(),
-        )
-        if expected_step is not None:
-            req.expected_step = expected_step
+        req = self._rollout_req(session_id, actions, fmt, request_id, expected_step)
         md = self._md("dynamics", session_id)
         return _ResumingStream(self, lambda: self.dynamics.Rollout(req, metadata=md, timeout=self.timeout_s))
 
@@ -594,11 +605,6 @@ class AsyncWorldClient(_Base):
     async def rollout(
         self, session_id: str, actions: Iterable[ActionLike], fmt: str = "png", request_id: str | None = None
     ) -> AsyncIterator[dynamics_pb2.StepResponse]:
-        req = dynamics_pb2.RolloutRequest(
-            session_id=session_id,
-            actions=_actions(actions),
-            format=_fmt(fmt),
-            request_id=request_id or new_request_id(),
-        )
+        req = self._rollout_req(session_id, actions, fmt, request_id)
         async for r in self.dynamics.Rollout(req, metadata=self._md("dynamics", session_id), timeout=self.timeout_s):
             yield r

@@ -84,10 +84,15 @@ class StepFront:
     async def list_models(self) -> list[dict]:
         return list(await asyncio.gather(*(self.model_info(m) for m in self.served)))
 
+    def measured_step_s(self, model: str) -> float | None:
+        """Seconds per step of ``model`` as measured through this front (a moving average of its
+        recent steps, handle hops included); None before its first step here."""
+        return self._step_s.get(model)
+
     async def step_seconds(self, model: str) -> float:
         """Seconds per step of ``model``: as measured through this front, else the replica's own
         model seconds per step (0.0: nothing measured yet)."""
-        s = self._step_s.get(model)
+        s = self.measured_step_s(model)
         if s is not None:
             return s
         return float(await self.handle(model).step_seconds.remote())

@@ -1,7 +1,7 @@
 """What a dynamics model gives the engine: the declared model interface.
 
 The engine (scheduler -> state cache -> runner -> output) knows a model only through
-:class:`DynamicsModel`. Anything that implements it can be served: the shipped
+:class:`DynamicsModelProtocol`. Anything that implements it can be served: the shipped
 :class:`~worldserve.dynamics.models.transformer.WorldModel`, or a third-party model registered under the
 ``worldserve.dynamics_models`` entry-point group (see :mod:`worldserve.dynamics.registry`).
 
@@ -17,6 +17,7 @@ vectors built by ``action_vector``. A model may run on any device and dtype insi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -29,9 +30,27 @@ class StateMemoryFull(RuntimeError):
     more session. The engine evicts least-recently-used sessions and retries."""
 
 
+class ActionError(ValueError):
+    """An action outside its :class:`ActionSpace`; ``str()`` is one line quoting the bad value.
+
+    ``what`` and ``names`` say what was wrong, for a caller that words it its own way (the web's
+    live protocol): ``"keys"`` with every unknown key in the order given, ``"axis"`` with the
+    unknown mouse axis, ``"value"`` with the axis whose value is not a number in [-1, 1], ``"type"``
+    when the keys are one string instead of a sequence of names.
+    """
+
+    def __init__(self, message: str, what: str = "", names: tuple[Any, ...] = ()):
+        super().__init__(message)
+        self.what, self.names = what, names
+
+
 @dataclass(frozen=True)
 class ActionSpace:
-    """What a player may send. Exactly the fields that apply are non-empty / non-zero."""
+    """What a player may send. Exactly the fields that apply are non-empty / non-zero.
+
+    :meth:`check` is the one check of an action's keys, mouse axes and values: the shipped models'
+    ``action_vector`` (through :meth:`vector`) and the web gateway's live messages both use it.
+    """
 
     keys: tuple[str, ...] = ()
     """Named keys, held or not (multi-hot)."""
@@ -41,6 +60,69 @@ class ActionSpace:
     """Number of distinct discrete actions an agent can index (2^len(keys) for key models)."""
     latent_actions: int = 0
     """Number of learned latent actions (Genie-style latent action models); 0 if none."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "mouse_axes", tuple(self.mouse_axes))
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> ActionSpace:
+        """From a model's info as plain data (``service.model_info_dict``: what the web gateway gets)."""
+        return cls(
+            keys=tuple(info["keys"]),
+            mouse_axes=tuple(info["mouse_axes"]),
+            discrete_actions=int(info.get("discrete_actions") or 0),
+            latent_actions=int(info.get("latent_actions") or 0),
+        )
+
+    def check(
+        self, keys: Sequence[str], mouse: Mapping[str, Any] | None = None, *, numbers_only: bool = False
+    ) -> tuple[tuple[str, ...], dict[str, float]]:
+        """An action checked against this space: every key one of ``keys``, every mouse axis one of
+        ``mouse_axes`` with a finite value in [-1, 1]. Returns (the keys, the mouse values as floats).
+
+        Raises :class:`ActionError` (a ``ValueError``) on the first problem: the unknown keys
+        first, then the mouse axes in order, each axis's name before its value. A value may be
+        anything ``float()`` takes; ``numbers_only``: an int or a float only (a JSON number: no
+        bool, no numeric string).
+        """
+        if isinstance(keys, (str, bytes)):
+            raise ActionError(f"keys must be a sequence of key names, not the string {keys!r}", "type", (keys,))
+        keys = tuple(keys)
+        unknown = tuple(k for k in keys if not isinstance(k, str) or k not in self.keys)
+        if unknown:
+            raise ActionError(f"unknown key {unknown[0]!r}; expected one of {self.keys!r}", "keys", unknown)
+        values: dict[str, float] = {}
+        for axis, value in (mouse or {}).items():
+            if not isinstance(axis, str) or axis not in self.mouse_axes:
+                raise ActionError(f"unknown mouse axis {axis!r}; expected one of {self.mouse_axes!r}", "axis", (axis,))
+            try:
+                if numbers_only and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise TypeError(value)
+                fv = float(value)
+            except OverflowError:  # an int too large for a float: out of range
+                fv = math.inf
+            except (TypeError, ValueError):
+                raise ActionError(
+                    f"mouse axis {axis!r} must be a number in [-1, 1], got {value!r}", "value", (axis,)
+                ) from None
+            if not (math.isfinite(fv) and -1.0 <= fv <= 1.0):
+                raise ActionError(
+                    f"mouse axis {axis!r} must be a finite number in [-1, 1], got {value!r}", "value", (axis,)
+                )
+            values[axis] = fv
+        return keys, values
+
+    def vector(self, keys: Sequence[str], mouse: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """(len(keys) + len(mouse_axes),) float32 on the CPU, after :meth:`check`: multi-hot of the
+        held ``keys``, then the mouse axes (missing = 0). The shipped models' action vector."""
+        held, values = self.check(keys, mouse)
+        vec = torch.zeros(len(self.keys) + len(self.mouse_axes), dtype=torch.float32)
+        for key in held:
+            vec[self.keys.index(key)] = 1.0
+        for axis, v in values.items():
+            vec[len(self.keys) + self.mouse_axes.index(axis)] = v
+        return vec
 
 
 @dataclass(frozen=True)
@@ -78,8 +160,11 @@ class Runtime:
 
 
 @runtime_checkable
-class DynamicsModel(Protocol):
+class DynamicsModelProtocol(Protocol):
     """The contract between a dynamics model and the engine.
+
+    Not to be confused with the Serve deployments ``DynamicsModel-<name>``: those run
+    :class:`~worldserve.dynamics.service.ModelServer`, which serves one model implementing this.
 
     Thread-safety: the engine calls ``prefill``, ``step``, ``encode``, ``decode`` and
     ``release_state`` from one model thread only; ``action_vector`` and ``info`` may be called
@@ -94,7 +179,8 @@ class DynamicsModel(Protocol):
 
     def action_vector(self, keys: Sequence[str], mouse: Mapping[str, float] | None = None) -> torch.Tensor:
         """(A,) float32: validates key and axis names and ranges (``ValueError`` quoting the bad
-        value) and returns the vector ``step`` takes."""
+        value) and returns the vector ``step`` takes (``info.action_space.vector`` does both for
+        the layout of keys then mouse axes)."""
         ...
 
     def null_action(self) -> torch.Tensor:
@@ -142,3 +228,7 @@ class DynamicsModel(Protocol):
     def state_step(self, state: Any) -> int:
         """Absolute step of the newest frame the state holds."""
         ...
+
+
+DynamicsModel = DynamicsModelProtocol
+"""The Protocol's former name, kept so that third-party models importing it still load."""

@@ -1,11 +1,11 @@
 """Dynamics models by name: the ``worldserve.dynamics_models`` entry-point group.
 
-A loader is ``load(path, *, device, dtype, spec) -> DynamicsModel``: ``path`` is a local folder
+A loader is ``load(path, *, device, dtype, spec) -> DynamicsModelProtocol``: ``path`` is a local folder
 (config + safetensors; never pickle) or None for a random initialisation, ``device`` a torch
 device string, ``dtype`` a torch dtype, ``spec`` the served model's
 :class:`~worldserve.common.config.ModelSpec` (kind-specific ``options``, ``sample_steps``).
 :func:`load_model` resolves a served model's spec against the config and the registry, checks the
-result against :class:`~worldserve.dynamics.interface.DynamicsModel`, and turns every loading
+result against :class:`~worldserve.dynamics.interface.DynamicsModelProtocol`, and turns every loading
 failure into :class:`ModelLoadError` naming the model and the file.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from worldserve.common.config import Config, ModelSpec, folder_kind, model_path, torch_dtype
 from worldserve.common.registry import Registry
-from worldserve.dynamics.interface import DynamicsModel
+from worldserve.dynamics.interface import DynamicsModelProtocol
 
 GROUP = "worldserve.dynamics_models"
 REGISTRY = Registry(
@@ -35,7 +35,7 @@ class ModelLoadError(RuntimeError):
     """A served model cannot be loaded: the message names the model and the file at fault."""
 
 
-def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModel:
+def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModelProtocol:
     """The shipped architecture (:class:`~worldserve.dynamics.models.transformer.WorldModel`); ``path=None`` is a
     random initialisation (seed 0) of the default config."""
     from worldserve.dynamics.models.transformer import WorldModel
@@ -54,7 +54,7 @@ def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSp
     )
 
 
-def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModel:
+def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModelProtocol:
     """The scroll-canvas model (:class:`~worldserve.dynamics.models.canvas.CanvasWorldModel`), deterministic
     and single-pass (``sample_steps`` does not apply); ``path=None`` is a random initialisation."""
     from worldserve.dynamics.models.canvas.model import CONFIG_FILE, WEIGHTS_FILE, CanvasWorldModel
@@ -76,9 +76,9 @@ def _load_folder(
     folder: Path,
     config_file: str,
     weights_file: str,
-    load: Callable[[Path], DynamicsModel],
+    load: Callable[[Path], DynamicsModelProtocol],
     errors: tuple[type[Exception], ...],
-) -> DynamicsModel:
+) -> DynamicsModelProtocol:
     """``load(folder)`` after checking the folder holds both files and valid JSON; ``errors`` raised
     by ``load`` (shape/key mismatch, bad config values) become a ModelLoadError naming the files."""
     for name in (config_file, weights_file):
@@ -97,7 +97,7 @@ def _load_folder(
         ) from None
 
 
-def load_model(spec: ModelSpec, config: Config, device: str) -> DynamicsModel:
+def load_model(spec: ModelSpec, config: Config, device: str) -> DynamicsModelProtocol:
     """Load the served model ``spec`` on ``device`` in the configured dtype. A spec without a kind
     takes the ``"kind"`` of its folder's config.json (else ``world_model``)."""
     path = model_path(spec.path or config.dynamics_model_path, "dynamics")
@@ -128,5 +128,7 @@ def load_model(spec: ModelSpec, config: Config, device: str) -> DynamicsModel:
         if not hasattr(model, m)
     ]
     if missing:
-        raise ModelLoadError(f"model {spec.name!r} (kind {spec.kind!r}) lacks {missing} of the DynamicsModel interface")
+        raise ModelLoadError(
+            f"model {spec.name!r} (kind {spec.kind!r}) lacks {missing} of the DynamicsModelProtocol interface"
+        )
     return model

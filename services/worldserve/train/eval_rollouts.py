@@ -1,4 +1,4 @@
-"""Serving rollouts through the :class:`~worldserve.dynamics.interface.DynamicsModel` interface alone,
+"""Serving rollouts through the :class:`~worldserve.dynamics.interface.DynamicsModelProtocol` interface alone,
 the way the engine serves them (for the fidelity evaluation, :mod:`worldserve.train.evaluate`).
 """
 

@@ -5,7 +5,7 @@
 
 Held-out worlds only: world ``i`` is seed ``HELDOUT_SEED + i`` with a new caption from
 ``random_spec`` (the same worlds as :func:`episode`). Every rollout is served the way the engine
-serves it, through the :class:`~worldserve.dynamics.interface.DynamicsModel` interface alone:
+serves it, through the :class:`~worldserve.dynamics.interface.DynamicsModelProtocol` interface alone:
 ``encode`` the first frame, ``prefill`` it (one state per session), then one batched ``step`` per
 step for all sessions (guidance 2.0; the session seed is the world's seed), ``decode`` each new
 latent, ``release_state`` at the end. Frames are read with :mod:`worldserve.worlds.checks`.
@@ -140,7 +140,7 @@ def evaluate(
     batch: int = 64,
 ) -> dict[str, Any]:
     """Every figure as a dict (floats, and per-step lists). ``dynamics`` is any
-    :class:`~worldserve.dynamics.interface.DynamicsModel`; ``image`` any object with
+    :class:`~worldserve.dynamics.interface.DynamicsModelProtocol`; ``image`` any object with
     ``generate_batch`` (None: no prompt figures)."""
     if sessions < 2:
         raise ValueError(f"sessions must be >= 2 (controllability swaps actions between sessions), got {sessions}")

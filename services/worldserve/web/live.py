@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from worldserve.common.codec import JPEG, PNG, RAW, EncodedFrame, encode_rgb
 from worldserve.common.errors import InvalidArgument, NotFound, status_of
+from worldserve.dynamics.interface import ActionError, ActionSpace
 
 log = logging.getLogger("worldserve.web")
 
@@ -52,23 +53,10 @@ class LiveClosed(Exception):
         self.code, self.reason = code, reason
 
 
-@dataclass(frozen=True)
-class ActionSpace:
-    """What a controller may send (from the model's info)."""
-
-    keys: frozenset[str]
-    mouse_axes: frozenset[str]
-    events_supported: bool
-    event_max_bytes: int
-
-    @classmethod
-    def of(cls, info: dict) -> ActionSpace:
-        return cls(
-            frozenset(info["keys"]),
-            frozenset(info["mouse_axes"]),
-            bool(info["events_supported"]),
-            int(info.get("event_max_bytes") or 256),
-        )
+def event_max_bytes(info: Mapping[str, Any]) -> int:
+    """The longest event text a model takes in UTF-8 bytes, from its info as plain data: 0 when it
+    takes no events; 256 when it takes them without saying how long."""
+    return int(info.get("event_max_bytes") or 256) if info["events_supported"] else 0
 
 
 @dataclass
@@ -81,8 +69,21 @@ class Held:
     received: float = 0.0  # time.monotonic() of the message that set it
 
 
-def parse_message(msg: Any, space: ActionSpace) -> tuple[str, dict]:
-    """A decoded client message -> (kind, fields); InvalidArgument names what is wrong.
+def _action_problem(e: ActionError, space: ActionSpace) -> str:
+    """The live protocol's words for an action :meth:`ActionSpace.check` refused."""
+    if e.what == "keys":
+        return f"unknown keys {sorted(set(e.names))[:4]}; this model's keys are {sorted(space.keys)}"
+    if e.what == "axis":
+        return f"unknown mouse axis {e.names[0]!r}; this model's axes are {sorted(space.mouse_axes)}"
+    if e.what == "value":
+        return f"mouse {e.names[0]!r} must be a number in [-1, 1]"
+    return str(e)
+
+
+def parse_message(msg: Any, space: ActionSpace, event_max_bytes: int) -> tuple[str, dict]:
+    """A decoded client message -> (kind, fields); InvalidArgument names what is wrong. The action's
+    keys and mouse are checked by :meth:`ActionSpace.check`; ``event_max_bytes``: the longest event
+    the model takes (0: it takes none).
 
     ``{"type": "action", "seq": 7, "keys": ["left"], "mouse": {"x": 0.5}}``: the keys held from now on;
     ``{"type": "event", "seq": 8, "event": "night"}``: switch the world event ("" clears it);
@@ -98,30 +99,22 @@ def parse_message(msg: Any, space: ActionSpace) -> tuple[str, dict]:
         keys = msg.get("keys", [])
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise InvalidArgument("keys must be a list of key names")
-        unknown = sorted(set(keys) - space.keys)
-        if unknown:
-            raise InvalidArgument(f"unknown keys {unknown[:4]}; this model's keys are {sorted(space.keys)}")
         mouse = msg.get("mouse", {})
+        try:  # the keys first, then (an object) the mouse axis by axis
+            _, values = space.check(keys, mouse if isinstance(mouse, dict) else None, numbers_only=True)
+        except ActionError as e:
+            raise InvalidArgument(_action_problem(e, space)) from None
         if not isinstance(mouse, dict):
             raise InvalidArgument("mouse must be an object of axis -> value")
-        for axis, v in mouse.items():
-            if axis not in space.mouse_axes:
-                raise InvalidArgument(f"unknown mouse axis {axis!r}; this model's axes are {sorted(space.mouse_axes)}")
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not -1.0 <= v <= 1.0:
-                raise InvalidArgument(f"mouse {axis!r} must be a number in [-1, 1]")
-        return "action", {
-            "keys": tuple(sorted(set(keys))),
-            "mouse": {a: float(v) for a, v in mouse.items()},
-            "seq": seq,
-        }
+        return "action", {"keys": tuple(sorted(set(keys))), "mouse": values, "seq": seq}
     if kind == "event":
         ev = msg.get("event")
         if not isinstance(ev, str):
             raise InvalidArgument('event must be a string ("" clears it)')
-        if ev and not space.events_supported:
+        if ev and not event_max_bytes:
             raise InvalidArgument("this model does not take world events")
-        if len(ev.encode()) > space.event_max_bytes:
-            raise InvalidArgument(f"event exceeds {space.event_max_bytes} bytes")
+        if len(ev.encode()) > event_max_bytes:
+            raise InvalidArgument(f"event exceeds {event_max_bytes} bytes")
         return "event", {"event": ev, "seq": seq}
     if kind == "ping":
         return "ping", {"t": msg.get("t")}
@@ -217,11 +210,13 @@ class _Fanout:
         fps: float,
         max_controllers: int,
         space: ActionSpace,
+        event_max_bytes: int,
         metrics: LiveMetrics,
         on_empty: Callable[[Any], None] | None = None,
     ):
         self.session_id, self.model, self.fps = session_id, model, fps
         self.max_controllers, self.space = max_controllers, space
+        self.event_max_bytes = event_max_bytes  # the longest event the model takes (0: none)
         self.metrics, self._on_empty = metrics, on_empty
         self.players: dict[int, Player] = {}
         self._senders: dict[int, asyncio.Task] = {}
@@ -351,6 +346,7 @@ class LiveRoom(_Fanout):
         fps: float,
         max_controllers: int,
         space: ActionSpace,
+        event_max_bytes: int,
         step: Stepper,
         metrics: LiveMetrics,
         on_empty: Callable[[LiveRoom], None] | None = None,
@@ -362,6 +358,7 @@ class LiveRoom(_Fanout):
             fps=fps,
             max_controllers=max_controllers,
             space=space,
+            event_max_bytes=event_max_bytes,
             metrics=metrics,
             on_empty=on_empty,
         )
@@ -447,7 +444,7 @@ class LiveRoom(_Fanout):
             if r is not None and r.role == CONTROLLER:
                 r.seen = now
                 try:
-                    kind, fields = parse_message(m.get("m"), self.space)
+                    kind, fields = parse_message(m.get("m"), self.space, self.event_max_bytes)
                 except InvalidArgument:
                     return  # the relay checked it already
                 self.receive(r, kind, fields)
@@ -665,7 +662,7 @@ __all__ = [
     "LiveMetrics",
     "Player",
     "RateLimit",
-    "ActionSpace",
+    "event_max_bytes",
     "parse_message",
     "merge",
     "pack_frame",

@@ -111,7 +111,7 @@ class LivePlay:
                     "step": rec.step,
                     "keys": sorted(room.space.keys),
                     "mouse_axes": sorted(room.space.mouse_axes),
-                    "events_supported": room.space.events_supported,
+                    "events_supported": room.event_max_bytes > 0,
                     "max_controllers": room.max_controllers,
                     "merge": "keys: union; mouse: mean; event: last",
                     "relayed": isinstance(room, RelayRoom),  # the session ticks on another gateway replica
@@ -160,7 +160,7 @@ class LivePlay:
                 raise LiveClosed(4400, f"message exceeds {MAX_MESSAGE_BYTES} bytes")
             try:
                 raw = json.loads(text)
-                kind, fields = parse_message(raw, room.space)
+                kind, fields = parse_message(raw, room.space, room.event_max_bytes)
             except json.JSONDecodeError:
                 raise LiveClosed(4400, "malformed message: not JSON") from None
             except InvalidArgument as e:

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from worldserve.web.live import ActionSpace, Held, LiveClosed, LiveMetrics, Player, _Fanout, unpack_frame
+from worldserve.dynamics.interface import ActionSpace
+from worldserve.web.live import Held, LiveClosed, LiveMetrics, Player, _Fanout, unpack_frame
 
 log = logging.getLogger("worldserve.web")
 
@@ -40,6 +41,7 @@ class RelayRoom(_Fanout):
         fps: float,
         max_controllers: int,
         space: ActionSpace,
+        event_max_bytes: int,
         metrics: LiveMetrics,
         replica: str,
         send: Callable[[dict], Awaitable[Any]],
@@ -51,6 +53,7 @@ class RelayRoom(_Fanout):
             fps=fps,
             max_controllers=max_controllers,
             space=space,
+            event_max_bytes=event_max_bytes,
             metrics=metrics,
             on_empty=on_empty,
         )

@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +23,8 @@ import numpy as np
 
 from worldserve.common.codec import RAW
 from worldserve.dynamics.engine.types import Priority, StepRequest
-from worldserve.web.live import ActionSpace, LiveClosed, LiveMetrics, LiveRoom
+from worldserve.dynamics.interface import ActionSpace
+from worldserve.web.live import LiveClosed, LiveMetrics, LiveRoom, event_max_bytes
 from worldserve.web.relay import RelayRoom
 
 log = logging.getLogger("worldserve.web")
@@ -65,8 +65,7 @@ class Rooms:
         self.rooms: dict[tuple[str, str], LiveRoom | RelayRoom] = {}  # live sessions played from here
         self._listeners: dict[tuple[str, str], asyncio.Future] = {}  # their pub/sub listeners
         self._background: set[asyncio.Future] = set()  # lease renewals and releases
-        self._spaces: dict[str, ActionSpace] = {}
-        self._step_s: dict[str, float] = {}  # model -> its measured seconds per live step (EMA)
+        self._controls: dict[str, tuple[ActionSpace, int]] = {}  # model -> what its controllers may send
 
     def _spawn(self, aw: Awaitable[Any]) -> asyncio.Future:
         f = asyncio.ensure_future(aw)
@@ -75,29 +74,33 @@ class Rooms:
         return f
 
     # -- models ----------------------------------------------------------------------------------
-    async def space(self, model: str) -> ActionSpace:
-        space = self._spaces.get(model)
-        if space is None:
-            space = self._spaces[model] = ActionSpace.of(await self._model_info(model))
-        return space
+    async def controls(self, model: str) -> tuple[ActionSpace, int]:
+        """What a controller of ``model`` may send: its action space, and the longest event text it
+        takes (0: none). From the model's info, fetched once."""
+        controls = self._controls.get(model)
+        if controls is None:
+            info = await self._model_info(model)
+            controls = self._controls[model] = (ActionSpace.from_info(info), event_max_bytes(info))
+        return controls
 
     async def max_fps(self, model: str) -> float:
-        """The live fps bound: the config's, and what the model's measured step time allows (live
-        steps measured here; before the first, the model's own seconds per step plus the hops)."""
+        """The live fps bound: the config's, and what the model's measured step time allows (steps
+        measured through the front; before the first, the model's own seconds per step plus the hops)."""
         bound = float(self.config.live_max_fps)
-        s = self._step_s.get(model)
-        if s is None:
-            try:
-                model_s = await (await self.front()).step_seconds(model)
-            except Exception as e:  # no estimate: the config's bound alone
-                log.warning("no step time from model %r: %s", model, e)
-                model_s = 0.0
-            s = model_s + STEP_OVERHEAD_S if model_s else None
+        try:
+            front = await self.front()
+            s = front.measured_step_s(model)
+            if s is None:
+                model_s = await front.step_seconds(model)
+                s = model_s + STEP_OVERHEAD_S if model_s else None
+        except Exception as e:  # no estimate: the config's bound alone
+            log.warning("no step time from model %r: %s", model, e)
+            s = None
         if s:
             bound = min(bound, max(1.0, 1.0 / s))
         return bound
 
-    def stepper(self, tenant: str, session_id: str, model: str):
+    def stepper(self, tenant: str, session_id: str):
         """The room's step: the tenant's step rate charged, one interactive step through the front."""
 
         async def step(keys, mouse, event, deadline, tick):
@@ -113,11 +116,7 @@ class Rooms:
                 priority=Priority.INTERACTIVE,
                 deadline=deadline,
             )
-            t0 = time.perf_counter()
-            out, _, _ = await front.step(req)
-            dt = time.perf_counter() - t0
-            prev = self._step_s.get(model)
-            self._step_s[model] = dt if prev is None else 0.9 * prev + 0.1 * dt
+            out, _, _ = await front.step(req)  # the front measures it (max_fps)
             f = out.frame
             return out.step, np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3)
 
@@ -131,7 +130,7 @@ class Rooms:
         room = self.rooms.get(key)
         if room is not None and room.closed is None:
             return room
-        space = await self.space(model)
+        space, event_bytes = await self.controls(model)
         lease, out_ch, in_ch = self.state.names(key)
         ours, room_fps = await self.state.take_lease(lease, self.replica, fps, self.lease_s)
         room = self.rooms.get(key)  # again: another player may have opened it during the awaits
@@ -144,6 +143,7 @@ class Rooms:
             fps=room_fps,
             max_controllers=self.config.live_max_controllers,
             space=space,
+            event_max_bytes=event_bytes,
             metrics=self.live,
             on_empty=lambda rm: self.room_closed(key, rm),
         )
@@ -152,9 +152,7 @@ class Rooms:
             stale.cancel()
         ready = asyncio.Event()
         if ours:
-            room = LiveRoom(
-                step=self.stepper(tenant, session_id, model), publish=lambda d: state.publish(out_ch, d), **common
-            )
+            room = LiveRoom(step=self.stepper(tenant, session_id), publish=lambda d: state.publish(out_ch, d), **common)
             listener = state.subscribe(in_ch, lambda d: room.from_relay(json.loads(d)), ready)
         else:
             room = RelayRoom(replica=self.replica, send=lambda m: state.publish(in_ch, json.dumps(m)), **common)

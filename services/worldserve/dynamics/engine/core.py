@@ -34,7 +34,7 @@ from worldserve.dynamics.engine.runner import Job, Runner
 from worldserve.dynamics.engine.scheduler import Scheduler
 from worldserve.dynamics.engine.state_cache import Key, StateCache
 from worldserve.dynamics.engine.types import StepOutput, StepRequest
-from worldserve.dynamics.interface import DynamicsModel
+from worldserve.dynamics.interface import DynamicsModelProtocol
 from worldserve.state.quotas import QuotaEnforcer, gcra_args, rate_key
 from worldserve.state.store import AlreadyApplied, SessionStore, action_to_dict, check_session_id
 
@@ -54,7 +54,7 @@ WAITING_WINDOW_S = 2.0  # batches stay short this long after the last interactiv
 class Engine:
     def __init__(
         self,
-        model: DynamicsModel,
+        model: DynamicsModelProtocol,
         store: SessionStore,
         config: Config,
         metrics: ServiceMetrics | None = None,
@@ -150,7 +150,9 @@ class Engine:
 
     # -- validation -------------------------------------------------------------------------------
     def action_vector(self, keys: Iterable[str], mouse: Mapping[str, float], event: str | None = None) -> torch.Tensor:
-        """The model's action vector; INVALID_ARGUMENT quoting a bad key, axis, value or event."""
+        """The model's action vector; INVALID_ARGUMENT quoting a bad key, axis, value or event. The
+        keys and mouse are the model's to check (``DynamicsModelProtocol.action_vector``: the shipped models
+        check them with ``ActionSpace.check``, the one check the web's live messages use too)."""
         try:
             vec = self.model.action_vector(list(keys), dict(mouse))
         except ValueError as e:

@@ -29,7 +29,7 @@ import torch
 from worldserve.common.errors import ResourceExhausted
 from worldserve.dynamics.engine.state_cache import Key, StateCache
 from worldserve.dynamics.engine.types import StepRequest
-from worldserve.dynamics.interface import DynamicsModel, StateMemoryFull
+from worldserve.dynamics.interface import DynamicsModelProtocol, StateMemoryFull
 
 log = logging.getLogger("worldserve.dynamics")
 
@@ -71,7 +71,7 @@ class BatchStats:
 class Runner:
     def __init__(
         self,
-        model: DynamicsModel,
+        model: DynamicsModelProtocol,
         cache: StateCache,
         *,
         batch_invariant: bool,

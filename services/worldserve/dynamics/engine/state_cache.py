@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from worldserve.dynamics.interface import DynamicsModel
+from worldserve.dynamics.interface import DynamicsModelProtocol
 
 Key = tuple[str, str]  # (tenant, session id)
 TOMBSTONE_S = 60.0
@@ -59,7 +59,7 @@ def _locked(fn: Callable[Concatenate[StateCache, _P], _R]) -> Callable[Concatena
 class StateCache:
     def __init__(
         self,
-        model: DynamicsModel,
+        model: DynamicsModelProtocol,
         budget_bytes: int,
         on_evict: Callable[[str], None] | None = None,
         on_change: Callable[[int, int], None] | None = None,

@@ -1,12 +1,13 @@
-"""Action and event validation shared by the dynamics model kinds (keys + mouse axes, event text).
+"""Action-batch and event validation shared by the dynamics model kinds (action vectors, event text).
 
+Key and mouse-axis names and values are checked once, by
+:meth:`worldserve.dynamics.interface.ActionSpace.check` (a model's ``action_vector``).
 Every message is one line quoting the bad value, for INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -14,32 +15,6 @@ import torch
 def normalize_event(text: str) -> str:
     """Case and whitespace do not matter: ``"  Night  FALLS "`` is ``"night falls"``."""
     return " ".join(text.lower().split())
-
-
-def action_vector(
-    keys: Sequence[str], mouse: Mapping[str, float] | None, key_names: Sequence[str], mouse_axes: Sequence[str]
-) -> torch.Tensor:
-    """(len(key_names) + len(mouse_axes),) float32 on CPU: multi-hot of the held ``keys``, then the
-    mouse axes (missing = 0)."""
-    if isinstance(keys, (str, bytes)):
-        raise ValueError(f"keys must be a sequence of key names, not the string {keys!r}")
-    key_names, mouse_axes = tuple(key_names), tuple(mouse_axes)
-    vec = torch.zeros(len(key_names) + len(mouse_axes), dtype=torch.float32)
-    for key in keys:
-        if not isinstance(key, str) or key not in key_names:
-            raise ValueError(f"unknown key {key!r}; expected one of {key_names!r}")
-        vec[key_names.index(key)] = 1.0
-    for axis, value in (mouse or {}).items():
-        if not isinstance(axis, str) or axis not in mouse_axes:
-            raise ValueError(f"unknown mouse axis {axis!r}; expected one of {mouse_axes!r}")
-        try:
-            fv = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"mouse axis {axis!r} must be a number in [-1, 1], got {value!r}") from None
-        if not (math.isfinite(fv) and -1.0 <= fv <= 1.0):
-            raise ValueError(f"mouse axis {axis!r} must be a finite number in [-1, 1], got {value!r}")
-        vec[len(key_names) + mouse_axes.index(axis)] = fv
-    return vec
 
 
 def check_actions(actions: torch.Tensor, n: int, n_keys: int, a_dim: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The scroll-canvas model through the DynamicsModel interface (small random weights)."""
+"""The scroll-canvas model through the DynamicsModelProtocol interface (small random weights)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worldserve.common.config import ModelSpec
-from worldserve.dynamics.interface import DynamicsModel
+from worldserve.dynamics.interface import DynamicsModelProtocol
 from worldserve.dynamics.models.canvas.model import (
     CanvasConfig,
     CanvasNet,
@@ -66,7 +66,7 @@ def _walk(model, state, keys_list, start: int = 1, events=None):
 
 def test_implements_the_interface_and_reports_itself():
     m = _model()
-    assert isinstance(m, DynamicsModel)
+    assert isinstance(m, DynamicsModelProtocol)
     info = m.info
     assert (info.frame_width, info.frame_height, info.sample_steps) == (64, 64, 1)
     assert info.action_space.keys == SMALL.keys and info.events_supported and info.parameters > 0

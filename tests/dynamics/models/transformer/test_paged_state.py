@@ -7,7 +7,7 @@ import gc
 import pytest
 import torch
 
-from worldserve.dynamics.interface import DynamicsModel, ModelInfo, Runtime, StateMemoryFull
+from worldserve.dynamics.interface import DynamicsModelProtocol, ModelInfo, Runtime, StateMemoryFull
 from worldserve.dynamics.models.transformer import PagedState, WorldModel, WorldModelConfig
 
 TINY = WorldModelConfig(
@@ -34,7 +34,7 @@ def tiny() -> WorldModel:
 
 
 def test_implements_the_declared_interface(tiny):
-    assert isinstance(tiny, DynamicsModel)
+    assert isinstance(tiny, DynamicsModelProtocol)
     info = tiny.info
     assert isinstance(info, ModelInfo)
     assert (info.frame_width, info.frame_height, info.context_frames) == (32, 32, 4)

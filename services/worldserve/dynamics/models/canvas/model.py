@@ -59,7 +59,7 @@ import torch
 from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_folder
 from worldserve.dynamics.attention.backend import resolve_backend
 from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
-from worldserve.dynamics.layers.actions import action_vector, check_actions, check_events
+from worldserve.dynamics.layers.actions import check_actions, check_events
 
 from .blocks import paste_sprites, quantize, shift_view, sprite_cells, window_cols
 from .config import KIND, CanvasConfig
@@ -111,7 +111,7 @@ class CanvasState:
 
 
 class CanvasWorldModel:
-    """Implements :class:`~worldserve.dynamics.interface.DynamicsModel` around a :class:`CanvasNet`."""
+    """Implements :class:`~worldserve.dynamics.interface.DynamicsModelProtocol` around a :class:`CanvasNet`."""
 
     def __init__(
         self,
@@ -157,7 +157,7 @@ class CanvasWorldModel:
         return ModelInfo(
             frame_width=c.frame_width,
             frame_height=c.frame_height,
-            action_space=ActionSpace(keys=c.keys, mouse_axes=c.mouse_axes, discrete_actions=2 ** len(c.keys)),
+            action_space=self.action_space,
             context_frames=c.context_frames,
             sample_steps=1,
             default_guidance=0.0,
@@ -181,8 +181,13 @@ class CanvasWorldModel:
     def events_supported(self) -> bool:
         return True
 
+    @property
+    def action_space(self) -> ActionSpace:
+        c = self.config
+        return ActionSpace(keys=c.keys, mouse_axes=c.mouse_axes, discrete_actions=2 ** len(c.keys))
+
     def action_vector(self, keys: Sequence[str], mouse: Mapping[str, float] | None = None) -> torch.Tensor:
-        return action_vector(keys, mouse, self.config.keys, self.config.mouse_axes)
+        return self.action_space.vector(keys, mouse)
 
     def null_action(self) -> torch.Tensor:
         return torch.zeros(self.config.action_dim, dtype=torch.float32)

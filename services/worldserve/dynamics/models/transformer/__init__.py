@@ -1,7 +1,7 @@
 """The dynamics world model: autoencoder, causal latent-frame transformer, few-step sampler.
 
 Public API (the serving engine depends on the declared model interface,
-``worldserve.dynamics.interface.DynamicsModel``, which ``WorldModel`` implements)::
+``worldserve.dynamics.interface.DynamicsModelProtocol``, which ``WorldModel`` implements)::
 
     from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig, PagedState
 """

@@ -1,6 +1,6 @@
 """WorldModel: autoencoder + causal latent-frame transformer + few-step action-guided sampler.
 
-It implements the declared model interface (:class:`worldserve.dynamics.interface.DynamicsModel`);
+It implements the declared model interface (:class:`worldserve.dynamics.interface.DynamicsModelProtocol`);
 the serving engine depends on exactly that surface (it knows nothing of gRPC or Redis):
 
     model = WorldModel.load(path, device="cuda", dtype=torch.bfloat16)   # or WorldModel.random(config, seed)
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder
 from worldserve.dynamics.attention.backend import attention, decode_kernel_name, resolve_backend
 from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
-from worldserve.dynamics.layers.actions import action_vector, check_actions, check_events
+from worldserve.dynamics.layers.actions import check_actions, check_events
 from worldserve.dynamics.layers.events import EventEncoder
 
 from .autoencoder import Autoencoder, ResBlock
@@ -239,9 +239,17 @@ class WorldModel(StatePoolMixin, InferenceMixin, nn.Module):
         """Length of an action vector: len(keys) + len(mouse_axes)."""
         return self.config.action_dim
 
+    @property
+    def action_space(self) -> ActionSpace:
+        """What a player may send: the config's keys and mouse axes."""
+        c = self.config
+        return ActionSpace(
+            keys=tuple(c.keys), mouse_axes=tuple(c.mouse_axes), discrete_actions=2 ** len(c.keys), latent_actions=0
+        )
+
     def action_vector(self, keys: Sequence[str], mouse: Mapping[str, float] | None = None) -> torch.Tensor:
         """(A,) float32 on CPU: multi-hot of the held ``keys``, then the mouse axes (missing = 0)."""
-        return action_vector(keys, mouse, self.config.keys, self.config.mouse_axes)
+        return self.action_space.vector(keys, mouse)
 
     def null_action(self) -> torch.Tensor:
         """(A,) zeros: no key held, mouse at rest (the no-op action)."""
@@ -314,9 +322,7 @@ class WorldModel(StatePoolMixin, InferenceMixin, nn.Module):
         return ModelInfo(
             frame_width=c.frame_width,
             frame_height=c.frame_height,
-            action_space=ActionSpace(
-                keys=tuple(c.keys), mouse_axes=tuple(c.mouse_axes), discrete_actions=2 ** len(c.keys), latent_actions=0
-            ),
+            action_space=self.action_space,
             context_frames=c.context_frames,
             sample_steps=c.sample_steps,
             default_guidance=float(c.guidance),
