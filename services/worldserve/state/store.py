@@ -30,12 +30,9 @@ import base64
 import builtins
 import json
 import math
-import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
@@ -48,6 +45,26 @@ from worldserve.common.errors import (
     ResourceExhausted,
 )
 from worldserve.state import scripts
+from worldserve.state.records import (
+    ARCHIVE_DUE,
+    DELETIONS_CHANNEL,
+    REQUEST_ID_RE,
+    SCHEMA_VERSION,
+    SESSION_ID_RE,
+    AlreadyApplied,
+    LogEntry,
+    SessionRecord,
+    SessionsFull,
+    action_to_dict,
+    check_request_id,
+    check_session_id,
+    index_key,
+    log_key,
+    new_session_id,
+    raw_values,
+    record_key,
+    scored_rows,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
@@ -56,126 +73,34 @@ if TYPE_CHECKING:
     from worldserve.common.config import Config
     from worldserve.state.archive import Archive, ArchivedStep
 
+__all__ = [  # the records, names and checks are worldserve.state.records', re-exported
+    "ARCHIVE_DUE",
+    "CLUSTER_SCHEME",
+    "DELETIONS_CHANNEL",
+    "INDEX_GRACE_S",
+    "REQUEST_ID_RE",
+    "SCHEMA_VERSION",
+    "SESSION_ID_RE",
+    "AlreadyApplied",
+    "LogEntry",
+    "Observe",
+    "SessionRecord",
+    "SessionStore",
+    "SessionsFull",
+    "action_to_dict",
+    "check_request_id",
+    "check_session_id",
+    "new_session_id",
+]
+
 CLUSTER_SCHEME = "redis+cluster://"  # redis_url of a Redis Cluster: redis+cluster://[:password@]host:port
-DELETIONS_CHANNEL = "ws:deleted"  # pub/sub: "<tenant>\n<sid>" of every deleted session
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SCHEMA_VERSION = 1
-
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-"""A client's idempotency key of a step (a Rollout's action i is recorded as "<id>/<i>")."""
-
-ARCHIVE_DUE = "ws:archive:due"  # sorted set: "<tenant>\n<sid>" of sessions with a full chunk to archive
 
 INDEX_GRACE_S = 60.0
 """An index entry without a record is dropped only when older than this: a younger one is a
 create in progress (reserved, record not yet written)."""
 
-
-class SessionsFull(Exception):
-    """The tenant's index holds ``max_sessions`` live sessions; ``soonest_s``: seconds until the
-    soonest of them expires (None: unknown)."""
-
-    def __init__(self, live: int, soonest_s: float | None):
-        super().__init__(f"{live} live sessions")
-        self.live = live
-        self.soonest_s = soonest_s
-
-
-class AlreadyApplied(Exception):
-    """A step's request id had already landed (a retry raced its original): nothing was written."""
-
-    def __init__(self, step: int):
-        super().__init__(f"already applied as step {step}")
-        self.step = step
-
-
-def check_request_id(rid: str) -> str:
-    if rid and not REQUEST_ID_RE.match(rid):
-        raise InvalidArgument(f"request_id {rid[:80]!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
-    return rid
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    session_id: str
-    tenant: str
-    model: str
-    prompt: str
-    seed: int
-    step: int
-    parent_id: str
-    fork_step: int
-    created_at: float
-    updated_at: float
-    ttl_s: int
-    width: int
-    height: int
-    version: int = SCHEMA_VERSION
-    archived: int = -1
-    """The last step in the archive (-1: none); steps after it are only in Redis."""
-    trimmed: int = -1
-    """The last step whose action, latent and frame Redis dropped (archived before)."""
-
-    @classmethod
-    def from_redis(cls, tenant: str, sid: str, h: dict[bytes, bytes]) -> SessionRecord:
-        g = {k.decode(): v.decode() for k, v in h.items()}
-        return cls(
-            session_id=sid,
-            tenant=tenant,
-            model=g.get("model", ""),
-            prompt=g.get("prompt", ""),
-            seed=int(g.get("seed", 0)),
-            step=int(g.get("step", 0)),
-            parent_id=g.get("parent_id", ""),
-            fork_step=int(g.get("fork_step", 0)),
-            created_at=float(g.get("created_at", 0)),
-            updated_at=float(g.get("updated_at", 0)),
-            ttl_s=int(g.get("ttl_s", 0)),
-            width=int(g.get("width", 0)),
-            height=int(g.get("height", 0)),
-            version=int(g.get("version", SCHEMA_VERSION)),
-            archived=int(g.get("archived", -1)),
-            trimmed=int(g.get("trimmed", -1)),
-        )
-
-    def fields(self) -> dict[FieldT, EncodableT]:
-        d = asdict(self)
-        d.pop("session_id")
-        d.pop("tenant")
-        return {k: str(v) for k, v in d.items()}
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    step: int
-    action: dict[str, Any] | None  # the action as JSON; None for step 0
-    latent: bytes | None  # packed array; None until the dynamics service encoded it
-    frame: bytes | None  # PNG
-
-
-# This store's client never decodes responses (bytes out). redis-py types its answers for both kinds
-# of client (bytes | str), and a sorted-set range for both shapes (with or without scores): these
-# narrow an answer to what this client gets.
-def _raw(vals: object) -> builtins.list[bytes | None]:
-    return cast("list[bytes | None]", vals)
-
-
-def _scored(rows: object) -> builtins.list[tuple[bytes, float]]:
-    return cast("list[tuple[bytes, float]]", rows)
-
-
 Observe = Callable[[str, float], None]
 """``observe(op, seconds)``: a Redis operation's latency (for the service's histogram)."""
-
-
-def check_session_id(sid: str) -> str:
-    if not SESSION_ID_RE.match(sid or ""):
-        raise InvalidArgument(f"invalid session_id {sid[:80]!r}: 1-64 of A-Z a-z 0-9 _ -")
-    return sid
-
-
-def new_session_id() -> str:
-    return "s_" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
 
 
 class SessionStore:
@@ -255,17 +180,9 @@ class SessionStore:
         await self.r.aclose()
 
     # -- keys -------------------------------------------------------------------------------------
-    @staticmethod
-    def _rec(t: str, sid: str) -> str:
-        return f"ws:{t}:{{{sid}}}"
-
-    @staticmethod
-    def _log(t: str, sid: str) -> str:
-        return f"ws:{t}:{{{sid}}}:log"
-
-    @staticmethod
-    def _index(t: str) -> str:
-        return f"ws:{t}:index"
+    _rec = staticmethod(record_key)
+    _log = staticmethod(log_key)
+    _index = staticmethod(index_key)
 
     def _timed(self, op: str, t0: float) -> None:
         if self._observe is not None:
@@ -346,7 +263,7 @@ class SessionStore:
     async def _prune(self, tenant: str) -> tuple[int, float | None]:
         """Drop index entries whose session is gone (older than ``INDEX_GRACE_S``); returns the live
         count and the seconds until the soonest live session expires (None: unknown)."""
-        rows = _scored(await self.r.zrange(self._index(tenant), 0, -1, withscores=True))
+        rows = scored_rows(await self.r.zrange(self._index(tenant), 0, -1, withscores=True))
         async with self.r.pipeline(transaction=False) as p:
             for m, _ in rows:
                 p.pttl(self._rec(tenant, m.decode()))
@@ -445,7 +362,7 @@ class SessionStore:
         scores: list[float] = []
         offset = 0
         while len(out) <= page_size:  # one more than a page tells whether a next page exists
-            rows = _scored(
+            rows = scored_rows(
                 await self.r.zrevrangebyscore(
                     self._index(tenant), max_score, "-inf", start=offset, num=page_size + 8, withscores=True
                 )
@@ -526,7 +443,7 @@ class SessionStore:
             at = parent.step if step is None else step
             first = max(0, parent.trimmed + 1)
             names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "f")]
-            vals = _raw(await self.r.hmget(self._log(tenant, sid), names)) if names else []
+            vals = raw_values(await self.r.hmget(self._log(tenant, sid), names)) if names else []
             entries: dict[FieldT, EncodableT] = {k: v for k, v in zip(names, vals) if v is not None}
             fresh = await self.get(tenant, sid, touch=True)  # NotFound if deleted meanwhile; refreshes its TTL
             if fresh.trimmed == parent.trimmed:
@@ -652,7 +569,7 @@ class SessionStore:
         for n in steps:
             names += [f"a:{n}", f"z:{n}"]
         t0 = time.perf_counter()
-        vals = _raw(await self.r.hmget(self._log(tenant, sid), names))
+        vals = raw_values(await self.r.hmget(self._log(tenant, sid), names))
         self._timed("window", t0)
         out = []
         for i, n in enumerate(steps):
@@ -661,7 +578,7 @@ class SessionStore:
         return out
 
     async def first_frame(self, tenant: str, sid: str) -> bytes:
-        v = _raw([await self.r.hget(self._log(tenant, sid), "f:0")])[0]
+        v = raw_values([await self.r.hget(self._log(tenant, sid), "f:0")])[0]
         if v is None:
             raise NotFound(f"session {sid!r} not found")
         return v
@@ -694,7 +611,7 @@ class SessionStore:
             names: list[str] = []
             for m in steps:
                 names += [f"a:{m}", f"f:{m}"] if frames else [f"a:{m}"]
-            vals = _raw(await self.r.hmget(self._log(tenant, sid), names))
+            vals = raw_values(await self.r.hmget(self._log(tenant, sid), names))
             k = 2 if frames else 1
             for i, m in enumerate(steps):
                 a = vals[k * i]
@@ -729,7 +646,7 @@ class SessionStore:
         names: list[str] = []
         for m in range(first, last + 1):
             names += [f"a:{m}", f"f:{m}", f"z:{m}"]
-        vals = _raw(await self.r.hmget(self._log(tenant, sid), names))
+        vals = raw_values(await self.r.hmget(self._log(tenant, sid), names))
         out: builtins.list[ArchivedStep | None] = []
         for i, m in enumerate(range(first, last + 1)):
             a, f, z = vals[3 * i : 3 * i + 3]
@@ -748,7 +665,3 @@ class SessionStore:
         )
         self._timed("trim", t0)
         return int(n)
-
-
-def action_to_dict(keys: Sequence[str], mouse: dict[str, float]) -> dict[str, Any]:
-    return {"keys": sorted(keys), "mouse": {k: float(v) for k, v in sorted(mouse.items())}}
