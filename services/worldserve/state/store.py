@@ -27,241 +27,75 @@ that Redis still holds (one script) and shares its archived chunks by reference.
 from __future__ import annotations
 
 import base64
-import builtins
-import json
 import math
-import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from worldserve.common.errors import (
-    Conflict,
-    DataLoss,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
+from worldserve.common.errors import Conflict, DataLoss, InvalidArgument, NotFound
+from worldserve.state import scripts
+from worldserve.state.records import (
+    ARCHIVE_DUE,
+    DELETIONS_CHANNEL,
+    REQUEST_ID_RE,
+    SCHEMA_VERSION,
+    SESSION_ID_RE,
+    AlreadyApplied,
+    LogEntry,
+    SessionRecord,
+    SessionsFull,
+    action_to_dict,
+    check_request_id,
+    check_session_id,
+    index_key,
+    log_key,
+    new_session_id,
+    raw_values,
+    record_key,
+    scored_rows,
 )
+from worldserve.state.steplog import StepLog
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
     from redis.typing import EncodableT, FieldT
 
     from worldserve.common.config import Config
-    from worldserve.state.archive import Archive, ArchivedStep
+    from worldserve.state.archive import Archive
+
+__all__ = [  # with the records, keys and checks of worldserve.state.records, re-exported
+    "ARCHIVE_DUE",
+    "CLUSTER_SCHEME",
+    "DELETIONS_CHANNEL",
+    "INDEX_GRACE_S",
+    "REQUEST_ID_RE",
+    "SCHEMA_VERSION",
+    "SESSION_ID_RE",
+    "AlreadyApplied",
+    "LogEntry",
+    "Observe",
+    "SessionRecord",
+    "SessionStore",
+    "SessionsFull",
+    "action_to_dict",
+    "check_request_id",
+    "check_session_id",
+    "new_session_id",
+]
 
 CLUSTER_SCHEME = "redis+cluster://"  # redis_url of a Redis Cluster: redis+cluster://[:password@]host:port
-DELETIONS_CHANNEL = "ws:deleted"  # pub/sub: "<tenant>\n<sid>" of every deleted session
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SCHEMA_VERSION = 1
-
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-"""A client's idempotency key of a step (a Rollout's action i is recorded as "<id>/<i>")."""
-
-# KEYS: record, log. ARGV: expected step, action JSON, latent, frame PNG, time, request id ("" =
-# none), most steps not yet archived (0: no bound), step 0's latent ("" = none: set only when
-# absent, the first step encodes it). Returns {new step, 0}, {-1, 0} (no session),
-# {-2, current step} (moved on), {-3, step} (this request id already landed as that step: nothing
-# written), or {-4, archived step} (the unarchived tail is full: nothing written).
-_APPEND = """
-local cur = redis.call('HGET', KEYS[1], 'step')
-if not cur then return {-1, 0} end
-cur = tonumber(cur)
-if ARGV[6] ~= '' then
-  local done = redis.call('HGET', KEYS[2], 'r:' .. ARGV[6])
-  if done then return {-3, tonumber(done)} end
-end
-if cur ~= tonumber(ARGV[1]) then return {-2, cur} end
-local n = cur + 1
-local bound = tonumber(ARGV[7])
-if bound > 0 then
-  local archived = tonumber(redis.call('HGET', KEYS[1], 'archived') or '-1')
-  if n - archived > bound then return {-4, archived} end
-end
-redis.call('HSET', KEYS[2], 'a:' .. n, ARGV[2], 'z:' .. n, ARGV[3], 'f:' .. n, ARGV[4])
-if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[2], 'z:0', ARGV[8]) end
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[6], n, 'q:' .. n, ARGV[6]) end
-redis.call('HSET', KEYS[1], 'step', n, 'updated_at', ARGV[5])
-local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
-return {n, 0}
-"""
-
-# KEYS: log. ARGV: request id. Returns {step, frame PNG} of the step that request id landed as, or nil.
-_RECORDED = """
-local k = redis.call('HGET', KEYS[1], 'r:' .. ARGV[1])
-if not k then return nil end
-return {tonumber(k), redis.call('HGET', KEYS[1], 'f:' .. k)}
-"""
-
-
-# KEYS: the tenant's index. ARGV: session id, time, limit (0: none). Returns the index's size
-# with the new id (reserved) or 0 (full: nothing written).
-_RESERVE = """
-local limit = tonumber(ARGV[3])
-if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return redis.call('ZCARD', KEYS[1])
-"""
-
-# KEYS: record, log. ARGV: the archived step this trim expects, the newly archived step, hot window
-# (steps), request ids kept (steps). Moves ``archived`` on, then drops what Redis no longer needs:
-# the frames of the newly archived steps, the action and latent of archived steps older than the
-# hot window (a prefill's context), and the request ids of steps older than the kept ones. Returns the new archived step, -1 (no session) or -2 (another
-# archiver moved it first: nothing changed).
-_TRIM = """
-local cur = redis.call('HGET', KEYS[1], 'step')
-if not cur then return -1 end
-cur = tonumber(cur)
-local archived = tonumber(redis.call('HGET', KEYS[1], 'archived') or '-1')
-if archived ~= tonumber(ARGV[1]) then return -2 end
-local new = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'archived', new)
-for n = archived + 1, new do redis.call('HDEL', KEYS[2], 'f:' .. n) end
-local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '-1')
-local upto = math.min(new, cur - tonumber(ARGV[3]))
-for n = trimmed + 1, upto do
-  redis.call('HDEL', KEYS[2], 'a:' .. n, 'z:' .. n, 'f:' .. n)
-end
-if upto > trimmed then redis.call('HSET', KEYS[1], 'trimmed', upto) end
-local rupto = cur - tonumber(ARGV[4])
-local rtrim = tonumber(redis.call('HGET', KEYS[1], 'rid_trimmed') or '-1')
-for n = rtrim + 1, rupto do
-  local rid = redis.call('HGET', KEYS[2], 'q:' .. n)
-  if rid then redis.call('HDEL', KEYS[2], 'r:' .. rid, 'q:' .. n) end
-end
-if rupto > rtrim then redis.call('HSET', KEYS[1], 'rid_trimmed', rupto) end
-return new
-"""
-
-# KEYS: the archive's due set. ARGV: now, lease (s), most to claim. Claims due sessions: each is
-# pushed ``lease`` seconds ahead (an archiver that dies mid-chunk leaves it to the next one).
-_CLAIM = """
-local got = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, m in ipairs(got) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), m) end
-return got
-"""
-ARCHIVE_DUE = "ws:archive:due"  # sorted set: "<tenant>\n<sid>" of sessions with a full chunk to archive
 
 INDEX_GRACE_S = 60.0
 """An index entry without a record is dropped only when older than this: a younger one is a
 create in progress (reserved, record not yet written)."""
 
-
-class SessionsFull(Exception):
-    """The tenant's index holds ``max_sessions`` live sessions; ``soonest_s``: seconds until the
-    soonest of them expires (None: unknown)."""
-
-    def __init__(self, live: int, soonest_s: float | None):
-        super().__init__(f"{live} live sessions")
-        self.live = live
-        self.soonest_s = soonest_s
-
-
-class AlreadyApplied(Exception):
-    """A step's request id had already landed (a retry raced its original): nothing was written."""
-
-    def __init__(self, step: int):
-        super().__init__(f"already applied as step {step}")
-        self.step = step
-
-
-def check_request_id(rid: str) -> str:
-    if rid and not REQUEST_ID_RE.match(rid):
-        raise InvalidArgument(f"request_id {rid[:80]!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
-    return rid
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    session_id: str
-    tenant: str
-    model: str
-    prompt: str
-    seed: int
-    step: int
-    parent_id: str
-    fork_step: int
-    created_at: float
-    updated_at: float
-    ttl_s: int
-    width: int
-    height: int
-    version: int = SCHEMA_VERSION
-    archived: int = -1
-    """The last step in the archive (-1: none); steps after it are only in Redis."""
-    trimmed: int = -1
-    """The last step whose action, latent and frame Redis dropped (archived before)."""
-
-    @classmethod
-    def from_redis(cls, tenant: str, sid: str, h: dict[bytes, bytes]) -> SessionRecord:
-        g = {k.decode(): v.decode() for k, v in h.items()}
-        return cls(
-            session_id=sid,
-            tenant=tenant,
-            model=g.get("model", ""),
-            prompt=g.get("prompt", ""),
-            seed=int(g.get("seed", 0)),
-            step=int(g.get("step", 0)),
-            parent_id=g.get("parent_id", ""),
-            fork_step=int(g.get("fork_step", 0)),
-            created_at=float(g.get("created_at", 0)),
-            updated_at=float(g.get("updated_at", 0)),
-            ttl_s=int(g.get("ttl_s", 0)),
-            width=int(g.get("width", 0)),
-            height=int(g.get("height", 0)),
-            version=int(g.get("version", SCHEMA_VERSION)),
-            archived=int(g.get("archived", -1)),
-            trimmed=int(g.get("trimmed", -1)),
-        )
-
-    def fields(self) -> dict[FieldT, EncodableT]:
-        d = asdict(self)
-        d.pop("session_id")
-        d.pop("tenant")
-        return {k: str(v) for k, v in d.items()}
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    step: int
-    action: dict[str, Any] | None  # the action as JSON; None for step 0
-    latent: bytes | None  # packed array; None until the dynamics service encoded it
-    frame: bytes | None  # PNG
-
-
-# This store's client never decodes responses (bytes out). redis-py types its answers for both kinds
-# of client (bytes | str), and a sorted-set range for both shapes (with or without scores): these
-# narrow an answer to what this client gets.
-def _raw(vals: object) -> builtins.list[bytes | None]:
-    return cast("list[bytes | None]", vals)
-
-
-def _scored(rows: object) -> builtins.list[tuple[bytes, float]]:
-    return cast("list[tuple[bytes, float]]", rows)
-
-
 Observe = Callable[[str, float], None]
 """``observe(op, seconds)``: a Redis operation's latency (for the service's histogram)."""
 
 
-def check_session_id(sid: str) -> str:
-    if not SESSION_ID_RE.match(sid or ""):
-        raise InvalidArgument(f"invalid session_id {sid[:80]!r}: 1-64 of A-Z a-z 0-9 _ -")
-    return sid
-
-
-def new_session_id() -> str:
-    return "s_" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
-
-
-class SessionStore:
+class SessionStore(StepLog):
     """Async access to sessions; knows nothing of gRPC. Errors are worldserve errors."""
 
     def __init__(
@@ -278,11 +112,11 @@ class SessionStore:
         self._observe = observe  # callable(op, seconds) for the Redis latency histogram
         self.archive = archive  # worldserve.state.archive.Archive, or None: everything stays in Redis
         self.max_tail = max_tail if archive is not None else 0  # most unarchived steps (0: no bound)
-        self._trim = r.register_script(_TRIM)
-        self._claim = r.register_script(_CLAIM)
-        self._append = r.register_script(_APPEND)
-        self._recorded = r.register_script(_RECORDED)
-        self._reserve = r.register_script(_RESERVE)
+        self._trim = r.register_script(scripts.TRIM)
+        self._claim = r.register_script(scripts.CLAIM)
+        self._append = r.register_script(scripts.APPEND)
+        self._recorded = r.register_script(scripts.RECORDED)
+        self._reserve = r.register_script(scripts.RESERVE)
 
     @classmethod
     def from_url(
@@ -338,17 +172,9 @@ class SessionStore:
         await self.r.aclose()
 
     # -- keys -------------------------------------------------------------------------------------
-    @staticmethod
-    def _rec(t: str, sid: str) -> str:
-        return f"ws:{t}:{{{sid}}}"
-
-    @staticmethod
-    def _log(t: str, sid: str) -> str:
-        return f"ws:{t}:{{{sid}}}:log"
-
-    @staticmethod
-    def _index(t: str) -> str:
-        return f"ws:{t}:index"
+    _rec = staticmethod(record_key)
+    _log = staticmethod(log_key)
+    _index = staticmethod(index_key)
 
     def _timed(self, op: str, t0: float) -> None:
         if self._observe is not None:
@@ -429,7 +255,7 @@ class SessionStore:
     async def _prune(self, tenant: str) -> tuple[int, float | None]:
         """Drop index entries whose session is gone (older than ``INDEX_GRACE_S``); returns the live
         count and the seconds until the soonest live session expires (None: unknown)."""
-        rows = _scored(await self.r.zrange(self._index(tenant), 0, -1, withscores=True))
+        rows = scored_rows(await self.r.zrange(self._index(tenant), 0, -1, withscores=True))
         async with self.r.pipeline(transaction=False) as p:
             for m, _ in rows:
                 p.pttl(self._rec(tenant, m.decode()))
@@ -528,7 +354,7 @@ class SessionStore:
         scores: list[float] = []
         offset = 0
         while len(out) <= page_size:  # one more than a page tells whether a next page exists
-            rows = _scored(
+            rows = scored_rows(
                 await self.r.zrevrangebyscore(
                     self._index(tenant), max_score, "-inf", start=offset, num=page_size + 8, withscores=True
                 )
@@ -609,7 +435,7 @@ class SessionStore:
             at = parent.step if step is None else step
             first = max(0, parent.trimmed + 1)
             names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "f")]
-            vals = _raw(await self.r.hmget(self._log(tenant, sid), names)) if names else []
+            vals = raw_values(await self.r.hmget(self._log(tenant, sid), names)) if names else []
             entries: dict[FieldT, EncodableT] = {k: v for k, v in zip(names, vals) if v is not None}
             fresh = await self.get(tenant, sid, touch=True)  # NotFound if deleted meanwhile; refreshes its TTL
             if fresh.trimmed == parent.trimmed:
@@ -650,188 +476,3 @@ class SessionStore:
         await self.r.zadd(self._index(tenant), {child_id: now})
         self._timed("fork", t0)
         return await self.get(tenant, child_id, touch=False)
-
-    async def append(
-        self,
-        tenant: str,
-        sid: str,
-        *,
-        expected_step: int,
-        action: dict[str, Any],
-        latent: bytes,
-        frame: bytes,
-        request_id: str = "",
-        first_latent: bytes | None = None,
-        due: bool = False,
-    ) -> int:
-        """Compare-and-set append of step ``expected_step + 1``; returns the new step. A non-empty
-        ``request_id`` is recorded with the step, ``first_latent`` (step 0's latent, encoded by the
-        first step) stored where absent, both in the same script; ``due``: the step fills an
-        archive chunk, the session joins the archiver's queue in the same round trip (a due mark
-        of a step that did not land is harmless: the archiver finds nothing new).
-
-        Raises NotFound when the session is gone, Conflict when another write moved it first,
-        AlreadyApplied when ``request_id`` had already landed (nothing written).
-        """
-        t0 = time.perf_counter()
-        args: builtins.list[EncodableT] = [
-            expected_step,
-            json.dumps(action, separators=(",", ":"), sort_keys=True),
-            latent,
-            frame,
-            repr(time.time()),
-            request_id,
-            self.max_tail,
-            first_latent or b"",
-        ]
-        keys = [self._rec(tenant, sid), self._log(tenant, sid)]
-        if due:
-            async with self.r.pipeline(transaction=False) as p:
-                p.eval(_APPEND, 2, *keys, *args)  # EVAL, not a Script: a pipeline's scripts cost a SCRIPT EXISTS
-                p.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time()}, nx=True)
-                (n, cur), _ = await p.execute()
-        else:
-            n, cur = await self._append(keys=keys, args=args)
-        self._timed("append", t0)
-        if n == -1:
-            raise NotFound(f"session {sid!r} not found")
-        if n == -4:
-            raise ResourceExhausted(
-                f"session {sid!r} has {expected_step + 1 - int(cur)} steps not yet archived (the limit): the "
-                "archive is unreachable or behind; this step was not applied, retry later",
-                retry_after_s=1.0,
-            )
-        if n == -3:
-            raise AlreadyApplied(int(cur))
-        if n == -2:
-            raise Conflict(
-                f"session {sid!r} moved to step {cur} while this step (from {expected_step}) was computed; it was not applied"
-            )
-        return int(n)
-
-    async def recorded(self, tenant: str, sid: str, request_id: str) -> tuple[int, bytes] | None:
-        """(step, frame PNG) of the step ``request_id`` landed as in this session, or None."""
-        t0 = time.perf_counter()
-        hit = await self._recorded(keys=[self._log(tenant, sid)], args=[request_id])
-        self._timed("recorded", t0)
-        if hit is None:
-            return None
-        step, frame = int(hit[0]), hit[1]
-        if frame is None and self.archive is not None:  # trimmed from Redis: the archive has it
-            frame = (await self.archive.read(tenant, sid, step, step))[0].frame
-        return step, frame
-
-    async def check_step(self, rec: SessionRecord, expected_step: int | None) -> None:
-        if expected_step is not None and expected_step != rec.step:
-            raise FailedPrecondition(
-                f"session {rec.session_id!r} is at step {rec.step}, not the expected step {expected_step}"
-            )
-
-    async def window(self, tenant: str, sid: str, *, end_step: int, frames: int) -> builtins.list[LogEntry]:
-        """The last ``frames`` log entries up to ``end_step`` (latents and actions, no frames)."""
-        start = max(0, end_step - frames + 1)
-        steps = list(range(start, end_step + 1))
-        names: list[str] = []
-        for n in steps:
-            names += [f"a:{n}", f"z:{n}"]
-        t0 = time.perf_counter()
-        vals = _raw(await self.r.hmget(self._log(tenant, sid), names))
-        self._timed("window", t0)
-        out = []
-        for i, n in enumerate(steps):
-            a, z = vals[2 * i], vals[2 * i + 1]
-            out.append(LogEntry(n, json.loads(a) if a else None, z, None))
-        return out
-
-    async def first_frame(self, tenant: str, sid: str) -> bytes:
-        v = _raw([await self.r.hget(self._log(tenant, sid), "f:0")])[0]
-        if v is None:
-            raise NotFound(f"session {sid!r} not found")
-        return v
-
-    async def export(
-        self,
-        tenant: str,
-        sid: str,
-        *,
-        from_step: int = 0,
-        to_step: int | None = None,
-        frames: bool = True,
-        chunk: int = 32,
-    ) -> AsyncIterator[LogEntry]:
-        """Stream a trajectory in chunks (bounded memory for long sessions): the archived steps from
-        the archive (DATA_LOSS for a missing or corrupt chunk), then the rest from Redis."""
-        rec = await self.get(tenant, sid)
-        end = rec.step if to_step is None else min(to_step, rec.step)
-        archived = rec.archived if self.archive is not None else -1
-        n = from_step
-        while n <= end:
-            if n <= archived:  # the archived steps, from the archive
-                last = min(end, archived)
-                assert self.archive is not None  # archived >= 0 only with an archive
-                async for e in self.archive.steps(tenant, sid, n, last):
-                    yield LogEntry(e.step, e.action, None, e.frame if frames else None)
-                n = last + 1
-                continue
-            steps = list(range(n, min(n + chunk, end + 1)))
-            names: list[str] = []
-            for m in steps:
-                names += [f"a:{m}", f"f:{m}"] if frames else [f"a:{m}"]
-            vals = _raw(await self.r.hmget(self._log(tenant, sid), names))
-            k = 2 if frames else 1
-            for i, m in enumerate(steps):
-                a = vals[k * i]
-                f = vals[k * i + 1] if frames else None
-                if (m > 0 and a is None) or (frames and f is None):
-                    fresh = await self.get(tenant, sid, touch=False)  # NotFound when deleted meanwhile
-                    if self.archive is not None and fresh.archived >= m:  # archived and trimmed meanwhile
-                        archived = fresh.archived
-                        break
-                    raise NotFound(f"session {sid!r} was deleted during export")
-                yield LogEntry(m, json.loads(a) if a else None, None, f)
-                n = m + 1
-
-    # -- the archive's side -----------------------------------------------------------------------
-    async def mark_due(self, tenant: str, sid: str) -> None:
-        """The session has a full chunk to archive."""
-        await self.r.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time()}, nx=True)
-
-    async def claim_due(self, n: int, lease_s: float) -> builtins.list[tuple[str, str]]:
-        got = await self._claim(keys=[ARCHIVE_DUE], args=[repr(time.time()), repr(lease_s), n])
-        return [tuple(m.decode().split("\n", 1)) for m in got]
-
-    async def done_due(self, tenant: str, sid: str) -> None:
-        await self.r.zrem(ARCHIVE_DUE, f"{tenant}\n{sid}")
-
-    async def log_entries(
-        self, tenant: str, sid: str, first: int, last: int, *, latents: bool = True
-    ) -> builtins.list[ArchivedStep | None]:
-        """Steps ``first`` .. ``last`` from Redis as ArchivedStep, or None where a part is missing."""
-        from worldserve.state.archive import ArchivedStep
-
-        names: list[str] = []
-        for m in range(first, last + 1):
-            names += [f"a:{m}", f"f:{m}", f"z:{m}"]
-        vals = _raw(await self.r.hmget(self._log(tenant, sid), names))
-        out: builtins.list[ArchivedStep | None] = []
-        for i, m in enumerate(range(first, last + 1)):
-            a, f, z = vals[3 * i : 3 * i + 3]
-            if f is None or (m > 0 and a is None):
-                out.append(None)
-            else:
-                out.append(ArchivedStep(m, json.loads(a) if a else None, f, z if latents else None))
-        return out
-
-    async def trim(self, tenant: str, sid: str, *, expected: int, archived: int, window: int, rid_keep: int) -> int:
-        """Record ``archived`` (compare-and-set on the previous value) and drop what Redis no longer
-        needs; returns the new archived step, -1 (no session) or -2 (moved by someone else)."""
-        t0 = time.perf_counter()
-        n = await self._trim(
-            keys=[self._rec(tenant, sid), self._log(tenant, sid)], args=[expected, archived, window, rid_keep]
-        )
-        self._timed("trim", t0)
-        return int(n)
-
-
-def action_to_dict(keys: Sequence[str], mouse: dict[str, float]) -> dict[str, Any]:
-    return {"keys": sorted(keys), "mouse": {k: float(v) for k, v in sorted(mouse.items())}}
