@@ -18,7 +18,7 @@ from worldserve.common.auth import add_key
 from worldserve.common.codec import RAW, EncodedFrame
 from worldserve.common.servicer import ServiceBase
 from worldserve.dynamics.engine.types import StepOutput
-from worldserve.web.live import RateLimit, unpack_frame
+from worldserve.web.live_protocol import RateLimit, unpack_frame
 
 
 async def until(cond: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:

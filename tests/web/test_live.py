@@ -14,15 +14,14 @@ from worldserve.common.codec import JPEG, PNG, RAW
 from worldserve.common.errors import InvalidArgument, NotFound
 from worldserve.common.metrics import ServiceMetrics
 from worldserve.dynamics.interface import ActionSpace
-from worldserve.web.live import (
+from worldserve.web.live import LiveRoom, merge
+from worldserve.web.live_metrics import LiveMetrics
+from worldserve.web.live_protocol import (
     CONTROLLER,
     SPECTATOR,
     Held,
     LiveClosed,
-    LiveMetrics,
-    LiveRoom,
     RateLimit,
-    merge,
     pack_frame,
     parse_message,
     unpack_frame,
@@ -258,7 +257,7 @@ def test_a_flooding_client_is_limited():
 
 
 def test_formats():
-    from worldserve.web.live import FORMATS
+    from worldserve.web.live_protocol import FORMATS
 
     assert FORMATS == {"jpeg": JPEG, "png": PNG, "raw": RAW}
 

@@ -14,7 +14,8 @@ import worldserve.web.relay as relay_mod
 from worldserve.common.codec import PNG, RAW
 from worldserve.common.metrics import ServiceMetrics
 from worldserve.dynamics.interface import ActionSpace
-from worldserve.web.live import SPECTATOR, LiveClosed, LiveMetrics, pack_frame
+from worldserve.web.live_metrics import LiveMetrics
+from worldserve.web.live_protocol import SPECTATOR, LiveClosed, pack_frame
 from worldserve.web.relay import RelayRoom
 
 SPACE = ActionSpace(keys=("left", "right", "jump"), mouse_axes=("x",))

@@ -18,7 +18,9 @@ from worldserve.dynamics.engine.types import Priority
 from worldserve.dynamics.front import StepFront
 from worldserve.state.live import LiveState
 from worldserve.state.quotas import QuotaEnforcer
-from worldserve.web.live import SPECTATOR, LiveMetrics, LiveRoom
+from worldserve.web.live import LiveRoom
+from worldserve.web.live_metrics import LiveMetrics
+from worldserve.web.live_protocol import SPECTATOR
 from worldserve.web.relay import RelayRoom
 from worldserve.web.rooms import STEP_OVERHEAD_S, Rooms
 

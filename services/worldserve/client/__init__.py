@@ -22,21 +22,36 @@ is the request's ``request_id`` + ``/<index>``: resend the same Rollout with the
 Quotas: a call refused by a tenant quota answers RESOURCE_EXHAUSTED; when waiting helps, the status
 details carry a ``google.rpc.RetryInfo`` (read it with :func:`retry_after`). Nothing was applied:
 every call (creates and forks too) waits that delay and retries while ``retry_s`` lasts.
+
+Layout: this module holds the two clients; the request builders are in ``_requests.py``, the
+retry rules in ``_retry.py``, the server streams in ``_stream.py``. Import every public name from
+here (``__all__``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from worldserve.client._requests import (
+    FORMATS,
+    ActionLike,
+    _actions,
+    _fmt,
+    action,
+    create_request,
+    new_request_id,
+    rollout_request,
+    step_request,
+)
+from worldserve.client._retry import STATUS_DETAILS_KEY, _backoff, _retry_delay, retry_after
+from worldserve.client._stream import ResponseStream, _ResumingStream
 from worldserve.v1 import (
     common_pb2,
     dynamics_pb2,
@@ -47,152 +62,20 @@ from worldserve.v1 import (
     sessions_pb2_grpc,
 )
 
-FORMATS = {
-    "png": common_pb2.FRAME_FORMAT_PNG,
-    "jpeg": common_pb2.FRAME_FORMAT_JPEG,
-    "raw": common_pb2.FRAME_FORMAT_RAW_RGB8,
-}
-
-__all__ = ["WorldClient", "AsyncWorldClient", "action", "retry_after", "FORMATS"]
-
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
+__all__ = [
+    "WorldClient",
+    "AsyncWorldClient",
+    "action",
+    "new_request_id",
+    "retry_after",
+    "FORMATS",
+    "STATUS_DETAILS_KEY",
+    "ActionLike",
+    "ResponseStream",
+]
 
 # grpc ships no type information: what its stubs' calls return is typed where it is received.
 _T = TypeVar("_T")
-_T_co = TypeVar("_T_co", covariant=True)
-
-ActionLike = common_pb2.Action | str | Sequence[str]
-"""An action of a rollout or play: an Action, ``"left+jump"`` (keys joined by ``+``; ``"noop"``:
-none) or a sequence of keys."""
-
-
-class ResponseStream(Protocol[_T_co]):
-    """A server stream as grpc returns it: an iterator of responses that can be cancelled."""
-
-    def __iter__(self) -> Iterator[_T_co]: ...
-
-    def __next__(self) -> _T_co: ...
-
-    def cancel(self) -> bool: ...
-
-
-def action(
-    keys: Sequence[str] = (), mouse: Mapping[str, float] | None = None, event: str | None = None
-) -> common_pb2.Action:
-    """An action; ``event`` switches the world event from this step on ("" clears it)."""
-    a = common_pb2.Action(keys=list(keys), mouse=dict(mouse or {}))
-    if event is not None:
-        a.event = event
-    return a
-
-
-def _fmt(fmt: str | int) -> common_pb2.FrameFormat:
-    if isinstance(fmt, int):  # the number: protoc's stubs type it as the enum class, the message takes it
-        return cast(common_pb2.FrameFormat, fmt)
-    try:
-        return FORMATS[fmt.lower()]
-    except KeyError:
-        raise ValueError(f"unknown frame format {fmt!r}; expected one of {sorted(FORMATS)}") from None
-
-
-def _actions(actions: Iterable[ActionLike]) -> list[common_pb2.Action]:
-    out = []
-    for a in actions:
-        if isinstance(a, common_pb2.Action):
-            out.append(a)
-        elif isinstance(a, str):
-            out.append(action([k for k in a.split("+") if k and k != "noop"]))
-        else:
-            out.append(action(a))
-    return out
-
-
-def new_request_id() -> str:
-    """A fresh idempotency key for a step (32 hex characters)."""
-    return uuid.uuid4().hex
-
-
-def _retry_delay(attempt: int) -> float:
-    backoff: float = 0.05 * 2**attempt  # typeshed: int ** int is Any (a negative power is a float)
-    return min(1.0, backoff) * (0.5 + random.random())
-
-
-def retry_after(e: grpc.RpcError) -> float | None:
-    """The seconds after which the server says a refused call may pass (``google.rpc.RetryInfo``
-    in the status details of a RESOURCE_EXHAUSTED), or None."""
-    try:
-        md = e.trailing_metadata() or ()
-    except Exception:
-        return None
-    from google.rpc import error_details_pb2, status_pb2
-
-    for k, v in md:
-        if k == STATUS_DETAILS_KEY:
-            try:
-                status = status_pb2.Status.FromString(v)
-            except Exception:
-                return None
-            for d in status.details:
-                if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    d.Unpack(info)
-                    nanos: int = info.retry_delay.ToNanoseconds()  # google.rpc ships no type information
-                    return nanos / 1e9
-    return None
-
-
-def _backoff(e: grpc.RpcError, attempt: int, idempotent: bool = True) -> float | None:
-    """How long to wait before retrying ``e``, or None: not retryable. RESOURCE_EXHAUSTED with
-    RetryInfo: nothing was applied, wait the server's delay. UNAVAILABLE (idempotent calls only):
-    the step may have been applied, retry with the same id. ABORTED after a retry: the earlier
-    attempt may still be in flight on the server."""
-    code = e.code() if hasattr(e, "code") else None
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        delay = retry_after(e)
-        return None if delay is None else delay * (1.0 + 0.1 * random.random())
-    if idempotent and (code == grpc.StatusCode.UNAVAILABLE or (attempt > 0 and code == grpc.StatusCode.ABORTED)):
-        return _retry_delay(attempt)
-    return None
-
-
-class _ResumingStream:
-    """A Rollout's responses: a refusal with RetryInfo, or UNAVAILABLE, resends the same Rollout
-    (same request id) after the delay while ``retry_s`` lasts; the steps that had landed come back
-    as recorded and are skipped, so every action is applied once and yielded once. ``cancel()``
-    ends it."""
-
-    def __init__(self, client: _Base, open_stream: Callable[[], ResponseStream[dynamics_pb2.StepResponse]]):
-        self._client, self._open = client, open_stream
-        self._stream = open_stream()
-        self._seen = 0
-        self._skip = 0
-        self._deadline = time.monotonic() + client.retry_s
-        self._attempt = 0
-
-    def __iter__(self) -> _ResumingStream:
-        return self
-
-    def __next__(self) -> dynamics_pb2.StepResponse:
-        while True:
-            try:
-                item = next(self._stream)
-            except grpc.RpcError as e:
-                delay = _backoff(e, self._attempt)
-                if delay is None or time.monotonic() + delay > self._deadline:
-                    raise
-                time.sleep(delay)
-                self._attempt += 1
-                self._client.retries += 1
-                self._stream, self._skip = self._open(), self._seen
-                continue
-            if self._skip:
-                self._skip -= 1
-                continue
-            self._seen += 1
-            return item
-
-    def cancel(self) -> None:
-        self._stream.cancel()
 
 
 class _Base:
@@ -245,76 +128,9 @@ class _Base:
             md.append(("session_id", session_id))
         return md
 
-    @staticmethod
-    def _create_req(
-        prompt: str | None,
-        image: common_pb2.Frame | None,
-        seed: int,
-        ttl_s: int,
-        include_first_frame: bool,
-        fmt: str | int,
-        image_steps: int,
-        image_guidance: float,
-        model: str = "",
-    ) -> sessions_pb2.CreateSessionRequest:
-        req = sessions_pb2.CreateSessionRequest(
-            seed=seed,
-            ttl_s=ttl_s,
-            include_first_frame=include_first_frame,
-            format=_fmt(fmt),
-            image_steps=image_steps,
-            image_guidance=image_guidance,
-            model=model,
-        )
-        if image is not None:
-            req.image.CopyFrom(image)
-        else:
-            req.prompt = prompt or ""
-        return req
-
-    @staticmethod
-    def _step_req(
-        session_id: str,
-        keys: Sequence[str],
-        mouse: Mapping[str, float] | None,
-        expected_step: int | None,
-        fmt: str | int,
-        guidance: float | None,
-        event: str | None = None,
-        request_id: str | None = None,
-        deadline_ms: float | None = None,
-    ) -> dynamics_pb2.StepRequest:
-        req = dynamics_pb2.StepRequest(
-            session_id=session_id,
-            action=action(keys, mouse, event),
-            format=_fmt(fmt),
-            request_id=request_id or new_request_id(),
-        )
-        if deadline_ms is not None:
-            req.deadline_ms = int(deadline_ms)
-        if expected_step is not None:
-            req.expected_step = expected_step
-        if guidance is not None:
-            req.guidance = guidance
-        return req
-
-    @staticmethod
-    def _rollout_req(
-        session_id: str,
-        actions: Iterable[ActionLike],
-        fmt: str | int,
-        request_id: str | None = None,
-        expected_step: int | None = None,
-    ) -> dynamics_pb2.RolloutRequest:
-        req = dynamics_pb2.RolloutRequest(
-            session_id=session_id,
-            actions=_actions(actions),
-            format=_fmt(fmt),
-            request_id=request_id or new_request_id(),
-        )
-        if expected_step is not None:
-            req.expected_step = expected_step
-        return req
+    _create_req = staticmethod(create_request)
+    _step_req = staticmethod(step_request)
+    _rollout_req = staticmethod(rollout_request)
 
 
 class WorldClient(_Base):

@@ -15,7 +15,9 @@ This module is the ingress alone: it wires the parts and its routes delegate to 
   an HTTP request's credential becomes a tenant and an error its HTTP status;
 - worldserve.web.play: the WebSocket protocol of a live player;
 - worldserve.web.rooms: the live rooms of this replica: leases, relays, the stepper;
-- worldserve.web.live / worldserve.web.relay: a room ticking here / a relay of one ticking elsewhere;
+- worldserve.web.live / worldserve.web.relay: a room ticking here / a relay of one ticking elsewhere
+  (worldserve.web.live_protocol: their messages and frames; live_players: their players here;
+  live_metrics: their metrics);
 - worldserve.state.live: their Redis (tokens, leases, channels).
 
 Live steps go through one :class:`~worldserve.dynamics.front.StepFront` (built on first use from
@@ -45,7 +47,7 @@ from worldserve.dynamics.front import StepFront, model_deployment_name
 from worldserve.state.live import LiveState
 from worldserve.state.quotas import QuotaEnforcer
 from worldserve.web.api import HTTP_STATUS, KEY_ONLY, HttpApi, http
-from worldserve.web.live import LiveMetrics
+from worldserve.web.live_metrics import LiveMetrics
 from worldserve.web.play import LivePlay
 from worldserve.web.rooms import Rooms
 

@@ -16,6 +16,11 @@ session per gateway replica:
 - players that reach another gateway replica play through a relay there
   (:class:`worldserve.web.relay.RelayRoom`): the room publishes each frame to its relays and takes
   their players' joins, messages and leaves (:meth:`LiveRoom.from_relay`).
+
+This module is the room: its clock, its steps, the merge rule and its players on other replicas.
+Its siblings: :mod:`worldserve.web.live_protocol` (the player protocol's messages and frames),
+:mod:`worldserve.web.live_players` (the players here: outboxes and fan-out) and
+:mod:`worldserve.web.live_metrics`; their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,100 +30,33 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from worldserve.common.codec import JPEG, PNG, RAW, EncodedFrame, encode_rgb
 from worldserve.common.errors import InvalidArgument, NotFound, status_of
-from worldserve.dynamics.interface import ActionError, ActionSpace
+from worldserve.dynamics.interface import ActionSpace
+from worldserve.web.live_metrics import FPS_WINDOW_S, LiveMetrics
+from worldserve.web.live_players import Player, _Fanout
+from worldserve.web.live_protocol import (
+    CONTROLLER,
+    FORMATS,
+    SPECTATOR,
+    Held,
+    LiveClosed,
+    RateLimit,
+    event_max_bytes,
+    pack_frame,
+    parse_message,
+    too_many,
+    unpack_frame,
+)
 
 log = logging.getLogger("worldserve.web")
 
-CONTROLLER, SPECTATOR = "controller", "spectator"
-FORMATS = {"jpeg": JPEG, "png": PNG, "raw": RAW}
-FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
-MAX_MESSAGE_BYTES = 4096
 MAX_ERRORS_IN_A_ROW = 20  # steps failing one after another: the room closes (1011)
-FPS_WINDOW_S = 2.0  # achieved fps is observed over windows this long
-
-
-class LiveClosed(Exception):
-    """Ends a player's connection with a WebSocket close code and a one-line reason."""
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
-def event_max_bytes(info: Mapping[str, Any]) -> int:
-    """The longest event text a model takes in UTF-8 bytes, from its info as plain data: 0 when it
-    takes no events; 256 when it takes them without saying how long."""
-    return int(info.get("event_max_bytes") or 256) if info["events_supported"] else 0
-
-
-@dataclass
-class Held:
-    """A controller's latest action (held keys and mouse), and when it arrived."""
-
-    keys: tuple[str, ...] = ()
-    mouse: dict[str, float] = field(default_factory=dict)
-    seq: int = 0
-    received: float = 0.0  # time.monotonic() of the message that set it
-
-
-def _action_problem(e: ActionError, space: ActionSpace) -> str:
-    """The live protocol's words for an action :meth:`ActionSpace.check` refused."""
-    if e.what == "keys":
-        return f"unknown keys {sorted(set(e.names))[:4]}; this model's keys are {sorted(space.keys)}"
-    if e.what == "axis":
-        return f"unknown mouse axis {e.names[0]!r}; this model's axes are {sorted(space.mouse_axes)}"
-    if e.what == "value":
-        return f"mouse {e.names[0]!r} must be a number in [-1, 1]"
-    return str(e)
-
-
-def parse_message(msg: Any, space: ActionSpace, event_max_bytes: int) -> tuple[str, dict]:
-    """A decoded client message -> (kind, fields); InvalidArgument names what is wrong. The action's
-    keys and mouse are checked by :meth:`ActionSpace.check`; ``event_max_bytes``: the longest event
-    the model takes (0: it takes none).
-
-    ``{"type": "action", "seq": 7, "keys": ["left"], "mouse": {"x": 0.5}}``: the keys held from now on;
-    ``{"type": "event", "seq": 8, "event": "night"}``: switch the world event ("" clears it);
-    ``{"type": "ping", "t": 123.4}``: answered by a pong carrying ``t``.
-    """
-    if not isinstance(msg, dict):
-        raise InvalidArgument("a message must be a JSON object")
-    kind = msg.get("type")
-    seq = msg.get("seq", 0)
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**53:
-        raise InvalidArgument("seq must be a non-negative integer")
-    if kind == "action":
-        keys = msg.get("keys", [])
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise InvalidArgument("keys must be a list of key names")
-        mouse = msg.get("mouse", {})
-        try:  # the keys first, then (an object) the mouse axis by axis
-            _, values = space.check(keys, mouse if isinstance(mouse, dict) else None, numbers_only=True)
-        except ActionError as e:
-            raise InvalidArgument(_action_problem(e, space)) from None
-        if not isinstance(mouse, dict):
-            raise InvalidArgument("mouse must be an object of axis -> value")
-        return "action", {"keys": tuple(sorted(set(keys))), "mouse": values, "seq": seq}
-    if kind == "event":
-        ev = msg.get("event")
-        if not isinstance(ev, str):
-            raise InvalidArgument('event must be a string ("" clears it)')
-        if ev and not event_max_bytes:
-            raise InvalidArgument("this model does not take world events")
-        if len(ev.encode()) > event_max_bytes:
-            raise InvalidArgument(f"event exceeds {event_max_bytes} bytes")
-        return "event", {"event": ev, "seq": seq}
-    if kind == "ping":
-        return "ping", {"t": msg.get("t")}
-    raise InvalidArgument(f"unknown message type {str(kind)[:40]!r}; expected action, event or ping")
 
 
 def merge(held: Iterable[Held]) -> tuple[tuple[str, ...], dict[str, float]]:
@@ -132,193 +70,8 @@ def merge(held: Iterable[Held]) -> tuple[tuple[str, ...], dict[str, float]]:
     return tuple(sorted(keys)), {a: float(np.mean(v)) for a, v in sorted(sums.items())}
 
 
-class RateLimit:
-    """A token bucket per client: ``rate`` messages a second, ``burst`` at once."""
-
-    def __init__(self, rate: float, burst: float):
-        self.rate, self.burst = rate, burst
-        self.tokens, self.t = burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-
-class Player:
-    """One connection: its role, its outbox of one frame, and (a controller) its held action."""
-
-    def __init__(
-        self,
-        pid: int,
-        role: str,
-        fmt: int,
-        send_bytes: Callable[[bytes], Awaitable[None]],
-        send_json: Callable[[dict], Awaitable[None]],
-        close: Callable[[int, str], Awaitable[None]],
-        limit: RateLimit,
-    ):
-        self.pid, self.role, self.fmt = pid, role, fmt
-        self._send_bytes, self.send_json, self.close = send_bytes, send_json, close
-        self.limit = limit
-        self.held = Held()
-        self.acked = 0  # the last seq of this player's that a frame has shown
-        self._outbox: bytes | None = None
-        self._ready = asyncio.Event()
-        self.opened = asyncio.Event()  # frames flow once the player has had its hello
-        self.dropped = 0
-        self.sent = 0
-
-    def offer(self, data: bytes) -> bool:
-        """Put a frame in the outbox; False when it replaced one the client had not taken yet."""
-        replaced = self._outbox is not None
-        self._outbox = data
-        self._ready.set()
-        if replaced:
-            self.dropped += 1
-        return not replaced
-
-    async def pump(self) -> None:
-        """Send frames as the client takes them (runs as the player's sender task)."""
-        await self.opened.wait()
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            data, self._outbox = self._outbox, None
-            if data is not None:
-                await self._send_bytes(data)
-                self.sent += 1
-
-
 Stepper = Callable[[tuple[str, ...], dict[str, float], str | None, float, int], Awaitable[tuple[int, np.ndarray]]]
 """(keys, mouse, event or None, frame deadline as time.time(), tick) -> (the session's step, (H, W, 3) frame)."""
-
-
-class _Fanout:
-    """A room's players on this gateway replica: joining, leaving, rosters, and each frame to
-    every player's outbox (encoded once per format, with that player's ack)."""
-
-    def __init__(
-        self,
-        *,
-        session_id: str,
-        model: str,
-        fps: float,
-        max_controllers: int,
-        space: ActionSpace,
-        event_max_bytes: int,
-        metrics: LiveMetrics,
-        on_empty: Callable[[Any], None] | None = None,
-    ):
-        self.session_id, self.model, self.fps = session_id, model, fps
-        self.max_controllers, self.space = max_controllers, space
-        self.event_max_bytes = event_max_bytes  # the longest event the model takes (0: none)
-        self.metrics, self._on_empty = metrics, on_empty
-        self.players: dict[int, Player] = {}
-        self._senders: dict[int, asyncio.Task] = {}
-        self._next_pid = 1
-        self.closed: LiveClosed | None = None
-        self.frames = 0
-
-    @property
-    def controllers(self) -> int:
-        return sum(p.role == CONTROLLER for p in self.players.values())
-
-    def _admit(self, role: str) -> None:
-        """Refuse a player the room cannot take (LiveClosed)."""
-        if self.closed is not None:
-            raise LiveClosed(self.closed.code, self.closed.reason)
-        if role == CONTROLLER and self.controllers >= self.max_controllers:
-            raise too_many(self.session_id, self.max_controllers)
-
-    def join(self, role: str, fmt: int, send_bytes, send_json, close, limit: RateLimit, open_: bool = True) -> Player:
-        """A new player; ``open_=False``: no frames go to it before ``player.opened.set()`` (its hello first)."""
-        self._admit(role)
-        p = Player(self._next_pid, role, fmt, send_bytes, send_json, close, limit)
-        if open_:
-            p.opened.set()
-        self._next_pid += 1
-        self.players[p.pid] = p
-        self._senders[p.pid] = asyncio.create_task(p.pump(), name=f"live-send-{p.pid}")
-        self.metrics.players(self.model, role, +1)
-        self._joined(p)
-        return p
-
-    def _joined(self, p: Player) -> None:
-        pass
-
-    def leave(self, p: Player) -> None:
-        if self.players.pop(p.pid, None) is None:
-            return
-        t = self._senders.pop(p.pid, None)
-        if t is not None:
-            t.cancel()
-        self.metrics.players(self.model, p.role, -1)
-        self._left(p)
-        if self._empty():
-            self.stop()
-
-    def _left(self, p: Player) -> None:
-        pass
-
-    def _empty(self) -> bool:
-        return not self.players
-
-    def stop(self) -> None:
-        for t in self._senders.values():
-            t.cancel()
-        if self._on_empty is not None:
-            cb, self._on_empty = self._on_empty, None
-            cb(self)
-
-    def roster(self) -> dict:
-        return {"type": "players", "controllers": self.controllers, "spectators": len(self.players) - self.controllers}
-
-    async def announce(self, msg: dict) -> None:
-        await asyncio.gather(*(p.send_json(msg) for p in list(self.players.values())), return_exceptions=True)
-
-    def deliver(self, tick: int, step_no: int, rgb: np.ndarray, acks: dict[int, Held], late: bool) -> None:
-        """A tick's frame to every player here; ``acks``: pid -> the held action the frame used."""
-        now = time.monotonic()
-        encoded: dict[int, EncodedFrame] = {}
-        for p in list(self.players.values()):
-            frame = encoded.get(p.fmt)
-            if frame is None:
-                frame = encoded[p.fmt] = encode_rgb(rgb, p.fmt)
-            h = acks.get(p.pid)
-            if h is not None and h.seq > p.acked:
-                p.acked = h.seq
-                if h.received:
-                    self.metrics.key_to_frame(self.model, now - h.received)
-            header = {
-                "tick": tick,
-                "step": step_no,
-                "ack": p.acked,
-                "late": late,
-                "dropped": p.dropped,
-                "format": FORMAT_NAMES[p.fmt],
-                "width": frame.width,
-                "height": frame.height,
-                "t": round(time.time() * 1000),
-            }
-            if not p.offer(pack_frame(header, frame.data)):
-                self.metrics.dropped(self.model)
-
-    async def _close_all(self, closed: LiveClosed) -> None:
-        self.closed = closed
-        await asyncio.gather(
-            *(p.close(closed.code, closed.reason) for p in list(self.players.values())), return_exceptions=True
-        )
-
-
-def too_many(session_id: str, n: int) -> LiveClosed:
-    return LiveClosed(
-        4409, f"session {session_id!r} already has {n} controllers (the most this model takes); join as a spectator"
-    )
 
 
 @dataclass
@@ -573,87 +326,6 @@ class LiveRoom(_Fanout):
         await super()._close_all(closed)
         if self.remote and self._publish is not None:
             await self._send_relays({"op": "close", "code": closed.code, "reason": closed.reason})
-
-
-def pack_frame(header: dict, data: bytes) -> bytes:
-    """A frame message: 4-byte big-endian header length, the JSON header, the encoded image."""
-    h = json.dumps(header, separators=(",", ":")).encode()
-    return len(h).to_bytes(4, "big") + h + data
-
-
-def unpack_frame(msg: bytes) -> tuple[dict, bytes]:
-    n = int.from_bytes(msg[:4], "big")
-    return json.loads(msg[4 : 4 + n]), msg[4 + n :]
-
-
-class LiveMetrics:
-    """Per-session playout, exported with bounded labels (model, role, outcome; never a session id)."""
-
-    def __init__(self, metrics) -> None:
-        m = metrics
-        self._frames = m.counter("live_frames", "Frames a live session produced (rate: achieved frames/s)", ("model",))
-        self._missed = m.counter(
-            "live_deadline_misses",
-            "Live ticks skipped: their step ended after the tick's deadline (or failed)",
-            ("model",),
-        )
-        self._dropped = m.counter(
-            "live_frames_dropped",
-            "Frames a slow client had not taken when the next came (dropped for that client alone)",
-            ("model",),
-        )
-        self._k2f = m.histogram(
-            "live_key_to_frame_seconds",
-            "From a controller's action arriving to the first frame that shows it",
-            ("model",),
-            (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
-        )
-        self._fps = m.histogram(
-            "live_session_fps",
-            f"Achieved frames/s of a live session (one observation per session each {FPS_WINDOW_S:g} s)",
-            ("model",),
-            (1, 2, 5, 8, 10, 12, 15, 20, 24, 30, 60),
-        )
-        self._sessions = m.gauge("live_sessions", "Live sessions this gateway replica ticks", ("model",))
-        self._players = m.gauge("live_players", "Players connected to this gateway replica", ("model", "role"))
-        self._errors = m.counter("live_step_errors", "Live steps that failed, by status", ("model", "code"))
-        self.messages_dropped = m.counter("live_messages_dropped", "Player messages dropped, by reason", ("reason",))
-        self._n_sessions: dict[str, int] = {}
-        self._n_players: dict[tuple[str, str], int] = {}
-
-    def frame(self, model: str) -> None:
-        self._frames.inc(model=model)
-
-    def missed(self, model: str, n: int) -> None:
-        self._missed.inc(n, model=model)
-
-    def dropped(self, model: str) -> None:
-        self._dropped.inc(model=model)
-
-    def key_to_frame(self, model: str, s: float) -> None:
-        self._k2f.observe(s, model=model)
-
-    def fps(self, model: str, v: float) -> None:
-        self._fps.observe(v, model=model)
-
-    def step_error(self, model: str, code: str) -> None:
-        self._errors.inc(model=model, code=code)
-
-    def sessions(self, model: str, d: int) -> None:
-        n = self._n_sessions[model] = self._n_sessions.get(model, 0) + d
-        self._sessions.set(n, model=model)
-
-    def players(self, model: str, role: str, d: int) -> None:
-        n = self._n_players[(model, role)] = self._n_players.get((model, role), 0) + d
-        self._players.set(n, model=model, role=role)
-
-    def refresh(self) -> None:
-        """Set the gauges again: Ray exports a gauge only while it is being set (it drops one left
-        alone for about two export intervals), and players may stay for hours."""
-        for model, n in self._n_sessions.items():
-            self._sessions.set(n, model=model)
-        for (model, role), n in self._n_players.items():
-            self._players.set(n, model=model, role=role)
 
 
 __all__ = [

@@ -18,13 +18,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from worldserve.common.errors import InvalidArgument, NotFound, Unauthenticated, status_of
 from worldserve.web.api import bearer
-from worldserve.web.live import (
+from worldserve.web.live_metrics import LiveMetrics
+from worldserve.web.live_protocol import (
     CONTROLLER,
     FORMATS,
     MAX_MESSAGE_BYTES,
     SPECTATOR,
     LiveClosed,
-    LiveMetrics,
     RateLimit,
     parse_message,
 )

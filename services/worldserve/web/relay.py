@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from worldserve.dynamics.interface import ActionSpace
-from worldserve.web.live import Held, LiveClosed, LiveMetrics, Player, _Fanout, unpack_frame
+from worldserve.web.live_metrics import LiveMetrics
+from worldserve.web.live_players import Player, _Fanout
+from worldserve.web.live_protocol import Held, LiveClosed, unpack_frame
 
 log = logging.getLogger("worldserve.web")
 

@@ -24,7 +24,9 @@ import numpy as np
 from worldserve.common.codec import RAW
 from worldserve.dynamics.engine.types import Priority, StepRequest
 from worldserve.dynamics.interface import ActionSpace
-from worldserve.web.live import LiveClosed, LiveMetrics, LiveRoom, event_max_bytes
+from worldserve.web.live import LiveRoom
+from worldserve.web.live_metrics import LiveMetrics
+from worldserve.web.live_protocol import LiveClosed, event_max_bytes
 from worldserve.web.relay import RelayRoom
 
 log = logging.getLogger("worldserve.web")
