@@ -180,10 +180,10 @@ def play(
     """Create a world from a prompt, step it through the actions (a progress bar), write a GIF."""
     from PIL import Image
 
-    from worldserve.client import WorldClient, _actions
+    from worldserve.client import WorldClient, to_actions
 
     target = target or _read_state().get("endpoint", f"127.0.0.1:{GRPC_PORT}")
-    acts = _actions(a.strip() for a in actions.split(",") if a.strip())
+    acts = to_actions(a.strip() for a in actions.split(",") if a.strip())
     if event and 1 <= event_step <= len(acts):
         acts[event_step - 1].event = event
     frames = []

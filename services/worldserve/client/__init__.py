@@ -42,13 +42,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from worldserve.client._requests import (
     FORMATS,
     ActionLike,
-    _actions,
     _fmt,
     action,
     create_request,
     new_request_id,
     rollout_request,
     step_request,
+    to_actions,
 )
 from worldserve.client._retry import STATUS_DETAILS_KEY, _backoff, _retry_delay, retry_after
 from worldserve.client._stream import ResponseStream, _ResumingStream
@@ -66,6 +66,7 @@ __all__ = [
     "WorldClient",
     "AsyncWorldClient",
     "action",
+    "to_actions",
     "new_request_id",
     "retry_after",
     "FORMATS",
@@ -327,7 +328,7 @@ class WorldClient(_Base):
         are interactive; ``deadline_ms``: each frame's deadline (0: the cluster's default)."""
 
         def reqs() -> Iterator[dynamics_pb2.PlayRequest]:
-            for i, a in enumerate(_actions(actions)):
+            for i, a in enumerate(to_actions(actions)):
                 yield dynamics_pb2.PlayRequest(
                     session_id=session_id if i == 0 else "",
                     action=a,

@@ -40,7 +40,8 @@ def _fmt(fmt: str | int) -> common_pb2.FrameFormat:
         raise ValueError(f"unknown frame format {fmt!r}; expected one of {sorted(FORMATS)}") from None
 
 
-def _actions(actions: Iterable[ActionLike]) -> list[common_pb2.Action]:
+def to_actions(actions: Iterable[ActionLike]) -> list[common_pb2.Action]:
+    """Action messages from what the SDK accepts: an Action, "right+jump" ("noop": none) or a key list."""
     out = []
     for a in actions:
         if isinstance(a, common_pb2.Action):
@@ -119,7 +120,7 @@ def rollout_request(
 ) -> dynamics_pb2.RolloutRequest:
     req = dynamics_pb2.RolloutRequest(
         session_id=session_id,
-        actions=_actions(actions),
+        actions=to_actions(actions),
         format=_fmt(fmt),
         request_id=request_id or new_request_id(),
     )
