@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
+from waiting import until
 
 from worldserve.common.codec import JPEG, PNG, RAW, decode_frame, encode_frame
 from worldserve.common.config import Config
@@ -76,11 +77,11 @@ async def deletion_subscribers(store) -> int:
 async def wait_for_deletion_subscribers(store, n: int, timeout_s: float = 5.0) -> None:
     """Until ``n`` clients subscribe to the deletion feed: a deletion published before an
     engine subscribed would never reach it."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while (got := await deletion_subscribers(store)) < n:
-        assert loop.time() < deadline, f"{got} of {n} subscribers on {DELETIONS_CHANNEL} after {timeout_s} s"
-        await asyncio.sleep(0.01)
+
+    async def subscribed() -> bool:
+        return await deletion_subscribers(store) >= n
+
+    await until(subscribed, timeout_s, f"{n} subscribers on {DELETIONS_CHANNEL}")
 
 
 async def test_steps_land_in_redis_and_reuse_the_state(engine, store):

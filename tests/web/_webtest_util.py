@@ -1,4 +1,4 @@
-"""What the web tests share: waiting on a condition, stand-ins for Serve's deployment handles and a
+"""What the web tests share: stand-ins for Serve's deployment handles and a
 model deployment, a player of a room, and an in-process ASGI client for the gateway's app (HTTP and
 WebSocket) so that the ingress is tested without a Ray cluster."""
 
@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import time
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,20 +17,6 @@ from worldserve.common.codec import RAW, EncodedFrame
 from worldserve.common.servicer import ServiceBase
 from worldserve.dynamics.engine.types import StepOutput
 from worldserve.web.live_protocol import RateLimit, unpack_frame
-
-
-async def until(cond: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
-    """Wait (polling every 5 ms) until ``cond()`` is true; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        out = cond()
-        if inspect.isawaitable(out):
-            out = await out
-        if out:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what or getattr(cond, '__name__', 'the condition')}")
-        await asyncio.sleep(0.005)
 
 
 class Handle:

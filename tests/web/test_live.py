@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from _webtest_util import until
+from waiting import until
 
 from worldserve.common.codec import JPEG, PNG, RAW
 from worldserve.common.errors import InvalidArgument, NotFound

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from _webtest_util import until
+from waiting import until
 
 from worldserve.state.live import LiveState
 

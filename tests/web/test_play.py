@@ -8,8 +8,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from _webtest_util import KEY, OTHER_KEY, WebSocketClient, http, make_gateway, until
+from _webtest_util import KEY, OTHER_KEY, WebSocketClient, http, make_gateway
 from ray import serve
+from waiting import until
 
 from worldserve.dynamics.engine.types import Priority
 from worldserve.web import gateway

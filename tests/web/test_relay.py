@@ -8,7 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from _webtest_util import Player, until
+from _webtest_util import Player
+from waiting import until
 
 import worldserve.web.relay as relay_mod
 from worldserve.common.codec import PNG, RAW

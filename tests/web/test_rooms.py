@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from _webtest_util import Handle, ModelServer, Player, info, until
+from _webtest_util import Handle, ModelServer, Player, info
+from waiting import until
 
 from worldserve.common.codec import RAW
 from worldserve.common.config import Config
