@@ -89,12 +89,8 @@ class StepFront:
         recent steps, handle hops included); None before its first step here."""
         return self._step_s.get(model)
 
-    async def step_seconds(self, model: str) -> float:
-        """Seconds per step of ``model``: as measured through this front, else the replica's own
-        model seconds per step (0.0: nothing measured yet)."""
-        s = self.measured_step_s(model)
-        if s is not None:
-            return s
+    async def replica_step_seconds(self, model: str) -> float:
+        """The model replica's own model seconds per step, without the hops (0.0: no step yet)."""
         return float(await self.handle(model).step_seconds.remote())
 
     # -- routes -----------------------------------------------------------------------------------

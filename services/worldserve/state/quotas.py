@@ -49,8 +49,6 @@ class QuotaEnforcer:
         self._gcra = self.r.register_script(GCRA)
         self.metrics = QuotaMetrics(metrics) if metrics is not None else None
 
-    rate_key = staticmethod(rate_key)
-
     def _refuse(self, e: QuotaExceeded) -> QuotaExceeded:
         if self.metrics is not None:
             self.metrics.rejected(e)

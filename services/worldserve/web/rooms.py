@@ -93,7 +93,7 @@ class Rooms:
             front = await self.front()
             s = front.measured_step_s(model)
             if s is None:
-                model_s = await front.step_seconds(model)
+                model_s = await front.replica_step_seconds(model)
                 s = model_s + STEP_OVERHEAD_S if model_s else None
         except Exception as e:  # no estimate: the config's bound alone
             log.warning("no step time from model %r: %s", model, e)
