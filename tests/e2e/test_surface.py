@@ -1,0 +1,80 @@
+"""The cluster's surface through Serve's gRPC proxy: bytes that do not parse as a method's request
+answer INVALID_ARGUMENT naming the message (no Python class names), on every method; the proxy does
+not offer gRPC server reflection unless the serve config turns it on."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from worldserve.client import WorldClient
+from worldserve.common.servicer import rpc_table
+from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2
+
+GARBAGE = b"\xff\xff\xff\xff\xff\xff"  # no protobuf message parses from this (field 0 / bad varint)
+
+
+def _methods():
+    """(path, input message name, application, client streaming, server streaming) of every
+    worldserve method, and of grpc.health.v1.Health's (answered by every application)."""
+    out = []
+    for mod in (dynamics_pb2, sessions_pb2, image_pb2):
+        for svc in mod.DESCRIPTOR.services_by_name.values():
+            for m in svc.methods:
+                app = rpc_table()[m.name][1]
+                out.append(
+                    (f"/{svc.full_name}/{m.name}", m.input_type.full_name, app, m.client_streaming, m.server_streaming)
+                )
+    for m in health_pb2.DESCRIPTOR.services_by_name["Health"].methods:
+        out.append((f"/grpc.health.v1.Health/{m.name}", m.input_type.full_name, "dynamics", False, m.server_streaming))
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_unparseable_bytes_answer_invalid_argument_on_every_method(cluster):
+    ident = lambda b: b  # noqa: E731
+    methods = _methods()
+    assert len(methods) == 16  # 13 worldserve methods (Play bidi-streaming) + Health's Check, Watch, List
+    problems = []
+    with WorldClient(cluster["target"], cluster["key_a"], timeout_s=60, retry_s=0) as c:
+        ch = c.channel
+        for path, message, app, client_streaming, server_streaming in methods:
+            md = [("application", app), ("authorization", f"Bearer {cluster['key_a']}")]
+            try:
+                if client_streaming:
+                    call = ch.stream_stream(path, request_serializer=ident, response_deserializer=ident)
+                    list(call(iter([GARBAGE]), metadata=md, timeout=60))
+                elif server_streaming:
+                    call = ch.unary_stream(path, request_serializer=ident, response_deserializer=ident)
+                    list(call(GARBAGE, metadata=md, timeout=60))
+                else:
+                    ch.unary_unary(path, request_serializer=ident, response_deserializer=ident)(
+                        GARBAGE, metadata=md, timeout=60
+                    )
+            except grpc.RpcError as e:
+                want = f"request could not be parsed as {message}"
+                if e.code() != grpc.StatusCode.INVALID_ARGUMENT or e.details() != want or "class" in e.details():
+                    problems.append(f"{path}: {e.code().name} {e.details()!r}")
+            else:
+                problems.append(f"{path}: OK")
+        assert not problems, "\n".join(problems)
+        # an unauthenticated caller learns nothing about the parse: the key is checked first
+        call = ch.unary_unary("/worldserve.v1.DynamicsService/Step", request_serializer=ident)
+        with pytest.raises(grpc.RpcError) as err:
+            call(GARBAGE, metadata=[("application", "dynamics")], timeout=60)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # the same channel still serves well-formed calls
+        assert c.list_models().models
+
+
+@pytest.mark.timeout(120)
+def test_server_reflection_is_off_by_default(cluster):
+    with grpc.insecure_channel(cluster["target"]) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            list(
+                stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30)
+            )
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
