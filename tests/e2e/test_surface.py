@@ -34,7 +34,7 @@ def _methods():
 
 @pytest.mark.timeout(300)
 def test_unparseable_bytes_answer_invalid_argument_on_every_method(cluster):
-    ident = lambda b: b  # noqa: E731
+    ident = lambda b: b
     methods = _methods()
     assert len(methods) == 16  # 13 worldserve methods (Play bidi-streaming) + Health's Check, Watch, List
     problems = []
@@ -67,6 +67,31 @@ def test_unparseable_bytes_answer_invalid_argument_on_every_method(cluster):
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # the same channel still serves well-formed calls
         assert c.list_models().models
+
+
+@pytest.mark.timeout(180)
+def test_a_play_stream_steps_until_a_message_does_not_parse(cluster):
+    """Play's messages are parsed as each arrives: the good one steps, the bad one ends the stream
+    with INVALID_ARGUMENT (through Serve's proxy a bad message used to end the stream with OK)."""
+    ident = lambda b: b
+    with WorldClient(cluster["target"], cluster["key_a"], timeout_s=60, retry_s=0) as c:
+        sid = c.create_session(prompt="a red door on the left, grass, day", seed=5).session_id
+        good = dynamics_pb2.PlayRequest(session_id=sid, request_id="surface-1")
+        good.action.keys.append("right")
+        call = c.channel.stream_stream(
+            "/worldserve.v1.DynamicsService/Play",
+            request_serializer=ident,
+            response_deserializer=dynamics_pb2.StepResponse.FromString,
+        )
+        md = [("application", "dynamics"), ("authorization", f"Bearer {cluster['key_a']}"), ("session_id", sid)]
+        got = []
+        with pytest.raises(grpc.RpcError) as err:
+            for r in call(iter([good.SerializeToString(), GARBAGE]), metadata=md, timeout=60):
+                got.append(r.step)
+        assert got == [1]
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "request could not be parsed as worldserve.v1.PlayRequest"
+        assert c.get_session(sid).step == 1
 
 
 @pytest.mark.timeout(120)
