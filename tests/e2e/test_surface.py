@@ -4,6 +4,8 @@ not offer gRPC server reflection unless the serve config turns it on."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
@@ -92,6 +94,55 @@ def test_a_play_stream_steps_until_a_message_does_not_parse(cluster):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details() == "request could not be parsed as worldserve.v1.PlayRequest"
         assert c.get_session(sid).step == 1
+
+
+def _image(fmt: str, size: int = 64) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.timeout(180)
+def test_uploads_decode_only_the_declared_png_jpeg_or_raw(cluster):
+    import base64
+
+    import requests
+
+    from worldserve.v1 import common_pb2
+
+    png, jpeg = common_pb2.FRAME_FORMAT_PNG, common_pb2.FRAME_FORMAT_JPEG
+    refused = [
+        (png, _image("BMP"), "cannot decode image: declared PNG, but its bytes are neither PNG nor JPEG"),
+        (png, _image("GIF"), "cannot decode image: declared PNG, but its bytes are neither PNG nor JPEG"),
+        (jpeg, _image("PNG"), "cannot decode image: declared JPEG, but its bytes are a PNG"),
+        (99, _image("PNG"), "unknown image format 99; expected PNG (1), JPEG (2) or RAW_RGB8 (3)"),
+    ]
+    with WorldClient(cluster["target"], cluster["key_a"], timeout_s=60, retry_s=0) as c:
+        for fmt, data, want in refused:
+            with pytest.raises(grpc.RpcError) as err:
+                c.create_session(image=common_pb2.Frame(format=fmt, data=data), seed=1)
+            assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, want)
+        assert c.create_session(image=common_pb2.Frame(format=jpeg, data=_image("JPEG")), seed=1).step == 0
+    # the web gateway's uploads (base64 PNG or JPEG): declared as what their bytes are
+    url, headers = cluster["http"] + "/v1/sessions", {"authorization": f"Bearer {cluster['key_a']}"}
+    deadline = time.monotonic() + 60
+    while True:  # the HTTP proxy may need a moment for the gateway's route
+        try:
+            if requests.get(cluster["http"] + "/healthz", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "web gateway not reachable"
+        time.sleep(0.5)
+    for fmt, status in (("JPEG", 200), ("PNG", 200), ("GIF", 400), ("TIFF", 400)):
+        body = {"image": base64.b64encode(_image(fmt)).decode(), "seed": 2}
+        r = requests.post(url, json=body, headers=headers, timeout=60)
+        assert r.status_code == status, (fmt, r.text)
 
 
 @pytest.mark.timeout(120)
