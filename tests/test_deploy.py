@@ -174,3 +174,27 @@ def test_deploy_starts_again_when_the_first_proxy_dies_while_serve_starts(monkey
     monkeypatch.setattr(serve, "run_many", lambda targets, **kw: calls.append("run_many"))
     dep.deploy(dep.load_config(app_args={"redis_url": "redis://127.0.0.1:1/0"}))
     assert calls == ["start", "start", "run_many"]
+
+
+def test_grpc_reflection_is_off_unless_the_config_turns_it_on(tmp_path):
+    """Serve's default is on (anyone reaching the port lists the API); every shipped serve config
+    says off, a config that says nothing gets off, and only ``enable_reflection: true`` turns it on.
+    Requests reach worldserve as bytes through its own registrations (worldserve.common.wire)."""
+    import yaml
+
+    root = dep.REPO_CONFIG.parents[2]
+    for path in (
+        dep.REPO_CONFIG,
+        root / "k8s/base/serve/worldserve.yaml",
+        root / "k8s/overlays/gpu/serve/worldserve.yaml",
+    ):
+        grpc_options = yaml.safe_load(path.read_text())["grpc_options"]
+        assert grpc_options["enable_reflection"] is False, path
+        assert [f.rsplit(".", 1)[0] for f in grpc_options["grpc_servicer_functions"]] == ["worldserve.common.wire"] * 4
+    raw = yaml.safe_load(dep.REPO_CONFIG.read_text())
+    del raw["grpc_options"]["enable_reflection"]
+    (tmp_path / "quiet.yaml").write_text(yaml.safe_dump(raw))
+    assert dep.load_config(tmp_path / "quiet.yaml")["grpc_options"]["enable_reflection"] is False
+    raw["grpc_options"]["enable_reflection"] = True
+    (tmp_path / "on.yaml").write_text(yaml.safe_dump(raw))
+    assert dep.load_config(tmp_path / "on.yaml")["grpc_options"]["enable_reflection"] is True

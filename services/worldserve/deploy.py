@@ -33,6 +33,9 @@ def load_config(
         raise FileNotFoundError(f"serve config {path} not found; pass --config")
     cfg = yaml.safe_load(path.read_text())
     cfg = copy.deepcopy(cfg)
+    # Serve turns gRPC server reflection on unless told otherwise: here it is on only where the
+    # config says `enable_reflection: true`.
+    cfg.setdefault("grpc_options", {}).setdefault("enable_reflection", False)
     if grpc_port is not None:
         cfg["grpc_options"]["port"] = grpc_port
     if http_port is not None:

@@ -2,8 +2,10 @@
 start-up errors of a bad model folder."""
 
 import json
+import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +167,69 @@ def test_a_served_model_may_override_batch_invariance():
     assert batch_invariant(cfg, "cuda:0", ModelSpec(name="g", batch_invariant="on")) is True
     with pytest.raises(ValueError, match="batch_invariant='sometimes'"):
         Config.load({"models": [{"name": "x", "batch_invariant": "sometimes"}]}, env={})
+
+
+@pytest.fixture
+def shipped_without_weights(tmp_path, monkeypatch):
+    """The package's weights folders as an install that lost its safetensors files leaves them."""
+    import shutil
+
+    import worldserve.common.config as config_module
+
+    shipped = tmp_path / "weights"
+    for name in ("dynamics", "transformer", "image"):
+        (shipped / name).mkdir(parents=True)
+        shutil.copy(Path(config_module.SHIPPED_WEIGHTS) / name / "config.json", shipped / name / "config.json")
+    monkeypatch.setattr(config_module, "SHIPPED_WEIGHTS", str(shipped))
+    return shipped
+
+
+def test_missing_shipped_weights_are_a_start_up_error_never_random_weights(shipped_without_weights):
+    from worldserve.image.core import load_backend
+
+    cfg = Config.load({}, env={})  # the defaults: the shipped pair and the shipped image model
+    for spec, folder in zip(cfg.models, ("dynamics", "transformer")):
+        want = str(shipped_without_weights / folder / "model.safetensors")
+        with pytest.raises(ModelLoadError, match=re.escape(f"model '{spec.name}': '{want}' not found")):
+            load_model(spec, cfg, "cpu")
+    want = str(shipped_without_weights / "image" / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=re.escape(f"image model 'caption_decoder': '{want}' not found")):
+        load_backend(cfg)
+
+
+def test_random_weights_only_when_the_config_says_random(shipped_without_weights):
+    from worldserve.image.core import load_backend
+
+    cfg = Config.load({"dynamics_model_path": "random", "image_model_path": "random"}, env={})
+    assert type(load_model(cfg.models[0], cfg, "cpu")).__name__ == "CanvasWorldModel"
+    assert type(load_backend(cfg)).__name__ == "CaptionDecoder"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+@pytest.mark.parametrize("shipped", ["dynamics", "transformer", "image"])
+def test_a_corrupt_weights_file_names_the_file(tmp_path, shipped, damage):
+    import shutil
+
+    from worldserve.common.config import SHIPPED_WEIGHTS
+    from worldserve.image.core import load_backend
+
+    d = tmp_path / shipped
+    shutil.copytree(Path(SHIPPED_WEIGHTS) / shipped, d)
+    w = d / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes({"garbage": b"\x00garbage" * 10, "truncated": data[: len(data) // 2], "empty": b""}[damage])
+    cfg = Config.load({"models": [{"name": "q", "path": str(d)}], "image_model_path": str(d)}, env={})
+    with pytest.raises(ModelLoadError, match=re.escape(f"'{w}' is not a safetensors file")) as err:
+        load_backend(cfg) if shipped == "image" else load_model(cfg.models[0], cfg, "cpu")
+    assert "\n" not in str(err.value)
+
+
+def test_an_image_model_folder_that_is_missing_or_of_an_unknown_kind(tmp_path):
+    from worldserve.image.core import load_backend
+
+    with pytest.raises(
+        ModelLoadError, match=re.escape(f"image model 'caption_decoder': model folder '{tmp_path / 'no'}'")
+    ):
+        load_backend(Config.load({"image_model_path": str(tmp_path / "no")}, env={}))
+    with pytest.raises(ModelLoadError, match="image model 'nope': no model kind 'nope'"):
+        load_backend(Config.load({"image_model_kind": "nope", "image_model_path": "random"}, env={}))

@@ -104,33 +104,56 @@ def encode_frame(rgb: np.ndarray, fmt: int = PNG) -> common_pb2.Frame:
     return encode_rgb(rgb, fmt).to_pb()
 
 
+_NAMES = {PNG: "PNG", JPEG: "JPEG", RAW: "RAW_RGB8"}
+_SIGNATURES = {PNG: b"\x89PNG\r\n\x1a\n", JPEG: b"\xff\xd8\xff"}
+MAX_UPLOAD_PIXELS = 4096 * 4096
+"""Largest uploaded image, in pixels (checked from the header, before decoding)."""
+
+
+def sniff_format(data: bytes) -> int | None:
+    """PNG or JPEG by the bytes' signature; None for anything else (BMP, GIF, TIFF, ...)."""
+    for fmt, sig in _SIGNATURES.items():
+        if data.startswith(sig):
+            return fmt
+    return None
+
+
 def decode_png(data: bytes) -> np.ndarray:
     """A PNG the cluster wrote itself (the step log) -> (H, W, 3) uint8."""
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
         return np.asarray(img.convert("RGB"))
 
 
 def decode_frame(frame: common_pb2.Frame, *, max_bytes: int, expect_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Frame message -> (H, W, 3) uint8, with INVALID_ARGUMENT on anything off."""
+    """An uploaded Frame -> (H, W, 3) uint8, with INVALID_ARGUMENT on anything off. Only the
+    formats the API names decode (PNG, JPEG, raw RGB8; unspecified means PNG), and the declared
+    format must be what the bytes are: nothing else reaches an image decoder."""
     if len(frame.data) == 0:
         raise InvalidArgument("image is empty")
     if len(frame.data) > max_bytes:
         raise InvalidArgument(f"image of {len(frame.data)} bytes exceeds the limit of {max_bytes} bytes")
-    if frame.format == RAW:
+    fmt = frame.format or PNG
+    if fmt not in _NAMES:
+        raise InvalidArgument(f"unknown image format {fmt!r}; expected PNG (1), JPEG (2) or RAW_RGB8 (3)")
+    if fmt == RAW:
         w, h = frame.width, frame.height
         if w * h * 3 != len(frame.data):
             raise InvalidArgument(f"raw RGB8 image of {len(frame.data)} bytes does not match {w}x{h}x3")
         rgb = np.frombuffer(frame.data, dtype=np.uint8).reshape(h, w, 3)
     else:
+        actual = sniff_format(frame.data)
+        if actual != fmt:
+            what = f"a {_NAMES[actual]}" if actual is not None else "neither PNG nor JPEG"
+            raise InvalidArgument(f"cannot decode image: declared {_NAMES[fmt]}, but its bytes are {what}")
         try:
-            with Image.open(io.BytesIO(frame.data)) as img:
-                if img.width * img.height > 4096 * 4096:
+            with Image.open(io.BytesIO(frame.data), formats=[_NAMES[fmt]]) as img:
+                if img.width * img.height > MAX_UPLOAD_PIXELS:
                     raise InvalidArgument(f"image of {img.width}x{img.height} pixels is too large")
                 rgb = np.asarray(img.convert("RGB"))
         except InvalidArgument:
             raise
         except Exception as e:
-            raise InvalidArgument(f"cannot decode image: {type(e).__name__}") from None
+            raise InvalidArgument(f"cannot decode image as {_NAMES[fmt]}: {type(e).__name__}") from None
     if expect_size is not None and (rgb.shape[1], rgb.shape[0]) != expect_size:
         raise InvalidArgument(
             f"image is {rgb.shape[1]}x{rgb.shape[0]}, but the model makes {expect_size[0]}x{expect_size[1]} frames"

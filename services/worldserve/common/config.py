@@ -42,7 +42,8 @@ class ModelSpec:
     path: str = ""
     """Folder with the model's config + safetensors; ``shipped:NAME``: the package's
     ``weights/NAME``; empty: ``Config.dynamics_model_path`` (by default the shipped
-    ``weights/dynamics``); "random": random init (seed 0)."""
+    ``weights/dynamics``); "random": random init (seed 0), the only way to get one: a missing or
+    corrupt weights file is a start-up error naming it."""
     tier: str = ""
     """Serving tier shown by ListModels, e.g. "quality" or "fast"."""
     sample_steps: int = 0
@@ -102,11 +103,13 @@ class Config:
     """Model a CreateSession without ``model`` binds its session to; empty: the first of ``models``."""
     dynamics_model_path: str = ""
     """Folder with config.json + model.safetensors for models whose ``path`` is empty; empty: the
-    shipped trained weights (worldserve/weights/dynamics); "random": random init (seed 0)."""
+    shipped trained weights (worldserve/weights/dynamics); "random": random init (seed 0), the only
+    way to get one (a missing or corrupt file is a start-up error naming it)."""
     image_model_kind: str = "caption_decoder"
     """Registry name of the image model (``worldserve.image_models`` entry points)."""
     image_model_path: str = ""
-    """Folder of the image model; empty: the shipped weights (worldserve/weights/image); "random": random init."""
+    """Folder of the image model; empty: the shipped weights (worldserve/weights/image); "random":
+    random init, the only way to get one (a missing or corrupt file is a start-up error naming it)."""
     max_batch_size: int = 32
     """Most sessions stepped in one model call. Bounds: 1 .. 1024."""
     max_batch_wait_s: float = 0.0
@@ -315,12 +318,12 @@ def folder_kind(path: str | os.PathLike[str] | None, default: str) -> str:
 
 
 def model_path(configured: str, kind: str) -> str | None:
-    """The folder to load a model from, or None for random init. ``kind``: "dynamics" or "image"."""
+    """The folder to load a model from: ``configured``, ``shipped:NAME`` (the package's
+    ``weights/NAME``) or, when empty, the shipped ``weights/<kind>`` (``kind``: "dynamics" or
+    "image"); None (random init) only for "random". A missing or corrupt file in the folder is
+    the loader's start-up error naming it: nothing falls back to random weights."""
     if configured == "random":
         return None
     if configured.startswith("shipped:"):
         return os.path.join(SHIPPED_WEIGHTS, configured.removeprefix("shipped:"))
-    if configured:
-        return configured
-    shipped = os.path.join(SHIPPED_WEIGHTS, kind)
-    return shipped if os.path.exists(os.path.join(shipped, "model.safetensors")) else None
+    return configured or os.path.join(SHIPPED_WEIGHTS, kind)

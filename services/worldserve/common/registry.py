@@ -14,14 +14,58 @@ precedence over entry points; worldserve's own models are entry points of its ow
 from __future__ import annotations
 
 import importlib
+import json
 import threading
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class UnknownModelKind(LookupError):
     """No loader is registered under this name."""
+
+
+class ModelLoadError(RuntimeError):
+    """A configured model cannot be loaded: the message names the model and the file at fault. A
+    replica that raises it never starts (nothing falls back to random weights)."""
+
+
+def load_folder(
+    what: str,
+    folder: Path,
+    config_file: str,
+    weights_file: str,
+    load: Callable[[Path], T],
+    errors: tuple[type[Exception], ...] = (RuntimeError, ValueError, KeyError, TypeError),
+) -> T:
+    """``load(folder)`` after checking the folder holds both files and valid JSON; a weights file
+    that is not safetensors, and ``errors`` raised by ``load`` (shape/key mismatch, bad config
+    values), become a :class:`ModelLoadError` naming the files. ``what`` names the model, e.g.
+    ``"model 'platformer'"``."""
+    from safetensors import SafetensorError
+
+    for name in (config_file, weights_file):
+        if not (folder / name).is_file():
+            raise ModelLoadError(f"{what}: {str(folder / name)!r} not found")
+    try:
+        json.loads((folder / config_file).read_text())
+    except ValueError as e:
+        raise ModelLoadError(f"{what}: {str(folder / config_file)!r} is not valid JSON: {e}") from None
+    try:
+        return load(folder)
+    except SafetensorError as e:
+        raise ModelLoadError(f"{what}: {str(folder / weights_file)!r} is not a safetensors file: {_first(e)}") from None
+    except errors as e:
+        raise ModelLoadError(
+            f"{what}: {str(folder / weights_file)!r} does not match {str(folder / config_file)!r}: {_first(e)}"
+        ) from None
+
+
+def _first(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
 
 
 class Registry:

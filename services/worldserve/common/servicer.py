@@ -21,9 +21,18 @@ from grpc_health.v1 import health_pb2
 
 from worldserve.common.auth import KeyRing
 from worldserve.common.config import Config
-from worldserve.common.errors import GrpcContext, Handler, Metadata, StreamFailed, Unauthenticated, grpc_method
+from worldserve.common.errors import (
+    GrpcContext,
+    Handler,
+    InvalidArgument,
+    Metadata,
+    StreamFailed,
+    Unauthenticated,
+    grpc_method,
+)
 from worldserve.common.metrics import ServiceMetrics
 from worldserve.common.quotas import Quotas
+from worldserve.common.wire import parse_request, parse_stream
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -50,6 +59,19 @@ def rpc_table() -> dict[str, tuple[str, str, bool, type[Message]]]:
         for svc in mod.DESCRIPTOR.services_by_name.values():
             for m in svc.methods:
                 out[m.name] = (svc.name, APPS[svc.full_name], m.server_streaming, GetMessageClass(m.output_type))
+    return out
+
+
+@functools.cache
+def request_types() -> dict[str, tuple[type[Message], bool]]:
+    """RPC method name -> (request class, client-streaming), for every worldserve service."""
+    from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2
+
+    out: dict[str, tuple[type[Message], bool]] = {}
+    for mod in (dynamics_pb2, sessions_pb2, image_pb2):
+        for svc in mod.DESCRIPTOR.services_by_name.values():
+            for m in svc.methods:
+                out[m.name] = (GetMessageClass(m.input_type), m.client_streaming)
     return out
 
 
@@ -138,22 +160,57 @@ class ServiceBase:
         return unary
 
     # grpc.health.v1.Health, answered per application (the `application` metadata picks the app).
+    # A replica answers once Serve routes to it, i.e. once it is up: always SERVING. No key needed.
+    @staticmethod
+    def _health_parses(cls: type[Message], request: object, grpc_context: GrpcContext | None) -> bool:
+        try:
+            parse_request(cls, request)
+        except InvalidArgument as e:
+            if grpc_context is not None:
+                grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                grpc_context.set_details(str(e))
+            return False
+        return True
+
     async def Check(
-        self, request: health_pb2.HealthCheckRequest, grpc_context: GrpcContext | None = None
+        self, request: health_pb2.HealthCheckRequest | bytes, grpc_context: GrpcContext | None = None
     ) -> health_pb2.HealthCheckResponse:
-        # A replica answers once Serve routes to it, i.e. once it is up: always SERVING.
+        if not self._health_parses(health_pb2.HealthCheckRequest, request, grpc_context):
+            return health_pb2.HealthCheckResponse()
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
+    async def List(
+        self, request: health_pb2.HealthListRequest | bytes, grpc_context: GrpcContext | None = None
+    ) -> health_pb2.HealthListResponse:
+        if not self._health_parses(health_pb2.HealthListRequest, request, grpc_context):
+            return health_pb2.HealthListResponse()
+        serving = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        return health_pb2.HealthListResponse(statuses={"": serving})
+
     async def Watch(
-        self, request: health_pb2.HealthCheckRequest, grpc_context: GrpcContext | None = None
+        self, request: health_pb2.HealthCheckRequest | bytes, grpc_context: GrpcContext | None = None
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        yield await self.Check(request, grpc_context=grpc_context)
+        out = await self.Check(request, grpc_context=grpc_context)
+        if out.status != health_pb2.HealthCheckResponse.SERVING:
+            raise StreamFailed("request could not be parsed as grpc.health.v1.HealthCheckRequest")
+        yield out
 
 
 def rpc(name: str, *, empty: Callable[[], Message] | None = None) -> Callable[[Handler], Handler]:
     """A Serve gRPC handler ``fn(self, request, tenant, grpc_context=None)``: the caller's tenant
-    is resolved here, once (UNAUTHENTICATED otherwise), inside :func:`grpc_method`, which maps
-    every exception to a status code through one table and records the request's metrics."""
+    is resolved here, once (UNAUTHENTICATED otherwise), then the request's bytes (Serve's proxy
+    passes them unparsed, see :mod:`worldserve.common.wire`) are parsed as the RPC's message
+    (INVALID_ARGUMENT otherwise; a client stream's as each arrives), all inside
+    :func:`grpc_method`, which maps every exception to a status code through one table and records
+    the request's metrics."""
+    request_cls, client_streaming = request_types().get(name, (None, False))
+
+    def parse(request: Any) -> Any:
+        if request_cls is None:
+            return request
+        if client_streaming:
+            return parse_stream(request_cls, request)
+        return parse_request(request_cls, request)
 
     def deco(fn: Handler) -> Handler:
         handler: Handler
@@ -163,14 +220,15 @@ def rpc(name: str, *, empty: Callable[[], Message] | None = None) -> Callable[[H
                 self: ServiceBase, request: object, *, grpc_context: GrpcContext | None = None
             ) -> AsyncIterator[Any]:
                 tenant = self.tenant(grpc_context)
-                async for item in fn(self, request, tenant, grpc_context=grpc_context):
+                async for item in fn(self, parse(request), tenant, grpc_context=grpc_context):
                     yield item
 
             handler = stream
         else:
 
             async def unary(self: ServiceBase, request: object, *, grpc_context: GrpcContext | None = None) -> Any:
-                out = fn(self, request, self.tenant(grpc_context), grpc_context=grpc_context)
+                tenant = self.tenant(grpc_context)
+                out = fn(self, parse(request), tenant, grpc_context=grpc_context)
                 return await out if inspect.isawaitable(out) else out
 
             handler = unary

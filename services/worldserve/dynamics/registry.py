@@ -12,13 +12,11 @@ failure into :class:`ModelLoadError` naming the model and the file.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from worldserve.common.config import Config, ModelSpec, folder_kind, model_path, torch_dtype
-from worldserve.common.registry import Registry
+from worldserve.common.registry import ModelLoadError, Registry, load_folder
 from worldserve.dynamics.interface import DynamicsModelProtocol
 
 GROUP = "worldserve.dynamics_models"
@@ -31,10 +29,6 @@ REGISTRY = Registry(
 )
 
 
-class ModelLoadError(RuntimeError):
-    """A served model cannot be loaded: the message names the model and the file at fault."""
-
-
 def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModelProtocol:
     """The shipped architecture (:class:`~worldserve.dynamics.models.transformer.WorldModel`); ``path=None`` is a
     random initialisation (seed 0) of the default config."""
@@ -44,8 +38,8 @@ def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSp
     overrides = {"sample_steps": spec.sample_steps} if spec.sample_steps else None
     if path is None:
         return WorldModel.load(None, device=device, dtype=dtype, overrides=overrides)
-    return _load_folder(
-        spec,
+    return load_folder(
+        f"model {spec.name!r}",
         Path(path),
         CONFIG_FILE,
         WEIGHTS_FILE,
@@ -61,40 +55,13 @@ def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: Model
 
     if path is None:
         return CanvasWorldModel.random(seed=0, device=device, dtype=dtype)
-    return _load_folder(
-        spec,
+    return load_folder(
+        f"model {spec.name!r}",
         Path(path),
         CONFIG_FILE,
         WEIGHTS_FILE,
         lambda folder: CanvasWorldModel.from_pretrained(folder, device=device, dtype=dtype),
-        errors=(RuntimeError, ValueError, KeyError, TypeError),
     )
-
-
-def _load_folder(
-    spec: ModelSpec,
-    folder: Path,
-    config_file: str,
-    weights_file: str,
-    load: Callable[[Path], DynamicsModelProtocol],
-    errors: tuple[type[Exception], ...],
-) -> DynamicsModelProtocol:
-    """``load(folder)`` after checking the folder holds both files and valid JSON; ``errors`` raised
-    by ``load`` (shape/key mismatch, bad config values) become a ModelLoadError naming the files."""
-    for name in (config_file, weights_file):
-        if not (folder / name).is_file():
-            raise ModelLoadError(f"model {spec.name!r}: {str(folder / name)!r} not found")
-    try:
-        json.loads((folder / config_file).read_text())
-    except ValueError as e:
-        raise ModelLoadError(f"model {spec.name!r}: {str(folder / config_file)!r} is not valid JSON: {e}") from None
-    try:
-        return load(folder)
-    except errors as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(
-            f"model {spec.name!r}: {str(folder / weights_file)!r} does not match {str(folder / config_file)!r}: {first}"
-        ) from None
 
 
 def load_model(spec: ModelSpec, config: Config, device: str) -> DynamicsModelProtocol:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from worldserve.common.errors import InvalidArgument
-from worldserve.common.registry import Registry
+from worldserve.common.registry import ModelLoadError, Registry, load_folder
 
 MAX_PROMPT_CHARS = 2000
 MAX_STEPS = 64
@@ -69,15 +71,32 @@ def load_tiny_text_to_image(path: str | None, *, device: str):
     """The shipped prompt-to-image model (:class:`~worldserve.image.model.TinyTextToImage`)."""
     from worldserve.image.model import TinyTextToImage
 
-    if path:
-        return TinyTextToImage.from_pretrained(path).to(device)
-    return TinyTextToImage.random(seed=0).to(device)
+    if path is None:
+        return TinyTextToImage.random(seed=0).to(device)
+    from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE
+
+    return load_folder(
+        "image model 'tiny_text_to_image'",
+        Path(path),
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        lambda folder: TinyTextToImage.from_pretrained(folder).to(device),
+    )
 
 
 def load_backend(config, device: str = "cpu"):
     """The image model of kind ``image_model_kind`` (the ``worldserve.image_models`` entry-point
-    group) from ``image_model_path``, else the shipped weights, else random init (seed 0). A loader
-    is ``load(path, *, device) -> ImageBackend``."""
+    group) from ``image_model_path``, else the shipped weights; random init (seed 0) only for
+    ``image_model_path: random``. A loader is ``load(path, *, device) -> ImageBackend``; a missing
+    folder, a missing or corrupt file or an unknown kind is a :class:`ModelLoadError` naming it."""
     from worldserve.common.config import model_path
 
-    return REGISTRY.get(config.image_model_kind)(model_path(config.image_model_path, "image"), device=device)
+    kind = config.image_model_kind
+    path = model_path(config.image_model_path, "image")
+    if path is not None and not Path(path).is_dir():
+        raise ModelLoadError(f"image model {kind!r}: model folder {path!r} not found")
+    try:
+        loader = REGISTRY.get(kind)
+    except LookupError as e:
+        raise ModelLoadError(f"image model {kind!r}: {e}") from None
+    return loader(path, device=device)

@@ -387,8 +387,17 @@ class CaptionDecoder(nn.Module):
 
 
 def load_caption_decoder(path: str | None, *, device: str = "cpu") -> CaptionDecoder:
-    """Registry loader for kind ``caption_decoder``: ``path`` a ``save_pretrained`` folder, or None
-    for random init (seed 0)."""
-    if path:
-        return CaptionDecoder.from_pretrained(path).to(device)
-    return CaptionDecoder.random(seed=0).to(device)
+    """Registry loader for kind ``caption_decoder``: ``path`` a ``save_pretrained`` folder (a missing
+    or corrupt file: ModelLoadError naming it), or None for random init (seed 0)."""
+    if path is None:
+        return CaptionDecoder.random(seed=0).to(device)
+    from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE
+    from worldserve.common.registry import load_folder
+
+    return load_folder(
+        "image model 'caption_decoder'",
+        Path(path),
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        lambda folder: CaptionDecoder.from_pretrained(folder).to(device),
+    )

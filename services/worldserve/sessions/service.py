@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 from ray import serve
 
-from worldserve.common.codec import PNG, check_format, decode_frame, encode_frame
+from worldserve.common.codec import PNG, check_format, decode_frame, encode_frame, sniff_format
 from worldserve.common.errors import NotFound
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.common.serving import DeploymentOptions
@@ -181,7 +181,7 @@ class SessionService(ServiceBase):
     ) -> SessionRecord:
         if image:
             rec, _ = await self.core.create_from_image(
-                tenant, common_pb2.Frame(format=PNG, data=image), seed=seed, model=model
+                tenant, common_pb2.Frame(format=sniff_format(image) or PNG, data=image), seed=seed, model=model
             )
         else:
             rec, _ = await self.core.create_from_prompt(tenant, prompt, seed=seed, steps=0, guidance=0.0, model=model)
