@@ -61,9 +61,9 @@ def _node_ports() -> list[str]:
     ]
 
 
-def start_head(temp_dir: Path, env: dict[str, str]) -> str:
-    port = _free_port()
-    subprocess.run(
+def start_head(temp_dir: Path, gcs: str, env: dict[str, str]) -> None:
+    port = gcs.rpartition(":")[2]
+    p = subprocess.run(
         [
             _ray_exe(),
             "start",
@@ -77,12 +77,13 @@ def start_head(temp_dir: Path, env: dict[str, str]) -> str:
             f"--num-cpus={HEAD_CPUS}",
             *_node_ports(),
         ],
-        check=True,
         capture_output=True,
         env=env,
         timeout=120,
+        text=True,
     )
-    return f"127.0.0.1:{port}"
+    if p.returncode != 0:
+        raise RuntimeError(f"ray start --head failed: {p.stderr[-2000:]}")
 
 
 def start_worker(gcs: str, temp_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -157,8 +158,7 @@ def run(tmp: Path) -> dict:
         # Ray 2.60's token auth: `ray start` wants a token; a fresh machine has none yet
         subprocess.run([_ray_exe(), "get-auth-token", "--generate"], check=True, capture_output=True, env=env)
     head_dir, worker_dir = tmp / "h", tmp / "w"
-    gcs = start_head(head_dir, env)
-    worker = start_worker(gcs, worker_dir, env)
+    gcs = f"127.0.0.1:{_free_port()}"
     yaml = {d["name"]: d for app in load_config()["applications"] for d in app.get("deployments", [])}
     overrides = {
         name: {
@@ -172,7 +172,10 @@ def run(tmp: Path) -> dict:
         for name, n in PINNED.items()
     }
     figures: dict = {}
+    worker: subprocess.Popen[bytes] | None = None
     try:
+        start_head(head_dir, gcs, env)
+        worker = start_worker(gcs, worker_dir, env)
         ray.init(address=gcs, logging_level="ERROR", log_to_driver=False)
         wait_nodes(2, 60)
         ray.shutdown()
@@ -304,8 +307,9 @@ def run(tmp: Path) -> dict:
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
-        with contextlib.suppress(Exception):
-            os.killpg(worker.pid, signal.SIGKILL)
+        if worker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
         stop_ray_cluster(str(head_dir), gcs)
         figures["wall_s"] = round(time.monotonic() - t_start, 1)
     return figures
