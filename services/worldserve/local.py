@@ -39,7 +39,11 @@ def local_cluster(
     num_cpus: int | None = None,
     workdir: str | Path | None = None,
     timeout_s: float = 600,
+    address: str | None = None,
 ) -> Iterator[LocalCluster]:
+    """``address``: connect to a running Ray cluster (e.g. several nodes started with ``ray start``)
+    instead of starting one; ``num_cpus`` is then that cluster's, ``metrics_url`` is empty (each
+    node exports on the port it was started with), and leaving disconnects without stopping it."""
     import ray
     from ray import serve
 
@@ -52,13 +56,16 @@ def local_cluster(
         add_key(tmp / "keys.json", t, k)
     grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     try:
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            logging_level="ERROR",
-            log_to_driver=False,
-            _metrics_export_port=metrics_port,
-        )
+        if address:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+                _metrics_export_port=metrics_port,
+            )
         cfg = dep.load_config(
             app_args={
                 "redis_url": redis.url,
@@ -83,7 +90,7 @@ def local_cluster(
             target=f"127.0.0.1:{grpc_port}",
             keys=keys,
             redis=redis,
-            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            metrics_url="" if address else f"http://127.0.0.1:{metrics_port}/metrics",
             workdir=tmp,
             http=f"http://127.0.0.1:{http_port}",
         )
