@@ -54,6 +54,8 @@ class ResumeReport:
     """The most bytes of ``resume_data`` the model kept for the window at any step."""
     frames_changed: int = 0
     """Steps whose warm frame differs from the one before (a world that never changes proves little)."""
+    latents: list[torch.Tensor] = field(default_factory=list, repr=False)
+    """The warm session's latents, steps 0 .. ``steps`` (a caller checks where the walk went)."""
 
 
 @torch.no_grad()
@@ -92,11 +94,13 @@ def check_exact_resume(
     # the twin's log, as Redis keeps it: (latent, action vector, event, packed resume data or None)
     log: list[tuple[torch.Tensor, torch.Tensor, str, bytes | None]] = [(z0[0], model.null_action(), "", None)]
     prev_frame = model.decode(z0)[0]
+    report.latents.append(z0[0])
     try:
         for i, vec in enumerate(vecs):
             n = i + 1
             zw = model.step([warm], vec[None], seeds=[seed], steps=[n], events=[ev[i]] if use_events else None)
             fw = model.decode(zw)[0]
+            report.latents.append(zw[0])
             tail = log[-window:]
             cold = prefill(
                 [e[0] for e in tail], [e[1] for e in tail], n - len(tail), [e[2] for e in tail], [e[3] for e in tail]
