@@ -38,7 +38,8 @@ One step, for a batch of sessions (shapes per session)::
 The model is deterministic: ``seeds`` and ``guidance`` are accepted and ignored, and ``sample_steps``
 is 1 (a single pass per frame). Latents are the frame itself plus the view's world position:
 ``(3 * H * W + 1,)`` float32, values k/255, then the camera x -- so a session's state can be
-rebuilt from its last frames in Redis (the canvas then remembers what those frames saw). With
+rebuilt from its frames in Redis: the newest canvas snapshot (``resume_data``, every
+``context_frames - 1`` steps) with the frames after it pasted, bitwise the warm state. With
 ``background_canvas`` the frame is the player-free one and 4 more values follow the camera: the
 sprite's anchor row and column, its pose and lighting (``decode`` pastes it; ``encode`` of an outside
 frame says "no sprite", anchor row -1, and keeps the frame whole).
