@@ -86,3 +86,25 @@ def test_the_check_fails_models_that_cannot_resume_exactly(shipped):
     report = check_exact_resume(Forgetful(canvas), first_frame(2), away_and_back(canvas.info.action_space, 72), seed=9)
     # the last frames alone resume it until the walk comes back to what only its canvas remembered
     assert report.differing and report.differing[0] > canvas.config.context_frames, report
+
+
+def test_resume_data_that_does_not_fit_is_refused_or_ignored(shipped):
+    fast, canvas = shipped["platformer-fast"], shipped["platformer"]
+    z = fast.encode(first_frame(3)[None])
+    a = fast.action_vector(["right"])[None]
+    warm = fast.prefill(z, fast.null_action()[None], 0)
+    zs = torch.cat([z, fast.step([warm], a, seeds=[1], steps=[1])])
+    page = fast.resume_data(warm)["kv"]
+    acts = torch.cat([fast.null_action()[None], a])
+    with pytest.raises(ValueError, match="must match"):
+        fast.prefill(zs, acts, 0, resume=[None])
+    # another dtype's page (a bfloat16 replica's) is not this model's: the window is recomputed instead
+    st = fast.prefill(zs, acts, 0, resume=[None, {"kv": page.to(torch.bfloat16)}])
+    assert fast.state_step(st) == 1
+    for s in (warm, st):
+        fast.release_state(s)
+    lat = canvas.encode(first_frame(2)[None])
+    with pytest.raises(ValueError, match="does not fit"):
+        canvas.prefill(
+            lat, canvas.null_action()[None], 0, resume=[{"canvas": torch.zeros(3, 8, 8), "valid": torch.zeros(8)}]
+        )
