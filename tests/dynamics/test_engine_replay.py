@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from worldserve.common.codec import PNG, decode_frame, encode_frame
 from worldserve.common.config import Config
@@ -19,6 +20,17 @@ from worldserve.state.archiver import ArchivePolicy, Archiver
 from worldserve.state.store import SessionStore
 
 from .toy_model import ToyModel
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a loaded 2-core box two threads spin against each other (a 10x
+    slower run); warm and resumed sessions run alike either way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 CHUNK = 8
 

@@ -15,6 +15,16 @@ from worldserve.dynamics.testkit import away_and_back, check_exact_resume
 from .toy_model import ToyModel
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a loaded 2-core box two threads spin against each other (a 10x
+    slower run); warm and resumed sessions run alike either way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def shipped():
     config = Config.load({}, env={})  # the served models: shipped weights, float32 on CPU
