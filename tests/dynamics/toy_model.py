@@ -62,7 +62,7 @@ class ToyModel:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return (latents.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
-    def prefill(self, latents, actions, first_step, events=None) -> History:
+    def prefill(self, latents, actions, first_step, events=None, resume=None) -> History:
         if self.max_states is not None and len(self.live) >= self.max_states:
             raise StateMemoryFull("toy pool full")
         h = History([z.clone() for z in latents[-(self.context_frames - 1) :]], first_step + len(latents) - 1)
@@ -85,6 +85,9 @@ class ToyModel:
             h.last_step = s
             out.append(z)
         return torch.stack(out)
+
+    def resume_data(self, state: History) -> None:
+        return None  # its state is its last frames: the window alone resumes it exactly
 
     def state_nbytes(self, state: History) -> int:
         return sum(z.numel() * 4 for z in state.latents)

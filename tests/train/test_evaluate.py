@@ -130,6 +130,9 @@ class GameModel:
             st["step"] = s
         return torch.stack(out)
 
+    def resume_data(self, state) -> None:
+        return None
+
     def state_nbytes(self, state) -> int:
         return 64 * 64 * 3
 

@@ -10,6 +10,17 @@ keys/values in pages of a preallocated pool), or a plain frame history for a mod
 The engine only keeps it, counts its bytes (``state_nbytes``), hands it back to ``step`` and
 releases it (``release_state``) when it evicts the session.
 
+**Exact resume.** Redis holds the truth; the engine's state cache is only a cache. A session whose
+state was evicted (or that another replica stepped) is rebuilt by ``prefill`` from what the engine
+keeps per step in Redis: the latent, the action, the event in force and the model's
+``resume_data`` of the state that step produced (serialised by :func:`pack_resume`, safetensors;
+kept for the last ``context_frames - 1`` steps and dropped after). The rebuilt state must be
+*bitwise* the one the session had when stepped warm, so its next frames are too, however long
+the session and wherever it walked. A model declares what it needs beyond the latent window
+through ``resume_data`` (None: nothing; the transformer's KV page of the frame, the canvas's
+world memory every ``context_frames - 1`` steps). :func:`worldserve.dynamics.testkit.check_exact_resume`
+checks it for any model kind.
+
 Tensors crossing the interface: frames are ``(N, H, W, 3)`` uint8 on the CPU; latents are
 float32 on the CPU (the engine stores them in Redis as raw bytes); actions are ``(N, A)`` float32
 vectors built by ``action_vector``. A model may run on any device and dtype inside.
@@ -23,6 +34,21 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+
+def pack_resume(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """A model's ``resume_data`` as bytes for Redis: safetensors (a JSON header of names, dtypes
+    and shapes, then raw bytes; never pickle). Tensors are copied to the CPU."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def unpack_resume(data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of :func:`pack_resume` (CPU)."""
+    from safetensors.torch import load
+
+    return load(data)
 
 
 class StateMemoryFull(RuntimeError):
@@ -196,11 +222,27 @@ class DynamicsModelProtocol(Protocol):
         ...
 
     def prefill(
-        self, latents: torch.Tensor, actions: torch.Tensor, first_step: int, events: Sequence[str] | None = None
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor,
+        first_step: int,
+        events: Sequence[str] | None = None,
+        resume: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
     ) -> Any:
         """A session's state from its last frames: ``latents`` (T, ...) at absolute steps
         ``first_step .. first_step + T - 1``, ``actions`` (T, A) that made them, ``events`` (T,)
-        the event text in force per frame. May raise :class:`StateMemoryFull`."""
+        the event text in force per frame, ``resume`` (T,) the ``resume_data`` of each frame's state
+        (None where there was none; the engine passes ``resume`` only when one is not None). The
+        engine hands the last ``context_frames - 1`` frames (all since step 0 when fewer). The
+        state must be bitwise the one stepping the session warm reached (see the module
+        docstring). May raise :class:`StateMemoryFull`."""
+        ...
+
+    def resume_data(self, state: Any) -> Mapping[str, torch.Tensor] | None:
+        """What an exact ``prefill`` needs, beyond latents, actions and events, to resume at the
+        state's newest step: named tensors the engine stores with that step (bounded: kept for
+        the last ``context_frames - 1`` steps) and hands back in ``prefill(..., resume=...)``.
+        None when the frames suffice. Called on the model thread after each ``step``."""
         ...
 
     def step(

@@ -120,6 +120,7 @@ class LogEntry:
     action: dict[str, Any] | None  # the action as JSON; None for step 0
     latent: bytes | None  # packed array; None until the dynamics service encoded it
     frame: bytes | None  # PNG
+    resume: bytes | None = None  # the model's resume data of this step, packed (window reads only)
 
 
 # This store's client never decodes responses (bytes out). redis-py types its answers for both kinds

@@ -4,7 +4,8 @@ due set (the keys: :mod:`worldserve.state.store`)."""
 
 # KEYS: record, log. ARGV: expected step, action JSON, latent, frame PNG, time, request id ("" =
 # none), most steps not yet archived (0: no bound), step 0's latent ("" = none: set only when
-# absent, the first step encodes it). Returns {new step, 0}, {-1, 0} (no session),
+# absent, the first step encodes it), the model's resume data of the step ("" = none), how many
+# steps resume data is kept (0: no bound; else the one of step n - keep is dropped). Returns {new step, 0}, {-1, 0} (no session),
 # {-2, current step} (moved on), {-3, step} (this request id already landed as that step: nothing
 # written), or {-4, archived step} (the unarchived tail is full: nothing written).
 APPEND = """
@@ -24,6 +25,9 @@ if bound > 0 then
 end
 redis.call('HSET', KEYS[2], 'a:' .. n, ARGV[2], 'z:' .. n, ARGV[3], 'f:' .. n, ARGV[4])
 if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[2], 'z:0', ARGV[8]) end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[2], 'k:' .. n, ARGV[9]) end
+local keep = tonumber(ARGV[10])
+if keep > 0 then redis.call('HDEL', KEYS[2], 'k:' .. (n - keep)) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[6], n, 'q:' .. n, ARGV[6]) end
 redis.call('HSET', KEYS[1], 'step', n, 'updated_at', ARGV[5])
 local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
@@ -50,7 +54,7 @@ return redis.call('ZCARD', KEYS[1])
 
 # KEYS: record, log. ARGV: the archived step this trim expects, the newly archived step, hot window
 # (steps), request ids kept (steps). Moves ``archived`` on, then drops what Redis no longer needs:
-# the frames of the newly archived steps, the action and latent of archived steps older than the
+# the frames of the newly archived steps, the action, latent and resume data of archived steps older than the
 # hot window (a prefill's context), and the request ids of steps older than the kept ones. Returns the new archived step, -1 (no session) or -2 (another
 # archiver moved it first: nothing changed).
 TRIM = """
@@ -65,7 +69,7 @@ for n = archived + 1, new do redis.call('HDEL', KEYS[2], 'f:' .. n) end
 local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '-1')
 local upto = math.min(new, cur - tonumber(ARGV[3]))
 for n = trimmed + 1, upto do
-  redis.call('HDEL', KEYS[2], 'a:' .. n, 'z:' .. n, 'f:' .. n)
+  redis.call('HDEL', KEYS[2], 'a:' .. n, 'z:' .. n, 'f:' .. n, 'k:' .. n)
 end
 if upto > trimmed then redis.call('HSET', KEYS[1], 'trimmed', upto) end
 local rupto = cur - tonumber(ARGV[4])

@@ -59,12 +59,16 @@ class StepLog:
         request_id: str = "",
         first_latent: bytes | None = None,
         due: bool = False,
+        resume: bytes | None = None,
+        resume_keep: int = 0,
     ) -> int:
         """Compare-and-set append of step ``expected_step + 1``; returns the new step. A non-empty
         ``request_id`` is recorded with the step, ``first_latent`` (step 0's latent, encoded by the
         first step) stored where absent, both in the same script; ``due``: the step fills an
         archive chunk, the session joins the archiver's queue in the same round trip (a due mark
-        of a step that did not land is harmless: the archiver finds nothing new).
+        of a step that did not land is harmless: the archiver finds nothing new). ``resume``: the
+        model's resume data of the new step (``k:<n>``), kept for ``resume_keep`` steps (the
+        script drops step ``n - resume_keep``'s; 0: kept as long as the latent).
 
         Raises NotFound when the session is gone, Conflict when another write moved it first,
         AlreadyApplied when ``request_id`` had already landed (nothing written).
@@ -79,6 +83,8 @@ class StepLog:
             request_id,
             self.max_tail,
             first_latent or b"",
+            resume or b"",
+            resume_keep,
         ]
         keys = [self._rec(tenant, sid), self._log(tenant, sid)]
         if due:
@@ -124,19 +130,20 @@ class StepLog:
             )
 
     async def window(self, tenant: str, sid: str, *, end_step: int, frames: int) -> builtins.list[LogEntry]:
-        """The last ``frames`` log entries up to ``end_step`` (latents and actions, no frames)."""
+        """The last ``frames`` log entries up to ``end_step`` (latents, actions and the model's
+        resume data; no frames)."""
         start = max(0, end_step - frames + 1)
         steps = list(range(start, end_step + 1))
         names: list[str] = []
         for n in steps:
-            names += [f"a:{n}", f"z:{n}"]
+            names += [f"a:{n}", f"z:{n}", f"k:{n}"]
         t0 = time.perf_counter()
         vals = raw_values(await self.r.hmget(self._log(tenant, sid), names))
         self._timed("window", t0)
         out = []
         for i, n in enumerate(steps):
-            a, z = vals[2 * i], vals[2 * i + 1]
-            out.append(LogEntry(n, json.loads(a) if a else None, z, None))
+            a, z, k = vals[3 * i : 3 * i + 3]
+            out.append(LogEntry(n, json.loads(a) if a else None, z, None, k))
         return out
 
     async def first_frame(self, tenant: str, sid: str) -> bytes:

@@ -9,7 +9,8 @@ one Redis Cluster slot so its Lua scripts stay legal there):
   ``trimmed``: the last step Redis dropped).
 - ``ws:<t>:{<sid>}:log`` hash: ``a:<n>`` action (JSON) and ``z:<n>`` latent frame (packed array:
   dtype/shape header + raw bytes, never pickle) of the steps after ``trimmed``, ``f:<n>`` encoded
-  frame (PNG) of the steps after ``archived``; ``r:<request id>`` -> n and ``q:<n>`` -> request id
+  frame (PNG) of the steps after ``archived``; ``k:<n>`` the model's resume data of step n (what an
+  exact prefill needs beyond the latents, e.g. a KV page; safetensors) for the last context window; ``r:<request id>`` -> n and ``q:<n>`` -> request id
   for exactly-once retries. The model's context is the rolling window of its last latents.
 - ``ws:<t>:index`` sorted set: session ids by creation time (for ListSessions, and the tenant's
   live-session count of the ``max_sessions`` quota: a create reserves its id here first, in one
@@ -434,7 +435,7 @@ class SessionStore(StepLog):
         for _ in range(8):
             at = parent.step if step is None else step
             first = max(0, parent.trimmed + 1)
-            names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "f")]
+            names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "f", "k")]
             vals = raw_values(await self.r.hmget(self._log(tenant, sid), names)) if names else []
             entries: dict[FieldT, EncodableT] = {k: v for k, v in zip(names, vals) if v is not None}
             fresh = await self.get(tenant, sid, touch=True)  # NotFound if deleted meanwhile; refreshes its TTL

@@ -5,7 +5,8 @@ A Step, in order (each part in its own file beside this one):
 1. ``Engine.step`` validates the typed request against the model (keys, axes, guidance, event),
    reads the session record from Redis, checks it is bound to this engine's model and at the
    expected step, and looks up the session's model state in the ``StateCache`` (hit: the state
-   is at the step Redis holds; miss: the latent window is read from Redis for a prefill);
+   is at the step Redis holds; miss: the latent window, with the model's resume data, is read
+   from Redis for a prefill that rebuilds the state bitwise: the cache is only a cache);
 2. the ``Scheduler`` queues it per (priority, tenant) and forms batches;
 3. the ``Runner`` (the model thread) prefills what was missed, steps the batch and decodes;
 4. the ``OutputProcessor`` encodes the frame (PNG for the log, the requested format for the client);
@@ -282,6 +283,8 @@ class Engine:
                     request_id=req.request_id,
                     due=due,
                     first_latent=None if job.first_latent is None else pack_array(job.first_latent),
+                    resume=job.resume,
+                    resume_keep=max(1, self.info.context_frames - 1),
                 )
             except (Conflict, NotFound):
                 self.m_conflicts.inc(**self._lbl)
@@ -339,8 +342,10 @@ class Engine:
         entries = await self.store.window(
             req.tenant, req.session_id, end_step=job.step, frames=self.info.context_frames - 1
         )
-        job.window = [(e.step, e.action, None if e.latent is None else unpack_array(e.latent)) for e in entries]
-        missing = [s for s, _, z in job.window if z is None]
+        job.window = [
+            (e.step, e.action, None if e.latent is None else unpack_array(e.latent), e.resume) for e in entries
+        ]
+        missing = [s for s, _, z, _ in job.window if z is None]
         if missing:
             if missing != [0]:
                 raise InvalidArgument(f"session {req.session_id!r} has no latents for steps {missing}")

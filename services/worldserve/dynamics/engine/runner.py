@@ -5,7 +5,7 @@ One runner per model replica, one thread (the model is not re-entrant). For a ba
 1. releases the memory of states the cache evicted since the last batch;
 2. prefills the sessions whose state was not cached (from their latent window in Redis); when
    the model's state memory is full it evicts least-recently-used sessions and retries;
-3. steps the sessions: one ``model.step`` per guidance value over all of them (``batched``), or
+3. steps the sessions, and packs each new state's ``resume_data`` (stored with the step): one ``model.step`` per guidance value over all of them (``batched``), or
    one call per session (``batch_invariant``: a session's frames then cannot depend on who else
    is in the batch, bit for bit, because every model call has the same shapes);
 4. decodes the new latents to frames (per session too when batch-invariant).
@@ -29,7 +29,7 @@ import torch
 from worldserve.common.errors import ResourceExhausted
 from worldserve.dynamics.engine.state_cache import Key, StateCache
 from worldserve.dynamics.engine.types import StepRequest
-from worldserve.dynamics.interface import DynamicsModelProtocol, StateMemoryFull
+from worldserve.dynamics.interface import DynamicsModelProtocol, StateMemoryFull, pack_resume, unpack_resume
 
 log = logging.getLogger("worldserve.dynamics")
 
@@ -46,13 +46,15 @@ class Job:
     guidance: float
     event: str  # the event in force for the new frame ("" = none)
     state: Any = None  # the session's model state at ``step``; None: prefill from ``window``
-    window: list[tuple[int, dict[str, Any] | None, np.ndarray | None]] | None = None  # (step, action, latent)
+    window: list[tuple[int, dict[str, Any] | None, np.ndarray | None, bytes | None]] | None = None
+    """(step, action, latent, packed resume data) of the steps to prefill from."""
     first_frame: np.ndarray | None = None  # (H, W, 3) step 0's frame when its latent is not stored
     solo: bool = False  # step alone (a retry after a batched failure)
     # set by the runner
     prefilled: bool = False
     first_latent: np.ndarray | None = None  # step 0's latent, encoded here, for Redis
     latent: np.ndarray | None = None  # (...) float32 new latent
+    resume: bytes | None = None  # the new state's resume data, packed (None: the model keeps none)
     rgb: np.ndarray | None = None  # (H, W, 3) uint8 new frame
     error: BaseException | None = None
     retry_solo: bool = False
@@ -117,6 +119,11 @@ class Runner:
                 continue
             for k, j in enumerate(group):
                 j.latent = latents[k].numpy()
+                try:
+                    data = self.model.resume_data(j.state)
+                    j.resume = None if data is None else pack_resume(data)
+                except Exception as e:
+                    self._fail(j, e)
             stats.steps += len(group)
             self._decode(group, latents)
         return stats
@@ -150,10 +157,11 @@ class Runner:
                 j.rgb = rgb
 
     def _prefill(self, job: Job, stats: BatchStats) -> Any:
-        latents, actions, events = [], [], []
+        latents, actions, events, resume = [], [], [], []
         if not job.window:
             raise RuntimeError(f"session {job.req.session_id!r}: no window to prefill from")
-        for step, action, z in job.window:
+        for step, action, z, packed in job.window:
+            resume.append(None if packed is None else unpack_resume(packed))
             if z is None:  # the first frame, stored as an image by the sessions service
                 if job.first_frame is None:
                     raise RuntimeError(f"session {job.req.session_id!r}: step {step} has neither a latent nor a frame")
@@ -168,7 +176,9 @@ class Runner:
             )
             events.append(a.get("event", ""))
         first_step = job.window[0][0]
-        kw = {"events": events} if self.events_supported else {}
+        kw: dict[str, Any] = {"events": events} if self.events_supported else {}
+        if any(r is not None for r in resume):
+            kw["resume"] = resume
         while True:
             try:
                 return self.model.prefill(torch.stack(latents), torch.stack(actions), first_step=first_step, **kw)

@@ -3,7 +3,8 @@ budget.
 
 Redis holds the truth; this is only a cache. An entry is used only when it is at the step Redis
 holds for the session (otherwise it is stale: another replica stepped the session, or the
-session was forked or restored), and a miss costs a prefill from the latent window in Redis.
+session was forked or restored), and a miss costs a prefill from the latent window in Redis, with
+the model's resume data of those steps: the rebuilt state is bitwise the evicted one.
 
 Entries leave by:
 - ``budget``: least recently used first, whenever the held bytes exceed the budget or the model

@@ -38,7 +38,8 @@ One step, for a batch of sessions (shapes per session)::
 The model is deterministic: ``seeds`` and ``guidance`` are accepted and ignored, and ``sample_steps``
 is 1 (a single pass per frame). Latents are the frame itself plus the view's world position:
 ``(3 * H * W + 1,)`` float32, values k/255, then the camera x -- so a session's state can be
-rebuilt from its last frames in Redis (the canvas then remembers what those frames saw). With
+rebuilt from its frames in Redis: the newest canvas snapshot (``resume_data``, every
+``context_frames - 1`` steps) with the frames after it pasted, bitwise the warm state. With
 ``background_canvas`` the frame is the player-free one and 4 more values follow the camera: the
 sprite's anchor row and column, its pose and lighting (``decode`` pastes it; ``encode`` of an outside
 frame says "no sprite", anchor row -1, and keeps the frame whole).
@@ -263,20 +264,62 @@ class CanvasWorldModel:
         c = self.config
         return max(-c.canvas_origin, min(c.canvas_width - c.canvas_origin - c.frame_width, cam))
 
+    @property
+    def snapshot_every(self) -> int:
+        """Steps between two canvas snapshots in ``resume_data``: ``context_frames - 1``, so every
+        window the engine hands ``prefill`` (its last ``context_frames - 1`` frames) holds one."""
+        return max(1, self.config.context_frames - 1)
+
+    def resume_data(self, state: CanvasState) -> dict[str, torch.Tensor] | None:
+        """Every ``snapshot_every`` steps, the canvas and its seen columns (``{"canvas": (3, H,
+        canvas_width) uint8, "valid": (canvas_width,) bool}``, 197 KB at the shipped size); None
+        between. The canvas remembers every place the session has seen, back to step 0, which the
+        last frames alone cannot rebuild; the snapshot plus the frames after it can, exactly."""
+        if state.released:
+            raise ValueError("the state was released")
+        if state.step <= 0 or state.step % self.snapshot_every:
+            return None
+        return {"canvas": state.canvas.clone(), "valid": state.valid.clone()}
+
     def prefill(
-        self, latents: torch.Tensor, actions: torch.Tensor, first_step: int, events: Sequence[str] | None = None
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor,
+        first_step: int,
+        events: Sequence[str] | None = None,
+        resume: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
     ) -> CanvasState:
-        """Rebuild a session from its last T frames: each is pasted into the canvas where it was seen."""
+        """Rebuild a session from its last T frames: each is pasted into the canvas where it was seen.
+
+        Exact (bitwise the state the session had when stepped warm) when the frames start at step
+        0 or ``resume`` (T,) holds a canvas snapshot (``resume_data``) of one of them: the canvas is
+        the newest snapshot's, with the frames after it pasted. Otherwise the canvas holds only
+        what these frames saw (a place seen before them comes back blank)."""
         c = self.config
         if latents.dim() != 2 or latents.shape[0] < 1:
             raise ValueError(f"latents must be (T, {c.latent_size}) with T >= 1, got {tuple(latents.shape)}")
+        if resume is not None and len(resume) != latents.shape[0]:
+            raise ValueError(f"got {latents.shape[0]} latents and {len(resume)} resume entries; they must match")
         self._check_actions(actions, latents.shape[0])
         self._check_events(events, latents.shape[0])
         canvas = torch.zeros(3, c.frame_height, c.canvas_width, dtype=torch.uint8)
         valid = torch.zeros(c.canvas_width, dtype=torch.bool)
         kept, cams, sprite = self._unpack(latents)
         cams = [self._clamp_cam(x) for x in cams]
-        for f, cam in zip(kept, cams):
+        paste_from = 0
+        for i in reversed(range(len(resume or ()))):
+            snap = resume[i] if resume is not None else None
+            if snap is not None and "canvas" in snap and "valid" in snap:
+                if snap["canvas"].shape != canvas.shape or snap["valid"].shape != valid.shape:
+                    raise ValueError(
+                        f"resume[{i}]: a canvas {tuple(snap['canvas'].shape)} does not fit this model's "
+                        f"{tuple(canvas.shape)}"
+                    )
+                canvas = snap["canvas"].to(torch.uint8).clone()
+                valid = snap["valid"].to(torch.bool).clone()
+                paste_from = i + 1
+                break
+        for f, cam in zip(kept[paste_from:], cams[paste_from:]):
             x0 = cam + c.canvas_origin
             canvas[:, :, x0 : x0 + c.frame_width] = f
             valid[x0 : x0 + c.frame_width] = True

@@ -26,7 +26,7 @@ import math
 import numbers
 import operator
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -52,7 +52,12 @@ class InferenceMixin:
 
     @torch.no_grad()
     def prefill(
-        self, latents: torch.Tensor, actions: torch.Tensor, first_step: int, events: Sequence[str] | None = None
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor,
+        first_step: int,
+        events: Sequence[str] | None = None,
+        resume: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
     ) -> PagedState:
         """Build a session's state from consecutive frames.
 
@@ -65,8 +70,62 @@ class InferenceMixin:
         ``kv_cache`` for when this equals the streamed state. ``events`` (T,) optional: the event
         text in force for each frame ("" or None = none), exactly as it was passed to ``step`` when
         the frame was made. Raises :class:`StateMemoryFull` when the page pool is full.
+
+        ``resume`` (T,) optional: ``resume_data`` of each frame's state (None where there is none).
+        When every kept frame has it (step 0 may lack it: it is computed as its first prefill did)
+        and it matches this model's dtype and page shape, the pages are written back as they were:
+        the state is bitwise the streamed one (the exact resume). Otherwise the window is
+        recomputed as above (close, not bitwise, once the session is older than its window).
         """
+        if resume is not None:
+            state = self._resume(latents, actions, first_step, events, resume)
+            if state is not None:
+                return state
         return self.prefill_many([latents], [actions], [first_step], None if events is None else [events])[0]
+
+    def _resume(
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor,
+        first_step: int,
+        events: Sequence[str] | None,
+        resume: Sequence[Mapping[str, torch.Tensor] | None],
+    ) -> PagedState | None:
+        """The exact resume of ``prefill`` from stored pages, or None when they do not cover the window."""
+        self.autoencoder.check_latents(latents)
+        T, keep = latents.shape[0], min(latents.shape[0], self.config.context_frames - 1)
+        if T < 1:
+            raise ValueError("prefill needs at least one frame, got 0")
+        self._check_actions(actions, T)
+        self._check_events(events, T)
+        if len(resume) != T:
+            raise ValueError(f"got {T} latents and {len(resume)} resume entries; they must match")
+        fs = operator.index(first_step)
+        start = T - keep  # index of the oldest kept frame
+        page_shape = (self.config.n_layers, 2, self.config.frame_tokens, self.config.n_heads, self.config.head_dim)
+        pages: list[torch.Tensor | None] = []
+        for i in range(start, T):
+            kv = None if resume[i] is None else resume[i].get("kv")  # type: ignore[union-attr]
+            ok = kv is not None and tuple(kv.shape) == page_shape and kv.dtype == self.dtype
+            if not ok and not (fs + i == 0):  # step 0 is computed below, exactly as its first prefill
+                return None
+            pages.append(kv if ok else None)
+        with self._lock:
+            if pages[0] is None:  # the window starts at step 0: frame 0 as the session's first prefill made it
+                ev0 = None if events is None else list(events[start : start + 1])
+                state = self.prefill_many([latents[start : start + 1]], [actions[start : start + 1]], [0], [ev0])[0]
+            else:
+                state = self._new_state()
+            try:
+                pool = self._pool
+                for j, kv in enumerate(pages):
+                    if kv is not None:
+                        pool.kv[:, :, state.pages[j]] = kv.to(pool.device)
+                state.n_frames, state.last_step = keep, fs + T - 1
+            except BaseException:
+                state._release()
+                raise
+            return state
 
     @torch.no_grad()
     def prefill_many(

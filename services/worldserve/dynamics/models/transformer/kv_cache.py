@@ -20,7 +20,10 @@ Consequence for rebuilding a state from a stored latent window (``WorldModel.pre
 session is young (every stored frame saw its full history, i.e. the window starts at step 0) the
 rebuilt state equals the streamed one up to float rounding. Once older frames have slid out, the
 oldest frames of the window originally attended to frames that are gone, so a re-prefill is a close
-approximation, not bitwise equal.
+approximation, not bitwise equal (and even a young window's one-pass prefill differs from the
+commits in float rounding). So the model hands the engine each new frame's page
+(``WorldModel.resume_data``), stored with the step in Redis, and ``prefill(..., resume=...)``
+writes those pages back as they were, oldest first: the rebuilt state is bitwise the streamed one.
 """
 
 from __future__ import annotations

@@ -125,6 +125,18 @@ class StatePoolMixin:
         return state.last_step
 
     @torch.no_grad()
+    def resume_data(self, state: PagedState) -> dict[str, torch.Tensor]:
+        """The newest frame's keys and values, ``{"kv": (n_layers, 2, F, H, D)}`` in the model's
+        dtype, on the CPU: what an exact resume needs beyond the latents. A frame's keys/values are
+        computed once, by the commit pass right after it was sampled, against the frames before it
+        (whose own keys/values go back to step 0), so the latent window alone cannot rebuild them
+        bitwise; ``prefill(..., resume=...)`` writes these pages back as they were."""
+        with self._lock:
+            self._check_states([state], None)
+            page = state.pages[state.n_frames - 1]
+            return {"kv": self._pool.kv[:, :, page].cpu().clone()}
+
+    @torch.no_grad()
     def clone_state(self, state: PagedState) -> PagedState:
         """A copy of ``state`` in new pages (fork a session without re-prefilling). May raise
         :class:`StateMemoryFull`."""
