@@ -17,7 +17,8 @@ from worldserve.state.records import ARCHIVE_DUE, AlreadyApplied, LogEntry, Sess
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
-    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.client import Pipeline
+    from redis.asyncio.cluster import ClusterPipeline, RedisCluster
     from redis.commands.core import AsyncScript
     from redis.typing import EncodableT
 
@@ -31,6 +32,7 @@ class StepLog:
         r: aioredis.Redis | RedisCluster
         archive: Archive | None
         max_tail: int
+        wait_replicas: int
         _append: AsyncScript
         _recorded: AsyncScript
         _trim: AsyncScript
@@ -43,6 +45,10 @@ class StepLog:
         def _log(t: str, sid: str) -> str: ...
 
         def _timed(self, op: str, t0: float) -> None: ...
+
+        def _wait(self, p: Pipeline | ClusterPipeline) -> bool: ...
+
+        def _check_replicated(self, acked: int, what: str) -> None: ...
 
         async def get(self, tenant: str, sid: str, *, touch: bool = True) -> SessionRecord: ...
 
@@ -67,7 +73,9 @@ class StepLog:
         of a step that did not land is harmless: the archiver finds nothing new).
 
         Raises NotFound when the session is gone, Conflict when another write moved it first,
-        AlreadyApplied when ``request_id`` had already landed (nothing written).
+        AlreadyApplied when ``request_id`` had already landed (nothing written). With
+        ``wait_replicas``, a step (or an AlreadyApplied) is answered only once that many replicas
+        hold it, else Unavailable (the step is on the primary: its retry is answered once).
         """
         t0 = time.perf_counter()
         args: builtins.list[EncodableT] = [
@@ -81,11 +89,16 @@ class StepLog:
             first_latent or b"",
         ]
         keys = [self._rec(tenant, sid), self._log(tenant, sid)]
-        if due:
+        if due or self.wait_replicas:
             async with self.r.pipeline(transaction=False) as p:
                 p.eval(scripts.APPEND, 2, *keys, *args)  # EVAL, not a Script: a pipeline's scripts cost a SCRIPT EXISTS
-                p.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time()}, nx=True)
-                (n, cur), _ = await p.execute()
+                if due:
+                    p.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time()}, nx=True)
+                waited = self._wait(p)  # on the same connection, after the script's writes
+                res = await p.execute()
+            n, cur = res[0]
+            if waited and (n > 0 or n == -3):  # an acknowledgement: replicated first
+                self._check_replicated(int(res[-1]), f"step {n if n > 0 else cur} of session {sid!r}")
         else:
             n, cur = await self._append(keys=keys, args=args)
         self._timed("append", t0)
