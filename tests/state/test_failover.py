@@ -17,6 +17,7 @@ import pytest
 import redis.exceptions
 
 from worldserve.common.codec import pack_array
+from worldserve.common.config import Config
 from worldserve.common.errors import InvalidArgument, Unavailable
 from worldserve.common.redis_server import EmbeddedSentinel
 from worldserve.state.store import AlreadyApplied, SessionStore, parse_sentinel_url
@@ -41,6 +42,11 @@ def test_sentinel_urls_parse_and_bad_ones_are_refused():
             parse_sentinel_url(bad)
     with pytest.raises(InvalidArgument, match=r"redis\+cluster"):
         SessionStore.from_url("redis+cluster://127.0.0.1:1", wait_replicas=1)
+    with pytest.raises(ValueError, match="redis_wait_replicas"):
+        Config(redis_url="redis+cluster://h:1", redis_wait_replicas=1)
+    with pytest.raises(ValueError, match="redis_wait_timeout_s"):
+        Config(redis_timeout_s=1.0, redis_wait_timeout_s=2.0)
+    assert Config(redis_url="redis+sentinel://h:1/ws", redis_wait_replicas=1).redis_wait_replicas == 1
 
 
 @pytest.mark.parametrize("wait_replicas", [1, 0])
