@@ -144,3 +144,26 @@ async def test_appends_survive_a_primary_sigkill(sentinel, wait_replicas):
     else:
         assert all(a <= ASYNC_WINDOW_S for a in lost_age), figures
     assert figures["wall_s"] < 30
+
+
+async def test_an_append_no_replica_confirms_is_unavailable_and_lands_once(redis_server, redis_flush):
+    """redis_wait_replicas=1 on a Redis without replicas: the step lands on the primary but is not
+        acknowledged (UNAVAILABLE), and neither is its retry (same request id, through the append or the
+    log): nothing is applied twice."""
+    store = SessionStore.from_url(redis_server.url, default_ttl_s=600, wait_replicas=1, wait_timeout_s=0.05)
+    await redis_flush(store.r)
+    z = pack_array(np.zeros((2, 2), np.float32))
+    with pytest.raises(Unavailable, match="reached 0 of 1 Redis replicas"):
+        await store.create("acme", model="m", prompt="p", seed=1, width=8, height=8, first_frame=b"f0")
+    plain = SessionStore.from_url(redis_server.url, default_ttl_s=600)
+    rec = await plain.create("acme", model="m", prompt="p", seed=1, width=8, height=8, first_frame=b"f0")
+    for _ in range(2):
+        with pytest.raises(Unavailable, match="step 1 of session"):
+            await store.append("acme", rec.session_id, expected_step=0, action={}, latent=z, frame=b"f", request_id="a")
+    with pytest.raises(Unavailable, match="step 1 of session"):  # a retry answered from the log: the same
+        await store.recorded("acme", rec.session_id, "a")
+    assert await store.recorded("acme", rec.session_id, "b") is None
+    assert (await plain.get("acme", rec.session_id)).step == 1
+    assert await plain.recorded("acme", rec.session_id, "a") == (1, b"f")
+    await store.close()
+    await plain.close()

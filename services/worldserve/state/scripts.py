@@ -38,10 +38,16 @@ redis.call('EXPIRE', KEYS[2], ttl)
 return {n, 0}
 """
 
-# KEYS: log. ARGV: request id. Returns {step, frame PNG} of the step that request id landed as, or nil.
+# KEYS: log, record. ARGV: request id. Returns {step, frame PNG} of the step that request id landed
+# as (the session's TTLs refreshed: a write, so that a WAIT after it covers that step), or nil.
 RECORDED = """
 local k = redis.call('HGET', KEYS[1], 'r:' .. ARGV[1])
 if not k then return nil end
+local ttl = tonumber(redis.call('HGET', KEYS[2], 'ttl_s'))
+if ttl then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
 return {tonumber(k), redis.call('HGET', KEYS[1], 'f:' .. k)}
 """
 

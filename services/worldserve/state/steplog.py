@@ -119,9 +119,20 @@ class StepLog:
         return int(n)
 
     async def recorded(self, tenant: str, sid: str, request_id: str) -> tuple[int, bytes] | None:
-        """(step, frame PNG) of the step ``request_id`` landed as in this session, or None."""
+        """(step, frame PNG) of the step ``request_id`` landed as in this session, or None. With
+        ``wait_replicas``, a step found is returned only once that many replicas hold it (the
+        script's TTL refresh is a write a WAIT covers, and the step is older), else Unavailable."""
         t0 = time.perf_counter()
-        hit = await self._recorded(keys=[self._log(tenant, sid)], args=[request_id])
+        keys = [self._log(tenant, sid), self._rec(tenant, sid)]
+        if self.wait_replicas:
+            async with self.r.pipeline(transaction=False) as p:
+                p.eval(scripts.RECORDED, 2, *keys, request_id)
+                self._wait(p)
+                hit, acked = await p.execute()
+            if hit is not None:
+                self._check_replicated(int(acked), f"step {int(hit[0])} of session {sid!r}")
+        else:
+            hit = await self._recorded(keys=keys, args=[request_id])
         self._timed("recorded", t0)
         if hit is None:
             return None
