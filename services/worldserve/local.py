@@ -23,10 +23,11 @@ from worldserve.common.redis_server import EmbeddedRedis, free_port
 class LocalCluster:
     target: str  # gRPC endpoint of Serve's proxy
     keys: dict[str, str]  # tenant -> API key
-    redis: EmbeddedRedis
+    redis: EmbeddedRedis | None  # the embedded Redis; None: the cluster runs on ``redis_url``
     metrics_url: str  # the Ray node's Prometheus endpoint
     workdir: Path
     http: str = ""  # Serve's HTTP proxy: the web gateway (play page, live WebSocket play)
+    redis_url: str = ""  # the session Redis the cluster runs on
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -40,17 +41,21 @@ def local_cluster(
     workdir: str | Path | None = None,
     timeout_s: float = 600,
     address: str | None = None,
+    redis_url: str = "",
 ) -> Iterator[LocalCluster]:
     """``address``: connect to a running Ray cluster (e.g. several nodes started with ``ray start``)
     instead of starting one; ``num_cpus`` is then that cluster's, ``metrics_url`` is empty (each
-    node exports on the port it was started with), and leaving disconnects without stopping it."""
+    node exports on the port it was started with), and leaving disconnects without stopping it.
+    ``redis_url``: a Redis already running (e.g. an ``EmbeddedSentinel``'s ``redis+sentinel://``)
+    instead of an embedded one started here."""
     import ray
     from ray import serve
 
     from worldserve import deploy as dep
 
     tmp = Path(workdir or tempfile.mkdtemp(prefix="worldserve-"))
-    redis = EmbeddedRedis(tmp / "redis").start()
+    redis = None if redis_url else EmbeddedRedis(tmp / "redis").start()
+    redis_url = redis_url or (redis.url if redis else "")
     keys = {t: new_key() for t in tenants}
     for t, k in keys.items():
         add_key(tmp / "keys.json", t, k)
@@ -68,7 +73,7 @@ def local_cluster(
             )
         cfg = dep.load_config(
             app_args={
-                "redis_url": redis.url,
+                "redis_url": redis_url,
                 "api_keys_file": str(tmp / "keys.json"),
                 "archive_url": f"file://{tmp / 'archive'}",
                 **(app_args or {}),
@@ -93,13 +98,15 @@ def local_cluster(
             metrics_url="" if address else f"http://127.0.0.1:{metrics_port}/metrics",
             workdir=tmp,
             http=f"http://127.0.0.1:{http_port}",
+            redis_url=redis_url,
         )
     finally:
         with contextlib.suppress(Exception):
             serve.shutdown()
         with contextlib.suppress(Exception):
             ray.shutdown()
-        redis.stop()
+        if redis is not None:
+            redis.stop()
 
 
 def replica_counts(apps: tuple[str, ...] = ("image", "sessions", "dynamics", "web")) -> dict[str, int]:

@@ -87,7 +87,10 @@ transformer (``weights/transformer``) at one sampler step: faster per frame, low
 @dataclass(frozen=True)
 class Config:
     redis_url: str = ""
-    """Session Redis, e.g. ``redis://:pw@host:6379/0``, or a Redis Cluster through any node,
+    """Session Redis, e.g. ``redis://:pw@host:6379/0``; a primary with replicas under Redis
+    Sentinel, ``redis+sentinel://[:pw@]host:port[,host:port]/service_name[/db]`` (the Sentinels'
+    addresses; the password is the Redis servers': the store asks the Sentinels for the primary on
+    every new connection, so it follows a failover by itself); or a Redis Cluster through any node,
     ``redis+cluster://:pw@host:6379``. Empty: ``worldserve up`` starts an embedded one."""
     api_keys_file: str = ""
     """JSON file of hashed API keys (see worldserve.common.auth)."""
@@ -97,6 +100,16 @@ class Config:
     """Largest uploaded first frame, in bytes. Bounds: 1 KiB .. 64 MiB."""
     redis_timeout_s: float = 5.0
     """Socket timeout of Redis operations. Bounds: 0.05 .. 60."""
+    redis_wait_replicas: int = 0
+    """Replicas that must hold a step (and a new session) before it is acknowledged (Redis
+    ``WAIT`` after the append, on its connection). 0: asynchronous replication: a failover to a
+    replica loses the steps acknowledged within the replication lag. 1 (a primary with replicas,
+    e.g. ``redis+sentinel://``): a failover loses no acknowledged step, for one replica round trip
+    per step; with fewer replicas reachable, Steps answer UNAVAILABLE (retried once by request id).
+    Not with ``redis+cluster://``. Bounds: 0 .. 8."""
+    redis_wait_timeout_s: float = 1.0
+    """How long an append waits for ``redis_wait_replicas`` replicas before answering UNAVAILABLE.
+    Bounds: 0.001 .. redis_timeout_s."""
     models: tuple[ModelSpec, ...] = DEFAULT_MODELS
     """The dynamics models this cluster serves, each in its own deployment (see ModelSpec)."""
     default_model: str = ""
@@ -181,6 +194,12 @@ class Config:
         _bounded("session_ttl_s", self.session_ttl_s, 60, 30 * 24 * 3600)
         _bounded("max_upload_bytes", self.max_upload_bytes, 1024, 64 * 1024 * 1024)
         _bounded("redis_timeout_s", self.redis_timeout_s, 0.05, 60)
+        _bounded("redis_wait_replicas", self.redis_wait_replicas, 0, 8)
+        _bounded("redis_wait_timeout_s", self.redis_wait_timeout_s, 0.001, self.redis_timeout_s)
+        if self.redis_wait_replicas and self.redis_url.startswith("redis+cluster://"):
+            raise ValueError(
+                "redis_wait_replicas > 0 needs a redis:// or redis+sentinel:// redis_url, not redis+cluster://"
+            )
         _bounded("max_batch_size", self.max_batch_size, 1, 1024)
         _bounded("max_batch_wait_s", self.max_batch_wait_s, 0, 1)
         _bounded("max_queue", self.max_queue, 1, 100_000)

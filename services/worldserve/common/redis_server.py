@@ -4,7 +4,8 @@ Uses Debian's ``redis-server`` when on PATH, else the binary shipped in the ``re
 Runs with AOF (``appendfsync everysec``: Redis writes the AOF before it replies, so a killed
 redis-server loses no acknowledged write -- tested with SIGKILL; a crash of the host can lose about
 the last second, what was written but not yet fsynced) and ``maxmemory-policy noeviction`` (a full Redis refuses writes
-instead of silently dropping sessions). Binds 127.0.0.1 only.
+instead of silently dropping sessions). Binds 127.0.0.1 only. :class:`EmbeddedSentinel` adds replicas
+and Sentinel (automatic failover), :class:`EmbeddedRedisCluster` a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 
 def redis_server_binary() -> str:
@@ -181,5 +183,147 @@ class EmbeddedRedisCluster:
         raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
 
     def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+class EmbeddedSentinel:
+    """A primary, ``replicas`` replicas and ``sentinels`` Sentinels (quorum: a majority) on
+    127.0.0.1, with fast failover (``down-after-milliseconds`` 1000, ``failover-timeout`` 3000):
+    what the failover tests run against. ``url`` is worldserve's ``redis+sentinel://`` form.
+    ``start`` returns once every Sentinel knows the primary, every replica and the other Sentinels,
+    so that a primary killed at once is failed over."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        replicas: int = 2,
+        sentinels: int = 1,
+        service: str = "worldserve",
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+    ):
+        self.data_dir = Path(data_dir)
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.primary = EmbeddedRedis(self.data_dir / "node0")
+        self.replicas = [
+            EmbeddedRedis(
+                self.data_dir / f"node{i + 1}", extra_args=("--replicaof", "127.0.0.1", str(self.primary.port))
+            )
+            for i in range(replicas)
+        ]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.quorum = sentinels // 2 + 1
+        self.sentinel_procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def nodes(self) -> list[EmbeddedRedis]:
+        """The data nodes: the first primary, then its replicas (roles change on a failover)."""
+        return [self.primary, *self.replicas]
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://host:port[,host:port]/service/0``: what worldserve's ``redis_url`` takes."""
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def _sentinel_conf(self, port: int) -> Path:
+        d = self.data_dir / f"sentinel{port}"
+        d.mkdir(parents=True, exist_ok=True)
+        conf = d / "sentinel.conf"  # Sentinel rewrites its config file: one writable file each
+        lines = [
+            f"port {port}",
+            "bind 127.0.0.1",
+            f"dir {d}",
+            f"logfile {d / 'sentinel.log'}",
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} {self.quorum}",
+            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
+            f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {self.service} 1",
+            # known at once (else a Sentinel finds replicas by INFO every 10 s)
+            *(f"sentinel known-replica {self.service} 127.0.0.1 {r.port}" for r in self.replicas),
+        ]
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def _sentinel(self, i: int = 0) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.sentinel_ports[i], socket_timeout=2)
+
+    def primary_port(self, sentinel: int = 0) -> int:
+        """The primary's port as Sentinel ``sentinel`` sees it now."""
+        with self._sentinel(sentinel) as c:
+            return int(c.sentinel_get_master_addr_by_name(self.service)[1])
+
+    def node(self, port: int) -> EmbeddedRedis:
+        return next(n for n in self.nodes if n.port == port)
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedSentinel:
+        import redis
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for n in self.nodes:
+            n.start()
+        deadline = time.monotonic() + timeout_s
+        with redis.Redis(host="127.0.0.1", port=self.primary.port) as p:
+            while p.info("replication").get("connected_slaves", 0) < len(self.replicas):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError("the replicas did not connect to the primary")
+                time.sleep(0.05)
+        for port in self.sentinel_ports:
+            log = open(self.data_dir / f"sentinel{port}.out", "ab")
+            self.sentinel_procs.append(
+                subprocess.Popen(
+                    [redis_server_binary(), str(self._sentinel_conf(port)), "--sentinel"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    close_fds=True,
+                )
+            )
+        while time.monotonic() < deadline:
+            try:
+                if all(self._ready(i) for i in range(len(self.sentinel_ports))):
+                    return self
+            except (redis.ConnectionError, redis.ResponseError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError("the Sentinels did not come to know the primary, its replicas and each other")
+
+    def _ready(self, i: int) -> bool:
+        with self._sentinel(i) as c:
+            master = c.sentinel_master(self.service)  # redis-py parses the flags into is_* booleans
+            replicas = c.sentinel_slaves(self.service)
+        return (
+            master["is_master"]
+            and not master["is_sdown"]
+            and master["num-other-sentinels"] == len(self.sentinel_ports) - 1
+            and len(replicas) == len(self.replicas)
+            and all(r["is_slave"] and not r["is_sdown"] and not r["is_disconnected"] for r in replicas)
+        )
+
+    def kill_primary(self) -> int:
+        """SIGKILL the node Sentinel names as the primary now; returns its port."""
+        port = self.primary_port()
+        proc = self.node(port).proc
+        assert proc is not None, f"node {port} is not running"
+        proc.kill()
+        proc.wait(5)
+        return port
+
+    def stop(self) -> None:
+        for p in self.sentinel_procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        self.sentinel_procs = []
         for n in self.nodes:
             n.stop()

@@ -5,16 +5,22 @@ due set (the keys: :mod:`worldserve.state.store`)."""
 # KEYS: record, log. ARGV: expected step, action JSON, latent, frame PNG, time, request id ("" =
 # none), most steps not yet archived (0: no bound), step 0's latent ("" = none: set only when
 # absent, the first step encodes it), the model's resume data of the step ("" = none), how many
-# steps resume data is kept (0: no bound; else the one of step n - keep is dropped). Returns {new step, 0}, {-1, 0} (no session),
-# {-2, current step} (moved on), {-3, step} (this request id already landed as that step: nothing
-# written), or {-4, archived step} (the unarchived tail is full: nothing written).
+# steps resume data is kept (0: no bound; else the one of step n - keep is dropped). Returns
+# {new step, 0}, {-1, 0} (no session), {-2, current step} (moved on), {-3, step} (this request id
+# already landed as that step: only the TTLs refreshed, a write, so that a WAIT after it covers that
+# step too), or {-4, archived step} (the unarchived tail is full: nothing written).
 APPEND = """
 local cur = redis.call('HGET', KEYS[1], 'step')
 if not cur then return {-1, 0} end
 cur = tonumber(cur)
 if ARGV[6] ~= '' then
   local done = redis.call('HGET', KEYS[2], 'r:' .. ARGV[6])
-  if done then return {-3, tonumber(done)} end
+  if done then
+    local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
+    redis.call('EXPIRE', KEYS[1], ttl)
+    redis.call('EXPIRE', KEYS[2], ttl)
+    return {-3, tonumber(done)}
+  end
 end
 if cur ~= tonumber(ARGV[1]) then return {-2, cur} end
 local n = cur + 1
@@ -36,10 +42,16 @@ redis.call('EXPIRE', KEYS[2], ttl)
 return {n, 0}
 """
 
-# KEYS: log. ARGV: request id. Returns {step, frame PNG} of the step that request id landed as, or nil.
+# KEYS: log, record. ARGV: request id. Returns {step, frame PNG} of the step that request id landed
+# as (the session's TTLs refreshed: a write, so that a WAIT after it covers that step), or nil.
 RECORDED = """
 local k = redis.call('HGET', KEYS[1], 'r:' .. ARGV[1])
 if not k then return nil end
+local ttl = tonumber(redis.call('HGET', KEYS[2], 'ttl_s'))
+if ttl then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
 return {tonumber(k), redis.call('HGET', KEYS[1], 'f:' .. k)}
 """
 

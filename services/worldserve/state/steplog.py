@@ -17,7 +17,8 @@ from worldserve.state.records import ARCHIVE_DUE, AlreadyApplied, LogEntry, Sess
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
-    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.client import Pipeline
+    from redis.asyncio.cluster import ClusterPipeline, RedisCluster
     from redis.commands.core import AsyncScript
     from redis.typing import EncodableT
 
@@ -31,6 +32,7 @@ class StepLog:
         r: aioredis.Redis | RedisCluster
         archive: Archive | None
         max_tail: int
+        wait_replicas: int
         _append: AsyncScript
         _recorded: AsyncScript
         _trim: AsyncScript
@@ -43,6 +45,10 @@ class StepLog:
         def _log(t: str, sid: str) -> str: ...
 
         def _timed(self, op: str, t0: float) -> None: ...
+
+        def _wait(self, p: Pipeline | ClusterPipeline) -> bool: ...
+
+        def _check_replicated(self, acked: int, what: str) -> None: ...
 
         async def get(self, tenant: str, sid: str, *, touch: bool = True) -> SessionRecord: ...
 
@@ -71,7 +77,9 @@ class StepLog:
         script drops step ``n - resume_keep``'s; 0: kept as long as the latent).
 
         Raises NotFound when the session is gone, Conflict when another write moved it first,
-        AlreadyApplied when ``request_id`` had already landed (nothing written).
+        AlreadyApplied when ``request_id`` had already landed (nothing written). With
+        ``wait_replicas``, a step (or an AlreadyApplied) is answered only once that many replicas
+        hold it, else Unavailable (the step is on the primary: its retry is answered once).
         """
         t0 = time.perf_counter()
         args: builtins.list[EncodableT] = [
@@ -87,11 +95,16 @@ class StepLog:
             resume_keep,
         ]
         keys = [self._rec(tenant, sid), self._log(tenant, sid)]
-        if due:
+        if due or self.wait_replicas:
             async with self.r.pipeline(transaction=False) as p:
                 p.eval(scripts.APPEND, 2, *keys, *args)  # EVAL, not a Script: a pipeline's scripts cost a SCRIPT EXISTS
-                p.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time()}, nx=True)
-                (n, cur), _ = await p.execute()
+                if due:
+                    p.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time()}, nx=True)
+                waited = self._wait(p)  # on the same connection, after the script's writes
+                res = await p.execute()
+            n, cur = res[0]
+            if waited and (n > 0 or n == -3):  # an acknowledgement: replicated first
+                self._check_replicated(int(res[-1]), f"step {n if n > 0 else cur} of session {sid!r}")
         else:
             n, cur = await self._append(keys=keys, args=args)
         self._timed("append", t0)
@@ -112,9 +125,20 @@ class StepLog:
         return int(n)
 
     async def recorded(self, tenant: str, sid: str, request_id: str) -> tuple[int, bytes] | None:
-        """(step, frame PNG) of the step ``request_id`` landed as in this session, or None."""
+        """(step, frame PNG) of the step ``request_id`` landed as in this session, or None. With
+        ``wait_replicas``, a step found is returned only once that many replicas hold it (the
+        script's TTL refresh is a write a WAIT covers, and the step is older), else Unavailable."""
         t0 = time.perf_counter()
-        hit = await self._recorded(keys=[self._log(tenant, sid)], args=[request_id])
+        keys = [self._log(tenant, sid), self._rec(tenant, sid)]
+        if self.wait_replicas:
+            async with self.r.pipeline(transaction=False) as p:
+                p.eval(scripts.RECORDED, 2, *keys, request_id)
+                self._wait(p)
+                hit, acked = await p.execute()
+            if hit is not None:
+                self._check_replicated(int(acked), f"step {int(hit[0])} of session {sid!r}")
+        else:
+            hit = await self._recorded(keys=keys, args=[request_id])
         self._timed("recorded", t0)
         if hit is None:
             return None

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from worldserve.common.errors import Conflict, DataLoss, InvalidArgument, NotFound
+from worldserve.common.errors import Conflict, DataLoss, InvalidArgument, NotFound, Unavailable
 from worldserve.state import scripts
 from worldserve.state.records import (
     ARCHIVE_DUE,
@@ -60,7 +60,8 @@ from worldserve.state.records import (
 from worldserve.state.steplog import StepLog
 
 if TYPE_CHECKING:
-    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.client import Pipeline
+    from redis.asyncio.cluster import ClusterPipeline, RedisCluster
     from redis.typing import EncodableT, FieldT
 
     from worldserve.common.config import Config
@@ -73,6 +74,7 @@ __all__ = [  # with the records, keys and checks of worldserve.state.records, re
     "INDEX_GRACE_S",
     "REQUEST_ID_RE",
     "SCHEMA_VERSION",
+    "SENTINEL_SCHEME",
     "SESSION_ID_RE",
     "AlreadyApplied",
     "LogEntry",
@@ -87,6 +89,44 @@ __all__ = [  # with the records, keys and checks of worldserve.state.records, re
 ]
 
 CLUSTER_SCHEME = "redis+cluster://"  # redis_url of a Redis Cluster: redis+cluster://[:password@]host:port
+SENTINEL_SCHEME = "redis+sentinel://"
+"""redis_url of a primary with replicas under Redis Sentinel:
+``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]`` (the Sentinels'
+addresses; the password is the Redis servers', the Sentinels are asked without one)."""
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, str | None]:
+    """``(sentinels, service name, db, username, password)`` of a ``redis+sentinel://`` URL;
+    InvalidArgument naming what is wrong."""
+    from urllib.parse import unquote
+
+    rest = url.removeprefix(SENTINEL_SCHEME)
+    auth, _, rest = rest.rpartition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
+    hosts, _, path = rest.partition("/")
+    parts = [x for x in path.split("/") if x]
+    usage = f"{SENTINEL_SCHEME}[:password@]host:port[,host:port]/service_name[/db]"
+    if not hosts or not 1 <= len(parts) <= 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise InvalidArgument(f"redis_url {_redacted(url)!r}: expected {usage}")
+    sentinels = []
+    for h in hosts.split(","):
+        host, _, port = h.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidArgument(f"redis_url {_redacted(url)!r}: sentinel {h!r} is not host:port ({usage})")
+        sentinels.append((host.strip("[]"), int(port)))
+    user, _, password = auth.partition(":") if auth else ("", "", "")
+    return (
+        sentinels,
+        unquote(parts[0]),
+        int(parts[1]) if len(parts) == 2 else 0,
+        unquote(user) or None,
+        unquote(password) or None,
+    )
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
+
 
 INDEX_GRACE_S = 60.0
 """An index entry without a record is dropped only when older than this: a younger one is a
@@ -107,12 +147,17 @@ class SessionStore(StepLog):
         observe: Observe | None = None,
         archive: Archive | None = None,
         max_tail: int = 0,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 1.0,
     ):
         self.r = r
         self.default_ttl_s = default_ttl_s
         self._observe = observe  # callable(op, seconds) for the Redis latency histogram
         self.archive = archive  # worldserve.state.archive.Archive, or None: everything stays in Redis
         self.max_tail = max_tail if archive is not None else 0  # most unarchived steps (0: no bound)
+        # replicas an append (and a create) waits for before it is acknowledged (Redis WAIT; 0: none)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_s = wait_timeout_s
         self._trim = r.register_script(scripts.TRIM)
         self._claim = r.register_script(scripts.CLAIM)
         self._append = r.register_script(scripts.APPEND)
@@ -129,7 +174,11 @@ class SessionStore(StepLog):
         observe: Observe | None = None,
         archive: Archive | None = None,
         max_tail: int = 0,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 1.0,
     ) -> SessionStore:
+        """The store on ``url``: ``redis://`` (``rediss://``), ``redis+sentinel://`` or
+        ``redis+cluster://`` (see :class:`~worldserve.common.config.Config`'s ``redis_url``)."""
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
@@ -138,10 +187,33 @@ class SessionStore(StepLog):
         # that command is retried on a fresh connection (not timeouts: a stalled Redis must answer
         # UNAVAILABLE within redis_timeout_s, and a command that timed out may have run).
         retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3, supported_errors=(RedisConnectionError,))
-        if url.startswith(CLUSTER_SCHEME):  # a Redis Cluster: any node's address
+        r: aioredis.Redis | RedisCluster
+        if url.startswith(SENTINEL_SCHEME):  # a primary + replicas: the Sentinels name the primary
+            from redis.asyncio.sentinel import Sentinel
+
+            sentinels, service, db, username, password = parse_sentinel_url(url)
+            # Each new connection asks the Sentinels for the primary: after a failover, the retry
+            # of a command that failed on the dead primary's connection reaches the promoted one
+            # (a demoted primary's READONLY also closes the connection and asks again).
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves its __init__ untyped
+                sentinels, sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+            )
+            r = sentinel.master_for(
+                service,
+                db=db,
+                username=username,
+                password=password,
+                health_check_interval=30,
+                retry=retry,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+            )
+        elif url.startswith(CLUSTER_SCHEME):  # a Redis Cluster: any node's address
             from redis.asyncio.cluster import RedisCluster
 
-            r: aioredis.Redis | RedisCluster
+            if wait_replicas:  # WAIT names no key: a cluster client cannot send it to a session's node
+                raise InvalidArgument("redis_wait_replicas > 0 is not supported with a redis+cluster:// redis_url")
+
             node = url.removeprefix(CLUSTER_SCHEME).split("/", 1)[0]
             r = RedisCluster.from_url(
                 f"redis://{node}", socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry
@@ -150,7 +222,15 @@ class SessionStore(StepLog):
             r = aioredis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30, retry=retry
             )
-        return cls(r, default_ttl_s=default_ttl_s, observe=observe, archive=archive, max_tail=max_tail)
+        return cls(
+            r,
+            default_ttl_s=default_ttl_s,
+            observe=observe,
+            archive=archive,
+            max_tail=max_tail,
+            wait_replicas=wait_replicas,
+            wait_timeout_s=wait_timeout_s,
+        )
 
     @classmethod
     def from_config(cls, config: Config, observe: Observe | None = None) -> SessionStore:
@@ -167,6 +247,8 @@ class SessionStore(StepLog):
             observe=observe,
             archive=archive,
             max_tail=config.archive_max_tail_steps,
+            wait_replicas=config.redis_wait_replicas,
+            wait_timeout_s=config.redis_wait_timeout_s,
         )
 
     async def close(self) -> None:
@@ -180,6 +262,24 @@ class SessionStore(StepLog):
     def _timed(self, op: str, t0: float) -> None:
         if self._observe is not None:
             self._observe(op, time.perf_counter() - t0)
+
+    def _wait(self, p: Pipeline | ClusterPipeline) -> bool:
+        """Queue a Redis WAIT for ``wait_replicas`` on pipeline ``p`` (its last command: the
+        connection's writes so far, and every write acknowledged before them, reach that many
+        replicas); False: none configured, nothing queued."""
+        if not self.wait_replicas:
+            return False
+        p.execute_command("WAIT", self.wait_replicas, max(1, round(self.wait_timeout_s * 1000)))
+        return True
+
+    def _check_replicated(self, acked: int, what: str) -> None:
+        """Unavailable when fewer replicas than ``wait_replicas`` confirmed ``what`` (it is on the
+        primary: a retry with the same request id is answered from it, once)."""
+        if acked < self.wait_replicas:
+            raise Unavailable(
+                f"{what} reached {acked} of {self.wait_replicas} Redis replicas within "
+                f"redis_wait_timeout_s={self.wait_timeout_s}; not acknowledged, retry"
+            )
 
     # -- operations -------------------------------------------------------------------------------
     async def create(
@@ -222,7 +322,12 @@ class SessionStore(StepLog):
             p.expire(self._log(tenant, rec.session_id), rec.ttl_s)
             p.expire(self._rec(tenant, rec.session_id), rec.ttl_s)
             await p.execute()
-        await self.r.zadd(self._index(tenant), {rec.session_id: now})  # another slot: its own command
+        async with self.r.pipeline(transaction=False) as p:  # another slot: its own command
+            p.zadd(self._index(tenant), {rec.session_id: now})
+            if self._wait(p):  # the record is older than the index entry: both replicated
+                self._check_replicated(int((await p.execute())[-1]), f"session {rec.session_id!r}")
+            else:
+                await p.execute()
         self._timed("create", t0)
         return rec
 
