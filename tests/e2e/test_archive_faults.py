@@ -266,3 +266,4 @@ def test_archive_survives_a_sessions_replica_sigkill_and_an_s3_outage(tmp_path):
     assert new and old not in new, (old, new)  # Serve started another sessions replica
     assert peak_tail <= TAIL, peak_tail  # the bound held: RESOURCE_EXHAUSTED, not growth
     assert peak_tail == TAIL, f"the outage never filled a tail ({peak_tail}): the bound was not exercised"
+    assert retries[0] > 0  # the refused steps were waited out by the SDK (RESOURCE_EXHAUSTED + RetryInfo)
