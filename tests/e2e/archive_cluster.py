@@ -3,7 +3,7 @@
 pytest's process has ray.init'ed the shared session cluster (its archive is a local folder), so
 this one runs in a child process with its own Ray, Redis and ports: every deployment pinned to one
 replica (one sessions replica runs the one archiver), then one JSON line on stdout (gRPC target, API
-key, Redis URL) and it serves until its stdin closes.
+key, Redis URL, metrics endpoint) and it serves until its stdin closes.
 
     python tests/e2e/archive_cluster.py '{"workdir": ..., "app_args": {...}}'
 """
@@ -30,7 +30,8 @@ def main(spec: dict) -> None:
         app_args={"torch_threads": 1, **spec["app_args"]},
         deployment_overrides=overrides,
     ) as c:
-        print(json.dumps({"target": c.target, "key": c.keys["tenant-a"], "redis": c.redis.url}), flush=True)
+        info = {"target": c.target, "key": c.keys["tenant-a"], "redis": c.redis.url, "metrics": c.metrics_url}
+        print(json.dumps(info), flush=True)
         sys.stdin.read()  # until the test closes it
 
 

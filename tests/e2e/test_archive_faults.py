@@ -92,6 +92,27 @@ def _replica_pids(root: int) -> list[int]:
     return out
 
 
+def _archive_failures(url: str, timeout_s: float) -> dict[str, float]:
+    """The archiver's failed passes by reason, from the child cluster's Prometheus endpoint (Ray
+    exports a replica's metrics every few seconds: polled until they show)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        got = {
+            s.labels.get("reason", ""): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == "ray_worldserve_sessions_archive_failures_total"
+        }
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(1)
+
+
 def test_archive_survives_a_sessions_replica_sigkill_and_an_s3_outage(tmp_path):
     if os.environ.get("WORLDSERVE_SKIP_E2E") == "1":
         pytest.skip("WORLDSERVE_SKIP_E2E=1")
@@ -244,6 +265,7 @@ def test_archive_survives_a_sessions_replica_sigkill_and_an_s3_outage(tmp_path):
                 assert sorted(keys) == sorted(f"faults/{ch['key']}" for ch in man["chunks"]), (keys, spans)
                 assert spans[-1][1] >= rec(sid)["archived"] > rec(sid)["step"] - CHUNK
                 total += stored
+        failures = _archive_failures(info["metrics"], 20)
     finally:
         stop.set()
         for t in threads:
@@ -260,7 +282,7 @@ def test_archive_survives_a_sessions_replica_sigkill_and_an_s3_outage(tmp_path):
         f"replica SIGKILLed with {len(claimed)} session(s) claimed (replicas {old} -> {new}), S3 away {OUTAGE_S:.0f} s "
         f"(frozen {FROZEN_S:.0f} s; its restart replayed its log in {t_back - t_out - OUTAGE_S:.1f} s); peak unarchived tail {peak_tail} (bound {TAIL}); sessions' log bytes "
         f"steady <= {bound}, peak {peak_bytes}, {after} after {recovery_s:.1f} s; used_memory {used_before} -> "
-        f"{used_peak} -> {used_after}; cluster up in {t_up - t_start:.0f} s, test {time.monotonic() - t_start:.0f} s"
+        f"{used_peak} -> {used_after}; the new archiver's failed passes {failures}; cluster up in {t_up - t_start:.0f} s, test {time.monotonic() - t_start:.0f} s"
     )
     assert claimed, "the archiver was not in a pass when its replica was killed"
     assert new and old not in new, (old, new)  # Serve started another sessions replica

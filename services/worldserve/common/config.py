@@ -143,7 +143,9 @@ class Config:
     session lives). ``worldserve up`` sets a folder beside its Redis data."""
     archive_options: Mapping[str, Any] = field(default_factory=dict)
     """Object store options for ``s3://``: endpoint, region, access_key_id, secret_access_key,
-    session_token, allow_http (or the usual AWS_* environment variables)."""
+    session_token, allow_http (or the usual AWS_* environment variables); the bounds of each call:
+    timeout_s (10), connect_timeout_s (2), retry_timeout_s (15: retries with exponential backoff
+    stop after it; the archiver then retries the session with backoff of its own)."""
     archive_chunk_steps: int = 64
     """Steps in one archived chunk. Bounds: 1 .. 4096."""
     hot_window_steps: int = 32
