@@ -34,6 +34,7 @@ OUTAGE_S = 30.0  # the S3 server is away this long: frozen for FROZEN_S, then de
 FROZEN_S = 8.0
 RECOVERY_S = 60.0  # Redis back to its steady size within this long after the S3 server returns
 CHUNK, WINDOW, TAIL = 8, 32, 24  # archive_chunk_steps, hot_window_steps, archive_max_tail_steps
+LEASE_S = 10.0  # archive_lease_s: the killed replica's sessions go to the new one during the outage
 SESSIONS = 3
 BUCKET = "worlds"
 ACTIONS = (["right"], ["left"], ["up"], [])
@@ -140,6 +141,7 @@ def test_archive_survives_a_sessions_replica_sigkill_and_an_s3_outage(tmp_path):
             "hot_window_steps": WINDOW,
             "archive_max_tail_steps": TAIL,
             "archive_rid_keep_steps": 16,
+            "archive_lease_s": LEASE_S,
         },
     }
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not pytest's
