@@ -4,7 +4,8 @@ Several SDK clients step their sessions continuously while chunks of CHUNK steps
 standalone server, made durable by its request log: tests/e2e/s3_server.py). Then the S3 server
 freezes (SIGSTOP: the archiver's requests hang mid-chunk), the sessions replica that runs the
 archiver is SIGKILLed in that pass (Serve starts another), the frozen server is killed and, OUTAGE_S
-after it froze, started again on its data. Afterwards: no acknowledged step is lost (each one's
+after it froze, started again on its data; the killed replica's sessions pass to the new one's
+archiver after LEASE_S, inside the outage, so it fails and backs off too. Afterwards: no acknowledged step is lost (each one's
 frame is in the export), every export is steps 0..N once each in order, no chunk is listed twice,
 no session ever held more than TAIL unarchived steps (Steps answered RESOURCE_EXHAUSTED instead,
 which the SDK waits out), and Redis is back to its steady size within RECOVERY_S of the restart.
@@ -291,3 +292,4 @@ def test_archive_survives_a_sessions_replica_sigkill_and_an_s3_outage(tmp_path):
     assert peak_tail <= TAIL, peak_tail  # the bound held: RESOURCE_EXHAUSTED, not growth
     assert peak_tail == TAIL, f"the outage never filled a tail ({peak_tail}): the bound was not exercised"
     assert retries[0] > 0  # the refused steps were waited out by the SDK (RESOURCE_EXHAUSTED + RetryInfo)
+    assert sum(failures.values()) > 0, "the new archiver never met the outage (its lease did not pass it the sessions)"
