@@ -3,12 +3,13 @@
 Several SDK clients step their sessions continuously while chunks of CHUNK steps go to S3 (moto's
 standalone server, made durable by its request log: tests/e2e/s3_server.py). Then the S3 server
 freezes (SIGSTOP: the archiver's requests hang mid-chunk), the sessions replica that runs the
-archiver is SIGKILLed in that pass (Serve starts another), the frozen server is killed and, OUTAGE_S
-after it froze, started again on its data; the killed replica's sessions pass to the new one's
-archiver after LEASE_S, inside the outage, so it fails and backs off too. Afterwards: no acknowledged step is lost (each one's
-frame is in the export), every export is steps 0..N once each in order, no chunk is listed twice,
-no session ever held more than TAIL unarchived steps (Steps answered RESOURCE_EXHAUSTED instead,
-which the SDK waits out), and Redis is back to its steady size within RECOVERY_S of the restart.
+archiver is SIGKILLed in that pass (Serve starts another), the frozen server is killed and,
+OUTAGE_S after it froze, started again on its data; the killed replica's sessions pass to the new
+replica's archiver after LEASE_S, inside the outage, so it fails and backs off too. Afterwards: no
+acknowledged step is lost (each one's frame is in the export), every export is steps 0..N once
+each in order, no chunk is listed twice, no session ever held more than TAIL unarchived steps
+(Steps answered RESOURCE_EXHAUSTED instead, which the SDK waits out), and Redis is back to its
+steady size within RECOVERY_S of the restart.
 
 The cluster runs in a child process (tests/e2e/archive_cluster.py): pytest's process has Ray
 initialised for the shared cluster, whose archive is a local folder.
@@ -81,16 +82,24 @@ class S3Server:
 
 
 def _replica_pids(root: int) -> list[int]:
-    """pids of the SessionService replicas under the child cluster (not the shared cluster's)."""
-    import psutil
-
-    out = []
-    for p in psutil.Process(root).children(recursive=True):
+    """pids of the SessionService replicas under the child cluster (not the shared cluster's):
+    its process tree, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if "ServeReplica:sessions:SessionService" in " ".join(p.cmdline()):
-                out.append(p.pid)
-        except psutil.Error:
-            pass
+            pid, rest = stat.read_text().split(" (", 1)
+            children.setdefault(int(rest.rsplit(") ", 1)[1].split()[1]), []).append(int(pid))
+        except (OSError, IndexError, ValueError):
+            pass  # gone meanwhile
+    out, todo = [], [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            todo.append(pid)
+            try:
+                if b"ServeReplica:sessions:SessionService" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    out.append(pid)
+            except OSError:
+                pass
     return out
 
 
@@ -115,6 +124,7 @@ def _archive_failures(url: str, timeout_s: float) -> dict[str, float]:
         time.sleep(1)
 
 
+@pytest.mark.timeout(900)
 def test_archive_survives_a_sessions_replica_sigkill_and_an_s3_outage(tmp_path):
     if os.environ.get("WORLDSERVE_SKIP_E2E") == "1":
         pytest.skip("WORLDSERVE_SKIP_E2E=1")
