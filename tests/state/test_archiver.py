@@ -223,3 +223,39 @@ async def test_the_archive_of_an_expired_session_is_collected_after_the_grace(as
     assert await Archiver(astore, astore.archive, replace(POLICY, expired_grace_s=0)).collect() == 1
     assert await objects(astore, "t", rec.session_id) == []
     assert await objects(astore, "t", keep.session_id)  # a live session's archive stays
+
+
+async def test_a_failing_session_is_retried_after_its_backoff_not_the_lease(astore, monkeypatch):
+    import time
+
+    import prometheus_client
+
+    from worldserve.common.metrics import ServiceMetrics
+
+    rec = await new(astore)
+    await play(astore, "t", rec.session_id, 16)
+    await astore.mark_due("t", rec.session_id)
+
+    async def down(*a, **kw):
+        raise OSError("archive unreachable")
+
+    monkeypatch.setattr(astore.archive, "write_chunk", down)
+    arch = Archiver(astore, astore.archive, POLICY, ServiceMetrics("sessions"))
+    member = f"t\n{rec.session_id}"
+    delays = []
+    for _ in range(6):
+        assert await arch.run_once() == 0
+        delays.append(await astore.r.zscore("ws:archive:due", member) - time.time())
+        await astore.r.zadd("ws:archive:due", {member: 0})  # claimable now (the test does not wait)
+    assert all(d < POLICY.lease_s for d in delays), delays  # not the whole lease
+    assert delays[0] <= POLICY.retry_initial_s and delays[-1] > 4 * POLICY.retry_initial_s, delays  # doubling
+    assert max(delays) <= POLICY.retry_max_s, delays
+    assert arch.streak == 6
+    sample = prometheus_client.REGISTRY.get_sample_value
+    assert sample("worldserve_sessions_archive_lag_steps") == 17  # steps 0..16
+    assert sample("worldserve_sessions_archive_due_sessions") == 1
+    assert sample("worldserve_sessions_archive_failures_total", {"reason": "OSError"}) >= 6
+    monkeypatch.undo()
+    assert await arch.run_once() == 2  # the store is back: both chunks, and the session leaves the queue
+    assert arch.streak == 0 and not arch.fails
+    assert sample("worldserve_sessions_archive_due_sessions") == 0

@@ -159,7 +159,9 @@ class Config:
     session lives). ``worldserve up`` sets a folder beside its Redis data."""
     archive_options: Mapping[str, Any] = field(default_factory=dict)
     """Object store options for ``s3://``: endpoint, region, access_key_id, secret_access_key,
-    session_token, allow_http (or the usual AWS_* environment variables)."""
+    session_token, allow_http (or the usual AWS_* environment variables); the bounds of each call:
+    timeout_s (10), connect_timeout_s (2), retry_timeout_s (15: retries with exponential backoff
+    stop after it; the archiver then retries the session with backoff of its own)."""
     archive_chunk_steps: int = 64
     """Steps in one archived chunk. Bounds: 1 .. 4096."""
     hot_window_steps: int = 32
@@ -171,6 +173,9 @@ class Config:
     archive_rid_keep_steps: int = 4096
     """Steps whose request ids stay in Redis once archiving trims (exactly-once retries of older
     steps are not recognised). Bounds: 16 .. 1000000."""
+    archive_lease_s: float = 30.0
+    """How long a session claimed by an archiver is left to it before another may take it: how
+    long the sessions a killed sessions replica was archiving wait. Bounds: 1 .. 3600."""
     archive_expired_grace_s: int = 3600
     """A session gone from Redis (its TTL ran out) has its archive deleted by the archiver after
     this many seconds more (chunks forks still read are kept). Bounds: 0 .. 30 days."""
@@ -233,6 +238,7 @@ class Config:
         _bounded("hot_window_steps", self.hot_window_steps, 1, 4096)
         _bounded("archive_max_tail_steps", self.archive_max_tail_steps, 2 * self.archive_chunk_steps, 1_000_000)
         _bounded("archive_rid_keep_steps", self.archive_rid_keep_steps, 16, 1_000_000)
+        _bounded("archive_lease_s", self.archive_lease_s, 1, 3600)
         _bounded("archive_expired_grace_s", self.archive_expired_grace_s, 0, 30 * 24 * 3600)
         _bounded("torch_threads", self.torch_threads, 0, 256)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

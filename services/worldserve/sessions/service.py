@@ -88,6 +88,7 @@ class SessionService(ServiceBase):
             hot_window=c.hot_window_steps,
             rid_keep=c.archive_rid_keep_steps,
             expired_grace_s=c.archive_expired_grace_s,
+            lease_s=c.archive_lease_s,
         )
 
         async def main() -> None:

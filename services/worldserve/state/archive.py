@@ -15,7 +15,16 @@ Layout under ``<prefix>sessions/<tenant>/<session>/``:
   fixed by its steps, so writing it again after a crash writes the same object.
 - ``manifest.json``: ``{"v": 1, "chunks": [{"first", "last", "key", "sha256", "bytes"}]}``, in step
   order. A chunk whose bytes do not match their sha256, or that is missing, is a DATA_LOSS error
-  naming its steps: never a silent gap.
+  naming its steps: never a silent gap. On S3 the manifest is replaced by a conditional PUT
+  (``If-Match`` its ETag, ``If-None-Match: *`` for the first): a writer that read an older manifest
+  (an archiver whose lease ran out while the store was away, a stale request delivered late) is
+  refused and reads again, so a listed chunk is never dropped and never listed twice. A local
+  folder has one writer per session at a time (the archiver's lease).
+
+Every S3 call is bounded (``timeout_s``, ``connect_timeout_s``) and retried with exponential
+backoff for at most ``retry_timeout_s`` (archive_options; 10, 2 and 15 s by default): an archiver
+whose store is away gives up on the pass within about that and retries the session itself, with
+its own backoff (:mod:`worldserve.state.archiver`).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from worldserve.common.errors import DataLoss
+from worldserve.common.errors import Conflict, DataLoss
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta  # a TypedDict of obstore's stubs only
@@ -97,9 +106,15 @@ def decode_chunk(data: bytes, what: str = "chunk") -> list[ArchivedStep]:
         raise DataLoss(f"{what} does not parse ({type(e).__name__})") from None
 
 
+S3_TIMEOUTS_S = {"timeout_s": 10.0, "connect_timeout_s": 2.0, "retry_timeout_s": 15.0}
+"""Defaults of the S3 call bounds (archive_options of the same names override them)."""
+
+
 def make_store(url: str, options: Mapping[str, Any] | None = None) -> tuple[ObjectStore, str]:
     """An obstore store for ``file:///path`` or ``s3://bucket[/prefix]`` (the prefix is applied
     by :class:`Archive`)."""
+    from datetime import timedelta
+
     from obstore.store import LocalStore, S3Store
 
     opts = dict(options or {})
@@ -123,8 +138,17 @@ def make_store(url: str, options: Mapping[str, Any] | None = None) -> tuple[Obje
         for k in ("endpoint", "region", "access_key_id", "secret_access_key", "session_token"):
             if opts.get(k):
                 kw[k] = opts[k]
-        if opts.get("allow_http"):
-            kw["client_options"] = {"allow_http": True}
+        bound = {k: float(opts.get(k, v)) for k, v in S3_TIMEOUTS_S.items()}
+        kw["client_options"] = {
+            "timeout": timedelta(seconds=bound["timeout_s"]),
+            "connect_timeout": timedelta(seconds=bound["connect_timeout_s"]),
+            "allow_http": bool(opts.get("allow_http")),
+        }
+        kw["retry_config"] = {
+            "max_retries": 10,
+            "retry_timeout": timedelta(seconds=bound["retry_timeout_s"]),
+            "backoff": {"init_backoff": timedelta(seconds=0.1), "max_backoff": timedelta(seconds=4), "base": 2.0},
+        }
         if opts.get("endpoint"):
             kw["virtual_hosted_style_request"] = False
         return S3Store(bucket, **kw), (prefix.rstrip("/") + "/" if prefix else "")
@@ -135,8 +159,11 @@ class Archive:
     """A session's archived chunks and manifest in an object store (async; obstore)."""
 
     def __init__(self, store: ObjectStore, prefix: str = ""):
+        from obstore.store import LocalStore
+
         self.store = store
         self.prefix = prefix
+        self.conditional = not isinstance(store, LocalStore)  # S3: the manifest by conditional PUT
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> Archive:
@@ -160,44 +187,67 @@ class Archive:
             return None
 
     async def manifest(self, tenant: str, sid: str) -> list[ChunkRef]:
-        raw = await self._get(self._base(tenant, sid) + "manifest.json")
-        if raw is None:
-            return []
+        return (await self._manifest(tenant, sid))[0]
+
+    async def _manifest(self, tenant: str, sid: str) -> tuple[list[ChunkRef], str | None]:
+        """The manifest's chunks and its ETag (None: no manifest yet)."""
+        import obstore
+
+        try:
+            r = await obstore.get_async(self.store, self._base(tenant, sid) + "manifest.json")
+            raw, etag = bytes(await r.bytes_async()), r.meta["e_tag"] or ""
+        except FileNotFoundError:
+            return [], None
         try:
             data = json.loads(raw)
             return [
                 ChunkRef(int(c["first"]), int(c["last"]), c["key"], c["sha256"], int(c["bytes"]))
                 for c in data["chunks"]
-            ]
+            ], etag
         except (ValueError, KeyError, TypeError) as e:
             raise DataLoss(f"session {sid!r}: the archive's manifest does not parse ({type(e).__name__})") from None
 
     async def write_chunk(self, tenant: str, sid: str, entries: Sequence[ArchivedStep]) -> ChunkRef:
         """Write a chunk, then list it in the manifest (once: a rewrite after a crash is the same
-        object and the same manifest entry)."""
+        object and the same manifest entry; on S3 a manifest that changed since it was read is
+        read again, never overwritten)."""
         import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
 
         data = encode_chunk(entries)
         first, last = entries[0].step, entries[-1].step
         key = f"{self._rel(tenant, sid)}chunks/{first:012d}-{last:012d}.wsc"
         ref = ChunkRef(first, last, key, hashlib.sha256(data).hexdigest(), len(data))
         await obstore.put_async(self.store, self.prefix + key, data)
-        chunks = await self.manifest(tenant, sid)
-        if any(c.first == first and c.last == last for c in chunks):
-            return ref
-        if chunks and first != chunks[-1].last + 1:
-            raise DataLoss(
-                f"session {sid!r}: chunk {first}-{last} does not follow the archive's last step {chunks[-1].last}"
-            )
-        chunks.append(ref)
-        await self.write_manifest(tenant, sid, chunks)
-        return ref
+        for _ in range(8):  # each refusal means another writer moved the manifest: read it again
+            chunks, etag = await self._manifest(tenant, sid)
+            if any(c.first == first and c.last == last for c in chunks):
+                return ref
+            if chunks and first != chunks[-1].last + 1:
+                raise DataLoss(
+                    f"session {sid!r}: chunk {first}-{last} does not follow the archive's last step {chunks[-1].last}"
+                )
+            mode: Any = "overwrite"  # a local folder: one writer at a time (the lease)
+            if self.conditional:  # S3: only over the manifest just read (or none)
+                mode = "create" if etag is None else {"e_tag": etag}
+            try:
+                await self._put_manifest(tenant, sid, [*chunks, ref], mode)
+                return ref
+            except (PreconditionError, AlreadyExistsError):
+                continue
+        raise Conflict(f"session {sid!r}: the archive's manifest kept changing while chunk {first}-{last} was listed")
 
     async def write_manifest(self, tenant: str, sid: str, chunks: Sequence[ChunkRef]) -> None:
+        """Write a new session's manifest (a fork's: nothing else writes it yet)."""
+        await self._put_manifest(tenant, sid, chunks, "overwrite")
+
+    async def _put_manifest(self, tenant: str, sid: str, chunks: Sequence[ChunkRef], mode: Any) -> None:
         import obstore
 
         manifest = {"v": CHUNK_VERSION, "chunks": [c.as_dict() for c in chunks]}
-        await obstore.put_async(self.store, self._base(tenant, sid) + "manifest.json", json.dumps(manifest).encode())
+        await obstore.put_async(
+            self.store, self._base(tenant, sid) + "manifest.json", json.dumps(manifest).encode(), mode=mode
+        )
 
     async def steps(self, tenant: str, sid: str, first: int, last: int) -> AsyncIterator[ArchivedStep]:
         """Steps ``first`` .. ``last`` (they must be archived), one chunk object in memory at a time

@@ -8,12 +8,19 @@ the new archived step in Redis with a compare-and-set and drops what Redis no lo
 steps older than the hot window). Killed anywhere in between, it loses nothing and duplicates
 nothing: the next claim (after the lease) rewrites the same chunk object under the same name, the
 manifest lists it once, and the compare-and-set moves ``archived`` once.
+
+While the object store is away a session's pass fails; the archiver puts it back in the queue after
+an exponential backoff of its own (``retry_initial_s`` doubling to ``retry_max_s``, with jitter)
+rather than after the whole lease, and pauses as long after a pass in which everything failed, so
+archiving resumes within ``retry_max_s`` of the store's return. Meanwhile Redis holds the steps
+(Steps answer RESOURCE_EXHAUSTED past ``archive_max_tail_steps``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,6 +53,10 @@ class ArchivePolicy:
     archive deleted once its folder is this old (forks still reading its chunks keep them)."""
     gc_interval_s: float = 300.0
     """How often one archiver of the cluster looks for such archives."""
+    retry_initial_s: float = 0.5
+    """After a failed pass a session is claimable again this long after (doubling per failure)."""
+    retry_max_s: float = 8.0
+    """The most a failing session (or, after a pass that failed whole, the archiver) waits."""
 
 
 class Archiver:
@@ -60,10 +71,19 @@ class Archiver:
         self.m_chunks: Metric | None = None
         self.m_failures: Metric | None = None
         self.m_collected: Metric | None = None
+        self.m_due: Metric | None = None
+        self.m_lag: Metric | None = None
+        self.fails: dict[tuple[str, str], int] = {}  # consecutive failed passes per session
+        self.streak = 0  # consecutive passes in which every claimed session failed
+        self.lag = 0  # the most unarchived steps of a session claimed in the current pass
         if metrics is not None:
             self.m_chunks = metrics.counter("archive_chunks", "Chunks of steps written to the archive")
             self.m_collected = metrics.counter("archive_collected", "Archives of expired sessions deleted")
             self.m_failures = metrics.counter("archive_failures", "Archive passes that failed, by reason", ("reason",))
+            self.m_due = metrics.gauge("archive_due_sessions", "Sessions with a full chunk waiting to be archived")
+            self.m_lag = metrics.gauge(
+                "archive_lag_steps", "Most unarchived steps of a session this archiver claimed in its last pass"
+            )
 
     async def archive_session(self, tenant: str, sid: str) -> int:
         """Archive every full chunk the session has; returns how many were written."""
@@ -74,6 +94,7 @@ class Archiver:
         except NotFound:
             await self.store.done_due(tenant, sid)
             return 0
+        self.lag = max(self.lag, rec.step - rec.archived)
         while rec.step - rec.archived >= p.chunk_steps:
             first, last = rec.archived + 1, rec.archived + p.chunk_steps
             entries = await self.store.log_entries(tenant, sid, first, last, latents=p.latents)
@@ -100,21 +121,45 @@ class Archiver:
         if self.m_failures is not None:
             self.m_failures.inc(reason=reason)
 
+    def _delay(self, fails: int) -> float:
+        """Exponential backoff with jitter after ``fails`` consecutive failures (>= 1)."""
+        p = self.policy
+        return min(p.retry_max_s, p.retry_initial_s * 2.0 ** min(fails - 1, 30)) * random.uniform(0.8, 1.0)
+
     async def run_once(self, n: int = 8) -> int:
-        """Claim up to ``n`` due sessions and archive them; returns the chunks written."""
-        total = 0
-        for tenant, sid in await self.store.claim_due(n, self.policy.lease_s):
+        """Claim up to ``n`` due sessions and archive them; returns the chunks written. A session
+        whose pass fails is claimable again after its backoff."""
+        total = failed = 0
+        self.lag = 0
+        claimed = await self.store.claim_due(n, self.policy.lease_s)
+        for tenant, sid in claimed:
             try:
                 total += await self.archive_session(tenant, sid)
+                self.fails.pop((tenant, sid), None)
             except Exception as e:
+                failed += 1
+                k = self.fails[(tenant, sid)] = self.fails.get((tenant, sid), 0) + 1
+                delay = self._delay(k)
                 log.warning(
-                    "archiving %s/%s failed (%s: %s); retried after the lease",
+                    "archiving %s/%s failed (%s: %s); retried in %.1f s",
                     tenant,
                     sid,
                     type(e).__name__,
                     str(e)[:200],
+                    delay,
                 )
                 self._failed(type(e).__name__)
+                try:
+                    await self.store.retry_due(tenant, sid, delay)
+                except Exception:  # Redis away too: the lease runs out instead
+                    pass
+        if len(self.fails) > 10_000:  # sessions that failed and went away: forget them
+            self.fails.clear()
+        self.streak = self.streak + 1 if claimed and failed == len(claimed) else 0
+        if self.m_lag is not None and claimed:
+            self.m_lag.set(self.lag)
+        if self.m_due is not None:
+            self.m_due.set(await self.store.due_count())
         return total
 
     async def collect(self) -> int:
@@ -142,7 +187,7 @@ class Archiver:
                     if await self.store.r.set(GC_LOCK, "1", nx=True, px=int(self.policy.gc_interval_s * 1000)):
                         await self.collect()
                 if not await self.run_once():
-                    await asyncio.sleep(idle_s)
+                    await asyncio.sleep(self._delay(self.streak) if self.streak else idle_s)
             except asyncio.CancelledError:
                 raise
             except Exception as e:

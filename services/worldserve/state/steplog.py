@@ -230,6 +230,15 @@ class StepLog:
     async def done_due(self, tenant: str, sid: str) -> None:
         await self.r.zrem(ARCHIVE_DUE, f"{tenant}\n{sid}")
 
+    async def retry_due(self, tenant: str, sid: str, delay_s: float) -> None:
+        """A claimed session whose pass failed: claimable again in ``delay_s`` (not after the
+        whole lease); nothing when it left the queue meanwhile."""
+        await self.r.zadd(ARCHIVE_DUE, {f"{tenant}\n{sid}": time.time() + delay_s}, xx=True)
+
+    async def due_count(self) -> int:
+        """Sessions with a full chunk waiting for an archiver (claimed or not)."""
+        return int(await self.r.zcard(ARCHIVE_DUE))
+
     async def log_entries(
         self, tenant: str, sid: str, first: int, last: int, *, latents: bool = True
     ) -> builtins.list[ArchivedStep | None]:
