@@ -113,7 +113,7 @@ def _window(model, parts: EngineParts, device: str):
     frames = torch.randint(0, 256, (W, info.frame_height, info.frame_width, 3), generator=g, dtype=torch.uint8)
     lat = model.encode(frames)  # (W, ...) float32 CPU
     keys = list(info.action_space.keys[:1])
-    return [(s, None if s == 0 else {"keys": keys}, parts.latent_of(lat[s])) for s in range(W)]
+    return [(s, None if s == 0 else {"keys": keys}, parts.latent_of(lat[s]), None) for s in range(W)]  # no resume data
 
 
 def session_state_bytes(model, parts: EngineParts, make_window: Callable[[], list]) -> tuple[int, str]:
@@ -126,7 +126,7 @@ def session_state_bytes(model, parts: EngineParts, make_window: Callable[[], lis
     import torch
 
     window = make_window()
-    lat = torch.stack([torch.as_tensor(z) for _, _, z in window])
+    lat = torch.stack([torch.as_tensor(z) for _, _, z, _ in window])
     acts = torch.stack([model.null_action() for _ in window])
     st = model.prefill(lat, acts, first_step=0)
     try:
@@ -145,7 +145,7 @@ def flops_per_frame(model, parts: EngineParts, window, device: str) -> int:
 
     from worldserve.dynamics.attention.backend import use_backend
 
-    lat = torch.stack([torch.as_tensor(z) for _, _, z in window])
+    lat = torch.stack([torch.as_tensor(z) for _, _, z, _ in window])
     acts = torch.stack([model.null_action() for _ in window])
     st = model.prefill(lat, acts, first_step=0)
     try:
