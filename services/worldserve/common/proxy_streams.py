@@ -33,9 +33,9 @@ from typing import Any
 
 log = logging.getLogger("worldserve.proxy")
 
-RELAY_RESUMES = 4
-"""How many messages already relayed (the client will never read them) are skipped at most while
-resuming the relay to a wait on the replica."""
+RELAY_RESUMES = 1000
+"""How many messages already made (the client will never read them) are skipped at most while
+resuming the relay to a wait on the replica (Serve's relay waits on every resume: one turn)."""
 
 DRAIN_S = 5.0
 """How long a cancelled relay may take to finish (its status, the proxy's bookkeeping)."""
@@ -44,13 +44,17 @@ _WRAPPED = "_worldserve_stream_cancellation"
 
 StreamHandler = Callable[[Any, Any], AsyncIterator[Any]]
 
+_cancelling: set[asyncio.Task[None]] = set()  # relays being cancelled (a task of its own each: gRPC may
+# cancel the handler's task again while it waits)
+
 
 async def _cancel_relay(relay: AsyncIterator[Any]) -> None:
     """Resume ``relay`` (suspended at a ``yield``) to its next wait on the replica, and cancel it
     there: the proxy then cancels the replica's request. Then let it finish."""
     for _ in range(RELAY_RESUMES):
         nxt = asyncio.ensure_future(relay.__anext__())
-        await asyncio.sleep(0)  # one turn: the relay runs to its wait for the replica's next message
+        await asyncio.sleep(0)  # one turn: the relay runs to its wait for the replica's next message,
+        # or, with that message already there, returns it
         if not nxt.done():
             nxt.cancel()
             with contextlib.suppress(BaseException):
@@ -86,7 +90,9 @@ def cancel_on_disconnect(handler: StreamHandler) -> Callable[[Any, Any], Any]:
             try:
                 await context.write(msg)
             except BaseException:  # the client cancelled or vanished during the write
-                await _cancel_relay(relay)
+                task = asyncio.ensure_future(_cancel_relay(relay))
+                _cancelling.add(task)
+                task.add_done_callback(_cancelling.discard)
                 raise
 
     stream.__name__ = getattr(handler, "__name__", "stream")
