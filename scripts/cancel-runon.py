@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--kind", choices=("rollout", "play"), default="rollout")
-    ap.add_argument("--channel", choices=("shared", "fresh"), default="shared")
+    ap.add_argument("--channel", default="shared", help="shared|fresh, or a comma list (round i takes item i %% len)")
     ap.add_argument("--serial", action="store_true", help="one stream at a time (default: all of a round at once)")
     ap.add_argument("--no-fix", action="store_true", help="without worldserve.common.proxy_streams")
     ap.add_argument("--wait-s", type=float, default=4.0, help="wait after the cancels before reading the sessions")
@@ -88,14 +88,17 @@ def main() -> int:
     ) as cl:
         print(f"cluster up in {time.monotonic() - t0:.0f}s", flush=True)
         key = cl.keys["tenant-a"]
+        channels = a.channel.split(",")
+        assert set(channels) <= {"shared", "fresh"}, a.channel
         for rnd in range(a.rounds):
+            channel = channels[rnd % len(channels)]
             with WorldClient(cl.target, key, timeout_s=120) as client:
                 results: list[tuple[str, int]] = []
                 errors: list[BaseException] = []
 
-                def run(i: int, rnd: int = rnd, client=client, results=results, errors=errors) -> None:
+                def run(i: int, rnd: int = rnd, client=client, results=results, errors=errors, channel=channel) -> None:
                     try:
-                        results.append(one(cl.target, key, client, a.kind, rnd * 1000 + i, a.channel == "fresh"))
+                        results.append(one(cl.target, key, client, a.kind, rnd * 1000 + i, channel == "fresh"))
                     except BaseException as e:  # reported below
                         errors.append(e)
 
@@ -116,7 +119,7 @@ def main() -> int:
                     if landed > last + SLACK:
                         ran_on.append((last, first[sid], landed))
                 print(
-                    f"round {rnd + 1} ({'fresh' if rnd == 0 else 'warm'} proxy, {a.kind}, channel={a.channel}, "
+                    f"round {rnd + 1} ({'fresh' if rnd == 0 else 'warm'} proxy, {a.kind}, channel={channel}, "
                     f"{'no fix, ' if a.no_fix else ''}"
                     f"{'serial' if a.serial else 'concurrent'}): {len(ran_on)} of {len(results)} ran on "
                     f"(last received, landed after {a.wait_s:.0f}s, after {2 * a.wait_s:.0f}s): {ran_on}; "
