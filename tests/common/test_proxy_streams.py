@@ -56,8 +56,9 @@ def serve_like_factory(replicas: list[Replica]):
                     try:
                         item = await r.queue.get()
                     except asyncio.CancelledError:
-                        r.task.cancel()  # Serve cancels the request on a cancel it sees
-                        raise
+                        r.task.cancel()  # Serve cancels the request on a cancel it sees, and then,
+                        context.peer()  # for its access log, reads the call (which must still be there)
+                        return
                     yield item
             except BaseException:  # Serve turns anything else (GeneratorExit) into a status
                 return

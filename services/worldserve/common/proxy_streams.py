@@ -44,8 +44,6 @@ _WRAPPED = "_worldserve_stream_cancellation"
 
 StreamHandler = Callable[[Any, Any], AsyncIterator[Any]]
 
-_cancelling: set[asyncio.Task[None]] = set()  # relays being cancelled (a task of its own each: gRPC may
-# cancel the handler's task again while it waits)
 
 
 async def _cancel_relay(relay: AsyncIterator[Any]) -> None:
@@ -90,9 +88,12 @@ def cancel_on_disconnect(handler: StreamHandler) -> Callable[[Any, Any], Any]:
             try:
                 await context.write(msg)
             except BaseException:  # the client cancelled or vanished during the write
+                # in a task of its own, which this handler outwaits (gRPC may cancel it again): the
+                # call must outlive the relay, whose end reads it (a finished call's peer() crashes)
                 task = asyncio.ensure_future(_cancel_relay(relay))
-                _cancelling.add(task)
-                task.add_done_callback(_cancelling.discard)
+                while not task.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(task)
                 raise
 
     stream.__name__ = getattr(handler, "__name__", "stream")
