@@ -45,7 +45,6 @@ _WRAPPED = "_worldserve_stream_cancellation"
 StreamHandler = Callable[[Any, Any], AsyncIterator[Any]]
 
 
-
 async def _cancel_relay(relay: AsyncIterator[Any]) -> None:
     """Resume ``relay`` (suspended at a ``yield``) to its next wait on the replica, and cancel it
     there: the proxy then cancels the replica's request. Then let it finish."""
