@@ -190,7 +190,10 @@ def test_grpc_reflection_is_off_unless_the_config_turns_it_on(tmp_path):
     ):
         grpc_options = yaml.safe_load(path.read_text())["grpc_options"]
         assert grpc_options["enable_reflection"] is False, path
-        assert [f.rsplit(".", 1)[0] for f in grpc_options["grpc_servicer_functions"]] == ["worldserve.common.wire"] * 4
+        # first the proxy's stream-cancellation hook, then the four services through worldserve.common.wire
+        assert [f.rsplit(".", 1)[0] for f in grpc_options["grpc_servicer_functions"]] == [
+            "worldserve.common.proxy_streams"
+        ] + ["worldserve.common.wire"] * 4
     raw = yaml.safe_load(dep.REPO_CONFIG.read_text())
     del raw["grpc_options"]["enable_reflection"]
     (tmp_path / "quiet.yaml").write_text(yaml.safe_dump(raw))
