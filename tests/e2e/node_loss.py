@@ -29,6 +29,7 @@ HEAD_CPUS, WORKER_CPUS = 6, 2  # logical: the head alone can hold every replica
 WARM_STEPS = 3  # acked steps per session before the kill
 AFTER_STEPS = 3  # acked steps per session after the kill before the clients stop
 BOUND_S = 90.0  # the kill and the recovery, at most
+GCS_DEAD_S = 40.0  # after the kill, Ray has dropped the lost node's actors' names by then
 PINNED = {  # deployment -> replicas (fixed: "the replica count" is well defined)
     "ImageService": 1,
     "SessionService": 2,
@@ -282,12 +283,19 @@ def run(tmp: Path) -> dict:
             figures["resume_s"] = {sid[:12]: None if t is None else round(t - t_kill, 2) for sid, t in resumed.items()}
             gaps = [max(b[0] - a[0] for a, b in zip(a, a[1:])) for a in acks.values()]
             figures["max_gap_s"] = round(max(gaps), 2)
-            killed = set()
-            for rep in set(sessions.values()):
-                try:
-                    ray.get_actor(rep, namespace="serve")
-                except ValueError:
-                    killed.add(rep)
+            # the replicas that were on the lost node: their names leave Ray once its GCS has
+            # declared the node dead (~15 s of missed health checks), which can be after Serve has
+            # already replaced them (seen: 6.5 s): wait for that, bounded
+            killed: set[str] = set()
+            while True:
+                for rep in set(sessions.values()):
+                    try:
+                        ray.get_actor(rep, namespace="serve")
+                    except ValueError:
+                        killed.add(rep)
+                if killed or time.monotonic() > t_kill + GCS_DEAD_S:
+                    break
+                time.sleep(0.5)
             figures["sessions_on_killed_replica"] = sum(1 for r in sessions.values() if r in killed)
             # what the store holds: every acked step, once, with the frame the client got
             check = {}
