@@ -262,7 +262,7 @@ class EmbeddedSentinel:
     def node(self, port: int) -> EmbeddedRedis:
         return next(n for n in self.nodes if n.port == port)
 
-    def start(self, timeout_s: float = 30.0) -> EmbeddedSentinel:
+    def start(self, timeout_s: float = 60.0) -> EmbeddedSentinel:
         import redis
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -275,25 +275,60 @@ class EmbeddedSentinel:
                     self.stop()
                     raise TimeoutError("the replicas did not connect to the primary")
                 time.sleep(0.05)
-        for port in self.sentinel_ports:
-            log = open(self.data_dir / f"sentinel{port}.out", "ab")
-            self.sentinel_procs.append(
-                subprocess.Popen(
-                    [redis_server_binary(), str(self._sentinel_conf(port)), "--sentinel"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    close_fds=True,
-                )
-            )
+        for i in range(len(self.sentinel_ports)):
+            self.sentinel_procs.append(self._start_sentinel(i, deadline))
+        last = "no answer"
         while time.monotonic() < deadline:
+            for port, proc in zip(self.sentinel_ports, self.sentinel_procs):
+                if proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(
+                        f"the Sentinel on port {port} exited with code {proc.returncode}; "
+                        f"see {self.data_dir / f'sentinel{port}' / 'sentinel.log'}"
+                    )
             try:
                 if all(self._ready(i) for i in range(len(self.sentinel_ports))):
                     return self
-            except (redis.ConnectionError, redis.ResponseError):
-                pass
+                last = "not all of the primary, its replicas and the other Sentinels known and up"
+            except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError) as e:
+                last = f"{type(e).__name__}: {e}"
             time.sleep(0.1)
         self.stop()
-        raise TimeoutError("the Sentinels did not come to know the primary, its replicas and each other")
+        raise TimeoutError(
+            f"the Sentinels did not come to know the primary, its replicas and each other within "
+            f"{timeout_s} s ({last}); see {self.data_dir}/sentinel*/sentinel.log"
+        )
+
+    def _start_sentinel(self, i: int, deadline: float) -> subprocess.Popen[bytes]:
+        """Sentinel ``i``, answering PING; on a fresh port when its port was taken meanwhile (the
+        ports are picked free at construction: another process may bind one before it starts)."""
+        for attempt in range(3):
+            if attempt:
+                self.sentinel_ports[i] = free_port()
+            port = self.sentinel_ports[i]
+            log = open(self.data_dir / f"sentinel{port}.out", "ab")
+            proc = subprocess.Popen(
+                [redis_server_binary(), str(self._sentinel_conf(port)), "--sentinel"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+            )
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                        sock.sendall(b"PING\r\n")
+                        if sock.recv(16).startswith(b"+PONG"):
+                            return proc
+                except OSError:
+                    time.sleep(0.05)
+            if proc.poll() is None:  # the deadline passed
+                proc.kill()
+                break
+        self.stop()
+        raise RuntimeError(
+            f"Sentinel {i} did not start (last port {self.sentinel_ports[i]}); "
+            f"see {self.data_dir}/sentinel{self.sentinel_ports[i]}/sentinel.log"
+        )
 
     def _ready(self, i: int) -> bool:
         with self._sentinel(i) as c:
