@@ -64,6 +64,22 @@ def load_folder(
         ) from None
 
 
+def load_pretrained(
+    what: str,
+    path: str | None,
+    random: Callable[[], T],
+    load: Callable[[Path], T],
+    errors: tuple[type[Exception], ...] = (RuntimeError, ValueError, KeyError, TypeError),
+) -> T:
+    """A model loader's body: ``random()`` when ``path`` is None (the config said "random"), else
+    ``load(folder)`` on a checked ``config.json`` + ``model.safetensors`` folder (:func:`load_folder`)."""
+    from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE
+
+    if path is None:
+        return random()
+    return load_folder(what, Path(path), CONFIG_FILE, WEIGHTS_FILE, load, errors)
+
+
 def _first(e: BaseException) -> str:
     return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from worldserve.common.config import Config, ModelSpec, folder_kind, model_path, torch_dtype
-from worldserve.common.registry import ModelLoadError, Registry, load_folder
+from worldserve.common.registry import ModelLoadError, Registry, load_pretrained
 from worldserve.dynamics.interface import DynamicsModelProtocol
 
 GROUP = "worldserve.dynamics_models"
@@ -33,16 +33,12 @@ def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSp
     """The shipped architecture (:class:`~worldserve.dynamics.models.transformer.WorldModel`); ``path=None`` is a
     random initialisation (seed 0) of the default config."""
     from worldserve.dynamics.models.transformer import WorldModel
-    from worldserve.dynamics.models.transformer.world_model import CONFIG_FILE, WEIGHTS_FILE
 
     overrides = {"sample_steps": spec.sample_steps} if spec.sample_steps else None
-    if path is None:
-        return WorldModel.load(None, device=device, dtype=dtype, overrides=overrides)
-    return load_folder(
+    return load_pretrained(
         f"model {spec.name!r}",
-        Path(path),
-        CONFIG_FILE,
-        WEIGHTS_FILE,
+        path,
+        lambda: WorldModel.load(None, device=device, dtype=dtype, overrides=overrides),
         lambda folder: WorldModel.load(folder, device=device, dtype=dtype, overrides=overrides),
         errors=(RuntimeError, ValueError, KeyError),
     )
@@ -51,15 +47,12 @@ def load_world_model(path: str | None, *, device: str, dtype: Any, spec: ModelSp
 def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModelProtocol:
     """The scroll-canvas model (:class:`~worldserve.dynamics.models.canvas.CanvasWorldModel`), deterministic
     and single-pass (``sample_steps`` does not apply); ``path=None`` is a random initialisation."""
-    from worldserve.dynamics.models.canvas.model import CONFIG_FILE, WEIGHTS_FILE, CanvasWorldModel
+    from worldserve.dynamics.models.canvas.model import CanvasWorldModel
 
-    if path is None:
-        return CanvasWorldModel.random(seed=0, device=device, dtype=dtype)
-    return load_folder(
+    return load_pretrained(
         f"model {spec.name!r}",
-        Path(path),
-        CONFIG_FILE,
-        WEIGHTS_FILE,
+        path,
+        lambda: CanvasWorldModel.random(seed=0, device=device, dtype=dtype),
         lambda folder: CanvasWorldModel.from_pretrained(folder, device=device, dtype=dtype),
     )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from worldserve.common.errors import InvalidArgument
-from worldserve.common.registry import ModelLoadError, Registry, load_folder
+from worldserve.common.registry import ModelLoadError, Registry, load_pretrained
 
 MAX_PROMPT_CHARS = 2000
 MAX_STEPS = 64
@@ -71,15 +71,10 @@ def load_tiny_text_to_image(path: str | None, *, device: str):
     """The shipped prompt-to-image model (:class:`~worldserve.image.model.TinyTextToImage`)."""
     from worldserve.image.model import TinyTextToImage
 
-    if path is None:
-        return TinyTextToImage.random(seed=0).to(device)
-    from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE
-
-    return load_folder(
+    return load_pretrained(
         "image model 'tiny_text_to_image'",
-        Path(path),
-        CONFIG_FILE,
-        WEIGHTS_FILE,
+        path,
+        lambda: TinyTextToImage.random(seed=0).to(device),
         lambda folder: TinyTextToImage.from_pretrained(folder).to(device),
     )
 

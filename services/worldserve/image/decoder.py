@@ -389,15 +389,11 @@ class CaptionDecoder(nn.Module):
 def load_caption_decoder(path: str | None, *, device: str = "cpu") -> CaptionDecoder:
     """Registry loader for kind ``caption_decoder``: ``path`` a ``save_pretrained`` folder (a missing
     or corrupt file: ModelLoadError naming it), or None for random init (seed 0)."""
-    if path is None:
-        return CaptionDecoder.random(seed=0).to(device)
-    from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE
-    from worldserve.common.registry import load_folder
+    from worldserve.common.registry import load_pretrained
 
-    return load_folder(
+    return load_pretrained(
         "image model 'caption_decoder'",
-        Path(path),
-        CONFIG_FILE,
-        WEIGHTS_FILE,
+        path,
+        lambda: CaptionDecoder.random(seed=0).to(device),
         lambda folder: CaptionDecoder.from_pretrained(folder).to(device),
     )
