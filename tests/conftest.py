@@ -7,6 +7,13 @@ import pytest
 from worldserve.common.redis_server import EmbeddedRedis, EmbeddedRedisCluster
 
 
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests run last. Their Ray cluster is session scoped: it stays up, this process
+    connected to it, until the session ends, and a test after it would meet Ray in-process (its
+    metrics going to Ray's; a web test was seen to hang that way in CI)."""
+    items.sort(key=lambda item: "e2e" in item.path.parts)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     srv = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
