@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 from prometheus_client import REGISTRY
 from waiting import until
 
@@ -380,3 +381,51 @@ async def test_batches_are_cut_only_while_steps_someone_waits_on_are_about(make_
     assert engine._item_s > 0.005
     assert engine._batch_limit(False) is None
     assert 1 <= engine._batch_limit(True) <= 4  # 0.02 s of model time at ~0.01 s a step
+
+
+class TextToy(ToyModel):
+    """A toy that takes a text embedding (``info.extra["text_dim"]``) and records what each prefill got."""
+
+    def __init__(self, text_dim: int):
+        super().__init__()
+        self.text_dim, self.texts = text_dim, []
+
+    @property
+    def info(self):
+        import dataclasses
+
+        return dataclasses.replace(super().info, extra={"text_dim": self.text_dim} if self.text_dim else {})
+
+    def prefill(self, latents, actions, first_step, events=None, resume=None, text=None):
+        self.texts.append(text)
+        return super().prefill(latents, actions, first_step, events, resume)
+
+
+async def test_the_text_embedding_reaches_every_prefill_of_a_model_that_takes_one(make_engine, store):
+    from worldserve.client import text_embedding
+
+    emb = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rec = await store.create(
+        "t",
+        model=MODEL,
+        prompt="p",
+        seed=1,
+        width=16,
+        height=16,
+        first_frame=encode_frame(rgb, PNG).data,
+        text=text_embedding(emb),
+        text_tokens=3,
+    )
+    toy = TextToy(8)
+    engine = make_engine(toy)
+    await engine.step(req(rec.session_id, ["right"]))
+    engine.evict("t", rec.session_id)  # a cache miss: prefilled again, with the text again
+    await engine.step(req(rec.session_id, ["right"]))
+    assert len(toy.texts) == 2 and all(torch.equal(t, torch.from_numpy(emb)) for t in toy.texts)
+
+    plain = TextToy(0)  # a model without text_dim is never handed one
+    engine2 = make_engine(plain)
+    rec2 = await new_session(store)
+    await engine2.step(req(rec2.session_id))
+    assert plain.texts == [None]

@@ -266,3 +266,17 @@ async def test_a_failing_session_is_retried_after_its_backoff_not_the_lease(asto
     assert await arch.run_once() == 2  # the store is back: both chunks, and the session leaves the queue
     assert arch.streak == 0 and not arch.fails
     assert sample("worldserve_sessions_archive_due_sessions") == 0
+
+
+async def test_a_text_embedding_outlives_the_trim_of_its_step(astore):
+    """The archiver trims step 0 from Redis; the session's text embedding stays (every prefill
+    reads it) and an export from the archive still carries it with step 0."""
+    rec = await astore.create(
+        "t", model="m", prompt="p", seed=0, width=8, height=8, first_frame=frame(0), text=b"emb", text_tokens=1
+    )
+    await play(astore, "t", rec.session_id, 16)
+    await Archiver(astore, astore.archive, POLICY).run_once()
+    assert (await astore.get("t", rec.session_id)).trimmed >= 0
+    assert (await astore.prefill_window("t", rec.session_id, end_step=16, frames=2, text=True))[1] == b"emb"
+    steps = [e async for e in astore.export("t", rec.session_id)]
+    assert steps[0].text == b"emb" and steps[0].frame == frame(0) and len(steps) == 17

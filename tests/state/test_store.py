@@ -190,3 +190,32 @@ async def test_deletions_reach_subscribers(store):
     assert await store.delete("t", rec.session_id)
     await aio.wait_for(task, 10)
     assert got == [("t", rec.session_id)]
+
+
+async def test_a_text_embedding_lives_with_its_session(store):
+    """Kept in the log beside step 0, read with the prefill window, copied on fork, exported with
+    step 0, deleted with the session; a session without one reads None and costs nothing."""
+    text = b"safetensors blob"
+    rec = await make(store, text=text, text_tokens=3)
+    assert rec.text_tokens == 3 and (await store.get("acme", rec.session_id)).text_tokens == 3
+    for n in range(1, 4):
+        await step(store, "acme", rec, n)
+    win, got = await store.prefill_window("acme", rec.session_id, end_step=3, frames=2, text=True)
+    assert [e.step for e in win] == [2, 3] and got == text
+    assert (await store.prefill_window("acme", rec.session_id, end_step=3, frames=2))[1] is None
+
+    child = await store.fork("acme", rec.session_id, step=2)
+    assert child.text_tokens == 3
+    assert (await store.prefill_window("acme", child.session_id, end_step=2, frames=2, text=True))[1] == text
+    exported = [e async for e in store.export("acme", child.session_id)]
+    assert exported[0].text == text and all(e.text is None for e in exported[1:])
+    assert [e.text async for e in store.export("acme", child.session_id, from_step=1)] == [None, None]
+
+    assert await store.delete("acme", rec.session_id)
+    assert await store.r.hget(store._log("acme", rec.session_id), "t") is None
+    assert (await store.prefill_window("acme", child.session_id, end_step=2, frames=2, text=True))[1] == text
+
+    plain = await make(store)
+    assert plain.text_tokens == 0
+    assert (await store.prefill_window("acme", plain.session_id, end_step=0, frames=2, text=True))[1] is None
+    assert [e.text async for e in store.export("acme", plain.session_id)] == [None]

@@ -48,6 +48,7 @@ from worldserve.client._requests import (
     new_request_id,
     rollout_request,
     step_request,
+    text_embedding,
     to_actions,
 )
 from worldserve.client._retry import STATUS_DETAILS_KEY, _backoff, _retry_delay, retry_after
@@ -68,6 +69,7 @@ __all__ = [
     "action",
     "to_actions",
     "new_request_id",
+    "text_embedding",
     "retry_after",
     "FORMATS",
     "STATUS_DETAILS_KEY",
@@ -187,10 +189,15 @@ class WorldClient(_Base):
         image_steps: int = 0,
         image_guidance: float = 0.0,
         model: str = "",
+        text_embedding: bytes = b"",
     ) -> sessions_pb2.Session:
         """A new world bound to ``model`` (see ``list_models``; empty: the cluster's default).
-        Retried only when a quota refused it with a retry delay (nothing was created)."""
-        req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model)
+        ``text_embedding``: the prompt's precomputed embedding for a model that takes one
+        (``ModelInfo.text_dim``; build it with :func:`text_embedding`). Retried only when a quota
+        refused it with a retry delay (nothing was created)."""
+        req = self._create_req(
+            prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model, text_embedding
+        )
         s: sessions_pb2.Session = self._retrying(
             lambda: self.sessions.CreateSession(req, metadata=self._md("sessions"), timeout=self.timeout_s),
             idempotent=False,
@@ -380,8 +387,12 @@ class AsyncWorldClient(_Base):
         image_steps: int = 0,
         image_guidance: float = 0.0,
         model: str = "",
+        text_embedding: bytes = b"",
     ) -> sessions_pb2.Session:
-        req = self._create_req(prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model)
+        """See :meth:`WorldClient.create_session`."""
+        req = self._create_req(
+            prompt, image, seed, ttl_s, include_first_frame, fmt, image_steps, image_guidance, model, text_embedding
+        )
         return await self._aretrying(
             lambda: self.sessions.CreateSession(req, metadata=self._md("sessions"), timeout=self.timeout_s),
             idempotent=False,

@@ -4,9 +4,13 @@ the clients send. Public names are re-exported by :mod:`worldserve.client`."""
 
 from __future__ import annotations
 
+import json
+import struct
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import cast
+from typing import Any, cast
+
+import numpy as np
 
 from worldserve.v1 import common_pb2, dynamics_pb2, sessions_pb2
 
@@ -53,6 +57,22 @@ def to_actions(actions: Iterable[ActionLike]) -> list[common_pb2.Action]:
     return out
 
 
+def text_embedding(embeds: Any) -> bytes:
+    """A precomputed prompt embedding as ``create_session(text_embedding=...)`` takes it: a
+    float32 array-like (numpy, or a CPU tensor's ``.numpy()``) of shape ``(tokens, text_dim)`` or
+    ``(1, tokens, text_dim)``, e.g. the ``prompt_embeds`` of diffusers' ``WanPipeline.encode_prompt``,
+    as a safetensors blob of one tensor named ``prompt_embeds`` (what
+    ``safetensors.torch.save({"prompt_embeds": embeds})`` writes)."""
+    a = np.ascontiguousarray(np.asarray(embeds, dtype="<f4"))
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2 or 0 in a.shape:
+        raise ValueError(f"text embedding of shape {a.shape}: expected (tokens, text_dim) or (1, tokens, text_dim)")
+    header = json.dumps({"prompt_embeds": {"dtype": "F32", "shape": list(a.shape), "data_offsets": [0, a.nbytes]}})
+    raw = header.encode() + b" " * (-len(header) % 8)  # safetensors pads its header to 8 bytes
+    return struct.pack("<Q", len(raw)) + raw + a.tobytes()
+
+
 def new_request_id() -> str:
     """A fresh idempotency key for a step (32 hex characters)."""
     return uuid.uuid4().hex
@@ -68,6 +88,7 @@ def create_request(
     image_steps: int,
     image_guidance: float,
     model: str = "",
+    text_embedding: bytes = b"",
 ) -> sessions_pb2.CreateSessionRequest:
     req = sessions_pb2.CreateSessionRequest(
         seed=seed,
@@ -77,6 +98,7 @@ def create_request(
         image_steps=image_steps,
         image_guidance=image_guidance,
         model=model,
+        text_embedding=text_embedding,
     )
     if image is not None:
         req.image.CopyFrom(image)

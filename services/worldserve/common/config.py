@@ -98,6 +98,9 @@ class Config:
     """Default session TTL in seconds, refreshed on every use. Bounds: 60 .. 30 days."""
     max_upload_bytes: int = 4 * 1024 * 1024
     """Largest uploaded first frame, in bytes. Bounds: 1 KiB .. 64 MiB."""
+    max_text_embedding_bytes: int = 16 * 1024 * 1024
+    """Largest text embedding a session may carry (``CreateSessionRequest.text_embedding``, kept in
+    Redis with the session): Wan's 512 tokens x 4096 in float32 are 8 MiB. Bounds: 1 KiB .. 256 MiB."""
     redis_timeout_s: float = 5.0
     """Socket timeout of Redis operations. Bounds: 0.05 .. 60."""
     redis_wait_replicas: int = 0
@@ -198,6 +201,7 @@ class Config:
     def __post_init__(self) -> None:
         _bounded("session_ttl_s", self.session_ttl_s, 60, 30 * 24 * 3600)
         _bounded("max_upload_bytes", self.max_upload_bytes, 1024, 64 * 1024 * 1024)
+        _bounded("max_text_embedding_bytes", self.max_text_embedding_bytes, 1024, 256 * 1024 * 1024)
         _bounded("redis_timeout_s", self.redis_timeout_s, 0.05, 60)
         _bounded("redis_wait_replicas", self.redis_wait_replicas, 0, 8)
         _bounded("redis_wait_timeout_s", self.redis_wait_timeout_s, 0.001, self.redis_timeout_s)

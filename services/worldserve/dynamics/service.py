@@ -67,6 +67,7 @@ def model_info_dict(name: str, tier: str, model, batch_inv: bool) -> dict:
         "events_supported": i.events_supported,
         "event_max_bytes": i.event_max_bytes,
         "parameters": i.parameters,
+        "text_dim": int(i.extra.get("text_dim") or 0),
         "runtime": {
             "device": rt.device,
             "dtype": rt.dtype,
@@ -249,6 +250,7 @@ def _to_pb_info(d: dict, default_model: str) -> pb.ModelInfo:
         events_supported=d["events_supported"],
         parameters=d["parameters"],
         is_default=d["name"] == default_model,
+        text_dim=d.get("text_dim", 0),
         runtime=pb.ModelRuntime(
             device=rt["device"],
             dtype=rt["dtype"],
@@ -295,11 +297,15 @@ class DynamicsService(ServiceBase):
         return await self.front.list_models(), self.default_model
 
     async def catalog(self) -> dict:
-        """For the sessions app: the default model and each served model's frame size."""
+        """For the sessions app: the default model and each served model's frame size and text
+        embedding width (0: it takes none)."""
         infos = await self.front.list_models()
         return {
             "default": self.default_model,
-            "models": {i["name"]: {"width": i["frame_width"], "height": i["frame_height"]} for i in infos},
+            "models": {
+                i["name"]: {"width": i["frame_width"], "height": i["frame_height"], "text_dim": i.get("text_dim", 0)}
+                for i in infos
+            },
         }
 
     async def _step(self, req: StepRequest, grpc_context=None) -> pb.StepResponse:

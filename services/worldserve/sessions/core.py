@@ -9,6 +9,7 @@ from worldserve.common.codec import PNG, decode_frame, encode_frame
 from worldserve.common.config import Config
 from worldserve.common.errors import InvalidArgument
 from worldserve.common.quotas import MAX_TTL_S, Quotas
+from worldserve.common.text_embedding import check_text_embedding
 from worldserve.state.quotas import QuotaEnforcer
 from worldserve.state.store import SessionRecord, SessionsFull, SessionStore
 
@@ -33,7 +34,7 @@ class SessionsCore:
         self.enforcer = enforcer or QuotaEnforcer(store)
         self._generate = generate  # prompt -> PNG bytes (the image app)
         self._frame_info = frame_info
-        self._catalog = catalog  # the dynamics app: {"default": name, "models": {name: {width, height}}}
+        self._catalog = catalog  # the dynamics app: {"default": name, "models": {name: {width, height, text_dim}}}
         self._info: dict | None = None
         self._models: tuple[float, dict] | None = None
 
@@ -43,8 +44,9 @@ class SessionsCore:
         return self._info
 
     async def resolve_model(self, model: str) -> tuple[str, dict]:
-        """The served model a new session binds to (``model`` or the default) and its frame size;
-        INVALID_ARGUMENT naming the served models for any other name."""
+        """The served model a new session binds to (``model`` or the default) and its frame size
+        (``width``, ``height``; ``text_dim`` when the catalog says); INVALID_ARGUMENT naming the
+        served models for any other name."""
         if self._catalog is None:  # no dynamics app to ask: the configured models
             served = {m.name: None for m in self.config.models}
             default = self.config.default_model_name
@@ -60,6 +62,18 @@ class SessionsCore:
             info = await self.info()
             return name, {"width": info["width"], "height": info["height"]}
         return name, served[name]
+
+    def _text(self, model: str, size: dict, text_embedding: bytes) -> int:
+        """The token count of a new session's text embedding (0: none given); INVALID_ARGUMENT when
+        the model takes none, or it is malformed, too large or of another width."""
+        if not text_embedding:
+            return 0
+        return check_text_embedding(
+            text_embedding,
+            model=model,
+            text_dim=int(size.get("text_dim") or 0),
+            max_bytes=self.config.max_text_embedding_bytes,
+        )
 
     def _ttl(self, tenant: str, ttl_s: int) -> int:
         """The TTL of a new session: ``ttl_s``, else the config's default (cut to the tenant's
@@ -102,11 +116,14 @@ class SessionsCore:
         guidance: float = 0.0,
         ttl_s: int = 0,
         model: str = "",
+        text_embedding: bytes = b"",
     ) -> tuple[SessionRecord, bytes]:
+        """``text_embedding``: the session's optional text embedding (worldserve.common.text_embedding)."""
         if not prompt or not prompt.strip():
             raise InvalidArgument("prompt is empty")
         ttl = self._ttl(tenant, ttl_s)
         model, size = await self.resolve_model(model)
+        tokens = self._text(model, size, text_embedding)
         info = await self.info()
         if (info["width"], info["height"]) != (size["width"], size["height"]):
             raise InvalidArgument(
@@ -126,16 +143,19 @@ class SessionsCore:
                 first_frame=png,
                 ttl_s=ttl,
                 session_id=sid,
+                text=text_embedding or None,
+                text_tokens=tokens,
             )
             return rec, png
 
         return await self._reserved(tenant, make)
 
     async def create_from_image(
-        self, tenant: str, frame, *, seed: int, ttl_s: int = 0, model: str = ""
+        self, tenant: str, frame, *, seed: int, ttl_s: int = 0, model: str = "", text_embedding: bytes = b""
     ) -> tuple[SessionRecord, bytes]:
         ttl = self._ttl(tenant, ttl_s)
         model, size = await self.resolve_model(model)
+        tokens = self._text(model, size, text_embedding)
         rgb = decode_frame(frame, max_bytes=self.config.max_upload_bytes, expect_size=(size["width"], size["height"]))
         png = encode_frame(rgb, PNG).data
 
@@ -150,6 +170,8 @@ class SessionsCore:
                 first_frame=png,
                 ttl_s=ttl,
                 session_id=sid,
+                text=text_embedding or None,
+                text_tokens=tokens,
             )
             return rec, png
 

@@ -35,6 +35,7 @@ def to_pb(rec: SessionRecord) -> pb.Session:
         ttl_s=rec.ttl_s,
         width=rec.width,
         height=rec.height,
+        text_tokens=rec.text_tokens,
     )
 
 
@@ -113,7 +114,12 @@ class SessionService(ServiceBase):
         source = request.WhichOneof("source")
         if source == "image":
             rec, png = await self.core.create_from_image(
-                tenant, request.image, seed=request.seed, ttl_s=request.ttl_s, model=request.model
+                tenant,
+                request.image,
+                seed=request.seed,
+                ttl_s=request.ttl_s,
+                model=request.model,
+                text_embedding=request.text_embedding,
             )
         else:
             rec, png = await self.core.create_from_prompt(
@@ -124,6 +130,7 @@ class SessionService(ServiceBase):
                 guidance=request.image_guidance,
                 ttl_s=request.ttl_s,
                 model=request.model,
+                text_embedding=request.text_embedding,
             )
         self.m_created.inc(source=source or "prompt")
         out = to_pb(rec)
@@ -174,6 +181,8 @@ class SessionService(ServiceBase):
                     item.action.event = e.action["event"]
             if e.frame is not None:
                 item.frame.CopyFrom(reencode(e.frame, request.format))
+            if e.text:
+                item.text_embedding = e.text
             yield item
 
     # -- for the web gateway (through a deployment handle; the gateway authenticated the tenant) --

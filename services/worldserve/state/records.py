@@ -84,6 +84,8 @@ class SessionRecord:
     """The last step in the archive (-1: none); steps after it are only in Redis."""
     trimmed: int = -1
     """The last step whose action, latent and frame Redis dropped (archived before)."""
+    text_tokens: int = 0
+    """Tokens of the session's text embedding (the log's ``t``); 0: none."""
 
     @classmethod
     def from_redis(cls, tenant: str, sid: str, h: dict[bytes, bytes]) -> SessionRecord:
@@ -105,6 +107,7 @@ class SessionRecord:
             version=int(g.get("version", SCHEMA_VERSION)),
             archived=int(g.get("archived", -1)),
             trimmed=int(g.get("trimmed", -1)),
+            text_tokens=int(g.get("text_tokens", 0)),
         )
 
     def fields(self) -> dict[FieldT, EncodableT]:
@@ -121,6 +124,7 @@ class LogEntry:
     latent: bytes | None  # packed array; None until the dynamics service encoded it
     frame: bytes | None  # PNG
     resume: bytes | None = None  # the model's resume data of this step, packed (window reads only)
+    text: bytes | None = None  # step 0 of an export: the session's text embedding (safetensors), if any
 
 
 # This store's client never decodes responses (bytes out). redis-py types its answers for both kinds

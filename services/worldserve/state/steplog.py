@@ -156,11 +156,20 @@ class StepLog:
     async def window(self, tenant: str, sid: str, *, end_step: int, frames: int) -> builtins.list[LogEntry]:
         """The last ``frames`` log entries up to ``end_step`` (latents, actions and the model's
         resume data; no frames)."""
+        return (await self.prefill_window(tenant, sid, end_step=end_step, frames=frames))[0]
+
+    async def prefill_window(
+        self, tenant: str, sid: str, *, end_step: int, frames: int, text: bool = False
+    ) -> tuple[builtins.list[LogEntry], bytes | None]:
+        """:meth:`window`, and with ``text`` the session's text embedding (None: it has none), in
+        the same round trip: what a prefill reads."""
         start = max(0, end_step - frames + 1)
         steps = list(range(start, end_step + 1))
         names: list[str] = []
         for n in steps:
             names += [f"a:{n}", f"z:{n}", f"k:{n}"]
+        if text:
+            names.append("t")
         t0 = time.perf_counter()
         vals = raw_values(await self.r.hmget(self._log(tenant, sid), names))
         self._timed("window", t0)
@@ -168,7 +177,7 @@ class StepLog:
         for i, n in enumerate(steps):
             a, z, k = vals[3 * i : 3 * i + 3]
             out.append(LogEntry(n, json.loads(a) if a else None, z, None, k))
-        return out
+        return out, (vals[-1] if text else None)
 
     async def first_frame(self, tenant: str, sid: str) -> bytes:
         v = raw_values([await self.r.hget(self._log(tenant, sid), "f:0")])[0]
@@ -191,13 +200,18 @@ class StepLog:
         rec = await self.get(tenant, sid)
         end = rec.step if to_step is None else min(to_step, rec.step)
         archived = rec.archived if self.archive is not None else -1
+        text = None  # step 0 carries the session's text embedding
+        if from_step == 0 and rec.text_tokens:
+            text = raw_values([await self.r.hget(self._log(tenant, sid), "t")])[0]
         n = from_step
         while n <= end:
             if n <= archived:  # the archived steps, from the archive
                 last = min(end, archived)
                 assert self.archive is not None  # archived >= 0 only with an archive
                 async for e in self.archive.steps(tenant, sid, n, last):
-                    yield LogEntry(e.step, e.action, None, e.frame if frames else None)
+                    yield LogEntry(
+                        e.step, e.action, None, e.frame if frames else None, text=text if e.step == 0 else None
+                    )
                 n = last + 1
                 continue
             steps = list(range(n, min(n + chunk, end + 1)))
@@ -215,7 +229,7 @@ class StepLog:
                         archived = fresh.archived
                         break
                     raise NotFound(f"session {sid!r} was deleted during export")
-                yield LogEntry(m, json.loads(a) if a else None, None, f)
+                yield LogEntry(m, json.loads(a) if a else None, None, f, text=text if m == 0 else None)
                 n = m + 1
 
     # -- the archive's side -----------------------------------------------------------------------

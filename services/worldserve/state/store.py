@@ -11,7 +11,9 @@ one Redis Cluster slot so its Lua scripts stay legal there):
   dtype/shape header + raw bytes, never pickle) of the steps after ``trimmed``, ``f:<n>`` encoded
   frame (PNG) of the steps after ``archived``; ``k:<n>`` the model's resume data of step n (what an
   exact prefill needs beyond the latents, e.g. a KV page; safetensors) for the last context window; ``r:<request id>`` -> n and ``q:<n>`` -> request id
-  for exactly-once retries. The model's context is the rolling window of its last latents.
+  for exactly-once retries; ``t`` the session's text embedding (safetensors, optional: read with
+  the window at every prefill, copied on fork, never trimmed). The model's context is the rolling
+  window of its last latents.
 - ``ws:<t>:index`` sorted set: session ids by creation time (for ListSessions, and the tenant's
   live-session count of the ``max_sessions`` quota: a create reserves its id here first, in one
   script that checks the count, then writes the record).
@@ -295,7 +297,11 @@ class SessionStore(StepLog):
         first_latent: bytes | None = None,
         ttl_s: int | None = None,
         session_id: str | None = None,
+        text: bytes | None = None,
+        text_tokens: int = 0,
     ) -> SessionRecord:
+        """A new session at step 0; ``text``: its text embedding (checked by the caller,
+        ``text_tokens`` tokens long), kept in the log as ``t``."""
         t0 = time.perf_counter()
         now = time.time()
         rec = SessionRecord(
@@ -312,10 +318,13 @@ class SessionStore(StepLog):
             ttl_s=int(ttl_s or self.default_ttl_s),
             width=width,
             height=height,
+            text_tokens=int(text_tokens) if text else 0,
         )
         log: dict[FieldT, EncodableT] = {"f:0": first_frame}
         if first_latent is not None:
             log["z:0"] = first_latent
+        if text:
+            log["t"] = text
         async with self.r.pipeline(transaction=True) as p:  # one slot: the session's two keys
             p.hset(self._log(tenant, rec.session_id), mapping=log)
             p.hset(self._rec(tenant, rec.session_id), mapping=rec.fields())
@@ -541,6 +550,7 @@ class SessionStore(StepLog):
             at = parent.step if step is None else step
             first = max(0, parent.trimmed + 1)
             names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "f", "k")]
+            names += ["t"] if parent.text_tokens else []
             vals = raw_values(await self.r.hmget(self._log(tenant, sid), names)) if names else []
             entries: dict[FieldT, EncodableT] = {k: v for k, v in zip(names, vals) if v is not None}
             fresh = await self.get(tenant, sid, touch=True)  # NotFound if deleted meanwhile; refreshes its TTL
@@ -552,6 +562,8 @@ class SessionStore(StepLog):
         missing = [n for n in range(max(first, parent.archived + 1), at + 1) if f"f:{n}" not in entries]
         if missing:
             raise DataLoss(f"session {sid!r}: steps {missing[0]}-{missing[-1]} are missing from Redis")
+        if parent.text_tokens and "t" not in entries:
+            raise DataLoss(f"session {sid!r}: its text embedding is missing from Redis")
         now = time.time()
         fields: dict[FieldT, EncodableT] = {
             "model": parent.model,
@@ -566,6 +578,7 @@ class SessionStore(StepLog):
             "width": str(parent.width),
             "height": str(parent.height),
             "version": str(SCHEMA_VERSION),
+            "text_tokens": str(parent.text_tokens),
         }
         if self.archive is not None:  # the child's archived history: the parent's chunks, shared
             upto = min(at, parent.archived)

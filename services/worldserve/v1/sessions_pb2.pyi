@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "model", "prompt", "seed", "step", "parent_id", "fork_step", "created_at", "updated_at", "ttl_s", "width", "height", "first_frame")
+    __slots__ = ("session_id", "model", "prompt", "seed", "step", "parent_id", "fork_step", "created_at", "updated_at", "ttl_s", "width", "height", "first_frame", "text_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class Session(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
+    TEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     prompt: str
@@ -35,10 +36,11 @@ class Session(_message.Message):
     width: int
     height: int
     first_frame: _common_pb2.Frame
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., step: _Optional[int] = ..., parent_id: _Optional[str] = ..., fork_step: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., ttl_s: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., first_frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ...) -> None: ...
+    text_tokens: int
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., step: _Optional[int] = ..., parent_id: _Optional[str] = ..., fork_step: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., ttl_s: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., first_frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., text_tokens: _Optional[int] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("prompt", "image", "seed", "image_steps", "image_guidance", "ttl_s", "include_first_frame", "format", "model")
+    __slots__ = ("prompt", "image", "seed", "image_steps", "image_guidance", "ttl_s", "include_first_frame", "format", "model", "text_embedding")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +50,7 @@ class CreateSessionRequest(_message.Message):
     INCLUDE_FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     image: _common_pb2.Frame
     seed: int
@@ -57,7 +60,8 @@ class CreateSessionRequest(_message.Message):
     include_first_frame: bool
     format: _common_pb2.FrameFormat
     model: str
-    def __init__(self, prompt: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., seed: _Optional[int] = ..., image_steps: _Optional[int] = ..., image_guidance: _Optional[float] = ..., ttl_s: _Optional[int] = ..., include_first_frame: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., model: _Optional[str] = ...) -> None: ...
+    text_embedding: bytes
+    def __init__(self, prompt: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., seed: _Optional[int] = ..., image_steps: _Optional[int] = ..., image_guidance: _Optional[float] = ..., ttl_s: _Optional[int] = ..., include_first_frame: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., model: _Optional[str] = ..., text_embedding: _Optional[bytes] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -116,11 +120,13 @@ class ExportSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., include_frames: _Optional[bool] = ..., from_step: _Optional[int] = ...) -> None: ...
 
 class TrajectoryStep(_message.Message):
-    __slots__ = ("step", "action", "frame")
+    __slots__ = ("step", "action", "frame", "text_embedding")
     STEP_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
+    TEXT_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     step: int
     action: _common_pb2.Action
     frame: _common_pb2.Frame
-    def __init__(self, step: _Optional[int] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ...) -> None: ...
+    text_embedding: bytes
+    def __init__(self, step: _Optional[int] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., text_embedding: _Optional[bytes] = ...) -> None: ...

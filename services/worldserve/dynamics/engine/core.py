@@ -30,6 +30,7 @@ from worldserve.common.codec import PNG, EncodedFrame, check_format, decode_png,
 from worldserve.common.config import Config
 from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from worldserve.common.metrics import BATCH_BUCKETS, ServiceMetrics
+from worldserve.common.text_embedding import decode_text_embedding
 from worldserve.dynamics.engine.output import OutputProcessor
 from worldserve.dynamics.engine.runner import Job, Runner
 from worldserve.dynamics.engine.scheduler import Scheduler
@@ -71,6 +72,7 @@ class Engine:
         self.model_name = model_name or config.default_model_name
         self.batch_invariant = batch_invariant
         self.info = model.info
+        self.text_dim = int(self.info.extra.get("text_dim") or 0)  # the model takes a text embedding
         m = self.metrics = metrics or ServiceMetrics("dynamics")
         lbl = {"model": self.model_name}
         self._lbl = lbl
@@ -337,11 +339,20 @@ class Engine:
             raise
 
     async def _load_window(self, job: Job) -> str:
-        """Read the session's latent window for a prefill; returns the event in force at its end."""
+        """Read the session's latent window for a prefill (and its text embedding, for a model that
+        takes one); returns the event in force at its end."""
         req = job.req
-        entries = await self.store.window(
-            req.tenant, req.session_id, end_step=job.step, frames=self.info.context_frames - 1
+        entries, text = await self.store.prefill_window(
+            req.tenant,
+            req.session_id,
+            end_step=job.step,
+            frames=self.info.context_frames - 1,
+            text=bool(self.text_dim),
         )
+        if text is not None:
+            import torch
+
+            job.text = torch.from_numpy(decode_text_embedding(text))  # (L, text_dim) float32
         job.window = [
             (e.step, e.action, None if e.latent is None else unpack_array(e.latent), e.resume) for e in entries
         ]
