@@ -350,9 +350,7 @@ class Engine:
             text=bool(self.text_dim),
         )
         if text is not None:
-            import torch
-
-            job.text = torch.from_numpy(decode_text_embedding(text))  # (L, text_dim) float32
+            job.text = decode_text_embedding(text)  # (L, text_dim) float32
         job.window = [
             (e.step, e.action, None if e.latent is None else unpack_array(e.latent), e.resume) for e in entries
         ]

@@ -49,7 +49,7 @@ class Job:
     window: list[tuple[int, dict[str, Any] | None, np.ndarray | None, bytes | None]] | None = None
     """(step, action, latent, packed resume data) of the steps to prefill from."""
     first_frame: np.ndarray | None = None  # (H, W, 3) step 0's frame when its latent is not stored
-    text: torch.Tensor | None = None  # (L, text_dim) float32 the session's text embedding, for the prefill
+    text: np.ndarray | None = None  # (L, text_dim) float32 the session's text embedding (models with text only)
     solo: bool = False  # step alone (a retry after a batched failure)
     # set by the runner
     prefilled: bool = False
@@ -82,6 +82,7 @@ class Runner:
     ):
         self.model = model
         self.events_supported = model.info.events_supported
+        self.text_supported = bool(model.info.extra.get("text_dim"))
         self.cache = cache
         self.batch_invariant = batch_invariant
         self._on_item_failure = on_item_failure or (lambda e: None)
@@ -180,8 +181,8 @@ class Runner:
         kw: dict[str, Any] = {"events": events} if self.events_supported else {}
         if any(r is not None for r in resume):
             kw["resume"] = resume
-        if job.text is not None:  # read only for a model that takes one (info.extra["text_dim"])
-            kw["text"] = job.text
+        if self.text_supported and job.text is not None:
+            kw["text"] = torch.from_numpy(np.array(job.text, dtype=np.float32))
         while True:
             try:
                 return self.model.prefill(torch.stack(latents), torch.stack(actions), first_step=first_step, **kw)
