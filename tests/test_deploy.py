@@ -106,6 +106,22 @@ def test_every_deployment_of_the_repository_config_gets_its_options(options_call
     assert applied["DynamicsModel-platformer"]["autoscaling_config"]["policy"]["policy_kwargs"] == {"miss_ratio": 0.3}
 
 
+def test_an_extra_model_is_served_beside_the_configs_with_its_own_deployment(options_calls):
+    extra = {"name": "open-world", "kind": "causal_dit", "path": "random", "options": {"chunk_frames": 1}}
+    overrides = {"DynamicsModel-open-world": {"ray_actor_options": {"num_cpus": 0.25}}}
+    cfg = dep.load_config(
+        app_args={"redis_url": "redis://127.0.0.1:1/0"}, deployment_overrides=overrides, extra_models=[extra]
+    )
+    dyn = next(a for a in cfg["applications"] if a["name"] == "dynamics")
+    assert [m["name"] for m in dyn["args"]["models"]] == ["platformer", "platformer-fast", "open-world"]
+    first = next(d for d in dyn["deployments"] if d["name"] == "DynamicsModel-platformer")
+    added = next(d for d in dyn["deployments"] if d["name"] == "DynamicsModel-open-world")
+    assert added["ray_actor_options"] == {"num_cpus": 0.25}  # overridden
+    assert added["autoscaling_config"] == first["autoscaling_config"]  # the first model's otherwise
+    dep.build_applications(cfg)
+    assert dict(options_calls)["DynamicsModel-open-world"]["ray_actor_options"] == {"num_cpus": 0.25}
+
+
 def test_options_for_a_deployment_the_builder_does_not_make_are_refused():
     cfg = dep.load_config(app_args={"redis_url": "redis://127.0.0.1:1/0"})
     cfg["applications"][0]["deployments"].append({"name": "Nope", "max_ongoing_requests": 1})

@@ -27,7 +27,13 @@ def load_config(
     http_port: int | None = None,
     http_host: str | None = "127.0.0.1",
     deployment_overrides: dict[str, dict[str, Any]] | None = None,
+    extra_models: list[dict[str, Any]] | None = None,
 ) -> dict:
+    """The serve config at ``path`` (default: the repository's) with this run's values merged in:
+    ``app_args`` into every application's args, ports, ``deployment_overrides`` (deployment name
+    -> options) over the deployments' options. ``extra_models``: more served models (``ModelSpec``
+    mappings) appended to the dynamics application's ``models``, each with a ``DynamicsModel-<name>``
+    deployment whose options are a copy of the config's first model deployment's (overridable)."""
     path = Path(path) if path else REPO_CONFIG
     if not path.exists():
         raise FileNotFoundError(f"serve config {path} not found; pass --config")
@@ -45,6 +51,11 @@ def load_config(
     for app in cfg["applications"]:
         app.setdefault("args", {})
         app["args"].update(app_args or {})
+        if app["name"] == "dynamics" and extra_models:
+            template = next(d for d in app.get("deployments", []) if d["name"].startswith("DynamicsModel-"))
+            app["args"]["models"] = list(app["args"].get("models") or []) + [dict(m) for m in extra_models]
+            for m in extra_models:
+                app["deployments"].append({**copy.deepcopy(template), "name": f"DynamicsModel-{m['name']}"})
         if app["name"] == "sessions":
             app["args"]["image_app"] = app["args"].get("image_app", "image")
             app["args"]["dynamics_app"] = app["args"].get("dynamics_app", "dynamics")

@@ -42,12 +42,14 @@ def local_cluster(
     timeout_s: float = 600,
     address: str | None = None,
     redis_url: str = "",
+    extra_models: list[dict[str, Any]] | None = None,
 ) -> Iterator[LocalCluster]:
     """``address``: connect to a running Ray cluster (e.g. several nodes started with ``ray start``)
     instead of starting one; ``num_cpus`` is then that cluster's, ``metrics_url`` is empty (each
     node exports on the port it was started with), and leaving disconnects without stopping it.
     ``redis_url``: a Redis already running (e.g. an ``EmbeddedSentinel``'s ``redis+sentinel://``)
-    instead of an embedded one started here."""
+    instead of an embedded one started here. ``extra_models``: served models beside the config's
+    (``deploy.load_config``), each its own deployment."""
     import ray
     from ray import serve
 
@@ -81,6 +83,7 @@ def local_cluster(
             grpc_port=grpc_port,
             http_port=http_port,
             deployment_overrides={k: dict(v) for k, v in (deployment_overrides or {}).items()},
+            extra_models=extra_models,
         )
         # A local cluster shares a few cores with its clients: give the proxy longer than Ray's 5 s
         # per readiness check before the controller kills it and starts another (env_vars of the

@@ -70,14 +70,46 @@ def load_pretrained(
     random: Callable[[], T],
     load: Callable[[Path], T],
     errors: tuple[type[Exception], ...] = (RuntimeError, ValueError, KeyError, TypeError),
+    *,
+    layout: str = "worldserve",
 ) -> T:
     """A model loader's body: ``random()`` when ``path`` is None (the config said "random"), else
-    ``load(folder)`` on a checked ``config.json`` + ``model.safetensors`` folder (:func:`load_folder`)."""
+    ``load(folder)``. ``layout``: ``"worldserve"``, a checked ``config.json`` + ``model.safetensors``
+    folder (:func:`load_folder`); ``"own"``, a folder whose layout the model checks itself (e.g. a
+    published diffusers folder): ``errors`` it raises, which name the file and the tensor, become a
+    :class:`ModelLoadError` naming the model too (:func:`load_own_folder`)."""
     from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE
 
     if path is None:
         return random()
+    if layout == "own":
+        return load_own_folder(what, Path(path), load, errors)
     return load_folder(what, Path(path), CONFIG_FILE, WEIGHTS_FILE, load, errors)
+
+
+def load_own_folder(
+    what: str,
+    folder: Path,
+    load: Callable[[Path], T],
+    errors: tuple[type[Exception], ...] = (RuntimeError, ValueError, KeyError, TypeError),
+) -> T:
+    """``load(folder)`` for a model that checks its folder's layout itself: its ``errors`` (and a
+    missing file, and a weights file that is not safetensors) become one-line
+    :class:`ModelLoadError` s ``"<what>: <its message>"``; its message names the file and the tensor."""
+    from safetensors import SafetensorError
+
+    try:
+        return load(folder)
+    except ModelLoadError as e:
+        raise ModelLoadError(str(e) if str(e).startswith(what) else f"{what}: {_first(e)}") from None
+    except FileNotFoundError as e:
+        raise ModelLoadError(f"{what}: {str(e.filename or folder)!r} not found") from None
+    except SafetensorError as e:
+        raise ModelLoadError(
+            f"{what}: a weights file in {str(folder)!r} is not a safetensors file: {_first(e)}"
+        ) from None
+    except errors as e:
+        raise ModelLoadError(f"{what}: {_first(e)}") from None
 
 
 def _first(e: BaseException) -> str:

@@ -25,6 +25,7 @@ REGISTRY = Registry(
     builtins={
         "world_model": "worldserve.dynamics.registry:load_world_model",
         "scroll_canvas": "worldserve.dynamics.registry:load_scroll_canvas",
+        "causal_dit": "worldserve.dynamics.registry:load_causal_dit",
     },
 )
 
@@ -54,6 +55,25 @@ def load_scroll_canvas(path: str | None, *, device: str, dtype: Any, spec: Model
         path,
         lambda: CanvasWorldModel.random(seed=0, device=device, dtype=dtype),
         lambda folder: CanvasWorldModel.from_pretrained(folder, device=device, dtype=dtype),
+    )
+
+
+def load_causal_dit(path: str | None, *, device: str, dtype: Any, spec: ModelSpec) -> DynamicsModelProtocol:
+    """The Wan-lineage causal video DiT (:class:`~worldserve.dynamics.models.causal_dit.CausalDiTWorldModel`)
+    from a published folder (diffusers' layout: ``transformer/`` + ``vae/``, or the original Wan
+    repository's names through one key map), run as ``spec.options`` say (chunks, rolling cache,
+    denoising schedule, frame size, action names: ``CausalDiTOptions``); ``path=None`` is a random
+    initialisation at the options' sizes. A folder that does not load is a :class:`ModelLoadError`
+    naming the model, the file and the tensor."""
+    from worldserve.dynamics.models.causal_dit import CausalDiTWorldModel
+
+    return load_pretrained(
+        f"model {spec.name!r}",
+        path,
+        lambda: CausalDiTWorldModel.random(device=device, dtype=dtype, options=spec.options),
+        lambda folder: CausalDiTWorldModel.load(folder, device=device, dtype=dtype, options=spec.options),
+        errors=(RuntimeError, ValueError, KeyError, TypeError, OSError),
+        layout="own",
     )
 
 
