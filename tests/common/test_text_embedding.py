@@ -61,5 +61,7 @@ def test_create_session_checks():
         check_text_embedding(blob, model="m", text_dim=16, max_bytes=1 << 20)
     with pytest.raises(InvalidArgument, match=f"{len(blob)} bytes exceeds the limit of 64"):
         check_text_embedding(blob, model="m", text_dim=8, max_bytes=64)
+    with pytest.raises(InvalidArgument, match="3 tokens; model 'm' takes at most 2"):
+        check_text_embedding(blob, model="m", text_dim=8, max_bytes=1 << 20, max_tokens=2)
     with pytest.raises(InvalidArgument, match="not a safetensors blob"):
         check_text_embedding(b"junk", model="m", text_dim=8, max_bytes=1 << 20)

@@ -19,6 +19,7 @@ import numpy as np
 from worldserve.common.errors import InvalidArgument
 
 TENSOR_NAME = "prompt_embeds"
+MAX_TOKENS = 512  # Wan's text_len: its pipelines pad or cut a prompt to 512 tokens
 _DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 """safetensors dtype -> how its bytes are read (BF16: its raw bits, widened to float32 below)."""
 MAX_HEADER_BYTES = 1 << 16
@@ -67,10 +68,12 @@ def decode_text_embedding(data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
     return out
 
 
-def check_text_embedding(data: bytes, *, model: str, text_dim: int, max_bytes: int) -> int:
+def check_text_embedding(
+    data: bytes, *, model: str, text_dim: int, max_bytes: int, max_tokens: int = MAX_TOKENS
+) -> int:
     """The token count of a CreateSession's text embedding for ``model`` (``text_dim``: the width it
     takes, 0: none); INVALID_ARGUMENT for a model that takes none, a blob over ``max_bytes``, a
-    malformed blob or a width other than ``text_dim``."""
+    malformed blob, a width other than ``text_dim`` or more than ``max_tokens`` tokens."""
     if not text_dim:
         raise InvalidArgument(f"model {model!r} takes no text embedding")
     if len(data) > max_bytes:
@@ -83,4 +86,6 @@ def check_text_embedding(data: bytes, *, model: str, text_dim: int, max_bytes: i
         raise InvalidArgument(str(e)) from None
     if emb.shape[1] != text_dim:
         raise InvalidArgument(f"text_embedding has width {emb.shape[1]}, but model {model!r} takes text_dim={text_dim}")
+    if emb.shape[0] > max_tokens:
+        raise InvalidArgument(f"text_embedding has {emb.shape[0]} tokens; model {model!r} takes at most {max_tokens}")
     return int(emb.shape[0])

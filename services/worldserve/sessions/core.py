@@ -9,7 +9,7 @@ from worldserve.common.codec import PNG, decode_frame, encode_frame
 from worldserve.common.config import Config
 from worldserve.common.errors import InvalidArgument
 from worldserve.common.quotas import MAX_TTL_S, Quotas
-from worldserve.common.text_embedding import check_text_embedding
+from worldserve.common.text_embedding import MAX_TOKENS, check_text_embedding
 from worldserve.state.quotas import QuotaEnforcer
 from worldserve.state.store import SessionRecord, SessionsFull, SessionStore
 
@@ -73,6 +73,7 @@ class SessionsCore:
             model=model,
             text_dim=int(size.get("text_dim") or 0),
             max_bytes=self.config.max_text_embedding_bytes,
+            max_tokens=int(size.get("text_len") or MAX_TOKENS),
         )
 
     def _ttl(self, tenant: str, ttl_s: int) -> int:
