@@ -90,9 +90,7 @@ class Runner:
         self.model = model
         self.events_supported = model.info.events_supported
         self.text_supported = bool(model.info.extra.get("text_dim"))
-        self.decode_step: Callable[[list[Any], torch.Tensor], torch.Tensor] | None = getattr(
-            model, "decode_step", None
-        )
+        self.decode_step: Callable[[list[Any], torch.Tensor], torch.Tensor] | None = getattr(model, "decode_step", None)
         self.cache = cache
         self.batch_invariant = batch_invariant
         self._on_item_failure = on_item_failure or (lambda e: None)
