@@ -23,7 +23,21 @@ checks it for any model kind.
 
 Tensors crossing the interface: frames are ``(N, H, W, 3)`` uint8 on the CPU; latents are
 float32 on the CPU (the engine stores them in Redis as raw bytes); actions are ``(N, A)`` float32
-vectors built by ``action_vector``. A model may run on any device and dtype inside.
+vectors built by ``action_vector``. A model may run on any device and dtype inside. A step's latent
+may differ in shape from step 0's (a chunked video model: one latent frame at step 0, a chunk of
+them per later step); ``prefill`` then gets them as a list.
+
+Two optional parts, used when a model has them:
+
+- ``decode_step(states, latents) -> frames``: a streaming decoder with a cache per session (a
+  causal video VAE decodes a chunk against the chunks before it). ``latents`` (N, ...) are the
+  sessions' newest ``step`` output; it returns (N, H, W, 3) uint8 CPU frames and advances each
+  state's decoder cache. The engine calls it instead of ``decode`` after every ``step``, before
+  ``resume_data`` (so a step's resume data holds the decoder cache after that step's frames).
+- ``prefill(..., text=...)``: a model whose ``info.extra["text_dim"]`` is set takes the session's
+  text embedding, an (L, text_dim) float32 tensor (a precomputed prompt embedding), or None when
+  the session has none. The engine passes ``text`` only to such a model, and only when the
+  session has one.
 """
 
 from __future__ import annotations
@@ -223,19 +237,21 @@ class DynamicsModelProtocol(Protocol):
 
     def prefill(
         self,
-        latents: torch.Tensor,
+        latents: torch.Tensor | Sequence[torch.Tensor],
         actions: torch.Tensor,
         first_step: int,
         events: Sequence[str] | None = None,
         resume: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
     ) -> Any:
         """A session's state from its last frames: ``latents`` (T, ...) at absolute steps
-        ``first_step .. first_step + T - 1``, ``actions`` (T, A) that made them, ``events`` (T,)
+        ``first_step .. first_step + T - 1`` (a list of T tensors when their shapes differ: see the
+        module docstring), ``actions`` (T, A) that made them, ``events`` (T,)
         the event text in force per frame, ``resume`` (T,) the ``resume_data`` of each frame's state
         (None where there was none; the engine passes ``resume`` only when one is not None). The
         engine hands the last ``context_frames - 1`` frames (all since step 0 when fewer). The
         state must be bitwise the one stepping the session warm reached (see the module
-        docstring). May raise :class:`StateMemoryFull`."""
+        docstring). May raise :class:`StateMemoryFull`. A model with text conditioning also takes
+        ``text=`` (see the module docstring)."""
         ...
 
     def resume_data(self, state: Any) -> Mapping[str, torch.Tensor] | None:

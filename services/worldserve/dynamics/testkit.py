@@ -66,13 +66,16 @@ def check_exact_resume(
     *,
     seed: int = 0,
     events: Sequence[str] | None = None,
+    text: torch.Tensor | None = None,
 ) -> ResumeReport:
     """Step a session warm, and its twin resumed before every step, through ``actions``.
 
-    ``first_frame`` (H, W, 3) uint8; ``events[i]`` the event in force for step i + 1 ("" none). The
-    twin keeps only what the engine keeps in Redis per step (latent, action, event and the
-    serialised ``resume_data``), and before each step its state is rebuilt by ``prefill`` from the
-    last ``context_frames - 1`` of them, then released after the step.
+    ``first_frame`` (H, W, 3) uint8; ``events[i]`` the event in force for step i + 1 ("" none);
+    ``text`` the session's text embedding (models with text only). The twin keeps only what the
+    engine keeps in Redis per step (latent, action, event and the serialised ``resume_data``), and
+    before each step its state is rebuilt by ``prefill`` from the last ``context_frames - 1`` of
+    them, then released after the step. Frames are decoded as the engine's runner does: with the
+    model's ``decode_step`` when it has one (before ``resume_data``), else ``decode``.
     """
     info = model.info
     window = max(1, info.context_frames - 1)
@@ -88,7 +91,15 @@ def check_exact_resume(
         kw: dict[str, Any] = {"events": evs} if use_events else {}
         if any(r is not None for r in res):
             kw["resume"] = [None if r is None else unpack_resume(r) for r in res]
-        return model.prefill(torch.stack(lat), torch.stack(act), first, **kw)
+        if text is not None:
+            kw["text"] = text
+        stacked = torch.stack(lat) if len({z.shape for z in lat}) == 1 else lat  # as the engine's runner
+        return model.prefill(stacked, torch.stack(act), first, **kw)
+
+    decode_step = getattr(model, "decode_step", None)
+
+    def decode(state: Any, z: torch.Tensor) -> torch.Tensor:  # as the engine's runner: streaming when it can
+        return (decode_step([state], z) if decode_step is not None else model.decode(z))[0]
 
     warm = prefill([z0[0]], [model.null_action()], 0, [""], [None])
     # the twin's log, as Redis keeps it: (latent, action vector, event, packed resume data or None)
@@ -99,7 +110,7 @@ def check_exact_resume(
         for i, vec in enumerate(vecs):
             n = i + 1
             zw = model.step([warm], vec[None], seeds=[seed], steps=[n], events=[ev[i]] if use_events else None)
-            fw = model.decode(zw)[0]
+            fw = decode(warm, zw)
             report.latents.append(zw[0])
             tail = log[-window:]
             cold = prefill(
@@ -107,10 +118,10 @@ def check_exact_resume(
             )
             try:
                 zc = model.step([cold], vec[None], seeds=[seed], steps=[n], events=[ev[i]] if use_events else None)
-                data = model.resume_data(cold)
+                fc = decode(cold, zc)
+                data = model.resume_data(cold)  # after the decode, as the runner does
             finally:
                 model.release_state(cold)
-            fc = model.decode(zc)[0]
             log.append((zc[0], vec, ev[i], None if data is None else pack_resume(data)))
             report.resume_bytes = max(report.resume_bytes, sum(len(e[3] or b"") for e in log[-window:]))
             if not torch.equal(fw, fc):

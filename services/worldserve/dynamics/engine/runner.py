@@ -5,10 +5,17 @@ One runner per model replica, one thread (the model is not re-entrant). For a ba
 1. releases the memory of states the cache evicted since the last batch;
 2. prefills the sessions whose state was not cached (from their latent window in Redis); when
    the model's state memory is full it evicts least-recently-used sessions and retries;
-3. steps the sessions, and packs each new state's ``resume_data`` (stored with the step): one ``model.step`` per guidance value over all of them (``batched``), or
+3. steps the sessions: one ``model.step`` per guidance value over all of them (``batched``), or
    one call per session (``batch_invariant``: a session's frames then cannot depend on who else
    is in the batch, bit for bit, because every model call has the same shapes);
-4. decodes the new latents to frames (per session too when batch-invariant).
+4. decodes the new latents to frames (per session too when batch-invariant): with the model's
+   optional ``decode_step`` (a streaming decoder that keeps a cache per session) when it has one,
+   else ``decode``;
+5. packs each new state's ``resume_data`` (stored with the step), after the decode: a model with
+   ``decode_step`` then hands back its decoder cache after the step's frames too.
+
+A model whose ``info.extra`` names a ``text_dim`` takes the session's text embedding (``Job.text``,
+(L, text_dim) float32, read with the window) in ``prefill(..., text=...)``.
 
 Failures stay with their item. A prefill or a decode that raises fails that item only. A batched
 ``step`` that raises marks every item of that call ``retry_solo``: their states may be half
@@ -83,6 +90,7 @@ class Runner:
         self.model = model
         self.events_supported = model.info.events_supported
         self.text_supported = bool(model.info.extra.get("text_dim"))
+        self.decode_step: Callable[[list[Any], torch.Tensor], torch.Tensor] | None = getattr(model, "decode_step", None)
         self.cache = cache
         self.batch_invariant = batch_invariant
         self._on_item_failure = on_item_failure or (lambda e: None)
@@ -121,13 +129,16 @@ class Runner:
                 continue
             for k, j in enumerate(group):
                 j.latent = latents[k].numpy()
+            stats.steps += len(group)
+            self._decode(group, latents)
+            for j in group:
+                if j.error is not None:
+                    continue
                 try:
                     data = self.model.resume_data(j.state)
                     j.resume = None if data is None else pack_resume(data)
                 except Exception as e:
                     self._fail(j, e)
-            stats.steps += len(group)
-            self._decode(group, latents)
         return stats
 
     # -- parts ------------------------------------------------------------------------------------
@@ -150,7 +161,10 @@ class Runner:
             parts = [(group, latents)]
         for jobs, z in parts:
             try:
-                frames = self.model.decode(z).numpy()
+                if self.decode_step is not None:  # streaming: advances each session's decoder cache
+                    frames = self.decode_step([j.state for j in jobs], z).numpy()
+                else:
+                    frames = self.model.decode(z).numpy()
             except Exception as e:
                 for j in jobs:
                     self._fail(j, e)
@@ -183,9 +197,11 @@ class Runner:
             kw["resume"] = resume
         if self.text_supported and job.text is not None:
             kw["text"] = torch.from_numpy(np.array(job.text, dtype=np.float32))
+        # a chunked model's step 0 (one frame) differs in shape from its later steps: a list then
+        stacked = torch.stack(latents) if len({z.shape for z in latents}) == 1 else latents
         while True:
             try:
-                return self.model.prefill(torch.stack(latents), torch.stack(actions), first_step=first_step, **kw)
+                return self.model.prefill(stacked, torch.stack(actions), first_step=first_step, **kw)
             except StateMemoryFull:
                 if not self.cache.evict_lru():
                     raise ResourceExhausted("model state memory is full with sessions in flight; retry later") from None

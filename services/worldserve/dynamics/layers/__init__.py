@@ -1,2 +1,2 @@
-"""What the dynamics model kinds share: action and event validation (:mod:`.actions`) and the event
-text encoder (:mod:`.events`)."""
+"""What the dynamics model kinds share: action and event validation (:mod:`.actions`), the event
+text encoder (:mod:`.events`) and the key/value page pool (:mod:`.kv_pages`)."""

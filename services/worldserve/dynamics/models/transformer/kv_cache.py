@@ -1,8 +1,8 @@
 """Per-session KV state in a preallocated page pool.
 
-The model owns one pool of pages per loaded model (:class:`PagePool`): for every layer a key and a
-value tensor of shape ``(P, H, F, D)`` (views of one allocation), one page per frame of
-``F = frame_tokens`` tokens. A session's state (:class:`PagedState`) is a list of
+The model owns one pool of pages per loaded model (:class:`~worldserve.dynamics.layers.kv_pages.PagePool`,
+which the model kinds share): for every layer a key and a value tensor of shape ``(P, H, F, D)``
+(views of one allocation), one page per frame of ``F = frame_tokens`` tokens. A session's state (:class:`PagedState`) is a list of
 ``context_frames`` page ids: its valid frames, oldest first, then a spare page. ``prefill`` takes
 them from the free list (or raises :class:`~worldserve.dynamics.interface.StateMemoryFull`), every
 ``step`` writes the new frame's keys/values straight into the spare page (the decode kernel does it
@@ -28,101 +28,12 @@ writes those pages back as they were, oldest first: the rebuilt state is bitwise
 
 from __future__ import annotations
 
-import collections
-import itertools
-import threading
 import weakref
 from dataclasses import dataclass, field
 
-import torch
+from worldserve.dynamics.layers.kv_pages import PagePool, release_pages
 
-_pool_ids = itertools.count(1)
-
-
-class PagePool:
-    """Key/value pages of every layer. ``k(layer)`` / ``v(layer)`` are ``(P, H, F, D)`` views (the
-    layout the attention API takes) of one token-major allocation ``kv`` of shape
-    ``(n_layers, 2, P, F, H, D)``: a page is a frame's ``(F, H, D)`` keys, exactly the layout the
-    transformer produces them in, so prefill writes pages without a transpose and the CPU
-    reference gathers a session's pages with one copy; the decode kernel reads rows of ``D``
-    contiguous elements either way. Allocated with ``torch.empty``: on CPU untouched pages cost no
-    resident memory. Page ids are handed out lowest first. Thread-safe allocation and release."""
-
-    def __init__(
-        self,
-        n_layers: int,
-        n_heads: int,
-        frame_tokens: int,
-        head_dim: int,
-        n_pages: int,
-        device: torch.device | str,
-        dtype: torch.dtype,
-    ):
-        if n_pages < 1:
-            raise ValueError(f"a page pool needs at least one page, got {n_pages}")
-        if n_pages > 2**31 - 1:
-            raise ValueError(f"too many pages for int32 block tables: {n_pages}")
-        self.id = next(_pool_ids)
-        self.kv = torch.empty(n_layers, 2, n_pages, frame_tokens, n_heads, head_dim, device=device, dtype=dtype)
-        self.n_pages = n_pages
-        self.page_nbytes = 2 * n_layers * n_heads * frame_tokens * head_dim * self.kv.element_size()
-        self._free = list(range(n_pages - 1, -1, -1))  # pop() -> lowest id first
-        self._lock = threading.Lock()
-        # Pages given back by a dropped state's finalizer. A finalizer runs wherever the garbage
-        # collector runs, possibly on a thread inside ``alloc`` holding the lock: it must not take
-        # the lock (that would deadlock), so it only appends here (atomic) and the next ``alloc``
-        # or ``release`` moves these pages to the free list.
-        self._returned: collections.deque[int] = collections.deque()
-
-    @property
-    def device(self) -> torch.device:
-        return self.kv.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.kv.dtype
-
-    def k(self, layer: int) -> torch.Tensor:  # (P, H, F, D) view
-        return self.kv[layer, 0].transpose(1, 2)
-
-    def v(self, layer: int) -> torch.Tensor:  # (P, H, F, D) view
-        return self.kv[layer, 1].transpose(1, 2)
-
-    @property
-    def free_pages(self) -> int:
-        return len(self._free) + len(self._returned)
-
-    @property
-    def used_pages(self) -> int:
-        return self.n_pages - self.free_pages
-
-    def _take_returned(self) -> None:  # under the lock
-        if self._returned:
-            while self._returned:
-                self._free.append(self._returned.popleft())
-            self._free.sort(reverse=True)
-
-    @property
-    def nbytes(self) -> int:
-        return self.n_pages * self.page_nbytes
-
-    def alloc(self, n: int) -> list[int] | None:
-        """``n`` free page ids, or None when fewer are free (nothing taken then)."""
-        with self._lock:
-            self._take_returned()
-            if len(self._free) < n:
-                return None
-            return [self._free.pop() for _ in range(n)]
-
-    def release(self, pages: list[int]) -> None:
-        """Give pages back; never blocks (callable from a finalizer on any thread)."""
-        self._returned.extend(pages)
-
-
-def _release_pages(pool_ref: weakref.ref[PagePool], pages: tuple[int, ...]) -> None:
-    pool = pool_ref()
-    if pool is not None:
-        pool.release(list(pages))
+__all__ = ["PagePool", "PagedState", "new_state"]
 
 
 @dataclass(eq=False)
@@ -180,5 +91,5 @@ def new_state(pool: PagePool, n_pages: int, frame_tokens: int) -> PagedState | N
     if pages is None:
         return None
     st = PagedState(pages=pages, frame_tokens=frame_tokens, page_nbytes=pool.page_nbytes, pool_id=pool.id)
-    st._finalizer = weakref.finalize(st, _release_pages, weakref.ref(pool), tuple(pages))
+    st._finalizer = weakref.finalize(st, release_pages, weakref.ref(pool), tuple(pages))
     return st
