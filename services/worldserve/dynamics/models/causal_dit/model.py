@@ -148,7 +148,14 @@ class CausalDiTWorldModel:
         with torch.device("meta"):
             net = CausalWanTransformer(config)
         net.load_state_dict(state, strict=True, assign=True)
+        del state
         vae = StreamingWanVAE.from_folder(folder / "vae", device=device)
+        # Every weight in memory of its own. Tensors read from a safetensors file can sit at any
+        # offset of a shared buffer, and CPU matmul kernels round differently on differently aligned
+        # operands: the same folder must give bitwise the same frames on every replica.
+        for module in (net, vae.vae):
+            for p in module.parameters():
+                p.data = p.data.clone()
         return cls(net, vae, opts, name=name).to_serving(device, dtype)
 
     @classmethod
