@@ -92,7 +92,7 @@ def test_cache_round_trip_gives_bitwise_the_same_next_frames(vae):
         vae.decode_chunk(z[:, :, a:b], carried)
     tensors = carried[0].to_tensors()
     assert carried[0].nbytes == sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("feat."))
-    assert carried[0].nbytes > 0
+    assert carried[0].nbytes == vae.cache_nbytes(*GRID) > 0  # its size from the second frame on, found from shapes
     restored = DecodeCache.from_tensors(unpack_resume(pack_resume(tensors)))  # through the bytes Redis holds
     forked = carried[0].clone()
     assert restored.frames == forked.frames == 2
@@ -146,6 +146,14 @@ def test_two_sessions_in_one_batch_equal_each_alone(vae):
     for i in range(2):
         alone = _chunked(vae, z[i : i + 1], [vae.new_cache()])
         assert (together[i : i + 1] - alone).abs().max().item() <= TOL
+
+    # a cache decoded in a batch (its tensors are slices of the batch's) stores and restores alone
+    pair = [vae.new_cache(), vae.new_cache()]
+    vae.decode_chunk(z[:, :, :1], pair)
+    vae.decode_chunk(z[:, :, 1:3], pair)
+    restored = DecodeCache.from_tensors(unpack_resume(pack_resume(pair[1].to_tensors())))
+    assert restored.nbytes == pair[1].nbytes == vae.cache_nbytes(*GRID)
+    assert torch.equal(vae.decode_chunk(z[1:, :, 3:4], [pair[1]]), vae.decode_chunk(z[1:, :, 3:4], [restored]))
 
     # sessions at different points (caches of different layouts) in one call: decoded group by group
     early, late = [vae.new_cache()], [vae.new_cache()]

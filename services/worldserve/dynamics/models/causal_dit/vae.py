@@ -9,17 +9,23 @@ Time: a latent frame after the first decodes to ``temporal`` (4) pixel frames, t
 decoder is causal in time: every temporal convolution keeps the last two input frames of the
 previous call (diffusers' ``feat_map``). :class:`DecodeCache` is that state for one session, kept
 between :meth:`StreamingWanVAE.decode_chunk` calls, so a session's chunks decode one at a time into
-exactly the frames a whole-clip ``AutoencoderKLWan.decode`` gives. Sessions whose caches have the
-same layout decode in one batch; the others one group at a time.
+the frames a whole-clip ``AutoencoderKLWan.decode`` gives (to float32 rounding; bitwise the same
+however the frames are cut into chunks). Sessions whose caches have the same layout decode in one
+batch; the others one group at a time.
+
+Exact resume either stores the cache (:meth:`DecodeCache.to_tensors`) or rebuilds it: the time
+convolutions forget, so a cache is a function of the session's last
+:attr:`StreamingWanVAE.history_frames` latent frames only (38 for Wan2.1's VAE), and
+:meth:`StreamingWanVAE.rebuild_cache` decodes them into bitwise the cache the session carried.
 
 Latents crossing this module are *normalised* as diffusers' Wan pipelines have them:
 ``(z - latents_mean) / latents_std`` per channel.
 
-The VAE runs in float32 unless a dtype is forced, even beside a bf16 transformer: its convolutions
-in bf16 leave visible banding in smooth regions of the decoded frames (on CUDA, float32 convolutions
-still run on tensor cores as TF32 by PyTorch's default). It is not cheap: at 480x832 the decoder
-costs about 13 TFLOP per latent frame (4 pixel frames) and a session's cache holds 3.5 GiB in
-float32 (:meth:`DecodeCache.nbytes`).
+The VAE runs in float32 unless a dtype is forced, even beside a bf16 transformer: bf16 keeps 8 bits
+of mantissa through some 30 stacked convolutions, which bands the smooth gradients of the decoded
+frames (on CUDA, float32 convolutions still run on tensor cores as TF32, PyTorch's default). It is
+not cheap: at 480x832 the decoder costs 13.6 TFLOP per latent frame (4 pixel frames) and a
+session's cache holds 3.5 GiB in float32 (:meth:`StreamingWanVAE.cache_nbytes`).
 """
 
 from __future__ import annotations
@@ -185,6 +191,7 @@ class StreamingWanVAE:
         self.decoder_slots = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
         self.encoder_slots = sum(isinstance(m, WanCausalConv3d) for m in vae.encoder.modules())
         self.history_frames = _history_frames(vae.decoder)
+        self._cache_nbytes: dict[tuple[int, int], int] = {}
         shape = (1, cfg["z_dim"], 1, 1, 1)
         self.latents_mean = torch.tensor(cfg["latents_mean"], dtype=torch.float32).view(shape).to(self.device)
         self.latents_std = torch.tensor(cfg["latents_std"], dtype=torch.float32).view(shape).to(self.device)
@@ -338,6 +345,18 @@ class StreamingWanVAE:
         self.decode_float(latents, [cache])  # frames dropped: only the cache is wanted
         cache.frames = first_frame + f
         return cache
+
+    def cache_nbytes(self, h: int, w: int) -> int:
+        """Bytes of a session's :class:`DecodeCache` on an ``h`` x ``w`` latent grid once it has decoded
+        two latent frames (its size from then on), in this VAE's dtype; found by decoding shapes only
+        (meta tensors), without memory or compute. 3.5 GiB for Wan2.1's VAE at 480x832 in float32."""
+        if (h, w) not in self._cache_nbytes:
+            with torch.device("meta"):
+                shapes = StreamingWanVAE(_place(AutoencoderKLWan(**self.config), "meta", self.dtype))
+            cache = shapes.new_cache()
+            shapes.decode_float(torch.zeros(1, self.latent_channels, 2, h, w, device="meta"), [cache])
+            self._cache_nbytes[(h, w)] = cache.nbytes
+        return self._cache_nbytes[(h, w)]
 
     def pixel_frames(self, latent_frames: int, first: bool) -> int:
         """Pixel frames that ``latent_frames`` latent frames decode to (``first``: the session's first chunk)."""
