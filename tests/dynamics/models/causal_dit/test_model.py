@@ -164,3 +164,37 @@ def test_cpu_steps_per_second_of_the_tiny_instance() -> None:
         )
         for st in states:
             m.release_state(st)
+
+
+@torch.no_grad()
+def test_exact_resume_with_a_rebuilt_decode_cache() -> None:
+    """``decode_cache: rebuild``: no decode cache in the resume data; a session resumed well past the
+    VAE's history (its window then spans it) gets the cache back bitwise from the window's latents."""
+    from worldserve.dynamics.interface import pack_resume, unpack_resume
+
+    m = tiny_model(options={"decode_cache": "rebuild"})
+    H = m.vae.history_frames
+    assert m.info.context_frames - 1 >= H
+    z0 = m.encode(_frame(2)[None])
+    warm = m.prefill(z0, m.null_action()[None], 0)
+    log = [(z0[0], m.null_action(), None)]
+    vecs = [m.action_vector(["forward"]), m.action_vector(["left"], {"yaw": -0.5})]
+    for s in range(1, H + 4):
+        z = m.step([warm], vecs[s % 2][None], [4], [s])
+        m.decode_step([warm], z)
+        data = m.resume_data(warm)
+        assert not any(k.startswith("vae.") for k in data)
+        log.append((z[0], vecs[s % 2], pack_resume(data)))
+    tail = log[-(m.info.context_frames - 1) :]
+    first = len(log) - len(tail)
+    cold = m.prefill(
+        torch.stack([e[0] for e in tail]),
+        torch.stack([e[1] for e in tail]),
+        first,
+        resume=[unpack_resume(e[2]) for e in tail],
+    )
+    n = len(log)
+    zw = m.step([warm], vecs[0][None], [4], [n])
+    zc = m.step([cold], vecs[0][None], [4], [n])
+    assert torch.equal(zw, zc)
+    assert torch.equal(m.decode_step([warm], zw), m.decode_step([cold], zc))

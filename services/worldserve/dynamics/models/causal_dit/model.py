@@ -22,9 +22,11 @@ pages of the model's pool, its recent actions, its text context and its decode c
 
 Exact resume. Each step's ``resume_data`` holds the keys/values of the frames it made (``"kv"``,
 (layers, 2, chunk_frames, tokens, heads, head_dim)), every ``context_frames - 1`` steps the sink's
-(``"sink"``), and the VAE decode cache after its frames (``"vae.*"``). ``prefill`` of the engine's
-window (its last ``context_frames - 1`` steps) writes the pages back in frame order and restores the
-decode cache: the state is bitwise the warm one. Frame 0 has no resume data (it is made by prefill):
+(``"sink"``), and the VAE decode cache after its frames (``"vae.*"``; none with the option
+``decode_cache: rebuild``: prefill then decodes the window's last ``history_frames`` latent frames
+again, which gives the same cache bitwise). ``prefill`` of the engine's window (its last
+``context_frames - 1`` steps) writes the pages back in frame order and restores the decode cache:
+the state is bitwise the warm one. Frame 0 has no resume data (it is made by prefill):
 its keys/values and decode cache are recomputed exactly as the first prefill made them. Where resume
 data is missing (an older writer, a window cut short), the missing steps are committed again from
 their latents against what the cache holds then: close, not bitwise.
@@ -113,8 +115,11 @@ class CausalDiTWorldModel:
         self.net = net.eval().requires_grad_(False)
         self.vae = vae
         self.infer = ChunkInference(net, o, (o.latent_height, o.latent_width))
-        # steps whose frames (KV window, action windows) the next chunk reads: what prefill is handed
+        # steps whose frames the next chunk reads (KV window, action windows) or, with a rebuilt decode
+        # cache, the VAE needs: what the engine hands prefill
         lookback = max(o.window_frames, self.action_lookback)
+        if o.decode_cache == "rebuild":
+            lookback = max(lookback, vae.history_frames)
         self.context_steps = (lookback - 1) // o.chunk_frames + 1
         heads = cfg.num_attention_heads
         self.pool = FramePool(
@@ -491,15 +496,20 @@ class CausalDiTWorldModel:
                 self.infer.commit(batch, pool, latents[i][None].to(self.device))
                 state.add(frames, frames.stop, o, self.action_lookback)
         state.last_step = fs + T - 1
-        # the decode cache after the newest step's frames
-        last = res[-1]
-        vae_part = {k[4:]: v for k, v in (last or {}).items() if k.startswith("vae.")}
+        # the decode cache after the newest step's frames: stored, or decoded again from the latents
+        vae_part = {k[4:]: v for k, v in (res[-1] or {}).items() if k.startswith("vae.")}
+        H = self.vae.history_frames
+        window = torch.cat([z.float() for z in latents], dim=1)[None]  # (1, C, frames, h, w)
         if vae_part:
             state.vae = DecodeCache.from_tensors(vae_part, self.vae.device)
-        else:  # frame 0 as the first prefill decoded it (exact); else rebuilt from the window (close)
+        elif fs == 0:  # from frame 0: exactly the cache the session carried
             state.vae = self.vae.new_cache()
-            for z in latents:
-                self.vae.decode_chunk(z[None].float(), [state.vae])
+            self.vae.decode_float(window, [state.vae])
+        elif window.shape[2] >= H:  # the decoder forgets: its last H frames give the cache exactly
+            state.vae = self.vae.rebuild_cache(window[:, :, -H:], state.next_frame - H)
+        else:  # too few frames (a window cut short): close, not bitwise
+            state.vae = self.vae.new_cache()
+            self.vae.decode_float(window, [state.vae])
         state.decoded_step = state.last_step
 
     def _write_pages(self, state: DiTState, frames: list[int], kept: dict[int, torch.Tensor], next_frame: int) -> None:
@@ -574,12 +584,12 @@ class CausalDiTWorldModel:
         """What an exact ``prefill`` needs beyond the latents, on the CPU: ``"kv"`` the newest step's
         frames' keys/values (layers, 2, frames, tokens, heads, head_dim) in the model dtype; every
         ``context_frames - 1`` steps ``"sink"``, the sink frames' (so that every window the engine
-        keeps holds them); ``"vae.*"`` the decode cache after the step's frames (so: after
-        ``decode_step``)."""
+        keeps holds them); ``"vae.*"`` the decode cache after the step's frames (option
+        ``decode_cache: store``, the default; so: after ``decode_step``)."""
         o = self.options
         with self._lock:
             pool = self.pool.check([state])
-            if state.decoded_step != state.last_step:
+            if o.decode_cache == "store" and state.decoded_step != state.last_step:
                 raise RuntimeError(
                     f"resume_data of a state at step {state.last_step} whose frames were decoded up to step "
                     f"{state.decoded_step}: call decode_step first"
@@ -592,6 +602,7 @@ class CausalDiTWorldModel:
                 sink = [f for f in state.frames if f < o.sink_frames]
                 idx = torch.tensor([state.page_of(f) for f in sink], device=pool.device, dtype=torch.long)
                 out["sink"] = pool.kv[:, :, idx].cpu().clone()
-            for k, v in state.vae.to_tensors().items():
-                out[f"vae.{k}"] = v.detach().cpu().clone()
+            if o.decode_cache == "store":
+                for k, v in state.vae.to_tensors().items():
+                    out[f"vae.{k}"] = v.detach().cpu().clone()
             return out
