@@ -1,0 +1,146 @@
+"""A tiny random causal DiT in the published layout: for tests, the end-to-end cluster and the GPU check.
+
+    from worldserve.dynamics.models.causal_dit.testing import TINY_OPTIONS, write_tiny_folder
+
+    folder = write_tiny_folder(tmp_path / "open-world")             # transformer/ + vae/
+    model = CausalDiTWorldModel.load(folder, options=TINY_OPTIONS)  # 64x64 frames, 2 keys... see below
+
+The transformer (2 layers, 2 heads of 32, patch (1, 2, 2), text_dim 16 by default) and the VAE (Wan2.1's
+layout at base_dim 8, 4 latent channels) are random (seeded). With ``actions`` the blocks carry
+Matrix-Game-style action modules (keyboard forward/back/left/right, mouse pitch/yaw) whose output
+projections are random too (not zero), so that actions change the frames.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ActionConfig, WanTransformerConfig
+from .keymap import to_original
+from .model import CausalDiTWorldModel
+from .vae import tiny_vae_config
+
+TINY_OPTIONS: dict[str, Any] = {
+    "chunk_frames": 1,
+    "sink_frames": 1,
+    "window_frames": 3,
+    "timesteps": [1000, 750, 500, 250],
+    "shift": 5.0,
+    "latent_height": 8,
+    "latent_width": 8,
+    "text_len": 8,
+}
+"""The serve options of :func:`write_tiny_folder`'s model: 64x64 frames, one latent frame per step
+(4 pixel frames), the first frame as the sink and a window of 3 latent frames, 4 denoising passes."""
+
+TINY_TEXT_DIM = 16
+
+
+def tiny_config(*, actions: bool = True, text_dim: int = TINY_TEXT_DIM) -> WanTransformerConfig:
+    """The tiny transformer config (diffusers' field names)."""
+    action_config = (
+        ActionConfig(
+            blocks=(0, 1),
+            heads_num=2,
+            hidden_size=16,
+            img_hidden_size=64,
+            keyboard_dim_in=4,
+            keyboard_hidden_dim=32,
+            mouse_dim_in=2,
+            mouse_hidden_dim=32,
+            rope_dim_list=(8, 4, 4),
+            windows_size=2,
+        )
+        if actions
+        else None
+    )
+    return WanTransformerConfig(
+        num_attention_heads=2,
+        attention_head_dim=32,
+        in_channels=4,
+        out_channels=4,
+        text_dim=text_dim,
+        freq_dim=32,
+        ffn_dim=128,
+        num_layers=2,
+        action_config=action_config,
+    )
+
+
+def tiny_model(
+    *, actions: bool = True, text_dim: int = TINY_TEXT_DIM, seed: int = 0, options: dict[str, Any] | None = None
+) -> CausalDiTWorldModel:
+    """The model :func:`write_tiny_folder` writes, in memory (float32, CPU)."""
+    return CausalDiTWorldModel.random(
+        tiny_config(actions=actions, text_dim=text_dim),
+        tiny_vae_config(z_dim=4),
+        seed=seed,
+        options={**TINY_OPTIONS, **(options or {})},
+        dtype=torch.float32,
+    )
+
+
+def original_config(config: WanTransformerConfig) -> dict[str, Any]:
+    """``config`` in the original Wan repository's config.json names."""
+    d: dict[str, Any] = {
+        "_class_name": "WanModel",
+        "model_type": "t2v",
+        "patch_size": list(config.patch_size),
+        "text_len": 512,
+        "in_dim": config.in_channels,
+        "dim": config.inner_dim,
+        "ffn_dim": config.ffn_dim,
+        "freq_dim": config.freq_dim,
+        "text_dim": config.text_dim,
+        "out_dim": config.out_channels,
+        "num_heads": config.num_attention_heads,
+        "num_layers": config.num_layers,
+        "window_size": [-1, -1],
+        "qk_norm": True,
+        "cross_attn_norm": config.cross_attn_norm,
+        "eps": config.eps,
+    }
+    if config.action_config is not None:
+        d["action_config"] = config.action_config.to_dict()
+    return d
+
+
+def write_tiny_folder(
+    path: str | Path,
+    *,
+    actions: bool = True,
+    text_dim: int = TINY_TEXT_DIM,
+    layout: str = "diffusers",
+    seed: int = 0,
+) -> Path:
+    """Write the tiny random model as a published folder at ``path`` and return it: ``transformer/``
+    (``layout="diffusers"``: diffusers' config.json and diffusion_pytorch_model.safetensors;
+    ``"original"``: the original Wan repository's config.json fields and tensor names) and ``vae/``
+    (AutoencoderKLWan). ``actions=False``: no action modules (a prompt-only world). ``text_dim`` is
+    the prompt embedding's width (every Wan transformer has a text projection, so at least 1)."""
+    from safetensors.torch import save_file
+
+    if layout not in ("diffusers", "original"):
+        raise ValueError(f"layout must be 'diffusers' or 'original', got {layout!r}")
+    if text_dim < 1:
+        raise ValueError(f"text_dim must be >= 1 (a Wan transformer always projects a text embedding), got {text_dim}")
+    model = tiny_model(actions=actions, text_dim=text_dim, seed=seed)
+    root = Path(path)
+    tdir = root / "transformer"
+    tdir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    if layout == "diffusers":
+        (tdir / "config.json").write_text(json.dumps(model.net.config.to_dict(), indent=2) + "\n")
+        save_file(state, str(tdir / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    else:
+        (tdir / "config.json").write_text(json.dumps(original_config(model.net.config), indent=2) + "\n")
+        save_file(to_original(state), str(tdir / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})  # type: ignore[arg-type]
+    model.vae.save_folder(root / "vae")
+    return root
+
+
+__all__ = ["TINY_OPTIONS", "TINY_TEXT_DIM", "original_config", "tiny_config", "tiny_model", "write_tiny_folder"]
