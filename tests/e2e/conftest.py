@@ -13,6 +13,9 @@ import socket
 
 import pytest
 
+OPEN_WORLD = "open-world"  # the served causal DiT (kind causal_dit): tests/e2e/test_open_world.py
+OPEN_WORLD_TEXT_DIM = 16  # the width of the text embedding it takes
+
 
 def isolated_netns() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
@@ -43,7 +46,23 @@ def cluster(tmp_path_factory):
             }
         }
 
+    # a third model beside the shipped two: a tiny random Wan-lineage causal DiT in the published
+    # (diffusers) layout, with keyboard + mouse action modules and a text embedding input
+    from worldserve.dynamics.models.causal_dit.testing import TINY_OPTIONS, write_tiny_folder
+
+    open_world = {
+        "name": OPEN_WORLD,
+        "tier": "open",
+        "kind": "causal_dit",
+        "path": str(write_tiny_folder(tmp_path_factory.mktemp("open-world"), text_dim=OPEN_WORLD_TEXT_DIM)),
+        "options": dict(TINY_OPTIONS),
+    }
     overrides = {
+        # one replica of the open world model, on a quarter of a CPU (the cluster has 6 on 2 cores)
+        f"DynamicsModel-{OPEN_WORLD}": {
+            **pinned("DynamicsModel-platformer-fast", 1),
+            "ray_actor_options": {"num_cpus": 0.25},
+        },
         # two replicas of the default model (the replica-kill test), one of the fast tier
         "DynamicsModel-platformer": pinned("DynamicsModel-platformer", 2),
         "DynamicsModel-platformer-fast": pinned("DynamicsModel-platformer-fast", 1),
@@ -58,6 +77,7 @@ def cluster(tmp_path_factory):
         workdir=tmp_path_factory.mktemp("cluster"),
         app_args={"torch_threads": 1},
         deployment_overrides=overrides,
+        extra_models=[open_world],
     ) as c:
         yield {
             "target": c.target,
@@ -68,6 +88,7 @@ def cluster(tmp_path_factory):
             "metrics_url": c.metrics_url,
             "http": c.http,
             "deployment_overrides": overrides,  # over deploy/serve/worldserve.yaml's deployments
+            "extra_models": [open_world],  # served beside deploy/serve/worldserve.yaml's models
         }
 
 

@@ -62,19 +62,34 @@ def load_causal_dit(path: str | None, *, device: str, dtype: Any, spec: ModelSpe
     """The Wan-lineage causal video DiT (:class:`~worldserve.dynamics.models.causal_dit.CausalDiTWorldModel`)
     from a published folder (diffusers' layout: ``transformer/`` + ``vae/``, or the original Wan
     repository's names through one key map), run as ``spec.options`` say (chunks, rolling cache,
-    denoising schedule, frame size, action names: ``CausalDiTOptions``); ``path=None`` is a random
-    initialisation at the options' sizes. A folder that does not load is a :class:`ModelLoadError`
-    naming the model, the file and the tensor."""
+    denoising schedule, frame size, action names: ``CausalDiTOptions``). ``path=None`` ("random")
+    is the tiny random test model (``causal_dit.testing.tiny_config``) at the options' frame size.
+    A folder that does not load is a :class:`ModelLoadError` naming the model, the file and the
+    tensor; a bad option one naming the option."""
     from worldserve.dynamics.models.causal_dit import CausalDiTWorldModel
 
-    return load_pretrained(
-        f"model {spec.name!r}",
-        path,
-        lambda: CausalDiTWorldModel.random(device=device, dtype=dtype, options=spec.options),
-        lambda folder: CausalDiTWorldModel.load(folder, device=device, dtype=dtype, options=spec.options),
-        errors=(RuntimeError, ValueError, KeyError, TypeError, OSError),
-        layout="own",
-    )
+    def random() -> DynamicsModelProtocol:
+        from worldserve.dynamics.models.causal_dit.testing import tiny_config
+        from worldserve.dynamics.models.causal_dit.vae import tiny_vae_config
+
+        return CausalDiTWorldModel.random(
+            tiny_config(), tiny_vae_config(z_dim=4), device=device, dtype=dtype, options=spec.options, name=spec.name
+        )
+
+    def load(folder: Path) -> DynamicsModelProtocol:
+        return CausalDiTWorldModel.load(folder, device=device, dtype=dtype, options=spec.options, name=spec.name)
+
+    try:
+        return load_pretrained(
+            f"model {spec.name!r}",
+            path,
+            random,
+            load,
+            errors=(RuntimeError, ValueError, KeyError, TypeError, OSError),
+            layout="own",
+        )
+    except ValueError as e:  # a bad option (random weights too)
+        raise ModelLoadError(f"model {spec.name!r}: {e}") from None
 
 
 def load_model(spec: ModelSpec, config: Config, device: str) -> DynamicsModelProtocol:

@@ -68,6 +68,7 @@ def model_info_dict(name: str, tier: str, model, batch_inv: bool) -> dict:
         "event_max_bytes": i.event_max_bytes,
         "parameters": i.parameters,
         "text_dim": int(i.extra.get("text_dim") or 0),
+        "text_len": int(i.extra.get("text_len") or 0) if i.extra.get("text_dim") else 0,
         "runtime": {
             "device": rt.device,
             "dtype": rt.dtype,
@@ -251,6 +252,7 @@ def _to_pb_info(d: dict, default_model: str) -> pb.ModelInfo:
         parameters=d["parameters"],
         is_default=d["name"] == default_model,
         text_dim=d.get("text_dim", 0),
+        text_len=d.get("text_len", 0),
         runtime=pb.ModelRuntime(
             device=rt["device"],
             dtype=rt["dtype"],
@@ -303,7 +305,12 @@ class DynamicsService(ServiceBase):
         return {
             "default": self.default_model,
             "models": {
-                i["name"]: {"width": i["frame_width"], "height": i["frame_height"], "text_dim": i.get("text_dim", 0)}
+                i["name"]: {
+                    "width": i["frame_width"],
+                    "height": i["frame_height"],
+                    "text_dim": i.get("text_dim", 0),
+                    "text_len": i.get("text_len", 0),
+                }
                 for i in infos
             },
         }

@@ -128,7 +128,7 @@ class MouseAxis(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "frame_width", "frame_height", "keys", "mouse_axes", "discrete_actions", "context_frames", "sample_steps", "default_guidance", "events_supported", "tier", "latent_actions", "runtime", "parameters", "is_default", "text_dim")
+    __slots__ = ("name", "frame_width", "frame_height", "keys", "mouse_axes", "discrete_actions", "context_frames", "sample_steps", "default_guidance", "events_supported", "tier", "latent_actions", "runtime", "parameters", "is_default", "text_dim", "text_len")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FRAME_WIDTH_FIELD_NUMBER: _ClassVar[int]
     FRAME_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class ModelInfo(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     TEXT_DIM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_LEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     frame_width: int
     frame_height: int
@@ -161,4 +162,5 @@ class ModelInfo(_message.Message):
     parameters: int
     is_default: bool
     text_dim: int
-    def __init__(self, name: _Optional[str] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., mouse_axes: _Optional[_Iterable[_Union[MouseAxis, _Mapping]]] = ..., discrete_actions: _Optional[int] = ..., context_frames: _Optional[int] = ..., sample_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ..., events_supported: _Optional[bool] = ..., tier: _Optional[str] = ..., latent_actions: _Optional[int] = ..., runtime: _Optional[_Union[ModelRuntime, _Mapping]] = ..., parameters: _Optional[int] = ..., is_default: _Optional[bool] = ..., text_dim: _Optional[int] = ...) -> None: ...
+    text_len: int
+    def __init__(self, name: _Optional[str] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., mouse_axes: _Optional[_Iterable[_Union[MouseAxis, _Mapping]]] = ..., discrete_actions: _Optional[int] = ..., context_frames: _Optional[int] = ..., sample_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ..., events_supported: _Optional[bool] = ..., tier: _Optional[str] = ..., latent_actions: _Optional[int] = ..., runtime: _Optional[_Union[ModelRuntime, _Mapping]] = ..., parameters: _Optional[int] = ..., is_default: _Optional[bool] = ..., text_dim: _Optional[int] = ..., text_len: _Optional[int] = ...) -> None: ...
