@@ -89,6 +89,7 @@ def cluster(tmp_path_factory):
             "http": c.http,
             "deployment_overrides": overrides,  # over deploy/serve/worldserve.yaml's deployments
             "extra_models": [open_world],  # served beside deploy/serve/worldserve.yaml's models
+            "open_world": {**open_world, "text_dim": OPEN_WORLD_TEXT_DIM},
         }
 
 

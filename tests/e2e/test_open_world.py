@@ -29,9 +29,10 @@ from PIL import Image
 from worldserve.client import WorldClient, action, text_embedding
 from worldserve.v1 import common_pb2, dynamics_pb2
 
-from .conftest import OPEN_WORLD, OPEN_WORLD_TEXT_DIM
-
 pytestmark = pytest.mark.e2e
+
+OPEN_WORLD = "open-world"  # the cluster fixture's third model (tests/e2e/conftest.py)
+OPEN_WORLD_TEXT_DIM = 16
 
 TENANT = "tenant-a"
 
@@ -56,6 +57,7 @@ def code_of(fn) -> tuple[grpc.StatusCode, str]:
 @pytest.fixture(scope="module")
 def world(cluster):
     """The open world model's info, and a first frame of its size."""
+    assert (cluster["open_world"]["name"], cluster["open_world"]["text_dim"]) == (OPEN_WORLD, OPEN_WORLD_TEXT_DIM)
     with WorldClient(cluster["target"], cluster["key_a"], timeout_s=120) as c:
         info = c.model_info(OPEN_WORLD)
     first = common_pb2.Frame(format=common_pb2.FRAME_FORMAT_PNG, data=png(info.frame_width, info.frame_height))
@@ -202,7 +204,7 @@ def test_a_live_websocket_session_on_the_open_world_plays(cluster, world):
     url = f"{base.replace('http://', 'ws://')}/v1/sessions/{sid}/play?role=controller&fps=4&format=png"
     with connect(url, additional_headers=headers, open_timeout=30) as ws:
         hello = json.loads(ws.recv(timeout=30))
-        assert hello["type"] == "hello" and hello["keys"] == list(info.keys), hello
+        assert hello["type"] == "hello" and sorted(hello["keys"]) == sorted(info.keys), hello
         ws.send(json.dumps({"type": "action", "seq": 1, "keys": [info.keys[0]]}))
         got, deadline = [], time.monotonic() + 60
         while len(got) < 4 or got[-1]["ack"] != 1:
@@ -288,7 +290,7 @@ def test_a_broken_open_world_folder_never_becomes_healthy(cluster, tmp_path):
             assert repr(tensor) in msg and what in msg, msg
     finally:
         for damage in BROKEN:
-            serve.delete(f"broken-{damage}-app", _blocking=False)
+            serve.delete(f"broken-{damage}-app")
     with WorldClient(cluster["target"], cluster["key_a"]) as c:
         assert c.health("dynamics") == "SERVING"
         s = c.create_session(prompt="still serving", seed=1)
