@@ -106,6 +106,16 @@ def frame_actions(
     return net.action_windows(fa, first_frame, num_frames)
 
 
+def _stack_windows(per_session: list[ActionWindows | None]) -> ActionWindows | None:
+    """Sessions' (1, f, W, .) action windows as one batch (B, f, W, .); None without actions."""
+    wins = [w for w in per_session if w is not None]
+    if not wins:
+        return None
+    kb = [w.keyboard for w in wins if w.keyboard is not None]
+    ms = [w.mouse for w in wins if w.mouse is not None]
+    return ActionWindows(keyboard=torch.cat(kb) if kb else None, mouse=torch.cat(ms) if ms else None)
+
+
 @dataclass
 class ChunkBatch:
     """What the passes of one chunk share for a batch of sessions."""
@@ -159,15 +169,11 @@ class ChunkInference:
         sin = torch.stack([s for _, s in ropes]).to(dev)  # (B, N, hd)
         N = num_frames * S
         identity = (torch.ones(N, cos.shape[-1], device=dev), torch.zeros(N, cos.shape[-1], device=dev))
-        wins = [frame_actions(net, a, f0, num_frames) for a, f0 in zip(actions, first_frames)]
-        windows = None
-        if wins and wins[0] is not None:
-            cat = [torch.cat(t) if t[0] is not None else None for t in zip(*((w.keyboard, w.mouse) for w in wins))]  # type: ignore[union-attr]
-            windows = ActionWindows(keyboard=cat[0], mouse=cat[1])  # (B, f, W, .)
-        texts = [st.text for st in states]
-        if any(t is None for t in texts) and any(t is not None for t in texts):
+        windows = _stack_windows([frame_actions(net, a, f0, num_frames) for a, f0 in zip(actions, first_frames)])
+        texts = [st.text for st in states if st.text is not None]
+        if texts and len(texts) != len(states):
             raise ValueError("a batch mixes sessions with and without a text context; step them apart")
-        context = torch.stack(texts) if texts and texts[0] is not None else None  # type: ignore[arg-type]
+        context = torch.stack(texts) if texts else None  # (B, L, D)
         rows = [st.block_row(num_frames) for st in states]
         width = max(len(r) for r in rows)
         bt = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.int32)  # (B, max_pages)

@@ -129,6 +129,7 @@ class CausalDiTWorldModel:
             cfg.attention_head_dim,
             o.sink_frames + o.window_frames + o.chunk_frames,
         )
+        self.parameter_count = sum(p.numel() for p in net.parameters()) + sum(p.numel() for p in vae.vae.parameters())
         self._lock = threading.RLock()  # one prefill / step / decode / pool change at a time
         self.last_step_attention: tuple[str, str] | None = None
 
@@ -250,8 +251,7 @@ class CausalDiTWorldModel:
             default_guidance=1.0,
             events_supported=False,
             event_max_bytes=0,
-            parameters=sum(p.numel() for p in self.net.parameters())
-            + sum(p.numel() for p in self.vae.vae.parameters()),
+            parameters=self.parameter_count,
             extra={
                 "kind": "causal_dit",
                 "text_dim": cfg.text_dim,
