@@ -28,8 +28,10 @@ again, which gives the same cache bitwise). ``prefill`` of the engine's window (
 ``context_frames - 1`` steps) writes the pages back in frame order and restores the decode cache:
 the state is bitwise the warm one. Frame 0 has no resume data (it is made by prefill):
 its keys/values and decode cache are recomputed exactly as the first prefill made them. Where resume
-data is missing (an older writer, a window cut short), the missing steps are committed again from
-their latents against what the cache holds then: close, not bitwise.
+data is missing (an older writer, a window cut short, the option ``exact_resume: false``), the
+missing steps are committed again from their latents against what the cache holds then: close, not
+bitwise. At Wan's sizes the bytes are large (a latent frame's keys/values are 274 MiB for
+Wan2.1-1.3B at 480x832 in bf16; the decode cache 3.5 GiB in float32): hence the options.
 
 Actions: the keyboard keys and mouse axes of the transformer's action modules (names from the
 options); a folder without action modules is a prompt-only world with an empty action space.
@@ -364,11 +366,29 @@ class CausalDiTWorldModel:
 
     # --- the state pool ------------------------------------------------------------------------------------
 
+    @property
+    def session_nbytes(self) -> int:
+        """Device bytes one session holds at most: its pages, its VAE decode cache (the larger part
+        at Wan's sizes: 3.5 GiB at 480x832) and a text context."""
+        o, elem = self.options, torch.empty(0, dtype=self.dtype).element_size()
+        pages = self.pool.pages_per_state * self.pool.page_nbytes(self.dtype)
+        return (
+            pages
+            + self.vae.cache_nbytes(o.latent_height, o.latent_width)
+            + o.text_len * self.net.config.inner_dim * elem
+        )
+
     def configure_state_pool(self, max_bytes: int) -> None:
-        """Preallocate the KV page pool with at most ``max_bytes`` of pages (whole pages; at least one
-        session's). Call before any ``prefill`` (or once every state was released)."""
+        """Preallocate the KV page pool for as many sessions as ``max_bytes`` holds whole sessions
+        (:attr:`session_nbytes`: the pages, plus the decode cache and text context that live beside
+        the pool), at least one. Call before any ``prefill`` (or once every state was released)."""
+        n = int(max_bytes) // self.session_nbytes
+        if n < 1:
+            raise ValueError(f"max_bytes={max_bytes} holds no session of {self.session_nbytes} B")
         with self._lock:
-            self.pool.configure(max_bytes, self.device, self.dtype)
+            self.pool.configure(
+                n * self.pool.pages_per_state * self.pool.page_nbytes(self.dtype), self.device, self.dtype
+            )
 
     def state_pool_stats(self) -> dict[str, int]:
         """Pages total / free, bytes per page, sessions that still fit (0s before the pool exists)."""
@@ -580,13 +600,16 @@ class CausalDiTWorldModel:
     # --- exact resume ------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def resume_data(self, state: DiTState) -> dict[str, torch.Tensor]:
+    def resume_data(self, state: DiTState) -> dict[str, torch.Tensor] | None:
         """What an exact ``prefill`` needs beyond the latents, on the CPU: ``"kv"`` the newest step's
         frames' keys/values (layers, 2, frames, tokens, heads, head_dim) in the model dtype; every
         ``context_frames - 1`` steps ``"sink"``, the sink frames' (so that every window the engine
         keeps holds them); ``"vae.*"`` the decode cache after the step's frames (option
-        ``decode_cache: store``, the default; so: after ``decode_step``)."""
+        ``decode_cache: store``, the default; so: after ``decode_step``). None with the option
+        ``exact_resume: false``."""
         o = self.options
+        if not o.exact_resume:
+            return None
         with self._lock:
             pool = self.pool.check([state])
             if o.decode_cache == "store" and state.decoded_step != state.last_step:
