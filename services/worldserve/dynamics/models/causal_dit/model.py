@@ -55,7 +55,7 @@ from worldserve.dynamics.layers.actions import check_actions, check_events
 from .config import WanTransformerConfig, read_transformer_folder
 from .inference import ChunkInference, chunk_noise
 from .kv import DiTState, FramePool
-from .network import CausalWanTransformer
+from .network import CausalWanTransformer, pad_text
 from .options import CausalDiTOptions, action_names
 from .vae import DecodeCache, StreamingWanVAE, tiny_vae_config
 
@@ -197,7 +197,7 @@ class CausalDiTWorldModel:
         self, device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None
     ) -> CausalDiTWorldModel:
         """The transformer on ``device`` in ``dtype`` (None/"auto": bf16 on CUDA, float32 elsewhere)
-        with its time embedder and modulation tables in float32 (as diffusers keeps them); the VAE
+        with diffusers' float32 parameters kept so (``network.to_serving_dtype``); the VAE
         in float32. Drops an unused state pool. Returns self."""
         dev = torch.device(device)
         dt = _as_dtype(dtype, dev)
@@ -205,11 +205,8 @@ class CausalDiTWorldModel:
             if self.pool.pool is not None and self.pool.pool.used_pages:
                 raise RuntimeError("cannot move a model with live session states; release them first")
             self.pool.pool = None
-            self.net.to(device=dev, dtype=dt)
-            self.net.condition_embedder.time_embedder.float()
-            for name, p in self.net.named_parameters():
-                if name.endswith("scale_shift_table"):
-                    p.data = p.data.float()
+            self.net.to(device=dev)
+            self.net.to_serving_dtype(dt)
             torch.nn.Module.to(self.vae.vae, device=dev)
             self.vae.latents_mean = self.vae.latents_mean.to(dev)
             self.vae.latents_std = self.vae.latents_std.to(dev)
@@ -419,9 +416,8 @@ class CausalDiTWorldModel:
             raise ValueError(f"text embedding has shape {got}; model {self.name!r} takes (L, {td})")
         if text.shape[0] > L_max:
             raise ValueError(f"text embedding has {text.shape[0]} tokens; model {self.name!r} takes at most {L_max}")
-        padded = torch.zeros(L_max, td)
-        padded[: text.shape[0]] = text.float()
-        return self.net.text_context(padded[None].to(self.device, self.dtype))[0]  # (text_len, D)
+        padded = pad_text([text.float()], L_max)  # (1, text_len, text_dim)
+        return self.net.text_context(padded.to(self.device, self.dtype))[0]  # (text_len, D)
 
     @torch.no_grad()
     def prefill(
