@@ -129,6 +129,21 @@ def test_options() -> None:
         tiny_model(options={"keys": ["w", "s"]})
 
 
+def test_without_exact_resume() -> None:
+    """``exact_resume: false``: no resume data; a session rebuilt from its latents alone still steps."""
+    m = tiny_model(options={"exact_resume": False})
+    z0 = m.encode(_frame()[None])
+    st = m.prefill(z0, m.null_action()[None], 0)
+    lat = [z0[0]]
+    for s in range(1, 6):
+        z = m.step([st], m.null_action()[None], [0], [s])
+        m.decode_step([st], z)
+        assert m.resume_data(st) is None
+        lat.append(z[0])
+    cold = m.prefill(torch.stack(lat[-3:]), torch.stack([m.null_action()] * 3), 3)
+    assert m.step([cold], m.null_action()[None], [0], [6]).shape == (1, 4, 1, 8, 8)
+
+
 def test_call_order_is_checked() -> None:
     m = tiny_model()
     st = m.prefill(m.encode(_frame()[None]), m.null_action()[None], 0)

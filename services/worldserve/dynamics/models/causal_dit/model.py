@@ -28,8 +28,10 @@ again, which gives the same cache bitwise). ``prefill`` of the engine's window (
 ``context_frames - 1`` steps) writes the pages back in frame order and restores the decode cache:
 the state is bitwise the warm one. Frame 0 has no resume data (it is made by prefill):
 its keys/values and decode cache are recomputed exactly as the first prefill made them. Where resume
-data is missing (an older writer, a window cut short), the missing steps are committed again from
-their latents against what the cache holds then: close, not bitwise.
+data is missing (an older writer, a window cut short, the option ``exact_resume: false``), the
+missing steps are committed again from their latents against what the cache holds then: close, not
+bitwise. At Wan's sizes the bytes are large (a latent frame's keys/values are 274 MiB for
+Wan2.1-1.3B at 480x832 in bf16; the decode cache 3.5 GiB in float32): hence the options.
 
 Actions: the keyboard keys and mouse axes of the transformer's action modules (names from the
 options); a folder without action modules is a prompt-only world with an empty action space.
@@ -53,7 +55,7 @@ from worldserve.dynamics.layers.actions import check_actions, check_events
 from .config import WanTransformerConfig, read_transformer_folder
 from .inference import ChunkInference, chunk_noise
 from .kv import DiTState, FramePool
-from .network import CausalWanTransformer
+from .network import CausalWanTransformer, pad_text
 from .options import CausalDiTOptions, action_names
 from .vae import DecodeCache, StreamingWanVAE, tiny_vae_config
 
@@ -195,7 +197,7 @@ class CausalDiTWorldModel:
         self, device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None
     ) -> CausalDiTWorldModel:
         """The transformer on ``device`` in ``dtype`` (None/"auto": bf16 on CUDA, float32 elsewhere)
-        with its time embedder and modulation tables in float32 (as diffusers keeps them); the VAE
+        with diffusers' float32 parameters kept so (``network.to_serving_dtype``); the VAE
         in float32. Drops an unused state pool. Returns self."""
         dev = torch.device(device)
         dt = _as_dtype(dtype, dev)
@@ -203,11 +205,8 @@ class CausalDiTWorldModel:
             if self.pool.pool is not None and self.pool.pool.used_pages:
                 raise RuntimeError("cannot move a model with live session states; release them first")
             self.pool.pool = None
-            self.net.to(device=dev, dtype=dt)
-            self.net.condition_embedder.time_embedder.float()
-            for name, p in self.net.named_parameters():
-                if name.endswith("scale_shift_table"):
-                    p.data = p.data.float()
+            self.net.to(device=dev)
+            self.net.to_serving_dtype(dt)
             torch.nn.Module.to(self.vae.vae, device=dev)
             self.vae.latents_mean = self.vae.latents_mean.to(dev)
             self.vae.latents_std = self.vae.latents_std.to(dev)
@@ -364,11 +363,29 @@ class CausalDiTWorldModel:
 
     # --- the state pool ------------------------------------------------------------------------------------
 
+    @property
+    def session_nbytes(self) -> int:
+        """Device bytes one session holds at most: its pages, its VAE decode cache (the larger part
+        at Wan's sizes: 3.5 GiB at 480x832) and a text context."""
+        o, elem = self.options, torch.empty(0, dtype=self.dtype).element_size()
+        pages = self.pool.pages_per_state * self.pool.page_nbytes(self.dtype)
+        return (
+            pages
+            + self.vae.cache_nbytes(o.latent_height, o.latent_width)
+            + o.text_len * self.net.config.inner_dim * elem
+        )
+
     def configure_state_pool(self, max_bytes: int) -> None:
-        """Preallocate the KV page pool with at most ``max_bytes`` of pages (whole pages; at least one
-        session's). Call before any ``prefill`` (or once every state was released)."""
+        """Preallocate the KV page pool for as many sessions as ``max_bytes`` holds whole sessions
+        (:attr:`session_nbytes`: the pages, plus the decode cache and text context that live beside
+        the pool), at least one. Call before any ``prefill`` (or once every state was released)."""
+        n = int(max_bytes) // self.session_nbytes
+        if n < 1:
+            raise ValueError(f"max_bytes={max_bytes} holds no session of {self.session_nbytes} B")
         with self._lock:
-            self.pool.configure(max_bytes, self.device, self.dtype)
+            self.pool.configure(
+                n * self.pool.pages_per_state * self.pool.page_nbytes(self.dtype), self.device, self.dtype
+            )
 
     def state_pool_stats(self) -> dict[str, int]:
         """Pages total / free, bytes per page, sessions that still fit (0s before the pool exists)."""
@@ -399,9 +416,8 @@ class CausalDiTWorldModel:
             raise ValueError(f"text embedding has shape {got}; model {self.name!r} takes (L, {td})")
         if text.shape[0] > L_max:
             raise ValueError(f"text embedding has {text.shape[0]} tokens; model {self.name!r} takes at most {L_max}")
-        padded = torch.zeros(L_max, td)
-        padded[: text.shape[0]] = text.float()
-        return self.net.text_context(padded[None].to(self.device, self.dtype))[0]  # (text_len, D)
+        padded = pad_text([text.float()], L_max)  # (1, text_len, text_dim)
+        return self.net.text_context(padded.to(self.device, self.dtype))[0]  # (text_len, D)
 
     @torch.no_grad()
     def prefill(
@@ -580,13 +596,16 @@ class CausalDiTWorldModel:
     # --- exact resume ------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def resume_data(self, state: DiTState) -> dict[str, torch.Tensor]:
+    def resume_data(self, state: DiTState) -> dict[str, torch.Tensor] | None:
         """What an exact ``prefill`` needs beyond the latents, on the CPU: ``"kv"`` the newest step's
         frames' keys/values (layers, 2, frames, tokens, heads, head_dim) in the model dtype; every
         ``context_frames - 1`` steps ``"sink"``, the sink frames' (so that every window the engine
         keeps holds them); ``"vae.*"`` the decode cache after the step's frames (option
-        ``decode_cache: store``, the default; so: after ``decode_step``)."""
+        ``decode_cache: store``, the default; so: after ``decode_step``). None with the option
+        ``exact_resume: false``."""
         o = self.options
+        if not o.exact_resume:
+            return None
         with self._lock:
             pool = self.pool.check([state])
             if o.decode_cache == "store" and state.decoded_step != state.last_step:

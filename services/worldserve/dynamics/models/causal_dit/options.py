@@ -56,6 +56,11 @@ class CausalDiTOptions:
     last ``history_frames`` latent frames again at prefill (38 for Wan2.1's VAE: compute instead of
     bytes; the engine's window then spans them)."""
 
+    exact_resume: bool = True
+    """Keep what an exact resume needs in every step's resume data (the step's keys/values: 274 MiB a
+    latent frame for Wan2.1-1.3B at 480x832 in bf16; see ``decode_cache``). False: none; a session
+    rebuilt from its latents is then close to the warm one, not bitwise."""
+
     def __post_init__(self) -> None:
         _int_in("chunk_frames", self.chunk_frames, 1, 16)
         _int_in("sink_frames", self.sink_frames, 0, 64)
@@ -71,6 +76,8 @@ class CausalDiTOptions:
         if isinstance(s, bool) or not isinstance(s, numbers.Real) or not (math.isfinite(s) and 0 < s <= 100):
             raise ValueError(f"shift must be a number in (0, 100], got {s!r}")
         object.__setattr__(self, "shift", float(s))
+        if not isinstance(self.exact_resume, bool):
+            raise ValueError(f"exact_resume must be true or false, got {self.exact_resume!r}")
         if self.decode_cache not in ("store", "rebuild"):
             raise ValueError(f"decode_cache must be 'store' or 'rebuild', got {self.decode_cache!r}")
         for name in ("keys", "mouse_axes"):
