@@ -211,9 +211,11 @@ def print_facts(f: dict[str, Any]) -> None:
 @dataclass
 class AttentionTimes:
     """Milliseconds of the self-attention (paged ``attention_decode``) and cross-attention (SDPA)
-    calls of the steps run while :func:`attention_timer` is on."""
+    calls made while :func:`attention_timer` is on and ``active`` (the bench sets it around
+    ``step``: the VAE's own SDPA calls in ``decode_step`` do not count)."""
 
     device: str
+    active: bool = False
     pending: list[tuple[str, Any, Any]] = field(default_factory=list)  # CUDA: (kind, start, end) events
     ms: dict[str, float] = field(default_factory=lambda: {"self": 0.0, "cross": 0.0})
     calls: dict[str, int] = field(default_factory=lambda: {"self": 0, "cross": 0})
@@ -244,7 +246,7 @@ def attention_timer(device: str) -> Iterator[AttentionTimes]:
 
     def timed(fn: Callable[..., Any], kind: str) -> Callable[..., Any]:
         def call(*a: Any, **kw: Any) -> Any:
-            if depth[0]:
+            if depth[0] or not times.active:
                 return fn(*a, **kw)
             depth[0] += 1
             try:
@@ -317,8 +319,11 @@ def decode(model, states: list, z, device: str) -> int:
     return calls
 
 
-def one_round(setup: Setup, states: list, seeds: list[int], device: str) -> tuple[float, float, int]:
-    """step + decode_step of every session in one batch: (step s, decode s, decode calls)."""
+def one_round(
+    setup: Setup, states: list, seeds: list[int], device: str, timer: AttentionTimes | None = None
+) -> tuple[float, float, int]:
+    """step + decode_step of every session in one batch: (step s, decode s, decode calls); the
+    attention calls of the step go to ``timer``."""
     import torch
 
     model = setup.model
@@ -326,7 +331,13 @@ def one_round(setup: Setup, states: list, seeds: list[int], device: str) -> tupl
     steps = [model.state_step(st) + 1 for st in states]
     _sync(device)
     t0 = time.perf_counter()
-    z = model.step(states, acts, seeds=seeds, steps=steps)
+    if timer is not None:
+        timer.active = True
+    try:
+        z = model.step(states, acts, seeds=seeds, steps=steps)
+    finally:
+        if timer is not None:
+            timer.active = False
     _sync(device)
     t1 = time.perf_counter()
     calls = decode(model, states, z, device)
@@ -353,7 +364,7 @@ def measure(setup: Setup, states: list, budget_s: float, max_rounds: int, device
         while not chunk_ms or (
             time.perf_counter() - t_start < budget_s and len(chunk_ms) < max_rounds and time.perf_counter() < deadline
         ):
-            s, d, calls = one_round(setup, states, seeds, device)
+            s, d, calls = one_round(setup, states, seeds, device, at)
             step_ms.append(1e3 * s)
             dec_ms.append(1e3 * d)
             chunk_ms.append(1e3 * (s + d))
@@ -579,7 +590,8 @@ def bench(args, device: str) -> tuple[bool, dict]:
             continue
         if per_chunk_s is not None:
             mean_prefill = sum(prefill_s) / len(prefill_s)
-            est = (n - len(states)) * mean_prefill + 2 * n * per_chunk_s + min(args.time_budget_s, 2 * n * per_chunk_s)
+            # new sessions' prefill + the warm round + the timed rounds (at least one)
+            est = (n - len(states)) * mean_prefill + n * per_chunk_s + max(n * per_chunk_s, args.time_budget_s)
             left = deadline - time.perf_counter()
             if est > left:
                 runs.append(
@@ -745,8 +757,9 @@ def main(argv=None) -> int:
                 log("dit_bench: the real size needs a GPU (~10 GiB per session); on a CPU run --quick or --facts")
                 return 2
             threads = args.threads or (1 if args.quick and device == "cpu" else 0)
-            if threads:
-                torch.set_num_threads(threads)  # a tiny model on a busy CPU: extra threads only contend
+            if threads:  # a tiny model on a busy CPU: extra threads only contend (restored at the end)
+                saved_threads = torch.get_num_threads()
+                torch.set_num_threads(threads)
             log(
                 f"dit_bench: device={device} torch={torch.__version__} python={sys.version.split()[0]}"
                 + (
@@ -755,7 +768,11 @@ def main(argv=None) -> int:
                     else f" threads={torch.get_num_threads()}"
                 )
             )
-            ok, summary = bench(args, device)
+            try:
+                ok, summary = bench(args, device)
+            finally:
+                if threads:
+                    torch.set_num_threads(saved_threads)
     except ImportError as e:
         log(f"dit_bench: SKIPPED: cannot import what it needs ({e})")
         return 0
