@@ -182,8 +182,9 @@ def test_state_bytes_and_a_full_pool() -> None:
     o = m.options
     page = m.pool.page_nbytes(m.dtype)
     per_session = o.sink_frames + o.window_frames + o.chunk_frames
-    m.configure_state_pool(2 * per_session * page)
-    assert m.state_pool_stats()["free_sessions"] == 2
+    assert m.session_nbytes == per_session * page + m.vae.cache_nbytes(8, 8) + o.text_len * 64 * 4
+    m.configure_state_pool(2 * m.session_nbytes + page)  # two whole sessions: pages, decode caches, text
+    assert m.state_pool_stats()["free_sessions"] == 2 and m.state_pool_stats()["pages"] == 2 * per_session
     z0 = torch.zeros(1, 4, 1, 8, 8)
     a = m.prefill(z0, m.null_action()[None], 0)
     b = m.prefill(z0, m.null_action()[None], 0, text=torch.ones(2, TINY_TEXT_DIM))
@@ -204,3 +205,58 @@ def test_state_bytes_and_a_full_pool() -> None:
     assert m.state_pool_stats()["free_sessions"] == 1
     with pytest.raises(ValueError, match="released"):
         m.step([a], m.null_action()[None], [0], [1])
+
+
+@torch.no_grad()
+def test_sessions_with_and_without_text_in_one_step() -> None:
+    """A batch mixing sessions with a prompt and without one runs them apart (cross-attention or
+    none): each gets what it gets alone."""
+    m = tiny_model()
+    z0 = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    text = torch.randn(4, TINY_TEXT_DIM, generator=torch.Generator().manual_seed(10))
+    vec = m.action_vector(["right"])[None]
+
+    def fresh():
+        return [m.prefill(z0, m.null_action()[None], 0, text=text), m.prefill(z0, m.null_action()[None], 0)]
+
+    a = fresh()
+    both = m.step(a, vec.expand(2, -1), [1, 1], [1, 1])
+    b = fresh()
+    alone = torch.cat([m.step([b[0]], vec, [1], [1]), m.step([b[1]], vec, [1], [1])])
+    assert torch.equal(both, alone)
+    assert (both[0] - both[1]).abs().max().item() > 1e-3  # the prompt matters
+
+
+_TRITON_CHECK = """
+import torch
+from worldserve.dynamics.attention.backend import use_backend
+from worldserve.dynamics.models.causal_dit.testing import tiny_model
+
+def run(backend):
+    m = tiny_model(options={"chunk_frames": 3, "window_frames": 4})
+    z0 = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with use_backend(backend):
+        st = m.prefill(z0, m.null_action()[None], 0, text=torch.ones(3, 16))
+        out = torch.cat([m.step([st], m.action_vector(["forward"])[None], [0], [s]) for s in (1, 2, 3)])
+    return out, m.last_step_attention
+
+a, ka = run("sdpa")
+b, kb = run("triton")
+assert (ka, kb) == (("sdpa", "sdpa"), ("triton", "flash_decode_paged")), (ka, kb)
+err = (a - b).abs().max().item()
+assert err < 1e-5, err
+print("max diff", err)
+"""
+
+
+def test_the_triton_paged_decode_kernel_serves_a_chunk() -> None:
+    """The served attention call (mask "full", a chunk of 3 frames of new tokens, pages of one frame,
+    past the window) through the Triton paged decode kernel -- interpreted on CPU -- equals SDPA."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -14,6 +14,7 @@ from worldserve.dynamics.models.causal_dit.network import (
     CausalWanTransformer,
     block_causal_frame_mask,
     chunk_start,
+    pad_text,
     sdpa_self_attention,
     token_mask,
 )
@@ -242,3 +243,53 @@ def test_rope_beyond_the_diffusers_table_and_shapes() -> None:
     assert torch.equal(c5[12:], c2) and torch.equal(s5[12:], s2)
     with pytest.raises(ValueError, match="model takes no actions"):
         net.action_windows(_tiny_actions(1, 2, 0), 0, 2)
+
+
+def test_a_batch_of_sessions_at_different_frames_equals_each_alone() -> None:
+    """Sessions batched through the seam with per-session first frames (RoPE and action windows)
+    give what each gives alone."""
+    config = dataclasses.replace(TINY, action_config=ACTIONS)
+    net = CausalWanTransformer(config).eval()
+    _randomise(net, 8)
+    g = torch.Generator().manual_seed(9)
+    firsts, f = [3, 7], 2
+    latents = torch.randn(2, 4, f, 4, 4, generator=g)
+    text = torch.randn(2, 5, 32, generator=g)
+    t = torch.rand(2, f, generator=g) * 1000
+    acts = [_tiny_actions(1, 12, 10), _tiny_actions(1, 30, 11)]
+
+    def run(idx: list[int]) -> torch.Tensor:
+        x, grid = net.embed(latents[idx])
+        temb = net.time_embed(t[idx])
+        rope = net.rope([firsts[i] for i in idx], *grid)
+        win = net.action_windows([acts[i] for i in idx], [firsts[i] for i in idx], f)
+        for i in range(len(net.blocks)):
+            x = net.block_forward(i, x, temb, net.text_context(text[idx]), rope, sdpa_self_attention(), win)
+        return net.head(x, temb, grid)
+
+    with torch.no_grad():
+        both = run([0, 1])
+        assert (both[0:1] - run([0])).abs().max().item() < 1e-5
+        assert (both[1:2] - run([1])).abs().max().item() < 1e-5
+        assert net.rope([firsts[0]], f, 2, 2)[0].shape == (1, 8, 32)
+        assert torch.equal(net.rope([4, 9], f, 2, 2)[1][1], net.rope(9, f, 2, 2)[1])
+
+
+def test_pad_text_and_serving_dtype() -> None:
+    a, b = torch.randn(3, 32), torch.randn(5, 32)
+    padded = pad_text([a, b], length=8)
+    assert padded.shape == (2, 8, 32) and torch.equal(padded[0, :3], a) and not padded[0, 3:].any()
+    with pytest.raises(ValueError, match="must be"):
+        pad_text([torch.randn(9, 32)], length=8)
+    ref, net = _pair(TINY, seed=12)
+    latents = torch.randn(1, 4, 2, 4, 4)
+    text = torch.randn(1, 6, 32)
+    with torch.no_grad():
+        want = net(latents, torch.tensor([500.0]), text)
+        net.to_serving_dtype(torch.bfloat16)
+        kept = {n for n, p in net.named_parameters() if p.dtype == torch.float32}
+        assert "scale_shift_table" in kept and "blocks.0.scale_shift_table" in kept and "blocks.0.norm2.weight" in kept
+        assert "condition_embedder.time_embedder.linear_1.weight" in kept and "blocks.0.attn1.to_q.weight" not in kept
+        got = net(latents.bfloat16(), torch.tensor([500.0]), text.bfloat16())
+        assert got.dtype == torch.bfloat16
+        assert (got.float() - want).abs().max().item() < 0.1 * want.abs().max().item()

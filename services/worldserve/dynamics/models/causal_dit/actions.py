@@ -37,6 +37,7 @@ Parameter names otherwise follow Matrix-Game's (``keyboard_embed``, ``mouse_mlp`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,20 @@ class ActionWindows:
 
     keyboard: torch.Tensor | None  # (B, f, W, K)
     mouse: torch.Tensor | None  # (B, f, W, M)
+
+    @staticmethod
+    def cat(parts: Sequence[ActionWindows]) -> ActionWindows:
+        """The windows of several sessions (same f) stacked along the batch."""
+        out: dict[str, torch.Tensor | None] = {}
+        for name in ("keyboard", "mouse"):
+            ts = [getattr(p, name) for p in parts]
+            if all(t is None for t in ts):
+                out[name] = None
+            elif any(t is None for t in ts):
+                raise ValueError(f"some sessions have {name} actions and some have none")
+            else:
+                out[name] = torch.cat(ts, dim=0)  # (B, f, W, width)
+        return ActionWindows(keyboard=out["keyboard"], mouse=out["mouse"])
 
 
 def window_indices(config: ActionConfig, first_frame: int, num_frames: int) -> torch.Tensor:

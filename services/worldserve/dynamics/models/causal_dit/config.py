@@ -491,3 +491,74 @@ def read_transformer_folder(folder: str | Path) -> tuple[WanTransformerConfig, d
                 f"{path}: tensor {name!r} has shape {list(got)}, expected {list(shape)} for {cfg_path.name}"
             )
     return cfg, state
+
+
+def to_original_dict(config: WanTransformerConfig) -> dict[str, Any]:
+    """The original Wan repository's config.json fields for ``config`` (the inverse of ``from_original_dict``)."""
+    d: dict[str, Any] = {
+        "_class_name": "WanModel",
+        "model_type": "t2v",
+        "patch_size": list(config.patch_size),
+        "dim": config.inner_dim,
+        "ffn_dim": config.ffn_dim,
+        "freq_dim": config.freq_dim,
+        "in_dim": config.in_channels,
+        "out_dim": config.out_channels,
+        "text_dim": config.text_dim,
+        "num_heads": config.num_attention_heads,
+        "num_layers": config.num_layers,
+        "cross_attn_norm": config.cross_attn_norm,
+        "eps": config.eps,
+        "text_len": 512,
+    }
+    if config.action_config is not None:
+        d["action_config"] = config.action_config.to_dict()
+    return d
+
+
+def save_transformer_folder(
+    folder: str | Path,
+    config: WanTransformerConfig,
+    state: Mapping[str, torch.Tensor],
+    *,
+    layout: str = "diffusers",
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """Write ``config.json`` and safetensors into ``folder`` (the transformer folder itself) in the
+    published ``layout`` ("diffusers" names or the "original" Wan names); ``max_shard_bytes`` splits
+    the tensors into ``diffusion_pytorch_model-0000i-of-0000n.safetensors`` shards with their index,
+    as published sharded checkpoints are. Returns ``folder``."""
+    from safetensors.torch import save_file
+
+    if layout not in ("diffusers", "original"):
+        raise ValueError(f"layout must be 'diffusers' or 'original', got {layout!r}")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    original = layout == "original"
+    cfg = to_original_dict(config) if original else config.to_dict()
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    tensors = {
+        (keymap.diffusers_to_original(k) if original else k): v.detach().contiguous().cpu() for k, v in state.items()
+    }
+    if max_shard_bytes is None:
+        save_file(tensors, str(out / "diffusion_pytorch_model.safetensors"))
+        return out
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    weight_map: dict[str, str] = {}
+    for i, shard in enumerate(shards):
+        fname = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / fname))
+        weight_map.update(dict.fromkeys(shard, fname))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out

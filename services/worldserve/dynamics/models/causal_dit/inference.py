@@ -21,15 +21,14 @@ decode kernel; on CPU the torch SDPA reference runs the same path. The network i
 (``network.CausalWanTransformer``), used through its seam: ``embed``, ``time_embed``,
 ``block_forward`` with this module's ``self_attn``, ``head``.
 
-RoPE: sessions of a batch sit at different absolute frames, while ``block_forward`` rotates every
-row of the batch by one table. So the blocks get an identity table (cos 1, sin 0: bitwise a no-op)
-and ``self_attn`` rotates q and k per session with ``network.rope`` of the session's frames, the
-same arithmetic as ``network.apply_rope`` (the same bits as the full forward's rotation).
+Sessions of a batch sit at different absolute frames: RoPE and the action windows are per session
+(``network.rope`` / ``network.action_windows`` of the sessions' first frames), the same values the
+full forward gives those frames.
 
 Text: each session's cross-attention context (``network.text_context`` of its zero-padded prompt
-embedding) is computed once, at prefill, and kept with the state; the per-layer text keys/values
-are recomputed per pass (a few percent of a pass at Wan's sizes; caching them would cost
-``2 * layers * text_len * dim`` elements per session). CFG does not apply: these models are
+embedding) is computed once, at prefill, and kept with the state (text_len x dim: 1.5 MiB for
+Wan2.1-1.3B in bf16); the per-layer text keys/values are recomputed per pass (about 1% of a pass's
+FLOPs at 480x832; caching them would cost ``2 * layers * text_len * dim`` elements, 90 MiB a session). CFG does not apply: these models are
 distilled to a few steps without guidance.
 """
 
@@ -66,28 +65,16 @@ def chunk_noise(seed: int, step: int, n: int, shape: tuple[int, ...]) -> torch.T
     return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for _ in range(n)])
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, N, hd) rotated on interleaved pairs by per-session tables cos/sin (B, N, hd): the
-    arithmetic of ``network.apply_rope`` with a batch dimension on the tables."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, N, hd/2) each
-    c = cos[:, None, :, 0::2]  # (B, 1, N, hd/2)
-    s = sin[:, None, :, 1::2]  # (B, 1, N, hd/2)
-    out = torch.empty_like(x)  # (B, H, N, hd)
-    out[..., 0::2] = x1 * c - x2 * s
-    out[..., 1::2] = x1 * s + x2 * c
-    return out.type_as(x)
-
-
 def frame_actions(
     net: CausalWanTransformer, actions: dict[int, torch.Tensor], first_frame: int, num_frames: int
-) -> ActionWindows | None:
-    """The action windows of one session's latent frames first_frame .. +num_frames (1, f, W, .),
-    from ``actions`` (latent frame -> its step's (A,) action vector; missing: no key, mouse at
-    rest). Pixel frame 0 belongs to latent frame 0, pixel frame p >= 1 to latent frame
-    ``(p - 1) // r + 1``; the vector is the keyboard's ``keyboard_dim_in`` entries, then the mouse's."""
+) -> FrameActions:
+    """One session's actions per pixel frame for latent frames first_frame .. +num_frames (what
+    ``network.action_windows`` reads), from ``actions`` (latent frame -> its step's (A,) action
+    vector; missing: no key, mouse at rest). Pixel frame 0 belongs to latent frame 0, pixel frame
+    p >= 1 to latent frame ``(p - 1) // r + 1``; the vector is the keyboard's ``keyboard_dim_in``
+    entries, then the mouse's."""
     ac = net.config.action_config
-    if ac is None or not net.has_actions:
-        return None
+    assert ac is not None
     start, stop = ac.pixel_range(first_frame, num_frames)
     r = ac.vae_time_compression_ratio
     K = ac.keyboard_dim_in if ac.enable_keyboard else 0
@@ -96,14 +83,12 @@ def frame_actions(
     for p in range(start, stop):
         vec = actions.get(0 if p == 0 else (p - 1) // r + 1)
         rows.append(vec if vec is not None else torch.zeros(K + M))
-    per_pixel = torch.stack(rows).float()[None]  # (1, F_px, K + M)
-    dev = net.patch_embedding.weight.device
-    fa = FrameActions(
-        keyboard=per_pixel[..., :K].to(dev) if K else None,
-        mouse=per_pixel[..., K : K + M].to(dev) if M else None,
+    per_pixel = torch.stack(rows).float()[None].to(net.patch_embedding.weight.device)  # (1, F_px, K + M)
+    return FrameActions(
+        keyboard=per_pixel[..., :K] if K else None,
+        mouse=per_pixel[..., K : K + M] if M else None,
         first_pixel_frame=start,
     )
-    return net.action_windows(fa, first_frame, num_frames)
 
 
 @dataclass
@@ -113,9 +98,7 @@ class ChunkBatch:
     states: list[DiTState]
     first_frames: list[int]  # each session's first frame of the chunk
     num_frames: int  # frames in the chunk (the same for every session)
-    cos: torch.Tensor  # (B, N, hd) per-session RoPE of the chunk's tokens
-    sin: torch.Tensor
-    identity: tuple[torch.Tensor, torch.Tensor]  # (N, hd) cos 1 / sin 0: block_forward's no-op rotation
+    rope: tuple[torch.Tensor, torch.Tensor]  # (B, N, hd) cos, sin: per-session RoPE of the chunk's tokens
     windows: ActionWindows | None
     context: torch.Tensor | None  # (B, L, D) text contexts, or None (no cross-attention)
     block_table: torch.Tensor  # (B, max_pages) int32
@@ -154,20 +137,15 @@ class ChunkInference:
         action vector, the chunk's frames included."""
         net, dev, S = self.net, self.device, self.frame_tokens
         h, w = self.grid_hw
-        ropes = [net.rope(f0, num_frames, h, w) for f0 in first_frames]  # (N, hd) x2 each
-        cos = torch.stack([c for c, _ in ropes]).to(dev)  # (B, N, hd)
-        sin = torch.stack([s for _, s in ropes]).to(dev)  # (B, N, hd)
-        N = num_frames * S
-        identity = (torch.ones(N, cos.shape[-1], device=dev), torch.zeros(N, cos.shape[-1], device=dev))
-        wins = [frame_actions(net, a, f0, num_frames) for a, f0 in zip(actions, first_frames)]
+        rope = net.rope(list(first_frames), num_frames, h, w)  # (B, N, hd) x2
         windows = None
-        if wins and wins[0] is not None:
-            cat = [torch.cat(t) if t[0] is not None else None for t in zip(*((w.keyboard, w.mouse) for w in wins))]  # type: ignore[union-attr]
-            windows = ActionWindows(keyboard=cat[0], mouse=cat[1])  # (B, f, W, .)
-        texts = [st.text for st in states]
-        if any(t is None for t in texts) and any(t is not None for t in texts):
+        if net.has_actions:
+            per_session = [frame_actions(net, a, f0, num_frames) for a, f0 in zip(actions, first_frames)]
+            windows = net.action_windows(per_session, list(first_frames), num_frames)  # (B, f, W, .)
+        texts = [st.text for st in states if st.text is not None]
+        if texts and len(texts) != len(states):
             raise ValueError("a batch mixes sessions with and without a text context; step them apart")
-        context = torch.stack(texts) if texts and texts[0] is not None else None  # type: ignore[arg-type]
+        context = torch.stack(texts) if texts else None  # (B, L, D)
         rows = [st.block_row(num_frames) for st in states]
         width = max(len(r) for r in rows)
         bt = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.int32)  # (B, max_pages)
@@ -178,9 +156,7 @@ class ChunkInference:
             states=list(states),
             first_frames=list(first_frames),
             num_frames=num_frames,
-            cos=cos,
-            sin=sin,
-            identity=identity,
+            rope=rope,
             windows=windows,
             context=context,
             block_table=bt,
@@ -203,8 +179,6 @@ class ChunkInference:
 
         def self_attn(layer: int):
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # (B, H, N, hd) each
-                q = rotate(q, batch.cos, batch.sin)  # (B, H, N, hd)
-                k = rotate(k, batch.cos, batch.sin)  # (B, H, N, hd)
                 return attention_decode(
                     q,
                     k,
@@ -224,7 +198,7 @@ class ChunkInference:
             return attend
 
         for i in range(net.config.num_layers):
-            tokens = net.block_forward(i, tokens, temb, batch.context, batch.identity, self_attn(i), batch.windows)
+            tokens = net.block_forward(i, tokens, temb, batch.context, batch.rope, self_attn(i), batch.windows)
         if commit:
             return None
         return net.head(tokens, temb, grid).float()  # (B, C_out, f, h, w)

@@ -22,12 +22,16 @@ pages of the model's pool, its recent actions, its text context and its decode c
 
 Exact resume. Each step's ``resume_data`` holds the keys/values of the frames it made (``"kv"``,
 (layers, 2, chunk_frames, tokens, heads, head_dim)), every ``context_frames - 1`` steps the sink's
-(``"sink"``), and the VAE decode cache after its frames (``"vae.*"``). ``prefill`` of the engine's
-window (its last ``context_frames - 1`` steps) writes the pages back in frame order and restores the
-decode cache: the state is bitwise the warm one. Frame 0 has no resume data (it is made by prefill):
+(``"sink"``), and the VAE decode cache after its frames (``"vae.*"``; none with the option
+``decode_cache: rebuild``: prefill then decodes the window's last ``history_frames`` latent frames
+again, which gives the same cache bitwise). ``prefill`` of the engine's window (its last
+``context_frames - 1`` steps) writes the pages back in frame order and restores the decode cache:
+the state is bitwise the warm one. Frame 0 has no resume data (it is made by prefill):
 its keys/values and decode cache are recomputed exactly as the first prefill made them. Where resume
-data is missing (an older writer, a window cut short), the missing steps are committed again from
-their latents against what the cache holds then: close, not bitwise.
+data is missing (an older writer, a window cut short, the option ``exact_resume: false``), the
+missing steps are committed again from their latents against what the cache holds then: close, not
+bitwise. At Wan's sizes the bytes are large (a latent frame's keys/values are 274 MiB for
+Wan2.1-1.3B at 480x832 in bf16; the decode cache 3.5 GiB in float32): hence the options.
 
 Actions: the keyboard keys and mouse axes of the transformer's action modules (names from the
 options); a folder without action modules is a prompt-only world with an empty action space.
@@ -51,7 +55,7 @@ from worldserve.dynamics.layers.actions import check_actions, check_events
 from .config import WanTransformerConfig, read_transformer_folder
 from .inference import ChunkInference, chunk_noise
 from .kv import DiTState, FramePool
-from .network import CausalWanTransformer
+from .network import CausalWanTransformer, pad_text
 from .options import CausalDiTOptions, action_names
 from .vae import DecodeCache, StreamingWanVAE, tiny_vae_config
 
@@ -113,8 +117,11 @@ class CausalDiTWorldModel:
         self.net = net.eval().requires_grad_(False)
         self.vae = vae
         self.infer = ChunkInference(net, o, (o.latent_height, o.latent_width))
-        # steps whose frames (KV window, action windows) the next chunk reads: what prefill is handed
+        # steps whose frames the next chunk reads (KV window, action windows) or, with a rebuilt decode
+        # cache, the VAE needs: what the engine hands prefill
         lookback = max(o.window_frames, self.action_lookback)
+        if o.decode_cache == "rebuild":
+            lookback = max(lookback, vae.history_frames)
         self.context_steps = (lookback - 1) // o.chunk_frames + 1
         heads = cfg.num_attention_heads
         self.pool = FramePool(
@@ -124,6 +131,7 @@ class CausalDiTWorldModel:
             cfg.attention_head_dim,
             o.sink_frames + o.window_frames + o.chunk_frames,
         )
+        self.parameter_count = sum(p.numel() for p in net.parameters()) + sum(p.numel() for p in vae.vae.parameters())
         self._lock = threading.RLock()  # one prefill / step / decode / pool change at a time
         self.last_step_attention: tuple[str, str] | None = None
 
@@ -148,7 +156,14 @@ class CausalDiTWorldModel:
         with torch.device("meta"):
             net = CausalWanTransformer(config)
         net.load_state_dict(state, strict=True, assign=True)
+        del state
         vae = StreamingWanVAE.from_folder(folder / "vae", device=device)
+        # Every weight in memory of its own. Tensors read from a safetensors file can sit at any
+        # offset of a shared buffer, and CPU matmul kernels round differently on differently aligned
+        # operands: the same folder must give bitwise the same frames on every replica.
+        for module in (net, vae.vae):
+            for p in module.parameters():
+                p.data = p.data.clone()
         return cls(net, vae, opts, name=name).to_serving(device, dtype)
 
     @classmethod
@@ -182,7 +197,7 @@ class CausalDiTWorldModel:
         self, device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None
     ) -> CausalDiTWorldModel:
         """The transformer on ``device`` in ``dtype`` (None/"auto": bf16 on CUDA, float32 elsewhere)
-        with its time embedder and modulation tables in float32 (as diffusers keeps them); the VAE
+        with diffusers' float32 parameters kept so (``network.to_serving_dtype``); the VAE
         in float32. Drops an unused state pool. Returns self."""
         dev = torch.device(device)
         dt = _as_dtype(dtype, dev)
@@ -190,11 +205,8 @@ class CausalDiTWorldModel:
             if self.pool.pool is not None and self.pool.pool.used_pages:
                 raise RuntimeError("cannot move a model with live session states; release them first")
             self.pool.pool = None
-            self.net.to(device=dev, dtype=dt)
-            self.net.condition_embedder.time_embedder.float()
-            for name, p in self.net.named_parameters():
-                if name.endswith("scale_shift_table"):
-                    p.data = p.data.float()
+            self.net.to(device=dev)
+            self.net.to_serving_dtype(dt)
             torch.nn.Module.to(self.vae.vae, device=dev)
             self.vae.latents_mean = self.vae.latents_mean.to(dev)
             self.vae.latents_std = self.vae.latents_std.to(dev)
@@ -238,8 +250,7 @@ class CausalDiTWorldModel:
             default_guidance=1.0,
             events_supported=False,
             event_max_bytes=0,
-            parameters=sum(p.numel() for p in self.net.parameters())
-            + sum(p.numel() for p in self.vae.vae.parameters()),
+            parameters=self.parameter_count,
             extra={
                 "kind": "causal_dit",
                 "text_dim": cfg.text_dim,
@@ -352,11 +363,29 @@ class CausalDiTWorldModel:
 
     # --- the state pool ------------------------------------------------------------------------------------
 
+    @property
+    def session_nbytes(self) -> int:
+        """Device bytes one session holds at most: its pages, its VAE decode cache (the larger part
+        at Wan's sizes: 3.5 GiB at 480x832) and a text context."""
+        o, elem = self.options, torch.empty(0, dtype=self.dtype).element_size()
+        pages = self.pool.pages_per_state * self.pool.page_nbytes(self.dtype)
+        return (
+            pages
+            + self.vae.cache_nbytes(o.latent_height, o.latent_width)
+            + o.text_len * self.net.config.inner_dim * elem
+        )
+
     def configure_state_pool(self, max_bytes: int) -> None:
-        """Preallocate the KV page pool with at most ``max_bytes`` of pages (whole pages; at least one
-        session's). Call before any ``prefill`` (or once every state was released)."""
+        """Preallocate the KV page pool for as many sessions as ``max_bytes`` holds whole sessions
+        (:attr:`session_nbytes`: the pages, plus the decode cache and text context that live beside
+        the pool), at least one. Call before any ``prefill`` (or once every state was released)."""
+        n = int(max_bytes) // self.session_nbytes
+        if n < 1:
+            raise ValueError(f"max_bytes={max_bytes} holds no session of {self.session_nbytes} B")
         with self._lock:
-            self.pool.configure(max_bytes, self.device, self.dtype)
+            self.pool.configure(
+                n * self.pool.pages_per_state * self.pool.page_nbytes(self.dtype), self.device, self.dtype
+            )
 
     def state_pool_stats(self) -> dict[str, int]:
         """Pages total / free, bytes per page, sessions that still fit (0s before the pool exists)."""
@@ -387,9 +416,8 @@ class CausalDiTWorldModel:
             raise ValueError(f"text embedding has shape {got}; model {self.name!r} takes (L, {td})")
         if text.shape[0] > L_max:
             raise ValueError(f"text embedding has {text.shape[0]} tokens; model {self.name!r} takes at most {L_max}")
-        padded = torch.zeros(L_max, td)
-        padded[: text.shape[0]] = text.float()
-        return self.net.text_context(padded[None].to(self.device, self.dtype))[0]  # (text_len, D)
+        padded = pad_text([text.float()], L_max)  # (1, text_len, text_dim)
+        return self.net.text_context(padded.to(self.device, self.dtype))[0]  # (text_len, D)
 
     @torch.no_grad()
     def prefill(
@@ -484,15 +512,20 @@ class CausalDiTWorldModel:
                 self.infer.commit(batch, pool, latents[i][None].to(self.device))
                 state.add(frames, frames.stop, o, self.action_lookback)
         state.last_step = fs + T - 1
-        # the decode cache after the newest step's frames
-        last = res[-1]
-        vae_part = {k[4:]: v for k, v in (last or {}).items() if k.startswith("vae.")}
+        # the decode cache after the newest step's frames: stored, or decoded again from the latents
+        vae_part = {k[4:]: v for k, v in (res[-1] or {}).items() if k.startswith("vae.")}
+        H = self.vae.history_frames
+        window = torch.cat([z.float() for z in latents], dim=1)[None]  # (1, C, frames, h, w)
         if vae_part:
             state.vae = DecodeCache.from_tensors(vae_part, self.vae.device)
-        else:  # frame 0 as the first prefill decoded it (exact); else rebuilt from the window (close)
+        elif fs == 0:  # from frame 0: exactly the cache the session carried
             state.vae = self.vae.new_cache()
-            for z in latents:
-                self.vae.decode_chunk(z[None].float(), [state.vae])
+            self.vae.decode_float(window, [state.vae])
+        elif window.shape[2] >= H:  # the decoder forgets: its last H frames give the cache exactly
+            state.vae = self.vae.rebuild_cache(window[:, :, -H:], state.next_frame - H)
+        else:  # too few frames (a window cut short): close, not bitwise
+            state.vae = self.vae.new_cache()
+            self.vae.decode_float(window, [state.vae])
         state.decoded_step = state.last_step
 
     def _write_pages(self, state: DiTState, frames: list[int], kept: dict[int, torch.Tensor], next_frame: int) -> None:
@@ -563,16 +596,19 @@ class CausalDiTWorldModel:
     # --- exact resume ------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def resume_data(self, state: DiTState) -> dict[str, torch.Tensor]:
+    def resume_data(self, state: DiTState) -> dict[str, torch.Tensor] | None:
         """What an exact ``prefill`` needs beyond the latents, on the CPU: ``"kv"`` the newest step's
         frames' keys/values (layers, 2, frames, tokens, heads, head_dim) in the model dtype; every
         ``context_frames - 1`` steps ``"sink"``, the sink frames' (so that every window the engine
-        keeps holds them); ``"vae.*"`` the decode cache after the step's frames (so: after
-        ``decode_step``)."""
+        keeps holds them); ``"vae.*"`` the decode cache after the step's frames (option
+        ``decode_cache: store``, the default; so: after ``decode_step``). None with the option
+        ``exact_resume: false``."""
         o = self.options
+        if not o.exact_resume:
+            return None
         with self._lock:
             pool = self.pool.check([state])
-            if state.decoded_step != state.last_step:
+            if o.decode_cache == "store" and state.decoded_step != state.last_step:
                 raise RuntimeError(
                     f"resume_data of a state at step {state.last_step} whose frames were decoded up to step "
                     f"{state.decoded_step}: call decode_step first"
@@ -585,6 +621,7 @@ class CausalDiTWorldModel:
                 sink = [f for f in state.frames if f < o.sink_frames]
                 idx = torch.tensor([state.page_of(f) for f in sink], device=pool.device, dtype=torch.long)
                 out["sink"] = pool.kv[:, :, idx].cpu().clone()
-            for k, v in state.vae.to_tensors().items():
-                out[f"vae.{k}"] = v.detach().cpu().clone()
+            if o.decode_cache == "store":
+                for k, v in state.vae.to_tensors().items():
+                    out[f"vae.{k}"] = v.detach().cpu().clone()
             return out

@@ -21,6 +21,13 @@ where ``self_attn(q, k, v) -> o``, all (B, heads, N, head_dim) with q and k alre
 rotated, is the pluggable self-attention: ``forward`` passes SDPA under the frame mask; the
 streaming inference passes paged attention over the session's KV cache.
 
+Refinements of the shared contract (issue 24): ``block_forward``'s ``actions`` is the
+``ActionWindows`` that ``action_windows(actions, first_frame, f)`` gathers once per pass (a frame's
+window reaches back before the chunk, so the first frame must be known; the blocks reuse it);
+``rope`` and ``action_windows`` also take one first frame per session (a batch of sessions at
+different frames: cos/sin become (B, N, head_dim)); ``pad_text`` zero-pads prompt embeddings to
+Wan's 512 tokens as its pipelines do; ``to_serving_dtype`` keeps diffusers' float32 parameters.
+
 Differences from diffusers, all outside what a diffusers checkpoint exercises: per-frame timesteps
 are given as (B, F) (diffusers takes per-token (B, N); the same values repeated over a frame's
 tokens give the same result); ``text=None`` skips the cross-attention; RoPE is computed for any
@@ -32,7 +39,7 @@ are not supported.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +105,23 @@ def sdpa_self_attention(mask: torch.Tensor | None = None) -> SelfAttention:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, hd)
 
     return attend
+
+
+TEXT_LEN = 512
+"""Wan's prompt length: its pipelines (original and diffusers') zero-pad the umT5 embedding to 512 tokens."""
+
+
+def pad_text(texts: Sequence[torch.Tensor], length: int = TEXT_LEN) -> torch.Tensor:
+    """Text embeddings (L_i, text_dim) zero-padded to (B, length, text_dim), as Wan's pipelines feed them."""
+    if not texts:
+        raise ValueError("pad_text needs at least one text embedding")
+    width = texts[0].shape[-1]
+    out = texts[0].new_zeros(len(texts), length, width)  # (B, length, text_dim)
+    for b, t in enumerate(texts):
+        if t.ndim != 2 or t.shape[-1] != width or t.shape[0] > length:
+            raise ValueError(f"text embedding {b} must be (L <= {length}, {width}), got {tuple(t.shape)}")
+        out[b, : t.shape[0]] = t
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,10 +272,12 @@ class TimeConditioning:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, N, H, hd) rotated on interleaved pairs by cos/sin (N, hd) (diffusers' Wan rotation)."""
+    """x (B, N, H, hd) rotated on interleaved pairs by cos/sin (N, hd) or (B, N, hd) (diffusers' Wan rotation)."""
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, N, H, hd/2) each
-    c = cos[None, :, None, 0::2]  # (1, N, 1, hd/2)
-    s = sin[None, :, None, 1::2]  # (1, N, 1, hd/2)
+    if cos.ndim == 2:
+        cos, sin = cos[None], sin[None]  # (1, N, hd)
+    c = cos[:, :, None, 0::2]  # (B or 1, N, 1, hd/2)
+    s = sin[:, :, None, 1::2]  # (B or 1, N, 1, hd/2)
     out = torch.empty_like(x)  # (B, N, H, hd)
     out[..., 0::2] = x1 * c - x2 * s
     out[..., 1::2] = x1 * s + x2 * c
@@ -275,6 +301,18 @@ class CausalWanTransformer(nn.Module):
         self.norm_out = FP32LayerNorm(dim, config.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, config.out_channels * math.prod(config.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    KEEP_FP32 = frozenset({"time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"})
+    """Parameters kept in float32 at a lower serving dtype (diffusers' _keep_in_fp32_modules)."""
+
+    def to_serving_dtype(self, dtype: torch.dtype) -> CausalWanTransformer:
+        """Cast to ``dtype`` except the KEEP_FP32 parameters, as diffusers loads a bf16 Wan; returns self."""
+        self.to(dtype)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if self.KEEP_FP32.intersection(name.split(".")):
+                    p.data = p.data.float()
+        return self
 
     @property
     def has_actions(self) -> bool:
@@ -309,40 +347,67 @@ class CausalWanTransformer(nn.Module):
             return None
         return self.condition_embedder.text_embedder(text)  # (B, L, D)
 
-    def rope(self, first_frame: int, f: int, h: int, w: int) -> Rope:
-        """(cos, sin), each (N, head_dim) float32, of the tokens of frames first_frame .. first_frame+f-1
-        on an h x w token grid (N = f*h*w), in token order."""
+    def rope(self, first_frame: int | Sequence[int], f: int, h: int, w: int) -> Rope:
+        """(cos, sin) float32 of the tokens of frames first_frame .. first_frame+f-1 on an h x w
+        token grid, in token order: each (N, head_dim) for one first frame, (B, N, head_dim) for a
+        sequence of B first frames (a batch of sessions at different frames); N = f*h*w."""
         d = self.config.attention_head_dim
         h_dim = w_dim = 2 * (d // 6)
         t_dim = d - h_dim - w_dim
         device = self.patch_embedding.weight.device
         if device.type == "meta":
             device = torch.device("cpu")
-        parts_cos, parts_sin = [], []
-        for dim, pos, shape in (
-            (t_dim, torch.arange(first_frame, first_frame + f), (f, 1, 1)),
-            (h_dim, torch.arange(h), (1, h, 1)),
-            (w_dim, torch.arange(w), (1, 1, w)),
-        ):
-            freqs = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim))  # (dim/2,)
-            angles = torch.outer(pos.to(device=device, dtype=torch.float64), freqs)  # (P, dim/2)
-            cos = angles.cos().repeat_interleave(2, dim=1).float()  # (P, dim)
-            sin = angles.sin().repeat_interleave(2, dim=1).float()  # (P, dim)
-            parts_cos.append(cos.view(*shape, dim).expand(f, h, w, dim))  # (f, h, w, dim)
-            parts_sin.append(sin.view(*shape, dim).expand(f, h, w, dim))  # (f, h, w, dim)
-        cos = torch.cat(parts_cos, dim=-1).reshape(f * h * w, d)  # (N, hd)
-        sin = torch.cat(parts_sin, dim=-1).reshape(f * h * w, d)  # (N, hd)
-        return cos, sin
+        firsts = [first_frame] if isinstance(first_frame, int) else list(first_frame)
+        frames = torch.tensor(firsts, dtype=torch.float64, device=device)[:, None] + torch.arange(
+            f, dtype=torch.float64, device=device
+        )  # (Bt, f)
 
-    def action_windows(self, actions: FrameActions | None, first_frame: int, f: int) -> ActionWindows | None:
+        def table(pos: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+            freqs = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim))  # (dim/2,)
+            angles = pos[..., None] * freqs  # (..., P, dim/2)
+            return angles.cos().repeat_interleave(2, -1).float(), angles.sin().repeat_interleave(2, -1).float()
+
+        Bt = len(firsts)
+        tc, ts = table(frames, t_dim)  # (Bt, f, t_dim) each
+        hc, hs = table(torch.arange(h, dtype=torch.float64, device=device), h_dim)  # (h, h_dim) each
+        wc, ws = table(torch.arange(w, dtype=torch.float64, device=device), w_dim)  # (w, w_dim) each
+        out = []
+        for t_, h_, w_ in ((tc, hc, wc), (ts, hs, ws)):
+            full = torch.cat(
+                [
+                    t_[:, :, None, None, :].expand(Bt, f, h, w, t_dim),
+                    h_[None, None, :, None, :].expand(Bt, f, h, w, h_dim),
+                    w_[None, None, None, :, :].expand(Bt, f, h, w, w_dim),
+                ],
+                dim=-1,
+            ).reshape(Bt, f * h * w, d)  # (Bt, N, hd)
+            out.append(full[0] if isinstance(first_frame, int) else full)  # (N, hd) or (B, N, hd)
+        return out[0], out[1]
+
+    def action_windows(
+        self,
+        actions: FrameActions | Sequence[FrameActions] | None,
+        first_frame: int | Sequence[int],
+        f: int,
+    ) -> ActionWindows | None:
         """The action windows of latent frames first_frame .. first_frame+f-1 (None without actions);
-        ValueError when the model takes no actions but some are given, or they do not cover the windows."""
+        a sequence of FrameActions and of first frames (one per session of a batch) gives the batch's
+        windows. ValueError when the model takes no actions but some are given, or they do not cover
+        the windows."""
         if actions is None:
             return None
         if not self.has_actions:
             raise ValueError("model takes no actions (its transformer has no action modules)")
-        assert self.config.action_config is not None
-        return action_windows(actions, self.config.action_config, first_frame, f)
+        cfg = self.config.action_config
+        assert cfg is not None
+        if isinstance(actions, FrameActions):
+            if not isinstance(first_frame, int):
+                raise ValueError("one FrameActions takes one first_frame")
+            return action_windows(actions, cfg, first_frame, f)
+        firsts = [first_frame] * len(actions) if isinstance(first_frame, int) else list(first_frame)
+        if len(firsts) != len(actions):
+            raise ValueError(f"{len(actions)} FrameActions but {len(firsts)} first frames")
+        return ActionWindows.cat([action_windows(a, cfg, s, f) for a, s in zip(actions, firsts)])
 
     def block_forward(
         self,

@@ -50,6 +50,16 @@ class CausalDiTOptions:
     text_len: int = 512
     """Text tokens a session's prompt embedding is zero-padded to (Wan's text_len): every session
     then has the same cross-attention length, so batching does not change a session's frames."""
+    decode_cache: str = "store"
+    """How an exact resume gets the session's VAE decode cache back: ``"store"`` keeps it in every
+    step's resume data (bytes: the cache, 3.5 GiB at 480x832 in float32); ``"rebuild"`` decodes the
+    last ``history_frames`` latent frames again at prefill (38 for Wan2.1's VAE: compute instead of
+    bytes; the engine's window then spans them)."""
+
+    exact_resume: bool = True
+    """Keep what an exact resume needs in every step's resume data (the step's keys/values: 274 MiB a
+    latent frame for Wan2.1-1.3B at 480x832 in bf16; see ``decode_cache``). False: none; a session
+    rebuilt from its latents is then close to the warm one, not bitwise."""
 
     def __post_init__(self) -> None:
         _int_in("chunk_frames", self.chunk_frames, 1, 16)
@@ -66,6 +76,10 @@ class CausalDiTOptions:
         if isinstance(s, bool) or not isinstance(s, numbers.Real) or not (math.isfinite(s) and 0 < s <= 100):
             raise ValueError(f"shift must be a number in (0, 100], got {s!r}")
         object.__setattr__(self, "shift", float(s))
+        if not isinstance(self.exact_resume, bool):
+            raise ValueError(f"exact_resume must be true or false, got {self.exact_resume!r}")
+        if self.decode_cache not in ("store", "rebuild"):
+            raise ValueError(f"decode_cache must be 'store' or 'rebuild', got {self.decode_cache!r}")
         for name in ("keys", "mouse_axes"):
             value = getattr(self, name)
             if value is not None:

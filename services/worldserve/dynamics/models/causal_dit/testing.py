@@ -13,14 +13,12 @@ projections are random too (not zero), so that actions change the frames.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import ActionConfig, WanTransformerConfig
-from .keymap import to_original
+from .config import ActionConfig, WanTransformerConfig, save_transformer_folder
 from .model import CausalDiTWorldModel
 from .vae import tiny_vae_config
 
@@ -84,31 +82,6 @@ def tiny_model(
     )
 
 
-def original_config(config: WanTransformerConfig) -> dict[str, Any]:
-    """``config`` in the original Wan repository's config.json names."""
-    d: dict[str, Any] = {
-        "_class_name": "WanModel",
-        "model_type": "t2v",
-        "patch_size": list(config.patch_size),
-        "text_len": 512,
-        "in_dim": config.in_channels,
-        "dim": config.inner_dim,
-        "ffn_dim": config.ffn_dim,
-        "freq_dim": config.freq_dim,
-        "text_dim": config.text_dim,
-        "out_dim": config.out_channels,
-        "num_heads": config.num_attention_heads,
-        "num_layers": config.num_layers,
-        "window_size": [-1, -1],
-        "qk_norm": True,
-        "cross_attn_norm": config.cross_attn_norm,
-        "eps": config.eps,
-    }
-    if config.action_config is not None:
-        d["action_config"] = config.action_config.to_dict()
-    return d
-
-
 def write_tiny_folder(
     path: str | Path,
     *,
@@ -122,25 +95,14 @@ def write_tiny_folder(
     ``"original"``: the original Wan repository's config.json fields and tensor names) and ``vae/``
     (AutoencoderKLWan). ``actions=False``: no action modules (a prompt-only world). ``text_dim`` is
     the prompt embedding's width (every Wan transformer has a text projection, so at least 1)."""
-    from safetensors.torch import save_file
-
-    if layout not in ("diffusers", "original"):
-        raise ValueError(f"layout must be 'diffusers' or 'original', got {layout!r}")
     if text_dim < 1:
         raise ValueError(f"text_dim must be >= 1 (a Wan transformer always projects a text embedding), got {text_dim}")
     model = tiny_model(actions=actions, text_dim=text_dim, seed=seed)
     root = Path(path)
-    tdir = root / "transformer"
-    tdir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    if layout == "diffusers":
-        (tdir / "config.json").write_text(json.dumps(model.net.config.to_dict(), indent=2) + "\n")
-        save_file(state, str(tdir / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-    else:
-        (tdir / "config.json").write_text(json.dumps(original_config(model.net.config), indent=2) + "\n")
-        save_file(to_original(state), str(tdir / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})  # type: ignore[arg-type]
+    save_transformer_folder(root / "transformer", model.net.config, state, layout=layout)
     model.vae.save_folder(root / "vae")
     return root
 
 
-__all__ = ["TINY_OPTIONS", "TINY_TEXT_DIM", "original_config", "tiny_config", "tiny_model", "write_tiny_folder"]
+__all__ = ["TINY_OPTIONS", "TINY_TEXT_DIM", "tiny_config", "tiny_model", "write_tiny_folder"]

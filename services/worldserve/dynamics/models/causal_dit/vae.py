@@ -9,21 +9,30 @@ Time: a latent frame after the first decodes to ``temporal`` (4) pixel frames, t
 decoder is causal in time: every temporal convolution keeps the last two input frames of the
 previous call (diffusers' ``feat_map``). :class:`DecodeCache` is that state for one session, kept
 between :meth:`StreamingWanVAE.decode_chunk` calls, so a session's chunks decode one at a time into
-exactly the frames a whole-clip ``AutoencoderKLWan.decode`` gives. Sessions whose caches have the
-same layout decode in one batch; the others one group at a time.
+the frames a whole-clip ``AutoencoderKLWan.decode`` gives (to float32 rounding; bitwise the same
+however the frames are cut into chunks). Sessions whose caches have the same layout decode in one
+batch; the others one group at a time.
+
+Exact resume either stores the cache (:meth:`DecodeCache.to_tensors`) or rebuilds it: the time
+convolutions forget, so a cache is a function of the session's last
+:attr:`StreamingWanVAE.history_frames` latent frames only (38 for Wan2.1's VAE), and
+:meth:`StreamingWanVAE.rebuild_cache` decodes them into bitwise the cache the session carried.
 
 Latents crossing this module are *normalised* as diffusers' Wan pipelines have them:
 ``(z - latents_mean) / latents_std`` per channel.
 
-The VAE runs in float32 unless a dtype is forced, even beside a bf16 transformer: its convolutions
-in bf16 leave visible banding in smooth regions of the decoded frames, and it is a small share of a
-step's compute next to the transformer.
+The VAE runs in float32 unless a dtype is forced, even beside a bf16 transformer: bf16 keeps 8 bits
+of mantissa through some 30 stacked convolutions, which bands the smooth gradients of the decoded
+frames (on CUDA, float32 convolutions still run on tensor cores as TF32, PyTorch's default). It is
+not cheap: at 480x832 the decoder costs 13.6 TFLOP per latent frame (4 pixel frames) and a
+session's cache holds 3.5 GiB in float32 (:meth:`StreamingWanVAE.cache_nbytes`).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +43,7 @@ from diffusers import __version__ as diffusers_version
 from diffusers.models.autoencoders.autoencoder_kl_wan import (
     AutoencoderKLWan,
     WanCausalConv3d,
+    WanResample,
     patchify,
     unpatchify,
 )
@@ -76,6 +86,8 @@ def tiny_vae_config(
         "latents_std": [round(0.5 + 0.25 * (i % 4), 4) for i in range(z_dim)],
         "is_residual": is_residual,
         "patch_size": patch_size,
+        "in_channels": 3 * (patch_size or 1) ** 2,  # RGB, in patches
+        "out_channels": 3 * (patch_size or 1) ** 2,
     }
 
 
@@ -178,6 +190,8 @@ class StreamingWanVAE:
         self.temporal: int = 2 ** sum(bool(t) for t in cfg["temperal_downsample"])  # pixel frames per latent frame
         self.decoder_slots = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
         self.encoder_slots = sum(isinstance(m, WanCausalConv3d) for m in vae.encoder.modules())
+        self.history_frames = _history_frames(vae.decoder)
+        self._cache_nbytes: dict[tuple[int, int], int] = {}
         shape = (1, cfg["z_dim"], 1, 1, 1)
         self.latents_mean = torch.tensor(cfg["latents_mean"], dtype=torch.float32).view(shape).to(self.device)
         self.latents_std = torch.tensor(cfg["latents_std"], dtype=torch.float32).view(shape).to(self.device)
@@ -312,6 +326,38 @@ class StreamingWanVAE:
         """The cache of a session that has decoded nothing yet."""
         return DecodeCache(0, [None] * self.decoder_slots)
 
+    @torch.no_grad()
+    def rebuild_cache(self, latents: torch.Tensor, first_frame: int) -> DecodeCache:
+        """A session's cache rebuilt from its normalised latent frames (1, C, f, h, w), the first of them
+        its frame ``first_frame``: bitwise the cache it carried after them (decoded one session at a
+        time), without storing it. The decoder's time convolutions forget: a cache depends only on
+        the last :attr:`history_frames` latent frames (38 for Wan2.1's VAE), so those suffice, or all
+        of them from frame 0. ValueError for fewer."""
+        f = latents.shape[2] if isinstance(latents, torch.Tensor) and latents.dim() == 5 else 0
+        if first_frame != 0 and f < self.history_frames:
+            raise ValueError(
+                f"rebuilding a decode cache takes the last {self.history_frames} latent frames or all from frame 0; "
+                f"got {f} from frame {first_frame}"
+            )
+        if latents.shape[0] != 1:
+            raise ValueError(f"rebuild_cache takes one session's latents (1, C, f, h, w), got {tuple(latents.shape)}")
+        cache = self.new_cache()
+        self.decode_float(latents, [cache])  # frames dropped: only the cache is wanted
+        cache.frames = first_frame + f
+        return cache
+
+    def cache_nbytes(self, h: int, w: int) -> int:
+        """Bytes of a session's :class:`DecodeCache` on an ``h`` x ``w`` latent grid once it has decoded
+        two latent frames (its size from then on), in this VAE's dtype; found by decoding shapes only
+        (meta tensors), without memory or compute. 3.5 GiB for Wan2.1's VAE at 480x832 in float32."""
+        if (h, w) not in self._cache_nbytes:
+            with torch.device("meta"):
+                shapes = StreamingWanVAE(_place(AutoencoderKLWan(**self.config), "meta", self.dtype))
+            cache = shapes.new_cache()
+            shapes.decode_float(torch.zeros(1, self.latent_channels, 2, h, w, device="meta"), [cache])
+            self._cache_nbytes[(h, w)] = cache.nbytes
+        return self._cache_nbytes[(h, w)]
+
     def pixel_frames(self, latent_frames: int, first: bool) -> int:
         """Pixel frames that ``latent_frames`` latent frames decode to (``first``: the session's first chunk)."""
         return self.temporal * latent_frames - (self.temporal - 1 if first else 0)
@@ -348,13 +394,15 @@ class StreamingWanVAE:
 
     def _decode_group(self, latents: torch.Tensor, feats: list[Slot], frames: int) -> torch.Tensor:
         """Decode (b, C, f, h, w) normalised latents one latent frame at a time, as diffusers'
-        ``AutoencoderKLWan._decode`` does, through ``feats`` (updated in place)."""
+        ``AutoencoderKLWan._decode`` does, through ``feats`` (updated in place). Every op sees one
+        latent frame, so how a session's frames are cut into chunks never changes a bit of the result
+        (diffusers runs the 1x1x1 ``post_quant_conv`` over the whole clip at once: a few ulps apart)."""
         z = self.denormalise(latents.to(self.device)).to(self.dtype)  # (b, C, f, h, w)
-        x = self.vae.post_quant_conv(z)
         pieces = []
-        for t in range(x.shape[2]):
+        for t in range(z.shape[2]):
+            x = self.vae.post_quant_conv(z[:, :, t : t + 1])  # (b, C, 1, h, w)
             first_chunk = frames + t == 0  # the session's frame 0: one pixel frame, no temporal upsampling
-            y = self.vae.decoder(x[:, :, t : t + 1], feat_cache=feats, feat_idx=[0], first_chunk=first_chunk)
+            y = self.vae.decoder(x, feat_cache=feats, feat_idx=[0], first_chunk=first_chunk)
             pieces.append(y)  # (b, 3*p*p, 1 or temporal, H/p, W/p)
         y = torch.cat(pieces, dim=2)
         if self.patch > 1:
@@ -382,6 +430,21 @@ class StreamingWanVAE:
                 raise ValueError(
                     f"a decode cache of a {tuple(s.shape[-2:])} latent grid given latents of {tuple(latents.shape[-2:])}"
                 )
+
+
+def _history_frames(decoder: torch.nn.Module) -> int:
+    """Latent frames the decoder's cache depends on: each causal time convolution of temporal kernel k
+    reaches k - 1 of its input frames back, and its input runs at ``rate`` frames per latent frame
+    (doubled by each temporal upsampler). Checked against the caches themselves in the tests."""
+    reach, rate, done = 0.0, 1, set()
+    for m in decoder.modules():  # in forward order: conv_in, mid_block, up_blocks (resnets, upsampler), conv_out
+        if isinstance(m, WanResample) and m.mode == "upsample3d":
+            reach += (m.time_conv.kernel_size[0] - 1) / rate  # runs before the upsampling
+            done.add(id(m.time_conv))
+            rate *= 2
+        elif isinstance(m, WanCausalConv3d) and id(m) not in done:
+            reach += (m.kernel_size[0] - 1) / rate
+    return math.ceil(reach)
 
 
 def _stack(per_session: list[list[Slot]], device: torch.device) -> list[Slot]:
