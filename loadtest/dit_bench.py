@@ -98,13 +98,15 @@ def configs(quick: bool):
     return WanTransformerConfig(**WAN21_T2V_1_3B), wan21_vae_config(), dict(REAL_OPTIONS)
 
 
-def build(device: str, quick: bool, vae_dtype: str) -> Setup:
-    """The model, random weights (seed 0), served dtype (bf16 on CUDA, float32 on a CPU)."""
+def build(device: str, quick: bool, vae_dtype: str, options: dict[str, Any] | None = None) -> Setup:
+    """The model, random weights (seed 0), served dtype (bf16 on CUDA, float32 on a CPU); ``options``
+    override the serve options."""
     import torch
 
     from worldserve.dynamics.models.causal_dit import CausalDiTOptions, CausalDiTWorldModel
 
     cfg, vcfg, opts = configs(quick)
+    opts.update(options or {})
     t0 = time.perf_counter()
     # on the device from the start: ~1.4e9 parameters initialise in seconds there, minutes on a CPU
     ctx = torch.device(device) if device.startswith("cuda") else contextlib.nullcontext()
@@ -112,6 +114,7 @@ def build(device: str, quick: bool, vae_dtype: str) -> Setup:
         model = CausalDiTWorldModel.random(cfg, vcfg, seed=0, device=device, options=opts, name="wan2.1-t2v-1.3b")
     if vae_dtype != "float32":
         torch.nn.Module.to(model.vae.vae, dtype=getattr(torch, vae_dtype))
+        getattr(model.vae, "_cache_nbytes", {}).clear()  # sizes found in the old dtype
     _sync(device)
     build_s = time.perf_counter() - t0
     o: CausalDiTOptions = model.options
@@ -437,7 +440,7 @@ def resume_probe(model, st, device: str) -> dict[str, float]:
     """What the engine stores per step of a session (``resume_data``): bytes and time."""
     _sync(device)
     t0 = time.perf_counter()
-    data = model.resume_data(st)
+    data = model.resume_data(st) or {}  # None: the model keeps none (option exact_resume: false)
     ms = 1e3 * (time.perf_counter() - t0)
     nb = {k: v.numel() * v.element_size() for k, v in data.items()}
     kv = sum(v for k, v in nb.items() if k in ("kv", "sink"))
@@ -522,7 +525,7 @@ def bench(args, device: str) -> tuple[bool, dict]:
 
     facts = real_size_facts()
     print_facts(facts)
-    setup = build(device, args.quick, args.vae_dtype)
+    setup = build(device, args.quick, args.vae_dtype, args.option)
     model = setup.model
     rt, info = model.runtime, model.info
     peak, peak_src = peak_flops(device)
@@ -563,7 +566,9 @@ def bench(args, device: str) -> tuple[bool, dict]:
         )
         if n_pool < 1:
             return False, dict(error="not one session fits", session_bytes=b)
-    model.configure_state_pool(n_pool * b["pages"] * b["page_bytes"])
+    if model.session_nbytes != per_session:
+        log(f"WARNING: the model's session_nbytes {model.session_nbytes} B differs from the expected {per_session} B")
+    model.configure_state_pool(n_pool * model.session_nbytes)  # the pages of n_pool whole sessions
 
     t_begin = time.perf_counter()
     deadline = t_begin + args.deadline_s
@@ -650,7 +655,8 @@ def bench(args, device: str) -> tuple[bool, dict]:
         log(
             f"resume data the engine stores per step and session: {resume['bytes'] / MIB:.1f} MiB (KV "
             f"{resume['kv_bytes'] / MIB:.1f} MiB, decoder cache {resume['vae_bytes'] / MIB:.1f} MiB), "
-            f"copied to the host in {resume['ms']:.1f} ms (not in the chunk latency above)"
+            f"copied to the host in {resume['ms']:.1f} ms (not in the chunk latency above; options decode_cache "
+            f"{model.options.decode_cache}, exact_resume {model.options.exact_resume})"
         )
     calls: dict[str, int] = {}
     for r in runs:
@@ -734,12 +740,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="auto",
         help="attention backend (auto: the Triton kernels on CUDA in bf16; triton on a CPU: the interpreter)",
     )
+    ap.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="override a serve option, e.g. window_frames=6 or decode_cache='\"rebuild\"' (repeatable)",
+    )
     ap.add_argument("--reserve-gib", type=float, default=None, help="GPU memory kept from session state (default 16)")
     ap.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default: torch's; 1 with --quick on CPU)"
     )
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args(argv)
+    opts = {}
+    for item in a.option:
+        name, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--option takes NAME=VALUE, got {item!r}")
+        try:
+            opts[name] = json.loads(value)
+        except ValueError:
+            opts[name] = value  # a bare word: a string
+    a.option = opts
     if a.sessions is None:
         a.sessions = [1, 4] if a.quick else [1, 4, 16]
     if any(n < 1 for n in a.sessions):
