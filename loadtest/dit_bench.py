@@ -147,17 +147,18 @@ def build(device: str, quick: bool, vae_dtype: str, options: dict[str, Any] | No
     )
 
 
-def real_size_facts(count_vae: bool = False) -> dict[str, Any]:
+def real_size_facts(count_vae: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The real-size model counted on meta tensors (no memory, any machine): parameters, FLOPs of a
     chunk, the bound on one H200, bytes of a session. The VAE's figures are the constants of
-    :mod:`loadtest.dit_bench_common` unless ``count_vae`` (then counted: seconds of meta dispatch)."""
+    :mod:`loadtest.dit_bench_common` unless ``count_vae`` (then counted: seconds of meta dispatch);
+    ``options`` override the serve options."""
     import torch
 
     from worldserve.dynamics.models.causal_dit import CausalDiTOptions
     from worldserve.dynamics.models.causal_dit.network import CausalWanTransformer
 
     cfg, vcfg, opts = configs(quick=False)
-    o = CausalDiTOptions.from_options(opts)
+    o = CausalDiTOptions.from_options({**opts, **(options or {})})
     from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
     with torch.device("meta"):
@@ -181,6 +182,7 @@ def real_size_facts(count_vae: bool = False) -> dict[str, Any]:
         fps_bound_h200=px * peak / flops.total,
         session_bytes=session_bytes(cfg, o, frame_tokens, 2, vf["cache_bytes"]),
         session_bytes_vae_bf16=session_bytes(cfg, o, frame_tokens, 2, vf["cache_bytes"] // 2),
+        options=o.to_dict(),
         steady_step=steady_step(o),
         vae_counted=count_vae,
     )
@@ -195,7 +197,9 @@ def print_facts(f: dict[str, Any]) -> None:
         f"VAE {f['vae_parameters']:,}; {f['frame_tokens']} tokens per latent frame"
     )
     log(
-        f"real size: FLOPs of a steady chunk {fl['total'] / 1e12:.1f} TFLOP = transformer {fl['transformer'] / 1e12:.1f} "
+        f"real size: FLOPs of a steady chunk (sink {f['options']['sink_frames']} + window "
+        f"{f['options']['window_frames']} + chunk {f['options']['chunk_frames']} latent frames of keys) "
+        f"{fl['total'] / 1e12:.1f} TFLOP = transformer {fl['transformer'] / 1e12:.1f} "
         f"({fl['passes']} denoising passes + commit: linear {fl['linear'] / 1e12:.1f}, self-attention "
         f"{fl['self_attention'] / 1e12:.1f}, cross-attention {fl['cross_attention'] / 1e12:.2f}) + VAE decode "
         f"{fl['vae'] / 1e12:.1f}; H200 bound {f['chunk_bound_ms_h200']:.0f} ms per chunk = {f['fps_bound_h200']:.1f} "
@@ -784,7 +788,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         if args.facts:
-            facts = real_size_facts(count_vae=True)
+            facts = real_size_facts(count_vae=True, options=args.option)
             print_facts(facts)
             summary: dict = dict(real_size=facts)
             ok = facts["parameters"] == WAN21_T2V_1_3B_PARAMETERS
