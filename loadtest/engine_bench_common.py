@@ -82,6 +82,7 @@ OPTIONAL = {
     "grpc": "grpcio",
     "google.protobuf": "protobuf",
     "triton": "triton",
+    "diffusers": "diffusers",  # the causal DiT's VAE (part 5); the H200 image lacks it: carry its wheel
 }
 
 

@@ -9,9 +9,14 @@
 #   [2] kernel TFLOP/s vs FlexAttention and SDPA (loadtest/kernels/bench_attention.py --quick);
 #   [3] engine batches/s, frames/s and p50 batch latency for 1/8/32/128 sessions, default model and
 #       a ~460M-parameter random config, each beside its FLOP-count bound; batch-invariant cost;
-#   [4] the attention backend / kernel the served step used and a count of Triton decode launches.
+#   [4] the attention backend / kernel the served step used and a count of Triton decode launches;
+#   [5] the causal video DiT at Wan2.1-T2V-1.3B size (random bf16, 480x832, chunks of 3 latent
+#       frames, Wan2.1's VAE) for 1/4/16 sessions: frames/s per session and per GPU, chunk p50/p99,
+#       memory per session, attention and VAE shares, each beside the FLOP-count bound; the goals
+#       MET / NOT MET (loadtest/dit_bench.py).
 # Without CUDA it says the GPU parts are skipped and runs CPU smoke versions in a few seconds.
-# Each part runs under its own timeout (T_ENV, T_KERNELS, T_BENCH, T_ENGINE, T_LARGE seconds).
+# Each part runs under its own timeout (T_ENV, T_KERNELS, T_BENCH, T_ENGINE, T_LARGE, T_DIT seconds;
+# 450 s together, so that the whole check stays under 8 minutes).
 # Logs and JSON results go to $GPU_CHECK_OUT (else $OUT, else a new temporary folder).
 # Exit status: 0 when every part that could run passed.
 set -euo pipefail
@@ -25,11 +30,12 @@ OUT_DIR="${GPU_CHECK_OUT:-${OUT:-}}"
 [ -n "$OUT_DIR" ] || OUT_DIR="$(mktemp -d -t gpu_check.XXXXXX)"
 mkdir -p "$OUT_DIR"
 
-T_ENV="${T_ENV:-30}"
-T_KERNELS="${T_KERNELS:-100}"
-T_BENCH="${T_BENCH:-120}"
-T_ENGINE="${T_ENGINE:-100}"
-T_LARGE="${T_LARGE:-130}"
+T_ENV="${T_ENV:-20}"
+T_KERNELS="${T_KERNELS:-70}"
+T_BENCH="${T_BENCH:-70}"
+T_ENGINE="${T_ENGINE:-60}"
+T_LARGE="${T_LARGE:-70}"
+T_DIT="${T_DIT:-160}"
 
 HAVE_TIMEOUT=1
 command -v timeout >/dev/null 2>&1 || HAVE_TIMEOUT=0
@@ -104,18 +110,22 @@ fi
 
 if [ "$ENV_RC" = 10 ]; then
     echo
-    echo "No CUDA device: GPU parts [1]-[4] are SKIPPED. Running the CPU smoke parts instead."
+    echo "No CUDA device: GPU parts [1]-[5] are SKIPPED. Running the CPU smoke parts instead."
     run_part cpu_kernels 60 "$PY" -m loadtest.engine_bench --device cpu --kernel-check
     run_part cpu_engine 60 "$PY" -m loadtest.engine_bench --device cpu --quick --sessions 1 2 \
         --time-budget-s 1 --json "$OUT_DIR/cpu_engine.json"
+    run_part cpu_dit 60 "$PY" -m loadtest.dit_bench --device cpu --quick --json "$OUT_DIR/cpu_dit.json"
 else
     run_part 1_kernels "$T_KERNELS" "$PY" -m loadtest.engine_bench --device cuda --kernel-check \
         --json "$OUT_DIR/kernels.json"
     run_part 2_bench_attention "$T_BENCH" "$PY" -m loadtest.kernels.bench_attention --quick --rep-ms 50 --require-gpu
     run_part 3_engine_default "$T_ENGINE" "$PY" -m loadtest.engine_bench --device cuda \
-        --sessions 1 8 32 128 --time-budget-s 45 --json "$OUT_DIR/engine_default.json"
+        --sessions 1 8 32 128 --time-budget-s 25 --json "$OUT_DIR/engine_default.json"
     run_part 3_engine_large "$T_LARGE" "$PY" -m loadtest.engine_bench --device cuda --large \
-        --sessions 1 8 32 128 --time-budget-s 50 --json "$OUT_DIR/engine_large.json"
+        --sessions 1 8 32 128 --time-budget-s 25 --json "$OUT_DIR/engine_large.json"
+    # the deadline leaves the part's timeout ~40 s for start-up (imports, building 1.4e9 parameters)
+    run_part 5_dit "$T_DIT" "$PY" -m loadtest.dit_bench --device cuda --sessions 1 4 16 \
+        --time-budget-s 10 --deadline-s $((T_DIT - 40)) --json "$OUT_DIR/dit.json"
 fi
 
 echo
@@ -123,7 +133,7 @@ echo "=================== summary ($((SECONDS - START)) s; logs in $OUT_DIR) ===
 for line in "${SUMMARY[@]}"; do echo "$line"; done
 for f in "$OUT_DIR"/*.log; do
     [ -e "$f" ] || continue
-    grep -hE "^\s+[0-9]+ sessions|batch-invariant mode|Triton attention kernel ran|^served step|FLOPs per frame|^peak:|: (PASS|FAIL)$|  (PASS|FAIL)$|kernel check:|engine bench:|MET" "$f" \
+    grep -hE "^\s+[0-9]+ sessions|batch-invariant mode|Triton attention kernel ran|^served step|FLOPs per frame|FLOPs of a steady chunk|^peak:|: (PASS|FAIL)$|  (PASS|FAIL)$|kernel check:|engine bench:|dit bench:|^session state|^resume data|MET" "$f" \
         | sed "s|^|$(basename "$f" .log): |" || true
 done
 if [ "$FAILED" != 0 ]; then

@@ -40,12 +40,15 @@ def test_gpu_check_without_cuda_skips_gpu_parts_and_passes(tmp_path):
     p = _run(["bash", "loadtest/gpu_check.sh"], tmp_path, timeout=110)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
-    assert "GPU parts [1]-[4] are SKIPPED" in out
+    assert "GPU parts [1]-[5] are SKIPPED" in out
     assert "torch " in out and "triton" in out  # the environment is printed
     assert "GPU CHECK: OK" in out
     assert "cpu_engine" in out and "engine bench: PASS" in out
     summary = json.loads((tmp_path / "cpu_engine.json").read_text())
     assert all(r["frames_per_s"] > 0 for r in summary["runs"])
+    assert "cpu_dit" in out and "dit bench: PASS" in out  # part 5's CPU smoke (the tiny causal DiT)
+    dit = json.loads((tmp_path / "cpu_dit.json").read_text())
+    assert [r["sessions"] for r in dit["runs"]] == [1, 4] and dit["runs"][0]["fps_per_gpu"] > 0
     if "triton" in out and "kernel check: SKIPPED" not in out:
         assert "kernel check: PASS" in out and "flash_decode_paged" in out  # the paged kernel ran (interpreter)
 

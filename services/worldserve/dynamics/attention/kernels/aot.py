@@ -12,11 +12,22 @@ Variants (the constexprs and the argument types that change the binary): dtype (
 head dim (32, 64, 128) x prologue (none, QK RMSNorm + RoPE) x layout (padded, varlen) for the
 prefill kernel, dtype x head dim x prologue x layout (padded cache, paged cache through a block
 table) for the decode kernel, each with its default launch config; every other autotune
-candidate once (bf16, each layout); the prefill kernel's test-only stats hook once. The mask
+candidate once (bf16, each layout); the prefill kernel's test-only stats hook once; the paged decode
+kernel once more per autotune candidate at the causal video DiT's real size (:data:`SHAPES`). The mask
 kind, the frame size, decode's ``write_kv`` and ``page_size`` are runtime arguments that are never
 specialized, so one binary serves all of them. fp32 and ``UPCAST`` are interpreter-only.
 The paged variants use the model's token-major pool layout (``PagePool``: (P, F, H, D) storage
 viewed as (P, H, F, D)).
+
+Integer arguments that are not marked ``do_not_specialize`` are specialized by value class (1, a
+multiple of 16, anything else), so the same constexprs still make a different binary when, e.g.,
+the token count is not a multiple of 16. The gate's shape (:data:`SHAPES` ``"gate"``: 16 heads,
+frames of 256 tokens, 32-page block tables) has every such argument a multiple of 16; the
+``"wan"`` shapes are what the causal DiT (``models/causal_dit``, Wan2.1-T2V-1.3B at 480x832)
+launches: 12 heads of 128, chunks of Tn = 4680 query tokens (3 latent frames of 1560) against up to
+18 cached frames in pages of 1560 rows through 21-page block tables, bf16, no prologue (its RoPE
+pairs are interleaved, not the kernel's halves), and the one-page table of a session's first
+commit (a 1560-token frame, nothing cached: the table's row stride is 1, a constexpr).
 
 Run ``python -m worldserve.dynamics.attention.kernels.aot --arch 90 80`` (must not run with
 ``TRITON_INTERPRET=1``: then the kernels are interpreted functions and cannot be compiled).
@@ -39,6 +50,27 @@ DTYPES = ("fp16", "bf16")
 HEAD_DIMS = (32, 64, 128)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The launch shape a variant is compiled for (only the value classes of its ints matter)."""
+
+    batch: int
+    heads: int
+    tokens: int  # Tn: new tokens (decode) / tokens per frame (prefill)
+    page: int  # rows per page (paged decode) = frame tokens
+    pages: int  # block table width (paged) / cache frames (padded)
+    cached: int  # max_cache_len: cached rows before the new tokens
+
+
+SHAPES = {
+    "gate": Shape(batch=2, heads=16, tokens=256, page=256, pages=32, cached=31 * 256),
+    # the causal DiT at Wan2.1-T2V-1.3B size: a steady chunk (sink 3 + window 15 cached frames)
+    "wan": Shape(batch=1, heads=12, tokens=3 * 1560, page=1560, pages=21, cached=18 * 1560),
+    # ... and a session's first commit (frame 0 alone, a one-page block table)
+    "wan-first": Shape(batch=1, heads=12, tokens=1560, page=1560, pages=1, cached=0),
+}
+
+
 @dataclass
 class Variant:
     kernel: str  # "prefill" | "decode"
@@ -49,13 +81,15 @@ class Variant:
     config: tuple[int, int, int, int] | None = None  # (block_m, block_n, warps, stages); None: default
     stats: bool = False  # prefill's test-only WRITE_STATS hook
     paged: bool = False  # decode only: KV cache in pages of a pool, through a block table
+    shape: str = "gate"  # a key of SHAPES
 
     @property
     def name(self) -> str:
         cfg = "default" if self.config is None else "x".join(map(str, self.config))
         pro = "norm+rope" if self.prologue else "plain"
         lay = "varlen" if self.varlen else "paged" if self.paged else "padded"
-        return f"{self.kernel}/{self.dtype}/d{self.head_dim}/{pro}/{lay}/{cfg}" + ("/stats" if self.stats else "")
+        name = f"{self.kernel}/{self.dtype}/d{self.head_dim}/{pro}/{lay}/{cfg}" + ("/stats" if self.stats else "")
+        return name if self.shape == "gate" else f"{name}/{self.shape}"
 
 
 def all_variants() -> list[Variant]:
@@ -78,6 +112,12 @@ def all_variants() -> list[Variant]:
                 for paged in (False, True):
                     out.append(Variant("decode", "bf16", d, pro, False, cfg, paged=paged))
     out.append(Variant("prefill", "bf16", 64, False, False, None, stats=True))
+    # The causal DiT's real-size launches: paged decode, bf16, head dim 128, no prologue, each
+    # autotune candidate (the autotuner compiles them all at every new key).
+    for shape in ("wan", "wan-first"):
+        for i, c in enumerate(cuda_configs(128, False)):
+            cfg = None if i == 0 else (c.block_m, c.block_n, c.num_warps, c.num_stages)
+            out.append(Variant("decode", "bf16", 128, False, False, cfg, paged=True, shape=shape))
     return out
 
 
@@ -92,7 +132,8 @@ def _launch_kwargs(v: Variant):
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[v.dtype]
     cfg = TileConfig(*v.config) if v.config else cuda_configs(v.head_dim, v.prologue)[0]
     meta = dict(device="meta")
-    B, H, F, D, frames = 2, 16, 256, v.head_dim, 4
+    sh = SHAPES[v.shape]
+    B, H, F, D, frames = sh.batch, sh.heads, sh.tokens, v.head_dim, 4
     group = F  # frame-causal; the mask group is never specialized, any kind gives the same binary
     T = frames * F
 
@@ -138,14 +179,15 @@ def _launch_kwargs(v: Variant):
             )
         kernel = _flash_fwd_kernel
     else:
+        # the model's layout: (B, Tn, H, D) projections viewed as (B, H, Tn, D)
         q = torch.empty(B, F, H, D, dtype=dt, **meta).transpose(1, 2)
         lens = torch.empty(B, dtype=torch.int32, **meta)
         if v.paged:
-            # the model's pool: (P, F, H, D) token-major storage viewed as (P, H, F, D)
-            cache = torch.empty(64, F, H, D, dtype=dt, **meta).transpose(1, 2)
-            paged = dict(block_table=torch.empty(B, 32, dtype=torch.int32, **meta), page_size=F)
+            # the model's pool: (P, page, H, D) token-major storage viewed as (P, H, page, D)
+            cache = torch.empty(64, sh.page, H, D, dtype=dt, **meta).transpose(1, 2)
+            paged = dict(block_table=torch.empty(B, sh.pages, dtype=torch.int32, **meta), page_size=sh.page)
         else:
-            cache = torch.empty(B, H, 32 * F, D, dtype=dt, **meta)
+            cache = torch.empty(B, H, sh.pages * F, D, dtype=dt, **meta)
             paged = {}
         _, kw = decode_launch_args(
             q,
@@ -156,7 +198,7 @@ def _launch_kwargs(v: Variant):
             lens,
             torch.empty(B, H, F, D, dtype=dt, **meta),
             group=group,
-            max_cache_len=31 * F,
+            max_cache_len=sh.cached,
             config=cfg,
             **paged,
             **pro((B, F)),
