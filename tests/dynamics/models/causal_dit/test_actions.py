@@ -13,31 +13,11 @@ from worldserve.dynamics.models.causal_dit.actions import (
     action_windows,
     window_indices,
 )
-from worldserve.dynamics.models.causal_dit.config import ActionConfig, WanTransformerConfig
 from worldserve.dynamics.models.causal_dit.network import CausalWanTransformer
+from worldserve.dynamics.models.causal_dit.testing import tiny_action_config, tiny_config
 
-ACTIONS = ActionConfig(
-    blocks=(0, 1),
-    heads_num=2,
-    hidden_size=16,
-    img_hidden_size=64,
-    keyboard_dim_in=4,
-    keyboard_hidden_dim=32,
-    mouse_dim_in=2,
-    mouse_hidden_dim=32,
-    rope_dim_list=(8, 4, 4),
-    windows_size=3,
-)
-BASE = WanTransformerConfig(
-    num_attention_heads=2,
-    attention_head_dim=32,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=32,
-    ffn_dim=128,
-    num_layers=2,
-)
+ACTIONS = tiny_action_config(windows_size=3)
+BASE = tiny_config(actions=False, text_dim=32)
 
 
 def _actions(B: int, n_px: int, seed: int, first: int = 0) -> FrameActions:

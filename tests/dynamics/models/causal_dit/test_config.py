@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 from worldserve.common.registry import ModelLoadError
 from worldserve.dynamics.models.causal_dit.actions import FrameActions
 from worldserve.dynamics.models.causal_dit.config import (
-    ActionConfig,
     WanTransformerConfig,
     expected_shapes,
     read_transformer_folder,
@@ -21,26 +20,10 @@ from worldserve.dynamics.models.causal_dit.config import (
     to_original_dict,
 )
 from worldserve.dynamics.models.causal_dit.network import CausalWanTransformer
+from worldserve.dynamics.models.causal_dit.testing import tiny_action_config, tiny_config
 
-TINY = WanTransformerConfig(
-    num_attention_heads=2,
-    attention_head_dim=32,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=32,
-    ffn_dim=128,
-    num_layers=2,
-    action_config=ActionConfig(
-        blocks=(1,),
-        heads_num=2,
-        hidden_size=16,
-        img_hidden_size=64,
-        keyboard_hidden_dim=32,
-        mouse_hidden_dim=32,
-        rope_dim_list=(8, 4, 4),
-        windows_size=1,
-    ),
+TINY = tiny_config(
+    actions=tiny_action_config(blocks=(1,), keyboard_dim_in=4, mouse_dim_in=2, windows_size=1), text_dim=32
 )
 
 # The published config.json of Wan-AI/Wan2.1-T2V-1.3B (original layout) and the transformer

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 from worldserve.dynamics.models.causal_dit import keymap
-from worldserve.dynamics.models.causal_dit.config import ActionConfig, WanTransformerConfig, expected_shapes
+from worldserve.dynamics.models.causal_dit.config import expected_shapes
+from worldserve.dynamics.models.causal_dit.testing import tiny_action_config, tiny_config
 
-TINY = WanTransformerConfig(
-    num_attention_heads=2,
-    attention_head_dim=32,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=32,
-    ffn_dim=128,
-    num_layers=2,
-    action_config=ActionConfig(blocks=(1,), heads_num=2, img_hidden_size=64, keyboard_hidden_dim=32),
-)
+TINY = tiny_config(actions=tiny_action_config(blocks=(1,)), text_dim=32)
 
 
 def test_keymap_round_trips_every_name() -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from worldserve.dynamics.models.causal_dit.actions import FrameActions
-from worldserve.dynamics.models.causal_dit.config import ActionConfig, WanTransformerConfig
+from worldserve.dynamics.models.causal_dit.config import WanTransformerConfig
 from worldserve.dynamics.models.causal_dit.network import (
     CausalWanTransformer,
     block_causal_frame_mask,
@@ -18,31 +18,12 @@ from worldserve.dynamics.models.causal_dit.network import (
     sdpa_self_attention,
     token_mask,
 )
+from worldserve.dynamics.models.causal_dit.testing import tiny_action_config, tiny_config
 
 diffusers = pytest.importorskip("diffusers")
 
-TINY = WanTransformerConfig(
-    num_attention_heads=2,
-    attention_head_dim=32,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=32,
-    ffn_dim=128,
-    num_layers=2,
-)
-ACTIONS = ActionConfig(
-    blocks=(0, 1),
-    heads_num=2,
-    hidden_size=16,
-    img_hidden_size=64,
-    keyboard_dim_in=4,
-    keyboard_hidden_dim=32,
-    mouse_dim_in=2,
-    mouse_hidden_dim=32,
-    rope_dim_list=(8, 4, 4),
-    windows_size=2,
-)
+TINY = tiny_config(actions=False, text_dim=32)
+ACTIONS = tiny_action_config()
 
 
 def _randomise(net: torch.nn.Module, seed: int) -> None:

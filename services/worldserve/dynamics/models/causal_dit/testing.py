@@ -38,25 +38,32 @@ TINY_OPTIONS: dict[str, Any] = {
 TINY_TEXT_DIM = 16
 
 
-def tiny_config(*, actions: bool = True, text_dim: int = TINY_TEXT_DIM) -> WanTransformerConfig:
-    """The tiny transformer config (diffusers' field names)."""
-    action_config = (
-        ActionConfig(
-            blocks=(0, 1),
-            heads_num=2,
-            hidden_size=16,
-            img_hidden_size=64,
-            keyboard_dim_in=4,
-            keyboard_hidden_dim=32,
-            mouse_dim_in=2,
-            mouse_hidden_dim=32,
-            rope_dim_list=(8, 4, 4),
-            windows_size=2,
-        )
-        if actions
-        else None
+def tiny_action_config(**overrides: Any) -> ActionConfig:
+    """The tiny Matrix-Game-style action config (keyboard 4, mouse 2, both blocks); ``overrides``:
+    fields to change."""
+    fields: dict[str, Any] = dict(
+        blocks=(0, 1),
+        heads_num=2,
+        hidden_size=16,
+        img_hidden_size=64,
+        keyboard_dim_in=4,
+        keyboard_hidden_dim=32,
+        mouse_dim_in=2,
+        mouse_hidden_dim=32,
+        rope_dim_list=(8, 4, 4),
+        windows_size=2,
     )
-    return WanTransformerConfig(
+    return ActionConfig(**{**fields, **overrides})
+
+
+def tiny_config(
+    *, actions: bool | ActionConfig = True, text_dim: int = TINY_TEXT_DIM, **overrides: Any
+) -> WanTransformerConfig:
+    """The tiny transformer config (diffusers' field names): 2 layers, 2 heads of 32, 4 latent
+    channels; ``actions``: the tiny action config (True), none (False) or this one; ``overrides``:
+    other fields to change."""
+    action_config = tiny_action_config() if actions is True else (actions or None)
+    fields: dict[str, Any] = dict(
         num_attention_heads=2,
         attention_head_dim=32,
         in_channels=4,
@@ -67,6 +74,7 @@ def tiny_config(*, actions: bool = True, text_dim: int = TINY_TEXT_DIM) -> WanTr
         num_layers=2,
         action_config=action_config,
     )
+    return WanTransformerConfig(**{**fields, **overrides})
 
 
 def tiny_model(
