@@ -66,6 +66,17 @@ def test_the_shipped_kinds_are_entry_points_too():
     assert canvas.info.sample_steps == 1
 
 
+def test_a_published_diffusers_folder_needs_no_kind(tmp_path):
+    """A folder in diffusers' layout (transformer/config.json names WanTransformer3DModel) is served
+    by the causal DiT kind without ``kind:`` in the config."""
+    from worldserve.dynamics.models.causal_dit.testing import TINY_OPTIONS, write_tiny_folder
+
+    folder = write_tiny_folder(tmp_path / "published")
+    cfg = Config.load({"models": [{"name": "w", "path": str(folder), "options": TINY_OPTIONS}]}, env={})
+    model = load_model(cfg.models[0], cfg, "cpu")
+    assert type(model).__name__ == "CausalDiTWorldModel" and model.info.frame_width == 64
+
+
 def test_unknown_kind_names_the_known_ones():
     cfg = Config.load({"models": [{"name": "x", "kind": "nope"}]}, env={})
     with pytest.raises(ModelLoadError, match=r"model 'x'.*no model kind 'nope'.*world_model"):

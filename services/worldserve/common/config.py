@@ -333,17 +333,28 @@ def setup_torch(config: Config) -> str:
 SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
 
+PUBLISHED_KINDS: Mapping[str, str] = {"WanTransformer3DModel": "causal_dit"}
+"""diffusers' ``_class_name`` of a published folder's transformer -> the kind that serves it."""
+
+
 def folder_kind(path: str | os.PathLike[str] | None, default: str) -> str:
-    """The ``"kind"`` a model folder's config.json names, else ``default``."""
+    """The ``"kind"`` a model folder's config.json names; for a published diffusers folder, the kind
+    that serves its ``transformer/config.json``'s ``_class_name`` (:data:`PUBLISHED_KINDS`); else
+    ``default``."""
     if path is None:
         return default
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return default
-    kind = data.get("kind") if isinstance(data, dict) else None
-    return kind if isinstance(kind, str) and kind else default
+    for name in ("config.json", os.path.join("transformer", "config.json")):
+        try:
+            with open(os.path.join(path, name)) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        kind = data.get("kind") or PUBLISHED_KINDS.get(str(data.get("_class_name")))
+        if isinstance(kind, str) and kind:
+            return kind
+    return default
 
 
 def model_path(configured: str, kind: str) -> str | None:
