@@ -46,6 +46,24 @@ def test_status_table_and_no_traceback():
     assert code == grpc.StatusCode.INTERNAL and "secret" not in msg and "Traceback" not in msg
 
 
+def test_a_redis_between_roles_is_unavailable_a_redis_bug_internal():
+    """A failover's transient answers (a demoted primary, a replica cut off, a slot moving) are
+    UNAVAILABLE (the SDK retries them; a step's request id keeps the retry exactly once); any
+    other Redis error is a bug (INTERNAL)."""
+    import redis.exceptions as rex
+
+    for e in (
+        rex.ConnectionError("refused"),
+        rex.BusyLoadingError("LOADING"),
+        rex.ReadOnlyError("You can't write against a read only replica."),
+        rex.MasterDownError("Link with MASTER is down"),
+        rex.TryAgainError("Multiple keys request during rehashing of slot"),
+        rex.ClusterDownError("The cluster is down"),
+    ):
+        assert status_of(e) == (grpc.StatusCode.UNAVAILABLE, "session store unavailable; retry later"), e
+    assert status_of(rex.ResponseError("ERR wrong number of arguments"))[0] == grpc.StatusCode.INTERNAL
+
+
 def test_errors_cross_replicas_pickled_with_their_attributes():
     """A model replica raises, the ingress re-raises: the error travels pickled (Ray's cloudpickle).
     An ``__init__`` with other arguments than ``args`` once arrived as UnserializableException

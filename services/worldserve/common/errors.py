@@ -130,7 +130,17 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
         import redis.exceptions as rex
     except ImportError:  # the client SDK has no redis
         return ()
-    return (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError)
+    # unreachable, slow, or between roles: still loading, a demoted primary (READONLY), a replica
+    # cut off from its primary (MASTERDOWN), a Redis Cluster slot moving (TRYAGAIN, CLUSTERDOWN)
+    return (
+        rex.ConnectionError,
+        rex.TimeoutError,
+        rex.BusyLoadingError,
+        rex.ReadOnlyError,
+        rex.MasterDownError,
+        rex.TryAgainError,
+        rex.ClusterDownError,
+    )
 
 
 def _unwrap(exc: BaseException) -> BaseException:
