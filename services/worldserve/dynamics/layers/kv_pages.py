@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import operator
 import threading
 import weakref
 
@@ -97,6 +98,27 @@ class PagePool:
     def release(self, pages: list[int]) -> None:
         """Give pages back; never blocks (callable from a finalizer on any thread)."""
         self._returned.extend(pages)
+
+
+def check_pool_budget(max_bytes: int, page_nbytes: int, pages_per_session: int) -> int:
+    """``max_bytes`` as an int, once it holds at least one session's ``pages_per_session`` pages of
+    ``page_nbytes`` bytes (else a ValueError saying both): what ``configure_state_pool`` takes."""
+    max_bytes = operator.index(max_bytes)
+    if max_bytes // page_nbytes < pages_per_session:
+        raise ValueError(
+            f"max_bytes={max_bytes} holds {max_bytes // page_nbytes} pages of {page_nbytes} B; one session "
+            f"needs {pages_per_session}"
+        )
+    return max_bytes
+
+
+def check_idle(pool: PagePool | None) -> None:
+    """A RuntimeError while ``pool`` has pages in use: a pool is only replaced once every state was
+    released (``configure_state_pool``)."""
+    if pool is not None and pool.used_pages:
+        raise RuntimeError(
+            f"the state pool has {pool.used_pages} pages in use; release every state before configure_state_pool"
+        )
 
 
 def release_pages(pool_ref: weakref.ref[PagePool], pages: tuple[int, ...]) -> None:

@@ -25,7 +25,6 @@ transformer kind): a session evicted by the engine never leaks pool memory.
 
 from __future__ import annotations
 
-import operator
 import threading
 import weakref
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from worldserve.dynamics.interface import StateMemoryFull
-from worldserve.dynamics.layers.kv_pages import PagePool, release_pages
+from worldserve.dynamics.layers.kv_pages import PagePool, check_idle, check_pool_budget, release_pages
 
 from .options import CausalDiTOptions
 
@@ -143,19 +142,9 @@ class FramePool:
         return 2 * L * H * F * D * torch.empty(0, dtype=dtype).element_size()
 
     def configure(self, max_bytes: int, device: torch.device, dtype: torch.dtype) -> None:
-        max_bytes = operator.index(max_bytes)
-        page = self.page_nbytes(dtype)
-        if max_bytes // page < self.pages_per_state:
-            raise ValueError(
-                f"max_bytes={max_bytes} holds {max_bytes // page} pages of {page} B; one session needs "
-                f"{self.pages_per_state}"
-            )
+        max_bytes = check_pool_budget(max_bytes, self.page_nbytes(dtype), self.pages_per_state)
         with self.lock:
-            if self.pool is not None and self.pool.used_pages:
-                raise RuntimeError(
-                    f"the state pool has {self.pool.used_pages} pages in use; release every state before "
-                    f"configure_state_pool"
-                )
+            check_idle(self.pool)
             self.pool = None
             self.max_bytes = max_bytes
             self.pool = self._make(device, dtype)

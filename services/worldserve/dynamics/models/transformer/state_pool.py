@@ -9,13 +9,13 @@ rotate). This module holds the pool's management and the state methods of the mo
 
 from __future__ import annotations
 
-import operator
 import threading
 from collections.abc import Sequence
 
 import torch
 
 from worldserve.dynamics.interface import StateMemoryFull
+from worldserve.dynamics.layers.kv_pages import check_idle, check_pool_budget
 
 from .config import WorldModelConfig
 from .kv_cache import PagedState, PagePool, new_state
@@ -46,19 +46,9 @@ class StatePoolMixin:
         pages; at least one session's ``context_frames`` pages). Call before any ``prefill`` (or
         after every state was released): it replaces the pool. Without a call the pool is made at
         the first ``prefill`` with ``DEFAULT_POOL_BYTES`` of the device."""
-        max_bytes = operator.index(max_bytes)
-        n_pages = max_bytes // self.page_nbytes
-        if n_pages < self.config.context_frames:
-            raise ValueError(
-                f"max_bytes={max_bytes} holds {n_pages} pages of {self.page_nbytes} B; one session "
-                f"needs {self.config.context_frames}"
-            )
+        max_bytes = check_pool_budget(max_bytes, self.page_nbytes, self.config.context_frames)
         with self._lock:
-            if self._pool is not None and self._pool.used_pages:
-                raise RuntimeError(
-                    f"the state pool has {self._pool.used_pages} pages in use; release every state "
-                    f"before configure_state_pool"
-                )
+            check_idle(self._pool)
             self._pool = None  # free the old one first
             self._pool_bytes = max_bytes
             self._pool = self._make_pool()
