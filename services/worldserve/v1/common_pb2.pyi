@@ -31,7 +31,7 @@ class Frame(_message.Message):
     def __init__(self, format: _Optional[_Union[FrameFormat, str]] = ..., data: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("keys", "mouse", "event")
+    __slots__ = ("keys", "mouse", "event", "event_text")
     class MouseEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,10 +42,44 @@ class Action(_message.Message):
     KEYS_FIELD_NUMBER: _ClassVar[int]
     MOUSE_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TEXT_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[str]
     mouse: _containers.ScalarMap[str, float]
     event: str
-    def __init__(self, keys: _Optional[_Iterable[str]] = ..., mouse: _Optional[_Mapping[str, float]] = ..., event: _Optional[str] = ...) -> None: ...
+    event_text: str
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., mouse: _Optional[_Mapping[str, float]] = ..., event: _Optional[str] = ..., event_text: _Optional[str] = ...) -> None: ...
+
+class WorldObject(_message.Message):
+    __slots__ = ("colour", "kind", "side")
+    COLOUR_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    colour: str
+    kind: str
+    side: str
+    def __init__(self, colour: _Optional[str] = ..., kind: _Optional[str] = ..., side: _Optional[str] = ...) -> None: ...
+
+class WorldSpec(_message.Message):
+    __slots__ = ("objects", "ground", "time_of_day", "rain")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    GROUND_FIELD_NUMBER: _ClassVar[int]
+    TIME_OF_DAY_FIELD_NUMBER: _ClassVar[int]
+    RAIN_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[WorldObject]
+    ground: str
+    time_of_day: str
+    rain: bool
+    def __init__(self, objects: _Optional[_Iterable[_Union[WorldObject, _Mapping]]] = ..., ground: _Optional[str] = ..., time_of_day: _Optional[str] = ..., rain: _Optional[bool] = ...) -> None: ...
+
+class Understood(_message.Message):
+    __slots__ = ("spec", "caption", "source")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    spec: WorldSpec
+    caption: str
+    source: str
+    def __init__(self, spec: _Optional[_Union[WorldSpec, _Mapping]] = ..., caption: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ErrorStatus(_message.Message):
     __slots__ = ("code", "message")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from worldserve.v1 import common_pb2 as worldserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cworldserve/v1/dynamics.proto\x12\rworldserve.v1\x1a\x1aworldserve/v1/common.proto\"\x84\x02\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12%\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x15.worldserve.v1.Action\x12\x1a\n\rexpected_step\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12*\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x15\n\x08guidance\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x18\n\x0b\x64\x65\x61\x64line_ms\x18\x07 \x01(\rH\x02\x88\x01\x01\x42\x10\n\x0e_expected_stepB\x0b\n\t_guidanceB\x0e\n\x0c_deadline_ms\"U\n\x0cStepResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12#\n\x05\x66rame\x18\x03 \x01(\x0b\x32\x14.worldserve.v1.Frame\"=\n\x10StepBatchRequest\x12)\n\x05steps\x18\x01 \x03(\x0b\x32\x1a.worldserve.v1.StepRequest\"n\n\nStepResult\x12)\n\x02ok\x18\x01 \x01(\x0b\x32\x1b.worldserve.v1.StepResponseH\x00\x12+\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1a.worldserve.v1.ErrorStatusH\x00\x42\x08\n\x06result\"?\n\x11StepBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.worldserve.v1.StepResult\"\xde\x01\n\x0eRolloutRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x15.worldserve.v1.Action\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x1a\n\rexpected_step\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\x08guidance\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x10\n\x0e_expected_stepB\x0b\n\t_guidance\"\x9d\x01\n\x0bPlayRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12%\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x15.worldserve.v1.Action\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\r\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"U\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.worldserve.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"x\n\x0cModelRuntime\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x19\n\x11\x61ttention_backend\x18\x03 \x01(\t\x12\x15\n\rdecode_kernel\x18\x04 \x01(\t\x12\x17\n\x0f\x62\x61tch_invariant\x18\x05 \x01(\x08\"3\n\tMouseAxis\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\x02\x12\x0b\n\x03max\x18\x03 \x01(\x02\"\x9c\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_width\x18\x02 \x01(\r\x12\x14\n\x0c\x66rame_height\x18\x03 \x01(\r\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12,\n\nmouse_axes\x18\x05 \x03(\x0b\x32\x18.worldserve.v1.MouseAxis\x12\x18\n\x10\x64iscrete_actions\x18\x06 \x01(\x04\x12\x16\n\x0e\x63ontext_frames\x18\x07 \x01(\r\x12\x14\n\x0csample_steps\x18\x08 \x01(\r\x12\x18\n\x10\x64\x65\x66\x61ult_guidance\x18\t \x01(\x02\x12\x18\n\x10\x65vents_supported\x18\n \x01(\x08\x12\x0c\n\x04tier\x18\x0b \x01(\t\x12\x16\n\x0elatent_actions\x18\x0c \x01(\r\x12,\n\x07runtime\x18\r \x01(\x0b\x32\x1b.worldserve.v1.ModelRuntime\x12\x12\n\nparameters\x18\x0e \x01(\x04\x12\x12\n\nis_default\x18\x0f \x01(\x08\x12\x10\n\x08text_dim\x18\x10 \x01(\r\x12\x10\n\x08text_len\x18\x11 \x01(\r2\xd1\x03\n\x0f\x44ynamicsService\x12?\n\x04Step\x12\x1a.worldserve.v1.StepRequest\x1a\x1b.worldserve.v1.StepResponse\x12N\n\tStepBatch\x12\x1f.worldserve.v1.StepBatchRequest\x1a .worldserve.v1.StepBatchResponse\x12G\n\x07Rollout\x12\x1d.worldserve.v1.RolloutRequest\x1a\x1b.worldserve.v1.StepResponse0\x01\x12\x43\n\x04Play\x12\x1a.worldserve.v1.PlayRequest\x1a\x1b.worldserve.v1.StepResponse(\x01\x30\x01\x12L\n\x0cGetModelInfo\x12\".worldserve.v1.GetModelInfoRequest\x1a\x18.worldserve.v1.ModelInfo\x12Q\n\nListModels\x12 .worldserve.v1.ListModelsRequest\x1a!.worldserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cworldserve/v1/dynamics.proto\x12\rworldserve.v1\x1a\x1aworldserve/v1/common.proto\"\x84\x02\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12%\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x15.worldserve.v1.Action\x12\x1a\n\rexpected_step\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12*\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x15\n\x08guidance\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x18\n\x0b\x64\x65\x61\x64line_ms\x18\x07 \x01(\rH\x02\x88\x01\x01\x42\x10\n\x0e_expected_stepB\x0b\n\t_guidanceB\x0e\n\x0c_deadline_ms\"d\n\x0cStepResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12#\n\x05\x66rame\x18\x03 \x01(\x0b\x32\x14.worldserve.v1.Frame\x12\r\n\x05\x65vent\x18\x04 \x01(\t\"=\n\x10StepBatchRequest\x12)\n\x05steps\x18\x01 \x03(\x0b\x32\x1a.worldserve.v1.StepRequest\"n\n\nStepResult\x12)\n\x02ok\x18\x01 \x01(\x0b\x32\x1b.worldserve.v1.StepResponseH\x00\x12+\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1a.worldserve.v1.ErrorStatusH\x00\x42\x08\n\x06result\"?\n\x11StepBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.worldserve.v1.StepResult\"\xde\x01\n\x0eRolloutRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x15.worldserve.v1.Action\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x1a\n\rexpected_step\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\x08guidance\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x10\n\x0e_expected_stepB\x0b\n\t_guidance\"\x9d\x01\n\x0bPlayRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12%\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x15.worldserve.v1.Action\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\r\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"U\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.worldserve.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"x\n\x0cModelRuntime\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x19\n\x11\x61ttention_backend\x18\x03 \x01(\t\x12\x15\n\rdecode_kernel\x18\x04 \x01(\t\x12\x17\n\x0f\x62\x61tch_invariant\x18\x05 \x01(\x08\"3\n\tMouseAxis\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\x02\x12\x0b\n\x03max\x18\x03 \x01(\x02\"\xac\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_width\x18\x02 \x01(\r\x12\x14\n\x0c\x66rame_height\x18\x03 \x01(\r\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12,\n\nmouse_axes\x18\x05 \x03(\x0b\x32\x18.worldserve.v1.MouseAxis\x12\x18\n\x10\x64iscrete_actions\x18\x06 \x01(\x04\x12\x16\n\x0e\x63ontext_frames\x18\x07 \x01(\r\x12\x14\n\x0csample_steps\x18\x08 \x01(\r\x12\x18\n\x10\x64\x65\x66\x61ult_guidance\x18\t \x01(\x02\x12\x18\n\x10\x65vents_supported\x18\n \x01(\x08\x12\x0c\n\x04tier\x18\x0b \x01(\t\x12\x16\n\x0elatent_actions\x18\x0c \x01(\r\x12,\n\x07runtime\x18\r \x01(\x0b\x32\x1b.worldserve.v1.ModelRuntime\x12\x12\n\nparameters\x18\x0e \x01(\x04\x12\x12\n\nis_default\x18\x0f \x01(\x08\x12\x10\n\x08text_dim\x18\x10 \x01(\r\x12\x10\n\x08text_len\x18\x11 \x01(\r\x12\x0e\n\x06\x65vents\x18\x12 \x03(\t2\xd1\x03\n\x0f\x44ynamicsService\x12?\n\x04Step\x12\x1a.worldserve.v1.StepRequest\x1a\x1b.worldserve.v1.StepResponse\x12N\n\tStepBatch\x12\x1f.worldserve.v1.StepBatchRequest\x1a .worldserve.v1.StepBatchResponse\x12G\n\x07Rollout\x12\x1d.worldserve.v1.RolloutRequest\x1a\x1b.worldserve.v1.StepResponse0\x01\x12\x43\n\x04Play\x12\x1a.worldserve.v1.PlayRequest\x1a\x1b.worldserve.v1.StepResponse(\x01\x30\x01\x12L\n\x0cGetModelInfo\x12\".worldserve.v1.GetModelInfoRequest\x1a\x18.worldserve.v1.ModelInfo\x12Q\n\nListModels\x12 .worldserve.v1.ListModelsRequest\x1a!.worldserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STEPREQUEST']._serialized_start=76
   _globals['_STEPREQUEST']._serialized_end=336
   _globals['_STEPRESPONSE']._serialized_start=338
-  _globals['_STEPRESPONSE']._serialized_end=423
-  _globals['_STEPBATCHREQUEST']._serialized_start=425
-  _globals['_STEPBATCHREQUEST']._serialized_end=486
-  _globals['_STEPRESULT']._serialized_start=488
-  _globals['_STEPRESULT']._serialized_end=598
-  _globals['_STEPBATCHRESPONSE']._serialized_start=600
-  _globals['_STEPBATCHRESPONSE']._serialized_end=663
-  _globals['_ROLLOUTREQUEST']._serialized_start=666
-  _globals['_ROLLOUTREQUEST']._serialized_end=888
-  _globals['_PLAYREQUEST']._serialized_start=891
-  _globals['_PLAYREQUEST']._serialized_end=1048
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1050
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1086
-  _globals['_LISTMODELSREQUEST']._serialized_start=1088
-  _globals['_LISTMODELSREQUEST']._serialized_end=1107
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1109
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1194
-  _globals['_MODELRUNTIME']._serialized_start=1196
-  _globals['_MODELRUNTIME']._serialized_end=1316
-  _globals['_MOUSEAXIS']._serialized_start=1318
-  _globals['_MOUSEAXIS']._serialized_end=1369
-  _globals['_MODELINFO']._serialized_start=1372
-  _globals['_MODELINFO']._serialized_end=1784
-  _globals['_DYNAMICSSERVICE']._serialized_start=1787
-  _globals['_DYNAMICSSERVICE']._serialized_end=2252
+  _globals['_STEPRESPONSE']._serialized_end=438
+  _globals['_STEPBATCHREQUEST']._serialized_start=440
+  _globals['_STEPBATCHREQUEST']._serialized_end=501
+  _globals['_STEPRESULT']._serialized_start=503
+  _globals['_STEPRESULT']._serialized_end=613
+  _globals['_STEPBATCHRESPONSE']._serialized_start=615
+  _globals['_STEPBATCHRESPONSE']._serialized_end=678
+  _globals['_ROLLOUTREQUEST']._serialized_start=681
+  _globals['_ROLLOUTREQUEST']._serialized_end=903
+  _globals['_PLAYREQUEST']._serialized_start=906
+  _globals['_PLAYREQUEST']._serialized_end=1063
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1065
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1101
+  _globals['_LISTMODELSREQUEST']._serialized_start=1103
+  _globals['_LISTMODELSREQUEST']._serialized_end=1122
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1124
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1209
+  _globals['_MODELRUNTIME']._serialized_start=1211
+  _globals['_MODELRUNTIME']._serialized_end=1331
+  _globals['_MOUSEAXIS']._serialized_start=1333
+  _globals['_MOUSEAXIS']._serialized_end=1384
+  _globals['_MODELINFO']._serialized_start=1387
+  _globals['_MODELINFO']._serialized_end=1815
+  _globals['_DYNAMICSSERVICE']._serialized_start=1818
+  _globals['_DYNAMICSSERVICE']._serialized_end=2283
 # @@protoc_insertion_point(module_scope)

@@ -26,14 +26,16 @@ class StepRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., action: _Optional[_Union[_common_pb2.Action, _Mapping]] = ..., expected_step: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ..., guidance: _Optional[float] = ..., request_id: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
 
 class StepResponse(_message.Message):
-    __slots__ = ("session_id", "step", "frame")
+    __slots__ = ("session_id", "step", "frame", "event")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step: int
     frame: _common_pb2.Frame
-    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ...) -> None: ...
+    event: str
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., event: _Optional[str] = ...) -> None: ...
 
 class StepBatchRequest(_message.Message):
     __slots__ = ("steps",)
@@ -128,7 +130,7 @@ class MouseAxis(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "frame_width", "frame_height", "keys", "mouse_axes", "discrete_actions", "context_frames", "sample_steps", "default_guidance", "events_supported", "tier", "latent_actions", "runtime", "parameters", "is_default", "text_dim", "text_len")
+    __slots__ = ("name", "frame_width", "frame_height", "keys", "mouse_axes", "discrete_actions", "context_frames", "sample_steps", "default_guidance", "events_supported", "tier", "latent_actions", "runtime", "parameters", "is_default", "text_dim", "text_len", "events")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FRAME_WIDTH_FIELD_NUMBER: _ClassVar[int]
     FRAME_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +148,7 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     TEXT_DIM_FIELD_NUMBER: _ClassVar[int]
     TEXT_LEN_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     frame_width: int
     frame_height: int
@@ -163,4 +166,5 @@ class ModelInfo(_message.Message):
     is_default: bool
     text_dim: int
     text_len: int
-    def __init__(self, name: _Optional[str] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., mouse_axes: _Optional[_Iterable[_Union[MouseAxis, _Mapping]]] = ..., discrete_actions: _Optional[int] = ..., context_frames: _Optional[int] = ..., sample_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ..., events_supported: _Optional[bool] = ..., tier: _Optional[str] = ..., latent_actions: _Optional[int] = ..., runtime: _Optional[_Union[ModelRuntime, _Mapping]] = ..., parameters: _Optional[int] = ..., is_default: _Optional[bool] = ..., text_dim: _Optional[int] = ..., text_len: _Optional[int] = ...) -> None: ...
+    events: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., frame_width: _Optional[int] = ..., frame_height: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., mouse_axes: _Optional[_Iterable[_Union[MouseAxis, _Mapping]]] = ..., discrete_actions: _Optional[int] = ..., context_frames: _Optional[int] = ..., sample_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ..., events_supported: _Optional[bool] = ..., tier: _Optional[str] = ..., latent_actions: _Optional[int] = ..., runtime: _Optional[_Union[ModelRuntime, _Mapping]] = ..., parameters: _Optional[int] = ..., is_default: _Optional[bool] = ..., text_dim: _Optional[int] = ..., text_len: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from worldserve.v1 import common_pb2 as worldserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19worldserve/v1/image.proto\x12\rworldserve.v1\x1a\x1aworldserve/v1/common.proto\"\xa0\x01\n\x14GenerateImageRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05steps\x18\x05 \x01(\r\x12\x10\n\x08guidance\x18\x06 \x01(\x02\x12*\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\"K\n\x15GenerateImageResponse\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.worldserve.v1.Frame\x12\r\n\x05model\x18\x02 \x01(\t2j\n\x0cImageService\x12Z\n\rGenerateImage\x12#.worldserve.v1.GenerateImageRequest\x1a$.worldserve.v1.GenerateImageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19worldserve/v1/image.proto\x12\rworldserve.v1\x1a\x1aworldserve/v1/common.proto\"\xa0\x01\n\x14GenerateImageRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05steps\x18\x05 \x01(\r\x12\x10\n\x08guidance\x18\x06 \x01(\x02\x12*\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\"z\n\x15GenerateImageResponse\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.worldserve.v1.Frame\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\nunderstood\x18\x03 \x01(\x0b\x32\x19.worldserve.v1.Understood2j\n\x0cImageService\x12Z\n\rGenerateImage\x12#.worldserve.v1.GenerateImageRequest\x1a$.worldserve.v1.GenerateImageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEIMAGEREQUEST']._serialized_start=73
   _globals['_GENERATEIMAGEREQUEST']._serialized_end=233
   _globals['_GENERATEIMAGERESPONSE']._serialized_start=235
-  _globals['_GENERATEIMAGERESPONSE']._serialized_end=310
-  _globals['_IMAGESERVICE']._serialized_start=312
-  _globals['_IMAGESERVICE']._serialized_end=418
+  _globals['_GENERATEIMAGERESPONSE']._serialized_end=357
+  _globals['_IMAGESERVICE']._serialized_start=359
+  _globals['_IMAGESERVICE']._serialized_end=465
 # @@protoc_insertion_point(module_scope)

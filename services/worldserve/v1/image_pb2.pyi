@@ -25,9 +25,11 @@ class GenerateImageRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., format: _Optional[_Union[_common_pb2.FrameFormat, str]] = ...) -> None: ...
 
 class GenerateImageResponse(_message.Message):
-    __slots__ = ("image", "model")
+    __slots__ = ("image", "model", "understood")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    UNDERSTOOD_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Frame
     model: str
-    def __init__(self, image: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    understood: _common_pb2.Understood
+    def __init__(self, image: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., model: _Optional[str] = ..., understood: _Optional[_Union[_common_pb2.Understood, _Mapping]] = ...) -> None: ...

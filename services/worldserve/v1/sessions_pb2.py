@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from worldserve.v1 import common_pb2 as worldserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cworldserve/v1/sessions.proto\x12\rworldserve.v1\x1a\x1aworldserve/v1/common.proto\"\x94\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0c\n\x04step\x18\x05 \x01(\x04\x12\x11\n\tparent_id\x18\x06 \x01(\t\x12\x11\n\tfork_step\x18\x07 \x01(\x04\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nupdated_at\x18\t \x01(\x01\x12\r\n\x05ttl_s\x18\n \x01(\r\x12\r\n\x05width\x18\x0b \x01(\r\x12\x0e\n\x06height\x18\x0c \x01(\r\x12)\n\x0b\x66irst_frame\x18\r \x01(\x0b\x32\x14.worldserve.v1.Frame\x12\x13\n\x0btext_tokens\x18\x0e \x01(\r\"\x93\x02\n\x14\x43reateSessionRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x14.worldserve.v1.FrameH\x00\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x13\n\x0bimage_steps\x18\x04 \x01(\r\x12\x16\n\x0eimage_guidance\x18\x05 \x01(\x02\x12\r\n\x05ttl_s\x18\x06 \x01(\r\x12\x1b\n\x13include_first_frame\x18\x07 \x01(\x08\x12*\n\x06\x66ormat\x18\x08 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\r\n\x05model\x18\t \x01(\t\x12\x16\n\x0etext_embedding\x18\n \x01(\x0c\x42\x08\n\x06source\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x14ListSessionsResponse\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.worldserve.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x12\x46orkSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\x04step\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x01\x88\x01\x01\x42\x07\n\x05_stepB\x07\n\x05_seed\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x15\x44\x65leteSessionResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x81\x01\n\x14\x45xportSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x16\n\x0einclude_frames\x18\x03 \x01(\x08\x12\x11\n\tfrom_step\x18\x04 \x01(\x04\"\x82\x01\n\x0eTrajectoryStep\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12%\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x15.worldserve.v1.Action\x12#\n\x05\x66rame\x18\x03 \x01(\x0b\x32\x14.worldserve.v1.Frame\x12\x16\n\x0etext_embedding\x18\x04 \x01(\x0c\x32\xfc\x03\n\x0eSessionService\x12L\n\rCreateSession\x12#.worldserve.v1.CreateSessionRequest\x1a\x16.worldserve.v1.Session\x12\x46\n\nGetSession\x12 .worldserve.v1.GetSessionRequest\x1a\x16.worldserve.v1.Session\x12W\n\x0cListSessions\x12\".worldserve.v1.ListSessionsRequest\x1a#.worldserve.v1.ListSessionsResponse\x12H\n\x0b\x46orkSession\x12!.worldserve.v1.ForkSessionRequest\x1a\x16.worldserve.v1.Session\x12Z\n\rDeleteSession\x12#.worldserve.v1.DeleteSessionRequest\x1a$.worldserve.v1.DeleteSessionResponse\x12U\n\rExportSession\x12#.worldserve.v1.ExportSessionRequest\x1a\x1d.worldserve.v1.TrajectoryStep0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cworldserve/v1/sessions.proto\x12\rworldserve.v1\x1a\x1aworldserve/v1/common.proto\"\xc3\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0c\n\x04step\x18\x05 \x01(\x04\x12\x11\n\tparent_id\x18\x06 \x01(\t\x12\x11\n\tfork_step\x18\x07 \x01(\x04\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nupdated_at\x18\t \x01(\x01\x12\r\n\x05ttl_s\x18\n \x01(\r\x12\r\n\x05width\x18\x0b \x01(\r\x12\x0e\n\x06height\x18\x0c \x01(\r\x12)\n\x0b\x66irst_frame\x18\r \x01(\x0b\x32\x14.worldserve.v1.Frame\x12\x13\n\x0btext_tokens\x18\x0e \x01(\r\x12-\n\nunderstood\x18\x0f \x01(\x0b\x32\x19.worldserve.v1.Understood\"\x93\x02\n\x14\x43reateSessionRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x14.worldserve.v1.FrameH\x00\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x13\n\x0bimage_steps\x18\x04 \x01(\r\x12\x16\n\x0eimage_guidance\x18\x05 \x01(\x02\x12\r\n\x05ttl_s\x18\x06 \x01(\r\x12\x1b\n\x13include_first_frame\x18\x07 \x01(\x08\x12*\n\x06\x66ormat\x18\x08 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\r\n\x05model\x18\t \x01(\t\x12\x16\n\x0etext_embedding\x18\n \x01(\x0c\x42\x08\n\x06source\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x14ListSessionsResponse\x12(\n\x08sessions\x18\x01 \x03(\x0b\x32\x16.worldserve.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x12\x46orkSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\x04step\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x01\x88\x01\x01\x42\x07\n\x05_stepB\x07\n\x05_seed\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x15\x44\x65leteSessionResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x81\x01\n\x14\x45xportSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.worldserve.v1.FrameFormat\x12\x16\n\x0einclude_frames\x18\x03 \x01(\x08\x12\x11\n\tfrom_step\x18\x04 \x01(\x04\"\x82\x01\n\x0eTrajectoryStep\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12%\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x15.worldserve.v1.Action\x12#\n\x05\x66rame\x18\x03 \x01(\x0b\x32\x14.worldserve.v1.Frame\x12\x16\n\x0etext_embedding\x18\x04 \x01(\x0c\x32\xfc\x03\n\x0eSessionService\x12L\n\rCreateSession\x12#.worldserve.v1.CreateSessionRequest\x1a\x16.worldserve.v1.Session\x12\x46\n\nGetSession\x12 .worldserve.v1.GetSessionRequest\x1a\x16.worldserve.v1.Session\x12W\n\x0cListSessions\x12\".worldserve.v1.ListSessionsRequest\x1a#.worldserve.v1.ListSessionsResponse\x12H\n\x0b\x46orkSession\x12!.worldserve.v1.ForkSessionRequest\x1a\x16.worldserve.v1.Session\x12Z\n\rDeleteSession\x12#.worldserve.v1.DeleteSessionRequest\x1a$.worldserve.v1.DeleteSessionResponse\x12U\n\rExportSession\x12#.worldserve.v1.ExportSessionRequest\x1a\x1d.worldserve.v1.TrajectoryStep0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'worldserve.v1.sessions_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSION']._serialized_start=76
-  _globals['_SESSION']._serialized_end=352
-  _globals['_CREATESESSIONREQUEST']._serialized_start=355
-  _globals['_CREATESESSIONREQUEST']._serialized_end=630
-  _globals['_GETSESSIONREQUEST']._serialized_start=632
-  _globals['_GETSESSIONREQUEST']._serialized_end=671
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=673
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=733
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=735
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=824
-  _globals['_FORKSESSIONREQUEST']._serialized_start=826
-  _globals['_FORKSESSIONREQUEST']._serialized_end=922
-  _globals['_DELETESESSIONREQUEST']._serialized_start=924
-  _globals['_DELETESESSIONREQUEST']._serialized_end=966
-  _globals['_DELETESESSIONRESPONSE']._serialized_start=968
-  _globals['_DELETESESSIONRESPONSE']._serialized_end=1008
-  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1011
-  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1140
-  _globals['_TRAJECTORYSTEP']._serialized_start=1143
-  _globals['_TRAJECTORYSTEP']._serialized_end=1273
-  _globals['_SESSIONSERVICE']._serialized_start=1276
-  _globals['_SESSIONSERVICE']._serialized_end=1784
+  _globals['_SESSION']._serialized_end=399
+  _globals['_CREATESESSIONREQUEST']._serialized_start=402
+  _globals['_CREATESESSIONREQUEST']._serialized_end=677
+  _globals['_GETSESSIONREQUEST']._serialized_start=679
+  _globals['_GETSESSIONREQUEST']._serialized_end=718
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=720
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=780
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=782
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=871
+  _globals['_FORKSESSIONREQUEST']._serialized_start=873
+  _globals['_FORKSESSIONREQUEST']._serialized_end=969
+  _globals['_DELETESESSIONREQUEST']._serialized_start=971
+  _globals['_DELETESESSIONREQUEST']._serialized_end=1013
+  _globals['_DELETESESSIONRESPONSE']._serialized_start=1015
+  _globals['_DELETESESSIONRESPONSE']._serialized_end=1055
+  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1058
+  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1187
+  _globals['_TRAJECTORYSTEP']._serialized_start=1190
+  _globals['_TRAJECTORYSTEP']._serialized_end=1320
+  _globals['_SESSIONSERVICE']._serialized_start=1323
+  _globals['_SESSIONSERVICE']._serialized_end=1831
 # @@protoc_insertion_point(module_scope)

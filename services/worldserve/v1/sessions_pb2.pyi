@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "model", "prompt", "seed", "step", "parent_id", "fork_step", "created_at", "updated_at", "ttl_s", "width", "height", "first_frame", "text_tokens")
+    __slots__ = ("session_id", "model", "prompt", "seed", "step", "parent_id", "fork_step", "created_at", "updated_at", "ttl_s", "width", "height", "first_frame", "text_tokens", "understood")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class Session(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
     TEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNDERSTOOD_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     prompt: str
@@ -37,7 +38,8 @@ class Session(_message.Message):
     height: int
     first_frame: _common_pb2.Frame
     text_tokens: int
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., step: _Optional[int] = ..., parent_id: _Optional[str] = ..., fork_step: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., ttl_s: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., first_frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., text_tokens: _Optional[int] = ...) -> None: ...
+    understood: _common_pb2.Understood
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., seed: _Optional[int] = ..., step: _Optional[int] = ..., parent_id: _Optional[str] = ..., fork_step: _Optional[int] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., ttl_s: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., first_frame: _Optional[_Union[_common_pb2.Frame, _Mapping]] = ..., text_tokens: _Optional[int] = ..., understood: _Optional[_Union[_common_pb2.Understood, _Mapping]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("prompt", "image", "seed", "image_steps", "image_guidance", "ttl_s", "include_first_frame", "format", "model", "text_embedding")

@@ -22,11 +22,23 @@ their side, in their colour.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from worldserve.common.caption import (  # noqa: F401 (re-exported: worldserve.worlds)
+    COLORS,
+    EVENTS,
+    GROUNDS,
+    KINDS,
+    SIDES,
+    ObjectSpec,
+    WorldSpec,
+    _norm,
+    caption_of,
+    parse_caption,
+)
 
 VIEW = 64
 """Frame height and width in pixels."""
@@ -45,30 +57,9 @@ START_X = 32
 
 KEYS = ("left", "right", "up", "down", "jump", "fire")
 
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "blue": (40, 90, 230),
-    "yellow": (245, 215, 40),
-    "purple": (150, 60, 200),
-    "pink": (250, 110, 180),
-    "cyan": (40, 210, 220),
-}
-"""Object colours a caption may name (chosen far from the sky, ground and player colours)."""
-KINDS = ("door", "box")
-"""Object kinds a caption may name."""
-GROUNDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
-    "grass": ((60, 180, 60), (120, 80, 40)),  # (top layer, soil)
-    "sand": ((225, 205, 145), (190, 160, 100)),
-    "snow": ((240, 240, 250), (165, 165, 185)),
-}
-SIDES = ("left", "right")
-EVENTS: dict[str, tuple[str, bool]] = {
-    "it starts to rain": ("rain", True),
-    "the rain stops": ("rain", False),
-    "night falls": ("night", True),
-    "day breaks": ("night", False),
-}
-"""Event text -> (world flag, value it takes)."""
+# The caption grammar's vocabulary and parser live in worldserve.common.caption (served code reads
+# captions too); they are re-exported here for the game and the trainers.
+
 
 SKY_DAY = (110, 170, 240)
 SKY_NIGHT = (15, 20, 50)
@@ -86,92 +77,6 @@ RAIN_DIM = 0.85
 # object footprints on the first view, world x of the left edge per side
 _SLOT_X = {"left": 6, "right": 46}
 _SIZE = {"door": (10, 16), "box": (10, 10)}  # (width, height)
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-# --------------------------------------------------------------------------------------------------
-# World spec <-> caption
-
-
-@dataclass(frozen=True)
-class ObjectSpec:
-    color: str
-    kind: str
-    side: str
-
-    def __post_init__(self) -> None:
-        if self.color not in COLORS:
-            raise ValueError(f"unknown colour {self.color!r}; expected one of {tuple(COLORS)}")
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown object {self.kind!r}; expected one of {KINDS}")
-        if self.side not in SIDES:
-            raise ValueError(f"unknown side {self.side!r}; expected one of {SIDES}")
-
-    @property
-    def phrase(self) -> str:
-        return f"a {self.color} {self.kind} on the {self.side}"
-
-
-@dataclass(frozen=True)
-class WorldSpec:
-    """What a caption says about a world: objects on the first view, ground, time, weather."""
-
-    objects: tuple[ObjectSpec, ...] = ()
-    ground: str = "grass"
-    night: bool = False
-    rain: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.objects, list):
-            object.__setattr__(self, "objects", tuple(self.objects))
-        if self.ground not in GROUNDS:
-            raise ValueError(f"unknown ground {self.ground!r}; expected one of {tuple(GROUNDS)}")
-        sides = [o.side for o in self.objects]
-        if len(set(sides)) != len(sides):
-            raise ValueError(f"at most one object per side, got {[o.phrase for o in self.objects]!r}")
-        # canonical order: left before right
-        object.__setattr__(self, "objects", tuple(sorted(self.objects, key=lambda o: SIDES.index(o.side))))
-
-
-def caption_of(spec: WorldSpec) -> str:
-    """Canonical caption, e.g. ``"a red door on the left, a blue box on the right, grass, night"``."""
-    parts = [o.phrase for o in spec.objects] + [spec.ground, "night" if spec.night else "day"]
-    if spec.rain:
-        parts.append("rain")
-    return ", ".join(parts)
-
-
-_OBJ_RE = re.compile(r"^(?:an?\s+)?(\w+)\s+(\w+)\s+on\s+the\s+(\w+)$")
-
-
-def parse_caption(caption: str) -> WorldSpec:
-    """Caption -> WorldSpec. Clauses are comma-separated (``and`` also splits); case and extra
-    spaces are ignored. Raises ValueError quoting a clause it does not understand."""
-    if not isinstance(caption, str) or not caption.strip():
-        raise ValueError(f"caption must be a non-empty string, got {caption!r}")
-    objects: list[ObjectSpec] = []
-    ground, night, rain = "grass", False, False
-    for clause in re.split(r",|\band\b", _norm(caption)):
-        clause = clause.strip().strip(".")
-        if not clause:
-            continue
-        m = _OBJ_RE.match(clause)
-        if m:
-            objects.append(ObjectSpec(m.group(1), m.group(2), m.group(3)))
-        elif clause in GROUNDS:
-            ground = clause
-        elif clause in ("night", "at night"):
-            night = True
-        elif clause in ("day", "daytime"):
-            night = False
-        elif clause in ("rain", "raining", "rainy"):
-            rain = True
-        else:
-            raise ValueError(f"caption clause {clause!r} not understood (in {caption!r})")
-    return WorldSpec(tuple(objects), ground, night, rain)
 
 
 def random_spec(rng: np.random.Generator) -> WorldSpec:

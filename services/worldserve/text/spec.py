@@ -1,0 +1,166 @@
+"""What the text app's language model reads and writes: the contract between its trainer and the
+served app (torch-, ray- and vllm-free).
+
+The model is a small decoder-only LM in the Hugging Face layout (vLLM loads it). It does two tasks,
+each one prompt line in, one compact JSON object out (greedy, decoding constrained to the JSON
+schema, so every answer parses)::
+
+    lm_prompt("prompt", "A snowy night with a pink door to my right")
+        -> 'prompt: a snowy night with a pink door to my right\\n'
+    answer   {"objects":[{"colour":"pink","kind":"door","side":"right"}],"ground":"snow","time":"night","rain":null}
+
+    lm_prompt("event", "make it rain")  -> 'event: make it rain\\n'
+    answer   {"event":"it starts to rain"}        ({"event":null}: no event meant)
+
+In a prompt's answer ``ground``, ``time`` and ``rain`` are null when the text does not say (the
+world's defaults apply: grass, day, no rain); an answer with no objects and every field null
+understood nothing. Answers are written with ``answer_json`` (no spaces, keys in this order): the
+trainer writes its targets with it, so what the model learned is what the schema admits.
+
+The model's folder carries ``world.json``: the vocabulary it was trained with (``colours``,
+``kinds``, ``sides``, ``grounds``, ``times``, ``events``). The decoding schema is built from that
+vocabulary; the answer is then checked against the served world's (``worldserve.common.caption``),
+so a model that knows a colour the world does not draw is refused with INVALID_ARGUMENT, never
+rendered wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from worldserve.common import caption as grammar
+
+Task = Literal["prompt", "event"]
+
+MAX_TEXT_CHARS = 300
+"""Longest free text (a prompt or an event) the text app takes, in characters."""
+MAX_ANSWER_TOKENS = 64
+"""Decoding budget per answer (the longest answer, two objects and every field, is well under it)."""
+WORLD_FILE = "world.json"
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, runs of whitespace collapsed (what the model was trained on)."""
+    return " ".join(text.lower().split())
+
+
+def lm_prompt(task: Task, text: str) -> str:
+    """The model's input for one task; the answer follows it."""
+    if task not in ("prompt", "event"):
+        raise ValueError(f"unknown task {task!r}")
+    return f"{task}: {normalize_text(text)}\n"
+
+
+def answer_json(obj: Mapping[str, Any]) -> str:
+    """The canonical text of an answer: compact JSON, keys in insertion order."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
+
+
+def prompt_answer(spec: grammar.WorldSpec | None, *, ground: bool, time: bool, rain: bool) -> dict[str, Any]:
+    """The training target for a prompt describing ``spec``; a field the text did not mention
+    (``ground=False``...) is null. ``spec=None``: the text named nothing."""
+    if spec is None:
+        return {"objects": [], "ground": None, "time": None, "rain": None}
+    d = grammar.spec_to_dict(spec)
+    return {
+        "objects": d["objects"],
+        "ground": d["ground"] if ground else None,
+        "time": d["time"] if time else None,
+        "rain": d["rain"] if rain else None,
+    }
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words a text model was trained to answer with (its folder's ``world.json``)."""
+
+    colours: tuple[str, ...] = tuple(grammar.COLORS)
+    kinds: tuple[str, ...] = grammar.KINDS
+    sides: tuple[str, ...] = grammar.SIDES
+    grounds: tuple[str, ...] = tuple(grammar.GROUNDS)
+    times: tuple[str, ...] = grammar.TIMES
+    events: tuple[str, ...] = tuple(grammar.EVENTS)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "colours": list(self.colours),
+            "kinds": list(self.kinds),
+            "sides": list(self.sides),
+            "grounds": list(self.grounds),
+            "times": list(self.times),
+            "events": list(self.events),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], *, where: str = WORLD_FILE) -> Vocabulary:
+        names = ("colours", "kinds", "sides", "grounds", "times", "events")
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}")
+        out = {}
+        for n in names:
+            v = d[n]
+            if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+                raise ValueError(f"{where}: {n} must be a non-empty list of strings, got {v!r}")
+            out[n] = tuple(v)
+        return cls(**out)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Vocabulary:
+        """``folder/world.json``; ValueError naming the file when it is missing or malformed."""
+        path = Path(folder) / WORLD_FILE
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not readable JSON ({e})") from None
+        return cls.from_json(d, where=str(path))
+
+    def write(self, folder: str | Path) -> None:
+        (Path(folder) / WORLD_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def prompt_schema(vocab: Vocabulary) -> dict[str, Any]:
+    """The JSON schema a prompt's answer is decoded under (at most one object per side)."""
+    obj = {
+        "type": "object",
+        "properties": {
+            "colour": {"enum": list(vocab.colours)},
+            "kind": {"enum": list(vocab.kinds)},
+            "side": {"enum": list(vocab.sides)},
+        },
+        "required": ["colour", "kind", "side"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "objects": {"type": "array", "items": obj, "maxItems": len(vocab.sides)},
+            "ground": {"enum": [*vocab.grounds, None]},
+            "time": {"enum": [*vocab.times, None]},
+            "rain": {"enum": [True, False, None]},
+        },
+        "required": ["objects", "ground", "time", "rain"],
+        "additionalProperties": False,
+    }
+
+
+def event_schema(events: Sequence[str]) -> dict[str, Any]:
+    """The JSON schema an event's answer is decoded under: one of ``events`` or null."""
+    return {
+        "type": "object",
+        "properties": {"event": {"enum": [*events, None]}},
+        "required": ["event"],
+        "additionalProperties": False,
+    }
+
+
+def understood_nothing(answer: Mapping[str, Any]) -> bool:
+    """True when a prompt's answer names no object and leaves every field null."""
+    return not answer.get("objects") and all(answer.get(k) is None for k in ("ground", "time", "rain"))
