@@ -126,6 +126,17 @@ class Config:
     image_model_path: str = ""
     """Folder of the image model; empty: the shipped weights (worldserve/weights/image); "random":
     random init, the only way to get one (a missing or corrupt file is a start-up error naming it)."""
+    text_app: str = ""
+    """Serve application of the text app (free-text prompts and events, worldserve.text) that the
+    sessions, image and dynamics apps call; empty: none is deployed, and free text answers
+    FAILED_PRECONDITION "text understanding is not deployed" (grammar prompts and exact event names
+    keep working). The serve config sets it where it deploys the text app."""
+    text_model_path: str = ""
+    """Folder of the text app's language model (Hugging Face layout: config.json,
+    model.safetensors, tokenizer files, world.json); empty: the shipped weights
+    (worldserve/weights/text). A missing or corrupt file is a start-up error naming it."""
+    text_timeout_s: float = 10.0
+    """Longest wait for the text app's answer; past it, free text answers UNAVAILABLE. Bounds: 0.1 .. 120."""
     max_batch_size: int = 32
     """Most sessions stepped in one model call. Bounds: 1 .. 1024."""
     max_batch_wait_s: float = 0.0
@@ -209,6 +220,7 @@ class Config:
             raise ValueError(
                 "redis_wait_replicas > 0 needs a redis:// or redis+sentinel:// redis_url, not redis+cluster://"
             )
+        _bounded("text_timeout_s", self.text_timeout_s, 0.1, 120)
         _bounded("max_batch_size", self.max_batch_size, 1, 1024)
         _bounded("max_batch_wait_s", self.max_batch_wait_s, 0, 1)
         _bounded("max_queue", self.max_queue, 1, 100_000)
@@ -273,6 +285,7 @@ class Config:
             ("api_keys_file", "WORLDSERVE_API_KEYS_FILE"),
             ("dynamics_model_path", "WORLDSERVE_DYNAMICS_MODEL"),
             ("image_model_path", "WORLDSERVE_IMAGE_MODEL"),
+            ("text_model_path", "WORLDSERVE_TEXT_MODEL"),
             ("archive_url", "WORLDSERVE_ARCHIVE_URL"),
         ):
             if env.get(var):
