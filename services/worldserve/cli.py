@@ -161,8 +161,9 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
 def play(
     prompt: str = typer.Option(
         "a red door on the left, a blue box on the right, grass, day",
-        help="world prompt: 'a {red|blue|yellow|purple|pink|cyan} {door|box} on the {left|right}, ..., "
-        "{grass|sand|snow}, {day|night}[, rain]'",
+        help="world prompt: a caption 'a {red|blue|yellow|purple|pink|cyan} {door|box} on the {left|right}, ..., "
+        "{grass|sand|snow}, {day|night}[, rain]', or free text ('a snowy night with a pink door to my right') "
+        "read by the text app; the understood caption is printed",
     ),
     actions: str = typer.Option(
         "right,right,right,up,right,right,jump,right,left,left,up,right,right,right,right,right",
@@ -170,7 +171,11 @@ def play(
     ),
     seed: int = typer.Option(0),
     model: str = typer.Option("", help="served model to play (`worldserve status` lists them; '' = the default)"),
-    event: str = typer.Option("night falls", help="world event switched on mid-play ('' for none)"),
+    event: str = typer.Option(
+        "night falls",
+        help="world event switched on mid-play ('' for none): one of the model's events "
+        "('it starts to rain', 'night falls', ...) or free text ('make it rain')",
+    ),
     event_step: int = typer.Option(10, help="the step at which the event switches on"),
     out: Path = typer.Option(Path("demo.gif"), help="animated GIF to write"),
     target: str = typer.Option(None, help="gRPC endpoint (default: from `up`)"),
@@ -189,6 +194,9 @@ def play(
     frames = []
     with WorldClient(target, dev_key()) as c:
         s = c.create_session(prompt=prompt, seed=seed, include_first_frame=True, model=model)
+        if s.HasField("understood"):
+            u = s.understood
+            console.print(f"understood ({u.source}): {u.caption}")
         frames.append(Image.open(io.BytesIO(s.first_frame.data)).convert("RGB"))
         with Progress(
             TextColumn("[bold]stepping[/] " + s.session_id),
@@ -198,9 +206,14 @@ def play(
             console=console,
         ) as bar:
             task = bar.add_task("steps", total=len(acts))
-            for r in c.play(s.session_id, acts):
+            applied = []
+            for i, r in enumerate(c.play(s.session_id, acts)):
                 frames.append(Image.open(io.BytesIO(r.frame.data)).convert("RGB"))
+                if acts[i].HasField("event"):
+                    applied.append((r.step, acts[i].event, r.event))
                 bar.advance(task)
+    for step, sent, got in applied:
+        console.print(f"event at step {step}: {sent!r}" + (f" -> {got!r}" if got != sent else ""))
     w, h = frames[0].size
     frames = [f.resize((w * scale, h * scale), Image.NEAREST) for f in frames]
     frames[0].save(out, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)

@@ -23,6 +23,13 @@ Quotas: a call refused by a tenant quota answers RESOURCE_EXHAUSTED; when waitin
 details carry a ``google.rpc.RetryInfo`` (read it with :func:`retry_after`). Nothing was applied:
 every call (creates and forks too) waits that delay and retries while ``retry_s`` lasts.
 
+Free text: ``create_session(prompt=...)`` and ``generate_image`` take a caption in the grammar
+("a red door on the left, grass, night") or free text ("a snowy night with a pink door to my
+right"), read by the server's text app; ``Session.understood`` (``understood(session)`` as a dict)
+says how it was understood. A step's ``Action.event`` takes one of the model's events
+(``ModelInfo.events``) or free text ("make it rain"); ``StepResponse.event`` is the event in
+force for the frame.
+
 Layout: this module holds the two clients; the request builders are in ``_requests.py``, the
 retry rules in ``_retry.py``, the server streams in ``_stream.py``. Import every public name from
 here (``__all__``).
@@ -65,6 +72,7 @@ from worldserve.v1 import (
 
 __all__ = [
     "WorldClient",
+    "understood",
     "AsyncWorldClient",
     "action",
     "to_actions",
@@ -76,6 +84,26 @@ __all__ = [
     "ActionLike",
     "ResponseStream",
 ]
+
+
+def understood(message: Any) -> dict[str, Any] | None:
+    """How a prompt was understood, from a ``Session`` or a ``GenerateImageResponse``, as plain data:
+    ``{"spec": {"objects": [{"colour", "kind", "side"}], "ground", "time", "rain"}, "caption",
+    "source"}`` (``source``: "grammar" or "text"); None when it carries none (an uploaded image)."""
+    if not message.HasField("understood"):
+        return None
+    u = message.understood
+    return {
+        "spec": {
+            "objects": [{"colour": o.colour, "kind": o.kind, "side": o.side} for o in u.spec.objects],
+            "ground": u.spec.ground,
+            "time": u.spec.time_of_day,
+            "rain": u.spec.rain,
+        },
+        "caption": u.caption,
+        "source": u.source,
+    }
+
 
 # grpc ships no type information: what its stubs' calls return is typed where it is received.
 _T = TypeVar("_T")

@@ -7,17 +7,24 @@ that model is served, and hands the step to that model's deployment through a ha
 session id, so the consistent-hash router keeps a session on one replica of its model. The step
 rate quota travels with the request (``StepRequest.rate``) and is charged by the model replica in
 the same Redis round trip that reads the session, so a warm step costs the front no Redis at all.
+
+World events: for a model that declares its events (``ModelInfo.events``), an ``event`` that is
+not one of them word for word is free text, mapped to one by the text app
+(:class:`~worldserve.common.understanding.EventResolver`, its answers cached per front); the
+model gets the declared event, the step log records both (``event``, ``event_text``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from worldserve.common.errors import FailedPrecondition, InvalidArgument
+from worldserve.common.understanding import EventResolver, ParseEvent
 from worldserve.dynamics.engine.types import StepOutput, StepRequest
 from worldserve.state.store import SessionStore
 
@@ -47,8 +54,12 @@ class StepFront:
         default_model: str,
         *,
         on_routed: Callable[[str], None] | None = None,
+        parse_event: ParseEvent | None = None,
     ):
+        """``parse_event``: the text app's (``TextClient.parse_event``; None: not deployed, free-text
+        events answer FAILED_PRECONDITION, declared events still work)."""
         self.store = store
+        self.events = EventResolver(parse_event)
         self._handles = handles
         self._handle_cache: dict[str, Any] = dict(handles) if isinstance(handles, Mapping) else {}
         self.served = list(served)
@@ -127,10 +138,26 @@ class StepFront:
             )
         return model
 
+    # -- events -----------------------------------------------------------------------------------
+    async def declared_events(self, model: str) -> list[str]:
+        """The events ``model`` declares (empty: none; any event text is passed through)."""
+        return list((await self.model_info(model)).get("events") or ())
+
+    async def resolve_event(self, model: str, event: str | None) -> tuple[str | None, str]:
+        """(the event the model gets, the free text it was given as or "")."""
+        if not event:
+            return event, ""
+        return await self.events.resolve(event, await self.declared_events(model))
+
     # -- the step ---------------------------------------------------------------------------------
     async def step(self, req: StepRequest) -> tuple[StepOutput, str, str]:
-        """One step of ``req.session_id`` on its model's deployment: (output, model, replica)."""
+        """One step of ``req.session_id`` on its model's deployment: (output, model, replica). A
+        free-text event is mapped to one of the model's declared events first."""
         model = await self.model_of(req.tenant, req.session_id)
+        if req.event:
+            event, text = await self.resolve_event(model, req.event)
+            if text:
+                req = dataclasses.replace(req, event=event, event_text=text)
         if self._on_routed is not None:
             self._on_routed(model)
         t0 = time.perf_counter()
@@ -143,6 +170,13 @@ class StepFront:
     async def check_actions(
         self, tenant: str, session_id: str, actions: list[tuple[tuple[str, ...], dict, str | None]]
     ) -> None:
-        """Validate a Rollout's actions against the session's model before its first step."""
+        """Validate a Rollout's actions against the session's model before its first step (free-text
+        events are mapped first: the answers are cached for the steps)."""
         model = await self.model_of(tenant, session_id)
-        await self.handle(model).check_actions.remote(actions)
+        resolved = []
+        for i, (keys, mouse, event) in enumerate(actions):
+            try:
+                resolved.append((keys, mouse, (await self.resolve_event(model, event))[0]))
+            except InvalidArgument as e:
+                raise InvalidArgument(f"actions[{i}]: {e}") from None
+        await self.handle(model).check_actions.remote(resolved)

@@ -66,6 +66,7 @@ def model_info_dict(name: str, tier: str, model, batch_inv: bool) -> dict:
         "default_guidance": i.default_guidance,
         "events_supported": i.events_supported,
         "event_max_bytes": i.event_max_bytes,
+        "events": list(i.events),
         "parameters": i.parameters,
         "text_dim": int(i.extra.get("text_dim") or 0),
         "text_len": int(i.extra.get("text_len") or 0) if i.extra.get("text_dim") else 0,
@@ -249,6 +250,7 @@ def _to_pb_info(d: dict, default_model: str) -> pb.ModelInfo:
         sample_steps=d["sample_steps"],
         default_guidance=d["default_guidance"],
         events_supported=d["events_supported"],
+        events=d.get("events", []),
         parameters=d["parameters"],
         is_default=d["name"] == default_model,
         text_dim=d.get("text_dim", 0),
@@ -274,6 +276,7 @@ class DynamicsService(ServiceBase):
 
     def __init__(self, config: dict[str, Any] | None, models: dict[str, Any]):
         from worldserve.state.store import SessionStore
+        from worldserve.text.client import TextClient
 
         super().__init__(config)
         self.default_model = self.config.default_model_name
@@ -289,6 +292,7 @@ class DynamicsService(ServiceBase):
             list(models),
             self.default_model,
             on_routed=lambda model: m_routed.inc(model=model),
+            parse_event=TextClient(self.config).parse_event,
         )
 
     async def model_info(self, model: str = "") -> dict:
@@ -319,7 +323,7 @@ class DynamicsService(ServiceBase):
         out, model, replica = await self.front.step(req)
         if grpc_context is not None:
             grpc_context.set_trailing_metadata([("worldserve-replica", replica), ("worldserve-model", model)])
-        return pb.StepResponse(session_id=out.session_id, step=out.step, frame=out.frame.to_pb())
+        return pb.StepResponse(session_id=out.session_id, step=out.step, frame=out.frame.to_pb(), event=out.event)
 
     # -- RPCs -------------------------------------------------------------------------------------
     @rpc("Step", empty=pb.StepResponse)

@@ -1,4 +1,8 @@
-"""Session logic independent of gRPC: create (from a prompt or an upload), fork, export."""
+"""Session logic independent of gRPC: create (from a prompt or an upload), fork, export.
+
+A prompt in the caption grammar goes to the image app as it is; any other prompt is read by the
+text app first (``understand``) and the image app is given the understood caption. Either way the
+session record keeps how the prompt was understood (``SessionRecord.understood``)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from worldserve.common.config import Config
 from worldserve.common.errors import InvalidArgument
 from worldserve.common.quotas import MAX_TTL_S, Quotas
 from worldserve.common.text_embedding import MAX_TOKENS, check_text_embedding
+from worldserve.common.understanding import ParsePrompt, image_prompt, understand_prompt
 from worldserve.state.quotas import QuotaEnforcer
 from worldserve.state.store import SessionRecord, SessionsFull, SessionStore
 
@@ -27,8 +32,12 @@ class SessionsCore:
         catalog: Callable[[], Awaitable[dict]] | None = None,
         quotas: Callable[[str], Quotas] | None = None,
         enforcer: QuotaEnforcer | None = None,
+        understand: ParsePrompt | None = None,
     ):
+        """``understand``: the text app's ``parse_prompt`` (None: not deployed; free-text prompts
+        answer FAILED_PRECONDITION, captions still work)."""
         self.store = store
+        self._understand = understand
         self.config = config
         self._quotas = quotas or (lambda tenant: config.quotas)
         self.enforcer = enforcer or QuotaEnforcer(store)
@@ -123,6 +132,7 @@ class SessionsCore:
         if not prompt or not prompt.strip():
             raise InvalidArgument("prompt is empty")
         ttl = self._ttl(tenant, ttl_s)
+        understood = await understand_prompt(prompt, self._understand)
         model, size = await self.resolve_model(model)
         tokens = self._text(model, size, text_embedding)
         info = await self.info()
@@ -133,7 +143,7 @@ class SessionsCore:
             )
 
         async def make(sid: str) -> tuple[SessionRecord, bytes]:  # the quota is taken before the image is made
-            png = await self._generate(prompt, seed, steps, guidance)
+            png = await self._generate(image_prompt(prompt, understood), seed, steps, guidance)
             rec = await self.store.create(
                 tenant,
                 model=model,
@@ -146,6 +156,7 @@ class SessionsCore:
                 session_id=sid,
                 text=text_embedding or None,
                 text_tokens=tokens,
+                understood=understood,
             )
             return rec, png
 

@@ -14,6 +14,7 @@ from worldserve.common.codec import PNG, check_format, decode_frame, encode_fram
 from worldserve.common.errors import NotFound
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.common.serving import DeploymentOptions
+from worldserve.common.understanding import understood_pb
 from worldserve.sessions.core import SessionsCore
 from worldserve.state.quotas import QuotaEnforcer
 from worldserve.state.store import SessionRecord, SessionStore
@@ -22,7 +23,7 @@ from worldserve.v1 import sessions_pb2 as pb
 
 
 def to_pb(rec: SessionRecord) -> pb.Session:
-    return pb.Session(
+    out = pb.Session(
         session_id=rec.session_id,
         model=rec.model,
         prompt=rec.prompt,
@@ -37,6 +38,10 @@ def to_pb(rec: SessionRecord) -> pb.Session:
         height=rec.height,
         text_tokens=rec.text_tokens,
     )
+    understood = understood_pb(rec.understood)
+    if understood is not None:
+        out.understood.CopyFrom(understood)
+    return out
 
 
 def reencode(png: bytes, fmt: int) -> common_pb2.Frame:
@@ -64,6 +69,9 @@ class SessionService(ServiceBase):
         )
         self.image = serve.get_deployment_handle("ImageService", app_name=image_app)
         self.dynamics = serve.get_deployment_handle("DynamicsService", app_name=dynamics_app)
+        from worldserve.text.client import TextClient
+
+        self.text = TextClient(self.config)
         self.core = SessionsCore(
             store,
             self.config,
@@ -72,6 +80,7 @@ class SessionService(ServiceBase):
             catalog=self._catalog,
             quotas=self.quotas,
             enforcer=QuotaEnforcer(store, self.metrics),
+            understand=self.text.parse_prompt,
         )
         self.store = store
         self.m_created = self.metrics.counter("sessions_created", "Sessions created, by source", ("source",))
@@ -179,6 +188,8 @@ class SessionService(ServiceBase):
                 item.action.mouse.update(e.action.get("mouse", {}))
                 if e.action.get("event"):
                     item.action.event = e.action["event"]
+                if e.action.get("event_text"):  # the free text the event was given as
+                    item.action.event_text = e.action["event_text"]
             if e.frame is not None:
                 item.frame.CopyFrom(reencode(e.frame, request.format))
             if e.text:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Sequence
@@ -86,6 +87,13 @@ class SessionRecord:
     """The last step whose action, latent and frame Redis dropped (archived before)."""
     text_tokens: int = 0
     """Tokens of the session's text embedding (the log's ``t``); 0: none."""
+    understood_spec: str = ""
+    """How the prompt was understood: the world spec as JSON (``worldserve.common.caption.spec_to_dict``);
+    "" for uploaded images and records written before it existed."""
+    understood_caption: str = ""
+    """The understood spec as a caption (what the image model was given)."""
+    understood_source: str = ""
+    """Who read the prompt: "grammar" (it was a caption) or "text" (the text app)."""
 
     @classmethod
     def from_redis(cls, tenant: str, sid: str, h: dict[bytes, bytes]) -> SessionRecord:
@@ -108,7 +116,21 @@ class SessionRecord:
             archived=int(g.get("archived", -1)),
             trimmed=int(g.get("trimmed", -1)),
             text_tokens=int(g.get("text_tokens", 0)),
+            understood_spec=g.get("understood_spec", ""),
+            understood_caption=g.get("understood_caption", ""),
+            understood_source=g.get("understood_source", ""),
         )
+
+    @property
+    def understood(self) -> dict[str, Any] | None:
+        """``{"spec": dict, "caption": str, "source": str}``, or None (not recorded)."""
+        if not self.understood_source:
+            return None
+        return {
+            "spec": json.loads(self.understood_spec),
+            "caption": self.understood_caption,
+            "source": self.understood_source,
+        }
 
     def fields(self) -> dict[FieldT, EncodableT]:
         d = asdict(self)

@@ -5,7 +5,9 @@ Keys (``<t>`` tenant, ``<sid>`` session id; the ``{<sid>}`` hash tag keeps a ses
 one Redis Cluster slot so its Lua scripts stay legal there):
 
 - ``ws:<t>:{<sid>}`` hash: the record (model, prompt, seed, step, parent_id, fork_step, created_at,
-  updated_at, ttl_s, width, height, version; ``archived``: the last step in the archive,
+  updated_at, ttl_s, width, height, version, text_tokens; ``understood_spec`` (JSON),
+  ``understood_caption``, ``understood_source``: how the prompt was understood, absent in older
+  records; ``archived``: the last step in the archive,
   ``trimmed``: the last step Redis dropped).
 - ``ws:<t>:{<sid>}:log`` hash: ``a:<n>`` action (JSON) and ``z:<n>`` latent frame (packed array:
   dtype/shape header + raw bytes, never pickle) of the steps after ``trimmed``, ``f:<n>`` encoded
@@ -30,10 +32,11 @@ that Redis still holds (one script) and shares its archived chunks by reference.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
@@ -299,9 +302,11 @@ class SessionStore(StepLog):
         session_id: str | None = None,
         text: bytes | None = None,
         text_tokens: int = 0,
+        understood: Mapping[str, Any] | None = None,
     ) -> SessionRecord:
         """A new session at step 0; ``text``: its text embedding (checked by the caller,
-        ``text_tokens`` tokens long), kept in the log as ``t``."""
+        ``text_tokens`` tokens long), kept in the log as ``t``; ``understood``: how its prompt was
+        understood, ``{"spec": dict, "caption": str, "source": str}`` (kept in the record)."""
         t0 = time.perf_counter()
         now = time.time()
         rec = SessionRecord(
@@ -319,6 +324,9 @@ class SessionStore(StepLog):
             width=width,
             height=height,
             text_tokens=int(text_tokens) if text else 0,
+            understood_spec=json.dumps(understood["spec"], separators=(",", ":")) if understood else "",
+            understood_caption=understood["caption"] if understood else "",
+            understood_source=understood["source"] if understood else "",
         )
         log: dict[FieldT, EncodableT] = {"f:0": first_frame}
         if first_latent is not None:
@@ -579,6 +587,9 @@ class SessionStore(StepLog):
             "height": str(parent.height),
             "version": str(SCHEMA_VERSION),
             "text_tokens": str(parent.text_tokens),
+            "understood_spec": parent.understood_spec,
+            "understood_caption": parent.understood_caption,
+            "understood_source": parent.understood_source,
         }
         if self.archive is not None:  # the child's archived history: the parent's chunks, shared
             upto = min(at, parent.archived)

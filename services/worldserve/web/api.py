@@ -89,7 +89,7 @@ def session_json(rec) -> dict:
             "width",
             "height",
         )
-    }
+    } | {"understood": rec.understood}
 
 
 class HttpApi:

@@ -46,6 +46,7 @@ from worldserve.common.serving import DeploymentOptions
 from worldserve.dynamics.front import StepFront, model_deployment_name
 from worldserve.state.live import LiveState
 from worldserve.state.quotas import QuotaEnforcer
+from worldserve.text.client import TextClient
 from worldserve.web.api import HTTP_STATUS, KEY_ONLY, HttpApi, http
 from worldserve.web.live_metrics import LiveMetrics
 from worldserve.web.play import LivePlay
@@ -78,12 +79,15 @@ class WebGateway(ServiceBase):
             sessions=serve.get_deployment_handle("SessionService", app_name=sessions_app),
             dynamics=serve.get_deployment_handle("DynamicsService", app_name=dynamics_app),
             model_handle=lambda model: serve.get_deployment_handle(model_deployment_name(model), app_name=dynamics_app),
+            parse_event=TextClient(self.config).parse_event,
         )
 
-    def wire(self, store, *, sessions, dynamics, model_handle) -> None:
-        """The parts, over the store and the handles (Serve's in ``__init__``; the unit tests' own)."""
+    def wire(self, store, *, sessions, dynamics, model_handle, parse_event=None) -> None:
+        """The parts, over the store and the handles (Serve's in ``__init__``; the unit tests' own);
+        ``parse_event``: the text app's (free-text events in live play; None: not deployed)."""
         self.store, self.sessions, self.dynamics = store, sessions, dynamics
         self._model_handle = model_handle
+        self._parse_event = parse_event
         self._front: StepFront | None = None
         self._front_lock = asyncio.Lock()
         self.enforcer = QuotaEnforcer(store, self.metrics)
@@ -118,7 +122,11 @@ class WebGateway(ServiceBase):
                 if self._front is None:
                     infos, default = await self.dynamics.list_models.remote()
                     self._front = StepFront(
-                        self.store, self._model_handle, served=[i["name"] for i in infos], default_model=default
+                        self.store,
+                        self._model_handle,
+                        served=[i["name"] for i in infos],
+                        default_model=default,
+                        parse_event=self._parse_event,
                     )
         return self._front
 

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import numpy as np
 
 from worldserve.common.errors import InvalidArgument, NotFound, status_of
@@ -57,6 +58,9 @@ from worldserve.web.live_protocol import (
 log = logging.getLogger("worldserve.web")
 
 MAX_ERRORS_IN_A_ROW = 20  # steps failing one after another: the room closes (1011)
+REFUSED_EVENT = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+"""A step failing with these carried an event that will be refused again (e.g. free text naming
+none of the model's events): the event is dropped, not retried next tick."""
 
 
 def merge(held: Iterable[Held]) -> tuple[tuple[str, ...], dict[str, float]]:
@@ -70,8 +74,9 @@ def merge(held: Iterable[Held]) -> tuple[tuple[str, ...], dict[str, float]]:
     return tuple(sorted(keys)), {a: float(np.mean(v)) for a, v in sorted(sums.items())}
 
 
-Stepper = Callable[[tuple[str, ...], dict[str, float], str | None, float, int], Awaitable[tuple[int, np.ndarray]]]
-"""(keys, mouse, event or None, frame deadline as time.time(), tick) -> (the session's step, (H, W, 3) frame)."""
+Stepper = Callable[[tuple[str, ...], dict[str, float], str | None, float, int], Awaitable[tuple[int, np.ndarray, str]]]
+"""(keys, mouse, event or None, frame deadline as time.time(), tick) -> (the session's step, (H, W, 3)
+frame, the world event in force for it: a free-text event is mapped to one of the model's)."""
 
 
 @dataclass
@@ -256,8 +261,10 @@ class LiveRoom(_Fanout):
                 event, self._event = self._event, None
                 deadline = time.time() + max(0.0, tick_start + period - loop.time())
                 try:
-                    step_no, rgb = await self._step(keys, mouse, event, deadline, self.tick)
+                    step_no, rgb, applied = await self._step(keys, mouse, event, deadline, self.tick)
                     errors = 0
+                    if event is not None:  # what the event was understood as, for every player
+                        await self.announce({"type": "event", "event": applied, "text": event})
                 except NotFound as e:
                     await self._close_all(LiveClosed(4404, str(e)))
                     return
@@ -270,7 +277,7 @@ class LiveRoom(_Fanout):
                     if errors >= MAX_ERRORS_IN_A_ROW:
                         await self._close_all(LiveClosed(1011, f"steps keep failing: {msg}"))
                         return
-                    if event is not None:
+                    if event is not None and code not in REFUSED_EVENT:
                         self._event = self._event if self._event is not None else event  # retried next tick
                     await self.announce({"type": "notice", "reason": f"step failed ({code.name}): {msg}"})
                     rgb = None

@@ -21,6 +21,7 @@ from typing import Any
 from worldserve.common.codec import JPEG, PNG, RAW
 from worldserve.common.errors import InvalidArgument
 from worldserve.dynamics.interface import ActionError, ActionSpace
+from worldserve.text.spec import MAX_TEXT_CHARS
 
 CONTROLLER, SPECTATOR = "controller", "spectator"
 FORMATS = {"jpeg": JPEG, "png": PNG, "raw": RAW}
@@ -44,8 +45,12 @@ def too_many(session_id: str, n: int) -> LiveClosed:
 
 def event_max_bytes(info: Mapping[str, Any]) -> int:
     """The longest event text a model takes in UTF-8 bytes, from its info as plain data: 0 when it
-    takes no events; 256 when it takes them without saying how long."""
-    return int(info.get("event_max_bytes") or 256) if info["events_supported"] else 0
+    takes no events; 256 when it takes them without saying how long; at least the free-text bound
+    (``MAX_TEXT_CHARS``) when it declares its events (free text is mapped to one of them)."""
+    if not info["events_supported"]:
+        return 0
+    n = int(info.get("event_max_bytes") or 256)
+    return max(n, MAX_TEXT_CHARS) if info.get("events") else n
 
 
 @dataclass

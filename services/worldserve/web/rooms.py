@@ -118,9 +118,9 @@ class Rooms:
                 priority=Priority.INTERACTIVE,
                 deadline=deadline,
             )
-            out, _, _ = await front.step(req)  # the front measures it (max_fps)
+            out, _, _ = await front.step(req)  # the front measures it (max_fps); maps a free-text event
             f = out.frame
-            return out.step, np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3)
+            return out.step, np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3), out.event
 
         return step
 

@@ -270,6 +270,8 @@ class Engine:
             action = action_to_dict(req.keys, dict(req.mouse))
             if job.event:
                 action["event"] = job.event  # the log records the event in force at each step
+                if req.event is not None and req.event_text:
+                    action["event_text"] = req.event_text  # ... and the free text it was given as
             try:
                 due = (
                     self.store.archive is not None
@@ -302,7 +304,7 @@ class Engine:
             ok = True
             self.cache.put(key, job.state, job.event, since=since)
             self.m_frames.inc(**self._lbl)
-            return StepOutput(req.session_id, n, frame)
+            return StepOutput(req.session_id, n, frame, job.event)
         finally:
             if not ok:
                 self._drop_state(job)

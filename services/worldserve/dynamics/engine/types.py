@@ -43,6 +43,9 @@ class StepRequest:
     mouse: Mapping[str, float] = field(default_factory=dict)
     event: str | None = None
     """Switch the world event from this step on ("" clears it); None keeps the event in force."""
+    event_text: str = ""
+    """The free text ``event`` was given as, when the text app mapped it to a declared event (the
+    step log records it beside the event); "" otherwise."""
     expected_step: int | None = None
     """Compare-and-set: the step the session must be at; otherwise FAILED_PRECONDITION."""
     guidance: float | None = None
@@ -65,3 +68,5 @@ class StepOutput:
     step: int
     """The session's step after this one: the index of ``frame``."""
     frame: EncodedFrame
+    event: str = ""
+    """The world event in force for ``frame`` ("" = none)."""

@@ -88,6 +88,7 @@ async function createWorld(fromImage) {
     }
     status("making the first frame...");
     const rec = await api("POST", "/v1/sessions", body);
+    showUnderstood(rec.understood);
     addBranch(rec, null);
     play(rec.session_id);
   } catch (e) { log(`create failed: ${e.message}`); status("error"); }
@@ -127,7 +128,14 @@ function onText(m) {
     $("players").textContent = `${m.controllers} + ${m.spectators} watching`;
   } else if (m.type === "notice") {
     log(m.reason);
+  } else if (m.type === "event") {  // an event took effect: free text shows what it was mapped to
+    $("event-now").textContent = m.event || "none";
+    log(m.text && m.text !== m.event ? `event "${m.text}" -> ${m.event || "none"}` : `event: ${m.event || "none"}`);
   }
+}
+
+function showUnderstood(u) {
+  $("understood").textContent = u ? `understood (${u.source}): ${u.caption}` : "";
 }
 
 async function onFrame(buf) {

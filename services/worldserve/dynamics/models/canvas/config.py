@@ -32,6 +32,9 @@ class CanvasConfig:
     time_period: int = 64
     event_dim: int = 32
     event_max_bytes: int = 64
+    events: tuple[str, ...] = ()
+    """The events the model declares (``ModelInfo.events``: free text is mapped to one); empty: the
+    platformer's events it was trained on (``worldserve.common.caption.EVENTS``)."""
     cond_dim: int = 64
     context_frames: int = 32
     """Frames a prefill rebuilds the canvas from (the engine's window in Redis)."""
@@ -82,6 +85,9 @@ class CanvasConfig:
         object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "copy_columns", tuple(self.copy_columns))
         object.__setattr__(self, "sprite_size", tuple(self.sprite_size))
+        object.__setattr__(self, "events", tuple(self.events))
+        if not all(isinstance(e, str) and e.strip() for e in self.events):
+            raise ValueError(f"events must be non-empty strings, got {list(self.events)!r}")
 
     @property
     def action_dim(self) -> int:
@@ -112,6 +118,7 @@ class CanvasConfig:
         d["keys"], d["mouse_axes"], d["channels"] = list(self.keys), list(self.mouse_axes), list(self.channels)
         d["copy_columns"] = list(self.copy_columns)
         d["sprite_size"] = list(self.sprite_size)
+        d["events"] = list(self.events)
         return d
 
     @classmethod
@@ -121,7 +128,7 @@ class CanvasConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}")
         d = dict(data)
-        for k in ("keys", "mouse_axes", "channels", "copy_columns", "sprite_size"):
+        for k in ("keys", "mouse_axes", "channels", "copy_columns", "sprite_size", "events"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import torch
 
+from worldserve.common.caption import EVENTS
 from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_folder
 from worldserve.dynamics.attention.backend import resolve_backend
 from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
@@ -164,6 +165,7 @@ class CanvasWorldModel:
             default_guidance=0.0,
             events_supported=True,
             event_max_bytes=c.event_max_bytes,
+            events=c.events or tuple(EVENTS),
             parameters=sum(p.numel() for p in self.net.parameters()),
             extra={"latent_shape": (c.latent_size,), "canvas_width": c.canvas_width, "kind": c.kind},
         )

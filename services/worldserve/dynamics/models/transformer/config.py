@@ -103,6 +103,9 @@ class WorldModelConfig:
     """Transformer blocks of the event encoder. In [0, 8]."""
     event_max_bytes: int = 64
     """Longest event text in UTF-8 bytes (after lowercasing and collapsing whitespace). In [1, 1024]."""
+    events: tuple[str, ...] = ()
+    """The events the model declares (``ModelInfo.events``: free text is mapped to one); empty: the
+    platformer's events it was trained on (``worldserve.common.caption.EVENTS``)."""
 
     # --- sampler ---
     sample_steps: int = 4
@@ -115,7 +118,7 @@ class WorldModelConfig:
 
     def __post_init__(self) -> None:
         # JSON gives lists; accept them and store tuples so the frozen config stays hashable.
-        for name in ("keys", "mouse_axes"):
+        for name in ("keys", "mouse_axes", "events"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         _check_int("downsample", self.downsample, 1, 64)
@@ -156,6 +159,8 @@ class WorldModelConfig:
         if self.event_dim % 2:
             raise ValueError(f"event_dim must be even, got {self.event_dim!r}")
         _check_int("event_layers", self.event_layers, 0, 8)
+        if not all(isinstance(e, str) and e.strip() for e in self.events):
+            raise ValueError(f"events must be non-empty strings, got {list(self.events)!r}")
         _check_int("event_max_bytes", self.event_max_bytes, 1, 1024)
         _check_int("sample_steps", self.sample_steps, 1, 1000)
         _check_float("guidance", self.guidance, 0.0, 100.0)

@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldserve.common.caption import EVENTS
 from worldserve.common.pretrained import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder
 from worldserve.dynamics.attention.backend import attention, decode_kernel_name, resolve_backend
 from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
@@ -328,6 +329,7 @@ class WorldModel(StatePoolMixin, InferenceMixin, nn.Module):
             default_guidance=float(c.guidance),
             events_supported=self.events_supported,
             event_max_bytes=c.event_max_bytes if self.events_supported else 0,
+            events=(c.events or tuple(EVENTS)) if self.events_supported else (),
             parameters=sum(p.numel() for p in self.parameters()),
             extra={
                 "latent_shape": (c.latent_channels, c.latent_height, c.latent_width),
