@@ -236,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                 client.model_info()
                 trivial.append(time.perf_counter() - t0)
 
-        sids = [client.create_session(prompt=f"bench world {i}", seed=i).session_id for i in range(ns.sessions)]
+        sids = [
+            client.create_session(prompt="a red door on the left, grass, day", seed=i).session_id
+            for i in range(ns.sessions)
+        ]
         for s in sids:  # first step encodes the first frame and fills the replica cache
             client.step(s, ["right"])
         stack = []
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         tiers = {}
         for name in list(alone)[1:]:  # every other served model: N sessions, closed loop
             tsids = [
-                client.create_session(prompt=f"bench world {i}", seed=i, model=name).session_id
+                client.create_session(prompt="a red door on the left, grass, day", seed=i, model=name).session_id
                 for i in range(ns.sessions)
             ]
             for s_ in tsids:

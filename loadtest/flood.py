@@ -191,7 +191,7 @@ def main() -> None:
         add_key(c.workdir / "keys.json", "flooder", key_f, {"max_sessions": n_flood})
         t0 = time.perf_counter()
         with WorldClient(c.target, key_f, timeout_s=120) as f:
-            root = f.create_session(prompt="a green pipe in the middle, sand, day", seed=1)
+            root = f.create_session(prompt="a red door on the left, grass, day", seed=1)
             own = [root.session_id] + [f.fork_session(root.session_id, seed=i).session_id for i in range(1, n_flood)]
         print(f"flooder: {len(own)} sessions in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         unknown = [f"s_flood{i}" for i in range(n_flood)]

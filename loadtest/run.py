@@ -220,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                 WorldClient(c.target, c.keys["tenant-a"], timeout_s=120) as wc,
                 console.status("creating sessions ..."),
             ):
-                sids = [wc.create_session(prompt=f"autoscale world {i}", seed=i).session_id for i in range(users)]
+                sids = [
+                    wc.create_session(prompt="a red door on the left, grass, day", seed=i).session_id
+                    for i in range(users)
+                ]
             (out / "sessions.txt").write_text("\n".join(sids))
             extra_args = ["--sessions", str(out / "sessions.txt")]
         stop = threading.Event()

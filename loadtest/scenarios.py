@@ -62,7 +62,9 @@ class GrpcUser(User):
     def ensure_session(self) -> None:
         if self.session_id is None:
             n = next(_seq)
-            s = self.call("CreateSession", lambda: self.client.create_session(prompt=f"load world {n}", seed=n))
+            s = self.call(
+                "CreateSession", lambda: self.client.create_session(prompt="a red door on the left, grass, day", seed=n)
+            )
             self.session_id = s.session_id if s is not None else None
 
     def step(self, name: str = "Step") -> None:

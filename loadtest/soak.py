@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     with local_cluster(tenants=("soak",), app_args=args, workdir=Path(tempfile.mkdtemp(prefix="wsoak-"))) as c:
         r = redis.Redis.from_url(c.redis.url)
         with WorldClient(c.target, c.keys["soak"], timeout_s=120) as wc:
-            sids = [wc.create_session(prompt=f"soak world {i}", seed=i).session_id for i in range(ns.sessions)]
+            sids = [
+                wc.create_session(prompt="a red door on the left, grass, day", seed=i).session_id
+                for i in range(ns.sessions)
+            ]
             stop = time.monotonic() + 60 * ns.minutes
             steps = [0]
             t0 = time.monotonic()

@@ -113,7 +113,7 @@ def test_two_models_serve_side_by_side(cluster, client):
     assert client.model_info("platformer-fast").sample_steps == 1
     code, msg = code_of(lambda: client.model_info("nope"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "'platformer', 'platformer-fast'" in msg
-    code, msg = code_of(lambda: client.create_session(prompt="x", model="nope"))
+    code, msg = code_of(lambda: client.create_session(prompt="a red door on the left, grass, day", model="nope"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown model 'nope'" in msg and "'platformer-fast'" in msg
 
     q = [client.create_session(prompt="a red door on the left, grass, day", seed=7) for _ in range(3)]
@@ -161,7 +161,7 @@ def test_a_session_of_a_model_no_longer_served(cluster, client):
 
     from worldserve.state.store import SessionStore
 
-    s = client.create_session(prompt="retired", seed=1)
+    s = client.create_session(prompt="a red door on the left, grass, day", seed=1)
 
     async def rebind():
         store = SessionStore.from_url(cluster["redis"].url)
@@ -221,12 +221,12 @@ def test_create_step_fork_export_delete(client):
 
 
 def test_rollout_play_batch(client):
-    s = client.create_session(prompt="blue sky", seed=1)
+    s = client.create_session(prompt="a red door on the left, grass, day", seed=1)
     got = [r.step for r in client.rollout(s.session_id, ["right", "left+jump", "noop"])]
     assert got == [1, 2, 3]
     got = [r.step for r in client.play(s.session_id, ["up", "down"])]
     assert got == [4, 5]
-    t = client.create_session(prompt="green hills", seed=2)
+    t = client.create_session(prompt="a red door on the left, grass, day", seed=2)
     r = client.step_batch(
         [
             dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["left"])),
@@ -252,7 +252,7 @@ def test_a_step_batch_of_sessions_with_history_answers_every_item(client):
 
 
 def test_bad_input_and_tenancy(cluster, client):
-    s = client.create_session(prompt="a cave", seed=0)
+    s = client.create_session(prompt="a red door on the left, grass, day", seed=0)
     with WorldClient(cluster["target"], cluster["key_b"]) as other:
         assert code_of(lambda: other.get_session(s.session_id))[0] == grpc.StatusCode.NOT_FOUND
         assert code_of(lambda: other.step(s.session_id, ["left"]))[0] == grpc.StatusCode.NOT_FOUND
@@ -267,7 +267,7 @@ def test_bad_input_and_tenancy(cluster, client):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "'jmp'" in msg
     code, msg = code_of(lambda: client.step(s.session_id, [], {"mouse_x": 7.5}))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "7.5" in msg
-    code, msg = code_of(lambda: client.generate_image("x", width=100, height=64))
+    code, msg = code_of(lambda: client.generate_image("a red door on the left, grass, day", width=100, height=64))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "100x64" in msg
     big = common_pb2.Frame(format=common_pb2.FRAME_FORMAT_PNG, data=b"\x89PNG" + b"\0" * (5 * 1024 * 1024))
     code, msg = code_of(lambda: client.create_session(image=big))
@@ -283,7 +283,7 @@ def test_bad_input_and_tenancy(cluster, client):
 
 @pytest.mark.parametrize("expected", [False, True])
 def test_racing_steps_exactly_one_lands(client, expected):
-    s = client.create_session(prompt="race track", seed=0)
+    s = client.create_session(prompt="a red door on the left, grass, day", seed=0)
     results: list = [None] * 4
     barrier = threading.Barrier(4)
 
@@ -306,7 +306,7 @@ def test_racing_steps_exactly_one_lands(client, expected):
 def test_killing_the_replica_loses_no_acknowledged_step(client):
     import ray
 
-    s = client.create_session(prompt="failover", seed=5)
+    s = client.create_session(prompt="a red door on the left, grass, day", seed=5)
     _, call = client.dynamics.Step.with_call(
         dynamics_pb2.StepRequest(session_id=s.session_id, action=action(["right"])),
         metadata=client._md("dynamics", s.session_id),
@@ -367,7 +367,7 @@ def test_metrics_reach_the_node_prometheus_endpoint(cluster, client):
     from prometheus_client.parser import text_string_to_metric_families
 
     for model in ("platformer", "platformer-fast"):  # a step of each: a replica restarted since has stepped
-        s = client.create_session(prompt="metrics", seed=0, model=model)
+        s = client.create_session(prompt="a red door on the left, grass, day", seed=0, model=model)
         client.step(s.session_id, ["left"])
     want = {
         "ray_worldserve_dynamics_requests",
@@ -446,7 +446,7 @@ def test_a_broken_model_folder_never_becomes_healthy(cluster, tmp_path):
 
 def test_streams_end_with_the_error_status(cluster, client):
     """Rollout, Play and ExportSession answer the error's status, not OK with an empty stream."""
-    s = client.create_session(prompt="streams", seed=2)
+    s = client.create_session(prompt="a red door on the left, grass, day", seed=2)
     cases = [
         (lambda: list(client.rollout("s_missing", ["right"])), grpc.StatusCode.NOT_FOUND, "not found"),
         (lambda: list(client.rollout(s.session_id, [])), grpc.StatusCode.INVALID_ARGUMENT, "Rollout of 0 actions"),
@@ -484,7 +484,7 @@ def test_sdk_steps_through_a_redis_stall_land_exactly_once(cluster):
 
     pid = cluster["redis"].proc.pid
     with WorldClient(cluster["target"], cluster["key_a"], timeout_s=60, retry_s=60) as c:
-        s = c.create_session(prompt="stall", seed=3)
+        s = c.create_session(prompt="a red door on the left, grass, day", seed=3)
         acked, errors = [], []
 
         def player():
@@ -517,7 +517,7 @@ def test_sdk_steps_through_a_redis_stall_land_exactly_once(cluster):
 
 
 def test_a_request_for_the_wrong_application_is_unimplemented(client):
-    s = client.create_session(prompt="wrong app", seed=1)
+    s = client.create_session(prompt="a red door on the left, grass, day", seed=1)
     md = [m for m in client._md("dynamics", s.session_id) if m[0] != "application"]
     for app in ("sessions", "image"):
         code, msg = code_of(
@@ -667,7 +667,7 @@ def test_sdk_steps_through_a_redis_sigkill_land_exactly_once(cluster, client):
     """Redis is SIGKILLed mid-play (no shutdown: the AOF is not flushed by it) and started again on
     its data: every step the SDK saw acknowledged is still there, and none landed twice (Redis
     writes the AOF before it replies; only a crash of the host can lose the last second)."""
-    s = client.create_session(prompt="a green pipe in the middle, sand, day", seed=12)
+    s = client.create_session(prompt="a red door on the left, grass, day", seed=12)
     acked: list[int] = []
     errors: list = []
     t = _sdk_player(cluster, s.session_id, 16, acked, errors)

@@ -137,7 +137,7 @@ def test_dashboard_and_rules_query_only_exported_metrics(cluster):
             c.step(s.session_id, keys)
         c.step(s.session_id, ["right"], deadline_ms=5000)  # an interactive step: deadline outcomes
         c.fork_session(s.session_id, step=1)
-        gone = c.create_session(prompt="deleted", seed=4)
+        gone = c.create_session(prompt="a red door on the left, grass, day", seed=4)
         c.step(gone.session_id, ["left"])
         c.delete_session(gone.session_id)  # its replica evicts its state: evictions{reason="deleted"}
         with pytest.raises(grpc.RpcError) as ei:  # an error, so error ratios have a numerator

@@ -182,7 +182,9 @@ def test_bad_input_answers_invalid_argument(client, world):
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert f"width {wide}" in msg and f"text_dim={OPEN_WORLD_TEXT_DIM}" in msg and OPEN_WORLD in msg, msg
-    code, msg = code_of(lambda: client.create_session(prompt="a cave", text_embedding=embedding()))
+    code, msg = code_of(
+        lambda: client.create_session(prompt="a red door on the left, grass, day", text_embedding=embedding())
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "model 'platformer' takes no text embedding" in msg
     code, msg = code_of(
         lambda: client.create_session(image=world["first"], model=OPEN_WORLD, text_embedding=b"not safetensors")
@@ -293,5 +295,5 @@ def test_a_broken_open_world_folder_never_becomes_healthy(cluster, tmp_path):
             serve.delete(f"broken-{damage}-app")
     with WorldClient(cluster["target"], cluster["key_a"]) as c:
         assert c.health("dynamics") == "SERVING"
-        s = c.create_session(prompt="still serving", seed=1)
+        s = c.create_session(prompt="a red door on the left, grass, day", seed=1)
         assert c.step(s.session_id, ["right"]).step == 1

@@ -68,7 +68,10 @@ def test_cancelled_rollouts_and_plays_stop_every_time(cluster):
     with WorldClient(cluster["target"], cluster["key_a"], timeout_s=120) as c:
         for rnd in range(2):
             kinds = ["rollout", "play"] * (STREAMS_PER_ROUND // 2)
-            sessions = [c.create_session(prompt="cancel", seed=rnd * 100 + i).session_id for i in range(len(kinds))]
+            sessions = [
+                c.create_session(prompt="a red door on the left, grass, day", seed=rnd * 100 + i).session_id
+                for i in range(len(kinds))
+            ]
             last: dict[str, int] = {}
             errors: list[BaseException] = []
 
@@ -121,7 +124,9 @@ def test_an_abandoned_rollout_or_play_stops(cluster, client):
     stops within SLACK steps of the last frame its client printed."""
     t0 = time.monotonic()
     kinds = ["rollout", "rollout", "play", "play"]
-    sessions = [client.create_session(prompt="abandon", seed=i).session_id for i in range(len(kinds))]
+    sessions = [
+        client.create_session(prompt="a red door on the left, grass, day", seed=i).session_id for i in range(len(kinds))
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     procs = [
         subprocess.Popen(

@@ -52,16 +52,19 @@ def refused(call) -> grpc.RpcError:
 @pytest.mark.e2e
 def test_live_sessions_and_ttl_ceiling(cluster, limited):
     with WorldClient(cluster["target"], limited, timeout_s=120, retry_s=0) as c:
-        sids = [c.create_session(prompt="a red door", seed=i).session_id for i in range(2)]
+        sids = [c.create_session(prompt="a red door on the left, grass, day", seed=i).session_id for i in range(2)]
         sids.append(c.fork_session(sids[0]).session_id)  # a fork counts too
-        for call in (lambda: c.create_session(prompt="one too many", seed=9), lambda: c.fork_session(sids[0])):
+        for call in (
+            lambda: c.create_session(prompt="a red door on the left, grass, day", seed=9),
+            lambda: c.fork_session(sids[0]),
+        ):
             e = refused(call)
             assert "max_sessions" in e.details() and quota_of(e) == "max_sessions"
             assert 0 < retry_after(e) <= 24 * 3600  # when the soonest session expires
         assert len(list(c.list_sessions())) == 3  # the refusals left nothing behind
         c.delete_session(sids.pop())
-        sids.append(c.create_session(prompt="room again", seed=5).session_id)
-        e = refused(lambda: c.create_session(prompt="long", seed=1, ttl_s=7200))
+        sids.append(c.create_session(prompt="a red door on the left, grass, day", seed=5).session_id)
+        e = refused(lambda: c.create_session(prompt="a red door on the left, grass, day", seed=1, ttl_s=7200))
         assert quota_of(e) == "max_ttl_s" and retry_after(e) is None
         for sid in sids:
             c.delete_session(sid)
@@ -70,7 +73,7 @@ def test_live_sessions_and_ttl_ceiling(cluster, limited):
 @pytest.mark.e2e
 def test_step_rate_refuses_with_retry_info_across_replicas_and_the_sdk_waits(cluster, limited):
     with WorldClient(cluster["target"], limited, timeout_s=120, retry_s=0) as c:
-        sids = [c.create_session(prompt=f"rate world {i}", seed=i).session_id for i in range(3)]
+        sids = [c.create_session(prompt="a red door on the left, grass, day", seed=i).session_id for i in range(3)]
         try:
             time.sleep(2.5)  # the bucket is full again (4 steps at 2/s)
             t0 = time.monotonic()

@@ -40,7 +40,7 @@ def auth(key: str) -> dict:
     return {"authorization": f"Bearer {key}"}
 
 
-def new_session(web, key=None, prompt="a grassy hill", seed=1) -> dict:
+def new_session(web, key=None, prompt="a yellow box on the left, grass, day", seed=1) -> dict:
     r = requests.post(
         web["base"] + "/v1/sessions",
         json={"prompt": prompt, "seed": seed},
@@ -98,7 +98,12 @@ def test_tokens_models_sessions_and_forks_over_http(web):
     # another tenant's session is not found; bad input is 400 with a one-line message
     r = requests.get(f"{b}/v1/sessions/{s['session_id']}", headers=auth(web["key_b"]), timeout=30)
     assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND"
-    r = requests.post(b + "/v1/sessions", json={"prompt": "x", "seed": -1}, headers=auth(web["key_a"]), timeout=30)
+    r = requests.post(
+        b + "/v1/sessions",
+        json={"prompt": "a red door on the left, grass, day", "seed": -1},
+        headers=auth(web["key_a"]),
+        timeout=30,
+    )
     assert r.status_code == 400 and "seed" in r.json()["message"]
     r = requests.post(b + "/v1/sessions", data=b"{", headers=auth(web["key_a"]), timeout=30)
     assert r.status_code == 400 and r.json()["message"] == "request body is not JSON"

@@ -38,13 +38,17 @@ def core(store):
 
 async def test_a_session_keeps_its_text_embedding(core, store):
     blob = text_embedding(np.ones((5, 16), np.float32))
-    rec, _ = await core.create_from_prompt("t", "a cave", seed=1, model="texty", text_embedding=blob)
+    rec, _ = await core.create_from_prompt(
+        "t", "a red door on the left, grass, day", seed=1, model="texty", text_embedding=blob
+    )
     assert rec.text_tokens == 5
     assert (await store.prefill_window("t", rec.session_id, end_step=0, frames=1, text=True))[1] == blob
     frame = encode_frame(np.zeros((8, 8, 3), np.uint8), PNG)
     rec2, _ = await core.create_from_image("t", frame, seed=1, model="texty", text_embedding=blob)
     assert rec2.text_tokens == 5
-    rec3, _ = await core.create_from_prompt("t", "a cave", seed=1, model="texty")  # optional
+    rec3, _ = await core.create_from_prompt(
+        "t", "a red door on the left, grass, day", seed=1, model="texty"
+    )  # optional
     assert rec3.text_tokens == 0
 
 
@@ -58,7 +62,9 @@ async def test_a_bad_text_embedding_creates_nothing(core, store):
     ]
     for model, blob, msg in cases:
         with pytest.raises(InvalidArgument, match=re.escape(msg)):
-            await core.create_from_prompt("t", "a cave", seed=1, model=model, text_embedding=blob)
+            await core.create_from_prompt(
+                "t", "a red door on the left, grass, day", seed=1, model=model, text_embedding=blob
+            )
         with pytest.raises(InvalidArgument, match=re.escape(msg)):
             await core.create_from_image("t", frame, seed=1, model=model, text_embedding=blob)
     assert await store.r.zcard(store._index("t")) == 0

@@ -152,14 +152,14 @@ async def test_core_refuses_over_quota_and_leaves_nothing_behind(store):
 
     cfg = Config.load({"quotas": {"max_sessions": 2, "max_ttl_s": 3600}})
     core = SessionsCore(store, cfg, generate=generate, frame_info=info)
-    a, _ = await core.create_from_prompt("t", "a door", seed=0)
+    a, _ = await core.create_from_prompt("t", "a red door on the left, grass, day", seed=0)
     assert a.ttl_s == 3600  # the default TTL is cut to the tenant's ceiling
     await core.fork("t", a.session_id, step=None, seed=None)
     with pytest.raises(QuotaExceeded, match="max_sessions") as e:
-        await core.create_from_prompt("t", "a door", seed=1)
+        await core.create_from_prompt("t", "a red door on the left, grass, day", seed=1)
     assert e.value.retry_after_s is not None  # when the soonest session expires
     with pytest.raises(QuotaExceeded, match="max_ttl_s"):
-        await core.create_from_prompt("t2", "a door", seed=0, ttl_s=7200)
+        await core.create_from_prompt("t2", "a red door on the left, grass, day", seed=0, ttl_s=7200)
     assert await store.r.zcard(store._index("t2")) == 0
 
     async def broken(*a):
@@ -167,7 +167,7 @@ async def test_core_refuses_over_quota_and_leaves_nothing_behind(store):
 
     core2 = SessionsCore(store, cfg, generate=broken, frame_info=info)
     with pytest.raises(RuntimeError):
-        await core2.create_from_prompt("t3", "a door", seed=0)
+        await core2.create_from_prompt("t3", "a red door on the left, grass, day", seed=0)
     assert await store.r.zcard(store._index("t3")) == 0  # the failed create released its slot
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from worldserve.common.auth import add_key
+from worldserve.common.caption import caption_of, is_caption, spec_to_dict
 from worldserve.common.codec import RAW, EncodedFrame
 from worldserve.common.servicer import ServiceBase
 from worldserve.dynamics.engine.types import StepOutput
@@ -45,23 +46,30 @@ class ModelServer:
     """A model deployment (``DynamicsModel-<name>``) that steps sessions in memory: raw RGB frames
     whose every byte is the step number; ``step_s``: what it reports as its seconds per step."""
 
-    def __init__(self, name: str = "m", step_s: float = 0.0, size: tuple[int, int] = (8, 6)):
+    def __init__(
+        self, name: str = "m", step_s: float = 0.0, size: tuple[int, int] = (8, 6), events: tuple[str, ...] = ()
+    ):
         self.name, self.step_s = name, step_s
         self.width, self.height = size
+        self.events = events  # the events it declares (ModelInfo.events)
         self.steps: dict[str, int] = {}
+        self.in_force: dict[str, str] = {}  # session -> the event in force
         self.requests: list = []
 
     async def step(self, req):
         self.requests.append(req)
         n = self.steps[req.session_id] = self.steps.get(req.session_id, 0) + 1
+        if req.event is not None:
+            self.in_force[req.session_id] = req.event
         data = np.full((self.height, self.width, 3), n % 256, dtype=np.uint8).tobytes()
-        return StepOutput(req.session_id, n, EncodedFrame(RAW, data, self.width, self.height)), "replica-1"
+        frame = EncodedFrame(RAW, data, self.width, self.height)
+        return StepOutput(req.session_id, n, frame, self.in_force.get(req.session_id, "")), "replica-1"
 
     def step_seconds(self) -> float:
         return self.step_s
 
     def info(self) -> dict:
-        return info(self.name)
+        return {**info(self.name), "events": list(self.events)}
 
 
 def info(name: str = "m") -> dict:
@@ -125,8 +133,17 @@ class Sessions:
 
     async def create_for(self, tenant, *, prompt="", image=b"", seed=0, model=""):
         self.created.append({"tenant": tenant, "prompt": prompt, "image": image, "seed": seed, "model": model})
+        spec = is_caption(prompt) if prompt else None  # a caption is understood as the sessions app does
+        understood = {"spec": spec_to_dict(spec), "caption": caption_of(spec), "source": "grammar"} if spec else None
         return await self.store.create(
-            tenant, model=model or "m", prompt=prompt, seed=seed, width=8, height=6, first_frame=b"png"
+            tenant,
+            model=model or "m",
+            prompt=prompt,
+            seed=seed,
+            width=8,
+            height=6,
+            first_frame=b"png",
+            understood=understood,
         )
 
     async def fork_for(self, tenant, session_id, step):

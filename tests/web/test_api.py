@@ -80,8 +80,23 @@ async def test_sessions_are_created_read_and_forked_as_the_credentials_tenant(gw
         "created_at",
         "width",
         "height",
+        "understood",
     }
     assert (rec["prompt"], rec["seed"], rec["model"], rec["step"]) == ("a meadow", 7, "m", 0)
+    assert rec["understood"] is None  # the stub reads captions only
+    status, cap = await http(
+        gateway.app, "POST", "/v1/sessions", headers=auth(KEY), body={"prompt": "Grass, a pink box on the right"}
+    )
+    assert status == 200 and cap["understood"] == {
+        "spec": {
+            "objects": [{"colour": "pink", "kind": "box", "side": "right"}],
+            "ground": "grass",
+            "time": "day",
+            "rain": False,
+        },
+        "caption": "a pink box on the right, grass, day",
+        "source": "grammar",
+    }
     assert gw.sessions_stub.created[-1]["tenant"] == "acme"
     sid = rec["session_id"]
     status, got = await http(gateway.app, "GET", f"/v1/sessions/{sid}", headers=auth(KEY))

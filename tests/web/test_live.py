@@ -45,7 +45,7 @@ class Stepper:
         if self.fail is not None:
             raise self.fail
         rgb = np.full((8, 8, 3), len(self.calls) % 256, dtype=np.uint8)
-        return len(self.calls), rgb
+        return len(self.calls), rgb, event or ""
 
 
 class Client:
@@ -374,3 +374,13 @@ async def test_a_lost_join_is_recovered_by_the_relays_heartbeat_and_a_silent_own
     bus.relays.clear()
     await until(lambda: c.closed is not None, what="the relay to give up on its owner")
     assert c.closed is not None and c.closed[0] == 1013
+
+
+def test_a_model_declaring_its_events_takes_free_text_up_to_the_text_bound():
+    from worldserve.text.spec import MAX_TEXT_CHARS
+    from worldserve.web.live_protocol import event_max_bytes
+
+    assert event_max_bytes({"events_supported": False}) == 0
+    assert event_max_bytes({"events_supported": True, "event_max_bytes": 64}) == 64
+    declares = {"events_supported": True, "event_max_bytes": 64, "events": ["night falls"]}
+    assert event_max_bytes(declares) == MAX_TEXT_CHARS

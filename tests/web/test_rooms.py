@@ -222,3 +222,36 @@ async def test_a_deleted_session_closes_the_room_with_4404(store):
     await until(lambda: p.closed is not None, what="the close")
     assert p.closed[0] == 4404
     room.stop()
+
+
+async def test_a_free_text_event_in_live_play_is_mapped_and_announced_and_a_refused_one_is_dropped(store):
+    sid = await session(store)
+    model = ModelServer("m", events=("it starts to rain", "night falls"))
+    asked: list[str] = []
+
+    async def parse_event(text, events):
+        asked.append(text)
+        if "rain" in text:
+            return "it starts to rain"
+        from worldserve.common.errors import InvalidArgument
+
+        raise InvalidArgument(f"{text!r} names none of the events: {', '.join(map(repr, events))}")
+
+    front = StepFront(store, {"m": Handle(model)}, ["m"], "m", parse_event=parse_event)
+
+    async def get_front():
+        return front
+
+    room = await rooms_of(store, "r1", model, front=get_front).open(T, sid, "m", 20.0)
+    p = Player()
+    pl = p.join(room)
+    room.receive(pl, "event", {"event": "sing a song", "seq": 1})
+    await until(lambda: any("names none of the events" in t.get("reason", "") for t in p.texts), what="a notice")
+    room.receive(pl, "event", {"event": "let it rain", "seq": 2})
+    await until(lambda: {"type": "event", "event": "it starts to rain", "text": "let it rain"} in p.texts, what="event")
+    room.stop()
+    assert asked == ["sing a song", "let it rain"]  # the refused text was dropped, not retried each tick
+    # the model saw the declared event once, with its text; the refused text never reached it
+    assert [(r.event, r.event_text) for r in model.requests if r.event is not None] == [
+        ("it starts to rain", "let it rain")
+    ]

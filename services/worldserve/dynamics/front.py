@@ -156,7 +156,7 @@ class StepFront:
         model = await self.model_of(req.tenant, req.session_id)
         if req.event:
             event, text = await self.resolve_event(model, req.event)
-            if text:
+            if (event, text) != (req.event, req.event_text):  # the declared event as the model spells it
                 req = dataclasses.replace(req, event=event, event_text=text)
         if self._on_routed is not None:
             self._on_routed(model)

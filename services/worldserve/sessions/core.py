@@ -132,7 +132,6 @@ class SessionsCore:
         if not prompt or not prompt.strip():
             raise InvalidArgument("prompt is empty")
         ttl = self._ttl(tenant, ttl_s)
-        understood = await understand_prompt(prompt, self._understand)
         model, size = await self.resolve_model(model)
         tokens = self._text(model, size, text_embedding)
         info = await self.info()
@@ -141,6 +140,7 @@ class SessionsCore:
                 f"model {model!r} makes {size['width']}x{size['height']} frames but the image model makes "
                 f"{info['width']}x{info['height']}; create the session from an image of the model's size"
             )
+        understood = await understand_prompt(prompt, self._understand)  # the request checked first
 
         async def make(sid: str) -> tuple[SessionRecord, bytes]:  # the quota is taken before the image is made
             png = await self._generate(image_prompt(prompt, understood), seed, steps, guidance)

@@ -275,3 +275,17 @@ def test_a_player_layer_model_draws_its_sprite_in_every_frame_and_round_trips(tm
     assert back.config.player_layer and back.config.sprite_size == (10, 18)
     s2 = back.prefill(back.encode(_first()), back.null_action()[None], 0)
     assert torch.equal(_walk(back, s2, [("right",), ("jump",), ()]), lats)
+
+
+def test_the_declared_events_are_the_configs_else_the_platformers():
+    from worldserve.common.caption import EVENTS
+
+    assert _model().info.events == tuple(EVENTS)
+    own = CanvasConfig.from_dict({**SMALL.to_dict(), "events": ["the sun sets", "fog rolls in"]})
+    assert own.events == ("the sun sets", "fog rolls in") and own.to_dict()["events"] == [
+        "the sun sets",
+        "fog rolls in",
+    ]
+    assert CanvasWorldModel(own, CanvasNet(own)).info.events == ("the sun sets", "fog rolls in")
+    with pytest.raises(ValueError, match="events must be non-empty strings"):
+        CanvasConfig.from_dict({**SMALL.to_dict(), "events": [""]})

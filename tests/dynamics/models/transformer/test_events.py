@@ -143,3 +143,15 @@ def test_tokenizer_is_byte_level():
     ids, mask = tokenize_events(["ab", ""], 8)
     assert ids.tolist() == [[256, 97, 98, 257], [256, 257, 258, 258]]
     assert mask.sum(1).tolist() == [4, 2]
+
+
+def test_the_declared_events_are_the_configs_else_the_platformers():
+    from worldserve.common.caption import EVENTS
+
+    assert WorldModel.random(TINY).info.events == tuple(EVENTS)
+    own = WorldModelConfig.from_dict(json.loads(json.dumps({**TINY.to_dict(), "events": ["the sun sets"]})))
+    assert own.events == ("the sun sets",) and WorldModel.random(own).info.events == ("the sun sets",)
+    off = WorldModel.random(WorldModelConfig(**{**TINY.to_dict(), "event_dim": 0}))
+    assert off.info.events == ()  # no event conditioning: none declared
+    with pytest.raises(ValueError, match="events must be non-empty strings"):
+        WorldModelConfig(**{**TINY.to_dict(), "events": ["ok", " "]})
