@@ -120,3 +120,11 @@ async def test_a_model_declaring_no_events_takes_text_as_before(store, engine):
     assert out.event == "whatever the model makes of it" and text.asked == []
     entries = [e async for e in store.export("t", sid, frames=False)]
     assert "event_text" not in entries[1].action
+
+
+async def test_a_retried_step_answers_the_event_it_applied(store, engine):
+    front, _ = front_of(store, engine, text=TextApp())
+    sid = (await new_session(store)).session_id
+    first, _, _ = await front.step(req(sid, event="rain now", request_id="r-1"))
+    again, _, _ = await front.step(req(sid, event="rain now", request_id="r-1"))  # the recorded step
+    assert (again.step, again.event) == (first.step, first.event) == (1, "it starts to rain")

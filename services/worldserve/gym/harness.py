@@ -44,8 +44,8 @@ Policy = Callable[[np.ndarray, dict, Any], Any]
 
 DEFAULT_PROMPTS = (
     "a red door on the left, a blue box on the right, grass, day",
-    "a green pipe in the middle, snow, night",
-    "a yellow coin on the right, sand, day",
+    "a cyan box on the left, snow, night",
+    "a yellow box on the right, sand, day",
     "a purple box on the left, a red door on the right, rain",
 )
 SCRIPT = ("right", "right", "right", "jump", "right", "right", "left", "left", "up", "right")

@@ -153,6 +153,11 @@ class StepLog:
                 f"session {rec.session_id!r} is at step {rec.step}, not the expected step {expected_step}"
             )
 
+    async def action_at(self, tenant: str, sid: str, step: int) -> dict[str, Any] | None:
+        """The recorded action of ``step`` (None: none, e.g. step 0 or a trimmed step)."""
+        raw = raw_values([await self.r.hget(self._log(tenant, sid), f"a:{step}")])[0]
+        return None if raw is None else json.loads(raw)
+
     async def window(self, tenant: str, sid: str, *, end_step: int, frames: int) -> builtins.list[LogEntry]:
         """The last ``frames`` log entries up to ``end_step`` (latents, actions and the model's
         resume data; no frames)."""

@@ -313,11 +313,12 @@ class Engine:
         """The recorded result of a step whose request id had landed: its frame, in ``fmt`` (the
         log keeps PNG: other formats are re-encoded)."""
         self.m_replays.inc(**self._lbl)
+        event = ((await self.store.action_at(req.tenant, req.session_id, step)) or {}).get("event", "")
         if fmt == PNG:
-            return StepOutput(req.session_id, step, EncodedFrame(PNG, png, rec.width, rec.height))
+            return StepOutput(req.session_id, step, EncodedFrame(PNG, png, rec.width, rec.height), event)
         rgb = decode_png(png)
         _, frame = await self.output.encode(rgb, fmt)
-        return StepOutput(req.session_id, step, frame)
+        return StepOutput(req.session_id, step, frame, event)
 
     def _drop_state(self, job: Job) -> None:
         """The job's state is ahead of Redis or broken: out of the cache, memory released."""
