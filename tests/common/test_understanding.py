@@ -8,6 +8,7 @@ import pytest
 from worldserve.common.caption import EVENTS
 from worldserve.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from worldserve.common.understanding import EventResolver, image_prompt, understand_prompt, understood_pb
+from worldserve.text.spec import MAX_TEXT_CHARS
 
 DECLARED = list(EVENTS)
 
@@ -29,28 +30,30 @@ async def test_a_caption_is_read_here_and_free_text_by_the_text_app():
     async def parse(text):
         return {"spec": {"objects": [], "ground": "sand", "time": None, "rain": True}, "caption": "?", "source": "text"}
 
-    u = await understand_prompt("grass, NIGHT", None)
+    u = await understand_prompt("grass, NIGHT", None, max_chars=MAX_TEXT_CHARS)
     assert u == {
         "spec": {"objects": [], "ground": "grass", "time": "night", "rain": False},
         "caption": "grass, night",
         "source": "grammar",
     }
     assert image_prompt("grass, NIGHT", u) == "grass, NIGHT"
-    t = await understand_prompt("a rainy beach", parse)  # defaults applied, caption rebuilt here
+    t = await understand_prompt(
+        "a rainy beach", parse, max_chars=MAX_TEXT_CHARS
+    )  # defaults applied, caption rebuilt here
     assert t["spec"] == {"objects": [], "ground": "sand", "time": "day", "rain": True}
     assert image_prompt("a rainy beach", t) == t["caption"] == "sand, day, rain"
     msg = understood_pb(t)
     assert (msg.spec.ground, msg.spec.time_of_day, msg.spec.rain, msg.source) == ("sand", "day", True, "text")
     assert understood_pb(None) is None
     with pytest.raises(InvalidArgument, match="prompt is empty"):
-        await understand_prompt("  ", parse)
+        await understand_prompt("  ", parse, max_chars=MAX_TEXT_CHARS)
     with pytest.raises(FailedPrecondition, match="text understanding is not deployed"):
-        await understand_prompt("a rainy beach", None)
+        await understand_prompt("a rainy beach", None, max_chars=MAX_TEXT_CHARS)
 
 
 async def test_declared_events_pass_and_free_text_is_mapped_once():
     app = TextApp({"Make it RAIN!": "it starts to rain", "bring the night": "night falls"})
-    r = EventResolver(app.parse_event)
+    r = EventResolver(app.parse_event, max_chars=MAX_TEXT_CHARS)
     assert await r.resolve(None, DECLARED) == (None, "")  # keep the event in force
     assert await r.resolve("", DECLARED) == ("", "")  # clear it
     assert await r.resolve("  Night   FALLS ", DECLARED) == ("night falls", "")  # a declared event, case aside
@@ -70,7 +73,7 @@ async def test_refusals_and_faults():
             "slow": Unavailable("text understanding is unavailable: no answer within text_timeout_s=10 s"),
         }
     )
-    r = EventResolver(app.parse_event, size=2)
+    r = EventResolver(app.parse_event, max_chars=MAX_TEXT_CHARS, size=2)
     for _ in range(2):  # a refusal is remembered: the same text is refused without asking again
         with pytest.raises(InvalidArgument, match="names none of the events"):
             await r.resolve("sing a song", DECLARED)
@@ -83,7 +86,7 @@ async def test_refusals_and_faults():
     assert r.asked == 4
     with pytest.raises(InvalidArgument, match="exceeds the limit of 300 characters"):
         await r.resolve("rain " * 61, DECLARED)
-    off = EventResolver(None)
+    off = EventResolver(None, max_chars=MAX_TEXT_CHARS)
     with pytest.raises(FailedPrecondition, match="text understanding is not deployed"):
         await off.resolve("make it rain", DECLARED)
     assert await off.resolve("day breaks", DECLARED) == ("day breaks", "")  # exact names need no text app

@@ -10,7 +10,8 @@ web): the caption grammar when the text is in it, else the text app (torch- and 
   the text app's ``parse_event``, its answers kept in a small LRU (a Play stream sends its event
   text with every frame; the text app is asked once).
 
-The text app is reached through a callable (``worldserve.text.client.TextClient``'s methods in the
+The free-text bound (``max_chars``) is the text app's (``worldserve.text.spec.MAX_TEXT_CHARS``,
+passed in by the callers: this layer sits below the text package). The text app is reached through a callable (``worldserve.text.client.TextClient``'s methods in the
 served apps, a plain function in unit tests); None means it is not deployed: free text then
 answers FAILED_PRECONDITION while grammar prompts and exact event names keep working.
 """
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from worldserve.common.caption import caption_of, is_caption, spec_from_dict, spec_to_dict
 from worldserve.common.errors import FailedPrecondition, InvalidArgument
-from worldserve.text.spec import MAX_TEXT_CHARS, normalize_text
 
 if TYPE_CHECKING:
     from worldserve.v1 import common_pb2
@@ -40,27 +40,32 @@ ParseEvent = Callable[[str, list[str]], Awaitable[str]]
 """The text app's ``parse_event(text, events) -> one of events``."""
 
 
-def check_free_text(text: str, what: str) -> None:
+def normalize_text(text: str) -> str:
+    """Case and runs of whitespace aside (``worldserve.text.spec.normalize_text``)."""
+    return " ".join(text.lower().split())
+
+
+def check_free_text(text: str, what: str, max_chars: int) -> None:
     """INVALID_ARGUMENT for free text the text app would not take: empty, or over the bound."""
     if not text or not text.strip():
         raise InvalidArgument(f"{what} is empty")
-    if len(text) > MAX_TEXT_CHARS:
+    if len(text) > max_chars:
         raise InvalidArgument(
             f"{what} of {len(text)} characters is not in the caption grammar, and free text exceeds "
-            f"the limit of {MAX_TEXT_CHARS} characters"
+            f"the limit of {max_chars} characters"
         )
 
 
-async def understand_prompt(prompt: str, parse_prompt: ParsePrompt | None) -> dict[str, Any]:
+async def understand_prompt(prompt: str, parse_prompt: ParsePrompt | None, *, max_chars: int) -> dict[str, Any]:
     """How ``prompt`` is understood: ``{"spec": spec_to_dict form, "caption": str, "source": str}``.
     A caption in the grammar never needs the text app; free text over ``MAX_TEXT_CHARS`` is
-    refused before it is asked; the text app's answer is checked against this world's grammar."""
+    refused before it is asked (``max_chars``); the text app's answer is checked against this world's grammar."""
     if not prompt or not prompt.strip():
         raise InvalidArgument("prompt is empty")
     spec = is_caption(prompt)
     if spec is not None:
         return {"spec": spec_to_dict(spec), "caption": caption_of(spec), "source": GRAMMAR}
-    check_free_text(prompt, "prompt")
+    check_free_text(prompt, "prompt", max_chars)
     if parse_prompt is None:
         raise FailedPrecondition(NOT_DEPLOYED)
     answer = await parse_prompt(prompt)
@@ -107,8 +112,9 @@ class EventResolver:
     that declare no events take any text as it is, as before. Answers of the text app, and its
     INVALID_ARGUMENT refusals (text naming no event), are remembered per (text, events)."""
 
-    def __init__(self, parse_event: ParseEvent | None, *, size: int = EVENT_CACHE_SIZE):
+    def __init__(self, parse_event: ParseEvent | None, *, max_chars: int, size: int = EVENT_CACHE_SIZE):
         self._parse = parse_event
+        self._max_chars = max_chars
         self._size = size
         self._cache: collections.OrderedDict[tuple[str, tuple[str, ...]], str | InvalidArgument] = (
             collections.OrderedDict()
@@ -126,7 +132,7 @@ class EventResolver:
         key = (norm, tuple(declared))
         hit = self._cache.get(key)
         if hit is None:
-            check_free_text(event, "event")
+            check_free_text(event, "event", self._max_chars)
             if self._parse is None:
                 raise FailedPrecondition(NOT_DEPLOYED)
             self.asked += 1

@@ -27,6 +27,7 @@ from worldserve.common.errors import FailedPrecondition, InvalidArgument
 from worldserve.common.understanding import EventResolver, ParseEvent
 from worldserve.dynamics.engine.types import StepOutput, StepRequest
 from worldserve.state.store import SessionStore
+from worldserve.text.spec import MAX_TEXT_CHARS
 
 MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
 INFO_TTL_S = 30.0  # how long the front trusts a model's reported info (its runtime may change)
@@ -59,7 +60,7 @@ class StepFront:
         """``parse_event``: the text app's (``TextClient.parse_event``; None: not deployed, free-text
         events answer FAILED_PRECONDITION, declared events still work)."""
         self.store = store
-        self.events = EventResolver(parse_event)
+        self.events = EventResolver(parse_event, max_chars=MAX_TEXT_CHARS)
         self._handles = handles
         self._handle_cache: dict[str, Any] = dict(handles) if isinstance(handles, Mapping) else {}
         self.served = list(served)

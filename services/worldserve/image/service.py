@@ -13,6 +13,7 @@ from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.common.serving import DeploymentOptions
 from worldserve.common.understanding import image_prompt, understand_prompt, understood_pb
 from worldserve.image.core import MAX_PROMPT_CHARS, ImageCore, load_backend
+from worldserve.text.spec import MAX_TEXT_CHARS
 from worldserve.v1 import image_pb2 as pb
 
 
@@ -54,7 +55,7 @@ class ImageService(ServiceBase):
         its understood caption drawn. The response says how the prompt was understood."""
         if len(request.prompt) > MAX_PROMPT_CHARS:  # before the grammar reads it
             raise InvalidArgument(f"prompt of {len(request.prompt)} characters exceeds the limit of {MAX_PROMPT_CHARS}")
-        understood = await understand_prompt(request.prompt, self.text.parse_prompt)
+        understood = await understand_prompt(request.prompt, self.text.parse_prompt, max_chars=MAX_TEXT_CHARS)
         img = await self._generate(
             prompt=image_prompt(request.prompt, understood),
             seed=request.seed,

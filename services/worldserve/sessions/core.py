@@ -17,6 +17,7 @@ from worldserve.common.text_embedding import MAX_TOKENS, check_text_embedding
 from worldserve.common.understanding import ParsePrompt, image_prompt, understand_prompt
 from worldserve.state.quotas import QuotaEnforcer
 from worldserve.state.store import SessionRecord, SessionsFull, SessionStore
+from worldserve.text.spec import MAX_TEXT_CHARS
 
 CATALOG_TTL_S = 30.0  # how long the served models' list is trusted
 
@@ -140,7 +141,9 @@ class SessionsCore:
                 f"model {model!r} makes {size['width']}x{size['height']} frames but the image model makes "
                 f"{info['width']}x{info['height']}; create the session from an image of the model's size"
             )
-        understood = await understand_prompt(prompt, self._understand)  # the request checked first
+        understood = await understand_prompt(
+            prompt, self._understand, max_chars=MAX_TEXT_CHARS
+        )  # the request checked first
 
         async def make(sid: str) -> tuple[SessionRecord, bytes]:  # the quota is taken before the image is made
             png = await self._generate(image_prompt(prompt, understood), seed, steps, guidance)
