@@ -41,6 +41,9 @@ def up(
     config: Path = typer.Option(None, help="serve config (default: deploy/serve/worldserve.yaml)"),
     num_cpus: int = typer.Option(0, help="logical CPUs of the local Ray node (0: max(4, cores), room to autoscale)"),
     timeout_s: float = typer.Option(600, help="how long to wait for the services to be healthy"),
+    text: bool = typer.Option(
+        True, "--text/--no-text", help="serve the text app (free-text prompts and events, a language model on vLLM)"
+    ),
 ) -> None:
     """Start Redis (embedded unless REDIS_URL), Ray and Serve; wait until healthy; print endpoint and key."""
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported: set it first
@@ -77,11 +80,14 @@ def up(
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     archive_url = os.environ.get("WORLDSERVE_ARCHIVE_URL") or f"file://{home() / 'archive'}"
     cfg = dep.load_config(
-        config, app_args={"redis_url": redis_url, "api_keys_file": str(keys_file), "archive_url": archive_url}
+        config,
+        app_args={"redis_url": redis_url, "api_keys_file": str(keys_file), "archive_url": archive_url},
+        text=text,
     )
     dep.deploy(cfg)
-    with console.status("deploying image, sessions, dynamics, web ...") as st:
-        dep.wait_healthy(timeout_s, progress=lambda s: st.update(f"deploying: {s}"))
+    apps = dep.app_names(cfg)
+    with console.status(f"deploying {', '.join(apps)} ...") as st:
+        dep.wait_healthy(timeout_s, apps=apps, progress=lambda s: st.update(f"deploying: {s}"))
     endpoint = f"127.0.0.1:{cfg['grpc_options']['port']}"
     _check_health(endpoint, key)
     web = f"http://127.0.0.1:{cfg['http_options']['port']}/"
@@ -89,7 +95,8 @@ def up(
     _write_state(state)
     console.print(f"[green]worldserve is up[/]: gRPC endpoint [bold]{endpoint}[/]")
     console.print(f"development API key (tenant 'dev'): [bold]{key}[/]")
-    console.print("  send metadata  authorization: Bearer <key>   and   application: image|sessions|dynamics")
+    grpc_apps = "|".join(a for a in apps if a != "web")
+    console.print(f"  send metadata  authorization: Bearer <key>   and   application: {grpc_apps}")
     console.print(f"play in a browser: [bold]{web}[/] (paste the key into the page)")
     print(json.dumps({"endpoint": endpoint, "api_key": key, "web": web}))
 

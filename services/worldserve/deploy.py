@@ -16,7 +16,9 @@ import yaml
 from worldserve.common.serving import OPTIONS_ARG
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve" / "worldserve.yaml"
-APPS = ("image", "sessions", "dynamics", "web")
+APPS = ("image", "sessions", "dynamics", "text", "web")
+TEXT_APP = "text"
+"""The text app (worldserve.text): served by default; ``load_config(text=False)`` leaves it out."""
 
 
 def load_config(
@@ -28,17 +30,25 @@ def load_config(
     http_host: str | None = "127.0.0.1",
     deployment_overrides: dict[str, dict[str, Any]] | None = None,
     extra_models: list[dict[str, Any]] | None = None,
+    text: bool = True,
 ) -> dict:
     """The serve config at ``path`` (default: the repository's) with this run's values merged in:
     ``app_args`` into every application's args, ports, ``deployment_overrides`` (deployment name
     -> options) over the deployments' options. ``extra_models``: more served models (``ModelSpec``
     mappings) appended to the dynamics application's ``models``, each with a ``DynamicsModel-<name>``
-    deployment whose options are a copy of the config's first model deployment's (overridable)."""
+    deployment whose options are a copy of the config's first model deployment's (overridable).
+    ``text=False``: without the text app (every app's ``text_app`` emptied: free text answers
+    FAILED_PRECONDITION "text understanding is not deployed")."""
     path = Path(path) if path else REPO_CONFIG
     if not path.exists():
         raise FileNotFoundError(f"serve config {path} not found; pass --config")
     cfg = yaml.safe_load(path.read_text())
     cfg = copy.deepcopy(cfg)
+    if not text:
+        cfg["applications"] = [a for a in cfg["applications"] if a["name"] != TEXT_APP]
+        for app in cfg["applications"]:
+            if (app.get("args") or {}).get("text_app"):
+                app["args"]["text_app"] = ""
     # Serve turns gRPC server reflection on unless told otherwise: here it is on only where the
     # config says `enable_reflection: true`.
     cfg.setdefault("grpc_options", {}).setdefault("enable_reflection", False)
@@ -194,11 +204,17 @@ def call_builder(import_path: str, args: dict[str, Any]):
     return app
 
 
-def wait_healthy(timeout_s: float = 300.0, apps: tuple[str, ...] = APPS, progress=None) -> dict:
-    """Block until every app is RUNNING and every proxy is up; raise with Serve's own message when
-    an app fails."""
+def app_names(cfg: dict) -> tuple[str, ...]:
+    """The applications a serve config deploys."""
+    return tuple(a["name"] for a in cfg["applications"])
+
+
+def wait_healthy(timeout_s: float = 300.0, apps: tuple[str, ...] | None = None, progress=None) -> dict:
+    """Block until every app (default: :data:`APPS`) is RUNNING and every proxy is up; raise with
+    Serve's own message when an app fails."""
     from ray import serve
 
+    apps = APPS if apps is None else apps
     deadline = time.monotonic() + timeout_s
     last: dict = {}
     proxies: dict = {}

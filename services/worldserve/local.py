@@ -43,13 +43,14 @@ def local_cluster(
     address: str | None = None,
     redis_url: str = "",
     extra_models: list[dict[str, Any]] | None = None,
+    text: bool = True,
 ) -> Iterator[LocalCluster]:
     """``address``: connect to a running Ray cluster (e.g. several nodes started with ``ray start``)
     instead of starting one; ``num_cpus`` is then that cluster's, ``metrics_url`` is empty (each
     node exports on the port it was started with), and leaving disconnects without stopping it.
     ``redis_url``: a Redis already running (e.g. an ``EmbeddedSentinel``'s ``redis+sentinel://``)
     instead of an embedded one started here. ``extra_models``: served models beside the config's
-    (``deploy.load_config``), each its own deployment."""
+    (``deploy.load_config``), each its own deployment. ``text=False``: without the text app."""
     import ray
     from ray import serve
 
@@ -84,6 +85,7 @@ def local_cluster(
             http_port=http_port,
             deployment_overrides={k: dict(v) for k, v in (deployment_overrides or {}).items()},
             extra_models=extra_models,
+            text=text,
         )
         # A local cluster shares a few cores with its clients: give the proxy longer than Ray's 5 s
         # per readiness check before the controller kills it and starts another (env_vars of the
@@ -93,7 +95,7 @@ def local_cluster(
             "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", os.environ.get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
         )
         dep.deploy(cfg)
-        dep.wait_healthy(timeout_s)
+        dep.wait_healthy(timeout_s, apps=dep.app_names(cfg))
         yield LocalCluster(
             target=f"127.0.0.1:{grpc_port}",
             keys=keys,
@@ -112,7 +114,7 @@ def local_cluster(
             redis.stop()
 
 
-def replica_counts(apps: tuple[str, ...] = ("image", "sessions", "dynamics", "web")) -> dict[str, int]:
+def replica_counts(apps: tuple[str, ...] = ("image", "sessions", "dynamics", "text", "web")) -> dict[str, int]:
     """RUNNING replicas per application and per deployment (``"<app>/<deployment>"``), from Serve's
     own status."""
     from ray import serve

@@ -44,6 +44,7 @@ APPS = {
     "worldserve.v1.DynamicsService": "dynamics",
     "worldserve.v1.SessionService": "sessions",
     "worldserve.v1.ImageService": "image",
+    "worldserve.v1.TextService": "text",
 }
 """gRPC service -> the Serve application that answers it (the ``application`` metadata)."""
 
@@ -52,10 +53,10 @@ APPS = {
 def rpc_table() -> dict[str, tuple[str, str, bool, type[Message]]]:
     """RPC method name -> (service, application, server-streaming, response class), for every
     worldserve service (method names are unique across them)."""
-    from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2
+    from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2, text_pb2
 
     out: dict[str, tuple[str, str, bool, type[Message]]] = {}
-    for mod in (dynamics_pb2, sessions_pb2, image_pb2):
+    for mod in (dynamics_pb2, sessions_pb2, image_pb2, text_pb2):
         for svc in mod.DESCRIPTOR.services_by_name.values():
             for m in svc.methods:
                 out[m.name] = (svc.name, APPS[svc.full_name], m.server_streaming, GetMessageClass(m.output_type))
@@ -65,10 +66,10 @@ def rpc_table() -> dict[str, tuple[str, str, bool, type[Message]]]:
 @functools.cache
 def request_types() -> dict[str, tuple[type[Message], bool]]:
     """RPC method name -> (request class, client-streaming), for every worldserve service."""
-    from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2
+    from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2, text_pb2
 
     out: dict[str, tuple[type[Message], bool]] = {}
-    for mod in (dynamics_pb2, sessions_pb2, image_pb2):
+    for mod in (dynamics_pb2, sessions_pb2, image_pb2, text_pb2):
         for svc in mod.DESCRIPTOR.services_by_name.values():
             for m in svc.methods:
                 out[m.name] = (GetMessageClass(m.input_type), m.client_streaming)

@@ -37,6 +37,12 @@ class DeploymentOptions:
         opts = self._options.get(deployment.name)
         return deployment.options(**opts) if opts else deployment
 
+    def take(self, name: str) -> dict[str, Any]:
+        """The options given for deployment ``name``, for a builder that makes it some other way
+        (e.g. Ray Serve LLM's ``build_llm_deployment(..., override_serve_options=...)``)."""
+        self._built.append(name)
+        return dict(self._options.get(name) or {})
+
     def check(self) -> None:
         """Refuse options for a deployment the builder did not make (a typo would otherwise be dropped)."""
         missing = sorted(set(self._options) - set(self._built))

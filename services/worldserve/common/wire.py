@@ -90,6 +90,13 @@ def add_DynamicsServiceServicer_to_server(servicer: object, server: grpc.Server 
     add_service(dynamics_pb2.DESCRIPTOR.services_by_name["DynamicsService"], servicer, server)
 
 
+def add_TextServiceServicer_to_server(servicer: object, server: grpc.Server | grpc.aio.Server) -> None:
+    """``worldserve.v1.TextService``, requests as bytes (see the module docstring)."""
+    from worldserve.v1 import text_pb2
+
+    add_service(text_pb2.DESCRIPTOR.services_by_name["TextService"], servicer, server)
+
+
 def add_HealthServicer_to_server(servicer: object, server: grpc.Server | grpc.aio.Server) -> None:
     """``grpc.health.v1.Health`` (answered by every application), requests as bytes."""
     from grpc_health.v1 import health_pb2

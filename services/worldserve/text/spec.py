@@ -102,7 +102,7 @@ class Vocabulary:
         missing = [n for n in names if n not in d]
         if missing:
             raise ValueError(f"{where}: missing field(s) {missing}")
-        out = {}
+        out: dict[str, Any] = {}
         for n in names:
             v = d[n]
             if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
