@@ -303,8 +303,8 @@ class DynamicsService(ServiceBase):
         return await self.front.list_models(), self.default_model
 
     async def catalog(self) -> dict:
-        """For the sessions app: the default model and each served model's frame size and text
-        embedding width (0: it takes none)."""
+        """For the sessions app: the default model and each served model's frame size, text
+        embedding width (0: it takes none) and declared events."""
         infos = await self.front.list_models()
         return {
             "default": self.default_model,
@@ -314,6 +314,7 @@ class DynamicsService(ServiceBase):
                     "height": i["frame_height"],
                     "text_dim": i.get("text_dim", 0),
                     "text_len": i.get("text_len", 0),
+                    "events": i.get("events", []),
                 }
                 for i in infos
             },
