@@ -20,9 +20,16 @@ import pytest
 from worldserve.client import action, understood
 from worldserve.common.caption import EVENTS, caption_of, parse_caption, spec_from_dict
 
-from .test_cluster import code_of
-
 DECLARED = list(EVENTS)
+
+
+def code_of(fn) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as ei:
+        fn()
+    assert "Traceback" not in (ei.value.details() or "")
+    return ei.value.code(), ei.value.details()
+
+
 SHIPPED_TEXT = Path(__file__).resolve().parents[2] / "services" / "worldserve" / "weights" / "text"
 
 
