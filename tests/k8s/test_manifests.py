@@ -72,6 +72,8 @@ def actor_options(app: dict, dep: dict) -> dict:
     if llm.get("device") == "gpu":
         out["num_gpus"] = 1
     return out
+
+
 # The dynamics app: one ingress, and one deployment per served model (every one on a dynamics GPU).
 DYNAMICS_INGRESS = "DynamicsService"
 MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
