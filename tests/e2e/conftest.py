@@ -81,6 +81,9 @@ def cluster(tmp_path_factory):
     }
     with local_cluster(
         num_cpus=6,
+        # on 2 busy cores the language model's start (Ray Serve LLM: its replica, a node set-up
+        # task and vLLM's engine processes) comes on top of every other app's
+        timeout_s=1200,
         workdir=tmp_path_factory.mktemp("cluster"),
         app_args={"torch_threads": 1, "text_model_path": text_model},
         deployment_overrides=overrides,
