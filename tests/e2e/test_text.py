@@ -38,7 +38,7 @@ def _check_understood(u, text: str) -> None:
     assert [(o.color, o.kind, o.side) for o in spec.objects] == [(o.colour, o.kind, o.side) for o in u.spec.objects]
 
 
-@pytest.mark.timeout(900)  # the first test of a run waits for the shared cluster
+@pytest.mark.timeout(1500)  # the first test of a run waits for the shared cluster (up to 1200 s)
 def test_parse_prompt_answers_a_spec_or_understood_nothing(cluster):
     ch, stub = _stub(cluster)
     with ch:
@@ -56,7 +56,7 @@ def test_parse_prompt_answers_a_spec_or_understood_nothing(cluster):
         assert outcomes
 
 
-@pytest.mark.timeout(900)  # the first test of a run waits for the shared cluster
+@pytest.mark.timeout(1500)  # the first test of a run waits for the shared cluster (up to 1200 s)
 def test_parse_event_answers_one_of_the_events_or_names_them(cluster):
     ch, stub = _stub(cluster)
     events = ["it starts to rain", "night falls"]
@@ -72,7 +72,7 @@ def test_parse_event_answers_one_of_the_events_or_names_them(cluster):
             assert r.event in events
 
 
-@pytest.mark.timeout(900)  # the first test of a run waits for the shared cluster
+@pytest.mark.timeout(1500)  # the first test of a run waits for the shared cluster (up to 1200 s)
 def test_bad_text_is_invalid_argument_and_a_key_is_needed(cluster):
     ch, stub = _stub(cluster)
     with ch:
@@ -90,7 +90,7 @@ def test_bad_text_is_invalid_argument_and_a_key_is_needed(cluster):
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-@pytest.mark.timeout(900)  # the first test of a run waits for the shared cluster
+@pytest.mark.timeout(1500)  # the first test of a run waits for the shared cluster (up to 1200 s)
 def test_text_client_through_the_handle(cluster):
     """What the sessions, image and dynamics apps call: the handle answers the contract's dict;
     an app that is not there answers UNAVAILABLE within text_timeout_s."""
@@ -118,7 +118,7 @@ def test_text_client_through_the_handle(cluster):
     asyncio.run(main())
 
 
-@pytest.mark.timeout(900)  # the first test of a run waits for the shared cluster
+@pytest.mark.timeout(1500)  # the first test of a run waits for the shared cluster (up to 1200 s)
 def test_a_corrupt_model_folder_fails_its_app_alone(cluster, tmp_path):
     """A second text app over a folder whose weights file is corrupt: DEPLOY_FAILED naming the
     file; every other application stays RUNNING; then it is deleted."""
@@ -153,7 +153,7 @@ def test_a_corrupt_model_folder_fails_its_app_alone(cluster, tmp_path):
     assert "text-bad" not in serve.status().applications
 
 
-@pytest.mark.timeout(900)  # the first test of a run waits for the shared cluster
+@pytest.mark.timeout(1500)  # the first test of a run waits for the shared cluster (up to 1200 s)
 def test_text_and_vllm_metrics_reach_the_scrape(cluster):
     from prometheus_client.parser import text_string_to_metric_families
 
