@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2
 from worldserve.common import wire
 from worldserve.common.errors import InvalidArgument, StreamFailed
 from worldserve.common.servicer import ServiceBase, rpc
-from worldserve.v1 import dynamics_pb2, dynamics_pb2_grpc, image_pb2, sessions_pb2
+from worldserve.v1 import dynamics_pb2, dynamics_pb2_grpc, image_pb2, sessions_pb2, text_pb2
 
 GARBAGE = b"\xff\xff\xff\xff\xff\xff"
 
@@ -149,15 +149,16 @@ def test_every_method_of_every_service_is_registered_without_a_request_deseriali
         wire.add_ImageServiceServicer_to_server,
         wire.add_SessionServiceServicer_to_server,
         wire.add_DynamicsServiceServicer_to_server,
+        wire.add_TextServiceServicer_to_server,
         wire.add_HealthServicer_to_server,
     ):
         add(_Recorder(), server)
     want = {
         svc.full_name: {m.name: m for m in svc.methods}
-        for mod in (image_pb2, sessions_pb2, dynamics_pb2, health_pb2)
+        for mod in (image_pb2, sessions_pb2, dynamics_pb2, text_pb2, health_pb2)
         for svc in mod.DESCRIPTOR.services_by_name.values()
     }
-    assert set(server.registered) == set(want) and len(server.generic) == 4
+    assert set(server.registered) == set(want) and len(server.generic) == 5
     for service, handlers in server.registered.items():
         assert set(handlers) == set(want[service])
         for name, h in handlers.items():

@@ -57,7 +57,14 @@ def cluster(tmp_path_factory):
         "path": str(write_tiny_folder(tmp_path_factory.mktemp("open-world"), text_dim=OPEN_WORLD_TEXT_DIM)),
         "options": dict(TINY_OPTIONS),
     }
+    # the text app over a tiny random language model (answers random, always in the schema)
+    from worldserve.text.testing import write_tiny_text_model
+
+    text_model = str(write_tiny_text_model(tmp_path_factory.mktemp("text-model")))
     overrides = {
+        # one replica of each text deployment (LLMServer: vLLM's engine on a quarter CPU + its replica's)
+        "TextService": pinned("TextService", 1),
+        "LLMServer:worldserve-text": pinned("LLMServer:worldserve-text", 1),
         # one replica of the open world model, on a quarter of a CPU (the cluster has 6 on 2 cores)
         f"DynamicsModel-{OPEN_WORLD}": {
             **pinned("DynamicsModel-platformer-fast", 1),
@@ -74,8 +81,11 @@ def cluster(tmp_path_factory):
     }
     with local_cluster(
         num_cpus=6,
+        # on 2 busy cores the language model's start (Ray Serve LLM: its replica, a node set-up
+        # task and vLLM's engine processes) comes on top of every other app's
+        timeout_s=1200,
         workdir=tmp_path_factory.mktemp("cluster"),
-        app_args={"torch_threads": 1},
+        app_args={"torch_threads": 1, "text_model_path": text_model},
         deployment_overrides=overrides,
         extra_models=[open_world],
     ) as c:
@@ -90,6 +100,7 @@ def cluster(tmp_path_factory):
             "deployment_overrides": overrides,  # over deploy/serve/worldserve.yaml's deployments
             "extra_models": [open_world],  # served beside deploy/serve/worldserve.yaml's models
             "open_world": {**open_world, "text_dim": OPEN_WORLD_TEXT_DIM},
+            "text_model_path": text_model,
         }
 
 

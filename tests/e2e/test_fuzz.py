@@ -16,12 +16,12 @@ from google.protobuf.message_factory import GetMessageClass
 
 from worldserve.client import WorldClient
 from worldserve.common.servicer import rpc_table
-from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2
+from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2, text_pb2
 
 WELL_FORMED = 60
 RANDOM_BYTES = 20
 LEAKS = ("Traceback", "ray::", "\x1b[", 'File "', "site-packages", "actor_id", "pid=", '.py"')
-MODULES = (dynamics_pb2, sessions_pb2, image_pb2)
+MODULES = (dynamics_pb2, sessions_pb2, image_pb2, text_pb2)
 
 
 def _repeated(f) -> bool:

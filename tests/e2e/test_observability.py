@@ -137,6 +137,16 @@ def test_dashboard_and_rules_query_only_exported_metrics(cluster):
             c.step(s.session_id, keys)
         c.step(s.session_id, ["right"], deadline_ms=5000)  # an interactive step: deadline outcomes
         c.fork_session(s.session_id, step=1)
+        # text: a free-text parse (its own metrics, and vLLM's engine metrics through Ray Serve LLM)
+        from worldserve.v1 import text_pb2, text_pb2_grpc
+
+        md = [("application", "text"), ("authorization", f"Bearer {cluster['key_a']}")]
+        try:
+            text_pb2_grpc.TextServiceStub(c.channel).ParsePrompt(
+                text_pb2.ParsePromptRequest(text="a pink door on my right"), metadata=md, timeout=120
+            )
+        except grpc.RpcError as e:  # a tiny random model may understand nothing: still a parse
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
         gone = c.create_session(prompt="a red door on the left, grass, day", seed=4)
         c.step(gone.session_id, ["left"])
         c.delete_session(gone.session_id)  # its replica evicts its state: evictions{reason="deleted"}

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from worldserve.client import WorldClient
 from worldserve.common.servicer import rpc_table
-from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2
+from worldserve.v1 import dynamics_pb2, image_pb2, sessions_pb2, text_pb2
 
 GARBAGE = b"\xff\xff\xff\xff\xff\xff"  # no protobuf message parses from this (field 0 / bad varint)
 
@@ -22,7 +22,7 @@ def _methods():
     """(path, input message name, application, client streaming, server streaming) of every
     worldserve method, and of grpc.health.v1.Health's (answered by every application)."""
     out = []
-    for mod in (dynamics_pb2, sessions_pb2, image_pb2):
+    for mod in (dynamics_pb2, sessions_pb2, image_pb2, text_pb2):
         for svc in mod.DESCRIPTOR.services_by_name.values():
             for m in svc.methods:
                 app = rpc_table()[m.name][1]
@@ -38,7 +38,7 @@ def _methods():
 def test_unparseable_bytes_answer_invalid_argument_on_every_method(cluster):
     ident = lambda b: b
     methods = _methods()
-    assert len(methods) == 16  # 13 worldserve methods (Play bidi-streaming) + Health's Check, Watch, List
+    assert len(methods) == 18  # 15 worldserve methods (Play bidi-streaming) + Health's Check, Watch, List
     problems = []
     with WorldClient(cluster["target"], cluster["key_a"], timeout_s=60, retry_s=0) as c:
         ch = c.channel

@@ -45,8 +45,8 @@ SECRET_TEMPLATES = K8S / "secrets" / "secrets.template.yaml"
 
 TARGETS = ("base", "overlays/dev", "overlays/gpu")
 KUBERNETES_VERSION = "1.32.0"  # schemas kubernetes-validate checks core kinds against
-WORKER_GROUPS = ("cpu", "image-gpu", "dynamics-gpu")
-GPU_GROUPS = ("image-gpu", "dynamics-gpu")
+WORKER_GROUPS = ("cpu", "image-gpu", "dynamics-gpu", "text-gpu")
+GPU_GROUPS = ("image-gpu", "dynamics-gpu", "text-gpu")
 # What overlays/gpu adds to the serve config, and nothing else: placement of each deployment on
 # the worker group that offers its custom resource.
 GPU_PLACEMENT = {
@@ -54,7 +54,26 @@ GPU_PLACEMENT = {
     "SessionService": ({"resources": {"worldserve_cpu": 1}}, "cpu"),
     "DynamicsService": ({"resources": {"worldserve_cpu": 1}}, "cpu"),  # the dynamics ingress: routing only, no GPU
     "WebGateway": ({"resources": {"worldserve_cpu": 1}}, "cpu"),  # the web gateway: no GPU
+    "TextService": ({"resources": {"worldserve_cpu": 1}}, "cpu"),  # the text ingress: no GPU
+    # Ray Serve LLM's deployment (vLLM): placed by the text app's args.llm (device: gpu, resources),
+    # from which Ray Serve LLM sizes its placement group; see actor_options
+    "LLMServer:worldserve-text": ({"num_gpus": 1, "resources": {"worldserve_text": 1}}, "text-gpu"),
 }
+LLM_DEPLOYMENT = "LLMServer:worldserve-text"
+
+
+def actor_options(app: dict, dep: dict) -> dict:
+    """A deployment's placement: its ray_actor_options; for Ray Serve LLM's deployment, the text
+    app's ``args.llm`` (``device: gpu`` is one GPU per replica, ``resources`` its custom resources)."""
+    if dep["name"] != LLM_DEPLOYMENT:
+        return dep["ray_actor_options"]
+    llm = app["args"].get("llm") or {}
+    out: dict = {"resources": dict(llm.get("resources") or {})}
+    if llm.get("device") == "gpu":
+        out["num_gpus"] = 1
+    return out
+
+
 # The dynamics app: one ingress, and one deployment per served model (every one on a dynamics GPU).
 DYNAMICS_INGRESS = "DynamicsService"
 MODEL_DEPLOYMENT_PREFIX = "DynamicsModel-"
@@ -326,6 +345,12 @@ def test_gpu_serve_config_is_deploy_serve_yaml_plus_placement():
     for app in stripped["applications"]:
         for dep in app["deployments"]:
             extra, _ = placement(dep["name"])
+            if dep["name"] == LLM_DEPLOYMENT:  # placed by args.llm: gpu instead of cpu, plus resources
+                llm = app["args"]["llm"]
+                assert actor_options(app, dep) == extra, f"{dep['name']}: args.llm must place it {extra!r}"
+                llm["device"] = "cpu"
+                llm.pop("resources")
+                continue
             opts = dep["ray_actor_options"]
             for k, v in extra.items():
                 assert opts.pop(k) == v, f"{dep['name']}: ray_actor_options.{k} must be {v!r}"
@@ -434,14 +459,14 @@ def test_gpu_overlay_puts_gpus_only_on_model_deployments():
     hosted: dict[str, list[int]] = {}  # GPU group -> [sum of min_replicas * num_gpus, same for max]
     for app in cfg["applications"]:
         for dep in app["deployments"]:
-            name, opts = dep["name"], dep["ray_actor_options"]
+            name, opts = dep["name"], actor_options(app, dep)
             gpus = opts.get("num_gpus", 0)
             is_model = name.startswith(MODEL_DEPLOYMENT_PREFIX)
             if app["name"] == "dynamics":
                 assert (gpus >= 1) == is_model, f"{name}: in dynamics only the model deployments get GPUs"
             else:
                 assert not is_model
-                assert gpus == 0 or name == "ImageService", f"{name} must not ask for a GPU"
+                assert gpus == 0 or name in ("ImageService", LLM_DEPLOYMENT), f"{name} must not ask for a GPU"
             (res,) = opts["resources"]
             (group,) = [n for n, g in gs.items() if res in g.get("resources", {})]
             assert (group_gpus[group] > 0) == (gpus > 0), f"{name} runs on {group}: GPU deployments on GPU groups only"

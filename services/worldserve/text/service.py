@@ -20,6 +20,7 @@ corrupt file leaves only this application DEPLOY_FAILED, with the file named in 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ray import serve
 
 from worldserve.common.config import Config, model_path
-from worldserve.common.errors import Unavailable
+from worldserve.common.errors import Unavailable, WorldserveError, _unwrap
 from worldserve.common.registry import ModelLoadError
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.common.serving import DeploymentOptions
@@ -151,6 +152,20 @@ class TextService(ServiceBase):
         self.core = TextCore(self._complete, vocab, metrics=self.metrics)
 
     async def _complete(self, prompt: str, schema: dict[str, Any]) -> str:
+        """The language model's answer: one completion request to the LLMServer (greedy, decoded
+        under ``schema``); UNAVAILABLE when it cannot answer within ``text_timeout_s``."""
+        try:
+            return await asyncio.wait_for(self._request(prompt, schema), timeout=self.config.text_timeout_s)
+        except asyncio.TimeoutError:
+            raise Unavailable(
+                f"the language model did not answer within text_timeout_s={self.config.text_timeout_s:g} s"
+            ) from None
+        except WorldserveError:
+            raise
+        except Exception as e:  # the LLMServer down, restarting, or its engine dead
+            raise Unavailable(f"the language model is unavailable: {type(_unwrap(e)).__name__}") from None
+
+    async def _request(self, prompt: str, schema: dict[str, Any]) -> str:
         from ray.serve.llm.openai_api_models import CompletionRequest
 
         request = CompletionRequest.model_validate(
