@@ -162,8 +162,10 @@ def test_text_and_vllm_metrics_reach_the_scrape(cluster):
         "ray_worldserve_text_parses_total",
         "ray_worldserve_text_parse_duration_seconds_bucket",
         "ray_worldserve_text_requests_total",
-        "ray_vllm_num_requests_running",
+        "ray_vllm_num_requests_running",  # vLLM's engine metrics (the dashboard's Text row)
+        "ray_vllm_num_requests_waiting",
         "ray_vllm_generation_tokens_total",
+        "ray_vllm_prompt_tokens_total",
     }
     deadline = time.monotonic() + 120
     with ch:

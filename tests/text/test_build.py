@@ -41,15 +41,17 @@ def test_the_default_folder_is_the_shipped_weights():
         text_model_folder(Config(text_model_path="random"))
 
 
-def test_a_bad_folder_builds_an_app_that_fails_alone_naming_the_file(tmp_path):
+async def test_a_bad_folder_builds_an_app_that_fails_alone_naming_the_file(tmp_path):
     options = {"TextService": {"max_ongoing_requests": 7}, LLM_DEPLOYMENT: {"max_ongoing_requests": 9}}
     app = build({"text_model_path": str(tmp_path), OPTIONS_ARG: options})  # no raise: only this app fails
     d = app._bound_deployment
     assert d.name == "TextService" and d.max_ongoing_requests == 7
     config, llm, folder_error = d.init_args
     assert llm is None and folder_error == f"text model: {str(tmp_path / 'config.json')!r} not found"
+    cls = TextService.func_or_class
+    replica = cls.__new__(cls)  # as Serve builds a replica with an async constructor
     with pytest.raises(ModelLoadError, match="config.json' not found"):
-        TextService.func_or_class(config, llm, folder_error)  # what its replica raises at start-up
+        await replica.__init__(config, llm, folder_error)  # what its replica raises at start-up
 
 
 def test_options_for_an_unknown_deployment_are_refused(tmp_path):

