@@ -209,6 +209,8 @@ def text(
     ckpt_every: int = typer.Option(250, min=1, help="Checkpoint every N steps."),
     eval_every: int = typer.Option(500, min=1, help="Quick validation (and OUT/model export) every N steps."),
     resume: bool = typer.Option(False, help="Continue from OUT/ckpt.pt."),
+    init_from: Path | None = typer.Option(None, help="Warm start from another run's folder (tokenizer/, ckpt.pt)."),
+    warmup: int = typer.Option(200, min=1, help="Warm-up steps."),
 ) -> None:
     """Train the text app's language model (free text -> world spec / event JSON)."""
     from .text_trainer import TextModelConfig, TextTrainConfig, train_text
@@ -226,6 +228,8 @@ def text(
         dtype=dtype,
         ckpt_every=ckpt_every,
         eval_every=eval_every,
+        init_from=init_from,
+        warmup=warmup,
         model=TextModelConfig(
             hidden=hidden, layers=layers, heads=heads, intermediate=intermediate, vocab_size=vocab_size
         ),

@@ -228,7 +228,23 @@ FILLERS = (
     "pretty",
     "simple",
 )
-JOINERS = (", ", ", ", " and ", ", and ", " with ", ". ", "; ", " plus ", " & ", " also ", " + ", " ")
+JOINERS = (
+    ", ",
+    ", ",
+    " and ",
+    ", and ",
+    " with ",
+    ". ",
+    "; ",
+    " plus ",
+    " & ",
+    " also ",
+    " + ",
+    " ",
+    " then ",
+    " as well as ",
+)
+JOINERS += (" along with ", " including ", " - ", " | ", " but also ", " oh and ", ", {x} ", " {x} ")
 NOTHING = (
     "hello there",
     "what is this",
@@ -430,7 +446,7 @@ EVENT_NONE = (
 
 PROMPT_SHARE = 0.7
 NOTHING_SHARE = 0.05
-EVENT_NONE_SHARE = 0.10
+EVENT_NONE_SHARE = 0.15
 _ATTRIBUTE_WORDS = (
     frozenset(
         w
@@ -488,8 +504,8 @@ def noisy(text: str, rng: random.Random, *, typo_rate: float) -> str:
     words = text.split(" ")
     out = []
     for w in words:
-        if rng.random() < 0.04:
-            out.append(rng.choice(FILLERS) if rng.random() < 0.75 else made_up_word(rng))
+        if rng.random() < 0.07:
+            out.append(rng.choice(FILLERS) if rng.random() < 0.5 else made_up_word(rng))
         out.append(typo(w, rng) if rng.random() < typo_rate else w)
     text = " ".join(w for w in out if w)
     r = rng.random()
@@ -518,40 +534,81 @@ def _word(words: tuple[str, ...], rng: random.Random) -> str:
     return words[0] if rng.random() < 0.5 else rng.choice(words)
 
 
+COLOUR_KIND = (
+    "{c} {k}",
+    "{c} {k}",
+    "{k} in {c}",
+    "{k}, {c},",
+    "{k} ({c})",
+    "{c}-coloured {k}",
+    "{k} that is {c}",
+    "{k} which is {c}",
+    "{k} colored {c}",
+    "{k} - {c} -",
+    "{c} {x} {k}",
+)
+SIDE_FORMS = (
+    "on the {s}",
+    "to the {s}",
+    "at the {s}",
+    "{s}",
+    "({s})",
+    "- {s}",
+    "on the {s} {x}",
+    "at the {s} {x}",
+    "to the {s} {x}",
+    "{x} {s}",
+    "{x} the {s}",
+    "{x} on the {s}",
+    "{s} {x}",
+    "by the {s}",
+)
+SIDE_SEPS = (" ", " ", ", ", ": ", " - ", " ")
+
+
 def object_phrase(o: grammar.ObjectSpec, rng: random.Random) -> str:
+    """A phrase for one object: a template, or (half the time) colour + kind and a side in any
+    order, the side's words partly made up (the model learns that the side word decides)."""
     c, k = _word(COLOUR_WORDS[o.color], rng), _word(KIND_WORDS[o.kind], rng)
-    t = rng.choice(OBJECT_TEMPLATES)
-    return t.format(
-        d=rng.choice(DETERMINERS),
-        c=c,
-        k=k,
-        s=o.side,
-        sa=rng.choice(SIDE_AFTER).format(s=o.side),
-        sb=rng.choice(SIDE_BEFORE).format(s=o.side),
-    ).strip()
+    if rng.random() < 0.5:
+        t = rng.choice(OBJECT_TEMPLATES)
+        return t.format(
+            d=rng.choice(DETERMINERS),
+            c=c,
+            k=k,
+            s=o.side,
+            sa=rng.choice(SIDE_AFTER).format(s=o.side),
+            sb=rng.choice(SIDE_BEFORE).format(s=o.side),
+        ).strip()
+    x = made_up_word(rng) if rng.random() < 0.7 else rng.choice(FILLERS)
+    ck = " ".join(w for w in (rng.choice(DETERMINERS), rng.choice(COLOUR_KIND).format(c=c, k=k, x=x)) if w)
+    side = rng.choice(SIDE_FORMS).format(s=o.side, x=made_up_word(rng))
+    parts = [ck.rstrip(",- "), side] if rng.random() < 0.6 else [side, ck]
+    return rng.choice(SIDE_SEPS).join(parts).strip()
+
+
+GROUND_TEMPLATES = (
+    "{n}",
+    "{n}",
+    "on {n}",
+    "on the {n}",
+    "{a} ground",
+    "{a}",
+    "{a} level",
+    "{a} world",
+    "in the {n}",
+    "{n} everywhere",
+    "{n} on the ground",
+    "ground of {n}",
+    "the ground is {a}",
+    "covered in {n}",
+    "set in a {a} place",
+    "over {n}",
+)
 
 
 def _ground_phrase(g: str, rng: random.Random) -> str:
-    t = rng.choice(
-        (
-            "{n}",
-            "{n}",
-            "on {n}",
-            "on the {n}",
-            "{a} ground",
-            "{a}",
-            "{a} level",
-            "{a} world",
-            "in the {n}",
-            "{n} everywhere",
-            "{n} on the ground",
-            "ground of {n}",
-            "the ground is {a}",
-            "covered in {n}",
-            "set in a {a} place",
-            "over {n}",
-        )
-    )
+    t = rng.choice(GROUND_TEMPLATES)
     return t.format(n=_word(GROUND_NOUNS[g], rng), a=_word(GROUND_ADJS[g], rng))
 
 
@@ -594,7 +651,7 @@ def prompt_text(spec: grammar.WorldSpec | None, rng: random.Random) -> tuple[str
         rng.shuffle(clauses)
     text = clauses[0]
     for c in clauses[1:]:
-        text += rng.choice(JOINERS) + c
+        text += rng.choice(JOINERS).format(x=made_up_word(rng)) + c
     carrier = rng.choice(CARRIERS)
     suffix = rng.choice(SUFFIXES)
     text = " ".join(x for x in (carrier, text, suffix) if x)
@@ -605,19 +662,95 @@ def prompt_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
     """(free text, answer dict) for one scene prompt."""
     spec = None if rng.random() < NOTHING_SHARE else random_spec(rng)
     text, g, t, r = prompt_text(spec, rng)
-    if spec is None and rng.random() < 0.3:
-        text = " ".join(made_up_word(rng) if rng.random() < 0.3 else w for w in text.split())
+    if spec is None and rng.random() < 0.5:
+        text = " ".join(made_up_word(rng) if rng.random() < 0.4 else w for w in text.split())
     text = noisy(text, rng, typo_rate=0.08 if rng.random() < 0.4 else 0.0)
     return text, prompt_answer(spec, ground=g, time=t, rain=r)
 
 
+EVENT_CORES: dict[str, tuple[str, ...]] = {
+    "it starts to rain": ("rain", "raining", "storm", "downpour", "drizzle", "showers", "rainfall", "rainy weather"),
+    "the rain stops": ("rain", "raining", "storm", "downpour", "drizzle", "showers", "rainfall"),
+    "night falls": ("night", "nighttime", "dark", "darkness", "moon", "midnight", "nightfall"),
+    "day breaks": ("day", "daytime", "daylight", "morning", "sun", "sunrise", "dawn", "light"),
+}
+"""Keywords of each event: the compositional texts put them among made-up words."""
+EVENT_FRAMES: dict[str, tuple[str, ...]] = {
+    "it starts to rain": ("{w}", "{x} {w}", "{w} {x}", "{x} {w} {y}", "{w} now", "start {w}", "{x} some {w}"),
+    "the rain stops": (
+        "stop {w}",
+        "{w} stop",
+        "{x} stop the {w}",
+        "end the {w} {x}",
+        "{w} off",
+        "no more {w}",
+        "{w} {x} over",
+        "{x} no {w}",
+        "enough {w} {x}",
+        "cancel {w}",
+        "{w} is over",
+        "halt {w}",
+        "{w} ends",
+    ),
+    "night falls": ("{w}", "{x} {w}", "{w} {x}", "{x} {w} {y}", "make it {w}", "{x} to {w}", "{w} now"),
+    "day breaks": ("{w}", "{x} {w}", "{w} {x}", "{x} {w} {y}", "make it {w}", "{x} to {w}", "{w} now"),
+}
+NONE_WORDS = (
+    "jump",
+    "walk",
+    "run",
+    "door",
+    "box",
+    "open",
+    "pick",
+    "drop",
+    "throw",
+    "eat",
+    "read",
+    "look",
+    "music",
+    "cat",
+    "game",
+    "snow",
+    "wind",
+    "grass",
+    "sand",
+    "red",
+    "blue",
+    "the",
+    "a",
+    "to",
+    "my",
+    "fly",
+    "swim",
+    "coin",
+    "key",
+    "map",
+)
+
+
+def _none_text(rng: random.Random) -> str:
+    """A text that names no event: a listed one, or words (real or made up) that say nothing of
+    rain, night or day."""
+    if rng.random() < 0.5:
+        return rng.choice(EVENT_NONE)
+    n = rng.randint(1, 4)
+    return " ".join(rng.choice(NONE_WORDS) if rng.random() < 0.5 else made_up_word(rng) for _ in range(n))
+
+
 def event_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    """(free text, answer dict) for one event text."""
+    """(free text, answer dict) for one event text: a listed phrasing, or (40%) an event keyword
+    in a frame among made-up words."""
     if rng.random() < EVENT_NONE_SHARE:
-        event, text = None, rng.choice(EVENT_NONE)
+        event, text = None, _none_text(rng)
     else:
         event = rng.choice(list(grammar.EVENTS))
-        text = rng.choice(EVENT_TEXTS[event])
+        if rng.random() < 0.6:
+            text = rng.choice(EVENT_TEXTS[event])
+        else:
+            text = rng.choice(EVENT_FRAMES[event]).format(
+                w=rng.choice(EVENT_CORES[event]), x=made_up_word(rng), y=made_up_word(rng)
+            )
     text = " ".join(x for x in (rng.choice(EVENT_CARRIERS), text, rng.choice(("", "", "", "please", "now"))) if x)
     text = noisy(text, rng, typo_rate=0.08 if rng.random() < 0.4 else 0.0)
     return text, {"event": event}

@@ -7,8 +7,8 @@ What is held out (what the model never saw in training):
 * sentence templates: how objects, ground, time and rain are put into words (e.g. "a red door
   positioned towards the left", "on the left you'll find ...", "underfoot: snow", "weather-wise
   it's rainy", "the hour: night");
-* carrier phrases (the request around a scene: "could you whip up", "my dream level has",
-  "design a stage featuring"...), clause joiners ("as well as", "alongside", "together with"),
+* carrier phrases (the request around a scene: "could you whip up", "my dream stage has",
+  "design a stage featuring"...), clause joiners ("in addition to", "alongside", "together with"),
   filler words ("erm", "honestly", "rusty", "glowing"...) and texts that name nothing;
 * for events: carriers ("i wish", "would you kindly", "hurry up and"...) and phrasings of the
   four events not in the training list;
@@ -57,18 +57,18 @@ HO_OBJECT = (
     "on the {s} you'll find {d} {c} {k}",
     "{d} {c} {k} off to the {s}",
     "{d} {c} {k} ({s})",
-    "{d} {k}, {c}, over at the {s}",
+    "{d} {k}, {c}, way out {s}",
     "{d} {c} {k} located {s}",
-    "{s}-side {c} {k}",
+    "{c} {k}, {s} corner",
     "{d} {c} {k} near the {s} border",
     "somewhere on the {s}, {d} {c} {k}",
 )
-HO_GROUND = ("underfoot: {n}", "the floor made of {n}", "terrain of {n}", "{a} terrain", "standing on {n}")
-HO_TIME = ("the hour: {t}", "{t}", "set during {t}", "it's {t}", "{t} hours")
+HO_GROUND = ("underfoot: {n}", "the floor made of {n}", "terrain of {n}", "{a} terrain", "resting upon {n}")
+HO_TIME = ("the hour: {t}", "{t}", "occurring during {t}", "it's {t}", "{t} hours")
 HO_RAIN = ("weather-wise it's {r}", "{r}", "skies {r}", "{r} conditions")
 HO_CARRIERS = (
     "could you whip up",
-    "my dream level has",
+    "my dream stage has",
     "design a stage featuring",
     "i'm picturing",
     "picture this:",
@@ -76,35 +76,35 @@ HO_CARRIERS = (
     "craft",
     "we require",
     "yo, produce",
-    "go on and assemble",
+    "proceed to assemble",
     "",
 )
 HO_TAILS = ("", "", "cheers", "much appreciated", "ty", "if possible")
-HO_JOINERS = (" as well as ", " alongside ", " together with ", " / ", ", ")
+HO_JOINERS = (" in addition to ", " alongside ", " together with ", " / ", ", ")
 HO_FILLERS = ("erm", "honestly", "sort of", "quite", "lovely", "neat", "rusty", "glowing", "ancient", "mysterious")
 HO_NOTHING = (
     "a rocket launching into space",
     "bake me a chocolate cake",
-    "what's two plus two",
-    "sing happy birthday",
+    "calculate seven times nine",
+    "hum a birthday tune",
     "a penguin wearing a hat",
     "recommend a good book",
-    "the stock market today",
+    "stock market news",
     "blah blah blah",
 )
 HO_EVENTS = {
     "it starts to rain": (
-        "rain, now",
+        "rain immediately",
         "could it begin raining",
         "bring on a storm",
         "rain is coming",
-        "more rain please",
+        "rain for us",
         "rain time",
     ),
     "the rain stops": (
         "no further rain",
         "the rain should end",
-        "make the storm stop",
+        "the storm must stop",
         "rain be gone",
         "put a stop to the rain",
     ),
@@ -112,13 +112,13 @@ HO_EVENTS = {
         "night should fall",
         "change to nighttime",
         "go to night",
-        "darkness please",
-        "make everything dark",
+        "darkness descends",
+        "everything turns dark",
     ),
     "day breaks": ("change to daytime", "the morning arrives", "go to day", "sun rises", "bring daylight back"),
 }
-HO_EVENT_CARRIERS = ("", "", "i wish", "would you kindly", "hurry up and", "yo", "alright,", "time to")
-HO_EVENT_NONE = ("crouch", "open my inventory", "climb the ladder", "save the game", "bake bread")
+HO_EVENT_CARRIERS = ("", "", "i wish", "would you kindly", "hurry up and", "yo", "alright,", "it's time to")
+HO_EVENT_NONE = ("crouch", "inventory screen", "climb the ladder", "quicksave", "bake bread")
 
 
 @dataclass(frozen=True)

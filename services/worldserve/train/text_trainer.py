@@ -60,6 +60,8 @@ class TextTrainConfig:
     eval_n: int = 128
     threads: int = 2
     dtype: str = "float32"  # the saved weights: float32 or bfloat16
+    init_from: Path | None = None  # warm start: a training folder (its tokenizer/ and ckpt.pt weights)
+    tokenizer_n: int = 30000  # generated pairs the tokenizer is trained on
     chunks: int = 2  # a step's batch is computed in this many length-sorted chunks
     budget_min: float = 0.0  # > 0: also stop (and finish the LR schedule) after this many minutes
     model: TextModelConfig = field(default_factory=TextModelConfig)
@@ -254,12 +256,19 @@ def train_text(
     ckpt_path = tc.out / "ckpt.pt"
     if resume and ckpt_path.is_file() and tok_dir.is_dir():
         tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    elif tc.init_from is not None:
+        resume = False
+        tok = PreTrainedTokenizerFast.from_pretrained(tc.init_from / "tokenizer")
+        tok.save_pretrained(tok_dir)
     else:
         resume = False
-        tok = train_tokenizer(tc.model.vocab_size, seed=tc.seed + 12345)
+        tok = train_tokenizer(tc.model.vocab_size, seed=tc.seed + 12345, n=tc.tokenizer_n)
         tok.save_pretrained(tok_dir)
     torch.manual_seed(tc.seed)
     model = build_model(tc.model, tok)
+    if tc.init_from is not None and not resume:
+        model.load_state_dict(torch.load(tc.init_from / "ckpt.pt", map_location="cpu", weights_only=False)["model"])
+        log(f"weights from {tc.init_from / 'ckpt.pt'}")
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.98), weight_decay=tc.weight_decay)
     step, elapsed0 = 0, 0.0
     history: list[dict[str, Any]] = []
