@@ -10,6 +10,7 @@ import random
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -143,7 +144,14 @@ def test_heldout_templates_and_fillers_never_appear_in_training():
     carriers = (td.CARRIERS, td.SUFFIXES, td.FILLERS, td.JOINERS, td.EVENT_CARRIERS)
     templates = (td.OBJECT_TEMPLATES, td.SIDE_AFTER, td.SIDE_BEFORE, td.GROUND_TEMPLATES)
     train_words = set().union(*(_words(s) for g in (*carriers, *templates) for s in g))
-    ho_groups = (th.HO_OBJECT, th.HO_GROUND, th.HO_TIME, th.HO_RAIN, th.HO_CARRIERS, th.HO_TAILS)
+    ho_groups: tuple[tuple[str, ...], ...] = (
+        th.HO_OBJECT,
+        th.HO_GROUND,
+        th.HO_TIME,
+        th.HO_RAIN,
+        th.HO_CARRIERS,
+        th.HO_TAILS,
+    )
     ho_groups += (th.HO_JOINERS, th.HO_FILLERS, th.HO_EVENT_CARRIERS)
     for g in ho_groups:
         for s in g:
@@ -162,6 +170,16 @@ def test_heldout_templates_and_fillers_never_appear_in_training():
     assert not any("text_data" in m for m in imported), imported
 
 
+def test_filler_words_say_nothing_and_are_not_held_out():
+    from worldserve.train import text_words
+
+    words = set(td.ENGLISH_WORDS)
+    assert len(words) > 500
+    assert not words & text_words.held_out_words()
+    assert not words & text_words.attribute_words()
+    assert not words & text_words.EXCLUDE
+
+
 def test_score_prompt():
     exp = {"objects": [{"colour": "red", "kind": "door", "side": "left"}], "ground": None, "time": "day", "rain": None}
     same_spec = {**exp, "time": None, "ground": "grass"}  # defaults: the same world, not the same answer
@@ -170,7 +188,7 @@ def test_score_prompt():
     assert s["spec_ok"] and not s["exact"] and set(s["fields"]) == {"ground", "time"}
     wrong = {**exp, "objects": [{"colour": "blue", "kind": "door", "side": "left"}]}
     assert score_prompt(exp, wrong)["spec_ok"] is False
-    nothing = {"objects": [], "ground": None, "time": None, "rain": None}
+    nothing: dict[str, Any] = {"objects": [], "ground": None, "time": None, "rain": None}
     assert score_prompt(nothing, {**nothing, "ground": "grass"})["spec_ok"] is False  # understood something
     two = [{"colour": "red", "kind": "door", "side": "left"}] * 2
     assert "invalid" in score_prompt(exp, {**exp, "objects": two})["fields"]

@@ -7,8 +7,8 @@ Prompts describe a random ``WorldSpec`` (0, 1 or 2 objects, ground / time / rain
 not: an unmentioned field is null in the answer, ``prompt_answer``) in many phrasings: synonyms a
 reader would accept (navy -> blue, crate -> box, dunes -> sand, after dark -> night, drizzle ->
 rain; negations "no rain", "dry", "clear skies" -> rain false), any clause order, colloquial
-carriers ("gimme", "put a ..."), filler words and made-up words (the model learns to skip what it
-does not know), typos (swapped, dropped, doubled or replaced letters, vocabulary words included),
+carriers ("gimme", "put a ..."), filler words, made-up words and real English words that say
+nothing (``text_words``; the model learns to skip what it has no use for), typos (swapped, dropped, doubled or replaced letters, vocabulary words included),
 punctuation noise. ~5% of prompts name nothing (the all-null answer).
 
 Events: paraphrases of each declared event (``common.caption.EVENTS``) with fillers and typos;
@@ -19,6 +19,7 @@ The held-out set (``text_heldout``) is written separately with its own templates
 
 from __future__ import annotations
 
+import json
 import random
 import string
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from typing import Any
 
 from worldserve.common import caption as grammar
 from worldserve.text.spec import answer_json, lm_prompt, prompt_answer
+
+from . import text_words
 
 # --------------------------------------------------------------------------------------------------
 # Attribute words (canonical word first)
@@ -228,7 +231,7 @@ FILLERS = (
     "pretty",
     "simple",
 )
-JOINERS = (
+JOINERS: tuple[str, ...] = (
     ", ",
     ", ",
     " and ",
@@ -499,13 +502,26 @@ def made_up_word(rng: random.Random) -> str:
             return w
 
 
+ENGLISH_WORDS: tuple[str, ...] = tuple(json.loads(text_words.FILE.read_text()))
+"""Real words that say nothing about a world (``text_words``)."""
+
+
+def junk_word(rng: random.Random) -> str:
+    """A word the model must skip: made up or real (``ENGLISH_WORDS``)."""
+    return made_up_word(rng) if rng.random() < 0.5 else rng.choice(ENGLISH_WORDS)
+
+
+def junk_phrase(rng: random.Random, lo: int = 1, hi: int = 3) -> str:
+    return " ".join(junk_word(rng) for _ in range(rng.randint(lo, hi)))
+
+
 def noisy(text: str, rng: random.Random, *, typo_rate: float) -> str:
     """Typos, fillers and punctuation noise on a sentence."""
     words = text.split(" ")
     out = []
     for w in words:
-        if rng.random() < 0.07:
-            out.append(rng.choice(FILLERS) if rng.random() < 0.5 else made_up_word(rng))
+        if rng.random() < 0.08:
+            out.append(rng.choice(FILLERS) if rng.random() < 0.33 else junk_word(rng))
         out.append(typo(w, rng) if rng.random() < typo_rate else w)
     text = " ".join(w for w in out if w)
     r = rng.random()
@@ -580,9 +596,9 @@ def object_phrase(o: grammar.ObjectSpec, rng: random.Random) -> str:
             sa=rng.choice(SIDE_AFTER).format(s=o.side),
             sb=rng.choice(SIDE_BEFORE).format(s=o.side),
         ).strip()
-    x = made_up_word(rng) if rng.random() < 0.7 else rng.choice(FILLERS)
+    x = junk_word(rng) if rng.random() < 0.7 else rng.choice(FILLERS)
     ck = " ".join(w for w in (rng.choice(DETERMINERS), rng.choice(COLOUR_KIND).format(c=c, k=k, x=x)) if w)
-    side = rng.choice(SIDE_FORMS).format(s=o.side, x=made_up_word(rng))
+    side = rng.choice(SIDE_FORMS).format(s=o.side, x=junk_word(rng))
     parts = [ck.rstrip(",- "), side] if rng.random() < 0.6 else [side, ck]
     return rng.choice(SIDE_SEPS).join(parts).strip()
 
@@ -651,9 +667,9 @@ def prompt_text(spec: grammar.WorldSpec | None, rng: random.Random) -> tuple[str
         rng.shuffle(clauses)
     text = clauses[0]
     for c in clauses[1:]:
-        text += rng.choice(JOINERS).format(x=made_up_word(rng)) + c
-    carrier = rng.choice(CARRIERS)
-    suffix = rng.choice(SUFFIXES)
+        text += rng.choice(JOINERS).format(x=junk_word(rng)) + c
+    carrier = rng.choice(CARRIERS) if rng.random() < 0.8 else junk_phrase(rng, 1, 4)
+    suffix = rng.choice(SUFFIXES) if rng.random() < 0.85 else junk_phrase(rng, 1, 2)
     text = " ".join(x for x in (carrier, text, suffix) if x)
     return text, say_ground, say_time, say_rain
 
@@ -662,8 +678,10 @@ def prompt_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
     """(free text, answer dict) for one scene prompt."""
     spec = None if rng.random() < NOTHING_SHARE else random_spec(rng)
     text, g, t, r = prompt_text(spec, rng)
-    if spec is None and rng.random() < 0.5:
+    if spec is None and rng.random() < 0.3:
         text = " ".join(made_up_word(rng) if rng.random() < 0.4 else w for w in text.split())
+    elif spec is None and rng.random() < 0.6:
+        text = junk_phrase(rng, 1, 8)
     text = noisy(text, rng, typo_rate=0.08 if rng.random() < 0.4 else 0.0)
     return text, prompt_answer(spec, ground=g, time=t, rain=r)
 
@@ -734,8 +752,8 @@ def _none_text(rng: random.Random) -> str:
     rain, night or day."""
     if rng.random() < 0.5:
         return rng.choice(EVENT_NONE)
-    n = rng.randint(1, 4)
-    return " ".join(rng.choice(NONE_WORDS) if rng.random() < 0.5 else made_up_word(rng) for _ in range(n))
+    n = rng.randint(1, 5)
+    return " ".join(rng.choice(NONE_WORDS) if rng.random() < 0.4 else junk_word(rng) for _ in range(n))
 
 
 def event_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
@@ -749,9 +767,10 @@ def event_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
             text = rng.choice(EVENT_TEXTS[event])
         else:
             text = rng.choice(EVENT_FRAMES[event]).format(
-                w=rng.choice(EVENT_CORES[event]), x=made_up_word(rng), y=made_up_word(rng)
+                w=rng.choice(EVENT_CORES[event]), x=junk_word(rng), y=junk_word(rng)
             )
-    text = " ".join(x for x in (rng.choice(EVENT_CARRIERS), text, rng.choice(("", "", "", "please", "now"))) if x)
+    carrier = rng.choice(EVENT_CARRIERS) if rng.random() < 0.8 else junk_phrase(rng, 1, 3)
+    text = " ".join(x for x in (carrier, text, rng.choice(("", "", "", "please", "now"))) if x)
     text = noisy(text, rng, typo_rate=0.08 if rng.random() < 0.4 else 0.0)
     return text, {"event": event}
 

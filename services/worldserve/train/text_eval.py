@@ -58,7 +58,13 @@ def evaluate_folder(model: Path, *, dtype: str = "float32", items: list[Item] | 
     items = heldout() if items is None else items
     vocab = Vocabulary.read(model)
     t0 = time.monotonic()
-    llm = LLM(model=str(model), dtype=dtype, max_model_len=256, enforce_eager=True, gpu_memory_utilization=0.1)
+    llm = LLM(
+        model=str(model),
+        dtype=dtype,  # type: ignore[arg-type]  # checked by the caller
+        max_model_len=256,
+        enforce_eager=True,
+        gpu_memory_utilization=0.1,
+    )
     startup_s = time.monotonic() - t0
 
     def params(schema: dict[str, Any]) -> Any:

@@ -139,7 +139,6 @@ def build_model(mc: TextModelConfig, tok: Any) -> Any:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         rms_norm_eps=1e-5,
-        rope_theta=10000.0,
     )
     return LlamaForCausalLM(cfg)
 
