@@ -107,6 +107,9 @@ RAIN_PHRASES: dict[bool, tuple[str, ...]] = {
         "rainfall",
         "heavy rain",
         "it is raining",
+        "stormy skies",
+        "rainy skies",
+        "wet skies",
     ),
     False: (
         "no rain",
@@ -199,8 +202,12 @@ CARRIERS = (
     "let me see",
     "start a game with",
     "imagine",
+    "it's a world with",
+    "it is a level with",
+    "it's",
+    "it is",
 )
-SUFFIXES = ("", "", "", "", "please", "thanks", "thank you", "ok", "now", "pls", "if you can", "for me", "asap")
+SUFFIXES = ("", "", "", "", "please", "it's fine", "it is ok", "thanks", "thank you", "ok", "now", "pls", "if you can", "for me", "asap")
 FILLERS = (
     "um",
     "uh",
