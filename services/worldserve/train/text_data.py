@@ -207,7 +207,23 @@ CARRIERS = (
     "it's",
     "it is",
 )
-SUFFIXES = ("", "", "", "", "please", "it's fine", "it is ok", "thanks", "thank you", "ok", "now", "pls", "if you can", "for me", "asap")
+SUFFIXES = (
+    "",
+    "",
+    "",
+    "",
+    "please",
+    "it's fine",
+    "it is ok",
+    "thanks",
+    "thank you",
+    "ok",
+    "now",
+    "pls",
+    "if you can",
+    "for me",
+    "asap",
+)
 FILLERS = (
     "um",
     "uh",
