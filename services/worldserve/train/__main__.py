@@ -191,5 +191,78 @@ def export(
 app.command("evaluate")(evaluate_command)
 
 
+@app.command()
+def text(
+    out: Path = typer.Option(Path("out/text"), help="Working folder: ckpt.pt, tokenizer/, model/ (resumable)."),
+    steps: int = typer.Option(4000, min=1, help="Optimizer steps (the LR schedule's length)."),
+    budget_min: float = typer.Option(0.0, min=0.0, help="Also stop after this many minutes (0: no limit)."),
+    batch: int = typer.Option(64, min=1, help="Pairs per step."),
+    lr: float = typer.Option(2e-3, min=0.0, help="Peak learning rate."),
+    hidden: int = typer.Option(256, min=8, help="Hidden size."),
+    layers: int = typer.Option(4, min=1, help="Transformer layers."),
+    heads: int = typer.Option(4, min=1, help="Attention heads."),
+    intermediate: int = typer.Option(768, min=8, help="MLP size."),
+    vocab_size: int = typer.Option(1024, min=300, help="Tokenizer vocabulary (byte-level BPE)."),
+    seed: int = typer.Option(0, help="Seed of the data and the initial weights."),
+    threads: int = typer.Option(2, min=1, max=256, help="torch CPU threads."),
+    dtype: str = typer.Option("bfloat16", help="Saved weights: float32 or bfloat16."),
+    ckpt_every: int = typer.Option(250, min=1, help="Checkpoint every N steps."),
+    eval_every: int = typer.Option(500, min=1, help="Quick validation (and OUT/model export) every N steps."),
+    resume: bool = typer.Option(False, help="Continue from OUT/ckpt.pt."),
+    init_from: Path | None = typer.Option(None, help="Warm start from another run's folder (tokenizer/, ckpt.pt)."),
+    warmup: int = typer.Option(200, min=1, help="Warm-up steps."),
+) -> None:
+    """Train the text app's language model (free text -> world spec / event JSON)."""
+    from .text_trainer import TextModelConfig, TextTrainConfig, train_text
+
+    if dtype not in ("float32", "bfloat16"):
+        raise typer.BadParameter(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    tc = TextTrainConfig(
+        out=out,
+        steps=steps,
+        budget_min=budget_min,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+        dtype=dtype,
+        ckpt_every=ckpt_every,
+        eval_every=eval_every,
+        init_from=init_from,
+        warmup=warmup,
+        model=TextModelConfig(
+            hidden=hidden, layers=layers, heads=heads, intermediate=intermediate, vocab_size=vocab_size
+        ),
+    )
+    folder = train_text(tc, resume=resume, log=lambda m: console.print(m, highlight=False))
+    console.print(f"model: {folder}")
+
+
+@app.command("text-eval")
+def text_eval(
+    model: Path = typer.Option(WEIGHTS / "text", help="The model folder (default: the shipped one)."),
+    dtype: str = typer.Option("float32", help="vLLM compute dtype: float32 or bfloat16."),
+    report: Path = typer.Option(Path("out/text-eval.json"), help="Where the JSON report goes."),
+) -> None:
+    """The text model on the held-out set, decoded by vLLM under the served JSON schemas."""
+    import json
+
+    from .text_eval import evaluate_folder
+
+    r = evaluate_folder(model, dtype=dtype)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(r, indent=1) + "\n")
+    for k, v in r.items():
+        if k != "misses":
+            console.print(f"{k}: {v}", highlight=False)
+    for m in r["misses"][:40]:
+        console.print(
+            f"miss [{m['task']}] {m['text']!r}: expected {json.dumps(m['expected'])}, got {m['got']}",
+            highlight=False,
+            markup=False,
+        )
+    console.print(f"report: {report} ({len(r['misses'])} misses)")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,816 @@
+"""The text model's TRAINING data: free-text paraphrases of world specs and events, with the answers
+the model must write (``worldserve.text.spec``: ``lm_prompt`` in, ``answer_json`` out).
+
+``sample(rng)`` draws one (lm_prompt, answer_json) pair: ~70% scene prompts, ~30% event texts.
+
+Prompts describe a random ``WorldSpec`` (0, 1 or 2 objects, ground / time / rain each mentioned or
+not: an unmentioned field is null in the answer, ``prompt_answer``) in many phrasings: synonyms a
+reader would accept (navy -> blue, crate -> box, dunes -> sand, after dark -> night, drizzle ->
+rain; negations "no rain", "dry", "clear skies" -> rain false), any clause order, colloquial
+carriers ("gimme", "put a ..."), filler words, made-up words and real English words that say
+nothing (``text_words``; the model learns to skip what it has no use for), typos (swapped, dropped, doubled or replaced letters, vocabulary words included),
+punctuation noise. ~5% of prompts name nothing (the all-null answer).
+
+Events: paraphrases of each declared event (``common.caption.EVENTS``) with fillers and typos;
+~10% unrelated texts answer ``{"event":null}``.
+
+The held-out set (``text_heldout``) is written separately with its own templates and carrier words.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from collections.abc import Iterator
+from typing import Any
+
+from worldserve.common import caption as grammar
+from worldserve.text.spec import answer_json, lm_prompt, prompt_answer
+
+from . import text_words
+
+# --------------------------------------------------------------------------------------------------
+# Attribute words (canonical word first)
+
+COLOUR_WORDS: dict[str, tuple[str, ...]] = {
+    "red": ("red", "scarlet", "crimson", "cherry red", "ruby"),
+    "blue": ("blue", "navy", "azure", "cobalt", "navy blue", "sky blue"),
+    "yellow": ("yellow", "golden", "gold", "lemon", "mustard"),
+    "purple": ("purple", "violet", "lilac", "lavender", "plum"),
+    "pink": ("pink", "rose", "rosy", "hot pink", "bubblegum pink"),
+    "cyan": ("cyan", "teal", "turquoise", "aqua", "aquamarine"),
+}
+KIND_WORDS: dict[str, tuple[str, ...]] = {
+    "door": ("door", "doorway", "entrance", "portal", "exit door"),
+    "box": ("box", "crate", "chest", "cube", "carton"),
+}
+GROUND_NOUNS: dict[str, tuple[str, ...]] = {
+    "grass": ("grass", "lawn", "meadow", "grassland", "green grass", "turf"),
+    "sand": ("sand", "beach", "desert", "dunes", "sand dunes"),
+    "snow": ("snow", "snowfield", "fresh snow", "deep snow", "snowdrifts"),
+}
+GROUND_ADJS: dict[str, tuple[str, ...]] = {
+    "grass": ("grassy", "grass-covered", "green grassy"),
+    "sand": ("sandy", "desert", "beach"),
+    "snow": ("snowy", "snow-covered", "snowbound"),
+}
+TIME_PHRASES: dict[str, tuple[str, ...]] = {
+    "night": (
+        "night",
+        "at night",
+        "nighttime",
+        "night time",
+        "after dark",
+        "at midnight",
+        "in the dark",
+        "under the stars",
+        "by moonlight",
+        "in the night",
+        "during the night",
+        "dark sky",
+    ),
+    "day": (
+        "day",
+        "daytime",
+        "during the day",
+        "in daylight",
+        "at noon",
+        "in the morning",
+        "sunny",
+        "in broad daylight",
+        "by day",
+        "in the afternoon",
+        "bright day",
+        "midday",
+    ),
+}
+TIME_NOUNS: dict[str, tuple[str, ...]] = {
+    "night": ("night", "midnight", "nighttime", "moonlit night"),
+    "day": ("day", "morning", "afternoon", "noon", "sunny day"),
+}
+RAIN_PHRASES: dict[bool, tuple[str, ...]] = {
+    True: (
+        "rain",
+        "rainy",
+        "raining",
+        "in the rain",
+        "stormy",
+        "drizzle",
+        "a downpour",
+        "wet weather",
+        "it's pouring",
+        "rain falling",
+        "showers",
+        "while it rains",
+        "with rain",
+        "rainfall",
+        "heavy rain",
+        "it is raining",
+        "stormy skies",
+        "rainy skies",
+        "wet skies",
+    ),
+    False: (
+        "no rain",
+        "dry",
+        "not raining",
+        "without rain",
+        "clear skies",
+        "it's not raining",
+        "rain-free",
+        "dry weather",
+        "no rain at all",
+        "it is not raining",
+        "no showers",
+    ),
+}
+RAIN_ADJS: dict[bool, tuple[str, ...]] = {True: ("rainy", "stormy", "wet", "drizzly"), False: ("dry", "clear")}
+
+SIDE_AFTER = (
+    "on the {s}",
+    "to the {s}",
+    "to my {s}",
+    "on my {s}",
+    "on the {s}-hand side",
+    "on the {s} side",
+    "at the {s}",
+    "on the {s} of the screen",
+    "at {s}",
+    "over on the {s}",
+    "far {s}",
+    "on the {s} edge",
+    "{s}",
+    "{s} side",
+    "at the {s} end",
+)
+SIDE_BEFORE = ("on the {s}", "to the {s}", "to my {s}", "on the {s} side", "at the {s}", "{s} side:", "{s}:")
+
+OBJECT_TEMPLATES = (
+    "{d} {c} {k} {sa}",
+    "{d} {c} {k} {sa}",
+    "{d} {c} {k} {sa}",
+    "{sb} {d} {c} {k}",
+    "{sb} there is {d} {c} {k}",
+    "{sb} there's {d} {c} {k}",
+    "{d} {k} {sa} that is {c}",
+    "{d} {k} {sa}, {c}",
+    "{d} {c}-coloured {k} {sa}",
+    "{d} {c} colored {k} {sa}",
+    "{d} {k} painted {c} {sa}",
+    "{d} {c} {k} placed {sa}",
+    "{d} {c} {k} sitting {sa}",
+    "{d} {c} {k} standing {sa}",
+    "{d} {s}most {k} in {c}",
+    "{d} {c} {k} {sa} of me",
+    "{d} {k} coloured {c} {sa}",
+)
+DETERMINERS = ("a", "a", "a", "an", "one", "the", "some", "", "1")
+
+CARRIERS = (
+    "",
+    "",
+    "",
+    "i want",
+    "i want a world with",
+    "gimme",
+    "give me",
+    "put",
+    "show me",
+    "make",
+    "create",
+    "generate",
+    "build me a level with",
+    "can you make",
+    "please make",
+    "let's have",
+    "draw",
+    "i'd like",
+    "i would like",
+    "make me a scene with",
+    "a world with",
+    "a level with",
+    "a scene with",
+    "how about",
+    "i need",
+    "spawn",
+    "render",
+    "set up",
+    "there should be",
+    "add",
+    "place",
+    "let me see",
+    "start a game with",
+    "imagine",
+    "it's a world with",
+    "it is a level with",
+    "it's",
+    "it is",
+)
+SUFFIXES = (
+    "",
+    "",
+    "",
+    "",
+    "please",
+    "it's fine",
+    "it is ok",
+    "thanks",
+    "thank you",
+    "ok",
+    "now",
+    "pls",
+    "if you can",
+    "for me",
+    "asap",
+)
+FILLERS = (
+    "um",
+    "uh",
+    "like",
+    "maybe",
+    "really",
+    "okay",
+    "so",
+    "just",
+    "hmm",
+    "well",
+    "actually",
+    "basically",
+    "also",
+    "kinda",
+    "very",
+    "nice",
+    "cool",
+    "big",
+    "small",
+    "little",
+    "tiny",
+    "huge",
+    "old",
+    "new",
+    "wooden",
+    "shiny",
+    "pretty",
+    "simple",
+)
+JOINERS: tuple[str, ...] = (
+    ", ",
+    ", ",
+    " and ",
+    ", and ",
+    " with ",
+    ". ",
+    "; ",
+    " plus ",
+    " & ",
+    " also ",
+    " + ",
+    " ",
+    " then ",
+    " as well as ",
+)
+JOINERS += (" along with ", " including ", " - ", " | ", " but also ", " oh and ", ", {x} ", " {x} ")
+NOTHING = (
+    "hello there",
+    "what is this",
+    "tell me a story about dragons",
+    "how are you today",
+    "i like turtles",
+    "the quick fox jumps over the lazy dog",
+    "what's the weather like in paris",
+    "asdf",
+    "can you help me with my homework",
+    "play some music",
+    "who won the game yesterday",
+    "a cat sleeping on a sofa",
+    "make me a sandwich",
+    "nothing special",
+    "surprise me with something",
+    "random stuff",
+    "write a poem",
+    "spaceship in orbit",
+    "a tall tree and a mountain",
+    "lol",
+    "test",
+    "ok go",
+    "a dog chasing a ball",
+    "a castle with a moat",
+    "i don't know",
+    "just something fun",
+    "an empty room",
+    "a happy frog",
+    "the number forty two",
+    "qwerty uiop",
+)
+
+EVENT_TEXTS: dict[str, tuple[str, ...]] = {
+    "it starts to rain": (
+        "make it rain",
+        "let it rain",
+        "let it pour",
+        "start raining",
+        "start the rain",
+        "rain please",
+        "bring the rain",
+        "it begins to rain",
+        "turn on the rain",
+        "cue the rain",
+        "summon a storm",
+        "i want rain",
+        "now it rains",
+        "rain starts",
+        "here comes the rain",
+        "add rain",
+        "start a storm",
+        "begin a downpour",
+        "make it pour",
+        "it starts to rain",
+        "rain",
+        "raining",
+        "switch the rain on",
+        "make it drizzle",
+        "start the storm",
+        "let the rain fall",
+        "rainy weather now",
+        "it starts raining",
+        "storm incoming",
+        "get wet",
+    ),
+    "the rain stops": (
+        "stop the rain",
+        "make it dry",
+        "no more rain",
+        "end the rain",
+        "turn off the rain",
+        "the rain ends",
+        "stop raining",
+        "rain stop",
+        "clear the skies",
+        "dry up",
+        "let the rain stop",
+        "enough rain",
+        "cancel the rain",
+        "kill the rain",
+        "halt the rain",
+        "the storm is over",
+        "the rain stops",
+        "switch the rain off",
+        "no rain",
+        "dry weather now",
+        "end the storm",
+        "rain off",
+        "make the rain go away",
+        "it stops raining",
+        "skies clear up",
+    ),
+    "night falls": (
+        "turn night on",
+        "it gets dark",
+        "lights out",
+        "make it night",
+        "night time",
+        "switch to night",
+        "bring the night",
+        "darkness falls",
+        "sunset",
+        "the sun goes down",
+        "go dark",
+        "nightfall",
+        "dusk",
+        "turn off the sun",
+        "make it dark",
+        "night falls",
+        "night",
+        "set the sun",
+        "night mode",
+        "let night come",
+        "it becomes night",
+        "time for night",
+        "make it nighttime",
+        "dim the sky",
+        "sun down",
+    ),
+    "day breaks": (
+        "sunrise",
+        "make it day",
+        "morning comes",
+        "bring the day",
+        "switch to day",
+        "the sun comes up",
+        "dawn",
+        "turn on the sun",
+        "daybreak",
+        "make it bright",
+        "wake up the sun",
+        "daylight",
+        "lights on",
+        "it gets light",
+        "day breaks",
+        "day",
+        "day mode",
+        "let day come",
+        "it becomes day",
+        "make it daytime",
+        "good morning",
+        "sun up",
+        "raise the sun",
+        "time for day",
+        "morning",
+    ),
+}
+EVENT_CARRIERS = (
+    "",
+    "",
+    "",
+    "please",
+    "now",
+    "ok",
+    "can you",
+    "i want to",
+    "hey",
+    "quick",
+    "let's",
+    "go ahead and",
+    "could you",
+    "suddenly",
+    "and then",
+    "right now",
+)
+EVENT_NONE = (
+    "jump",
+    "go left",
+    "walk right",
+    "hello",
+    "open the door",
+    "pick up the box",
+    "what time is it",
+    "run faster",
+    "do a backflip",
+    "make it snow",
+    "spawn a dragon",
+    "turn around",
+    "nothing happens",
+    "wait",
+    "stop",
+    "pause the game",
+    "i am hungry",
+    "move the crate",
+    "paint it red",
+    "more grass",
+    "sing a song",
+    "restart",
+    "go faster",
+    "quit",
+    "make it windy",
+    "earthquake",
+    "teleport home",
+    "zoom in",
+    "who are you",
+    "xyz",
+)
+
+PROMPT_SHARE = 0.7
+NOTHING_SHARE = 0.05
+EVENT_NONE_SHARE = 0.15
+_ATTRIBUTE_WORDS = (
+    frozenset(
+        w
+        for group in (COLOUR_WORDS, KIND_WORDS, GROUND_NOUNS, GROUND_ADJS, TIME_PHRASES, TIME_NOUNS)
+        for words in group.values()
+        for phrase in words
+        for w in phrase.replace("-", " ").split()
+    )
+    | frozenset(w for words in RAIN_PHRASES.values() for phrase in words for w in phrase.split() if len(w) > 3)
+    | frozenset(grammar.SIDES)
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Noise
+
+
+_KEYS = "qwertyuiop asdfghjkl zxcvbnm"
+
+
+def _neighbour(ch: str, rng: random.Random) -> str:
+    for row in _KEYS.split():
+        i = row.find(ch)
+        if i >= 0:
+            return row[max(0, min(len(row) - 1, i + rng.choice((-1, 1))))]
+    return rng.choice(string.ascii_lowercase)
+
+
+def typo(word: str, rng: random.Random) -> str:
+    """One typo in ``word``: two letters swapped, a letter dropped, doubled or replaced by a
+    neighbour on the keyboard (words under 3 letters are left alone)."""
+    if len(word) < 3 or not word.isalpha():
+        return word
+    i = rng.randrange(1, len(word))  # first letter kept: typos rarely hit it
+    op = rng.randrange(4)
+    if op == 0 and i < len(word) - 1:
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+    if op == 1:
+        return word[:i] + word[i + 1 :]
+    if op == 2:
+        return word[:i] + word[i] + word[i:]
+    return word[:i] + _neighbour(word[i], rng) + word[i + 1 :]
+
+
+def made_up_word(rng: random.Random) -> str:
+    """A pronounceable nonsense word that is no attribute word."""
+    while True:
+        w = "".join(rng.choice("bcdfghjklmnprstvwz") + rng.choice("aeiou") for _ in range(rng.randint(1, 3)))
+        if w not in _ATTRIBUTE_WORDS:
+            return w
+
+
+ENGLISH_WORDS: tuple[str, ...] = tuple(json.loads(text_words.FILE.read_text()))
+"""Real words that say nothing about a world (``text_words``)."""
+
+
+def junk_word(rng: random.Random) -> str:
+    """A word the model must skip: made up or real (``ENGLISH_WORDS``)."""
+    return made_up_word(rng) if rng.random() < 0.5 else rng.choice(ENGLISH_WORDS)
+
+
+def junk_phrase(rng: random.Random, lo: int = 1, hi: int = 3) -> str:
+    return " ".join(junk_word(rng) for _ in range(rng.randint(lo, hi)))
+
+
+def noisy(text: str, rng: random.Random, *, typo_rate: float) -> str:
+    """Typos, fillers and punctuation noise on a sentence."""
+    words = text.split(" ")
+    out = []
+    for w in words:
+        if rng.random() < 0.08:
+            out.append(rng.choice(FILLERS) if rng.random() < 0.33 else junk_word(rng))
+        out.append(typo(w, rng) if rng.random() < typo_rate else w)
+    text = " ".join(w for w in out if w)
+    r = rng.random()
+    if r < 0.15:
+        text += rng.choice(("!", ".", "?", "!!", "...", " :)", " pls"))
+    elif r < 0.2:
+        text = text.replace(",", "")
+    if rng.random() < 0.2:
+        text = text.upper() if rng.random() < 0.1 else text.capitalize()
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def random_spec(rng: random.Random) -> grammar.WorldSpec:
+    n = rng.choices((0, 1, 2), weights=(0.2, 0.45, 0.35))[0]
+    sides = rng.sample(grammar.SIDES, n)
+    objects = tuple(grammar.ObjectSpec(rng.choice(list(grammar.COLORS)), rng.choice(grammar.KINDS), s) for s in sides)
+    return grammar.WorldSpec(objects, rng.choice(list(grammar.GROUNDS)), rng.random() < 0.5, rng.random() < 0.5)
+
+
+def _word(words: tuple[str, ...], rng: random.Random) -> str:
+    """The canonical word half the time, else a synonym."""
+    return words[0] if rng.random() < 0.5 else rng.choice(words)
+
+
+COLOUR_KIND = (
+    "{c} {k}",
+    "{c} {k}",
+    "{k} in {c}",
+    "{k}, {c},",
+    "{k} ({c})",
+    "{c}-coloured {k}",
+    "{k} that is {c}",
+    "{k} which is {c}",
+    "{k} colored {c}",
+    "{k} - {c} -",
+    "{c} {x} {k}",
+)
+SIDE_FORMS = (
+    "on the {s}",
+    "to the {s}",
+    "at the {s}",
+    "{s}",
+    "({s})",
+    "- {s}",
+    "on the {s} {x}",
+    "at the {s} {x}",
+    "to the {s} {x}",
+    "{x} {s}",
+    "{x} the {s}",
+    "{x} on the {s}",
+    "{s} {x}",
+    "by the {s}",
+)
+SIDE_SEPS = (" ", " ", ", ", ": ", " - ", " ")
+
+
+def object_phrase(o: grammar.ObjectSpec, rng: random.Random) -> str:
+    """A phrase for one object: a template, or (half the time) colour + kind and a side in any
+    order, the side's words partly made up (the model learns that the side word decides)."""
+    c, k = _word(COLOUR_WORDS[o.color], rng), _word(KIND_WORDS[o.kind], rng)
+    if rng.random() < 0.5:
+        t = rng.choice(OBJECT_TEMPLATES)
+        return t.format(
+            d=rng.choice(DETERMINERS),
+            c=c,
+            k=k,
+            s=o.side,
+            sa=rng.choice(SIDE_AFTER).format(s=o.side),
+            sb=rng.choice(SIDE_BEFORE).format(s=o.side),
+        ).strip()
+    x = junk_word(rng) if rng.random() < 0.7 else rng.choice(FILLERS)
+    ck = " ".join(w for w in (rng.choice(DETERMINERS), rng.choice(COLOUR_KIND).format(c=c, k=k, x=x)) if w)
+    side = rng.choice(SIDE_FORMS).format(s=o.side, x=junk_word(rng))
+    parts = [ck.rstrip(",- "), side] if rng.random() < 0.6 else [side, ck]
+    return rng.choice(SIDE_SEPS).join(parts).strip()
+
+
+GROUND_TEMPLATES = (
+    "{n}",
+    "{n}",
+    "on {n}",
+    "on the {n}",
+    "{a} ground",
+    "{a}",
+    "{a} level",
+    "{a} world",
+    "in the {n}",
+    "{n} everywhere",
+    "{n} on the ground",
+    "ground of {n}",
+    "the ground is {a}",
+    "covered in {n}",
+    "set in a {a} place",
+    "over {n}",
+)
+
+
+def _ground_phrase(g: str, rng: random.Random) -> str:
+    t = rng.choice(GROUND_TEMPLATES)
+    return t.format(n=_word(GROUND_NOUNS[g], rng), a=_word(GROUND_ADJS[g], rng))
+
+
+def prompt_text(spec: grammar.WorldSpec | None, rng: random.Random) -> tuple[str, bool, bool, bool]:
+    """A free-text prompt for ``spec`` and which of ground / time / rain it mentions."""
+    if spec is None:
+        return rng.choice(NOTHING), False, False, False
+    time = "night" if spec.night else "day"
+    say_ground, say_time, say_rain = (rng.random() < 0.55 for _ in range(3))
+    if not spec.objects and not (say_ground or say_time or say_rain):
+        which = rng.randrange(3)
+        say_ground, say_time, say_rain = which == 0, which == 1, which == 2
+    parts = [object_phrase(o, rng) for o in spec.objects]
+    if rng.random() < 0.5:
+        rng.shuffle(parts)
+    attrs: list[str] = []
+    # combined forms: "a snowy night", "a rainy day", "a stormy snowy night"
+    if say_time and (say_ground or say_rain) and rng.random() < 0.45:
+        adjs = []
+        if say_ground:
+            adjs.append(_word(GROUND_ADJS[spec.ground], rng))
+        if say_rain:
+            adjs.append(rng.choice(RAIN_ADJS[spec.rain]))
+        rng.shuffle(adjs)
+        attrs.append(rng.choice(("a ", "", "on a ", "during a ")) + " ".join(adjs) + " " + _word(TIME_NOUNS[time], rng))
+    else:
+        if say_ground:
+            attrs.append(_ground_phrase(spec.ground, rng))
+        if say_time:
+            attrs.append(_word(TIME_PHRASES[time], rng))
+        if say_rain:
+            attrs.append(rng.choice(RAIN_PHRASES[spec.rain]))
+    rng.shuffle(attrs)
+    if rng.random() < 0.6:
+        clauses = parts + attrs
+    elif rng.random() < 0.5:
+        clauses = attrs + parts
+    else:
+        clauses = parts + attrs
+        rng.shuffle(clauses)
+    text = clauses[0]
+    for c in clauses[1:]:
+        text += rng.choice(JOINERS).format(x=junk_word(rng)) + c
+    carrier = rng.choice(CARRIERS) if rng.random() < 0.8 else junk_phrase(rng, 1, 4)
+    suffix = rng.choice(SUFFIXES) if rng.random() < 0.85 else junk_phrase(rng, 1, 2)
+    text = " ".join(x for x in (carrier, text, suffix) if x)
+    return text, say_ground, say_time, say_rain
+
+
+def prompt_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """(free text, answer dict) for one scene prompt."""
+    spec = None if rng.random() < NOTHING_SHARE else random_spec(rng)
+    text, g, t, r = prompt_text(spec, rng)
+    if spec is None and rng.random() < 0.3:
+        text = " ".join(made_up_word(rng) if rng.random() < 0.4 else w for w in text.split())
+    elif spec is None and rng.random() < 0.6:
+        text = junk_phrase(rng, 1, 8)
+    text = noisy(text, rng, typo_rate=0.08 if rng.random() < 0.4 else 0.0)
+    return text, prompt_answer(spec, ground=g, time=t, rain=r)
+
+
+EVENT_CORES: dict[str, tuple[str, ...]] = {
+    "it starts to rain": ("rain", "raining", "storm", "downpour", "drizzle", "showers", "rainfall", "rainy weather"),
+    "the rain stops": ("rain", "raining", "storm", "downpour", "drizzle", "showers", "rainfall"),
+    "night falls": ("night", "nighttime", "dark", "darkness", "moon", "midnight", "nightfall"),
+    "day breaks": ("day", "daytime", "daylight", "morning", "sun", "sunrise", "dawn", "light"),
+}
+"""Keywords of each event: the compositional texts put them among made-up words."""
+EVENT_FRAMES: dict[str, tuple[str, ...]] = {
+    "it starts to rain": ("{w}", "{x} {w}", "{w} {x}", "{x} {w} {y}", "{w} now", "start {w}", "{x} some {w}"),
+    "the rain stops": (
+        "stop {w}",
+        "{w} stop",
+        "{x} stop the {w}",
+        "end the {w} {x}",
+        "{w} off",
+        "no more {w}",
+        "{w} {x} over",
+        "{x} no {w}",
+        "enough {w} {x}",
+        "cancel {w}",
+        "{w} is over",
+        "halt {w}",
+        "{w} ends",
+    ),
+    "night falls": ("{w}", "{x} {w}", "{w} {x}", "{x} {w} {y}", "make it {w}", "{x} to {w}", "{w} now"),
+    "day breaks": ("{w}", "{x} {w}", "{w} {x}", "{x} {w} {y}", "make it {w}", "{x} to {w}", "{w} now"),
+}
+NONE_WORDS = (
+    "jump",
+    "walk",
+    "run",
+    "door",
+    "box",
+    "open",
+    "pick",
+    "drop",
+    "throw",
+    "eat",
+    "read",
+    "look",
+    "music",
+    "cat",
+    "game",
+    "snow",
+    "wind",
+    "grass",
+    "sand",
+    "red",
+    "blue",
+    "the",
+    "a",
+    "to",
+    "my",
+    "fly",
+    "swim",
+    "coin",
+    "key",
+    "map",
+)
+
+
+def _none_text(rng: random.Random) -> str:
+    """A text that names no event: a listed one, or words (real or made up) that say nothing of
+    rain, night or day."""
+    if rng.random() < 0.5:
+        return rng.choice(EVENT_NONE)
+    n = rng.randint(1, 5)
+    return " ".join(rng.choice(NONE_WORDS) if rng.random() < 0.4 else junk_word(rng) for _ in range(n))
+
+
+def event_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """(free text, answer dict) for one event text: a listed phrasing, or (40%) an event keyword
+    in a frame among made-up words."""
+    if rng.random() < EVENT_NONE_SHARE:
+        event, text = None, _none_text(rng)
+    else:
+        event = rng.choice(list(grammar.EVENTS))
+        if rng.random() < 0.6:
+            text = rng.choice(EVENT_TEXTS[event])
+        else:
+            text = rng.choice(EVENT_FRAMES[event]).format(
+                w=rng.choice(EVENT_CORES[event]), x=junk_word(rng), y=junk_word(rng)
+            )
+    carrier = rng.choice(EVENT_CARRIERS) if rng.random() < 0.8 else junk_phrase(rng, 1, 3)
+    text = " ".join(x for x in (carrier, text, rng.choice(("", "", "", "please", "now"))) if x)
+    text = noisy(text, rng, typo_rate=0.08 if rng.random() < 0.4 else 0.0)
+    return text, {"event": event}
+
+
+def sample(rng: random.Random) -> tuple[str, str]:
+    """One training pair: (lm_prompt, answer_json)."""
+    if rng.random() < PROMPT_SHARE:
+        text, ans = prompt_example(rng)
+        return lm_prompt("prompt", text), answer_json(ans)
+    text, ans = event_example(rng)
+    return lm_prompt("event", text), answer_json(ans)
+
+
+def samples(seed: int, n: int | None = None) -> Iterator[tuple[str, str]]:
+    """``n`` pairs (forever when None) from a seeded generator: the same seed, the same pairs."""
+    rng = random.Random(seed)
+    i = 0
+    while n is None or i < n:
+        yield sample(rng)
+        i += 1

@@ -1,0 +1,144 @@
+"""``python -m worldserve.train text-eval --model FOLDER``: the text model on the held-out set
+(``text_heldout``), decoded as the served app decodes it: vLLM (offline ``LLM``), greedy, under
+``prompt_schema(Vocabulary.read(FOLDER))`` / ``event_schema(EVENTS)``.
+
+Figures: exact spec % (the answer through ``spec_from_dict`` equals the expected spec, defaults
+applied, and it understood something exactly when the text named something), exact answer % (every
+field, nulls included), exact event %, per-field error counts, answer tokens, and the latency of
+single requests. A JSON report (with every miss) goes to ``--report``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from worldserve.common import caption as grammar
+from worldserve.text.spec import (
+    MAX_ANSWER_TOKENS,
+    Vocabulary,
+    event_schema,
+    lm_prompt,
+    prompt_schema,
+    understood_nothing,
+)
+
+from . import text_data
+from .text_heldout import Item, heldout
+
+
+def score_prompt(expected: dict[str, Any], got: dict[str, Any] | None) -> dict[str, Any]:
+    """Compare one prompt answer with the expected one: ``spec_ok`` (what the world would render,
+    and whether it would be refused as naming nothing), ``exact`` (every field) and the fields that differ."""
+    if got is None:
+        return {"spec_ok": False, "exact": False, "fields": ["unparsable"]}
+    fields = [k for k in ("objects", "ground", "time", "rain") if got.get(k) != expected.get(k)]
+    try:
+        spec_got = grammar.spec_from_dict(got)
+    except ValueError:
+        return {"spec_ok": False, "exact": False, "fields": [*fields, "invalid"]}
+    ok = understood_nothing(got) == understood_nothing(expected)
+    if ok and not understood_nothing(expected):
+        ok = spec_got == grammar.spec_from_dict(expected)
+    return {"spec_ok": ok, "exact": not fields, "fields": fields}
+
+
+def evaluate_folder(model: Path, *, dtype: str = "float32", items: list[Item] | None = None) -> dict[str, Any]:
+    """Run the held-out set (or ``items``) through vLLM; the report as a dict. Call it under
+    ``if __name__ == "__main__":`` (vLLM starts processes)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm import LLM, SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    items = heldout() if items is None else items
+    vocab = Vocabulary.read(model)
+    t0 = time.monotonic()
+    llm = LLM(
+        model=str(model),
+        dtype=dtype,  # type: ignore[arg-type]  # checked by the caller
+        max_model_len=256,
+        enforce_eager=True,
+        gpu_memory_utilization=0.1,
+    )
+    startup_s = time.monotonic() - t0
+
+    def params(schema: dict[str, Any]) -> Any:
+        return SamplingParams(
+            temperature=0, max_tokens=MAX_ANSWER_TOKENS, structured_outputs=StructuredOutputsParams(json=schema)
+        )
+
+    sp, se = params(prompt_schema(vocab)), params(event_schema(list(grammar.EVENTS)))
+    prompts = [it for it in items if it.task == "prompt"]
+    events = [it for it in items if it.task == "event"]
+    t0 = time.monotonic()
+    out_p = llm.generate([lm_prompt("prompt", it.text) for it in prompts], sp, use_tqdm=False)
+    out_e = llm.generate([lm_prompt("event", it.text) for it in events], se, use_tqdm=False)
+    batch_s = time.monotonic() - t0
+
+    field_errors: Counter[str] = Counter()
+    misses: list[dict[str, Any]] = []
+    spec_ok = exact = 0
+    tokens = []
+    for it, o in zip(prompts, out_p, strict=True):
+        text = o.outputs[0].text
+        tokens.append(len(o.outputs[0].token_ids))
+        try:
+            got = json.loads(text)
+        except json.JSONDecodeError:
+            got = None
+        s = score_prompt(it.answer, got)
+        spec_ok += s["spec_ok"]
+        exact += s["exact"]
+        field_errors.update(s["fields"])
+        if not s["spec_ok"]:
+            misses.append({"task": "prompt", "text": it.text, "expected": it.answer, "got": text})
+    ev_ok = 0
+    for it, o in zip(events, out_e, strict=True):
+        text = o.outputs[0].text
+        try:
+            got_ev = json.loads(text).get("event", "?")
+        except (json.JSONDecodeError, AttributeError):
+            got_ev = "?"
+        if got_ev == it.answer["event"]:
+            ev_ok += 1
+        else:
+            field_errors["event"] += 1
+            misses.append({"task": "event", "text": it.text, "expected": it.answer, "got": text})
+
+    # in-distribution check: fresh pairs of the training generator
+    train_pairs = list(text_data.samples(424242, 200))
+    outs = llm.generate(
+        [p for p, _ in train_pairs],
+        [sp if p.startswith("prompt:") else se for p, _ in train_pairs],
+        use_tqdm=False,
+    )
+    train_exact = sum(o.outputs[0].text == a for o, (_, a) in zip(outs, train_pairs, strict=True))
+
+    # latency of single requests, one at a time (a one-object prompt)
+    lat = []
+    for it in prompts[:30]:
+        t = time.monotonic()
+        llm.generate([lm_prompt("prompt", it.text)], sp, use_tqdm=False)
+        lat.append(time.monotonic() - t)
+    return {
+        "model": str(model),
+        "dtype": dtype,
+        "heldout": {"prompts": len(prompts), "events": len(events), "seed": 2025},
+        "exact_spec_pct": round(100 * spec_ok / max(1, len(prompts)), 2),
+        "exact_answer_pct": round(100 * exact / max(1, len(prompts)), 2),
+        "exact_event_pct": round(100 * ev_ok / max(1, len(events)), 2),
+        "field_errors": dict(field_errors),
+        "train_generator_exact_pct": round(100 * train_exact / len(train_pairs), 2),
+        "answer_tokens_mean": round(statistics.mean(tokens), 2) if tokens else 0,
+        "answer_tokens_max": max(tokens, default=0),
+        "startup_s": round(startup_s, 1),
+        "batch_s": round(batch_s, 2),
+        "single_request_p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
+        "single_request_p90_ms": round(1000 * sorted(lat)[int(0.9 * (len(lat) - 1))], 1) if lat else None,
+        "misses": misses,
+    }

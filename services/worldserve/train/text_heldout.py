@@ -1,0 +1,218 @@
+"""The text model's HELD-OUT set, written apart from the training generator (``text_data``): nothing
+here is imported from it, and a test checks that its templates, carriers and fillers appear in
+none of ``text_data``'s phrase lists.
+
+What is held out (what the model never saw in training):
+
+* sentence templates: how objects, ground, time and rain are put into words (e.g. "a red door
+  positioned towards the left", "on the left you'll find ...", "underfoot: snow", "weather-wise
+  it's rainy", "the hour: night");
+* carrier phrases (the request around a scene: "could you whip up", "my dream stage has",
+  "design a stage featuring"...), clause joiners ("in addition to", "alongside", "together with"),
+  filler words ("erm", "honestly", "rusty", "glowing"...) and texts that name nothing;
+* for events: carriers ("i wish", "would you kindly", "hurry up and"...) and phrasings of the
+  four events not in the training list;
+* the typo process (its own: a vowel swapped for another vowel, the last letter dropped, two
+  letters transposed at the end of a word).
+
+What is shared: the attribute words (canonical ones and a subset of the training synonyms: a
+model cannot guess that "scarlet" means red without seeing it) and the answer format.
+
+``heldout(seed=2025)`` is fixed: 400 prompts (~5% naming nothing) and 200 event texts (~10%
+naming no event), each with its expected answer (the ``text.spec`` JSON form).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from worldserve.common import caption as grammar
+from worldserve.text.spec import prompt_answer
+
+COLOURS = {
+    "red": ("red", "red", "scarlet", "crimson"),
+    "blue": ("blue", "blue", "navy", "azure"),
+    "yellow": ("yellow", "yellow", "golden", "lemon"),
+    "purple": ("purple", "purple", "violet", "lilac"),
+    "pink": ("pink", "pink", "rose", "hot pink"),
+    "cyan": ("cyan", "cyan", "teal", "turquoise"),
+}
+KINDS = {"door": ("door", "door", "doorway", "entrance"), "box": ("box", "box", "crate", "chest")}
+GROUND = {
+    "grass": ("grass", "grass", "lawn", "meadow"),
+    "sand": ("sand", "sand", "desert", "beach", "dunes"),
+    "snow": ("snow", "snow", "fresh snow", "snowfield"),
+}
+GROUND_ADJ = {"grass": ("grassy",), "sand": ("sandy",), "snow": ("snowy",)}
+TIME = {
+    "night": ("night", "nighttime", "after dark", "midnight"),
+    "day": ("day", "daytime", "daylight", "noon", "morning"),
+}
+RAIN = {True: ("rainy", "raining", "stormy", "wet", "pouring"), False: ("dry", "not raining", "rain-free", "clear")}
+
+HO_OBJECT = (
+    "{d} {c} {k} positioned towards the {s}",
+    "on the {s} you'll find {d} {c} {k}",
+    "{d} {c} {k} off to the {s}",
+    "{d} {c} {k} ({s})",
+    "{d} {k}, {c}, way out {s}",
+    "{d} {c} {k} located {s}",
+    "{c} {k}, {s} corner",
+    "{d} {c} {k} near the {s} border",
+    "somewhere on the {s}, {d} {c} {k}",
+)
+HO_GROUND = ("underfoot: {n}", "the floor made of {n}", "terrain of {n}", "{a} terrain", "resting upon {n}")
+HO_TIME = ("the hour: {t}", "{t}", "occurring during {t}", "it's {t}", "{t} hours")
+HO_RAIN = ("weather-wise it's {r}", "{r}", "skies {r}", "{r} conditions")
+HO_CARRIERS = (
+    "could you whip up",
+    "my dream stage has",
+    "design a stage featuring",
+    "i'm picturing",
+    "picture this:",
+    "construct",
+    "craft",
+    "we require",
+    "yo, produce",
+    "proceed to assemble",
+    "",
+)
+HO_TAILS = ("", "", "cheers", "much appreciated", "ty", "if possible")
+HO_JOINERS = (" in addition to ", " alongside ", " together with ", " / ", ", ")
+HO_FILLERS = ("erm", "honestly", "sort of", "quite", "lovely", "neat", "rusty", "glowing", "ancient", "mysterious")
+HO_NOTHING = (
+    "a rocket launching into space",
+    "bake me a chocolate cake",
+    "calculate seven times nine",
+    "hum a birthday tune",
+    "a penguin wearing a hat",
+    "recommend a good book",
+    "stock market news",
+    "blah blah blah",
+)
+HO_EVENTS = {
+    "it starts to rain": (
+        "rain immediately",
+        "could it begin raining",
+        "bring on a storm",
+        "rain is coming",
+        "rain for us",
+        "rain time",
+    ),
+    "the rain stops": (
+        "no further rain",
+        "the rain should end",
+        "the storm must stop",
+        "rain be gone",
+        "put a stop to the rain",
+    ),
+    "night falls": (
+        "night should fall",
+        "change to nighttime",
+        "go to night",
+        "darkness descends",
+        "everything turns dark",
+    ),
+    "day breaks": ("change to daytime", "the morning arrives", "go to day", "sun rises", "bring daylight back"),
+}
+HO_EVENT_CARRIERS = ("", "", "i wish", "would you kindly", "hurry up and", "yo", "alright,", "it's time to")
+HO_EVENT_NONE = ("crouch", "inventory screen", "climb the ladder", "quicksave", "bake bread")
+
+
+@dataclass(frozen=True)
+class Item:
+    task: str  # "prompt" or "event"
+    text: str
+    answer: dict[str, Any]
+
+
+def _typo(word: str, rng: random.Random) -> str:
+    """The held-out typo process: a vowel swapped for another vowel, the last letter dropped, or
+    the last two letters transposed."""
+    if len(word) < 4 or not word.isalpha():
+        return word
+    op = rng.randrange(3)
+    vowels = [i for i, ch in enumerate(word) if ch in "aeiou" and i > 0]
+    if op == 0 and vowels:
+        i = rng.choice(vowels)
+        return word[:i] + rng.choice([v for v in "aeiou" if v != word[i]]) + word[i + 1 :]
+    if op == 1:
+        return word[:-1]
+    return word[:-2] + word[-1] + word[-2]
+
+
+def _noise(text: str, rng: random.Random) -> str:
+    words = text.split(" ")
+    if rng.random() < 0.3:
+        words = [_typo(w, rng) if rng.random() < 0.1 else w for w in words]
+    if rng.random() < 0.2:
+        words.insert(rng.randrange(len(words) + 1), rng.choice(HO_FILLERS))
+    return " ".join(w for w in words if w)
+
+
+def _prompt(rng: random.Random) -> Item:
+    if rng.random() < 0.05:
+        text = rng.choice(HO_NOTHING)
+        return Item("prompt", text, prompt_answer(None, ground=False, time=False, rain=False))
+    n = rng.choice((0, 1, 1, 2, 2))
+    sides = rng.sample(grammar.SIDES, n)
+    objects = tuple(grammar.ObjectSpec(rng.choice(list(grammar.COLORS)), rng.choice(grammar.KINDS), s) for s in sides)
+    spec = grammar.WorldSpec(objects, rng.choice(list(grammar.GROUNDS)), rng.random() < 0.5, rng.random() < 0.5)
+    g, t, r = (rng.random() < 0.5 for _ in range(3))
+    if not objects and not (g or t or r):
+        g = True
+    clauses = [
+        rng.choice(HO_OBJECT).format(
+            d=rng.choice(("a", "a", "one", "the")),
+            c=rng.choice(COLOURS[o.color]),
+            k=rng.choice(KINDS[o.kind]),
+            s=o.side,
+        )
+        for o in spec.objects
+    ]
+    if g:
+        clauses.append(
+            rng.choice(HO_GROUND).format(n=rng.choice(GROUND[spec.ground]), a=rng.choice(GROUND_ADJ[spec.ground]))
+        )
+    if t:
+        clauses.append(rng.choice(HO_TIME).format(t=rng.choice(TIME["night" if spec.night else "day"])))
+    if r:
+        clauses.append(rng.choice(HO_RAIN).format(r=rng.choice(RAIN[spec.rain])))
+    if rng.random() < 0.4:
+        rng.shuffle(clauses)
+    body = clauses[0]
+    for c in clauses[1:]:
+        body += rng.choice(HO_JOINERS) + c
+    text = " ".join(x for x in (rng.choice(HO_CARRIERS), body, rng.choice(HO_TAILS)) if x)
+    return Item("prompt", _noise(text, rng), prompt_answer(spec, ground=g, time=t, rain=r))
+
+
+def _event(rng: random.Random) -> Item:
+    if rng.random() < 0.1:
+        event, core = None, rng.choice(HO_EVENT_NONE)
+    else:
+        event = rng.choice(list(grammar.EVENTS))
+        core = rng.choice(HO_EVENTS[event])
+    text = " ".join(x for x in (rng.choice(HO_EVENT_CARRIERS), core) if x)
+    return Item("event", _noise(text, rng), {"event": event})
+
+
+def heldout(seed: int = 2025, n_prompts: int = 400, n_events: int = 200) -> list[Item]:
+    """The fixed held-out set: ``n_prompts`` prompts then ``n_events`` event texts."""
+    rng = random.Random(seed)
+    return [_prompt(rng) for _ in range(n_prompts)] + [_event(rng) for _ in range(n_events)]
+
+
+def template_strings() -> list[str]:
+    """Every held-out template, carrier, joiner, filler and phrase (the disjointness test reads them)."""
+    out: list[str] = []
+    for group in (HO_OBJECT, HO_GROUND, HO_TIME, HO_RAIN, HO_CARRIERS, HO_TAILS, HO_JOINERS, HO_FILLERS):
+        out.extend(group)
+    out.extend(HO_NOTHING)
+    for texts in HO_EVENTS.values():
+        out.extend(texts)
+    out.extend(HO_EVENT_CARRIERS)
+    out.extend(HO_EVENT_NONE)
+    return [s for s in out if s.strip()]

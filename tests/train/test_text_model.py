@@ -1,0 +1,274 @@
+"""The text model's data, held-out set, tokenizer, trainer and shipped folder (issue 25).
+
+No vLLM here (the text app's tests run it); the held-out figures come from ``text-eval``."""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import torch
+
+import worldserve
+from worldserve.common import caption as grammar
+from worldserve.text.spec import Vocabulary, event_schema, prompt_schema, understood_nothing
+from worldserve.train import text_data as td
+from worldserve.train import text_heldout as th
+from worldserve.train import text_trainer as tt
+from worldserve.train.text_eval import score_prompt
+
+SHIPPED = Path(worldserve.__file__).resolve().parent / "weights" / "text"
+PROMPT_SCHEMA = jsonschema.Draft202012Validator(prompt_schema(Vocabulary()))
+EVENT_SCHEMA = jsonschema.Draft202012Validator(event_schema(list(grammar.EVENTS)))
+
+
+def _check_answer(prompt: str, answer: str) -> None:
+    d = json.loads(answer)
+    if prompt.startswith("prompt: "):
+        PROMPT_SCHEMA.validate(d)
+        grammar.spec_from_dict(d)  # a valid world (one object per side)
+    else:
+        assert prompt.startswith("event: "), prompt
+        EVENT_SCHEMA.validate(d)
+    assert prompt.endswith("\n") and "\n" not in prompt[:-1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Training data
+
+
+def test_training_pairs_are_deterministic_valid_and_mixed():
+    a = list(td.samples(7, 600))
+    assert a == list(td.samples(7, 600))
+    assert a != list(td.samples(8, 600))
+    for p, ans in a:
+        _check_answer(p, ans)
+    tasks = Counter(p.split(":")[0] for p, _ in a)
+    assert 0.62 < tasks["prompt"] / len(a) < 0.78, tasks
+    nothing = sum(p.startswith("prompt:") and understood_nothing(json.loads(x)) for p, x in a)
+    assert 0.01 < nothing / tasks["prompt"] < 0.12
+    null_events = sum(x == '{"event":null}' for _, x in a)
+    assert 0.03 < null_events / tasks["event"] < 0.2
+    n_objects = Counter(len(json.loads(x)["objects"]) for p, x in a if p.startswith("prompt:"))
+    assert set(n_objects) == {0, 1, 2}
+
+
+def test_synonyms_and_negations_map_to_the_canonical_answer():
+    rng = random.Random(3)
+    spec = grammar.WorldSpec((grammar.ObjectSpec("blue", "box", "left"),), "sand", night=True, rain=False)
+    seen = set()
+    for _ in range(300):
+        text, g, t, r = td.prompt_text(spec, rng)
+        seen.add(text)
+        assert ("left" in text) and (g or t or r or True)
+    joined = " ".join(seen)
+    # a few of the synonyms the generator uses for this spec
+    assert any(w in joined for w in ("navy", "azure", "cobalt"))
+    assert any(w in joined for w in ("crate", "chest", "cube", "carton"))
+    assert "red" not in joined.split()  # other colours never appear for a blue-only spec
+    # rain=False mentioned -> false, not null
+    rng = random.Random(5)
+    falses = [td.prompt_text(spec, rng) for _ in range(200)]
+    assert any(r for _, _, _, r in falses)
+    ans = json.loads(td.answer_json(td.prompt_answer(spec, ground=True, time=True, rain=True)))
+    assert ans == {
+        "objects": [{"colour": "blue", "kind": "box", "side": "left"}],
+        "ground": "sand",
+        "time": "night",
+        "rain": False,
+    }
+
+
+def test_typo_changes_one_letter_and_spares_short_words():
+    rng = random.Random(0)
+    for w in ("purple", "door", "right", "snowy"):
+        for _ in range(20):
+            t = td.typo(w, rng)
+            assert t[0] == w[0] and abs(len(t) - len(w)) <= 1
+    assert td.typo("a", rng) == "a" and td.typo("on", rng) == "on"
+    assert all(td.made_up_word(rng) not in td._ATTRIBUTE_WORDS for _ in range(100))
+
+
+def test_every_event_has_many_phrasings():
+    assert set(td.EVENT_TEXTS) == set(grammar.EVENTS)
+    for event, texts in td.EVENT_TEXTS.items():
+        assert len(set(texts)) >= 20, event
+
+
+# --------------------------------------------------------------------------------------------------
+# Held-out set
+
+
+def test_heldout_is_fixed_sized_and_valid():
+    h = th.heldout()
+    assert h == th.heldout()
+    assert [i.task for i in h].count("prompt") == 400 and [i.task for i in h].count("event") == 200
+    for it in h:
+        text = it.text
+        assert 0 < len(text) <= 300
+        if it.task == "prompt":
+            PROMPT_SCHEMA.validate(it.answer)
+            grammar.spec_from_dict(it.answer)
+        else:
+            EVENT_SCHEMA.validate(it.answer)
+    events = Counter(i.answer["event"] for i in h if i.task == "event")
+    assert set(events) == {*grammar.EVENTS, None}
+
+
+def _strings(x) -> list[str]:
+    if isinstance(x, str):
+        return [x]
+    if isinstance(x, dict):
+        return [s for v in x.values() for s in _strings(v)]
+    if isinstance(x, (tuple, list)):
+        return [s for v in x for s in _strings(v)]
+    return []
+
+
+_STOP = {"a", "an", "the", "on", "of", "to", "at", "in", "i", "it", "it's", "is", "my", "me", "you", "and"}
+_STOP |= {"with", "up", "if", "be", "this", "could", "would", "for"}
+
+
+def _words(s: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", re.sub(r"\{\w+\}", " ", s.lower()))) - _STOP
+
+
+def test_heldout_templates_and_fillers_never_appear_in_training():
+    carriers = (td.CARRIERS, td.SUFFIXES, td.FILLERS, td.JOINERS, td.EVENT_CARRIERS)
+    templates = (td.OBJECT_TEMPLATES, td.SIDE_AFTER, td.SIDE_BEFORE, td.GROUND_TEMPLATES)
+    train_words = set().union(*(_words(s) for g in (*carriers, *templates) for s in g))
+    ho_groups: tuple[tuple[str, ...], ...] = (
+        th.HO_OBJECT,
+        th.HO_GROUND,
+        th.HO_TIME,
+        th.HO_RAIN,
+        th.HO_CARRIERS,
+        th.HO_TAILS,
+    )
+    ho_groups += (th.HO_JOINERS, th.HO_FILLERS, th.HO_EVENT_CARRIERS)
+    for g in ho_groups:
+        for s in g:
+            shared = _words(s) & train_words
+            assert not shared, f"held-out {s!r} shares {shared} with the training carriers/templates"
+    train_strings = [s.lower() for s in _strings([getattr(td, n) for n in dir(td) if n.isupper()])]
+    for s in th.template_strings():
+        assert s.strip().lower() not in train_strings, s
+    whole = [*th.HO_NOTHING, *th.HO_EVENT_NONE, *(t for ts in th.HO_EVENTS.values() for t in ts)]
+    for s in whole:
+        assert not any(s in t for t in train_strings), f"held-out {s!r} is inside a training phrase"
+    # the held-out module imports nothing of text_data (its typo process is its own)
+    tree = ast.parse(Path(th.__file__).read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not any("text_data" in m for m in imported), imported
+
+
+def test_filler_words_say_nothing_and_are_not_held_out():
+    from worldserve.train import text_words
+
+    words = set(td.ENGLISH_WORDS)
+    assert len(words) > 500
+    assert not words & text_words.held_out_words()
+    assert not words & text_words.attribute_words()
+    assert not words & text_words.EXCLUDE
+
+
+def test_score_prompt():
+    exp = {"objects": [{"colour": "red", "kind": "door", "side": "left"}], "ground": None, "time": "day", "rain": None}
+    same_spec = {**exp, "time": None, "ground": "grass"}  # defaults: the same world, not the same answer
+    assert score_prompt(exp, exp) == {"spec_ok": True, "exact": True, "fields": []}
+    s = score_prompt(exp, same_spec)
+    assert s["spec_ok"] and not s["exact"] and set(s["fields"]) == {"ground", "time"}
+    wrong = {**exp, "objects": [{"colour": "blue", "kind": "door", "side": "left"}]}
+    assert score_prompt(exp, wrong)["spec_ok"] is False
+    nothing: dict[str, Any] = {"objects": [], "ground": None, "time": None, "rain": None}
+    assert score_prompt(nothing, {**nothing, "ground": "grass"})["spec_ok"] is False  # understood something
+    two = [{"colour": "red", "kind": "door", "side": "left"}] * 2
+    assert "invalid" in score_prompt(exp, {**exp, "objects": two})["fields"]
+    assert score_prompt(exp, None)["fields"] == ["unparsable"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer and trainer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tt.train_tokenizer(600, n=3000)
+
+
+def test_tokenizer_round_trips_and_answers_are_few_tokens(tok):
+    from tokenizers import decoders
+
+    assert isinstance(tok.backend_tokenizer.decoder, decoders.ByteLevel)  # vLLM's xgrammar needs byte-level
+    for p, a in td.samples(11, 200):
+        ids, n_prompt = tt.encode_pair(tok, p, a)
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+        assert tok.decode(ids[1:n_prompt]) == p
+        assert tok.decode(ids[n_prompt:-1]) == a
+    one = '{"objects":[{"colour":"red","kind":"door","side":"left"}],"ground":null,"time":"night","rain":true}'
+    n = len(tok(one, add_special_tokens=False)["input_ids"])
+    assert n <= 15, n
+    assert len(tok('{"event":"night falls"}', add_special_tokens=False)["input_ids"]) <= 6
+    assert tok.decode(tok("héllo ünïcode ☃")["input_ids"], skip_special_tokens=True) == "héllo ünïcode ☃"
+
+
+def test_tiny_training_run_writes_a_loadable_folder_and_resumes(tmp_path):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    mc = tt.TextModelConfig(hidden=32, layers=1, heads=2, intermediate=64, vocab_size=400)
+    tc = tt.TextTrainConfig(
+        out=tmp_path, steps=3, batch=8, warmup=2, ckpt_every=3, eval_every=3, eval_n=2, threads=1, model=mc
+    )
+    tc.tokenizer_n = 2000
+    logs: list[str] = []
+    folder = tt.train_text(tc, log=logs.append)
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "world.json"):
+        assert (folder / f).is_file(), f
+    assert Vocabulary.read(folder) == Vocabulary()
+    m = LlamaForCausalLM.from_pretrained(folder)
+    t = AutoTokenizer.from_pretrained(folder)
+    assert m.config.tie_word_embeddings and m.config.vocab_size == len(t) == 400
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["step"] == 3
+    tc.steps = 5
+    tt.train_text(tc, resume=True, log=logs.append)
+    assert any("resumed" in line and "step 3" in line for line in logs), logs
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["step"] == 5
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert [h["step"] for h in hist] == [3, 5]
+
+
+def test_budget_ends_the_lr_schedule():
+    tc = tt.TextTrainConfig(steps=1000, warmup=10, budget_min=1.0)
+    assert tt._progress(100, 30.0, tc) == 0.5  # the budget is further along than the steps
+    assert tt._progress(900, 30.0, tc) == 0.9
+    assert tt._lr(500, 1.0, tc) == pytest.approx(0.05 * tc.lr)
+    assert tt._lr(5, 0.0, tc) == pytest.approx(tc.lr * 6 / 10)
+
+
+# --------------------------------------------------------------------------------------------------
+# The shipped folder
+
+
+def test_shipped_text_model_folder():
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "world.json"):
+        assert (SHIPPED / f).is_file(), f
+    assert (SHIPPED / "MODEL_CARD.md").is_file()
+    vocab = Vocabulary.read(SHIPPED)
+    assert set(vocab.colours) <= set(grammar.COLORS) and set(vocab.events) == set(grammar.EVENTS)
+    cfg = json.loads((SHIPPED / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    assert 64 <= cfg["hidden_size"] <= 512 and 1 <= cfg["num_hidden_layers"] <= 8
+    assert cfg["max_position_embeddings"] >= 256 and cfg["tie_word_embeddings"]
+    assert (SHIPPED / "model.safetensors").stat().st_size < 16 * 2**20  # a few MB
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(SHIPPED)
+    assert t.bos_token == tt.BOS and t.eos_token == tt.EOS
