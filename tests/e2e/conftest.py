@@ -57,10 +57,7 @@ def cluster(tmp_path_factory):
         "path": str(write_tiny_folder(tmp_path_factory.mktemp("open-world"), text_dim=OPEN_WORLD_TEXT_DIM)),
         "options": dict(TINY_OPTIONS),
     }
-    # the text app over a tiny random language model (answers random, always in the schema)
-    from worldserve.text.testing import write_tiny_text_model
-
-    text_model = str(write_tiny_text_model(tmp_path_factory.mktemp("text-model")))
+    # the text app over the shipped language model (weights/text): free text is understood for real
     overrides = {
         # one replica of each text deployment (LLMServer: vLLM's engine on a quarter CPU + its replica's)
         "TextService": pinned("TextService", 1),
@@ -85,7 +82,7 @@ def cluster(tmp_path_factory):
         # task and vLLM's engine processes) comes on top of every other app's
         timeout_s=1200,
         workdir=tmp_path_factory.mktemp("cluster"),
-        app_args={"torch_threads": 1, "text_model_path": text_model},
+        app_args={"torch_threads": 1},
         deployment_overrides=overrides,
         extra_models=[open_world],
     ) as c:
@@ -100,7 +97,7 @@ def cluster(tmp_path_factory):
             "deployment_overrides": overrides,  # over deploy/serve/worldserve.yaml's deployments
             "extra_models": [open_world],  # served beside deploy/serve/worldserve.yaml's models
             "open_world": {**open_world, "text_dim": OPEN_WORLD_TEXT_DIM},
-            "text_model_path": text_model,
+            "text_model_path": "",  # the shipped weights
         }
 
 
