@@ -4,8 +4,8 @@ Starts a local cluster (embedded Redis + Ray + Serve, the repository's serve con
 scripts/netns-run) or uses a running one (``--target`` and ``--key``), then over gRPC through
 Serve's proxy (TextService.ParsePrompt, ``application: text``):
 
-- latency: ``--n`` parses one after another (distinct texts: the replica's answer cache is not
-  hit), p50 / p95 / p99;
+- latency: ``--n`` parses one after another (distinct held-out prompts: the replica's answer cache
+  is not hit), p50 / p95 / p99;
 - batching: ``--concurrency`` parses at once, repeated ``--rounds`` times: throughput against one at
   a time (vLLM's continuous batching answers them in one engine loop).
 
@@ -21,23 +21,26 @@ import contextlib
 import json
 import statistics
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
-PROMPTS = (
-    "a snowy night with a pink door to my right",
-    "gimme a blue crate on the left",
-    "sandy beach, raining, a cyan box on the right",
-    "put a yellow door on the left at night",
-    "a purple box to the right and a red door to the left, no rain",
-    "grassy meadow in the morning",
-)
-
 
 def _texts(n: int, salt: str) -> list[str]:
-    return [f"{PROMPTS[i % len(PROMPTS)]} {salt}{i}" for i in range(n)]
+    """``n`` distinct held-out prompts (worldserve.train.text_heldout: templates and vocabulary the
+    model never saw in training), a different draw per ``salt``: the replica's answer cache never hits."""
+    from worldserve.train.text_heldout import heldout
+
+    seed, out, seen = zlib.crc32(salt.encode()), [], set()
+    while len(out) < n:
+        for item in heldout(seed=seed, n_prompts=max(n, 50), n_events=0):
+            if item.text not in seen and len(out) < n:
+                seen.add(item.text)
+                out.append(item.text)
+        seed += 1
+    return out
 
 
 def _parse(stub, md, text: str) -> tuple[float, str]:
