@@ -34,6 +34,7 @@ from worldserve.common.errors import Unavailable, WorldserveError, _unwrap
 from worldserve.common.registry import ModelLoadError
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.common.serving import DeploymentOptions
+from worldserve.common.understanding import understood_pb
 from worldserve.text.core import TextCore, check_model_folder
 from worldserve.text.spec import MAX_ANSWER_TOKENS, Task, Vocabulary, event_schema, lm_prompt, prompt_schema
 from worldserve.v1 import common_pb2
@@ -216,7 +217,7 @@ class TextService(ServiceBase):
     async def ParsePrompt(
         self, request: pb.ParsePromptRequest, tenant: str, grpc_context: Any = None
     ) -> common_pb2.Understood:
-        return understood_pb(await self.core.parse_prompt(request.text))
+        return understood_pb(await self.core.parse_prompt(request.text)) or common_pb2.Understood()
 
     @rpc("ParseEvent", empty=pb.ParseEventResponse)
     async def ParseEvent(
@@ -231,23 +232,6 @@ class TextService(ServiceBase):
 
     async def parse_event(self, text: str, events: list[str] | tuple[str, ...] = ()) -> str:
         return await self.core.parse_event(text, events)
-
-
-def understood_pb(d: Mapping[str, Any]) -> common_pb2.Understood:
-    """The Understood message of a ``parse_prompt`` answer."""
-    spec = d["spec"]
-    return common_pb2.Understood(
-        spec=common_pb2.WorldSpec(
-            objects=[
-                common_pb2.WorldObject(colour=o["colour"], kind=o["kind"], side=o["side"]) for o in spec["objects"]
-            ],
-            ground=spec["ground"],
-            time_of_day=spec["time"],
-            rain=bool(spec["rain"]),
-        ),
-        caption=d["caption"],
-        source=d.get("source", "text"),
-    )
 
 
 def build(args: dict[str, Any]) -> Application:
