@@ -114,8 +114,12 @@ EVENT_ONLY = {
     "ray_worldserve_dynamics_step_conflicts_total",
     "ray_worldserve_dynamics_quota_rejections_total",
     "ray_worldserve_sessions_quota_rejections_total",
-    "ray_worldserve_web_live_frames_dropped_total",
-}  # a live player too slow for its frames
+    "ray_worldserve_web_live_frames_dropped_total",  # a live player too slow for its frames
+    "ray_worldserve_web_live_deadline_misses_total",  # a live frame past its deadline (an idle machine has none)
+    # vLLM's engine gauges are exported only while the engine reports: tests/e2e/test_text.py waits for them
+    "ray_vllm_num_requests_running",
+    "ray_vllm_num_requests_waiting",
+}
 
 
 def scraped_names(url: str) -> set[str]:
