@@ -65,7 +65,7 @@ def test_synonyms_and_negations_map_to_the_canonical_answer():
     spec = grammar.WorldSpec((grammar.ObjectSpec("blue", "box", "left"),), "sand", night=True, rain=False)
     seen = set()
     for _ in range(300):
-        text, g, t, r = td.prompt_text(spec, rng)
+        text, g, t, r, _ = td.prompt_text(spec, rng)
         seen.add(text)
         assert ("left" in text) and (g or t or r or True)
     joined = " ".join(seen)
@@ -76,7 +76,7 @@ def test_synonyms_and_negations_map_to_the_canonical_answer():
     # rain=False mentioned -> false, not null
     rng = random.Random(5)
     falses = [td.prompt_text(spec, rng) for _ in range(200)]
-    assert any(r for _, _, _, r in falses)
+    assert any(r for _, _, _, r, _ in falses)
     ans = json.loads(td.answer_json(td.prompt_answer(spec, ground=True, time=True, rain=True)))
     assert ans == {
         "objects": [{"colour": "blue", "kind": "box", "side": "left"}],
@@ -84,6 +84,31 @@ def test_synonyms_and_negations_map_to_the_canonical_answer():
         "time": "night",
         "rain": False,
     }
+
+
+def test_answers_list_objects_in_the_order_the_text_names_them():
+    spec = grammar.WorldSpec(
+        (grammar.ObjectSpec("red", "door", "left"), grammar.ObjectSpec("cyan", "box", "right")), "grass"
+    )
+    rng = random.Random(11)
+    orders = set()
+    for _ in range(200):
+        text, _, _, _, named = td.prompt_text(spec, rng)
+        assert sorted(o.side for o in named) == ["left", "right"]
+        first = named[0]
+        # the first-named object's side word comes before the other's in the text
+        low = text.lower()
+        assert low.find(first.side) <= low.rfind(named[1].side), (text, named)
+        orders.add(tuple(o.side for o in named))
+    assert orders == {("left", "right"), ("right", "left")}  # both orders are trained
+    # and the scorer ignores the order an answer lists objects in
+    from worldserve.train.text_eval import score_prompt
+
+    exp = td.prompt_answer(spec, ground=True, time=False, rain=False)
+    got = dict(exp, objects=list(reversed(exp["objects"])))
+    assert score_prompt(exp, got) == {"spec_ok": True, "exact": True, "fields": []}
+    got["objects"][0] = dict(got["objects"][0], colour="red")
+    assert score_prompt(exp, got)["fields"] == ["objects"]
 
 
 def test_typo_changes_one_letter_and_spares_short_words():

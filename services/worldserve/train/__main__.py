@@ -209,7 +209,9 @@ def text(
     ckpt_every: int = typer.Option(250, min=1, help="Checkpoint every N steps."),
     eval_every: int = typer.Option(500, min=1, help="Quick validation (and OUT/model export) every N steps."),
     resume: bool = typer.Option(False, help="Continue from OUT/ckpt.pt."),
-    init_from: Path | None = typer.Option(None, help="Warm start from another run's folder (tokenizer/, ckpt.pt)."),
+    init_from: Path | None = typer.Option(
+        None, help="Warm start: another run's folder (tokenizer/, ckpt.pt) or a model folder (weights/text)."
+    ),
     warmup: int = typer.Option(200, min=1, help="Warm-up steps."),
 ) -> None:
     """Train the text app's language model (free text -> world spec / event JSON)."""

@@ -562,7 +562,7 @@ def noisy(text: str, rng: random.Random, *, typo_rate: float) -> str:
 
 
 def random_spec(rng: random.Random) -> grammar.WorldSpec:
-    n = rng.choices((0, 1, 2), weights=(0.2, 0.45, 0.35))[0]
+    n = rng.choices((0, 1, 2), weights=(0.15, 0.4, 0.45))[0]
     sides = rng.sample(grammar.SIDES, n)
     objects = tuple(grammar.ObjectSpec(rng.choice(list(grammar.COLORS)), rng.choice(grammar.KINDS), s) for s in sides)
     return grammar.WorldSpec(objects, rng.choice(list(grammar.GROUNDS)), rng.random() < 0.5, rng.random() < 0.5)
@@ -651,18 +651,25 @@ def _ground_phrase(g: str, rng: random.Random) -> str:
     return t.format(n=_word(GROUND_NOUNS[g], rng), a=_word(GROUND_ADJS[g], rng))
 
 
-def prompt_text(spec: grammar.WorldSpec | None, rng: random.Random) -> tuple[str, bool, bool, bool]:
-    """A free-text prompt for ``spec`` and which of ground / time / rain it mentions."""
+def prompt_text(
+    spec: grammar.WorldSpec | None, rng: random.Random
+) -> tuple[str, bool, bool, bool, tuple[grammar.ObjectSpec, ...]]:
+    """A free-text prompt for ``spec``, which of ground / time / rain it mentions, and its objects
+    in the order the text names them (the answer lists them so: a left-to-right reader copies)."""
     if spec is None:
-        return rng.choice(NOTHING), False, False, False
+        return rng.choice(NOTHING), False, False, False, ()
     time = "night" if spec.night else "day"
     say_ground, say_time, say_rain = (rng.random() < 0.55 for _ in range(3))
     if not spec.objects and not (say_ground or say_time or say_rain):
         which = rng.randrange(3)
         say_ground, say_time, say_rain = which == 0, which == 1, which == 2
-    parts = [object_phrase(o, rng) for o in spec.objects]
+    objects = list(spec.objects)
     if rng.random() < 0.5:
-        rng.shuffle(parts)
+        rng.shuffle(objects)
+    parts = [object_phrase(o, rng) for o in objects]
+    tags: dict[str, grammar.ObjectSpec] = {}
+    for o, ph in zip(objects, parts, strict=True):
+        tags[ph] = o
     attrs: list[str] = []
     # combined forms: "a snowy night", "a rainy day", "a stormy snowy night"
     if say_time and (say_ground or say_rain) and rng.random() < 0.45:
@@ -688,25 +695,30 @@ def prompt_text(spec: grammar.WorldSpec | None, rng: random.Random) -> tuple[str
     else:
         clauses = parts + attrs
         rng.shuffle(clauses)
+    named = tuple(tags[c] for c in clauses if c in tags)
+    if len(named) != len(spec.objects):  # two identical phrases: keep the spec's order
+        named = spec.objects
     text = clauses[0]
     for c in clauses[1:]:
         text += rng.choice(JOINERS).format(x=junk_word(rng)) + c
     carrier = rng.choice(CARRIERS) if rng.random() < 0.8 else junk_phrase(rng, 1, 4)
     suffix = rng.choice(SUFFIXES) if rng.random() < 0.85 else junk_phrase(rng, 1, 2)
     text = " ".join(x for x in (carrier, text, suffix) if x)
-    return text, say_ground, say_time, say_rain
+    return text, say_ground, say_time, say_rain, named
 
 
 def prompt_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
     """(free text, answer dict) for one scene prompt."""
     spec = None if rng.random() < NOTHING_SHARE else random_spec(rng)
-    text, g, t, r = prompt_text(spec, rng)
+    text, g, t, r, named = prompt_text(spec, rng)
     if spec is None and rng.random() < 0.3:
         text = " ".join(made_up_word(rng) if rng.random() < 0.4 else w for w in text.split())
     elif spec is None and rng.random() < 0.6:
         text = junk_phrase(rng, 1, 8)
     text = noisy(text, rng, typo_rate=0.08 if rng.random() < 0.4 else 0.0)
-    return text, prompt_answer(spec, ground=g, time=t, rain=r)
+    answer = prompt_answer(spec, ground=g, time=t, rain=r)
+    answer["objects"] = [{"colour": o.color, "kind": o.kind, "side": o.side} for o in named]
+    return text, answer
 
 
 EVENT_CORES: dict[str, tuple[str, ...]] = {
@@ -732,6 +744,24 @@ EVENT_FRAMES: dict[str, tuple[str, ...]] = {
         "{w} is over",
         "halt {w}",
         "{w} ends",
+        # a verb of leaving or ending after the weather word (issue 25, v6)
+        "{w} go away",
+        "{w}, go away",
+        "{w} away",
+        "{w} {x} away",
+        "{w} is gone",
+        "{w} gone",
+        "{w} be done",
+        "{w} done",
+        "{w} vanish",
+        "{w} disappears",
+        "{w} leave",
+        "{w} ceases",
+        "finish the {w}",
+        "get rid of the {w}",
+        "{w} quits",
+        "{w} clears",
+        "{w} {x} stops",
     ),
     "night falls": ("{w}", "{x} {w}", "{w} {x}", "{x} {w} {y}", "make it {w}", "{x} to {w}", "{w} now"),
     "day breaks": ("{w}", "{x} {w}", "{w} {x}", "{x} {w} {y}", "make it {w}", "{x} to {w}", "{w} now"),
@@ -767,6 +797,25 @@ NONE_WORDS = (
     "coin",
     "key",
     "map",
+    "sit",
+    "dance",
+    "kneel",
+    "sneak",
+    "duck",
+    "save",
+    "load",
+    "cook",
+    "build",
+    "dig",
+    "shoot",
+    "attack",
+    "talk",
+    "sleep",
+    "menu",
+    "settings",
+    "wave",
+    "hide",
+    "time",
 )
 
 

@@ -32,12 +32,24 @@ from . import text_data
 from .text_heldout import Item, heldout
 
 
+def _field(answer: dict[str, Any], key: str) -> Any:
+    """One field of an answer; the objects in left-to-right order (the order an answer lists
+    them in means nothing: the model lists them as the text names them)."""
+    value = answer.get(key)
+    if key == "objects" and isinstance(value, list):
+        return sorted(
+            value,
+            key=lambda o: (str(o.get("side")), json.dumps(o, sort_keys=True)) if isinstance(o, dict) else ("", str(o)),
+        )
+    return value
+
+
 def score_prompt(expected: dict[str, Any], got: dict[str, Any] | None) -> dict[str, Any]:
     """Compare one prompt answer with the expected one: ``spec_ok`` (what the world would render,
     and whether it would be refused as naming nothing), ``exact`` (every field) and the fields that differ."""
     if got is None:
         return {"spec_ok": False, "exact": False, "fields": ["unparsable"]}
-    fields = [k for k in ("objects", "ground", "time", "rain") if got.get(k) != expected.get(k)]
+    fields = [k for k in ("objects", "ground", "time", "rain") if _field(got, k) != _field(expected, k)]
     try:
         spec_got = grammar.spec_from_dict(got)
     except ValueError:

@@ -60,7 +60,7 @@ class TextTrainConfig:
     eval_n: int = 128
     threads: int = 2
     dtype: str = "float32"  # the saved weights: float32 or bfloat16
-    init_from: Path | None = None  # warm start: a training folder (its tokenizer/ and ckpt.pt weights)
+    init_from: Path | None = None  # warm start: a training folder (tokenizer/, ckpt.pt) or a model folder
     tokenizer_n: int = 30000  # generated pairs the tokenizer is trained on
     chunks: int = 2  # a step's batch is computed in this many length-sorted chunks
     budget_min: float = 0.0  # > 0: also stop (and finish the LR schedule) after this many minutes
@@ -239,6 +239,15 @@ def _lr(step: int, progress: float, tc: TextTrainConfig) -> float:
     return tc.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _init_tokenizer_dir(init_from: Path) -> Path:
+    """A warm start's tokenizer: a training folder's ``tokenizer/``, or an exported model folder."""
+    if (init_from / "tokenizer").is_dir():
+        return init_from / "tokenizer"
+    if (init_from / "tokenizer.json").is_file() and (init_from / "config.json").is_file():
+        return init_from
+    raise FileNotFoundError(f"{init_from}: neither a training folder (tokenizer/, ckpt.pt) nor a model folder")
+
+
 def train_text(
     tc: TextTrainConfig,
     *,
@@ -257,7 +266,7 @@ def train_text(
         tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     elif tc.init_from is not None:
         resume = False
-        tok = PreTrainedTokenizerFast.from_pretrained(tc.init_from / "tokenizer")
+        tok = PreTrainedTokenizerFast.from_pretrained(_init_tokenizer_dir(tc.init_from))
         tok.save_pretrained(tok_dir)
     else:
         resume = False
@@ -266,8 +275,15 @@ def train_text(
     torch.manual_seed(tc.seed)
     model = build_model(tc.model, tok)
     if tc.init_from is not None and not resume:
-        model.load_state_dict(torch.load(tc.init_from / "ckpt.pt", map_location="cpu", weights_only=False)["model"])
-        log(f"weights from {tc.init_from / 'ckpt.pt'}")
+        if (tc.init_from / "ckpt.pt").is_file():
+            state = torch.load(tc.init_from / "ckpt.pt", map_location="cpu", weights_only=False)["model"]
+            log(f"weights from {tc.init_from / 'ckpt.pt'}")
+        else:  # an exported model folder (e.g. the shipped weights/text); its shape must match --hidden...
+            from transformers import LlamaForCausalLM
+
+            state = LlamaForCausalLM.from_pretrained(tc.init_from, torch_dtype=torch.float32).state_dict()
+            log(f"weights from {tc.init_from / 'model.safetensors'}")
+        model.load_state_dict(state)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.98), weight_decay=tc.weight_decay)
     step, elapsed0 = 0, 0.0
     history: list[dict[str, Any]] = []
