@@ -24,19 +24,34 @@ from worldserve.cli_cluster import (
     _ray,
     _read_state,
     _write_state,
-    console,
     dev_key,
     home,
     start_ray_head,
     stop_ray_cluster,
 )
+from worldserve.cli_errors import DEBUG_ENV, CliError, console, friendly
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
 GRPC_PORT = 9000
 
 
+def _target(kwargs: dict) -> str:
+    """The endpoint a command talks to: --target, else the one `up` wrote, else the default."""
+    return kwargs.get("target") or _read_state().get("endpoint", f"127.0.0.1:{GRPC_PORT}")
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="on a failure, show the traceback (not only one line)"),
+) -> None:
+    """Every command answers a failure with one line saying what to do, and a non-zero exit."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
 @app.command()
+@friendly()
 def up(
     config: Path = typer.Option(None, help="serve config (default: deploy/serve/worldserve.yaml)"),
     num_cpus: int = typer.Option(0, help="logical CPUs of the local Ray node (0: max(4, cores), room to autoscale)"),
@@ -47,10 +62,22 @@ def up(
 ) -> None:
     """Start Redis (embedded unless REDIS_URL), Ray and Serve; wait until healthy; print endpoint and key."""
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported: set it first
+    import ray  # the serve extra: a missing one is said before anything starts
+
     from worldserve import deploy as dep
     from worldserve.common.redis_server import EmbeddedRedis
 
     state = _read_state()
+    address = state.get("ray_address")
+    ray_alive = bool(address) and _ray("status", f"--address={address}").returncode == 0
+    if not ray_alive:  # a Ray of our own starts: Serve's ports must be free
+        ports = dep.load_config(config, text=text)
+        for what, port in (("gRPC", ports["grpc_options"]["port"]), ("HTTP", ports["http_options"]["port"])):
+            if not _port_free(int(port)):
+                raise CliError(
+                    f"port {port} (Serve's {what} proxy) is in use by another program: stop it, or pass "
+                    f"--config with another {what.lower()}_options.port"
+                )
     redis_url = os.environ.get("REDIS_URL", "")
     if not redis_url:
         if state.get("redis_pid") and _alive(state["redis_pid"]):
@@ -66,24 +93,23 @@ def up(
     _write_state(state)
 
     env = dict(os.environ, REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file))
-    address = state.get("ray_address")
-    if not (address and _ray("status", f"--address={address}", env=env).returncode == 0):
-        console.print("starting Ray ...")
-        temp_dir = home() / "ray"  # short: Ray's socket paths must fit 107 characters
-        address = start_ray_head(temp_dir, num_cpus or max(4, os.cpu_count() or 1), env)
-        state.update(ray_address=address, ray_temp_dir=str(temp_dir))
-        _write_state(state)
-
-    import ray
-
-    os.environ.update(REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file), RAY_ADDRESS=address)
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     archive_url = os.environ.get("WORLDSERVE_ARCHIVE_URL") or f"file://{home() / 'archive'}"
     cfg = dep.load_config(
         config,
         app_args={"redis_url": redis_url, "api_keys_file": str(keys_file), "archive_url": archive_url},
         text=text,
     )
+    if not ray_alive:
+        if address:
+            console.print(f"the Ray cluster of an earlier `up` ({address}) is gone: starting a new one")
+        console.print("starting Ray ...")
+        temp_dir = home() / "ray"  # short: Ray's socket paths must fit 107 characters
+        address = start_ray_head(temp_dir, num_cpus or max(4, os.cpu_count() or 1), env)
+        state.update(ray_address=address, ray_temp_dir=str(temp_dir))
+        _write_state(state)
+
+    os.environ.update(REDIS_URL=redis_url, WORLDSERVE_API_KEYS_FILE=str(keys_file), RAY_ADDRESS=address)
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     dep.deploy(cfg)
     apps = dep.app_names(cfg)
     with console.status(f"deploying {', '.join(apps)} ...") as st:
@@ -102,6 +128,7 @@ def up(
 
 
 @app.command()
+@friendly()
 def down() -> None:
     """Stop what `up` started: its Ray cluster (Serve in it) and its embedded Redis (the data stays
     in $WORLDSERVE_HOME/redis). Other Ray clusters and Redis servers on the machine are left alone."""
@@ -122,13 +149,16 @@ def down() -> None:
 
 
 @app.command()
+@friendly(_target)
 def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `up`)")) -> None:
     """Health of each service and Serve's view of the applications."""
     from worldserve.client import WorldClient
 
     state = _read_state()
     target = target or state.get("endpoint", f"127.0.0.1:{GRPC_PORT}")
-    ok = True
+    ok, web_ok = True, False
+    lines: list[str] = []
+    unreachable = 0
     with WorldClient(target, dev_key(), timeout_s=10) as c:
         for appname in ("image", "sessions", "dynamics"):
             try:
@@ -136,7 +166,8 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
             except Exception as e:
                 why = e.code().name if hasattr(e, "code") else type(e).__name__
                 s, ok = f"DOWN ({why})", False
-            console.print(f"{appname:9s} {s}")
+                unreachable += why == "UNAVAILABLE"
+            lines.append(f"{appname:9s} {s}")
         web = state.get("web")
         if web:
             try:
@@ -144,9 +175,14 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
 
                 with urllib.request.urlopen(web + "healthz", timeout=10) as r:
                     s = "SERVING" if r.status == 200 else f"DOWN (HTTP {r.status})"
+                    web_ok = r.status == 200
             except Exception as e:
                 s, ok = f"DOWN ({type(e).__name__})", False
-            console.print(f"web       {s}  {web}")
+            lines.append(f"web       {s}  {web}")
+        if unreachable == 3 and not web_ok:  # nothing answers: not a service down, no cluster at all
+            raise CliError(f"no worldserve at {target}: run `worldserve up` (or pass --target)")
+        for line in lines:
+            console.print(line)
         if ok:
             try:
                 models = c.list_models()
@@ -165,6 +201,7 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
 
 
 @app.command()
+@friendly(_target)
 def play(
     prompt: str = typer.Option(
         "a red door on the left, a blue box on the right, grass, day",
@@ -251,6 +288,7 @@ def _parse_quotas(items: list[str]) -> dict:
 
 
 @app.command("add-key")
+@friendly()
 def add_key_cmd(
     tenant: str,
     quota: list[str] = typer.Option(
@@ -271,6 +309,7 @@ def add_key_cmd(
 
 
 @app.command("quota")
+@friendly()
 def quota_cmd(
     tenant: str,
     set_: list[str] = typer.Argument(None, metavar="[NAME=VALUE]...", help="overrides to set, e.g. max_sessions=50"),
@@ -298,6 +337,7 @@ def quota_cmd(
 
 
 @app.command("eval")
+@friendly(_target)
 def eval_cmd(
     worlds: int = typer.Option(8, help="worlds to generate and play"),
     steps: int = typer.Option(32, help="policy steps per world"),
@@ -320,38 +360,37 @@ def eval_cmd(
     if prompts is not None:
         prompt_set = tuple(p.strip() for p in prompts.read_text().splitlines() if p.strip())
     target = target or _read_state().get("endpoint", f"127.0.0.1:{GRPC_PORT}")
-    with (
-        WorldClient(target, dev_key(), timeout_s=120) as c,
-        Progress(
+    with WorldClient(target, dev_key(), timeout_s=120) as c:
+        c.list_models()  # nothing answering fails here, in one line, before any progress bar
+        with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
-        ) as bar,
-    ):
-        tasks = {
-            "create": bar.add_task("create worlds", total=worlds),
-            "play": bar.add_task("play", total=steps),
-            "checks": bar.add_task("consistency checks", total=4 * k),
-        }
-        try:
-            report = harness.run(
-                c,
-                policy=policy,
-                worlds=worlds,
-                steps=steps,
-                k=k,
-                prompts=prompt_set,
-                model=model,
-                seed=seed,
-                out=out,
-                dataset_id=dataset or None,
-                discrete=discrete,
-                progress=lambda what, n: bar.advance(tasks[what], n),
-            )
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
+        ) as bar:
+            tasks = {
+                "create": bar.add_task("create worlds", total=worlds),
+                "play": bar.add_task("play", total=steps),
+                "checks": bar.add_task("consistency checks", total=4 * k),
+            }
+            try:
+                report = harness.run(
+                    c,
+                    policy=policy,
+                    worlds=worlds,
+                    steps=steps,
+                    k=k,
+                    prompts=prompt_set,
+                    model=model,
+                    seed=seed,
+                    out=out,
+                    dataset_id=dataset or None,
+                    discrete=discrete,
+                    progress=lambda what, n: bar.advance(tasks[what], n),
+                )
+            except ValueError as e:
+                raise CliError(str(e)) from None
     ta, mv, ct, lat = (
         report["turn_around_psnr_db"],
         report["moved_psnr_db"],

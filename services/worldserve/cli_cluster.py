@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import typer
-from rich.console import Console
-
-console = Console(stderr=True)
+from worldserve.cli_errors import CliError
 
 
 def home() -> Path:
@@ -45,7 +41,7 @@ def dev_key() -> str:
         return os.environ["WORLDSERVE_API_KEY"]
     p = home() / "dev_key"
     if not p.exists():
-        raise typer.BadParameter("no API key: run `worldserve up` or set WORLDSERVE_API_KEY")
+        raise CliError(f"no API key in {p}: run `worldserve up` (it makes one) or set WORLDSERVE_API_KEY")
     return p.read_text().strip()
 
 
@@ -64,9 +60,20 @@ def _ensure_dev_key() -> tuple[str, Path]:
     return key, keys_file
 
 
+def ray_command() -> list[str]:
+    """Ray's command line, run by this interpreter: the ``ray`` first on PATH may be another
+    Python's, whose Ray workers (Serve's proxy among them) could not import worldserve."""
+    return [sys.executable, "-m", "ray.scripts.scripts"]
+
+
 def _ray(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    exe = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
-    return subprocess.run([exe, *args], capture_output=True, text=True, env=env)
+    return subprocess.run([*ray_command(), *args], capture_output=True, text=True, env=env)
+
+
+def _last_line(r: subprocess.CompletedProcess) -> str:
+    """The last non-empty line a failed command printed (its error, usually)."""
+    lines = [ln.strip() for ln in (r.stderr + "\n" + r.stdout).splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit status {r.returncode}"
 
 
 def ray_processes(temp_dir: str, gcs_address: str) -> list[int]:
@@ -124,8 +131,7 @@ def start_ray_head(temp_dir: Path, num_cpus: int, env: dict | None = None) -> st
         # there is none yet: make ~/.ray/auth_token once (captured, never printed), as Ray advises
         r = _ray("get-auth-token", "--generate", env=env)
         if r.returncode != 0:
-            console.print(r.stderr[-2000:])
-            raise typer.Exit(1)
+            raise CliError(f"`ray get-auth-token --generate` failed: {_last_line(r)}")
     port = free_port()
     args = [
         "start",
@@ -141,8 +147,7 @@ def start_ray_head(temp_dir: Path, num_cpus: int, env: dict | None = None) -> st
     ]
     r = _ray(*args, env=env)
     if r.returncode != 0:
-        console.print(r.stdout[-2000:], r.stderr[-2000:])
-        raise typer.Exit(1)
+        raise CliError(f"`ray start` failed: {_last_line(r)} (logs in {temp_dir}; `worldserve --debug up` for more)")
     return f"127.0.0.1:{port}"
 
 

@@ -1,0 +1,25 @@
+"""`worldserve` commands against a running cluster answer a user's mistakes with one line and exit
+1: a key the cluster refuses, a model it does not serve, a prompt it does not understand.
+(Without a cluster: tests/test_cli_errors.py.)"""
+
+from __future__ import annotations
+
+import pytest
+from test_cli_errors import cli, one_line
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1500)  # the first test of a run waits for the shared cluster (up to 1200 s)
+def test_bad_key_unknown_model_and_unknown_prompt_are_one_line(cluster, tmp_path):
+    target = cluster["target"]
+    gif = str(tmp_path / "x.gif")
+    msg = one_line(cli("play", "--target", target, "--out", gif, home=tmp_path, env={"WORLDSERVE_API_KEY": "wsk_nope"}))
+    assert msg.startswith(f"the API key was refused by {target} (") and msg.endswith(
+        "use the key `worldserve up` printed (in $WORLDSERVE_HOME/dev_key) or set WORLDSERVE_API_KEY"
+    ), msg
+    key = {"WORLDSERVE_API_KEY": cluster["key_a"]}
+    msg = one_line(cli("play", "--target", target, "--model", "no-such-model", "--out", gif, home=tmp_path, env=key))
+    assert msg.startswith("INVALID_ARGUMENT: ") and "no-such-model" in msg, msg
+    msg = one_line(cli("play", "--target", target, "--prompt", "hello", "--out", gif, home=tmp_path, env=key))
+    assert msg.startswith("INVALID_ARGUMENT: understood nothing in 'hello'; this world knows: colours red"), msg
+    assert not (tmp_path / "x.gif").exists()
