@@ -342,7 +342,11 @@ def eval_cmd(
     worlds: int = typer.Option(8, help="worlds to generate and play"),
     steps: int = typer.Option(32, help="policy steps per world"),
     policy: str = typer.Option("random", help="'random', 'scripted', or a module:function called fn(obs, info, space)"),
-    prompts: Path = typer.Option(None, help="prompt set: a text file, one prompt a line (cycled over the worlds)"),
+    prompts: Path = typer.Option(
+        None,
+        help="prompt set: a text file, one prompt a line (cycled over the worlds); default: one different "
+        "caption per world, captions the platformer's models understand",
+    ),
     k: int = typer.Option(8, help="steps each way of the turn-around and controllability checks"),
     model: str = typer.Option("", help="served model ('' = the default)"),
     seed: int = typer.Option(0),
@@ -352,11 +356,18 @@ def eval_cmd(
     target: str = typer.Option(None, help="gRPC endpoint (default: from `up`)"),
 ) -> None:
     """Run a policy on N generated worlds; check turn-around, controllability and latency; write a
-    JSON report with plots and the trajectories as a Minari dataset."""
+    JSON report with plots and the trajectories as a Minari dataset.
+
+    The figures (PSNR in dB; for a platformer model the game's own figures are printed beside the
+    model's, from the same caption, seed and actions): turn around = the view after k steps right and
+    k left against the start (higher: the world remembers); after walking away = the view after the k
+    steps right against the start (lower: the view moved); controllability = the ends of k steps left
+    and k steps right from one step (lower: the world obeys its controls). Worlds whose first frame
+    and actions repeat an earlier world's are reported as duplicates and not counted twice."""
     from worldserve.client import WorldClient
     from worldserve.gym import harness
 
-    prompt_set = harness.DEFAULT_PROMPTS
+    prompt_set = None
     if prompts is not None:
         prompt_set = tuple(p.strip() for p in prompts.read_text().splitlines() if p.strip())
     target = target or _read_state().get("endpoint", f"127.0.0.1:{GRPC_PORT}")
@@ -391,19 +402,25 @@ def eval_cmd(
                 )
             except ValueError as e:
                 raise CliError(str(e)) from None
-    ta, mv, ct, lat = (
-        report["turn_around_psnr_db"],
-        report["moved_psnr_db"],
-        report["control_psnr_db"],
-        report["latency_ms"],
+    lat = report["latency_ms"]
+
+    game = report.get("game")
+
+    def db(name: str) -> str:
+        s = report[name]
+        got = "n/a" if s["mean"] is None else f"{s['mean']:.1f} dB"
+        if game and game[name]["mean"] is not None:
+            got += f" (the game: {game[name]['mean']:.1f} dB)"
+        return got
+
+    n = report["distinct_worlds"]
+    dup = f", {worlds - report['failed_worlds'] - n} duplicates not counted" if report["duplicate_worlds"] else ""
+    console.print(
+        f"{worlds} worlds of {report['model']!r}, policy {policy!r}: {report['failed_worlds']} failed, {n} distinct{dup}"
     )
-
-    def db(s: dict) -> str:
-        return "n/a" if s["mean"] is None else f"{s['mean']:.1f} dB"
-
-    console.print(f"{worlds} worlds of {report['model']!r}, policy {policy!r}: {report['failed_worlds']} failed")
-    console.print(f"  turn around (back vs start, higher = remembers): {db(ta)}; after walking away: {db(mv)}")
-    console.print(f"  controllability (left vs right branch, lower = obeys): {db(ct)}")
+    console.print(f"  turn around (back vs start, higher = remembers): {db('turn_around_psnr_db')}")
+    console.print(f"  after walking away (moved vs start, lower = the view moved): {db('moved_psnr_db')}")
+    console.print(f"  controllability (left vs right branch, lower = obeys): {db('control_psnr_db')}")
     console.print(
         f"  StepBatch latency p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms; "
         f"{report['steps_per_s']:.1f} policy steps/s"

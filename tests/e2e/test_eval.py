@@ -62,9 +62,17 @@ def test_eval_runs_eight_worlds_and_its_dataset_loads(cluster, tmp_path, monkeyp
         "a blue box on the right, snow, night",
         "a red door on the left, grass, day",
     ]
+    # the policy walks right in every world: worlds of one prompt see the same first frame and take
+    # the same actions, so they are one world, counted once (2 distinct: one per prompt)
+    assert report["distinct_worlds"] == 2 and report["duplicate_worlds"] == [2, 4, 5, 6, 7]
     for name in ("turn_around_psnr_db", "moved_psnr_db", "control_psnr_db"):
-        assert report[name]["n"] == 7 and report[name]["mean"] is not None
+        assert report[name]["n"] == 2 and report[name]["mean"] is not None
+        assert report["game"][name]["n"] == 2  # the game's own figures, beside the model's
     assert report["control_psnr_db"]["mean"] < 99.0  # left and right branches differ: the controls matter
+    # the game comes back to its start (only the player faces the other way) and its view moved
+    game = report["game"]
+    assert game["turn_around_psnr_db"]["mean"] > game["moved_psnr_db"]["mean"] + 10.0
+    assert "the game: " in r.output and "2 distinct, 5 duplicates not counted" in r.output
     assert report["latency_ms"]["batches"] == 4 + 4 * 2 and report["latency_ms"]["p50"] > 0
     for p in report["plots"]:
         assert open(p, "rb").read(4) == b"\x89PNG"
@@ -72,6 +80,29 @@ def test_eval_runs_eight_worlds_and_its_dataset_loads(cluster, tmp_path, monkeyp
     assert ds.total_episodes == 7 and ds.total_steps == 28
     ep = next(ds.iterate_episodes())
     assert ep.observations.shape == (5, 64, 64, 3) and ep.actions["keys"].shape == (4, 6)
+    # no prompt set: one different caption per world, so every world is distinct
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--worlds",
+            "3",
+            "--steps",
+            "2",
+            "--k",
+            "1",
+            "--dataset",
+            "",
+            "--out",
+            str(tmp_path / "e2"),
+            "--target",
+            cluster["target"],
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "e2" / "report.json").read_text())
+    assert again["distinct_worlds"] == 3 and not again["duplicate_worlds"]
+    assert len({w["prompt"] for w in again["world_records"]}) == 3
     # the worlds and their check forks were deleted
     from worldserve.client import WorldClient
 

@@ -7,7 +7,18 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from worldserve.gym.harness import WorldRecord, load_policy, plot, psnr, write_minari
+from worldserve.common.caption import parse_caption
+from worldserve.gym.harness import (
+    WorldRecord,
+    default_prompts,
+    game_checks,
+    is_platformer,
+    load_policy,
+    mark_duplicates,
+    plot,
+    psnr,
+    write_minari,
+)
 
 
 def fake_world(discrete=False):
@@ -85,3 +96,37 @@ def test_plots_are_written(tmp_path):
     paths = plot(recs, [0.05, 0.06, 0.07], tmp_path)
     for p in paths:
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_prompts_are_distinct_captions():
+    ps = default_prompts(12, seed=3)
+    assert len(set(ps)) == 12 and ps[0] == "a red door on the left, a blue box on the right, grass, day"
+    for p in ps:
+        parse_caption(p)  # every one is a caption the platformer's models understand
+    assert default_prompts(12, seed=3) == ps and default_prompts(2) == ps[:2]
+
+
+def test_a_world_that_repeats_an_earlier_one_is_a_duplicate():
+    world = fake_world()
+    recs = [record(i, 2, world) for i in range(4)]
+    recs[2].observations[0] = recs[0].observations[0].copy()
+    for r in recs:
+        r.keys = [["right"], ["right"]]
+    recs[3].observations[0] = recs[1].observations[0].copy()
+    recs[3].keys = [["left"], ["right"]]  # the same first frame, other actions: another sample
+    assert mark_duplicates(recs) == 3
+    assert [r.duplicate_of for r in recs] == [None, None, 0, None]
+
+
+def test_the_game_s_own_figures():
+    keys = ("left", "right", "up", "down", "jump", "fire")
+    assert is_platformer(keys, (64, 64, 3)) and not is_platformer(keys, (32, 32, 3))
+    assert not is_platformer(("w", "a", "s", "d"), (64, 64, 3))
+    g = game_checks("a red door on the left, grass, day", 5, [["right"]] * 6, k=4)
+    assert g is not None
+    # back where it was (only the player faces the other way): far closer to the start than the
+    # view after walking away; the two branches differ
+    assert g["turn_around_psnr_db"] > g["moved_psnr_db"] + 10.0
+    assert g["moved_psnr_db"] < 25.0 and g["control_psnr_db"] < 25.0
+    assert game_checks("a red door on the left, grass, day", 5, [["right"]] * 6, k=4) == g  # deterministic
+    assert game_checks("a snowy night with a pink door", 5, [], k=4) is None  # not a caption: no ground truth

@@ -14,6 +14,14 @@ played):
   controllable);
 - **latency**: the wall time of every StepBatch (each of its steps waited that long).
 
+Worlds are distinct or said not to be: the default prompt set holds as many different captions as
+there are worlds, and a world whose first frame and actions repeat an earlier one's is reported as
+a duplicate and left out of the aggregates (``distinct_worlds``). Where a ground truth exists -- the
+model is one of the platformer's (its keys and frame size) and the prompt is a caption -- the same
+actions and checks run on the procedural game itself (``worldserve.worlds.platformer.Game`` with
+the world's caption and seed), and the report gives the game's figures beside the model's, so a
+reader knows what "good" is.
+
 It writes ``report.json`` (per world and aggregated), ``latency.png`` and ``consistency.png``, and
 the trajectories as a Minari dataset (Farama's offline-RL format; ``minari.load_dataset`` reads
 it back). A policy is ``random``, ``scripted`` or a user's ``module:function`` called as
@@ -23,6 +31,7 @@ the report, left out of the dataset) and the others go on.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -37,6 +46,7 @@ import grpc
 import numpy as np
 
 from worldserve.client import WorldClient, new_request_id
+from worldserve.common.caption import caption_of, parse_caption
 from worldserve.gym.env import RAW, _frame, _World, grpc_error
 from worldserve.v1 import common_pb2, dynamics_pb2
 
@@ -47,6 +57,15 @@ DEFAULT_PROMPTS = (
     "a cyan box on the left, snow, night",
     "a yellow box on the right, sand, day",
     "a purple box on the left, a red door on the right, rain",
+)
+CHECKS = ("turn_around_psnr_db", "moved_psnr_db", "control_psnr_db")
+"""The consistency figures, each for the model and (where it exists) the game."""
+FIGURES_HELP = (
+    "turn around: PSNR of the view after k steps right and k left against the start (higher: the "
+    "world remembers); after walking away: PSNR of the view after the k steps right against the start "
+    "(lower: the view moved, so a still world cannot pass for one that remembers); controllability: "
+    "PSNR between the ends of k steps left and k steps right from the same step (lower: the world obeys "
+    "its controls). The game's figures are the same checks on the procedural platformer itself."
 )
 SCRIPT = ("right", "right", "right", "jump", "right", "right", "left", "left", "up", "right")
 """The scripted policy's key cycle (one key a step)."""
@@ -92,13 +111,16 @@ class WorldRecord:
     turn_around_psnr_db: float | None = None
     moved_psnr_db: float | None = None
     control_psnr_db: float | None = None
+    duplicate_of: int | None = None  # an earlier world with the same first frame and actions
+    game: dict[str, float] | None = None  # the same checks on the procedural game (ground truth)
+    keys: list[list[str]] = field(default_factory=list, repr=False)
     observations: list[np.ndarray] = field(default_factory=list, repr=False)
     actions: list[Any] = field(default_factory=list, repr=False)
     rewards: list[float] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
         d = asdict(self)
-        for k in ("observations", "actions", "rewards"):
+        for k in ("observations", "actions", "rewards", "keys"):
             d.pop(k)
         d["return"] = d.pop("ret")
         return d
@@ -158,14 +180,15 @@ class Harness:
                     rec.error = f"policy raised at step {t}: {type(e).__name__}: {e}"[:400]
                     continue
                 items.append((rec.session_id, keys, mouse))
-                who.append((rec, a))
+                who.append((rec, a, keys))
             if items:
-                for (rec, a), got in zip(who, self._batch(items)):
+                for (rec, a, keys), got in zip(who, self._batch(items)):
                     if isinstance(got, BaseException):
                         rec.error = f"step {t}: {got.details()}"[:400]
                         continue
                     rec.observations.append(got)
                     rec.actions.append(a)
+                    rec.keys.append(list(keys))
                     rec.rewards.append(0.0)
                     rec.steps += 1
             self._progress("play", 1)
@@ -217,6 +240,72 @@ class Harness:
                         pass
 
 
+def default_prompts(n: int, seed: int = 0) -> tuple[str, ...]:
+    """``n`` different captions the platformer's models understand: the four classic ones, then
+    captions drawn from the grammar (seeded)."""
+    from worldserve.worlds.platformer import random_spec
+
+    out = list(dict.fromkeys(DEFAULT_PROMPTS))[:n]
+    rng = np.random.default_rng([seed, 2024])
+    while len(out) < n:
+        c = caption_of(random_spec(rng))
+        if c not in out:
+            out.append(c)
+    return tuple(out)
+
+
+def mark_duplicates(records: list[WorldRecord]) -> int:
+    """Mark each world whose first frame and actions repeat an earlier world's (what a policy sees
+    is the same: not an independent sample); returns the number of distinct worlds."""
+    seen: dict[str, int] = {}
+    for rec in records:
+        if rec.error or not rec.observations:
+            continue
+        h = hashlib.sha256(np.ascontiguousarray(rec.observations[0]).tobytes())
+        h.update(json.dumps(rec.keys).encode())
+        key = h.hexdigest()
+        if key in seen:
+            rec.duplicate_of = seen[key]
+        else:
+            seen[key] = rec.index
+    return len(seen)
+
+
+def is_platformer(keys: Sequence[str], shape: tuple[int, ...]) -> bool:
+    """Whether a model plays the procedural platformer (its keys and frame size): then the game is
+    the ground truth its figures are compared with."""
+    from worldserve.worlds import platformer
+
+    return tuple(keys) == platformer.KEYS and tuple(shape) == (platformer.VIEW, platformer.VIEW, 3)
+
+
+def game_checks(prompt: str, seed: int, keys: Sequence[Sequence[str]], k: int) -> dict[str, float] | None:
+    """The harness's checks on the game itself: the world of ``prompt`` (a caption) and ``seed``,
+    after the same keys; None when the prompt is not a caption."""
+    import copy
+
+    from worldserve.worlds.platformer import Game
+
+    try:
+        spec = parse_caption(prompt)
+    except ValueError:
+        return None
+    game = Game(spec, seed)
+    start = game.reset()
+    for held in keys:
+        start = game.step(list(held))
+    turn, left, right = (copy.deepcopy(game) for _ in range(3))
+    walk = [turn.step(["right"]) for _ in range(k)]
+    back = [turn.step(["left"]) for _ in range(k)]
+    end_left = [left.step(["left"]) for _ in range(k)][-1]
+    end_right = [right.step(["right"]) for _ in range(k)][-1]
+    return {
+        "turn_around_psnr_db": psnr(back[-1], start),
+        "moved_psnr_db": psnr(walk[-1], start),
+        "control_psnr_db": psnr(end_left, end_right),
+    }
+
+
 def _stats(xs: Sequence[float | None]) -> dict[str, float | None]:
     v = [x for x in xs if x is not None]
     return {
@@ -238,7 +327,7 @@ def run(
     worlds: int = 8,
     steps: int = 32,
     k: int = 8,
-    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    prompts: Sequence[str] | None = None,
     model: str = "",
     seed: int = 0,
     out: str | os.PathLike = "out/eval",
@@ -247,9 +336,12 @@ def run(
     keep_sessions: bool = False,
     progress: Callable[[str, int], Any] | None = None,
 ) -> dict:
-    """Everything ``worldserve eval`` does; returns the report (also written to ``out``)."""
+    """Everything ``worldserve eval`` does; returns the report (also written to ``out``).
+    ``prompts``: None for :func:`default_prompts` (one caption per world)."""
     if worlds < 1 or steps < 1 or k < 1:
         raise ValueError("worlds, steps and k must be at least 1")
+    if prompts is None:
+        prompts = default_prompts(worlds, seed)
     if not prompts:
         raise ValueError("the prompt set is empty")
     out = Path(out)
@@ -275,6 +367,12 @@ def run(
             h.world.close()
     wall = time.perf_counter() - t0
     lat = h.latencies_s
+    distinct = mark_duplicates(records)
+    counted = [r for r in records if not r.error and r.duplicate_of is None]
+    game_ok = is_platformer(h.world.keys, h.world.shape)
+    if game_ok:
+        for r in counted:
+            r.game = game_checks(r.prompt, r.seed, r.keys, k)
     report = {
         "policy": policy,
         "model": h.world.model_name,
@@ -284,9 +382,11 @@ def run(
         "seed": seed,
         "wall_s": wall,
         "failed_worlds": sum(bool(r.error) for r in records),
-        "turn_around_psnr_db": _stats([r.turn_around_psnr_db for r in records]),
-        "moved_psnr_db": _stats([r.moved_psnr_db for r in records]),
-        "control_psnr_db": _stats([r.control_psnr_db for r in records]),
+        "distinct_worlds": distinct,
+        "duplicate_worlds": [r.index for r in records if r.duplicate_of is not None],
+        **{c: _stats([getattr(r, c) for r in counted]) for c in CHECKS},
+        "game": ({c: _stats([r.game[c] if r.game else None for r in counted]) for c in CHECKS} if game_ok else None),
+        "figures": FIGURES_HELP,
         "latency_ms": {
             "p50": _ms(_pct(lat, 50)),
             "p95": _ms(_pct(lat, 95)),
