@@ -124,3 +124,18 @@ def test_ray_is_run_by_this_interpreter_not_the_first_ray_on_path(tmp_path, monk
 
     assert r.returncode == 0 and ray.__version__ in r.stdout, (r.stdout, r.stderr)
     assert not marker.exists()
+
+
+def test_an_exit_a_command_chose_is_not_an_error():
+    import typer
+
+    from worldserve.cli_errors import friendly
+
+    @friendly()
+    def done(code: int) -> None:
+        raise typer.Exit(code)
+
+    for code in (0, 3):
+        with pytest.raises(typer.Exit) as e:
+            done(code)
+        assert e.value.exit_code == code

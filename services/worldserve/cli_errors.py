@@ -98,7 +98,14 @@ def friendly(target_of: Callable[[dict[str, Any]], str] | None = None) -> Callab
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+            except (
+                typer.Exit,
+                typer.Abort,
+                click.exceptions.Exit,
+                click.exceptions.Abort,
+                click.ClickException,
+                KeyboardInterrupt,
+            ):
                 raise
             except Exception as e:
                 if debug():

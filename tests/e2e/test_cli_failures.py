@@ -18,6 +18,8 @@ def test_bad_key_unknown_model_and_unknown_prompt_are_one_line(cluster, tmp_path
         "use the key `worldserve up` printed (in $WORLDSERVE_HOME/dev_key) or set WORLDSERVE_API_KEY"
     ), msg
     key = {"WORLDSERVE_API_KEY": cluster["key_a"]}
+    ok = cli("status", "--target", target, home=tmp_path, env=key)
+    assert ok.returncode == 0 and "dynamics  SERVING" in ok.stderr, (ok.returncode, ok.stderr)
     msg = one_line(cli("play", "--target", target, "--model", "no-such-model", "--out", gif, home=tmp_path, env=key))
     assert msg.startswith("INVALID_ARGUMENT: ") and "no-such-model" in msg, msg
     msg = one_line(cli("play", "--target", target, "--prompt", "hello", "--out", gif, home=tmp_path, env=key))
