@@ -10,7 +10,11 @@ a flags byte, then the payload. The encoding is the most compact one that gives 
 - ``f16`` (float32 only): every value exactly a float16;
 - ``raw``: the values as they are.
 
-With flag 1 the payload is zstd-compressed (done when it makes it smaller). Version 1 (``WST1``:
+With flag 1 the payload is zstd-compressed (done when it makes it smaller). With flag 2 (``u8/255``
+only) the first codes are XORed with a reference the caller holds anyway (the step's served
+frame, channels first: a latent that *is* its frame, as the canvas model's, then costs little
+beside it); the reader passes the same reference back (:func:`needs_ref` tells). The reference is
+used only when it makes the payload smaller. Version 1 (``WST1``:
 magic, dtype code, ndim, shape, raw bytes; written before) is still read. :func:`pack_bytes` /
 :func:`unpack_bytes` do the same for opaque bytes (a model's resume data): ``WSZ1`` + zstd, and
 bytes without that magic are returned as they are (written before, or not worth compressing).
@@ -38,6 +42,7 @@ _MAGIC2 = b"WST2"  # version 2: an exact compact encoding, maybe zstd-compressed
 _BLOB = b"WSZ1"  # opaque bytes, zstd-compressed
 ENC_RAW, ENC_F16, ENC_U8_255 = 0, 1, 2
 _ZSTD = 1  # flags: the payload is zstd-compressed
+_REF = 2  # flags: the u8 codes are XORed with a reference (uint8, its length in the payload)
 ZSTD_LEVEL = 3
 MAX_UNPACKED_BYTES = 1 << 30
 """Most bytes a packed array or blob may decompress to (a corrupt or hostile header is refused)."""
@@ -51,10 +56,19 @@ JPEG = 2  # FRAME_FORMAT_JPEG
 RAW = 3  # FRAME_FORMAT_RAW_RGB8
 
 
-def pack_array(a: np.ndarray, *, compact: bool = True) -> bytes:
+def frame_ref(rgb: np.ndarray | None) -> np.ndarray | None:
+    """An (H, W, 3) uint8 frame as a reference for :func:`pack_array`: its bytes channels first."""
+    if rgb is None:
+        return None
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)).reshape(-1)
+
+
+def pack_array(a: np.ndarray, *, compact: bool = True, ref: np.ndarray | None = None) -> bytes:
     """Header + values, lossless: version 2 (the most compact exact encoding, zstd where it
-    helps); ``compact=False``: version 1 (raw bytes, what older code wrote)."""
-    a = np.ascontiguousarray(a)
+    helps); ``compact=False``: version 1 (raw bytes, what older code wrote). ``ref``: uint8 bytes
+    the reader will hold too (:func:`frame_ref` of the step's frame), used when that is smaller."""
+    a = np.asarray(a)
+    a = a if a.flags.c_contiguous else a.copy(order="C")  # (not ascontiguousarray: it makes a 0-d array 1-d)
     dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
     code = _CODES.get(np.dtype(dt))
     if code is None:
@@ -64,12 +78,32 @@ def pack_array(a: np.ndarray, *, compact: bool = True) -> bytes:
     if not compact:
         return _MAGIC + shape + a.tobytes()
     enc, payload = _encode_values(a)
-    flags = 0
+    best, flags = payload, 0
     if len(payload) >= 64:
         z = _zstd_c().compress(payload)
-        if len(z) < len(payload):
-            payload, flags = z, _ZSTD
-    return _MAGIC2 + shape + struct.pack("<BB", enc, flags) + payload
+        if len(z) < len(best):
+            best, flags = z, _ZSTD
+    if enc == ENC_U8_255 and ref is not None:
+        r = np.asarray(ref, dtype=np.uint8).reshape(-1)
+        (k,) = struct.unpack_from("<I", payload, 0)
+        start = 4 + 8 * k  # the codes
+        if r.size <= len(payload) - start:
+            codes = np.frombuffer(payload, dtype=np.uint8, offset=start).copy()
+            codes[: r.size] ^= r
+            xored = struct.pack("<I", r.size) + payload[:start] + codes.tobytes()
+            z = _zstd_c().compress(xored)
+            if len(z) < len(best):
+                best, flags = z, _ZSTD | _REF
+    return _MAGIC2 + shape + struct.pack("<BB", enc, flags) + best
+
+
+def needs_ref(buf: bytes) -> bool:
+    """Whether a packed array was packed against a reference (its reader must pass it)."""
+    if buf[:4] != _MAGIC2 or len(buf) < 6:
+        return False
+    ndim = buf[5]
+    off = 6 + 4 * ndim
+    return len(buf) > off + 1 and bool(buf[off + 1] & _REF)
 
 
 def _same_bits(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -113,8 +147,9 @@ def _unzstd(data: bytes | memoryview, what: str) -> bytes:
         raise ValueError(f"{what}: its zstd payload does not decompress ({e})") from None
 
 
-def unpack_array(buf: bytes) -> np.ndarray:
-    """The array of :func:`pack_array` (version 1 or 2); ValueError for anything malformed."""
+def unpack_array(buf: bytes, ref: np.ndarray | None = None) -> np.ndarray:
+    """The array of :func:`pack_array` (version 1 or 2); ``ref``: the reference it was packed
+    against, if any (:func:`needs_ref`); ValueError for anything malformed."""
     magic = buf[:4]
     if magic not in (_MAGIC, _MAGIC2):
         raise ValueError("not a packed array (bad magic)")
@@ -133,6 +168,14 @@ def unpack_array(buf: bytes) -> np.ndarray:
     payload: bytes | memoryview = memoryview(buf)[off + 2 :]
     if flags & _ZSTD:
         payload = _unzstd(payload, "packed array")
+    ref_n = 0
+    if flags & _REF:
+        if ref is None:
+            raise ValueError("packed array: packed against a reference (the step's frame), none given")
+        (ref_n,) = struct.unpack_from("<I", payload, 0)
+        payload = memoryview(payload)[4:]
+        if np.asarray(ref).size != ref_n:
+            raise ValueError(f"packed array: packed against a reference of {ref_n} bytes, got {np.asarray(ref).size}")
     if enc == ENC_RAW:
         if len(payload) != n * dt.itemsize:
             raise ValueError(f"packed array size mismatch: header says {shape} {dt}, got {len(payload)} bytes")
@@ -150,6 +193,11 @@ def unpack_array(buf: bytes) -> np.ndarray:
         idx = np.frombuffer(payload, dtype="<u4", count=k, offset=4)
         vals = np.frombuffer(payload, dtype="<f4", count=k, offset=4 + 4 * k)
         codes = np.frombuffer(payload, dtype=np.uint8, count=n, offset=4 + 8 * k)
+        if ref_n:
+            if ref_n > n:
+                raise ValueError(f"packed array: a reference of {ref_n} bytes for {n} codes")
+            codes = codes.copy()
+            codes[:ref_n] ^= np.asarray(ref, dtype=np.uint8).reshape(-1)
         out = codes.astype(np.float32) / _F255
         if k:
             if int(idx.max()) >= n:

@@ -9,10 +9,11 @@ one Redis Cluster slot so its Lua scripts stay legal there):
   ``understood_caption``, ``understood_source``: how the prompt was understood, absent in older
   records; ``archived``: the last step in the archive,
   ``trimmed``: the last step Redis dropped).
-- ``ws:<t>:{<sid>}:log`` hash: ``a:<n>`` action (JSON) and ``z:<n>`` latent frame (packed array:
-  dtype/shape header + raw bytes, never pickle) of the steps after ``trimmed``, ``f:<n>`` encoded
-  frame (PNG) of the steps after ``archived``; ``k:<n>`` the model's resume data of step n (what an
-  exact prefill needs beyond the latents, e.g. a KV page; safetensors) for the last context window; ``r:<request id>`` -> n and ``q:<n>`` -> request id
+- ``ws:<t>:{<sid>}:log`` hash: ``a:<n>`` action (JSON), ``z:<n>`` latent (packed array,
+  :func:`worldserve.common.codec.pack_array`: a header + the most compact exact encoding, maybe
+  zstd, maybe packed against the step's frame; never pickle) and ``f:<n>`` encoded frame (PNG) of
+  the steps after ``trimmed`` (older code dropped a frame once archived: its latents do not need it); ``k:<n>`` the model's resume data of step n (what an
+  exact prefill needs beyond the latents, e.g. a KV page; safetensors, zstd-compressed where that is smaller) for the last context window; ``r:<request id>`` -> n and ``q:<n>`` -> request id
   for exactly-once retries; ``t`` the session's text embedding (safetensors, optional: read with
   the window at every prefill, copied on fork, never trimmed). The model's context is the rolling
   window of its last latents.
@@ -559,7 +560,7 @@ class SessionStore(StepLog):
         id reserved by ``reserve`` (default: a new one).
 
         With an archive the fork is copy-on-write: the child copies the parent's context window
-        (``hot_window`` steps: actions, latents, resume data; the frames of those not archived)
+        (``hot_window`` steps: actions, latents, frames, resume data)
         and points at the parent's archive for everything before it, by reference. Parent steps
         before the window that are not archived yet are archived first (one chunk, as the
         archiver would: the parent's Redis is trimmed after it), so the cost is the window, not
@@ -580,12 +581,7 @@ class SessionStore(StepLog):
             first = max(0, parent.trimmed + 1)
             if self.archive is not None:  # the window; the archive has every step before it
                 first = max(first, at - self.hot_window + 1)
-            names = [
-                f"{k}:{n}"
-                for n in range(first, at + 1)
-                for k in ("a", "z", "k", "f")
-                if k != "f" or self.archive is None or n > parent.archived
-            ]
+            names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "k", "f")]
             names += ["t"] if parent.text_tokens else []
             vals = raw_values(await self.r.hmget(self._log(tenant, sid), names)) if names else []
             entries: dict[FieldT, EncodableT] = {k: v for k, v in zip(names, vals) if v is not None}
