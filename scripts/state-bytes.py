@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from state_bytes import main  # noqa: E402
+from state_bytes import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

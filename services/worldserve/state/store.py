@@ -631,9 +631,7 @@ class SessionStore(StepLog):
         self._timed("fork", t0)
         return await self.get(tenant, child_id, touch=False)
 
-    async def _flush_before(
-        self, tenant: str, sid: str, rec: SessionRecord, need: int, *, upto: int
-    ) -> SessionRecord:
+    async def _flush_before(self, tenant: str, sid: str, rec: SessionRecord, need: int, *, upto: int) -> SessionRecord:
         """The session's record once its archive holds every step up to ``need``: when it does
         not yet, its steps after ``archived`` up to ``upto`` (>= ``need``) are archived now as one
         chunk, as the archiver would (then ``archived`` moves on by compare-and-set and Redis is
