@@ -27,25 +27,24 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image
 
 from worldserve.common.errors import InvalidArgument
+from worldserve.common.packing import pack_bytes as pack_bytes  # re-exported
+from worldserve.common.packing import unpack_bytes as unpack_bytes
+from worldserve.common.packing import zstd_compress, zstd_decompress
 
 if TYPE_CHECKING:  # protobuf is imported only where a message is built: the engine runs without it
     from worldserve.v1 import common_pb2
 
 _MAGIC = b"WST1"  # version 1: raw values (still read)
 _MAGIC2 = b"WST2"  # version 2: an exact compact encoding, maybe zstd-compressed
-_BLOB = b"WSZ1"  # opaque bytes, zstd-compressed
 ENC_RAW, ENC_F16, ENC_U8_255 = 0, 1, 2
 _ZSTD = 1  # flags: the payload is zstd-compressed
 _REF = 2  # flags: the u8 codes are XORed with a reference (uint8, its length in the payload)
-ZSTD_LEVEL = 3
-MAX_UNPACKED_BYTES = 1 << 30
-"""Most bytes a packed array or blob may decompress to (a corrupt or hostile header is refused)."""
 _F255 = np.float32(255.0)
 _DTYPES: dict[int, np.dtype] = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("uint8"), 3: np.dtype("<i8")}
 _CODES = {v: k for k, v in _DTYPES.items()}
@@ -80,7 +79,7 @@ def pack_array(a: np.ndarray, *, compact: bool = True, ref: np.ndarray | None = 
     enc, payload = _encode_values(a)
     best, flags = payload, 0
     if len(payload) >= 64:
-        z = _zstd_c().compress(payload)
+        z = zstd_compress(payload)
         if len(z) < len(best):
             best, flags = z, _ZSTD
     if enc == ENC_U8_255 and ref is not None:
@@ -91,7 +90,7 @@ def pack_array(a: np.ndarray, *, compact: bool = True, ref: np.ndarray | None = 
             codes = np.frombuffer(payload, dtype=np.uint8, offset=start).copy()
             codes[: r.size] ^= r
             xored = struct.pack("<I", r.size) + payload[:start] + codes.tobytes()
-            z = _zstd_c().compress(xored)
+            z = zstd_compress(xored)
             if len(z) < len(best):
                 best, flags = z, _ZSTD | _REF
     return _MAGIC2 + shape + struct.pack("<BB", enc, flags) + best
@@ -132,21 +131,6 @@ def _encode_values(a: np.ndarray) -> tuple[int, bytes]:
     return ENC_RAW, a.tobytes()
 
 
-def _zstd_c() -> Any:
-    import zstandard
-
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-
-
-def _unzstd(data: bytes | memoryview, what: str) -> bytes:
-    import zstandard
-
-    try:
-        return bytes(zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_UNPACKED_BYTES))
-    except zstandard.ZstdError as e:
-        raise ValueError(f"{what}: its zstd payload does not decompress ({e})") from None
-
-
 def unpack_array(buf: bytes, ref: np.ndarray | None = None) -> np.ndarray:
     """The array of :func:`pack_array` (version 1 or 2); ``ref``: the reference it was packed
     against, if any (:func:`needs_ref`); ValueError for anything malformed."""
@@ -167,7 +151,7 @@ def unpack_array(buf: bytes, ref: np.ndarray | None = None) -> np.ndarray:
     enc, flags = struct.unpack_from("<BB", buf, off)
     payload: bytes | memoryview = memoryview(buf)[off + 2 :]
     if flags & _ZSTD:
-        payload = _unzstd(payload, "packed array")
+        payload = zstd_decompress(payload, "packed array")
     ref_n = 0
     if flags & _REF:
         if ref is None:
@@ -205,22 +189,6 @@ def unpack_array(buf: bytes, ref: np.ndarray | None = None) -> np.ndarray:
             out[idx] = vals
         return out.reshape(shape)
     raise ValueError(f"packed array: unknown encoding {enc}")
-
-
-def pack_bytes(data: bytes) -> bytes:
-    """Opaque bytes (a model's resume data), zstd-compressed behind a magic where that makes them
-    smaller; else as they are (:func:`unpack_bytes` takes both)."""
-    if len(data) < 64 and not data.startswith(_BLOB):
-        return data
-    z = _BLOB + _zstd_c().compress(data)
-    return z if len(z) < len(data) or data.startswith(_BLOB) else data
-
-
-def unpack_bytes(data: bytes) -> bytes:
-    """The bytes of :func:`pack_bytes`; bytes without its magic as they are (older writers)."""
-    if data[:4] != _BLOB:
-        return data
-    return _unzstd(memoryview(data)[4:], "packed bytes")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def pack_resume(tensors: Mapping[str, torch.Tensor]) -> bytes:
     (:func:`worldserve.common.codec.pack_bytes`: lossless). Tensors are copied to the CPU."""
     from safetensors.torch import save
 
-    from worldserve.common.codec import pack_bytes
+    from worldserve.common.packing import pack_bytes
 
     return pack_bytes(save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 
@@ -65,7 +65,7 @@ def unpack_resume(data: bytes) -> dict[str, torch.Tensor]:
     """The tensors of :func:`pack_resume` (CPU); also the plain safetensors older code wrote."""
     from safetensors.torch import load
 
-    from worldserve.common.codec import unpack_bytes
+    from worldserve.common.packing import unpack_bytes
 
     return load(unpack_bytes(data))
 
