@@ -11,8 +11,10 @@ Layout under ``<prefix>sessions/<tenant>/<session>/``:
 
 - ``chunks/<first step>-<last step>.wsc``: one chunk of consecutive steps. A JSON header line
   (``{"v": 1, "first": a, "last": b, "entries": [{"step", "action", "frame": [offset, length],
-  "latent": [offset, length] | null}]}``) then the frames' and latents' bytes. A chunk's name is
-  fixed by its steps, so writing it again after a crash writes the same object.
+  "latent": [offset, length] | null}]}``) then the frames' and latents' bytes (a latent as Redis
+  held it: :func:`worldserve.common.codec.pack_array`, maybe packed against the frame beside it).
+  A chunk's name is fixed by its steps, so writing it again after a crash writes the same object;
+  a manifest entry may name only the last steps of its object (a fork archived the first ones).
 - ``manifest.json``: ``{"v": 1, "chunks": [{"first", "last", "key", "sha256", "bytes"}]}``, in step
   order. A chunk whose bytes do not match their sha256, or that is missing, is a DATA_LOSS error
   naming its steps: never a silent gap. On S3 the manifest is replaced by a conditional PUT
