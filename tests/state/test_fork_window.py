@@ -145,3 +145,16 @@ async def test_an_archiver_racing_the_fork_loses_and_duplicates_nothing(wstore):
     assert (await wstore.get("t", sid)).archived == 26
     assert await exported(wstore, sid) == expected(28)
     assert await exported(wstore, child.session_id) == expected(18)
+
+
+async def test_a_long_tail_is_archived_in_parts_before_the_fork(wstore):
+    from worldserve.state.store import FLUSH_CHUNK_STEPS
+
+    rec = await new(wstore)
+    n = FLUSH_CHUNK_STEPS + 40  # the archive was away: nothing archived
+    await play(wstore, rec.session_id, n)
+    child = await wstore.fork("t", rec.session_id)
+    chunks = await wstore.archive.manifest("t", rec.session_id)
+    assert [(c.first, c.last) for c in chunks] == [(0, FLUSH_CHUNK_STEPS - 1), (FLUSH_CHUNK_STEPS, n)]
+    assert await exported(wstore, child.session_id) == expected(n)
+    assert await wstore.r.hlen(wstore._log("t", child.session_id)) == 4 * WINDOW

@@ -136,6 +136,9 @@ def _redacted(url: str) -> str:
     return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
 
 
+FLUSH_CHUNK_STEPS = 256
+"""Most steps in one chunk a fork archives of its parent before copying the window."""
+
 INDEX_GRACE_S = 60.0
 """An index entry without a record is dropped only when older than this: a younger one is a
 create in progress (reserved, record not yet written)."""
@@ -633,35 +636,41 @@ class SessionStore(StepLog):
 
     async def _flush_before(self, tenant: str, sid: str, rec: SessionRecord, need: int, *, upto: int) -> SessionRecord:
         """The session's record once its archive holds every step up to ``need``: when it does
-        not yet, its steps after ``archived`` up to ``upto`` (>= ``need``) are archived now as one
-        chunk, as the archiver would (then ``archived`` moves on by compare-and-set and Redis is
+        not yet, its steps after ``archived`` up to ``upto`` (>= ``need``) are archived now in chunks of
+        at most ``FLUSH_CHUNK_STEPS``, as the archiver would (then ``archived`` moves on by compare-and-set and Redis is
         trimmed). An archiver at work on the same session meanwhile is waited out: the first to
         list a step in the manifest wins, the other's chunk is listed for its new steps only."""
         assert self.archive is not None
-        for attempt in range(20):
+        attempt = 0
+        while attempt < 20:
             if rec.archived >= need:
                 return rec
             first = rec.archived + 1
-            entries = await self.log_entries(tenant, sid, first, upto)
+            last = min(upto, first + FLUSH_CHUNK_STEPS - 1)  # a long tail (an archive that was away): in parts
+            entries = await self.log_entries(tenant, sid, first, last)
             missing = [first + i for i, e in enumerate(entries) if e is None]
             if missing:
                 fresh = await self.get(tenant, sid, touch=False)  # NotFound when deleted meanwhile
                 if fresh.archived != rec.archived:  # archived and trimmed meanwhile: look again
+                    attempt += 1
                     rec = fresh
                     continue
                 raise DataLoss(f"session {sid!r}: steps {missing[0]}-{missing[-1]} are missing from Redis")
             try:
                 await self.archive.write_chunk(tenant, sid, [e for e in entries if e is not None])
             except (DataLoss, Conflict):  # another writer listed steps meanwhile: its trim follows
+                attempt += 1
                 fresh = await self.get(tenant, sid, touch=False)
                 if fresh.archived == rec.archived:
                     await asyncio.sleep(0.01 * (attempt + 1))
                 rec = fresh
                 continue
             got = await self.trim(
-                tenant, sid, expected=rec.archived, archived=upto, window=self.hot_window, rid_keep=self.rid_keep
+                tenant, sid, expected=rec.archived, archived=last, window=self.hot_window, rid_keep=self.rid_keep
             )
             if got == -1:
                 raise NotFound(f"session {sid!r} not found")
+            if got == -2:  # another archiver moved it first
+                attempt += 1
             rec = await self.get(tenant, sid, touch=False)
         raise Conflict(f"session {sid!r} was being archived; the fork was not made, retry")
