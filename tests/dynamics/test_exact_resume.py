@@ -68,11 +68,11 @@ def test_the_transformer_resumes_exactly(shipped):
     report = check_exact_resume(model, first_frame(3), away_and_back(model.info.action_space, 64), seed=11)
     assert report.differing == [], report
     assert report.frames_changed == 64
-    # bounded: one KV page per frame of the window
+    # bounded: one KV page per frame of the window (zstd takes a little off: float32 keys and
+    # values are close to noise to a compressor)
     page = model.page_nbytes
-    assert (
-        (model.info.context_frames - 1) * page <= report.resume_bytes <= (model.info.context_frames - 1) * (page + 1024)
-    )
+    frames = model.info.context_frames - 1
+    assert frames * page // 2 <= report.resume_bytes <= frames * (page + 1024)
 
 
 class Forgetful:

@@ -52,17 +52,22 @@ import torch
 
 def pack_resume(tensors: Mapping[str, torch.Tensor]) -> bytes:
     """A model's ``resume_data`` as bytes for Redis: safetensors (a JSON header of names, dtypes
-    and shapes, then raw bytes; never pickle). Tensors are copied to the CPU."""
+    and shapes, then raw bytes; never pickle), zstd-compressed where that makes it smaller
+    (:func:`worldserve.common.codec.pack_bytes`: lossless). Tensors are copied to the CPU."""
     from safetensors.torch import save
 
-    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    from worldserve.common.packing import pack_bytes
+
+    return pack_bytes(save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 
 
 def unpack_resume(data: bytes) -> dict[str, torch.Tensor]:
-    """The tensors of :func:`pack_resume` (CPU)."""
+    """The tensors of :func:`pack_resume` (CPU); also the plain safetensors older code wrote."""
     from safetensors.torch import load
 
-    return load(data)
+    from worldserve.common.packing import unpack_bytes
+
+    return load(unpack_bytes(data))
 
 
 class StateMemoryFull(RuntimeError):

@@ -11,8 +11,10 @@ Layout under ``<prefix>sessions/<tenant>/<session>/``:
 
 - ``chunks/<first step>-<last step>.wsc``: one chunk of consecutive steps. A JSON header line
   (``{"v": 1, "first": a, "last": b, "entries": [{"step", "action", "frame": [offset, length],
-  "latent": [offset, length] | null}]}``) then the frames' and latents' bytes. A chunk's name is
-  fixed by its steps, so writing it again after a crash writes the same object.
+  "latent": [offset, length] | null}]}``) then the frames' and latents' bytes (a latent as Redis
+  held it: :func:`worldserve.common.codec.pack_array`, maybe packed against the frame beside it).
+  A chunk's name is fixed by its steps, so writing it again after a crash writes the same object;
+  a manifest entry may name only the last steps of its object (a fork archived the first ones).
 - ``manifest.json``: ``{"v": 1, "chunks": [{"first", "last", "key", "sha256", "bytes"}]}``, in step
   order. A chunk whose bytes do not match their sha256, or that is missing, is a DATA_LOSS error
   naming its steps: never a silent gap. On S3 the manifest is replaced by a conditional PUT
@@ -223,16 +225,20 @@ class Archive:
             chunks, etag = await self._manifest(tenant, sid)
             if any(c.first == first and c.last == last for c in chunks):
                 return ref
-            if chunks and first != chunks[-1].last + 1:
-                raise DataLoss(
-                    f"session {sid!r}: chunk {first}-{last} does not follow the archive's last step {chunks[-1].last}"
-                )
+            prev = chunks[-1].last if chunks else first - 1
+            if last <= prev:  # another writer (a fork's flush, an archiver) listed these steps first
+                return ref
+            if first > prev + 1:
+                raise DataLoss(f"session {sid!r}: chunk {first}-{last} does not follow the archive's last step {prev}")
+            # a chunk that overlaps the last one listed (a fork archived part of it first) is listed
+            # for its new steps only: a reader takes the steps its entry names from the object
+            listed = ChunkRef(prev + 1, last, key, ref.sha256, ref.bytes)
             mode: Any = "overwrite"  # a local folder: one writer at a time (the lease)
             if self.conditional:  # S3: only over the manifest just read (or none)
                 mode = "create" if etag is None else {"e_tag": etag}
             try:
-                await self._put_manifest(tenant, sid, [*chunks, ref], mode)
-                return ref
+                await self._put_manifest(tenant, sid, [*chunks, listed], mode)
+                return listed
             except (PreconditionError, AlreadyExistsError):
                 continue
         raise Conflict(f"session {sid!r}: the archive's manifest kept changing while chunk {first}-{last} was listed")

@@ -66,8 +66,8 @@ return redis.call('ZCARD', KEYS[1])
 
 # KEYS: record, log. ARGV: the archived step this trim expects, the newly archived step, hot window
 # (steps), request ids kept (steps). Moves ``archived`` on, then drops what Redis no longer needs:
-# the frames of the newly archived steps, the action, latent and resume data of archived steps older than the
-# hot window (a prefill's context), and the request ids of steps older than the kept ones. Returns the new archived step, -1 (no session) or -2 (another
+# the action, latent, frame and resume data of archived steps older than the hot window (a
+# prefill's context: a latent may be packed against its frame, so the frame stays with it), and the request ids of steps older than the kept ones. Returns the new archived step, -1 (no session) or -2 (another
 # archiver moved it first: nothing changed).
 TRIM = """
 local cur = redis.call('HGET', KEYS[1], 'step')
@@ -77,7 +77,6 @@ local archived = tonumber(redis.call('HGET', KEYS[1], 'archived') or '-1')
 if archived ~= tonumber(ARGV[1]) then return -2 end
 local new = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'archived', new)
-for n = archived + 1, new do redis.call('HDEL', KEYS[2], 'f:' .. n) end
 local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '-1')
 local upto = math.min(new, cur - tonumber(ARGV[3]))
 for n = trimmed + 1, upto do

@@ -159,8 +159,8 @@ class StepLog:
         return None if raw is None else json.loads(raw)
 
     async def window(self, tenant: str, sid: str, *, end_step: int, frames: int) -> builtins.list[LogEntry]:
-        """The last ``frames`` log entries up to ``end_step`` (latents, actions and the model's
-        resume data; no frames)."""
+        """The last ``frames`` log entries up to ``end_step`` (latents, actions, the model's resume
+        data and the frames, which a latent packed against its frame needs)."""
         return (await self.prefill_window(tenant, sid, end_step=end_step, frames=frames))[0]
 
     async def prefill_window(
@@ -172,7 +172,7 @@ class StepLog:
         steps = list(range(start, end_step + 1))
         names: list[str] = []
         for n in steps:
-            names += [f"a:{n}", f"z:{n}", f"k:{n}"]
+            names += [f"a:{n}", f"z:{n}", f"k:{n}", f"f:{n}"]
         if text:
             names.append("t")
         t0 = time.perf_counter()
@@ -180,8 +180,8 @@ class StepLog:
         self._timed("window", t0)
         out = []
         for i, n in enumerate(steps):
-            a, z, k = vals[3 * i : 3 * i + 3]
-            out.append(LogEntry(n, json.loads(a) if a else None, z, None, k))
+            a, z, k, f = vals[4 * i : 4 * i + 4]
+            out.append(LogEntry(n, json.loads(a) if a else None, z, f, k))
         return out, (vals[-1] if text else None)
 
     async def first_frame(self, tenant: str, sid: str) -> bytes:

@@ -9,10 +9,11 @@ one Redis Cluster slot so its Lua scripts stay legal there):
   ``understood_caption``, ``understood_source``: how the prompt was understood, absent in older
   records; ``archived``: the last step in the archive,
   ``trimmed``: the last step Redis dropped).
-- ``ws:<t>:{<sid>}:log`` hash: ``a:<n>`` action (JSON) and ``z:<n>`` latent frame (packed array:
-  dtype/shape header + raw bytes, never pickle) of the steps after ``trimmed``, ``f:<n>`` encoded
-  frame (PNG) of the steps after ``archived``; ``k:<n>`` the model's resume data of step n (what an
-  exact prefill needs beyond the latents, e.g. a KV page; safetensors) for the last context window; ``r:<request id>`` -> n and ``q:<n>`` -> request id
+- ``ws:<t>:{<sid>}:log`` hash: ``a:<n>`` action (JSON), ``z:<n>`` latent (packed array,
+  :func:`worldserve.common.codec.pack_array`: a header + the most compact exact encoding, maybe
+  zstd, maybe packed against the step's frame; never pickle) and ``f:<n>`` encoded frame (PNG) of
+  the steps after ``trimmed`` (older code dropped a frame once archived: its latents do not need it); ``k:<n>`` the model's resume data of step n (what an
+  exact prefill needs beyond the latents, e.g. a KV page; safetensors, zstd-compressed where that is smaller) for the last context window; ``r:<request id>`` -> n and ``q:<n>`` -> request id
   for exactly-once retries; ``t`` the session's text embedding (safetensors, optional: read with
   the window at every prefill, copied on fork, never trimmed). The model's context is the rolling
   window of its last latents.
@@ -25,12 +26,14 @@ Every append is one Lua script: a compare-and-set on the step counter, so two ra
 session never both land. With an archive, the archiver writes each full chunk of steps, then one
 script moves ``archived`` (compare-and-set) and drops the steps older than the hot window: per
 session, Redis holds the window and the unarchived tail, whatever the step count. Both session
-keys expire by the session's TTL, refreshed on every use. A fork copies only the parent's steps
-that Redis still holds (one script) and shares its archived chunks by reference.
+keys expire by the session's TTL, refreshed on every use. With an archive a fork copies only the
+parent's context window (its older unarchived steps are archived first) and shares its archived
+chunks by reference; without one it copies every step Redis holds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -133,6 +136,9 @@ def _redacted(url: str) -> str:
     return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
 
 
+FLUSH_CHUNK_STEPS = 256
+"""Most steps in one chunk a fork archives of its parent before copying the window."""
+
 INDEX_GRACE_S = 60.0
 """An index entry without a record is dropped only when older than this: a younger one is a
 create in progress (reserved, record not yet written)."""
@@ -154,6 +160,8 @@ class SessionStore(StepLog):
         max_tail: int = 0,
         wait_replicas: int = 0,
         wait_timeout_s: float = 1.0,
+        hot_window: int = 32,
+        rid_keep: int = 4096,
     ):
         self.r = r
         self.default_ttl_s = default_ttl_s
@@ -163,6 +171,8 @@ class SessionStore(StepLog):
         # replicas an append (and a create) waits for before it is acknowledged (Redis WAIT; 0: none)
         self.wait_replicas = wait_replicas
         self.wait_timeout_s = wait_timeout_s
+        self.hot_window = max(1, hot_window)  # steps a fork copies (the archiver's hot window)
+        self.rid_keep = rid_keep  # steps whose request ids a fork's flush keeps (the archiver's)
         self._trim = r.register_script(scripts.TRIM)
         self._claim = r.register_script(scripts.CLAIM)
         self._append = r.register_script(scripts.APPEND)
@@ -181,6 +191,8 @@ class SessionStore(StepLog):
         max_tail: int = 0,
         wait_replicas: int = 0,
         wait_timeout_s: float = 1.0,
+        hot_window: int = 32,
+        rid_keep: int = 4096,
     ) -> SessionStore:
         """The store on ``url``: ``redis://`` (``rediss://``), ``redis+sentinel://`` or
         ``redis+cluster://`` (see :class:`~worldserve.common.config.Config`'s ``redis_url``)."""
@@ -235,6 +247,8 @@ class SessionStore(StepLog):
             max_tail=max_tail,
             wait_replicas=wait_replicas,
             wait_timeout_s=wait_timeout_s,
+            hot_window=hot_window,
+            rid_keep=rid_keep,
         )
 
     @classmethod
@@ -254,6 +268,8 @@ class SessionStore(StepLog):
             max_tail=config.archive_max_tail_steps,
             wait_replicas=config.redis_wait_replicas,
             wait_timeout_s=config.redis_wait_timeout_s,
+            hot_window=config.hot_window_steps,
+            rid_keep=config.archive_rid_keep_steps,
         )
 
     async def close(self) -> None:
@@ -544,25 +560,36 @@ class SessionStore(StepLog):
         self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None, session_id: str | None = None
     ) -> SessionRecord:
         """A child session at ``step`` (default: the parent's current step); ``session_id``: its
-        id reserved by ``reserve`` (default: a new one). The child gets a copy of the parent's
-        steps that Redis still holds (after its trimmed ones) and, with an archive, shares its
-        archived chunks: the cost is the hot window and tail, not the history. The parent and the
-        child live in different Redis Cluster slots: the copy goes through this client, checked
-        against a trim that may run meanwhile."""
+        id reserved by ``reserve`` (default: a new one).
+
+        With an archive the fork is copy-on-write: the child copies the parent's context window
+        (``hot_window`` steps: actions, latents, frames, resume data)
+        and points at the parent's archive for everything before it, by reference. Parent steps
+        before the window that are not archived yet are archived first (one chunk, as the
+        archiver would: the parent's Redis is trimmed after it), so the cost is the window, not
+        the unarchived tail or the history, and the child keeps its history when the parent is
+        trimmed, deleted or expires (the archive keeps a deleted session's chunks while a child
+        reads them). Without an archive the child copies every step Redis holds. The parent and
+        the child live in different Redis Cluster slots: the copy goes through this client,
+        checked against a trim that may run meanwhile."""
         parent = await self.get(tenant, sid, touch=False)
         if step is not None and step > parent.step:
             raise InvalidArgument(f"fork step {step} is beyond the session's current step {parent.step}")
+        at = parent.step if step is None else step
         child_id = session_id or new_session_id()
         t0 = time.perf_counter()
+        if self.archive is not None:
+            parent = await self._flush_before(tenant, sid, parent, at - self.hot_window, upto=at)
         for _ in range(8):
-            at = parent.step if step is None else step
             first = max(0, parent.trimmed + 1)
-            names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "f", "k")]
+            if self.archive is not None:  # the window; the archive has every step before it
+                first = max(first, at - self.hot_window + 1)
+            names = [f"{k}:{n}" for n in range(first, at + 1) for k in ("a", "z", "k", "f")]
             names += ["t"] if parent.text_tokens else []
             vals = raw_values(await self.r.hmget(self._log(tenant, sid), names)) if names else []
             entries: dict[FieldT, EncodableT] = {k: v for k, v in zip(names, vals) if v is not None}
             fresh = await self.get(tenant, sid, touch=True)  # NotFound if deleted meanwhile; refreshes its TTL
-            if fresh.trimmed == parent.trimmed:
+            if fresh.trimmed == parent.trimmed and fresh.archived == parent.archived:
                 break
             parent = fresh  # an archiver trimmed meanwhile: read again
         else:
@@ -595,7 +622,7 @@ class SessionStore(StepLog):
             upto = min(at, parent.archived)
             await self.archive.share(tenant, sid, child_id, upto)
             fields["archived"] = str(upto)
-            fields["trimmed"] = str(min(parent.trimmed, at))
+            fields["trimmed"] = str(min(max(parent.trimmed, first - 1), at))
         async with self.r.pipeline(transaction=True) as p:  # one slot: the child's two keys
             if entries:
                 p.hset(self._log(tenant, child_id), mapping=entries)
@@ -606,3 +633,44 @@ class SessionStore(StepLog):
         await self.r.zadd(self._index(tenant), {child_id: now})
         self._timed("fork", t0)
         return await self.get(tenant, child_id, touch=False)
+
+    async def _flush_before(self, tenant: str, sid: str, rec: SessionRecord, need: int, *, upto: int) -> SessionRecord:
+        """The session's record once its archive holds every step up to ``need``: when it does
+        not yet, its steps after ``archived`` up to ``upto`` (>= ``need``) are archived now in chunks of
+        at most ``FLUSH_CHUNK_STEPS``, as the archiver would (then ``archived`` moves on by compare-and-set and Redis is
+        trimmed). An archiver at work on the same session meanwhile is waited out: the first to
+        list a step in the manifest wins, the other's chunk is listed for its new steps only."""
+        assert self.archive is not None
+        attempt = 0
+        while attempt < 20:
+            if rec.archived >= need:
+                return rec
+            first = rec.archived + 1
+            last = min(upto, first + FLUSH_CHUNK_STEPS - 1)  # a long tail (an archive that was away): in parts
+            entries = await self.log_entries(tenant, sid, first, last)
+            missing = [first + i for i, e in enumerate(entries) if e is None]
+            if missing:
+                fresh = await self.get(tenant, sid, touch=False)  # NotFound when deleted meanwhile
+                if fresh.archived != rec.archived:  # archived and trimmed meanwhile: look again
+                    attempt += 1
+                    rec = fresh
+                    continue
+                raise DataLoss(f"session {sid!r}: steps {missing[0]}-{missing[-1]} are missing from Redis")
+            try:
+                await self.archive.write_chunk(tenant, sid, [e for e in entries if e is not None])
+            except (DataLoss, Conflict):  # another writer listed steps meanwhile: its trim follows
+                attempt += 1
+                fresh = await self.get(tenant, sid, touch=False)
+                if fresh.archived == rec.archived:
+                    await asyncio.sleep(0.01 * (attempt + 1))
+                rec = fresh
+                continue
+            got = await self.trim(
+                tenant, sid, expected=rec.archived, archived=last, window=self.hot_window, rid_keep=self.rid_keep
+            )
+            if got == -1:
+                raise NotFound(f"session {sid!r} not found")
+            if got == -2:  # another archiver moved it first
+                attempt += 1
+            rec = await self.get(tenant, sid, touch=False)
+        raise Conflict(f"session {sid!r} was being archived; the fork was not made, retry")

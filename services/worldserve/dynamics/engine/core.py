@@ -26,9 +26,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from worldserve.common.codec import PNG, EncodedFrame, check_format, decode_png, pack_array, unpack_array
+import numpy as np
+
+from worldserve.common.codec import (
+    PNG,
+    EncodedFrame,
+    check_format,
+    decode_png,
+    frame_ref,
+    needs_ref,
+    pack_array,
+    unpack_array,
+)
 from worldserve.common.config import Config
-from worldserve.common.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from worldserve.common.errors import Conflict, DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from worldserve.common.metrics import BATCH_BUCKETS, ServiceMetrics
 from worldserve.common.text_embedding import decode_text_embedding
 from worldserve.dynamics.engine.output import OutputProcessor
@@ -38,7 +49,7 @@ from worldserve.dynamics.engine.state_cache import Key, StateCache
 from worldserve.dynamics.engine.types import StepOutput, StepRequest
 from worldserve.dynamics.interface import DynamicsModelProtocol
 from worldserve.state.quotas import QuotaEnforcer, gcra_args, rate_key
-from worldserve.state.store import AlreadyApplied, SessionStore, action_to_dict, check_session_id
+from worldserve.state.store import AlreadyApplied, LogEntry, SessionStore, action_to_dict, check_session_id
 
 if TYPE_CHECKING:
     import torch
@@ -282,11 +293,13 @@ class Engine:
                     req.session_id,
                     expected_step=rec.step,
                     action=action,
-                    latent=pack_array(job.latent),
+                    latent=pack_array(job.latent, ref=frame_ref(job.rgb)),  # exact, compact beside its frame
                     frame=png,
                     request_id=req.request_id,
                     due=due,
-                    first_latent=None if job.first_latent is None else pack_array(job.first_latent),
+                    first_latent=None
+                    if job.first_latent is None
+                    else pack_array(job.first_latent, ref=frame_ref(job.first_frame)),
                     resume=job.resume,
                     resume_keep=max(1, self.info.context_frames - 1),
                 )
@@ -354,9 +367,7 @@ class Engine:
         )
         if text is not None:
             job.text = decode_text_embedding(text)  # (L, text_dim) float32
-        job.window = [
-            (e.step, e.action, None if e.latent is None else unpack_array(e.latent), e.resume) for e in entries
-        ]
+        job.window = [(e.step, e.action, self._latent(req.session_id, e), e.resume) for e in entries]
         missing = [s for s, _, z, _ in job.window if z is None]
         if missing:
             if missing != [0]:
@@ -364,6 +375,17 @@ class Engine:
             png = await self.store.first_frame(req.tenant, req.session_id)
             job.first_frame = decode_png(png)
         return (entries[-1].action or {}).get("event", "") if entries else ""
+
+    @staticmethod
+    def _latent(sid: str, e: LogEntry) -> np.ndarray | None:
+        """A window entry's latent (None: not stored); one packed against its frame gets it back."""
+        if e.latent is None:
+            return None
+        if not needs_ref(e.latent):
+            return unpack_array(e.latent)
+        if e.frame is None:
+            raise DataLoss(f"session {sid!r}: the frame of step {e.step}, which its latent needs, is missing")
+        return unpack_array(e.latent, ref=frame_ref(decode_png(e.frame)))
 
     # -- background -------------------------------------------------------------------------------
     async def _batch_loop(self) -> None:
