@@ -67,6 +67,29 @@ def _cpu_name() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+def plan(models: list[str], sizes: list[str]) -> tuple[Any, list[Any], list[tuple[str, tuple[int, int]]]]:
+    """(the served Config, the chosen served models, the chosen (label, (H, W)) sizes); CapacityError
+    naming the bad value: an unknown model, a malformed size, a model and size named together that
+    cannot run (in a full table such a pair is a "cannot run: <why>" cell instead)."""
+    from loadtest.capacity.models import config_at, served_config, served_models
+
+    config = served_config()
+    served = {m.name: m for m in served_models(config)}
+    for name in models:
+        if name not in served:
+            raise CapacityError(f"--model {name!r}: unknown model; served: {', '.join(served)}")
+    chosen = [served[n] for n in dict.fromkeys(models or list(served))]
+    size_list = list({label: (label, hw) for label, hw in (parse_size(s) for s in (sizes or list(SIZES)))}.values())
+    if models and sizes:
+        for m in chosen:
+            for label, hw in size_list:
+                try:
+                    config_at(m, hw)
+                except CannotRun as e:
+                    raise CapacityError(f"--size {label}: model {m.name!r} cannot run at {label}: {e}") from None
+    return config, chosen, size_list
+
+
 def run(
     models: list[str],
     sizes: list[str],
@@ -87,24 +110,11 @@ def run(
 
     from loadtest.capacity.cpu import measure_cpu
     from loadtest.capacity.flops import step_flops, transformer_prefill_flops
-    from loadtest.capacity.models import build, config_at, game_frames, served_config, served_models, step_payload
+    from loadtest.capacity.models import build, config_at, game_frames, step_payload
     from loadtest.capacity.redis_bytes import measure as measure_redis
 
     load0 = list(os.getloadavg())
-    config = served_config()
-    served = {m.name: m for m in served_models(config)}
-    for name in models:
-        if name not in served:
-            raise CapacityError(f"--model {name!r}: unknown model; served: {', '.join(served)}")
-    chosen = [served[n] for n in (models or list(served))]
-    size_list = [parse_size(s) for s in (sizes or list(SIZES))]
-    if models and sizes:  # an explicit pair that cannot run is an error, not a table cell
-        for m in chosen:
-            for label, hw in size_list:
-                try:
-                    config_at(m, hw)
-                except CannotRun as e:
-                    raise CapacityError(f"--size {label}: model {m.name!r} cannot run at {label}: {e}") from None
+    config, chosen, size_list = plan(models, sizes)
     chunk, window_steps = (4, 4) if quick else (config.archive_chunk_steps, config.hot_window_steps)
     rows: list[dict[str, Any]] = []
     cpu_rate: dict[str, float] = {}  # FLOP/s the CPU reached on each model at its smallest size
@@ -127,13 +137,20 @@ def run(
             row["flops"], row["flops_per_step"] = fl.as_dict(), fl.total
             frames = game_frames(info.context_frames + 1, hw)
             # first round of a CPU measurement: the prefill, then a few rounds of steps
-            prefill = (
-                transformer_prefill_flops(cfg, info.context_frames - 1) if m.kind == "world_model" else fl.total
-            )
+            prefill = transformer_prefill_flops(cfg, info.context_frames - 1) if m.kind == "world_model" else fl.total
             rate = cpu_rate.get(m.name)
             predicted = None if rate is None else (prefill + 4 * cpu_sessions * fl.total) / rate
             if predicted is None or predicted <= cpu_limit_s:
-                row.update(measure_cpu(model, frames, sessions=cpu_sessions, budget_s=cpu_budget_s, max_batch=config.max_batch_size))
+                row.update(
+                    measure_cpu(
+                        model,
+                        frames,
+                        spec=m.spec,
+                        sessions=cpu_sessions,
+                        budget_s=cpu_budget_s,
+                        max_batch=config.max_batch_size,
+                    )
+                )
                 row["steps_per_s_cpu_estimate"] = False
                 cpu_rate.setdefault(m.name, row["steps_per_s_cpu"] * fl.total)
                 run_step = True
@@ -146,8 +163,9 @@ def run(
                     steps_per_s_cpu_estimate=True,
                     cpu_sessions=0,
                     cpu_note=f"~{predicted:.0f} s to measure; {rate / 1e9:.1f} GFLOP/s as at its smallest size",
-                    state_bytes_per_session=state_bytes(model, frames) if m.kind != "world_model" else
-                    int(info.extra["page_bytes"]) * info.context_frames,
+                    state_bytes_per_session=state_bytes(model, frames)
+                    if m.kind != "world_model"
+                    else int(info.extra["page_bytes"]) * info.context_frames,
                 )
                 run_step = False
             payload = step_payload(model, trained, frames, run_step)
@@ -193,7 +211,9 @@ def run(
 @app.command()
 def main(
     model: list[str] = typer.Option([], "--model", help="a served model (repeatable; default: every served model)"),
-    size: list[str] = typer.Option([], "--size", help="HEIGHTxWIDTH, e.g. 360x640 or 720p (repeatable; default: 4 sizes)"),
+    size: list[str] = typer.Option(
+        [], "--size", help="HEIGHTxWIDTH, e.g. 360x640 or 720p (repeatable; default: 4 sizes)"
+    ),
     quick: bool = typer.Option(False, "--quick", help="tiny step counts (tests); not for planning"),
     out: Path = typer.Option(REPO / "docs" / "capacity.md", "--out", help="the table (markdown)"),
     json_out: Path | None = typer.Option(None, "--json", help="the raw figures (default: --out with .json)"),
@@ -217,6 +237,10 @@ def main(
             raise _fail(str(e)) from None
         if gpu.efficiency is not None:
             efficiency = gpu.efficiency
+    try:
+        plan(model, size)
+    except CapacityError as e:
+        raise _fail(str(e)) from None
     import torch
 
     if threads:
@@ -229,8 +253,11 @@ def main(
             srv = EmbeddedRedis(tempfile.mkdtemp(prefix="capacity-redis-"), extra_args=("--appendonly", "no")).start()
             redis_url = srv.url
         with Progress(
-            TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), console=err,
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err,
         ) as progress:
             result = run(
                 model,

@@ -11,11 +11,13 @@ import numpy as np
 from loadtest.capacity.models import state_bytes, window
 
 
-def measure_cpu(model: Any, frames: np.ndarray, *, sessions: int, budget_s: float, max_batch: int) -> dict[str, Any]:
+def measure_cpu(
+    model: Any, frames: np.ndarray, *, spec: Any = None, sessions: int, budget_s: float, max_batch: int
+) -> dict[str, Any]:
     from loadtest.engine_bench_sessions import bench_sessions, engine_parts
     from worldserve.common.config import Config, batch_invariant
 
-    inv = batch_invariant(Config.load({"device": "cpu"}, env={}), "cpu")
+    inv = batch_invariant(Config.load({"device": "cpu"}, env={}), "cpu", spec)
     per_session = state_bytes(model, frames)
     r = bench_sessions(
         model,

@@ -12,7 +12,9 @@ H200_PEAK_BF16 = 989e12  # dense bf16 tensor FLOP/s (NVIDIA H200 SXM datasheet; 
 H200_MEMORY = 141e9  # bytes of HBM3e
 GPU_STATE_FRACTION = 0.8  # of the GPU's memory, what session state may use (weights, activations, workspace: the rest)
 REDIS_NODE = 64 * 1024**3  # a 64 GB Redis node
-REDIS_USABLE = 0.75  # of it, what sessions may use: maxmemory headroom for AOF rewrite (fork, copy-on-write) and fragmentation
+REDIS_USABLE = (
+    0.75  # of it, what sessions may use: maxmemory headroom for AOF rewrite (fork, copy-on-write) and fragmentation
+)
 DECART_USD_PER_SIM_S = 0.02  # Decart's published price per simulated second
 DEFAULT_EFFICIENCY = 0.35  # assumed kernel efficiency (fraction of peak) while no GPU figure is measured
 DEFAULT_GPU_USD_PER_H = 3.50

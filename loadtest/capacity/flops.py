@@ -61,9 +61,7 @@ def _down(n: int) -> int:
 # world_model: the latent transformer
 
 
-def _transformer_pass(
-    cfg: Any, tokens: int, keys: int, *, head: bool, last_layer_full: bool = True
-) -> StepFlops:
+def _transformer_pass(cfg: Any, tokens: int, keys: int, *, head: bool, last_layer_full: bool = True) -> StepFlops:
     """One pass of ``tokens`` query tokens (one copy) attending to ``keys`` keys in every layer."""
     D, L = cfg.dim, cfg.n_layers
     hidden = int(cfg.dim * cfg.mlp_ratio)
@@ -169,7 +167,9 @@ def canvas_step_flops(cfg: Any) -> StepFlops:
 # causal_dit
 
 
-def causal_dit_frame_flops(config: Any, options: Any, frame_tokens: int, *, text: bool, vae_flops: int = 0) -> StepFlops:
+def causal_dit_frame_flops(
+    config: Any, options: Any, frame_tokens: int, *, text: bool, vae_flops: int = 0
+) -> StepFlops:
     """One pixel frame of a steady chunk (chunk FLOPs / the chunk's pixel frames, Wan's VAE: 4 per
     latent frame)."""
     from loadtest.dit_bench_common import chunk_flops, pixel_frames_per_chunk
