@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -252,6 +253,10 @@ def main(
 
             srv = EmbeddedRedis(tempfile.mkdtemp(prefix="capacity-redis-"), extra_args=("--appendonly", "no")).start()
             redis_url = srv.url
+        import redis
+
+        with redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5) as r:
+            r.ping()  # before any measurement: an unreachable Redis is one line, at once
         with Progress(
             TextColumn("{task.description:<28}"),
             BarColumn(),
@@ -274,6 +279,8 @@ def main(
             )
     except CapacityError as e:
         raise _fail(str(e)) from None
+    except (RedisError, OSError) as e:  # the Redis to measure on (or its server) is not there
+        raise _fail(f"--redis-url {redis_url!r}: {type(e).__name__}: {e}") from None
     finally:
         if srv is not None:
             srv.stop()

@@ -123,6 +123,28 @@ def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, named):
     assert not (tmp_path / "docs").exists() or not any((tmp_path / "docs").iterdir())
 
 
+def test_an_unreachable_redis_is_one_line(tmp_path):
+    out = tmp_path / "capacity.md"
+    res = CliRunner().invoke(
+        app,
+        [
+            "--model",
+            "platformer",
+            "--size",
+            "64x64",
+            "--quick",
+            "--out",
+            str(out),
+            "--redis-url",
+            "redis://127.0.0.1:1/0",
+        ],
+    )
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --redis-url 'redis://127.0.0.1:1/0'"), res.stderr
+    assert not out.exists()
+
+
 def test_gpu_figures_that_are_not_figures_are_an_error(tmp_path):
     bad = tmp_path / "gpu.json"
     bad.write_text('{"runs": []}')
