@@ -68,14 +68,18 @@ def _cpu_name() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def plan(models: list[str], sizes: list[str]) -> tuple[Any, list[Any], list[tuple[str, tuple[int, int]]]]:
+def plan(
+    models: list[str], sizes: list[str], dit: bool = True
+) -> tuple[Any, list[Any], list[tuple[str, tuple[int, int]]]]:
     """(the served Config, the chosen served models, the chosen (label, (H, W)) sizes); CapacityError
     naming the bad value: an unknown model, a malformed size, a model and size named together that
     cannot run (in a full table such a pair is a "cannot run: <why>" cell instead)."""
-    from loadtest.capacity.models import config_at, served_config, served_models
+    from loadtest.capacity.models import DIT_NAME, config_at, dit_model, served_config, served_models
 
     config = served_config()
     served = {m.name: m for m in served_models(config)}
+    if dit or DIT_NAME in models:
+        served[DIT_NAME] = dit_model()
     for name in models:
         if name not in served:
             raise CapacityError(f"--model {name!r}: unknown model; served: {', '.join(served)}")
@@ -96,6 +100,7 @@ def run(
     sizes: list[str],
     *,
     quick: bool,
+    dit: bool = True,
     redis_url: str,
     gpu: E.GpuFigures,
     efficiency: float,
@@ -115,7 +120,7 @@ def run(
     from loadtest.capacity.redis_bytes import measure as measure_redis
 
     load0 = list(os.getloadavg())
-    config, chosen, size_list = plan(models, sizes)
+    config, chosen, size_list = plan(models, sizes, dit)
     chunk, window_steps = (4, 4) if quick else (config.archive_chunk_steps, config.hot_window_steps)
     rows: list[dict[str, Any]] = []
     cpu_rate: dict[str, float] = {}  # FLOP/s the CPU reached on each model at its smallest size
@@ -129,6 +134,11 @@ def run(
                 cfg = config_at(m, hw)
             except CannotRun as e:
                 row["cannot_run"] = str(e)
+                progress.advance(task)
+                continue
+            if m.kind == "causal_dit":
+                row.update(dit_row(cfg, hw))
+                E.derive(row, efficiency=efficiency, gpu=gpu, usd_per_h=usd_per_h)
                 progress.advance(task)
                 continue
             model, trained = build(m, hw)
@@ -209,6 +219,41 @@ def run(
     )
 
 
+def dit_row(cfg: Any, hw: tuple[int, int]) -> dict[str, Any]:
+    """The causal DiT's figures at ``hw``: FLOPs per pixel frame (transformer counted from its
+    config, VAE by FlopCounterMode on meta tensors) and its session state from declared shapes."""
+    from loadtest.capacity.flops import causal_dit_frame_flops
+    from loadtest.dit_bench_common import pixel_frames_per_chunk, session_bytes, vae_facts, wan21_vae_config
+
+    config, options = cfg
+    tokens = (hw[0] // 8 // config.patch_size[1]) * (hw[1] // 8 // config.patch_size[2])
+    vae = vae_facts(wan21_vae_config(), options)
+    fl = causal_dit_frame_flops(config, options, tokens, text=True, vae_flops=vae["flops"])
+    state = session_bytes(config, options, tokens, 2, vae["cache_bytes"])
+    frames = pixel_frames_per_chunk(options, 4)
+    kv_step = options.chunk_frames * state["page_bytes"]
+    latent_step = 16 * options.chunk_frames * options.latent_height * options.latent_width * 4
+    why = (
+        f"not measured (not served by default, never ran here); declared shapes: one step, a chunk of {frames} "
+        f"frames, carries {latent_step / 2**20:.1f} MiB of latents and resume data of {kv_step / 2**30:.2f} GiB "
+        f"of KV (bf16) + {vae['cache_bytes'] / 2**30:.2f} GiB of VAE decode cache"
+    )
+    return dict(
+        flops=fl.as_dict(),
+        flops_per_step=fl.total,
+        frames_per_step=1,
+        chunk_pixel_frames=frames,
+        steps_per_s_cpu=None,
+        steps_per_s_cpu_estimate=True,
+        cpu_sessions=0,
+        cpu_note="not measured: 1.4e9 parameters; the GPU check's part 5 (loadtest/dit_bench.py) measures it",
+        state_bytes_per_session=state["total"],
+        state_bytes=state,
+        declared_bytes_per_step=dict(latent=latent_step, resume_kv=kv_step, resume_vae_cache=vae["cache_bytes"]),
+        redis_not_measured=why,
+    )
+
+
 @app.command()
 def main(
     model: list[str] = typer.Option([], "--model", help="a served model (repeatable; default: every served model)"),
@@ -223,6 +268,9 @@ def main(
     efficiency: float = typer.Option(E.DEFAULT_EFFICIENCY, "--efficiency", help="assumed fraction of H200 peak"),
     gpu_price: float = typer.Option(E.DEFAULT_GPU_USD_PER_H, "--gpu-price", help="USD per H200-hour"),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (default: torch's)"),
+    dit: bool = typer.Option(
+        True, "--dit/--no-dit", help="also the causal DiT at Wan2.1-T2V-1.3B size (FLOPs, declared state)"
+    ),
 ) -> None:
     """Measure and write the capacity table."""
     t0 = time.perf_counter()
@@ -239,7 +287,7 @@ def main(
         if gpu.efficiency is not None:
             efficiency = gpu.efficiency
     try:
-        plan(model, size)
+        plan(model, size, dit)
     except CapacityError as e:
         raise _fail(str(e)) from None
     import torch
@@ -268,6 +316,7 @@ def main(
                 model,
                 size,
                 quick=quick,
+                dit=dit,
                 redis_url=redis_url,
                 gpu=gpu,
                 efficiency=efficiency,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loadtest.capacity import estimate as E
+from loadtest.capacity.models import DIT_NAME as DIT
 
 
 def _b(n: float) -> str:
@@ -76,6 +77,9 @@ def render(result: dict[str, Any]) -> str:
         if r.get("cannot_run"):
             out.append("| " + " | ".join(head + _cells(r, 9)) + " |")
             continue
+        if r.get("redis_not_measured"):
+            out.append("| " + " | ".join(head + [r["redis_not_measured"]] + [""] * 8) + " |")
+            continue
         p = r["payload"]
         resume = _b(p["resume_bytes"]) + (f" every {p['resume_every']} steps" if p["resume_every"] > 1 else "")
         out.append(
@@ -124,8 +128,11 @@ def render(result: dict[str, Any]) -> str:
             out.append("| " + " | ".join(head + _cells(r, 6)) + " |")
             continue
         fl = r["flops"]
-        cpu = f"{_n(r['steps_per_s_cpu'])} ({r['cpu_sessions']})"
-        if r["steps_per_s_cpu_estimate"]:
+        if r["steps_per_s_cpu"] is None:
+            cpu = r["cpu_note"]
+        elif not r["steps_per_s_cpu_estimate"]:
+            cpu = f"{_n(r['steps_per_s_cpu'])} ({r['cpu_sessions']})"
+        else:
             cpu = f"ESTIMATE {_n(r['steps_per_s_cpu'])} ({r['cpu_note']})"
         h200 = _n(r["steps_per_s_h200"]) + (" ESTIMATE" if r["steps_per_s_h200_estimate"] else " (measured)")
         s24, s8 = r["sessions_per_gpu_24fps"], r["sessions_per_gpu_8fps"]
@@ -153,6 +160,9 @@ def render(result: dict[str, Any]) -> str:
         f"- H200 steps/s, sessions per GPU and cost: from FLOPs and an efficiency of {eff:.2f} ({gpu_src}); "
         "no dynamics step has run on a GPU yet. Rerun with `--gpu-figures <gpu check JSON>` (the engine results "
         "`loadtest/gpu_check.sh` writes, e.g. `engine_default.json`) to use the measured efficiency.",
+        f"- {DIT}: FLOPs per pixel frame (a chunk's / its frames) and its session state come from its "
+        "config and declared shapes (loadtest/dit_bench_common.py, checked against FlopCounterMode in "
+        "tests/loadtest/test_dit_bench.py); it is not served by default and never ran here.",
         "- The FLOP bound says little for the 64x64 models (about 1 GFLOP per step): on a GPU their steps are "
         "bound by kernel launches, batch size (`max_batch_size`) and the host, not by FLOPs; the GPU check's "
         "measured steps/s (`--gpu-figures` with `steps_per_s`) supersede these rows.",

@@ -73,11 +73,13 @@ def derive(row: dict[str, Any], *, efficiency: float, gpu: GpuFigures, usd_per_h
     row["sessions_per_gpu_memory"] = int(H200_MEMORY * GPU_STATE_FRACTION // max(1, gpu_state))
     for fps in (24, 8):
         row[f"sessions_per_gpu_{fps}fps"] = min(row["steps_per_s_h200"] / fps, row["sessions_per_gpu_memory"])
-        row[f"archive_bytes_per_session_hour_{fps}fps"] = row["archive_bytes_per_step"] * fps * 3600
-        row[f"archive_write_bytes_per_s_per_1000_sessions_{fps}fps"] = row["archive_bytes_per_step"] * fps * 1000
-    usable = REDIS_NODE * REDIS_USABLE
-    row["sessions_per_redis_node_active"] = int(usable // row["redis_bytes_active"])
-    row["sessions_per_redis_node_idle"] = int(usable // row["redis_bytes_idle"])
+        if "archive_bytes_per_step" in row:
+            row[f"archive_bytes_per_session_hour_{fps}fps"] = row["archive_bytes_per_step"] * fps * 3600
+            row[f"archive_write_bytes_per_s_per_1000_sessions_{fps}fps"] = row["archive_bytes_per_step"] * fps * 1000
+    if "redis_bytes_active" in row:
+        usable = REDIS_NODE * REDIS_USABLE
+        row["sessions_per_redis_node_active"] = int(usable // row["redis_bytes_active"])
+        row["sessions_per_redis_node_idle"] = int(usable // row["redis_bytes_idle"])
     row["usd_per_gpu_hour"] = usd_per_h
     row["usd_per_simulated_s_24fps"] = (usd_per_h / 3600) / row["sessions_per_gpu_24fps"]
     return row

@@ -90,9 +90,36 @@ def served_models(config: Any) -> list[ServedModel]:
     return out
 
 
+DIT_NAME = "causal-dit-1.3b"
+
+
+def dit_model() -> ServedModel:
+    """The causal video DiT kind at Wan2.1-T2V-1.3B size (loadtest.dit_bench's real-size run: chunks
+    of 3 latent frames, 4 denoising steps, 3 sink + 15 recent latent frames, Wan2.1's VAE). Not
+    served by default and not runnable on a CPU at that size: its rows are FLOP counts and declared
+    state shapes (the GPU check's part 5 measures it)."""
+    from loadtest.dit_bench_common import WAN21_T2V_1_3B
+
+    return ServedModel(DIT_NAME, "causal_dit", "not served by default", None, None, dict(WAN21_T2V_1_3B))
+
+
 def config_at(m: ServedModel, hw: tuple[int, int]) -> Any:
     """The model's config at frame size ``hw``; CannotRun with the config's own reason when the
     architecture does not allow that size."""
+    if m.kind == "causal_dit":
+        from loadtest.dit_bench_common import REAL_OPTIONS
+        from worldserve.dynamics.models.causal_dit import CausalDiTOptions
+        from worldserve.dynamics.models.causal_dit.config import WanTransformerConfig
+
+        cfg = WanTransformerConfig(**m.config)
+        cell = 8 * cfg.patch_size[1]  # Wan's VAE (x8) times the transformer's patch
+        for name, v in (("height", hw[0]), ("width", hw[1])):
+            if v % cell:
+                raise CannotRun(
+                    f"frame {name} {v} is not a multiple of {cell} (VAE x8, then {cfg.patch_size[1]}x{cfg.patch_size[2]} patches)"
+                )
+        options = CausalDiTOptions(**(REAL_OPTIONS | {"latent_height": hw[0] // 8, "latent_width": hw[1] // 8}))
+        return cfg, options
     d = dict(m.config) | {"frame_height": hw[0], "frame_width": hw[1]}
     try:
         if m.kind == "world_model":

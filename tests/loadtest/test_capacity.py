@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from loadtest.capacity.__main__ import app
 from loadtest.capacity.flops import canvas_step_flops, conv2d, transformer_step_flops
-from loadtest.capacity.models import SIZES, CannotRun, config_at, served_config, served_models
+from loadtest.capacity.models import DIT_NAME, SIZES, CannotRun, config_at, served_config, served_models
 
 TINY = dict(
     frame_height=16,
@@ -160,7 +160,7 @@ def test_quick_run_on_a_real_redis_writes_every_model_and_size(tmp_path, redis_s
     assert res.exit_code == 0, res.output
     doc = out.read_text()
     data = json.loads((tmp_path / "capacity.json").read_text())
-    models = [m.name for m in served_models(served_config())]
+    models = [m.name for m in served_models(served_config())] + [DIT_NAME]
     rows = {(r["model"], r["size"]): r for r in data["rows"]}
     assert set(rows) == {(m, s) for m in models for s in SIZES}
     for (m, s), r in rows.items():
@@ -168,6 +168,9 @@ def test_quick_run_on_a_real_redis_writes_every_model_and_size(tmp_path, redis_s
         assert doc.count(f"| {m} | {s} |") == 2, (m, s)
         if r.get("cannot_run"):
             assert f"| {m} | {s} | cannot run: {r['cannot_run']}" in doc
+            continue
+        if m == DIT_NAME:  # FLOPs and declared shapes only
+            assert r["steps_per_s_h200"] > 0 and r["redis_not_measured"] and r["steps_per_s_cpu"] is None
             continue
         for key in ("steps_per_s_cpu", "steps_per_s_h200", "redis_bytes_active", "redis_bytes_idle"):
             assert r[key] > 0, (m, s, key)
@@ -177,6 +180,7 @@ def test_quick_run_on_a_real_redis_writes_every_model_and_size(tmp_path, redis_s
         assert r["archive_bytes_per_step"] >= r["payload"]["latent_bytes"]  # the chunk holds the latents
         assert r["archived_steps"] == 8  # two chunks of 4 (--quick)
     assert rows[("platformer", "720x1280")]["cannot_run"]
+    assert "multiple of 16" in rows[(DIT_NAME, "360x640")]["cannot_run"]
     # bigger frames, more bytes and more FLOPs
     fast = [rows[("platformer-fast", s)] for s in SIZES]
     assert [r["redis_bytes_active"] for r in fast] == sorted(r["redis_bytes_active"] for r in fast)
