@@ -195,7 +195,6 @@ def run(
             )
             E.derive(row, efficiency=efficiency, gpu=gpu, usd_per_h=usd_per_h)
             del model
-            torch.set_num_threads(torch.get_num_threads())
             progress.advance(task)
     order = {lbl: i for i, (lbl, _) in enumerate(size_list)}
     rows.sort(key=lambda r: ([m.name for m in chosen].index(r["model"]), order[r["size"]]))

@@ -186,3 +186,43 @@ def test_quick_run_on_a_real_redis_writes_every_model_and_size(tmp_path, redis_s
     assert [r["redis_bytes_active"] for r in fast] == sorted(r["redis_bytes_active"] for r in fast)
     assert [r["flops_per_step"] for r in fast] == sorted(r["flops_per_step"] for r in fast)
     assert "ESTIMATE" in doc and "$0.02" in doc
+
+
+def test_gpu_check_figures_give_the_efficiency_and_measured_steps_win(tmp_path):
+    from loadtest.capacity import estimate as E
+
+    f = tmp_path / "engine_default.json"
+    f.write_text(
+        json.dumps(
+            {
+                "model": "platformer (kind scroll_canvas, registry)",
+                "device": "cuda",
+                "flops_per_frame": 2e9,
+                "peak_flops": 989e12,
+                "runs": [{"frames_per_s": 1000.0}, {"frames_per_s": 40000.0}, {"fits": False}],
+                "steps_per_s": {"platformer": {"64x64": 30000.0}},
+            }
+        )
+    )
+    gpu = E.read_gpu_figures(f)
+    assert gpu.efficiency == pytest.approx(40000 * 2e9 / 989e12)
+    base = dict(
+        kind="world_model",
+        flops_per_step=1e12,
+        state_bytes_per_session=4e9,  # float32 on the CPU: 2e9 in bf16 on the GPU
+        archive_bytes_per_step=1000,
+        redis_bytes_active=2**30,
+        redis_bytes_idle=2**29,
+    )
+    est = E.derive(dict(base, model="platformer-fast", size="64x64"), efficiency=0.5, gpu=gpu, usd_per_h=3.6)
+    assert est["steps_per_s_h200"] == pytest.approx(989e12 * 0.5 / 1e12) and est["steps_per_s_h200_estimate"]
+    assert est["sessions_per_gpu_memory"] == int(141e9 * 0.8 // 2e9) == 56
+    assert est["sessions_per_gpu_24fps"] == pytest.approx(494.5 / 24)
+    assert est["usd_per_simulated_s_24fps"] == pytest.approx(0.001 / (494.5 / 24))
+    assert est["sessions_per_redis_node_active"] == 48 and est["sessions_per_redis_node_idle"] == 96
+    assert est["archive_write_bytes_per_s_per_1000_sessions_24fps"] == 24_000_000
+    got = E.derive(
+        dict(base, model="platformer", size="64x64", kind="scroll_canvas"), efficiency=0.5, gpu=gpu, usd_per_h=3.6
+    )
+    assert got["steps_per_s_h200"] == 30000.0 and not got["steps_per_s_h200_estimate"]
+    assert got["sessions_per_gpu_8fps"] == int(141e9 * 0.8 // 4e9)  # memory-bound: 4e9 bytes each
