@@ -232,10 +232,12 @@ def dit_row(cfg: Any, hw: tuple[int, int]) -> dict[str, Any]:
     frames = pixel_frames_per_chunk(options, 4)
     kv_step = options.chunk_frames * state["page_bytes"]
     latent_step = 16 * options.chunk_frames * options.latent_height * options.latent_width * 4
+    from loadtest.capacity.doc import _b
+
     why = (
         f"not measured (not served by default, never ran here); declared shapes: one step, a chunk of {frames} "
-        f"frames, carries {latent_step / 2**20:.1f} MiB of latents and resume data of {kv_step / 2**30:.2f} GiB "
-        f"of KV (bf16) + {vae['cache_bytes'] / 2**30:.2f} GiB of VAE decode cache"
+        f"frames, carries {_b(latent_step)} of latents and resume data of {_b(kv_step)} of KV (bf16) + "
+        f"{_b(vae['cache_bytes'])} of VAE decode cache"
     )
     return dict(
         flops=fl.as_dict(),
