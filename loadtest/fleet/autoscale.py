@@ -62,21 +62,22 @@ class Autoscaler:
         self.state: dict[str, Any] = {}
 
     def decide(self, now: float, current: int, ratios: list[float], rates: list[float], ongoing: float) -> int:
-        """The new replica target given each running replica's (miss ratio, deadline steps/s)."""
-        ids = [f"replica-{i}" for i in range(current)]
+        """The new replica target given each running replica's (miss ratio, deadline steps/s) (or
+        fewer entries standing for all: the policy only weights ratios by steps/s)."""
+        ids: list[Any] = [f"replica-{i}" for i in range(len(ratios))]  # the policy only keys dicts by them
         ctx = AutoscalingContext(
             deployment_id=None,  # type: ignore[arg-type]
             deployment_name="DynamicsModel-sim",
             app_name="dynamics",
             current_num_replicas=current,
             target_num_replicas=self.target,
-            running_replicas=ids,  # type: ignore[arg-type]
+            running_replicas=ids,
             total_num_requests=ongoing,
             total_queued_requests=0.0,
             aggregated_metrics={
                 "deadline_miss_ratio": dict(zip(ids, ratios)),
                 "deadline_steps_per_s": dict(zip(ids, rates)),
-            },  # type: ignore[arg-type]
+            },
             raw_metrics={},
             capacity_adjusted_min_replicas=self.config.min_replicas,
             capacity_adjusted_max_replicas=self.config.max_replicas,

@@ -17,7 +17,6 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -37,7 +36,7 @@ def _fail(e: Exception) -> None:
 
 
 def parse_frame(text: str | None) -> tuple[int, int] | None:
-    """"HxW" -> (H, W); None passes through."""
+    """ "HxW" -> (H, W); None passes through."""
     if text is None:
         return None
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
@@ -66,7 +65,7 @@ def measure(
     model: str = typer.Option("platformer", help="served model name"),
     sizes: str = typer.Option("1,2,4,8,16", help="batch sizes"),
     budget_s: float = typer.Option(3.0, help="seconds of steady batches per size"),
-    frame: Optional[str] = typer.Option(None, help="HxW the model must make (checked)"),
+    frame: str | None = typer.Option(None, help="HxW the model must make (checked)"),
     out: Path = typer.Option(Path("out/fleet/service.json")),
 ) -> None:
     """Batch size -> model seconds on this CPU, the served model driven as a replica drives it."""
@@ -98,8 +97,8 @@ def validate(
     follow_replicas: bool = typer.Option(
         False, help="model replicas follow the run's own samples (else the simulated policy decides)"
     ),
-    out: Optional[Path] = typer.Option(None, help="also write the comparison here (JSON)"),
-    label: Optional[str] = typer.Option(None, help="the run's name in the report"),
+    out: Path | None = typer.Option(None, help="also write the comparison here (JSON)"),
+    label: str | None = typer.Option(None, help="the run's name in the report"),
 ) -> None:
     """Simulate the live scenario a real run played and compare (relative errors)."""
     from loadtest.fleet.validate import compare, load_measured, simulate
@@ -165,19 +164,25 @@ def validate(
 @app.command()
 def run(
     model: str = typer.Option("platformer", help="served model name"),
-    service: Optional[Path] = typer.Option(None, help="`measure` output (else measured now)"),
-    capacity: Optional[Path] = typer.Option(None, help="capacity table (default docs/capacity.json if present)"),
-    gpu_speedup: Optional[float] = typer.Option(None, help="H200 steps/s over this CPU's (overrides --capacity)"),
-    frame: Optional[str] = typer.Option(None, help="HxW of the model's frames (checked)"),
-    curve: Optional[Path] = typer.Option(None, help="JSON/YAML (hour, fraction) points; default: a built-in day"),
+    service: Path | None = typer.Option(None, help="`measure` output (else measured now)"),
+    capacity: Path | None = typer.Option(None, help="capacity table (default docs/capacity.json if present)"),
+    gpu_speedup: float | None = typer.Option(None, help="H200 steps/s over this CPU's (overrides --capacity)"),
+    frame: str | None = typer.Option(None, help="HxW of the model's frames (checked)"),
+    curve: Path | None = typer.Option(None, help="JSON/YAML (hour, fraction) points; default: a built-in day"),
     sessions: int = typer.Option(10_000, help="live sessions at the peak"),
     fps: float = typer.Option(24.0, help="live fps"),
     eval_envs: int = typer.Option(100_000, help="evaluation environments (StepBatch, no deadline)"),
     eval_batch: int = typer.Option(256, help="environments per StepBatch call"),
     slo: float = typer.Option(0.01, help="day deadline-miss ratio to hold"),
     gpus_max: int = typer.Option(4096, help="upper end of the GPU search"),
-    gpus: Optional[int] = typer.Option(None, help="simulate this many GPUs only (no search)"),
+    gpus: int | None = typer.Option(None, help="simulate this many GPUs only (no search)"),
     startup_s: float = typer.Option(60.0, help="seconds for a new GPU replica to serve (estimate)"),
+    interactive_batch_s: float = typer.Option(0.1, help="the engine's batch cut while players wait (config)"),
+    max_batch_size: int = typer.Option(32, help="the engine's max_batch_size (config)"),
+    policy_miss_ratio: float = typer.Option(0.1, help="DeadlineAwarePolicy miss_ratio (policy_kwargs)"),
+    autoscale: bool = typer.Option(True, help="--no-autoscale: every GPU serves all day"),
+    eval_think_ms: float = typer.Option(50.0, help="an evaluation client's time between StepBatch calls"),
+    baseline: list[Path] = typer.Option([], help="earlier runs' --out JSON to show beside this one"),
     validation: list[Path] = typer.Option([], help="`validate --out` files to put in the report"),
     report: Path = typer.Option(Path("docs/fleet.md"), help="the markdown report (plots beside it)"),
     out: Path = typer.Option(Path("out/fleet/fleet.json"), help="the figures as JSON"),
@@ -190,7 +195,11 @@ def run(
         _check_model(model)
         fr = parse_frame(frame)
         lc = load_curve(curve)
-        for name, v, lo in (("--sessions", sessions, 0), ("--eval-envs", eval_envs, 0), ("--eval-batch", eval_batch, 1)):
+        for name, v, lo in (
+            ("--sessions", sessions, 0),
+            ("--eval-envs", eval_envs, 0),
+            ("--eval-batch", eval_batch, 1),
+        ):
             if v < lo:
                 raise FleetError(f"{name} {v}: expected at least {lo}")
         if not (0 < fps <= 120):
@@ -198,11 +207,20 @@ def run(
         if not (0 < slo < 1):
             raise FleetError(f"--slo {slo}: expected a share in (0, 1)")
         vals = [json.loads(p.read_text()) for p in validation] if validation else []
+        base = [json.loads(p.read_text()) for p in baseline]
+        if not (0.005 <= interactive_batch_s <= 10):
+            raise FleetError(f"--interactive-batch-s {interactive_batch_s}: expected 0.005 .. 10 (the config's bounds)")
+        if not (1 <= max_batch_size <= 1024):
+            raise FleetError(f"--max-batch-size {max_batch_size}: expected 1 .. 1024")
+        if not (0 < policy_miss_ratio < 1):
+            raise FleetError(f"--policy-miss-ratio {policy_miss_ratio}: expected a share in (0, 1)")
+        if eval_think_ms < 0:
+            raise FleetError(f"--eval-think-ms {eval_think_ms}: expected >= 0")
         cap_path = capacity if capacity is not None else (DEFAULT_CAPACITY if DEFAULT_CAPACITY.exists() else None)
         if gpu_speedup is None and cap_path is None:
             raise FleetError("no GPU scaling: pass --capacity FILE (loadtest.capacity's table) or --gpu-speedup X")
-        if gpu_speedup is None and cap_path is not None:  # a bad table fails before any measuring
-            capacity_ratio(cap_path, model, None)
+        if gpu_speedup is None and cap_path is not None:  # a bad table or size fails before any measuring
+            capacity_ratio(cap_path, model, fr)
         if service is not None:
             sm = load_service(service)
             if sm.model != model:
@@ -211,8 +229,8 @@ def run(
             from loadtest.fleet.service import measure as do_measure
 
             sm = do_measure(model, [1, 2, 4, 8, 16], 3.0, fr)
-        if fr is not None and sm.frame != (0, 0) and fr != sm.frame:
-            raise FleetError(f"--frame {frame}: model {model!r} makes {sm.frame[0]}x{sm.frame[1]} frames")
+        if gpu_speedup is not None and fr is not None and sm.frame != (0, 0) and fr != sm.frame:
+            raise FleetError(f"--frame {frame}: model {model!r} makes {sm.frame[0]}x{sm.frame[1]} frames here")
         cap_entry: dict = {}
         estimated = True
         if gpu_speedup is not None:
@@ -220,17 +238,33 @@ def run(
                 raise FleetError(f"--gpu-speedup {gpu_speedup}: expected a positive ratio")
             ratio, how = gpu_speedup, f"--gpu-speedup {gpu_speedup:g} (given)"
         elif cap_path is not None:
-            ratio, cap_entry, estimated = capacity_ratio(cap_path, model, fr or sm.frame)
-            how = f"{cap_path} entry {cap_entry['key']}" + (" (the H200 figure is an estimate)" if estimated else "")
+            table_ratio, cap_entry, estimated = capacity_ratio(cap_path, model, fr or sm.frame)
+            # the table's H200 steps/s is a throughput: a batch of b takes b / steps_per_s_h200 (no
+            # batching gain assumed beyond it; this CPU's curve is batch-invariant, one call a session)
+            h200 = float(cap_entry["steps_per_s_h200"])
+            ratio = h200 * sm.batch_time(1)
+            how = (
+                f"{cap_path} row {cap_entry['key']}: {float(cap_entry['steps_per_s_h200']):,.0f} steps/s on an H200"
+                f"{' (ESTIMATE)' if estimated else ''}, {float(cap_entry['steps_per_s_cpu']):.1f} on its CPU "
+                f"(x{table_ratio:,.0f})"
+            )
         else:
             raise FleetError("no GPU scaling: pass --capacity FILE (loadtest.capacity's table) or --gpu-speedup X")
-        gpu = sm.scaled(ratio, how)
+        if cap_entry:
+            gpu = ServiceModel(model, {1: 1 / h200, 1024: 1024 / h200}, sm.frame, 1.0, how)
+        else:
+            gpu = sm.scaled(ratio, how)
         params = FleetParams(
             sessions=sessions,
             fps=fps,
             eval_envs=eval_envs,
             eval_batch=eval_batch,
             startup_s=startup_s,
+            interactive_batch_s=interactive_batch_s,
+            max_batch_size=max_batch_size,
+            miss_ratio_policy=policy_miss_ratio,
+            autoscale=autoscale,
+            eval_think_s=eval_think_ms / 1000,
             redis_ops_per_step=float(cap_entry.get("redis_ops_per_step", 2.0)),
             archive_bytes_per_step=float(
                 cap_entry.get("archive_bytes_per_step", sm.extra.get("archive_bytes_per_step_estimate", 0.0))
@@ -254,6 +288,9 @@ def run(
     shown = runs[best] if best is not None else runs[max(runs)]
     figures = {
         "model": model,
+        "frame": "x".join(
+            str(x) for x in ((cap_entry.get("height"), cap_entry.get("width")) if cap_entry else sm.frame)
+        ),
         "gpu_scaling": {"ratio": ratio, "source": how, "estimated": estimated},
         "service_cpu_batch_s": {str(b): s for b, s in sm.batch_s.items()},
         "params": params.__dict__,
@@ -283,7 +320,7 @@ def run(
     from loadtest.fleet.text import report_text
 
     images = plots(shown)
-    text = report_text(figures, vals, lc, report.stem)
+    text = report_text(figures, vals, lc, report.stem, base)
     write_atomic(out, json.dumps(figures, indent=1, default=float))
     for p in write_report(report, text, images):
         console.print(f"wrote {p}")

@@ -53,6 +53,7 @@ class FleetParams:
     max_batch_size: int = 32
     interactive_batch_s: float = 0.1
     step_s: float = 10.0
+    decide_s: float = 1.0  # the autoscaling policy is asked this often
     micro_s: float = 3.0
     startup_s: float = 60.0
     upscale_delay_s: float = 5.0
@@ -174,15 +175,22 @@ class Fleet:
                 res.redis_ops_s.append(steps_s * p.redis_ops_per_step)
                 res.archive_bytes_s.append(steps_s * p.archive_bytes_per_step)
                 res.eval_steps_s.append(r.eval_steps_per_s * running)
-            ongoing = running * r.inflight
-            want = auto.decide(
-                t, running, [r.engine_miss_ratio] * running, [r.deadline_steps_per_s] * running, ongoing
-            )
-            inflight = running + sum(n for _, n in pending)
-            if want > inflight:
-                pending.append((t + p.startup_s, want - inflight))
-            elif want < running and not pending:
-                running = want
+            # Serve's controller asks the policy about every second; the replicas' figures are this
+            # step's (their share is fixed within it)
+            per = r.inflight
+            for k in range(int(p.step_s / p.decide_s)):
+                tk = t + k * p.decide_s
+                while pending and pending[0][0] <= tk:
+                    running += pending.pop(0)[1]
+                # identical replicas: one aggregate entry (the policy weights ratios by steps/s)
+                want = auto.decide(
+                    tk, running, [r.engine_miss_ratio], [r.deadline_steps_per_s * running], running * per
+                )
+                inflight = running + sum(n for _, n in pending)
+                if want > inflight:
+                    pending.append((tk + p.startup_s, want - inflight))
+                elif want < running and not pending:
+                    running = want
             if progress is not None:
                 progress(i + 1, steps)
         return res

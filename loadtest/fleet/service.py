@@ -126,45 +126,52 @@ def load_service(path: Path) -> ServiceModel:
     return ServiceModel.from_json(d, str(path))
 
 
-def capacity_ratio(path: Path, model: str, frame: tuple[int, int] | None) -> tuple[float, dict, bool]:
-    """(steps/s on an H200 / steps/s on this CPU, the entry, estimated?) for ``model`` (and frame
-    size, "HxW" or "WxH" in the key, when given) from the capacity table."""
+def capacity_entries(path: Path) -> list[dict]:
+    """The capacity table's rows (``loadtest.capacity``: ``{"rows": [...]}``; also an object of
+    entries keyed by model+size)."""
     try:
         table = json.loads(path.read_text())
     except OSError as e:
         raise FleetError(f"--capacity {path}: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise FleetError(f"--capacity {path}: not JSON ({e})") from None
-    entries = table.get("entries", table) if isinstance(table, dict) else None
-    if not isinstance(entries, dict):
-        raise FleetError(f"--capacity {path}: expected an object of model+size entries")
-    found = []
-    for key, e in entries.items():
-        if not isinstance(e, dict):
-            continue
-        name = str(e.get("model", key))
-        if name != model and not str(key).startswith(model):
-            continue
-        if frame and frame != (0, 0):
-            h, w = frame
-            if not any(s in str(key) for s in (f"{h}x{w}", f"{w}x{h}")) and e.get("frame") not in (
-                [h, w],
-                f"{h}x{w}",
-                f"{w}x{h}",
-            ):
-                continue
-        found.append((key, e))
-    if not found:
-        names = ", ".join(sorted(entries)) or "none"
-        raise FleetError(f"model {model!r} is not in {path} (it has: {names})")
-    key, e = found[0]
+    if isinstance(table, dict) and isinstance(table.get("rows"), list):
+        rows = [r for r in table["rows"] if isinstance(r, dict)]
+    elif isinstance(table, dict):
+        rows = [{"key": k, "model": v.get("model", k), **v} for k, v in table.items() if isinstance(v, dict)]
+    else:
+        raise FleetError(f"--capacity {path}: expected {{rows: [...]}} or an object of model+size entries")
+    for r in rows:
+        r.setdefault("key", f"{r.get('model')}@{r.get('size', '')}")
+    return rows
+
+
+def capacity_ratio(path: Path, model: str, frame: tuple[int, int] | None) -> tuple[float, dict, bool]:
+    """(steps/s on an H200 / steps/s on the CPU, the row, is the H200 figure an estimate?) for
+    ``model`` at ``frame`` (H, W) when given, else at its smallest size."""
+    rows = [r for r in capacity_entries(path) if str(r.get("model")) == model and "cannot_run" not in r]
+    if not rows:
+        raise FleetError(f"model {model!r} is not in {path}")
+    if frame and frame != (0, 0):
+        h, w = frame
+        at = [
+            r
+            for r in rows
+            if (r.get("height"), r.get("width")) == (h, w) or any(x in str(r["key"]) for x in (f"{h}x{w}", f"{w}x{h}"))
+        ]
+        if not at:
+            sizes = ", ".join(f"{r.get('height')}x{r.get('width')}" for r in rows)
+            raise FleetError(f"frame {h}x{w}: model {model!r} is not in {path} at that size (it has {sizes})")
+        rows = at
+    r = min(rows, key=lambda r: float(r.get("height") or 0) * float(r.get("width") or 0))
     try:
-        cpu, gpu = float(e["steps_per_s_cpu"]), float(e["steps_per_s_h200"])
+        cpu, gpu = float(r["steps_per_s_cpu"]), float(r["steps_per_s_h200"])
     except (KeyError, TypeError, ValueError):
-        raise FleetError(f"{path}: entry {key!r} lacks steps_per_s_cpu / steps_per_s_h200") from None
+        raise FleetError(f"{path}: row {r['key']!r} lacks steps_per_s_cpu / steps_per_s_h200") from None
     if not (cpu > 0 and gpu > 0):
-        raise FleetError(f"{path}: entry {key!r} has steps_per_s {cpu!r} / {gpu!r}: expected positive")
-    return gpu / cpu, {"key": key, **e}, bool(e.get("estimate", e.get("steps_per_s_h200_estimate", False)))
+        raise FleetError(f"{path}: row {r['key']!r} has steps_per_s {cpu!r} / {gpu!r}: expected positive")
+    est = bool(r.get("steps_per_s_h200_estimate", r.get("estimate", False)))
+    return gpu / cpu, r, est
 
 
 def measure(model_name: str, sizes: list[int], budget_s: float, frame: tuple[int, int] | None) -> ServiceModel:
@@ -175,7 +182,6 @@ def measure(model_name: str, sizes: list[int], budget_s: float, frame: tuple[int
 
     overrides: dict[str, Any] = {"device": "cpu"}
     config = Config.load(overrides)
-    names = [m.name for m in config.models] if hasattr(config, "models") else []
     try:
         spec = config.model_spec(model_name)
     except Exception as e:
@@ -210,7 +216,6 @@ def measure(model_name: str, sizes: list[int], budget_s: float, frame: tuple[int
             raise FleetError(f"measuring {model_name!r} at batch {n}: {r.get('error') or r.get('reason')}")
         out[n] = r["p50_batch_ms"] / 1000.0
         raw[str(n)] = {k: r[k] for k in ("p50_batch_ms", "frames_per_s", "batches", "mean_batch_size") if k in r}
-    del names
     import numpy as np
     import torch
 

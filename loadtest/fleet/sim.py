@@ -31,6 +31,7 @@ at 24 fps cheap. Validation runs use cohorts of one (each room on its own clock,
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import math
@@ -455,7 +456,7 @@ def simulate_live_cluster(
         clock.at(decide_every_s, control)
     else:
         for t, n in replicas_at:
-            clock.at(t, lambda n=n: follow(n))
+            clock.at(t, functools.partial(follow, n))
     clock.run(duration_s)
     return ClusterResult(
         frames=sum(r.frames for r in rooms),

@@ -6,24 +6,54 @@ from loadtest.fleet.curve import LoadCurve
 from loadtest.fleet.report import validation_table
 
 
-def report_text(f: dict, validations: list[dict], curve: LoadCurve, stem: str) -> str:
-    p = f["params"]
-    g = f["gpu_scaling"]
-    best = f["gpus_for_slo"]
-    searched = "\n".join(
+def _searched(f: dict) -> str:
+    return "\n".join(
         f"| {n} | {100 * r['day_miss_ratio']:.2f}% | {100 * r['worst_5min_miss_ratio']:.1f}% | "
         f"{r['k2f_p99_ms']:.0f} | {r['replicas_min']}..{r['replicas_peak']} |"
         for n, r in f["searched"].items()
     )
+
+
+def _settings(f: dict) -> str:
+    p = f["params"]
+    return (
+        f"interactive_batch_s {p['interactive_batch_s']:g} s, max_batch_size {p['max_batch_size']}, "
+        f"DeadlineAwarePolicy miss_ratio {p['miss_ratio_policy']:g}, "
+        + ("autoscaled" if p.get("autoscale", True) else "every GPU serving all day")
+    )
+
+
+def _baseline(b: dict) -> str:
+    best = b["gpus_for_slo"]
+    return f"""
+### The same fleet with {_settings(b)}
+
+`{b["command"]}`: GPUs for the SLO: **{best if best is not None else "none in the range searched"}**.
+
+| GPUs (max replicas) | day miss ratio | worst 5 min | key-to-frame p99 (ms) | replicas used |
+|---|---|---|---|---|
+{_searched(b)}
+"""
+
+
+def report_text(f: dict, validations: list[dict], curve: LoadCurve, stem: str, base: list[dict] | None = None) -> str:
+    p = f["params"]
+    g = f["gpu_scaling"]
+    best = f["gpus_for_slo"]
+    searched = _searched(f)
     vals = ""
     if validations:
-        vals = validation_table(validations) + "\n\n" + "\n".join(
-            f"- {v['label']}: `python -m loadtest.fleet validate --measured {v['measured_report']}` "
-            f"(service per step {1000 * v['service']['per_step_s']:.1f} ms, mean batch "
-            f"{v['service']['mean_batch_size']:.2f}, outside the model {1000 * v['service']['outside_model_s']:.1f} ms, "
-            f"all from the run's own replica timings; {v['simulated']['seeds']} seeds; simulated replicas "
-            f"{v['simulated']['replicas_timeline_seed0']})"
-            for v in validations
+        vals = (
+            validation_table(validations)
+            + "\n\n"
+            + "\n".join(
+                f"- {v['label']}: `python -m loadtest.fleet validate --measured {v['measured_report']}` "
+                f"(service per step {1000 * v['service']['per_step_s']:.1f} ms, mean batch "
+                f"{v['service']['mean_batch_size']:.2f}, outside the model {1000 * v['service']['outside_model_s']:.1f} ms, "
+                f"all from the run's own replica timings; {v['simulated']['seeds']} seeds; simulated replicas "
+                f"{v['simulated']['replicas_timeline_seed0']})"
+                for v in validations
+            )
         )
     pts = ", ".join(f"{h:g} h {fr:g}" for h, fr in curve.points)
     return f"""# Fleet simulation
@@ -43,7 +73,7 @@ misses, key-to-frame) are predictions, not inputs.
 
 ## Fleet: {p["sessions"]:,} live sessions at {p["fps"]:g} fps + {p["eval_envs"]:,} evaluation environments
 
-- model `{f["model"]}`; CPU batch times measured here (s per batch by size): {f["service_cpu_batch_s"]};
+- model `{f["model"]}` at {f["frame"]} frames; CPU batch times measured here (s per batch by size): {f["service_cpu_batch_s"]};
   GPU scaling x{g["ratio"]:.3g} from {g["source"]}{" -- ESTIMATED" if g["estimated"] else ""};
 - load curve (hour, fraction of the peak): {pts}; evaluation environments
   {"follow it" if p["eval_follows_curve"] else "run all day"} ({p["eval_batch"]} per StepBatch call,
@@ -66,6 +96,8 @@ On {f["shown_gpus"]} GPUs: key-to-frame p50 {f["k2f_p50_ms"]:.0f} ms, p99 {f["k2
 {f["archive_bytes_s_peak"] / 1e6:.1f} MB/s at the peak ({p["archive_bytes_per_step"]:.0f} B per step);
 evaluation {f["eval_steps_s_mean"]:,.0f} steps/s on average.
 
+Settings: {_settings(f)}.
+{"".join(_baseline(b) for b in base or [])}
 ![misses and replicas]({stem}/miss_replicas.png)
 ![key-to-frame]({stem}/key_to_frame.png)
 ![Redis ops/s]({stem}/redis_ops.png)

@@ -63,7 +63,9 @@ def load_measured(path: Path) -> Measured:
         raise FleetError(f"--measured {path}: not a live scenario report (a JSON {type(d).__name__})")
     try:
         if int(d.get("per_session", 1)) != 1:
-            raise FleetError(f"--measured {path}: per_session={d['per_session']}: only one player per session is simulated")
+            raise FleetError(
+                f"--measured {path}: per_session={d['per_session']}: only one player per session is simulated"
+            )
         return Measured(
             str(path),
             int(d["players"]),

@@ -204,9 +204,24 @@ def test_more_gpus_miss_less_and_the_search_finds_the_fewest_that_hold_the_slo()
 
 def test_the_capacity_table_gives_the_ratio_or_names_the_unknown_model(tmp_path):
     f = tmp_path / "capacity.json"
-    f.write_text(json.dumps({"platformer@64x64": {"model": "platformer", "steps_per_s_cpu": 20, "steps_per_s_h200": 900}}))
+    f.write_text(
+        json.dumps({"platformer@64x64": {"model": "platformer", "steps_per_s_cpu": 20, "steps_per_s_h200": 900}})
+    )
     ratio, entry, estimated = capacity_ratio(f, "platformer", (64, 64))
     assert ratio == 45 and not estimated
+    rows = [  # loadtest.capacity's layout
+        {"model": "platformer", "size": "256p", "height": 256, "width": 256, "steps_per_s_cpu": 2, "steps_per_s_h200": 400,
+         "steps_per_s_h200_estimate": True},
+        {"model": "platformer", "size": "64", "height": 64, "width": 64, "steps_per_s_cpu": 20, "steps_per_s_h200": 1000,
+         "steps_per_s_h200_estimate": True, "redis_ops_per_step": 7.0},
+        {"model": "platformer", "size": "4k", "height": 2160, "width": 3840, "cannot_run": "too big"},
+    ]  # fmt: skip
+    f.write_text(json.dumps({"rows": rows, "meta": {}}))
+    ratio, entry, estimated = capacity_ratio(f, "platformer", None)
+    assert (ratio, entry["redis_ops_per_step"], estimated) == (50, 7.0, True)
+    assert capacity_ratio(f, "platformer", (256, 256))[0] == 200
+    with pytest.raises(FleetError, match="frame 2160x3840"):
+        capacity_ratio(f, "platformer", (2160, 3840))
     with pytest.raises(FleetError, match="model 'nope' is not in"):
         capacity_ratio(f, "nope", None)
     with pytest.raises(FleetError, match="not in"):
