@@ -71,6 +71,23 @@ misses, key-to-frame) are predictions, not inputs.
 
 {vals or "(no validation files given)"}
 
+Each real run: `flock /tmp/heavy.lock timeout 600 scripts/netns-run python -m loadtest.run live
+--users N --fps F --duration-s 75 --out out/real/<run>` (this checkout's loadtest/live.py keeps the
+replicas' timing histograms in `report.json`). What the comparison rests on, and its limits:
+
+- the service time is the run's own (a 2-core machine shared with other work: the same model's
+  step took 0.12 s in one run and 0.36 s in another); the simulation predicts what the scheduler,
+  the live rooms' clock and the autoscaler make of it, not how fast the CPU was;
+- Ray exports histogram sums from bucket midpoints: per-step times are drawn uniformly within the
+  model-batch histogram's buckets, and a batch's size is its bucket's upper bound (exact for 1, 2);
+- the time outside the model (Redis round trips, encoding) is the replica's processing time less
+  its queue wait and model time, from the same coarse buckets; the gateway <-> replica hop (5 ms each
+  way) and delivery to the player (5 ms) are estimates;
+- "replicas as measured" replays the run's own replica samples; "by the simulated policy" lets
+  DeadlineAwarePolicy decide with the scenario's settings and an 8 s replica start (an estimate),
+  so it also tests the policy's timing; where the real cluster could not start its third replica
+  quickly (2 cores), the policy run differs more.
+
 ## Fleet: {p["sessions"]:,} live sessions at {p["fps"]:g} fps + {p["eval_envs"]:,} evaluation environments
 
 - model `{f["model"]}` at {f["frame"]} frames; CPU batch times measured here (s per batch by size): {f["service_cpu_batch_s"]};

@@ -148,7 +148,7 @@ def test_the_autoscaler_calls_the_served_policy_inside_serves_delay_logic(monkey
 
 
 # -- the live room's clock against the real LiveRoom ----------------------------------------------
-@pytest.mark.parametrize("delay_s", [0.03, 0.075, 0.12])
+@pytest.mark.parametrize("delay_s", [0.05, 0.15, 0.25])  # 0, 1, 2 ticks overrun; 50 ms from each edge
 def test_the_simulated_room_clock_matches_a_real_live_room(delay_s):
     from worldserve.common.metrics import ServiceMetrics
     from worldserve.dynamics.interface import ActionSpace
@@ -156,7 +156,7 @@ def test_the_simulated_room_clock_matches_a_real_live_room(delay_s):
     from worldserve.web.live_metrics import LiveMetrics
     from worldserve.web.live_protocol import CONTROLLER, RAW, RateLimit
 
-    fps, play_s = 20.0, 1.2
+    fps, play_s = 10.0, 1.5
 
     async def step(keys, mouse, event, deadline, tick):
         await asyncio.sleep(delay_s)
@@ -185,13 +185,15 @@ def test_the_simulated_room_clock_matches_a_real_live_room(delay_s):
     frames, misses = asyncio.run(play())
     sim = simulate_replica(ServiceModel("m", {1: delay_s}), sessions=1, fps=fps, duration_s=play_s, warmup_s=0)
     real_ratio = misses / (misses + frames)
-    assert abs(real_ratio - sim.miss_ratio) <= 0.08, (frames, misses, sim.frames, sim.misses)
+    assert abs(real_ratio - sim.miss_ratio) <= 0.1, (frames, misses, sim.frames, sim.misses)
     assert abs(frames - sim.frames) <= 2
 
 
 # -- the fleet day, the GPU search ----------------------------------------------------------------
 def test_more_gpus_miss_less_and_the_search_finds_the_fewest_that_hold_the_slo():
-    p = FleetParams(sessions=400, fps=10, eval_envs=0, micro_s=2.0, step_s=600.0, startup_s=0.0, autoscale=False)
+    p = FleetParams(
+        sessions=400, fps=10, eval_envs=0, micro_s=2.0, step_s=600.0, decide_s=600.0, startup_s=0.0, autoscale=False
+    )
     fleet = Fleet(ServiceModel("m", {1: 0.004, 32: 0.032}), LoadCurve(((0.0, 1.0), (24.0, 1.0))), p)
     few, many = fleet.day(2), fleet.day(12)
     assert few.day_miss_ratio > 0.2 and many.day_miss_ratio <= 0.01
@@ -287,11 +289,17 @@ def test_the_command_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["curve.json"]
 
 
-def test_the_served_policy_at_a_10_percent_threshold_lets_misses_settle_below_it_not_below_1_percent():
+def test_the_served_policy_at_a_10_percent_threshold_does_not_hold_1_percent_where_all_gpus_would():
     """DeadlineAwarePolicy adds replicas only above its miss_ratio; below it Serve's queue-length
-    policy may take them away: a fleet scaled by it holds ~its threshold, not a tighter SLO."""
-    p = FleetParams(sessions=400, fps=10, eval_envs=0, micro_s=2.0, step_s=60.0, startup_s=0.0, miss_ratio_policy=0.1)
-    fleet = Fleet(ServiceModel("m", {1: 0.004, 32: 0.032}), LoadCurve(((0.0, 1.0), (24.0, 1.0))), p)
-    day = fleet.day(40)
-    assert 0.01 < day.day_miss_ratio < 0.2
-    assert max(day.replicas[1:]) < 40  # it never needed all of them after the start
+    policy takes them away again: the autoscaled fleet misses far more than 1% where the same
+    GPUs serving all day miss none."""
+    curve = LoadCurve(((0.0, 1.0), (24.0, 1.0)))
+    sm = ServiceModel("m", {1: 0.004, 32: 0.032})
+    kw = dict(
+        sessions=400, fps=10, eval_envs=0, micro_s=2.0, step_s=60.0, decide_s=5.0, startup_s=0.0, miss_ratio_policy=0.1
+    )
+    auto = Fleet(sm, curve, FleetParams(**kw)).day(40)  # type: ignore[arg-type]
+    fixed = Fleet(sm, curve, FleetParams(**kw, autoscale=False)).day(40)  # type: ignore[arg-type]
+    assert fixed.day_miss_ratio <= 0.01
+    assert auto.day_miss_ratio > 0.05
+    assert min(auto.replicas) < 20  # it gave GPUs back, and misses came with that
