@@ -12,6 +12,7 @@ live report) end in one line naming the value, exit 2, nothing written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -244,9 +245,8 @@ def run(
             h200 = float(cap_entry["steps_per_s_h200"])
             ratio = h200 * sm.batch_time(1)
             how = (
-                f"{cap_path} row {cap_entry['key']}: {float(cap_entry['steps_per_s_h200']):,.0f} steps/s on an H200"
-                f"{' (ESTIMATE)' if estimated else ''}, {float(cap_entry['steps_per_s_cpu']):.1f} on its CPU "
-                f"(x{table_ratio:,.0f})"
+                f"{cap_path} row {cap_entry['key']} ({h200:,.0f} steps/s on an H200, "
+                f"{float(cap_entry['steps_per_s_cpu']):.3g} on its CPU: x{table_ratio:,.0f})"
             )
         else:
             raise FleetError("no GPU scaling: pass --capacity FILE (loadtest.capacity's table) or --gpu-speedup X")
@@ -315,20 +315,50 @@ def run(
         "micro_runs": fleet.micro_runs,
         "seconds": took,
         "command": " ".join(["python -m loadtest.fleet"] + sys.argv[1:]),
+        "days": len(runs),
+        "curve": [list(pt) for pt in lc.points],
+        "day": dataclasses.asdict(shown),
     }
-    from loadtest.fleet.report import plots, write_report
-    from loadtest.fleet.text import report_text
-
-    images = plots(shown)
-    text = report_text(figures, vals, lc, report.stem, base)
     write_atomic(out, json.dumps(figures, indent=1, default=float))
-    for p in write_report(report, text, images):
-        console.print(f"wrote {p}")
+    _render(figures, vals, base, report)
     console.print(
         f"GPUs for a {100 * slo:g}% miss SLO: {best if best is not None else f'more than {gpus_max}'}; "
         f"day miss ratio {shown.day_miss_ratio:.4f} on {shown.gpus}; key-to-frame p99 {figures['k2f_p99_ms']:.0f} ms; "
         f"{took:.0f} s"
     )
+
+
+def _render(figures: dict, vals: list[dict], base: list[dict], report: Path) -> None:
+    from loadtest.fleet.curve import parse_curve
+    from loadtest.fleet.day import DayResult
+    from loadtest.fleet.report import plots, write_report
+    from loadtest.fleet.text import report_text
+
+    images = plots(DayResult(**figures["day"]))
+    text = report_text(figures, vals, parse_curve(figures["curve"]), report.stem, base)
+    for p in write_report(report, text, images):
+        console.print(f"wrote {p}")
+
+
+@app.command("report")
+def report_cmd(
+    fleet: Path = typer.Option(Path("out/fleet/fleet.json"), help="a `run --out` file"),
+    validation: list[Path] = typer.Option([], help="`validate --out` files to put in the report"),
+    baseline: list[Path] = typer.Option([], help="earlier runs' --out JSON to show beside it"),
+    report: Path = typer.Option(Path("docs/fleet.md"), help="the markdown report (plots beside it)"),
+) -> None:
+    """Write the report and plots again from a run's figures (no simulation)."""
+    try:
+        figures = json.loads(fleet.read_text())
+        if not isinstance(figures, dict) or "day" not in figures:
+            raise FleetError(f"--fleet {fleet}: not a `run --out` file of this version (no day series)")
+        vals = [json.loads(p.read_text()) for p in validation]
+        base = [json.loads(p.read_text()) for p in baseline]
+    except (OSError, json.JSONDecodeError) as e:
+        _fail(FleetError(f"{type(e).__name__}: {e}"))
+    except FleetError as e:
+        _fail(e)
+    _render(figures, vals, base, report)
 
 
 def main() -> None:

@@ -178,7 +178,7 @@ class Fleet:
             # Serve's controller asks the policy about every second; the replicas' figures are this
             # step's (their share is fixed within it)
             per = r.inflight
-            for k in range(int(p.step_s / p.decide_s)):
+            for k in range(int(p.step_s / p.decide_s) if p.autoscale else 0):  # fixed: nothing to decide
                 tk = t + k * p.decide_s
                 while pending and pending[0][0] <= tk:
                     running += pending.pop(0)[1]

@@ -55,10 +55,14 @@ def plots(day: DayResult) -> dict[str, bytes]:
     ax.set_xlabel("hour of day")
     ax.set_ylabel("Redis ops/s (millions)")
     ax2 = ax.twinx()
-    ax2.plot(day.hours, [x / 1e6 for x in day.archive_bytes_s], color="tab:orange", label="archive MB/s")
-    ax2.set_ylabel("archive MB/s", color="tab:orange")
+    ax2.plot(
+        day.hours, [x / 1e9 for x in day.archive_bytes_s], color="tab:orange", ls="--", label="archive writes (GB/s)"
+    )
+    ax2.set_ylabel("archive writes (GB/s)", color="tab:orange")
+    ax.legend(loc="upper left")
+    ax2.legend(loc="lower right")
     ax.set_xlim(0, 24)
-    ax.set_title("Redis and archive load over the day")
+    ax.set_title("Redis and archive load over the day (live and evaluation steps)")
     out["redis_ops.png"] = _png(fig)
     plt.close(fig)
     return out

@@ -303,3 +303,31 @@ def test_the_served_policy_at_a_10_percent_threshold_does_not_hold_1_percent_whe
     assert fixed.day_miss_ratio <= 0.01
     assert auto.day_miss_ratio > 0.05
     assert min(auto.replicas) < 20  # it gave GPUs back, and misses came with that
+
+
+def test_a_fleet_run_writes_its_report_and_plots_and_report_renders_them_again(tmp_path):
+    from typer.testing import CliRunner
+
+    from loadtest.fleet.cli import app
+
+    svc = tmp_path / "service.json"
+    svc.write_text(json.dumps(ServiceModel("platformer", {1: 0.5, 8: 4.0}, (64, 64)).to_json()))
+    out, report = tmp_path / "fleet.json", tmp_path / "docs" / "fleet.md"
+    args = ["run", "--service", str(svc), "--gpu-speedup", "500", "--sessions", "200", "--eval-envs", "0"]
+    r = CliRunner().invoke(app, [*args, "--gpus", "3", "--no-autoscale", "--out", str(out), "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    figures = json.loads(out.read_text())
+    # 200 sessions x 24 fps x 1 ms a step = 4.8 GPU-seconds a second at the peak: 3 GPUs miss a lot then
+    assert figures["searched"]["3"]["worst_5min_miss_ratio"] > 0.2
+    assert sorted(x.name for x in (tmp_path / "docs" / "fleet").iterdir()) == [
+        "key_to_frame.png",
+        "miss_replicas.png",
+        "redis_ops.png",
+    ]
+    text = report.read_text()
+    assert "| 3 |" in text and "--gpu-speedup 500" in text
+    again = tmp_path / "again.md"
+    r = CliRunner().invoke(app, ["report", "--fleet", str(out), "--report", str(again)])
+    assert r.exit_code == 0, r.output
+    assert again.read_text().split("## Fleet")[1].replace("again/", "fleet/") == text.split("## Fleet")[1]
+    assert (tmp_path / "again" / "miss_replicas.png").stat().st_size > 10_000
