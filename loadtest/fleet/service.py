@@ -149,7 +149,14 @@ def capacity_entries(path: Path) -> list[dict]:
 def capacity_ratio(path: Path, model: str, frame: tuple[int, int] | None) -> tuple[float, dict, bool]:
     """(steps/s on an H200 / steps/s on the CPU, the row, is the H200 figure an estimate?) for
     ``model`` at ``frame`` (H, W) when given, else at its smallest size."""
-    rows = [r for r in capacity_entries(path) if str(r.get("model")) == model and "cannot_run" not in r]
+    every = [r for r in capacity_entries(path) if str(r.get("model")) == model]
+    if frame and frame != (0, 0):
+        for r in every:
+            if (r.get("height"), r.get("width")) == frame and r.get("cannot_run"):
+                raise FleetError(
+                    f"frame {frame[0]}x{frame[1]}: model {model!r} cannot run at that size ({r['cannot_run']})"
+                )
+    rows = [r for r in every if not r.get("cannot_run")]
     if not rows:
         raise FleetError(f"model {model!r} is not in {path}")
     if frame and frame != (0, 0):

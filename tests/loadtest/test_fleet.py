@@ -222,8 +222,10 @@ def test_the_capacity_table_gives_the_ratio_or_names_the_unknown_model(tmp_path)
     ratio, entry, estimated = capacity_ratio(f, "platformer", None)
     assert (ratio, entry["redis_ops_per_step"], estimated) == (50, 7.0, True)
     assert capacity_ratio(f, "platformer", (256, 256))[0] == 200
-    with pytest.raises(FleetError, match="frame 2160x3840"):
+    with pytest.raises(FleetError, match=r"frame 2160x3840: model 'platformer' cannot run at that size \(too big\)"):
         capacity_ratio(f, "platformer", (2160, 3840))
+    with pytest.raises(FleetError, match="frame 480x832: model 'platformer' is not in"):
+        capacity_ratio(f, "platformer", (480, 832))
     with pytest.raises(FleetError, match="model 'nope' is not in"):
         capacity_ratio(f, "nope", None)
     with pytest.raises(FleetError, match="not in"):
