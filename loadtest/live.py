@@ -120,7 +120,25 @@ def gateway_figures(metrics_url: str, wait_s: float = 12.0) -> dict[str, float]:
                 if s.name.endswith(name):
                     key = name if "deadline_steps" not in name else f"{name}[{s.labels.get('outcome')}]"
                     out[key] = out.get(key, 0.0) + s.value
+            for name in TIMINGS:  # the model replicas' own timings: the fleet simulation's service times
+                if name in s.name:
+                    tail = s.name[s.name.index(name) :]
+                    label = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k in TIMING_LABELS)
+                    key = f"{tail}[{label}]" if label else tail
+                    out[key] = out.get(key, 0.0) + s.value
     return out
+
+
+TIMINGS = (
+    "worldserve_dynamics_model_step_duration_seconds",
+    "worldserve_dynamics_batch_size",
+    "worldserve_dynamics_queue_wait_seconds",
+    "serve_deployment_processing_latency_ms",
+)
+"""Histograms (sum, count, buckets) kept beside the live figures: model seconds of a batch, its
+size, queue wait by priority and time in each deployment's replicas (``loadtest.fleet validate``
+reads them)."""
+TIMING_LABELS = ("le", "priority", "deployment")
 
 
 def run_live(ns, app_args: dict, slo: dict, console) -> int:

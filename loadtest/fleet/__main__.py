@@ -1,0 +1,4 @@
+from loadtest.fleet.cli import main
+
+if __name__ == "__main__":
+    main()
