@@ -259,17 +259,30 @@ def step_payload(model: Any, trained: bool, frames: np.ndarray, run_step: bool) 
     kind = (model.info.extra or {}).get("kind", "")
     if hasattr(model, "page_nbytes") and hasattr(model, "config") and hasattr(model.config, "n_layers"):
         c = model.config  # world_model: the newest frame's page, (n_layers, 2, F, heads, head_dim)
-        kv = torch.zeros(c.n_layers, 2, c.frame_tokens, c.n_heads, c.head_dim, dtype=model.dtype)
+        # values like a real page's (noise to a compressor: zeros would compress to nothing)
+        gen = torch.Generator().manual_seed(0)
+        kv = torch.randn(c.n_layers, 2, c.frame_tokens, c.n_heads, c.head_dim, generator=gen).to(model.dtype)
         resume = pack_resume({"kv": kv})
     elif kind == "scroll_canvas":
         c = model.config
         resume = pack_resume(
             {
-                "canvas": torch.zeros(3, c.frame_height, c.canvas_width, dtype=torch.uint8),
-                "valid": torch.zeros(c.canvas_width, dtype=torch.bool),
+                # the canvas holds game pixels (the frames side by side), every column valid
+                "canvas": _game_canvas(frames, c.frame_height, c.canvas_width),
+                "valid": torch.ones(c.canvas_width, dtype=torch.bool),
             }
         )
     return Payload(pack_array(lat.numpy()), png, resume, every, "declared shapes")
+
+
+def _game_canvas(frames: np.ndarray, height: int, width: int) -> Any:
+    """(3, height, width) uint8: the game frames side by side (cycled), as a scrolled canvas holds."""
+    import torch
+
+    strip = np.concatenate([f[:height] for f in frames], axis=1)  # (H, n * W, 3)
+    reps = -(-width // strip.shape[1])
+    wide = np.concatenate([strip] * reps, axis=1)[:, :width]
+    return torch.from_numpy(np.ascontiguousarray(wide.transpose(2, 0, 1)))
 
 
 def state_bytes(model: Any, frames: np.ndarray) -> int:
