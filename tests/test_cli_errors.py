@@ -139,3 +139,16 @@ def test_an_exit_a_command_chose_is_not_an_error():
         with pytest.raises(typer.Exit) as e:
             done(code)
         assert e.value.exit_code == code
+
+
+def test_ray_s_temp_folder_is_short_enough_for_its_sockets(monkeypatch, tmp_path):
+    from worldserve.cli_cluster import RAY_TEMP_MAX, ray_temp_dir
+
+    monkeypatch.setenv("WORLDSERVE_HOME", "/tmp/wsh")
+    assert ray_temp_dir() == Path("/tmp/wsh/ray")
+    deep = tmp_path / ("x" * 60) / ".worldserve"
+    monkeypatch.setenv("WORLDSERVE_HOME", str(deep))
+    short = ray_temp_dir()
+    assert len(str(short)) <= RAY_TEMP_MAX and short.parent == Path("/tmp")
+    monkeypatch.setenv("WORLDSERVE_HOME", str(deep) + "2")
+    assert ray_temp_dir() != short  # another home, another folder

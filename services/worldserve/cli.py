@@ -26,6 +26,7 @@ from worldserve.cli_cluster import (
     _write_state,
     dev_key,
     home,
+    ray_temp_dir,
     start_ray_head,
     stop_ray_cluster,
 )
@@ -103,7 +104,7 @@ def up(
         if address:
             console.print(f"the Ray cluster of an earlier `up` ({address}) is gone: starting a new one")
         console.print("starting Ray ...")
-        temp_dir = home() / "ray"  # short: Ray's socket paths must fit 107 characters
+        temp_dir = ray_temp_dir()
         address = start_ray_head(temp_dir, num_cpus or max(4, os.cpu_count() or 1), env)
         state.update(ray_address=address, ray_temp_dir=str(temp_dir))
         _write_state(state)

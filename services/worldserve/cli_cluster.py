@@ -76,6 +76,22 @@ def _last_line(r: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else f"exit status {r.returncode}"
 
 
+RAY_TEMP_MAX = 40
+"""Longest temp folder for our Ray head: Ray's socket paths below it
+(``session_<date>_<pid>/sockets/plasma_store``, ~65 characters) must fit 107."""
+
+
+def ray_temp_dir() -> Path:
+    """``$WORLDSERVE_HOME/ray``, or where that path is too long for Ray's sockets, a short folder
+    in /tmp named after it."""
+    d = home() / "ray"
+    if len(str(d)) <= RAY_TEMP_MAX:
+        return d
+    import hashlib
+
+    return Path("/tmp") / f"worldserve-ray-{hashlib.sha256(str(d).encode()).hexdigest()[:10]}"
+
+
 def ray_processes(temp_dir: str, gcs_address: str) -> list[int]:
     """PIDs of the processes of one local Ray cluster: those whose command line names its temp
     folder or its GCS address (``ray stop`` would stop every Ray cluster of this user)."""
