@@ -32,6 +32,7 @@ def one_line(r: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and not r.stdout.strip(), (r.stdout, r.stderr)
     assert lines[0].startswith("error: "), lines
+    print(lines[0])  # (pytest -s shows what a user sees)
     return lines[0][len("error: ") :]
 
 
