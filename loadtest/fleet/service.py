@@ -116,25 +116,25 @@ class ServiceModel:
         return cls(str(d.get("model", "?")), batch, (frame[0], frame[1]), 1.0, source, extra)
 
 
-def load_service(path: Path) -> ServiceModel:
+def read_json(path: Path, flag: str) -> Any:
+    """A JSON file given as ``flag``; FleetError naming the flag and the file when it cannot be read."""
     try:
-        d = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except OSError as e:
-        raise FleetError(f"--service {path}: {e.strerror or e}") from None
+        raise FleetError(f"{flag} {path}: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
-        raise FleetError(f"--service {path}: not JSON ({e})") from None
+        raise FleetError(f"{flag} {path}: not JSON ({e})") from None
+
+
+def load_service(path: Path) -> ServiceModel:
+    d = read_json(path, "--service")
     return ServiceModel.from_json(d, str(path))
 
 
 def capacity_entries(path: Path) -> list[dict]:
     """The capacity table's rows (``loadtest.capacity``: ``{"rows": [...]}``; also an object of
     entries keyed by model+size)."""
-    try:
-        table = json.loads(path.read_text())
-    except OSError as e:
-        raise FleetError(f"--capacity {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise FleetError(f"--capacity {path}: not JSON ({e})") from None
+    table = read_json(path, "--capacity")
     if isinstance(table, dict) and isinstance(table.get("rows"), list):
         rows = [r for r in table["rows"] if isinstance(r, dict)]
     elif isinstance(table, dict):

@@ -15,14 +15,13 @@ DeadlineAwarePolicy at a 10% miss ratio).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.fleet.autoscale import Autoscaler
-from loadtest.fleet.service import FleetError, ServiceModel
+from loadtest.fleet.service import FleetError, ServiceModel, read_json
 from loadtest.fleet.sim import percentile, simulate_live_cluster
 
 MODEL_DEPLOYMENT = "DynamicsModel-platformer"
@@ -53,12 +52,7 @@ class Measured:
 
 
 def load_measured(path: Path) -> Measured:
-    try:
-        d = json.loads(path.read_text())
-    except OSError as e:
-        raise FleetError(f"--measured {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise FleetError(f"--measured {path}: not JSON ({e})") from None
+    d = read_json(path, "--measured")
     if not isinstance(d, dict):
         raise FleetError(f"--measured {path}: not a live scenario report (a JSON {type(d).__name__})")
     try:
