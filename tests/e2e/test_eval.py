@@ -72,7 +72,8 @@ def test_eval_runs_eight_worlds_and_its_dataset_loads(cluster, tmp_path, monkeyp
     # the game comes back to its start (only the player faces the other way) and its view moved
     game = report["game"]
     assert game["turn_around_psnr_db"]["mean"] > game["moved_psnr_db"]["mean"] + 10.0
-    assert "the game: " in r.output and "2 distinct, 5 duplicates not counted" in r.output
+    said = " ".join(r.output.split())  # rich wraps lines at the terminal's width
+    assert "(the game: " in said and "2 distinct, 5 duplicates not counted" in said, said
     assert report["latency_ms"]["batches"] == 4 + 4 * 2 and report["latency_ms"]["p50"] > 0
     for p in report["plots"]:
         assert open(p, "rb").read(4) == b"\x89PNG"

@@ -92,7 +92,7 @@ async def test_a_fork_of_a_long_unarchived_tail_copies_only_the_window(wstore):
     assert child_bytes <= WINDOW * (STEP_BYTES + 512) + 4096 < tail_bytes / 8, (child_bytes, tail_bytes)
     # the parent's older steps were archived first (and trimmed from its Redis)
     after = await wstore.get("t", rec.session_id)
-    assert after.archived == 260 and child.archived == 260
+    assert after.archived == 260 - WINDOW and child.archived == 260 - WINDOW
     assert await session_bytes(wstore, rec.session_id) < tail_bytes / 4
     assert await exported(wstore, child.session_id) == expected(260)
     assert await exported(wstore, rec.session_id) == expected(260)
@@ -106,14 +106,14 @@ async def test_the_childs_history_survives_parent_trim_and_delete(wstore):
     rec = await new(wstore)
     await play(wstore, rec.session_id, 30)  # nothing archived yet: 30 steps in Redis
     early = await wstore.fork("t", rec.session_id, step=21)  # before the parent's newest steps
-    assert (await wstore.get("t", rec.session_id)).archived == 21  # archived up to the fork's step
+    assert (await wstore.get("t", rec.session_id)).archived == 21 - WINDOW  # archived up to the fork's window
     late = await wstore.fork("t", rec.session_id)
-    assert (await wstore.get("t", rec.session_id)).archived == 30
+    assert (await wstore.get("t", rec.session_id)).archived == 30 - WINDOW
     # the parent goes on, is archived and trimmed, then deleted
     await play(wstore, rec.session_id, 40, start=30, arch=arch)
     await arch.run_once()
     parent = await wstore.get("t", rec.session_id)
-    assert parent.trimmed >= 60
+    assert parent.trimmed >= 60 - WINDOW  # trimmed far past both forks: their steps come from the archive
     assert await exported(wstore, early.session_id) == expected(21)
     assert await exported(wstore, late.session_id) == expected(30)
     assert await wstore.delete("t", rec.session_id)
@@ -134,7 +134,7 @@ async def test_an_archiver_racing_the_fork_loses_and_duplicates_nothing(wstore):
     await wstore.archive.write_chunk("t", sid, [e for e in await wstore.log_entries("t", sid, 0, 7) if e])
     child = await wstore.fork("t", sid, step=18)  # archives 0-18: listed as 8-18 after the chunk there
     chunks = await wstore.archive.manifest("t", sid)
-    assert [(c.first, c.last) for c in chunks] == [(0, 7), (8, 18)]
+    assert [(c.first, c.last) for c in chunks] == [(0, 7), (8, 18 - WINDOW)]
     # the archiver comes back: its chunk 0-7 is listed already, its trim finds archived moved on
     arch = Archiver(wstore, wstore.archive, POLICY)
     await wstore.mark_due("t", sid)
@@ -142,7 +142,7 @@ async def test_an_archiver_racing_the_fork_loses_and_duplicates_nothing(wstore):
     await play(wstore, sid, 8, start=20)
     await wstore.mark_due("t", sid)  # the engine marks a chunk due counting from the archived step
     await arch.run_once()
-    assert (await wstore.get("t", sid)).archived == 26
+    assert (await wstore.get("t", sid)).archived == 18 - WINDOW + POLICY.chunk_steps
     assert await exported(wstore, sid) == expected(28)
     assert await exported(wstore, child.session_id) == expected(18)
 
@@ -155,6 +155,21 @@ async def test_a_long_tail_is_archived_in_parts_before_the_fork(wstore):
     await play(wstore, rec.session_id, n)
     child = await wstore.fork("t", rec.session_id)
     chunks = await wstore.archive.manifest("t", rec.session_id)
-    assert [(c.first, c.last) for c in chunks] == [(0, FLUSH_CHUNK_STEPS - 1), (FLUSH_CHUNK_STEPS, n)]
+    assert [(c.first, c.last) for c in chunks] == [(0, FLUSH_CHUNK_STEPS - 1), (FLUSH_CHUNK_STEPS, n - WINDOW)]
     assert await exported(wstore, child.session_id) == expected(n)
     assert await wstore.r.hlen(wstore._log("t", child.session_id)) == 4 * WINDOW
+
+
+async def test_a_fork_at_an_older_step_keeps_its_whole_window(wstore):
+    # a live world keeps stepping: the page forks at the step it shows, behind the current one;
+    # archiving the parent first must not trim the fork's window away
+    arch = Archiver(wstore, wstore.archive, POLICY)
+    rec = await new(wstore)
+    await play(wstore, rec.session_id, 200, arch=arch)
+    await play(wstore, rec.session_id, 60, start=200)
+    child = await wstore.fork("t", rec.session_id, step=240)
+    win = await wstore.window("t", child.session_id, end_step=240, frames=WINDOW)
+    assert [e.step for e in win] == list(range(241 - WINDOW, 241))
+    assert [e.latent for e in win] == [bytes([(n - 1) % 251]) * STEP_BYTES for n in range(241 - WINDOW, 241)]
+    assert await exported(wstore, child.session_id) == expected(240)
+    assert await exported(wstore, rec.session_id) == expected(260)

@@ -579,7 +579,10 @@ class SessionStore(StepLog):
         child_id = session_id or new_session_id()
         t0 = time.perf_counter()
         if self.archive is not None:
-            parent = await self._flush_before(tenant, sid, parent, at - self.hot_window, upto=at)
+            # up to the window's start only: the trim that follows keeps the window (it drops
+            # steps up to what was archived, and the fork step may be older than the current one)
+            need = at - self.hot_window
+            parent = await self._flush_before(tenant, sid, parent, need, upto=need)
         for _ in range(8):
             first = max(0, parent.trimmed + 1)
             if self.archive is not None:  # the window; the archive has every step before it
