@@ -29,6 +29,11 @@ def _usd(x: float) -> str:
     return f"${x:.2g}" if x < 0.01 else f"${x:.4f}"
 
 
+def _row(cells: list[str]) -> str:
+    """One Markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
 def _cells(row: dict[str, Any], n: int) -> list[str]:
     return [f"cannot run: {row['cannot_run']}"] + [""] * (n - 1)
 
@@ -75,16 +80,15 @@ def render(result: dict[str, Any]) -> str:
     for r in rows:
         head = [r["model"], r["size"]]
         if r.get("cannot_run"):
-            out.append("| " + " | ".join(head + _cells(r, 9)) + " |")
+            out.append(_row(head + _cells(r, 9)))
             continue
         if r.get("redis_not_measured"):
-            out.append("| " + " | ".join(head + [r["redis_not_measured"]] + [""] * 8) + " |")
+            out.append(_row(head + [r["redis_not_measured"]] + [""] * 8))
             continue
         p = r["payload"]
         resume = _b(p["resume_bytes"]) + (f" every {p['resume_every']} steps" if p["resume_every"] > 1 else "")
         out.append(
-            "| "
-            + " | ".join(
+            _row(
                 head
                 + [
                     f"{_b(p['latent_bytes'])} / {_b(p['frame_png_bytes'])} / {resume}",
@@ -99,7 +103,6 @@ def render(result: dict[str, Any]) -> str:
                     f"{_b(r['archive_write_bytes_per_s_per_1000_sessions_8fps'])}/s",
                 ]
             )
-            + " |"
         )
     gpu_src = meta["efficiency_source"]
     out += [
@@ -125,7 +128,7 @@ def render(result: dict[str, Any]) -> str:
     for r in rows:
         head = [r["model"], r["size"]]
         if r.get("cannot_run"):
-            out.append("| " + " | ".join(head + _cells(r, 6)) + " |")
+            out.append(_row(head + _cells(r, 6)))
             continue
         fl = r["flops"]
         if r["steps_per_s_cpu"] is None:
@@ -139,8 +142,7 @@ def render(result: dict[str, Any]) -> str:
         mem = " (memory-bound)" if s8 >= r["sessions_per_gpu_memory"] else ""
         usd = r["usd_per_simulated_s_24fps"]
         out.append(
-            "| "
-            + " | ".join(
+            _row(
                 head
                 + [
                     f"{fl['total'] / 1e9:,.2f} G ({fl['attention'] / fl['total']:.0%})",
@@ -151,7 +153,6 @@ def render(result: dict[str, Any]) -> str:
                     f"{usd / E.DECART_USD_PER_SIM_S:.2g}x",
                 ]
             )
-            + " |"
         )
     out += [
         "",
