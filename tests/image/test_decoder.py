@@ -12,6 +12,7 @@ import torch
 import worldserve
 from worldserve.image.decoder import CaptionDecoder, CaptionDecoderConfig, load_caption_decoder, normalize_prompt
 from worldserve.image.model import ImageBackend
+from worldserve.train.eval_worlds import heldout_prompts
 from worldserve.train.image_trainer import caption_variant, pixel_weights, train_caption_decoder, training_batch
 from worldserve.worlds import Game, caption_of, check_palette, parse_caption, random_spec
 from worldserve.worlds.platformer import COLORS, NIGHT_SCALE, RAIN_DIM
@@ -209,8 +210,8 @@ def kind_seen(frame: np.ndarray, spec, obj, tol: float = 40.0) -> str | None:
 
 
 def heldout_scores(backend, n: int = 64, variants: bool = False) -> dict[str, float]:
-    rng = np.random.default_rng([1_000_000, 4])
-    specs = [random_spec(rng) for _ in range(n)]
+    """Scores on ``n`` captions of the test split (compositions no model trains on)."""
+    specs = heldout_prompts(n, "test")
     vrng = np.random.default_rng([1_000_000, 5])
     caps = [caption_variant(s, vrng) if variants else caption_of(s) for s in specs]
     imgs = backend.generate_batch(caps, seeds=[0] * n, **OPTS)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldserve.worlds import Game, random_spec
+from worldserve.worlds import Game
 from worldserve.worlds.platformer import KEYS, random_actions, random_events
+from worldserve.worlds.splits import random_spec_in
 
 from .canvas_config import CanvasTrainConfig
 from .data import action_matrix
@@ -67,7 +68,7 @@ def _player_state(game: Game) -> tuple[int, int, int, int, int]:
 
 def play(seed: int, steps: int, policy: str, event_p: float = 0.05) -> tuple:
     rng = np.random.default_rng([seed, 11])
-    spec = random_spec(rng)
+    spec = random_spec_in(rng, "train")  # never a held-out caption
     game = Game(spec, seed)
     frames, acts, evs, cams = [game.reset()], [()], [""], [game.camera]
     player, light, bgs = [_player_state(game)], [2 * game.night + game.rain], [game.render(player=False)]

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldserve.worlds import Game, caption_of, generate_trajectory, random_spec
+from worldserve.worlds import Game, caption_of, generate_trajectory
 from worldserve.worlds.platformer import KEYS
+from worldserve.worlds.splits import random_spec_in
 
 HELDOUT_SEED = 1_000_000
 """Evaluation trajectories and captions use seeds >= this; training uses seeds below it."""
@@ -48,7 +49,10 @@ class TrajectoryData:
 
 
 def make_trajectories(seeds: range | list[int], steps: int, *, event_p: float = 0.05) -> TrajectoryData:
-    trajs = [generate_trajectory(s, steps, event_p=event_p) for s in seeds]
+    trajs = [
+        generate_trajectory(s, steps, spec=random_spec_in(np.random.default_rng([s, 3]), "train"), event_p=event_p)
+        for s in seeds
+    ]
     return TrajectoryData(
         np.stack([t.frames for t in trajs]),
         np.stack([action_matrix(t.actions) for t in trajs]),
@@ -59,7 +63,7 @@ def make_trajectories(seeds: range | list[int], steps: int, *, event_p: float = 
 
 def caption_batch(rng: np.random.Generator, n: int) -> tuple[list[str], np.ndarray]:
     """n random captions and the first frames they describe: (n, 64, 64, 3) uint8."""
-    specs = [random_spec(rng) for _ in range(n)]
+    specs = [random_spec_in(rng, "train") for _ in range(n)]
     return [caption_of(s) for s in specs], np.stack([Game(s, 0).reset() for s in specs])
 
 

@@ -1,5 +1,10 @@
 """The held-out worlds of the fidelity evaluation (:mod:`worldserve.train.evaluate`), the episodes
 played in them and the game's truth (what the checks need per frame), and the held-out captions.
+
+Two sets of worlds, kept apart (:mod:`worldserve.worlds.splits`): **test** worlds (seeds
+``HELDOUT_SEED + i``, captions of the test split) are the only ones reported on; **validation**
+worlds (seeds ``HELDOUT_SEED + VAL_OFFSET + i``, captions of the validation split) choose
+checkpoints. No trainer draws a caption of either split or a seed from ``HELDOUT_SEED`` on.
 """
 
 from __future__ import annotations
@@ -9,18 +14,35 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worldserve.worlds import Game, WorldSpec, checks, random_spec
+from worldserve.worlds import Game, WorldSpec, checks
 from worldserve.worlds.platformer import GROUND_Y, random_actions
+from worldserve.worlds.splits import check_split, random_spec_in
 
 from .data import HELDOUT_SEED
 
+VAL_OFFSET = 500_000
+"""Validation world ``i`` is seed ``HELDOUT_SEED + VAL_OFFSET + i`` (test world ``i``: ``HELDOUT_SEED + i``)."""
+EVAL_SPLITS = ("test", "val")
 
-def heldout_world(i: int, steps: int) -> tuple[WorldSpec, int, list[tuple[str, ...]]]:
-    """Held-out world ``i``: its caption's spec, its seed and ``steps`` actions of the random policy
-    (the same world and actions as :func:`episode` ``(i, steps)``)."""
-    rng = np.random.default_rng([HELDOUT_SEED + i, 2])
-    spec = random_spec(rng)
-    return spec, HELDOUT_SEED + i, random_actions(rng, steps)
+
+def world_seed(i: int, split: str = "test") -> int:
+    """The seed of held-out world ``i`` of ``split`` ("test" or "val")."""
+    if check_split(split) not in EVAL_SPLITS:
+        raise ValueError(f"split {split!r} is not held out; expected one of {', '.join(EVAL_SPLITS)}")
+    return HELDOUT_SEED + i + (VAL_OFFSET if split == "val" else 0)
+
+
+def _world(i: int, split: str) -> tuple[np.random.Generator, WorldSpec, int]:
+    seed = world_seed(i, split)
+    rng = np.random.default_rng([seed, 2])
+    return rng, random_spec_in(rng, split), seed
+
+
+def heldout_world(i: int, steps: int, split: str = "test") -> tuple[WorldSpec, int, list[tuple[str, ...]]]:
+    """Held-out world ``i`` of ``split``: its caption's spec, its seed and ``steps`` actions of the
+    random policy (the same world and actions as :func:`episode` ``(i, steps, split=split)``)."""
+    rng, spec, seed = _world(i, split)
+    return spec, seed, random_actions(rng, steps)
 
 
 _JUMPY: tuple[tuple[tuple[str, ...], float], ...] = (
@@ -51,14 +73,20 @@ def jump_actions(rng: np.random.Generator, n: int, hold: float = 0.6) -> list[tu
 
 
 def episode(
-    seed: int, steps: int, *, event: str | None = None, event_step: int = 1, spec: WorldSpec | None = None
+    i: int,
+    steps: int,
+    *,
+    event: str | None = None,
+    event_step: int = 1,
+    spec: WorldSpec | None = None,
+    split: str = "test",
 ) -> tuple[np.ndarray, list[tuple[str, ...]], list[str]]:
-    """Held-out world ``seed`` played with the random policy: frames (steps + 1, H, W, 3), the keys
-    of steps 1..steps, and the event text in force for each of those frames (``event`` switched on
-    at ``event_step``)."""
-    rng = np.random.default_rng([HELDOUT_SEED + seed, 2])
-    spec = spec if spec is not None else random_spec(rng)
-    game = Game(spec, HELDOUT_SEED + seed)
+    """Held-out world ``i`` of ``split`` played with the random policy: frames (steps + 1, H, W, 3),
+    the keys of steps 1..steps, and the event text in force for each of those frames (``event``
+    switched on at ``event_step``; ``spec`` replaces the world's caption)."""
+    rng, own, seed = _world(i, split)
+    spec = spec if spec is not None else own
+    game = Game(spec, seed)
     frames = [game.reset()]
     keys = random_actions(rng, steps)
     events = []
@@ -107,12 +135,13 @@ def play(spec: WorldSpec, seed: int, keys: Sequence[Sequence[str]], events: Sequ
     return p
 
 
-def heldout_prompts(n: int) -> list[WorldSpec]:
-    """``n`` held-out captions' specs, each with at least one object."""
-    rng = np.random.default_rng([HELDOUT_SEED, 4])
+def heldout_prompts(n: int, split: str = "test") -> list[WorldSpec]:
+    """``n`` captions of ``split`` ("test" or "val"), each with at least one object (drawn with
+    repeats when ``n`` is more than the split holds)."""
+    rng = np.random.default_rng([world_seed(0, split), 4])
     specs: list[WorldSpec] = []
     while len(specs) < n:
-        s = random_spec(rng)
+        s = random_spec_in(rng, split)
         if s.objects:
             specs.append(s)
     return specs

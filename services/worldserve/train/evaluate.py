@@ -43,18 +43,23 @@ import numpy as np
 import torch
 import typer
 
+from worldserve.dynamics.testkit import check_exact_resume
 from worldserve.worlds import Game, WorldSpec, caption_of, checks
 from worldserve.worlds.platformer import VIEW
 
+from .baselines import BASELINES
 from .eval_figures import (
     CONTROL_STEP,
     EVENT_STEPS,
     GUIDANCE,
     JUMP_STEPS,
+    MEMORY_MOVE_PX,
     MEMORY_STEPS,
     NOOP_STEPS,
     OBJECT_STEP,
     PSNR_STEPS,
+    RESUME_STEPS,
+    RESUME_WORLDS,
     TARGETS,
     TRACK_PX,
     TRACK_STEPS,
@@ -62,11 +67,12 @@ from .eval_figures import (
     brightness_ratio,
     delta_psnr,
     passed,
+    pooled_psnr,
     psnr,
 )
 from .eval_report import table
 from .eval_rollouts import Job, ServeStats, rollout, serve
-from .eval_worlds import Played, episode, heldout_prompts, heldout_world, jump_actions, play
+from .eval_worlds import Played, episode, heldout_prompts, heldout_world, jump_actions, play, world_seed
 
 __all__ = [
     "CONTROL_STEP",
@@ -138,21 +144,24 @@ def evaluate(
     horizon: int = 32,
     guidance: float = GUIDANCE,
     batch: int = 64,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Every figure as a dict (floats, and per-step lists). ``dynamics`` is any
     :class:`~worldserve.dynamics.interface.DynamicsModelProtocol`; ``image`` any object with
-    ``generate_batch`` (None: no prompt figures)."""
+    ``generate_batch`` (None: no prompt figures); ``split`` the held-out worlds and captions:
+    "test" (report) or "val" (choose checkpoints)."""
     if sessions < 2:
         raise ValueError(f"sessions must be >= 2 (controllability swaps actions between sessions), got {sessions}")
+    world_seed(0, split)  # an unknown or training split: ValueError naming it
     t0 = time.monotonic()
-    r: dict[str, Any] = {"sessions": sessions, "horizon": horizon}
+    r: dict[str, Any] = {"sessions": sessions, "horizon": horizon, "split": split}
     info = dynamics.info
     events_on = bool(info.events_supported)
     r["sample_steps"] = int(info.sample_steps)
     L = max(horizon, max(TRACK_STEPS), OBJECT_STEP, CONTROL_STEP)
 
     # --- the worlds, their jobs and the game's truth ---------------------------------------------
-    worlds = [heldout_world(i, L) for i in range(sessions)]
+    worlds = [heldout_world(i, L, split) for i in range(sessions)]
     groups: dict[str, list[tuple[Job, Played]]] = {
         k: [] for k in ("main", "shuffled", "jump", "noop", "memory", "plain", "night", "rain")
     }
@@ -163,12 +172,12 @@ def evaluate(
         p = truth if truth is not None else play(spec, seed, keys, events)
         groups[group].append((Job(p.frames[0], list(keys), events, seed), p))
 
-    for spec, seed, keys in worlds:
+    for i, (spec, seed, keys) in enumerate(worlds):
         add("main", spec, seed, keys)
-        dry = WorldSpec(spec.objects, spec.ground, spec.night, rain=False)
         add("jump", spec, seed, jump_actions(np.random.default_rng([seed, 5]), JUMP_STEPS))
-        add("noop", dry, seed, [()] * NOOP_STEPS)
-        add("memory", dry, seed, [("right",)] * MEMORY_STEPS + [("left",)] * MEMORY_STEPS)
+        # no-ops: every other world rains (the game animates its streaks; the rest stays still)
+        add("noop", WorldSpec(spec.objects, spec.ground, spec.night, rain=bool(i % 2)), seed, [()] * NOOP_STEPS)
+        add("memory", spec, seed, [("right",)] * MEMORY_STEPS + [("left",)] * MEMORY_STEPS)
         if events_on:
             day = WorldSpec(spec.objects, spec.ground, night=False, rain=False)
             ek = keys[:EVENT_STEPS]
@@ -221,11 +230,15 @@ def evaluate(
     r["player_airborne_within4_game"] = _mean(air_game)
     r["player_exact_game"] = _mean(exact_game)
 
-    # --- 3: no-ops ---------------------------------------------------------------------------------
+    # --- 3: no-ops, against the game's frames (its rain animation included) -------------------------
+    noop_true = np.stack([p.frames[1 : NOOP_STEPS + 1] for p in truth["noop"]])
+    noop_hold = np.broadcast_to(np.stack([p.frames[0] for p in truth["noop"]])[:, None], noop_true.shape)
+    r["noop_psnr"] = pooled_psnr(np.stack(pred["noop"]), noop_true)
+    r["noop_hold_psnr"] = pooled_psnr(noop_hold, noop_true)
+    r["noop_above_hold_db"] = r["noop_psnr"] - r["noop_hold_psnr"]
     r["noop24_psnr"] = float(
         np.mean([psnr(f[NOOP_STEPS - 1], p.frames[NOOP_STEPS]) for p, f in zip(truth["noop"], pred["noop"])])
     )
-    r["noop24_psnr_game"] = float(np.mean([psnr(p.frames[NOOP_STEPS], p.frames[0]) for p in truth["noop"]]))
 
     # --- 4: first-view objects at step 16 ----------------------------------------------------------
     hits, hits_game = [], []
@@ -234,10 +247,10 @@ def evaluate(
         light = dict(night=p.night[s], rain=p.rain[s])
         model_in = checks.objects_in_place(f[s - 1], p.spec, p.camera[s], **light)
         game_in = checks.objects_in_place(p.frames[s], p.spec, p.camera[s], **light)
-        for shown, m, g in zip(p.shown[s], model_in, game_in):
+        for shown, in_model, in_game in zip(p.shown[s], model_in, game_in):
             if shown:
-                hits.append(m)
-                hits_game.append(g)
+                hits.append(in_model)
+                hits_game.append(in_game)
     r["objects_in_place_step16"] = _mean(hits)
     r["objects_in_place_step16_game"] = _mean(hits_game)
     r["objects_in_place_count"] = len(hits)
@@ -267,10 +280,20 @@ def evaluate(
     r["control_delta_psnr_8"] = delta_psnr(true_c[:, c - 1], shuffled[:, c - 1])
     r["control_delta_psnr_mean_1_8"] = delta_psnr(true_c, shuffled)
 
-    # --- 7: memory ----------------------------------------------------------------------------------
-    m = 2 * MEMORY_STEPS
-    r["memory_psnr"] = float(np.mean([psnr(f[m - 1], p.frames[0]) for p, f in zip(truth["memory"], pred["memory"])]))
-    r["memory_psnr_game"] = float(np.mean([psnr(p.frames[m], p.frames[0]) for p in truth["memory"]]))
+    # --- 7: memory: where the game's view moved and came back, against the game's frame ------------
+    back, half = 2 * MEMORY_STEPS, MEMORY_STEPS
+    away = [
+        (p, f)
+        for p, f in zip(truth["memory"], pred["memory"])
+        if p.camera[half] - p.camera[0] >= MEMORY_MOVE_PX and p.camera[back] == p.camera[0]
+    ]
+    r["memory_worlds"] = len(away)
+    # the model's view moved too: its frame 8 is nearer the game's frame 8 than the first frame
+    r["memory_view_moved"] = _mean(
+        [float(psnr(f[half - 1], p.frames[half]) > psnr(f[half - 1], p.frames[0])) for p, f in away]
+    )
+    r["memory_psnr"] = _mean([float(psnr(f[back - 1], p.frames[back])) for p, f in away])
+    r["memory_psnr_game"] = _mean([float(psnr(p.frames[back], p.frames[0])) for p, _ in away])
 
     # --- 9: events ----------------------------------------------------------------------------------
     if events_on:
@@ -284,23 +307,32 @@ def evaluate(
             r[f"event_{name}_brightness_error"] = abs(
                 r[f"event_{name}_brightness_model"] - r[f"event_{name}_brightness_game"]
             )
+        # what the game draws: rain streaks in rainy frames (none in dry ones), stars in the night sky
         rain_m = np.stack(pred["rain"]).reshape(-1, VIEW, VIEW, 3)
         rain_g = np.stack([p.frames[1:] for p in truth["rain"]]).reshape(-1, VIEW, VIEW, 3)
-        r["rain_streaks_model"] = _mean([checks.rain_streaks(f) for f in rain_m])
-        r["rain_streaks_model_dry"] = _mean([checks.rain_streaks(f) for f in plain_m.reshape(-1, VIEW, VIEW, 3)])
+        r["event_rain_streaks"] = _mean([checks.rain_streaks(f) for f in rain_m])
+        r["event_dry_streaks"] = _mean([checks.rain_streaks(f) for f in plain_m.reshape(-1, VIEW, VIEW, 3)])
         r["rain_streaks_game_rain"] = _mean([checks.rain_streaks(f) for f in rain_g])
         r["rain_streaks_game_dry"] = _mean([checks.rain_streaks(f) for f in plain_g.reshape(-1, VIEW, VIEW, 3)])
         r["stars_night_model"] = _mean([checks.stars(f) for f in np.stack(pred["night"]).reshape(-1, VIEW, VIEW, 3)])
         r["stars_night_game"] = _mean(
             [checks.stars(p.frames[s]) for p in truth["night"] for s in range(1, len(p.frames))]
         )
+        r["event_night_stars_ratio"] = r["stars_night_model"] / max(r["stars_night_game"], 1e-9)
         r["stars_day_model"] = _mean([checks.stars(f) for f in plain_m.reshape(-1, VIEW, VIEW, 3)])
 
-    # --- 10: determinism (dynamics): the same jobs twice, in the same batch -------------------------
-    det = [Job(j.first, j.keys[:CONTROL_STEP], None, j.seed) for j, _ in groups["main"][: min(sessions, 4)]]
-    a = serve(dynamics, det, guidance=guidance, batch=batch, stats=stats)
-    b = serve(dynamics, det, guidance=guidance, batch=batch, stats=stats)
-    r["deterministic_dynamics"] = float(all(np.array_equal(x, y) for x, y in zip(a, b)))
+    # --- 10: resumed after a cache miss: bitwise the warm path --------------------------------------
+    same = total = 0
+    for j, _ in groups["main"][: min(sessions, RESUME_WORLDS)]:
+        n = min(RESUME_STEPS, len(j.keys))
+        evs = [{3: "night falls", 7: "it starts to rain"}.get(s, "") for s in range(1, n + 1)] if events_on else None
+        rep = check_exact_resume(
+            dynamics, torch.from_numpy(j.first), [(k, {}) for k in j.keys[:n]], seed=j.seed, events=evs
+        )
+        total += n
+        same += n - len(rep.differing)
+    r["resume_frames"] = total
+    r["resume_bitwise"] = same / max(total, 1)
     r["model_step_calls"] = stats.step_calls
     r["model_frames"] = stats.frames
     r["dynamics_seconds"] = time.monotonic() - t0
@@ -308,17 +340,17 @@ def evaluate(
     # --- 8: prompt -> image -------------------------------------------------------------------------
     if image is not None:
         t1 = time.monotonic()
-        r.update(evaluate_image(image, prompts=prompts))
+        r.update(evaluate_image(image, prompts=prompts, split=split))
         r["image_seconds"] = time.monotonic() - t1
     r["pass"] = passed(r)
     return r
 
 
-def evaluate_image(image: Any, *, prompts: int = 64, batch: int = 8) -> dict[str, Any]:
+def evaluate_image(image: Any, *, prompts: int = 64, batch: int = 8, split: str = "test") -> dict[str, Any]:
     """Prompt figures of an image model (anything with ``generate_batch``; its ``default_steps``
-    and ``default_guidance`` are used when present)."""
+    and ``default_guidance`` are used when present) on ``prompts`` captions of ``split``."""
     r: dict[str, Any] = {"prompts": prompts}
-    specs = heldout_prompts(prompts)
+    specs = heldout_prompts(prompts, split)
     caps = [caption_of(s) for s in specs]
     sizes = [tuple(s) for s in getattr(image, "supported_sizes", ((VIEW, VIEW),))]
     w, h = (VIEW, VIEW) if (VIEW, VIEW) in sizes else sizes[0]
@@ -337,7 +369,7 @@ def evaluate_image(image: Any, *, prompts: int = 64, batch: int = 8) -> dict[str
     r["prompt_objects_found"], r["prompt_frames_all_found"] = adherence(list(out), specs)
     game = [Game(s, 0).reset() for s in specs]
     r["prompt_objects_found_game"], r["prompt_frames_all_found_game"] = adherence(game, specs)
-    r["deterministic_image"] = float(np.array_equal(gen(0), out[:batch]))
+    r["image_regenerated_identical"] = float(np.array_equal(gen(0), out[:batch]))  # info
     return r
 
 
@@ -366,6 +398,28 @@ def load_image(folder: Path, device: str = "cpu") -> Any:
     return REGISTRY.get(folder_kind(folder, "tiny_text_to_image"))(str(folder), device=device)
 
 
+def served_models(config: Path | None = None) -> dict[str, Any]:
+    """The dynamics models the serve config (default: the repository's) serves: name -> ModelSpec."""
+    from worldserve.common.config import ModelSpec
+    from worldserve.deploy import load_config
+
+    cfg = load_config(config, text=False)
+    app = next(a for a in cfg["applications"] if a["name"] == "dynamics")
+    return {m.name: m for m in (ModelSpec.parse(x) for x in app["args"].get("models") or [])}
+
+
+def load_served(name: str, device: str = "cpu", config: Path | None = None) -> Any:
+    """Served model ``name`` loaded as its replica loads it (``registry.load_model``: its folder,
+    kind and sampler steps from the serve config); an unknown name is a ValueError naming it."""
+    from worldserve.common.config import Config
+    from worldserve.dynamics.registry import load_model
+
+    models = served_models(config)
+    if name not in models:
+        raise ValueError(f"unknown model {name!r}; the serve config serves {', '.join(models)}")
+    return load_model(models[name], Config(), device)
+
+
 def run(
     dynamics: Path = WEIGHTS / "dynamics",
     image: Path | None = WEIGHTS / "image",
@@ -377,14 +431,30 @@ def run(
     json_out: Path | None = None,
     sample_steps: int = 0,
     device: str = "cpu",
+    split: str = "test",
+    model: str = "",
+    baseline: str = "",
 ) -> dict[str, Any]:
+    """Evaluate and print the table: the served model ``model`` (by name, as the serve config
+    serves it), a ``baseline`` (:mod:`worldserve.train.baselines`) or else the folder ``dynamics``
+    at ``sample_steps``; on ``split``'s worlds."""
     from rich.console import Console
 
     torch.set_num_threads(threads)
+    world_seed(0, split)  # an unknown split fails before anything loads
     t0 = time.monotonic()
-    dyn = load_dynamics(Path(dynamics), sample_steps, device)
+    if baseline and baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; expected one of {', '.join(BASELINES)}")
+    if baseline:
+        dyn: Any = BASELINES[baseline]()
+    elif model:
+        dyn = load_served(model, device)
+    else:
+        dyn = load_dynamics(Path(dynamics), sample_steps, device)
     img = load_image(Path(image), device) if image is not None else None
-    r = evaluate(dyn, img, sessions=sessions, prompts=prompts, horizon=horizon)
+    r = evaluate(dyn, img, sessions=sessions, prompts=prompts, horizon=horizon, split=split)
+    if model or baseline:
+        r["model"] = model or f"baseline: {baseline}"
     r["eval_seconds"] = time.monotonic() - t0
     import sys
 
@@ -417,21 +487,41 @@ def command(
         0, min=0, max=64, help="Sampler steps per frame (a serving tier); 0 = the model's."
     ),
     device: str = typer.Option("cpu", help="cpu, cuda or auto (models in their serving dtype: bf16 on CUDA)."),
+    split: str = typer.Option(
+        "test", help="Held-out worlds and captions: test (the reported figures) or val (for choosing checkpoints)."
+    ),
+    model: str = typer.Option(
+        "", help="A served model by name (platformer, platformer-fast), loaded as the serve config serves it."
+    ),
+    baseline: str = typer.Option(
+        "", help="Evaluate a baseline instead: still (the first frame forever) or dimming (plus a dimming per event)."
+    ),
 ) -> None:
     """Print the fidelity table with its targets (same as python -m worldserve.train.evaluate)."""
+    import sys
+
+    from worldserve.common.registry import ModelLoadError
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    run(
-        dynamics,
-        image,
-        sessions=sessions,
-        prompts=prompts,
-        horizon=horizon,
-        threads=threads,
-        json_out=json_out,
-        sample_steps=sample_steps,
-        device=device,
-    )
+    try:
+        run(
+            dynamics,
+            image,
+            sessions=sessions,
+            prompts=prompts,
+            horizon=horizon,
+            threads=threads,
+            json_out=json_out,
+            sample_steps=sample_steps,
+            device=device,
+            split=split,
+            model=model,
+            baseline=baseline,
+        )
+    except (ValueError, FileNotFoundError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

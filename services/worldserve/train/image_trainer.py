@@ -29,8 +29,9 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from worldserve.image.decoder import CaptionDecoder, CaptionDecoderConfig
-from worldserve.worlds import Game, WorldSpec, caption_of, random_spec
+from worldserve.worlds import Game, WorldSpec, caption_of
 from worldserve.worlds.platformer import _SIZE, _SLOT_X, GROUND_Y, VIEW
+from worldserve.worlds.splits import random_spec_in
 
 from .data import step_generator
 
@@ -85,7 +86,7 @@ def caption_variant(spec: WorldSpec, rng: np.random.Generator) -> str:
 def training_batch(seed: int, step: int, batch: int, variant_p: float) -> tuple[list[str], np.ndarray]:
     """Iteration ``step``'s captions and target frames (B, 64, 64, 3) uint8: a pure function of (seed, step)."""
     rng, _ = step_generator(seed, step)
-    specs = [random_spec(rng) for _ in range(batch)]
+    specs = [random_spec_in(rng, "train") for _ in range(batch)]  # never a held-out caption
     caps = [caption_variant(s, rng) if rng.random() < variant_p else caption_of(s) for s in specs]
     return caps, np.stack([first_frame(s) for s in specs])
 

@@ -1,0 +1,156 @@
+"""Baselines the fidelity evaluation must fail: models that do nothing a world model should.
+
+- :class:`StillFrame` shows its first frame forever (whatever the keys or events).
+- :class:`ConstantDimming` shows its first frame, darkened by a constant per event in force (the
+  game's night and rain brightness): it passes a brightness-only event check and nothing else.
+
+Both implement :class:`~worldserve.dynamics.interface.DynamicsModelProtocol` (latents are the
+frames as float32), so the evaluator serves them exactly as it serves a trained model, cache-miss
+resume included (their resume data is the first frame and the dimming in force)::
+
+    python -m worldserve.train.evaluate --baseline still
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
+from worldserve.worlds import EVENTS, Game, WorldSpec, random_spec
+from worldserve.worlds.platformer import KEYS, VIEW
+
+
+class StillFrame:
+    """A session's frames are its first frame, forever."""
+
+    name = "still"
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            frame_width=VIEW,
+            frame_height=VIEW,
+            action_space=ActionSpace(keys=KEYS),
+            context_frames=16,
+            sample_steps=1,
+            default_guidance=1.0,
+            events_supported=True,
+            event_max_bytes=64,
+            events=tuple(EVENTS),
+        )
+
+    @property
+    def runtime(self) -> Runtime:
+        return Runtime(device="cpu", dtype="float32", attention_backend="none")
+
+    def action_vector(self, keys: Sequence[str], mouse: Mapping[str, float] | None = None) -> torch.Tensor:
+        return self.info.action_space.vector(keys, mouse)
+
+    def null_action(self) -> torch.Tensor:
+        return torch.zeros(len(KEYS))
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.float()  # (N, H, W, 3)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.round().clamp(0, 255).to(torch.uint8)
+
+    def prefill(
+        self,
+        latents: torch.Tensor | Sequence[torch.Tensor],
+        actions: torch.Tensor,
+        first_step: int,
+        events: Sequence[str] | None = None,
+        resume: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
+    ) -> dict[str, Any]:
+        last = (resume or [None])[-1]
+        if last is not None:  # a resumed session: its first frame and dimming, as kept
+            first, scale = last["first"].float(), float(last["scale"])
+        else:
+            first, scale = torch.as_tensor(latents[-1]).float(), 1.0
+        state = {"first": first, "scale": scale, "step": first_step + len(latents) - 1}
+        for ev in events or []:
+            self._event(state, ev)
+        return state
+
+    def _event(self, state: dict[str, Any], event: str) -> None:
+        pass
+
+    def step(
+        self,
+        states: list[Any],
+        actions: torch.Tensor,
+        seeds: Sequence[int],
+        steps: Sequence[int],
+        guidance: float | None = None,
+        events: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        out = []
+        for i, (st, s) in enumerate(zip(states, steps)):
+            self._event(st, (events or [""] * len(states))[i])
+            st["step"] = int(s)
+            out.append((st["first"] * st["scale"]).floor())
+        return torch.stack(out)
+
+    def resume_data(self, state: Any) -> Mapping[str, torch.Tensor]:
+        return {"first": state["first"].to(torch.uint8), "scale": torch.tensor(state["scale"], dtype=torch.float64)}
+
+    def state_nbytes(self, state: Any) -> int:
+        return VIEW * VIEW * 3 * 4
+
+    def release_state(self, state: Any) -> None:
+        pass
+
+    def state_step(self, state: Any) -> int:
+        return int(state["step"])
+
+
+@functools.cache
+def _game_dimming(worlds: int = 16) -> tuple[float, float]:
+    """How much the game darkens a first view on average: (night, rain) mean-brightness ratios."""
+    rng = np.random.default_rng(0)
+    day, night, rain = 0.0, 0.0, 0.0
+    for _ in range(worlds):
+        s = random_spec(rng)
+        day += float(Game(WorldSpec(s.objects, s.ground, False, False)).reset().mean())
+        night += float(Game(WorldSpec(s.objects, s.ground, True, False)).reset().mean())
+        rain += float(Game(WorldSpec(s.objects, s.ground, False, True)).reset().mean())
+    return night / day, rain / day
+
+
+class ConstantDimming(StillFrame):
+    """The first frame, darkened by a constant while night or rain is in force (as much as the game
+    darkens a frame on average): brightness follows the events, nothing else does."""
+
+    name = "dimming"
+
+    def _event(self, state: dict[str, Any], event: str) -> None:
+        text = " ".join(event.lower().split())
+        if text in EVENTS:
+            flag, value = EVENTS[text]
+            state[flag] = value
+        night, rain = _game_dimming()
+        state["scale"] = (night if state.get("night") else 1.0) * (rain if state.get("rain") else 1.0)
+
+    def resume_data(self, state: Any) -> Mapping[str, torch.Tensor]:
+        data = dict(super().resume_data(state))
+        data["flags"] = torch.tensor([bool(state.get("night")), bool(state.get("rain"))])
+        return data
+
+    def prefill(self, latents, actions, first_step, events=None, resume=None):
+        state = super().prefill(latents, actions, first_step, events=None, resume=resume)
+        last = (resume or [None])[-1]
+        if last is not None:
+            state["night"], state["rain"] = (bool(x) for x in last["flags"].tolist())
+        for ev in events or []:
+            self._event(state, ev)
+        return state
+
+
+BASELINES: dict[str, type[StillFrame]] = {"still": StillFrame, "dimming": ConstantDimming}
+"""Name (``--baseline``) -> baseline model."""
