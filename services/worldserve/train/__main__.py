@@ -122,10 +122,24 @@ def canvas(
     background_canvas: bool = typer.Option(
         True, help="Remember the world without the player (needs the player layer; the default model's)."
     ),
+    channels: str = typer.Option(
+        "32,64,96", help="U-Net widths at full, 1/2 and 1/4 resolution (the fast tier: 16,32,64)."
+    ),
+    head_dim: int = typer.Option(32, min=8, help="Attention head size at 1/4 resolution."),
 ) -> None:
     """Train the scroll-canvas dynamics model (kind scroll_canvas). The model folder lands in OUT/model."""
     from worldserve.dynamics.models.canvas.model import CanvasConfig
 
+    try:
+        widths = tuple(int(c) for c in channels.split(","))
+        model = CanvasConfig(
+            player_layer=player_layer,
+            background_canvas=background_canvas and player_layer,
+            channels=widths,  # type: ignore[arg-type]  # checked: three widths
+            head_dim=head_dim,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(f"--channels {channels!r} / --head-dim {head_dim}: {e}") from None
     torch.set_num_threads(threads)
     _train_canvas(
         out,
@@ -142,7 +156,7 @@ def canvas(
         init_from=init_from,
         workers=workers,
         export_every=export_every,
-        model=CanvasConfig(player_layer=player_layer, background_canvas=background_canvas and player_layer),
+        model=model,
     )
 
 

@@ -125,6 +125,7 @@ def unroll_loss(net: CanvasNet, batch: dict, tc: CanvasTrainConfig, K: int) -> t
         )
         target = frames[:, k + 1]
         base_t = batch["background"][:, k + 1] if bgc else target  # what the copies and draws must give
+        assert p.taps is not None, "the losses need the taps: predict with gradients on"
         match = (p.taps - base_t[:, None]).abs().amax(2) < 0.5 / 255  # (B, K, H, W)
         none = ~match.any(1, keepdim=True)
         ok = torch.cat([match, none], 1)  # (B, K + 1, H, W) choices that are right

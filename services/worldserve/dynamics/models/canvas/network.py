@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from worldserve.common.pretrained import write_folder
 from worldserve.dynamics.layers.events import EventEncoder
 
-from .blocks import LightHead, ScrollHead, UNet, copy_taps, paste_sprites, shift_view, window_cols
+from .blocks import LightHead, ScrollHead, UNet, copy_pick, copy_taps, paste_sprites, shift_view, window_cols
 from .config import CanvasConfig
 
 
@@ -119,10 +119,10 @@ class CanvasNet(nn.Module):
         # the frame arithmetic stays float32: a copied pixel is exact
         draw = (base + y[:, :3]).clamp(0.0, 1.0)  # (B, 3, H, W)
         choice = y[:, 3 : 4 + len(cfg.copy_offsets)]  # (B, K + 1, H, W)
-        taps = copy_taps(base, cfg.copy_offsets)  # (B, K, 3, H, W)
-        options = torch.cat([taps, draw[:, None]], 1)  # (B, K + 1, 3, H, W)
         pick = choice.argmax(1)  # (B, H, W)
-        frame = options.gather(1, pick[:, None, None].expand(-1, 1, 3, -1, -1))[:, 0]
+        frame = copy_pick(base, cfg.copy_offsets, pick, draw)  # (B, 3, H, W)
+        # every tap, for the training losses only (serving picks without building them)
+        taps = copy_taps(base, cfg.copy_offsets) if torch.is_grad_enabled() else None  # (B, K, 3, H, W)
         if not cfg.player_layer:
             return Prediction(frame, logits, dx, base, choice, draw, taps, background=frame)
         # the player layer: where (anchor), how (pose) and under which light the sprite is drawn
@@ -163,7 +163,7 @@ class Prediction(NamedTuple):
     base: torch.Tensor  # (B, 3, H, W) what copies start from
     choice_logits: torch.Tensor  # (B, K + 1, H, W): copy offsets, then "draw"
     draw: torch.Tensor  # (B, 3, H, W) the drawn colour
-    taps: torch.Tensor  # (B, K, 3, H, W) the base shifted by each copy offset
+    taps: torch.Tensor | None  # (B, K, 3, H, W) the base shifted by each copy offset (None under no_grad)
     heat: torch.Tensor | None = None  # (B, H, W) player anchor logits (player layer)
     pose_logits: torch.Tensor | None = None  # (B, P, H, W)
     light_logits: torch.Tensor | None = None  # (B, L)
