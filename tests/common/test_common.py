@@ -59,6 +59,10 @@ def test_a_redis_between_roles_is_unavailable_a_redis_bug_internal():
         rex.MasterDownError("Link with MASTER is down"),
         rex.TryAgainError("Multiple keys request during rehashing of slot"),
         rex.ClusterDownError("The cluster is down"),
+        # the same conditions as plain error replies (inside a pipeline or a script)
+        rex.ResponseError("NOREPLICAS Not enough good replicas to write."),
+        rex.ResponseError("UNBLOCKED force unblock from blocking operation, instance state changed"),
+        rex.ResponseError("READONLY You can't write against a read only replica."),
     ):
         assert status_of(e) == (grpc.StatusCode.UNAVAILABLE, "session store unavailable; retry later"), e
     assert status_of(rex.ResponseError("ERR wrong number of arguments"))[0] == grpc.StatusCode.INTERNAL

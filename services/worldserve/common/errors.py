@@ -143,6 +143,19 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+_REDIS_BETWEEN_ROLES = ("NOREPLICAS", "UNBLOCKED", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+"""Error replies a Redis gives while it changes role (a failover) -- the same condition as the
+typed errors above, arriving as a plain ``ResponseError`` (e.g. inside a pipeline or a script)."""
+
+
+def _redis_between_roles(exc: BaseException) -> bool:
+    try:
+        import redis.exceptions as rex
+    except ImportError:
+        return False
+    return isinstance(exc, rex.ResponseError) and str(exc).lstrip().upper().startswith(_REDIS_BETWEEN_ROLES)
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     """An error raised in another Serve replica and re-raised through a deployment handle arrives
     as Ray's ``RayTaskError`` (whose text is a traceback): the original exception is its cause."""
@@ -189,7 +202,7 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     for cls in type(exc).__mro__:
         if cls in STATUS_BY_ERROR:
             return STATUS_BY_ERROR[cls], one_line(str(exc) or cls.__name__)
-    if isinstance(exc, _redis_errors()):
+    if isinstance(exc, _redis_errors()) or _redis_between_roles(exc):
         return grpc.StatusCode.UNAVAILABLE, "session store unavailable; retry later"
     # Anything else is a bug: log it with its traceback, show the client only an id-free summary.
     log.exception("unexpected error", exc_info=exc)
