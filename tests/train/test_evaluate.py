@@ -475,3 +475,27 @@ def test_run_loads_models_by_their_config_kind(tmp_path: Path):
     assert seen == {"dynamics": (str(tmp_path / "dyn"), "test_game_oracle", 3), "image": str(tmp_path / "img")}
     saved = json.loads(out.read_text())
     assert saved["rollout_psnr"] == [100.0] * 4 and saved["pass"] == r["pass"] and "eval_seconds" in saved
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split", "train"], "error: split 'train' is not held out; expected one of test, val"),
+        (["--split", "holdout"], "error: unknown split 'holdout'"),
+        (["--model", "nope"], "error: unknown model 'nope'; the serve config serves platformer, platformer-fast"),
+        (["--baseline", "x"], "error: unknown baseline 'x'; expected one of still, dimming"),
+        (["--dynamics", "/nonexistent/model"], "error: "),
+    ],
+)
+def test_the_command_answers_a_bad_value_with_one_line(args: list[str], message: str):
+    import typer
+    from typer.testing import CliRunner
+
+    from worldserve.train.evaluate import command
+
+    app = typer.Typer()
+    app.command()(command)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), r.output
