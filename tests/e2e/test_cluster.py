@@ -428,7 +428,8 @@ def test_a_broken_model_folder_never_becomes_healthy(cluster, tmp_path):
     try:
         with pytest.raises(RuntimeError, match="broken-model failed"):  # serve.run waits, then gives up
             serve.run(
-                ModelServer.options(name="DynamicsModel-broken").bind(args, "broken"),
+                # one start-up try (Serve's default is 3 per replica): a broken folder never mends
+                ModelServer.options(name="DynamicsModel-broken", max_constructor_retry_count=1).bind(args, "broken"),
                 name="broken-model",
                 route_prefix=None,
             )

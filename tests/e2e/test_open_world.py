@@ -268,7 +268,10 @@ def test_a_broken_open_world_folder_never_becomes_healthy(cluster, tmp_path):
             "torch_threads": 1,
             "models": [{"name": name, "kind": "causal_dit", "path": str(folder), "options": dict(TINY_OPTIONS)}],
         }
-        dep = ModelServer.options(name=f"DynamicsModel-{name}", ray_actor_options={"num_cpus": 0.1})
+        # one start-up try each (Serve's default is 3 per replica): a broken folder never mends
+        dep = ModelServer.options(
+            name=f"DynamicsModel-{name}", ray_actor_options={"num_cpus": 0.1}, max_constructor_retry_count=1
+        )
         targets.append(serve.RunTarget(target=dep.bind(args, name), name=f"{name}-app", route_prefix=None))
     try:
         serve.run_many(targets, wait_for_applications_running=False)

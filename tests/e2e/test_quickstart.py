@@ -1,6 +1,10 @@
 """The README's quickstart, run as written: its bash block line by line (up, status, play, eval,
 the SDK snippet, down) and its Python block saved as quickstart.py, on a fresh HOME, with this
-interpreter's `worldserve` and `python` first on PATH. The README cannot drift from what works."""
+interpreter's `worldserve` and `python` first on PATH. The README cannot drift from what works.
+
+On the way it checks that `worldserve up` starts its Ray head on a fresh machine (it makes the Ray
+token first), and that `worldserve down` stops only the Ray cluster `up` started: another local
+Ray cluster of the same user, started just before, keeps running (`ray stop` would stop both)."""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,32 +57,52 @@ def test_the_quickstart_blocks_are_what_the_test_runs():
 @pytest.mark.e2e
 @pytest.mark.timeout(1500)
 def test_the_readme_quickstart_runs_as_written(tmp_path):
+    from worldserve.cli_cluster import _ray, ray_processes, start_ray_head, stop_ray_cluster
+
     home = tmp_path / "home"
     work = home / "work"
     work.mkdir(parents=True)
     (work / "quickstart.py").write_text(block("python"))
     bindir = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WORLDSERVE_", "RAY_ADDRESS", "REDIS_URL"))}
+    env = {  # a fresh machine: no Ray token either (Ray 2.60 has token auth on: `up` makes one)
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("WORLDSERVE_", "RAY_ADDRESS", "REDIS_URL", "RAY_AUTH_TOKEN"))
+    }
     env.update(HOME=str(home), PATH=bindir + os.pathsep + env.get("PATH", ""), COLUMNS="200")
     if not Path(bindir, "python").exists():  # `python` must be this interpreter
         (home / "bin").mkdir()
         (home / "bin" / "python").symlink_to(sys.executable)
         env["PATH"] = str(home / "bin") + os.pathsep + env["PATH"]
     out: dict[str, subprocess.CompletedProcess] = {}
+    other_dir, other, theirs = tempfile.mkdtemp(prefix="wsx", dir="/tmp"), None, set()
     try:
         for cmd in commands():
-            t0 = time.monotonic()
-            r = subprocess.run(cmd, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
             words = shlex.split(cmd)
             name = words[0] if words[0] == "python" else words[1]  # up, status, ..., python, down
+            if name == "down":  # another Ray cluster of this user, which `down` must leave alone
+                other = start_ray_head(Path(other_dir), 1, env={**env, "RAY_ADDRESS": ""})
+                theirs = set(ray_processes(other_dir, other))
+                ours = json.loads((home / ".worldserve" / "state.json").read_text())
+                assert ray_processes(ours["ray_temp_dir"], ours["ray_address"]), ours
+            t0 = time.monotonic()
+            r = subprocess.run(cmd, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
             out[name] = r
             print(f"{cmd!r}: exit {r.returncode} in {time.monotonic() - t0:.0f} s")
             assert r.returncode == 0, (cmd, r.stdout[-3000:], r.stderr[-3000:])
+        assert other is not None and theirs
+        assert not ray_processes(ours["ray_temp_dir"], ours["ray_address"])  # ours stopped, every process
+        assert _ray("status", f"--address={other}", env=env).returncode == 0  # the other cluster still answers
+        assert set(ray_processes(other_dir, other)) >= theirs
     finally:
         if "down" not in out:
             subprocess.run("worldserve down", shell=True, cwd=work, env=env, capture_output=True, timeout=120)
+        if other:
+            stop_ray_cluster(other_dir, other)
+        shutil.rmtree(other_dir, ignore_errors=True)
     up = json.loads(out["up"].stdout.strip().splitlines()[-1])
     assert up["endpoint"] == "127.0.0.1:9000" and up["api_key"].startswith("ws")
+    assert (home / ".ray" / "auth_token").exists()  # a fresh machine: `up` made Ray's token (never printed)
     assert (home / ".worldserve" / "dev_key").read_text().strip() == up["api_key"]
     status = out["status"].stderr
     for app in ("image", "sessions", "dynamics", "web"):
