@@ -75,13 +75,14 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
         (home / "bin" / "python").symlink_to(sys.executable)
         env["PATH"] = str(home / "bin") + os.pathsep + env["PATH"]
     out: dict[str, subprocess.CompletedProcess] = {}
+    ray_env = {**env, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}  # as `worldserve` runs Ray (its default)
     other_dir, other, theirs = tempfile.mkdtemp(prefix="wsx", dir="/tmp"), None, set()
     try:
         for cmd in commands():
             words = shlex.split(cmd)
             name = words[0] if words[0] == "python" else words[1]  # up, status, ..., python, down
             if name == "down":  # another Ray cluster of this user, which `down` must leave alone
-                other = start_ray_head(Path(other_dir), 1, env={**env, "RAY_ADDRESS": ""})
+                other = start_ray_head(Path(other_dir), 1, env=ray_env)
                 theirs = set(ray_processes(other_dir, other))
                 ours = json.loads((home / ".worldserve" / "state.json").read_text())
                 assert ray_processes(ours["ray_temp_dir"], ours["ray_address"]), ours
@@ -92,7 +93,7 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
             assert r.returncode == 0, (cmd, r.stdout[-3000:], r.stderr[-3000:])
         assert other is not None and theirs
         assert not ray_processes(ours["ray_temp_dir"], ours["ray_address"])  # ours stopped, every process
-        assert _ray("status", f"--address={other}", env=env).returncode == 0  # the other cluster still answers
+        assert _ray("status", f"--address={other}", env=ray_env).returncode == 0  # the other cluster still answers
         assert set(ray_processes(other_dir, other)) >= theirs
     finally:
         if "down" not in out:
