@@ -63,6 +63,11 @@ def test_a_redis_between_roles_is_unavailable_a_redis_bug_internal():
         rex.ResponseError("NOREPLICAS Not enough good replicas to write."),
         rex.ResponseError("UNBLOCKED force unblock from blocking operation, instance state changed"),
         rex.ResponseError("READONLY You can't write against a read only replica."),
+        rex.ResponseError(  # as a pipelined script's error (seen in a failover)
+            "Command # 1 (EVAL local k = redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) ...) of pipeline caused "
+            'error: ("Error running script (call to f_bd45): @user_script:6: @user_script: 6: -READONLY You '
+            "can't write against a read only replica.\",)"
+        ),
     ):
         assert status_of(e) == (grpc.StatusCode.UNAVAILABLE, "session store unavailable; retry later"), e
     assert status_of(rex.ResponseError("ERR wrong number of arguments"))[0] == grpc.StatusCode.INTERNAL

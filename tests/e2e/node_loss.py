@@ -186,6 +186,7 @@ def run(tmp: Path) -> dict:
             app_args={"torch_threads": 1},
             deployment_overrides=overrides,
             timeout_s=240,
+            text=False,  # no free text here: the language model's start-up is not what this tests
         ) as c:
             figures["cluster_up_s"] = round(time.monotonic() - t_start, 1)
             on_worker = [cmd for cmd in session_pids(worker.pid).values() if cmd.startswith("ray::ServeReplica")]

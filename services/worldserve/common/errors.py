@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -143,9 +144,12 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-_REDIS_BETWEEN_ROLES = ("NOREPLICAS", "UNBLOCKED", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+_REDIS_BETWEEN_ROLES = re.compile(
+    r"(?:^|[\s\-(\"'])(?:NOREPLICAS|UNBLOCKED|LOADING|MASTERDOWN|READONLY|TRYAGAIN|CLUSTERDOWN) "
+)
 """Error replies a Redis gives while it changes role (a failover) -- the same condition as the
-typed errors above, arriving as a plain ``ResponseError`` (e.g. inside a pipeline or a script)."""
+typed errors above, arriving as a plain ``ResponseError``: as the reply itself, or wrapped in a
+script's error (``Error running script ... -READONLY You can't write ...``)."""
 
 
 def _redis_between_roles(exc: BaseException) -> bool:
@@ -153,7 +157,7 @@ def _redis_between_roles(exc: BaseException) -> bool:
         import redis.exceptions as rex
     except ImportError:
         return False
-    return isinstance(exc, rex.ResponseError) and str(exc).lstrip().upper().startswith(_REDIS_BETWEEN_ROLES)
+    return isinstance(exc, rex.ResponseError) and _REDIS_BETWEEN_ROLES.search(str(exc)) is not None
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -103,6 +103,28 @@ SENTINEL_SCHEME = "redis+sentinel://"
 addresses; the password is the Redis servers', the Sentinels are asked without one)."""
 
 
+def _primary_connection_class() -> type:
+    """redis-py's Sentinel-managed connection, which closes itself on a demoted primary's READONLY
+    reply (so the next try asks the Sentinels again) -- also when the reply comes wrapped in a
+    script's error (``EVAL ... caused error: ... -READONLY ...``, a plain ``ResponseError`` that
+    redis-py would pass through: the connection would stay on the replica for good)."""
+    from redis.asyncio.sentinel import SentinelManagedConnection
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+
+    class PrimaryConnection(SentinelManagedConnection):
+        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().read_response(*args, **kwargs)
+            except ResponseError as e:
+                if "READONLY You can't write against a read only replica" in str(e) and self.connection_pool.is_master:
+                    await self.disconnect()
+                    raise RedisConnectionError("the primary this connection knew is now a replica") from e
+                raise
+
+    return PrimaryConnection
+
+
 def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, str | None]:
     """``(sentinels, service name, db, username, password)`` of a ``redis+sentinel://`` URL;
     InvalidArgument naming what is wrong."""
@@ -217,6 +239,7 @@ class SessionStore(StepLog):
             )
             r = sentinel.master_for(
                 service,
+                connection_class=_primary_connection_class(),
                 db=db,
                 username=username,
                 password=password,
