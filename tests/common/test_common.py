@@ -68,6 +68,9 @@ def test_a_redis_between_roles_is_unavailable_a_redis_bug_internal():
             'error: ("Error running script (call to f_bd45): @user_script:6: @user_script: 6: -READONLY You '
             "can't write against a read only replica.\",)"
         ),
+        rex.ResponseError(
+            "Command # 2 (WAIT 1 1000) of pipeline caused error: ('WAIT cannot be used with replica instances.',)"
+        ),
     ):
         assert status_of(e) == (grpc.StatusCode.UNAVAILABLE, "session store unavailable; retry later"), e
     assert status_of(rex.ResponseError("ERR wrong number of arguments"))[0] == grpc.StatusCode.INTERNAL

@@ -146,6 +146,7 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 
 _REDIS_BETWEEN_ROLES = re.compile(
     r"(?:^|[\s\-(\"'])(?:NOREPLICAS|UNBLOCKED|LOADING|MASTERDOWN|READONLY|TRYAGAIN|CLUSTERDOWN) "
+    r"|WAIT cannot be used with replica instances"
 )
 """Error replies a Redis gives while it changes role (a failover) -- the same condition as the
 typed errors above, arriving as a plain ``ResponseError``: as the reply itself, or wrapped in a

@@ -103,11 +103,19 @@ SENTINEL_SCHEME = "redis+sentinel://"
 addresses; the password is the Redis servers', the Sentinels are asked without one)."""
 
 
+_REPLICA_REPLIES = (
+    "READONLY You can't write against a read only replica",
+    "WAIT cannot be used with replica instances",
+)
+"""What a replica answers a primary's client: a write, or a WAIT (alone, or wrapped in a script's or
+a pipeline's error)."""
+
+
 def _primary_connection_class() -> type:
     """redis-py's Sentinel-managed connection, which closes itself on a demoted primary's READONLY
-    reply (so the next try asks the Sentinels again) -- also when the reply comes wrapped in a
-    script's error (``EVAL ... caused error: ... -READONLY ...``, a plain ``ResponseError`` that
-    redis-py would pass through: the connection would stay on the replica for good)."""
+    reply (so the next try asks the Sentinels again) -- also when a replica's reply comes as a plain
+    ``ResponseError`` that redis-py passes through (a READONLY wrapped in a script's error, a WAIT
+    refused: ``_REPLICA_REPLIES``): the connection would otherwise stay on the replica for good."""
     from redis.asyncio.sentinel import SentinelManagedConnection
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import ResponseError
@@ -117,7 +125,7 @@ def _primary_connection_class() -> type:
             try:
                 return await super().read_response(*args, **kwargs)
             except ResponseError as e:
-                if "READONLY You can't write against a read only replica" in str(e) and self.connection_pool.is_master:
+                if any(r in str(e) for r in _REPLICA_REPLIES) and self.connection_pool.is_master:
                     await self.disconnect()
                     raise RedisConnectionError("the primary this connection knew is now a replica") from e
                 raise
