@@ -6,7 +6,7 @@
 
 Both implement :class:`~worldserve.dynamics.interface.DynamicsModelProtocol` (latents are the
 frames as float32), so the evaluator serves them exactly as it serves a trained model, cache-miss
-resume included (their resume data is the first frame and the dimming in force)::
+resume included (their resume data is the first frame and the weather in force)::
 
     python -m worldserve.train.evaluate --baseline still
 """
@@ -69,17 +69,26 @@ class StillFrame:
         resume: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
     ) -> dict[str, Any]:
         last = (resume or [None])[-1]
-        if last is not None:  # a resumed session: its first frame and dimming, as kept
-            first, scale = last["first"].float(), float(last["scale"])
+        state: dict[str, Any] = {"step": first_step + len(latents) - 1, "night": False, "rain": False}
+        if last is not None:  # a resumed session: its first frame and the weather in force, as kept
+            state["first"] = last["first"].float()
+            state["night"], state["rain"] = (bool(x) for x in last["flags"].tolist())
         else:
-            first, scale = torch.as_tensor(latents[-1]).float(), 1.0
-        state = {"first": first, "scale": scale, "step": first_step + len(latents) - 1}
+            state["first"] = torch.as_tensor(latents[-1]).float()
         for ev in events or []:
             self._event(state, ev)
         return state
 
     def _event(self, state: dict[str, Any], event: str) -> None:
-        pass
+        """Keep the weather an event switches (``EVENTS``) in the state."""
+        text = " ".join(event.lower().split())
+        if text in EVENTS:
+            flag, value = EVENTS[text]
+            state[flag] = value
+
+    def _scale(self, state: dict[str, Any]) -> float:
+        """How much the frame is darkened: not at all."""
+        return 1.0
 
     def step(
         self,
@@ -94,11 +103,11 @@ class StillFrame:
         for i, (st, s) in enumerate(zip(states, steps)):
             self._event(st, (events or [""] * len(states))[i])
             st["step"] = int(s)
-            out.append((st["first"] * st["scale"]).floor())
+            out.append((st["first"] * self._scale(st)).floor())
         return torch.stack(out)
 
     def resume_data(self, state: Any) -> Mapping[str, torch.Tensor]:
-        return {"first": state["first"].to(torch.uint8), "scale": torch.tensor(state["scale"], dtype=torch.float64)}
+        return {"first": state["first"].to(torch.uint8), "flags": torch.tensor([state["night"], state["rain"]])}
 
     def state_nbytes(self, state: Any) -> int:
         return VIEW * VIEW * 3 * 4
@@ -129,27 +138,9 @@ class ConstantDimming(StillFrame):
 
     name = "dimming"
 
-    def _event(self, state: dict[str, Any], event: str) -> None:
-        text = " ".join(event.lower().split())
-        if text in EVENTS:
-            flag, value = EVENTS[text]
-            state[flag] = value
+    def _scale(self, state: dict[str, Any]) -> float:
         night, rain = _game_dimming()
-        state["scale"] = (night if state.get("night") else 1.0) * (rain if state.get("rain") else 1.0)
-
-    def resume_data(self, state: Any) -> Mapping[str, torch.Tensor]:
-        data = dict(super().resume_data(state))
-        data["flags"] = torch.tensor([bool(state.get("night")), bool(state.get("rain"))])
-        return data
-
-    def prefill(self, latents, actions, first_step, events=None, resume=None):
-        state = super().prefill(latents, actions, first_step, events=None, resume=resume)
-        last = (resume or [None])[-1]
-        if last is not None:
-            state["night"], state["rain"] = (bool(x) for x in last["flags"].tolist())
-        for ev in events or []:
-            self._event(state, ev)
-        return state
+        return (night if state["night"] else 1.0) * (rain if state["rain"] else 1.0)
 
 
 BASELINES: dict[str, type[StillFrame]] = {"still": StillFrame, "dimming": ConstantDimming}

@@ -25,11 +25,16 @@ VAL_OFFSET = 500_000
 EVAL_SPLITS = ("test", "val")
 
 
-def world_seed(i: int, split: str = "test") -> int:
-    """The seed of held-out world ``i`` of ``split`` ("test" or "val")."""
+def check_eval_split(split: str) -> str:
+    """``split`` if it is held out ("test" or "val"), else ValueError naming the value."""
     if check_split(split) not in EVAL_SPLITS:
         raise ValueError(f"split {split!r} is not held out; expected one of {', '.join(EVAL_SPLITS)}")
-    return HELDOUT_SEED + i + (VAL_OFFSET if split == "val" else 0)
+    return split
+
+
+def world_seed(i: int, split: str = "test") -> int:
+    """The seed of held-out world ``i`` of ``split`` ("test" or "val")."""
+    return HELDOUT_SEED + i + (VAL_OFFSET if check_eval_split(split) == "val" else 0)
 
 
 def _world(i: int, split: str) -> tuple[np.random.Generator, WorldSpec, int]:

@@ -72,7 +72,7 @@ from .eval_figures import (
 )
 from .eval_report import table
 from .eval_rollouts import Job, ServeStats, rollout, serve
-from .eval_worlds import Played, episode, heldout_prompts, heldout_world, jump_actions, play, world_seed
+from .eval_worlds import Played, check_eval_split, episode, heldout_prompts, heldout_world, jump_actions, play
 
 __all__ = [
     "CONTROL_STEP",
@@ -152,7 +152,7 @@ def evaluate(
     "test" (report) or "val" (choose checkpoints)."""
     if sessions < 2:
         raise ValueError(f"sessions must be >= 2 (controllability swaps actions between sessions), got {sessions}")
-    world_seed(0, split)  # an unknown or training split: ValueError naming it
+    check_eval_split(split)
     t0 = time.monotonic()
     r: dict[str, Any] = {"sessions": sessions, "horizon": horizon, "split": split}
     info = dynamics.info
@@ -441,7 +441,7 @@ def run(
     from rich.console import Console
 
     torch.set_num_threads(threads)
-    world_seed(0, split)  # an unknown split fails before anything loads
+    check_eval_split(split)  # before anything loads
     t0 = time.monotonic()
     if baseline and baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; expected one of {', '.join(BASELINES)}")
