@@ -60,7 +60,7 @@ class InferenceMixin:
         (:mod:`worldserve.dynamics.layers.rowwise`; the per-token layers multiply ``frame_tokens``
         rows per session, which the tests find batch-independent). Not on CUDA, whose batched
         matrix products choose their kernels by batch size anyway."""
-        return self.device.type == "cpu"
+        return self.transformer.head.weight.device.type == "cpu"  # the model's device
 
     @torch.no_grad()
     def prefill(
