@@ -99,8 +99,9 @@ def transformer_step_flops(cfg: Any, *, sample_steps: int | None = None, guidanc
     keys = cfg.context_frames * F_
     denoise = _transformer_pass(cfg, F_, keys, head=True).scaled(G * S)
     commit = _transformer_pass(cfg, F_, keys, head=False, last_layer_full=False)
-    # conditioning: the action MLP per copy (step) and per session (commit); the time MLP once per pass
-    cond = 2 * (A * D + D * D) * (G + 1) + 2 * (2 * D * D) * (S + 1)
+    # conditioning: the action MLP once in the step (the unconditional copy takes the learned null
+    # action) and once in the commit; the time MLP once per pass
+    cond = 2 * (A * D + D * D) * 2 + 2 * (2 * D * D) * (S + 1)
     return denoise + commit + StepFlops(linear=cond, conv=transformer_decoder_flops(cfg))
 
 

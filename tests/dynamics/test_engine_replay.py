@@ -5,6 +5,8 @@ move to a file:// archive and Redis is trimmed under the window while it plays."
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ import torch
 from worldserve.common.codec import PNG, decode_frame, encode_frame
 from worldserve.common.config import Config
 from worldserve.dynamics.engine.core import Engine
-from worldserve.dynamics.engine.types import StepRequest
+from worldserve.dynamics.engine.types import Priority, StepRequest
 from worldserve.dynamics.registry import load_model
 from worldserve.dynamics.testkit import away_and_back
 from worldserve.state.archive import Archive
@@ -118,3 +120,57 @@ async def test_a_shipped_model_replays_exactly_across_replicas_with_the_archive_
             and kept[-1] == steps - steps % (context - 1) * (name == "platformer")
         )
         # Redis keeps resume data for the last context_frames - 1 steps only (bounded)
+
+
+async def test_twins_on_batched_replicas_replay_exactly(store):
+    """The fast tier on two replicas that batch (``batch_invariant`` off): sessions and their twins
+    step concurrently on replica A beside other sessions, then the twins go on on replica B (a
+    cache miss there, other neighbours in every batch); every frame of a twin is bitwise its warm
+    session's (issue 27: while the model's frames depended on its batch, they did not)."""
+    name, pairs, fillers, steps, move = "platformer-fast", 2, 2, 12, 4
+    models = replicas(name)
+    info = models[0].info
+    sizes: list[list[int]] = [[], []]  # every step call's batch, per replica
+    for m, seen in zip(models, sizes):
+        m.step = lambda states, *a, _step=m.step, _seen=seen, **kw: _seen.append(len(states)) or _step(states, *a, **kw)
+    cfg = Config.load({"max_batch_wait_s": 0.05}, env={})  # bulk steps: a batch fills while the model is free
+    engines = [Engine(m, store, cfg, model_name=name, batch_invariant=False) for m in models]
+    for e in engines:
+        e.start()
+    keys, events = info.action_space.keys, info.events
+    try:
+        sids = []  # warm 0, twin 0, warm 1, twin 1, ..., then the fillers (replica A only)
+        for p in range(pairs + fillers):
+            rgb = np.random.default_rng(p).integers(0, 255, (info.frame_height, info.frame_width, 3), dtype=np.uint8)
+            png = encode_frame(rgb, PNG).data
+            for _ in range(2 if p < pairs else 1):
+                rec = await store.create(
+                    "t",
+                    model=name,
+                    prompt="p",
+                    seed=21 + p,
+                    width=info.frame_width,
+                    height=info.frame_height,
+                    first_frame=png,
+                )
+                sids.append(rec.session_id)
+        frames: dict[str, list[np.ndarray]] = {sid: [] for sid in sids}
+
+        async def play(k: int) -> None:
+            sid, p, twin = sids[k], k // 2 if k < 2 * pairs else k - pairs, k < 2 * pairs and k % 2 == 1
+            for i in range(1, steps + 1):
+                engine = engines[1] if twin and i > move else engines[0]
+                ev = events[p % len(events)] if 3 <= i < 7 else None
+                req = StepRequest("t", sid, (keys[(3 * i + p) % len(keys)],), {}, event=ev, priority=Priority.BULK)
+                out = await engine.step(req)
+                frames[sid].append(decode_frame(out.frame.to_pb(), max_bytes=1 << 20))
+
+        await asyncio.gather(*(play(k) for k in range(len(sids))))
+        assert max(sizes[0]) > pairs and max(sizes[1]) > 1, sizes  # both replicas batched, A beside the fillers
+        for p in range(pairs):
+            warm, twin = frames[sids[2 * p]], frames[sids[2 * p + 1]]
+            differ = [i + 1 for i in range(steps) if not np.array_equal(warm[i], twin[i])]
+            assert differ == [], f"pair {p}: steps {differ} differ"
+    finally:
+        for e in engines:
+            await e.close()

@@ -68,14 +68,22 @@ class EventEncoder(nn.Module):
         pooled = (self.norm(x) * m).sum(1) / m.sum(1)  # (U, E): mean over real tokens
         return self.out(pooled)  # (U, dim)
 
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
-        """(N,) normalized texts -> (N, dim); each distinct text is encoded once; "" gives zeros."""
+    def forward(self, texts: Sequence[str], *, alone: bool = False) -> torch.Tensor:
+        """(N,) normalized texts -> (N, dim); each distinct text is encoded once; "" gives zeros.
+
+        ``alone`` (serving): each distinct text is encoded by itself, so its vector depends on the
+        text alone, bitwise, not on the other texts of the batch (together they are padded to the
+        longest and multiplied as one batch, which rounds differently: see
+        :mod:`worldserve.dynamics.layers.rowwise`). Training encodes them together (faster)."""
         uniq = sorted({t for t in texts if t})
         out = torch.zeros(
             len(texts), self.out[-1].out_features, device=self.tok.weight.device, dtype=self.tok.weight.dtype
         )
         if uniq:
-            emb = self.encode_unique(uniq)  # (U, dim)
+            if alone:
+                emb = torch.cat([self.encode_unique([t]) for t in uniq])  # (U, dim)
+            else:
+                emb = self.encode_unique(uniq)  # (U, dim)
             index = {t: i for i, t in enumerate(uniq)}
             rows = [i for i, t in enumerate(texts) if t]
             sel = torch.tensor([index[texts[i]] for i in rows], device=out.device)

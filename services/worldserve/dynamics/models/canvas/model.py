@@ -202,10 +202,11 @@ class CanvasWorldModel:
         return check_events(events, n, self.config.event_max_bytes) or [""] * n
 
     def _event_embed(self, texts: list[str]) -> torch.Tensor:
-        """(n, cond_dim); each distinct text embedded once per process (the weights never change)."""
+        """(n, cond_dim); each distinct text embedded once per process (the weights never change),
+        by itself: its vector does not depend on the texts embedded beside it."""
         missing = sorted({t for t in texts if t and t not in self._event_cache})
         if missing:
-            emb = self.net.events(missing)
+            emb = self.net.events(missing, alone=True)  # each text alone: not what else was missing
             for t, e in zip(missing, emb):
                 self._event_cache[t] = e
         zero = torch.zeros(self.config.cond_dim, device=self.device, dtype=torch.float32)
@@ -377,6 +378,44 @@ class CanvasWorldModel:
                 raise ValueError(f"states[{i}] was released")
             if int(steps[i]) != s.step + 1:
                 raise ValueError(f"steps[{i}] = {steps[i]} but the session's newest frame is step {s.step}")
+        # On CPU each session runs the network alone, on inputs of its own: a batched convolution or
+        # matrix product rounds differently with the batch size (measured: the scroll head's
+        # convolution at 16 frames against 1), and a session's frames must not depend on who shares
+        # its batch (resumed on another replica after a cache miss, it meets other sessions there).
+        # The engine's batch-invariant mode (the CPU default) did so already, one call per session;
+        # 16 sessions in one call now take ~1.2-1.35x the CPU time of one batched pass (measured at
+        # 64x64). CUDA keeps the batch.
+        groups = [[i] for i in range(n)] if self.device.type == "cpu" else [list(range(n))]
+        parts = [
+            self._predict([states[i] for i in g], a[g], [texts[i] for i in g], [int(steps[i]) for i in g])
+            for g in groups
+        ]
+        frames = torch.cat([p[0] for p in parts])  # (n, 3, H, W) as served
+        bgs = torch.cat([p[1] for p in parts])  # what the canvas keeps
+        dxs = [d for p in parts for d in p[2]]
+        sprites = [p[3] for p in parts if p[3] is not None]  # with background_canvas: (k, 4) each
+        W = c.frame_width
+        for s, fr, bg, d in zip(states, frames, bgs, dxs):
+            new_cam = self._clamp_cam(s.cam + int(d))
+            s.prev2, s.prev = s.prev, fr
+            s.prev_cam = s.cam
+            s.cam = new_cam
+            x1 = new_cam + c.canvas_origin
+            s.canvas[:, :, x1 : x1 + W] = bg
+            s.valid[x1 : x1 + W] = True
+            s.step += 1
+        tail = torch.tensor([[float(s.cam)] for s in states])
+        if c.background_canvas:
+            tail = torch.cat([tail, torch.cat(sprites).float()], 1)
+        return torch.cat([bgs.reshape(n, -1).float() / 255.0, tail], 1)
+
+    def _predict(
+        self, states: list[CanvasState], a: torch.Tensor, texts: list[str], steps: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int], torch.Tensor | None]:
+        """The network's step for ``states`` (one batch): the new frames as served (k, 3, H, W)
+        uint8, what the canvas keeps of them (the player-free frames with ``background_canvas``),
+        the views' shifts, and with ``background_canvas`` the sprites (k, 4) on the CPU."""
+        c = self.config
         m, W = c.max_scroll, c.frame_width
         dev = self.device
         wins, wvalid, prev, prev2, cams, off2 = [], [], [], [], [], []
@@ -405,22 +444,10 @@ class CanvasWorldModel:
             cam_t,
             a.to(dev, torch.float32),
             self._event_embed(texts),
-            torch.tensor([int(x) for x in steps], device=dev),
+            torch.tensor(steps, device=dev),
         )
         u8 = lambda x: torch.round(x * 255.0).clamp(0, 255).to(torch.uint8).cpu()
-        frames = u8(pred.frame)  # (n, 3, H, W) as served
-        bgs = u8(pred.background) if c.background_canvas else frames  # what the canvas keeps
-        dxs = pred.dx.cpu().tolist()
-        for s, fr, bg, d in zip(states, frames, bgs, dxs):
-            new_cam = self._clamp_cam(s.cam + int(d))
-            s.prev2, s.prev = s.prev, fr
-            s.prev_cam = s.cam
-            s.cam = new_cam
-            x1 = new_cam + c.canvas_origin
-            s.canvas[:, :, x1 : x1 + W] = bg
-            s.valid[x1 : x1 + W] = True
-            s.step += 1
-        tail = torch.tensor([[float(s.cam)] for s in states])
-        if c.background_canvas:
-            tail = torch.cat([tail, pred.sprite.cpu().float()], 1)
-        return torch.cat([bgs.reshape(n, -1).float() / 255.0, tail], 1)
+        frames = u8(pred.frame)
+        bgs = u8(pred.background) if c.background_canvas else frames
+        sprite = pred.sprite.cpu() if c.background_canvas and pred.sprite is not None else None
+        return frames, bgs, pred.dx.cpu().tolist(), sprite

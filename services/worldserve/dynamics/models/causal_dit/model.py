@@ -311,7 +311,18 @@ class CausalDiTWorldModel:
                 f"{frames.shape[2]}x{frames.shape[1]}"
             )
         with self._lock:
+            if self._alone:
+                return torch.cat([self.vae.encode_first(frames[i : i + 1].clone()) for i in range(frames.shape[0])])
             return self.vae.encode_first(frames)
+
+    @property
+    def _alone(self) -> bool:
+        """Whether ``step``, ``decode_step``, ``encode`` and ``decode`` run each session alone (a
+        batch of one, on inputs of its own): on CPU, where a batched matrix product or convolution
+        rounds differently with the batch size, and a session's frames must not depend on who
+        shares its batch (one resumed on another replica after a cache miss meets other sessions
+        there). CUDA keeps the batch."""
+        return self.device.type == "cpu"
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -320,7 +331,12 @@ class CausalDiTWorldModel:
         :meth:`decode_step`, which decodes against the session's earlier chunks."""
         z = self._latents(latents, None)
         with self._lock:
-            frames = self.vae.decode_chunk(z, [self.vae.new_cache() for _ in range(z.shape[0])])
+            if self._alone:
+                frames = torch.cat(
+                    [self.vae.decode_chunk(z[i : i + 1].clone(), [self.vae.new_cache()]) for i in range(z.shape[0])]
+                )
+            else:
+                frames = self.vae.decode_chunk(z, [self.vae.new_cache() for _ in range(z.shape[0])])
         return frames[:, -1]
 
     @torch.no_grad()
@@ -339,7 +355,12 @@ class CausalDiTWorldModel:
                         f"states[{i}] is at step {st.last_step} and has decoded step {st.decoded_step}: "
                         "decode_step takes each step's chunk once, right after the step"
                     )
-            frames = self.vae.decode_chunk(z, [st.vae for st in states])  # (N, n_px, H, W, 3)
+            if self._alone:
+                frames = torch.cat(
+                    [self.vae.decode_chunk(z[i : i + 1].clone(), [st.vae]) for i, st in enumerate(states)]
+                )
+            else:
+                frames = self.vae.decode_chunk(z, [st.vae for st in states])  # (N, n_px, H, W, 3)
             for st in states:
                 st.decoded_step = st.last_step
         return frames[:, -1]
@@ -568,13 +589,13 @@ class CausalDiTWorldModel:
                 if s != st.last_step + 1:
                     raise ValueError(f"steps[{i}] = {s}, but the state is at step {st.last_step}")
             out = torch.empty(n, *shape)
-            # sessions with and without a text context run apart (cross-attention or none)
-            for idx in (
+            # sessions with and without a text context run apart (cross-attention or none); on CPU
+            # each session runs alone (see ``_alone``)
+            split = (
                 [i for i in range(n) if states[i].text is not None],
                 [i for i in range(n) if states[i].text is None],
-            ):
-                if not idx:
-                    continue
+            )
+            for idx in [[i] for g in split for i in g] if self._alone else [g for g in split if g]:
                 group = [states[i] for i in idx]
                 firsts = [st.next_frame for st in group]
                 for st, i, f0 in zip(group, idx, firsts):

@@ -10,7 +10,10 @@ fp16/bf16 that is the Triton paged decode kernel (prologue fused on load, the ne
 written into the session's spare page in the same launch); on CPU the torch SDPA reference runs
 the same code path. Nothing is repacked per step. Each new frame:
 
-1. starts from Gaussian noise seeded by (session seed, absolute step), independent of the batch;
+1. starts from Gaussian noise seeded by (session seed, absolute step), independent of the batch
+   (and so is everything else a session's frame depends on, bitwise on CPU: its action and event
+   vectors are computed one session at a time, its attention runs over its own pages, and its
+   tokens go through the batched layers as ``frame_tokens`` rows of their own; see ``_per_row``);
 2. takes ``sample_steps`` Euler steps of the rectified flow (the sampler state is float32 whatever
    the model dtype); each step runs the conditional branch (real action) and the unconditional one
    (learned null action) as one batch and mixes them with ``v = v_uncond + g * (v_cond - v_uncond)``;
@@ -49,6 +52,15 @@ class InferenceMixin:
     transformer: DynamicsTransformer
     _lock: threading.RLock
     last_step_attention: tuple[str, str] | None
+
+    @property
+    def _per_row(self) -> bool:
+        """Whether the served passes compute per-session vectors (the action embedding) one session
+        at a time: on CPU, where that makes a session's frames bitwise independent of its batch
+        (:mod:`worldserve.dynamics.layers.rowwise`; the per-token layers multiply ``frame_tokens``
+        rows per session, which the tests find batch-independent). Not on CUDA, whose batched
+        matrix products choose their kernels by batch size anyway."""
+        return self.transformer.head.weight.device.type == "cpu"  # the model's device
 
     @torch.no_grad()
     def prefill(
@@ -161,7 +173,7 @@ class InferenceMixin:
                 raise ValueError(f"first_step must be >= 0, got {fs!r}")
             act = self._check_actions(actions[i], T)
             ev_texts = self._check_events(None if events is None else events[i], T)
-            ev = self._event_embed(ev_texts) if ev_texts is not None else None  # (T, C) or None
+            ev = self._event_embed(ev_texts, alone=True) if ev_texts is not None else None  # (T, C) or None
             items.append((lat.to(device=dev, dtype=self.dtype), act, fs, ev, T))
         with self._lock:
             states: list[PagedState] = []
@@ -199,11 +211,12 @@ class InferenceMixin:
         (packed ragged when there are several), keys/values written into the sessions' pages."""
         cfg, tr, dev = self.config, self.transformer, self.device
         C, F_ = cfg.context_frames, cfg.frame_tokens
+        t0 = tr.time_embed(torch.zeros(1, device=dev))  # (1, C): t = 0 for every frame, as a commit adds it
         toks, coss, sins, n0s = [], [], [], []
         for lat, act, fs, ev, T in items:
             n0 = min(T, C)
             steps = torch.arange(fs, fs + n0, device=dev)  # (n0,)
-            cond = tr.action_embed(act[:n0], steps) + tr.time_embed(torch.zeros(n0, device=dev))  # (n0, C)
+            cond = tr.action_embed(act[:n0], steps, per_row=self._per_row) + t0  # (n0, C)
             if ev is not None:
                 cond = cond + ev[:n0]
             toks.append(tr.embed(lat[None, :n0], cond[None]))  # (1, n0*F, C)
@@ -312,7 +325,7 @@ class InferenceMixin:
     ) -> None:
         """Compute the new frames' keys/values (t = 0, real action), write them into each state's
         spare page (in the attention launch of every layer) and advance the states."""
-        tr, n = self.transformer, len(states)
+        tr = self.transformer
         step_t = torch.tensor(list(steps), device=self.device)
         if tables is None:
             bt, lens, max_len = self._block_table(states)
@@ -320,7 +333,9 @@ class InferenceMixin:
             gather = None
         else:
             bt, lens, max_len, cos, sin, gather = tables
-        cond = tr.action_embed(actions, step_t) + tr.time_embed(torch.zeros(n, device=self.device)) + ev  # (N, C)
+        # per session, bitwise whatever the batch: the action MLP row by row on CPU, t = 0 embedded once
+        act = tr.action_embed(actions, step_t, per_row=self._per_row)
+        cond = act + tr.time_embed(torch.zeros(1, device=self.device)) + ev  # (N, C)
         attend = self._decode_attend(bt, lens, max_len, cos, sin, write_kv=True, gather=gather)
         tr(tr.embed(x[:, None], cond[:, None]), None, None, attend, need_output=False, fused_prologue=True)
         for st, s in zip(states, steps):
@@ -345,9 +360,9 @@ class InferenceMixin:
         new frame, which must be ``state_step(states[i]) + 1``. ``guidance`` (default
         ``config.guidance``; 1 skips the unconditional branch) and ``sample_steps`` (default
         ``config.sample_steps``) apply to the whole batch. A session's result does not depend on
-        the rest of the batch beyond float rounding. ``events[i]`` (optional) is the event text in
-        force for session i's new frame ("" = none; None = none for all); guidance applies to the
-        action only, both CFG branches see the event.
+        the rest of the batch: bitwise on CPU (``_per_row``), up to float rounding on CUDA.
+        ``events[i]`` (optional) is the event text in force for session i's new frame ("" = none;
+        None = none for all); guidance applies to the action only, both CFG branches see the event.
 
         Calls on one model instance are serialized. ``last_step_attention`` says which attention
         backend and kernel the call ran (``("triton", "flash_decode_paged")`` on CUDA bf16).
@@ -399,9 +414,12 @@ class InferenceMixin:
             write_kv=False,
             gather=gather,
         )
-        drop = torch.arange(groups * n, device=dev) >= n  # (G*N,) second copy = unconditional
-        act = tr.action_embed(actions.repeat(groups, 1), step_t.repeat(groups), drop)  # (G*N, C)
-        ev = self._event_embed(events)  # (N, C) or 0
+        # per session, bitwise whatever the batch (the action MLP row by row on CPU, each event
+        # text alone); the second copy is the unconditional one (the learned null action)
+        act = tr.action_embed(actions, step_t, per_row=self._per_row)  # (N, C)
+        if use_cfg:
+            act = torch.cat([act, tr.unconditional_embed(step_t)])  # (G*N, C)
+        ev = self._event_embed(events, alone=True)  # (N, C) or 0
         if events is not None:
             act = act + ev.repeat(groups, 1)  # guidance is on the action only: both branches see the event
 

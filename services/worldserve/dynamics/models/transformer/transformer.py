@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldserve.dynamics.layers.rowwise import rowwise
+
 from .config import WorldModelConfig
 
 # attend(layer_index, q, k, v) -> attention output; q, k, v and the output are (B, T, H, D)
@@ -152,11 +154,22 @@ class DynamicsTransformer(nn.Module):
         actions: torch.Tensor,  # (B, A)
         steps: torch.Tensor,  # (B,) absolute frame index of the frame each action produced
         drop: torch.Tensor | None = None,  # (B,) bool: use the null (unconditional) action
+        *,
+        per_row: bool = False,
     ) -> torch.Tensor:  # (B, C)
-        e = self.action_mlp(actions.to(self.head.weight.dtype))
+        """``per_row`` (serving on CPU): the MLP runs on each action alone, so a session's
+        embedding does not depend on the batch, bitwise (:mod:`worldserve.dynamics.layers.rowwise`)."""
+        a = actions.to(self.head.weight.dtype)
+        e = rowwise(self.action_mlp, a) if per_row else self.action_mlp(a)
         if drop is not None:
             e = torch.where(drop[:, None], self.null_action.expand_as(e), e)
         # frame 0 was made by the image model, not by an action: it always gets its own embedding
+        return torch.where((steps == 0)[:, None], self.first_frame.expand_as(e), e)
+
+    def unconditional_embed(self, steps: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, C)
+        """What ``action_embed`` gives a dropped action (classifier-free guidance's unconditional
+        branch): the learned null action, frame 0's own embedding at step 0. No MLP runs."""
+        e = self.null_action.expand(steps.shape[0], -1)
         return torch.where((steps == 0)[:, None], self.first_frame.expand_as(e), e)
 
     def time_embed(self, t: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, C)

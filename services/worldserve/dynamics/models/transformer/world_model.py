@@ -47,6 +47,7 @@ from worldserve.dynamics.attention.backend import attention, decode_kernel_name,
 from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
 from worldserve.dynamics.layers.actions import check_actions, check_events
 from worldserve.dynamics.layers.events import EventEncoder
+from worldserve.dynamics.layers.rowwise import rowwise
 
 from .autoencoder import Autoencoder, ResBlock
 from .config import WorldModelConfig
@@ -279,11 +280,12 @@ class WorldModel(StatePoolMixin, InferenceMixin, nn.Module):
             )
         return out
 
-    def _event_embed(self, events: list[str] | None) -> torch.Tensor | float:
-        """(n, C) event embeddings, or 0.0 when there are none (adding it is a no-op)."""
+    def _event_embed(self, events: list[str] | None, *, alone: bool = False) -> torch.Tensor | float:
+        """(n, C) event embeddings, or 0.0 when there are none (adding it is a no-op). ``alone``
+        (serving): each distinct text encoded by itself, bitwise independent of the batch."""
         if events is None:
             return 0.0
-        return self.event_encoder(events).to(self.dtype)
+        return self.event_encoder(events, alone=alone).to(self.dtype)
 
     # --- autoencoder ------------------------------------------------------------------------------
 
@@ -291,15 +293,26 @@ class WorldModel(StatePoolMixin, InferenceMixin, nn.Module):
     # float32: the engine stores and encodes them there, whatever device and dtype the model runs
     # in. Inputs may be on any device. On a float32 CPU model these conversions are no-ops.
 
+    # On CPU each frame is encoded / decoded alone: a batched convolution rounds differently with
+    # the batch size, and a session's latents and frames must not depend on who shares its batch
+    # (see ``InferenceMixin._per_row``); alone is no slower there (measured: 16 one-frame decodes
+    # took less time than one 16-frame decode).
+
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, 3) uint8 -> (N, C, h, w) float32 CPU latents. Deterministic."""
-        return self.autoencoder.encode(frames).float().cpu()
+        """(N, H, W, 3) uint8 -> (N, C, h, w) float32 CPU latents. Deterministic, and bitwise
+        independent of the other frames of the batch on CPU."""
+        ae = self.autoencoder
+        ae.check_frames(frames)
+        return (rowwise(ae.encode, frames) if self._per_row else ae.encode(frames)).float().cpu()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) latents -> (N, H, W, 3) uint8 CPU frames."""
-        return self.autoencoder.decode(latents).cpu()
+        """(N, C, h, w) latents -> (N, H, W, 3) uint8 CPU frames (bitwise independent of the other
+        latents of the batch on CPU)."""
+        ae = self.autoencoder
+        ae.check_latents(latents)
+        return (rowwise(ae.decode, latents) if self._per_row else ae.decode(latents)).cpu()
 
     # --- attention over a full sequence (prefill, training) ---------------------------------------
 
