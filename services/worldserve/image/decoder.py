@@ -4,7 +4,8 @@ The platformer's first frame is a pure function of its caption (objects at fixed
 day/night with stars, rain streaks at t=0, fixed clouds, the player at the start), so this backend
 does not sample: it regresses the frame directly.
 
-    prompt --(ASCII lower-case, whitespace collapsed)--> UTF-8 bytes (worldserve.common.bytetok)
+    prompt --(ASCII lower-case, whitespace collapsed; a grammar caption in its canonical form)-->
+      UTF-8 bytes (worldserve.common.bytetok)
       -> byte transformer (``text_layers`` pre-norm blocks, learned absolute positions)
       -> a learned ``grid`` x ``grid`` array of queries (per-cell embedding + row + column
          embeddings) that cross-attend to the caption tokens (``cross_layers`` blocks, each
@@ -42,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldserve.common import caption as grammar
 from worldserve.common.bytetok import VOCAB, tokenize_bytes
 from worldserve.common.pretrained import read_folder, write_folder
 
@@ -53,6 +55,16 @@ _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz
 def normalize_prompt(prompt: str) -> str:
     """ASCII lower-case and runs of whitespace collapsed to one space (never more UTF-8 bytes)."""
     return " ".join(prompt.translate(_LOWER).split())
+
+
+def canonical_prompt(prompt: str) -> str:
+    """What the model reads: a prompt in the caption grammar as its canonical caption (one form for
+    every phrasing of a world: clause order, "and", articles, synonyms, the default clauses), any
+    other prompt normalized (``normalize_prompt``). Text normalization, as a tokenizer's: the model
+    learns the composition of worlds, not the grammar's phrasings."""
+    norm = normalize_prompt(prompt)
+    spec = grammar.is_caption(norm)
+    return grammar.caption_of(spec) if spec is not None else norm
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
@@ -278,8 +290,8 @@ class CaptionDecoder(nn.Module):
         return torch.sigmoid(out)
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalized, byte-tokenized prompts: ids, mask (B, L) on the model's device."""
-        ids, mask = tokenize_bytes([normalize_prompt(p) for p in prompts], self.config.max_prompt_bytes, what="prompt")
+        """Canonical (``canonical_prompt``), byte-tokenized prompts: ids, mask (B, L) on the model's device."""
+        ids, mask = tokenize_bytes([canonical_prompt(p) for p in prompts], self.config.max_prompt_bytes, what="prompt")
         dev = self.queries.device
         return ids.to(dev), mask.to(dev)
 
