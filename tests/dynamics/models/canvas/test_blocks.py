@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from worldserve.dynamics.models.canvas.blocks import copy_pick, copy_taps
+from worldserve.dynamics.models.canvas.blocks import argmax_channels, copy_pick, copy_taps
 from worldserve.dynamics.models.canvas.config import CanvasConfig
 
 
@@ -22,3 +22,13 @@ def test_copy_pick_is_the_gather_over_every_tap_bit_for_bit() -> None:
     got = copy_pick(A, offsets, pick, draw)
     assert torch.equal(got, want)
     assert torch.equal(got[0], draw[0]) and torch.equal(got[1, :, :, :4], A[1, :, :, :4])
+
+
+def test_argmax_channels_is_argmax_with_its_ties():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (3, 68, 16, 16), generator=g).float()  # many ties: the first maximum wins
+    assert torch.equal(argmax_channels(x), x.argmax(1))
+    y = torch.randn(2, 5, 8, 8, generator=g)
+    assert torch.equal(argmax_channels(y), y.argmax(1))
+    y[0, 2, 3, 3] = float("nan")  # never a crash: an index in range
+    assert 0 <= int(argmax_channels(y)[0, 3, 3]) < 5

@@ -213,6 +213,17 @@ def copy_pick(
     return torch.where((pick == len(offsets))[:, None], draw, taken)
 
 
+def argmax_channels(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) long: ``x.argmax(1)`` of a (B, K, H, W) tensor, the first maximum on ties, without
+    the channel-strided reduction that is slow on CPU (three vectorized passes instead: ~3x faster
+    at K = 68). A pixel with a NaN picks the last channel (``argmax`` would pick the NaN's)."""
+    K = x.shape[1]
+    top = x.amax(1, keepdim=True)  # (B, 1, H, W)
+    ks = torch.arange(K, device=x.device, dtype=x.dtype).view(1, K, 1, 1)
+    first = torch.where(x == top, ks, torch.full_like(top, K - 1)).amin(1)  # (B, H, W)
+    return first.long()
+
+
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Round to 8-bit levels (what a served frame is)."""
     return torch.round(x * 255.0) / 255.0

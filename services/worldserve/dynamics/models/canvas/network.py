@@ -16,7 +16,17 @@ import torch.nn.functional as F
 from worldserve.common.pretrained import write_folder
 from worldserve.dynamics.layers.events import EventEncoder
 
-from .blocks import LightHead, ScrollHead, UNet, copy_pick, copy_taps, paste_sprites, shift_view, window_cols
+from .blocks import (
+    LightHead,
+    ScrollHead,
+    UNet,
+    argmax_channels,
+    copy_pick,
+    copy_taps,
+    paste_sprites,
+    shift_view,
+    window_cols,
+)
 from .config import CanvasConfig
 
 
@@ -119,7 +129,7 @@ class CanvasNet(nn.Module):
         # the frame arithmetic stays float32: a copied pixel is exact
         draw = (base + y[:, :3]).clamp(0.0, 1.0)  # (B, 3, H, W)
         choice = y[:, 3 : 4 + len(cfg.copy_offsets)]  # (B, K + 1, H, W)
-        pick = choice.argmax(1)  # (B, H, W)
+        pick = argmax_channels(choice)  # (B, H, W)
         frame = copy_pick(base, cfg.copy_offsets, pick, draw)  # (B, 3, H, W)
         # every tap, for the training losses only (serving picks without building them)
         taps = copy_taps(base, cfg.copy_offsets) if torch.is_grad_enabled() else None  # (B, K, 3, H, W)
