@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from worldserve.common.codec import PNG, decode_frame, encode_frame
-from worldserve.common.config import Config
+from worldserve.common.config import DEFAULT_MODELS, TRANSFORMER_MODEL, Config
 from worldserve.dynamics.engine.core import Engine
 from worldserve.dynamics.engine.types import Priority, StepRequest
 from worldserve.dynamics.registry import load_model
@@ -41,7 +41,7 @@ def replicas(name: str) -> list:
     """Two instances of a served model, as two replicas load it."""
     if name == "toy":
         return [ToyModel(context_frames=4), ToyModel(context_frames=4)]
-    config = Config.load({}, env={})
+    config = Config.load({"models": [*DEFAULT_MODELS, TRANSFORMER_MODEL]}, env={})  # the transformer: tests only
     return [load_model(config.model_spec(name), config, "cpu") for _ in range(2)]
 
 
@@ -103,7 +103,7 @@ async def test_the_toy_model_replays_exactly_across_replicas(store):
     assert changed == n
 
 
-@pytest.mark.parametrize("name, steps", [("platformer", 72), ("platformer-fast", 64)])
+@pytest.mark.parametrize("name, steps", [("platformer", 72), ("platformer-fast", 72), ("platformer-transformer", 64)])
 async def test_a_shipped_model_replays_exactly_across_replicas_with_the_archive_on(astore, name, steps):
     policy = ArchivePolicy(chunk_steps=CHUNK, hot_window=replicas(name)[0].info.context_frames, rid_keep=16)
     n, changed = await replay(astore, name, steps, Archiver(astore, astore.archive, policy))
@@ -117,17 +117,17 @@ async def test_a_shipped_model_replays_exactly_across_replicas_with_the_archive_
         assert (
             kept
             and kept[0] >= steps - context + 2
-            and kept[-1] == steps - steps % (context - 1) * (name == "platformer")
+            and kept[-1] == steps - steps % (context - 1) * (name != "platformer-transformer")
         )
         # Redis keeps resume data for the last context_frames - 1 steps only (bounded)
 
 
 async def test_twins_on_batched_replicas_replay_exactly(store):
-    """The fast tier on two replicas that batch (``batch_invariant`` off): sessions and their twins
+    """The transformer on two replicas that batch (``batch_invariant`` off): sessions and their twins
     step concurrently on replica A beside other sessions, then the twins go on on replica B (a
     cache miss there, other neighbours in every batch); every frame of a twin is bitwise its warm
     session's (issue 27: while the model's frames depended on its batch, they did not)."""
-    name, pairs, fillers, steps, move = "platformer-fast", 2, 2, 12, 4
+    name, pairs, fillers, steps, move = "platformer-transformer", 2, 2, 12, 4
     models = replicas(name)
     info = models[0].info
     sizes: list[list[int]] = [[], []]  # every step call's batch, per replica

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from worldserve.common.config import Config
+from worldserve.common.config import DEFAULT_MODELS, TRANSFORMER_MODEL, Config
 from worldserve.dynamics.registry import load_model
 from worldserve.dynamics.testkit import away_and_back, check_exact_resume
+from worldserve.worlds import Game, parse_caption
 
 from .toy_model import ToyModel
 
@@ -27,8 +28,9 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def shipped():
-    config = Config.load({}, env={})  # the served models: shipped weights, float32 on CPU
-    return {name: load_model(config.model_spec(name), config, "cpu") for name in ("platformer", "platformer-fast")}
+    # the served models and the transformer (served in tests only): shipped weights, float32 on CPU
+    config = Config.load({"models": [*DEFAULT_MODELS, TRANSFORMER_MODEL]}, env={})
+    return {m.name: load_model(m, config, "cpu") for m in config.models}
 
 
 def first_frame(seed: int, size: int = 64) -> torch.Tensor:
@@ -43,13 +45,18 @@ def test_the_toy_model_resumes_exactly():
     assert not model.live  # every state the kit made was released
 
 
-def test_the_canvas_model_resumes_exactly_after_walking_back(shipped):
-    model = shipped["platformer"]
+@pytest.mark.parametrize("name", ["platformer", "platformer-fast"])  # both served tiers are canvases
+def test_the_canvas_model_resumes_exactly_after_walking_back(shipped, name):
+    model = shipped[name]
     c = model.config
     steps = 72  # 36 right, 36 left: past its 32-frame window and back
     actions = away_and_back(model.info.action_space, steps)
     events = [""] * 20 + ["night falls"] * 30 + [""] * 22  # the event in force is part of what resumes
-    report = check_exact_resume(model, first_frame(2), actions, seed=9, events=events)
+    # a level's first frame (a served session starts from one; on noise the narrow fast tier barely scrolls)
+    level = torch.from_numpy(
+        Game(parse_caption("a red door on the left, a blue box on the right, grass, day"), 2).reset()
+    )
+    report = check_exact_resume(model, level, actions, seed=9, events=events)
     assert report.differing == [], report
     assert report.frames_changed >= steps - 2
     # it did walk away and back: the view left the first frame's place and returned to it more
@@ -64,7 +71,7 @@ def test_the_canvas_model_resumes_exactly_after_walking_back(shipped):
 
 
 def test_the_transformer_resumes_exactly(shipped):
-    model = shipped["platformer-fast"]
+    model = shipped["platformer-transformer"]
     report = check_exact_resume(model, first_frame(3), away_and_back(model.info.action_space, 64), seed=11)
     assert report.differing == [], report
     assert report.frames_changed == 64
@@ -89,7 +96,7 @@ class Forgetful:
 
 
 def test_the_check_fails_models_that_cannot_resume_exactly(shipped):
-    fast = shipped["platformer-fast"]
+    fast = shipped["platformer-transformer"]
     report = check_exact_resume(Forgetful(fast), first_frame(3), away_and_back(fast.info.action_space, 6), seed=11)
     assert report.differing, "re-prefilling the latent window is not bitwise the streamed KV cache"
     canvas = shipped["platformer"]
@@ -99,7 +106,7 @@ def test_the_check_fails_models_that_cannot_resume_exactly(shipped):
 
 
 def test_resume_data_that_does_not_fit_is_refused_or_ignored(shipped):
-    fast, canvas = shipped["platformer-fast"], shipped["platformer"]
+    fast, canvas = shipped["platformer-transformer"], shipped["platformer"]
     z = fast.encode(first_frame(3)[None])
     a = fast.action_vector(["right"])[None]
     warm = fast.prefill(z, fast.null_action()[None], 0)

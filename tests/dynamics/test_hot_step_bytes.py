@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from worldserve.common.codec import decode_png, encode_rgb, frame_ref, needs_ref, pack_array, unpack_array
-from worldserve.common.config import Config
+from worldserve.common.config import DEFAULT_MODELS, TRANSFORMER_MODEL, Config
 from worldserve.dynamics.interface import pack_resume, unpack_resume
 from worldserve.dynamics.registry import load_model
 
@@ -18,7 +18,7 @@ BUDGET = 12 * 1024  # bytes per hot step at 64x64 (frame + what the model needs 
 
 @pytest.fixture(scope="module")
 def config():
-    return Config.load({}, env={})
+    return Config.load({"models": [*DEFAULT_MODELS, TRANSFORMER_MODEL]}, env={})  # the transformer: tests only
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,9 @@ def packed_sizes(log) -> tuple[list[int], list[int], list[int]]:
     return zs, fs, ks
 
 
-def test_a_canvas_step_fits_the_budget(config, first_frame):
-    model = load_model(config.model_spec("platformer"), config, "cpu")
+@pytest.mark.parametrize("name", ["platformer", "platformer-fast"])  # both served tiers
+def test_a_canvas_step_fits_the_budget(config, first_frame, name):
+    model = load_model(config.model_spec(name), config, "cpu")
     log = walk(model, first_frame, 2 * model.snapshot_every + 2)  # two canvas snapshots
     zs, fs, ks = packed_sizes(log)
     per_step = (sum(zs) + sum(fs) + sum(ks)) / len(log)
@@ -79,7 +80,7 @@ def test_a_transformer_step_latent_and_frame_fit_the_budget(config, first_frame)
     """Its latent and frame fit; its resume data (one KV page per step, float32, kept for the
     context window) is noise to a compressor and stays about a page: a known limit (see the state
     format notes), bounded here so that it does not grow."""
-    model = load_model(config.model_spec("platformer-fast"), config, "cpu")
+    model = load_model(config.model_spec("platformer-transformer"), config, "cpu")
     log = walk(model, first_frame, 8)
     zs, fs, ks = packed_sizes(log)
     assert (sum(zs) + sum(fs)) / len(log) <= BUDGET

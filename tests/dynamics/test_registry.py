@@ -188,7 +188,7 @@ def shipped_without_weights(tmp_path, monkeypatch):
     import worldserve.common.config as config_module
 
     shipped = tmp_path / "weights"
-    for name in ("dynamics", "transformer", "image"):
+    for name in ("dynamics", "fast", "image"):
         (shipped / name).mkdir(parents=True)
         shutil.copy(Path(config_module.SHIPPED_WEIGHTS) / name / "config.json", shipped / name / "config.json")
     monkeypatch.setattr(config_module, "SHIPPED_WEIGHTS", str(shipped))
@@ -199,7 +199,7 @@ def test_missing_shipped_weights_are_a_start_up_error_never_random_weights(shipp
     from worldserve.image.core import load_backend
 
     cfg = Config.load({}, env={})  # the defaults: the shipped pair and the shipped image model
-    for spec, folder in zip(cfg.models, ("dynamics", "transformer")):
+    for spec, folder in zip(cfg.models, ("dynamics", "fast")):
         want = str(shipped_without_weights / folder / "model.safetensors")
         with pytest.raises(ModelLoadError, match=re.escape(f"model '{spec.name}': '{want}' not found")):
             load_model(spec, cfg, "cpu")

@@ -98,11 +98,10 @@ def test_canvas_flops_equal_flop_counter_on_the_served_step():
 def test_sizes_each_model_cannot_run_say_why():
     models = {m.name: m for m in served_models(served_config())}
     assert {"platformer", "platformer-fast"} <= set(models)
-    with pytest.raises(CannotRun, match="canvas_origin 384 outside"):
-        config_at(models["platformer"], SIZES["720x1280"])
-    config_at(models["platformer"], SIZES["360x640"])
-    for hw in SIZES.values():
-        config_at(models["platformer-fast"], hw)
+    for name in ("platformer", "platformer-fast"):  # both served tiers are scroll canvases
+        with pytest.raises(CannotRun, match="canvas_origin 384 outside"):
+            config_at(models[name], SIZES["720x1280"])
+        config_at(models[name], SIZES["360x640"])
 
 
 @pytest.mark.parametrize(
@@ -182,7 +181,8 @@ def test_quick_run_on_a_real_redis_writes_every_model_and_size(tmp_path, redis_s
     assert rows[("platformer", "720x1280")]["cannot_run"]
     assert "multiple of 16" in rows[(DIT_NAME, "360x640")]["cannot_run"]
     # bigger frames, more bytes and more FLOPs
-    fast = [rows[("platformer-fast", s)] for s in SIZES]
+    fast = [rows[("platformer-fast", s)] for s in SIZES if not rows[("platformer-fast", s)].get("cannot_run")]
+    assert len(fast) >= 2
     assert [r["redis_bytes_active"] for r in fast] == sorted(r["redis_bytes_active"] for r in fast)
     assert [r["flops_per_step"] for r in fast] == sorted(r["flops_per_step"] for r in fast)
     assert "ESTIMATE" in doc and "$0.02" in doc

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldserve.common.config import Config
+from worldserve.common.config import DEFAULT_MODELS, TRANSFORMER_MODEL, Config
 from worldserve.dynamics.models.canvas.model import CanvasConfig, CanvasNet, CanvasWorldModel
 from worldserve.dynamics.models.causal_dit.testing import TINY_TEXT_DIM, tiny_model
 from worldserve.dynamics.models.transformer import WorldModel, WorldModelConfig
@@ -94,13 +94,14 @@ def test_a_resumed_session_is_bitwise_its_warm_twin(kind):
     assert r.identical == r.compared and r.differing == [] and r.exact, r
 
 
-@pytest.mark.parametrize("name", ["platformer", "platformer-fast"])
+@pytest.mark.parametrize("name", ["platformer", "platformer-fast", "platformer-transformer"])
 def test_the_served_models_resume_bitwise(name):
-    """The shipped weights as served (the canvas; the transformer at one sampler pass): two sessions
+    """The shipped weights as served (both canvas tiers; the transformer, served in tests only, at
+    one sampler pass): two sessions
     warm in one batch, resumed each alone. (A small random canvas hides a batch's rounding in its
     8-bit frames; the shipped one shows it: before each model stepped every session alone on CPU,
     4 of these 34 frames differed for the canvas, 9 of 34 for the transformer.)"""
-    config = Config.load({}, env={})
+    config = Config.load({"models": [*DEFAULT_MODELS, TRANSFORMER_MODEL]}, env={})
     model = load_model(config.model_spec(name), config, "cpu")
     r = resume_matches(model, jobs_for(model, 2, 12), [1, 6], guidance=None)  # the served default
     assert r.compared == 2 * (11 + 6) and r.exact, r
