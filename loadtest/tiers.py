@@ -86,7 +86,9 @@ def main(
                 "samples": len(times[spec.name]),
             }
         )
-        print(f"{spec.name:24s} tier {spec.tier or '-':8s} {1000 * med / batch:7.1f} ms/frame  {med / ref:.2f}x {ref_name}")
+        print(
+            f"{spec.name:24s} tier {spec.tier or '-':8s} {1000 * med / batch:7.1f} ms/frame  {med / ref:.2f}x {ref_name}"
+        )
     if json_out is not None:
         json_out.write_text(json.dumps({"batch": batch, "threads": threads, "rows": rows}, indent=2))
 
