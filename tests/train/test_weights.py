@@ -1,7 +1,8 @@
 """The shipped weights: they load, stay small, respond to actions and replay deterministically.
 
-weights/dynamics is the default model (scroll canvas), weights/transformer the fast tier (latent
-transformer), weights/image the caption decoder."""
+weights/dynamics is the default model (scroll canvas), weights/fast the fast tier (a narrower scroll
+canvas), weights/transformer the latent transformer (served in tests only), weights/image the
+caption decoder."""
 
 from __future__ import annotations
 
@@ -28,10 +29,20 @@ def dyn() -> WorldModel:
     return WorldModel.from_pretrained(WEIGHTS / "transformer")
 
 
-@pytest.fixture(scope="module")
-def canvas() -> CanvasWorldModel:
+# what each served canvas tier holds on these walks: the quality tier keeps a still world bitwise
+# and brings back the walked-past frame within 28 dB of the game's; the fast tier (half the
+# channels) tracks the player as well but drifts on a still world (31 dB after one no-op, ~24 dB
+# after 16) and brings back a blurrier frame: its bars guard against it getting worse (MODEL_CARD)
+STILL_DB = {"dynamics": None, "fast": 22.0}  # None: bitwise
+BACK_DB = {"dynamics": 28.0, "fast": 22.0}
+
+
+@pytest.fixture(scope="module", params=["dynamics", "fast"])  # both served tiers
+def canvas(request) -> CanvasWorldModel:
     torch.set_num_threads(1)
-    return CanvasWorldModel.from_pretrained(WEIGHTS / "dynamics")
+    model = CanvasWorldModel.from_pretrained(WEIGHTS / request.param)
+    model.tier_folder = request.param  # type: ignore[attr-defined]
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +50,7 @@ def img() -> CaptionDecoder:
     return CaptionDecoder.from_pretrained(WEIGHTS / "image")
 
 
-@pytest.mark.parametrize("name", ["dynamics", "transformer", "image"])
+@pytest.mark.parametrize("name", ["dynamics", "fast", "transformer", "image"])
 def test_folders_hold_config_and_safetensors_under_8mb(name):
     files = sorted(p.name for p in (WEIGHTS / name).iterdir())
     assert files == ["config.json", "model.safetensors"]
@@ -82,7 +93,13 @@ def test_the_default_model_tracks_the_player_and_holds_a_still_world(canvas):
         got = find_player(a[t])
         assert got is not None and max(abs(got[0] - truth[t + 1][0]), abs(got[1] - truth[t + 1][1])) <= 4, (t, got)
     still = rollout(canvas, first[None], np.zeros_like(acts), None, seeds=[7])[0]
-    assert np.array_equal(still[-1], first)
+    bar = STILL_DB[canvas.tier_folder]
+    if bar is None:
+        assert np.array_equal(still[-1], first)
+    else:
+        from worldserve.train.evaluate import psnr
+
+        assert min(float(psnr(f, first)) for f in still) >= bar
 
 
 def test_the_default_model_brings_back_what_the_player_walked_past(canvas):
@@ -101,7 +118,7 @@ def test_the_default_model_brings_back_what_the_player_walked_past(canvas):
     acts = action_matrix(keys, canvas.config.keys, len(canvas.config.mouse_axes))[None]
     a = rollout(canvas, first[None], acts, None, seeds=[7])[0]
     assert objects_in_place(a[-1], spec, game.camera)[1]  # the box the player crossed twice
-    assert float(psnr(a[-1], frames[-1])) >= 28.0
+    assert float(psnr(a[-1], frames[-1])) >= BACK_DB[canvas.tier_folder]
 
 
 def test_shipped_rollout_is_deterministic_and_follows_the_actions(dyn):
