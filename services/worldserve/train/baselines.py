@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from worldserve.dynamics.interface import ActionSpace, ModelInfo, Runtime
+from worldserve.dynamics.layers.actions import normalize_event
 from worldserve.worlds import EVENTS, Game, WorldSpec, random_spec
 from worldserve.worlds.platformer import KEYS, VIEW
 
@@ -81,7 +82,7 @@ class StillFrame:
 
     def _event(self, state: dict[str, Any], event: str) -> None:
         """Keep the weather an event switches (``EVENTS``) in the state."""
-        text = " ".join(event.lower().split())
+        text = normalize_event(event)
         if text in EVENTS:
             flag, value = EVENTS[text]
             state[flag] = value
