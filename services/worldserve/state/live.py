@@ -116,7 +116,7 @@ class LiveState:
         finally:
             try:
                 await ps.unsubscribe(channel)
-                await ps.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose untyped
+                await ps.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # redis-py (before 8.2) leaves PubSub.aclose untyped
             except Exception:  # the connection is gone already
                 pass
 

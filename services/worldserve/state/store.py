@@ -242,7 +242,7 @@ class SessionStore(StepLog):
             # Each new connection asks the Sentinels for the primary: after a failover, the retry
             # of a command that failed on the dead primary's connection reaches the promoted one
             # (a demoted primary's READONLY also closes the connection and asks again).
-            sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves its __init__ untyped
+            sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # redis-py (before 8.2) leaves its __init__ untyped
                 sentinels, sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
             )
             r = sentinel.master_for(
@@ -585,7 +585,7 @@ class SessionStore(StepLog):
                 tenant, _, sid = msg["data"].decode().partition("\n")
                 yield tenant, sid
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose untyped
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # redis-py (before 8.2) leaves PubSub.aclose untyped
 
     async def fork(
         self, tenant: str, sid: str, *, step: int | None = None, seed: int | None = None, session_id: str | None = None
