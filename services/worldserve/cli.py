@@ -10,6 +10,7 @@ import io
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import typer
@@ -23,6 +24,7 @@ from worldserve.cli_cluster import (
     _port_free,
     _ray,
     _read_state,
+    _running,
     _write_state,
     dev_key,
     home,
@@ -30,7 +32,7 @@ from worldserve.cli_cluster import (
     start_ray_head,
     stop_ray_cluster,
 )
-from worldserve.cli_errors import DEBUG_ENV, CliError, console, friendly
+from worldserve.cli_errors import DEBUG_ENV, CliError, console, explain, friendly
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -143,6 +145,9 @@ def down() -> None:
     pid = state.get("redis_pid")
     if pid and _alive(pid):
         os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10  # it saves its data first; `up` right after needs the port
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
         console.print("embedded Redis stopped")
     for k in ("redis_pid", "ray_started", "ray_address", "ray_temp_dir", "endpoint"):
         state.pop(k, None)
@@ -187,8 +192,9 @@ def status(target: str = typer.Option(None, help="gRPC endpoint (default: from `
         if ok:
             try:
                 models = c.list_models()
-            except Exception as e:
+            except Exception as e:  # health answers without a key; the models need one the cluster accepts
                 console.print(f"models    unknown ({e.code().name if hasattr(e, 'code') else type(e).__name__})")
+                console.print(f"[red]error:[/] {escape(explain(e, target=target))}", soft_wrap=True, highlight=False)
                 ok = False
             else:
                 for m in models.models:
@@ -348,6 +354,9 @@ def eval_cmd(
         help="prompt set: a text file, one prompt a line (cycled over the worlds); default: one different "
         "caption per world, captions the platformer's models understand",
     ),
+    prompt: list[str] = typer.Option(
+        None, "--prompt", help="a prompt, as text (repeat for several; cycled over the worlds); instead of --prompts"
+    ),
     k: int = typer.Option(8, help="steps each way of the turn-around and controllability checks"),
     model: str = typer.Option("", help="served model ('' = the default)"),
     seed: int = typer.Option(0),
@@ -369,8 +378,16 @@ def eval_cmd(
     from worldserve.gym import harness
 
     prompt_set = None
+    if prompts is not None and prompt:
+        raise CliError("give prompts either as a file (--prompts) or as text (--prompt), not both")
     if prompts is not None:
+        if not prompts.is_file():
+            raise CliError(
+                f"--prompts {str(prompts)!r} is not a file (one prompt a line); for a prompt as text use --prompt"
+            )
         prompt_set = tuple(p.strip() for p in prompts.read_text().splitlines() if p.strip())
+    elif prompt:
+        prompt_set = tuple(p.strip() for p in prompt if p.strip())
     target = target or _read_state().get("endpoint", f"127.0.0.1:{GRPC_PORT}")
     with WorldClient(target, dev_key(), timeout_s=120) as c:
         c.list_models()  # nothing answering fails here, in one line, before any progress bar
@@ -403,6 +420,9 @@ def eval_cmd(
                 )
             except ValueError as e:
                 raise CliError(str(e)) from None
+    errors = [r["error"] for r in report["world_records"] if r["error"]]
+    if errors and len(errors) == worlds:
+        raise CliError(f"every world failed; the first: {errors[0]}")
     lat = report["latency_ms"]
 
     game = report.get("game")

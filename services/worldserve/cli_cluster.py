@@ -93,38 +93,64 @@ def ray_temp_dir() -> Path:
 
 
 def ray_processes(temp_dir: str, gcs_address: str) -> list[int]:
+    """PIDs of the processes of one local Ray cluster (see :func:`_ray_tree`)."""
+    return _ray_tree(temp_dir, gcs_address)[1]
+
+
+def _ray_tree(temp_dir: str, gcs_address: str) -> tuple[list[int], list[int]]:
     """PIDs of the processes of one local Ray cluster: those whose command line names its temp
-    folder or its GCS address (``ray stop`` would stop every Ray cluster of this user)."""
+    folder or its GCS address (``ray stop`` would stop every Ray cluster of this user), and their
+    descendants: Ray's workers and agents retitle themselves (``ray::ProxyActor``), so only their
+    parentage says which cluster they belong to."""
     gcs_port = gcs_address.rpartition(":")[2]
     marks = [temp_dir.rstrip("/") + "/", f"={gcs_address}", f"--gcs_server_port={gcs_port}"]
-    out = []
+    me = os.getpid()
+    roots: list[int] = []
+    children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
+        if not d.name.isdigit() or int(d.name) == me:
             continue
+        pid = int(d.name)
         try:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            ppid = int((d / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
+        children.setdefault(ppid, []).append(pid)
         if any(m in cmd for m in marks):
-            out.append(int(d.name))
-    return out
+            roots.append(pid)
+    out, todo = set(roots), list(roots)
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            if c not in out and c != me:
+                out.add(c)
+                todo.append(c)
+    return roots, sorted(out)
 
 
 def stop_ray_cluster(temp_dir: str, gcs_address: str, timeout_s: float = 15.0) -> int:
     """Stop one local Ray cluster's processes (SIGTERM, then SIGKILL); returns how many there were."""
-    pids = ray_processes(temp_dir, gcs_address)
+    roots, pids = _ray_tree(temp_dir, gcs_address)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+    # Ray's own processes (GCS, raylet, agents) get the grace period; a worker that outlives
+    # them by a second is killed (some ignore SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(_running(p) for p in roots):
+        time.sleep(0.2)
+    deadline = min(deadline, time.monotonic() + 1.0)
+    while time.monotonic() < deadline and any(_running(p) for p in pids):
         time.sleep(0.2)
     # stragglers, and workers forked meanwhile: killed until none is left (a killed process may
     # still show for a moment, and a dying raylet may fork one more worker)
+    # (the first list counts: a worker whose raylet died is no longer its child)
     deadline = time.monotonic() + 5.0
-    while (rest := ray_processes(temp_dir, gcs_address)) and time.monotonic() < deadline:
+    while (rest := [p for p in {*pids, *ray_processes(temp_dir, gcs_address)} if _running(p)]) and (
+        time.monotonic() < deadline
+    ):
         for pid in rest:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -189,6 +215,15 @@ def _alive(pid: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed process whose parent has not reaped it yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _port_free(port: int) -> bool:

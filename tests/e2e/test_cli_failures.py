@@ -25,3 +25,17 @@ def test_bad_key_unknown_model_and_unknown_prompt_are_one_line(cluster, tmp_path
     msg = one_line(cli("play", "--target", target, "--prompt", "hello", "--out", gif, home=tmp_path, env=key))
     assert msg.startswith("INVALID_ARGUMENT: understood nothing in 'hello'; this world knows: colours red"), msg
     assert not (tmp_path / "x.gif").exists()
+    # eval: a prompt the world does not know fails every world: one line with the first world's error
+    ev = ("eval", "--target", target, "--worlds", "2", "--steps", "2", "--dataset", "", "--out", str(tmp_path / "ev"))
+    msg = one_line(cli(*ev, "--prompt", "a green pipe in the middle", home=tmp_path, env=key))
+    assert msg.startswith("every world failed; the first: create: INVALID_ARGUMENT: "), msg
+    msg = one_line(cli(*ev, "--prompts", "a green pipe in the middle", home=tmp_path, env=key))
+    assert (
+        msg
+        == "--prompts 'a green pipe in the middle' is not a file (one prompt a line); for a prompt as text use --prompt"
+    )
+    # status: health answers without a key; a refused key is named after it, with its remedy
+    r = cli("status", "--target", target, home=tmp_path, env={"WORLDSERVE_API_KEY": "wsk_nope"})
+    assert r.returncode == 1 and "dynamics  SERVING" in r.stderr, (r.returncode, r.stderr)
+    last = [ln for ln in r.stderr.splitlines() if ln.strip()][-1]
+    assert last.startswith(f"error: the API key was refused by {target} ("), r.stderr
