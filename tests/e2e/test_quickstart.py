@@ -57,7 +57,7 @@ def test_the_quickstart_blocks_are_what_the_test_runs():
 @pytest.mark.e2e
 @pytest.mark.timeout(1500)
 def test_the_readme_quickstart_runs_as_written(tmp_path):
-    from worldserve.cli_cluster import _ray, ray_processes, start_ray_head, stop_ray_cluster
+    from worldserve.cli_cluster import _port_free, _ray, _running, ray_processes, start_ray_head, stop_ray_cluster
 
     home = tmp_path / "home"
     work = home / "work"
@@ -77,6 +77,7 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
     out: dict[str, subprocess.CompletedProcess] = {}
     ray_env = {**env, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}  # as `worldserve` runs Ray (its default)
     other_dir, other, theirs = tempfile.mkdtemp(prefix="wsx", dir="/tmp"), None, set()
+    ours_all: set[int] = set()
     try:
         for cmd in commands():
             words = shlex.split(cmd)
@@ -85,7 +86,8 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
                 other = start_ray_head(Path(other_dir), 1, env=ray_env)
                 theirs = set(ray_processes(other_dir, other))
                 ours = json.loads((home / ".worldserve" / "state.json").read_text())
-                assert ray_processes(ours["ray_temp_dir"], ours["ray_address"]), ours
+                ours_all = set(ray_processes(ours["ray_temp_dir"], ours["ray_address"]))
+                assert ours_all, ours
             t0 = time.monotonic()
             r = subprocess.run(cmd, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
             out[name] = r
@@ -93,6 +95,9 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
             assert r.returncode == 0, (cmd, r.stdout[-3000:], r.stderr[-3000:])
         assert other is not None and theirs
         assert not ray_processes(ours["ray_temp_dir"], ours["ray_address"])  # ours stopped, every process
+        # workers, agents and the vLLM engine retitle themselves: found by parentage before, gone after
+        assert not [p for p in ours_all if _running(p)], [Path(f"/proc/{p}/cmdline").read_bytes() for p in ours_all]
+        assert _port_free(9000) and _port_free(8000)  # `up` again finds Serve's ports free
         assert _ray("status", f"--address={other}", env=ray_env).returncode == 0  # the other cluster still answers
         assert set(ray_processes(other_dir, other)) >= theirs
     finally:
