@@ -449,6 +449,8 @@ def eval_cmd(
     for r in report["world_records"]:
         if r["error"]:
             console.print(f"  world {r['index']}: [red]{escape(r['error'])}[/]")
+        elif r["understood"]:
+            console.print(f"  world {r['index']}: {r['prompt']!r} understood as {r['understood']!r}")
     if report.get("dataset"):
         console.print(
             f"  Minari dataset {report['dataset']['id']!r} ({report['dataset']['episodes']} episodes) in "

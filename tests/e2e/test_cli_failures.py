@@ -27,13 +27,16 @@ def test_bad_key_unknown_model_and_unknown_prompt_are_one_line(cluster, tmp_path
     assert not (tmp_path / "x.gif").exists()
     # eval: a prompt the world does not know fails every world: one line with the first world's error
     ev = ("eval", "--target", target, "--worlds", "2", "--steps", "2", "--dataset", "", "--out", str(tmp_path / "ev"))
-    msg = one_line(cli(*ev, "--prompt", "a green pipe in the middle", home=tmp_path, env=key))
-    assert msg.startswith("every world failed; the first: create: INVALID_ARGUMENT: "), msg
-    msg = one_line(cli(*ev, "--prompts", "a green pipe in the middle", home=tmp_path, env=key))
-    assert (
-        msg
-        == "--prompts 'a green pipe in the middle' is not a file (one prompt a line); for a prompt as text use --prompt"
-    )
+    msg = one_line(cli(*ev, "--prompt", "hello", home=tmp_path, env=key))
+    assert msg.startswith("every world failed; the first: create: INVALID_ARGUMENT: understood nothing in 'hello'"), msg
+    msg = one_line(cli(*ev, "--prompts", "a pink box at night", home=tmp_path, env=key))
+    assert msg == "--prompts 'a pink box at night' is not a file (one prompt a line); for a prompt as text use --prompt"
+    # free text: each world says what it was understood as, and the game plays that caption beside it
+    ok = cli(*ev, "--prompt", "a snowy night with a pink door to my right", home=tmp_path, env=key)
+    out = " ".join(ok.stderr.split())
+    assert ok.returncode == 0 and "0 failed" in out, ok.stderr
+    assert "world 0: 'a snowy night with a pink door to my right' understood as 'a pink door on the right" in out, out
+    assert "(the game: " in out, out
     # status: health answers without a key; a refused key is named after it, with its remedy
     r = cli("status", "--target", target, home=tmp_path, env={"WORLDSERVE_API_KEY": "wsk_nope"})
     assert r.returncode == 1 and "dynamics  SERVING" in r.stderr, (r.returncode, r.stderr)

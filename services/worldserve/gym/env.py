@@ -78,6 +78,7 @@ class _World:
                 }
             )
         self.made: list[str] = []
+        self.understood: dict[str, str] = {}  # session -> the caption its free-text prompt was read as
 
     # -- actions -----------------------------------------------------------------------------------
     def to_action(self, action: Any) -> tuple[list[str], dict[str, float]]:
@@ -132,6 +133,8 @@ class _World:
             kw["prompt"] = opts.get("prompt", self.prompt)
         s = c.create_session(**kw)
         self.made.append(s.session_id)
+        if s.HasField("understood") and s.understood.source == "text":
+            self.understood[s.session_id] = s.understood.caption
         return s.session_id, _frame(s.first_frame, self.shape)
 
     def delete(self, sid: str) -> None:

@@ -17,7 +17,8 @@ played):
 Worlds are distinct or said not to be: the default prompt set holds as many different captions as
 there are worlds, and a world whose first frame and actions repeat an earlier one's is reported as
 a duplicate and left out of the aggregates (``distinct_worlds``). Where a ground truth exists -- the
-model is one of the platformer's (its keys and frame size) and the prompt is a caption -- the same
+model is one of the platformer's (its keys and frame size) and the prompt is a caption, or free text
+the text app read as one (``understood``) -- the same
 actions and checks run on the procedural game itself (``worldserve.worlds.platformer.Game`` with
 the world's caption and seed), and the report gives the game's figures beside the model's, so a
 reader knows what "good" is.
@@ -104,6 +105,7 @@ class WorldRecord:
     index: int
     prompt: str
     session_id: str = ""
+    understood: str = ""  # a free-text prompt: the caption the text app read it as
     seed: int = 0
     steps: int = 0
     ret: float = 0.0
@@ -355,6 +357,7 @@ def run(
         for rec in records:
             try:
                 rec.session_id, first = h.world.new_session(rec.seed, {"prompt": rec.prompt})
+                rec.understood = h.world.understood.get(rec.session_id, "")
                 rec.observations.append(first)
             except grpc.RpcError as e:
                 rec.error = f"create: {e.code().name}: {e.details()}"[:400]
@@ -372,7 +375,7 @@ def run(
     game_ok = is_platformer(h.world.keys, h.world.shape)
     if game_ok:
         for r in counted:
-            r.game = game_checks(r.prompt, r.seed, r.keys, k)
+            r.game = game_checks(r.understood or r.prompt, r.seed, r.keys, k)
     report = {
         "policy": policy,
         "model": h.world.model_name,
