@@ -397,6 +397,7 @@ def eval_cmd(
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
+            transient=True,  # gone when done: the report follows (or, when every world failed, one line)
         ) as bar:
             tasks = {
                 "create": bar.add_task("create worlds", total=worlds),

@@ -127,6 +127,19 @@ def test_every_event_has_many_phrasings():
         assert len(set(texts)) >= 20, event
 
 
+def test_the_rain_stops_only_where_a_word_says_so():
+    rng = random.Random(4)
+    # words to skip in an event text never say stop; every stop frame has a word that does
+    assert not {td.event_junk(rng) for _ in range(3000)} & td._STOPPING
+    for frame in td.STOP_FRAMES:
+        text = frame.format(w="rain", x="zu", y="ko", s="halt")
+        assert "halt" in text or text.split()[0] == "no" or " end " in text, frame
+    # the free-order object form keeps the side word and the object's words, in any order
+    for _ in range(200):
+        ph = td._free_object_phrase("teal", "crate", "left", rng)
+        assert {"teal", "crate", "left"} <= set(re.findall(r"[a-z]+", ph)), ph
+
+
 # --------------------------------------------------------------------------------------------------
 # Held-out set
 

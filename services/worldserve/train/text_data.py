@@ -507,7 +507,9 @@ def typo(word: str, rng: random.Random) -> str:
     if len(word) < 3 or not word.isalpha():
         return word
     i = rng.randrange(1, len(word))  # first letter kept: typos rarely hit it
-    op = rng.randrange(4)
+    op = rng.randrange(5)
+    if op == 4:  # v7: any letter for another (a misremembered vowel, a slip)
+        return word[:i] + rng.choice(string.ascii_lowercase.replace(word[i], "")) + word[i + 1 :]
     if op == 0 and i < len(word) - 1:
         return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
     if op == 1:
@@ -532,6 +534,16 @@ ENGLISH_WORDS: tuple[str, ...] = tuple(json.loads(text_words.FILE.read_text()))
 def junk_word(rng: random.Random) -> str:
     """A word the model must skip: made up or real (``ENGLISH_WORDS``)."""
     return made_up_word(rng) if rng.random() < 0.5 else rng.choice(ENGLISH_WORDS)
+
+
+def event_junk(rng: random.Random) -> str:
+    """A word to skip in an event text: never one that could say the rain stops."""
+    while (w := junk_word(rng)) in _STOPPING:
+        pass
+    return w
+
+
+_STOPPING = frozenset(("stop", "end", "over", "off", "away", "gone", "done", "remove", "removed", "break", "no", "not"))
 
 
 def junk_phrase(rng: random.Random, lo: int = 1, hi: int = 3) -> str:
@@ -605,11 +617,45 @@ SIDE_FORMS = (
 SIDE_SEPS = (" ", " ", ", ", ": ", " - ", " ")
 
 
+SIDE_LEADS = ("on the", "to the", "at the", "on my", "to my", "by the", "the", "", "", "{x}", "{x} the", "{x} {y} the")
+"""Words before a side word in the free-order form ({x}, {y}: words to skip)."""
+GAP_MARKS = ("", "", "", ", ", ": ", " - ", " (", "; ")
+
+
+def _free_object_phrase(c: str, k: str, side: str, rng: random.Random) -> str:
+    """v7: determiner, colour, kind and side in any order, with words to skip (0-2) and
+    punctuation in any gap: which side an object is on is read from the side word nearest its own
+    words, whatever the words around it (issue 25: held-out templates put sides where the training
+    templates never did)."""
+    lead = rng.choice(SIDE_LEADS).format(x=junk_word(rng), y=junk_word(rng))
+    side_part = " ".join(w for w in (lead, side, rng.choice(("", "", "", "side", junk_word(rng)))) if w)
+    ck = [c, k] if rng.random() < 0.75 else [k, c]
+    det = rng.choice(DETERMINERS)
+    order = rng.choice(("s-ck", "ck-s", "ck-s", "c-s-k"))
+    if order == "s-ck":
+        parts = [side_part, det, *ck]
+    elif order == "ck-s":
+        parts = [det, *ck, side_part]
+    else:
+        parts = [det, ck[0], side_part, ck[1]]
+    out: list[str] = []
+    for i, part in enumerate(x for x in parts if x):
+        if i and rng.random() < 0.35:
+            out[-1] += rng.choice(GAP_MARKS).rstrip()
+            out.append(junk_phrase(rng, 1, 2))
+        out.append(part)
+    return " ".join(out).replace(" (", "(").replace("(", " (").strip()
+
+
 def object_phrase(o: grammar.ObjectSpec, rng: random.Random) -> str:
-    """A phrase for one object: a template, or (half the time) colour + kind and a side in any
-    order, the side's words partly made up (the model learns that the side word decides)."""
+    """A phrase for one object: a template, colour + kind and a side in either order with the
+    side's words partly made up (the model learns that the side word decides), or (v7) every part
+    in any order among words to skip."""
     c, k = _word(COLOUR_WORDS[o.color], rng), _word(KIND_WORDS[o.kind], rng)
-    if rng.random() < 0.5:
+    r = rng.random()
+    if r < 0.3:
+        return _free_object_phrase(c, k, o.side, rng)
+    if r < 0.6:
         t = rng.choice(OBJECT_TEMPLATES)
         return t.format(
             d=rng.choice(DETERMINERS),
@@ -766,6 +812,29 @@ EVENT_FRAMES: dict[str, tuple[str, ...]] = {
     "night falls": ("{w}", "{x} {w}", "{w} {x}", "{x} {w} {y}", "make it {w}", "{x} to {w}", "{w} now"),
     "day breaks": ("{w}", "{x} {w}", "{w} {x}", "{x} {w} {y}", "make it {w}", "{x} to {w}", "{w} now"),
 }
+# v7: the rain stops only where a word of stopping says so; the weather word among any other words
+# (verbs, modals, pronouns never seen) starts it
+EVENT_FRAMES["it starts to rain"] += (
+    "{w} is {x}",
+    "{w} {x} {y}",
+    "{x} {y} {w}",
+    "{w} for {x}",
+    "the {w} {x} begin",
+    "{x} it {x} {w}",
+    "let {w} {x}",
+)
+STOP_WORDS = ("stop", "end", "over", "off", "away", "gone", "done", "cease", "halt", "quit", "finish", "vanish")
+"""Words that say the rain stops (v7 frames: "the rain {x} end", "no {x} rain", "an end to the rain")."""
+STOP_FRAMES = (
+    "the {w} {x} {s}",
+    "{w} {x} {y} {s}",
+    "{x} {s} the {w}",
+    "{s} the {w} {x}",
+    "no {x} {w}",
+    "no {x} {y} {w}",
+    "{x} an end to the {w}",
+    "{x} a halt to the {w}",
+)
 NONE_WORDS = (
     "jump",
     "walk",
@@ -835,11 +904,16 @@ def event_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
         event, text = None, _none_text(rng)
     else:
         event = rng.choice(list(grammar.EVENTS))
-        if rng.random() < 0.6:
+        r = rng.random()
+        if r < 0.5:
             text = rng.choice(EVENT_TEXTS[event])
+        elif event == "the rain stops" and r < 0.7:
+            text = rng.choice(STOP_FRAMES).format(
+                w=rng.choice(EVENT_CORES[event]), x=event_junk(rng), y=event_junk(rng), s=rng.choice(STOP_WORDS)
+            )
         else:
             text = rng.choice(EVENT_FRAMES[event]).format(
-                w=rng.choice(EVENT_CORES[event]), x=junk_word(rng), y=junk_word(rng)
+                w=rng.choice(EVENT_CORES[event]), x=event_junk(rng), y=event_junk(rng)
             )
     carrier = rng.choice(EVENT_CARRIERS) if rng.random() < 0.8 else junk_phrase(rng, 1, 3)
     text = " ".join(x for x in (carrier, text, rng.choice(("", "", "", "please", "now"))) if x)
