@@ -140,6 +140,37 @@ def test_the_rain_stops_only_where_a_word_says_so():
         assert {"teal", "crate", "left"} <= set(re.findall(r"[a-z]+", ph)), ph
 
 
+def test_reading_corrects_typos_to_known_words_and_marks_unknown_ones():
+    from worldserve.text.spec import lm_prompt, read_words
+
+    v = td.reading_vocabulary()
+    assert v.unknown == td.UNKNOWN and "crate" in v.spelling and "down" in v.known
+    # one edit from exactly one spelling word, same first letter, 4 letters or more: corrected
+    assert read_words("a purplo craet, snwoy", v) == "a purple crate, snowy"
+    # a known word stays though one letter from a spelling word; short or unknown words: the marker
+    assert read_words("the sun goes down", v) == "the sun goes down"
+    assert read_words("a zorbly blue box (lef)", v) == "a _ blue box (_)"
+    assert lm_prompt("event", "Alright, MAKE it rain", v) == "event: _, make it rain\n"
+    assert lm_prompt("event", "Alright, MAKE it rain") == "event: alright, make it rain\n"  # no vocabulary: as is
+    # the training pairs are read the same way: made-up words become the marker
+    pairs = list(td.samples(11, 300, v))
+    assert any(" _ " in p for p, _ in pairs)
+    assert all(w in v.spelling or w in v.known for p, _ in pairs for w in re.findall(r"[a-z]{2,}", p.split(":", 1)[1]))
+
+
+def test_a_vocabulary_round_trips_and_bad_lists_are_named(tmp_path):
+    v = td.reading_vocabulary()
+    v.write(tmp_path)
+    assert Vocabulary.read(tmp_path) == v
+    d = json.loads((tmp_path / "world.json").read_text())
+    (tmp_path / "world.json").write_text(json.dumps({**d, "unknown": "x"}))
+    with pytest.raises(ValueError, match="world.json: unknown must be"):
+        Vocabulary.read(tmp_path)
+    (tmp_path / "world.json").write_text(json.dumps({**d, "spelling": ["Crate"]}))
+    with pytest.raises(ValueError, match="world.json: spelling must be"):
+        Vocabulary.read(tmp_path)
+
+
 # --------------------------------------------------------------------------------------------------
 # Held-out set
 
@@ -270,7 +301,7 @@ def test_tiny_training_run_writes_a_loadable_folder_and_resumes(tmp_path):
     folder = tt.train_text(tc, log=logs.append)
     for f in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "world.json"):
         assert (folder / f).is_file(), f
-    assert Vocabulary.read(folder) == Vocabulary()
+    assert Vocabulary.read(folder) == td.reading_vocabulary()  # the words it was trained to read with
     m = LlamaForCausalLM.from_pretrained(folder)
     t = AutoTokenizer.from_pretrained(folder)
     assert m.config.tie_word_embeddings and m.config.vocab_size == len(t) == 400

@@ -142,7 +142,7 @@ class TextCore:
             if self.m_cache_hits is not None:
                 self.m_cache_hits.inc(task=task)
         else:
-            raw = await self.complete(lm_prompt(task, text), schema)
+            raw = await self.complete(lm_prompt(task, text, self.vocab), schema)
         try:
             answer = json.loads(raw)
         except (TypeError, ValueError):

@@ -27,6 +27,7 @@ rendered wrong.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +49,56 @@ def normalize_text(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def lm_prompt(task: Task, text: str) -> str:
-    """The model's input for one task; the answer follows it."""
+SPELL_MIN = 4
+"""Only words of at least this many letters are corrected, and only to words this long (a short
+word is one letter from too many others)."""
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``b`` is ``a`` with one letter changed, dropped, added, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (
+            len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+        )
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    i = next((i for i in range(len(short)) if short[i] != long_[i]), len(short))
+    return short[i:] == long_[i + 1 :]
+
+
+def read_words(text: str, vocab: Vocabulary) -> str:
+    """``text`` (already normalized) as the model reads it, word by word (a word: a run of letters):
+    one of ``vocab.spelling`` or ``vocab.known`` stays; one edit away from exactly one spelling word
+    with the same first letter, it becomes that word ("craet" -> "crate"; only words of at least
+    ``SPELL_MIN`` letters, to words as long); otherwise, where ``vocab.unknown`` is set, it becomes
+    that marker (the model learned to skip unknown words as one). Punctuation stays."""
+    if not vocab.spelling:
+        return text
+
+    def one(m: re.Match[str]) -> str:
+        w = m.group(0)
+        if w in vocab.spelling or w in vocab.known:
+            return w
+        if len(w) >= SPELL_MIN:
+            near = [s for s in vocab.spelling if s[0] == w[0] and len(s) >= SPELL_MIN and _one_edit(w, s)]
+            if len(near) == 1:
+                return near[0]
+        return vocab.unknown if vocab.unknown and len(w) > 1 else w
+
+    return re.sub(r"[a-z]+", one, text)
+
+
+def lm_prompt(task: Task, text: str, vocab: Vocabulary | None = None) -> str:
+    """The model's input for one task; the answer follows it. ``vocab``: the model folder's, whose
+    words decide how the text is read (:func:`read_words`)."""
     if task not in ("prompt", "event"):
         raise ValueError(f"unknown task {task!r}")
-    return f"{task}: {normalize_text(text)}\n"
+    text = normalize_text(text)
+    if vocab is not None:
+        text = read_words(text, vocab)
+    return f"{task}: {text}\n"
 
 
 def answer_json(obj: Mapping[str, Any]) -> str:
@@ -85,9 +131,16 @@ class Vocabulary:
     times: tuple[str, ...] = grammar.TIMES
     events: tuple[str, ...] = tuple(grammar.EVENTS)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    spelling: frozenset[str] = frozenset()
+    """Words the model was trained to read (attribute words and their synonyms; optional): a typo
+    one edit from exactly one of them is corrected before the model reads the text."""
+    known: frozenset[str] = frozenset()
+    """Every other word the training texts spell out: never corrected."""
+    unknown: str = ""
+    """Set: a word neither known nor correctable is read as this marker (models trained so)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "colours": list(self.colours),
             "kinds": list(self.kinds),
             "sides": list(self.sides),
@@ -95,6 +148,12 @@ class Vocabulary:
             "times": list(self.times),
             "events": list(self.events),
         }
+        if self.spelling:
+            d["spelling"] = sorted(self.spelling)
+            d["known"] = sorted(self.known)
+        if self.unknown:
+            d["unknown"] = self.unknown
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], *, where: str = WORLD_FILE) -> Vocabulary:
@@ -108,7 +167,16 @@ class Vocabulary:
             if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
                 raise ValueError(f"{where}: {n} must be a non-empty list of strings, got {v!r}")
             out[n] = tuple(v)
-        return cls(**out)
+        lists: dict[str, frozenset[str]] = {}
+        for n in ("spelling", "known"):
+            v = d.get(n, [])
+            if not isinstance(v, list) or not all(isinstance(x, str) and x.isalpha() and x == x.lower() for x in v):
+                raise ValueError(f"{where}: {n} must be a list of lower-case words")
+            lists[n] = frozenset(v)
+        unknown = d.get("unknown", "")
+        if not isinstance(unknown, str) or len(unknown) > 3 or any(c.isalnum() or c.isspace() for c in unknown):
+            raise ValueError(f"{where}: unknown must be a short marker of neither letters nor digits, got {unknown!r}")
+        return cls(**out, spelling=lists["spelling"], known=lists["known"], unknown=unknown)
 
     @classmethod
     def read(cls, folder: str | Path) -> Vocabulary:

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from collections.abc import Iterator
 from typing import Any
 
 from worldserve.common import caption as grammar
-from worldserve.text.spec import answer_json, lm_prompt, prompt_answer
+from worldserve.text.spec import Vocabulary, answer_json, lm_prompt, prompt_answer
 
 from . import text_words
 
@@ -486,6 +487,50 @@ _ATTRIBUTE_WORDS = (
 )
 
 
+def spelling_words() -> frozenset[str]:
+    """The words a typo is corrected to before the model reads a text (the model folder's
+    ``world.json`` lists them: ``text.spec.read_words``): every one-word attribute phrase and
+    synonym, the sides, the event keywords and the words of stopping. Words of longer phrases
+    ("with rain", "heavy rain") are left out: everyday words a typo of another may land on."""
+    groups = (COLOUR_WORDS, KIND_WORDS, GROUND_NOUNS, GROUND_ADJS, TIME_PHRASES, TIME_NOUNS, RAIN_PHRASES, RAIN_ADJS)
+    one_word = {ph for g in groups for phrases in g.values() for ph in phrases if ph.isalpha()}
+    one_word |= {w for words in EVENT_CORES.values() for w in words if w.isalpha()} | set(grammar.SIDES)
+    one_word |= set(STOP_WORDS)
+    return frozenset(w for w in one_word if len(w) >= 4)
+
+
+def known_words() -> frozenset[str]:
+    """Every word the training texts spell out (templates, carriers, fillers, event phrasings, the
+    real words to skip): read as it is, never "corrected" ("the sun goes down" stays, though "down"
+    is one letter from "dawn"). A word neither known nor correctable is an unknown word."""
+    out: set[str] = set(ENGLISH_WORDS)
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str):
+            out.update(re.findall(r"[a-z]+", v.lower()))
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (tuple, list, frozenset, set)):
+            for x in v:
+                walk(x)
+
+    for name, v in globals().items():
+        if name.isupper() and name != "ENGLISH_WORDS":
+            walk(v)
+    return frozenset(out)
+
+
+def reading_vocabulary() -> Vocabulary:
+    """The vocabulary a model trained now reads with (written to its folder's ``world.json``):
+    typos corrected to ``spelling_words``, every word neither known nor correctable read as
+    ``UNKNOWN`` (made-up words in training, unseen words in use: the model learns to skip them)."""
+    return Vocabulary(spelling=spelling_words(), known=known_words() - spelling_words(), unknown=UNKNOWN)
+
+
+UNKNOWN = "_"
+
+
 # --------------------------------------------------------------------------------------------------
 # Noise
 
@@ -619,6 +664,7 @@ SIDE_SEPS = (" ", " ", ", ", ": ", " - ", " ")
 
 SIDE_LEADS = ("on the", "to the", "at the", "on my", "to my", "by the", "the", "", "", "{x}", "{x} the", "{x} {y} the")
 """Words before a side word in the free-order form ({x}, {y}: words to skip)."""
+CARRIER_MARKS = (", ", ": ", "! ", "... ", " - ", "; ")
 GAP_MARKS = ("", "", "", ", ", ": ", " - ", " (", "; ")
 
 
@@ -747,7 +793,9 @@ def prompt_text(
     text = clauses[0]
     for c in clauses[1:]:
         text += rng.choice(JOINERS).format(x=junk_word(rng)) + c
-    carrier = rng.choice(CARRIERS) if rng.random() < 0.8 else junk_phrase(rng, 1, 4)
+    carrier = rng.choice(CARRIERS) if rng.random() < 0.7 else junk_phrase(rng, 1, 4)
+    if carrier and rng.random() < 0.25:  # v8: "alright, ...", "so: ..." (a carrier's punctuation says nothing)
+        carrier += rng.choice(CARRIER_MARKS).rstrip()
     suffix = rng.choice(SUFFIXES) if rng.random() < 0.85 else junk_phrase(rng, 1, 2)
     text = " ".join(x for x in (carrier, text, suffix) if x)
     return text, say_ground, say_time, say_rain, named
@@ -915,25 +963,27 @@ def event_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
             text = rng.choice(EVENT_FRAMES[event]).format(
                 w=rng.choice(EVENT_CORES[event]), x=event_junk(rng), y=event_junk(rng)
             )
-    carrier = rng.choice(EVENT_CARRIERS) if rng.random() < 0.8 else junk_phrase(rng, 1, 3)
+    carrier = rng.choice(EVENT_CARRIERS) if rng.random() < 0.65 else junk_phrase(rng, 1, 3)
+    if carrier and rng.random() < 0.25:
+        carrier += rng.choice(CARRIER_MARKS).rstrip()
     text = " ".join(x for x in (carrier, text, rng.choice(("", "", "", "please", "now"))) if x)
     text = noisy(text, rng, typo_rate=0.08 if rng.random() < 0.4 else 0.0)
     return text, {"event": event}
 
 
-def sample(rng: random.Random) -> tuple[str, str]:
-    """One training pair: (lm_prompt, answer_json)."""
+def sample(rng: random.Random, vocab: Vocabulary | None = None) -> tuple[str, str]:
+    """One training pair: (lm_prompt, answer_json); ``vocab``: the one the model reads with."""
     if rng.random() < PROMPT_SHARE:
         text, ans = prompt_example(rng)
-        return lm_prompt("prompt", text), answer_json(ans)
+        return lm_prompt("prompt", text, vocab), answer_json(ans)
     text, ans = event_example(rng)
-    return lm_prompt("event", text), answer_json(ans)
+    return lm_prompt("event", text, vocab), answer_json(ans)
 
 
-def samples(seed: int, n: int | None = None) -> Iterator[tuple[str, str]]:
+def samples(seed: int, n: int | None = None, vocab: Vocabulary | None = None) -> Iterator[tuple[str, str]]:
     """``n`` pairs (forever when None) from a seeded generator: the same seed, the same pairs."""
     rng = random.Random(seed)
     i = 0
     while n is None or i < n:
-        yield sample(rng)
+        yield sample(rng, vocab)
         i += 1

@@ -88,8 +88,8 @@ def evaluate_folder(model: Path, *, dtype: str = "float32", items: list[Item] | 
     prompts = [it for it in items if it.task == "prompt"]
     events = [it for it in items if it.task == "event"]
     t0 = time.monotonic()
-    out_p = llm.generate([lm_prompt("prompt", it.text) for it in prompts], sp, use_tqdm=False)
-    out_e = llm.generate([lm_prompt("event", it.text) for it in events], se, use_tqdm=False)
+    out_p = llm.generate([lm_prompt("prompt", it.text, vocab) for it in prompts], sp, use_tqdm=False)
+    out_e = llm.generate([lm_prompt("event", it.text, vocab) for it in events], se, use_tqdm=False)
     batch_s = time.monotonic() - t0
 
     field_errors: Counter[str] = Counter()
@@ -123,7 +123,7 @@ def evaluate_folder(model: Path, *, dtype: str = "float32", items: list[Item] | 
             misses.append({"task": "event", "text": it.text, "expected": it.answer, "got": text})
 
     # in-distribution check: fresh pairs of the training generator
-    train_pairs = list(text_data.samples(424242, 200))
+    train_pairs = list(text_data.samples(424242, 200, vocab))
     outs = llm.generate(
         [p for p, _ in train_pairs],
         [sp if p.startswith("prompt:") else se for p, _ in train_pairs],
@@ -135,7 +135,7 @@ def evaluate_folder(model: Path, *, dtype: str = "float32", items: list[Item] | 
     lat = []
     for it in prompts[:30]:
         t = time.monotonic()
-        llm.generate([lm_prompt("prompt", it.text)], sp, use_tqdm=False)
+        llm.generate([lm_prompt("prompt", it.text, vocab)], sp, use_tqdm=False)
         lat.append(time.monotonic() - t)
     return {
         "model": str(model),

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from worldserve.text.spec import MAX_ANSWER_TOKENS, Vocabulary
+from worldserve.text.spec import MAX_ANSWER_TOKENS
 
 from . import text_data
 
@@ -94,7 +94,7 @@ def train_tokenizer(vocab_size: int, *, seed: int = 12345, n: int = 30000) -> An
     )
 
     def corpus():
-        for p, a in text_data.samples(seed, n):
+        for p, a in text_data.samples(seed, n, text_data.reading_vocabulary()):
             yield p
             yield a
 
@@ -214,7 +214,7 @@ def export_model(model: Any, tok: Any, folder: Path, *, dtype: str, card: str | 
         do_sample=False,
         max_new_tokens=MAX_ANSWER_TOKENS,
     ).save_pretrained(folder)
-    Vocabulary().write(folder)
+    text_data.reading_vocabulary().write(folder)
     if card is not None:
         (folder / "MODEL_CARD.md").write_text(card)
     return folder
