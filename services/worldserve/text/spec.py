@@ -50,8 +50,8 @@ def normalize_text(text: str) -> str:
 
 
 SPELL_MIN = 4
-"""Only words of at least this many letters are corrected, and only to words this long (a short
-word is one letter from too many others)."""
+"""Words are corrected only to words of at least this many letters, and only words of at least one
+letter fewer ("cya" -> "cyan", "lef" -> "left"): a short word is one letter from too many others."""
 
 
 def _one_edit(a: str, b: str) -> bool:
@@ -71,8 +71,8 @@ def _one_edit(a: str, b: str) -> bool:
 def read_words(text: str, vocab: Vocabulary) -> str:
     """``text`` (already normalized) as the model reads it, word by word (a word: a run of letters):
     one of ``vocab.spelling`` or ``vocab.known`` stays; one edit away from exactly one spelling word
-    with the same first letter, it becomes that word ("craet" -> "crate"; only words of at least
-    ``SPELL_MIN`` letters, to words as long); otherwise, where ``vocab.unknown`` is set, it becomes
+    with the same first letter, it becomes that word ("craet" -> "crate", "cya" -> "cyan"; only to
+    words of at least ``SPELL_MIN`` letters); otherwise, where ``vocab.unknown`` is set, it becomes
     that marker (the model learned to skip unknown words as one). Punctuation stays."""
     if not vocab.spelling:
         return text
@@ -81,7 +81,7 @@ def read_words(text: str, vocab: Vocabulary) -> str:
         w = m.group(0)
         if w in vocab.spelling or w in vocab.known:
             return w
-        if len(w) >= SPELL_MIN:
+        if len(w) >= SPELL_MIN - 1:
             near = [s for s in vocab.spelling if s[0] == w[0] and len(s) >= SPELL_MIN and _one_edit(w, s)]
             if len(near) == 1:
                 return near[0]

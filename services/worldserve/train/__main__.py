@@ -259,13 +259,25 @@ def text_eval(
     model: Path = typer.Option(WEIGHTS / "text", help="The model folder (default: the shipped one)."),
     dtype: str = typer.Option("float32", help="vLLM compute dtype: float32 or bfloat16."),
     report: Path = typer.Option(Path("out/text-eval.json"), help="Where the JSON report goes."),
+    heldout_set: str = typer.Option(
+        "heldout", "--set", help="'heldout' (text_heldout, seed 2025) or 'fresh' (text_fresh, seed 77: the second set)"
+    ),
 ) -> None:
-    """The text model on the held-out set, decoded by vLLM under the served JSON schemas."""
+    """The text model on a held-out set, decoded by vLLM under the served JSON schemas."""
     import json
 
     from .text_eval import evaluate_folder
 
-    r = evaluate_folder(model, dtype=dtype)
+    if heldout_set not in ("heldout", "fresh"):
+        console.print(f"[red]error:[/] unknown set {heldout_set!r}: 'heldout' or 'fresh'")
+        raise typer.Exit(2)
+    items = None
+    if heldout_set == "fresh":
+        from .text_fresh import fresh
+
+        items = fresh()
+    r = evaluate_folder(model, dtype=dtype, items=items)
+    r["set"] = heldout_set
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(r, indent=1) + "\n")
     for k, v in r.items():

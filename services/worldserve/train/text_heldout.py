@@ -25,6 +25,7 @@ naming no event), each with its expected answer (the ``text.spec`` JSON form).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,18 +144,42 @@ def _typo(word: str, rng: random.Random) -> str:
     return word[:-2] + word[-1] + word[-2]
 
 
-def _noise(text: str, rng: random.Random) -> str:
+@dataclass(frozen=True)
+class Phrasing:
+    """One held-out set's own words and habits (this module's, and ``text_fresh``'s)."""
+
+    objects: tuple[str, ...]
+    ground: tuple[str, ...]
+    time: tuple[str, ...]
+    rain: tuple[str, ...]
+    carriers: tuple[str, ...]
+    tails: tuple[str, ...]
+    joiners: tuple[str, ...]
+    fillers: tuple[str, ...]
+    nothing: tuple[str, ...]
+    events: dict[str, tuple[str, ...]]
+    event_carriers: tuple[str, ...]
+    event_none: tuple[str, ...]
+    typo: Callable[[str, random.Random], str]
+    typo_rate: float = 0.1
+    determiners: tuple[str, ...] = ("a", "a", "one", "the")
+    shuffle: float = 0.4
+    say_when_silent: str = "ground"  # a world of no objects that says nothing else says this
+
+
+def _noise(text: str, rng: random.Random, ph: Phrasing) -> str:
     words = text.split(" ")
     if rng.random() < 0.3:
-        words = [_typo(w, rng) if rng.random() < 0.1 else w for w in words]
+        words = [ph.typo(w, rng) if rng.random() < ph.typo_rate else w for w in words]
     if rng.random() < 0.2:
-        words.insert(rng.randrange(len(words) + 1), rng.choice(HO_FILLERS))
+        words.insert(rng.randrange(len(words) + 1), rng.choice(ph.fillers))
     return " ".join(w for w in words if w)
 
 
-def _prompt(rng: random.Random) -> Item:
+def prompt_item(rng: random.Random, ph: Phrasing) -> Item:
+    """One held-out prompt in ``ph``'s phrasing, with its expected answer."""
     if rng.random() < 0.05:
-        text = rng.choice(HO_NOTHING)
+        text = rng.choice(ph.nothing)
         return Item("prompt", text, prompt_answer(None, ground=False, time=False, rain=False))
     n = rng.choice((0, 1, 1, 2, 2))
     sides = rng.sample(grammar.SIDES, n)
@@ -162,10 +187,10 @@ def _prompt(rng: random.Random) -> Item:
     spec = grammar.WorldSpec(objects, rng.choice(list(grammar.GROUNDS)), rng.random() < 0.5, rng.random() < 0.5)
     g, t, r = (rng.random() < 0.5 for _ in range(3))
     if not objects and not (g or t or r):
-        g = True
+        g, t = ph.say_when_silent == "ground", ph.say_when_silent == "time"
     clauses = [
-        rng.choice(HO_OBJECT).format(
-            d=rng.choice(("a", "a", "one", "the")),
+        rng.choice(ph.objects).format(
+            d=rng.choice(ph.determiners),
             c=rng.choice(COLOURS[o.color]),
             k=rng.choice(KINDS[o.kind]),
             s=o.side,
@@ -174,35 +199,53 @@ def _prompt(rng: random.Random) -> Item:
     ]
     if g:
         clauses.append(
-            rng.choice(HO_GROUND).format(n=rng.choice(GROUND[spec.ground]), a=rng.choice(GROUND_ADJ[spec.ground]))
+            rng.choice(ph.ground).format(n=rng.choice(GROUND[spec.ground]), a=rng.choice(GROUND_ADJ[spec.ground]))
         )
     if t:
-        clauses.append(rng.choice(HO_TIME).format(t=rng.choice(TIME["night" if spec.night else "day"])))
+        clauses.append(rng.choice(ph.time).format(t=rng.choice(TIME["night" if spec.night else "day"])))
     if r:
-        clauses.append(rng.choice(HO_RAIN).format(r=rng.choice(RAIN[spec.rain])))
-    if rng.random() < 0.4:
+        clauses.append(rng.choice(ph.rain).format(r=rng.choice(RAIN[spec.rain])))
+    if rng.random() < ph.shuffle:
         rng.shuffle(clauses)
     body = clauses[0]
     for c in clauses[1:]:
-        body += rng.choice(HO_JOINERS) + c
-    text = " ".join(x for x in (rng.choice(HO_CARRIERS), body, rng.choice(HO_TAILS)) if x)
-    return Item("prompt", _noise(text, rng), prompt_answer(spec, ground=g, time=t, rain=r))
+        body += rng.choice(ph.joiners) + c
+    text = " ".join(x for x in (rng.choice(ph.carriers), body, rng.choice(ph.tails)) if x)
+    return Item("prompt", _noise(" ".join(text.split()), rng, ph), prompt_answer(spec, ground=g, time=t, rain=r))
 
 
-def _event(rng: random.Random) -> Item:
+def event_item(rng: random.Random, ph: Phrasing) -> Item:
+    """One held-out event text in ``ph``'s phrasing, with its expected answer."""
     if rng.random() < 0.1:
-        event, core = None, rng.choice(HO_EVENT_NONE)
+        event, core = None, rng.choice(ph.event_none)
     else:
         event = rng.choice(list(grammar.EVENTS))
-        core = rng.choice(HO_EVENTS[event])
-    text = " ".join(x for x in (rng.choice(HO_EVENT_CARRIERS), core) if x)
-    return Item("event", _noise(text, rng), {"event": event})
+        core = rng.choice(ph.events[event])
+    text = " ".join(x for x in (rng.choice(ph.event_carriers), core) if x)
+    return Item("event", _noise(text, rng, ph), {"event": event})
+
+
+HELDOUT = Phrasing(
+    HO_OBJECT,
+    HO_GROUND,
+    HO_TIME,
+    HO_RAIN,
+    HO_CARRIERS,
+    HO_TAILS,
+    HO_JOINERS,
+    HO_FILLERS,
+    HO_NOTHING,
+    HO_EVENTS,
+    HO_EVENT_CARRIERS,
+    HO_EVENT_NONE,
+    _typo,
+)
 
 
 def heldout(seed: int = 2025, n_prompts: int = 400, n_events: int = 200) -> list[Item]:
     """The fixed held-out set: ``n_prompts`` prompts then ``n_events`` event texts."""
     rng = random.Random(seed)
-    return [_prompt(rng) for _ in range(n_prompts)] + [_event(rng) for _ in range(n_events)]
+    return [prompt_item(rng, HELDOUT) for _ in range(n_prompts)] + [event_item(rng, HELDOUT) for _ in range(n_events)]
 
 
 def template_strings() -> list[str]:
