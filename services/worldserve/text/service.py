@@ -172,7 +172,7 @@ class TextService(ServiceBase):
             ("event", "make it rain", event_schema(vocab.events)),
         )
         for task, text, schema in warm:
-            await asyncio.wait_for(self._request(lm_prompt(task, text), schema), timeout=WARM_UP_TIMEOUT_S)
+            await asyncio.wait_for(self._request(lm_prompt(task, text, vocab), schema), timeout=WARM_UP_TIMEOUT_S)
         log.info("text model warmed up in %.1f s", time.perf_counter() - t0)
 
     async def _complete(self, prompt: str, schema: dict[str, Any]) -> str:

@@ -21,7 +21,8 @@ The model's folder carries ``world.json``: the vocabulary it was trained with (`
 ``kinds``, ``sides``, ``grounds``, ``times``, ``events``). The decoding schema is built from that
 vocabulary; the answer is then checked against the served world's (``worldserve.common.caption``),
 so a model that knows a colour the world does not draw is refused with INVALID_ARGUMENT, never
-rendered wrong.
+rendered wrong. It may also list how the model reads text (``spelling``, ``known``, ``unknown``:
+:func:`read_words`, the same in training and serving).
 """
 
 from __future__ import annotations
