@@ -19,6 +19,7 @@ The held-out set (``text_heldout``) is written separately with its own templates
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -521,11 +522,13 @@ def known_words() -> frozenset[str]:
     return frozenset(out)
 
 
+@functools.cache
 def reading_vocabulary() -> Vocabulary:
     """The vocabulary a model trained now reads with (written to its folder's ``world.json``):
     typos corrected to ``spelling_words``, every word neither known nor correctable read as
     ``UNKNOWN`` (made-up words in training, unseen words in use: the model learns to skip them)."""
-    return Vocabulary(spelling=spelling_words(), known=known_words() - spelling_words(), unknown=UNKNOWN)
+    spelling = spelling_words()
+    return Vocabulary(spelling=spelling, known=known_words() - spelling, unknown=UNKNOWN)
 
 
 UNKNOWN = "_"
@@ -586,9 +589,6 @@ def event_junk(rng: random.Random) -> str:
     while (w := junk_word(rng)) in _STOPPING:
         pass
     return w
-
-
-_STOPPING = frozenset(("stop", "end", "over", "off", "away", "gone", "done", "remove", "removed", "break", "no", "not"))
 
 
 def junk_phrase(rng: random.Random, lo: int = 1, hi: int = 3) -> str:
@@ -873,6 +873,8 @@ EVENT_FRAMES["it starts to rain"] += (
 )
 STOP_WORDS = ("stop", "end", "over", "off", "away", "gone", "done", "cease", "halt", "quit", "finish", "vanish")
 """Words that say the rain stops (v7 frames: "the rain {x} end", "no {x} rain", "an end to the rain")."""
+_STOPPING = frozenset((*STOP_WORDS, "remove", "removed", "break", "no", "not"))
+"""Never a word to skip in an event text (``event_junk``)."""
 STOP_FRAMES = (
     "the {w} {x} {s}",
     "{w} {x} {y} {s}",

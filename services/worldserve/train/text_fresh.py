@@ -88,11 +88,4 @@ def fresh(seed: int = 77, n_prompts: int = 400, n_events: int = 200) -> list[Ite
 
 def template_strings() -> list[str]:
     """Every template, carrier, joiner, filler and phrase (the disjointness test reads them)."""
-    out: list[str] = []
-    for group in (F_OBJECT, F_GROUND, F_TIME, F_RAIN, F_CARRIERS, F_TAILS, F_JOINERS, F_FILLERS, F_NOTHING):
-        out.extend(group)
-    for texts in F_EVENTS.values():
-        out.extend(texts)
-    out.extend(F_EVENT_CARRIERS)
-    out.extend(F_EVENT_NONE)
-    return [s for s in out if s.strip()]
+    return FRESH.strings()

@@ -166,6 +166,12 @@ class Phrasing:
     shuffle: float = 0.4
     say_when_silent: str = "ground"  # a world of no objects that says nothing else says this
 
+    def strings(self) -> list[str]:
+        """Every template, carrier, joiner, filler and phrase (the disjointness tests read them)."""
+        groups = (self.objects, self.ground, self.time, self.rain, self.carriers, self.tails, self.joiners)
+        out = [x for g in (*groups, self.fillers, self.nothing, *self.events.values()) for x in g]
+        return [x for x in (*out, *self.event_carriers, *self.event_none) if x.strip()]
+
 
 def _noise(text: str, rng: random.Random, ph: Phrasing) -> str:
     words = text.split(" ")
@@ -250,12 +256,4 @@ def heldout(seed: int = 2025, n_prompts: int = 400, n_events: int = 200) -> list
 
 def template_strings() -> list[str]:
     """Every held-out template, carrier, joiner, filler and phrase (the disjointness test reads them)."""
-    out: list[str] = []
-    for group in (HO_OBJECT, HO_GROUND, HO_TIME, HO_RAIN, HO_CARRIERS, HO_TAILS, HO_JOINERS, HO_FILLERS):
-        out.extend(group)
-    out.extend(HO_NOTHING)
-    for texts in HO_EVENTS.values():
-        out.extend(texts)
-    out.extend(HO_EVENT_CARRIERS)
-    out.extend(HO_EVENT_NONE)
-    return [s for s in out if s.strip()]
+    return HELDOUT.strings()
