@@ -155,6 +155,7 @@ def test_reading_corrects_typos_to_known_words_and_marks_unknown_ones():
     assert lm_prompt("event", "Alright, MAKE it rain") == "event: alright, make it rain\n"  # no vocabulary: as is
     # the training pairs are read the same way: made-up words become the marker
     pairs = list(td.samples(11, 300, v))
+    assert any(" _" in p for p, _ in tt.batch_pairs(0, 0, 64))  # the trainer's batches are read so too
     assert any(" _ " in p for p, _ in pairs)
     assert all(w in v.spelling or w in v.known for p, _ in pairs for w in re.findall(r"[a-z]{2,}", p.split(":", 1)[1]))
 

@@ -158,7 +158,7 @@ def collate(tok: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tenso
 
 def batch_pairs(seed: int, step: int, batch: int) -> list[tuple[str, str]]:
     rng = random.Random(seed * 1_000_003 + step)
-    return [text_data.sample(rng) for _ in range(batch)]
+    return [text_data.sample(rng, text_data.reading_vocabulary()) for _ in range(batch)]
 
 
 @torch.no_grad()
@@ -186,7 +186,7 @@ def greedy_answers(model: Any, tok: Any, prompts: Sequence[str], max_new: int = 
 
 def quick_eval(model: Any, tok: Any, seed: int, n: int) -> float:
     """Exact-match rate of greedy answers on ``n`` fresh training-generator pairs."""
-    pairs = list(text_data.samples(seed, n))
+    pairs = list(text_data.samples(seed, n, text_data.reading_vocabulary()))
     got = greedy_answers(model, tok, [p for p, _ in pairs])
     return sum(g.strip() == a for g, (_, a) in zip(got, pairs, strict=True)) / max(1, n)
 
