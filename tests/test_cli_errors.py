@@ -153,3 +153,20 @@ def test_ray_s_temp_folder_is_short_enough_for_its_sockets(monkeypatch, tmp_path
     assert len(str(short)) <= RAY_TEMP_MAX and short.parent == Path("/tmp")
     monkeypatch.setenv("WORLDSERVE_HOME", str(deep) + "2")
     assert ray_temp_dir() != short  # another home, another folder
+
+
+def test_a_port_whose_last_connection_lingers_in_time_wait_is_free():
+    from worldserve.cli_cluster import _port_free
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    cl = socket.create_connection(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    assert not _port_free(port)  # listening: in use
+    conn.close()  # the server side closes first: its end lingers in TIME_WAIT
+    cl.close()
+    srv.close()
+    assert _port_free(port)  # as after `worldserve down`: `up` may listen there again

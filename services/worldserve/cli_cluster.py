@@ -230,6 +230,9 @@ def _port_free(port: int) -> bool:
     import socket
 
     with socket.socket() as s:
+        # as a server binds: a port whose last connections linger in TIME_WAIT is free to listen on
+        # (without it, `up` right after `down` and a browser's visit saw the web port "in use")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
