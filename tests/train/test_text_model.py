@@ -260,6 +260,37 @@ def test_the_second_heldout_set_is_apart_from_training_too():
     assert not any("text_data" in (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))
 
 
+def test_the_blind_heldout_set_is_apart_from_training_and_fixed():
+    from worldserve.train import text_blind as tb
+
+    carriers = (td.CARRIERS, td.SUFFIXES, td.FILLERS, td.JOINERS, td.EVENT_CARRIERS)
+    templates = (td.OBJECT_TEMPLATES, td.SIDE_AFTER, td.SIDE_BEFORE, td.GROUND_TEMPLATES)
+    train_words = set().union(*(_words(s) for g in (*carriers, *templates) for s in g))
+    groups = (tb.B_OBJECT, tb.B_GROUND, tb.B_TIME, tb.B_RAIN, tb.B_CARRIERS, tb.B_TAILS, tb.B_JOINERS, tb.B_FILLERS)
+    for g in (*groups, tb.B_EVENT_CARRIERS):
+        for s in g:
+            assert not _words(s) & train_words, f"blind {s!r} shares {_words(s) & train_words} with training"
+    train_strings = [s.lower() for s in _strings([getattr(td, n) for n in dir(td) if n.isupper()])]
+    for s in tb.template_strings():
+        assert not any(s.strip().lower() in t for t in train_strings), s
+    assert all(len(tb.B_EVENTS[e]) >= 8 for e in grammar.EVENTS) and len(tb.B_EVENT_NONE) >= 8
+    items = tb.blind()
+    assert items == tb.blind() and items != tb.blind(seed=1)
+    assert [i.task for i in items].count("prompt") == 400 and [i.task for i in items].count("event") == 200
+    for it in items:
+        assert 0 < len(it.text) <= 300
+        if it.task == "prompt":
+            PROMPT_SCHEMA.validate(it.answer)
+            grammar.spec_from_dict(it.answer)
+        else:
+            EVENT_SCHEMA.validate(it.answer)
+    assert {i.answer["event"] for i in items if i.task == "event"} == {*grammar.EVENTS, None}
+    tree = ast.parse(Path(tb.__file__).read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not any("text_data" in m or "text_words" in m for m in imported), imported
+
+
 def test_filler_words_say_nothing_and_are_not_held_out():
     from worldserve.train import text_words
 

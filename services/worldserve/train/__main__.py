@@ -260,7 +260,10 @@ def text_eval(
     dtype: str = typer.Option("float32", help="vLLM compute dtype: float32 or bfloat16."),
     report: Path = typer.Option(Path("out/text-eval.json"), help="Where the JSON report goes."),
     heldout_set: str = typer.Option(
-        "heldout", "--set", help="'heldout' (text_heldout, seed 2025) or 'fresh' (text_fresh, seed 77: the second set)"
+        "heldout",
+        "--set",
+        help="'heldout' (text_heldout, seed 2025), 'fresh' (text_fresh, seed 77: the second set) or 'blind' "
+        "(text_blind, seed 4127: the third set, run once per shipped model)",
     ),
 ) -> None:
     """The text model on a held-out set, decoded by vLLM under the served JSON schemas."""
@@ -268,14 +271,18 @@ def text_eval(
 
     from .text_eval import evaluate_folder
 
-    if heldout_set not in ("heldout", "fresh"):
-        console.print(f"[red]error:[/] unknown set {heldout_set!r}: 'heldout' or 'fresh'")
+    if heldout_set not in ("heldout", "fresh", "blind"):
+        console.print(f"[red]error:[/] unknown set {heldout_set!r}: 'heldout', 'fresh' or 'blind'")
         raise typer.Exit(2)
     items = None
     if heldout_set == "fresh":
         from .text_fresh import fresh
 
         items = fresh()
+    elif heldout_set == "blind":
+        from .text_blind import blind
+
+        items = blind()
     r = evaluate_folder(model, dtype=dtype, items=items)
     r["set"] = heldout_set
     report.parent.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ naming no event), each with its expected answer (the ``text.spec`` JSON form).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from worldserve.common import caption as grammar
@@ -165,6 +165,13 @@ class Phrasing:
     determiners: tuple[str, ...] = ("a", "a", "one", "the")
     shuffle: float = 0.4
     say_when_silent: str = "ground"  # a world of no objects that says nothing else says this
+    # the attribute words (default: this module's tables, shared by the first two sets)
+    colours: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: COLOURS)
+    kinds: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: KINDS)
+    ground_words: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: GROUND)
+    ground_adj: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: GROUND_ADJ)
+    time_words: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: TIME)
+    rain_words: Mapping[bool, tuple[str, ...]] = field(default_factory=lambda: RAIN)
 
     def strings(self) -> list[str]:
         """Every template, carrier, joiner, filler and phrase (the disjointness tests read them)."""
@@ -197,20 +204,22 @@ def prompt_item(rng: random.Random, ph: Phrasing) -> Item:
     clauses = [
         rng.choice(ph.objects).format(
             d=rng.choice(ph.determiners),
-            c=rng.choice(COLOURS[o.color]),
-            k=rng.choice(KINDS[o.kind]),
+            c=rng.choice(ph.colours[o.color]),
+            k=rng.choice(ph.kinds[o.kind]),
             s=o.side,
         )
         for o in spec.objects
     ]
     if g:
         clauses.append(
-            rng.choice(ph.ground).format(n=rng.choice(GROUND[spec.ground]), a=rng.choice(GROUND_ADJ[spec.ground]))
+            rng.choice(ph.ground).format(
+                n=rng.choice(ph.ground_words[spec.ground]), a=rng.choice(ph.ground_adj[spec.ground])
+            )
         )
     if t:
-        clauses.append(rng.choice(ph.time).format(t=rng.choice(TIME["night" if spec.night else "day"])))
+        clauses.append(rng.choice(ph.time).format(t=rng.choice(ph.time_words["night" if spec.night else "day"])))
     if r:
-        clauses.append(rng.choice(ph.rain).format(r=rng.choice(RAIN[spec.rain])))
+        clauses.append(rng.choice(ph.rain).format(r=rng.choice(ph.rain_words[spec.rain])))
     if rng.random() < ph.shuffle:
         rng.shuffle(clauses)
     body = clauses[0]
