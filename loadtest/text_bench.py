@@ -71,6 +71,9 @@ def measure(target: str, key: str, n: int, concurrency: int, rounds: int) -> dic
         for _, c in seq:
             codes[c] = codes.get(c, 0) + 1
         with cf.ThreadPoolExecutor(concurrency) as pool:
+            # one round unmeasured, as the sequential part's first requests are: the pool's threads,
+            # the proxy's and replicas' first concurrent calls
+            list(pool.map(lambda t: _parse(stub, md, t), _texts(concurrency, "cwarm ")))
             t0 = time.perf_counter()
             done = 0
             for r in range(rounds):
