@@ -160,6 +160,36 @@ def test_reading_corrects_typos_to_known_words_and_marks_unknown_ones():
     assert all(w in v.spelling or w in v.known for p, _ in pairs for w in re.findall(r"[a-z]{2,}", p.split(":", 1)[1]))
 
 
+def test_words_never_seen_are_read_as_their_forms_and_synonyms_the_model_knows():
+    from worldserve.text.spec import read_words
+
+    v = td.reading_vocabulary()
+    # word forms (lemminflect) and synonyms (WordNet's most common senses) of words it reads
+    assert read_words("the rain is finished", v) == "the rain is finish"
+    assert read_words("sunshine please, twilight", v) == "sun please, nightfall"
+    assert read_words("commence the deluge", v) == "begin the downpour"
+    # a synonym only through the common senses of both words: "gloomy" is not "blue", "grit" not "sand"
+    assert read_words("a gloomy grit", v) == "a _ _"
+    # an alias never shadows a word the model reads, and always names one it reads
+    assert not set(v.aliases) & (v.spelling | v.known)
+    assert set(v.aliases.values()) <= v.spelling | v.known
+    # made-up words of the training texts are never real words it would read as another
+    rng = random.Random(3)
+    assert not {td.made_up_word(rng) for _ in range(5000)} & set(v.aliases)
+    # every committed alias still holds for the words the model reads (rebuild it when they change)
+    assert td._aliases(v.spelling | v.known) == v.aliases and len(v.aliases) > 1000
+
+
+def test_bad_aliases_are_named(tmp_path):
+    v = td.reading_vocabulary()
+    v.write(tmp_path)
+    d = json.loads((tmp_path / "world.json").read_text())
+    for bad in ({"crate": "box"}, {"finished": "no-such-word"}, {"Finished": "finish"}, ["finished"]):
+        (tmp_path / "world.json").write_text(json.dumps({**d, "aliases": bad}))
+        with pytest.raises(ValueError, match="world.json: aliases must map"):
+            Vocabulary.read(tmp_path)
+
+
 def test_a_vocabulary_round_trips_and_bad_lists_are_named(tmp_path):
     v = td.reading_vocabulary()
     v.write(tmp_path)

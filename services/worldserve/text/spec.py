@@ -21,8 +21,8 @@ The model's folder carries ``world.json``: the vocabulary it was trained with (`
 ``kinds``, ``sides``, ``grounds``, ``times``, ``events``). The decoding schema is built from that
 vocabulary; the answer is then checked against the served world's (``worldserve.common.caption``),
 so a model that knows a colour the world does not draw is refused with INVALID_ARGUMENT, never
-rendered wrong. It may also list how the model reads text (``spelling``, ``known``, ``unknown``:
-:func:`read_words`, the same in training and serving).
+rendered wrong. It may also list how the model reads text (``spelling``, ``known``, ``aliases``,
+``unknown``: :func:`read_words`, the same in training and serving).
 """
 
 from __future__ import annotations
@@ -71,10 +71,12 @@ def _one_edit(a: str, b: str) -> bool:
 
 def read_words(text: str, vocab: Vocabulary) -> str:
     """``text`` (already normalized) as the model reads it, word by word (a word: a run of letters):
-    one of ``vocab.spelling`` or ``vocab.known`` stays; one edit away from exactly one spelling word
-    with the same first letter, it becomes that word ("craet" -> "crate", "cya" -> "cyan"; only to
-    words of at least ``SPELL_MIN`` letters); otherwise, where ``vocab.unknown`` is set, it becomes
-    that marker (the model learned to skip unknown words as one). Punctuation stays."""
+    one of ``vocab.spelling`` or ``vocab.known`` stays; one of ``vocab.aliases`` (a form or synonym
+    of a word it knows) becomes that word ("finished" -> "finish", "sunshine" -> "sun"); one edit
+    away from exactly one spelling word with the same first letter, it becomes that word ("craet" ->
+    "crate", "cya" -> "cyan"; only to words of at least ``SPELL_MIN`` letters); otherwise, where
+    ``vocab.unknown`` is set, it becomes that marker (the model learned to skip unknown words as
+    one). Punctuation stays."""
     if not vocab.spelling:
         return text
 
@@ -82,6 +84,8 @@ def read_words(text: str, vocab: Vocabulary) -> str:
         w = m.group(0)
         if w in vocab.spelling or w in vocab.known:
             return w
+        if w in vocab.aliases:
+            return vocab.aliases[w]
         if len(w) >= SPELL_MIN - 1:
             near = [s for s in vocab.spelling if s[0] == w[0] and len(s) >= SPELL_MIN and _one_edit(w, s)]
             if len(near) == 1:
@@ -139,6 +143,8 @@ class Vocabulary:
     """Every other word the training texts spell out: never corrected."""
     unknown: str = ""
     """Set: a word neither known nor correctable is read as this marker (models trained so)."""
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    """Words the model never saw, each read as a spelling or known word (its form or synonym)."""
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -154,6 +160,8 @@ class Vocabulary:
             d["known"] = sorted(self.known)
         if self.unknown:
             d["unknown"] = self.unknown
+        if self.aliases:
+            d["aliases"] = dict(sorted(self.aliases.items()))
         return d
 
     @classmethod
@@ -177,7 +185,14 @@ class Vocabulary:
         unknown = d.get("unknown", "")
         if not isinstance(unknown, str) or len(unknown) > 3 or any(c.isalnum() or c.isspace() for c in unknown):
             raise ValueError(f"{where}: unknown must be a short marker of neither letters nor digits, got {unknown!r}")
-        return cls(**out, spelling=lists["spelling"], known=lists["known"], unknown=unknown)
+        aliases = d.get("aliases", {})
+        reads = lists["spelling"] | lists["known"]
+        if not isinstance(aliases, dict) or not all(
+            isinstance(k, str) and k.isalpha() and k == k.lower() and k not in reads and v in reads
+            for k, v in aliases.items()
+        ):
+            raise ValueError(f"{where}: aliases must map lower-case words it does not read to words it reads")
+        return cls(**out, spelling=lists["spelling"], known=lists["known"], unknown=unknown, aliases=aliases)
 
     @classmethod
     def read(cls, folder: str | Path) -> Vocabulary:

@@ -30,7 +30,7 @@ from typing import Any
 from worldserve.common import caption as grammar
 from worldserve.text.spec import Vocabulary, answer_json, lm_prompt, prompt_answer
 
-from . import text_words
+from . import text_aliases, text_words
 
 # --------------------------------------------------------------------------------------------------
 # Attribute words (canonical word first)
@@ -525,10 +525,17 @@ def known_words() -> frozenset[str]:
 @functools.cache
 def reading_vocabulary() -> Vocabulary:
     """The vocabulary a model trained now reads with (written to its folder's ``world.json``):
-    typos corrected to ``spelling_words``, every word neither known nor correctable read as
-    ``UNKNOWN`` (made-up words in training, unseen words in use: the model learns to skip them)."""
+    forms and synonyms of the words it reads read as those (``text_aliases``), typos corrected to
+    ``spelling_words``, every other word neither known nor correctable read as ``UNKNOWN`` (made-up
+    words in training, unseen words in use: the model learns to skip them)."""
     spelling = spelling_words()
-    return Vocabulary(spelling=spelling, known=known_words() - spelling, unknown=UNKNOWN)
+    known = known_words() - spelling
+    return Vocabulary(spelling=spelling, known=known, unknown=UNKNOWN, aliases=_aliases(spelling | known))
+
+
+def _aliases(reads: frozenset[str]) -> dict[str, str]:
+    """The committed aliases (``text_aliases``) of words not read as they are, to words that are."""
+    return {w: t for w, t in text_aliases.load().items() if w not in reads and t in reads}
 
 
 UNKNOWN = "_"
@@ -567,11 +574,18 @@ def typo(word: str, rng: random.Random) -> str:
     return word[:i] + _neighbour(word[i], rng) + word[i + 1 :]
 
 
+@functools.cache
+def _aliased() -> frozenset[str]:
+    """Real words read as words the model knows (v9): never drawn as made-up ones (a function, not
+    an upper-case table: ``known_words`` reads every such table as training text)."""
+    return frozenset(text_aliases.load())
+
+
 def made_up_word(rng: random.Random) -> str:
     """A pronounceable nonsense word that is no attribute word."""
     while True:
         w = "".join(rng.choice("bcdfghjklmnprstvwz") + rng.choice("aeiou") for _ in range(rng.randint(1, 3)))
-        if w not in _ATTRIBUTE_WORDS:
+        if w not in _ATTRIBUTE_WORDS and w not in _aliased():
             return w
 
 
@@ -863,6 +877,9 @@ EVENT_FRAMES: dict[str, tuple[str, ...]] = {
 # v7: the rain stops only where a word of stopping says so; the weather word among any other words
 # (verbs, modals, pronouns never seen) starts it
 EVENT_FRAMES["it starts to rain"] += (
+    "{w}, {x}",  # v9: punctuation says nothing
+    "{x}, {w} {y}",
+    "{w}: {x}",
     "{w} is {x}",
     "{w} {x} {y}",
     "{x} {y} {w}",
@@ -884,6 +901,13 @@ STOP_FRAMES = (
     "no {x} {y} {w}",
     "{x} an end to the {w}",
     "{x} a halt to the {w}",
+    # v9: the word of stopping across punctuation, before or after a pronoun
+    "{w}, {s} {x}",
+    "{w} {x}, {s} {y}",
+    "{s} {x}, {w}",
+    "{w}: {s}",
+    "{w} - {x} {s}",
+    "{w}... {s}",
 )
 NONE_WORDS = (
     "jump",
