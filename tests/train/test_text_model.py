@@ -271,19 +271,25 @@ def test_heldout_templates_and_fillers_never_appear_in_training():
     assert not any("text_data" in m for m in imported), imported
 
 
-def test_the_second_heldout_set_is_apart_from_training_too():
-    from worldserve.train import text_fresh as tf
-
+def _assert_apart_from_training(name: str, groups: tuple[tuple[str, ...], ...], strings: list[str]) -> None:
+    """A later held-out set: no word of its templates and carriers is a word of the training ones,
+    and none of its strings is inside a training phrase."""
     carriers = (td.CARRIERS, td.SUFFIXES, td.FILLERS, td.JOINERS, td.EVENT_CARRIERS)
     templates = (td.OBJECT_TEMPLATES, td.SIDE_AFTER, td.SIDE_BEFORE, td.GROUND_TEMPLATES)
     train_words = set().union(*(_words(s) for g in (*carriers, *templates) for s in g))
-    groups = (tf.F_OBJECT, tf.F_GROUND, tf.F_TIME, tf.F_RAIN, tf.F_CARRIERS, tf.F_TAILS, tf.F_JOINERS, tf.F_FILLERS)
-    for g in (*groups, tf.F_EVENT_CARRIERS):
+    for g in groups:
         for s in g:
-            assert not _words(s) & train_words, f"fresh {s!r} shares {_words(s) & train_words} with training"
+            assert not _words(s) & train_words, f"{name} {s!r} shares {_words(s) & train_words} with training"
     train_strings = [s.lower() for s in _strings([getattr(td, n) for n in dir(td) if n.isupper()])]
-    for s in tf.template_strings():
+    for s in strings:
         assert not any(s.strip().lower() in t for t in train_strings), s
+
+
+def test_the_second_heldout_set_is_apart_from_training_too():
+    from worldserve.train import text_fresh as tf
+
+    groups = (tf.F_OBJECT, tf.F_GROUND, tf.F_TIME, tf.F_RAIN, tf.F_CARRIERS, tf.F_TAILS, tf.F_JOINERS, tf.F_FILLERS)
+    _assert_apart_from_training("fresh", (*groups, tf.F_EVENT_CARRIERS), tf.template_strings())
     items = tf.fresh()
     assert len(items) == 600 and items == tf.fresh()
     tree = ast.parse(Path(tf.__file__).read_text())
@@ -293,16 +299,8 @@ def test_the_second_heldout_set_is_apart_from_training_too():
 def test_the_blind_heldout_set_is_apart_from_training_and_fixed():
     from worldserve.train import text_blind as tb
 
-    carriers = (td.CARRIERS, td.SUFFIXES, td.FILLERS, td.JOINERS, td.EVENT_CARRIERS)
-    templates = (td.OBJECT_TEMPLATES, td.SIDE_AFTER, td.SIDE_BEFORE, td.GROUND_TEMPLATES)
-    train_words = set().union(*(_words(s) for g in (*carriers, *templates) for s in g))
     groups = (tb.B_OBJECT, tb.B_GROUND, tb.B_TIME, tb.B_RAIN, tb.B_CARRIERS, tb.B_TAILS, tb.B_JOINERS, tb.B_FILLERS)
-    for g in (*groups, tb.B_EVENT_CARRIERS):
-        for s in g:
-            assert not _words(s) & train_words, f"blind {s!r} shares {_words(s) & train_words} with training"
-    train_strings = [s.lower() for s in _strings([getattr(td, n) for n in dir(td) if n.isupper()])]
-    for s in tb.template_strings():
-        assert not any(s.strip().lower() in t for t in train_strings), s
+    _assert_apart_from_training("blind", (*groups, tb.B_EVENT_CARRIERS), tb.template_strings())
     assert all(len(tb.B_EVENTS[e]) >= 8 for e in grammar.EVENTS) and len(tb.B_EVENT_NONE) >= 8
     items = tb.blind()
     assert items == tb.blind() and items != tb.blind(seed=1)
