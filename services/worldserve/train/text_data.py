@@ -464,6 +464,10 @@ EVENT_NONE = (
     "restart",
     "go faster",
     "quit",
+    "quit it",  # v10: a word of stopping that names no weather is no event
+    "stop it",
+    "end it",
+    "do it",
     "make it windy",
     "earthquake",
     "teleport home",
@@ -908,6 +912,13 @@ STOP_FRAMES = (
     "{w}: {s}",
     "{w} - {x} {s}",
     "{w}... {s}",
+    # v10: the word of stopping with a pronoun after it ("it" alone says nothing of stopping or starting)
+    "{w}, {s} it",
+    "{w} {s} it",
+    "{x} {w}, {s} it {y}",
+    "{w}, {s} that",
+    "{s} it, {w}",
+    "{w}, {s} it {x}",
 )
 NONE_WORDS = (
     "jump",
