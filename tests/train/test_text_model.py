@@ -5,6 +5,7 @@ No vLLM here (the text app's tests run it); the held-out figures come from ``tex
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import random
 import re
@@ -392,6 +393,18 @@ def test_tiny_training_run_writes_a_loadable_folder_and_resumes(tmp_path):
     assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["step"] == 5
     hist = json.loads((tmp_path / "history.json").read_text())
     assert [h["step"] for h in hist] == [3, 5]
+
+    # a warm start from it, then the average of the two runs (a model soup)
+    warm = dataclasses.replace(tc, out=tmp_path / "warm", init_from=tmp_path, steps=2, seed=1)
+    tt.train_text(warm, log=logs.append)
+    soup = tt.average_runs([tmp_path, tmp_path / "warm"], tmp_path / "soup", dtype="float32")
+    a, b = (torch.load(r / "ckpt.pt", weights_only=False)["model"] for r in (tmp_path, tmp_path / "warm"))
+    got = LlamaForCausalLM.from_pretrained(soup).state_dict()
+    for k in a:
+        assert torch.allclose(got[k], (a[k] + b[k]) / 2), k
+    assert Vocabulary.read(soup) == td.reading_vocabulary() and (tmp_path / "soup" / "tokenizer").is_dir()
+    with pytest.raises(ValueError, match="at least two"):
+        tt.average_runs([tmp_path], tmp_path / "soup2")
 
 
 def test_budget_ends_the_lr_schedule():

@@ -254,6 +254,25 @@ def text(
     console.print(f"model: {folder}")
 
 
+@app.command("text-average")
+def text_average(
+    runs: list[Path] = typer.Argument(..., help="Training folders (ckpt.pt, tokenizer/, model/), one lineage."),
+    out: Path = typer.Option(Path("out/text-avg"), help="Where ckpt.pt, tokenizer/ and model/ go."),
+    dtype: str = typer.Option("bfloat16", help="Saved weights: float32 or bfloat16."),
+) -> None:
+    """Average the weights of text training runs warm-started from one another (a model soup)."""
+    from .text_trainer import average_runs
+
+    if dtype not in ("float32", "bfloat16"):
+        raise typer.BadParameter(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    try:
+        folder = average_runs(list(runs), out, dtype=dtype)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"model: {folder}")
+
+
 @app.command("text-eval")
 def text_eval(
     model: Path = typer.Option(WEIGHTS / "text", help="The model folder (default: the shipped one)."),

@@ -248,6 +248,33 @@ def _init_tokenizer_dir(init_from: Path) -> Path:
     raise FileNotFoundError(f"{init_from}: neither a training folder (tokenizer/, ckpt.pt) nor a model folder")
 
 
+def average_runs(runs: list[Path], out: Path, *, dtype: str = "bfloat16") -> Path:
+    """A weight average ("model soup") of training folders warm-started from one another (one
+    tokenizer, one shape): ``OUT/ckpt.pt`` (float32, a warm start's ``--init-from``), ``OUT/tokenizer``
+    and the exported ``OUT/model``. Averaging a run with the one it was warm-started from keeps
+    what each learned and smooths what either over-fitted."""
+    import shutil
+
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if len(runs) < 2:
+        raise ValueError("average_runs: at least two training folders")
+    states = [torch.load(r / "ckpt.pt", map_location="cpu", weights_only=False)["model"] for r in runs]
+    for r, st in zip(runs[1:], states[1:], strict=True):
+        if st.keys() != states[0].keys() or any(st[k].shape != states[0][k].shape for k in st):
+            raise ValueError(f"{r}: its weights differ in shape from {runs[0]}'s")
+    avg = {k: sum(st[k].float() for st in states) / len(states) for k in states[0]}
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": avg, "averaged": [str(r) for r in runs]}, out / "ckpt.pt")
+    if (out / "tokenizer").exists():
+        shutil.rmtree(out / "tokenizer")
+    shutil.copytree(runs[0] / "tokenizer", out / "tokenizer")
+    tok = PreTrainedTokenizerFast.from_pretrained(out / "tokenizer")
+    model = LlamaForCausalLM.from_pretrained(runs[0] / "model", torch_dtype=torch.float32)
+    model.load_state_dict(avg)
+    return export_model(model, tok, out / "model", dtype=dtype)
+
+
 def train_text(
     tc: TextTrainConfig,
     *,
