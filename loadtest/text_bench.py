@@ -6,7 +6,8 @@ Serve's proxy (TextService.ParsePrompt, ``application: text``):
 
 - latency: ``--n`` parses one after another (distinct held-out prompts: the replica's answer cache
   is not hit), p50 / p95 / p99;
-- batching: ``--concurrency`` parses at once, repeated ``--rounds`` times: throughput against one at
+- batching: ``--concurrency`` parses at once, repeated ``--rounds`` times (after one unmeasured
+  round): throughput against one at
   a time (vLLM's continuous batching answers them in one engine loop).
 
 Prints one JSON object (also written to ``--out``). ``--model``: the text model folder
@@ -106,7 +107,7 @@ def main() -> None:
     ap.add_argument("--model", default="", help="text model folder for the cluster started here")
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default="out/text_bench.json")
     a = ap.parse_args()
     ctx = contextlib.nullcontext((a.target, a.key)) if a.target else _cluster(a.model)
