@@ -7,8 +7,8 @@ Serve's proxy (TextService.ParsePrompt, ``application: text``):
 - latency: ``--n`` parses one after another (distinct held-out prompts: the replica's answer cache
   is not hit), p50 / p95 / p99;
 - batching: ``--concurrency`` parses at once, repeated ``--rounds`` times (after one unmeasured
-  round): throughput against one at
-  a time (vLLM's continuous batching answers them in one engine loop).
+  round): throughput against one at a time (vLLM's continuous batching answers them in one engine
+  loop).
 
 Prints one JSON object (also written to ``--out``). ``--model``: the text model folder
 (``text_model_path``; default: the shipped weights).
