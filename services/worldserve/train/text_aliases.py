@@ -30,8 +30,11 @@ WordNet is (c) Princeton University, under its own BSD-style license (``LICENSE`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 FILE = Path(__file__).with_name("text_aliases.json")
@@ -44,10 +47,11 @@ it was seen in: SemCor counts): "gloomy" is not read as "blue", "grit" as "sand"
 MIN_LEN = 3
 
 
-def load() -> dict[str, str]:
-    """The committed aliases: {word: the word the model reads it as}."""
+@functools.cache
+def load() -> Mapping[str, str]:
+    """The committed aliases: {word: the word the model reads it as} (read once)."""
     d = json.loads(FILE.read_text())
-    return dict(d["aliases"])
+    return MappingProxyType(dict(d["aliases"]))
 
 
 def _word(name: str) -> str | None:
