@@ -167,7 +167,7 @@ def test_words_never_seen_are_read_as_their_forms_and_synonyms_the_model_knows()
     v = td.reading_vocabulary()
     # word forms (lemminflect) and synonyms (WordNet's most common senses) of words it reads
     assert read_words("the rain is finished", v) == "the rain is finish"
-    assert read_words("sunshine please, twilight", v) == "sun please, nightfall"
+    assert read_words("sundown please, aurora", v) == "sunset please, dawn"
     assert read_words("commence the deluge", v) == "begin the downpour"
     # a synonym only through the common senses of both words: "gloomy" is not "blue", "grit" not "sand"
     assert read_words("a gloomy grit", v) == "a _ _"

@@ -71,6 +71,38 @@ TIME_PHRASES: dict[str, tuple[str, ...]] = {
         "in the night",
         "during the night",
         "dark sky",
+        # v11: evening and its edges, the dark, the moon and stars, the small hours, clock times
+        "in the evening",
+        "evening",
+        "at dusk",
+        "twilight",
+        "at sunset",
+        "after sunset",
+        "after nightfall",
+        "the sun has set",
+        "the sun is down",
+        "the moon is out",
+        "the stars are out",
+        "under a full moon",
+        "by the light of the moon",
+        "starry sky",
+        "starlit",
+        "tonight",
+        "late at night",
+        "overnight",
+        "nocturnal",
+        "pitch dark",
+        "pitch black",
+        "when it's dark",
+        "it is dark outside",
+        "in the small hours",
+        "in the wee hours",
+        "at 11 pm",
+        "at 10pm",
+        "at 2 am",
+        "at 3am",
+        "not daytime",
+        "not during the day",
     ),
     "day": (
         "day",
@@ -85,11 +117,34 @@ TIME_PHRASES: dict[str, tuple[str, ...]] = {
         "in the afternoon",
         "bright day",
         "midday",
+        # v11: dawn and the morning, the sun out, lunchtime, clock times
+        "at dawn",
+        "dawn",
+        "at sunrise",
+        "sunrise",
+        "early morning",
+        "the sun is out",
+        "the sun is up",
+        "sunshine",
+        "in the sunshine",
+        "sunlit",
+        "lunchtime",
+        "at lunchtime",
+        "high noon",
+        "in the light of day",
+        "daylight hours",
+        "during daylight",
+        "at 2 pm",
+        "at 10am",
+        "at 9 am",
+        "at 3pm",
+        "not at night",
+        "not nighttime",
     ),
 }
 TIME_NOUNS: dict[str, tuple[str, ...]] = {
-    "night": ("night", "midnight", "nighttime", "moonlit night"),
-    "day": ("day", "morning", "afternoon", "noon", "sunny day"),
+    "night": ("night", "midnight", "nighttime", "moonlit night", "evening", "dusk", "twilight", "starry night"),
+    "day": ("day", "morning", "afternoon", "noon", "sunny day", "daytime", "midday", "sunrise"),
 }
 RAIN_PHRASES: dict[bool, tuple[str, ...]] = {
     True: (
@@ -756,9 +811,53 @@ GROUND_TEMPLATES = (
 )
 
 
+TIME_TEMPLATES = (
+    "{n}",
+    "at {n}",
+    "in the {n}",
+    "during the {n}",
+    "the time is {n}",
+    "time of day: {n}",
+    "{n} time of day",
+    "it is {n}",
+    "it's {n}",
+    "make it {n}",
+    "set at {n}",
+    "{n} setting",
+    "{n} scene",
+    "{n} time",
+    "a {n} sky",
+    "{n} lighting",
+    "the hour is {n}",
+    "{n} hours",
+    "when it's {n}",
+    "it should be {n}",
+)
+"""v11: frames around a time noun ("time of day: night": the time word decides, not "day" in the frame)."""
+JUNK_FRAMES = ("{x} {p}", "{p} {x}", "{x} {y} {p}", "{p} {x} {y}", "{x}: {p}", "{x} {p} {y}", "{p}, {x}")
+"""v11: an attribute phrase among words to skip (held-out sets frame each field their own way)."""
+
+
+def _framed(phrase: str, rng: random.Random) -> str:
+    return rng.choice(JUNK_FRAMES).format(p=phrase, x=junk_word(rng), y=junk_word(rng))
+
+
 def _ground_phrase(g: str, rng: random.Random) -> str:
     t = rng.choice(GROUND_TEMPLATES)
-    return t.format(n=_word(GROUND_NOUNS[g], rng), a=_word(GROUND_ADJS[g], rng))
+    out = t.format(n=_word(GROUND_NOUNS[g], rng), a=_word(GROUND_ADJS[g], rng))
+    return _framed(out, rng) if rng.random() < 0.15 else out
+
+
+def _time_phrase(time: str, rng: random.Random) -> str:
+    """v11: a time phrase (half), a time noun in a frame, or either among words to skip."""
+    r = rng.random()
+    out = _word(TIME_PHRASES[time], rng) if r < 0.5 else rng.choice(TIME_TEMPLATES).format(n=_word(TIME_NOUNS[time], rng))
+    return _framed(out, rng) if rng.random() < 0.2 else out
+
+
+def _rain_phrase(rain: bool, rng: random.Random) -> str:
+    out = rng.choice(RAIN_PHRASES[rain])
+    return _framed(out, rng) if rng.random() < 0.15 else out
 
 
 def prompt_text(
@@ -794,9 +893,9 @@ def prompt_text(
         if say_ground:
             attrs.append(_ground_phrase(spec.ground, rng))
         if say_time:
-            attrs.append(_word(TIME_PHRASES[time], rng))
+            attrs.append(_time_phrase(time, rng))
         if say_rain:
-            attrs.append(rng.choice(RAIN_PHRASES[spec.rain]))
+            attrs.append(_rain_phrase(spec.rain, rng))
     rng.shuffle(attrs)
     if rng.random() < 0.6:
         clauses = parts + attrs
