@@ -320,6 +320,32 @@ def test_the_blind_heldout_set_is_apart_from_training_and_fixed():
     assert not any("text_data" in m or "text_words" in m for m in imported), imported
 
 
+def test_the_fourth_blind_heldout_set_is_apart_from_training_and_fixed():
+    from worldserve.train import text_blind2 as tb2
+
+    groups = (tb2.B2_OBJECT, tb2.B2_GROUND, tb2.B2_TIME, tb2.B2_RAIN, tb2.B2_CARRIERS, tb2.B2_TAILS)
+    groups += (tb2.B2_JOINERS, tb2.B2_FILLERS, tb2.B2_EVENT_CARRIERS)
+    _assert_apart_from_training("blind2", groups, tb2.template_strings())
+    assert all(len(set(tb2.B2_EVENTS[e])) >= 10 for e in grammar.EVENTS)
+    assert len(set(tb2.B2_EVENT_NONE)) >= 10 and len(set(tb2.B2_NOTHING)) >= 10
+    items = tb2.blind2()
+    assert items == tb2.blind2() and items != tb2.blind2(seed=1)
+    assert [i.task for i in items].count("prompt") == 400 and [i.task for i in items].count("event") == 200
+    for it in items:
+        assert 0 < len(it.text) <= 300
+        if it.task == "prompt":
+            PROMPT_SCHEMA.validate(it.answer)
+            grammar.spec_from_dict(it.answer)
+        else:
+            EVENT_SCHEMA.validate(it.answer)
+    assert {i.answer["event"] for i in items if i.task == "event"} == {*grammar.EVENTS, None}
+    assert any(i.task == "prompt" and understood_nothing(i.answer) for i in items)  # a few name nothing
+    tree = ast.parse(Path(tb2.__file__).read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not any("text_data" in m or "text_words" in m for m in imported), imported
+
+
 def test_filler_words_say_nothing_and_are_not_held_out():
     from worldserve.train import text_words
 

@@ -281,8 +281,9 @@ def text_eval(
     heldout_set: str = typer.Option(
         "heldout",
         "--set",
-        help="'heldout' (text_heldout, seed 2025), 'fresh' (text_fresh, seed 77: the second set) or 'blind' "
-        "(text_blind, seed 4127: the third set, run once per shipped model)",
+        help="'heldout' (text_heldout, seed 2025), 'fresh' (text_fresh, seed 77: the second set), 'blind' "
+        "(text_blind, seed 4127: the third set, run once per shipped model) or 'blind2' (text_blind2, seed 8821: "
+        "the fourth set, run once per shipped model)",
     ),
 ) -> None:
     """The text model on a held-out set, decoded by vLLM under the served JSON schemas."""
@@ -290,8 +291,8 @@ def text_eval(
 
     from .text_eval import evaluate_folder
 
-    if heldout_set not in ("heldout", "fresh", "blind"):
-        console.print(f"[red]error:[/] unknown set {heldout_set!r}: 'heldout', 'fresh' or 'blind'")
+    if heldout_set not in ("heldout", "fresh", "blind", "blind2"):
+        console.print(f"[red]error:[/] unknown set {heldout_set!r}: 'heldout', 'fresh', 'blind' or 'blind2'")
         raise typer.Exit(2)
     items = None
     if heldout_set == "fresh":
@@ -302,6 +303,10 @@ def text_eval(
         from .text_blind import blind
 
         items = blind()
+    elif heldout_set == "blind2":
+        from .text_blind2 import blind2
+
+        items = blind2()
     r = evaluate_folder(model, dtype=dtype, items=items)
     r["set"] = heldout_set
     report.parent.mkdir(parents=True, exist_ok=True)
