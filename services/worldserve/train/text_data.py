@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from worldserve.common import caption as grammar
-from worldserve.text.spec import Vocabulary, answer_json, lm_prompt, prompt_answer
+from worldserve.text.spec import Vocabulary, answer_json, lm_prompt, prompt_answer, read_words
 
 from . import text_aliases, text_words
 
@@ -641,10 +641,13 @@ def _aliased() -> frozenset[str]:
 
 
 def made_up_word(rng: random.Random) -> str:
-    """A pronounceable nonsense word that is no attribute word."""
+    """A pronounceable nonsense word that is no attribute word and that the model reads as the
+    unknown-word marker (v12: before, ~4% were words it reads or typos it corrects, "lawa" -> "lawn",
+    "golo" -> "gold": a ground or colour the answer did not name)."""
+    vocab = reading_vocabulary()
     while True:
         w = "".join(rng.choice("bcdfghjklmnprstvwz") + rng.choice("aeiou") for _ in range(rng.randint(1, 3)))
-        if w not in _ATTRIBUTE_WORDS and w not in _aliased():
+        if w not in _ATTRIBUTE_WORDS and w not in _aliased() and read_words(w, vocab) == UNKNOWN:
             return w
 
 
@@ -855,6 +858,13 @@ def _time_phrase(time: str, rng: random.Random) -> str:
     return _framed(out, rng) if rng.random() < 0.2 else out
 
 
+def time_decoy(rng: random.Random) -> str:
+    """v12: a time frame around a word to skip ("time of day: <made-up>", "a <word> sky"): it names no
+    time, so the frame's own words ("time", "sky", "hours", "it's") never say night or day by
+    themselves (v11's frames alone taught the model to read a time from them)."""
+    return rng.choice(TIME_TEMPLATES[1:]).format(n=junk_word(rng))
+
+
 def _rain_phrase(rain: bool, rng: random.Random) -> str:
     out = rng.choice(RAIN_PHRASES[rain])
     return _framed(out, rng) if rng.random() < 0.15 else out
@@ -896,6 +906,8 @@ def prompt_text(
             attrs.append(_time_phrase(time, rng))
         if say_rain:
             attrs.append(_rain_phrase(spec.rain, rng))
+    if not say_time and rng.random() < 0.3:
+        attrs.append(time_decoy(rng))
     rng.shuffle(attrs)
     if rng.random() < 0.6:
         clauses = parts + attrs
