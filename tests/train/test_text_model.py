@@ -122,6 +122,24 @@ def test_typo_changes_one_letter_and_spares_short_words():
     assert all(td.made_up_word(rng) not in td._ATTRIBUTE_WORDS for _ in range(100))
 
 
+def test_made_up_words_and_time_decoys_name_nothing():
+    """v12: a made-up word is read as the unknown marker (never corrected to an attribute word,
+    "lawa" -> "lawn"), and a time frame around a word to skip names no time."""
+    from worldserve.text.spec import read_words
+
+    v = td.reading_vocabulary()
+    rng = random.Random(4)
+    assert {read_words(td.made_up_word(rng), v) for _ in range(5000)} == {td.UNKNOWN}
+    time_words = {w for phrases in td.TIME_NOUNS.values() for p in phrases for w in p.split()}
+    frame_words = {w for t in td.TIME_TEMPLATES for w in re.findall(r"[a-z]+", t.replace("{n}", ""))}
+    for _ in range(300):
+        decoy = td.time_decoy(rng)
+        assert not set(re.findall(r"[a-z]+", read_words(decoy, v))) & (time_words - frame_words), decoy
+    # and the generator uses them: prompts that say no time carry frames with nothing in them
+    texts = [td.prompt_text(td.random_spec(rng), rng) for _ in range(400)]
+    assert any(not said_time and "time of day:" in t for t, _, said_time, _, _ in texts)
+
+
 def test_every_event_has_many_phrasings():
     assert set(td.EVENT_TEXTS) == set(grammar.EVENTS)
     for event, texts in td.EVENT_TEXTS.items():
