@@ -854,7 +854,9 @@ def _ground_phrase(g: str, rng: random.Random) -> str:
 def _time_phrase(time: str, rng: random.Random) -> str:
     """v11: a time phrase (half), a time noun in a frame, or either among words to skip."""
     r = rng.random()
-    out = _word(TIME_PHRASES[time], rng) if r < 0.5 else rng.choice(TIME_TEMPLATES).format(n=_word(TIME_NOUNS[time], rng))
+    out = (
+        _word(TIME_PHRASES[time], rng) if r < 0.5 else rng.choice(TIME_TEMPLATES).format(n=_word(TIME_NOUNS[time], rng))
+    )
     return _framed(out, rng) if rng.random() < 0.2 else out
 
 
