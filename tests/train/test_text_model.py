@@ -135,6 +135,9 @@ def test_made_up_words_and_time_decoys_name_nothing():
     for _ in range(300):
         decoy = td.time_decoy(rng)
         assert not set(re.findall(r"[a-z]+", read_words(decoy, v))) & (time_words - frame_words), decoy
+    # v13: a typo in an attribute word is one the reader corrects back, or none ("starry sky" never "_ sky")
+    for w in ("starry", "crimson", "daylight", "moonlit"):
+        assert all(read_words(td._kept_typo(w, rng), v) == w for _ in range(200)), w
     # and the generator uses them: prompts that say no time carry frames with nothing in them
     texts = [td.prompt_text(td.random_spec(rng), rng) for _ in range(400)]
     assert any(not said_time and "time of day:" in t for t, _, said_time, _, _ in texts)

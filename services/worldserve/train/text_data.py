@@ -671,6 +671,16 @@ def junk_phrase(rng: random.Random, lo: int = 1, hi: int = 3) -> str:
     return " ".join(junk_word(rng) for _ in range(rng.randint(lo, hi)))
 
 
+def _kept_typo(word: str, rng: random.Random) -> str:
+    """v13: a typo, except in an attribute word the reader would not correct back: "starry sky" with
+    "starry" misspelt reads "_ sky", and an answer of night for it taught the model to read a time
+    (or colour, ground) from unknown words."""
+    t = typo(word, rng)
+    if len(word) >= 4 and word in _ATTRIBUTE_WORDS and read_words(t, reading_vocabulary()) != word:
+        return word
+    return t
+
+
 def noisy(text: str, rng: random.Random, *, typo_rate: float) -> str:
     """Typos, fillers and punctuation noise on a sentence."""
     words = text.split(" ")
@@ -678,7 +688,7 @@ def noisy(text: str, rng: random.Random, *, typo_rate: float) -> str:
     for w in words:
         if rng.random() < 0.08:
             out.append(rng.choice(FILLERS) if rng.random() < 0.33 else junk_word(rng))
-        out.append(typo(w, rng) if rng.random() < typo_rate else w)
+        out.append(_kept_typo(w, rng) if rng.random() < typo_rate else w)
     text = " ".join(w for w in out if w)
     r = rng.random()
     if r < 0.15:
