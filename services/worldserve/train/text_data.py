@@ -91,8 +91,6 @@ TIME_PHRASES: dict[str, tuple[str, ...]] = {
         "late at night",
         "overnight",
         "nocturnal",
-        "pitch dark",
-        "pitch black",
         "when it's dark",
         "it is dark outside",
         "in the small hours",
@@ -101,8 +99,6 @@ TIME_PHRASES: dict[str, tuple[str, ...]] = {
         "at 10pm",
         "at 2 am",
         "at 3am",
-        "not daytime",
-        "not during the day",
     ),
     "day": (
         "day",
@@ -138,8 +134,6 @@ TIME_PHRASES: dict[str, tuple[str, ...]] = {
         "at 10am",
         "at 9 am",
         "at 3pm",
-        "not at night",
-        "not nighttime",
     ),
 }
 TIME_NOUNS: dict[str, tuple[str, ...]] = {
@@ -779,11 +773,16 @@ def _free_object_phrase(c: str, k: str, side: str, rng: random.Random) -> str:
     return " ".join(out).replace(" (", "(").replace("(", " (").strip()
 
 
+SHADES = ("dark", "light", "bright", "deep", "pale")
+
+
 def object_phrase(o: grammar.ObjectSpec, rng: random.Random) -> str:
     """A phrase for one object: a template, colour + kind and a side in either order with the
     side's words partly made up (the model learns that the side word decides), or (v7) every part
     in any order among words to skip."""
     c, k = _word(COLOUR_WORDS[o.color], rng), _word(KIND_WORDS[o.kind], rng)
+    if rng.random() < 0.12:  # v14: a shade says nothing of the time of day ("dark blue", "bright red")
+        c = f"{rng.choice(SHADES)} {c}"
     r = rng.random()
     if r < 0.3:
         return _free_object_phrase(c, k, o.side, rng)
