@@ -318,14 +318,12 @@ def test_the_second_heldout_set_is_apart_from_training_too():
     assert not any("text_data" in (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))
 
 
-def test_the_blind_heldout_set_is_apart_from_training_and_fixed():
-    from worldserve.train import text_blind as tb
-
-    groups = (tb.B_OBJECT, tb.B_GROUND, tb.B_TIME, tb.B_RAIN, tb.B_CARRIERS, tb.B_TAILS, tb.B_JOINERS, tb.B_FILLERS)
-    _assert_apart_from_training("blind", (*groups, tb.B_EVENT_CARRIERS), tb.template_strings())
-    assert all(len(tb.B_EVENTS[e]) >= 8 for e in grammar.EVENTS) and len(tb.B_EVENT_NONE) >= 8
-    items = tb.blind()
-    assert items == tb.blind() and items != tb.blind(seed=1)
+def _assert_a_fixed_blind_set(module: Any, make: Any) -> list[Any]:
+    """A blind set: 400 prompts and 200 event texts, the same list every call and another for
+    another seed, every answer valid, every event and none present, and neither the training
+    generator nor its words imported."""
+    items = make()
+    assert items == make() and items != make(seed=1)
     assert [i.task for i in items].count("prompt") == 400 and [i.task for i in items].count("event") == 200
     for it in items:
         assert 0 < len(it.text) <= 300
@@ -335,10 +333,20 @@ def test_the_blind_heldout_set_is_apart_from_training_and_fixed():
         else:
             EVENT_SCHEMA.validate(it.answer)
     assert {i.answer["event"] for i in items if i.task == "event"} == {*grammar.EVENTS, None}
-    tree = ast.parse(Path(tb.__file__).read_text())
+    tree = ast.parse(Path(module.__file__).read_text())
     imported = [a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
     imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not any("text_data" in m or "text_words" in m for m in imported), imported
+    return items
+
+
+def test_the_blind_heldout_set_is_apart_from_training_and_fixed():
+    from worldserve.train import text_blind as tb
+
+    groups = (tb.B_OBJECT, tb.B_GROUND, tb.B_TIME, tb.B_RAIN, tb.B_CARRIERS, tb.B_TAILS, tb.B_JOINERS, tb.B_FILLERS)
+    _assert_apart_from_training("blind", (*groups, tb.B_EVENT_CARRIERS), tb.template_strings())
+    assert all(len(tb.B_EVENTS[e]) >= 8 for e in grammar.EVENTS) and len(tb.B_EVENT_NONE) >= 8
+    _assert_a_fixed_blind_set(tb, tb.blind)
 
 
 def test_the_fourth_blind_heldout_set_is_apart_from_training_and_fixed():
@@ -349,22 +357,8 @@ def test_the_fourth_blind_heldout_set_is_apart_from_training_and_fixed():
     _assert_apart_from_training("blind2", groups, tb2.template_strings())
     assert all(len(set(tb2.B2_EVENTS[e])) >= 10 for e in grammar.EVENTS)
     assert len(set(tb2.B2_EVENT_NONE)) >= 10 and len(set(tb2.B2_NOTHING)) >= 10
-    items = tb2.blind2()
-    assert items == tb2.blind2() and items != tb2.blind2(seed=1)
-    assert [i.task for i in items].count("prompt") == 400 and [i.task for i in items].count("event") == 200
-    for it in items:
-        assert 0 < len(it.text) <= 300
-        if it.task == "prompt":
-            PROMPT_SCHEMA.validate(it.answer)
-            grammar.spec_from_dict(it.answer)
-        else:
-            EVENT_SCHEMA.validate(it.answer)
-    assert {i.answer["event"] for i in items if i.task == "event"} == {*grammar.EVENTS, None}
+    items = _assert_a_fixed_blind_set(tb2, tb2.blind2)
     assert any(i.task == "prompt" and understood_nothing(i.answer) for i in items)  # a few name nothing
-    tree = ast.parse(Path(tb2.__file__).read_text())
-    imported = [a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
-    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    assert not any("text_data" in m or "text_words" in m for m in imported), imported
 
 
 def test_filler_words_say_nothing_and_are_not_held_out():
