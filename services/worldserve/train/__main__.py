@@ -273,6 +273,15 @@ def text_average(
     console.print(f"model: {folder}")
 
 
+TEXT_SETS: dict[str, tuple[str, str] | None] = {
+    "heldout": None,  # evaluate_folder's default: text_heldout
+    "fresh": ("text_fresh", "fresh"),
+    "blind": ("text_blind", "blind"),
+    "blind2": ("text_blind2", "blind2"),
+}
+"""``text-eval --set``: each held-out set's module and function."""
+
+
 @app.command("text-eval")
 def text_eval(
     model: Path = typer.Option(WEIGHTS / "text", help="The model folder (default: the shipped one)."),
@@ -291,22 +300,16 @@ def text_eval(
 
     from .text_eval import evaluate_folder
 
-    if heldout_set not in ("heldout", "fresh", "blind", "blind2"):
-        console.print(f"[red]error:[/] unknown set {heldout_set!r}: 'heldout', 'fresh', 'blind' or 'blind2'")
+    if heldout_set not in TEXT_SETS:
+        names = [repr(n) for n in TEXT_SETS]
+        console.print(f"[red]error:[/] unknown set {heldout_set!r}: {', '.join(names[:-1])} or {names[-1]}")
         raise typer.Exit(2)
     items = None
-    if heldout_set == "fresh":
-        from .text_fresh import fresh
+    if (where := TEXT_SETS[heldout_set]) is not None:  # the training modules load only for the set asked for
+        import importlib
 
-        items = fresh()
-    elif heldout_set == "blind":
-        from .text_blind import blind
-
-        items = blind()
-    elif heldout_set == "blind2":
-        from .text_blind2 import blind2
-
-        items = blind2()
+        module, function = where
+        items = getattr(importlib.import_module(f".{module}", __package__), function)()
     r = evaluate_folder(model, dtype=dtype, items=items)
     r["set"] = heldout_set
     report.parent.mkdir(parents=True, exist_ok=True)
