@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 
-from .text_heldout import Item, Phrasing, event_item, prompt_item
+from .text_heldout import Item, Phrasing, generate_items
 
 B_COLOURS = {
     "red": ("red", "red", "bright red", "cherry red"),
@@ -193,8 +193,7 @@ BLIND = Phrasing(
 
 def blind(seed: int = 4127, n_prompts: int = 400, n_events: int = 200) -> list[Item]:
     """The third (blind) held-out set: ``n_prompts`` prompts then ``n_events`` event texts."""
-    rng = random.Random(seed)
-    return [prompt_item(rng, BLIND) for _ in range(n_prompts)] + [event_item(rng, BLIND) for _ in range(n_events)]
+    return generate_items(BLIND, seed, n_prompts, n_events)
 
 
 def template_strings() -> list[str]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 
-from .text_heldout import Item, Phrasing, event_item, prompt_item
+from .text_heldout import Item, Phrasing, generate_items
 
 B2_COLOURS = {
     "red": ("red", "red", "red", "scarlet", "crimson", "fire-engine red"),
@@ -248,8 +248,7 @@ BLIND2 = Phrasing(
 
 def blind2(seed: int = 8821, n_prompts: int = 400, n_events: int = 200) -> list[Item]:
     """The fourth (blind) held-out set: ``n_prompts`` prompts then ``n_events`` event texts."""
-    rng = random.Random(seed)
-    return [prompt_item(rng, BLIND2) for _ in range(n_prompts)] + [event_item(rng, BLIND2) for _ in range(n_events)]
+    return generate_items(BLIND2, seed, n_prompts, n_events)
 
 
 def template_strings() -> list[str]:

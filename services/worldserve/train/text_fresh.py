@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 
-from .text_heldout import Item, Phrasing, event_item, prompt_item
+from .text_heldout import Item, Phrasing, generate_items
 
 F_OBJECT = (
     "{d} {c} {k} resides on the {s}",
@@ -82,8 +82,7 @@ FRESH = Phrasing(
 
 def fresh(seed: int = 77, n_prompts: int = 400, n_events: int = 200) -> list[Item]:
     """The second held-out set: ``n_prompts`` prompts then ``n_events`` event texts."""
-    rng = random.Random(seed)
-    return [prompt_item(rng, FRESH) for _ in range(n_prompts)] + [event_item(rng, FRESH) for _ in range(n_events)]
+    return generate_items(FRESH, seed, n_prompts, n_events)
 
 
 def template_strings() -> list[str]:

@@ -240,6 +240,12 @@ def event_item(rng: random.Random, ph: Phrasing) -> Item:
     return Item("event", _noise(text, rng, ph), {"event": event})
 
 
+def generate_items(ph: Phrasing, seed: int, n_prompts: int, n_events: int) -> list[Item]:
+    """A held-out set in ``ph``'s phrasing: ``n_prompts`` prompts then ``n_events`` event texts, from ``seed``."""
+    rng = random.Random(seed)
+    return [prompt_item(rng, ph) for _ in range(n_prompts)] + [event_item(rng, ph) for _ in range(n_events)]
+
+
 HELDOUT = Phrasing(
     HO_OBJECT,
     HO_GROUND,
@@ -259,8 +265,7 @@ HELDOUT = Phrasing(
 
 def heldout(seed: int = 2025, n_prompts: int = 400, n_events: int = 200) -> list[Item]:
     """The fixed held-out set: ``n_prompts`` prompts then ``n_events`` event texts."""
-    rng = random.Random(seed)
-    return [prompt_item(rng, HELDOUT) for _ in range(n_prompts)] + [event_item(rng, HELDOUT) for _ in range(n_events)]
+    return generate_items(HELDOUT, seed, n_prompts, n_events)
 
 
 def template_strings() -> list[str]:
