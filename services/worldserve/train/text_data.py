@@ -24,13 +24,14 @@ import json
 import random
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from worldserve.common import caption as grammar
 from worldserve.text.spec import Vocabulary, answer_json, lm_prompt, prompt_answer, read_words
 
-from . import text_aliases, text_words
+from . import text_aliases, text_sources, text_words
+from .text_sources.base import source_event, source_prompt
 
 # --------------------------------------------------------------------------------------------------
 # Attribute words (canonical word first)
@@ -526,6 +527,8 @@ EVENT_NONE = (
 )
 
 PROMPT_SHARE = 0.7
+SOURCE_SHARE = 0.4
+"""v15: the share of training pairs drawn from the independently written phrasings (``text_sources``)."""
 NOTHING_SHARE = 0.05
 EVENT_NONE_SHARE = 0.15
 _ATTRIBUTE_WORDS = (
@@ -572,6 +575,9 @@ def known_words() -> frozenset[str]:
     for name, v in globals().items():
         if name.isupper() and name != "ENGLISH_WORDS":
             walk(v)
+    for src in text_sources.sources():  # v15: the writers' words are read as they are
+        walk(src.attribute_strings())
+        walk(src.other_strings())
     return frozenset(out)
 
 
@@ -665,24 +671,37 @@ def junk_phrase(rng: random.Random, lo: int = 1, hi: int = 3) -> str:
     return " ".join(junk_word(rng) for _ in range(rng.randint(lo, hi)))
 
 
-def _kept_typo(word: str, rng: random.Random) -> str:
+def _kept_typo(
+    word: str,
+    rng: random.Random,
+    slip: Callable[[str, random.Random], str] | None = None,
+    keep: frozenset[str] = frozenset(),
+) -> str:
     """v13: a typo, except in an attribute word the reader would not correct back: "starry sky" with
     "starry" misspelt reads "_ sky", and an answer of night for it taught the model to read a time
-    (or colour, ground) from unknown words."""
-    t = typo(word, rng)
-    if len(word) >= 4 and word in _ATTRIBUTE_WORDS and read_words(t, reading_vocabulary()) != word:
+    (or colour, ground) from unknown words. ``slip``: another typo habit; ``keep``: more attribute
+    words (v15: the writers', ``text_sources``)."""
+    t = (slip or typo)(word, rng)
+    if len(word) >= 4 and (word in _ATTRIBUTE_WORDS or word in keep) and read_words(t, reading_vocabulary()) != word:
         return word
     return t
 
 
-def noisy(text: str, rng: random.Random, *, typo_rate: float) -> str:
-    """Typos, fillers and punctuation noise on a sentence."""
+def noisy(
+    text: str,
+    rng: random.Random,
+    *,
+    typo_rate: float,
+    slip: Callable[[str, random.Random], str] | None = None,
+    keep: frozenset[str] = frozenset(),
+) -> str:
+    """Typos, fillers and punctuation noise on a sentence. ``slip``, ``keep``: ``_kept_typo``'s."""
     words = text.split(" ")
     out = []
     for w in words:
         if rng.random() < 0.08:
             out.append(rng.choice(FILLERS) if rng.random() < 0.33 else junk_word(rng))
-        out.append(_kept_typo(w, rng) if rng.random() < typo_rate else w)
+        out.append(_kept_typo(w, rng, slip, keep) if rng.random() < typo_rate else w)
     text = " ".join(w for w in out if w)
     r = rng.random()
     if r < 0.15:
@@ -1130,8 +1149,23 @@ def event_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
     return text, {"event": event}
 
 
+def source_example(rng: random.Random, task: str) -> tuple[str, dict[str, Any]]:
+    """v15: (free text, answer) in a random writer's phrasing (``text_sources``), then this
+    generator's noise; the typos are the writer's own habit or this generator's, and leave an
+    attribute word (this generator's or a writer's) only where the reader corrects it back."""
+    src = rng.choice(text_sources.sources())
+    text, ans = source_prompt(rng, src) if task == "prompt" else source_event(rng, src)
+    slip = src.typo if rng.random() < 0.5 else None
+    typo_rate = 0.08 if rng.random() < 0.4 else 0.0
+    return noisy(text, rng, typo_rate=typo_rate, slip=slip, keep=text_sources.attribute_words()), ans
+
+
 def sample(rng: random.Random, vocab: Vocabulary | None = None) -> tuple[str, str]:
     """One training pair: (lm_prompt, answer_json); ``vocab``: the one the model reads with."""
+    if rng.random() < SOURCE_SHARE:
+        task = "prompt" if rng.random() < PROMPT_SHARE else "event"
+        text, ans = source_example(rng, task)
+        return lm_prompt(task, text, vocab), answer_json(ans)
     if rng.random() < PROMPT_SHARE:
         text, ans = prompt_example(rng)
         return lm_prompt("prompt", text, vocab), answer_json(ans)
