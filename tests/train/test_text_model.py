@@ -173,8 +173,8 @@ def test_reading_corrects_typos_to_known_words_and_marks_unknown_ones():
     assert read_words("the sun goes down", v) == "the sun goes down"
     assert read_words("a zorbly blue box (lef) in sno", v) == "a _ blue box (left) in snow"
     assert read_words("a zq box", v) == "a _ box"
-    assert lm_prompt("event", "Alright, MAKE it rain", v) == "event: _, make it rain\n"
-    assert lm_prompt("event", "Alright, MAKE it rain") == "event: alright, make it rain\n"  # no vocabulary: as is
+    assert lm_prompt("event", "Blorptastic, MAKE it rain", v) == "event: _, make it rain\n"
+    assert lm_prompt("event", "Blorptastic, MAKE it rain") == "event: blorptastic, make it rain\n"  # no vocabulary: as is
     # the training pairs are read the same way: made-up words become the marker
     pairs = list(td.samples(11, 300, v))
     assert any(" _" in p for p, _ in tt.batch_pairs(0, 0, 64))  # the trainer's batches are read so too

@@ -9,7 +9,7 @@ import importlib
 
 from .base import Source, check
 
-NAMES = ("gamer", "designer", "terse", "storyteller", "learner", "voice")
+NAMES = ("gamer", "designer", "terse", "storyteller", "learner", "voice", "social", "coder", "oldtimer", "friend")
 """The writers' modules, one persona each (their docstrings say who)."""
 
 
