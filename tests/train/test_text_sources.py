@@ -143,3 +143,10 @@ def test_the_training_data_draws_the_writers_and_reads_their_words():
             for w in _words(filler):
                 assert read_words(w, vocab) != td.UNKNOWN, (src.name, w)
     assert 0 < td.SOURCE_SHARE < 1
+
+
+def test_no_writer_says_night_with_a_homonym():
+    """v16: "pitch dark" taught "pitch" as night, and "my pitch: ..." (a proposal) was then read as
+    night (the training generator dropped "pitch black" for the same reason in v14)."""
+    for src in text_sources.sources():
+        assert not [p for p in src.attribute_strings() if "pitch" in p.lower()], src.name

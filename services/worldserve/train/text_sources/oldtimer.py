@@ -233,7 +233,6 @@ TIME = {
         "long after sundown",
         "it is night",
         "the sky is dark",
-        "in the pitch dark of night",
         "at the witching hour",
         "late in the evening",
         "well after the sun has set",

@@ -259,7 +259,6 @@ SOURCE = Source(
             "dead of night",
             "when it's dark",
             "it's dark out",
-            "pitch dark",
             "a starry night",
             "after the sun goes down",
             "after sundown",
