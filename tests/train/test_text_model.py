@@ -174,9 +174,8 @@ def test_reading_corrects_typos_to_known_words_and_marks_unknown_ones():
     assert read_words("a zorbly blue box (lef) in sno", v) == "a _ blue box (left) in snow"
     assert read_words("a zq box", v) == "a _ box"
     assert lm_prompt("event", "Blorptastic, MAKE it rain", v) == "event: _, make it rain\n"
-    assert (
-        lm_prompt("event", "Blorptastic, MAKE it rain") == "event: blorptastic, make it rain\n"
-    )  # no vocabulary: as is
+    # no vocabulary: read as it is
+    assert lm_prompt("event", "Blorptastic, MAKE it rain") == "event: blorptastic, make it rain\n"
     # the training pairs are read the same way: made-up words become the marker
     pairs = list(td.samples(11, 300, v))
     assert any(" _" in p for p, _ in tt.batch_pairs(0, 0, 64))  # the trainer's batches are read so too
@@ -264,8 +263,13 @@ _STOP |= {"with", "up", "if", "be", "this", "could", "would", "for"}
 def test_the_eval_report_lists_every_answer_that_is_not_exact():
     from worldserve.train.text_eval import prompt_miss
 
-    item = th.Item("prompt", "a red door on the left", {"objects": [], "ground": None, "time": None, "rain": None})
-    item = th.Item("prompt", item.text, {**item.answer, "objects": [{"colour": "red", "kind": "door", "side": "left"}]})
+    red_door = {
+        "objects": [{"colour": "red", "kind": "door", "side": "left"}],
+        "ground": None,
+        "time": None,
+        "rain": None,
+    }
+    item = th.Item("prompt", "a red door on the left", red_door)
     right = json.dumps(item.answer)
     assert prompt_miss(item, right, score_prompt(item.answer, json.loads(right))) is None
     # time "day" where the text said none: the same world (day is the default), not the same answer

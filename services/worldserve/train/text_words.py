@@ -1,8 +1,9 @@
 """The English filler words of the text model's training data (``text_words.json``): words of
 Python's own documentation (``pydoc_data.topics``, so no download) that say nothing about a world
-(no attribute word or synonym, no colour, place, weather, time, negation or number) and that the
-held-out set (``text_heldout``) never uses. The training generator scatters them through prompts
-and event texts so that the model learns to skip words it has no use for.
+(no attribute word or synonym, the generator's or a writer's in ``text_sources``; no colour, place,
+weather, time, negation or number) and that the held-out set (``text_heldout``) never uses. The
+training generator scatters them through prompts and event texts so that the model learns to skip
+words it has no use for.
 
 Rebuild with ``python -m worldserve.train.text_words`` (the committed file is what training read).
 """
