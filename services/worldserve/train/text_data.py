@@ -686,7 +686,8 @@ def _kept_typo(
     (or colour, ground) from unknown words. ``slip``: another typo habit; ``keep``: more attribute
     words (v15: the writers', ``text_sources``)."""
     t = (slip or typo)(word, rng)
-    if len(word) >= 4 and (word in _ATTRIBUTE_WORDS or word in keep) and read_words(t, reading_vocabulary()) != word:
+    w = word.lower()  # v18: a capitalised attribute word ("RED") is guarded too
+    if len(w) >= 4 and (w in _ATTRIBUTE_WORDS or w in keep) and read_words(t.lower(), reading_vocabulary()) != w:
         return word
     return t
 

@@ -9,7 +9,21 @@ import importlib
 
 from .base import Source, check
 
-NAMES = ("gamer", "designer", "terse", "storyteller", "learner", "voice", "social", "coder", "oldtimer", "friend")
+NAMES = (
+    "gamer",
+    "designer",
+    "terse",
+    "storyteller",
+    "learner",
+    "voice",
+    "social",
+    "coder",
+    "oldtimer",
+    "friend",
+    "forecaster",
+    "hedger",
+    "planner",
+)
 """The writers' modules, one persona each (their docstrings say who)."""
 
 
