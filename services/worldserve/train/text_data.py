@@ -14,7 +14,7 @@ punctuation noise. ~5% of prompts name nothing (the all-null answer).
 Events: paraphrases of each declared event (``common.caption.EVENTS``) with fillers and typos;
 ~10% unrelated texts answer ``{"event":null}``.
 
-v15 on: ``SOURCE_SHARE`` (40%) of the pairs are drawn from ten independently written phrasing
+v15 on: ``SOURCE_SHARE`` (40%) of the pairs are drawn from independently written phrasing
 sources (``text_sources``: one writer and persona each, blind to this module and to every held-out
 set), with this module's noise on top; their words are read as they are (``known_words``).
 
