@@ -1,4 +1,4 @@
-"""Independently written training phrasings for the text model (v15: six, v16: ten, v18: thirteen):
+"""Independently written training phrasings for the text model (v15: six, v16: ten, v18: thirteen, v19: nineteen):
 each module holds one writer's ``base.Source``, written blind to the training generator
 (``text_data``) and to every held-out set. ``text_data.sample`` draws ``text_data.SOURCE_SHARE`` of
 its pairs from them."""
@@ -24,6 +24,12 @@ NAMES = (
     "forecaster",
     "hedger",
     "planner",
+    "reporter",
+    "tester",
+    "novelist",
+    "scientist",
+    "traveler",
+    "regional",
 )
 """The writers' modules, one persona each (their docstrings say who)."""
 

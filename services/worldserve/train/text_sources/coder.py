@@ -554,7 +554,6 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "event: nightfall",
         "night_start",
         "cycle to night",
-        "fade to night",
     ),
     "day breaks": (
         "day breaks",

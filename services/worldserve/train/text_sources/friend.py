@@ -55,7 +55,6 @@ OBJECTS: tuple[str, ...] = (
     "on the {s} there's {d} {c} {k}",
     "put {d} {c} {k} on the {s}",
     "can u put {d} {c} {k} on the {s}",
-    "stick {d} {c} {k} on the {s}",
     "{d} {c} {k} sitting on the {s}",
     "{d} {c} {k} just sitting over on the {s}",
     "{d} {k} on the {s} that's {c}",

@@ -85,7 +85,6 @@ _OBJECTS = (
     "put {d} {c} {k} on the {s}",
     "add {d} {c} {k} to the {s}",
     "gimme {d} {c} {k} on the {s}",
-    "stick {d} {c} {k} on the {s}",
     "drop {d} {c} {k} on the {s}",
     "i need {d} {c} {k} on the {s}",
     "have {d} {c} {k} on the {s}",

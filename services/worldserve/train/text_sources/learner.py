@@ -601,7 +601,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "finish the rain",
         "cancel rain",
         "stop the storm",
-        "quit raining",
         "the drizzle stops",
         "showers end",
         "rain over",

@@ -573,7 +573,6 @@ _EVENTS = {
         "twilight hits",
         "sun's down",
         "make it dark",
-        "fade to night",
     ),
     "day breaks": (
         "day breaks",
@@ -590,7 +589,6 @@ _EVENTS = {
         "sun's up",
         "it's daytime now",
         "day mode on",
-        "rise and shine, it's morning",
         "morning comes",
         "it gets light",
         "it's getting light out",
@@ -601,7 +599,6 @@ _EVENTS = {
         "now it's day",
         "a new day begins",
         "first light hits",
-        "cue the sunrise",
         "day is here",
         "dawn omg",
         "wakey wakey it's morning",

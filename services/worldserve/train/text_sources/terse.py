@@ -567,7 +567,6 @@ SOURCE = Source(
             "sunset now",
             "dusk falls",
             "evening comes",
-            "fade to night",
             "night mode",
             "night mode on",
             "make it dark",
