@@ -408,6 +408,18 @@ def test_the_sixth_blind_heldout_set_is_apart_from_training_and_fixed():
     assert any(i.task == "prompt" and understood_nothing(i.answer) for i in items)  # a few name nothing
 
 
+def test_the_seventh_blind_heldout_set_is_apart_from_training_and_fixed():
+    from worldserve.train import text_blind5 as tb5
+
+    groups: tuple[tuple[str, ...], ...] = (tb5.B5_OBJECT, tb5.B5_GROUND, tb5.B5_TIME, tb5.B5_RAIN, tb5.B5_CARRIERS)
+    groups += (tb5.B5_TAILS, tb5.B5_JOINERS, tb5.B5_FILLERS, tb5.B5_EVENT_CARRIERS)
+    _assert_apart_from_training("blind5", groups, tb5.template_strings())
+    assert all(len(set(tb5.B5_EVENTS[e])) >= 12 for e in grammar.EVENTS)
+    assert len(set(tb5.B5_EVENT_NONE)) >= 12 and len(set(tb5.B5_NOTHING)) >= 12
+    items = _assert_a_fixed_blind_set(tb5, tb5.blind5)
+    assert any(i.task == "prompt" and understood_nothing(i.answer) for i in items)  # a few name nothing
+
+
 def test_filler_words_say_nothing_and_are_not_held_out():
     from worldserve.train import text_words
 

@@ -280,6 +280,7 @@ TEXT_SETS: dict[str, tuple[str, str] | None] = {
     "blind2": ("text_blind2", "blind2"),
     "blind3": ("text_blind3", "blind3"),
     "blind4": ("text_blind4", "blind4"),
+    "blind5": ("text_blind5", "blind5"),
 }
 """``text-eval --set``: each held-out set's module and function."""
 
@@ -295,7 +296,8 @@ def text_eval(
         help="'heldout' (text_heldout, seed 2025), 'fresh' (text_fresh, seed 77: the second set), 'blind' "
         "(text_blind, seed 4127: the third set, run once per shipped model), 'blind2' (text_blind2, seed 8821: "
         "the fourth set, run once per shipped model), 'blind3' (text_blind3, seed 5309: the fifth set, run once "
-        "per shipped model) or 'blind4' (text_blind4, seed 6143: the sixth set, run once per shipped model)",
+        "per shipped model), 'blind4' (text_blind4, seed 6143: the sixth set, run once per shipped model) or "
+        "'blind5' (text_blind5, seed 7411: the seventh set, run once per shipped model)",
     ),
 ) -> None:
     """The text model on a held-out set, decoded by vLLM under the served JSON schemas."""

@@ -638,7 +638,6 @@ SOURCE = Source(
             "dawn arrives",
             "daylight returns",
             "wake up, it's morning",
-            "the sun is rising",
             "the sun pokes over the horizon",
         ),
     },

@@ -527,7 +527,6 @@ _EVENTS = {
         "it gets dark",
         "its getting dark",
         "its night now",
-        "nighttime now",
         "the sun goes down",
         "the sun sets",
         "make it night",

@@ -600,7 +600,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "rain is done",
         "finish the rain",
         "cancel rain",
-        "stop the storm",
         "the drizzle stops",
         "showers end",
         "rain over",

@@ -731,7 +731,6 @@ _EVENTS = {
         "dawn arrives",
         "morning breaks",
         "the sun is up now",
-        "bring back the day",
         "let there be daylight",
         "a new day begins",
         "day comes",

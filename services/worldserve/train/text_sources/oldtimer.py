@@ -312,7 +312,6 @@ CARRIERS = (
     "Make this:",
     "Build me a level:",
     "Set the scene, please:",
-    "Here goes:",
     "Very well.",
     "Ahem.",
     "To whom it may concern:",

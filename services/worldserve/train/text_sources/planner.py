@@ -738,7 +738,6 @@ SOURCE = Source(
         "open the pink door",
         "he wants to jump again",
         "let's explore",
-        "restart the level",
         "how do I jump higher?",
         "move a bit to the left",
         "push the crate",

@@ -689,7 +689,6 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "the sun's oot",
         "morning breaks",
         "wakey wakey, it's morning",
-        "daytime now",
         "it's daylight",
         "dawn comes",
         "the sun peeps over the hill",

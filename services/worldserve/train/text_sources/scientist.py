@@ -759,7 +759,6 @@ _EVENT_NONE = (
     "save the game",
     "pause",
     "open the menu",
-    "restart the level",
     "what is my score?",
     "that was interesting",
     "record the observation",

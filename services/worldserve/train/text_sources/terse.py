@@ -602,7 +602,6 @@ SOURCE = Source(
             "morning now",
             "first light",
             "the night ends",
-            "daytime now",
             "bring back the sun",
             "the sun is up",
             "it becomes day",
