@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import json
 import random
 import re
@@ -371,52 +372,20 @@ def test_the_blind_heldout_set_is_apart_from_training_and_fixed():
     _assert_a_fixed_blind_set(tb, tb.blind)
 
 
-def test_the_fourth_blind_heldout_set_is_apart_from_training_and_fixed():
-    from worldserve.train import text_blind2 as tb2
+@pytest.mark.parametrize(("n", "least"), [(2, 10), (3, 12), (4, 12), (5, 12)], ids=lambda v: str(v))
+def test_the_later_blind_heldout_sets_are_apart_from_training_and_fixed(n: int, least: int):
+    """The fourth to seventh sets (``text_blind2`` ... ``text_blind5``), each written blind by its own
+    helper in the same shape: tables ``B{n}_*``, ``blind{n}()`` and ``template_strings()``."""
+    mod = importlib.import_module(f"worldserve.train.text_blind{n}")
 
-    groups: tuple[tuple[str, ...], ...] = (tb2.B2_OBJECT, tb2.B2_GROUND, tb2.B2_TIME, tb2.B2_RAIN, tb2.B2_CARRIERS)
-    groups += (tb2.B2_TAILS,)
-    groups += (tb2.B2_JOINERS, tb2.B2_FILLERS, tb2.B2_EVENT_CARRIERS)
-    _assert_apart_from_training("blind2", groups, tb2.template_strings())
-    assert all(len(set(tb2.B2_EVENTS[e])) >= 10 for e in grammar.EVENTS)
-    assert len(set(tb2.B2_EVENT_NONE)) >= 10 and len(set(tb2.B2_NOTHING)) >= 10
-    items = _assert_a_fixed_blind_set(tb2, tb2.blind2)
-    assert any(i.task == "prompt" and understood_nothing(i.answer) for i in items)  # a few name nothing
+    def table(name: str) -> Any:
+        return getattr(mod, f"B{n}_{name}")
 
-
-def test_the_fifth_blind_heldout_set_is_apart_from_training_and_fixed():
-    from worldserve.train import text_blind3 as tb3
-
-    groups: tuple[tuple[str, ...], ...] = (tb3.B3_OBJECT, tb3.B3_GROUND, tb3.B3_TIME, tb3.B3_RAIN, tb3.B3_CARRIERS)
-    groups += (tb3.B3_TAILS, tb3.B3_JOINERS, tb3.B3_FILLERS, tb3.B3_EVENT_CARRIERS)
-    _assert_apart_from_training("blind3", groups, tb3.template_strings())
-    assert all(len(set(tb3.B3_EVENTS[e])) >= 12 for e in grammar.EVENTS)
-    assert len(set(tb3.B3_EVENT_NONE)) >= 12 and len(set(tb3.B3_NOTHING)) >= 12
-    items = _assert_a_fixed_blind_set(tb3, tb3.blind3)
-    assert any(i.task == "prompt" and understood_nothing(i.answer) for i in items)  # a few name nothing
-
-
-def test_the_sixth_blind_heldout_set_is_apart_from_training_and_fixed():
-    from worldserve.train import text_blind4 as tb4
-
-    groups: tuple[tuple[str, ...], ...] = (tb4.B4_OBJECT, tb4.B4_GROUND, tb4.B4_TIME, tb4.B4_RAIN, tb4.B4_CARRIERS)
-    groups += (tb4.B4_TAILS, tb4.B4_JOINERS, tb4.B4_FILLERS, tb4.B4_EVENT_CARRIERS)
-    _assert_apart_from_training("blind4", groups, tb4.template_strings())
-    assert all(len(set(tb4.B4_EVENTS[e])) >= 12 for e in grammar.EVENTS)
-    assert len(set(tb4.B4_EVENT_NONE)) >= 12 and len(set(tb4.B4_NOTHING)) >= 12
-    items = _assert_a_fixed_blind_set(tb4, tb4.blind4)
-    assert any(i.task == "prompt" and understood_nothing(i.answer) for i in items)  # a few name nothing
-
-
-def test_the_seventh_blind_heldout_set_is_apart_from_training_and_fixed():
-    from worldserve.train import text_blind5 as tb5
-
-    groups: tuple[tuple[str, ...], ...] = (tb5.B5_OBJECT, tb5.B5_GROUND, tb5.B5_TIME, tb5.B5_RAIN, tb5.B5_CARRIERS)
-    groups += (tb5.B5_TAILS, tb5.B5_JOINERS, tb5.B5_FILLERS, tb5.B5_EVENT_CARRIERS)
-    _assert_apart_from_training("blind5", groups, tb5.template_strings())
-    assert all(len(set(tb5.B5_EVENTS[e])) >= 12 for e in grammar.EVENTS)
-    assert len(set(tb5.B5_EVENT_NONE)) >= 12 and len(set(tb5.B5_NOTHING)) >= 12
-    items = _assert_a_fixed_blind_set(tb5, tb5.blind5)
+    names = ("OBJECT", "GROUND", "TIME", "RAIN", "CARRIERS", "TAILS", "JOINERS", "FILLERS", "EVENT_CARRIERS")
+    _assert_apart_from_training(f"blind{n}", tuple(table(t) for t in names), mod.template_strings())
+    assert all(len(set(table("EVENTS")[e])) >= least for e in grammar.EVENTS)
+    assert len(set(table("EVENT_NONE"))) >= least and len(set(table("NOTHING"))) >= least
+    items = _assert_a_fixed_blind_set(mod, getattr(mod, f"blind{n}"))
     assert any(i.task == "prompt" and understood_nothing(i.answer) for i in items)  # a few name nothing
 
 
