@@ -23,7 +23,7 @@ def test_steps_through_a_redis_primary_sigkill_lose_none_acknowledged(tmp_path):
         [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
     )
     lines = [x for x in out.stdout.splitlines() if x.startswith("FIGURES ")]
-    assert out.returncode == 0 and lines, (out.returncode, out.stdout[-2000:], out.stderr[-4000:])
+    assert out.returncode == 0 and lines, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
     f = json.loads(lines[-1].removeprefix("FIGURES "))
     print("\nredis failover e2e:", json.dumps(f))
     assert not f["errors"], f
