@@ -289,11 +289,12 @@ def test_live_play_is_measured_in_prometheus(web):
         hello(ws)
         ws.send(json.dumps({"type": "action", "seq": 1, "keys": ["right"]}))
         frames(ws, 25)
+    # (worldserve_web_live_deadline_misses_total appears with a room's first missed tick: a Ray counter
+    # cannot be exported at zero, and on an idle machine 25 frames at 10 fps may miss none; seen in CI)
     want = [
         "worldserve_web_live_frames_total",
         "worldserve_web_live_key_to_frame_seconds_bucket",
         "worldserve_web_live_session_fps_bucket",
-        "worldserve_web_live_deadline_misses_total",
     ]
     deadline = time.monotonic() + 60
     while True:
