@@ -293,11 +293,9 @@ def text_eval(
     heldout_set: str = typer.Option(
         "heldout",
         "--set",
-        help="'heldout' (text_heldout, seed 2025), 'fresh' (text_fresh, seed 77: the second set), 'blind' "
-        "(text_blind, seed 4127: the third set, run once per shipped model), 'blind2' (text_blind2, seed 8821: "
-        "the fourth set, run once per shipped model), 'blind3' (text_blind3, seed 5309: the fifth set, run once "
-        "per shipped model), 'blind4' (text_blind4, seed 6143: the sixth set, run once per shipped model) or "
-        "'blind5' (text_blind5, seed 7411: the seventh set, run once per shipped model)",
+        help="'heldout' (text_heldout, seed 2025), 'fresh' (text_fresh, seed 77: the second set), or 'blind', "
+        "'blind2' ... 'blind5' (text_blind*, the third to seventh sets, each written blind: run once per shipped "
+        "model)",
     ),
 ) -> None:
     """The text model on a held-out set, decoded by vLLM under the served JSON schemas."""
