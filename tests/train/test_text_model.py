@@ -163,6 +163,36 @@ def test_the_rain_stops_only_where_a_word_says_so():
         assert {"teal", "crate", "left"} <= set(re.findall(r"[a-z]+", ph)), ph
 
 
+_NEGATIONS = ("no", "not", "never", "nothing", "without", "none", "nope", "zero", "non", "nowhere", "nobody")
+
+
+def _negated(text: str) -> bool:
+    return bool(set(re.findall(r"[a-z]+", text.lower())) & set(_NEGATIONS)) or "n't" in text
+
+
+def test_a_negation_negates_only_its_own_phrase():
+    """v20: a negation that negates nothing of the world ("no rush", "not only that", "no <word>")
+    sits among raining prompts and starting events, rain is said through a negated stopping ("it
+    never stops raining"), and no rain with the negation after the rain word ("rain? not today")."""
+    rng = random.Random(20)
+    attribute = td.spelling_words() | {"rain", "wet", "dry", "sun", "day", "dark", "left", "red", "box", "door"}
+    for _ in range(500):
+        d = td.decoy_negation(rng)
+        assert _negated(d) and not set(re.findall(r"[a-z]+", d)) & attribute, d
+    assert sum(map(_negated, td.RAIN_SCOPED[True] + td.RAIN_SCOPED_FIXED[True])) >= 35
+    assert sum(map(_negated, td.RAIN_SCOPED[False] + td.RAIN_SCOPED_FIXED[False])) >= 20  # the rest deny it
+    # in training: prompts answered rain true carry decoys and negated stoppings
+    spec = grammar.WorldSpec((grammar.ObjectSpec("red", "door", "left"),), "grass", night=False, rain=True)
+    texts = [td.prompt_text(spec, rng) for _ in range(3000)]
+    raining = [t for t, _, _, said_rain, _ in texts if said_rain]
+    assert any(any(g in t for g in td.DECOY_NEGATIONS) and "rain" in t for t in raining)
+    assert any(p.replace("rain", "") in t for t in raining for p in td.RAIN_SCOPED[True] if p.startswith("no"))
+    # and events: "no rush, make it rain" still starts the rain
+    events = [td.event_example(rng) for _ in range(4000)]
+    starts = [t.lower() for t, a in events if a["event"] == "it starts to rain"]
+    assert any(any(d in t for d in td.DECOY_NEGATIONS) for t in starts)
+
+
 def test_reading_corrects_typos_to_known_words_and_marks_unknown_ones():
     from worldserve.text.spec import lm_prompt, read_words
 

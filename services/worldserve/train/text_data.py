@@ -183,6 +183,177 @@ RAIN_PHRASES: dict[bool, tuple[str, ...]] = {
 }
 RAIN_ADJS: dict[bool, tuple[str, ...]] = {True: ("rainy", "stormy", "wet", "drizzly"), False: ("dry", "clear")}
 
+# v20 (issue 25): the scope of a negation. Until v19 every negation word of a training prompt
+# negated the rain ("no rain", "it's not raining"), and the model read a negation anywhere as no
+# rain: "... not to mention rainy weather", "no doubt it rains", "nothing but rain" were read as no
+# rain and "no rush, make it rain" as the rain stopping. These tables put a negation where it
+# negates something else, and say no rain with the negation after the rain word.
+DECOY_NEGATIONS = (
+    "no hurry",
+    "no pressure",
+    "no worries",
+    "no problem",
+    "no doubt",
+    "no joke",
+    "no kidding",
+    "no question",
+    "no biggie",
+    "no stress",
+    "no offence",
+    "no exceptions",
+    "no strings attached",
+    "no need to hurry",
+    "not gonna lie",
+    "not sure why",
+    "not least",
+    "not only that",
+    "not that it matters",
+    "not kidding",
+    "never mind",
+    "never mind that",
+    "don't hesitate",
+    "don't be shy",
+    "don't worry",
+    "don't rush",
+    "don't overthink it",
+    "can't wait",
+    "i can't wait",
+    "can't lie",
+    "won't lie",
+    "i won't complain",
+    "nothing else",
+    "nothing more",
+    "nobody asked but",
+    "without delay",
+    "without fail",
+    "without question",
+    "isn't it fun",
+    "wouldn't that be cool",
+    "why not",
+    "if it's not too much trouble",
+    "if that's not a problem",
+    "no need to ask twice",
+    "it's no big deal",
+    "i don't mind",
+    "don't ask why",
+)
+"""Idioms that carry a negation word and negate nothing of the world."""
+DECOY_FRAMES = ("no {w}", "not {w}", "never {w}", "don't {w}", "without {w}", "nothing {w}", "not so {w}", "no {w} {y}")
+"""A negation word before words to skip (``junk_word``): it negates them, not the rain."""
+EVENT_DECOY_FRAMES = (
+    "{d}: {e}",
+    "{d} - {e}",
+    "{e} - {d}",
+    "{d}. {e}",
+    "{e}. {d}",
+)
+"""Where a decoy negation sits in an event text."""
+DECOY_GAPS = (" {n} ", ", {n}, ", " - {n} - ", ". {n}, ", " and {n}, ", "; {n}: ", " ({n}) ", ", {n} - ", " {n}, ")
+"""Where a decoy negation sits between two clauses."""
+RAIN_NOUNS_SCOPED = ("rain", "rain", "showers", "drizzle", "downpour", "rainfall", "storm", "storms", "rainstorm")
+RAIN_SCOPED: dict[bool, tuple[str, ...]] = {
+    True: (
+        "the rain never stops",
+        "rain that never stops",
+        "rain that won't stop",
+        "rain that doesn't stop",
+        "rain that won't let up",
+        "the rain doesn't let up",
+        "the rain can't stop",
+        "the rain won't end",
+        "rain with no end in sight",
+        "no end to the rain",
+        "no break in the rain",
+        "no let-up in the rain",
+        "no shortage of rain",
+        "no lack of rain",
+        "nothing but rain",
+        "never without rain",
+        "not without rain",
+        "no escaping the rain",
+        "there's no stopping the rain",
+        "don't stop the rain",
+        "don't forget the rain",
+        "never-ending rain",
+        "non-stop rain",
+        "endless rain",
+        "rain and no sign of it stopping",
+        "rain and nothing else",
+        "no doubt about the rain",
+    ),
+    False: (
+        "rain? not today",
+        "rain? no",
+        "rain: none",
+        "rain: no",
+        "rain: off",
+        "rain is not happening",
+        "rain not wanted",
+        "rain not needed",
+        "rain not included",
+        "rain stays away",
+        "rain turned off",
+        "rain is switched off",
+        "rain never comes",
+        "rain won't come",
+        "the rain doesn't come",
+        "the rain is over",
+        "not a drop of rain",
+        "zero rain",
+        "no chance of rain",
+        "no sign of rain",
+        "no rain in sight",
+        "no rain whatsoever",
+        "without any rain",
+        "never any rain",
+        "there won't be any rain",
+        "don't want rain",
+        "don't add rain",
+        "skip the rain",
+        "hold the rain",
+        "forget the rain",
+        "free of rain",
+        "keep the rain away",
+        "minus the rain",
+        "leave out the rain",
+    ),
+}
+"""Rain said with a negation of its stopping, and no rain with the negation after the rain word:
+each is read by where its negation points; its word "rain" is said in any of ``RAIN_NOUNS_SCOPED``."""
+RAIN_SCOPED_FIXED: dict[bool, tuple[str, ...]] = {
+    True: (
+        "it never stops raining",
+        "it won't stop raining",
+        "it doesn't stop raining",
+        "it hasn't stopped raining",
+        "it can't stop raining",
+        "no doubt it rains",
+        "not a dry spot anywhere",
+        "nowhere dry",
+        "never dry",
+        "anything but dry",
+        "far from dry",
+        "no dry weather",
+        "not dry",
+        "not dry at all",
+        "no dry spells",
+    ),
+    False: (
+        "don't make it rain",
+        "it won't rain",
+        "it never rains",
+        "it doesn't rain",
+        "it isn't raining",
+        "it hasn't rained",
+        "not wet",
+        "not wet at all",
+        "not rainy",
+        "not stormy",
+        "nothing wet",
+    ),
+}
+"""The same in verbs and adjectives (the rain word as it is)."""
+
 SIDE_AFTER = (
     "on the {s}",
     "to the {s}",
@@ -534,6 +705,10 @@ PROMPT_SHARE = 0.7
 SOURCE_SHARE = 0.4
 """v15: the share of training pairs drawn from the independently written phrasings (``text_sources``)."""
 NOTHING_SHARE = 0.05
+DECOY_SHARE = 0.25
+"""v20: prompts with a negation that negates nothing (``decoy_negation``); events the same."""
+RAIN_SCOPED_SHARE = 0.3
+"""v20: rain phrases from ``RAIN_SCOPED``."""
 EVENT_NONE_SHARE = 0.15
 _ATTRIBUTE_WORDS = (
     frozenset(
@@ -893,6 +1068,14 @@ def _time_phrase(time: str, rng: random.Random) -> str:
     return _framed(out, rng) if rng.random() < 0.2 else out
 
 
+def decoy_negation(rng: random.Random) -> str:
+    """v20: a negation that negates nothing of the world: an idiom, or a negation word before words
+    to skip."""
+    if rng.random() < 0.6:
+        return rng.choice(DECOY_NEGATIONS)
+    return rng.choice(DECOY_FRAMES).format(w=junk_word(rng), y=junk_word(rng))
+
+
 def time_decoy(rng: random.Random) -> str:
     """v12: a time frame around a word to skip ("time of day: <made-up>", "a <word> sky"): it names no
     time, so the frame's own words ("time", "sky", "hours", "it's") never say night or day by
@@ -901,7 +1084,13 @@ def time_decoy(rng: random.Random) -> str:
 
 
 def _rain_phrase(rain: bool, rng: random.Random) -> str:
-    out = rng.choice(RAIN_PHRASES[rain])
+    if rng.random() < RAIN_SCOPED_SHARE:  # v20
+        if rng.random() < 0.6:
+            out = re.sub(r"\brain\b", rng.choice(RAIN_NOUNS_SCOPED), rng.choice(RAIN_SCOPED[rain]))
+        else:
+            out = rng.choice(RAIN_SCOPED_FIXED[rain])
+    else:
+        out = rng.choice(RAIN_PHRASES[rain])
     return _framed(out, rng) if rng.random() < 0.15 else out
 
 
@@ -925,6 +1114,7 @@ def prompt_text(
     for o, ph in zip(objects, parts, strict=True):
         tags[ph] = o
     attrs: list[str] = []
+    rain_clause = ""
     # combined forms: "a snowy night", "a rainy day", "a stormy snowy night"
     if say_time and (say_ground or say_rain) and rng.random() < 0.45:
         adjs = []
@@ -940,7 +1130,8 @@ def prompt_text(
         if say_time:
             attrs.append(_time_phrase(time, rng))
         if say_rain:
-            attrs.append(_rain_phrase(spec.rain, rng))
+            rain_clause = _rain_phrase(spec.rain, rng)
+            attrs.append(rain_clause)
     if not say_time and rng.random() < 0.3:
         attrs.append(time_decoy(rng))
     rng.shuffle(attrs)
@@ -954,13 +1145,20 @@ def prompt_text(
     named = tuple(tags[c] for c in clauses if c in tags)
     if len(named) != len(spec.objects):  # two identical phrases: keep the spec's order
         named = spec.objects
-    text = clauses[0]
-    for c in clauses[1:]:
-        text += rng.choice(JOINERS).format(x=junk_word(rng)) + c
+    gaps = [rng.choice(JOINERS).format(x=junk_word(rng)) for _ in clauses[1:]]
+    decoy = rng.random() < DECOY_SHARE
+    if decoy and gaps:  # v20: a negation between clauses, most often right before the rain
+        i = clauses.index(rain_clause) - 1 if rain_clause in clauses[1:] and rng.random() < 0.6 else -1
+        gaps[i if i >= 0 else rng.randrange(len(gaps))] = rng.choice(DECOY_GAPS).format(n=decoy_negation(rng))
+    text = clauses[0] + "".join(g + c for g, c in zip(gaps, clauses[1:], strict=True))
     carrier = rng.choice(CARRIERS) if rng.random() < 0.7 else junk_phrase(rng, 1, 4)
+    if decoy and not gaps or rng.random() < 0.05:  # v20: "no pressure, but i want ..."
+        carrier = decoy_negation(rng) + rng.choice((", ", ": ", " - ", ", but ", ". ")) + carrier
     if carrier and rng.random() < 0.25:  # v8: "alright, ...", "so: ..." (a carrier's punctuation says nothing)
         carrier += rng.choice(CARRIER_MARKS).rstrip()
     suffix = rng.choice(SUFFIXES) if rng.random() < 0.85 else junk_phrase(rng, 1, 2)
+    if rng.random() < 0.05:  # v20: "..., no rush"
+        text, suffix = text + rng.choice((",", " -", ".", "")), decoy_negation(rng)
     text = " ".join(x for x in (carrier, text, suffix) if x)
     return text, say_ground, say_time, say_rain, named
 
@@ -1150,6 +1348,8 @@ def event_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
     if carrier and rng.random() < 0.25:
         carrier += rng.choice(CARRIER_MARKS).rstrip()
     text = " ".join(x for x in (carrier, text, rng.choice(("", "", "", "please", "now"))) if x)
+    if rng.random() < DECOY_SHARE / 2:  # v20: "no rush, make it rain" starts it
+        text = rng.choice(EVENT_DECOY_FRAMES).format(d=decoy_negation(rng), e=text)
     text = noisy(text, rng, typo_rate=0.08 if rng.random() < 0.4 else 0.0)
     return text, {"event": event}
 
