@@ -69,7 +69,6 @@ SOURCE = Source(
         "{d} {k} in {c} on the {s}",
         "{d} {c}-coloured {k} on the {s}",
         "to the {s}, {d} {c} {k}",
-        "{d} {c} {k} parked on the {s}",
         "{d} {c} {k} on the {s} of the map",
         "there's {d} {c} {k} on the {s}",
         "there is {d} {c} {k} to the {s}",

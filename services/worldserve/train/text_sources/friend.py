@@ -499,7 +499,6 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "can we get rain now",
         "add rain",
         "time for rain",
-        "switch on the rain",
         "wanna see it rain",
     ),
     "the rain stops": (

@@ -560,7 +560,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "make rain fall",
         "rain come",
         "turn on rain",
-        "switch on the rain",
         "put rain",
         "add rain",
         "give rain",

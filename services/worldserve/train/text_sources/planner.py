@@ -579,7 +579,6 @@ SOURCE = Source(
             "rain now",
             "can we have some rain now?",
             "it's starting to pour",
-            "switch on the rain",
             "now add rain",
             "rain starts falling",
             "the clouds open up and it rains",

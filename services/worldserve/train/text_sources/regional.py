@@ -55,7 +55,6 @@ OBJECTS: tuple[str, ...] = (
     "there'd be {d} {c} {k} on the {s}",
     "on the {s} I want {d} {c} {k}",
     "{d} {c} {k} over yonder on the {s}",
-    "{d} {c} {k} parked on the {s}",
     "{d} {c} {k} hard over to the {s}",
     "{d} {c} {k} tucked away on the {s}",
     "there's {d} {c} {k} sitting on the {s}",
@@ -395,7 +394,6 @@ CARRIERS: tuple[str, ...] = (
     "create",
     "put together",
     "can ya do",
-    "fancy making",
     "do us",
 )
 
@@ -572,7 +570,6 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "the heavens open",
         "it's pouring now",
         "cue the rain",
-        "switch on the rain",
         "a downpour starts",
         "it's started spitting with rain",
         "a storm rolls in",
@@ -657,7 +654,6 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "the evening draws in",
         "it's nighttime now",
         "make it dark",
-        "darken the sky",
         "time for night",
         "the day's done",
         "night comes",

@@ -68,7 +68,6 @@ _OBJECTS = (
     "{d} {k} on the {s} . {c} . obviously",
     "{c} {k} on the {s} pls",
     "{d} {c} {k} hanging out on the {s}",
-    "{d} {c} {k} parked on the {s}",
     "{d} {c} {k} on the {s} of the screen",
     "{d} {c} {k} on the {s} of the frame",
     "spotted: {d} {c} {k} on the {s}",

@@ -783,7 +783,6 @@ SOURCE = Source(
         "hum a little tune",
         "hello there",
         "I'm hungry",
-        "mute the music",
         "open the settings",
     ),
     typo=_typo,
