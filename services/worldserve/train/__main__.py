@@ -282,6 +282,7 @@ TEXT_SETS: dict[str, tuple[str, str] | None] = {
     "blind4": ("text_blind4", "blind4"),
     "blind5": ("text_blind5", "blind5"),
     "blind6": ("text_blind6", "blind6"),
+    "blind7": ("text_blind7", "blind7"),
 }
 """``text-eval --set``: each held-out set's module and function."""
 
@@ -295,7 +296,7 @@ def text_eval(
         "heldout",
         "--set",
         help="'heldout' (text_heldout, seed 2025), 'fresh' (text_fresh, seed 77: the second set), or 'blind', "
-        "'blind2' ... 'blind6' (text_blind*, the third to eighth sets, each written blind: run once per shipped "
+        "'blind2' ... 'blind7' (text_blind*, the third to ninth sets, each written blind: run once per shipped "
         "model)",
     ),
 ) -> None:

@@ -504,7 +504,6 @@ SOURCE = Source(
             "could we have some rain?",
             "introduce rainfall at this point",
             "rain starts falling",
-            "it's beginning to rain",
             "the weather turns rainy",
             "trigger the rain",
             "a rainstorm begins",

@@ -488,7 +488,6 @@ SOURCE = Source(
         "hello?",
         "give me a nice scene for the viewers",
         "just a simple level",
-        "your call",
         "I'm not fussy",
         "anything goes",
         "do whatever",

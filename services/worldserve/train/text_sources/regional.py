@@ -563,7 +563,6 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "start the rain",
         "let it rain",
         "bring on the rain",
-        "it's beginning to rain",
         "rain begins",
         "it's started bucketing down",
         "now it's lashing",

@@ -675,7 +675,6 @@ _EVENTS = {
         "enter the night phase",
         "the sun dips below the horizon",
         "fast-forward to evening",
-        "evening has arrived",
         "now it is night",
         "the daylight fades",
         "it's dark now",
