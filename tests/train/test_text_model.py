@@ -214,6 +214,22 @@ def test_reading_corrects_typos_to_known_words_and_marks_unknown_ones():
     assert all(w in v.spelling or w in v.known for p, _ in pairs for w in re.findall(r"[a-z]{2,}", p.split(":", 1)[1]))
 
 
+def test_common_real_words_are_never_corrected_to_an_attribute_word():
+    """A real word one edit from a spelling word is not a typo of it: "a glass door" names no grass
+    ground, "a hall" no stopping; rare ones still are ("dor" -> "door")."""
+    from worldserve.text.spec import Vocabulary, read_words
+
+    v = td.reading_vocabulary()
+    assert {"glass", "hall", "bench", "clean"} <= v.real and not v.real & (v.spelling | v.known | set(v.aliases))
+    assert read_words("a red glass door by the hall, clean", v) == "a red _ door by the _, _"
+    assert read_words("a dor in the rian, nigh", v) == "a door in the rain, night"
+    shipped = Vocabulary.read(SHIPPED)
+    assert "glass" in shipped.real and read_words("glass", shipped) == "_"
+    assert Vocabulary.from_json(v.to_json()).real == v.real
+    with pytest.raises(ValueError, match="real must list words it neither reads nor aliases"):
+        Vocabulary.from_json({**v.to_json(), "real": ["grass"]})
+
+
 def test_words_never_seen_are_read_as_their_forms_and_synonyms_the_model_knows():
     from worldserve.text.spec import read_words
 

@@ -74,7 +74,8 @@ def read_words(text: str, vocab: Vocabulary) -> str:
     one of ``vocab.spelling`` or ``vocab.known`` stays; one of ``vocab.aliases`` (a form or synonym
     of a word it knows) becomes that word ("finished" -> "finish", "sunshine" -> "sun"); one edit
     away from exactly one spelling word with the same first letter, it becomes that word ("craet" ->
-    "crate", "cya" -> "cyan"; only to words of at least ``SPELL_MIN`` letters); otherwise, where
+    "crate", "cya" -> "cyan"; only to words of at least ``SPELL_MIN`` letters; never one of
+    ``vocab.real``, a common word in its own right: "glass" is not "grass"); otherwise, where
     ``vocab.unknown`` is set, it becomes that marker (the model learned to skip unknown words as
     one). Punctuation stays."""
     if not vocab.spelling:
@@ -86,7 +87,7 @@ def read_words(text: str, vocab: Vocabulary) -> str:
             return w
         if w in vocab.aliases:
             return vocab.aliases[w]
-        if len(w) >= SPELL_MIN - 1:
+        if len(w) >= SPELL_MIN - 1 and w not in vocab.real:
             near = [s for s in vocab.spelling if s[0] == w[0] and len(s) >= SPELL_MIN and _one_edit(w, s)]
             if len(near) == 1:
                 return near[0]
@@ -145,6 +146,9 @@ class Vocabulary:
     """Set: a word neither known nor correctable is read as this marker (models trained so)."""
     aliases: Mapping[str, str] = field(default_factory=dict)
     """Words the model never saw, each read as a spelling or known word (its form or synonym)."""
+    real: frozenset[str] = frozenset()
+    """Common real words one edit from a spelling word ("glass", "hall", "bench"): never corrected
+    to it ("a glass door" says no grass), read as the unknown marker."""
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -162,6 +166,8 @@ class Vocabulary:
             d["unknown"] = self.unknown
         if self.aliases:
             d["aliases"] = dict(sorted(self.aliases.items()))
+        if self.real:
+            d["real"] = sorted(self.real)
         return d
 
     @classmethod
@@ -177,7 +183,7 @@ class Vocabulary:
                 raise ValueError(f"{where}: {n} must be a non-empty list of strings, got {v!r}")
             out[n] = tuple(v)
         lists: dict[str, frozenset[str]] = {}
-        for n in ("spelling", "known"):
+        for n in ("spelling", "known", "real"):
             v = d.get(n, [])
             if not isinstance(v, list) or not all(isinstance(x, str) and x.isalpha() and x == x.lower() for x in v):
                 raise ValueError(f"{where}: {n} must be a list of lower-case words")
@@ -192,7 +198,16 @@ class Vocabulary:
             for k, v in aliases.items()
         ):
             raise ValueError(f"{where}: aliases must map lower-case words it does not read to words it reads")
-        return cls(**out, spelling=lists["spelling"], known=lists["known"], unknown=unknown, aliases=aliases)
+        if lists["real"] & (reads | set(aliases)):
+            raise ValueError(f"{where}: real must list words it neither reads nor aliases")
+        return cls(
+            **out,
+            spelling=lists["spelling"],
+            known=lists["known"],
+            unknown=unknown,
+            aliases=aliases,
+            real=lists["real"],
+        )
 
     @classmethod
     def read(cls, folder: str | Path) -> Vocabulary:

@@ -45,6 +45,15 @@ TARGET_SENSES = 3
 """... and it must be one of the target word's this many most common senses too (its first, or one
 it was seen in: SemCor counts): "gloomy" is not read as "blue", "grit" as "sand", "toss" as "sky"."""
 MIN_LEN = 3
+REAL_MIN_COUNT = 5
+"""A real word ("real": never corrected as a typo) is one WordNet saw tagged at least this often
+(SemCor counts; its inflections follow it): "glass", "hall", "bench", not "quirt" or "goad"."""
+
+
+@functools.cache
+def load_real() -> frozenset[str]:
+    """The committed real words one edit from a spelling word (``build_real``)."""
+    return frozenset(json.loads(FILE.read_text()).get("real", ()))
 
 
 @functools.cache
@@ -126,13 +135,47 @@ def build(spelling: frozenset[str], known: frozenset[str], targets: frozenset[st
     return dict(sorted(out.items()))
 
 
+def build_real(spelling: frozenset[str]) -> list[str]:
+    """Common real words (``REAL_MIN_COUNT``) one edit from exactly one spelling word, as
+    ``text.spec.read_words`` would correct them ("glass" -> "grass", "hall" -> "halt"): the reader
+    leaves them uncorrected."""
+    from lemminflect import getAllInflections
+    from nltk.corpus import wordnet as wn
+
+    from worldserve.text.spec import SPELL_MIN, _one_edit
+
+    common: set[str] = set()
+    for name in wn.all_lemma_names():
+        w = name.lower()
+        if w.isalpha() and w.isascii() and sum(_count(s, w) for s in wn.synsets(w)) >= REAL_MIN_COUNT:
+            common.add(w)
+    forms = set(common)
+    for w in common:
+        forms |= {f for fs in getAllInflections(w).values() for f in fs if f.isalpha()}
+    out = []
+    for w in sorted(forms - spelling):
+        if len(w) < SPELL_MIN - 1:
+            continue
+        near = [s for s in spelling if s[0] == w[0] and len(s) >= SPELL_MIN and _one_edit(w, s)]
+        if len(near) == 1:
+            out.append(w)
+    return out
+
+
 def main() -> None:
     from . import text_data
 
     ap = argparse.ArgumentParser(description="build text_aliases.json (WordNet + lemminflect)")
     ap.add_argument("--out", default=str(FILE))
+    ap.add_argument("--real-only", action="store_true", help="rebuild only the real words, keep the aliases")
     a = ap.parse_args()
     spelling = text_data.spelling_words()
+    if a.real_only:
+        kept: dict[str, Any] = json.loads(FILE.read_text())
+        kept["real"] = build_real(spelling)
+        Path(a.out).write_text(json.dumps(kept, indent=0, sort_keys=False) + "\n")
+        print(f"{len(kept['real'])} real words -> {a.out}")
+        return
     known = text_data.known_words() - spelling
     targets = spelling | (known - frozenset(text_data.ENGLISH_WORDS))
     aliases = build(spelling, known, targets)
@@ -140,6 +183,7 @@ def main() -> None:
         "source": "WordNet 3.0 (the 2 most common senses of a word) and lemminflect 0.2.3; "
         "python -m worldserve.train.text_aliases",
         "aliases": aliases,
+        "real": build_real(spelling),
     }
     Path(a.out).write_text(json.dumps(doc, indent=0, sort_keys=False) + "\n")
     print(f"{len(aliases)} aliases -> {a.out}")

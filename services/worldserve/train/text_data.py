@@ -768,7 +768,9 @@ def reading_vocabulary() -> Vocabulary:
     words in training, unseen words in use: the model learns to skip them)."""
     spelling = spelling_words()
     known = known_words() - spelling
-    return Vocabulary(spelling=spelling, known=known, unknown=UNKNOWN, aliases=_aliases(spelling | known))
+    aliases = _aliases(spelling | known)
+    real = text_aliases.load_real() - spelling - known - set(aliases)  # v20: "glass" is not "grass"
+    return Vocabulary(spelling=spelling, known=known, unknown=UNKNOWN, aliases=aliases, real=real)
 
 
 def _aliases(reads: frozenset[str]) -> dict[str, str]:
