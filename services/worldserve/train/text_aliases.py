@@ -12,6 +12,10 @@ and lemminflect; training and serving need neither):
   word's most common; where several are listed, the first of the most common sense, a spelling
   word (an attribute or event keyword) before any other.
 
+And one list for the reader's typo correction (``real``, since v20): common English words one edit
+from a spelling word ("glass" next to "grass", "hall" next to "halt"), which are never corrected to it
+(``build_real``; ``--real-only`` rebuilds just that list and keeps the aliases).
+
 Only words that say something are synonyms' targets: the spelling words and the training texts' own
 words, not the real words the generator only uses as words to skip (``text_data.ENGLISH_WORDS``). A word
 the model already reads is never an alias, so aliases change nothing it was trained on; they only
@@ -47,7 +51,7 @@ it was seen in: SemCor counts): "gloomy" is not read as "blue", "grit" as "sand"
 MIN_LEN = 3
 REAL_MIN_COUNT = 5
 """A real word ("real": never corrected as a typo) is one WordNet saw tagged at least this often
-(SemCor counts; its inflections follow it): "glass", "hall", "bench", not "quirt" or "goad"."""
+(SemCor counts; its inflections follow it): "glass", "hall", "bench", not "goad" or "sonny"."""
 
 
 @functools.cache
