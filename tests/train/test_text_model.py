@@ -171,7 +171,7 @@ def _negated(text: str) -> bool:
 
 
 def test_a_negation_negates_only_its_own_phrase():
-    """v20: a negation that negates nothing of the world ("no rush", "not only that", "no <word>")
+    """v20: a negation that negates nothing of the world ("no worries", "not only that", "no <word>")
     sits among raining prompts and starting events, rain is said through a negated stopping ("it
     never stops raining"), and no rain with the negation after the rain word ("rain? not today")."""
     rng = random.Random(20)
