@@ -163,11 +163,11 @@ def test_the_rain_stops_only_where_a_word_says_so():
         assert {"teal", "crate", "left"} <= set(re.findall(r"[a-z]+", ph)), ph
 
 
-_NEGATIONS = ("no", "not", "never", "nothing", "without", "none", "nope", "zero", "non", "nowhere", "nobody")
+_NEGATIONS = frozenset(("no", "not", "never", "nothing", "without", "none", "nope", "zero", "non", "nowhere", "nobody"))
 
 
 def _negated(text: str) -> bool:
-    return bool(set(re.findall(r"[a-z]+", text.lower())) & set(_NEGATIONS)) or "n't" in text
+    return bool(set(re.findall(r"[a-z]+", text.lower())) & _NEGATIONS) or "n't" in text
 
 
 def test_a_negation_negates_only_its_own_phrase():

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +69,15 @@ def _one_edit(a: str, b: str) -> bool:
     return short[i:] == long_[i + 1 :]
 
 
+def corrected(word: str, spelling: Iterable[str]) -> str | None:
+    """The spelling word a typo ``word`` is read as: the only one of ``spelling`` one edit away with
+    the same first letter (of at least ``SPELL_MIN`` letters, ``word`` at least one fewer); else None."""
+    if len(word) < SPELL_MIN - 1:
+        return None
+    near = [s for s in spelling if s[0] == word[0] and len(s) >= SPELL_MIN and _one_edit(word, s)]
+    return near[0] if len(near) == 1 else None
+
+
 def read_words(text: str, vocab: Vocabulary) -> str:
     """``text`` (already normalized) as the model reads it, word by word (a word: a run of letters):
     one of ``vocab.spelling`` or ``vocab.known`` stays; one of ``vocab.aliases`` (a form or synonym
@@ -87,10 +96,8 @@ def read_words(text: str, vocab: Vocabulary) -> str:
             return w
         if w in vocab.aliases:
             return vocab.aliases[w]
-        if len(w) >= SPELL_MIN - 1 and w not in vocab.real:
-            near = [s for s in vocab.spelling if s[0] == w[0] and len(s) >= SPELL_MIN and _one_edit(w, s)]
-            if len(near) == 1:
-                return near[0]
+        if w not in vocab.real and (fix := corrected(w, vocab.spelling)):
+            return fix
         return vocab.unknown if vocab.unknown and len(w) > 1 else w
 
     return re.sub(r"[a-z]+", one, text)

@@ -273,18 +273,8 @@ def text_average(
     console.print(f"model: {folder}")
 
 
-TEXT_SETS: dict[str, tuple[str, str] | None] = {
-    "heldout": None,  # evaluate_folder's default: text_heldout
-    "fresh": ("text_fresh", "fresh"),
-    "blind": ("text_blind", "blind"),
-    "blind2": ("text_blind2", "blind2"),
-    "blind3": ("text_blind3", "blind3"),
-    "blind4": ("text_blind4", "blind4"),
-    "blind5": ("text_blind5", "blind5"),
-    "blind6": ("text_blind6", "blind6"),
-    "blind7": ("text_blind7", "blind7"),
-}
-"""``text-eval --set``: each held-out set's module and function."""
+TEXT_SETS = ("heldout", "fresh", "blind", "blind2", "blind3", "blind4", "blind5", "blind6", "blind7")
+"""``text-eval --set``: each held-out set NAME is the function ``NAME()`` of the module ``text_NAME``."""
 
 
 @app.command("text-eval")
@@ -309,12 +299,10 @@ def text_eval(
         names = [repr(n) for n in TEXT_SETS]
         console.print(f"[red]error:[/] unknown set {heldout_set!r}: {', '.join(names[:-1])} or {names[-1]}")
         raise typer.Exit(2)
-    items = None
-    if (where := TEXT_SETS[heldout_set]) is not None:  # the training modules load only for the set asked for
-        import importlib
+    import importlib
 
-        module, function = where
-        items = getattr(importlib.import_module(f".{module}", __package__), function)()
+    # only the set asked for is loaded
+    items = getattr(importlib.import_module(f".text_{heldout_set}", __package__), heldout_set)()
     r = evaluate_folder(model, dtype=dtype, items=items)
     r["set"] = heldout_set
     report.parent.mkdir(parents=True, exist_ok=True)

@@ -146,7 +146,7 @@ def build_real(spelling: frozenset[str]) -> list[str]:
     from lemminflect import getAllInflections
     from nltk.corpus import wordnet as wn
 
-    from worldserve.text.spec import SPELL_MIN, _one_edit
+    from worldserve.text.spec import corrected
 
     common: set[str] = set()
     for name in wn.all_lemma_names():
@@ -156,14 +156,7 @@ def build_real(spelling: frozenset[str]) -> list[str]:
     forms = set(common)
     for w in common:
         forms |= {f for fs in getAllInflections(w).values() for f in fs if f.isalpha()}
-    out = []
-    for w in sorted(forms - spelling):
-        if len(w) < SPELL_MIN - 1:
-            continue
-        near = [s for s in spelling if s[0] == w[0] and len(s) >= SPELL_MIN and _one_edit(w, s)]
-        if len(near) == 1:
-            out.append(w)
-    return out
+    return [w for w in sorted(forms - spelling) if corrected(w, spelling)]
 
 
 def main() -> None:
