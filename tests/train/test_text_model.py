@@ -216,13 +216,13 @@ def test_reading_corrects_typos_to_known_words_and_marks_unknown_ones():
 
 def test_common_real_words_are_never_corrected_to_an_attribute_word():
     """A real word one edit from a spelling word is not a typo of it: "a glass door" names no grass
-    ground, "a hall" no stopping; rare ones still are ("dor" -> "door")."""
+    ground, "a rail" no rain; rare ones still are ("dor" -> "door")."""
     from worldserve.text.spec import Vocabulary, read_words
 
     v = td.reading_vocabulary()
-    assert {"glass", "hall", "bench", "clean"} <= v.real and not v.real & (v.spelling | v.known | set(v.aliases))
-    assert read_words("a red glass door by the hall, clean", v) == "a red _ door by the _, _"
-    assert read_words("a dor in the rian, nigh", v) == "a door in the rain, night"
+    assert {"glass", "rail", "bench", "clean"} <= v.real and not v.real & (v.spelling | v.known | set(v.aliases))
+    assert read_words("a red glass door by the rail, clean", v) == "a red _ door by the _, _"
+    assert read_words("a dor in the rian, nihgt", v) == "a door in the rain, night"
     shipped = Vocabulary.read(SHIPPED)
     assert "glass" in shipped.real and read_words("glass", shipped) == "_"
     assert Vocabulary.from_json(v.to_json()).real == v.real
@@ -236,8 +236,8 @@ def test_words_never_seen_are_read_as_their_forms_and_synonyms_the_model_knows()
     v = td.reading_vocabulary()
     # word forms (lemminflect) and synonyms (WordNet's most common senses) of words it reads
     assert read_words("the rain is completed", v) == "the rain is finish"
-    assert read_words("sundowns please, aurora", v) == "sunset please, dawn"
-    assert read_words("commencing the deluge", v) == "begin the downpour"
+    assert read_words("sunsets please, aurora", v) == "sunset please, dawn"
+    assert read_words("completing the deluge", v) == "finish the downpour"
     # a synonym only through the common senses of both words: "gloomy" is not "blue", "grit" not "sand"
     assert read_words("a gloomy grit", v) == "a _ _"
     # an alias never shadows a word the model reads, and always names one it reads
@@ -418,9 +418,11 @@ def test_the_blind_heldout_set_is_apart_from_training_and_fixed():
     _assert_a_fixed_blind_set(tb, tb.blind)
 
 
-@pytest.mark.parametrize(("n", "least"), [(2, 10), (3, 12), (4, 12), (5, 12), (6, 12), (7, 12)], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    ("n", "least"), [(2, 10), (3, 12), (4, 12), (5, 12), (6, 12), (7, 12), (8, 12)], ids=lambda v: str(v)
+)
 def test_the_later_blind_heldout_sets_are_apart_from_training_and_fixed(n: int, least: int):
-    """The fourth to ninth sets (``text_blind2`` ... ``text_blind7``), each written blind by its own
+    """The fourth to tenth sets (``text_blind2`` ... ``text_blind8``), each written blind by its own
     helper in the same shape: tables ``B{n}_*``, ``blind{n}()`` and ``template_strings()``."""
     mod = importlib.import_module(f"worldserve.train.text_blind{n}")
 

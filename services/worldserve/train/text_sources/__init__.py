@@ -1,7 +1,7 @@
-"""Independently written training phrasings for the text model (v15: six, v16: ten, v18: thirteen, v19: nineteen):
-each module holds one writer's ``base.Source``, written blind to the training generator
-(``text_data``) and to every held-out set. ``text_data.sample`` draws ``text_data.SOURCE_SHARE`` of
-its pairs from them."""
+"""Independently written training phrasings for the text model (v15: six, v16: ten, v18: thirteen,
+v19: nineteen, v21: twenty-six): each module holds one writer's ``base.Source``, written blind to
+the training generator (``text_data``) and to every held-out set. ``text_data.sample`` draws
+``text_data.SOURCE_SHARE`` of its pairs from them."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ NAMES = (
     "scientist",
     "traveler",
     "regional",
+    "poet",
+    "director",
+    "realtor",
+    "lawyer",
+    "chef",
+    "radio",
+    "farmer",
 )
 """The writers' modules, one persona each (their docstrings say who)."""
 

@@ -88,7 +88,6 @@ OBJECTS: tuple[str, ...] = (
     "def {d} {c} {k} on the {s}",
     "could there be {d} {c} {k} on the {s}",
     "ooh {d} {c} {k} on the {s}",
-    "{d} {c} {k} goes on the {s}",
     "{d} {c} {k} goes over on the {s}",
     "{d} {c} {k} hanging out on the {s}",
     "{d} {c} {k} plopped on the {s}",

@@ -66,7 +66,6 @@ _OBJECTS = (
     "{d} {c} {k} somewhere on the {s}",
     "{d} {c} {k} spawned on the {s}",
     "{d} {c} {k} should be on the {s}",
-    "{d} {c} {k} goes on the {s}",
     "{d} {c} {k} hugging the {s}",
     "{d} {c} colored {k} on the {s}",
     "{d} {k} thats {c} on the {s}",

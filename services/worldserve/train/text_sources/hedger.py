@@ -596,7 +596,6 @@ SOURCE = Source(
             "nightfall",
             "evening comes",
             "switch to night",
-            "dusk settles in",
             "the stars come out",
             "the moon rises",
             "it's getting dark",

@@ -222,7 +222,6 @@ _TIME = {
         "in the early morning",
         "late in the afternoon",
         "it is daytime",
-        "the sun has risen",
         "sunlight falls across everything",
         "with sunshine all around",
         "at midday",

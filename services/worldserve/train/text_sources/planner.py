@@ -590,7 +590,6 @@ SOURCE = Source(
             "some rain please, he's asking for it",
             "raindrops begin to fall",
             "begin the rain",
-            "it's started raining",
         ),
         "the rain stops": (
             "the rain stops",
@@ -640,7 +639,6 @@ SOURCE = Source(
             "sunset now",
             "nighttime please",
             "it turns to night",
-            "the sky goes dark",
             "the moon rises",
             "twilight sets in",
             "it becomes night",

@@ -563,7 +563,6 @@ _EVENTS = {
         "nighttime omg",
         "#night",
         "darkness falls",
-        "the sky goes dark",
         "cue the night",
         "here comes the night",
         "night is here",

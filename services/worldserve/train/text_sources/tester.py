@@ -88,7 +88,6 @@ _OBJECTS: tuple[str, ...] = (
     "- {d} {c} {k} on the {s}",
     "{k} ({c}) @ {s}",
     "can I get {d} {c} {k} on the {s}",
-    "{d} {c} {k} goes on the {s}",
     "{d} {k} in {c} on the {s}",
 )
 

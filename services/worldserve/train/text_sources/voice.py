@@ -596,7 +596,6 @@ SOURCE = Source(
             "the moon comes up",
             "it turns dark",
             "it's nighttime now",
-            "the sky goes dark",
             "twilight sets in",
             "um can you make it night",
             "take it to night",
