@@ -16,7 +16,9 @@ Events: paraphrases of each declared event (``common.caption.EVENTS``) with fill
 
 v15 on: ``SOURCE_SHARE`` (40%) of the pairs are drawn from independently written phrasing
 sources (``text_sources``: one writer and persona each, blind to this module and to every held-out
-set), with this module's noise on top; their words are read as they are (``known_words``).
+set), with this module's noise on top; their words are read as they are (``known_words``). v21
+changes only the sources: 26 writers instead of 19 (``text_sources.NAMES``), and with them the
+filler words (``text_words``) and aliases (``text_aliases``) rebuilt for their words.
 
 The held-out set (``text_heldout``) is written separately with its own templates and carrier words.
 """
