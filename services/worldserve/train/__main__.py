@@ -273,7 +273,19 @@ def text_average(
     console.print(f"model: {folder}")
 
 
-TEXT_SETS = ("heldout", "fresh", "blind", "blind2", "blind3", "blind4", "blind5", "blind6", "blind7", "blind8")
+TEXT_SETS = (
+    "heldout",
+    "fresh",
+    "blind",
+    "blind2",
+    "blind3",
+    "blind4",
+    "blind5",
+    "blind6",
+    "blind7",
+    "blind8",
+    "blind9",
+)
 """``text-eval --set``: each held-out set NAME is the function ``NAME()`` of the module ``text_NAME``."""
 
 
@@ -286,7 +298,7 @@ def text_eval(
         "heldout",
         "--set",
         help="'heldout' (text_heldout, seed 2025), 'fresh' (text_fresh, seed 77: the second set), or 'blind', "
-        "'blind2' ... 'blind8' (text_blind*, the third to tenth sets, each written blind: run once per shipped "
+        "'blind2' ... 'blind9' (text_blind*, the third to eleventh sets, each written blind: run once per shipped "
         "model)",
     ),
 ) -> None:

@@ -548,7 +548,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "the rain is over",
         "rain's done, it stopped",
         "the rain has ended",
-        "it's stopped raining",
         "the rain comes to an end",
         "halt the rain",
         "Cease all rainfall.",
@@ -572,7 +571,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
     ),
     "night falls": (
         "night falls",
-        "night has fallen",
         "it becomes night",
         "it gets dark",
         "darkness falls",
@@ -614,7 +612,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
     ),
     "day breaks": (
         "day breaks",
-        "day has broken",
         "dawn breaks",
         "the sun rises",
         "the sun comes up",
@@ -698,7 +695,6 @@ _EVENT_NONE: tuple[str, ...] = (
     "quit to menu",
     "it starts to snow",
     "the wind picks up",
-    "a gust of wind blows through",
     "open the red box",
     "push the box to the left",
     "Please exercise the option to open the Door.",

@@ -576,7 +576,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "rain stop",
         "stop the rain",
         "no more rain",
-        "rain finished",
         "rain is over",
         "the rain ends",
         "end the rain",

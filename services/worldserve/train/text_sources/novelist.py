@@ -308,7 +308,6 @@ _RAIN = {
         "rain streams down",
         "in the middle of a thunderstorm",
         "thunder rolls and the rain pours",
-        "the heavens have opened",
         "rain lashes down",
         "rain slants across the scene",
         "a fine rain",

@@ -264,7 +264,6 @@ RAIN = {
         "rainy",
         "under a rainy sky",
         "rain lashing down",
-        "the heavens have opened",
         "rain pattering down, as it did all through my boyhood",
         "with the rain coming down",
     ),
@@ -583,7 +582,6 @@ EVENTS = {
         "it is growing late and dark",
         "the moon rises",
         "the stars come out",
-        "night has fallen",
         "night descends upon us",
         "it is night now",
         "night-time, please",
@@ -606,7 +604,6 @@ EVENTS = {
         "it gets light",
         "make it day",
         "switch to day",
-        "bring on the morning",
         "let there be daylight",
         "it is morning now",
         "the night ends and morning comes",
@@ -668,7 +665,6 @@ EVENT_CARRIERS = (
 
 EVENT_NONE = (
     "jump",
-    "jump over the box",
     "open the door",
     "go through the door",
     "pick up the crate",

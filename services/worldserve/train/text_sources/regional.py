@@ -255,7 +255,6 @@ RAIN: dict[bool, tuple[str, ...]] = {
         "rain hammering down",
         "heavy rain",
         "a shower of rain",
-        "the heavens have opened",
         "rain pelting down",
         "rainy weather",
         "raining hard",
@@ -596,7 +595,6 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "stop the rain",
         "make the rain stop",
         "the rain's stopped",
-        "it's stopped raining",
         "the rain's cleared up",
         "it's clearing up",
         "the rain's finished",
@@ -630,7 +628,6 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "night falls",
         "nightfall",
         "it gets dark",
-        "it's getting dark",
         "darkness falls",
         "the sun goes down",
         "the sun sets",
@@ -736,7 +733,6 @@ EVENT_CARRIERS: tuple[str, ...] = (
 
 EVENT_NONE: tuple[str, ...] = (
     "jump",
-    "jump over the box",
     "open the door",
     "pick up the crate",
     "look left",

@@ -500,7 +500,6 @@ _EVENTS = {
         "started raining omg",
         "it just started raining",
         "raindrops!!",
-        "downpour incoming",
         "it's drizzling now",
         "#rain",
         "add rain",
@@ -551,7 +550,6 @@ _EVENTS = {
         "sunset!!",
         "the sun goes down",
         "it gets dark",
-        "it's getting dark",
         "dusk hits",
         "evening comes",
         "the moon comes out",
@@ -643,7 +641,6 @@ _EVENT_CARRIERS = (
 _EVENT_NONE = (
     "jump",
     "JUMP!!",
-    "jump over the box",
     "open the door",
     "open the pink door omg",
     "pick up the crate",

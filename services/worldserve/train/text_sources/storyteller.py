@@ -263,7 +263,6 @@ _RAIN: dict[bool, tuple[str, ...]] = {
         "heavy rain hammers down",
         "in the pouring rain",
         "a thunderstorm rumbles overhead",
-        "the heavens have opened",
         "with rain falling all around",
     ),
     False: (

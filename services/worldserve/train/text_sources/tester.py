@@ -630,7 +630,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "time -> night",
         "the moon rises",
         "the stars come out",
-        "it's getting dark",
         "night arrives",
         "event: nightfall",
         "fire night_start",

@@ -643,7 +643,6 @@ SOURCE = Source(
             "make it night",
             "the sun sets",
             "the sun went down",
-            "it's getting dark",
             "darkness falls",
             "evening comes",
             "the stars come out",
@@ -685,7 +684,6 @@ SOURCE = Source(
             "the night is over",
             "dawn arrives",
             "the sky gets light",
-            "wake up, it's daytime",
             "first light",
             "the first rays of sun appear",
             "the sun is up",
@@ -739,7 +737,6 @@ SOURCE = Source(
     ),
     event_none=(
         "jump",
-        "jump over the box",
         "open the door",
         "walk left",
         "run to the right",

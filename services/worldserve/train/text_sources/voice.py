@@ -566,7 +566,6 @@ SOURCE = Source(
             "the showers stop",
             "the drizzle stops",
             "the rain finally stops",
-            "it's stopped raining",
             "rain's stopped",
             "can the rain end now",
             "uh stop the rain please",
@@ -578,7 +577,6 @@ SOURCE = Source(
         "night falls": (
             "night falls",
             "make it night",
-            "it's getting dark",
             "it gets dark",
             "switch to night",
             "the sun goes down",
@@ -622,7 +620,6 @@ SOURCE = Source(
             "can it be day now",
             "time for morning",
             "the sun is out now",
-            "bring on the morning",
             "um can you make it morning",
             "bring the day back",
         ),
@@ -662,7 +659,6 @@ SOURCE = Source(
     ),
     event_none=(
         "jump",
-        "jump over the box",
         "open the door",
         "pick up the crate",
         "look left",
