@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from worldserve.common.caption import EVENTS
+from worldserve.common.caption import EVENTS, normalize_text
 from worldserve.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from worldserve.common.understanding import EventResolver, image_prompt, understand_prompt, understood_pb
-from worldserve.text.spec import MAX_TEXT_CHARS
+from worldserve.text.spec import MAX_TEXT_CHARS, lm_prompt
 
 DECLARED = list(EVENTS)
 
@@ -90,3 +90,14 @@ async def test_refusals_and_faults():
     with pytest.raises(FailedPrecondition, match="text understanding is not deployed"):
         await off.resolve("make it rain", DECLARED)
     assert await off.resolve("day breaks", DECLARED) == ("day breaks", "")  # exact names need no text app
+
+
+async def test_free_text_is_read_without_accents_or_typographic_punctuation():
+    """A phone's accent slip ("d\u00f3or") or smart quotes ("it\u2019s") read as the plain letters
+    the text model learned; nothing is spelled out longer than it was typed."""
+    assert normalize_text("A  D\u00f3or, CAF\u00c9 na\u00efve") == "a door, cafe naive"
+    assert normalize_text("it\u2019s \u201cnight\u201d \u2014 ok") == 'it\'s "night" - ok'
+    assert normalize_text("\u2026\ufb01") == "\u2026\ufb01"  # no compatibility forms (they could grow)
+    assert lm_prompt("prompt", "a r\u00e8d d\u00f3or, sn\u00f6w") == "prompt: a red door, snow\n"
+    resolver = EventResolver(None, max_chars=MAX_TEXT_CHARS)  # the text app not needed for it
+    assert await resolver.resolve("N\u00cdght  Falls", DECLARED) == ("night falls", "")

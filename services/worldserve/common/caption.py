@@ -15,6 +15,7 @@ and ``spec_from_dict`` between specs and their JSON form (the text app's structu
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,25 @@ EVENTS: dict[str, tuple[str, bool]] = {
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+_TYPOGRAPHIC = str.maketrans(
+    {
+        **dict.fromkeys("\u2018\u2019\u201a\u201b\u2032", "'"),
+        **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb", '"'),
+        **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"),
+    }
+)
+"""Typographic quotes and dashes (a phone's "smart punctuation") -> their ASCII forms."""
+
+
+def normalize_text(text: str) -> str:
+    """Free text as it is compared and read (the text model was trained on this form): accents
+    dropped ("d\u00f3or" -> "door", "caf\u00e9" -> "cafe"), typographic quotes and dashes as ASCII
+    ("it\u2019s" -> "it's"), lower-case, runs of whitespace collapsed. Canonical decomposition only:
+    an accented letter becomes its base letter, and no ligature or symbol is spelled out."""
+    text = unicodedata.normalize("NFD", text.translate(_TYPOGRAPHIC))
+    return " ".join("".join(c for c in text if not unicodedata.combining(c)).lower().split())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import collections
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from worldserve.common.caption import caption_of, is_caption, spec_from_dict, spec_to_dict
+from worldserve.common.caption import caption_of, is_caption, normalize_text, spec_from_dict, spec_to_dict
 from worldserve.common.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -38,11 +38,6 @@ ParsePrompt = Callable[[str], Awaitable[Mapping[str, Any]]]
 """The text app's ``parse_prompt(text) -> {"spec", "caption", "source"}``."""
 ParseEvent = Callable[[str, list[str]], Awaitable[str]]
 """The text app's ``parse_event(text, events) -> one of events``."""
-
-
-def normalize_text(text: str) -> str:
-    """Case and runs of whitespace aside (``worldserve.text.spec.normalize_text``)."""
-    return " ".join(text.lower().split())
 
 
 def check_free_text(text: str, what: str, max_chars: int) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from worldserve.common import caption as grammar
+from worldserve.common.caption import normalize_text
 from worldserve.common.errors import InvalidArgument
 from worldserve.common.metrics import LATENCY_BUCKETS_S, ServiceMetrics
 from worldserve.common.registry import ModelLoadError
@@ -39,7 +40,6 @@ from worldserve.text.spec import (
     Vocabulary,
     event_schema,
     lm_prompt,
-    normalize_text,
     prompt_schema,
     understood_nothing,
 )

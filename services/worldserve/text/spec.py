@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from worldserve.common import caption as grammar
+from worldserve.common.caption import normalize_text
 
 Task = Literal["prompt", "event"]
 
@@ -43,11 +44,6 @@ MAX_TEXT_CHARS = 300
 MAX_ANSWER_TOKENS = 64
 """Decoding budget per answer (the longest answer, two objects and every field, is well under it)."""
 WORLD_FILE = "world.json"
-
-
-def normalize_text(text: str) -> str:
-    """Lower-case, runs of whitespace collapsed (what the model was trained on)."""
-    return " ".join(text.lower().split())
 
 
 SPELL_MIN = 4
