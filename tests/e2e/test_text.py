@@ -9,6 +9,7 @@ of a few plain texts is checked word for word (its held-out accuracy is measured
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import time
 import urllib.request
 
@@ -73,6 +74,65 @@ def test_parse_event_maps_free_text_to_one_of_the_events_or_names_them(cluster):
             )
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert e.value.details() == "'do a barrel roll' names none of the events: 'it starts to rain', 'night falls'"
+
+
+@pytest.mark.timeout(1500)  # the first test of a run waits for the shared cluster (up to 1200 s)
+def test_concurrent_parses_are_asked_together_and_each_gets_its_own_answer(cluster):
+    """TextService asks the engine for concurrent parses together (serve.batch: one completion
+    request per answer schema, listing their prompts): each caller still gets the answer to its own
+    text, prompts and events of several schemas mixed, and the batches were bigger than one. A text
+    the engine refuses (more tokens than it takes) fails alone, INVALID_ARGUMENT."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def batches() -> tuple[float, float]:  # (parses, batches) of TextService's batched calls so far
+        text = urllib.request.urlopen(cluster["metrics_url"], timeout=30).read().decode()
+        n = c = 0.0
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.name == "ray_serve_actual_batch_size_sum" and smp.labels.get("function_name") == "_batched":
+                    n += smp.value
+                elif smp.name == "ray_serve_actual_batch_size_count" and smp.labels.get("function_name") == "_batched":
+                    c += smp.value
+        return n, c
+
+    rain, dark = ["it starts to rain", "the rain stops"], ["night falls", "day breaks"]
+    want = {
+        ("prompt", f"please gimme a {c} crate on the {s}", ()): f"a {c} box on the {s}, grass, day"
+        for c in grammar.COLORS
+        for s in grammar.SIDES
+    }
+    want |= {
+        ("event", "stop the rain now", tuple(rain)): "the rain stops",
+        ("event", "make it rain now", tuple(rain)): "it starts to rain",
+        ("event", "let night fall now", tuple(dark)): "night falls",
+        ("event", "let it be morning now", tuple(dark)): "day breaks",
+    }
+    before = batches()
+    ch, stub = _stub(cluster)
+
+    def ask(key):
+        task, text, events = key
+        if task == "prompt":
+            u = stub.ParsePrompt(text_pb2.ParsePromptRequest(text=text), metadata=_md(cluster), timeout=120)
+            _check_understood(u, text)
+            return u.caption
+        r = stub.ParseEvent(text_pb2.ParseEventRequest(text=text, events=events), metadata=_md(cluster), timeout=120)
+        return r.event
+
+    too_long = ("prompt", "\u20ac" * 299, ())  # under the character bound, over the engine's tokens
+    with ch, cf.ThreadPoolExecutor(len(want) + 1) as pool:
+        bad = pool.submit(ask, too_long)
+        got = dict(zip(want, pool.map(ask, want)))
+        with pytest.raises(grpc.RpcError) as e:
+            bad.result()
+    assert got == want  # the refused text failed alone
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert e.value.details().startswith("the language model refused the text: "), e.value.details()
+    deadline = time.monotonic() + 60
+    while (after := batches())[1] == before[1] and time.monotonic() < deadline:  # the scrape lags
+        time.sleep(3)
+    parses, n = after[0] - before[0], after[1] - before[1]
+    assert n > 0 and parses / n > 1, (parses, n)
 
 
 @pytest.mark.timeout(1500)  # the first test of a run waits for the shared cluster (up to 1200 s)

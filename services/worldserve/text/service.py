@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ray import serve
 
 from worldserve.common.config import Config, model_path
-from worldserve.common.errors import Unavailable, WorldserveError, _unwrap
+from worldserve.common.errors import InvalidArgument, Unavailable, WorldserveError, _unwrap
 from worldserve.common.registry import ModelLoadError
 from worldserve.common.servicer import ServiceBase, rpc
 from worldserve.common.serving import DeploymentOptions
@@ -49,6 +50,13 @@ LLM_DEPLOYMENT = f"LLMServer:{MODEL_ID}"
 """Ray Serve LLM's deployment in the text app."""
 WARM_UP_TIMEOUT_S = 900.0
 """Longest a TextService replica waits, starting, for the language model's first answers."""
+BATCH_MAX = 64
+"""Most parses one replica sends the LLMServer as one request (the engine's ``max_num_seqs``)."""
+BATCH_WAIT_S = 0.002
+"""How long a parse waits for others to go with it (a few ms on a parse of tens of ms)."""
+BATCH_CONCURRENT = 16
+"""Batches in flight at once per replica: a new batch does not wait for the engine to finish the last
+(vLLM's continuous batching runs them together)."""
 
 log = logging.getLogger("worldserve.text")
 
@@ -172,14 +180,21 @@ class TextService(ServiceBase):
             ("event", "make it rain", event_schema(vocab.events)),
         )
         for task, text, schema in warm:
-            await asyncio.wait_for(self._request(lm_prompt(task, text, vocab), schema), timeout=WARM_UP_TIMEOUT_S)
+            prompt = lm_prompt(task, text, vocab)
+            await asyncio.wait_for(self._request([prompt], json.dumps(schema)), timeout=WARM_UP_TIMEOUT_S)
         log.info("text model warmed up in %.1f s", time.perf_counter() - t0)
 
     async def _complete(self, prompt: str, schema: dict[str, Any]) -> str:
-        """The language model's answer: one completion request to the LLMServer (greedy, decoded
-        under ``schema``); UNAVAILABLE when it cannot answer within ``text_timeout_s``."""
+        """The language model's answer (greedy, decoded under ``schema``), asked together with the
+        replica's other concurrent parses (``_batched``); UNAVAILABLE when it cannot answer within
+        ``text_timeout_s``."""
         try:
-            return await asyncio.wait_for(self._request(prompt, schema), timeout=self.config.text_timeout_s)
+            answer = await asyncio.wait_for(
+                self._batched((prompt, json.dumps(schema))), timeout=self.config.text_timeout_s
+            )
+            if isinstance(answer, BaseException):  # this call's own failure, out of its batch
+                raise answer
+            return answer
         except asyncio.TimeoutError:
             raise Unavailable(
                 f"the language model did not answer within text_timeout_s={self.config.text_timeout_s:g} s"
@@ -189,27 +204,64 @@ class TextService(ServiceBase):
         except Exception as e:  # the LLMServer down, restarting, or its engine dead
             raise Unavailable(f"the language model is unavailable: {type(_unwrap(e)).__name__}") from None
 
-    async def _request(self, prompt: str, schema: dict[str, Any]) -> str:
+    @serve.batch(max_batch_size=BATCH_MAX, batch_wait_timeout_s=BATCH_WAIT_S, max_concurrent_batches=BATCH_CONCURRENT)
+    async def _batched(self, calls: list[tuple[str, str]]) -> list[str | BaseException]:
+        """The answers to concurrent ``(prompt, schema as JSON)`` calls (the schema's keys in their
+        own order: the decoder writes an answer's fields in that order, the one the model learned) in as few LLMServer
+        requests as there are schemas among them: one completion request lists its prompts (one Ray
+        call instead of one per parse; vLLM's engine batches the prompts as it would separate
+        requests). A request that fails is asked again prompt by prompt, so that a text the engine
+        refuses fails alone. Each answer or error goes back to its own caller."""
+        groups: dict[str, list[int]] = {}
+        for i, (_, schema) in enumerate(calls):
+            groups.setdefault(schema, []).append(i)
+        out: list[str | BaseException] = [""] * len(calls)
+
+        async def ask(schema: str, idx: list[int]) -> None:
+            try:
+                answers: list[str | BaseException] = list(await self._request([calls[i][0] for i in idx], schema))
+            except Exception as e:
+                if len(idx) == 1:
+                    answers = [e]
+                else:
+                    tries = (self._request([calls[i][0]], schema) for i in idx)
+                    answers = [
+                        r if isinstance(r, BaseException) else r[0]
+                        for r in await asyncio.gather(*tries, return_exceptions=True)
+                    ]
+            for i, a in zip(idx, answers, strict=True):
+                out[i] = a
+
+        await asyncio.gather(*(ask(schema, idx) for schema, idx in groups.items()))
+        return out
+
+    async def _request(self, prompts: list[str], schema: str) -> list[str]:
+        """One completion request to the LLMServer for ``prompts`` (greedy, decoded under the JSON
+        ``schema``): their answers, in order."""
         from ray.serve.llm.openai_api_models import CompletionRequest
 
         request = CompletionRequest.model_validate(
             {
                 "model": MODEL_ID,
-                "prompt": prompt,
+                "prompt": prompts if len(prompts) > 1 else prompts[0],
                 "max_tokens": MAX_ANSWER_TOKENS,
                 "temperature": 0.0,
-                "structured_outputs": {"json": schema},
+                "structured_outputs": {"json": json.loads(schema)},
             }
         )
-        text = ""
+        texts = [""] * len(prompts)
         async for out in self.llm.options(stream=True).completions.remote(request):
             for item in out if isinstance(out, list) else [out]:
                 choices = getattr(item, "choices", None)
                 if choices is None:  # an ErrorResponse
                     err = getattr(item, "error", item)
-                    raise Unavailable(f"the language model failed: {getattr(err, 'message', err)}")
-                text += choices[0].text or ""
-        return text
+                    message = getattr(err, "message", err)
+                    if getattr(err, "code", None) == 400:  # the engine refused the text (more tokens than it takes)
+                        raise InvalidArgument(f"the language model refused the text: {message}")
+                    raise Unavailable(f"the language model failed: {message}")
+                for c in choices:
+                    texts[c.index] += c.text or ""
+        return texts
 
     # -- gRPC ---------------------------------------------------------------------------------------
 
