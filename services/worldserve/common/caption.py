@@ -47,6 +47,8 @@ EVENTS: dict[str, tuple[str, bool]] = {
 
 
 def _norm(text: str) -> str:
+    """The grammar's reading of a caption: case and runs of whitespace aside, nothing else (a
+    caption's words are exact; free text is read with :func:`normalize_text`)."""
     return " ".join(text.lower().split())
 
 
