@@ -4,11 +4,12 @@ used by ``text.spec.read_words`` in training and serving alike).
 Two sources, both built here once and committed as ``text_aliases.json`` (the build needs WordNet
 and lemminflect; training and serving need neither):
 
-* **word forms** (lemminflect): every inflection of a word the model reads ("finished" -> "finish",
-  "quitting" -> "quit", "drizzling" -> "drizzle", "has" -> "have");
+* **word forms** (lemminflect): every inflection of a word the model reads ("quitted" -> "quit",
+  "quitting" -> "quit", "sunsets" -> "sunset", "finishing" -> "finish");
 * **synonyms** (WordNet 3.0): a word whose two most common senses (by WordNet's sense counts)
-  list a word the model reads as a synonym ("sunshine" -> "sun", "twilight" -> "nightfall",
-  "commence" -> "begin", "vermilion" -> "scarlet"), where that sense is also one of the other
+  list a word the model reads as a synonym ("aurora" -> "dawn", "deluge" -> "downpour",
+  "vermilion" -> "scarlet", "resign" -> "quit"; examples as of v21: a word the writers use becomes
+  one the model reads, and is no longer an alias), where that sense is also one of the other
   word's most common; where several are listed, the first of the most common sense, a spelling
   word (an attribute or event keyword) before any other.
 
