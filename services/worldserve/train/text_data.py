@@ -18,7 +18,9 @@ v15 on: ``SOURCE_SHARE`` (40%) of the pairs are drawn from independently written
 sources (``text_sources``: one writer and persona each, blind to this module and to every held-out
 set), with this module's noise on top; their words are read as they are (``known_words``). v21
 changes only the sources: 26 writers instead of 19 (``text_sources.NAMES``), and with them the
-filler words (``text_words``) and aliases (``text_aliases``) rebuilt for their words.
+filler words (``text_words``) and aliases (``text_aliases``) rebuilt for their words. v22 adds
+everyday time words (``TIME_EVERYDAY``: meals, bed, "tonite", "crack of dawn") as a share of the time
+phrases, and rain said as past ("the rain has stopped") as no rain.
 
 The held-out set (``text_heldout``) is written separately with its own templates and carrier words.
 """
@@ -143,6 +145,118 @@ TIME_PHRASES: dict[str, tuple[str, ...]] = {
         "at 3pm",
     ),
 }
+# v22 (issue 25): everyday time words a player types, many of them around meals and bed, which
+# neither the writers nor WordNet's synonyms supplied ("after dinner", "at brunch", "tonite"): a
+# held-out set's audit found time of day its largest miss, from words never seen or seen once.
+TIME_EVERYDAY: dict[str, tuple[str, ...]] = {
+    "night": (
+        "at dinnertime",
+        "dinnertime",
+        "dinner time",
+        "at dinner time",
+        "around dinnertime",
+        "after dinner",
+        "at dinner",
+        "over dinner",
+        "at suppertime",
+        "suppertime",
+        "supper time",
+        "after supper",
+        "at supper",
+        "at bedtime",
+        "bedtime",
+        "before bed",
+        "just before bed",
+        "bed time",
+        "tonite",
+        "at nite",
+        "nite time",
+        "late tonight",
+        "by starlight",
+        "in the starlight",
+        "starlight",
+        "on a moonless night",
+        "moonless",
+        "in the gloaming",
+        "at eventide",
+        "at sundown",
+        "sundown",
+        "after sundown",
+        "at nightfall",
+        "nightfall",
+        "at moonrise",
+        "after the sun goes down",
+        "once the sun sets",
+        "when the sun goes down",
+        "evening time",
+        "evenings",
+        "late evening",
+        "this evening",
+        "in the dead of night",
+        "at the witching hour",
+        "past midnight",
+        "after midnight",
+        "at 9 pm",
+        "at 8pm",
+        "at 11 at night",
+        "at 9 in the evening",
+        "at half past ten at night",
+    ),
+    "day": (
+        "at breakfast",
+        "breakfast time",
+        "at breakfast time",
+        "over breakfast",
+        "after breakfast",
+        "at brunch",
+        "brunch",
+        "brunch time",
+        "over brunch",
+        "at lunch",
+        "lunch time",
+        "over lunch",
+        "after lunch",
+        "before lunch",
+        "around lunch",
+        "at noontime",
+        "noontime",
+        "noonday",
+        "in the forenoon",
+        "at sunup",
+        "sunup",
+        "at daybreak",
+        "daybreak",
+        "at first light",
+        "first light",
+        "at the crack of dawn",
+        "crack of dawn",
+        "in the sunlight",
+        "sunlight",
+        "daylit",
+        "in the morn",
+        "mid-morning",
+        "mid-afternoon",
+        "late morning",
+        "this morning",
+        "this afternoon",
+        "mornings",
+        "afternoons",
+        "good morning",
+        "rise and shine",
+        "on a bright morning",
+        "the sun is shining",
+        "while the sun shines",
+        "the sun's out",
+        "sun's up",
+        "under the sun",
+        "at 7 am",
+        "at 11 in the morning",
+        "at 4 in the afternoon",
+        "at half past nine in the morning",
+    ),
+}
+EVERYDAY_TIME_SHARE = 0.3
+"""v22: of the time phrases, this share is one of ``TIME_EVERYDAY`` (each then ~1 in 3,000 pairs)."""
 TIME_NOUNS: dict[str, tuple[str, ...]] = {
     "night": ("night", "midnight", "nighttime", "moonlit night", "evening", "dusk", "twilight", "starry night"),
     "day": ("day", "morning", "afternoon", "noon", "sunny day", "daytime", "midday", "sunrise"),
@@ -300,6 +414,16 @@ RAIN_SCOPED: dict[bool, tuple[str, ...]] = {
         "rain won't come",
         "the rain doesn't come",
         "the rain is over",
+        # v22: the rain said as past ("a meadow after the rain has stopped"): no rain now
+        "the rain has stopped",
+        "the rain stopped",
+        "the rain has ended",
+        "the rain has cleared",
+        "the rain is gone",
+        "the rain has passed",
+        "the rain has let up",
+        "after the rain",
+        "now that the rain has stopped",
         "not a drop of rain",
         "zero rain",
         "no chance of rain",
@@ -715,7 +839,7 @@ EVENT_NONE_SHARE = 0.15
 _ATTRIBUTE_WORDS = (
     frozenset(
         w
-        for group in (COLOUR_WORDS, KIND_WORDS, GROUND_NOUNS, GROUND_ADJS, TIME_PHRASES, TIME_NOUNS)
+        for group in (COLOUR_WORDS, KIND_WORDS, GROUND_NOUNS, GROUND_ADJS, TIME_PHRASES, TIME_NOUNS, TIME_EVERYDAY)
         for words in group.values()
         for phrase in words
         for w in phrase.replace("-", " ").split()
@@ -730,7 +854,8 @@ def spelling_words() -> frozenset[str]:
     ``world.json`` lists them: ``text.spec.read_words``): every one-word attribute phrase and
     synonym, the sides, the event keywords and the words of stopping. Words of longer phrases
     ("with rain", "heavy rain") are left out: everyday words a typo of another may land on."""
-    groups = (COLOUR_WORDS, KIND_WORDS, GROUND_NOUNS, GROUND_ADJS, TIME_PHRASES, TIME_NOUNS, RAIN_PHRASES, RAIN_ADJS)
+    groups: tuple[dict[Any, tuple[str, ...]], ...] = (COLOUR_WORDS, KIND_WORDS, GROUND_NOUNS, GROUND_ADJS)
+    groups += (TIME_PHRASES, TIME_NOUNS, TIME_EVERYDAY, RAIN_PHRASES, RAIN_ADJS)
     one_word = {ph for g in groups for phrases in g.values() for ph in phrases if ph.isalpha()}
     one_word |= {w for words in EVENT_CORES.values() for w in words if w.isalpha()} | set(grammar.SIDES)
     one_word |= set(STOP_WORDS)
@@ -1064,11 +1189,15 @@ def _ground_phrase(g: str, rng: random.Random) -> str:
 
 
 def _time_phrase(time: str, rng: random.Random) -> str:
-    """v11: a time phrase (half), a time noun in a frame, or either among words to skip."""
+    """v11: a time phrase, a time noun in a frame, or either among words to skip; v22: an everyday
+    time phrase (``TIME_EVERYDAY``) for ``EVERYDAY_TIME_SHARE`` of them."""
     r = rng.random()
-    out = (
-        _word(TIME_PHRASES[time], rng) if r < 0.5 else rng.choice(TIME_TEMPLATES).format(n=_word(TIME_NOUNS[time], rng))
-    )
+    if r < EVERYDAY_TIME_SHARE:
+        out = rng.choice(TIME_EVERYDAY[time])
+    elif r < 0.65:
+        out = _word(TIME_PHRASES[time], rng)
+    else:
+        out = rng.choice(TIME_TEMPLATES).format(n=_word(TIME_NOUNS[time], rng))
     return _framed(out, rng) if rng.random() < 0.2 else out
 
 

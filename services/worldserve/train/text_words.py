@@ -46,7 +46,7 @@ def attribute_words() -> set[str]:
     from . import text_sources
 
     tables = (td.COLOUR_WORDS, td.KIND_WORDS, td.GROUND_NOUNS, td.GROUND_ADJS, td.TIME_PHRASES, td.TIME_NOUNS)
-    tables += (td.RAIN_PHRASES, td.RAIN_ADJS, td.EVENT_TEXTS, td.EVENT_CORES)  # type: ignore[assignment]
+    tables += (td.TIME_EVERYDAY, td.RAIN_PHRASES, td.RAIN_ADJS, td.EVENT_TEXTS, td.EVENT_CORES)  # type: ignore[assignment]
     words = {w for t in tables for v in t.values() for s in v for w in re.findall(r"[a-z]+", s.lower())}
     return words | {
         w for src in text_sources.sources() for s in src.attribute_strings() for w in re.findall(r"[a-z]+", s.lower())
