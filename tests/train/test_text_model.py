@@ -419,10 +419,12 @@ def test_the_blind_heldout_set_is_apart_from_training_and_fixed():
 
 
 @pytest.mark.parametrize(
-    ("n", "least"), [(2, 10), (3, 12), (4, 12), (5, 12), (6, 12), (7, 12), (8, 12), (9, 12)], ids=lambda v: str(v)
+    ("n", "least"),
+    [(2, 10), (3, 12), (4, 12), (5, 12), (6, 12), (7, 12), (8, 12), (9, 12), (10, 12)],
+    ids=lambda v: str(v),
 )
 def test_the_later_blind_heldout_sets_are_apart_from_training_and_fixed(n: int, least: int):
-    """The fourth to eleventh sets (``text_blind2`` ... ``text_blind9``), each written blind by its own
+    """The fourth to twelfth sets (``text_blind2`` ... ``text_blind10``), each written blind by its own
     helper in the same shape: tables ``B{n}_*``, ``blind{n}()`` and ``template_strings()``."""
     mod = importlib.import_module(f"worldserve.train.text_blind{n}")
 
