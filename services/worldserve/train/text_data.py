@@ -20,7 +20,8 @@ set), with this module's noise on top; their words are read as they are (``known
 changes only the sources: 26 writers instead of 19 (``text_sources.NAMES``), and with them the
 filler words (``text_words``) and aliases (``text_aliases``) rebuilt for their words. v22 adds
 everyday time words (``TIME_EVERYDAY``: meals, bed, "tonite", "crack of dawn") as a share of the time
-phrases, and rain said as past ("the rain has stopped") as no rain.
+phrases, rain said as past ("the rain has ended") as no rain, sides in more words than their own
+(``SIDE_WORDS``: "leftmost", "right-hand") and a few more synonyms (fuchsia, trunk, prairie).
 
 The held-out set (``text_heldout``) is written separately with its own templates and carrier words.
 """
@@ -49,17 +50,22 @@ COLOUR_WORDS: dict[str, tuple[str, ...]] = {
     "blue": ("blue", "navy", "azure", "cobalt", "navy blue", "sky blue"),
     "yellow": ("yellow", "golden", "gold", "lemon", "mustard"),
     "purple": ("purple", "violet", "lilac", "lavender", "plum"),
-    "pink": ("pink", "rose", "rosy", "hot pink", "bubblegum pink"),
+    "pink": ("pink", "rose", "rosy", "hot pink", "bubblegum pink", "fuchsia"),  # v22: fuchsia
     "cyan": ("cyan", "teal", "turquoise", "aqua", "aquamarine"),
 }
 KIND_WORDS: dict[str, tuple[str, ...]] = {
     "door": ("door", "doorway", "entrance", "portal", "exit door"),
-    "box": ("box", "crate", "chest", "cube", "carton"),
+    "box": ("box", "crate", "chest", "cube", "carton", "trunk", "parcel"),  # v22: trunk, parcel
 }
+SIDE_WORDS: dict[str, tuple[str, ...]] = {
+    "left": ("left", "leftmost", "left-hand", "lefthand", "far left", "left hand"),
+    "right": ("right", "rightmost", "right-hand", "righthand", "far right", "right hand"),
+}
+"""v22: a side said in more than its own word (the word itself half the time): "the leftmost door"."""
 GROUND_NOUNS: dict[str, tuple[str, ...]] = {
-    "grass": ("grass", "lawn", "meadow", "grassland", "green grass", "turf"),
+    "grass": ("grass", "lawn", "meadow", "grassland", "green grass", "turf", "prairie"),  # v22: prairie
     "sand": ("sand", "beach", "desert", "dunes", "sand dunes"),
-    "snow": ("snow", "snowfield", "fresh snow", "deep snow", "snowdrifts"),
+    "snow": ("snow", "snowfield", "fresh snow", "deep snow", "snowdrifts", "snowbank"),  # v22: snowbank
 }
 GROUND_ADJS: dict[str, tuple[str, ...]] = {
     "grass": ("grassy", "grass-covered", "green grassy"),
@@ -414,8 +420,7 @@ RAIN_SCOPED: dict[bool, tuple[str, ...]] = {
         "rain won't come",
         "the rain doesn't come",
         "the rain is over",
-        # v22: the rain said as past ("a meadow after the rain has stopped"): no rain now
-        "the rain has stopped",
+        # v22: the rain said as past ("a meadow after the rain"): no rain now
         "the rain stopped",
         "the rain has ended",
         "the rain has cleared",
@@ -423,7 +428,6 @@ RAIN_SCOPED: dict[bool, tuple[str, ...]] = {
         "the rain has passed",
         "the rain has let up",
         "after the rain",
-        "now that the rain has stopped",
         "not a drop of rain",
         "zero rain",
         "no chance of rain",
@@ -846,6 +850,7 @@ _ATTRIBUTE_WORDS = (
     )
     | frozenset(w for words in RAIN_PHRASES.values() for phrase in words for w in phrase.split() if len(w) > 3)
     | frozenset(grammar.SIDES)
+    | frozenset(w for words in SIDE_WORDS.values() for phrase in words for w in phrase.replace("-", " ").split())
 )
 
 
@@ -855,7 +860,7 @@ def spelling_words() -> frozenset[str]:
     synonym, the sides, the event keywords and the words of stopping. Words of longer phrases
     ("with rain", "heavy rain") are left out: everyday words a typo of another may land on."""
     groups: tuple[dict[Any, tuple[str, ...]], ...] = (COLOUR_WORDS, KIND_WORDS, GROUND_NOUNS, GROUND_ADJS)
-    groups += (TIME_PHRASES, TIME_NOUNS, TIME_EVERYDAY, RAIN_PHRASES, RAIN_ADJS)
+    groups += (TIME_PHRASES, TIME_NOUNS, TIME_EVERYDAY, RAIN_PHRASES, RAIN_ADJS, SIDE_WORDS)
     one_word = {ph for g in groups for phrases in g.values() for ph in phrases if ph.isalpha()}
     one_word |= {w for words in EVENT_CORES.values() for w in words if w.isalpha()} | set(grammar.SIDES)
     one_word |= set(STOP_WORDS)
@@ -1109,24 +1114,25 @@ def object_phrase(o: grammar.ObjectSpec, rng: random.Random) -> str:
     side's words partly made up (the model learns that the side word decides), or (v7) every part
     in any order among words to skip."""
     c, k = _word(COLOUR_WORDS[o.color], rng), _word(KIND_WORDS[o.kind], rng)
+    s = _word(SIDE_WORDS[o.side], rng)
     if rng.random() < 0.12:  # v14: a shade says nothing of the time of day ("dark blue", "bright red")
         c = f"{rng.choice(SHADES)} {c}"
     r = rng.random()
     if r < 0.3:
-        return _free_object_phrase(c, k, o.side, rng)
+        return _free_object_phrase(c, k, s, rng)
     if r < 0.6:
         t = rng.choice(OBJECT_TEMPLATES)
         return t.format(
             d=rng.choice(DETERMINERS),
             c=c,
             k=k,
-            s=o.side,
-            sa=rng.choice(SIDE_AFTER).format(s=o.side),
-            sb=rng.choice(SIDE_BEFORE).format(s=o.side),
+            s=s,
+            sa=rng.choice(SIDE_AFTER).format(s=s),
+            sb=rng.choice(SIDE_BEFORE).format(s=s),
         ).strip()
     x = junk_word(rng) if rng.random() < 0.7 else rng.choice(FILLERS)
     ck = " ".join(w for w in (rng.choice(DETERMINERS), rng.choice(COLOUR_KIND).format(c=c, k=k, x=x)) if w)
-    side = rng.choice(SIDE_FORMS).format(s=o.side, x=junk_word(rng))
+    side = rng.choice(SIDE_FORMS).format(s=s, x=junk_word(rng))
     parts = [ck.rstrip(",- "), side] if rng.random() < 0.6 else [side, ck]
     return rng.choice(SIDE_SEPS).join(parts).strip()
 

@@ -711,7 +711,6 @@ EVENT_NONE: tuple[str, ...] = (
     "it's getting chilly",
     "the kettle boils",
     "push the box",
-    "climb onto the box",
     "turn around",
     "help",
     "show me the score",

@@ -554,7 +554,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "that's it for the rain, stop it",
         "wrap the rain",
         "it's done raining",
-        "it quit raining",
         "the storm passes and the rain stops",
         "rain's cut, we're clear",
         "rain off",

@@ -687,7 +687,6 @@ SOURCE = Source(
         "quit",
         "open the menu",
         "how do I jump higher?",
-        "climb onto the box",
         "push the box to the right",
         "knock on the red door",
         "run!",

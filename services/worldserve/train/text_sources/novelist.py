@@ -802,7 +802,6 @@ _EVENT_NONE = (
     "who lives here?",
     "the wind howls",
     "run to the right",
-    "climb onto the box",
     "push the crate",
     "go back",
     "let me think for a moment",

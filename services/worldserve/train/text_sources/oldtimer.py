@@ -687,7 +687,6 @@ EVENT_NONE = (
     "what a lovely little game",
     "push the crate along",
     "knock upon the portal",
-    "climb onto the box",
     "turn around",
     "go back",
     "carry on",

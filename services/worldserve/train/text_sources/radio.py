@@ -309,7 +309,6 @@ _CARRIERS: tuple[str, ...] = (
     "",
     "requesting",
     "requesting a world with",
-    "tower, requesting",
     "control, this is Echo Kilo, requesting",
     "roger, set up",
     "copy, build me",
@@ -377,7 +376,6 @@ _TAILS: tuple[str, ...] = (
     "at your convenience",
     "thanks, out",
     "acknowledge",
-    "read back when ready",
     "let me know",
     "cheers",
     "how do you read?",
@@ -456,7 +454,6 @@ _FILLERS: tuple[str, ...] = (
 )
 
 _NOTHING: tuple[str, ...] = (
-    "radio check, how do you read",
     "requesting a world",
     "make me something fun",
     "surprise me",
@@ -673,7 +670,6 @@ _EVENT_CARRIERS: tuple[str, ...] = (
     "copy,",
     "roger,",
     "tower, be advised,",
-    "all stations,",
     "update:",
     "status:",
     "report:",

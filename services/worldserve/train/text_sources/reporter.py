@@ -788,7 +788,6 @@ EVENT_NONE: tuple[str, ...] = (
     "pan across",
     "mute the sound",
     "thanks for watching",
-    "climb onto the box",
     "stop running",
     "what a run from the player",
     "can we get a close-up?",
