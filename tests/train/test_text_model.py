@@ -214,6 +214,19 @@ def test_reading_corrects_typos_to_known_words_and_marks_unknown_ones():
     assert all(w in v.spelling or w in v.known for p, _ in pairs for w in re.findall(r"[a-z]{2,}", p.split(":", 1)[1]))
 
 
+def test_a_digit_typed_for_a_look_alike_letter_is_read_as_the_letter():
+    """A zero for an o and a one for an l or an i ("d00r", "1eft") are read as letters where that
+    makes a word the reader reads; clock times, ordinals and numbers stay as they are."""
+    from worldserve.text.spec import read_words, undigit
+
+    v = td.reading_vocabulary()
+    assert read_words("a red d00r on the 1eft, sn0wy n1ght", v) == "a red door on the left, snowy night"
+    assert read_words("b1ue b0x to the r1ght, n0 rain", v) == "blue box to the right, no rain"
+    assert read_words("at 10pm, room 101, 1980s", v) == "at 10pm, room 101, 1980s"
+    assert undigit("1st", v) == "1st" and undigit("11pm", v) == "11pm" and undigit("zq0x", v) == "zq0x"
+    assert read_words("zq0x", v) == "_0x"  # no word: the fragments as before
+
+
 def test_common_real_words_are_never_corrected_to_an_attribute_word():
     """A real word one edit from a spelling word is not a typo of it: "a glass door" names no grass
     ground, "a rail" no rain; rare ones still are ("dor" -> "door")."""

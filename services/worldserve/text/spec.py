@@ -74,6 +74,33 @@ def corrected(word: str, spelling: Iterable[str]) -> str | None:
     return near[0] if len(near) == 1 else None
 
 
+DIGIT_LETTERS: Mapping[str, str] = {"0": "o", "1": "li"}
+"""Digits typed for a look-alike letter inside a word ("d00r", "1eft", "b1ue"), each letter tried in turn."""
+_DIGIT_WORD = re.compile(r"\b(?=[a-z0-9]*[a-z])[a-z0-9]*[01][a-z0-9]*\b")
+_CLOCK_OR_ORDINAL = re.compile(r"\d+(?:am|pm|st|nd|rd|th|s)")
+
+
+def _reads(word: str, vocab: Vocabulary) -> bool:
+    """Whether ``read_words`` reads ``word`` as a word (as it is, as an alias, or corrected)."""
+    if word in vocab.spelling or word in vocab.known or word in vocab.aliases:
+        return True
+    return word not in vocab.real and corrected(word, vocab.spelling) is not None
+
+
+def undigit(word: str, vocab: Vocabulary) -> str:
+    """``word`` with its look-alike digits read as letters (``DIGIT_LETTERS``) where that makes a
+    word the reader reads ("d00r" -> "door", "1eft" -> "left"); else ``word`` as it is. A clock time
+    or an ordinal ("10pm", "1st") stays."""
+    if _CLOCK_OR_ORDINAL.fullmatch(word):
+        return word
+    options = [""]
+    for ch in word:
+        options = [o + a for o in options for a in DIGIT_LETTERS.get(ch, ch)]
+        if len(options) > 16:
+            return word
+    return next((o for o in options if o.isalpha() and _reads(o, vocab)), word)
+
+
 def read_words(text: str, vocab: Vocabulary) -> str:
     """``text`` (already normalized) as the model reads it, word by word (a word: a run of letters):
     one of ``vocab.spelling`` or ``vocab.known`` stays; one of ``vocab.aliases`` (a form or synonym
@@ -82,9 +109,11 @@ def read_words(text: str, vocab: Vocabulary) -> str:
     "crate", "cya" -> "cyan"; only to words of at least ``SPELL_MIN`` letters; never one of
     ``vocab.real``, a common word in its own right: "glass" is not "grass"); otherwise, where
     ``vocab.unknown`` is set, it becomes that marker (the model learned to skip unknown words as
-    one). Punctuation stays."""
+    one). A word with a look-alike digit in it is first read as letters where that makes a word
+    (:func:`undigit`: "d00r" -> "door"). Punctuation stays."""
     if not vocab.spelling:
         return text
+    text = _DIGIT_WORD.sub(lambda m: undigit(m.group(0), vocab), text)
 
     def one(m: re.Match[str]) -> str:
         w = m.group(0)
