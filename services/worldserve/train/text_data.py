@@ -262,7 +262,7 @@ TIME_EVERYDAY: dict[str, tuple[str, ...]] = {
     ),
 }
 EVERYDAY_TIME_SHARE = 0.3
-"""v22: of the time phrases, this share is one of ``TIME_EVERYDAY`` (each then ~1 in 3,000 pairs)."""
+"""v22: of the time phrases, this share is one of ``TIME_EVERYDAY`` (each then in ~1 of 2,000-3,000 pairs)."""
 TIME_NOUNS: dict[str, tuple[str, ...]] = {
     "night": ("night", "midnight", "nighttime", "moonlit night", "evening", "dusk", "twilight", "starry night"),
     "day": ("day", "morning", "afternoon", "noon", "sunny day", "daytime", "midday", "sunrise"),
