@@ -80,11 +80,16 @@ _DIGIT_WORD = re.compile(r"\b(?=[a-z0-9]*[a-z])[a-z0-9]*[01][a-z0-9]*\b")
 _CLOCK_OR_ORDINAL = re.compile(r"\d+(?:am|pm|st|nd|rd|th|s)")
 
 
-def _reads(word: str, vocab: Vocabulary) -> bool:
-    """Whether ``read_words`` reads ``word`` as a word (as it is, as an alias, or corrected)."""
-    if word in vocab.spelling or word in vocab.known or word in vocab.aliases:
-        return True
-    return word not in vocab.real and corrected(word, vocab.spelling) is not None
+def _read_word(word: str, vocab: Vocabulary) -> str | None:
+    """How ``read_words`` reads one word: as it is, as the word it aliases, or corrected; None when
+    it is none of these (an unknown word)."""
+    if word in vocab.spelling or word in vocab.known:
+        return word
+    if word in vocab.aliases:
+        return vocab.aliases[word]
+    if word not in vocab.real and (fix := corrected(word, vocab.spelling)):
+        return fix
+    return None
 
 
 def undigit(word: str, vocab: Vocabulary) -> str:
@@ -98,7 +103,7 @@ def undigit(word: str, vocab: Vocabulary) -> str:
         options = [o + a for o in options for a in DIGIT_LETTERS.get(ch, ch)]
         if len(options) > 16:
             return word
-    return next((o for o in options if o.isalpha() and _reads(o, vocab)), word)
+    return next((o for o in options if o.isalpha() and _read_word(o, vocab) is not None), word)
 
 
 def read_words(text: str, vocab: Vocabulary) -> str:
@@ -117,12 +122,8 @@ def read_words(text: str, vocab: Vocabulary) -> str:
 
     def one(m: re.Match[str]) -> str:
         w = m.group(0)
-        if w in vocab.spelling or w in vocab.known:
-            return w
-        if w in vocab.aliases:
-            return vocab.aliases[w]
-        if w not in vocab.real and (fix := corrected(w, vocab.spelling)):
-            return fix
+        if (read := _read_word(w, vocab)) is not None:
+            return read
         return vocab.unknown if vocab.unknown and len(w) > 1 else w
 
     return re.sub(r"[a-z]+", one, text)

@@ -840,17 +840,28 @@ DECOY_SHARE = 0.25
 RAIN_SCOPED_SHARE = 0.3
 """v20: rain phrases from ``RAIN_SCOPED``."""
 EVENT_NONE_SHARE = 0.15
+ATTRIBUTE_TABLES: tuple[dict[str, tuple[str, ...]], ...] = (
+    COLOUR_WORDS,
+    KIND_WORDS,
+    SIDE_WORDS,
+    GROUND_NOUNS,
+    GROUND_ADJS,
+    TIME_PHRASES,
+    TIME_NOUNS,
+    TIME_EVERYDAY,
+)
+"""Every table of words that name a colour, a kind, a side, a ground or a time of day (the rain's
+apart: its phrases carry negations and everyday words): a new table is listed here, once."""
 _ATTRIBUTE_WORDS = (
     frozenset(
         w
-        for group in (COLOUR_WORDS, KIND_WORDS, GROUND_NOUNS, GROUND_ADJS, TIME_PHRASES, TIME_NOUNS, TIME_EVERYDAY)
+        for group in ATTRIBUTE_TABLES
         for words in group.values()
         for phrase in words
         for w in phrase.replace("-", " ").split()
     )
     | frozenset(w for words in RAIN_PHRASES.values() for phrase in words for w in phrase.split() if len(w) > 3)
     | frozenset(grammar.SIDES)
-    | frozenset(w for words in SIDE_WORDS.values() for phrase in words for w in phrase.replace("-", " ").split())
 )
 
 
@@ -859,8 +870,7 @@ def spelling_words() -> frozenset[str]:
     ``world.json`` lists them: ``text.spec.read_words``): every one-word attribute phrase and
     synonym, the sides, the event keywords and the words of stopping. Words of longer phrases
     ("with rain", "heavy rain") are left out: everyday words a typo of another may land on."""
-    groups: tuple[dict[Any, tuple[str, ...]], ...] = (COLOUR_WORDS, KIND_WORDS, GROUND_NOUNS, GROUND_ADJS)
-    groups += (TIME_PHRASES, TIME_NOUNS, TIME_EVERYDAY, RAIN_PHRASES, RAIN_ADJS, SIDE_WORDS)
+    groups: tuple[dict[Any, tuple[str, ...]], ...] = (*ATTRIBUTE_TABLES, RAIN_PHRASES, RAIN_ADJS)
     one_word = {ph for g in groups for phrases in g.values() for ph in phrases if ph.isalpha()}
     one_word |= {w for words in EVENT_CORES.values() for w in words if w.isalpha()} | set(grammar.SIDES)
     one_word |= set(STOP_WORDS)

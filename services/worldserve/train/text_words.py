@@ -14,6 +14,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 FILE = Path(__file__).with_name("text_words.json")
 
@@ -45,8 +46,8 @@ def attribute_words() -> set[str]:
     from . import text_data as td
     from . import text_sources
 
-    tables = (td.COLOUR_WORDS, td.KIND_WORDS, td.GROUND_NOUNS, td.GROUND_ADJS, td.TIME_PHRASES, td.TIME_NOUNS)
-    tables += (td.TIME_EVERYDAY, td.RAIN_PHRASES, td.RAIN_ADJS, td.EVENT_TEXTS, td.EVENT_CORES)  # type: ignore[assignment]
+    tables: tuple[dict[Any, tuple[str, ...]], ...] = (*td.ATTRIBUTE_TABLES, td.RAIN_PHRASES, td.RAIN_ADJS)
+    tables += (td.EVENT_TEXTS, td.EVENT_CORES)
     words = {w for t in tables for v in t.values() for s in v for w in re.findall(r"[a-z]+", s.lower())}
     return words | {
         w for src in text_sources.sources() for s in src.attribute_strings() for w in re.findall(r"[a-z]+", s.lower())
