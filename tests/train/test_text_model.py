@@ -433,11 +433,11 @@ def test_the_blind_heldout_set_is_apart_from_training_and_fixed():
 
 @pytest.mark.parametrize(
     ("n", "least"),
-    [(2, 10), (3, 12), (4, 12), (5, 12), (6, 12), (7, 12), (8, 12), (9, 12), (10, 12)],
+    [(2, 10), (3, 12), (4, 12), (5, 12), (6, 12), (7, 12), (8, 12), (9, 12), (10, 12), (11, 12)],
     ids=lambda v: str(v),
 )
 def test_the_later_blind_heldout_sets_are_apart_from_training_and_fixed(n: int, least: int):
-    """The fourth to twelfth sets (``text_blind2`` ... ``text_blind10``), each written blind by its own
+    """The fourth to thirteenth sets (``text_blind2`` ... ``text_blind11``), each written blind by its own
     helper in the same shape: tables ``B{n}_*``, ``blind{n}()`` and ``template_strings()``."""
     mod = importlib.import_module(f"worldserve.train.text_blind{n}")
 
@@ -537,6 +537,36 @@ def test_tiny_training_run_writes_a_loadable_folder_and_resumes(tmp_path):
     assert Vocabulary.read(soup) == td.reading_vocabulary() and (tmp_path / "soup" / "tokenizer").is_dir()
     with pytest.raises(ValueError, match="at least two"):
         tt.average_runs([tmp_path], tmp_path / "soup2")
+
+    # a warm start into a deeper model (grow_depth): the shipped depth is not a dead end
+    deep = dataclasses.replace(
+        tc, out=tmp_path / "deep", init_from=tmp_path, steps=1, model=dataclasses.replace(mc, layers=2)
+    )
+    folder = tt.train_text(deep, log=logs.append)
+    assert any("deepened to 2 layers" in line for line in logs), logs
+    assert LlamaForCausalLM.from_pretrained(folder).config.num_hidden_layers == 2
+
+
+def test_grow_depth_keeps_the_function_and_zeroes_the_new_layers_outputs(tok):
+    mc = tt.TextModelConfig(hidden=32, layers=2, heads=2, intermediate=64)
+    torch.manual_seed(0)
+    small = tt.build_model(mc, tok)
+    deep = tt.build_model(dataclasses.replace(mc, layers=4), tok)
+    grown = tt.grow_depth(small.state_dict(), 4)
+    deep.load_state_dict(grown)  # strict: every tensor of the deeper model, no other
+    ids = tok("prompt: a red door on the left\n", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(small(ids).logits, deep(ids).logits, atol=1e-5)
+    # old layer i is layer 2i; layer 2i+1 copies it, its output projections zero
+    for i in range(2):
+        for name, v in small.model.layers[i].state_dict().items():
+            assert torch.equal(grown[f"model.layers.{2 * i}.{name}"], v)
+            new = grown[f"model.layers.{2 * i + 1}.{name}"]
+            assert not new.any() if name in tt.GROWN_ZEROED else torch.equal(new, v)
+    same = small.state_dict()
+    assert tt.grow_depth(same, 2) is same  # the same depth: as it is
+    with pytest.raises(ValueError, match="multiple of 2"):
+        tt.grow_depth(small.state_dict(), 3)
 
 
 def test_budget_ends_the_lr_schedule():

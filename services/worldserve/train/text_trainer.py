@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -248,6 +249,41 @@ def _init_tokenizer_dir(init_from: Path) -> Path:
     raise FileNotFoundError(f"{init_from}: neither a training folder (tokenizer/, ckpt.pt) nor a model folder")
 
 
+_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+GROWN_ZEROED = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+"""A grown layer's output projections, zeroed: it adds nothing to the residual stream at first."""
+
+
+def grow_depth(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """A warm start's weights deepened to ``layers`` decoder layers, computing the same function:
+    old layer ``i`` becomes layer ``i * layers // n``, and each layer between two old ones is a copy
+    of the one below it with ``GROWN_ZEROED`` zeroed (its attention and MLP read the residual stream
+    from the first step, and write to it once training moves those projections off zero). ``layers``
+    must be a multiple of the old count ``n``; the same count returns ``state`` as it is."""
+    by_layer: dict[int, dict[str, torch.Tensor]] = {}
+    rest: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if m := _LAYER.fullmatch(k):
+            by_layer.setdefault(int(m.group(1)), {})[m.group(2)] = v
+        else:
+            rest[k] = v
+    n = len(by_layer)
+    if n == 0 or layers == n:
+        return state
+    if layers < n or layers % n:
+        raise ValueError(f"cannot grow {n} layers to {layers}: a multiple of {n} is needed")
+    out = dict(rest)
+    per = layers // n
+    for i in range(n):
+        for j in range(per):
+            for name, v in by_layer[i].items():
+                v = v.clone()
+                if j and name in GROWN_ZEROED:
+                    v.zero_()
+                out[f"model.layers.{i * per + j}.{name}"] = v
+    return out
+
+
 def average_runs(runs: list[Path], out: Path, *, dtype: str = "bfloat16") -> Path:
     """A weight average ("model soup") of training folders warm-started from one another (one
     tokenizer, one shape): ``OUT/ckpt.pt`` (float32, a warm start's ``--init-from``), ``OUT/tokenizer``
@@ -310,7 +346,10 @@ def train_text(
 
             state = LlamaForCausalLM.from_pretrained(tc.init_from, torch_dtype=torch.float32).state_dict()
             log(f"weights from {tc.init_from / 'model.safetensors'}")
-        model.load_state_dict(state)
+        grown = grow_depth(state, tc.model.layers)
+        if grown is not state:
+            log(f"deepened to {tc.model.layers} layers (grow_depth: the same function at first)")
+        model.load_state_dict(grown)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.98), weight_decay=tc.weight_decay)
     step, elapsed0 = 0, 0.0
     history: list[dict[str, Any]] = []
