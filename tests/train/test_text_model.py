@@ -227,6 +227,21 @@ def test_a_digit_typed_for_a_look_alike_letter_is_read_as_the_letter():
     assert read_words("zq0x", v) == "_0x"  # no word: the fragments as before
 
 
+def test_a_word_typed_without_its_vowels_is_read_as_the_one_word_it_shortens():
+    """Chat shorthand drops vowels ("pnk", "nght", "prpl"): such a word is read as the only spelling
+    word it is with vowels put back after its first letter; two-letter words, real words and words
+    that shorten several spelling words stay unread."""
+    from worldserve.text.spec import read_words, unvowelled
+
+    v = td.reading_vocabulary()
+    assert read_words("a prpl dr on the lft, snwy nght, rght", v) == "a purple _ on the left, snowy night, right"
+    assert read_words("yllw bx, dwnpr", v) == "yellow _, downpour"
+    assert unvowelled("pnk", v.spelling) == "pink" and unvowelled("pk", v.spelling) is None
+    assert unvowelled("xq", v.spelling) is None and unvowelled("pnkz", v.spelling) is None
+    assert unvowelled("grn", {"green", "grain"}) is None  # two words it could shorten: neither
+    assert read_words("a glass door", v) == "a _ door"  # a real word stays a real word
+
+
 def test_common_real_words_are_never_corrected_to_an_attribute_word():
     """A real word one edit from a spelling word is not a typo of it: "a glass door" names no grass
     ground, "a rail" no rain; rare ones still are ("dor" -> "door")."""

@@ -74,6 +74,31 @@ def corrected(word: str, spelling: Iterable[str]) -> str | None:
     return near[0] if len(near) == 1 else None
 
 
+VOWELS = frozenset("aeiou")
+
+
+def unvowelled(word: str, spelling: Iterable[str]) -> str | None:
+    """The spelling word a word typed without some of its vowels is read as ("grn" -> "green",
+    "brwn" -> "brown", "nght" -> "night"): the only one of ``spelling`` that is ``word`` with vowels
+    put back after its first letter (``word`` of at least three letters); else None."""
+    if len(word) < 3:
+        return None
+    near = []
+    for s in spelling:
+        if len(s) <= len(word) or s[0] != word[0]:
+            continue
+        i = 1
+        for ch in s[1:]:
+            if i < len(word) and ch == word[i]:
+                i += 1
+            elif ch not in VOWELS:
+                break
+        else:
+            if i == len(word):
+                near.append(s)
+    return near[0] if len(near) == 1 else None
+
+
 DIGIT_LETTERS: Mapping[str, str] = {"0": "o", "1": "li"}
 """Digits typed for a look-alike letter inside a word ("d00r", "1eft", "b1ue"), each letter tried in turn."""
 _DIGIT_WORD = re.compile(r"\b(?=[a-z0-9]*[a-z])[a-z0-9]*[01][a-z0-9]*\b")
@@ -87,7 +112,7 @@ def _read_word(word: str, vocab: Vocabulary) -> str | None:
         return word
     if word in vocab.aliases:
         return vocab.aliases[word]
-    if word not in vocab.real and (fix := corrected(word, vocab.spelling)):
+    if word not in vocab.real and (fix := corrected(word, vocab.spelling) or unvowelled(word, vocab.spelling)):
         return fix
     return None
 
@@ -115,7 +140,8 @@ def read_words(text: str, vocab: Vocabulary) -> str:
     ``vocab.real``, a common word in its own right: "glass" is not "grass"); otherwise, where
     ``vocab.unknown`` is set, it becomes that marker (the model learned to skip unknown words as
     one). A word with a look-alike digit in it is first read as letters where that makes a word
-    (:func:`undigit`: "d00r" -> "door"). Punctuation stays."""
+    (:func:`undigit`: "d00r" -> "door"), and a word typed without some of its vowels is read as the
+    one spelling word it shortens (:func:`unvowelled`: "nght" -> "night"). Punctuation stays."""
     if not vocab.spelling:
         return text
     text = _DIGIT_WORD.sub(lambda m: undigit(m.group(0), vocab), text)
