@@ -21,7 +21,9 @@ changes only the sources: 26 writers instead of 19 (``text_sources.NAMES``), and
 filler words (``text_words``) and aliases (``text_aliases``) rebuilt for their words. v22 adds
 everyday time words (``TIME_EVERYDAY``: meals, bed, "tonite", "crack of dawn") as a share of the time
 phrases, rain said as past ("the rain has ended") as no rain, sides in more words than their own
-(``SIDE_WORDS``: "leftmost", "right-hand") and a few more synonyms (fuchsia, trunk, prairie).
+(``SIDE_WORDS``: "leftmost", "right-hand") and a few more synonyms (fuchsia, trunk, prairie). v23 adds
+everyday phrasal verbs of starting and stopping to the event texts (``EVENT_PHRASAL``: "kick off the
+rain" starts it, "shut the rain down" stops it, "end the night" is day breaking).
 
 The held-out set (``text_heldout``) is written separately with its own templates and carrier words.
 """
@@ -1385,6 +1387,139 @@ EVENT_FRAMES["it starts to rain"] += (
     "{x} it {x} {w}",
     "let {w} {x}",
 )
+# v23 (issue 25): everyday phrasal verbs of starting and stopping. Until v22 a word of stopping
+# anywhere said the rain stops and the weather word among any other words started it, so "kick off
+# the rain" (off) stopped it and "shut the rain down" started it; night ended was never day breaking.
+PHRASAL_CORES: dict[str, tuple[str, ...]] = {
+    "it starts to rain": ("rain", "showers", "downpour", "drizzle", "rainstorm", "storm", "rainfall"),
+    "the rain stops": ("rain", "showers", "downpour", "drizzle", "rainstorm", "storm", "rainfall"),
+    "night falls": ("night", "dusk", "evening", "darkness", "nightfall", "twilight", "the dark"),
+    "day breaks": ("day", "dawn", "morning", "daylight", "sunrise", "daytime", "sunshine"),
+}
+"""The subject words of the phrasal frames, each event's own."""
+EVENT_PHRASAL: dict[str, tuple[str, ...]] = {
+    "it starts to rain": (
+        "kick off the {w}",
+        "kick the {w} off",
+        "set the {w} going",
+        "get the {w} going",
+        "get the {w} started",
+        "fire up the {w}",
+        "crank up the {w}",
+        "let loose the {w}",
+        "unleash the {w}",
+        "set off the {w}",
+        "start off the {w}",
+        "switch on the {w}",
+        "bring on the {w}",
+        "the {w} rolls in",
+        "the {w} has arrived",
+        "the {w} sets in",
+        "the {w} is coming down",
+        "the {w} kicks in",
+        "the {w} picks up",
+        "let the {w} come pouring down",
+        "the {w} is starting",
+        "commence the {w}",
+        "the {w} any second now",
+        "send in the {w}",
+        "call in the {w}",
+        "throw some {w} at us",
+        "the {w} has begun",
+        "the {w} won't stop coming",
+    ),
+    "the rain stops": (
+        "shut the {w} down",
+        "shut down the {w}",
+        "shut off the {w}",
+        "the {w} dies down",
+        "let the {w} die down",
+        "the {w} lets up",
+        "the {w} eases off",
+        "wind down the {w}",
+        "wind the {w} down",
+        "calm the {w} down",
+        "bring the {w} to a stop",
+        "bring the {w} to a halt",
+        "bring the {w} to a close",
+        "bring the {w} to an end",
+        "put a stop to the {w}",
+        "call off the {w}",
+        "cut the {w}",
+        "knock off the {w}",
+        "dial back the {w}",
+        "the {w} peters out",
+        "the {w} is letting up",
+        "the {w} has passed",
+        "hold off the {w}",
+        "pack up the {w}",
+        "the {w} blows over",
+        "wrap up the {w}",
+        "the {w} is finished",
+        "that's it for the {w}",
+    ),
+    "night falls": (
+        "the {w} is falling",
+        "the {w} is setting in",
+        "the {w} sets in",
+        "the {w} has fallen",
+        "the {w} creeps in",
+        "let the {w} take over",
+        "bring on the {w}",
+        "the {w} rolls in",
+        "here comes the {w}",
+        "the {w} is coming",
+        "fast forward to the {w}",
+        "skip ahead to the {w}",
+        "set the clock to {w}",
+        "the sun has set",
+        "the sun is sinking",
+        "send the sun away",
+        "put the sun to bed",
+        "end the day",
+        "the day is over",
+        "the day ends",
+        "wrap up the day",
+        "the daylight fades",
+        "switch the daylight off",
+        "the light is fading",
+        "stop the daylight",
+        "no more daylight",
+    ),
+    "day breaks": (
+        "the {w} is breaking",
+        "the {w} is here",
+        "the {w} returns",
+        "bring back the {w}",
+        "let the {w} in",
+        "let the {w} return",
+        "here comes the {w}",
+        "the {w} is coming",
+        "fast forward to the {w}",
+        "skip ahead to the {w}",
+        "set the clock to {w}",
+        "bring the night to an end",
+        "the night is over",
+        "the night ends",
+        "stop the night",
+        "no more night",
+        "send the moon away",
+        "put the moon to bed",
+        "get the sun out of bed",
+        "let the sunlight pour in",
+        "the sun climbs up",
+        "the sun has come up",
+        "the darkness lifts",
+        "switch the darkness off",
+        "wake the world up",
+        "the night fades",
+    ),
+}
+"""Each event said with an everyday phrasal verb, its particle free to be a word of stopping ("kick
+off" starts the rain) and a stopping verb free to have none ("shut down"); night ended is day
+breaking and day ended night falling."""
+PHRASAL_SHARE = 0.2
+"""v23: of the event texts naming an event, this share is one of ``EVENT_PHRASAL``."""
 STOP_WORDS = ("stop", "end", "over", "off", "away", "gone", "done", "cease", "halt", "quit", "finish", "vanish")
 """Words that say the rain stops (v7 frames: "the rain {x} end", "no {x} rain", "an end to the rain")."""
 _STOPPING = frozenset((*STOP_WORDS, "remove", "removed", "break", "no", "not"))
@@ -1483,7 +1618,9 @@ def event_example(rng: random.Random) -> tuple[str, dict[str, Any]]:
     else:
         event = rng.choice(list(grammar.EVENTS))
         r = rng.random()
-        if r < 0.5:
+        if rng.random() < PHRASAL_SHARE:
+            text = rng.choice(EVENT_PHRASAL[event]).format(w=rng.choice(PHRASAL_CORES[event]))
+        elif r < 0.5:
             text = rng.choice(EVENT_TEXTS[event])
         elif event == "the rain stops" and r < 0.7:
             text = rng.choice(STOP_FRAMES).format(

@@ -611,7 +611,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "now night",
         "it is night now",
         "night comes",
-        "night is coming",
         "make the night come",
         "turn night",
         "go night",

@@ -802,7 +802,6 @@ _EVENT_NONE = (
     "who lives here?",
     "the wind howls",
     "run to the right",
-    "push the crate",
     "go back",
     "let me think for a moment",
     "the heroine hums a tune",

@@ -735,7 +735,6 @@ SOURCE = Source(
         "let's explore",
         "how do I jump higher?",
         "move a bit to the left",
-        "push the crate",
         "go through the door",
         "what's behind the door?",
         "a gust of wind blows",

@@ -707,7 +707,6 @@ SOURCE = Source(
         "walk left",
         "climb atop the box",
         "knock upon the door",
-        "push the crate",
         "pause",
         "resume",
         "save the game",

@@ -618,7 +618,6 @@ _EVENTS = {
         "let night fall",
         "the evening sets in",
         "the sky darkens as the sun sets",
-        "night time now",
         "it turns to night",
     ),
     "day breaks": (
@@ -728,7 +727,6 @@ _EVENT_NONE = (
     "snowflakes start falling",
     "a gust of wind",
     "ring the doorbell",
-    "jump on the box",
     "turn around",
     "zoom in",
     "restart",

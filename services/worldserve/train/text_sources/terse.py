@@ -494,7 +494,6 @@ SOURCE = Source(
             "it's starting to rain",
             "starting to rain",
             "here comes the rain",
-            "rain incoming",
             "trigger rain",
             "weather: rain",
             "weather -> rain",

@@ -764,7 +764,6 @@ SOURCE = Source(
         "dance a little",
         "sit and rest for a bit",
         "go through the purple door",
-        "push the crate",
         "turn around",
         "what a lovely spot",
         "take a selfie",

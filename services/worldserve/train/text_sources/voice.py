@@ -584,7 +584,6 @@ SOURCE = Source(
             "sunset",
             "evening comes",
             "it becomes night",
-            "night time now",
             "make it nighttime",
             "darkness falls",
             "dusk falls",
