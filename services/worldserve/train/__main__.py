@@ -287,6 +287,7 @@ TEXT_SETS = (
     "blind9",
     "blind10",
     "blind11",
+    "blind12",
 )
 """``text-eval --set``: each held-out set NAME is the function ``NAME()`` of the module ``text_NAME``."""
 
@@ -300,7 +301,7 @@ def text_eval(
         "heldout",
         "--set",
         help="'heldout' (text_heldout, seed 2025), 'fresh' (text_fresh, seed 77: the second set), or 'blind', "
-        "'blind2' ... 'blind11' (text_blind*, the third to thirteenth sets, each written blind: run once per shipped "
+        "'blind2' ... 'blind12' (text_blind*, the third to fourteenth sets, each written blind: run once per shipped "
         "model)",
     ),
 ) -> None:

@@ -519,7 +519,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "the rain comes",
         "rain sweeps in",
         "the rain kicks in",
-        "down comes the rain",
         "a downpour begins",
         "it's starting to drizzle",
         "rain starts coming down",

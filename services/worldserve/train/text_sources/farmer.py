@@ -417,7 +417,6 @@ SOURCE = Source(
         ". ",
         ", plus ",
         " and also ",
-        ", what's more, ",
         " along with ",
     ),
     fillers=(
@@ -444,7 +443,6 @@ SOURCE = Source(
         "if you like",
         "as I say",
         "bless it",
-        "dear me",
         "goodness",
         "you see",
         "I'd say",

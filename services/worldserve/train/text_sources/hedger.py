@@ -572,7 +572,6 @@ SOURCE = Source(
             "make the rain stop",
             "the downpour ends",
             "the drizzle stops",
-            "the rain dries up",
             "cut the rain",
             "stop the downpour",
             "the showers come to an end",

@@ -412,7 +412,6 @@ FILLERS = (
     "if I may",
     "incidentally",
     "frankly",
-    "dear me",
     "goodness",
     "well",
     "um",

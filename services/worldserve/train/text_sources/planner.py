@@ -666,7 +666,6 @@ SOURCE = Source(
             "bring back the sun",
             "morning now",
             "night ends and day begins",
-            "the night is over, it's morning",
             "daylight returns",
             "it becomes day",
             "the sun is up now",

@@ -516,7 +516,6 @@ SOURCE = Source(
             "the showers come",
             "a drizzle begins",
             "'tis starting to rain",
-            "down comes the rain",
             "O rain, descend",
             "the clouds burst open with rain",
             "it has started raining",

@@ -653,7 +653,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "sunup",
         "dawn's here",
         "the darkness lifts",
-        "it's daytime again",
         "set it to day",
         "be advised, sun is rising",
         "it's daylight now",

@@ -576,7 +576,6 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "it's tipping down now",
         "rain begins to fall",
         "the rain's come on",
-        "down comes the rain",
         "set it raining",
         "it's chucking it down now",
         "a shower comes over",

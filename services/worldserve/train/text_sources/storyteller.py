@@ -515,7 +515,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
         "rain starts",
         "here comes the rain",
         "it begins to pour",
-        "down comes the rain",
         "the weather turns rainy",
         "a sudden shower soaks you to the bone",
         "the first raindrops patter on your hood",
