@@ -78,9 +78,10 @@ VOWELS = frozenset("aeiou")
 
 
 def unvowelled(word: str, spelling: Iterable[str]) -> str | None:
-    """The spelling word a word typed without some of its vowels is read as ("grn" -> "green",
-    "brwn" -> "brown", "nght" -> "night"): the only one of ``spelling`` that is ``word`` with vowels
-    put back after its first letter (``word`` of at least three letters); else None."""
+    """The spelling word a word typed without some of its vowels is read as ("pnk" -> "pink",
+    "prpl" -> "purple", "nght" -> "night"): the only one of ``spelling`` that is ``word`` with vowels
+    put back after its first letter (``word`` of at least three letters); else None ("grn" could be
+    "green" or "grain": neither)."""
     if len(word) < 3:
         return None
     near = []
