@@ -193,6 +193,25 @@ def test_a_negation_negates_only_its_own_phrase():
     assert any(any(d in t for d in td.DECOY_NEGATIONS) for t in starts)
 
 
+def test_events_are_said_in_phrasal_verbs_whatever_their_particle():
+    """v23: "kick off the rain" starts it though "off" is a word of stopping, "shut the rain down"
+    stops it with none; night ended is day breaking and day ended night falling."""
+    for event, frames in td.EVENT_PHRASAL.items():
+        assert len(set(frames)) >= 25 and set(td.PHRASAL_CORES[event])
+        for f in frames:
+            assert "{" not in f.format(w="rain") and f.count("{w}") <= 1, f
+    starts, stops = td.EVENT_PHRASAL["it starts to rain"], td.EVENT_PHRASAL["the rain stops"]
+    assert sum(any(w in f.split() for w in td.STOP_WORDS) for f in starts) >= 3  # "kick off", "set off"
+    assert sum(not any(w in f.split() for w in td.STOP_WORDS) for f in stops) >= 15  # "shut down", "die down"
+    assert any("night" in f for f in td.EVENT_PHRASAL["day breaks"])
+    assert any("day" in f.split() for f in td.EVENT_PHRASAL["night falls"])
+    rng = random.Random(23)
+    events = [td.event_example(rng) for _ in range(3000)]
+    said = [(t.lower(), a["event"]) for t, a in events]
+    assert any("kick off the" in t and e == "it starts to rain" for t, e in said)
+    assert any("shut the" in t and "down" in t and e == "the rain stops" for t, e in said)
+
+
 def test_reading_corrects_typos_to_known_words_and_marks_unknown_ones():
     from worldserve.text.spec import lm_prompt, read_words
 
