@@ -77,6 +77,19 @@ def corrected(word: str, spelling: Iterable[str]) -> str | None:
 VOWELS = frozenset("aeiou")
 
 
+def _shortens(word: str, s: str) -> bool:
+    """Whether ``word`` is ``s`` with one or more of its vowels after the first letter left out."""
+    if len(s) <= len(word) or s[0] != word[0]:
+        return False
+    i = 1
+    for ch in s[1:]:
+        if i < len(word) and ch == word[i]:
+            i += 1
+        elif ch not in VOWELS:
+            return False
+    return i == len(word)
+
+
 def unvowelled(word: str, spelling: Iterable[str]) -> str | None:
     """The spelling word a word typed without some of its vowels is read as ("pnk" -> "pink",
     "prpl" -> "purple", "nght" -> "night"): the only one of ``spelling`` that is ``word`` with vowels
@@ -84,19 +97,7 @@ def unvowelled(word: str, spelling: Iterable[str]) -> str | None:
     "green" or "grain": neither)."""
     if len(word) < 3:
         return None
-    near = []
-    for s in spelling:
-        if len(s) <= len(word) or s[0] != word[0]:
-            continue
-        i = 1
-        for ch in s[1:]:
-            if i < len(word) and ch == word[i]:
-                i += 1
-            elif ch not in VOWELS:
-                break
-        else:
-            if i == len(word):
-                near.append(s)
+    near = [s for s in spelling if _shortens(word, s)]
     return near[0] if len(near) == 1 else None
 
 

@@ -1390,9 +1390,10 @@ EVENT_FRAMES["it starts to rain"] += (
 # v23 (issue 25): everyday phrasal verbs of starting and stopping. Until v22 a word of stopping
 # anywhere said the rain stops and the weather word among any other words started it, so "kick off
 # the rain" (off) stopped it and "shut the rain down" started it; night ended was never day breaking.
+_RAIN_SUBJECTS = ("rain", "showers", "downpour", "drizzle", "rainstorm", "storm", "rainfall")
 PHRASAL_CORES: dict[str, tuple[str, ...]] = {
-    "it starts to rain": ("rain", "showers", "downpour", "drizzle", "rainstorm", "storm", "rainfall"),
-    "the rain stops": ("rain", "showers", "downpour", "drizzle", "rainstorm", "storm", "rainfall"),
+    "it starts to rain": _RAIN_SUBJECTS,
+    "the rain stops": _RAIN_SUBJECTS,
     "night falls": ("night", "dusk", "evening", "darkness", "nightfall", "twilight", "the dark"),
     "day breaks": ("day", "dawn", "morning", "daylight", "sunrise", "daytime", "sunshine"),
 }
@@ -1520,6 +1521,9 @@ off" starts the rain) and a stopping verb free to have none ("shut down"); night
 breaking and day ended night falling."""
 PHRASAL_SHARE = 0.2
 """v23: of the event texts naming an event, this share is one of ``EVENT_PHRASAL``."""
+EVENT_TABLES: tuple[dict[str, tuple[str, ...]], ...] = (EVENT_TEXTS, EVENT_CORES, EVENT_PHRASAL, PHRASAL_CORES)
+"""Every table of an event's words (phrasings, keywords, phrasal frames and their subjects): a new one
+is listed here, once."""
 STOP_WORDS = ("stop", "end", "over", "off", "away", "gone", "done", "cease", "halt", "quit", "finish", "vanish")
 """Words that say the rain stops (v7 frames: "the rain {x} end", "no {x} rain", "an end to the rain")."""
 _STOPPING = frozenset((*STOP_WORDS, "remove", "removed", "break", "no", "not"))

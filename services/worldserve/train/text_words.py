@@ -47,7 +47,7 @@ def attribute_words() -> set[str]:
     from . import text_sources
 
     tables: tuple[dict[Any, tuple[str, ...]], ...] = (*td.ATTRIBUTE_TABLES, td.RAIN_PHRASES, td.RAIN_ADJS)
-    tables += (td.EVENT_TEXTS, td.EVENT_CORES, td.EVENT_PHRASAL, td.PHRASAL_CORES)
+    tables += td.EVENT_TABLES
     words = {w for t in tables for v in t.values() for s in v for w in re.findall(r"[a-z]+", s.lower())}
     return words | {
         w for src in text_sources.sources() for s in src.attribute_strings() for w in re.findall(r"[a-z]+", s.lower())
