@@ -630,3 +630,53 @@ def test_shipped_text_model_folder():
 
     t = AutoTokenizer.from_pretrained(SHIPPED)
     assert t.bos_token == tt.BOS and t.eos_token == tt.EOS
+
+
+def test_text_eval_names_its_sets_in_order_each_once_and_refuses_an_unknown_one():
+    from typer.testing import CliRunner
+
+    from worldserve.train.__main__ import TEXT_SETS, app, text_sets
+
+    assert text_sets(["heldout"]) == ["heldout"]
+    assert text_sets(["blind2", "all"]) == ["blind2", *(n for n in TEXT_SETS if n != "blind2")]
+    assert text_sets(["all", "all"]) == list(TEXT_SETS)
+    with pytest.raises(ValueError, match="unknown set 'blind99'"):
+        text_sets(["fresh", "blind99"])
+    # the command refuses before it loads vLLM: one line, exit 2
+    r = CliRunner().invoke(app, ["text-eval", "--set", "fresh", "--set", "blind99"])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().startswith("error: unknown set 'blind99'") and len(r.output.strip().splitlines()) == 1
+
+
+def test_each_set_is_scored_on_its_own_and_the_means_weigh_the_sets_equally():
+    from worldserve.train.text_eval import mean_figures, score_set
+
+    red_door = {
+        "objects": [{"colour": "red", "kind": "door", "side": "left"}],
+        "ground": None,
+        "time": None,
+        "rain": None,
+    }
+    items = [
+        th.Item("prompt", "a red door on the left", red_door),
+        th.Item("prompt", "a rd door on the left", red_door),
+        th.Item("event", "make it rain", {"event": "it starts to rain"}),
+        th.Item("event", "stop the rain", {"event": "the rain stops"}),
+    ]
+    wrong = dict(red_door, rain=True)  # what the world draws differs: a spec miss
+    one = score_set(items, [json.dumps(red_door), json.dumps(wrong)], ['{"event":"it starts to rain"}', "{"])
+    assert (one["prompts"], one["events"]) == (2, 2)
+    assert (one["exact_spec_pct"], one["exact_answer_pct"], one["exact_event_pct"]) == (50.0, 50.0, 50.0)
+    assert one["field_errors"] == {"rain": 1, "event": 1}
+    assert [(m["task"], m["text"]) for m in one["misses"]] == [
+        ("prompt", "a rd door on the left"),
+        ("event", "stop the rain"),
+    ]
+    all_right = score_set(
+        items, [json.dumps(red_door)] * 2, ['{"event":"it starts to rain"}', '{"event":"the rain stops"}']
+    )
+    assert all_right["misses"] == [] and all_right["exact_spec_pct"] == 100.0
+    # a set of 2 prompts weighs what a set of 400 does
+    assert mean_figures({"a": one, "b": all_right}) == {"mean_spec_pct": 75.0, "mean_event_pct": 75.0, "mean_pct": 75.0}
+    with pytest.raises(ValueError):  # answers for every text of the set, no fewer
+        score_set(items, [json.dumps(red_door)], ["{}", "{}"])

@@ -292,46 +292,79 @@ TEXT_SETS = (
 """``text-eval --set``: each held-out set NAME is the function ``NAME()`` of the module ``text_NAME``."""
 
 
+def text_sets(names: list[str]) -> list[str]:
+    """The held-out sets ``text-eval --set`` names, in order, each once ('all': every set); ValueError
+    naming an unknown one."""
+    out: list[str] = []
+    for n in names:
+        if n != "all" and n not in TEXT_SETS:
+            known = [repr(k) for k in (*TEXT_SETS, "all")]
+            raise ValueError(f"unknown set {n!r}: {', '.join(known[:-1])} or {known[-1]}")
+        out += [k for k in (TEXT_SETS if n == "all" else (n,)) if k not in out]
+    return out
+
+
 @app.command("text-eval")
 def text_eval(
     model: Path = typer.Option(WEIGHTS / "text", help="The model folder (default: the shipped one)."),
     dtype: str = typer.Option("float32", help="vLLM compute dtype: float32 or bfloat16."),
-    report: Path = typer.Option(Path("out/text-eval.json"), help="Where the JSON report goes."),
-    heldout_set: str = typer.Option(
-        "heldout",
+    report: Path = typer.Option(Path("out/text-eval.json"), help="Where the JSON report goes (every miss)."),
+    heldout_sets: list[str] = typer.Option(
+        ["heldout"],
         "--set",
         help="'heldout' (text_heldout, seed 2025), 'fresh' (text_fresh, seed 77: the second set), or 'blind', "
-        "'blind2' ... 'blind12' (text_blind*, the third to fourteenth sets, each written blind: run once per shipped "
-        "model)",
+        "'blind2' ... 'blind12' (text_blind*, the third to fourteenth sets, each written blind), or 'all'. "
+        "Repeat it for several sets: the model loads once, and the report adds their means.",
+    ),
+    show_misses: int = typer.Option(
+        40,
+        help="Misses printed per set (all are in the report). 0 prints figures only: use it on a set kept "
+        "clean, so that reading its figures does not show its texts.",
     ),
 ) -> None:
-    """The text model on a held-out set, decoded by vLLM under the served JSON schemas."""
+    """The text model on held-out sets, decoded by vLLM under the served JSON schemas."""
+    import importlib
     import json
+
+    from rich.table import Table
 
     from .text_eval import evaluate_folder
 
-    if heldout_set not in TEXT_SETS:
-        names = [repr(n) for n in TEXT_SETS]
-        console.print(f"[red]error:[/] unknown set {heldout_set!r}: {', '.join(names[:-1])} or {names[-1]}")
-        raise typer.Exit(2)
-    import importlib
-
-    # only the set asked for is loaded
-    items = getattr(importlib.import_module(f".text_{heldout_set}", __package__), heldout_set)()
-    r = evaluate_folder(model, dtype=dtype, items=items)
-    r["set"] = heldout_set
+    try:
+        names = text_sets(heldout_sets)
+    except ValueError as e:
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    # only the sets asked for are loaded
+    sets = {n: getattr(importlib.import_module(f".text_{n}", __package__), n)() for n in names}
+    r = evaluate_folder(model, dtype=dtype, sets=sets)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(r, indent=1) + "\n")
-    for k, v in r.items():
-        if k != "misses":
-            console.print(f"{k}: {v}", highlight=False)
-    for m in r["misses"][:40]:
-        console.print(
-            f"miss [{m['task']}] {m['text']!r}: expected {json.dumps(m['expected'])}, got {m['got']}",
-            highlight=False,
-            markup=False,
+    table = Table("set", "prompts", "events", "spec %", "answer %", "event %", "field errors")
+    for name, f in r["sets"].items():
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(f["field_errors"].items()))
+        table.add_row(
+            name,
+            str(f["prompts"]),
+            str(f["events"]),
+            str(f["exact_spec_pct"]),
+            str(f["exact_answer_pct"]),
+            str(f["exact_event_pct"]),
+            errors,
         )
-    console.print(f"report: {report} ({len(r['misses'])} misses)")
+    console.print(table)
+    for k, v in r.items():
+        if k != "sets":
+            console.print(f"{k}: {v}", highlight=False)
+    for name, f in r["sets"].items():
+        for m in f["misses"][: max(0, show_misses)]:
+            console.print(
+                f"miss {name} [{m['task']}] {m['text']!r}: expected {json.dumps(m['expected'])}, got {m['got']}",
+                highlight=False,
+                markup=False,
+            )
+    misses = sum(len(f["misses"]) for f in r["sets"].values())
+    console.print(f"report: {report} ({misses} misses)")
 
 
 if __name__ == "__main__":
