@@ -125,6 +125,22 @@ def mean_figures(per_set: dict[str, dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def offline_llm(model: Path, dtype: str = "float32") -> Any:
+    """vLLM's offline engine on a text model folder, as every offline measure loads it (eager, at most
+    256 positions, a 1 GiB CPU KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` says otherwise). Call it
+    under ``if __name__ == "__main__":`` (vLLM starts processes)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm import LLM
+
+    return LLM(
+        model=str(model),
+        dtype=dtype,  # type: ignore[arg-type]  # checked by the caller
+        max_model_len=256,
+        enforce_eager=True,
+        gpu_memory_utilization=0.1,
+    )
+
+
 def evaluate_folder(
     model: Path, *, dtype: str = "float32", sets: dict[str, list[Item]] | None = None
 ) -> dict[str, Any]:
@@ -132,20 +148,13 @@ def evaluate_folder(
     the report as a dict: each set's figures (``score_set``) under ``sets``, their means, and once for
     the model the in-distribution check and the latency of single requests. Call it under
     ``if __name__ == "__main__":`` (vLLM starts processes)."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
     sets = {"heldout": heldout()} if sets is None else sets
     vocab = Vocabulary.read(model)
     t0 = time.monotonic()
-    llm = LLM(
-        model=str(model),
-        dtype=dtype,  # type: ignore[arg-type]  # checked by the caller
-        max_model_len=256,
-        enforce_eager=True,
-        gpu_memory_utilization=0.1,
-    )
+    llm = offline_llm(model, dtype)
     startup_s = time.monotonic() - t0
 
     def params(schema: dict[str, Any]) -> Any:
